@@ -1,0 +1,71 @@
+/**
+ * Types shared by every verifier. Each TEE kind is three stages with their own types:
+ *   parse(bytes) → Parsed<Kind>          (structure only, every length checked)
+ *   verify(parsed, options) → Verified   (signatures, chains, revocation, collateral at `at`)
+ *   appraise(verified, policy) → Appraisal (claims against reference values and policy)
+ */
+
+export type TeeKind = 'tdx' | 'sgx' | 'snp' | 'nvidia' | 'az-snp-vtpm' | 'az-tdx-vtpm' | 'sample';
+
+/** EAR status tiers (draft-ietf-rats-ear), worst last. */
+export type EarStatus = 'affirming' | 'warning' | 'contraindicated' | 'none';
+
+export const STATUS_ORDER: readonly EarStatus[] = ['none', 'affirming', 'warning', 'contraindicated'];
+
+/** The worse of two statuses; `none` (nothing appraised) is outranked by any judgement. */
+export function worseStatus(a: EarStatus, b: EarStatus): EarStatus {
+  return STATUS_ORDER.indexOf(a) >= STATUS_ORDER.indexOf(b) ? a : b;
+}
+
+/**
+ * AR4SI trustworthiness vector (draft-ietf-rats-ar4si): each claim is a small signed integer, where
+ * 0 = no claim, 2..31 affirming, 32..95 warning, 96..127 contraindicated, and -1..-127 verifier errors.
+ */
+export interface TrustVector {
+  instance_identity?: number;
+  configuration?: number;
+  executables?: number;
+  file_system?: number;
+  hardware?: number;
+  runtime_opaque?: number;
+  storage_opaque?: number;
+  sourced_data?: number;
+}
+
+/** One judged point: every non-affirming status carries a reason an operator can act on. */
+export interface Finding {
+  check: string;
+  status: EarStatus;
+  message: string;
+}
+
+/** Output of the appraise stage, per submodule (`cpu0`, `gpu0`, …). */
+export interface Appraisal {
+  kind: TeeKind;
+  status: EarStatus;
+  trustVector: TrustVector;
+  /** Annotated evidence: the claims as plain JSON values (hex for byte strings). */
+  claims: Record<string, unknown>;
+  findings: Finding[];
+  /** True only for the `sample` software TEE. */
+  insecure?: boolean;
+}
+
+/** The stage a failure came from, so callers and tests can tell a bad structure from a bad signature. */
+export type Stage = 'parse' | 'verify' | 'appraise';
+
+/**
+ * Every verifier failure is one of these, never a bare Error: `code` is stable for tests and logs,
+ * `message` is the sentence for humans.
+ */
+export class AttestationError extends Error {
+  override name = 'AttestationError';
+  constructor(
+    readonly stage: Stage,
+    readonly code: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}

@@ -1,0 +1,16 @@
+import { Command, CommanderError } from 'commander';
+
+/** Entry point of the `cloister` binary; returns the exit code. Each verb lives in its own module. */
+export async function main(argv: string[]): Promise<number> {
+  const program = new Command('cloister')
+    .description('Confidential AI: sealed models and data, attested TEEs, attested key release.')
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return 0;
+  } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode;
+    throw e;
+  }
+}
