@@ -69,3 +69,55 @@ export class AttestationError extends Error {
     super(message, options);
   }
 }
+
+/**
+ * Reference values and platform rules a caller brings to appraisal. Without reference values a
+ * verifier judges only what the evidence proves on its own (genuine chain, fresh collateral, TCB,
+ * debug off) and lists the measurements it could not judge.
+ */
+export interface AppraisalPolicy {
+  /** Claim name → acceptable values (lower-case hex for byte strings). A mismatch is contraindicated. */
+  referenceValues?: Record<string, string[]>;
+  /** Debug TEEs are contraindicated unless this is set. */
+  allowDebug?: boolean;
+  /** TCB statuses judged affirming (default ['UpToDate']); any other status is at least a warning. */
+  acceptTcbStatus?: string[];
+}
+
+/** A vendor collateral item: where it lives online and the names it may have in an offline folder. */
+export interface CollateralRequest {
+  url: string;
+  files: string[];
+}
+
+export interface CollateralItem {
+  body: Uint8Array;
+  /** HTTP response headers, lower-case names (Intel PCS sends issuer chains in headers). */
+  headers: Record<string, string>;
+}
+
+/** Where verifiers get collateral: a folder, an on-disk cache, the vendor services, or a chain of them. */
+export interface CollateralSource {
+  get(req: CollateralRequest): Promise<CollateralItem | undefined>;
+}
+
+export interface VerifyOptions {
+  /** Verification time: certificates, CRLs and collateral must all be valid at this instant. */
+  at: Date;
+  collateral: CollateralSource;
+  policy?: AppraisalPolicy;
+  /** When set, the evidence's report data must equal this (zero-padded to the field). */
+  expectedReportData?: Uint8Array;
+  /**
+   * Replacement trust anchors (PEM or DER) for this kind, e.g. the test authority's root. Production
+   * callers leave this unset and get the vendor roots bundled with Cloister.
+   */
+  trustAnchors?: Uint8Array[];
+}
+
+/** What every TEE kind module exports for dispatch by the CLI, the key broker and composite evidence. */
+export interface KindVerifier {
+  kind: TeeKind;
+  /** parse → verify → appraise in one call; stage failures are AttestationErrors. */
+  appraiseEvidence(evidence: Uint8Array, options: VerifyOptions): Promise<Appraisal>;
+}
