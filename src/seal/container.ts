@@ -1,0 +1,422 @@
+/**
+ * Sealing and opening: buffers, web streams and random access. Web-standard only (Web Crypto,
+ * WHATWG streams), so it runs unchanged in a browser; Node adds file handles, pipes and worker threads
+ * in node.ts by supplying a faster ChunkCipher.
+ */
+import { bs, concatBytes, sha256 } from '../util/bytes.js';
+import { ChunkAuthError, type ChunkCipher, TAG_BYTES, webCryptoCipher } from './aead.js';
+import {
+  chunkCount,
+  encodeHeader,
+  type Header,
+  headerLengthOf,
+  MAC_BYTES,
+  parseHeader,
+  plaintextLengthFromBody,
+  SealFormatError,
+} from './format.js';
+import {
+  checkHeaderMac,
+  deriveFileKeys,
+  headerMac,
+  type Recipient,
+  type UnsealKey,
+  unwrapDataKey,
+  wrapDataKey,
+} from './keys.js';
+
+/** 1 MiB: see docs/format.md "Choice of chunk size" for the measurements behind it. */
+export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
+/** Bytes handed to the cipher per call; amortises per-call cost and feeds worker threads. */
+const BATCH_BYTES = 4 * 1024 * 1024;
+
+export interface SealOptions {
+  recipients: Recipient[];
+  chunkSize?: number;
+  contentType?: string;
+  name?: string;
+  /** Known plaintext length; leave unset when streaming from a source of unknown size (a pipe). */
+  plaintextLength?: number;
+  cipher?: ChunkCipher;
+  /** Fixed randomness, for reproducible test vectors only. Never set it for real data. */
+  deterministic?: { dataKey: Uint8Array; noncePrefix: Uint8Array; hpkeEphemeral?: Uint8Array[] };
+}
+
+/** Everything needed to process the body of one file. */
+export interface BodyContext {
+  header: Header;
+  payloadKey: Uint8Array;
+  /** SHA-256 of the whole header; the AAD of every chunk. */
+  aad: Uint8Array;
+  cipher: ChunkCipher;
+}
+
+export async function beginSeal(opts: SealOptions): Promise<BodyContext> {
+  if (opts.recipients.length === 0) throw new SealFormatError('bad-key', 'seal needs at least one recipient');
+  const dataKey = opts.deterministic?.dataKey ?? crypto.getRandomValues(new Uint8Array(32));
+  const noncePrefix = opts.deterministic?.noncePrefix ?? crypto.getRandomValues(new Uint8Array(7));
+  const recipients = [];
+  for (const [i, r] of opts.recipients.entries()) {
+    recipients.push(await wrapDataKey(dataKey, r, opts.deterministic?.hpkeEphemeral?.[i]));
+  }
+  const raw = encodeHeader({
+    chunkSize: opts.chunkSize ?? DEFAULT_CHUNK_SIZE,
+    plaintextLength: opts.plaintextLength,
+    noncePrefix,
+    contentType: opts.contentType ?? '',
+    name: opts.name ?? '',
+    recipients,
+  });
+  const keys = await deriveFileKeys(dataKey);
+  raw.set(await headerMac(keys.headerKey, raw.subarray(0, raw.length - MAC_BYTES)), raw.length - MAC_BYTES);
+  const header = parseHeader(raw);
+  return {
+    header,
+    payloadKey: keys.payloadKey,
+    aad: await sha256(raw),
+    cipher: opts.cipher ?? webCryptoCipher,
+  };
+}
+
+/** Parses a header, unwraps the data key with `key`, and checks the header MAC before anything else. */
+export async function beginOpen(
+  headerBytes: Uint8Array,
+  key: UnsealKey,
+  cipher?: ChunkCipher,
+): Promise<BodyContext> {
+  const header = parseHeader(headerBytes);
+  const dataKey = await unwrapDataKey(header.recipients, key);
+  const keys = await deriveFileKeys(dataKey);
+  await checkHeaderMac(keys.headerKey, header.authenticated, header.mac);
+  return {
+    header,
+    payloadKey: keys.payloadKey,
+    aad: await sha256(header.raw),
+    cipher: cipher ?? webCryptoCipher,
+  };
+}
+
+function chunksPerBatch(chunkSize: number): number {
+  return Math.max(1, Math.floor(BATCH_BYTES / chunkSize));
+}
+
+function wrapAuth(e: unknown): never {
+  if (e instanceof ChunkAuthError) {
+    throw new SealFormatError(
+      'chunk-tampered',
+      e.index < 0
+        ? 'sealed body is malformed (a chunk is shorter than its tag)'
+        : `chunk ${e.index} failed authentication: the file was modified, truncated, reordered or spliced`,
+    );
+  }
+  throw e;
+}
+
+/** Runs cipher calls with up to `depth` batches in flight, releasing results in order. */
+class OrderedPipeline {
+  private readonly queue: Promise<Uint8Array>[] = [];
+  constructor(private readonly depth: number) {}
+
+  async push(work: () => Uint8Array | Promise<Uint8Array>, emit: (b: Uint8Array) => void): Promise<void> {
+    const p = Promise.resolve().then(work);
+    p.catch(() => {}); // observed when drained; avoids an unhandled rejection while queued
+    this.queue.push(p);
+    while (this.queue.length > this.depth) emit(await this.queue.shift()!);
+  }
+
+  async drain(emit: (b: Uint8Array) => void): Promise<void> {
+    while (this.queue.length > 0) emit(await this.queue.shift()!);
+  }
+}
+
+/** Depth of the in-flight queue: enough to keep a worker pool busy without unbounded memory. */
+export interface StreamTuning {
+  inFlight?: number;
+}
+
+/**
+ * Plaintext → sealed bytes (header first). One chunk is held back until the next arrives or the stream
+ * ends, because only then is it known whether it is the final chunk.
+ */
+export function sealStream(
+  ctx: BodyContext,
+  tuning: StreamTuning = {},
+): TransformStream<Uint8Array, Uint8Array> {
+  const { chunkSize, plaintextLength } = ctx.header;
+  const per = chunksPerBatch(chunkSize);
+  const pipe = new OrderedPipeline(tuning.inFlight ?? 2);
+  const pending = new Batcher(per * chunkSize);
+  let index = 0;
+  let total = 0;
+  const submit = (input: Uint8Array, final: boolean, emit: (b: Uint8Array) => void) => {
+    const first = index;
+    index += Math.max(1, Math.ceil(input.length / chunkSize));
+    const batch = {
+      key: ctx.payloadKey,
+      noncePrefix: ctx.header.noncePrefix,
+      aad: ctx.aad,
+      first,
+      chunkSize,
+      final,
+      input,
+    };
+    return pipe.push(() => ctx.cipher.seal(batch), emit);
+  };
+  return new TransformStream({
+    start(c) {
+      c.enqueue(ctx.header.raw);
+    },
+    async transform(data, c) {
+      total += data.length;
+      if (plaintextLength !== undefined && total > plaintextLength) {
+        throw new SealFormatError('range', `input is longer than the declared ${plaintextLength} bytes`);
+      }
+      const emit = (b: Uint8Array) => c.enqueue(b);
+      for (const full of pending.add(data, true)) await submit(full, false, emit);
+    },
+    async flush(c) {
+      if (plaintextLength !== undefined && total !== plaintextLength) {
+        throw new SealFormatError(
+          'range',
+          `input ended after ${total} of the declared ${plaintextLength} bytes`,
+        );
+      }
+      const emit = (b: Uint8Array) => c.enqueue(b);
+      await submit(pending.rest(), true, emit);
+      await pipe.drain(emit);
+    },
+  });
+}
+
+/**
+ * Sealed bytes → plaintext, releasing each batch as soon as it is authenticated. A consumer that
+ * writes to a pipe therefore sees verified plaintext progressively; a later failure (truncation,
+ * tampering) errors the stream, and the CLI exits non-zero. Writers to files must not rename the
+ * output into place until the stream has closed without error.
+ */
+export function openStream(
+  key: UnsealKey,
+  cipher?: ChunkCipher,
+  tuning: StreamTuning = {},
+): TransformStream<Uint8Array, Uint8Array> {
+  let ctx: BodyContext | undefined;
+  let head: Uint8Array = new Uint8Array(0);
+  let batcher: Batcher | undefined;
+  let stride = 0;
+  let index = 0;
+  let body = 0;
+  const pipe = new OrderedPipeline(tuning.inFlight ?? 2);
+  const submit = (input: Uint8Array, final: boolean, emit: (b: Uint8Array) => void) => {
+    const c = ctx!;
+    const first = index;
+    index += Math.max(1, Math.ceil(input.length / stride));
+    const batch = {
+      key: c.payloadKey,
+      noncePrefix: c.header.noncePrefix,
+      aad: c.aad,
+      first,
+      chunkSize: c.header.chunkSize,
+      final,
+      input,
+    };
+    return pipe.push(async () => {
+      try {
+        return await c.cipher.open(batch);
+      } catch (e) {
+        wrapAuth(e);
+      }
+    }, emit);
+  };
+  return new TransformStream({
+    async transform(data, c) {
+      const emit = (b: Uint8Array) => c.enqueue(b);
+      if (!ctx) {
+        head = concatBytes(head, data);
+        if (head.length < 16) return;
+        const hl = headerLengthOf(head);
+        if (head.length < hl) return;
+        ctx = await beginOpen(head.subarray(0, hl), key, cipher);
+        stride = ctx.header.chunkSize + TAG_BYTES;
+        batcher = new Batcher(chunksPerBatch(ctx.header.chunkSize) * stride);
+        data = head.subarray(hl);
+      }
+      body += data.length;
+      const { plaintextLength, chunkSize } = ctx.header;
+      if (
+        plaintextLength !== undefined &&
+        body > plaintextLength + chunkCount(plaintextLength, chunkSize) * TAG_BYTES
+      ) {
+        throw new SealFormatError(
+          'trailing-data',
+          'sealed file has data after its final chunk (extended or concatenated)',
+        );
+      }
+      for (const full of batcher!.add(data, true)) await submit(full, false, emit);
+    },
+    async flush(c) {
+      if (!ctx) {
+        if (head.length >= 16) headerLengthOf(head);
+        throw new SealFormatError(
+          head.length === 0 ? 'not-sealed' : 'truncated',
+          head.length === 0
+            ? 'input is empty, not a sealed file'
+            : 'sealed file is truncated inside its header',
+        );
+      }
+      const { plaintextLength, chunkSize } = ctx.header;
+      const implied = plaintextLengthFromBody(body, chunkSize);
+      if (plaintextLength !== undefined && implied !== plaintextLength) {
+        throw new SealFormatError(
+          'truncated',
+          `sealed body holds ${implied} of the ${plaintextLength} plaintext bytes the header declares (truncated)`,
+        );
+      }
+      const emit = (b: Uint8Array) => c.enqueue(b);
+      await submit(batcher!.rest(), true, emit);
+      await pipe.drain(emit);
+    },
+  });
+}
+
+/**
+ * Gathers incoming pieces into batches of exactly `size` bytes. With `holdBack`, a complete batch is
+ * released only once a byte beyond it has arrived, so the final batch is never released early.
+ */
+class Batcher {
+  private parts: Uint8Array[] = [];
+  private len = 0;
+  constructor(private readonly size: number) {}
+
+  *add(data: Uint8Array, holdBack: boolean): Generator<Uint8Array> {
+    if (data.length === 0) return;
+    this.parts.push(data);
+    this.len += data.length;
+    while (holdBack ? this.len > this.size : this.len >= this.size) {
+      const all = this.parts.length === 1 ? this.parts[0]! : concatBytes(...this.parts);
+      yield all.slice(0, this.size);
+      const rest = all.subarray(this.size);
+      this.parts = rest.length ? [rest] : [];
+      this.len = rest.length;
+    }
+  }
+
+  rest(): Uint8Array {
+    const all = concatBytes(...this.parts);
+    this.parts = [];
+    this.len = 0;
+    return all;
+  }
+}
+
+async function collect(readable: ReadableStream<Uint8Array>): Promise<Uint8Array> {
+  const parts: Uint8Array[] = [];
+  const reader = readable.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) return concatBytes(...parts);
+    parts.push(value);
+  }
+}
+
+export async function sealBytes(plaintext: Uint8Array, opts: SealOptions): Promise<Uint8Array> {
+  const ctx = await beginSeal({ ...opts, plaintextLength: opts.plaintextLength ?? plaintext.length });
+  return collect(new Blob([bs(plaintext)]).stream().pipeThrough(sealStream(ctx)));
+}
+
+export async function openBytes(
+  sealed: Uint8Array,
+  key: UnsealKey,
+  cipher?: ChunkCipher,
+): Promise<Uint8Array> {
+  return collect(new Blob([bs(sealed)]).stream().pipeThrough(openStream(key, cipher)));
+}
+
+// ── random access ─────────────────────────────────────────────────────────────────────────────────
+
+/** Anything that can read byte ranges: a file handle, a Blob, an HTTP range client. */
+export interface RangeSource {
+  size: number;
+  read(offset: number, length: number): Promise<Uint8Array>;
+}
+
+export interface SealedReader {
+  header: Header;
+  plaintextLength: number;
+  /** Plaintext bytes [start, end), decrypting only the chunks that hold them. */
+  read(start: number, end: number): Promise<Uint8Array>;
+}
+
+export function bytesSource(b: Uint8Array): RangeSource {
+  return { size: b.length, read: async (o, n) => b.subarray(o, o + n) };
+}
+
+/**
+ * Opens a sealed file for random access. The header MAC is checked and the final chunk is decrypted
+ * once, so a truncated or extended file is refused here rather than at some later read.
+ */
+export async function openReader(
+  src: RangeSource,
+  key: UnsealKey,
+  cipher?: ChunkCipher,
+): Promise<SealedReader> {
+  if (src.size < 16)
+    throw new SealFormatError(src.size === 0 ? 'not-sealed' : 'truncated', 'not a sealed file (too short)');
+  const hl = headerLengthOf(await src.read(0, 16));
+  if (src.size < hl) throw new SealFormatError('truncated', 'sealed file is truncated inside its header');
+  const ctx = await beginOpen(await src.read(0, hl), key, cipher);
+  const { chunkSize } = ctx.header;
+  const stride = chunkSize + TAG_BYTES;
+  const bodyLen = src.size - hl;
+  const implied = plaintextLengthFromBody(bodyLen, chunkSize);
+  const declared = ctx.header.plaintextLength;
+  if (declared !== undefined && implied !== declared) {
+    throw new SealFormatError(
+      implied < declared ? 'truncated' : 'trailing-data',
+      `sealed file holds ${implied} plaintext bytes but its header declares ${declared} (${implied < declared ? 'truncated' : 'extended'})`,
+    );
+  }
+  const plaintextLength = implied;
+  const count = chunkCount(plaintextLength, chunkSize);
+  const decrypt = async (first: number, last: number): Promise<Uint8Array> => {
+    const off = hl + first * stride;
+    const end = Math.min(hl + (last + 1) * stride, src.size);
+    const input = await src.read(off, end - off);
+    try {
+      return await ctx.cipher.open({
+        key: ctx.payloadKey,
+        noncePrefix: ctx.header.noncePrefix,
+        aad: ctx.aad,
+        first,
+        chunkSize,
+        final: last === count - 1,
+        input,
+      });
+    } catch (e) {
+      wrapAuth(e);
+    }
+  };
+  await decrypt(count - 1, count - 1);
+  return {
+    header: ctx.header,
+    plaintextLength,
+    async read(start, end) {
+      if (
+        !Number.isSafeInteger(start) ||
+        !Number.isSafeInteger(end) ||
+        start < 0 ||
+        end < start ||
+        end > plaintextLength
+      ) {
+        throw new SealFormatError(
+          'range',
+          `range ${start}-${end} is outside the plaintext (0-${plaintextLength})`,
+        );
+      }
+      if (start === end) return new Uint8Array(0);
+      const first = Math.floor(start / chunkSize);
+      const last = Math.floor((end - 1) / chunkSize);
+      const plain = await decrypt(first, last);
+      return plain.subarray(start - first * chunkSize, end - first * chunkSize);
+    },
+  };
+}
