@@ -1,16 +1,37 @@
 import { Command, CommanderError } from 'commander';
+import { registerSealCommands } from './seal.js';
 
 /** Entry point of the `cloister` binary; returns the exit code. Each verb lives in its own module. */
 export async function main(argv: string[]): Promise<number> {
   const program = new Command('cloister')
     .description('Confidential AI: sealed models and data, attested TEEs, attested key release.')
     .exitOverride()
+    .showHelpAfterError('(run with --help for usage)')
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+  registerSealCommands(program);
+  for (const c of program.commands) c.exitOverride();
   try {
     await program.parseAsync(argv, { from: 'user' });
     return 0;
   } catch (e) {
-    if (e instanceof CommanderError) return e.exitCode;
-    throw e;
+    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
+    process.stderr.write(`cloister: ${describeError(e)}\n`);
+    return 1;
   }
+}
+
+/** One line an operator can act on; system errors keep their path and code. */
+function describeError(e: unknown): string {
+  if (!(e instanceof Error)) return String(e);
+  const sys = e as NodeJS.ErrnoException;
+  if (sys.code && sys.path) {
+    const what: Record<string, string> = {
+      ENOENT: 'no such file or directory',
+      EACCES: 'permission denied',
+      EISDIR: 'is a directory',
+      ENOSPC: 'no space left on device',
+    };
+    return `${sys.path}: ${what[sys.code] ?? sys.code}`;
+  }
+  return e.message;
 }

@@ -26,6 +26,8 @@ export interface ChunkBatch {
   input: Uint8Array;
   /** Optional destination; must be exactly the output length. Lets callers decrypt in place into a big buffer. */
   output?: Uint8Array;
+  /** The caller will not touch `input` again, so a backend may take its buffer (transfer it to a worker). */
+  disposable?: boolean;
 }
 
 /** Thrown when a chunk fails authentication; `index` is the absolute chunk number. */

@@ -159,6 +159,7 @@ export function sealStream(
       chunkSize,
       final,
       input,
+      disposable: true,
     };
     return pipe.push(() => ctx.cipher.seal(batch), emit);
   };
@@ -218,6 +219,7 @@ export function openStream(
       chunkSize: c.header.chunkSize,
       final,
       input,
+      disposable: true,
     };
     return pipe.push(async () => {
       try {

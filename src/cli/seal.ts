@@ -1,0 +1,272 @@
+/** `cloister keygen | seal | unseal | inspect` — thin shells over src/seal. */
+import { readFile, stat, writeFile } from 'node:fs/promises';
+import type { Command } from 'commander';
+import type { Header } from '../seal/format.js';
+import {
+  checkKbsUri,
+  generateHpkeKeyPair,
+  generateKek,
+  hpkePrivateToJwk,
+  hpkePublicToJwk,
+  type Jwk,
+  kekToJwk,
+  keyFromJwk,
+  type Recipient,
+  type UnsealKey,
+} from '../seal/keys.js';
+import { FileError, openSealedFile, readHeader, sealFile, unsealFile } from '../seal/node.js';
+import { progressBar } from './progress.js';
+import { cleanupOnSignals } from './signals.js';
+
+async function readKeyFile(path: string) {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (e) {
+    throw new FileError(
+      `cannot read key file ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+    );
+  }
+  return keyFromJwk(text, `key file ${path}`);
+}
+
+async function writeKeyFile(path: string, jwk: Jwk, secret: boolean, force: boolean): Promise<void> {
+  try {
+    await writeFile(path, `${JSON.stringify(jwk, null, 2)}\n`, {
+      mode: secret ? 0o600 : 0o644,
+      flag: force ? 'w' : 'wx',
+    });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EEXIST')
+      throw new FileError(`${path} already exists (use --force to overwrite)`);
+    throw e;
+  }
+}
+
+async function parseRecipient(spec: string): Promise<Recipient> {
+  if (spec.startsWith('kbs:')) {
+    const eq = spec.indexOf('=');
+    if (eq < 0) throw new FileError(`--to ${spec}: give the KEK file as kbs:///repo/type/tag=FILE`);
+    const uri = checkKbsUri(spec.slice(0, eq));
+    const key = await readKeyFile(spec.slice(eq + 1));
+    if (key.kind !== 'kek')
+      throw new FileError(`--to ${spec}: ${spec.slice(eq + 1)} is not a key-encryption key (kty "oct")`);
+    return { type: 'kbs', uri, kek: key.secret };
+  }
+  if (spec.startsWith('hpke:')) {
+    const key = await readKeyFile(spec.slice(5));
+    if (key.kind === 'kek')
+      throw new FileError(`--to ${spec}: ${spec.slice(5)} is a KEK, not an HPKE public key`);
+    return { type: 'hpke', publicKey: key.publicKey };
+  }
+  throw new FileError(`--to ${spec}: a recipient is kbs:///repo/type/tag=KEKFILE or hpke:PUBFILE`);
+}
+
+function parseSize(s: string): number {
+  const m = /^(\d+)([KMG]i?B?)?$/i.exec(s.trim());
+  if (!m) throw new FileError(`"${s}" is not a size (e.g. 1MiB, 65536)`);
+  const unit = (m[2] ?? '').toUpperCase()[0];
+  const mult = unit === 'K' ? 1024 : unit === 'M' ? 1024 ** 2 : unit === 'G' ? 1024 ** 3 : 1;
+  return Number(m[1]) * mult;
+}
+
+function parseRange(s: string): [number, number] {
+  const m = /^(\d+)-(\d+)$/.exec(s);
+  if (!m) throw new FileError(`--range ${s}: expected A-B (bytes A up to, not including, B)`);
+  return [Number(m[1]), Number(m[2])];
+}
+
+async function sizeOf(path: string): Promise<number | undefined> {
+  return path === '-' ? undefined : (await stat(path).catch(() => undefined))?.size;
+}
+
+function describeHeader(h: Header, fileSize: number): Record<string, unknown> {
+  return {
+    format: `cloister-sealed v${h.version}`,
+    suite: 'AES-256-GCM STREAM (HKDF-SHA256, HMAC-SHA256 header)',
+    chunkSize: h.chunkSize,
+    plaintextLength: h.plaintextLength ?? null,
+    sealedLength: fileSize,
+    contentType: h.contentType || null,
+    name: h.name || null,
+    recipients: h.recipients.map((r) => ({ type: r.type, keyId: r.keyId })),
+  };
+}
+
+export function registerSealCommands(program: Command): void {
+  program
+    .command('keygen')
+    .description('make a key: a key-encryption key (for kbs recipients) or an HPKE key pair')
+    .option('--kek <file>', 'write a new AES-256 key-encryption key (JWK, mode 0600)')
+    .option('--uri <kbs-uri>', 'record the broker resource URI in the KEK file (kid)')
+    .option('--hpke <file>', 'write a new X25519 HPKE private key (JWK, mode 0600)')
+    .option('--pub <file>', 'with --hpke: write its public key here')
+    .option('--force', 'overwrite existing files')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  cloister keygen --kek owner.kek --uri kbs:///owner/models/kek1\n  cloister keygen --hpke broker.key --pub broker.pub',
+    )
+    .action(async (o: { kek?: string; uri?: string; hpke?: string; pub?: string; force?: boolean }) => {
+      if (!o.kek === !o.hpke)
+        throw new FileError('keygen: give exactly one of --kek FILE or --hpke FILE --pub FILE');
+      if (o.kek) {
+        if (o.uri) checkKbsUri(o.uri);
+        await writeKeyFile(o.kek, kekToJwk(generateKek(o.uri)), true, !!o.force);
+        process.stderr.write(`wrote key-encryption key ${o.kek}\n`);
+        return;
+      }
+      if (!o.pub) throw new FileError('keygen --hpke FILE needs --pub FILE for the public key');
+      const kp = await generateHpkeKeyPair();
+      await writeKeyFile(o.hpke!, await hpkePrivateToJwk(kp), true, !!o.force);
+      const pub = await hpkePublicToJwk(kp.publicKey);
+      await writeKeyFile(o.pub, pub, false, !!o.force);
+      process.stderr.write(`wrote HPKE key pair ${o.hpke} / ${o.pub} (${pub.kid})\n`);
+    });
+
+  program
+    .command('seal')
+    .description('encrypt a file so that only the given recipients can read it')
+    .argument('<in>', 'input file, or - for stdin')
+    .argument('<out>', 'sealed output file, or - for stdout')
+    .requiredOption(
+      '--to <recipient>',
+      'kbs:///repo/type/tag=KEKFILE or hpke:PUBFILE (repeatable)',
+      (v: string, prev: string[] = []) => [...prev, v],
+    )
+    .option('--chunk-size <size>', 'plaintext bytes per chunk (default 1MiB)')
+    .option('--content-type <type>', 'media type recorded in the header')
+    .option('--name <name>', 'original name recorded in the header (default: input file name)')
+    .option('--workers <n>', 'worker threads (default: all cores for inputs ≥ 64 MiB)', (v) =>
+      Number.parseInt(v, 10),
+    )
+    .option('--force', 'overwrite an existing output')
+    .option('-q, --quiet', 'no progress bar')
+    .addHelpText(
+      'after',
+      '\nExample:\n  cloister seal --to kbs:///owner/models/kek1=owner.kek --to hpke:broker.pub model.gguf model.gguf.sealed',
+    )
+    .action(
+      async (
+        input: string,
+        out: string,
+        o: {
+          to: string[];
+          chunkSize?: string;
+          contentType?: string;
+          name?: string;
+          workers?: number;
+          force?: boolean;
+          quiet?: boolean;
+        },
+      ) => {
+        cleanupOnSignals();
+        const recipients = [];
+        for (const spec of o.to) recipients.push(await parseRecipient(spec));
+        const bar = progressBar('sealing', await sizeOf(input), !!o.quiet);
+        await sealFile(input, out, {
+          recipients,
+          ...(o.chunkSize ? { chunkSize: parseSize(o.chunkSize) } : {}),
+          ...(o.contentType ? { contentType: o.contentType } : {}),
+          ...(o.name !== undefined ? { name: o.name } : {}),
+          ...(o.workers !== undefined ? { workers: o.workers } : {}),
+          force: !!o.force,
+          onProgress: bar.update,
+        });
+        bar.finish();
+      },
+    );
+
+  program
+    .command('unseal')
+    .description('decrypt a sealed file (verifying every chunk) with a KEK or HPKE private key')
+    .argument('<in>', 'sealed input file, or - for stdin')
+    .argument('<out>', 'plaintext output file, or - for stdout')
+    .requiredOption('--key <file>', 'KEK file (kbs recipient) or HPKE private key file')
+    .option('--range <a-b>', 'only plaintext bytes [a, b), decrypting only the chunks that hold them')
+    .option('--workers <n>', 'worker threads (default: all cores for inputs ≥ 64 MiB)', (v) =>
+      Number.parseInt(v, 10),
+    )
+    .option('--force', 'overwrite an existing output')
+    .option('-q, --quiet', 'no progress bar')
+    .addHelpText(
+      'after',
+      '\nA file output appears only after the last chunk has verified. To stdout, verified chunks are written\n' +
+        'as they verify and a later failure exits non-zero: consumers of a pipe must check the exit status.\n\n' +
+        'Examples:\n  cloister unseal --key owner.kek model.gguf.sealed model.gguf\n  cloister unseal --key broker.key --range 0-4096 model.gguf.sealed -',
+    )
+    .action(
+      async (
+        input: string,
+        out: string,
+        o: { key: string; range?: string; workers?: number; force?: boolean; quiet?: boolean },
+      ) => {
+        cleanupOnSignals();
+        const key = await readKeyFile(o.key);
+        if (key.kind === 'hpke-public')
+          throw new FileError(`${o.key} is a public key; unsealing needs the private key`);
+        if (o.range) {
+          await unsealRange(input, out, key, parseRange(o.range), !!o.force);
+          return;
+        }
+        const bar = progressBar('unsealing', await sizeOf(input), !!o.quiet);
+        await unsealFile(input, out, key, {
+          force: !!o.force,
+          onProgress: bar.update,
+          ...(o.workers !== undefined ? { workers: o.workers } : {}),
+        });
+        bar.finish();
+      },
+    );
+
+  program
+    .command('inspect')
+    .description('show a sealed file’s header (no key needed, no secrets shown)')
+    .argument('<file>', 'sealed file')
+    .option('--json', 'machine-readable output')
+    .addHelpText('after', '\nExample:\n  cloister inspect model.gguf.sealed --json')
+    .action(async (file: string, o: { json?: boolean }) => {
+      const { header, fileSize } = await readHeader(file);
+      const d = describeHeader(header, fileSize);
+      if (o.json) {
+        process.stdout.write(`${JSON.stringify(d, null, 2)}\n`);
+        return;
+      }
+      const lines = [
+        `format:      ${d.format}`,
+        `suite:       ${d.suite}`,
+        `chunk size:  ${header.chunkSize} bytes`,
+        `plaintext:   ${header.plaintextLength === undefined ? 'not declared (sealed from a stream)' : `${header.plaintextLength} bytes`}`,
+        `sealed size: ${fileSize} bytes`,
+        `content:     ${header.contentType || '-'}`,
+        `name:        ${header.name || '-'}`,
+        'recipients:',
+        ...header.recipients.map((r) => `  ${r.type.padEnd(5)} ${r.keyId}`),
+      ];
+      process.stdout.write(`${lines.join('\n')}\n`);
+    });
+}
+
+async function unsealRange(
+  input: string,
+  out: string,
+  key: UnsealKey,
+  [a, b]: [number, number],
+  force: boolean,
+): Promise<void> {
+  if (input === '-') throw new FileError('--range needs a sealed file, not stdin');
+  const reader = await openSealedFile(input, key);
+  try {
+    const bytes = await reader.read(a, b);
+    if (out === '-') {
+      await new Promise<void>((res, rej) => process.stdout.write(bytes, (e) => (e ? rej(e) : res())));
+      return;
+    }
+    await writeFile(out, bytes, { mode: 0o600, flag: force ? 'w' : 'wx' }).catch(
+      (e: NodeJS.ErrnoException) => {
+        throw e.code === 'EEXIST' ? new FileError(`${out} already exists (use --force to overwrite)`) : e;
+      },
+    );
+  } finally {
+    await reader.close();
+  }
+}

@@ -1,0 +1,209 @@
+/**
+ * Node edges of the sealed format: files and pipes, temporary-file-then-rename so that no partial
+ * output is ever left under the target name, and worker threads for large inputs.
+ */
+import { randomBytes } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { type FileHandle, open, rename, rm, stat } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
+import { basename, dirname, join } from 'node:path';
+import { Readable, Writable } from 'node:stream';
+import type { ChunkCipher } from './aead.js';
+import {
+  beginSeal,
+  openReader,
+  openStream,
+  type RangeSource,
+  type SealedReader,
+  type SealOptions,
+  sealStream,
+} from './container.js';
+import { type Header, headerLengthOf, parseHeader, SealFormatError } from './format.js';
+import type { UnsealKey } from './keys.js';
+import { localCipher } from './local-cipher.js';
+import { WorkerPoolCipher } from './pool.js';
+
+/** Inputs at least this large (or of unknown size) are processed on worker threads. */
+const PARALLEL_THRESHOLD = 64 * 1024 * 1024;
+const READ_BYTES = 4 * 1024 * 1024;
+
+export interface FileOptions {
+  /** Overwrite an existing output file. */
+  force?: boolean;
+  /** Worker threads: 0 = this thread only; default: all cores for large inputs. */
+  workers?: number;
+  /** Called with bytes of input consumed so far. */
+  onProgress?: (done: number) => void;
+}
+
+/** Temporary files not yet renamed into place; removed on every exit path (see cli/signals.ts). */
+export const pendingTemporaries = new Set<string>();
+
+async function withCipher<T>(
+  size: number | undefined,
+  workers: number | undefined,
+  fn: (c: ChunkCipher, inFlight: number) => Promise<T>,
+): Promise<T> {
+  const n = workers ?? (size === undefined || size >= PARALLEL_THRESHOLD ? availableParallelism() : 0);
+  if (n <= 0) return fn(localCipher(), 2);
+  const pool = new WorkerPoolCipher(n);
+  try {
+    return await fn(pool, 2 * n);
+  } finally {
+    await pool.close();
+  }
+}
+
+function inputStream(path: string, onProgress?: (n: number) => void): ReadableStream<Uint8Array> {
+  const node = path === '-' ? process.stdin : createReadStream(path, { highWaterMark: READ_BYTES });
+  const web = Readable.toWeb(node) as ReadableStream<Uint8Array>;
+  if (!onProgress) return web;
+  let done = 0;
+  return web.pipeThrough(
+    new TransformStream<Uint8Array, Uint8Array>({
+      transform(b, c) {
+        done += b.length;
+        onProgress(done);
+        c.enqueue(b);
+      },
+    }),
+  );
+}
+
+async function inputSize(path: string): Promise<number | undefined> {
+  if (path === '-') return undefined;
+  try {
+    const s = await stat(path);
+    if (s.isDirectory()) throw new SealFormatError('range', `${path} is a directory`);
+    return s.isFile() ? s.size : undefined;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new FileError(`${path}: no such file`);
+    throw e;
+  }
+}
+
+/** A problem with a path (missing input, existing output), as opposed to a problem with the content. */
+export class FileError extends Error {
+  override name = 'FileError';
+}
+
+/**
+ * Writes a stream to `out`: stdout for '-', else a 0600 temporary file beside the target that is renamed
+ * into place only after the stream has ended without error, and removed otherwise.
+ */
+async function writeOutput(
+  stream: ReadableStream<Uint8Array>,
+  out: string,
+  force: boolean | undefined,
+): Promise<void> {
+  if (out === '-') {
+    await stream.pipeTo(Writable.toWeb(process.stdout), { preventClose: true });
+    return;
+  }
+  if (!force) {
+    const exists = await stat(out).then(
+      () => true,
+      () => false,
+    );
+    if (exists) throw new FileError(`${out} already exists (use --force to overwrite)`);
+  }
+  const tmp = join(dirname(out), `.${basename(out)}.${randomBytes(6).toString('hex')}.tmp`);
+  pendingTemporaries.add(tmp);
+  try {
+    await stream.pipeTo(Writable.toWeb(createWriteStream(tmp, { mode: 0o600, flags: 'wx' })));
+    await rename(tmp, out);
+  } catch (e) {
+    await rm(tmp, { force: true });
+    throw e;
+  } finally {
+    pendingTemporaries.delete(tmp);
+  }
+}
+
+export async function sealFile(
+  input: string,
+  out: string,
+  opts: Omit<SealOptions, 'cipher' | 'plaintextLength'> & FileOptions,
+): Promise<Header> {
+  const size = await inputSize(input);
+  return withCipher(size, opts.workers, async (cipher, inFlight) => {
+    const ctx = await beginSeal({
+      ...opts,
+      cipher,
+      plaintextLength: size,
+      name: opts.name ?? (input === '-' ? '' : basename(input)),
+    });
+    await writeOutput(
+      inputStream(input, opts.onProgress).pipeThrough(sealStream(ctx, { inFlight })),
+      out,
+      opts.force,
+    );
+    return ctx.header;
+  });
+}
+
+export async function unsealFile(
+  input: string,
+  out: string,
+  key: UnsealKey,
+  opts: FileOptions = {},
+): Promise<void> {
+  const size = await inputSize(input);
+  await withCipher(size, opts.workers, (cipher, inFlight) =>
+    writeOutput(
+      inputStream(input, opts.onProgress).pipeThrough(openStream(key, cipher, { inFlight })),
+      out,
+      opts.force,
+    ),
+  );
+}
+
+function fileSource(fh: FileHandle, size: number): RangeSource {
+  return {
+    size,
+    async read(offset, length) {
+      const buf = new Uint8Array(length);
+      const { bytesRead } = await fh.read(buf, 0, length, offset);
+      if (bytesRead !== length)
+        throw new SealFormatError('truncated', 'sealed file changed while being read');
+      return buf;
+    },
+  };
+}
+
+/** Random access to a sealed file; call close() when done. */
+export async function openSealedFile(
+  path: string,
+  key: UnsealKey,
+): Promise<SealedReader & { close(): Promise<void> }> {
+  const size = await inputSize(path);
+  if (size === undefined) throw new FileError(`${path}: random access needs a regular file, not a pipe`);
+  const fh = await open(path, 'r');
+  try {
+    const reader = await openReader(fileSource(fh, size), key, localCipher());
+    return { ...reader, close: () => fh.close() };
+  } catch (e) {
+    await fh.close();
+    throw e;
+  }
+}
+
+/** Reads and parses just the header (no key needed, no secrets shown). */
+export async function readHeader(path: string): Promise<{ header: Header; fileSize: number }> {
+  const size = await inputSize(path);
+  if (size === undefined) throw new FileError(`${path}: inspect needs a regular file`);
+  const fh = await open(path, 'r');
+  try {
+    const src = fileSource(fh, size);
+    if (size < 16)
+      throw new SealFormatError(
+        size === 0 ? 'not-sealed' : 'truncated',
+        `${path} is not a sealed file (too short)`,
+      );
+    const hl = headerLengthOf(await src.read(0, 16));
+    if (size < hl) throw new SealFormatError('truncated', `${path}: sealed header is truncated`);
+    return { header: parseHeader(await src.read(0, hl)), fileSize: size };
+  } finally {
+    await fh.close();
+  }
+}
