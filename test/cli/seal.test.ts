@@ -1,0 +1,216 @@
+import { randomBytes } from 'node:crypto';
+import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { cloister, cloisterAsync, tempDir } from './run.js';
+
+let dir: string;
+const plain = randomBytes(3 * 1024 * 1024 + 17);
+const at = (f: string) => join(dir, f);
+const KBS = 'kbs:///owner/models/kek1';
+
+beforeAll(() => {
+  dir = tempDir();
+  writeFileSync(at('model.bin'), plain);
+  expect(cloister(['keygen', '--kek', at('owner.kek'), '--uri', KBS]).code).toBe(0);
+  expect(cloister(['keygen', '--hpke', at('broker.key'), '--pub', at('broker.pub')]).code).toBe(0);
+  expect(cloister(['keygen', '--kek', at('other.kek')]).code).toBe(0);
+  const r = cloister([
+    'seal',
+    '--to',
+    `${KBS}=${at('owner.kek')}`,
+    '--to',
+    `hpke:${at('broker.pub')}`,
+    at('model.bin'),
+    at('model.sealed'),
+  ]);
+  expect(r.stderr).toBe('');
+  expect(r.code).toBe(0);
+});
+
+/** No stray temporaries and no plaintext output may be left after a failure. */
+function leftovers(): string[] {
+  return readdirSync(dir).filter((f) => f.endsWith('.tmp') || f === 'out.bin');
+}
+
+function expectOneLineError(r: { code: number | null; stderr: string }, pattern: RegExp): void {
+  expect(r.code).not.toBe(0);
+  expect(r.stderr.trim().split('\n')).toHaveLength(1);
+  expect(r.stderr).toMatch(pattern);
+  expect(leftovers()).toEqual([]);
+}
+
+describe('cloister keygen', () => {
+  it('writes secret keys mode 0600 and the public key readable', () => {
+    expect(statSync(at('owner.kek')).mode & 0o777).toBe(0o600);
+    expect(statSync(at('broker.key')).mode & 0o777).toBe(0o600);
+    expect(JSON.parse(readFileSync(at('broker.pub'), 'utf8'))).not.toHaveProperty('d');
+  });
+  it('refuses to overwrite a key without --force', () => {
+    expectOneLineError(cloister(['keygen', '--kek', at('owner.kek')]), /already exists/);
+  });
+});
+
+describe('cloister seal / unseal', () => {
+  it('round-trips with either recipient key', () => {
+    for (const key of ['owner.kek', 'broker.key']) {
+      const r = cloister(['unseal', '--key', at(key), at('model.sealed'), '-']);
+      expect(r.code).toBe(0);
+      expect(r.stdout.equals(plain)).toBe(true);
+    }
+  });
+
+  it('round-trips through pipes and worker threads', () => {
+    const sealed = cloister(['seal', '--workers', '2', '--to', `hpke:${at('broker.pub')}`, '-', '-'], {
+      input: plain,
+    });
+    expect(sealed.code).toBe(0);
+    const opened = cloister(['unseal', '--workers', '2', '--key', at('broker.key'), '-', '-'], {
+      input: sealed.stdout,
+    });
+    expect(opened.code).toBe(0);
+    expect(opened.stdout.equals(plain)).toBe(true);
+  });
+
+  it('reads a byte range', () => {
+    const r = cloister([
+      'unseal',
+      '--key',
+      at('owner.kek'),
+      '--range',
+      '1048570-1048600',
+      at('model.sealed'),
+      '-',
+    ]);
+    expect(r.code).toBe(0);
+    expect(r.stdout.equals(plain.subarray(1048570, 1048600))).toBe(true);
+  });
+
+  it('refuses a key that is not a recipient', () => {
+    expectOneLineError(
+      cloister(['unseal', '--key', at('other.kek'), at('model.sealed'), at('out.bin')]),
+      /does not open this file/,
+    );
+  });
+
+  it('refuses a public key for unsealing', () => {
+    expectOneLineError(
+      cloister(['unseal', '--key', at('broker.pub'), at('model.sealed'), at('out.bin')]),
+      /public key/,
+    );
+  });
+
+  it('refuses a corrupted file and leaves no plaintext behind', () => {
+    const bad = readFileSync(at('model.sealed'));
+    bad[bad.length - 100] ^= 1;
+    writeFileSync(at('bad.sealed'), bad);
+    expectOneLineError(
+      cloister(['unseal', '--key', at('owner.kek'), at('bad.sealed'), at('out.bin')]),
+      /chunk 2 failed authentication/,
+    );
+  });
+
+  it('refuses a truncated file', () => {
+    writeFileSync(at('short.sealed'), readFileSync(at('model.sealed')).subarray(0, 2 * 1024 * 1024));
+    expectOneLineError(
+      cloister(['unseal', '--key', at('owner.kek'), at('short.sealed'), at('out.bin')]),
+      /truncated/,
+    );
+  });
+
+  it('refuses a file that is not sealed', () => {
+    expectOneLineError(
+      cloister(['unseal', '--key', at('owner.kek'), at('model.bin'), at('out.bin')]),
+      /not a Cloister sealed file/,
+    );
+    expectOneLineError(cloister(['inspect', at('model.bin')]), /not a Cloister sealed file/);
+  });
+
+  it('refuses an unknown format version', () => {
+    const v = readFileSync(at('model.sealed'));
+    v[9] = 7;
+    writeFileSync(at('v7.sealed'), v);
+    expectOneLineError(
+      cloister(['unseal', '--key', at('owner.kek'), at('v7.sealed'), at('out.bin')]),
+      /version 7 is not supported/,
+    );
+  });
+
+  it('reports a missing input file', () => {
+    expectOneLineError(
+      cloister(['unseal', '--key', at('owner.kek'), at('nope.sealed'), at('out.bin')]),
+      /nope.sealed: no such file/,
+    );
+    expectOneLineError(
+      cloister(['seal', '--to', `hpke:${at('broker.pub')}`, at('nope'), at('out.bin')]),
+      /nope: no such file/,
+    );
+    expectOneLineError(
+      cloister(['unseal', '--key', at('nope.kek'), at('model.sealed'), at('out.bin')]),
+      /cannot read key file/,
+    );
+  });
+
+  it('refuses to overwrite an existing output without --force', () => {
+    expectOneLineError(
+      cloister(['seal', '--to', `hpke:${at('broker.pub')}`, at('model.bin'), at('model.sealed')]),
+      /already exists \(use --force/,
+    );
+    const r = cloister(['unseal', '--force', '--key', at('owner.kek'), at('model.sealed'), at('model.bin')]);
+    expect(r.code).toBe(0);
+  });
+
+  it('refuses malformed recipients and key files', () => {
+    writeFileSync(at('junk.kek'), 'not json');
+    expectOneLineError(
+      cloister(['seal', '--to', `${KBS}=${at('junk.kek')}`, at('model.bin'), at('x.sealed')]),
+      /not a JSON Web Key/,
+    );
+    expectOneLineError(
+      cloister(['seal', '--to', `kbs:///bad uri=${at('owner.kek')}`, at('model.bin'), at('x.sealed')]),
+      /not a key broker resource URI/,
+    );
+    expectOneLineError(cloister(['seal', '--to', `${KBS}`, at('model.bin'), at('x.sealed')]), /=FILE/);
+  });
+
+  it('exits non-zero on a later failure while unsealing to a pipe, after releasing verified chunks', () => {
+    const big = randomBytes(10 * 1024 * 1024);
+    const sealed = cloister(['seal', '--to', `hpke:${at('broker.pub')}`, '-', '-'], { input: big }).stdout;
+    sealed[sealed.length - 100] ^= 1;
+    const r = cloister(['unseal', '--key', at('broker.key'), '-', '-'], { input: sealed });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/chunk 9 failed authentication/);
+    expect(r.stdout.length).toBeGreaterThanOrEqual(4 * 1024 * 1024);
+    expect(r.stdout.length).toBeLessThan(big.length);
+    expect(r.stdout.equals(big.subarray(0, r.stdout.length))).toBe(true);
+  });
+
+  it('removes the temporary output when interrupted', async () => {
+    const child = cloisterAsync(['seal', '--to', `hpke:${at('broker.pub')}`, '-', at('interrupted.sealed')]);
+    child.stdin.write(randomBytes(1024 * 1024));
+    await new Promise((r) => setTimeout(r, 500));
+    expect(readdirSync(dir).some((f) => f.endsWith('.tmp'))).toBe(true);
+    child.kill('SIGTERM');
+    const code = await new Promise((r) => child.on('exit', r));
+    expect(code).toBe(143);
+    expect(readdirSync(dir).filter((f) => f.includes('interrupted'))).toEqual([]);
+  });
+});
+
+describe('cloister inspect', () => {
+  it('shows the header without secrets', () => {
+    const r = cloister(['inspect', '--json', at('model.sealed')]);
+    expect(r.code).toBe(0);
+    const h = JSON.parse(r.stdout.toString());
+    expect(h).toMatchObject({ chunkSize: 1048576, plaintextLength: plain.length, name: 'model.bin' });
+    expect(h.recipients.map((x: { type: string }) => x.type)).toEqual(['kbs', 'hpke']);
+    expect(r.stdout.toString()).not.toContain(JSON.parse(readFileSync(at('owner.kek'), 'utf8')).k);
+  });
+  it('every verb has --help with an example', () => {
+    for (const verb of ['keygen', 'seal', 'unseal', 'inspect']) {
+      const r = cloister([verb, '--help']);
+      expect(r.code).toBe(0);
+      expect(r.stdout.toString()).toMatch(/Example/);
+    }
+  });
+});
