@@ -100,7 +100,8 @@ function chunksPerBatch(chunkSize: number): number {
   return Math.max(1, Math.floor(BATCH_BYTES / chunkSize));
 }
 
-function wrapAuth(e: unknown): never {
+/** Turns a backend's ChunkAuthError into the format error users see; rethrows anything else. */
+export function rethrowAuth(e: unknown): never {
   if (e instanceof ChunkAuthError) {
     throw new SealFormatError(
       'chunk-tampered',
@@ -225,7 +226,7 @@ export function openStream(
       try {
         return await c.cipher.open(batch);
       } catch (e) {
-        wrapAuth(e);
+        rethrowAuth(e);
       }
     }, emit);
   };
@@ -352,6 +353,36 @@ export function bytesSource(b: Uint8Array): RangeSource {
   return { size: b.length, read: async (o, n) => b.subarray(o, o + n) };
 }
 
+export interface OpenedBody {
+  ctx: BodyContext;
+  plaintextLength: number;
+  count: number;
+  bodyOffset: number;
+}
+
+/**
+ * Reads and authenticates the header of a sealed source and checks that its size matches a whole
+ * number of chunks and the declared length, so truncation and extension are refused before any read.
+ */
+export async function openBody(src: RangeSource, key: UnsealKey, cipher?: ChunkCipher): Promise<OpenedBody> {
+  if (src.size < 16) {
+    throw new SealFormatError(src.size === 0 ? 'not-sealed' : 'truncated', 'not a sealed file (too short)');
+  }
+  const hl = headerLengthOf(await src.read(0, 16));
+  if (src.size < hl) throw new SealFormatError('truncated', 'sealed file is truncated inside its header');
+  const ctx = await beginOpen(await src.read(0, hl), key, cipher);
+  const implied = plaintextLengthFromBody(src.size - hl, ctx.header.chunkSize);
+  const declared = ctx.header.plaintextLength;
+  if (declared !== undefined && implied !== declared) {
+    const short = implied < declared;
+    throw new SealFormatError(
+      short ? 'truncated' : 'trailing-data',
+      `sealed file holds ${implied} plaintext bytes but its header declares ${declared} (${short ? 'truncated' : 'extended'})`,
+    );
+  }
+  return { ctx, plaintextLength: implied, count: chunkCount(implied, ctx.header.chunkSize), bodyOffset: hl };
+}
+
 /**
  * Opens a sealed file for random access. The header MAC is checked and the final chunk is decrypted
  * once, so a truncated or extended file is refused here rather than at some later read.
@@ -361,24 +392,9 @@ export async function openReader(
   key: UnsealKey,
   cipher?: ChunkCipher,
 ): Promise<SealedReader> {
-  if (src.size < 16)
-    throw new SealFormatError(src.size === 0 ? 'not-sealed' : 'truncated', 'not a sealed file (too short)');
-  const hl = headerLengthOf(await src.read(0, 16));
-  if (src.size < hl) throw new SealFormatError('truncated', 'sealed file is truncated inside its header');
-  const ctx = await beginOpen(await src.read(0, hl), key, cipher);
+  const { ctx, plaintextLength, count, bodyOffset: hl } = await openBody(src, key, cipher);
   const { chunkSize } = ctx.header;
   const stride = chunkSize + TAG_BYTES;
-  const bodyLen = src.size - hl;
-  const implied = plaintextLengthFromBody(bodyLen, chunkSize);
-  const declared = ctx.header.plaintextLength;
-  if (declared !== undefined && implied !== declared) {
-    throw new SealFormatError(
-      implied < declared ? 'truncated' : 'trailing-data',
-      `sealed file holds ${implied} plaintext bytes but its header declares ${declared} (${implied < declared ? 'truncated' : 'extended'})`,
-    );
-  }
-  const plaintextLength = implied;
-  const count = chunkCount(plaintextLength, chunkSize);
   const decrypt = async (first: number, last: number): Promise<Uint8Array> => {
     const off = hl + first * stride;
     const end = Math.min(hl + (last + 1) * stride, src.size);
@@ -394,7 +410,7 @@ export async function openReader(
         input,
       });
     } catch (e) {
-      wrapAuth(e);
+      rethrowAuth(e);
     }
   };
   await decrypt(count - 1, count - 1);

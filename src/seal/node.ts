@@ -11,9 +11,11 @@ import { Readable, Writable } from 'node:stream';
 import type { ChunkCipher } from './aead.js';
 import {
   beginSeal,
+  openBody,
   openReader,
   openStream,
   type RangeSource,
+  rethrowAuth,
   type SealedReader,
   type SealOptions,
   sealStream,
@@ -206,4 +208,54 @@ export async function readHeader(path: string): Promise<{ header: Header; fileSi
   } finally {
     await fh.close();
   }
+}
+
+/**
+ * Unseals a whole file into memory — the path the TEE agent takes, so plaintext never touches disk.
+ * Large files are split into contiguous chunk ranges; each worker reads its range itself and decrypts
+ * straight into one shared buffer, so the only copy is the read from the page cache.
+ */
+export async function unsealToMemory(
+  path: string,
+  key: UnsealKey,
+  opts: { workers?: number } = {},
+): Promise<Uint8Array> {
+  const size = await inputSize(path);
+  if (size === undefined) throw new FileError(`${path}: unsealing to memory needs a regular file`);
+  const fh = await open(path, 'r');
+  let body: Awaited<ReturnType<typeof openBody>>;
+  try {
+    body = await openBody(fileSource(fh, size), key, localCipher());
+  } finally {
+    await fh.close();
+  }
+  const { ctx, plaintextLength, count, bodyOffset } = body;
+  const n = Math.min(opts.workers ?? (size >= PARALLEL_THRESHOLD ? availableParallelism() : 0), count);
+  const output = new Uint8Array(new SharedArrayBuffer(plaintextLength));
+  const job = {
+    path,
+    bodyOffset,
+    chunkCount: count,
+    batch: {
+      key: ctx.payloadKey,
+      noncePrefix: ctx.header.noncePrefix,
+      aad: ctx.aad,
+      chunkSize: ctx.header.chunkSize,
+    },
+    output,
+  };
+  const pool = new WorkerPoolCipher(Math.max(n, 1));
+  try {
+    const per = Math.ceil(count / Math.max(n, 1));
+    const ranges = [];
+    for (let first = 0; first < count; first += per)
+      ranges.push(pool.openFileRange({ ...job, first, end: Math.min(first + per, count) }));
+    await Promise.all(ranges);
+  } catch (e) {
+    output.fill(0);
+    rethrowAuth(e);
+  } finally {
+    await pool.close();
+  }
+  return output;
 }

@@ -5,7 +5,7 @@
  */
 import { Worker } from 'node:worker_threads';
 import { ChunkAuthError, type ChunkBatch, type ChunkCipher } from './aead.js';
-import type { WorkReply, WorkRequest } from './worker.js';
+import type { FileRangeJob, WorkReply, WorkRequest } from './worker.js';
 
 interface Job {
   req: WorkRequest;
@@ -41,15 +41,32 @@ export class WorkerPoolCipher implements ChunkCipher {
     return this.submit('open', batch);
   }
 
+  /** Decrypts a run of chunks of a sealed file on a worker, straight into `job.output` (shared memory). */
+  openFileRange(job: FileRangeJob): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.waiting.push({
+        req: { id: this.nextId++, op: 'open-file', job },
+        resolve: () => resolve(),
+        reject,
+      });
+      this.pump();
+    });
+  }
+
   async close(): Promise<void> {
     await Promise.all(this.all.map((w) => w.terminate()));
   }
 
   private submit(op: 'seal' | 'open', batch: ChunkBatch): Promise<Uint8Array> {
-    const { output: _ignored, ...rest } = batch; // a destination in this thread is unreachable from a worker
-    return new Promise((resolve, reject) => {
+    const { output, ...rest } = batch;
+    return new Promise<Uint8Array>((resolve, reject) => {
       this.waiting.push({ req: { id: this.nextId++, op, batch: rest }, resolve, reject });
       this.pump();
+    }).then((out) => {
+      // A destination in this thread is unreachable from a worker: copy into it on return.
+      if (!output) return out;
+      output.set(out);
+      return output;
     });
   }
 
@@ -58,10 +75,7 @@ export class WorkerPoolCipher implements ChunkCipher {
       const w = this.idle.pop()!;
       const job = this.waiting.shift()!;
       this.running.set(job.req.id, job);
-      const input = job.req.batch.input;
-      const owned =
-        job.req.batch.disposable && input.byteOffset === 0 && input.byteLength === input.buffer.byteLength;
-      w.postMessage(job.req, owned ? [input.buffer as ArrayBuffer] : []);
+      w.postMessage(job.req, transferable(job.req));
     }
   }
 
@@ -82,4 +96,12 @@ export class WorkerPoolCipher implements ChunkCipher {
     this.running.clear();
     this.waiting.length = 0;
   }
+}
+
+/** Batch inputs the caller gave up may move to the worker instead of being copied. */
+function transferable(req: WorkRequest): ArrayBuffer[] {
+  if (req.op === 'open-file') return [];
+  const { input, disposable } = req.batch;
+  const whole = input.byteOffset === 0 && input.byteLength === input.buffer.byteLength;
+  return disposable && whole && input.buffer instanceof ArrayBuffer ? [input.buffer] : [];
 }
