@@ -3,11 +3,10 @@
  * output is ever left under the target name, and worker threads for large inputs.
  */
 import { randomBytes } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream } from 'node:fs';
 import { type FileHandle, open, rename, rm, stat } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { basename, dirname, join } from 'node:path';
-import { Readable, Writable } from 'node:stream';
 import type { ChunkCipher } from './aead.js';
 import {
   beginSeal,
@@ -58,7 +57,7 @@ async function withCipher<T>(
 
 function inputStream(path: string, onProgress?: (n: number) => void): ReadableStream<Uint8Array> {
   const node = path === '-' ? process.stdin : createReadStream(path, { highWaterMark: READ_BYTES });
-  const web = Readable.toWeb(node) as ReadableStream<Uint8Array>;
+  const web = pullFrom(node);
   if (!onProgress) return web;
   let done = 0;
   return web.pipeThrough(
@@ -69,6 +68,27 @@ function inputStream(path: string, onProgress?: (n: number) => void): ReadableSt
         c.enqueue(b);
       },
     }),
+  );
+}
+
+/**
+ * Readable.toWeb on Node 20 reads ahead without backpressure (unbounded memory on a fast pipe), so the
+ * web stream pulls from the Node stream's iterator one piece at a time instead.
+ */
+function pullFrom(node: AsyncIterable<Uint8Array>): ReadableStream<Uint8Array> {
+  const it = node[Symbol.asyncIterator]();
+  return new ReadableStream<Uint8Array>(
+    {
+      async pull(c) {
+        const { done, value } = await it.next();
+        if (done) c.close();
+        else c.enqueue(value);
+      },
+      async cancel() {
+        await it.return?.();
+      },
+    },
+    { highWaterMark: 0 },
   );
 }
 
@@ -89,6 +109,24 @@ export class FileError extends Error {
   override name = 'FileError';
 }
 
+/*
+ * Sinks that finish each write before accepting the next: Writable.toWeb on Node 20 acknowledges writes
+ * before they complete, so a fast producer fills memory with pending output.
+ */
+function fileSink(fh: FileHandle): WritableStream<Uint8Array> {
+  return new WritableStream({
+    async write(b) {
+      for (let o = 0; o < b.length; ) o += (await fh.write(b, o, b.length - o)).bytesWritten;
+    },
+  });
+}
+
+function stdoutSink(): WritableStream<Uint8Array> {
+  return new WritableStream({
+    write: (b) => new Promise<void>((res, rej) => process.stdout.write(b, (e) => (e ? rej(e) : res()))),
+  });
+}
+
 /**
  * Writes a stream to `out`: stdout for '-', else a 0600 temporary file beside the target that is renamed
  * into place only after the stream has ended without error, and removed otherwise.
@@ -99,7 +137,7 @@ async function writeOutput(
   force: boolean | undefined,
 ): Promise<void> {
   if (out === '-') {
-    await stream.pipeTo(Writable.toWeb(process.stdout), { preventClose: true });
+    await stream.pipeTo(stdoutSink());
     return;
   }
   if (!force) {
@@ -112,7 +150,12 @@ async function writeOutput(
   const tmp = join(dirname(out), `.${basename(out)}.${randomBytes(6).toString('hex')}.tmp`);
   pendingTemporaries.add(tmp);
   try {
-    await stream.pipeTo(Writable.toWeb(createWriteStream(tmp, { mode: 0o600, flags: 'wx' })));
+    const fh = await open(tmp, 'wx', 0o600);
+    try {
+      await stream.pipeTo(fileSink(fh));
+    } finally {
+      await fh.close();
+    }
     await rename(tmp, out);
   } catch (e) {
     await rm(tmp, { force: true });
