@@ -1,4 +1,5 @@
 import { Command, CommanderError } from 'commander';
+import { registerDemo } from './demo.js';
 import { registerSealCommands } from './seal.js';
 
 /** Entry point of the `cloister` binary; returns the exit code. Each verb lives in its own module. */
@@ -9,6 +10,7 @@ export async function main(argv: string[]): Promise<number> {
     .showHelpAfterError('(run with --help for usage)')
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
   registerSealCommands(program);
+  registerDemo(program);
   for (const c of program.commands) c.exitOverride();
   try {
     await program.parseAsync(argv, { from: 'user' });
