@@ -295,7 +295,7 @@ Examples:
   cloister verify evidence.json --report-data 5a5a…
   # Intel TDX quote, offline, at a time its collateral is valid, with reference values
   cloister verify test/vectors/tdx/dcap-qvl_v4_b0c06f_uptodate/quote.bin \\
-      --at 2025-01-01T00:00:00Z --policy policy.json --json
+      --at 2025-07-01T00:00:00Z --policy policy.json --json
   # fetch missing collateral from the vendor services (cached on disk)
   cloister verify quote.bin --online
 
