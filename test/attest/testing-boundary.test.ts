@@ -3,6 +3,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 // Test authorities sign evidence with keys anyone can read; production code must never reach them.
+// Library code must also run in browsers, so Node built-ins stay in node.ts files.
 function sources(dir: string): string[] {
   return readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
     const p = path.join(dir, e.name);
@@ -13,7 +14,7 @@ function sources(dir: string): string[] {
 
 const IMPORT = /(?:from\s*|import\s*\(\s*|import\s+|require\s*\(\s*)['"]([^'"]+)['"]/g;
 
-export function testingImports(file: string, text: string): string[] {
+function testingImports(file: string, text: string): string[] {
   return [...text.matchAll(IMPORT)]
     .map((m) => m[1]!)
     .filter(
@@ -27,6 +28,16 @@ describe('test authorities stay out of production code', () => {
   it('no file in src/ outside src/attest/testing imports from it', () => {
     const offenders = sources('src').flatMap((f) =>
       testingImports(path.resolve(f), readFileSync(f, 'utf8')).map((spec) => `${f} imports ${spec}`),
+    );
+    expect(offenders).toEqual([]);
+  });
+
+  it('library code is browser-safe: node: imports only in node.ts files and the CLI', () => {
+    const library = [...sources('src/attest'), ...sources('src/util')].filter(
+      (f) => path.basename(f) !== 'node.ts',
+    );
+    const offenders = library.filter((f) =>
+      [...readFileSync(f, 'utf8').matchAll(IMPORT)].some((m) => m[1]!.startsWith('node:')),
     );
     expect(offenders).toEqual([]);
   });
