@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { registerDemo } from './demo.js';
 import { registerSealCommands } from './seal.js';
+import { registerVerify } from './verify.js';
 
 /** Entry point of the `cloister` binary; returns the exit code. Each verb lives in its own module. */
 export async function main(argv: string[]): Promise<number> {
@@ -10,13 +11,16 @@ export async function main(argv: string[]): Promise<number> {
     .showHelpAfterError('(run with --help for usage)')
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
   registerSealCommands(program);
+  registerVerify(program);
   registerDemo(program);
   for (const c of program.commands) c.exitOverride();
   try {
     await program.parseAsync(argv, { from: 'user' });
     return 0;
   } catch (e) {
-    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
+    // Commander's own errors are usage errors (exit 2); verbs may end with a chosen status the same way.
+    if (e instanceof CommanderError)
+      return e.code.startsWith('commander.') && e.exitCode !== 0 ? 2 : e.exitCode;
     process.stderr.write(`cloister: ${describeError(e)}\n`);
     return 1;
   }

@@ -188,7 +188,10 @@ describe('cloister seal / unseal', () => {
   it('removes the temporary output when interrupted', async () => {
     const child = cloisterAsync(['seal', '--to', `hpke:${at('broker.pub')}`, '-', at('interrupted.sealed')]);
     child.stdin.write(randomBytes(1024 * 1024));
-    await new Promise((r) => setTimeout(r, 500));
+    const started = Date.now();
+    while (!readdirSync(dir).some((f) => f.endsWith('.tmp')) && Date.now() - started < 15_000) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
     expect(readdirSync(dir).some((f) => f.endsWith('.tmp'))).toBe(true);
     child.kill('SIGTERM');
     const code = await new Promise((r) => child.on('exit', r));

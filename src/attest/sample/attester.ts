@@ -1,0 +1,64 @@
+/**
+ * Attester side of the `sample` TEE: a software key standing in for hardware. The agent uses it for
+ * demos on ordinary machines; every verifier marks what it produces as insecure.
+ */
+import { bs, fromHex, toBase64Url, toHex } from '../../util/bytes.js';
+import { canonicalizeBytes } from '../../util/jcs.js';
+import { REPORT_DATA_SIZE, type SampleEvidenceBody, type SamplePublicJwk } from './evidence.js';
+
+export interface SampleAttesterOptions {
+  /** What the "TEE" reports as its launch measurement (hex or bytes); default 48 zero bytes. */
+  measurement?: Uint8Array | string;
+  debug?: boolean;
+  /** Reuse a P-256 ECDSA key pair instead of generating one. */
+  keyPair?: CryptoKeyPair;
+}
+
+export interface SampleAttester {
+  readonly publicKey: SamplePublicJwk;
+  /** Evidence binding `reportData` (at most 64 bytes), as UTF-8 JSON bytes. */
+  attest(reportData: Uint8Array): Promise<Uint8Array>;
+}
+
+/** Signs a sample evidence body: ES256 over its RFC 8785 canonical form, added as `signature`. */
+export async function signSampleBody(body: object, privateKey: CryptoKey): Promise<Uint8Array> {
+  const signature = await crypto.subtle.sign(
+    { name: 'ECDSA', hash: 'SHA-256' },
+    privateKey,
+    bs(canonicalizeBytes(body)),
+  );
+  return new TextEncoder().encode(
+    JSON.stringify({ ...body, signature: toBase64Url(new Uint8Array(signature)) }),
+  );
+}
+
+export async function createSampleAttester(options: SampleAttesterOptions = {}): Promise<SampleAttester> {
+  const keyPair =
+    options.keyPair ??
+    ((await crypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, false, [
+      'sign',
+      'verify',
+    ])) as CryptoKeyPair);
+  const jwk = await crypto.subtle.exportKey('jwk', keyPair.publicKey);
+  const publicKey: SamplePublicJwk = { kty: 'EC', crv: 'P-256', x: jwk.x!, y: jwk.y! };
+  const m = options.measurement ?? new Uint8Array(48);
+  const measurement = typeof m === 'string' ? toHex(fromHex(m)) : toHex(m);
+  const debug = options.debug ?? false;
+
+  return {
+    publicKey,
+    async attest(reportData: Uint8Array): Promise<Uint8Array> {
+      if (reportData.length > REPORT_DATA_SIZE) {
+        throw new RangeError(`report data is ${reportData.length} bytes; a sample TEE carries at most 64`);
+      }
+      const body: SampleEvidenceBody = {
+        tee: 'sample',
+        report_data: toBase64Url(reportData),
+        measurement,
+        debug,
+        public_key: publicKey,
+      };
+      return signSampleBody(body, keyPair.privateKey);
+    },
+  };
+}

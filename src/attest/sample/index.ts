@@ -1,0 +1,28 @@
+/**
+ * The `sample` TEE: software-only, for demos and tests, insecure by construction. Its verifier checks
+ * the evidence's own signature and report data and then always reports it as insecure (status at best
+ * `warning`), so that no default policy ever treats it as a real TEE.
+ */
+import type { Appraisal, KindVerifier, VerifyOptions } from '../common/types.js';
+import { appraiseSampleEvidence } from './appraise.js';
+import { parseSampleEvidence } from './evidence.js';
+import { verifySampleEvidence } from './verify.js';
+
+export { appraiseSampleEvidence, INSECURE_MESSAGE } from './appraise.js';
+export { createSampleAttester, type SampleAttester, type SampleAttesterOptions } from './attester.js';
+export {
+  type ParsedSampleEvidence,
+  parseSampleEvidence,
+  type SampleEvidenceBody,
+  type SamplePublicJwk,
+} from './evidence.js';
+export { type VerifiedSampleEvidence, verifySampleEvidence } from './verify.js';
+
+export const sampleVerifier: KindVerifier = {
+  kind: 'sample',
+  async appraiseEvidence(evidence: Uint8Array, options: VerifyOptions): Promise<Appraisal> {
+    const parsed = parseSampleEvidence(evidence);
+    const verified = await verifySampleEvidence(parsed, options);
+    return appraiseSampleEvidence(verified, options.policy);
+  },
+};

@@ -1,0 +1,148 @@
+import { decodeJwt, decodeProtectedHeader, SignJWT } from 'jose';
+import { describe, expect, it } from 'vitest';
+import { type Appraisal, AttestationError } from '../../../src/attest/common/types.js';
+import { EAR_PROFILE, issueEar, verifyEar } from '../../../src/attest/ear/index.js';
+import { createSampleAttester, sampleVerifier } from '../../../src/attest/sample/index.js';
+
+async function keys() {
+  return (await crypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, [
+    'sign',
+    'verify',
+  ])) as CryptoKeyPair;
+}
+
+const gpu: Appraisal = {
+  kind: 'nvidia',
+  status: 'affirming',
+  trustVector: { hardware: 2, executables: 2, instance_identity: 2 },
+  claims: { hwmodel: 'GH100' },
+  findings: [{ check: 'rim', status: 'affirming', message: 'all measurements match' }],
+};
+
+const at = new Date('2026-03-01T12:00:00Z');
+
+async function refusal(p: Promise<unknown>): Promise<AttestationError> {
+  const e = await p.then(
+    () => undefined,
+    (x: unknown) => x,
+  );
+  expect(e).toBeInstanceOf(AttestationError);
+  return e as AttestationError;
+}
+
+describe('EAR', () => {
+  it('issues the draft-ietf-rats-ear shape and verifies it back', async () => {
+    const kp = await keys();
+    const cpu = await sampleVerifier.appraiseEvidence(
+      await (await createSampleAttester()).attest(new Uint8Array(32)),
+      { at, collateral: { get: async () => undefined } },
+    );
+    const token = await issueEar(
+      { cpu0: cpu, gpu0: gpu },
+      {
+        signingKey: kp.privateKey,
+        build: 'test',
+        nonce: new Uint8Array(16).fill(7),
+        issuedAt: at,
+        kid: 'k1',
+      },
+    );
+    expect(decodeProtectedHeader(token)).toMatchObject({ alg: 'ES256', typ: 'JWT', kid: 'k1' });
+    // biome-ignore lint/suspicious/noExplicitAny: reading an untyped JSON payload in a test
+    const raw = decodeJwt(token) as Record<string, any>;
+    expect(raw.eat_profile).toBe(EAR_PROFILE);
+    expect(raw.iat).toBe(at.getTime() / 1000);
+    expect(raw['ear.verifier-id']).toEqual({ developer: 'https://cloister.dev', build: 'test' });
+    expect(raw.eat_nonce).toBe('BwcHBwcHBwcHBwcHBwcHBw');
+    expect(raw.submods.cpu0['ear.status']).toBe('warning');
+    expect(raw.submods.cpu0['cloister.insecure']).toBe(true);
+    expect(raw.submods.cpu0['ear.trustworthiness-vector']).toMatchObject({ hardware: 32 });
+    expect(raw.submods.cpu0['cloister.reasons'][0]).toMatchObject({ check: 'insecure', status: 'warning' });
+    expect(raw.submods.gpu0['ear.trustworthiness-vector']).toEqual({
+      'instance-identity': 2,
+      executables: 2,
+      hardware: 2,
+    });
+    expect(raw.submods.gpu0['cloister.reasons']).toEqual([]);
+    expect(raw.submods.gpu0['cloister.insecure']).toBeUndefined();
+    expect(raw.submods.gpu0['ear.veraison.annotated-evidence']).toEqual({ hwmodel: 'GH100' });
+
+    const r = await verifyEar(token, kp.publicKey, { at, nonce: new Uint8Array(16).fill(7) });
+    expect(r.status).toBe('warning');
+    expect(r.submods.cpu0!.insecure).toBe(true);
+    expect(r.submods.cpu0!.kind).toBe('sample');
+    expect(r.submods.gpu0).toMatchObject({
+      status: 'affirming',
+      insecure: false,
+      trustVector: gpu.trustVector,
+    });
+    expect(r.verifierId.build).toBe('test');
+    // JWK keys work as well as CryptoKeys (browser callers often hold JWKs).
+    const jwk = await crypto.subtle.exportKey('jwk', kp.publicKey);
+    expect((await verifyEar(token, jwk, { at })).status).toBe('warning');
+  });
+
+  it('never lets an insecure appraisal read as affirming', async () => {
+    const kp = await keys();
+    const lying: Appraisal = { ...gpu, kind: 'sample', insecure: true };
+    const token = await issueEar({ cpu0: lying }, { signingKey: kp.privateKey, issuedAt: at });
+    const r = await verifyEar(token, kp.publicKey, { at });
+    expect(r.submods.cpu0!.status).toBe('warning');
+    expect(r.submods.cpu0!.reasons[0]!.check).toBe('insecure');
+  });
+
+  it('refuses a bad signature, a wrong key, expiry, a wrong profile, a wrong nonce, alg none', async () => {
+    const kp = await keys();
+    const token = await issueEar(
+      { gpu0: gpu },
+      { signingKey: kp.privateKey, issuedAt: at, nonce: 'abcdefgh' },
+    );
+    const [h, p, s] = token.split('.');
+    const flipped = `${h}.${p}.${s!.startsWith('A') ? 'B' : 'A'}${s!.slice(1)}`;
+    expect((await refusal(verifyEar(flipped, kp.publicKey, { at }))).code).toBe('ear-bad-signature');
+    expect((await refusal(verifyEar(token, (await keys()).publicKey, { at }))).code).toBe(
+      'ear-bad-signature',
+    );
+    const later = new Date(at.getTime() + 2 * 3600_000);
+    expect((await refusal(verifyEar(token, kp.publicKey, { at: later }))).code).toBe('ear-expired');
+    const earlier = new Date(at.getTime() - 3600_000);
+    expect((await refusal(verifyEar(token, kp.publicKey, { at: earlier }))).code).toBe('ear-not-yet-valid');
+    expect((await refusal(verifyEar(token, kp.publicKey, { at, nonce: 'other-nonce' }))).code).toBe(
+      'ear-nonce-mismatch',
+    );
+    const other = await new SignJWT({
+      eat_profile: 'tag:example.com,2024:other',
+      iat: at.getTime() / 1000,
+      submods: {},
+    })
+      .setProtectedHeader({ alg: 'ES256' })
+      .sign(kp.privateKey);
+    expect((await refusal(verifyEar(other, kp.publicKey, { at }))).code).toBe('ear-bad-profile');
+    const unsigned = `${btoa('{"alg":"none"}').replace(/=/g, '')}.${p}.`;
+    expect((await refusal(verifyEar(unsigned, kp.publicKey, { at }))).code).toBe('ear-malformed');
+  });
+
+  it('refuses a contradictory or malformed submodule', async () => {
+    const kp = await keys();
+    const sign = (submods: unknown) =>
+      new SignJWT({
+        eat_profile: EAR_PROFILE,
+        iat: at.getTime() / 1000,
+        'ear.verifier-id': { developer: 'x', build: 'y' },
+        submods: submods as Record<string, unknown>,
+      })
+        .setProtectedHeader({ alg: 'ES256' })
+        .sign(kp.privateKey);
+    const cases = [
+      { cpu0: { 'ear.status': 'affirming', 'cloister.insecure': true } },
+      { cpu0: { 'ear.status': 'great' } },
+      { cpu0: { 'ear.status': 'affirming', 'ear.trustworthiness-vector': { hardware: 300 } } },
+      {},
+    ];
+    for (const c of cases) {
+      expect((await refusal(verifyEar(await sign(c), kp.publicKey, { at }))).code, JSON.stringify(c)).toBe(
+        'ear-malformed',
+      );
+    }
+  });
+});
