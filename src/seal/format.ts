@@ -20,6 +20,9 @@
  */
 import { ByteReader, ParseError } from '../util/reader.js';
 
+export const RecipientType = { kbs: 1, hpke: 2 } as const;
+export type RecipientTypeName = keyof typeof RecipientType;
+
 export const MAGIC = new Uint8Array([0x89, 0x43, 0x4c, 0x53, 0x45, 0x41, 0x4c, 0x0a]);
 export const FORMAT_VERSION = 1;
 export const SUITE_AES256GCM_STREAM = 1;
@@ -30,11 +33,16 @@ export const MIN_CHUNK_SIZE = 16;
 export const MAX_CHUNK_SIZE = 64 * 1024 * 1024;
 export const MAX_RECIPIENTS = 64;
 export const MAX_HEADER_BYTES = 1024 * 1024;
+/** Fixed part, two empty strings, the count, one recipient with empty fields, and the MAC. */
+export const MIN_HEADER_BYTES = FIXED_HEADER_BYTES + 2 + 2 + 1 + 5 + MAC_BYTES;
+/** Exact wrapped-key sizes: AES-KW of 32 bytes; HPKE enc (32) ‖ sealed 32-byte key with its tag. */
+export const WRAPPED_KEY_BYTES: Record<RecipientTypeName, number> = { kbs: 40, hpke: 80 };
+export const KEY_ID_SYNTAX: Record<RecipientTypeName, RegExp> = {
+  kbs: /^kbs:\/\/\/[A-Za-z0-9._-]+\/[A-Za-z0-9._-]+\/[A-Za-z0-9._-]+$/,
+  hpke: /^hpke:[A-Za-z0-9_-]{43}$/,
+};
 /** Chunk indices are 32-bit in the nonce; the STREAM bound on a file is 2^32 chunks. */
 export const MAX_CHUNKS = 2 ** 32;
-
-export const RecipientType = { kbs: 1, hpke: 2 } as const;
-export type RecipientTypeName = keyof typeof RecipientType;
 
 export interface RecipientStanza {
   type: RecipientTypeName;
@@ -88,7 +96,7 @@ export function headerLengthOf(prefix: Uint8Array): number {
   if (prefix.length < 16) throw new SealFormatError('not-sealed', 'not a Cloister sealed file (too short)');
   checkMagicAndVersion(prefix);
   const len = new DataView(prefix.buffer, prefix.byteOffset, 16).getUint32(12, false);
-  if (len < FIXED_HEADER_BYTES + 5 + MAC_BYTES || len > MAX_HEADER_BYTES) {
+  if (len < MIN_HEADER_BYTES || len > MAX_HEADER_BYTES) {
     throw new SealFormatError('bad-header', `sealed header length ${len} is out of range`);
   }
   return len;
@@ -209,6 +217,15 @@ export function parseHeader(raw: Uint8Array): Header {
       if (!type) throw new SealFormatError('bad-header', `recipient ${i} has unknown type ${t}`);
       const keyId = dec.decode(r.bytesOf(r.u16be(`recipient[${i}].key_id.length`), `recipient[${i}].key_id`));
       const wrappedKey = r.bytesOf(r.u16be(`recipient[${i}].wrapped.length`), `recipient[${i}].wrapped`);
+      if (!KEY_ID_SYNTAX[type].test(keyId)) {
+        throw new SealFormatError('bad-header', `recipient ${i}: "${keyId}" is not a valid ${type} key id`);
+      }
+      if (wrappedKey.length !== WRAPPED_KEY_BYTES[type]) {
+        throw new SealFormatError(
+          'bad-header',
+          `recipient ${i}: wrapped key is ${wrappedKey.length} bytes, not ${WRAPPED_KEY_BYTES[type]}`,
+        );
+      }
       recipients.push({ type, keyId, wrappedKey });
     }
     const macAt = r.offset;
@@ -262,5 +279,9 @@ export function plaintextLengthFromBody(bodyLength: number, chunkSize: number): 
     return full * chunkSize;
   }
   if (rest < 16) throw new SealFormatError('truncated', 'sealed file ends inside a chunk tag (truncated)');
+  // An empty chunk is only ever the sole chunk of an empty plaintext; after full chunks, 16 bytes are
+  // what is left of a last chunk cut short.
+  if (rest === 16 && full > 0)
+    throw new SealFormatError('truncated', 'sealed file ends after a chunk tag (truncated)');
   return full * chunkSize + rest - 16;
 }

@@ -9,13 +9,11 @@
  */
 import { Aes256Gcm, CipherSuite, DhkemX25519HkdfSha256, HkdfSha256 } from '@hpke/core';
 import { bs, equalBytes, fromBase64, sha256, toBase64Url, utf8 } from '../util/bytes.js';
-import { type RecipientStanza, SealFormatError } from './format.js';
+import { KEY_ID_SYNTAX, type RecipientStanza, SealFormatError } from './format.js';
 
 export const HPKE_INFO = utf8.encode('cloister-seal-v1 data key');
 const PAYLOAD_INFO = utf8.encode('cloister-seal-v1 payload key');
 const HEADER_INFO = utf8.encode('cloister-seal-v1 header key');
-
-const KBS_URI = /^kbs:\/\/\/[A-Za-z0-9._-]+\/[A-Za-z0-9._-]+\/[A-Za-z0-9._-]+$/;
 
 export interface KekKey {
   kind: 'kek';
@@ -49,7 +47,7 @@ const suite = new CipherSuite({
 });
 
 export function checkKbsUri(uri: string): string {
-  if (!KBS_URI.test(uri)) {
+  if (!KEY_ID_SYNTAX.kbs.test(uri)) {
     throw new SealFormatError(
       'bad-key',
       `"${uri}" is not a key broker resource URI (kbs:///<repo>/<type>/<tag>)`,
