@@ -1,0 +1,157 @@
+/**
+ * The key broker's repository interface. Two backends implement it — SQLite (embedded default, WAL)
+ * and PostgreSQL (several replicas at once) — plus a memory store for unit tests. Every mutation that
+ * the transparency log must record takes the log entry fields and appends them in the SAME transaction
+ * (see `LogAppend`), so a change and its log entry commit or roll back together.
+ */
+
+/** A resource value as stored: encrypted under the master key (envelope), never in plaintext. */
+export interface SealedSecret {
+  /** Master key id that encrypted `ciphertext` (rotation re-encrypts under a new id). */
+  masterKeyId: string;
+  /** AES-256-GCM nonce ‖ ciphertext ‖ tag; AAD = resource URI ‖ version (see secrets.ts). */
+  ciphertext: Uint8Array;
+}
+
+export interface ResourceMeta {
+  /** `<repository>/<type>/<tag>` */
+  path: string;
+  repository: string;
+  type: string;
+  tag: string;
+  tenant: string;
+  /** Starts at 1; every rotate makes a new version. */
+  version: number;
+  /** Byte length of the plaintext value (metadata only; values are never returned by the admin API). */
+  size: number;
+  contentType: string;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface ResourceRecord extends ResourceMeta {
+  secret: SealedSecret;
+}
+
+export type PolicyScope = { kind: 'resource'; path: string } | { kind: 'repository'; repository: string } | { kind: 'default' };
+
+export interface PolicyRecord {
+  scope: PolicyScope;
+  tenant: string;
+  version: number;
+  /** CEL source. */
+  source: string;
+  createdAt: string;
+  actor: string;
+}
+
+export interface ReferenceValueRecord {
+  id: string;
+  tenant: string;
+  tee: string;
+  /** Claim name, e.g. mr_td, measurement, mr_enclave. */
+  name: string;
+  values: string[];
+  version: number;
+  createdAt: string;
+  expiresAt?: string;
+  note?: string;
+}
+
+export type SessionStatus = 'challenged' | 'attested';
+
+/** A KBS protocol session; shared by all replicas through the store. */
+export interface SessionRecord {
+  id: string;
+  tee: string;
+  /** base64 of the 32-byte nonce of the challenge. */
+  nonce: string;
+  status: SessionStatus;
+  /** ISO time after which the session is refused. */
+  expiresAt: string;
+  /** EAR token and the TEE's ephemeral public key (JWK JSON) once attested. */
+  token?: string;
+  teePubkey?: string;
+}
+
+/** The fields of a transparency-log entry that the store appends in the same transaction. */
+export interface LogAppend {
+  kind: string;
+  tenant: string;
+  actor: string;
+  subject: string;
+  details: Record<string, unknown>;
+}
+
+/** A stored log entry: the canonical bytes and their leaf hash, as the transparency log computed them. */
+export interface StoredLogEntry {
+  index: number;
+  /** RFC 8785 canonical JSON of the entry. */
+  canonical: Uint8Array;
+  leafHash: Uint8Array;
+}
+
+/**
+ * Builds the log entry to append: given the previous entry's leaf hash (or undefined for the first
+ * entry) and the next index, returns the canonical bytes and leaf hash. Supplied by the key broker; the
+ * store calls it inside its transaction after locking the log head. Synchronous, because SQLite
+ * transactions (better-sqlite3) cannot span an await.
+ */
+export type LogEntryBuilder = (
+  index: number,
+  prevLeafHash: Uint8Array | undefined,
+  fields: LogAppend,
+) => { canonical: Uint8Array; leafHash: Uint8Array };
+
+export interface KbsStore {
+  /** Creates tables if needed; idempotent. */
+  migrate(): Promise<void>;
+  close(): Promise<void>;
+
+  // tenants and repositories
+  createRepository(repository: string, tenant: string, log: LogAppend): Promise<void>;
+  repositoryTenant(repository: string): Promise<string | undefined>;
+
+  // resources
+  putResource(rec: Omit<ResourceRecord, 'version' | 'createdAt' | 'updatedAt'>, log: LogAppend): Promise<ResourceMeta>;
+  /** Replaces the value with a new version; throws NotFound when absent. */
+  rotateResource(path: string, secret: SealedSecret, size: number, log: LogAppend): Promise<ResourceMeta>;
+  deleteResource(path: string, log: LogAppend): Promise<boolean>;
+  getResource(path: string): Promise<ResourceRecord | undefined>;
+  listResources(tenant?: string): Promise<ResourceMeta[]>;
+  /** Re-encrypts every secret (master-key rotation), in one transaction. */
+  reencryptSecrets(fn: (rec: ResourceRecord) => Promise<SealedSecret>, log: LogAppend): Promise<number>;
+
+  // policies (latest version per scope is the active one)
+  setPolicy(rec: Omit<PolicyRecord, 'version' | 'createdAt'>, log: LogAppend): Promise<PolicyRecord>;
+  getPolicy(scope: PolicyScope): Promise<PolicyRecord | undefined>;
+  listPolicies(tenant?: string): Promise<PolicyRecord[]>;
+
+  // reference values (versioned per tenant+tee+name)
+  addReferenceValue(rec: Omit<ReferenceValueRecord, 'id' | 'version' | 'createdAt'>, log: LogAppend): Promise<ReferenceValueRecord>;
+  listReferenceValues(filter?: { tenant?: string; tee?: string }): Promise<ReferenceValueRecord[]>;
+
+  // sessions
+  createSession(s: SessionRecord): Promise<void>;
+  getSession(id: string): Promise<SessionRecord | undefined>;
+  /** Moves a challenged session to attested exactly once (compare-and-set); false if it was not challenged. */
+  markAttested(id: string, token: string, teePubkey: string): Promise<boolean>;
+  deleteExpiredSessions(now: string): Promise<number>;
+
+  // transparency log
+  /** Appends an entry that records no other change (a release, a denial). */
+  appendLog(log: LogAppend): Promise<StoredLogEntry>;
+  logSize(): Promise<number>;
+  logEntries(from: number, to: number): Promise<StoredLogEntry[]>;
+  saveCheckpoint(size: number, note: string): Promise<void>;
+  latestCheckpoint(): Promise<{ size: number; note: string } | undefined>;
+  checkpoints(): Promise<{ size: number; note: string }[]>;
+}
+
+export class NotFoundError extends Error {
+  override name = 'NotFoundError';
+}
+
+export class ConflictError extends Error {
+  override name = 'ConflictError';
+}
