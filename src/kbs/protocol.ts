@@ -1,0 +1,245 @@
+/**
+ * The Confidential Containers KBS protocol, version 0.4.0 (Trustee's kbs/docs/kbs_attestation_protocol.md
+ * and the guest-components client are the specification; docs/kbs-protocol.md has the exact bytes).
+ * Shared by the broker and the in-TEE client, so web-standard only.
+ *
+ *   POST /kbs/v0/auth      Request {version, tee, extra-params}   → Challenge {nonce, extra-params} + cookie
+ *   POST /kbs/v0/attest    Attestation {runtime-data, tee-evidence, init-data?} → {token}
+ *   GET  /kbs/v0/resource/<repository>/<type>/<tag>               → flattened JWE to the TEE's key
+ *
+ * Report-data binding: the primary evidence's report data is SHA-384 of the RFC 8785 canonical JSON
+ * of {"tee-pubkey", "nonce", "additional-evidence"} (the last "" without devices), zero-padded to the
+ * field. Device (GPU) evidence answers a nonce derived from SHA-384 of {"tee-pubkey", "nonce"} alone,
+ * because the primary report data must cover the device evidence and so cannot exist before it.
+ */
+
+import { bs, fromBase64 } from '../util/bytes.js';
+import { canonicalizeBytes } from '../util/jcs.js';
+
+export const KBS_PROTOCOL_VERSION = '0.4.0';
+export const SESSION_COOKIE = 'kbs-session-id';
+export const RESOURCE_PATH = /^([A-Za-z0-9._-]+)\/([A-Za-z0-9._-]+)\/([A-Za-z0-9._-]+)$/;
+
+export type EcPublicJwk = { kty: 'EC'; crv: 'P-256'; x: string; y: string; alg?: string };
+export type RsaPublicJwk = { kty: 'RSA'; n: string; e: string; alg?: string };
+export type TeePubkey = EcPublicJwk | RsaPublicJwk;
+
+export interface KbsRequest {
+  version: string;
+  tee: string;
+  'extra-params': unknown;
+}
+
+export interface KbsChallenge {
+  nonce: string;
+  'extra-params': unknown;
+}
+
+export interface KbsAttestation {
+  'init-data'?: { format: string; body: string };
+  'runtime-data': { nonce: string; 'tee-pubkey': TeePubkey };
+  'tee-evidence': { primary_evidence: unknown; additional_evidence: string };
+}
+
+/** A protocol violation by the client: becomes an RFC 7807 response with this status. */
+export class ProtocolError extends Error {
+  override name = 'ProtocolError';
+  constructor(
+    readonly status: number,
+    readonly type: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+const bad = (type: string, msg: string) => new ProtocolError(400, type, msg);
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function str(o: Record<string, unknown>, key: string, where: string): string {
+  const v = o[key];
+  if (typeof v !== 'string') throw bad('malformed-request', `${where}.${key} must be a string`);
+  return v;
+}
+
+/** Peers speak 0.4.x; the minor version is where Trustee made incompatible changes. */
+export function parseRequest(body: unknown, knownTees: readonly string[]): KbsRequest {
+  if (!isObject(body)) throw bad('malformed-request', 'Request must be a JSON object');
+  const version = str(body, 'version', 'Request');
+  if (!/^0\.4\.\d+$/.test(version)) {
+    throw bad(
+      'unsupported-version',
+      `protocol version ${version} is not supported; this broker speaks ${KBS_PROTOCOL_VERSION}`,
+    );
+  }
+  const tee = str(body, 'tee', 'Request');
+  if (!knownTees.includes(tee))
+    throw bad('unsupported-tee', `TEE "${tee}" is not supported; supported: ${knownTees.join(', ')}`);
+  return { version, tee, 'extra-params': body['extra-params'] ?? '' };
+}
+
+export function parseAttestation(body: unknown): KbsAttestation {
+  if (!isObject(body)) throw bad('malformed-attestation', 'Attestation must be a JSON object');
+  const rd = body['runtime-data'];
+  if (!isObject(rd)) throw bad('malformed-attestation', 'Attestation.runtime-data must be an object');
+  const nonce = str(rd, 'nonce', 'runtime-data');
+  const teePubkey = parseTeePubkey(rd['tee-pubkey']);
+  const te = body['tee-evidence'];
+  if (!isObject(te)) throw bad('malformed-attestation', 'Attestation.tee-evidence must be an object');
+  if (te.primary_evidence === undefined || te.primary_evidence === null) {
+    throw bad('malformed-attestation', 'tee-evidence.primary_evidence is missing');
+  }
+  const additional = te.additional_evidence ?? '';
+  if (typeof additional !== 'string') {
+    throw bad(
+      'malformed-attestation',
+      'tee-evidence.additional_evidence must be a JSON string ("" without devices)',
+    );
+  }
+  const out: KbsAttestation = {
+    'runtime-data': { nonce, 'tee-pubkey': teePubkey },
+    'tee-evidence': { primary_evidence: te.primary_evidence, additional_evidence: additional },
+  };
+  const init = body['init-data'];
+  if (init !== undefined && init !== null) {
+    if (!isObject(init)) throw bad('malformed-attestation', 'init-data must be an object {format, body}');
+    out['init-data'] = { format: str(init, 'format', 'init-data'), body: str(init, 'body', 'init-data') };
+  }
+  return out;
+}
+
+const B64URL = /^[A-Za-z0-9_-]+$/;
+
+/**
+ * The TEE's ephemeral key must be one the broker can encrypt to: EC P-256 (ECDH-ES+A256KW) or RSA of at
+ * least 2048 bits (RSA-OAEP-256). Anything else is refused at attestation, before evidence is verified.
+ */
+export function parseTeePubkey(v: unknown): TeePubkey {
+  if (!isObject(v)) throw bad('unusable-key', 'runtime-data.tee-pubkey must be a JWK object');
+  if ('d' in v || 'p' in v) throw bad('unusable-key', 'tee-pubkey contains private key material');
+  const alg = typeof v.alg === 'string' ? v.alg : undefined;
+  if (v.kty === 'EC') {
+    if (v.crv !== 'P-256')
+      throw bad('unusable-key', `tee-pubkey curve ${String(v.crv)} is not supported (use P-256)`);
+    const x = str(v, 'x', 'tee-pubkey');
+    const y = str(v, 'y', 'tee-pubkey');
+    if (!B64URL.test(x) || !B64URL.test(y) || fromBase64(x).length !== 32 || fromBase64(y).length !== 32) {
+      throw bad('unusable-key', 'tee-pubkey x and y must be 32-byte base64url coordinates');
+    }
+    if (alg !== undefined && alg !== 'ECDH-ES+A256KW' && alg !== 'ECDH-ES') {
+      throw bad('unusable-key', `tee-pubkey alg ${alg} is not supported for EC keys (use ECDH-ES+A256KW)`);
+    }
+    return { kty: 'EC', crv: 'P-256', x, y, ...(alg ? { alg } : {}) };
+  }
+  if (v.kty === 'RSA') {
+    const n = str(v, 'n', 'tee-pubkey');
+    const e = str(v, 'e', 'tee-pubkey');
+    if (!B64URL.test(n) || !B64URL.test(e)) throw bad('unusable-key', 'tee-pubkey n and e must be base64url');
+    const bits = fromBase64(n).length * 8;
+    if (bits < 2048)
+      throw bad('unusable-key', `tee-pubkey RSA modulus is ${bits} bits; at least 2048 are required`);
+    if (alg !== undefined && alg !== 'RSA-OAEP-256' && alg !== 'RSA1_5' && alg !== 'RSA-OAEP') {
+      throw bad('unusable-key', `tee-pubkey alg ${alg} is not supported for RSA keys (use RSA-OAEP-256)`);
+    }
+    return { kty: 'RSA', n, e, ...(alg ? { alg } : {}) };
+  }
+  throw bad('unusable-key', `tee-pubkey kty ${String(v.kty)} is not supported (use EC P-256 or RSA)`);
+}
+
+async function sha384(b: Uint8Array): Promise<Uint8Array> {
+  return new Uint8Array(await crypto.subtle.digest('SHA-384', bs(b)));
+}
+
+/** SHA-384 over the canonical JSON the primary evidence's report data must carry. */
+export function primaryRuntimeDataHash(
+  teePubkey: TeePubkey,
+  nonce: string,
+  additionalEvidence: string,
+): Promise<Uint8Array> {
+  return sha384(
+    canonicalizeBytes({ 'tee-pubkey': teePubkey, nonce, 'additional-evidence': additionalEvidence }),
+  );
+}
+
+/** SHA-384 over the canonical JSON that device (GPU) evidence is bound to. */
+export function deviceRuntimeDataHash(teePubkey: TeePubkey, nonce: string): Promise<Uint8Array> {
+  return sha384(canonicalizeBytes({ 'tee-pubkey': teePubkey, nonce }));
+}
+
+/** A report-data field holding `hash`, zero-padded (TDX, SGX, SNP and sample fields are 64 bytes). */
+export function reportDataField(hash: Uint8Array, size = 64): Uint8Array {
+  const out = new Uint8Array(size);
+  out.set(hash.subarray(0, size));
+  return out;
+}
+
+export function parseResourcePath(path: string): { repository: string; type: string; tag: string } {
+  const m = RESOURCE_PATH.exec(path);
+  if (!m) throw new ProtocolError(400, 'bad-resource-path', `"${path}" is not <repository>/<type>/<tag>`);
+  return { repository: m[1]!, type: m[2]!, tag: m[3]! };
+}
+
+/**
+ * Evidence bytes for a verifier from the JSON the client sent. TDX and SGX follow guest-components
+ * (`{"quote": base64}`); SNP is `{"report": base64, "vcek"?: base64 DER}`; sample and Azure evidence are
+ * JSON documents passed through; anything else may be a base64 string of the raw evidence.
+ */
+export function primaryEvidenceBytes(
+  tee: string,
+  v: unknown,
+): { evidence: Uint8Array; extra: Record<string, Uint8Array> } {
+  const b64 = (s: unknown, field: string): Uint8Array => {
+    if (typeof s !== 'string')
+      throw bad('malformed-evidence', `${tee} evidence: ${field} must be a base64 string`);
+    try {
+      return fromBase64(s);
+    } catch {
+      throw bad('malformed-evidence', `${tee} evidence: ${field} is not base64`);
+    }
+  };
+  if (typeof v === 'string') return { evidence: b64(v, 'evidence'), extra: {} };
+  if (!isObject(v)) throw bad('malformed-evidence', `${tee} evidence must be an object or a base64 string`);
+  if (tee === 'tdx' || tee === 'sgx') return { evidence: b64(v.quote, 'quote'), extra: {} };
+  if (tee === 'snp') {
+    const extra: Record<string, Uint8Array> = {};
+    if (v.vcek !== undefined) extra['vcek.der'] = b64(v.vcek, 'vcek');
+    if (v.vlek !== undefined) extra['vlek.der'] = b64(v.vlek, 'vlek');
+    return { evidence: b64(v.report, 'report'), extra };
+  }
+  return { evidence: new TextEncoder().encode(JSON.stringify(v)), extra: {} };
+}
+
+/**
+ * Device evidence from `additional_evidence`: a JSON string mapping a device TEE to its evidence.
+ * Cloister's GPU form is {"nvidia": {"gpus": [evidence, …]}}, one entry per GPU in index order.
+ */
+export function deviceEvidence(additional: string): { kind: 'nvidia'; evidence: Uint8Array }[] {
+  if (additional === '') return [];
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(additional);
+  } catch {
+    throw bad('malformed-evidence', 'additional_evidence is not a JSON string');
+  }
+  if (!isObject(parsed))
+    throw bad('malformed-evidence', 'additional_evidence must map device kinds to evidence');
+  const out: { kind: 'nvidia'; evidence: Uint8Array }[] = [];
+  for (const [kind, value] of Object.entries(parsed)) {
+    if (kind !== 'nvidia')
+      throw bad('unsupported-tee', `device evidence kind "${kind}" is not supported (nvidia)`);
+    const gpus = isObject(value) ? value.gpus : undefined;
+    if (!Array.isArray(gpus) || gpus.length === 0)
+      throw bad('malformed-evidence', 'nvidia evidence must be {"gpus": [ … ]}');
+    for (const g of gpus) {
+      out.push({
+        kind: 'nvidia',
+        evidence:
+          typeof g === 'string' ? new TextEncoder().encode(g) : new TextEncoder().encode(JSON.stringify(g)),
+      });
+    }
+  }
+  return out;
+}
