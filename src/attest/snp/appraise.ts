@@ -2,10 +2,10 @@
  * SEV-SNP appraisal: turns a verified report into EAR claims, judges the guest policy, VMPL and TCB
  * against platform rules, and the measurements against the caller's reference values.
  */
-import { equalBytes, toHex } from '../../util/bytes.js';
+import { equalBytes, isAllZero, toHex } from '../../util/bytes.js';
 import {
-  type AppraisalPolicy,
   type Appraisal,
+  type AppraisalPolicy,
   AttestationError,
   type EarStatus,
   type Finding,
@@ -105,6 +105,7 @@ export function snpClaims(v: VerifiedReport): Record<string, unknown> {
     report_id: toHex(r.reportId),
     report_id_ma: toHex(r.reportIdMa),
     chip_id: toHex(r.chipId),
+    chip_id_masked: isAllZero(r.chipId),
     ...(r.cpuid ? { cpuid: { ...r.cpuid } } : {}),
     current_tcb: tcbClaim(v.currentTcb),
     reported_tcb: tcbClaim(v.reportedTcb),
@@ -137,7 +138,11 @@ export function appraiseReport(v: VerifiedReport, options: SnpAppraiseOptions = 
   if (options.expectedReportData) {
     const want = new Uint8Array(64);
     if (options.expectedReportData.length > 64) {
-      throw new AttestationError('appraise', 'report-data-mismatch', 'SEV-SNP: expected report data is longer than 64 bytes');
+      throw new AttestationError(
+        'appraise',
+        'report-data-mismatch',
+        'SEV-SNP: expected report data is longer than 64 bytes',
+      );
     }
     want.set(options.expectedReportData);
     if (!equalBytes(want, r.reportData)) {
@@ -164,7 +169,12 @@ export function appraiseReport(v: VerifiedReport, options: SnpAppraiseOptions = 
 
   if (r.policy.debug) {
     if (policy.allowDebug) {
-      judge('policy.debug', 'warning', 'guest policy allows debugging (accepted because policy.allowDebug is set)', 'configuration');
+      judge(
+        'policy.debug',
+        'warning',
+        'guest policy allows debugging (accepted because policy.allowDebug is set)',
+        'configuration',
+      );
     } else {
       judge(
         'policy.debug',
@@ -194,7 +204,12 @@ export function appraiseReport(v: VerifiedReport, options: SnpAppraiseOptions = 
   const tcb = tcbStatus(v);
   const accepted = policy.acceptTcbStatus ?? ['UpToDate'];
   if (tcb === 'Inconsistent') {
-    judge('tcb', 'contraindicated', 'TCB values are inconsistent: reported or committed TCB is newer than the running TCB', 'hardware');
+    judge(
+      'tcb',
+      'contraindicated',
+      'TCB values are inconsistent: reported or committed TCB is newer than the running TCB',
+      'hardware',
+    );
   } else if (!accepted.includes(tcb)) {
     const why =
       tcb === 'ReportedTcbOutOfDate'
@@ -216,14 +231,28 @@ export function appraiseReport(v: VerifiedReport, options: SnpAppraiseOptions = 
     const vector = REFERENCE_CLAIMS[name];
     const have = comparable(claims[name]);
     if (!vector || have === undefined) {
-      judge(`reference.${name}`, 'contraindicated', `reference value for "${name}", which SEV-SNP evidence does not carry`, 'configuration');
+      judge(
+        `reference.${name}`,
+        'contraindicated',
+        `reference value for "${name}", which SEV-SNP evidence does not carry`,
+        'configuration',
+      );
       continue;
     }
     if (values.some((x) => x.toLowerCase() === have)) {
-      findings.push({ check: `reference.${name}`, status: 'affirming', message: `${name} matches a reference value` });
+      findings.push({
+        check: `reference.${name}`,
+        status: 'affirming',
+        message: `${name} matches a reference value`,
+      });
       if (vector === 'executables' && tv.executables === undefined) tv.executables = AFFIRM;
     } else {
-      judge(`reference.${name}`, 'contraindicated', `${name} ${have} matches none of the ${values.length} reference values`, vector);
+      judge(
+        `reference.${name}`,
+        'contraindicated',
+        `${name} ${have} matches none of the ${values.length} reference values`,
+        vector,
+      );
     }
   }
   if (!refs['measurement']) {

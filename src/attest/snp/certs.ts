@@ -76,11 +76,12 @@ export function readEndorsementKeyInfo(cert: Certificate, what: string): Endorse
   const info: EndorsementKeyInfo = { productName, product, tcb };
   const hw = extValue(cert, OID_HWID);
   if (hw) {
-    // AMD writes the chip id as the raw extension value, not wrapped in a DER OCTET STRING.
-    if (hw.length !== (product === 'Turin' ? 8 : 64)) {
-      bad(what, `hwID is ${hw.length} bytes, ${product} chips have ${product === 'Turin' ? 8 : 64}`);
-    }
-    info.hwId = hw.slice();
+    // KDS writes the chip id as the raw extension value; some issuers wrap it in a DER OCTET STRING
+    // (trustee calls these "legacy" and "new"). The lengths differ, so both are read unambiguously.
+    const size = product === 'Turin' ? 8 : 64;
+    const id = hw.length === size + 2 && hw[0] === 0x04 && hw[1] === size ? hw.subarray(2) : hw;
+    if (id.length !== size) bad(what, `hwID is ${hw.length} bytes, ${product} chips have ${size}`);
+    info.hwId = id.slice();
   }
   const csp = extValue(cert, OID_CSP_ID);
   if (csp) info.cspId = new TextDecoder().decode(derPrimitive(csp, [0x16, 0x0c, 0x13], what, 'cspId'));

@@ -65,7 +65,10 @@ function pemOf(der: Uint8Array): string {
  * the ASK+ARK as cert_chain and the CRL; anything else (or anything absent) goes to `fallback`.
  * Entries are only candidates: they are trusted after the chain to a trust anchor verifies.
  */
-export function certTableCollateral(table: Uint8Array | CertTableEntry[], fallback?: CollateralSource): CollateralSource {
+export function certTableCollateral(
+  table: Uint8Array | CertTableEntry[],
+  fallback?: CollateralSource,
+): CollateralSource {
   const entries = table instanceof Uint8Array ? parseCertTable(table) : table;
   const find = (guid: string) => entries.find((e) => e.guid === guid)?.data;
   return {

@@ -7,9 +7,15 @@ import { appraiseReport } from './appraise.js';
 import { parseReport } from './report.js';
 import { verifyReport } from './verify.js';
 
-export { appraiseReport, type SnpAppraiseOptions, type SnpTcbStatus, snpClaims, tcbStatus } from './appraise.js';
-export { type CertTableEntry, certTableCollateral, parseCertTable } from './certtable.js';
+export {
+  appraiseReport,
+  type SnpAppraiseOptions,
+  type SnpTcbStatus,
+  snpClaims,
+  tcbStatus,
+} from './appraise.js';
 export { type EndorsementKeyInfo, readEndorsementKeyInfo } from './certs.js';
+export { type CertTableEntry, certTableCollateral, parseCertTable } from './certtable.js';
 export {
   decodePolicy,
   decodeTcb,

@@ -254,7 +254,8 @@ function littleToBig(field: Uint8Array): Uint8Array {
 }
 
 export function decodePolicy(p: bigint): SnpPolicy {
-  if ((p & POLICY_RESERVED_MB1) === 0n) fail('reserved-policy-bit', 'policy bit 17 is reserved and must be 1');
+  if ((p & POLICY_RESERVED_MB1) === 0n)
+    fail('reserved-policy-bit', 'policy bit 17 is reserved and must be 1');
   if ((p & ~POLICY_KNOWN_MASK) !== 0n) {
     fail('reserved-policy-bit', `policy bits 26..63 are reserved, found 0x${p.toString(16)}`);
   }
@@ -291,9 +292,11 @@ function decodePlatformInfo(p: bigint): SnpPlatformInfo {
 }
 
 function decodeSignerInfo(v: number): SignerInfo {
-  if (v >>> 5 !== 0) fail('reserved-nonzero', `signer_info bits 5..31 are reserved, found 0x${v.toString(16)}`);
+  if (v >>> 5 !== 0)
+    fail('reserved-nonzero', `signer_info bits 5..31 are reserved, found 0x${v.toString(16)}`);
   const key = (v >>> 2) & 7;
-  const signingKey: SigningKey | undefined = key === 0 ? 'vcek' : key === 1 ? 'vlek' : key === 7 ? 'none' : undefined;
+  const signingKey: SigningKey | undefined =
+    key === 0 ? 'vcek' : key === 1 ? 'vlek' : key === 7 ? 'none' : undefined;
   if (!signingKey) fail('reserved-nonzero', `signer_info SIGNING_KEY ${key} is reserved`);
   return { authorKeyEn: (v & 1) !== 0, maskChipKey: (v & 2) !== 0, signingKey };
 }

@@ -3,7 +3,7 @@
  * to an AMD Root Key, the chain and the ARK-issued CRL are valid at `options.at`, the certificate was
  * issued for exactly this chip at exactly the reported TCB, and the report signature verifies with it.
  */
-import { bs, concatBytes, equalBytes, sha256, toHex } from '../../util/bytes.js';
+import { bs, concatBytes, equalBytes, isAllZero, sha256, toHex } from '../../util/bytes.js';
 import { type Certificate, type Crl, parseCertificates, parseCrl, verifyChain } from '../common/pki.js';
 import {
   AttestationError,
@@ -15,15 +15,25 @@ import {
 import { type EndorsementKeyInfo, readEndorsementKeyInfo } from './certs.js';
 import {
   decodeTcb,
-  PRODUCTS,
   type ParsedReport,
+  PRODUCTS,
   SIG_ALGO_ECDSA_P384_SHA384,
   SIGNED_SIZE,
   type SnpProduct,
   TCB_COMPONENTS,
   type TcbVersion,
 } from './report.js';
-import { ARK_GENOA, ARK_MILAN, ARK_TURIN, ASK_GENOA, ASK_MILAN, ASK_TURIN, ASVK_GENOA, ASVK_MILAN, ASVK_TURIN } from './roots.js';
+import {
+  ARK_GENOA,
+  ARK_MILAN,
+  ARK_TURIN,
+  ASK_GENOA,
+  ASK_MILAN,
+  ASK_TURIN,
+  ASVK_GENOA,
+  ASVK_MILAN,
+  ASVK_TURIN,
+} from './roots.js';
 
 export const KDS_BASE = 'https://kdsintf.amd.com';
 
@@ -43,7 +53,12 @@ export interface VerifiedReport {
 }
 
 function fail(code: string, message: string, cause?: unknown): never {
-  throw new AttestationError('verify', code, `SEV-SNP: ${message}`, cause === undefined ? undefined : { cause });
+  throw new AttestationError(
+    'verify',
+    code,
+    `SEV-SNP: ${message}`,
+    cause === undefined ? undefined : { cause },
+  );
 }
 
 /** The KDS request for a VCEK (online URL with the TCB as query parameters, offline file names). */
@@ -88,7 +103,11 @@ async function fetchCollateral(
   try {
     return await source.get(req);
   } catch (e) {
-    fail('collateral-unavailable', `cannot fetch ${what} (${req.url || req.files.join(', ')}): ${(e as Error).message}`, e);
+    fail(
+      'collateral-unavailable',
+      `cannot fetch ${what} (${req.url || req.files.join(', ')}): ${(e as Error).message}`,
+      e,
+    );
   }
 }
 
@@ -139,7 +158,10 @@ function lengthPrefix(n: number): Uint8Array {
 
 export async function verifyReport(report: ParsedReport, options: VerifyOptions): Promise<VerifiedReport> {
   if (report.signatureAlgo !== SIG_ALGO_ECDSA_P384_SHA384) {
-    fail('unsupported-signature-algo', `signature algorithm ${report.signatureAlgo} is not ECDSA P-384/SHA-384 (1)`);
+    fail(
+      'unsupported-signature-algo',
+      `signature algorithm ${report.signatureAlgo} is not ECDSA P-384/SHA-384 (1)`,
+    );
   }
   const kind = report.signerInfo.signingKey;
   if (kind === 'none') fail('no-signing-key', 'the report is unsigned (SIGNING_KEY 7)');
@@ -157,7 +179,11 @@ export async function verifyReport(report: ParsedReport, options: VerifyOptions)
   const keyName = kind.toUpperCase();
   let item: CollateralItem | undefined;
   for (const p of candidates) {
-    item = await fetchCollateral(options.collateral, kind === 'vcek' ? vcekRequest(report, p) : vlekRequest(), keyName);
+    item = await fetchCollateral(
+      options.collateral,
+      kind === 'vcek' ? vcekRequest(report, p) : vlekRequest(),
+      keyName,
+    );
     if (item) break;
   }
   if (!item) {
@@ -170,15 +196,23 @@ export async function verifyReport(report: ParsedReport, options: VerifyOptions)
   const ek = readEndorsementKeyInfo(leaf, keyName);
   const product = ek.product;
   if (report.cpuidProduct && report.cpuidProduct !== product) {
-    fail('product-mismatch', `the report's CPUID says ${report.cpuidProduct} but the ${keyName} is for ${ek.productName}`);
+    fail(
+      'product-mismatch',
+      `the report's CPUID says ${report.cpuidProduct} but the ${keyName} is for ${ek.productName}`,
+    );
   }
   if (kind === 'vcek' && !ek.hwId) fail('bad-endorsement-certificate', 'VCEK has no hwID extension');
-  if (kind === 'vlek' && ek.hwId) fail('bad-endorsement-certificate', 'a VLEK must not carry a hwID extension');
+  if (kind === 'vlek' && ek.hwId)
+    fail('bad-endorsement-certificate', 'a VLEK must not carry a hwID extension');
 
   const anchors = options.trustAnchors
     ? options.trustAnchors.flatMap((a) => parseCertificates(a, 'trust anchor'))
     : bundledCerts().arks;
-  const crlItem = await fetchCollateral(options.collateral, crlRequest(kind, product), `${product} ${keyName} CRL`);
+  const crlItem = await fetchCollateral(
+    options.collateral,
+    crlRequest(kind, product),
+    `${product} ${keyName} CRL`,
+  );
   const crl = crlItem ? parseCrl(crlItem.body, `${product} ARK CRL`) : undefined;
 
   const ck = await cacheKey(leaf, anchors, crl);
@@ -208,7 +242,9 @@ export async function verifyReport(report: ParsedReport, options: VerifyOptions)
       );
     }
   }
-  if (kind === 'vcek' && !report.signerInfo.maskChipKey) {
+  // With the host's MASK_CHIP_ID setting (or MASK_CHIP_KEY) CHIP_ID is zero and the binding rests on
+  // the VCEK signature alone, which is per chip anyway.
+  if (kind === 'vcek' && !report.signerInfo.maskChipKey && !isAllZero(report.chipId)) {
     const hw = ek.hwId!;
     if (!equalBytes(report.chipId.subarray(0, hw.length), hw)) {
       fail('chip-id-mismatch', `CHIP_ID ${toHex(report.chipId)} is not the VCEK hwID ${toHex(hw)}`);
@@ -243,10 +279,32 @@ async function buildChain(
   } catch (e) {
     // The bundled ASK/ASVK are AMD's; another issuer (a rotated ASK, a test authority) comes from KDS.
     if (!(e instanceof AttestationError) || e.code !== 'chain-incomplete') throw e;
-    const extra = await fetchCollateral(options.collateral, certChainRequest(kind, product), `${product} cert_chain`);
+    const extra = await fetchCollateral(
+      options.collateral,
+      certChainRequest(kind, product),
+      `${product} cert_chain`,
+    );
     if (!extra) throw e;
-    const intermediates = [...parseCertificates(extra.body, `${product} cert_chain`), ...bundledCerts().intermediates];
-    return verifyChain({ ...base, intermediates });
+    // KDS's cert_chain is ASK/ASVK then ARK. Only the intermediates join the pool: a root is trusted
+    // because it is an anchor, never because it arrived with the collateral.
+    const served = parseCertificates(extra.body, `${product} cert_chain`);
+    const roots = served.filter((c) => c.subject === c.issuer);
+    const intermediates = served.filter((c) => c.subject !== c.issuer);
+    try {
+      return await verifyChain({
+        ...base,
+        intermediates: [...intermediates, ...bundledCerts().intermediates],
+      });
+    } catch (e2) {
+      const root = roots.find((r) => intermediates.some((i) => i.issuer === r.subject));
+      if (e2 instanceof AttestationError && e2.code === 'chain-incomplete' && root) {
+        fail(
+          'untrusted-root',
+          `${what}: the chain ends at "${root.subject}", which is not a trusted AMD ARK or configured trust anchor`,
+        );
+      }
+      throw e2;
+    }
   }
 }
 
@@ -263,11 +321,18 @@ function window(chain: Certificate[], crl: Crl | undefined): { from: Date; until
 async function importLeafKey(leaf: Certificate, what: string): Promise<CryptoKey> {
   const alg = leaf.publicKey.algorithm as EcKeyAlgorithm;
   if (alg.name !== 'ECDSA' || alg.namedCurve !== 'P-384') {
-    fail('bad-endorsement-certificate', `${what} key is ${alg.name} ${alg.namedCurve ?? ''}, not ECDSA P-384`);
+    fail(
+      'bad-endorsement-certificate',
+      `${what} key is ${alg.name} ${alg.namedCurve ?? ''}, not ECDSA P-384`,
+    );
   }
-  return crypto.subtle.importKey('spki', bs(new Uint8Array(leaf.publicKey.rawData)), { name: 'ECDSA', namedCurve: 'P-384' }, false, [
-    'verify',
-  ]);
+  return crypto.subtle.importKey(
+    'spki',
+    bs(new Uint8Array(leaf.publicKey.rawData)),
+    { name: 'ECDSA', namedCurve: 'P-384' },
+    false,
+    ['verify'],
+  );
 }
 
 async function checkSignature(report: ParsedReport, key: CryptoKey): Promise<void> {
