@@ -77,6 +77,8 @@ export function parseHclReport(input: Uint8Array): ParsedHclReport {
         `report_size ${reportSize} does not match its parts (${HEADER_SIZE + HW_REPORT_SIZE + dataSize})`,
       );
     }
+    if (rtVersion !== 1)
+      fail('unsupported-version', `runtime data version ${rtVersion} is not supported (1 is)`);
     const raw = r.bytesOf(varSize, 'runtime.variable_data');
     // The NV index is larger than the report: what follows report_size is zero padding, nothing else.
     if (!isAllZero(r.bytesOf(r.remaining, 'padding')))

@@ -122,6 +122,9 @@ export async function verifyAzureVtpmEvidence(
   options: VerifyOptions,
   az: AzureVerifyOptions = {},
 ): Promise<VerifiedAzureVtpmEvidence> {
+  if (!p.tpmQuote && !az.allowMissingTpmQuote) {
+    vfail('tpm-quote-missing', 'the evidence has no vTPM quote: no PCRs and no nonce');
+  }
   const out: VerifiedAzureVtpmEvidence = { parsed: p };
   if (p.snp) {
     out.snp = await verifyReport(p.snp, { ...options, collateral: withVcek(p.vcek, options.collateral) });
@@ -145,11 +148,7 @@ export async function verifyAzureVtpmEvidence(
     if (q.appraisal) out.tdAppraisal = q.appraisal;
     await checkRuntimeBinding(p.hcl, td.reportData, 'TD report');
   }
-  if (!p.tpmQuote) {
-    if (!az.allowMissingTpmQuote)
-      vfail('tpm-quote-missing', 'the evidence has no vTPM quote: no PCRs and no nonce');
-    return out;
-  }
+  if (!p.tpmQuote) return out;
   out.pcrs = await verifyTpmQuote(
     p.tpmQuote.message,
     p.tpmQuote.signature,
