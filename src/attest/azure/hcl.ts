@@ -125,7 +125,7 @@ function runtimeJson(raw: Uint8Array): Pick<RuntimeData, 'json' | 'akPub' | 'vmC
     (k): k is JsonWebKey & { kid: string } =>
       !!k && typeof k === 'object' && (k as { kid?: unknown }).kid === 'HCLAkPub',
   );
-  if (!ak || ak.kty !== 'RSA' || typeof ak.n !== 'string' || typeof ak.e !== 'string') {
+  if (ak?.kty !== 'RSA' || typeof ak.n !== 'string' || typeof ak.e !== 'string') {
     fail('bad-runtime-data', 'runtime data has no RSA key with kid "HCLAkPub"');
   }
   const vm = obj['vm-configuration'];

@@ -109,7 +109,7 @@ export async function verifyTpmQuote(
   const quoted = new Map<number, Uint8Array>();
   for (const i of sel.pcrs) {
     const v = pcrValues[i];
-    if (!v || v.length !== 32)
+    if (v?.length !== 32)
       fail('verify', 'pcr-missing', `PCR ${i} is quoted but no 32-byte value was supplied`);
     quoted.set(i, v);
   }

@@ -119,6 +119,9 @@ function pem(c: x509.X509Certificate): string {
 }
 
 export class SnpTestAuthority {
+  /** One CRL per authority, like KDS: stable bytes let the verifier's chain cache work. */
+  private defaultCrl: Promise<Uint8Array> | undefined;
+
   private constructor(
     readonly product: SnpProduct,
     readonly ark: x509.X509Certificate,
@@ -300,7 +303,8 @@ export class SnpTestAuthority {
    */
   collateral(issued: IssuedReport, opts: TestCollateralOptions = {}): CollateralSource {
     const product = this.product;
-    const crl = opts.crl === undefined ? this.crl() : Promise.resolve(opts.crl);
+    this.defaultCrl ??= this.crl();
+    const crl = opts.crl === undefined ? this.defaultCrl : Promise.resolve(opts.crl);
     return {
       get: async (req) => {
         const body = (b: Uint8Array | string) => ({

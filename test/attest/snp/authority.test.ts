@@ -1,6 +1,6 @@
-import { beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { AttestationError, type VerifyOptions } from '../../../src/attest/common/types.js';
-import { parseReport, snpVerifier, verifyReport } from '../../../src/attest/snp/index.js';
+import { clearSnpChainCache, parseReport, snpVerifier, verifyReport } from '../../../src/attest/snp/index.js';
 import {
   type IssuedReport,
   SnpTestAuthority,
@@ -95,6 +95,24 @@ describe('SEV-SNP with the test authority (real formats, test root)', () => {
       const issued = await issue(o);
       const a = await snpVerifier.appraiseEvidence(issued.report, opts(issued));
       expect(a.status).toBe('affirming');
+    }
+  });
+
+  it('a repeated verification checks only the report signature (chain cache)', async () => {
+    const issued = await issue();
+    clearSnpChainCache();
+    await snpVerifier.appraiseEvidence(issued.report, opts(issued));
+    const spy = vi.spyOn(crypto.subtle, 'verify');
+    try {
+      await snpVerifier.appraiseEvidence(issued.report, opts(issued));
+      expect(spy.mock.calls.map((c) => (c[0] as { name: string }).name)).toEqual(['ECDSA']);
+      // Outside the cached validity window the chain is checked again (and fails).
+      const late = opts(issued, { at: new Date(AT.getTime() + 400 * 86_400_000) });
+      expect((await failure(snpVerifier.appraiseEvidence(issued.report, late))).code).toBe(
+        'certificate-expired',
+      );
+    } finally {
+      spy.mockRestore();
     }
   });
 
