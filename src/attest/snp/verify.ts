@@ -175,7 +175,12 @@ export async function verifyReport(report: ParsedReport, options: VerifyOptions)
       `CPUID family 0x${report.cpuid!.family.toString(16)} model 0x${report.cpuid!.model.toString(16)} is not Milan, Genoa or Turin`,
     );
   }
-  const candidates: readonly SnpProduct[] = report.cpuidProduct ? [report.cpuidProduct] : PRODUCTS;
+  // A VLEK has no per-product URL, so one request covers every candidate.
+  const candidates: readonly SnpProduct[] = report.cpuidProduct
+    ? [report.cpuidProduct]
+    : kind === 'vlek'
+      ? PRODUCTS.slice(0, 1)
+      : PRODUCTS;
   const keyName = kind.toUpperCase();
   let item: CollateralItem | undefined;
   for (const p of candidates) {
@@ -219,7 +224,16 @@ export async function verifyReport(report: ParsedReport, options: VerifyOptions)
   let cached = chainCache.get(ck);
   if (!cached || options.at < cached.from || options.at > cached.until) {
     const chain = await buildChain(leaf, anchors, crl, options, kind, product);
-    cached = { chain, key: await importLeafKey(leaf, keyName), ...window(chain, crl) };
+    // verifyChain applies a CRL only where its issuer is in the path; one from another root would
+    // otherwise be ignored while revocation counted as checked.
+    const root = chain[chain.length - 1]!;
+    if (crl && crl.issuer !== root.subject) {
+      fail(
+        'crl-wrong-issuer',
+        `the ${product} CRL is issued by "${crl.issuer}", not by this chain's root "${root.subject}"`,
+      );
+    }
+    cached = { chain, key: await importLeafKey(leaf, keyName), ...validityWindow(chain, crl) };
     if (chainCache.size >= CHAIN_CACHE_LIMIT) chainCache.delete(chainCache.keys().next().value!);
     chainCache.set(ck, cached);
   }
@@ -308,7 +322,7 @@ async function buildChain(
   }
 }
 
-function window(chain: Certificate[], crl: Crl | undefined): { from: Date; until: Date } {
+function validityWindow(chain: Certificate[], crl: Crl | undefined): { from: Date; until: Date } {
   let from = Math.max(...chain.map((c) => c.notBefore.getTime()));
   let until = Math.min(...chain.map((c) => c.notAfter.getTime()));
   if (crl) {

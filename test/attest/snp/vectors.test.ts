@@ -169,6 +169,17 @@ describe('SEV-SNP real vectors', () => {
     expect([e.stage, e.code]).toEqual(['verify', 'untrusted-root']);
   });
 
+  it('a CRL from another root (Genoa CRL for a Milan chain) → crl-wrong-issuer', async () => {
+    const collateral: CollateralSource = {
+      get: async (req) =>
+        req.files.includes('crl.der')
+          ? { body: read(ROOTS, 'amd_ark_genoa_crl.der'), headers: {} }
+          : withRoots('virtee_milan_v2').get(req),
+    };
+    const e = await failure(appraise('virtee_milan_v2', '2025-09-01T00:00:00Z', collateral));
+    expect([e.stage, e.code]).toEqual(['verify', 'crl-wrong-issuer']);
+  });
+
   it('report bound to the wrong VCEK (another chip) → bad-signature', async () => {
     const collateral: CollateralSource = {
       get: async (req) =>
