@@ -54,26 +54,25 @@ function tcbClaim(t: TcbVersion): Record<string, unknown> {
   return { ...t };
 }
 
-/** 1 when a > b in some component, -1 when a < b in some component, 0 when equal; 2 when mixed. */
-function compareTcb(a: TcbVersion, b: TcbVersion): number {
-  let gt = false;
-  let lt = false;
-  for (const c of ['fmc', 'bootloader', 'tee', 'snp', 'microcode'] as const) {
-    const x = a[c] ?? 0;
-    const y = b[c] ?? 0;
-    if (x > y) gt = true;
-    if (x < y) lt = true;
-  }
-  return gt && lt ? 2 : gt ? 1 : lt ? -1 : 0;
+const COMPONENTS = ['fmc', 'bootloader', 'tee', 'snp', 'microcode'] as const;
+
+function anyAbove(a: TcbVersion, b: TcbVersion): boolean {
+  return COMPONENTS.some((c) => (a[c] ?? 0) > (b[c] ?? 0));
 }
 
-/** How the reported TCB (the one the VCEK was derived for) relates to what the platform runs. */
+function anyBelow(a: TcbVersion, b: TcbVersion): boolean {
+  return COMPONENTS.some((c) => (a[c] ?? 0) < (b[c] ?? 0));
+}
+
+/**
+ * How the reported TCB (the one the VCEK was derived for) relates to what the platform runs. Keys
+ * can only be derived for TCBs at or below the running one, so a reported or committed TCB above
+ * CURRENT_TCB cannot come from genuine firmware.
+ */
 export function tcbStatus(v: VerifiedReport): SnpTcbStatus {
-  const repVsCommitted = compareTcb(v.reportedTcb, v.committedTcb);
-  const committedVsCurrent = compareTcb(v.committedTcb, v.currentTcb);
-  if (repVsCommitted > 0 || committedVsCurrent > 0) return 'Inconsistent';
-  if (repVsCommitted < 0) return 'ReportedTcbOutOfDate';
-  if (committedVsCurrent < 0) return 'ProvisionalFirmware';
+  if (anyAbove(v.reportedTcb, v.currentTcb) || anyAbove(v.committedTcb, v.currentTcb)) return 'Inconsistent';
+  if (anyBelow(v.reportedTcb, v.committedTcb)) return 'ReportedTcbOutOfDate';
+  if (anyBelow(v.committedTcb, v.currentTcb)) return 'ProvisionalFirmware';
   return 'UpToDate';
 }
 

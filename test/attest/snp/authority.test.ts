@@ -309,6 +309,11 @@ describe('SEV-SNP with the test authority (real formats, test root)', () => {
       expect((await snpVerifier.appraiseEvidence(old.report, opts(old))).claims['tcb_status']).toBe(
         'ReportedTcbOutOfDate',
       );
+      // Reporting the running (not yet committed) TCB is provisional, not inconsistent.
+      const ahead = await issue({ committedTcb: { ...t, snp: 23 } });
+      expect((await snpVerifier.appraiseEvidence(ahead.report, opts(ahead))).claims['tcb_status']).toBe(
+        'ProvisionalFirmware',
+      );
       const bad = await issue({ currentTcb: { ...t, snp: 23 } });
       const c = await snpVerifier.appraiseEvidence(bad.report, opts(bad));
       expect([c.status, c.claims['tcb_status']]).toEqual(['contraindicated', 'Inconsistent']);
