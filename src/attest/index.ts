@@ -3,9 +3,12 @@
  * decides which TEE kinds a default installation verifies; the CLI, the key broker and the client SDK
  * all build their registries from it.
  */
+
+import { azSnpVtpmVerifier } from './azure/index.js';
 import type { KindVerifier } from './common/types.js';
 import { VerifierRegistry } from './registry.js';
 import { sampleVerifier } from './sample/index.js';
+import { snpVerifier } from './snp/index.js';
 
 export * from './collateral/index.js';
 export * from './common/types.js';
@@ -16,7 +19,7 @@ export { createSampleAttester, type SampleAttester, sampleVerifier } from './sam
 
 /** Every verifier Cloister ships, one per TEE kind. */
 export function defaultVerifiers(): KindVerifier[] {
-  return [sampleVerifier];
+  return [snpVerifier, azSnpVtpmVerifier, sampleVerifier];
 }
 
 /** A fresh registry holding `defaultVerifiers()`. */

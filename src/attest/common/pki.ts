@@ -84,7 +84,8 @@ export async function verifyChain(opts: ChainOptions): Promise<Certificate[]> {
       await checkCrls(path, opts.crls ?? [], at, what);
       return path;
     }
-    const issuer = await findIssuer(cur, pool);
+    // A self-signed certificate that is not an anchor ends the path: it would otherwise "issue" itself.
+    const issuer = cur.subject === cur.issuer ? undefined : await findIssuer(cur, pool);
     if (!issuer) {
       const selfSigned = cur.subject === cur.issuer;
       throw new AttestationError(
