@@ -88,6 +88,7 @@ export async function appraiseComposite(
   evidence: CompositeEvidence,
   options: VerifyOptions,
   registry: VerifierRegistry = defaultRegistry,
+  binding: { gpuNonceBase?: Uint8Array } = {},
 ): Promise<CompositeAppraisal> {
   const cpuKind = kindOf(evidence.cpu, 'cpu0');
   if (cpuKind === 'nvidia') {
@@ -109,7 +110,9 @@ export async function appraiseComposite(
       `cpu0: the ${cpuKind} verifier exposes no "report_data" claim (lower-case hex), so GPU evidence cannot be bound to it`,
     );
   }
-  const cpuReportData = fromHex(rd);
+  // The key broker binds GPUs to a base fixed before the CPU evidence (its report data must cover the
+  // GPU evidence, so it cannot exist before it); standalone composite evidence uses the report data.
+  const nonceBase = binding.gpuNonceBase ?? fromHex(rd);
 
   const submods: Record<string, Appraisal> = { cpu0: cpu };
   let status = cpu.status;
@@ -124,7 +127,7 @@ export async function appraiseComposite(
       );
     }
     const verifier = registry.get(kind);
-    const nonce = await deriveGpuNonce(cpuReportData, i);
+    const nonce = await deriveGpuNonce(nonceBase, i);
     let gpu: Appraisal;
     try {
       gpu = await verifier.appraiseEvidence(part.evidence, { ...options, expectedReportData: nonce });
@@ -142,7 +145,7 @@ export async function appraiseComposite(
           'verify',
           'gpu-not-bound',
           `${name}: the GPU evidence is genuine but not bound to this CPU evidence: it must answer nonce ` +
-            `${toHex(nonce)} (SHA-256 of "${GPU_NONCE_LABEL}", the CPU report data and index ${i}); it was ` +
+            `${toHex(nonce)} (SHA-256 of "${GPU_NONCE_LABEL}", the binding base and index ${i}); it was ` +
             'taken for another attestation (spliced or replayed)',
           { cause: e },
         );

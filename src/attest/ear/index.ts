@@ -49,6 +49,11 @@ export interface IssueEarOptions {
   policyId?: string;
   /** Key id placed in the JWS header. */
   kid?: string;
+  /**
+   * Further top-level claims under the `cloister.` prefix, e.g. `cloister.tee-pubkey`, the key a key
+   * broker encrypts resources to when the token is presented as a bearer token.
+   */
+  extraClaims?: Record<`cloister.${string}`, unknown>;
 }
 
 export interface EarSubmod {
@@ -71,6 +76,8 @@ export interface EarResult {
   /** The worst status over all submodules. */
   status: EarStatus;
   submods: Record<string, EarSubmod>;
+  /** The `cloister.`-prefixed top-level claims the issuer added. */
+  extraClaims: Record<string, unknown>;
 }
 
 const VECTOR_NAMES: [keyof TrustVector, string][] = [
@@ -132,6 +139,7 @@ export async function issueEar(
     exp: iat + (options.lifetimeSeconds ?? DEFAULT_EAR_LIFETIME_S),
     'ear.verifier-id': { developer: EAR_DEVELOPER, build: options.build ?? 'cloister' },
     submods: Object.fromEntries(names.map((n) => [n, toSubmod(submods[n]!, policyId)])),
+    ...options.extraClaims,
   };
   if (options.nonce !== undefined) {
     payload.eat_nonce = typeof options.nonce === 'string' ? options.nonce : toBase64Url(options.nonce);
@@ -269,5 +277,6 @@ export async function verifyEar(
     ...(nonce !== undefined ? { nonce } : {}),
     status,
     submods,
+    extraClaims: Object.fromEntries(Object.entries(payload).filter(([k]) => k.startsWith('cloister.'))),
   };
 }

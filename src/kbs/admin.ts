@@ -1,0 +1,330 @@
+/**
+ * The admin API (/admin/v1). Callers present a JWT signed by one of the configured admin keys (EdDSA
+ * or ES256) with audience "cloister-kbs-admin", a `role` and, for tenant roles, a `tenant`:
+ *   admin         everything, every tenant
+ *   tenant-admin  resources, policies and reference values of its own tenant's repositories
+ *   auditor       read-only: metadata and the transparency log
+ * With no admin keys configured every admin request is refused (secure default). Resource values can be
+ * written but are never returned.
+ */
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { createLocalJWKSet, type JSONWebKeySet, type JWK, jwtVerify } from 'jose';
+import { verifyEar } from '../attest/ear/index.js';
+import type { Broker } from './broker.js';
+import { decideRelease } from './decide.js';
+import { ProtocolError, parseResourcePath } from './protocol.js';
+import type { SecretBox } from './secrets.js';
+import type { KbsStore, LogAppend, PolicyScope } from './store/types.js';
+
+export const ADMIN_AUDIENCE = 'cloister-kbs-admin';
+export type AdminRole = 'admin' | 'tenant-admin' | 'auditor';
+
+export interface AdminPrincipal {
+  subject: string;
+  role: AdminRole;
+  tenant?: string;
+}
+
+export interface AdminOptions {
+  store: KbsStore;
+  secrets: SecretBox;
+  broker: Broker;
+  /** Public JWKs allowed to sign admin tokens; empty = admin API disabled. */
+  adminKeys: JWK[];
+  earPublicKey: CryptoKey;
+  devMode: boolean;
+  /** Largest resource value in bytes. */
+  maxResourceBytes: number;
+  /** Signs and stores a checkpoint of the log as it is now; returns the note. */
+  checkpoint: () => Promise<string>;
+}
+
+const forbidden = (msg: string) => new ProtocolError(403, 'forbidden', msg);
+
+export class AdminApi {
+  private readonly jwks?: ReturnType<typeof createLocalJWKSet>;
+
+  constructor(private readonly o: AdminOptions) {
+    if (o.adminKeys.length > 0) this.jwks = createLocalJWKSet({ keys: o.adminKeys } as JSONWebKeySet);
+  }
+
+  async authenticate(req: FastifyRequest): Promise<AdminPrincipal> {
+    if (!this.jwks)
+      throw forbidden('the admin API is disabled: no admin keys are configured (see docs/kbs.md)');
+    const h = req.headers.authorization;
+    if (!h?.startsWith('Bearer '))
+      throw new ProtocolError(401, 'no-admin-token', 'send an admin token: Authorization: Bearer <JWT>');
+    let payload: Record<string, unknown>;
+    try {
+      ({ payload } = await jwtVerify(h.slice(7).trim(), this.jwks, {
+        audience: ADMIN_AUDIENCE,
+        algorithms: ['EdDSA', 'ES256'],
+        requiredClaims: ['exp', 'sub'],
+      }));
+    } catch (e) {
+      throw new ProtocolError(401, 'bad-admin-token', `admin token refused: ${(e as Error).message}`);
+    }
+    const role = payload.role;
+    if (role !== 'admin' && role !== 'tenant-admin' && role !== 'auditor') {
+      throw new ProtocolError(
+        401,
+        'bad-admin-token',
+        'admin token role must be admin, tenant-admin or auditor',
+      );
+    }
+    const tenant = typeof payload.tenant === 'string' ? payload.tenant : undefined;
+    if (role === 'tenant-admin' && !tenant)
+      throw new ProtocolError(401, 'bad-admin-token', 'a tenant-admin token needs a tenant claim');
+    return { subject: String(payload.sub), role, ...(tenant ? { tenant } : {}) };
+  }
+
+  /** The tenant a principal acts for on `repository`, claiming an unowned repository for a tenant admin. */
+  private async tenantFor(p: AdminPrincipal, repository: string, write: boolean): Promise<string> {
+    if (write && p.role === 'auditor') throw forbidden('auditors cannot change anything');
+    const owner = await this.o.store.repositoryTenant(repository);
+    if (p.role === 'admin') return owner ?? p.tenant ?? 'default';
+    if (owner && owner !== p.tenant) throw forbidden(`repository ${repository} belongs to another tenant`);
+    if (!owner && p.role === 'tenant-admin' && write) {
+      await this.o.store.createRepository(
+        repository,
+        p.tenant!,
+        this.log(p, 'repository', repository, p.tenant!, { tenant: p.tenant }),
+      );
+    }
+    return p.tenant!;
+  }
+
+  private log(
+    p: AdminPrincipal,
+    kind: string,
+    subject: string,
+    tenant: string,
+    details: Record<string, unknown>,
+  ): LogAppend {
+    return { kind, tenant, actor: `${p.role}:${p.subject}`, subject, details };
+  }
+
+  register(app: FastifyInstance): void {
+    const auth = (req: FastifyRequest) => this.authenticate(req);
+
+    app.get('/admin/v1/resources', async (req) => {
+      const p = await auth(req);
+      return { resources: await this.o.store.listResources(p.tenant) };
+    });
+
+    app.put<{ Params: { '*': string }; Querystring: { contentType?: string } }>(
+      '/admin/v1/resources/*',
+      async (req, reply) => {
+        const p = await auth(req);
+        const path = req.params['*'];
+        const { repository, type, tag } = parseResourcePath(path);
+        const value = this.value(req.body);
+        const tenant = await this.tenantFor(p, repository, true);
+        const secret = await this.o.secrets.seal(path, value);
+        const meta = await this.o.store.putResource(
+          {
+            path,
+            repository,
+            type,
+            tag,
+            tenant,
+            size: value.length,
+            contentType: req.query.contentType ?? 'application/octet-stream',
+            secret,
+          },
+          this.log(p, 'resource-put', path, tenant, { size: value.length }),
+        );
+        value.fill(0);
+        return reply.code(201).send(meta);
+      },
+    );
+
+    app.post<{ Params: { '*': string } }>('/admin/v1/resources/*', async (req) => {
+      const p = await auth(req);
+      const path = req.params['*'];
+      const { repository } = parseResourcePath(path);
+      const value = this.value(req.body);
+      const tenant = await this.tenantFor(p, repository, true);
+      const secret = await this.o.secrets.seal(path, value);
+      const meta = await this.o.store.rotateResource(
+        path,
+        secret,
+        value.length,
+        this.log(p, 'resource-rotate', path, tenant, { size: value.length }),
+      );
+      value.fill(0);
+      return meta;
+    });
+
+    app.delete<{ Params: { '*': string } }>('/admin/v1/resources/*', async (req, reply) => {
+      const p = await auth(req);
+      const path = req.params['*'];
+      const { repository } = parseResourcePath(path);
+      const tenant = await this.tenantFor(p, repository, true);
+      const gone = await this.o.store.deleteResource(path, this.log(p, 'resource-delete', path, tenant, {}));
+      if (!gone) throw new ProtocolError(404, 'unknown-resource', `resource ${path} does not exist`);
+      return reply.code(204).send();
+    });
+
+    app.put<{ Body: { scope?: unknown; source?: unknown } }>('/admin/v1/policies', async (req) => {
+      const p = await auth(req);
+      const { scope, source } = req.body ?? {};
+      const s = parseScope(scope);
+      if (typeof source !== 'string' || source.trim() === '')
+        throw new ProtocolError(400, 'bad-policy', 'source must be a CEL expression');
+      const tenant = await this.scopeOwner(p, s, true);
+      return this.o.store.setPolicy(
+        { scope: s, tenant, source, actor: `${p.role}:${p.subject}` },
+        this.log(p, 'policy-set', scopeName(s), tenant, { source }),
+      );
+    });
+
+    app.get('/admin/v1/policies', async (req) => {
+      const p = await auth(req);
+      return { policies: await this.o.store.listPolicies(p.tenant) };
+    });
+
+    app.post<{ Body: { token?: unknown; resource?: unknown } }>('/admin/v1/policy/evaluate', async (req) => {
+      const p = await auth(req);
+      const { token, resource } = req.body ?? {};
+      if (typeof token !== 'string' || typeof resource !== 'string') {
+        throw new ProtocolError(
+          400,
+          'bad-request',
+          'send {"token": EAR JWT, "resource": "<repository>/<type>/<tag>"}',
+        );
+      }
+      const r = parseResourcePath(resource);
+      const tenant = await this.tenantFor(p, r.repository, false);
+      const ear = await verifyEar(token, this.o.earPublicKey).catch((e: Error) => {
+        throw new ProtocolError(400, 'bad-token', `token refused: ${e.message}`);
+      });
+      return decideRelease({
+        store: this.o.store,
+        ear,
+        resource: { ...r, path: resource, tenant },
+        devMode: this.o.devMode,
+        now: new Date(),
+      });
+    });
+
+    app.post<{ Body: Record<string, unknown> }>('/admin/v1/refvalues', async (req, reply) => {
+      const p = await auth(req);
+      if (p.role === 'auditor') throw forbidden('auditors cannot change anything');
+      const b = req.body ?? {};
+      const tenant = p.role === 'admin' ? (typeof b.tenant === 'string' ? b.tenant : '*') : p.tenant!;
+      const values = Array.isArray(b.values) ? b.values : [];
+      if (
+        typeof b.tee !== 'string' ||
+        typeof b.name !== 'string' ||
+        values.length === 0 ||
+        !values.every((v) => typeof v === 'string' && /^[0-9a-f]+$/.test(v))
+      ) {
+        throw new ProtocolError(
+          400,
+          'bad-refvalue',
+          'send {"tee", "name", "values": [lower-case hex, …], "expiresAt"?, "note"?}',
+        );
+      }
+      if (
+        b.expiresAt !== undefined &&
+        (typeof b.expiresAt !== 'string' || Number.isNaN(Date.parse(b.expiresAt)))
+      ) {
+        throw new ProtocolError(400, 'bad-refvalue', 'expiresAt must be an RFC 3339 time');
+      }
+      const rec = await this.o.store.addReferenceValue(
+        {
+          tenant,
+          tee: b.tee,
+          name: b.name,
+          values: values as string[],
+          ...(typeof b.expiresAt === 'string' ? { expiresAt: new Date(b.expiresAt).toISOString() } : {}),
+          ...(typeof b.note === 'string' ? { note: b.note } : {}),
+        },
+        this.log(p, 'refvalue-add', `${b.tee}/${b.name}`, tenant, { values }),
+      );
+      return reply.code(201).send(rec);
+    });
+
+    app.get<{ Querystring: { tee?: string } }>('/admin/v1/refvalues', async (req) => {
+      const p = await auth(req);
+      const t = p.tenant;
+      return {
+        refvalues: await this.o.store.listReferenceValues({
+          ...(t ? { tenant: t } : {}),
+          ...(req.query.tee ? { tee: req.query.tee } : {}),
+        }),
+      };
+    });
+
+    app.get<{ Querystring: { from?: string; to?: string } }>('/admin/v1/log/entries', async (req) => {
+      const p = await auth(req);
+      if (p.role === 'tenant-admin') throw forbidden('the log is read by admins and auditors');
+      const size = await this.o.store.logSize();
+      const from = Math.max(0, Number(req.query.from ?? 0) || 0);
+      const to = Math.min(size, Number(req.query.to ?? size) || size);
+      const entries = await this.o.store.logEntries(from, Math.max(from, to));
+      return { size, entries: entries.map((e) => JSON.parse(new TextDecoder().decode(e.canonical))) };
+    });
+
+    app.post('/admin/v1/log/checkpoint', async (req) => {
+      const p = await auth(req);
+      if (p.role !== 'admin') throw forbidden('only admins sign checkpoints on demand');
+      return { checkpoint: await this.o.checkpoint() };
+    });
+  }
+
+  private value(body: unknown): Uint8Array {
+    if (!(body instanceof Uint8Array))
+      throw new ProtocolError(
+        415,
+        'unsupported-media-type',
+        'send the resource value as application/octet-stream',
+      );
+    if (body.length === 0) throw new ProtocolError(400, 'empty-value', 'a resource value cannot be empty');
+    if (body.length > this.o.maxResourceBytes)
+      throw new ProtocolError(
+        413,
+        'value-too-large',
+        `resource values are limited to ${this.o.maxResourceBytes} bytes`,
+      );
+    return new Uint8Array(body);
+  }
+
+  private async scopeOwner(p: AdminPrincipal, s: PolicyScope, write: boolean): Promise<string> {
+    if (s.kind === 'default') {
+      if (p.role !== 'admin') throw forbidden('only admins set the broker-wide default policy');
+      return '*';
+    }
+    const repository = s.kind === 'repository' ? s.repository : parseResourcePath(s.path).repository;
+    return this.tenantFor(p, repository, write);
+  }
+}
+
+function parseScope(v: unknown): PolicyScope {
+  if (v === 'default') return { kind: 'default' };
+  if (typeof v === 'string' && v.startsWith('repository:')) {
+    const repository = v.slice('repository:'.length);
+    if (!/^[A-Za-z0-9._-]+$/.test(repository))
+      throw new ProtocolError(400, 'bad-scope', `bad repository name ${repository}`);
+    return { kind: 'repository', repository };
+  }
+  if (typeof v === 'string' && v.startsWith('resource:')) {
+    const path = v.slice('resource:'.length);
+    parseResourcePath(path);
+    return { kind: 'resource', path };
+  }
+  throw new ProtocolError(
+    400,
+    'bad-scope',
+    'scope must be "default", "repository:<name>" or "resource:<repository>/<type>/<tag>"',
+  );
+}
+
+export function scopeName(s: PolicyScope): string {
+  return s.kind === 'default'
+    ? 'default'
+    : s.kind === 'repository'
+      ? `repository:${s.repository}`
+      : `resource:${s.path}`;
+}

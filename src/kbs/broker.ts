@@ -1,0 +1,285 @@
+/**
+ * The key broker's protocol logic, independent of HTTP: sessions, attestation, release decisions and the
+ * audit trail. server.ts maps it onto routes; tests drive it directly as well as over HTTP.
+ */
+import {
+  type Appraisal,
+  AttestationError,
+  type CollateralSource,
+  type TeeKind,
+} from '../attest/common/types.js';
+import { appraiseComposite } from '../attest/composite.js';
+import { type EarResult, issueEar, verifyEar } from '../attest/ear/index.js';
+import type { VerifierRegistry } from '../attest/registry.js';
+import { fromBase64, toBase64Url } from '../util/bytes.js';
+import { decideRelease, type ReleaseDecision } from './decide.js';
+import { encryptResource } from './jwe.js';
+import {
+  deviceEvidence,
+  deviceRuntimeDataHash,
+  KBS_PROTOCOL_VERSION,
+  type KbsAttestation,
+  ProtocolError,
+  parseAttestation,
+  parseRequest,
+  parseResourcePath,
+  parseTeePubkey,
+  primaryEvidenceBytes,
+  primaryRuntimeDataHash,
+  reportDataField,
+  type TeePubkey,
+} from './protocol.js';
+import type { SecretBox } from './secrets.js';
+import type { KbsStore, SessionRecord } from './store/types.js';
+
+export interface BrokerOptions {
+  store: KbsStore;
+  secrets: SecretBox;
+  registry: VerifierRegistry;
+  collateral: CollateralSource;
+  /** ES256 key pair that signs EAR tokens; replicas must share it to accept each other's tokens. */
+  earKey: CryptoKeyPair;
+  /** Allows the insecure `sample` TEE. Announced at start and on every log line. */
+  devMode: boolean;
+  sessionTtlSeconds: number;
+  tokenTtlSeconds: number;
+  /** Per-kind replacement trust anchors (test authorities, private labs); empty in production. */
+  trustAnchors?: Partial<Record<TeeKind, Uint8Array[]>>;
+  now?: () => Date;
+  onEvent?: (e: BrokerEvent) => void;
+}
+
+/** Operational events for logs and metrics (never secrets). */
+export type BrokerEvent =
+  | { type: 'auth'; tee: string }
+  | { type: 'attest'; tee: string; ok: boolean; status?: string; reason?: string; ms: number }
+  | { type: 'release'; path: string; allowed: boolean; reasons: string[] };
+
+export interface Credentials {
+  sessionId?: string;
+  bearer?: string;
+}
+
+export class Broker {
+  private readonly now: () => Date;
+  readonly teeKinds: readonly string[];
+
+  constructor(private readonly o: BrokerOptions) {
+    this.now = o.now ?? (() => new Date());
+    this.teeKinds = o.registry.kinds().filter((k) => k !== 'nvidia' && (k !== 'sample' || o.devMode));
+  }
+
+  /** Request → Challenge, with a new session. */
+  async auth(
+    body: unknown,
+  ): Promise<{ challenge: { nonce: string; 'extra-params': string }; session: SessionRecord }> {
+    const req = parseRequest(body, this.teeKinds);
+    const nonce = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
+    const session: SessionRecord = {
+      id: toBase64Url(crypto.getRandomValues(new Uint8Array(24))),
+      tee: req.tee,
+      nonce,
+      status: 'challenged',
+      expiresAt: new Date(this.now().getTime() + this.o.sessionTtlSeconds * 1000).toISOString(),
+    };
+    await this.o.store.createSession(session);
+    this.o.onEvent?.({ type: 'auth', tee: req.tee });
+    return { challenge: { nonce, 'extra-params': '' }, session };
+  }
+
+  private async liveSession(id: string | undefined): Promise<SessionRecord> {
+    if (!id)
+      throw new ProtocolError(
+        401,
+        'no-session',
+        `no ${'kbs-session-id'} cookie: start with POST /kbs/v0/auth`,
+      );
+    const s = await this.o.store.getSession(id);
+    if (!s)
+      throw new ProtocolError(401, 'unknown-session', 'unknown session: start again with POST /kbs/v0/auth');
+    if (new Date(s.expiresAt) <= this.now()) {
+      throw new ProtocolError(
+        401,
+        'session-expired',
+        'the session has expired: start again with POST /kbs/v0/auth',
+      );
+    }
+    return s;
+  }
+
+  /** Attestation → EAR token. The nonce is single use: a session attests once. */
+  async attest(sessionId: string | undefined, body: unknown): Promise<{ token: string }> {
+    const started = performance.now();
+    const session = await this.liveSession(sessionId);
+    const att = parseAttestation(body);
+    if (session.status !== 'challenged') {
+      throw new ProtocolError(
+        401,
+        'nonce-used',
+        'this session has already attested; its nonce cannot be used again',
+      );
+    }
+    if (att['runtime-data'].nonce !== session.nonce) {
+      throw new ProtocolError(401, 'nonce-mismatch', 'runtime-data.nonce is not the nonce of this session');
+    }
+    let token: string;
+    try {
+      token = await this.appraise(session, att);
+    } catch (e) {
+      const reason =
+        e instanceof AttestationError ? `${e.stage}/${e.code}: ${e.message}` : (e as Error).message;
+      this.o.onEvent?.({
+        type: 'attest',
+        tee: session.tee,
+        ok: false,
+        reason,
+        ms: performance.now() - started,
+      });
+      if (e instanceof AttestationError) {
+        throw new ProtocolError(
+          e.code === 'report-data-mismatch' ? 401 : 403,
+          `attestation-${e.code}`,
+          `evidence refused: ${e.message}`,
+        );
+      }
+      throw e;
+    }
+    const won = await this.o.store.markAttested(
+      session.id,
+      token,
+      JSON.stringify(att['runtime-data']['tee-pubkey']),
+    );
+    if (!won)
+      throw new ProtocolError(
+        401,
+        'nonce-used',
+        'this session has already attested; its nonce cannot be used again',
+      );
+    this.o.onEvent?.({ type: 'attest', tee: session.tee, ok: true, ms: performance.now() - started });
+    return { token };
+  }
+
+  private async appraise(session: SessionRecord, att: KbsAttestation): Promise<string> {
+    const pubkey = att['runtime-data']['tee-pubkey'];
+    const additional = att['tee-evidence'].additional_evidence;
+    const expected = reportDataField(await primaryRuntimeDataHash(pubkey, session.nonce, additional));
+    const { evidence } = primaryEvidenceBytes(session.tee, att['tee-evidence'].primary_evidence);
+    const gpus = deviceEvidence(additional);
+    const kind = session.tee as TeeKind;
+    const result = await appraiseComposite(
+      { cpu: { kind, evidence }, gpus: gpus.map((g) => ({ kind: g.kind, evidence: g.evidence })) },
+      {
+        at: this.now(),
+        collateral: this.o.collateral,
+        expectedReportData: expected,
+        ...(this.o.trustAnchors?.[kind] ? { trustAnchors: this.o.trustAnchors[kind] } : {}),
+      },
+      this.o.registry,
+      { gpuNonceBase: await deviceRuntimeDataHash(pubkey, session.nonce) },
+    );
+    return issueEar(result.submods, {
+      signingKey: this.o.earKey.privateKey,
+      build: `cloister-kbs ${KBS_PROTOCOL_VERSION}`,
+      nonce: fromBase64(session.nonce),
+      issuedAt: this.now(),
+      lifetimeSeconds: this.o.tokenTtlSeconds,
+      extraClaims: { 'cloister.tee-pubkey': pubkey },
+    });
+  }
+
+  /** The attestation a resource request stands on: the session's token, or a bearer token. */
+  private async credentials(c: Credentials): Promise<{ ear: EarResult; teePubkey: TeePubkey }> {
+    if (c.bearer) {
+      let ear: EarResult;
+      try {
+        ear = await verifyEar(c.bearer, this.o.earKey.publicKey, { at: this.now() });
+      } catch (e) {
+        throw new ProtocolError(401, 'bad-token', `bearer token refused: ${(e as Error).message}`);
+      }
+      let key: TeePubkey;
+      try {
+        key = parseTeePubkey(ear.extraClaims['cloister.tee-pubkey']);
+      } catch {
+        throw new ProtocolError(401, 'bad-token', 'bearer token carries no usable cloister.tee-pubkey');
+      }
+      return { ear, teePubkey: key };
+    }
+    const s = await this.liveSession(c.sessionId);
+    if (s.status !== 'attested' || !s.token || !s.teePubkey) {
+      throw new ProtocolError(
+        401,
+        'not-attested',
+        'this session has not attested: POST /kbs/v0/attest first',
+      );
+    }
+    const ear = await verifyEar(s.token, this.o.earKey.publicKey, { at: this.now() });
+    return { ear, teePubkey: parseTeePubkey(JSON.parse(s.teePubkey)) };
+  }
+
+  /**
+   * GET resource: the decision is logged with its reasons (for the owner's audit), while the requester
+   * learns only "denied by policy".
+   */
+  async resource(c: Credentials, path: string): Promise<{ jwe: unknown; decision: ReleaseDecision }> {
+    const { repository, type, tag } = parseResourcePath(path);
+    const { ear, teePubkey } = await this.credentials(c);
+    const rec = await this.o.store.getResource(path);
+    if (!rec) {
+      await this.o.store.appendLog({
+        kind: 'denial',
+        tenant: '',
+        actor: 'tee',
+        subject: path,
+        details: { reasons: ['unknown resource'] },
+      });
+      throw new ProtocolError(404, 'unknown-resource', `resource ${path} does not exist`);
+    }
+    const decision = await decideRelease({
+      store: this.o.store,
+      ear,
+      resource: { path, repository, type, tag, tenant: rec.tenant },
+      devMode: this.o.devMode,
+      now: this.now(),
+    });
+    const details = {
+      allowed: decision.allow,
+      reasons: decision.reasons,
+      policy: decision.policyScope,
+      submods: summary(ear),
+      version: rec.version,
+    };
+    this.o.onEvent?.({ type: 'release', path, allowed: decision.allow, reasons: decision.reasons });
+    if (!decision.allow) {
+      await this.o.store.appendLog({
+        kind: 'denial',
+        tenant: rec.tenant,
+        actor: 'tee',
+        subject: path,
+        details,
+      });
+      throw new ProtocolError(403, 'denied', 'denied by policy');
+    }
+    const value = await this.o.secrets.open(path, rec.secret);
+    const jwe = await encryptResource(value, teePubkey);
+    value.fill(0);
+    await this.o.store.appendLog({
+      kind: 'release',
+      tenant: rec.tenant,
+      actor: 'tee',
+      subject: path,
+      details,
+    });
+    return { jwe, decision };
+  }
+}
+
+function summary(ear: EarResult): Record<string, { status: string; kind?: string }> {
+  return Object.fromEntries(
+    Object.entries(ear.submods).map(([n, s]) => [
+      n,
+      { status: s.status, ...(s.kind ? { kind: s.kind } : {}) },
+    ]),
+  );
+}
+
+export type { Appraisal };

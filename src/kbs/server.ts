@@ -1,0 +1,181 @@
+/**
+ * HTTP surface of the key broker (fastify): the KBS protocol under /kbs/v0, the admin API under
+ * /admin/v1, /metrics, /healthz and /openapi.json. Every error is RFC 7807 JSON with a 4xx status
+ * unless the broker itself failed; bad input never yields a 500.
+ */
+import Fastify, {
+  type FastifyError,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+} from 'fastify';
+import type { AdminApi } from './admin.js';
+import type { Broker } from './broker.js';
+import type { Metrics } from './metrics.js';
+import { openApiDocument } from './openapi.js';
+import { problem } from './problem.js';
+import { ProtocolError, SESSION_COOKIE } from './protocol.js';
+import { ConflictError, NotFoundError } from './store/types.js';
+
+export interface ServerOptions {
+  broker: Broker;
+  admin: AdminApi;
+  metrics: Metrics;
+  /** Largest accepted request body in bytes. */
+  bodyLimit: number;
+  /** Token bucket per client address; 0 disables. */
+  rateLimit: { perSecond: number; burst: number };
+  requestTimeoutMs: number;
+  sessionTtlSeconds: number;
+  /** Log sink for one-line events; dev mode prefixes every line. */
+  log: (line: string) => void;
+}
+
+class RateLimiter {
+  private readonly buckets = new Map<string, { tokens: number; at: number }>();
+  constructor(private readonly o: { perSecond: number; burst: number }) {}
+
+  take(client: string): boolean {
+    if (this.o.perSecond <= 0) return true;
+    const now = performance.now();
+    const b = this.buckets.get(client) ?? { tokens: this.o.burst, at: now };
+    b.tokens = Math.min(this.o.burst, b.tokens + ((now - b.at) / 1000) * this.o.perSecond);
+    b.at = now;
+    if (this.buckets.size > 100_000) this.buckets.clear();
+    this.buckets.set(client, b);
+    if (b.tokens < 1) return false;
+    b.tokens -= 1;
+    return true;
+  }
+}
+
+function cookie(req: FastifyRequest, name: string): string | undefined {
+  const header = req.headers.cookie;
+  if (!header) return undefined;
+  for (const part of header.split(';')) {
+    const [k, ...v] = part.trim().split('=');
+    if (k === name) return v.join('=');
+  }
+  return undefined;
+}
+
+function bearer(req: FastifyRequest): string | undefined {
+  const h = req.headers.authorization;
+  return h?.startsWith('Bearer ') ? h.slice(7).trim() : undefined;
+}
+
+export function sendProblem(reply: FastifyReply, status: number, type: string, detail: string): FastifyReply {
+  return reply
+    .code(status)
+    .type('application/problem+json')
+    .send(problem(status, type, detail));
+}
+
+export async function createServer(o: ServerOptions): Promise<FastifyInstance> {
+  const app = Fastify({
+    bodyLimit: o.bodyLimit,
+    requestTimeout: o.requestTimeoutMs,
+    connectionTimeout: o.requestTimeoutMs,
+    keepAliveTimeout: 5000,
+    logger: false,
+    return503OnClosing: true,
+  });
+  const limiter = new RateLimiter(o.rateLimit);
+
+  // Raw bodies for admin resource values.
+  app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer' }, (_req, body, done) =>
+    done(null, body),
+  );
+
+  app.addHook('onRequest', async (req, reply) => {
+    if (!limiter.take(req.ip)) {
+      o.metrics.inc('kbs_rate_limited_total', 'Requests refused by the per-client rate limit');
+      return sendProblem(
+        reply.header('retry-after', '1'),
+        429,
+        'rate-limited',
+        'too many requests from this client; retry later',
+      );
+    }
+  });
+
+  app.setErrorHandler((err: FastifyError | Error, _req, reply) => {
+    if (err instanceof ProtocolError) return sendProblem(reply, err.status, err.type, err.message);
+    if (err instanceof NotFoundError) return sendProblem(reply, 404, 'not-found', err.message);
+    if (err instanceof ConflictError) return sendProblem(reply, 409, 'conflict', err.message);
+    const status = (err as FastifyError).statusCode;
+    if (status && status >= 400 && status < 500) {
+      const code = (err as FastifyError).code ?? 'bad-request';
+      const detail =
+        code === 'FST_ERR_CTP_BODY_TOO_LARGE'
+          ? `request body exceeds ${o.bodyLimit} bytes`
+          : code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE'
+            ? `unsupported content type ${String(_req.headers['content-type'])}: send application/json`
+            : err.message;
+      return sendProblem(reply, status, code.toLowerCase().replace(/_/g, '-'), detail);
+    }
+    o.log(`error: ${err.stack ?? err.message}`);
+    o.metrics.inc('kbs_internal_errors_total', 'Requests that failed inside the broker');
+    return sendProblem(reply, 500, 'internal', 'the broker failed to process the request; see its log');
+  });
+  app.setNotFoundHandler((req, reply) =>
+    sendProblem(reply, 404, 'no-route', `no route ${req.method} ${req.url}`),
+  );
+
+  const json = (req: FastifyRequest) => {
+    if (!String(req.headers['content-type'] ?? '').startsWith('application/json')) {
+      throw new ProtocolError(415, 'unsupported-media-type', 'send the body as application/json');
+    }
+    return req.body;
+  };
+
+  app.post('/kbs/v0/auth', async (req, reply) => {
+    const { challenge, session } = await o.broker.auth(json(req));
+    o.metrics.inc('kbs_auth_total', 'Challenges issued', { tee: session.tee });
+    reply.header(
+      'set-cookie',
+      `${SESSION_COOKIE}=${session.id}; Max-Age=${o.sessionTtlSeconds}; Path=/kbs/v0; HttpOnly; SameSite=Strict`,
+    );
+    return challenge;
+  });
+
+  app.post('/kbs/v0/attest', async (req) => {
+    const started = performance.now();
+    try {
+      const r = await o.broker.attest(cookie(req, SESSION_COOKIE), json(req));
+      o.metrics.inc('kbs_attest_total', 'Attestations', { result: 'ok' });
+      return r;
+    } catch (e) {
+      o.metrics.inc('kbs_attest_total', 'Attestations', {
+        result: e instanceof ProtocolError ? e.type : 'error',
+      });
+      throw e;
+    } finally {
+      o.metrics.observe('kbs_attest_seconds', 'Attestation latency', (performance.now() - started) / 1000);
+    }
+  });
+
+  app.get<{ Params: { '*': string } }>('/kbs/v0/resource/*', async (req) => {
+    const path = req.params['*'];
+    const creds = { sessionId: cookie(req, SESSION_COOKIE), bearer: bearer(req) };
+    try {
+      const { jwe } = await o.broker.resource(creds, path);
+      o.metrics.inc('kbs_resource_total', 'Resource requests', { result: 'released' });
+      return jwe;
+    } catch (e) {
+      o.metrics.inc('kbs_resource_total', 'Resource requests', {
+        result: e instanceof ProtocolError ? e.type : 'error',
+      });
+      throw e;
+    }
+  });
+
+  app.get('/healthz', async () => ({ status: 'ok' }));
+  app.get('/metrics', async (_req, reply) =>
+    reply.type('text/plain; version=0.0.4').send(o.metrics.render()),
+  );
+  app.get('/openapi.json', async () => openApiDocument());
+
+  o.admin.register(app);
+  return app;
+}
