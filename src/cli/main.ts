@@ -1,5 +1,6 @@
 import { Command, CommanderError } from 'commander';
 import { registerDemo } from './demo.js';
+import { registerKbs } from './kbs.js';
 import { registerSealCommands } from './seal.js';
 import { registerVerify } from './verify.js';
 
@@ -12,6 +13,7 @@ export async function main(argv: string[]): Promise<number> {
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
   registerSealCommands(program);
   registerVerify(program);
+  registerKbs(program);
   registerDemo(program);
   for (const c of program.commands) c.exitOverride();
   try {

@@ -1,0 +1,249 @@
+/** `cloister kbs …`: run the key broker and administer it over its admin API. */
+import { readFile, writeFile } from 'node:fs/promises';
+import { type Command, Option } from 'commander';
+import { exportJWK, generateKeyPair, importJWK, type JWK, SignJWT } from 'jose';
+import { ADMIN_AUDIENCE } from '../kbs/admin.js';
+import { FileError } from '../seal/node.js';
+import { bs } from '../util/bytes.js';
+
+interface Conn {
+  url: string;
+  token?: string;
+}
+
+const connOptions = (c: Command) =>
+  c
+    .addOption(
+      new Option('--url <url>', 'key broker URL').env('CLOISTER_KBS_URL').default('http://127.0.0.1:8080'),
+    )
+    .addOption(
+      new Option('--token <jwt>', 'admin token (see `cloister kbs admin-token`)').env('CLOISTER_ADMIN_TOKEN'),
+    );
+
+async function call(
+  conn: Conn,
+  method: string,
+  path: string,
+  body?: { json?: unknown; bytes?: Uint8Array },
+): Promise<unknown> {
+  if (!conn.token) throw new FileError('no admin token: pass --token or set CLOISTER_ADMIN_TOKEN');
+  const headers: Record<string, string> = { authorization: `Bearer ${conn.token}` };
+  let payload: BodyInit | undefined;
+  if (body?.json !== undefined) {
+    headers['content-type'] = 'application/json';
+    payload = JSON.stringify(body.json);
+  } else if (body?.bytes) {
+    headers['content-type'] = 'application/octet-stream';
+    payload = bs(body.bytes);
+  }
+  let res: Response;
+  try {
+    res = await fetch(new URL(path, conn.url), {
+      method,
+      headers,
+      ...(payload !== undefined ? { body: payload } : {}),
+    });
+  } catch (e) {
+    throw new FileError(
+      `cannot reach the key broker at ${conn.url}: ${(e as Error).cause ?? (e as Error).message}`,
+    );
+  }
+  if (res.status === 204) return undefined;
+  const text = await res.text();
+  const parsed = text ? (JSON.parse(text) as Record<string, unknown>) : undefined;
+  if (!res.ok)
+    throw new FileError(`${method} ${path}: ${res.status} ${String(parsed?.detail ?? res.statusText)}`);
+  return parsed;
+}
+
+function print(v: unknown): void {
+  process.stdout.write(`${JSON.stringify(v, null, 2)}\n`);
+}
+
+async function readSecretFile(path: string): Promise<Uint8Array> {
+  try {
+    return new Uint8Array(await readFile(path));
+  } catch (e) {
+    throw new FileError(`cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+}
+
+export function registerKbs(program: Command): void {
+  const kbs = program
+    .command('kbs')
+    .description('the key broker: serve it, and administer keys, policies and reference values');
+
+  kbs
+    .command('admin-key')
+    .description('make an admin signing key pair (Ed25519 JWKs); give the public one to the broker')
+    .requiredOption('--out <file>', 'private key (JWK, mode 0600)')
+    .requiredOption('--pub <file>', 'public key (JWK) for the broker configuration')
+    .addHelpText('after', '\nExample:\n  cloister kbs admin-key --out admin.jwk --pub admin.pub.jwk')
+    .action(async (o: { out: string; pub: string }) => {
+      const { privateKey, publicKey } = await generateKeyPair('EdDSA', { crv: 'Ed25519', extractable: true });
+      const kid = crypto.randomUUID();
+      await writeFile(
+        o.out,
+        `${JSON.stringify({ ...(await exportJWK(privateKey)), alg: 'EdDSA', kid }, null, 2)}\n`,
+        { mode: 0o600, flag: 'wx' },
+      );
+      await writeFile(
+        o.pub,
+        `${JSON.stringify({ ...(await exportJWK(publicKey)), alg: 'EdDSA', kid }, null, 2)}\n`,
+        { flag: 'wx' },
+      );
+      process.stderr.write(
+        `wrote ${o.out} (keep secret) and ${o.pub} (add to adminKeys in the broker config)\n`,
+      );
+    });
+
+  kbs
+    .command('admin-token')
+    .description('sign an admin token with an admin key')
+    .requiredOption('--key <file>', 'admin private key (JWK)')
+    .addOption(
+      new Option('--role <role>', 'role').choices(['admin', 'tenant-admin', 'auditor']).default('admin'),
+    )
+    .option('--tenant <name>', 'tenant (required for tenant-admin)')
+    .option('--subject <name>', 'who the token is for', process.env.USER ?? 'operator')
+    .option('--ttl <seconds>', 'lifetime in seconds', '3600')
+    .addHelpText(
+      'after',
+      '\nExample:\n  export CLOISTER_ADMIN_TOKEN=$(cloister kbs admin-token --key admin.jwk --role tenant-admin --tenant acme)',
+    )
+    .action(async (o: { key: string; role: string; tenant?: string; subject: string; ttl: string }) => {
+      const jwk = JSON.parse(new TextDecoder().decode(await readSecretFile(o.key))) as JWK;
+      if (!jwk.d) throw new FileError(`${o.key} is not a private key`);
+      const alg = jwk.alg ?? (jwk.kty === 'OKP' ? 'EdDSA' : 'ES256');
+      const token = await new SignJWT({ role: o.role, ...(o.tenant ? { tenant: o.tenant } : {}) })
+        .setProtectedHeader({ alg, ...(jwk.kid ? { kid: jwk.kid } : {}) })
+        .setSubject(o.subject)
+        .setAudience(ADMIN_AUDIENCE)
+        .setIssuedAt()
+        .setExpirationTime(`${Number.parseInt(o.ttl, 10)}s`)
+        .sign(await importJWK(jwk, alg));
+      process.stdout.write(`${token}\n`);
+    });
+
+  const resource = kbs.command('resource').description('resources (keys and secrets) held by the broker');
+  connOptions(
+    resource
+      .command('put')
+      .description('store a new resource; its value is read from FILE and never shown again')
+      .argument('<path>', '<repository>/<type>/<tag>')
+      .argument('<file>', 'the value')
+      .option('--content-type <type>', 'media type recorded with the resource')
+      .addHelpText('after', '\nExample:\n  cloister kbs resource put owner/models/kek1 owner.kek'),
+  ).action(async (path: string, file: string, o: Conn & { contentType?: string }) => {
+    const q = o.contentType ? `?contentType=${encodeURIComponent(o.contentType)}` : '';
+    print(await call(o, 'PUT', `/admin/v1/resources/${path}${q}`, { bytes: await readSecretFile(file) }));
+  });
+  connOptions(
+    resource
+      .command('rotate')
+      .description('replace a resource value with a new version')
+      .argument('<path>', '<repository>/<type>/<tag>')
+      .argument('<file>', 'the new value')
+      .addHelpText('after', '\nExample:\n  cloister kbs resource rotate owner/models/kek1 owner-v2.kek'),
+  ).action(async (path: string, file: string, o: Conn) =>
+    print(await call(o, 'POST', `/admin/v1/resources/${path}`, { bytes: await readSecretFile(file) })),
+  );
+  connOptions(
+    resource
+      .command('rm')
+      .description('delete a resource')
+      .argument('<path>', '<repository>/<type>/<tag>')
+      .addHelpText('after', '\nExample:\n  cloister kbs resource rm owner/models/kek1'),
+  ).action(async (path: string, o: Conn) => {
+    await call(o, 'DELETE', `/admin/v1/resources/${path}`);
+    process.stderr.write(`deleted ${path}\n`);
+  });
+  connOptions(
+    resource
+      .command('ls')
+      .description('list resource metadata (values are never returned)')
+      .addHelpText('after', '\nExample:\n  cloister kbs resource ls'),
+  ).action(async (o: Conn) => print(await call(o, 'GET', '/admin/v1/resources')));
+
+  const policy = kbs.command('policy').description('CEL release policies');
+  connOptions(
+    policy
+      .command('set')
+      .description('set the policy of a scope from a CEL file')
+      .argument('<scope>', '"default", "repository:<name>" or "resource:<repository>/<type>/<tag>"')
+      .argument('<file>', 'CEL source')
+      .addHelpText('after', '\nExample:\n  cloister kbs policy set repository:owner owner-policy.cel'),
+  ).action(async (scope: string, file: string, o: Conn) =>
+    print(
+      await call(o, 'PUT', '/admin/v1/policies', {
+        json: { scope, source: new TextDecoder().decode(await readSecretFile(file)) },
+      }),
+    ),
+  );
+  connOptions(
+    policy
+      .command('get')
+      .description('list the active policies')
+      .addHelpText('after', '\nExample:\n  cloister kbs policy get'),
+  ).action(async (o: Conn) => print(await call(o, 'GET', '/admin/v1/policies')));
+  connOptions(
+    policy
+      .command('eval')
+      .description('explain whether an attestation token would be released a resource, and why')
+      .argument('<token-file>', 'file holding an EAR token from /kbs/v0/attest')
+      .argument('<resource>', '<repository>/<type>/<tag>')
+      .addHelpText('after', '\nExample:\n  cloister kbs policy eval ear.jwt owner/models/kek1'),
+  ).action(async (tokenFile: string, resourcePath: string, o: Conn) => {
+    const token = new TextDecoder().decode(await readSecretFile(tokenFile)).trim();
+    print(await call(o, 'POST', '/admin/v1/policy/evaluate', { json: { token, resource: resourcePath } }));
+  });
+
+  const ref = kbs.command('refvalue').description('reference values used by appraisal and policies');
+  connOptions(
+    ref
+      .command('add')
+      .description('add a new version of a reference value')
+      .requiredOption('--tee <kind>', 'tdx, sgx, snp, nvidia, …')
+      .requiredOption('--name <claim>', 'claim name, e.g. mr_td, measurement, mr_enclave')
+      .requiredOption('--value <hex...>', 'acceptable values (lower-case hex)')
+      .option('--expires <time>', 'RFC 3339 expiry')
+      .option('--note <text>', 'why this value')
+      .option('--tenant <name>', 'tenant (admins only; default: operator-wide "*")')
+      .addHelpText(
+        'after',
+        '\nExample:\n  cloister kbs refvalue add --tee tdx --name mr_td --value 1a2b… --expires 2027-01-01T00:00:00Z',
+      ),
+  ).action(
+    async (
+      o: Conn & {
+        tee: string;
+        name: string;
+        value: string[];
+        expires?: string;
+        note?: string;
+        tenant?: string;
+      },
+    ) =>
+      print(
+        await call(o, 'POST', '/admin/v1/refvalues', {
+          json: {
+            tee: o.tee,
+            name: o.name,
+            values: o.value,
+            ...(o.expires ? { expiresAt: o.expires } : {}),
+            ...(o.note ? { note: o.note } : {}),
+            ...(o.tenant ? { tenant: o.tenant } : {}),
+          },
+        }),
+      ),
+  );
+  connOptions(
+    ref
+      .command('ls')
+      .description('list reference values')
+      .option('--tee <kind>', 'only this TEE kind')
+      .addHelpText('after', '\nExample:\n  cloister kbs refvalue ls --tee tdx'),
+  ).action(async (o: Conn & { tee?: string }) =>
+    print(await call(o, 'GET', `/admin/v1/refvalues${o.tee ? `?tee=${o.tee}` : ''}`)),
+  );
+}
