@@ -40,6 +40,7 @@ export async function verifyOrderedChain(
   const hit = cache.get(key);
   if (hit && at >= hit.notBefore && at <= hit.notAfter) return hit;
   const certs = parseCertificates(chainBytes, what);
+  for (const c of certs) wellFormed(c, what);
   const verified = await verifyCerts(certs, anchors, at, what);
   if (cache.size >= CACHE_LIMIT) cache.delete(cache.keys().next().value!);
   cache.set(key, verified);
@@ -83,6 +84,40 @@ export async function verifyCerts(
     notBefore: new Date(Math.max(...path.map((c) => c.notBefore.getTime()))),
     notAfter: new Date(Math.min(...path.map((c) => c.notAfter.getTime()))),
   };
+}
+
+/**
+ * A certificate must be exactly one DER structure (bytes after it are an error, not ignored) whose
+ * extensions all decode; @peculiar/x509 decodes extensions lazily, so they are forced here, at parse
+ * time, rather than failing with a bare Error in the middle of path building.
+ */
+function wellFormed(cert: Certificate, what: string): void {
+  const raw = new Uint8Array(cert.rawData);
+  let end = -1;
+  try {
+    end = der(raw, 0).end;
+  } catch {
+    // reported below
+  }
+  if (end !== raw.length) {
+    throw new AttestationError(
+      'parse',
+      'bad-certificate',
+      `${what}: a certificate has bytes after its DER encoding`,
+    );
+  }
+  try {
+    void cert.extensions.length;
+  } catch (e) {
+    throw new AttestationError(
+      'parse',
+      'bad-certificate',
+      `${what}: "${cert.subject}" has a malformed extension`,
+      {
+        cause: e,
+      },
+    );
+  }
 }
 
 export function parseAnchors(pems: (Uint8Array | string)[], what: string): Certificate[] {

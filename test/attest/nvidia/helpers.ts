@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import fc from 'fast-check';
 import type { CollateralSource, VerifyOptions } from '../../../src/attest/common/types.js';
 import { fromHex, utf8 } from '../../../src/util/bytes.js';
 
@@ -48,4 +49,52 @@ export function folderSource(folder: string): CollateralSource {
 
 export function options(at: string, extra: Partial<VerifyOptions> = {}): VerifyOptions {
   return { at: new Date(at), collateral: noCollateral, ...extra };
+}
+
+/** A mutation: flip bits, overwrite a run, cut, or insert, at arbitrary offsets. */
+export function mutation(length: number) {
+  return fc.oneof(
+    fc.record({
+      kind: fc.constant('flip' as const),
+      at: fc.nat(length - 1),
+      mask: fc.integer({ min: 1, max: 255 }),
+    }),
+    fc.record({ kind: fc.constant('cut' as const), at: fc.nat(length - 1) }),
+    fc.record({ kind: fc.constant('insert' as const), at: fc.nat(length), byte: fc.nat(255) }),
+    fc.record({
+      kind: fc.constant('set' as const),
+      at: fc.nat(length - 1),
+      bytes: fc.uint8Array({ minLength: 1, maxLength: 8 }),
+    }),
+  );
+}
+
+export type Mutation =
+  | { kind: 'flip'; at: number; mask: number }
+  | { kind: 'cut'; at: number }
+  | { kind: 'insert'; at: number; byte: number }
+  | { kind: 'set'; at: number; bytes: Uint8Array };
+
+export function apply(b: Uint8Array, m: Mutation): Uint8Array {
+  switch (m.kind) {
+    case 'flip': {
+      const c = b.slice();
+      c[m.at]! ^= m.mask;
+      return c;
+    }
+    case 'cut':
+      return b.subarray(0, m.at);
+    case 'insert': {
+      const c = new Uint8Array(b.length + 1);
+      c.set(b.subarray(0, m.at));
+      c[m.at] = m.byte;
+      c.set(b.subarray(m.at), m.at + 1);
+      return c;
+    }
+    case 'set': {
+      const c = b.slice();
+      c.set(m.bytes.subarray(0, c.length - m.at), m.at);
+      return c;
+    }
+  }
 }

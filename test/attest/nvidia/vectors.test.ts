@@ -259,6 +259,19 @@ describe('NVIDIA vectors: refusals', () => {
     expect(e.code).toBe('chain-incomplete');
   });
 
+  it('a certificate with bytes after its DER → bad-certificate (parse)', async () => {
+    const b = pemBlocks();
+    const padded = b[1]!.replace(/=\n-----END/, '9\n-----END'); // base64 "…I=" → "…I9": one extra byte
+    expect(padded).not.toBe(b[1]);
+    const e = await rejection(
+      verifyGpuReport(parseGpuReport(reportBytes(H545)), {
+        certChain: utf8.encode([b[0], padded, ...b.slice(2)].join('')),
+        at,
+      }),
+    );
+    expect([e.stage, e.code]).toEqual(['parse', 'bad-certificate']);
+  });
+
   it('chain without its root is accepted (the anchor completes it)', async () => {
     const b = pemBlocks();
     const v = await verifyGpuReport(parseGpuReport(reportBytes(H545)), {
