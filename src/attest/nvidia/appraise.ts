@@ -9,6 +9,7 @@ import type { Appraisal, AppraisalPolicy, EarStatus, Finding, TrustVector } from
 import { worseStatus } from '../common/types.js';
 import type { ReportedCcMode } from './evidence.js';
 import { compareMeasurements, type MeasurementComparison } from './measurements.js';
+import type { RevocationResult } from './ocsp.js';
 import { opaqueFieldName } from './opaque.js';
 import type { VerifiedRim } from './rim.js';
 import type { VerifiedGpuReport } from './verify.js';
@@ -22,6 +23,8 @@ export interface GpuAppraisalInput {
   vbiosRim?: VerifiedRim;
   /** The CC mode the agent read from NVML (unsigned): 'off' or 'devtools' is contraindicated. */
   reportedCcMode?: ReportedCcMode;
+  /** OCSP outcome; undefined = revocation not attempted. */
+  revocation?: RevocationResult;
   policy?: AppraisalPolicy;
 }
 
@@ -68,11 +71,17 @@ export function appraiseGpuReport(input: GpuAppraisalInput): Appraisal {
       message: 'freshness not checked: no expected nonce was given',
     });
   }
-  findings.push({
-    check: 'revocation',
-    status: 'none',
-    message: 'OCSP status of the GPU and RIM certificates was not checked (no OCSP responses supplied)',
-  });
+  const unchecked = input.revocation?.unchecked;
+  claims['ocsp_good'] = input.revocation?.checked ?? [];
+  if (!input.revocation || (unchecked && unchecked.length > 0)) {
+    findings.push({
+      check: 'revocation',
+      status: 'none',
+      message: unchecked
+        ? `OCSP status not checked (no response supplied) for: ${unchecked.map((s) => `"${s}"`).join(', ')}`
+        : 'OCSP status of the GPU and RIM certificates was not checked',
+    });
+  }
 
   // Confidential-computing mode: the signed FEATURE_FLAG (opaque data v1+) names the CC mode; older
   // firmware has no signed flag, and then the RIM measurements (taken in CC mode) stand for it.

@@ -4,7 +4,7 @@
  * 1. Cloister's envelope (what the agent produces):
  *    { "report": "<hex of SPDM request ‖ response>", "certChain": "<PEM, leaf first>",
  *      "nonce"?: "<hex>", "ccMode"?: "on" | "devtools" | "off",
- *      "driverRim"?: "<RIM XML>", "vbiosRim"?: "<RIM XML>" }
+ *      "driverRim"?: "<RIM XML>", "vbiosRim"?: "<RIM XML>", "ocsp"?: ["<base64 DER OCSPResponse>", …] }
  *    `ccMode` is what NVML told the agent (unsigned): it can only make the verdict worse.
  * 2. The NVIDIA attestation SDK's serialized evidence: a one-element array
  *    [{ "arch", "nonce" (hex), "evidence" (base64 report), "certificate" (base64 of the PEM chain) }].
@@ -25,6 +25,8 @@ export interface NvidiaEvidence {
   ccMode?: ReportedCcMode;
   driverRim?: string;
   vbiosRim?: string;
+  /** Stapled OCSP responses (DER) for the GPU and RIM chains. */
+  ocsp?: Uint8Array[];
 }
 
 function fail(message: string, cause?: unknown): never {
@@ -64,7 +66,13 @@ export function parseNvidiaEvidence(bytes: Uint8Array): NvidiaEvidence {
   }
   if (e['driverRim'] !== undefined) out.driverRim = str(e, 'driverRim');
   if (e['vbiosRim'] !== undefined) out.vbiosRim = str(e, 'vbiosRim');
-  const known = new Set(['report', 'certChain', 'nonce', 'ccMode', 'driverRim', 'vbiosRim']);
+  if (e['ocsp'] !== undefined) {
+    const list = e['ocsp'];
+    if (!Array.isArray(list) || !list.every((x) => typeof x === 'string'))
+      fail('evidence field "ocsp" is not a list of base64 strings');
+    out.ocsp = list.map((x, i) => decode(() => fromBase64(x as string), `ocsp[${i}] (base64)`));
+  }
+  const known = new Set(['report', 'certChain', 'nonce', 'ccMode', 'driverRim', 'vbiosRim', 'ocsp']);
   const extra = Object.keys(e).filter((k) => !known.has(k));
   if (extra.length > 0) fail(`NVIDIA evidence envelope has unknown fields: ${extra.join(', ')}`);
   return out;

@@ -9,6 +9,7 @@ import type { Appraisal, CollateralSource, KindVerifier, VerifyOptions } from '.
 import { AttestationError } from '../common/types.js';
 import { appraiseGpuReport } from './appraise.js';
 import { parseNvidiaEvidence } from './evidence.js';
+import { checkRevocation, ocspRequest, ocspTargets } from './ocsp.js';
 import type { GpuOpaqueData } from './opaque.js';
 import { type ParsedGpuReport, parseGpuReport } from './report.js';
 import { parseRim, type VerifiedRim, verifyRim } from './rim.js';
@@ -18,6 +19,15 @@ export { appraiseGpuReport, type GpuAppraisalInput } from './appraise.js';
 export { clearChainCache } from './chain.js';
 export { type NvidiaEvidence, parseNvidiaEvidence, type ReportedCcMode } from './evidence.js';
 export { compareMeasurements, type MeasurementComparison, type MeasurementMismatch } from './measurements.js';
+export {
+  checkRevocation,
+  NVIDIA_OCSP_URL,
+  type OcspTarget,
+  ocspRequest,
+  ocspTargets,
+  parseOcspResponse,
+  type RevocationResult,
+} from './ocsp.js';
 export { formatVbiosVersion, type GpuOpaqueData, OPAQUE_FIELD } from './opaque.js';
 export { type MeasurementBlock, type ParsedGpuReport, parseGpuReport } from './report.js';
 export { type ParsedRim, parseRim, type RimMeasurement, type VerifiedRim, verifyRim } from './rim.js';
@@ -119,11 +129,24 @@ export async function appraiseNvidiaEvidence(
     options,
     'VBIOS RIM',
   );
+  // The driver and VBIOS RIM chains usually share their CAs: ask about each certificate once.
+  const targets = [
+    ...ocspTargets(verified.chain.path, 'GPU attestation-key chain', true),
+    ...(driverRim ? ocspTargets(driverRim.chain.path, 'driver RIM signing chain', false) : []),
+    ...(vbiosRim ? ocspTargets(vbiosRim.chain.path, 'VBIOS RIM signing chain', false) : []),
+  ].filter((t, i, all) => all.findIndex((u) => u.cert.equal(t.cert)) === i);
+  const candidates = [...(env.ocsp ?? [])];
+  for (const t of targets) {
+    const item = await options.collateral.get(await ocspRequest(t));
+    if (item) candidates.push(item.body);
+  }
+  const revocation = await checkRevocation(targets, candidates, options.at);
   return appraiseGpuReport({
     verified,
     driverRim,
     vbiosRim,
     reportedCcMode: env.ccMode,
+    revocation,
     policy: options.policy,
   });
 }

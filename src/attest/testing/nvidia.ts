@@ -8,6 +8,22 @@
  * NVIDIA uses. Pass `authority.trustAnchors` as VerifyOptions.trustAnchors.
  */
 import 'reflect-metadata';
+import {
+  BasicOCSPResponse,
+  CertID,
+  CertStatus,
+  id_pkix_ocsp_basic,
+  KeyHash,
+  OCSPResponse,
+  OCSPResponseStatus,
+  ResponderID,
+  ResponseBytes,
+  ResponseData,
+  RevokedInfo,
+  SingleResponse,
+} from '@peculiar/asn1-ocsp';
+import { AsnConvert, OctetString } from '@peculiar/asn1-schema';
+import { AlgorithmIdentifier, Certificate as AsnCertificate } from '@peculiar/asn1-x509';
 import * as x509 from '@peculiar/x509';
 import { bs, concatBytes, fromHex, toHex, utf8 } from '../../util/bytes.js';
 import { canonicalizeDocument, canonicalizeSubtree } from '../nvidia/c14n.js';
@@ -65,11 +81,23 @@ export interface NvidiaTestAuthority {
   defaultMeasurements(): Map<number, Uint8Array>;
   issueReport(opts: TestReportOptions): Promise<Uint8Array>;
   issueRim(opts: { version: string; measurements: TestRimMeasurement[]; product?: string }): Promise<string>;
+  /** The RIM signing chain (signer, root). */
+  rimChain: x509.X509Certificate[];
+  /** A DER OCSP response about `cert`, signed by its issuer (or by `signWithKeyOf`, to test refusals). */
+  ocspResponse(cert: x509.X509Certificate, opts?: TestOcspOptions): Promise<Uint8Array>;
   /** Cloister's JSON evidence envelope. */
   envelope(
     report: Uint8Array,
-    extra?: { ccMode?: string; driverRim?: string; vbiosRim?: string; nonce?: string },
+    extra?: { ccMode?: string; driverRim?: string; vbiosRim?: string; nonce?: string; ocsp?: string[] },
   ): Uint8Array;
+}
+
+export interface TestOcspOptions {
+  status?: 'good' | 'revoked' | 'unknown';
+  thisUpdate?: Date;
+  nextUpdate?: Date;
+  /** Sign with this CA's key instead of the issuer's (a wrong responder). */
+  signWithKeyOf?: x509.X509Certificate;
 }
 
 async function keyPair(): Promise<CryptoKeyPair> {
@@ -171,6 +199,11 @@ export async function createNvidiaTestAuthority(arch: TestArch = 'HOPPER'): Prom
     false,
   );
 
+  const keyOf = new Map<string, CryptoKey>();
+  certs.forEach((c, i) => keyOf.set(c.subject, keys[i]!.privateKey));
+  keyOf.set(rimRoot.subject, rimKeys[0]!.privateKey);
+  const all = [...certs, rimRoot, rimSigner];
+
   const defaultMeasurements = () => {
     const m = new Map<number, Uint8Array>();
     for (let i = 1; i <= 64; i++) m.set(i, new Uint8Array(48).fill(i));
@@ -263,6 +296,56 @@ export async function createNvidiaTestAuthority(arch: TestArch = 'HOPPER'): Prom
         `<ds:SignatureValue>${btoa(String.fromCharCode(...value))}</ds:SignatureValue>`,
       );
     },
+    rimChain: [rimSigner, rimRoot],
+    async ocspResponse(cert, opts = {}) {
+      const issuer = all.find((c) => c.subject === cert.issuer);
+      if (!issuer) throw new Error(`no issuer for ${cert.subject} in this authority`);
+      const ic = AsnConvert.parse(issuer.rawData, AsnCertificate);
+      const name = AsnConvert.serialize(ic.tbsCertificate.subject);
+      const keyBits = ic.tbsCertificate.subjectPublicKeyInfo.subjectPublicKey;
+      const status = opts.status ?? 'good';
+      const now = Date.now();
+      const single = new SingleResponse({
+        certID: new CertID({
+          hashAlgorithm: new AlgorithmIdentifier({ algorithm: '2.16.840.1.101.3.4.2.2' }),
+          issuerNameHash: new OctetString(await crypto.subtle.digest('SHA-384', name)),
+          issuerKeyHash: new OctetString(await crypto.subtle.digest('SHA-384', keyBits)),
+          serialNumber: bs(
+            fromHex(cert.serialNumber.length % 2 ? `0${cert.serialNumber}` : cert.serialNumber),
+          ).buffer,
+        }),
+        certStatus: new CertStatus(
+          status === 'good'
+            ? { good: null }
+            : status === 'revoked'
+              ? { revoked: new RevokedInfo({ revocationTime: new Date(now - DAY) }) }
+              : { unknown: null },
+        ),
+        thisUpdate: opts.thisUpdate ?? new Date(now - 3_600_000),
+        nextUpdate: opts.nextUpdate ?? new Date(now + 7 * DAY),
+      });
+      const data = new ResponseData({
+        responderID: new ResponderID({ byKey: new KeyHash(await crypto.subtle.digest('SHA-1', keyBits)) }),
+        producedAt: new Date(now - 3_600_000),
+        responses: [single],
+      });
+      const tbs = AsnConvert.serialize(data);
+      const signingKey = keyOf.get((opts.signWithKeyOf ?? issuer).subject)!;
+      const raw = new Uint8Array(await crypto.subtle.sign(SIGN, signingKey, tbs));
+      const basic = new BasicOCSPResponse({
+        tbsResponseData: data,
+        signatureAlgorithm: new AlgorithmIdentifier({ algorithm: '1.2.840.10045.4.3.3' }),
+        signature: bs(ecdsaDer(raw)).buffer,
+      });
+      const response = new OCSPResponse({
+        responseStatus: OCSPResponseStatus.successful,
+        responseBytes: new ResponseBytes({
+          responseType: id_pkix_ocsp_basic,
+          response: new OctetString(AsnConvert.serialize(basic)),
+        }),
+      });
+      return new Uint8Array(AsnConvert.serialize(response));
+    },
     envelope(report, extra = {}) {
       return utf8.encode(JSON.stringify({ report: toHex(report), certChain: certChainPem, ...extra }));
     },
@@ -274,6 +357,18 @@ function vbiosBytes(version: string): Uint8Array {
   const digits = version.replace(/\./g, '');
   if (!/^[0-9A-Fa-f]{10}$/.test(digits)) throw new Error(`VBIOS version ${version} is not five hex pairs`);
   return fromHex(`000000${digits.slice(8)}${digits.slice(0, 8)}`).reverse();
+}
+
+/** Raw r‖s → DER ECDSA-Sig-Value, as OCSP carries signatures. */
+function ecdsaDer(raw: Uint8Array): Uint8Array {
+  const int = (v: Uint8Array) => {
+    let i = 0;
+    while (i < v.length - 1 && v[i] === 0) i++;
+    const t = v.subarray(i);
+    return tlv(0x02, t[0]! & 0x80 ? concatBytes(new Uint8Array([0]), t) : t);
+  };
+  const half = raw.length / 2;
+  return tlv(0x30, concatBytes(int(raw.subarray(0, half)), int(raw.subarray(half))));
 }
 
 /** A random nonce, as a verifier would issue. */
