@@ -25,6 +25,7 @@ const cache = new Map<string, VerifiedChain>();
 /** Forget every cached chain (tests; or after changing trust anchors at run time). */
 export function clearChainCache(): void {
   cache.clear();
+  parsedAnchors.clear();
 }
 
 export async function verifyOrderedChain(
@@ -33,10 +34,7 @@ export async function verifyOrderedChain(
   at: Date,
   what: string,
 ): Promise<VerifiedChain> {
-  const anchorIds = await Promise.all(
-    anchors.map(async (a) => toHex(await sha256(new Uint8Array(a.rawData)))),
-  );
-  const key = `${what}|${toHex(await sha256(chainBytes))}|${anchorIds.join(',')}`;
+  const key = `${what}|${toHex(await sha256(chainBytes))}|${(await Promise.all(anchors.map(anchorId))).join(',')}`;
   const hit = cache.get(key);
   if (hit && at >= hit.notBefore && at <= hit.notAfter) return hit;
   const certs = parseCertificates(chainBytes, what);
@@ -120,8 +118,29 @@ function wellFormed(cert: Certificate, what: string): void {
   }
 }
 
+const anchorIds = new WeakMap<Certificate, string>();
+
+async function anchorId(a: Certificate): Promise<string> {
+  let id = anchorIds.get(a);
+  if (!id) {
+    id = toHex(await sha256(new Uint8Array(a.rawData)));
+    anchorIds.set(a, id);
+  }
+  return id;
+}
+
+const parsedAnchors = new Map<string, Certificate[]>();
+
+/** Trust anchors from PEM/DER, parsed once per distinct input (the bundled roots on every call). */
 export function parseAnchors(pems: (Uint8Array | string)[], what: string): Certificate[] {
-  return pems.flatMap((p) => parseCertificates(p, what));
+  const key = pems.map((p) => (typeof p === 'string' ? p : toHex(p))).join('|');
+  let certs = parsedAnchors.get(key);
+  if (!certs) {
+    certs = pems.flatMap((p) => parseCertificates(p, what));
+    if (parsedAnchors.size >= CACHE_LIMIT) parsedAnchors.clear();
+    parsedAnchors.set(key, certs);
+  }
+  return certs;
 }
 
 /** TCG DICE extensions that carry the firmware id of the attestation key's layer. */

@@ -4,10 +4,11 @@
  * signed driver and VBIOS reference integrity manifests. See docs/attestation/nvidia.md.
  */
 
-import { equalBytes, fromBase64, toHex, utf8 } from '../../util/bytes.js';
+import { equalBytes, fromBase64, sha256, toHex, utf8 } from '../../util/bytes.js';
 import type { Appraisal, CollateralSource, KindVerifier, VerifyOptions } from '../common/types.js';
 import { AttestationError } from '../common/types.js';
 import { appraiseGpuReport } from './appraise.js';
+import { clearChainCache } from './chain.js';
 import { parseNvidiaEvidence } from './evidence.js';
 import { checkRevocation, ocspRequest, ocspTargets } from './ocsp.js';
 import type { GpuOpaqueData } from './opaque.js';
@@ -16,7 +17,6 @@ import { parseRim, type VerifiedRim, verifyRim } from './rim.js';
 import { type GpuArch, verifyGpuReport } from './verify.js';
 
 export { appraiseGpuReport, type GpuAppraisalInput } from './appraise.js';
-export { clearChainCache } from './chain.js';
 export { type NvidiaEvidence, parseNvidiaEvidence, type ReportedCcMode } from './evidence.js';
 export { compareMeasurements, type MeasurementComparison, type MeasurementMismatch } from './measurements.js';
 export {
@@ -89,7 +89,26 @@ async function loadRim(
 ): Promise<VerifiedRim | undefined> {
   const xml = given ?? (id ? await fetchRim(source, id, generic) : undefined);
   if (xml === undefined) return undefined;
-  return verifyRim(parseRim(xml), { at: options.at, trustAnchors: options.trustAnchors, what });
+  // A RIM verified once is reused while its signing chain is valid: it is the same signed document.
+  const key = `${what}|${toHex(await sha256(utf8.encode(xml)))}|${(options.trustAnchors ?? []).map(toHex).join(',')}`;
+  const hit = rimCache.get(key);
+  if (hit && options.at >= hit.chain.notBefore && options.at <= hit.chain.notAfter) return hit;
+  const verified = await verifyRim(parseRim(xml), {
+    at: options.at,
+    trustAnchors: options.trustAnchors,
+    what,
+  });
+  if (rimCache.size >= 64) rimCache.delete(rimCache.keys().next().value!);
+  rimCache.set(key, verified);
+  return verified;
+}
+
+const rimCache = new Map<string, VerifiedRim>();
+
+/** Forget cached chains and RIMs (tests; or after replacing trust anchors at run time). */
+export function clearNvidiaCaches(): void {
+  clearChainCache();
+  rimCache.clear();
 }
 
 /** parse → verify → appraise for one GPU's evidence (see evidence.ts for the accepted forms). */

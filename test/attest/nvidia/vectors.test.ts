@@ -1,7 +1,7 @@
 import { beforeEach, describe, expect, it } from 'vitest';
 import { AttestationError } from '../../../src/attest/common/types.js';
 import {
-  clearChainCache,
+  clearNvidiaCaches,
   compareMeasurements,
   nvidiaVerifier,
   parseGpuReport,
@@ -26,7 +26,7 @@ async function rejection(p: Promise<unknown>): Promise<AttestationError> {
   return e as AttestationError;
 }
 
-beforeEach(() => clearChainCache());
+beforeEach(() => clearNvidiaCaches());
 
 describe('NVIDIA vectors: parse', () => {
   it('parses the Hopper 545.00 report as PROVENANCE.md describes it', () => {
