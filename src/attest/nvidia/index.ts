@@ -17,7 +17,12 @@ import { parseRim, type VerifiedRim, verifyRim } from './rim.js';
 import { type GpuArch, verifyGpuReport } from './verify.js';
 
 export { appraiseGpuReport, type GpuAppraisalInput } from './appraise.js';
-export { type NvidiaEvidence, parseNvidiaEvidence, type ReportedCcMode } from './evidence.js';
+export {
+  encodeNvidiaEvidence,
+  type NvidiaEvidence,
+  parseNvidiaEvidence,
+  type ReportedCcMode,
+} from './evidence.js';
 export { compareMeasurements, type MeasurementComparison, type MeasurementMismatch } from './measurements.js';
 export {
   checkRevocation,
@@ -131,6 +136,13 @@ export async function appraiseNvidiaEvidence(
     trustAnchors: options.trustAnchors,
     expectedNonce: options.expectedReportData,
   });
+  if (env.arch && env.arch !== verified.arch) {
+    throw new AttestationError(
+      'verify',
+      'arch-mismatch',
+      `evidence says ${env.arch} but the attestation key belongs to a ${verified.arch} GPU (${verified.hwModel})`,
+    );
+  }
   const ids = rimIds(verified.arch, report.response.opaqueData);
   const driverRim = await loadRim(
     env.driverRim,

@@ -25,8 +25,9 @@ import {
 import { AsnConvert, OctetString } from '@peculiar/asn1-schema';
 import { AlgorithmIdentifier, Certificate as AsnCertificate } from '@peculiar/asn1-x509';
 import * as x509 from '@peculiar/x509';
-import { bs, concatBytes, fromHex, toHex, utf8 } from '../../util/bytes.js';
+import { bs, concatBytes, fromBase64, fromHex, toHex, utf8 } from '../../util/bytes.js';
 import { canonicalizeDocument, canonicalizeSubtree } from '../nvidia/c14n.js';
+import { encodeNvidiaEvidence, type ReportedCcMode } from '../nvidia/evidence.js';
 import { OPAQUE_FIELD } from '../nvidia/opaque.js';
 import {
   C14N11,
@@ -85,7 +86,7 @@ export interface NvidiaTestAuthority {
   rimChain: x509.X509Certificate[];
   /** A DER OCSP response about `cert`, signed by its issuer (or by `signWithKeyOf`, to test refusals). */
   ocspResponse(cert: x509.X509Certificate, opts?: TestOcspOptions): Promise<Uint8Array>;
-  /** Cloister's JSON evidence envelope. */
+  /** Evidence as the agent sends it (NVIDIA SDK shape plus Cloister's optional fields). */
   envelope(
     report: Uint8Array,
     extra?: { ccMode?: string; driverRim?: string; vbiosRim?: string; nonce?: string; ocsp?: string[] },
@@ -200,7 +201,7 @@ export async function createNvidiaTestAuthority(arch: TestArch = 'HOPPER'): Prom
   );
 
   const keyOf = new Map<string, CryptoKey>();
-  certs.forEach((c, i) => keyOf.set(c.subject, keys[i]!.privateKey));
+  for (const [i, c] of certs.entries()) keyOf.set(c.subject, keys[i]!.privateKey);
   keyOf.set(rimRoot.subject, rimKeys[0]!.privateKey);
   const all = [...certs, rimRoot, rimSigner];
 
@@ -347,7 +348,16 @@ export async function createNvidiaTestAuthority(arch: TestArch = 'HOPPER'): Prom
       return new Uint8Array(AsnConvert.serialize(response));
     },
     envelope(report, extra = {}) {
-      return utf8.encode(JSON.stringify({ report: toHex(report), certChain: certChainPem, ...extra }));
+      return encodeNvidiaEvidence({
+        report,
+        certChain: utf8.encode(certChainPem),
+        arch,
+        ...(extra.nonce ? { nonce: fromHex(extra.nonce) } : {}),
+        ...(extra.ccMode ? { ccMode: extra.ccMode as ReportedCcMode } : {}),
+        ...(extra.driverRim ? { driverRim: extra.driverRim } : {}),
+        ...(extra.vbiosRim ? { vbiosRim: extra.vbiosRim } : {}),
+        ...(extra.ocsp ? { ocsp: extra.ocsp.map(fromBase64) } : {}),
+      });
     },
   };
 }

@@ -1,6 +1,12 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { AttestationError } from '../../../src/attest/common/types.js';
-import { nvidiaVerifier, parseGpuReport, parseRim, verifyRim } from '../../../src/attest/nvidia/index.js';
+import {
+  encodeNvidiaEvidence,
+  nvidiaVerifier,
+  parseGpuReport,
+  parseRim,
+  verifyRim,
+} from '../../../src/attest/nvidia/index.js';
 import {
   createNvidiaTestAuthority,
   type NvidiaTestAuthority,
@@ -163,11 +169,22 @@ describe('NVIDIA test authority end to end', () => {
   it('a report from another authority → bad-signature; that authority as anchor only → untrusted-root', async () => {
     const nonce = testNonce();
     const report = await blackwell.issueReport({ nonce });
-    const mixed = utf8.encode(JSON.stringify({ report: toHex(report), certChain: hopper.certChainPem }));
+    const mixed = encodeNvidiaEvidence({ report, certChain: utf8.encode(hopper.certChainPem) });
     expect((await rejection(appraise(hopper, mixed, nonce))).code).toBe('bad-signature');
     expect((await rejection(appraise(hopper, blackwell.envelope(report), nonce))).code).toBe(
       'untrusted-root',
     );
+  });
+
+  it('an arch field that disagrees with the key certificate → arch-mismatch', async () => {
+    const nonce = testNonce();
+    const report = await hopper.issueReport({ nonce });
+    const lying = encodeNvidiaEvidence({
+      report,
+      certChain: utf8.encode(hopper.certChainPem),
+      arch: 'BLACKWELL',
+    });
+    expect((await rejection(appraise(hopper, lying, nonce))).code).toBe('arch-mismatch');
   });
 
   it('real NVIDIA roots do not accept test evidence', async () => {

@@ -18,12 +18,12 @@ export function reportBytes(folder: string): Uint8Array {
   return fromHex(vectorText(`${folder}/attestation_report.hex`));
 }
 
-/** The Cloister evidence envelope for a vector folder, optionally with RIMs and a CC mode. */
-export function envelope(folder: string, extra: Record<string, string> = {}): Uint8Array {
+/** NVIDIA SDK-shaped evidence for a vector folder, optionally with Cloister's extra fields. */
+export function envelope(folder: string, extra: Record<string, unknown> = {}): Uint8Array {
   return utf8.encode(
     JSON.stringify({
-      report: vectorText(`${folder}/attestation_report.hex`).trim(),
-      certChain: vectorText(`${folder}/cert_chain.pem`),
+      evidence: btoa(String.fromCharCode(...reportBytes(folder))),
+      certificate: btoa(vectorText(`${folder}/cert_chain.pem`)),
       ...extra,
     }),
   );

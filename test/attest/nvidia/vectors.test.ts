@@ -359,8 +359,17 @@ describe('NVIDIA vectors: refusals', () => {
     expect([e.stage, e.code]).toEqual(['parse', 'bad-evidence']);
   });
 
-  it('a bare report without its chain → bad-evidence', async () => {
-    const e = await rejection(nvidiaVerifier.appraiseEvidence(reportBytes(H545), options(IN_WINDOW)));
+  it('a bare report without its chain (binary or hex) → missing-certificate-chain', async () => {
+    for (const bare of [reportBytes(H545), vector(`${H545}/attestation_report.hex`)]) {
+      const e = await rejection(nvidiaVerifier.appraiseEvidence(bare, options(IN_WINDOW)));
+      expect([e.stage, e.code]).toEqual(['parse', 'missing-certificate-chain']);
+    }
+  });
+
+  it('unknown evidence fields are refused → bad-evidence', async () => {
+    const e = await rejection(
+      nvidiaVerifier.appraiseEvidence(envelope(H545, { extra: 1 }), options(IN_WINDOW)),
+    );
     expect(e.code).toBe('bad-evidence');
   });
 });
