@@ -66,7 +66,14 @@ async function fetchRim(source: CollateralSource, id: string, generic: string): 
     files: [`${id}.xml`, `${id}.swidtag`, generic],
   });
   if (!item) return undefined;
-  const text = utf8.decode(item.body).trim();
+  let text: string;
+  try {
+    text = utf8.decode(item.body).trim();
+  } catch (e) {
+    throw new AttestationError('parse', 'bad-rim', `RIM ${id} from collateral is not UTF-8 text`, {
+      cause: e,
+    });
+  }
   if (!text.startsWith('{')) return text;
   try {
     const rim = (JSON.parse(text) as { rim?: unknown }).rim;

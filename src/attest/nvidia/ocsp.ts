@@ -26,7 +26,7 @@ import {
   id_ce_extKeyUsage,
 } from '@peculiar/asn1-x509';
 import * as x509 from '@peculiar/x509';
-import { bs, equalBytes, toHex } from '../../util/bytes.js';
+import { bs, equalBytes, fromHex, toHex } from '../../util/bytes.js';
 import type { Certificate } from '../common/pki.js';
 import { AttestationError } from '../common/types.js';
 
@@ -142,7 +142,9 @@ export async function ocspRequest(t: OcspTarget): Promise<{ url: string; files: 
     hashAlgorithm: new AlgorithmIdentifier({ algorithm: '2.16.840.1.101.3.4.2.2' }),
     issuerNameHash: new OctetString(await crypto.subtle.digest('SHA-384', bs(name))),
     issuerKeyHash: new OctetString(await crypto.subtle.digest('SHA-384', bs(key))),
-    serialNumber: bs(hexBytes(t.cert.serialNumber)).buffer,
+    serialNumber: bs(
+      fromHex(t.cert.serialNumber.length % 2 ? `0${t.cert.serialNumber}` : t.cert.serialNumber),
+    ).buffer,
   });
   const der = new Uint8Array(
     AsnConvert.serialize(
@@ -156,11 +158,6 @@ export async function ocspRequest(t: OcspTarget): Promise<{ url: string; files: 
     url: NVIDIA_OCSP_URL + encodeURIComponent(btoa(bin)),
     files: [`ocsp_${stripZeros(t.cert.serialNumber.toLowerCase())}.der`],
   };
-}
-
-function hexBytes(h: string): Uint8Array {
-  const even = h.length % 2 ? `0${h}` : h;
-  return new Uint8Array((even.match(/../g) ?? []).map((x) => Number.parseInt(x, 16)));
 }
 
 /**
@@ -219,7 +216,12 @@ async function verifyResponseSignature(p: ParsedOcsp, t: OcspTarget, at: Date): 
   }
   const signers: Certificate[] = [t.issuer];
   for (const c of p.basic.certs ?? []) {
-    const cert = new x509.X509Certificate(AsnConvert.serialize(c));
+    let cert: x509.X509Certificate;
+    try {
+      cert = new x509.X509Certificate(AsnConvert.serialize(c));
+    } catch {
+      continue; // an undecodable extra certificate cannot authorize anything
+    }
     if (cert.subject !== t.issuer.subject && !isDelegate(c)) continue;
     if (at < cert.notBefore || at > cert.notAfter) continue;
     if (!(await cert.verify({ publicKey: t.issuer, signatureOnly: true }).catch(() => false))) continue;

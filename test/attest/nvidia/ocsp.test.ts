@@ -1,3 +1,4 @@
+import fc from 'fast-check';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { AttestationError, type CollateralSource } from '../../../src/attest/common/types.js';
 import {
@@ -13,6 +14,7 @@ import {
   testNonce,
 } from '../../../src/attest/testing/nvidia.js';
 import { toHex } from '../../../src/util/bytes.js';
+import { apply, mutation } from './helpers.js';
 
 let ta: NvidiaTestAuthority;
 beforeAll(async () => {
@@ -153,5 +155,27 @@ describe('OCSP (test authority)', () => {
     const req = await ocspRequest(t);
     expect(req.files[0]).toBe(`ocsp_${t.cert.serialNumber.toLowerCase().replace(/^0+/, '')}.der`);
     expect(toHex(new TextEncoder().encode(req.url)).length).toBeGreaterThan(0);
+  });
+
+  it('fuzz: a mutated response is refused, ignored as not naming the certificate, or means the same', async () => {
+    const t = gpuTargets()[0]!;
+    const der = await ta.ocspResponse(t.cert);
+    const original = toHex(parseOcspResponse(der).raw);
+    await fc.assert(
+      fc.asyncProperty(mutation(der.length), async (m) => {
+        const bad = apply(der, m);
+        const outcome = await checkRevocation([t], [bad], new Date()).then(
+          (r) => r,
+          (e: unknown) => e,
+        );
+        if (outcome instanceof Error) {
+          expect(outcome).toBeInstanceOf(AttestationError);
+          return;
+        }
+        const r = outcome as { checked: string[] };
+        if (r.checked.length > 0) expect(toHex(parseOcspResponse(bad).raw)).toBe(original);
+      }),
+      { numRuns: 150 },
+    );
   });
 });
