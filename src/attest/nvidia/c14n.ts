@@ -47,7 +47,8 @@ function namespacesInScope(el: XmlElement): Map<string, string> {
     for (const a of e.attributes) {
       if (!isNamespaceDeclaration(a.name)) continue;
       const prefix = a.name === 'xmlns' ? '' : a.name.slice(6);
-      if (!scope.has(prefix)) scope.set(prefix, a.value);
+      // The xml prefix is bound by definition; Canonical XML never renders its declaration.
+      if (prefix !== 'xml' && !scope.has(prefix)) scope.set(prefix, a.value);
     }
   }
   return scope;

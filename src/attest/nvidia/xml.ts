@@ -278,6 +278,12 @@ function checkNamespaces(el: XmlElement): void {
   }
   const seen = new Set<string>();
   for (const a of el.attributes) {
+    if (a.name.startsWith('xmlns:') && a.value === '') {
+      throw new XmlError(`<${el.name}> undeclares prefix ${a.name.slice(6)} (not allowed in XML 1.0)`);
+    }
+    if (a.name === 'xmlns:xmlns' || (a.name === 'xmlns:xml' && a.value !== XML_NS)) {
+      throw new XmlError(`<${el.name}> rebinds a reserved prefix`);
+    }
     if (isNamespaceDeclaration(a.name)) continue;
     const ns = attributeNamespace(el, a);
     if (splitName(a.name).prefix !== '' && ns === undefined) {
