@@ -6,6 +6,7 @@
 
 import { azSnpVtpmVerifier } from './azure/index.js';
 import type { KindVerifier } from './common/types.js';
+import { nvidiaVerifier } from './nvidia/index.js';
 import { VerifierRegistry } from './registry.js';
 import { sampleVerifier } from './sample/index.js';
 import { snpVerifier } from './snp/index.js';
@@ -19,7 +20,7 @@ export { createSampleAttester, type SampleAttester, sampleVerifier } from './sam
 
 /** Every verifier Cloister ships, one per TEE kind. */
 export function defaultVerifiers(): KindVerifier[] {
-  return [snpVerifier, azSnpVtpmVerifier, sampleVerifier];
+  return [snpVerifier, azSnpVtpmVerifier, nvidiaVerifier, sampleVerifier];
 }
 
 /** A fresh registry holding `defaultVerifiers()`. */
