@@ -239,7 +239,7 @@ static napi_value call(napi_env env, napi_callback_info info, int sealing) {
   long r = b.truncated ? (long)(b.count - 1) : run(gcm, &b, sealing);
   if (r != RUN_OK) {
     /* Leave no plaintext (or half-sealed output) behind for the caller to misuse. */
-    OPENSSL_cleanse(b.output.p, b.output.n);
+    if (b.output.n > 0) OPENSSL_cleanse(b.output.p, b.output.n);
     if (r == RUN_INTERNAL) {
       napi_throw_error(env, NULL, "cloister_aes: OpenSSL AES-256-GCM call failed");
       return NULL;
