@@ -69,9 +69,8 @@ for (let round = 0; round < trials; round++) {
       const sealRate = await trial(size, () => c.seal({ ...batch, input: plain, output: sealed }));
       const openRate = await trial(size, () => c.open({ ...batch, input: sealed, output: opened }));
       best[c.name] ??= {};
-      const b = (best[c.name][size] ??= { seal: 0, open: 0 });
-      b.seal = Math.max(b.seal, sealRate);
-      b.open = Math.max(b.open, openRate);
+      const prev = best[c.name][size] ?? { seal: 0, open: 0 };
+      best[c.name][size] = { seal: Math.max(prev.seal, sealRate), open: Math.max(prev.open, openRate) };
     }
   }
 }
