@@ -62,9 +62,12 @@ export function batchShape(
 }
 
 export function chunkNonce(prefix: Uint8Array, index: number, last: boolean): Uint8Array {
+  // The counter is 32 bits: a larger index would wrap and reuse a nonce.
+  if (!Number.isInteger(index) || index < 0 || index > 0xffff_ffff)
+    throw new RangeError(`chunk index ${index} outside 0..2^32-1`);
   const n = new Uint8Array(12);
   n.set(prefix, 0);
-  new DataView(n.buffer).setUint32(7, index >>> 0, false);
+  new DataView(n.buffer).setUint32(7, index, false);
   n[11] = last ? 1 : 0;
   return n;
 }
@@ -97,6 +100,8 @@ async function run(b: ChunkBatch, sealing: boolean): Promise<Uint8Array> {
   const out = b.output ?? new Uint8Array(outLen);
   const inStride = sealing ? b.chunkSize : b.chunkSize + TAG_BYTES;
   const outStride = sealing ? b.chunkSize + TAG_BYTES : b.chunkSize;
+  if (!sealing && b.input.length - (count - 1) * inStride < TAG_BYTES)
+    throw new ChunkAuthError(b.first + count - 1);
   const aad = new Uint8Array(b.aad);
   for (let i = 0; i < count; i++) {
     const index = b.first + i;

@@ -8,6 +8,7 @@ import { type FileHandle, open, rename, rm, stat } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import type { ChunkCipher } from './aead.js';
+import { bestChunkCipher } from './aead-native.js';
 import {
   beginSeal,
   openBody,
@@ -21,7 +22,6 @@ import {
 } from './container.js';
 import { type Header, headerLengthOf, parseHeader, SealFormatError } from './format.js';
 import type { UnsealKey } from './keys.js';
-import { localCipher } from './local-cipher.js';
 import { WorkerPoolCipher } from './pool.js';
 
 /** Inputs at least this large (or of unknown size) are processed on worker threads. */
@@ -46,7 +46,7 @@ async function withCipher<T>(
   fn: (c: ChunkCipher, inFlight: number) => Promise<T>,
 ): Promise<T> {
   const n = workers ?? (size === undefined || size >= PARALLEL_THRESHOLD ? availableParallelism() : 0);
-  if (n <= 0) return fn(localCipher(), 2);
+  if (n <= 0) return fn(bestChunkCipher(), 2);
   const pool = new WorkerPoolCipher(n);
   try {
     return await fn(pool, 2 * n);
@@ -225,7 +225,7 @@ export async function openSealedFile(
   if (size === undefined) throw new FileError(`${path}: random access needs a regular file, not a pipe`);
   const fh = await open(path, 'r');
   try {
-    const reader = await openReader(fileSource(fh, size), key, localCipher());
+    const reader = await openReader(fileSource(fh, size), key, bestChunkCipher());
     return { ...reader, close: () => fh.close() };
   } catch (e) {
     await fh.close();
@@ -268,7 +268,7 @@ export async function unsealToMemory(
   const fh = await open(path, 'r');
   let body: Awaited<ReturnType<typeof openBody>>;
   try {
-    body = await openBody(fileSource(fh, size), key, localCipher());
+    body = await openBody(fileSource(fh, size), key, bestChunkCipher());
   } finally {
     await fh.close();
   }

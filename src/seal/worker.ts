@@ -2,7 +2,7 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { ChunkAuthError, type ChunkBatch, TAG_BYTES } from './aead.js';
-import { localCipher } from './local-cipher.js';
+import { bestChunkCipher } from './aead-native.js';
 
 /** Decrypt chunks [first, end) of a sealed file straight into shared memory (the unseal-to-memory path). */
 export interface FileRangeJob {
@@ -24,7 +24,7 @@ export type WorkReply =
   | { id: number; authIndex: number }
   | { id: number; error: string };
 
-const cipher = localCipher();
+const cipher = bestChunkCipher();
 const BATCH_CHUNKS_BYTES = 4 * 1024 * 1024;
 
 async function openFileRange(job: FileRangeJob): Promise<Uint8Array> {
