@@ -33,7 +33,10 @@ export interface ResourceRecord extends ResourceMeta {
   secret: SealedSecret;
 }
 
-export type PolicyScope = { kind: 'resource'; path: string } | { kind: 'repository'; repository: string } | { kind: 'default' };
+export type PolicyScope =
+  | { kind: 'resource'; path: string }
+  | { kind: 'repository'; repository: string }
+  | { kind: 'default' };
 
 export interface PolicyRecord {
   scope: PolicyScope;
@@ -113,7 +116,10 @@ export interface KbsStore {
   repositoryTenant(repository: string): Promise<string | undefined>;
 
   // resources
-  putResource(rec: Omit<ResourceRecord, 'version' | 'createdAt' | 'updatedAt'>, log: LogAppend): Promise<ResourceMeta>;
+  putResource(
+    rec: Omit<ResourceRecord, 'version' | 'createdAt' | 'updatedAt'>,
+    log: LogAppend,
+  ): Promise<ResourceMeta>;
   /** Replaces the value with a new version; throws NotFound when absent. */
   rotateResource(path: string, secret: SealedSecret, size: number, log: LogAppend): Promise<ResourceMeta>;
   deleteResource(path: string, log: LogAppend): Promise<boolean>;
@@ -128,7 +134,10 @@ export interface KbsStore {
   listPolicies(tenant?: string): Promise<PolicyRecord[]>;
 
   // reference values (versioned per tenant+tee+name)
-  addReferenceValue(rec: Omit<ReferenceValueRecord, 'id' | 'version' | 'createdAt'>, log: LogAppend): Promise<ReferenceValueRecord>;
+  addReferenceValue(
+    rec: Omit<ReferenceValueRecord, 'id' | 'version' | 'createdAt'>,
+    log: LogAppend,
+  ): Promise<ReferenceValueRecord>;
   listReferenceValues(filter?: { tenant?: string; tee?: string }): Promise<ReferenceValueRecord[]>;
 
   // sessions
