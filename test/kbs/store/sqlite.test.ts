@@ -1,6 +1,8 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { SqliteStore } from '../../../src/kbs/store/sqlite.js';
 import { expectUnbrokenChain, logFields, storeConformance, testLog } from './conformance.js';
@@ -93,5 +95,68 @@ describe('SqliteStore durability', () => {
     const again = new SqliteStore(path, { buildLogEntry: testLog().build });
     await expect(again.migrate()).rejects.toThrow(/newer than this program/);
     await again.close();
+  });
+});
+
+describe('SqliteStore under kill -9', () => {
+  it('a killed writer loses no write it acknowledged, and the chain stays unbroken', async () => {
+    const child = fileURLToPath(new URL('./fixtures/sqlite-writer.mjs', import.meta.url));
+    if (!existsSync(fileURLToPath(new URL('../../../dist/kbs/store/sqlite.js', import.meta.url)))) {
+      throw new Error(
+        'dist/ is missing: the child process runs the compiled store, run `npm run build` first',
+      );
+    }
+    const path = file();
+    const p = spawn(process.execPath, [child, path], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    p.stderr.on('data', (d: Buffer) => {
+      err += d;
+    });
+    // 'close' comes after the child exited AND its stdout was read to the end.
+    const closed = new Promise<NodeJS.Signals | null>((resolve) =>
+      p.on('close', (_code, signal) => resolve(signal)),
+    );
+    await new Promise<void>((resolve, reject) => {
+      p.stdout.on('data', (d: Buffer) => {
+        out += d;
+        // Kill in the middle of the stream of writes, not at a quiet moment.
+        if (out.split('\n').length > 150) resolve();
+      });
+      p.on('exit', () => reject(new Error(`writer exited early: ${err}`)));
+    });
+    p.kill('SIGKILL');
+    expect(await closed).toBe('SIGKILL');
+
+    const acks = out
+      .split('\n')
+      .filter((l) => l.startsWith('ack '))
+      .map((l) => l.split(' '));
+    expect(acks.length).toBeGreaterThanOrEqual(150);
+    const s = await open(path);
+    try {
+      const entries = await s.logEntries(0, await s.logSize());
+      expectUnbrokenChain(entries);
+      // Each ack is one logged write, so the log holds at least as many entries, in the same order.
+      expect(entries.length).toBeGreaterThanOrEqual(acks.length);
+      const logged = entries.map(
+        (e) => JSON.parse(new TextDecoder().decode(e.canonical)) as { kind: string; subject: string },
+      );
+      acks.forEach((a, i) => {
+        const [, what, subject] = a;
+        if (what === 'repo') expect(logged[i]!.kind).toBe('repository.create');
+        else
+          expect(logged[i]).toMatchObject({
+            kind: what === 'put' ? 'resource.put' : what === 'rotate' ? 'resource.rotate' : 'release',
+            subject,
+          });
+      });
+      for (const [, what, subject] of acks) {
+        if (what === 'put') expect(await s.getResource(subject!)).toBeDefined();
+        if (what === 'rotate') expect((await s.getResource(subject!))!.version).toBe(2);
+      }
+    } finally {
+      await s.close();
+    }
   });
 });
