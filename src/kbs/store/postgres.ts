@@ -14,7 +14,8 @@
  */
 import pg from 'pg';
 import {
-  buildEntry,
+  AppendQueue,
+  buildBatch,
   checkCheckpointSize,
   checkRange,
   checkResourcePath,
@@ -181,18 +182,38 @@ class LoggedTx {
   ) {}
 
   async append(fields: LogAppend): Promise<StoredLogEntry> {
-    const e = buildEntry(this.build, this.size, this.prev, fields);
-    await this.c.query(
-      q(
-        'log_append',
-        `WITH e AS (INSERT INTO log_entries (idx, canonical, leaf_hash) VALUES ($1, $2, $3))
-         UPDATE log_head SET size = $1 + 1, leaf_hash = $3 WHERE id = 1`,
-        [e.index, bytea(e.canonical), bytea(e.leafHash)],
-      ),
-    );
-    this.size += 1;
-    this.prev = e.leafHash;
-    return e;
+    const [e] = await this.appendMany([fields]);
+    if (e instanceof Error) throw e;
+    return e!;
+  }
+
+  /**
+   * Appends several entries in one statement. An entry whose builder throws is left out (its slot
+   * goes to the next one, so the chain stays contiguous) and its error is returned in its place.
+   */
+  async appendMany(batch: LogAppend[]): Promise<(StoredLogEntry | Error)[]> {
+    const { results, built, size, prev } = buildBatch(this.build, this.size, this.prev, batch);
+    if (built.length > 0) {
+      await this.c.query(
+        q(
+          'log_append',
+          `WITH e AS (
+             INSERT INTO log_entries (idx, canonical, leaf_hash)
+             SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[]))
+           UPDATE log_head SET size = $4, leaf_hash = $5 WHERE id = 1`,
+          [
+            built.map((e) => e.index),
+            built.map((e) => bytea(e.canonical)),
+            built.map((e) => bytea(e.leafHash)),
+            size,
+            bytea(prev!),
+          ],
+        ),
+      );
+      this.size = size;
+      this.prev = prev;
+    }
+    return results;
   }
 
   async owner(repository: string): Promise<string | undefined> {
@@ -206,6 +227,7 @@ class LoggedTx {
 export class PostgresStore implements KbsStore {
   private readonly pool: pg.Pool;
   private readonly schema: string | undefined;
+  private readonly appends = new AppendQueue((batch) => this.logged((t) => t.appendMany(batch)));
 
   constructor(
     url: string,
@@ -560,8 +582,8 @@ export class PostgresStore implements KbsStore {
     return r.rowCount ?? 0;
   }
 
-  async appendLog(log: LogAppend): Promise<StoredLogEntry> {
-    return this.logged((t) => t.append(log));
+  appendLog(log: LogAppend): Promise<StoredLogEntry> {
+    return this.appends.push(log);
   }
 
   async logSize(): Promise<number> {

@@ -13,7 +13,8 @@
  */
 import Database from 'better-sqlite3';
 import {
-  buildEntry,
+  AppendQueue,
+  buildBatch,
   checkCheckpointSize,
   checkRange,
   checkResourcePath,
@@ -206,7 +207,10 @@ type StatementName = keyof typeof SQL;
 export class SqliteStore implements KbsStore {
   private readonly db: Database.Database;
   private readonly cache = new Map<StatementName, Database.Statement>();
+  /** One wrapper for all transactions: better-sqlite3 prepares its BEGIN/COMMIT once per wrapper. */
+  private readonly transaction: Database.Transaction<(fn: () => unknown) => unknown>;
   private readonly synchronous: 'FULL' | 'NORMAL';
+  private readonly appends = new AppendQueue(async (batch) => this.write(() => this.appendMany(batch)));
   /** Statements switching fsync off for a session write and back on; absent when already NORMAL. */
   private readonly relax?: { off: Database.Statement; on: Database.Statement };
 
@@ -221,6 +225,7 @@ export class SqliteStore implements KbsStore {
     this.db.pragma(`synchronous = ${this.synchronous}`);
     this.db.pragma(`busy_timeout = ${opts.busyTimeoutMs ?? 5000}`);
     this.db.pragma('foreign_keys = ON');
+    this.transaction = this.db.transaction((fn: () => unknown) => fn());
     if (this.synchronous === 'FULL') {
       this.relax = {
         off: this.db.prepare('PRAGMA synchronous = NORMAL'),
@@ -241,7 +246,7 @@ export class SqliteStore implements KbsStore {
 
   /** Runs `fn` in one BEGIN IMMEDIATE transaction; any throw rolls everything back. */
   private write<T>(fn: () => T): T {
-    return this.db.transaction(fn).immediate();
+    return this.transaction.immediate(fn) as T;
   }
 
   /** A session write, committed without fsync (see the file comment). */
@@ -257,15 +262,22 @@ export class SqliteStore implements KbsStore {
 
   /** Appends the next log entry; call only inside `write`, which holds the write lock. */
   private append(fields: LogAppend): StoredLogEntry {
+    const [e] = this.appendMany([fields]);
+    if (e instanceof Error) throw e;
+    return e!;
+  }
+
+  /** Appends a batch (see `AppendQueue`); call only inside `write`. */
+  private appendMany(batch: LogAppend[]): (StoredLogEntry | Error)[] {
     const head = this.st('logHead').get() as EntryRow | undefined;
-    const e = buildEntry(
+    const { results, built } = buildBatch(
       this.opts.buildLogEntry,
       head ? head.idx + 1 : 0,
       head && bytes(head.leaf_hash),
-      fields,
+      batch,
     );
-    this.st('logInsert').run(e.index, blob(e.canonical), blob(e.leafHash));
-    return e;
+    for (const e of built) this.st('logInsert').run(e.index, blob(e.canonical), blob(e.leafHash));
+    return results;
   }
 
   private owner(repository: string): string | undefined {
@@ -538,8 +550,8 @@ export class SqliteStore implements KbsStore {
     return this.ephemeral(() => this.st('sesExpire').run(t).changes);
   }
 
-  async appendLog(log: LogAppend): Promise<StoredLogEntry> {
-    return this.write(() => this.append(log));
+  appendLog(log: LogAppend): Promise<StoredLogEntry> {
+    return this.appends.push(log);
   }
 
   async logSize(): Promise<number> {
