@@ -22,16 +22,23 @@ export function leafHash(canonical: Uint8Array): Uint8Array {
   return new Uint8Array(createHash('sha256').update(Uint8Array.of(0)).update(canonical).digest());
 }
 
-export function testLog(): { build: LogEntryBuilder; failNext(): void; calls: number } {
+export function testLog(): {
+  build: LogEntryBuilder;
+  failNext(): void;
+  /** The builder refuses every entry with this subject. */
+  failSubject: string | undefined;
+  calls: number;
+} {
   const state = {
     calls: 0,
     fail: false,
+    failSubject: undefined as string | undefined,
     failNext() {
       state.fail = true;
     },
     build: ((index, prev, fields) => {
       state.calls++;
-      if (state.fail) {
+      if (state.fail || fields.subject === state.failSubject) {
         state.fail = false;
         throw new Error('test builder refuses this entry');
       }
@@ -573,6 +580,22 @@ export function storeConformance(name: string, makeStore: MakeStore): void {
           Array.from({ length: 50 }, (_, i) => i),
         );
         expectUnbrokenChain(await allEntries(store));
+      });
+
+      it('in a burst of concurrent appends, one failing entry fails alone and the rest stay contiguous', async () => {
+        const { store, log } = await fresh();
+        await store.appendLog(logFields('release', 'first'));
+        log.failSubject = 'r4';
+        const burst = Array.from({ length: 10 }, (_, i) => store.appendLog(logFields('release', `r${i}`)));
+        const settled = await Promise.allSettled(burst);
+        expect(settled.map((r) => r.status)).toEqual([
+          ...Array(4).fill('fulfilled'),
+          'rejected',
+          ...Array(5).fill('fulfilled'),
+        ]);
+        const entries = await allEntries(store);
+        expect(entries).toHaveLength(10);
+        expectUnbrokenChain(entries);
       });
 
       it('when the log entry cannot be built, the mutation rolls back and nothing is appended', async () => {

@@ -3,7 +3,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SqliteStore } from '../../../src/kbs/store/sqlite.js';
 import { expectUnbrokenChain, logFields, storeConformance, testLog } from './conformance.js';
 
@@ -98,7 +98,42 @@ describe('SqliteStore durability', () => {
   });
 });
 
-describe('SqliteStore under kill -9', () => {
+describe('SqliteStore across processes', () => {
+  const child = fileURLToPath(new URL('./fixtures/sqlite-writer.mjs', import.meta.url));
+  beforeAll(() => {
+    if (!existsSync(fileURLToPath(new URL('../../../dist/kbs/store/sqlite.js', import.meta.url)))) {
+      throw new Error(
+        'dist/ is missing: the child processes run the compiled store, run `npm run build` first',
+      );
+    }
+  });
+
+  it('two processes appending to one file at once produce one contiguous, unbroken chain', async () => {
+    const path = file();
+    await (await open(path)).close();
+    const run = () =>
+      new Promise<void>((resolve, reject) => {
+        const p = spawn(process.execPath, [child, path, 'appends', '150'], {
+          stdio: ['ignore', 'ignore', 'pipe'],
+        });
+        let err = '';
+        p.stderr.on('data', (d: Buffer) => {
+          err += d;
+        });
+        p.on('close', (code) =>
+          code === 0 ? resolve() : reject(new Error(`writer failed (${code}): ${err}`)),
+        );
+      });
+    await Promise.all([run(), run()]);
+    const s = await open(path);
+    try {
+      expect(await s.logSize()).toBe(300);
+      expectUnbrokenChain(await s.logEntries(0, 300));
+    } finally {
+      await s.close();
+    }
+  });
+
   it('a killed writer loses no write it acknowledged, and the chain stays unbroken', async () => {
     const child = fileURLToPath(new URL('./fixtures/sqlite-writer.mjs', import.meta.url));
     if (!existsSync(fileURLToPath(new URL('../../../dist/kbs/store/sqlite.js', import.meta.url)))) {
