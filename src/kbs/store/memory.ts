@@ -1,0 +1,350 @@
+/**
+ * A store in process memory for unit tests and `memory:` URLs: the same rules as the SQL backends,
+ * nothing persisted. Each mutation checks everything and builds its log entry before it changes any
+ * state, so a failure (the builder throwing included) leaves no trace — the same all-or-nothing
+ * outcome as a rolled-back transaction.
+ */
+import {
+  buildEntry,
+  checkCheckpointSize,
+  checkRange,
+  checkResourcePath,
+  checkSize,
+  isoTime,
+  now,
+  ownerConflict,
+  type StoreOptions,
+  scopeColumns,
+  scopeRepository,
+} from './common.js';
+import {
+  ConflictError,
+  type KbsStore,
+  type LogAppend,
+  NotFoundError,
+  type PolicyRecord,
+  type PolicyScope,
+  type ReferenceValueRecord,
+  type ResourceMeta,
+  type ResourceRecord,
+  type SealedSecret,
+  type SessionRecord,
+  type StoredLogEntry,
+} from './types.js';
+
+const copySecret = (s: SealedSecret): SealedSecret => ({
+  masterKeyId: s.masterKeyId,
+  ciphertext: new Uint8Array(s.ciphertext),
+});
+const copyEntry = (e: StoredLogEntry): StoredLogEntry => ({
+  index: e.index,
+  canonical: new Uint8Array(e.canonical),
+  leafHash: new Uint8Array(e.leafHash),
+});
+
+function meta(r: ResourceRecord): ResourceMeta {
+  const { secret: _secret, ...m } = r;
+  return { ...m };
+}
+
+const scopeKey = (scope: PolicyScope): string => {
+  const { kind, target } = scopeColumns(scope);
+  return `${kind}\u0000${target}`;
+};
+
+export class MemoryStore implements KbsStore {
+  private readonly repositories = new Map<string, string>();
+  private readonly resources = new Map<string, ResourceRecord>();
+  private readonly policies = new Map<string, PolicyRecord[]>();
+  private readonly references: ReferenceValueRecord[] = [];
+  private readonly sessions = new Map<string, SessionRecord>();
+  private readonly log: StoredLogEntry[] = [];
+  private readonly saved: { size: number; note: string }[] = [];
+  private closed = false;
+
+  constructor(private readonly opts: StoreOptions) {}
+
+  async migrate(): Promise<void> {}
+
+  async close(): Promise<void> {
+    this.closed = true;
+  }
+
+  private open(): void {
+    if (this.closed) throw new Error('store is closed');
+  }
+
+  /** Builds the next entry; the caller applies its change and then `push`es the entry. */
+  private entry(fields: LogAppend): StoredLogEntry {
+    const prev = this.log.at(-1);
+    return buildEntry(this.opts.buildLogEntry, this.log.length, prev?.leafHash, fields);
+  }
+
+  async createRepository(repository: string, tenant: string, log: LogAppend): Promise<void> {
+    this.open();
+    const owner = this.repositories.get(repository);
+    if (owner !== undefined) {
+      throw owner === tenant
+        ? new ConflictError(`repository ${repository} already exists`)
+        : ownerConflict(repository, owner, tenant);
+    }
+    const e = this.entry(log);
+    this.repositories.set(repository, tenant);
+    this.log.push(e);
+  }
+
+  async repositoryTenant(repository: string): Promise<string | undefined> {
+    this.open();
+    return this.repositories.get(repository);
+  }
+
+  async putResource(
+    rec: Omit<ResourceRecord, 'version' | 'createdAt' | 'updatedAt'>,
+    log: LogAppend,
+  ): Promise<ResourceMeta> {
+    this.open();
+    checkResourcePath(rec);
+    checkSize(rec.size);
+    const owner = this.repositories.get(rec.repository);
+    if (owner === undefined)
+      throw new NotFoundError(`repository ${rec.repository} does not exist; create it first`);
+    if (owner !== rec.tenant) throw ownerConflict(rec.repository, owner, rec.tenant);
+    if (this.resources.has(rec.path)) {
+      throw new ConflictError(`resource ${rec.path} already exists; rotate it to store a new value`);
+    }
+    const t = now();
+    const stored: ResourceRecord = {
+      ...rec,
+      secret: copySecret(rec.secret),
+      version: 1,
+      createdAt: t,
+      updatedAt: t,
+    };
+    const e = this.entry(log);
+    this.resources.set(rec.path, stored);
+    this.log.push(e);
+    return meta(stored);
+  }
+
+  async rotateResource(
+    path: string,
+    secret: SealedSecret,
+    size: number,
+    log: LogAppend,
+  ): Promise<ResourceMeta> {
+    this.open();
+    checkSize(size);
+    const cur = this.resources.get(path);
+    if (!cur) throw new NotFoundError(`resource ${path} does not exist`);
+    const next: ResourceRecord = {
+      ...cur,
+      secret: copySecret(secret),
+      size,
+      version: cur.version + 1,
+      updatedAt: now(),
+    };
+    const e = this.entry(log);
+    this.resources.set(path, next);
+    this.log.push(e);
+    return meta(next);
+  }
+
+  async deleteResource(path: string, log: LogAppend): Promise<boolean> {
+    this.open();
+    if (!this.resources.has(path)) return false;
+    const e = this.entry(log);
+    this.resources.delete(path);
+    this.log.push(e);
+    return true;
+  }
+
+  async getResource(path: string): Promise<ResourceRecord | undefined> {
+    this.open();
+    const r = this.resources.get(path);
+    return r && { ...r, secret: copySecret(r.secret) };
+  }
+
+  async listResources(tenant?: string): Promise<ResourceMeta[]> {
+    this.open();
+    return [...this.resources.values()]
+      .filter((r) => tenant === undefined || r.tenant === tenant)
+      .sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0))
+      .map(meta);
+  }
+
+  async reencryptSecrets(
+    fn: (rec: ResourceRecord) => Promise<SealedSecret>,
+    log: LogAppend,
+  ): Promise<number> {
+    this.open();
+    const before = [...this.resources.values()];
+    const fresh = new Map<string, SealedSecret>();
+    for (const r of before) fresh.set(r.path, copySecret(await fn({ ...r, secret: copySecret(r.secret) })));
+    // The callback awaited, so another caller may have changed a resource meanwhile; a stale
+    // re-encryption would silently bring back an old value.
+    for (const r of before) {
+      if (this.resources.get(r.path) !== r) {
+        throw new ConflictError(`resource ${r.path} changed during re-encryption; run the rotation again`);
+      }
+    }
+    if (this.resources.size !== before.length) {
+      throw new ConflictError('resources were added during re-encryption; run the rotation again');
+    }
+    const e = this.entry(log);
+    for (const r of before) this.resources.set(r.path, { ...r, secret: fresh.get(r.path)! });
+    this.log.push(e);
+    return before.length;
+  }
+
+  async setPolicy(rec: Omit<PolicyRecord, 'version' | 'createdAt'>, log: LogAppend): Promise<PolicyRecord> {
+    this.open();
+    const repository = scopeRepository(rec.scope);
+    if (repository !== undefined) {
+      const owner = this.repositories.get(repository);
+      if (owner === undefined)
+        throw new NotFoundError(`repository ${repository} does not exist; create it first`);
+      if (owner !== rec.tenant) throw ownerConflict(repository, owner, rec.tenant);
+    }
+    const key = scopeKey(rec.scope);
+    const history = this.policies.get(key) ?? [];
+    const stored: PolicyRecord = {
+      scope: { ...rec.scope },
+      tenant: rec.tenant,
+      version: history.length + 1,
+      source: rec.source,
+      createdAt: now(),
+      actor: rec.actor,
+    };
+    const e = this.entry(log);
+    this.policies.set(key, [...history, stored]);
+    this.log.push(e);
+    return { ...stored, scope: { ...stored.scope } };
+  }
+
+  async getPolicy(scope: PolicyScope): Promise<PolicyRecord | undefined> {
+    this.open();
+    const p = this.policies.get(scopeKey(scope))?.at(-1);
+    return p && { ...p, scope: { ...p.scope } };
+  }
+
+  async listPolicies(tenant?: string): Promise<PolicyRecord[]> {
+    this.open();
+    return [...this.policies.entries()]
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+      .flatMap(([, h]) => h)
+      .filter((p) => tenant === undefined || p.tenant === tenant)
+      .map((p) => ({ ...p, scope: { ...p.scope } }));
+  }
+
+  async addReferenceValue(
+    rec: Omit<ReferenceValueRecord, 'id' | 'version' | 'createdAt'>,
+    log: LogAppend,
+  ): Promise<ReferenceValueRecord> {
+    this.open();
+    const expiresAt = rec.expiresAt === undefined ? undefined : isoTime(rec.expiresAt, 'expiresAt');
+    const version =
+      this.references.filter((r) => r.tenant === rec.tenant && r.tee === rec.tee && r.name === rec.name)
+        .length + 1;
+    const stored: ReferenceValueRecord = {
+      id: crypto.randomUUID(),
+      tenant: rec.tenant,
+      tee: rec.tee,
+      name: rec.name,
+      values: [...rec.values],
+      version,
+      createdAt: now(),
+      ...(expiresAt !== undefined && { expiresAt }),
+      ...(rec.note !== undefined && { note: rec.note }),
+    };
+    const e = this.entry(log);
+    this.references.push(stored);
+    this.log.push(e);
+    return { ...stored, values: [...stored.values] };
+  }
+
+  async listReferenceValues(filter?: { tenant?: string; tee?: string }): Promise<ReferenceValueRecord[]> {
+    this.open();
+    const key = (r: ReferenceValueRecord) => [r.tenant, r.tee, r.name];
+    return this.references
+      .filter(
+        (r) =>
+          (filter?.tenant === undefined || r.tenant === filter.tenant) &&
+          (filter?.tee === undefined || r.tee === filter.tee),
+      )
+      .sort((a, b) => {
+        const [ka, kb] = [key(a), key(b)];
+        for (let i = 0; i < ka.length; i++) if (ka[i] !== kb[i]) return ka[i]! < kb[i]! ? -1 : 1;
+        return a.version - b.version;
+      })
+      .map((r) => ({ ...r, values: [...r.values] }));
+  }
+
+  async createSession(s: SessionRecord): Promise<void> {
+    this.open();
+    if (this.sessions.has(s.id)) throw new ConflictError(`session ${s.id} already exists`);
+    this.sessions.set(s.id, { ...s, expiresAt: isoTime(s.expiresAt, 'expiresAt') });
+  }
+
+  async getSession(id: string): Promise<SessionRecord | undefined> {
+    this.open();
+    const s = this.sessions.get(id);
+    return s && { ...s };
+  }
+
+  async markAttested(id: string, token: string, teePubkey: string): Promise<boolean> {
+    this.open();
+    const s = this.sessions.get(id);
+    if (s?.status !== 'challenged') return false;
+    this.sessions.set(id, { ...s, status: 'attested', token, teePubkey });
+    return true;
+  }
+
+  async deleteExpiredSessions(at: string): Promise<number> {
+    this.open();
+    const t = isoTime(at, 'now');
+    let n = 0;
+    for (const [id, s] of this.sessions) {
+      if (s.expiresAt < t) {
+        this.sessions.delete(id);
+        n++;
+      }
+    }
+    return n;
+  }
+
+  async appendLog(log: LogAppend): Promise<StoredLogEntry> {
+    this.open();
+    const e = this.entry(log);
+    this.log.push(e);
+    return copyEntry(e);
+  }
+
+  async logSize(): Promise<number> {
+    this.open();
+    return this.log.length;
+  }
+
+  async logEntries(from: number, to: number): Promise<StoredLogEntry[]> {
+    this.open();
+    checkRange(from, to);
+    return this.log.slice(from, to).map(copyEntry);
+  }
+
+  async saveCheckpoint(size: number, note: string): Promise<void> {
+    this.open();
+    checkCheckpointSize(size, this.log.length);
+    this.saved.push({ size, note });
+  }
+
+  async latestCheckpoint(): Promise<{ size: number; note: string } | undefined> {
+    this.open();
+    const all = await this.checkpoints();
+    return all.at(-1);
+  }
+
+  async checkpoints(): Promise<{ size: number; note: string }[]> {
+    this.open();
+    // Stable sort: checkpoints of equal size stay in the order they were saved.
+    return [...this.saved].sort((a, b) => a.size - b.size).map((c) => ({ ...c }));
+  }
+}

@@ -1,0 +1,97 @@
+/**
+ * PostgreSQL schema, embedded so that it ships in dist/ with the code. The tables live in the schema
+ * named by the connection's search_path. Times are ISO 8601 UTC text with milliseconds, exactly as in
+ * SQLite, so both backends return identical strings; binary values are BYTEA.
+ *
+ * `log_head` is a one-row table holding the log's size and last leaf hash: every append locks it
+ * (SELECT … FOR UPDATE), which serialises appends from all replicas into one chain.
+ *
+ * `sessions` is UNLOGGED: a KBS session lives for minutes and a client that loses one simply starts a
+ * new handshake, so session writes skip the WAL flush that every logged commit waits for. A crash of
+ * the database empties the table; nothing the transparency log records lives there.
+ */
+export const POSTGRES_SCHEMA_VERSION = 1;
+
+export const POSTGRES_SCHEMA = `
+CREATE TABLE IF NOT EXISTS schema_meta (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  version INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS repositories (
+  name TEXT PRIMARY KEY,
+  tenant TEXT NOT NULL,
+  created_at TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS resources (
+  path TEXT PRIMARY KEY,
+  repository TEXT NOT NULL REFERENCES repositories(name),
+  type TEXT NOT NULL,
+  tag TEXT NOT NULL,
+  tenant TEXT NOT NULL,
+  version INTEGER NOT NULL CHECK (version >= 1),
+  size BIGINT NOT NULL CHECK (size >= 0),
+  content_type TEXT NOT NULL,
+  master_key_id TEXT NOT NULL,
+  ciphertext BYTEA NOT NULL,
+  created_at TEXT NOT NULL,
+  updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS resources_by_tenant ON resources(tenant, path);
+
+CREATE TABLE IF NOT EXISTS policies (
+  scope_kind TEXT NOT NULL CHECK (scope_kind IN ('resource', 'repository', 'default')),
+  scope_target TEXT NOT NULL,
+  version INTEGER NOT NULL CHECK (version >= 1),
+  tenant TEXT NOT NULL,
+  source TEXT NOT NULL,
+  created_at TEXT NOT NULL,
+  actor TEXT NOT NULL,
+  PRIMARY KEY (scope_kind, scope_target, version)
+);
+
+CREATE TABLE IF NOT EXISTS reference_values (
+  id TEXT PRIMARY KEY,
+  tenant TEXT NOT NULL,
+  tee TEXT NOT NULL,
+  name TEXT NOT NULL,
+  version INTEGER NOT NULL CHECK (version >= 1),
+  vals TEXT NOT NULL,
+  created_at TEXT NOT NULL,
+  expires_at TEXT,
+  note TEXT,
+  UNIQUE (tenant, tee, name, version)
+);
+
+CREATE UNLOGGED TABLE IF NOT EXISTS sessions (
+  id TEXT PRIMARY KEY,
+  tee TEXT NOT NULL,
+  nonce TEXT NOT NULL,
+  status TEXT NOT NULL CHECK (status IN ('challenged', 'attested')),
+  expires_at TEXT NOT NULL,
+  token TEXT,
+  tee_pubkey TEXT
+);
+CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions(expires_at);
+
+CREATE TABLE IF NOT EXISTS log_entries (
+  idx BIGINT PRIMARY KEY CHECK (idx >= 0),
+  canonical BYTEA NOT NULL,
+  leaf_hash BYTEA NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS log_head (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  size BIGINT NOT NULL CHECK (size >= 0),
+  leaf_hash BYTEA
+);
+INSERT INTO log_head (id, size, leaf_hash) VALUES (1, 0, NULL) ON CONFLICT (id) DO NOTHING;
+
+CREATE TABLE IF NOT EXISTS checkpoints (
+  id BIGSERIAL PRIMARY KEY,
+  size BIGINT NOT NULL CHECK (size >= 0),
+  note TEXT NOT NULL,
+  created_at TEXT NOT NULL
+);
+`;

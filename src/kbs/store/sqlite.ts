@@ -1,0 +1,584 @@
+/**
+ * The embedded backend: one SQLite file in WAL mode through better-sqlite3.
+ *
+ * Durability: every commit that changes what the transparency log records runs with
+ * `synchronous=FULL`, so an acknowledged admin change or release survives a crash of the process or of
+ * the machine. Session writes are the exception: they run with `synchronous=NORMAL` (in WAL mode that
+ * survives a killed process, not a power cut), because a session lives for minutes and a lost one only
+ * makes the client start a new handshake — and three fsyncs per key release would cap the broker's
+ * throughput at the disk's fsync rate. A later FULL commit flushes the WAL, session frames included.
+ *
+ * Every mutation is one `BEGIN IMMEDIATE` transaction: it takes SQLite's write lock up front, so the
+ * log head read inside it cannot be overtaken by another connection or process before the append.
+ */
+import Database from 'better-sqlite3';
+import {
+  AppendQueue,
+  buildBatch,
+  checkCheckpointSize,
+  checkRange,
+  checkResourcePath,
+  checkSize,
+  isoTime,
+  now,
+  ownerConflict,
+  type StoreOptions,
+  scopeColumns,
+  scopeFromColumns,
+  scopeRepository,
+  sessionStatus,
+} from './common.js';
+import { SQLITE_SCHEMA, SQLITE_SCHEMA_VERSION } from './schema/sqlite.js';
+import {
+  ConflictError,
+  type KbsStore,
+  type LogAppend,
+  NotFoundError,
+  type PolicyRecord,
+  type PolicyScope,
+  type ReferenceValueRecord,
+  type ResourceMeta,
+  type ResourceRecord,
+  type SealedSecret,
+  type SessionRecord,
+  type StoredLogEntry,
+} from './types.js';
+
+export interface SqliteStoreOptions extends StoreOptions {
+  /**
+   * fsync policy for logged commits. FULL (default): an acknowledged write survives a power cut.
+   * NORMAL: survives a killed process but may lose the last commits on power loss; faster.
+   */
+  synchronous?: 'FULL' | 'NORMAL';
+  /** How long a writer waits for another connection's lock before failing (default 5000 ms). */
+  busyTimeoutMs?: number;
+}
+
+interface ResourceRow {
+  path: string;
+  repository: string;
+  type: string;
+  tag: string;
+  tenant: string;
+  version: number;
+  size: number;
+  content_type: string;
+  master_key_id: string;
+  ciphertext: Uint8Array;
+  created_at: string;
+  updated_at: string;
+}
+interface PolicyRow {
+  scope_kind: string;
+  scope_target: string;
+  version: number;
+  tenant: string;
+  source: string;
+  created_at: string;
+  actor: string;
+}
+interface ReferenceRow {
+  id: string;
+  tenant: string;
+  tee: string;
+  name: string;
+  version: number;
+  vals: string;
+  created_at: string;
+  expires_at: string | null;
+  note: string | null;
+}
+interface SessionRow {
+  id: string;
+  tee: string;
+  nonce: string;
+  status: string;
+  expires_at: string;
+  token: string | null;
+  tee_pubkey: string | null;
+}
+interface EntryRow {
+  idx: number;
+  canonical: Uint8Array;
+  leaf_hash: Uint8Array;
+}
+
+/** better-sqlite3 binds Buffers as BLOBs; this is a view, not a copy. */
+const blob = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+/** Returned bytes are plain Uint8Arrays, whatever the driver hands back. */
+const bytes = (b: Uint8Array): Uint8Array => new Uint8Array(b);
+
+function resourceMeta(r: ResourceRow): ResourceMeta {
+  return {
+    path: r.path,
+    repository: r.repository,
+    type: r.type,
+    tag: r.tag,
+    tenant: r.tenant,
+    version: r.version,
+    size: r.size,
+    contentType: r.content_type,
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+  };
+}
+function resourceRecord(r: ResourceRow): ResourceRecord {
+  return { ...resourceMeta(r), secret: { masterKeyId: r.master_key_id, ciphertext: bytes(r.ciphertext) } };
+}
+function policyRecord(r: PolicyRow): PolicyRecord {
+  return {
+    scope: scopeFromColumns(r.scope_kind, r.scope_target),
+    tenant: r.tenant,
+    version: r.version,
+    source: r.source,
+    createdAt: r.created_at,
+    actor: r.actor,
+  };
+}
+function referenceRecord(r: ReferenceRow): ReferenceValueRecord {
+  return {
+    id: r.id,
+    tenant: r.tenant,
+    tee: r.tee,
+    name: r.name,
+    values: JSON.parse(r.vals) as string[],
+    version: r.version,
+    createdAt: r.created_at,
+    ...(r.expires_at !== null && { expiresAt: r.expires_at }),
+    ...(r.note !== null && { note: r.note }),
+  };
+}
+function sessionRecord(r: SessionRow): SessionRecord {
+  return {
+    id: r.id,
+    tee: r.tee,
+    nonce: r.nonce,
+    status: sessionStatus(r.status),
+    expiresAt: r.expires_at,
+    ...(r.token !== null && { token: r.token }),
+    ...(r.tee_pubkey !== null && { teePubkey: r.tee_pubkey }),
+  };
+}
+function entry(r: EntryRow): StoredLogEntry {
+  return { index: r.idx, canonical: bytes(r.canonical), leafHash: bytes(r.leaf_hash) };
+}
+
+const SQL = {
+  repoTenant: 'SELECT tenant FROM repositories WHERE name = ?',
+  repoInsert: 'INSERT INTO repositories (name, tenant, created_at) VALUES (?, ?, ?)',
+  resGet: 'SELECT * FROM resources WHERE path = ?',
+  resAll: 'SELECT * FROM resources ORDER BY path',
+  resByTenant: 'SELECT * FROM resources WHERE tenant = ? ORDER BY path',
+  resInsert: `INSERT INTO resources (path, repository, type, tag, tenant, version, size, content_type,
+    master_key_id, ciphertext, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)`,
+  resRotate: `UPDATE resources SET version = version + 1, size = ?, master_key_id = ?, ciphertext = ?,
+    updated_at = ? WHERE path = ? RETURNING *`,
+  resDelete: 'DELETE FROM resources WHERE path = ?',
+  resCount: 'SELECT count(*) AS n FROM resources',
+  resReencrypt: `UPDATE resources SET master_key_id = ?, ciphertext = ?
+    WHERE path = ? AND version = ? AND master_key_id = ? AND ciphertext = ?`,
+  polLatest: `SELECT * FROM policies WHERE scope_kind = ? AND scope_target = ?
+    ORDER BY version DESC LIMIT 1`,
+  polInsert: `INSERT INTO policies (scope_kind, scope_target, version, tenant, source, created_at, actor)
+    VALUES (?, ?, ?, ?, ?, ?, ?)`,
+  polAll: 'SELECT * FROM policies ORDER BY scope_kind, scope_target, version',
+  polByTenant: 'SELECT * FROM policies WHERE tenant = ? ORDER BY scope_kind, scope_target, version',
+  refLatest: 'SELECT max(version) AS v FROM reference_values WHERE tenant = ? AND tee = ? AND name = ?',
+  refInsert: `INSERT INTO reference_values (id, tenant, tee, name, version, vals, created_at, expires_at, note)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+  refList: `SELECT * FROM reference_values WHERE (@tenant IS NULL OR tenant = @tenant) AND (@tee IS NULL OR tee = @tee)
+    ORDER BY tenant, tee, name, version`,
+  sesInsert: `INSERT INTO sessions (id, tee, nonce, status, expires_at, token, tee_pubkey)
+    VALUES (?, ?, ?, ?, ?, ?, ?)`,
+  sesGet: 'SELECT * FROM sessions WHERE id = ?',
+  sesAttest: `UPDATE sessions SET status = 'attested', token = ?, tee_pubkey = ?
+    WHERE id = ? AND status = 'challenged'`,
+  sesExpire: 'DELETE FROM sessions WHERE expires_at < ?',
+  logHead: 'SELECT idx, leaf_hash FROM log_entries ORDER BY idx DESC LIMIT 1',
+  logInsert: 'INSERT INTO log_entries (idx, canonical, leaf_hash) VALUES (?, ?, ?)',
+  logSize: 'SELECT coalesce(max(idx) + 1, 0) AS n FROM log_entries',
+  logRange: 'SELECT * FROM log_entries WHERE idx >= ? AND idx < ? ORDER BY idx',
+  cpInsert: 'INSERT INTO checkpoints (size, note, created_at) VALUES (?, ?, ?)',
+  cpAll: 'SELECT size, note FROM checkpoints ORDER BY size, id',
+  cpLatest: 'SELECT size, note FROM checkpoints ORDER BY size DESC, id DESC LIMIT 1',
+} as const;
+type StatementName = keyof typeof SQL;
+
+export class SqliteStore implements KbsStore {
+  private readonly db: Database.Database;
+  private readonly cache = new Map<StatementName, Database.Statement>();
+  /** One wrapper for all transactions: better-sqlite3 prepares its BEGIN/COMMIT once per wrapper. */
+  private readonly transaction: Database.Transaction<(fn: () => unknown) => unknown>;
+  private readonly synchronous: 'FULL' | 'NORMAL';
+  private readonly appends = new AppendQueue(async (batch) => this.write(() => this.appendMany(batch)));
+  /** Statements switching fsync off for a session write and back on; absent when already NORMAL. */
+  private readonly relax?: { off: Database.Statement; on: Database.Statement };
+
+  /** `file` is a path or ':memory:'. */
+  constructor(
+    file: string,
+    private readonly opts: SqliteStoreOptions,
+  ) {
+    this.synchronous = opts.synchronous ?? 'FULL';
+    this.db = new Database(file);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma(`synchronous = ${this.synchronous}`);
+    this.db.pragma(`busy_timeout = ${opts.busyTimeoutMs ?? 5000}`);
+    this.db.pragma('foreign_keys = ON');
+    this.transaction = this.db.transaction((fn: () => unknown) => fn());
+    if (this.synchronous === 'FULL') {
+      this.relax = {
+        off: this.db.prepare('PRAGMA synchronous = NORMAL'),
+        on: this.db.prepare('PRAGMA synchronous = FULL'),
+      };
+    }
+  }
+
+  /** Prepared once per connection and reused. */
+  private st(name: StatementName): Database.Statement {
+    let s = this.cache.get(name);
+    if (!s) {
+      s = this.db.prepare(SQL[name]);
+      this.cache.set(name, s);
+    }
+    return s;
+  }
+
+  /** Runs `fn` in one BEGIN IMMEDIATE transaction; any throw rolls everything back. */
+  private write<T>(fn: () => T): T {
+    return this.transaction.immediate(fn) as T;
+  }
+
+  /** A session write, committed without fsync (see the file comment). */
+  private ephemeral<T>(fn: () => T): T {
+    if (!this.relax) return fn();
+    this.relax.off.run();
+    try {
+      return fn();
+    } finally {
+      this.relax.on.run();
+    }
+  }
+
+  /** Appends the next log entry; call only inside `write`, which holds the write lock. */
+  private append(fields: LogAppend): StoredLogEntry {
+    const [e] = this.appendMany([fields]);
+    if (e instanceof Error) throw e;
+    return e!;
+  }
+
+  /** Appends a batch (see `AppendQueue`); call only inside `write`. */
+  private appendMany(batch: LogAppend[]): (StoredLogEntry | Error)[] {
+    const head = this.st('logHead').get() as EntryRow | undefined;
+    const { results, built } = buildBatch(
+      this.opts.buildLogEntry,
+      head ? head.idx + 1 : 0,
+      head && bytes(head.leaf_hash),
+      batch,
+    );
+    for (const e of built) this.st('logInsert').run(e.index, blob(e.canonical), blob(e.leafHash));
+    return results;
+  }
+
+  private owner(repository: string): string | undefined {
+    return (this.st('repoTenant').get(repository) as { tenant: string } | undefined)?.tenant;
+  }
+
+  async migrate(): Promise<void> {
+    this.write(() => {
+      this.db.exec(SQLITE_SCHEMA);
+      const current = this.db.pragma('user_version', { simple: true }) as number;
+      if (current > SQLITE_SCHEMA_VERSION) {
+        throw new Error(
+          `database schema version ${current} is newer than this program's (${SQLITE_SCHEMA_VERSION}); upgrade cloister`,
+        );
+      }
+      this.db.pragma(`user_version = ${SQLITE_SCHEMA_VERSION}`);
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.db.open) this.db.close();
+  }
+
+  async createRepository(repository: string, tenant: string, log: LogAppend): Promise<void> {
+    this.write(() => {
+      const owner = this.owner(repository);
+      if (owner !== undefined) {
+        throw owner === tenant
+          ? new ConflictError(`repository ${repository} already exists`)
+          : ownerConflict(repository, owner, tenant);
+      }
+      this.st('repoInsert').run(repository, tenant, now());
+      this.append(log);
+    });
+  }
+
+  async repositoryTenant(repository: string): Promise<string | undefined> {
+    return this.owner(repository);
+  }
+
+  async putResource(
+    rec: Omit<ResourceRecord, 'version' | 'createdAt' | 'updatedAt'>,
+    log: LogAppend,
+  ): Promise<ResourceMeta> {
+    checkResourcePath(rec);
+    checkSize(rec.size);
+    return this.write(() => {
+      const owner = this.owner(rec.repository);
+      if (owner === undefined) {
+        throw new NotFoundError(`repository ${rec.repository} does not exist; create it first`);
+      }
+      if (owner !== rec.tenant) throw ownerConflict(rec.repository, owner, rec.tenant);
+      if (this.st('resGet').get(rec.path)) {
+        throw new ConflictError(`resource ${rec.path} already exists; rotate it to store a new value`);
+      }
+      const t = now();
+      this.st('resInsert').run(
+        rec.path,
+        rec.repository,
+        rec.type,
+        rec.tag,
+        rec.tenant,
+        rec.size,
+        rec.contentType,
+        rec.secret.masterKeyId,
+        blob(rec.secret.ciphertext),
+        t,
+        t,
+      );
+      this.append(log);
+      return resourceMeta(this.st('resGet').get(rec.path) as ResourceRow);
+    });
+  }
+
+  async rotateResource(
+    path: string,
+    secret: SealedSecret,
+    size: number,
+    log: LogAppend,
+  ): Promise<ResourceMeta> {
+    checkSize(size);
+    return this.write(() => {
+      const row = this.st('resRotate').get(size, secret.masterKeyId, blob(secret.ciphertext), now(), path) as
+        | ResourceRow
+        | undefined;
+      if (!row) throw new NotFoundError(`resource ${path} does not exist`);
+      this.append(log);
+      return resourceMeta(row);
+    });
+  }
+
+  async deleteResource(path: string, log: LogAppend): Promise<boolean> {
+    return this.write(() => {
+      if (this.st('resDelete').run(path).changes === 0) return false;
+      this.append(log);
+      return true;
+    });
+  }
+
+  async getResource(path: string): Promise<ResourceRecord | undefined> {
+    const row = this.st('resGet').get(path) as ResourceRow | undefined;
+    return row && resourceRecord(row);
+  }
+
+  async listResources(tenant?: string): Promise<ResourceMeta[]> {
+    const rows = (
+      tenant === undefined ? this.st('resAll').all() : this.st('resByTenant').all(tenant)
+    ) as ResourceRow[];
+    return rows.map(resourceMeta);
+  }
+
+  /**
+   * The callback is async and a SQLite transaction cannot span an await, so the new secrets are computed
+   * first and then written in ONE transaction that also checks no resource changed in between
+   * (optimistic concurrency): a concurrent rotate makes the whole re-encryption fail with a
+   * ConflictError instead of writing back a stale value.
+   */
+  async reencryptSecrets(
+    fn: (rec: ResourceRecord) => Promise<SealedSecret>,
+    log: LogAppend,
+  ): Promise<number> {
+    const before = (this.st('resAll').all() as ResourceRow[]).map(resourceRecord);
+    const fresh: SealedSecret[] = [];
+    for (const r of before) fresh.push(await fn(r));
+    return this.write(() => {
+      const { n } = this.st('resCount').get() as { n: number };
+      if (n !== before.length)
+        throw new ConflictError('resources changed during re-encryption; run it again');
+      before.forEach((r, i) => {
+        const s = fresh[i]!;
+        const changed = this.st('resReencrypt').run(
+          s.masterKeyId,
+          blob(s.ciphertext),
+          r.path,
+          r.version,
+          r.secret.masterKeyId,
+          blob(r.secret.ciphertext),
+        ).changes;
+        if (changed !== 1) {
+          throw new ConflictError(`resource ${r.path} changed during re-encryption; run it again`);
+        }
+      });
+      this.append(log);
+      return before.length;
+    });
+  }
+
+  async setPolicy(rec: Omit<PolicyRecord, 'version' | 'createdAt'>, log: LogAppend): Promise<PolicyRecord> {
+    const repository = scopeRepository(rec.scope);
+    const { kind, target } = scopeColumns(rec.scope);
+    return this.write(() => {
+      if (repository !== undefined) {
+        const owner = this.owner(repository);
+        if (owner === undefined)
+          throw new NotFoundError(`repository ${repository} does not exist; create it first`);
+        if (owner !== rec.tenant) throw ownerConflict(repository, owner, rec.tenant);
+      }
+      const latest = this.st('polLatest').get(kind, target) as PolicyRow | undefined;
+      const row: PolicyRow = {
+        scope_kind: kind,
+        scope_target: target,
+        version: (latest?.version ?? 0) + 1,
+        tenant: rec.tenant,
+        source: rec.source,
+        created_at: now(),
+        actor: rec.actor,
+      };
+      this.st('polInsert').run(
+        row.scope_kind,
+        row.scope_target,
+        row.version,
+        row.tenant,
+        row.source,
+        row.created_at,
+        row.actor,
+      );
+      this.append(log);
+      return policyRecord(row);
+    });
+  }
+
+  async getPolicy(scope: PolicyScope): Promise<PolicyRecord | undefined> {
+    const { kind, target } = scopeColumns(scope);
+    const row = this.st('polLatest').get(kind, target) as PolicyRow | undefined;
+    return row && policyRecord(row);
+  }
+
+  async listPolicies(tenant?: string): Promise<PolicyRecord[]> {
+    const rows = (
+      tenant === undefined ? this.st('polAll').all() : this.st('polByTenant').all(tenant)
+    ) as PolicyRow[];
+    return rows.map(policyRecord);
+  }
+
+  async addReferenceValue(
+    rec: Omit<ReferenceValueRecord, 'id' | 'version' | 'createdAt'>,
+    log: LogAppend,
+  ): Promise<ReferenceValueRecord> {
+    const expiresAt = rec.expiresAt === undefined ? null : isoTime(rec.expiresAt, 'expiresAt');
+    return this.write(() => {
+      const { v } = this.st('refLatest').get(rec.tenant, rec.tee, rec.name) as { v: number | null };
+      const row: ReferenceRow = {
+        id: crypto.randomUUID(),
+        tenant: rec.tenant,
+        tee: rec.tee,
+        name: rec.name,
+        version: (v ?? 0) + 1,
+        vals: JSON.stringify(rec.values),
+        created_at: now(),
+        expires_at: expiresAt,
+        note: rec.note ?? null,
+      };
+      this.st('refInsert').run(
+        row.id,
+        row.tenant,
+        row.tee,
+        row.name,
+        row.version,
+        row.vals,
+        row.created_at,
+        row.expires_at,
+        row.note,
+      );
+      this.append(log);
+      return referenceRecord(row);
+    });
+  }
+
+  async listReferenceValues(filter?: { tenant?: string; tee?: string }): Promise<ReferenceValueRecord[]> {
+    const rows = this.st('refList').all({
+      tenant: filter?.tenant ?? null,
+      tee: filter?.tee ?? null,
+    }) as ReferenceRow[];
+    return rows.map(referenceRecord);
+  }
+
+  async createSession(s: SessionRecord): Promise<void> {
+    const expiresAt = isoTime(s.expiresAt, 'expiresAt');
+    try {
+      this.ephemeral(() =>
+        this.st('sesInsert').run(
+          s.id,
+          s.tee,
+          s.nonce,
+          s.status,
+          expiresAt,
+          s.token ?? null,
+          s.teePubkey ?? null,
+        ),
+      );
+    } catch (e) {
+      if ((e as { code?: string }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY') {
+        throw new ConflictError(`session ${s.id} already exists`);
+      }
+      throw e;
+    }
+  }
+
+  async getSession(id: string): Promise<SessionRecord | undefined> {
+    const row = this.st('sesGet').get(id) as SessionRow | undefined;
+    return row && sessionRecord(row);
+  }
+
+  async markAttested(id: string, token: string, teePubkey: string): Promise<boolean> {
+    return this.ephemeral(() => this.st('sesAttest').run(token, teePubkey, id).changes === 1);
+  }
+
+  async deleteExpiredSessions(at: string): Promise<number> {
+    const t = isoTime(at, 'now');
+    return this.ephemeral(() => this.st('sesExpire').run(t).changes);
+  }
+
+  appendLog(log: LogAppend): Promise<StoredLogEntry> {
+    return this.appends.push(log);
+  }
+
+  async logSize(): Promise<number> {
+    return (this.st('logSize').get() as { n: number }).n;
+  }
+
+  async logEntries(from: number, to: number): Promise<StoredLogEntry[]> {
+    checkRange(from, to);
+    return (this.st('logRange').all(from, to) as EntryRow[]).map(entry);
+  }
+
+  async saveCheckpoint(size: number, note: string): Promise<void> {
+    this.write(() => {
+      checkCheckpointSize(size, (this.st('logSize').get() as { n: number }).n);
+      this.st('cpInsert').run(size, note, now());
+    });
+  }
+
+  async latestCheckpoint(): Promise<{ size: number; note: string } | undefined> {
+    const row = this.st('cpLatest').get() as { size: number; note: string } | undefined;
+    return row && { size: row.size, note: row.note };
+  }
+
+  async checkpoints(): Promise<{ size: number; note: string }[]> {
+    return (this.st('cpAll').all() as { size: number; note: string }[]).map((r) => ({
+      size: r.size,
+      note: r.note,
+    }));
+  }
+}

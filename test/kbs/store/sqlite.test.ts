@@ -1,0 +1,197 @@
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SqliteStore } from '../../../src/kbs/store/sqlite.js';
+import { expectUnbrokenChain, logFields, storeConformance, testLog } from './conformance.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'cloister-sqlite-'));
+let n = 0;
+const file = () => join(dir, `kbs-${n++}.db`);
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+async function open(path: string, build = testLog().build): Promise<SqliteStore> {
+  const s = new SqliteStore(path, { buildLogEntry: build });
+  await s.migrate();
+  return s;
+}
+
+storeConformance('sqlite (file)', (opts) => {
+  const s = new SqliteStore(file(), opts);
+  return s.migrate().then(() => s);
+});
+
+storeConformance('sqlite (:memory:)', (opts) => {
+  const s = new SqliteStore(':memory:', opts);
+  return s.migrate().then(() => s);
+});
+
+describe('SqliteStore durability', () => {
+  it('keeps everything across close and reopen, and the chain continues', async () => {
+    const path = file();
+    const a = await open(path);
+    await a.createRepository('repo1', 't1', logFields('repository.create'));
+    await a.putResource(
+      {
+        path: 'repo1/key/a',
+        repository: 'repo1',
+        type: 'key',
+        tag: 'a',
+        tenant: 't1',
+        size: 3,
+        contentType: 'text/plain',
+        secret: { masterKeyId: 'mk1', ciphertext: Uint8Array.of(1, 2, 3) },
+      },
+      logFields('resource.put'),
+    );
+    await a.createSession({
+      id: 's',
+      tee: 'sample',
+      nonce: 'n',
+      status: 'challenged',
+      expiresAt: '2099-01-01T00:00:00Z',
+    });
+    await a.saveCheckpoint(2, 'cp');
+    await a.close();
+
+    const b = await open(path);
+    expect(await b.repositoryTenant('repo1')).toBe('t1');
+    expect((await b.getResource('repo1/key/a'))!.secret.ciphertext).toEqual(Uint8Array.of(1, 2, 3));
+    expect((await b.getSession('s'))!.status).toBe('challenged');
+    expect(await b.latestCheckpoint()).toEqual({ size: 2, note: 'cp' });
+    await b.appendLog(logFields('release'));
+    expectUnbrokenChain(await b.logEntries(0, 3));
+    await b.close();
+  });
+
+  it('runs in WAL mode with synchronous=FULL and foreign keys on', async () => {
+    const path = file();
+    const s = await open(path);
+    // Reach the connection to read back the pragmas it runs with; the store does not expose it.
+    const db = (s as unknown as { db: import('better-sqlite3').Database }).db;
+    expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
+    expect(db.pragma('synchronous', { simple: true })).toBe(2); // FULL
+    expect(db.pragma('foreign_keys', { simple: true })).toBe(1);
+    expect(db.pragma('busy_timeout', { simple: true })).toBe(5000);
+    // A session write relaxes fsync for itself only.
+    await s.createSession({
+      id: 's',
+      tee: 'sample',
+      nonce: 'n',
+      status: 'challenged',
+      expiresAt: '2099-01-01T00:00:00Z',
+    });
+    expect(db.pragma('synchronous', { simple: true })).toBe(2);
+    await s.close();
+  });
+
+  it('refuses a database written by a newer schema version', async () => {
+    const path = file();
+    const s = await open(path);
+    (s as unknown as { db: import('better-sqlite3').Database }).db.pragma('user_version = 99');
+    await s.close();
+    const again = new SqliteStore(path, { buildLogEntry: testLog().build });
+    await expect(again.migrate()).rejects.toThrow(/newer than this program/);
+    await again.close();
+  });
+});
+
+describe('SqliteStore across processes', () => {
+  const child = fileURLToPath(new URL('./fixtures/sqlite-writer.mjs', import.meta.url));
+  beforeAll(() => {
+    if (!existsSync(fileURLToPath(new URL('../../../dist/kbs/store/sqlite.js', import.meta.url)))) {
+      throw new Error(
+        'dist/ is missing: the child processes run the compiled store, run `npm run build` first',
+      );
+    }
+  });
+
+  it('two processes appending to one file at once produce one contiguous, unbroken chain', async () => {
+    const path = file();
+    await (await open(path)).close();
+    const run = () =>
+      new Promise<void>((resolve, reject) => {
+        const p = spawn(process.execPath, [child, path, 'appends', '150'], {
+          stdio: ['ignore', 'ignore', 'pipe'],
+        });
+        let err = '';
+        p.stderr.on('data', (d: Buffer) => {
+          err += d;
+        });
+        p.on('close', (code) =>
+          code === 0 ? resolve() : reject(new Error(`writer failed (${code}): ${err}`)),
+        );
+      });
+    await Promise.all([run(), run()]);
+    const s = await open(path);
+    try {
+      expect(await s.logSize()).toBe(300);
+      expectUnbrokenChain(await s.logEntries(0, 300));
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('a killed writer loses no write it acknowledged, and the chain stays unbroken', async () => {
+    const child = fileURLToPath(new URL('./fixtures/sqlite-writer.mjs', import.meta.url));
+    if (!existsSync(fileURLToPath(new URL('../../../dist/kbs/store/sqlite.js', import.meta.url)))) {
+      throw new Error(
+        'dist/ is missing: the child process runs the compiled store, run `npm run build` first',
+      );
+    }
+    const path = file();
+    const p = spawn(process.execPath, [child, path], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    p.stderr.on('data', (d: Buffer) => {
+      err += d;
+    });
+    // 'close' comes after the child exited AND its stdout was read to the end.
+    const closed = new Promise<NodeJS.Signals | null>((resolve) =>
+      p.on('close', (_code, signal) => resolve(signal)),
+    );
+    await new Promise<void>((resolve, reject) => {
+      p.stdout.on('data', (d: Buffer) => {
+        out += d;
+        // Kill in the middle of the stream of writes, not at a quiet moment.
+        if (out.split('\n').length > 150) resolve();
+      });
+      p.on('exit', () => reject(new Error(`writer exited early: ${err}`)));
+    });
+    p.kill('SIGKILL');
+    expect(await closed).toBe('SIGKILL');
+
+    const acks = out
+      .split('\n')
+      .filter((l) => l.startsWith('ack '))
+      .map((l) => l.split(' '));
+    expect(acks.length).toBeGreaterThanOrEqual(150);
+    const s = await open(path);
+    try {
+      const entries = await s.logEntries(0, await s.logSize());
+      expectUnbrokenChain(entries);
+      // Each ack is one logged write, so the log holds at least as many entries, in the same order.
+      expect(entries.length).toBeGreaterThanOrEqual(acks.length);
+      const logged = entries.map(
+        (e) => JSON.parse(new TextDecoder().decode(e.canonical)) as { kind: string; subject: string },
+      );
+      acks.forEach((a, i) => {
+        const [, what, subject] = a;
+        if (what === 'repo') expect(logged[i]!.kind).toBe('repository.create');
+        else
+          expect(logged[i]).toMatchObject({
+            kind: what === 'put' ? 'resource.put' : what === 'rotate' ? 'resource.rotate' : 'release',
+            subject,
+          });
+      });
+      for (const [, what, subject] of acks) {
+        if (what === 'put') expect(await s.getResource(subject!)).toBeDefined();
+        if (what === 'rotate') expect((await s.getResource(subject!))!.version).toBe(2);
+      }
+    } finally {
+      await s.close();
+    }
+  });
+});
