@@ -1,5 +1,6 @@
 import { Command, CommanderError } from 'commander';
 import { registerDemo } from './demo.js';
+import { registerLog } from './log.js';
 import { registerSealCommands } from './seal.js';
 import { registerVerify } from './verify.js';
 
@@ -13,6 +14,7 @@ export async function main(argv: string[]): Promise<number> {
   registerSealCommands(program);
   registerVerify(program);
   registerDemo(program);
+  registerLog(program);
   for (const c of program.commands) c.exitOverride();
   try {
     await program.parseAsync(argv, { from: 'user' });
