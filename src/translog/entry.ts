@@ -5,7 +5,7 @@
  * checked from the entries alone, without the tree.
  */
 import { toHex } from '../util/bytes.js';
-import { canonicalizeBytes, type JsonValue } from '../util/jcs.js';
+import { canonicalize, canonicalizeBytes, type JsonValue } from '../util/jcs.js';
 import { TranslogError } from './errors.js';
 import { leafHash } from './hash.js';
 
@@ -121,7 +121,9 @@ export async function nextEntry(
     details: fields.details,
     prevHash: prev ? toHex(prev.leafHash) : ZERO_HASH_HEX,
   };
-  // Validate what will be stored forever, and drop anything JSON would not keep (e.g. undefined).
-  const stored = parseEntry(JSON.parse(JSON.stringify(entry)), `entry ${entry.index}`);
+  // Validate what will be stored forever (JCS refuses NaN, lone surrogates, non-plain objects), then keep
+  // a deep copy in canonical form so that later changes to `fields` cannot alter a hashed entry.
+  parseEntry(entry, `entry ${entry.index}`);
+  const stored = JSON.parse(canonicalize(entry)) as LogEntry;
   return { entry: stored, leafHash: await entryLeafHash(stored) };
 }
