@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { registerDemo } from './demo.js';
 import { registerKbs } from './kbs.js';
+import { registerLog } from './log.js';
 import { registerSealCommands } from './seal.js';
 import { registerVerify } from './verify.js';
 
@@ -15,6 +16,7 @@ export async function main(argv: string[]): Promise<number> {
   registerVerify(program);
   registerKbs(program);
   registerDemo(program);
+  registerLog(program);
   for (const c of program.commands) c.exitOverride();
   try {
     await program.parseAsync(argv, { from: 'user' });
