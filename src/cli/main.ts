@@ -1,4 +1,5 @@
 import { Command, CommanderError } from 'commander';
+import { registerAgent } from './agent.js';
 import { registerDemo } from './demo.js';
 import { registerSealCommands } from './seal.js';
 import { registerVerify } from './verify.js';
@@ -13,6 +14,7 @@ export async function main(argv: string[]): Promise<number> {
   registerSealCommands(program);
   registerVerify(program);
   registerDemo(program);
+  registerAgent(program);
   for (const c of program.commands) c.exitOverride();
   try {
     await program.parseAsync(argv, { from: 'user' });
