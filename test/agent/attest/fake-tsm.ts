@@ -6,8 +6,8 @@
  * here by the SEV-SNP test authority, with the inblob as REPORT_DATA — and cached with `auxblob` (the
  * certificate table: VCEK, ASK, ARK) until the next write. rmdir drops the entry.
  *
- * Races and failures are injected: `raceOnRead(n)` makes another writer bump the generation of the
- * entry in use right after `outblob` is read, for the next n reads; `failOn(file, errno)` fails the
+ * Races and failures are injected: `raceOnRead(n, when)` makes another writer write its inblob into
+ * the entry in use just before or just after our `outblob` read, for the next n reads; `failOn(file, errno)` fails the
  * next access to that file.
  */
 
@@ -74,12 +74,18 @@ export class FakeTsm implements AgentFs {
   /** Every report the "firmware" issued, for building collateral. */
   readonly issued: IssuedReport[] = [];
   private races = 0;
+  private raceWhen: 'before' | 'after' = 'after';
   private failures = new Map<string, string>();
 
   constructor(private readonly o: FakeTsmOptions) {}
 
-  raceOnRead(times: number): void {
+  /**
+   * Another writer puts its own inblob into the entry in use, `when` our outblob read happens: before
+   * it (we would get their report) or right after it (our auxblob would be theirs).
+   */
+  raceOnRead(times: number, when: 'before' | 'after' = 'after'): void {
     this.races = times;
+    this.raceWhen = when;
   }
 
   failOn(file: string, errno: string): void {
@@ -179,9 +185,14 @@ export class FakeTsm implements AgentFs {
       case 'auxblob': {
         if (file === 'auxblob' && this.o.provider !== 'sev_guest') break;
         if (!e.inblob) throw fsError('EINVAL', path);
+        if (file === 'outblob' && this.races > 0 && this.raceWhen === 'before') {
+          this.races--;
+          e.inblob = new Uint8Array(64).fill(0xee);
+          e.generation++;
+        }
         if (!e.report || e.readGeneration !== e.generation) await this.generate(e);
         const out = file === 'outblob' ? e.report!.report : (e.auxblob ?? new Uint8Array());
-        if (file === 'outblob' && this.races > 0) {
+        if (file === 'outblob' && this.races > 0 && this.raceWhen === 'after') {
           // Another process writes its own inblob into our entry right after our read.
           this.races--;
           e.inblob = new Uint8Array(64).fill(0xee);

@@ -92,17 +92,22 @@ describe('TsmAttester over configfs-tsm (SEV-SNP, fake kernel)', () => {
     expect(a.claims.report_data).toBe(toHex(rd));
   });
 
-  it('retries in a fresh entry when another writer bumps the generation once', async () => {
-    const fake = snpTsm();
-    fake.raceOnRead(1);
-    const rd = reportData(7);
-    const got = await new TsmAttester({ fs: fake, root: ROOT }).collect(rd);
-    expect(got.attempts).toBe(2);
-    expect(parseReport(got.evidence).reportData).toEqual(rd);
-    expect(fake.created).toHaveLength(2);
-    expect(new Set(fake.created).size).toBe(2);
-    expect(fake.live()).toEqual([]);
-  });
+  it.each(['before', 'after'] as const)(
+    'retries in a fresh entry when another writer races once (%s our outblob read)',
+    async (when) => {
+      const fake = snpTsm({ withCerts: true });
+      fake.raceOnRead(1, when);
+      const rd = reportData(7);
+      const got = await new TsmAttester({ fs: fake, root: ROOT }).collect(rd);
+      expect(got.attempts).toBe(2);
+      expect(parseReport(got.evidence).reportData).toEqual(rd);
+      // The certificate table is the one issued with our report, not the racer's.
+      expect(parseCertTable(got.auxblob!)[0]!.data).toEqual(fake.issued.at(-1)!.endorsementKey);
+      expect(fake.created).toHaveLength(2);
+      expect(new Set(fake.created).size).toBe(2);
+      expect(fake.live()).toEqual([]);
+    },
+  );
 
   it('gives up with generation-race after maxAttempts when the generation always moves', async () => {
     const fake = snpTsm();
