@@ -47,6 +47,8 @@ interface Entry {
   readGeneration: number;
   inblob?: Uint8Array;
   privlevel: number;
+  serviceProvider?: string;
+  manifest?: Uint8Array;
   report?: IssuedReport;
   auxblob?: Uint8Array;
 }
@@ -132,7 +134,9 @@ export class FakeTsm implements AgentFs {
 
   private files(): string[] {
     const f = ['inblob', 'outblob', 'provider', 'generation'];
-    if (this.o.provider === 'sev_guest') f.push('auxblob', 'privlevel', 'privlevel_floor');
+    if (this.o.provider === 'sev_guest') {
+      f.push('auxblob', 'privlevel', 'privlevel_floor', 'service_provider', 'manifestblob');
+    }
     return f;
   }
 
@@ -167,6 +171,8 @@ export class FakeTsm implements AgentFs {
       const v = Number(utf8.decode(data).trim());
       if (!Number.isInteger(v) || v < (this.o.privlevelFloor ?? 0) || v > 3) throw fsError('EINVAL', path);
       e.privlevel = v;
+    } else if (file === 'service_provider' && this.files().includes(file)) {
+      e.serviceProvider = utf8.decode(data).trim();
     } else throw fsError(this.files().includes(file) ? 'EACCES' : 'ENOENT', path);
     e.generation++;
   }
@@ -182,8 +188,9 @@ export class FakeTsm implements AgentFs {
         if (this.o.provider !== 'sev_guest') break;
         return utf8.encode(`${this.o.privlevelFloor ?? 0}\n`);
       case 'outblob':
-      case 'auxblob': {
-        if (file === 'auxblob' && this.o.provider !== 'sev_guest') break;
+      case 'auxblob':
+      case 'manifestblob': {
+        if (file !== 'outblob' && this.o.provider !== 'sev_guest') break;
         if (!e.inblob) throw fsError('EINVAL', path);
         if (file === 'outblob' && this.races > 0 && this.raceWhen === 'before') {
           this.races--;
@@ -191,7 +198,12 @@ export class FakeTsm implements AgentFs {
           e.generation++;
         }
         if (!e.report || e.readGeneration !== e.generation) await this.generate(e);
-        const out = file === 'outblob' ? e.report!.report : (e.auxblob ?? new Uint8Array());
+        const out =
+          file === 'outblob'
+            ? e.report!.report
+            : file === 'auxblob'
+              ? (e.auxblob ?? new Uint8Array())
+              : (e.manifest ?? new Uint8Array());
         if (file === 'outblob' && this.races > 0 && this.raceWhen === 'after') {
           // Another process writes its own inblob into our entry right after our read.
           this.races--;
@@ -215,7 +227,14 @@ export class FakeTsm implements AgentFs {
       e.readGeneration = e.generation;
       return;
     }
-    const report = await a.issue({ reportData: e.inblob!, vmpl: e.privlevel });
+    let reportData = e.inblob!;
+    if (e.serviceProvider !== undefined) {
+      if (e.serviceProvider !== 'svsm') throw fsError('EINVAL', 'outblob');
+      // Like an SVSM: the report data is SHA-512 over the nonce and the services manifest.
+      e.manifest = utf8.encode('{"fake-svsm-services":[]}');
+      reportData = new Uint8Array(await crypto.subtle.digest('SHA-512', concatBytes(e.inblob!, e.manifest)));
+    }
+    const report = await a.issue({ reportData, vmpl: e.privlevel });
     this.issued.push(report);
     e.report = report;
     e.auxblob = this.o.withCerts

@@ -210,6 +210,23 @@ describe('TsmAttester over configfs-tsm (SEV-SNP, fake kernel)', () => {
     expect(parseReport(explicit.evidence).vmpl).toBe(3);
   });
 
+  it('asks an SVSM service provider when told to, counting its write, and returns the manifest', async () => {
+    const fake = snpTsm();
+    const rd = reportData(4);
+    const got = await new TsmAttester({ fs: fake, root: ROOT, serviceProvider: 'svsm' }).collect(rd);
+    expect(got.manifestblob).toBeDefined();
+    const digest = new Uint8Array(
+      await crypto.subtle.digest('SHA-512', new Uint8Array([...rd, ...got.manifestblob!])),
+    );
+    expect(parseReport(got.evidence).reportData).toEqual(digest);
+    expect(got.attempts).toBe(1);
+    expect(fake.live()).toEqual([]);
+    const tdx = new FakeTsm({ root: ROOT, provider: 'tdx_guest', outblob: () => new Uint8Array(1) });
+    const e = await rejection(new TsmAttester({ fs: tdx, root: ROOT, serviceProvider: 'svsm' }).collect(rd));
+    expect(e.code).toBe('bad-service-provider');
+    expect(tdx.live()).toEqual([]);
+  });
+
   it('provider() probes with an entry it removes again', async () => {
     const fake = snpTsm();
     expect(await new TsmAttester({ fs: fake, root: ROOT }).provider()).toBe('sev_guest');
