@@ -79,7 +79,8 @@ async function detectTsm(
   try {
     provider = await probe.provider();
   } catch (e) {
-    reasons.push(`configfs-tsm: ${root} exists but a probe entry gave no provider: ${errText(e)}`);
+    const why = errText(e).replace(/^configfs-tsm: /, '');
+    reasons.push(`configfs-tsm: ${root} exists but a probe entry gave no provider: ${why}`);
     return undefined;
   }
   const kind = TSM_PROVIDERS[provider];
