@@ -1,4 +1,5 @@
 import { Command, CommanderError } from 'commander';
+import { registerAgent } from './agent.js';
 import { registerDemo } from './demo.js';
 import { registerKbs } from './kbs.js';
 import { registerLog } from './log.js';
@@ -17,6 +18,7 @@ export async function main(argv: string[]): Promise<number> {
   registerKbs(program);
   registerDemo(program);
   registerLog(program);
+  registerAgent(program);
   for (const c of program.commands) c.exitOverride();
   try {
     await program.parseAsync(argv, { from: 'user' });

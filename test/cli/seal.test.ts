@@ -187,6 +187,7 @@ describe('cloister seal / unseal', () => {
 
   it('removes the temporary output when interrupted', async () => {
     const child = cloisterAsync(['seal', '--to', `hpke:${at('broker.pub')}`, '-', at('interrupted.sealed')]);
+    child.stdin.on('error', () => {}); // the child is killed while its stdin is open: EPIPE is expected
     child.stdin.write(randomBytes(1024 * 1024));
     const started = Date.now();
     while (!readdirSync(dir).some((f) => f.endsWith('.tmp')) && Date.now() - started < 15_000) {

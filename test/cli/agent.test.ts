@@ -1,0 +1,97 @@
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { devDir, gramineDir, tempDir } from '../agent/attest/helpers.js';
+
+// `cloister agent detect` as users run it: `node bin/cloister.js` over the compiled dist/. PATH is
+// emptied so that an nvidia-smi on the test machine cannot change the answers.
+function detect(...args: string[]) {
+  const r = spawnSync(process.execPath, ['bin/cloister.js', 'agent', 'detect', ...args], {
+    encoding: 'utf8',
+    env: { ...process.env, PATH: tempDir() },
+  });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+beforeAll(() => {
+  if (!existsSync('dist/cli/agent.js'))
+    execFileSync('npx', ['tsc', '-p', 'tsconfig.json'], { stdio: 'inherit' });
+});
+
+describe('cloister agent detect', () => {
+  it('nothing found: exit 1, one line on stderr, every check listed, probe entry removed', () => {
+    const base = tempDir();
+    const tsm = path.join(base, 'tsm');
+    mkdirSync(tsm);
+    const r = detect(
+      '--tsm-root',
+      tsm,
+      '--gramine-root',
+      path.join(base, 'attestation'),
+      '--dev-root',
+      devDir(),
+    );
+    expect(r.code).toBe(1);
+    expect(r.err).toBe(
+      'cloister agent detect: no TEE found (no configfs-tsm provider, no Gramine /dev/attestation; see the reasons above)\n',
+    );
+    expect(r.out).toMatch(/^TEE: none found\nchecked:\n/);
+    // A plain folder is not configfs: the probe entry has no provider file.
+    expect(r.out).toMatch(
+      new RegExp(`- configfs-tsm: ${tsm} exists but a probe entry gave no provider: .*provider`),
+    );
+    expect(r.out).toContain(`- Gramine: ${base}/attestation does not exist`);
+    expect(r.out).toMatch(/- sample: not used \(allow it with --allow-sample/);
+    expect(r.out).toMatch(/GPUs: none\n {2}- GPU: no .*nvidia<N> device nodes/);
+    expect(readdirSync(tsm)).toEqual([]);
+  });
+
+  it('--json --allow-sample: exit 0 with the insecure sample TEE and the reasons', () => {
+    const base = tempDir();
+    const r = detect(
+      '--json',
+      '--allow-sample',
+      '--tsm-root',
+      path.join(base, 'none'),
+      '--gramine-root',
+      path.join(base, 'none'),
+      '--dev-root',
+      devDir('nvidia0', 'nvidia1', 'nvidiactl'),
+    );
+    expect(r.code).toBe(0);
+    expect(r.err).toBe('');
+    const doc = JSON.parse(r.out);
+    expect(doc).toMatchObject({ found: true, kind: 'sample', insecure: true });
+    expect(doc.reasons).toHaveLength(3);
+    expect(doc.reasons[0]).toMatch(/does not exist/);
+    expect(doc.gpus).toMatchObject({ count: 2, source: expect.stringMatching(/unavailable/) });
+    expect(doc.gpus.devices.map((d: string) => path.basename(d))).toEqual(['nvidia0', 'nvidia1']);
+    expect(doc.gpus.reasons.join('\n')).toMatch(/nvidia-smi not found on PATH/);
+  });
+
+  it('finds SGX through a Gramine attestation folder (exit 0)', () => {
+    const base = tempDir();
+    const gramine = gramineDir('dcap');
+    const r = detect(
+      '--tsm-root',
+      path.join(base, 'none'),
+      '--gramine-root',
+      gramine,
+      '--dev-root',
+      devDir(),
+    );
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(new RegExp(`^TEE: Intel SGX \\(sgx\\) via Gramine ${gramine}\n`));
+    expect(r.out).toContain(`- Gramine: ${gramine}/attestation_type is "dcap": Intel SGX`);
+  });
+
+  it('--help names the options', () => {
+    const r = spawnSync(process.execPath, ['bin/cloister.js', 'agent', 'detect', '--help'], {
+      encoding: 'utf8',
+    });
+    expect(r.status).toBe(0);
+    for (const o of ['--json', '--tsm-root', '--allow-sample', '--gramine-root', '--dev-root'])
+      expect(r.stdout).toContain(o);
+  });
+});
