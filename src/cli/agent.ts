@@ -1,14 +1,28 @@
 /**
- * `cloister agent …`: the commands that run inside the TEE. `agent detect` reports which TEE (and which
- * GPUs) evidence can be collected from, and why — every file and device it looked at. Exit status 0
- * when a TEE was found, 1 when none was (one line on stderr says so).
+ * The commands that run inside the TEE. `agent detect` reports which TEE (and which GPUs) evidence can
+ * be collected from, and why — every file and device it looked at (exit 0 when a TEE was found, 1 when
+ * none was). `run` runs a workload over sealed inputs (src/agent/run.ts), `agent serve` is the local
+ * API on a Unix socket (src/agent/api.ts), `agent verify-receipt` checks a run receipt.
  */
-import { type Command, CommanderError } from 'commander';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { type Command, CommanderError, Option } from 'commander';
+import { serveAgentApi } from '../agent/api.js';
 import { type Detection, detectTee, kindName } from '../agent/attest/detect.js';
 import { DEFAULT_GRAMINE_ROOT } from '../agent/attest/gramine.js';
 import { nodeFs, nodeRunner } from '../agent/attest/node.js';
 import { DEFAULT_DEV_ROOT } from '../agent/attest/nvml.js';
+import { InsecureSampleAttester } from '../agent/attest/sample.js';
 import { DEFAULT_TSM_ROOT } from '../agent/attest/tsm.js';
+import type { CpuAttester, CpuKind } from '../agent/attest/types.js';
+import { AgentError, kbsAttester } from '../agent/kbs.js';
+import { DEFAULT_PRIVATE_PARENT, onTerminationSignal } from '../agent/private-dir.js';
+import { verifyReceipt } from '../agent/receipt.js';
+import { runWorkload } from '../agent/run.js';
+import { createDefaultRegistry } from '../attest/index.js';
+import { certTableCollateral } from '../attest/snp/certtable.js';
+import { KbsClient } from '../kbs/client.js';
+import { fromBase64 } from '../util/bytes.js';
 import type { Output } from './verify.js';
 
 export interface DetectCliOptions {
@@ -88,5 +102,209 @@ export function registerAgent(program: Command): void {
       });
       // main() turns a CommanderError into the process exit code.
       if (code !== 0) throw new CommanderError(code, 'cloister.agent.detect', '');
+    });
+  registerServe(agent);
+  registerVerifyReceipt(agent);
+  registerRun(program);
+}
+
+// ── run and serve ───────────────────────────────────────────────────────────────────────────────────
+
+interface TeeCliOptions {
+  kbs: string;
+  tee: 'auto' | 'sample';
+  allowSample?: boolean;
+  gpu: boolean;
+  tsmRoot?: string;
+  gramineRoot?: string;
+  devRoot?: string;
+  retries: string;
+  retryDelayMs: string;
+}
+
+interface RunCliOptions extends TeeCliOptions {
+  input: string[];
+  sealTo: string[];
+  outputDir?: string;
+  receipt?: string;
+  privateDir: string;
+  allowDisk?: boolean;
+}
+
+const collect = (v: string, prev: string[]) => [...prev, v];
+
+function teeOptions(c: Command): Command {
+  return c
+    .requiredOption('--kbs <url>', 'key broker URL, e.g. https://kbs.example:8080')
+    .addOption(
+      new Option(
+        '--tee <kind>',
+        'TEE to attest with: auto detects TDX/SEV-SNP/SGX; sample is the INSECURE software TEE',
+      )
+        .choices(['auto', 'sample'])
+        .default('auto'),
+    )
+    .option(
+      '--allow-sample',
+      'with --tee auto, fall back to the INSECURE sample TEE when no hardware TEE is found',
+    )
+    .option('--no-gpu', 'do not attest confidential GPUs even when some are found')
+    .option('--tsm-root <dir>', `configfs-tsm report directory (default ${DEFAULT_TSM_ROOT})`)
+    .option('--gramine-root <dir>', `Gramine attestation directory (default ${DEFAULT_GRAMINE_ROOT})`)
+    .option('--dev-root <dir>', `device directory searched for GPUs (default ${DEFAULT_DEV_ROOT})`)
+    .option('--retries <n>', 'attempts per broker request on network errors, 429 and 5xx', '4')
+    .option('--retry-delay-ms <ms>', 'first delay between attempts, doubled each time', '200');
+}
+
+/** The TEE to attest with, and a KBS client speaking for it. */
+async function teeAndBroker(o: TeeCliOptions, log: (line: string) => void) {
+  let kind: CpuKind;
+  let attester: CpuAttester;
+  let gpu: Awaited<ReturnType<typeof detectTee>>['gpus']['attester'];
+  if (o.tee === 'sample') {
+    kind = 'sample';
+    attester = new InsecureSampleAttester();
+  } else {
+    const d = await detectTee({
+      fs: nodeFs,
+      tsmRoot: o.tsmRoot ?? DEFAULT_TSM_ROOT,
+      gramineRoot: o.gramineRoot ?? DEFAULT_GRAMINE_ROOT,
+      devRoot: o.devRoot ?? DEFAULT_DEV_ROOT,
+      allowSample: o.allowSample === true,
+      run: nodeRunner,
+      path: process.env.PATH ?? '',
+    });
+    if (!d.kind || !d.attester) {
+      throw new AgentError(
+        'no-tee',
+        `no TEE found, so nothing can be attested:\n${d.reasons.map((r) => `  - ${r}`).join('\n')}`,
+      );
+    }
+    kind = d.kind;
+    attester = d.attester;
+    if (o.gpu && d.gpus.attester && d.gpus.attester.count > 0) {
+      gpu = d.gpus.attester;
+      log(`GPUs: ${gpu.count} (${gpu.source})`);
+    }
+  }
+  const client = new KbsClient({
+    url: o.kbs,
+    attester: kbsAttester(kind, attester, gpu),
+    retries: Number(o.retries),
+    backoffMs: Number(o.retryDelayMs),
+  });
+  return { tee: { kind, attester }, client };
+}
+
+export function registerRun(program: Command): void {
+  teeOptions(
+    program
+      .command('run')
+      .description(
+        'inside a TEE: attest, unseal inputs into memory, run COMMAND over them, seal its outputs, sign a receipt',
+      )
+      .argument('<command...>', 'the workload and its arguments (after --)'),
+  )
+    .option(
+      '--input <file>',
+      'a sealed input (repeatable); its key is fetched by the kbs:/// URI in its header',
+      collect,
+      [],
+    )
+    .option('--output-dir <dir>', 'where sealed outputs and run-receipt.json are written')
+    .option(
+      '--seal-to <recipient>',
+      'recipient of the outputs (repeatable): kbs:///repo/type/tag (KEK from the broker) or hpke:PUBLIC-KEY-FILE',
+      collect,
+      [],
+    )
+    .option('--receipt <file>', 'where to write the run receipt (default OUTPUT-DIR/run-receipt.json)')
+    .option('--private-dir <dir>', 'memory file system for the plaintext', DEFAULT_PRIVATE_PARENT)
+    .option('--allow-disk', 'accept a --private-dir that is not tmpfs/ramfs (plaintext may reach a disk)')
+    .exitOverride()
+    .action(async (command: string[], opts: RunCliOptions) => {
+      const log = (line: string) => process.stderr.write(`cloister run: ${line}\n`);
+      const { tee, client } = await teeAndBroker(opts, log);
+      const code = await runWorkload({
+        kbs: client,
+        tee,
+        inputs: opts.input,
+        sealTo: opts.sealTo,
+        ...(opts.outputDir ? { outputDir: opts.outputDir } : {}),
+        ...(opts.receipt ? { receiptPath: opts.receipt } : {}),
+        command,
+        privateDir: { parent: opts.privateDir, allowDisk: opts.allowDisk === true },
+        log,
+      });
+      if (code !== 0) throw new CommanderError(code, 'cloister.run', '');
+    });
+}
+
+function registerServe(agent: Command): void {
+  teeOptions(
+    agent
+      .command('serve')
+      .description('serve the local API (keys, tokens, evidence, seal/unseal) on a Unix socket'),
+  )
+    .requiredOption('--socket <path>', 'Unix socket to listen on (created mode 0600)')
+    .exitOverride()
+    .action(async (opts: TeeCliOptions & { socket: string }) => {
+      const log = (line: string) => process.stderr.write(`cloister agent serve: ${line}\n`);
+      const { tee, client } = await teeAndBroker(opts, log);
+      if (tee.attester.insecure) log('WARNING: the sample TEE is software only; never trust it with secrets');
+      const s = await serveAgentApi(opts.socket, { kbs: client, tee, log });
+      log(`listening on ${opts.socket} (TEE ${tee.kind}, key broker ${opts.kbs})`);
+      await new Promise<void>((resolve) => {
+        const off = onTerminationSignal((sig) => {
+          off();
+          log(`${sig}: stopping`);
+          void s.close().then(resolve);
+        });
+      });
+    });
+}
+
+function registerVerifyReceipt(agent: Command): void {
+  agent
+    .command('verify-receipt')
+    .description(
+      'check a run receipt: signature, key binding, TEE evidence, and (with --ear-key) the EAR token',
+    )
+    .argument('<file>', 'run-receipt.json')
+    .option('--ear-key <file>', "the key broker's EAR verification key (a public JWK)")
+    .option('--at <time>', "verification time, ISO 8601 (default: the receipt's endedAt)")
+    .option('--json', 'print {ok, body, status, insecure} as JSON')
+    .exitOverride()
+    .action(async (file: string, opts: { earKey?: string; at?: string; json?: boolean }) => {
+      const receipt = JSON.parse(await readFile(file, 'utf8'));
+      const body = JSON.parse(new TextDecoder().decode(fromBase64(receipt.payload ?? '')));
+      const at = new Date(opts.at ?? body.endedAt);
+      const aux = body.attestation?.auxblob;
+      const earKey = opts.earKey
+        ? (JSON.parse(await readFile(opts.earKey, 'utf8')) as JsonWebKey)
+        : undefined;
+      const v = await verifyReceipt(receipt, {
+        registry: createDefaultRegistry(),
+        at,
+        collateral: aux ? certTableCollateral(fromBase64(aux)) : { get: async () => undefined },
+        ...(earKey ? { earKey } : {}),
+      });
+      const a = v.appraisal;
+      if (opts.json) {
+        process.stdout.write(
+          `${JSON.stringify({ ok: true, status: a.status, insecure: a.insecure, ear: v.ear ? v.ear.status : null, body: v.body }, null, 2)}\n`,
+        );
+        return;
+      }
+      const lines = [
+        `receipt ${path.basename(file)}: signature and key binding verify`,
+        `TEE evidence: ${a.kind}, ${a.status}${a.insecure ? ' (INSECURE sample TEE)' : ''}`,
+        v.ear ? `EAR token: verifies, ${v.ear.status}` : 'EAR token: not checked (give --ear-key)',
+        `command: ${v.body.command.join(' ')}`,
+        `exit: ${v.body.signal ?? v.body.exitCode}, ${v.body.startedAt} → ${v.body.endedAt}`,
+        ...v.body.inputs.map((i) => `input ${i.file} (${i.kbs}) sha256 ${i.sealedSha256}`),
+        ...v.body.outputs.map((o) => `output ${o.file} sha256 ${o.sealedSha256}`),
+      ];
+      process.stdout.write(`${lines.join('\n')}\n`);
     });
 }

@@ -1,0 +1,236 @@
+/**
+ * `cloister run` (Node-only): attest, fetch keys, unseal the inputs into a private directory in
+ * memory, run any program over them, seal what it wrote, sign a run receipt, wipe. See docs/agent.md.
+ *
+ * Order, and why:
+ *   1. the receipt key is made and bound into TEE evidence first, so a TEE that cannot attest fails
+ *      before anything else happens;
+ *   2. every KEK (inputs and --seal-to recipients) is fetched before the first byte is unsealed, so a
+ *      policy refusal leaves nothing behind and the workload never runs without a way to seal outputs;
+ *   3. inputs are unsealed into <private>/inputs, the workload writes into <private>/outputs;
+ *   4. outputs are sealed only when the workload exited 0 and no signal asked the agent to stop;
+ *   5. the private directory is wiped on every path (private-dir.ts).
+ */
+import { spawn } from 'node:child_process';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { constants } from 'node:os';
+import { basename, join } from 'node:path';
+import type { Header } from '../seal/format.js';
+import { keyFromJwk, type Recipient } from '../seal/keys.js';
+import { readHeader } from '../seal/node.js';
+import type { CpuAttester, CpuKind } from './attest/types.js';
+import {
+  envName,
+  listFiles,
+  type SealedOutput,
+  safeFileName,
+  sealInto,
+  type UnsealedFile,
+  unsealInto,
+} from './files.js';
+import { AgentError, KekCache, type ResourceSource, resourcePathOf } from './kbs.js';
+import { onTerminationSignal, PrivateDir, type PrivateDirOptions } from './private-dir.js';
+import { createReceiptSigner, earClaimsOf, type ReceiptBody, signReceipt } from './receipt.js';
+
+export interface RunOptions {
+  kbs: ResourceSource;
+  tee: { kind: CpuKind; attester: CpuAttester };
+  inputs: string[];
+  /** kbs:///repo/type/tag (KEK from the broker) or hpke:PUBLIC-KEY-FILE. */
+  sealTo: string[];
+  outputDir?: string;
+  /** Where run-receipt.json goes; default <outputDir>/run-receipt.json. */
+  receiptPath?: string;
+  command: string[];
+  privateDir: PrivateDirOptions;
+  /** Progress lines for stderr. */
+  log: (line: string) => void;
+  /** Grace period after forwarding a signal before the workload is killed; default 10 s. */
+  killAfterMs?: number;
+}
+
+async function recipientFor(spec: string, keys: KekCache): Promise<Recipient> {
+  if (spec.startsWith('kbs:')) {
+    const kek = await keys.get(spec);
+    return { type: 'kbs', uri: spec, kek: kek.secret };
+  }
+  if (spec.startsWith('hpke:')) {
+    const file = spec.slice(5);
+    const key = keyFromJwk(await readFile(file, 'utf8'), `--seal-to ${spec}`);
+    if (key.kind === 'kek')
+      throw new AgentError('bad-recipient', `--seal-to ${spec}: ${file} is a KEK, not an HPKE public key`);
+    return { type: 'hpke', publicKey: key.publicKey };
+  }
+  throw new AgentError(
+    'bad-recipient',
+    `--seal-to ${spec}: a recipient is kbs:///<repo>/<type>/<tag> (the KEK comes from the broker) or hpke:PUBLIC-KEY-FILE`,
+  );
+}
+
+/** Plaintext file names for the inputs: the name sealed in the header, else the file name without .sealed. */
+function inputNames(inputs: string[], headers: Header[]): string[] {
+  const used = new Set<string>();
+  const names: string[] = [];
+  for (const [i, p] of inputs.entries()) {
+    const header = headers[i]!;
+    const base = safeFileName(header.name || basename(p).replace(/\.sealed$/, ''), `input-${i}`);
+    let name = base;
+    for (let n = 1; used.has(name); n++) name = `${n}-${base}`;
+    used.add(name);
+    names.push(name);
+  }
+  return names;
+}
+
+function signalGroup(group: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(group, sig);
+  } catch {
+    // The group is gone already.
+  }
+}
+
+interface Exit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+/** Runs the workload; returns the status the agent exits with. */
+export async function runWorkload(o: RunOptions): Promise<number> {
+  if (o.command.length === 0) throw new AgentError('no-command', 'no command to run (give it after --)');
+  if (o.sealTo.length > 0 && !o.outputDir)
+    throw new AgentError('no-output-dir', '--seal-to needs --output-dir (where the sealed outputs go)');
+  if (o.outputDir && o.sealTo.length === 0)
+    throw new AgentError(
+      'no-recipient',
+      '--output-dir needs at least one --seal-to recipient for the outputs',
+    );
+  const keys = new KekCache(o.kbs);
+  let stopSignal: NodeJS.Signals | undefined;
+  let child: ReturnType<typeof spawn> | undefined;
+  let dir: PrivateDir | undefined;
+  // Until the workload runs, a signal ends the agent at once (the exit hook wipes); while it runs,
+  // the signal goes to the workload first and the agent ends when it has.
+  const offSignals = onTerminationSignal((sig) => {
+    stopSignal ??= sig;
+    if (!child) {
+      o.log(`interrupted by ${sig}; private directory wiped`);
+      process.exit(128 + (constants.signals[sig] ?? 15));
+    }
+    o.log(`${sig}: passing it to the workload`);
+    const group = -child.pid!;
+    signalGroup(group, sig);
+    setTimeout(() => signalGroup(group, 'SIGKILL'), o.killAfterMs ?? 10_000).unref();
+  });
+  try {
+    o.log(`TEE: ${o.tee.kind} (${o.tee.attester.source})`);
+    if (o.tee.attester.insecure)
+      o.log('WARNING: the sample TEE is software only; never trust it with secrets');
+    const signer = await createReceiptSigner(o.tee.attester);
+
+    const headers = await Promise.all(o.inputs.map(async (p) => (await readHeader(p)).header));
+    const names = inputNames(o.inputs, headers);
+    o.log('attesting to the key broker');
+    const token = await o.kbs.token();
+    for (const [i, p] of o.inputs.entries()) {
+      const k = await keys.forHeader(headers[i]!, p);
+      o.log(`key released for ${p} (${resourcePathOf(k.uri!)})`);
+    }
+    const recipients: Recipient[] = [];
+    for (const spec of o.sealTo) recipients.push(await recipientFor(spec, keys));
+
+    if (o.outputDir) await mkdir(o.outputDir, { recursive: true });
+    dir = await PrivateDir.create({ ...o.privateDir, warn: o.privateDir.warn ?? o.log });
+    const inDir = join(dir.path, 'inputs');
+    const outDir = join(dir.path, 'outputs');
+    await mkdir(inDir, { mode: 0o700 });
+    await mkdir(outDir, { mode: 0o700 });
+    const unsealed: UnsealedFile[] = [];
+    for (const [i, p] of o.inputs.entries()) {
+      unsealed.push(await unsealInto(p, inDir, names[i]!, keys));
+      o.log(`unsealed ${p} → $CLOISTER_INPUT_${i} (${unsealed[i]!.size} bytes)`);
+    }
+
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      CLOISTER_PRIVATE_DIR: dir.path,
+      CLOISTER_INPUT_DIR: inDir,
+      CLOISTER_OUTPUT_DIR: outDir,
+      CLOISTER_INPUT_COUNT: String(unsealed.length),
+    };
+    for (const [i, u] of unsealed.entries()) {
+      env[`CLOISTER_INPUT_${i}`] = u.path;
+      env[`CLOISTER_INPUT_${envName(u.name)}`] = u.path;
+    }
+    const startedAt = new Date();
+    o.log(`running ${o.command.join(' ')}`);
+    // The workload's files are private too: umask 077 is inherited by the child.
+    const oldMask = process.umask(0o077);
+    const exit = await new Promise<Exit>((resolve, reject) => {
+      // Its own process group, so a signal reaches every process of the workload (a shell's children
+      // too), and none is left holding plaintext after the agent has wiped.
+      child = spawn(o.command[0]!, o.command.slice(1), { env, stdio: 'inherit', detached: true });
+      child.once('error', (e) =>
+        reject(
+          new AgentError(
+            'spawn-failed',
+            `cannot run ${o.command[0]}: ${(e as NodeJS.ErrnoException).code ?? e.message}`,
+          ),
+        ),
+      );
+      child.once('exit', (code, signal) => resolve({ code, signal }));
+    }).finally(() => process.umask(oldMask));
+    // Processes the workload left running in the background would outlive the wipe: end them.
+    signalGroup(-child!.pid!, 'SIGKILL');
+    child = undefined;
+    const endedAt = new Date();
+    const status = exit.code ?? 128 + (constants.signals[exit.signal!] ?? 0);
+    o.log(exit.signal ? `workload ended by ${exit.signal}` : `workload exited with status ${exit.code}`);
+
+    const outputs: SealedOutput[] = [];
+    const files = await listFiles(outDir, (rel, why) => o.log(`not sealed: outputs/${rel} is ${why}`));
+    if (stopSignal) {
+      o.log(`not sealing outputs: the agent was asked to stop (${stopSignal})`);
+    } else if (status !== 0) {
+      if (files.length > 0) o.log(`not sealing ${files.length} output file(s): the workload failed`);
+    } else if (files.length > 0 && !o.outputDir) {
+      o.log(`discarding ${files.length} output file(s): no --output-dir given`);
+    } else if (o.outputDir) {
+      for (const rel of files) {
+        const s = await sealInto(join(outDir, rel), o.outputDir, rel, recipients);
+        outputs.push(s);
+        o.log(`sealed outputs/${rel} → ${join(o.outputDir, s.file)}`);
+      }
+    }
+
+    const body: ReceiptBody = {
+      type: 'cloister-run-receipt/v1',
+      command: o.command,
+      exitCode: exit.code,
+      signal: exit.signal,
+      startedAt: startedAt.toISOString(),
+      endedAt: endedAt.toISOString(),
+      inputs: unsealed.map((u, i) => ({
+        file: o.inputs[i]!,
+        name: u.name,
+        kbs: u.kbsUri,
+        sealedSha256: u.sealedSha256,
+      })),
+      outputs,
+      tee: { kind: o.tee.kind, insecure: o.tee.attester.insecure, claims: earClaimsOf(token) },
+      ear: token,
+      attestation: signer.attestation,
+    };
+    const receiptPath = o.receiptPath ?? (o.outputDir ? join(o.outputDir, 'run-receipt.json') : undefined);
+    if (receiptPath) {
+      await writeFile(receiptPath, `${JSON.stringify(await signReceipt(body, signer), null, 2)}\n`);
+      o.log(`receipt: ${receiptPath}`);
+    }
+    if (stopSignal) return 128 + (constants.signals[stopSignal] ?? 15);
+    return status;
+  } finally {
+    offSignals();
+    dir?.wipe();
+    await keys.clear();
+  }
+}

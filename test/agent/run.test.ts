@@ -1,0 +1,343 @@
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { verifyReceipt } from '../../src/agent/receipt.js';
+import { createDefaultRegistry } from '../../src/attest/index.js';
+import { openBytes } from '../../src/seal/container.js';
+import { sha256, toHex, utf8 } from '../../src/util/bytes.js';
+import { type FakeKbs, startFakeKbs } from './fake-kbs.js';
+import { cli, ensureBuilt, entries, putKek, shmParent, tempDir, waitFor, writeSealed } from './helpers.js';
+
+let kbs: FakeKbs;
+let work: string;
+let shm: string;
+
+beforeAll(async () => {
+  ensureBuilt();
+  kbs = await startFakeKbs();
+});
+afterAll(async () => {
+  await kbs.close();
+});
+beforeEach(() => {
+  work = tempDir();
+  shm = shmParent();
+  kbs.deny.clear();
+  kbs.failNext = 0;
+  return () => {
+    rmSync(work, { recursive: true, force: true });
+    rmSync(shm, { recursive: true, force: true });
+  };
+});
+
+const base = () => [
+  'run',
+  '--kbs',
+  kbs.url,
+  '--tee',
+  'sample',
+  '--private-dir',
+  shm,
+  '--retry-delay-ms',
+  '10',
+];
+
+const SHELL_WORKLOAD = `#!/bin/sh
+set -e
+tr a-z A-Z < "$CLOISTER_INPUT_0" > "$CLOISTER_OUTPUT_DIR/upper.txt"
+mkdir -p "$CLOISTER_OUTPUT_DIR/sub"
+cat "$CLOISTER_INPUT_NOTES_TXT" "$CLOISTER_INPUT_1" > "$CLOISTER_OUTPUT_DIR/sub/both.txt"
+stat -c %a "$CLOISTER_PRIVATE_DIR" "$CLOISTER_INPUT_0" "$CLOISTER_OUTPUT_DIR/upper.txt" | tr '\\n' ' '
+echo "count=$CLOISTER_INPUT_COUNT"
+`;
+
+const PYTHON_WORKLOAD = `import json, os, sys
+src = open(os.environ["CLOISTER_INPUT_0"]).read()
+with open(os.path.join(os.environ["CLOISTER_OUTPUT_DIR"], "stats.json"), "w") as f:
+    json.dump({"chars": len(src), "words": len(src.split())}, f)
+print("python saw", len(src), "chars")
+sys.exit(int(os.environ.get("EXIT_WITH", "0")))
+`;
+
+describe('cloister run', () => {
+  it('runs a shell workload: inputs unsealed 0600 in tmpfs, outputs sealed, receipt verifies, nothing left', async () => {
+    const inKek = putKek(kbs, 'owner/models/kek1');
+    const outKek = putKek(kbs, 'owner/outputs/kek2');
+    const a = await writeSealed(work, 'doc.sealed', 'hello confidential world\n', inKek);
+    const b = await writeSealed(work, 'n.sealed', 'second input\n', inKek, 'notes.txt');
+    const script = join(work, 'w.sh');
+    writeFileSync(script, SHELL_WORKLOAD);
+    const out = join(work, 'out');
+    const r = await cli([
+      ...base(),
+      '--input',
+      a,
+      '--input',
+      b,
+      '--output-dir',
+      out,
+      '--seal-to',
+      'kbs:///owner/outputs/kek2',
+      '--',
+      'sh',
+      script,
+    ]).done;
+    expect(r.stderr).toContain('cloister run: TEE: sample');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe('700 600 600 count=2\n');
+    expect(entries(shm)).toEqual([]);
+    expect(entries(out).sort()).toEqual(['run-receipt.json', 'sub', 'upper.txt.sealed']);
+    const upper = readFileSync(join(out, 'upper.txt.sealed'));
+    expect(utf8.decode(await openBytes(upper, outKek))).toBe('HELLO CONFIDENTIAL WORLD\n');
+    const both = readFileSync(join(out, 'sub', 'both.txt.sealed'));
+    expect(utf8.decode(await openBytes(both, outKek))).toBe('second input\nsecond input\n');
+    // The input key cannot open outputs: they are sealed to the --seal-to recipient only.
+    await expect(openBytes(upper, inKek)).rejects.toThrow(/does not open/);
+
+    const receipt = JSON.parse(readFileSync(join(out, 'run-receipt.json'), 'utf8'));
+    const v = await verifyReceipt(receipt, {
+      registry: createDefaultRegistry(),
+      at: new Date(),
+      collateral: { get: async () => undefined },
+      earKey: kbs.earKey.publicKey,
+    });
+    expect(v.appraisal.kind).toBe('sample');
+    expect(v.appraisal.insecure).toBe(true);
+    expect(v.ear?.extraClaims['cloister.tee-pubkey']).toBeDefined();
+    expect(v.body.command).toEqual(['sh', script]);
+    expect(v.body.exitCode).toBe(0);
+    expect(v.body.inputs.map((i) => [i.file, i.name, i.kbs, i.sealedSha256])).toEqual([
+      [a, 'doc', 'kbs:///owner/models/kek1', toHex(await sha256(readFileSync(a)))],
+      [b, 'notes.txt', 'kbs:///owner/models/kek1', toHex(await sha256(readFileSync(b)))],
+    ]);
+    expect(v.body.outputs.map((o) => [o.file, o.sealedSha256, o.recipients])).toEqual([
+      ['sub/both.txt.sealed', toHex(await sha256(both)), ['kbs:///owner/outputs/kek2']],
+      ['upper.txt.sealed', toHex(await sha256(upper)), ['kbs:///owner/outputs/kek2']],
+    ]);
+    expect(v.body.tee.kind).toBe('sample');
+  });
+
+  it('a changed receipt is refused', async () => {
+    const k = putKek(kbs, 'owner/models/kek1');
+    const a = await writeSealed(work, 'in.sealed', 'x', k);
+    const out = join(work, 'out');
+    const r = await cli([
+      ...base(),
+      '--input',
+      a,
+      '--output-dir',
+      out,
+      '--seal-to',
+      'kbs:///owner/models/kek1',
+      '--',
+      'true',
+    ]).done;
+    expect(r.code).toBe(0);
+    const receipt = JSON.parse(readFileSync(join(out, 'run-receipt.json'), 'utf8'));
+    const body = JSON.parse(Buffer.from(receipt.payload, 'base64url').toString());
+    body.exitCode = 1;
+    receipt.payload = Buffer.from(JSON.stringify(body)).toString('base64url');
+    await expect(
+      verifyReceipt(receipt, {
+        registry: createDefaultRegistry(),
+        at: new Date(),
+        collateral: { get: async () => undefined },
+      }),
+    ).rejects.toThrow(/signature does not verify/);
+  });
+
+  it('runs a python workload and passes its exit status through; a failed workload has no outputs sealed', async () => {
+    const k = putKek(kbs, 'owner/data/d1');
+    const a = await writeSealed(work, 'text.sealed', 'one two three', k, 'text.txt');
+    const script = join(work, 'w.py');
+    writeFileSync(script, PYTHON_WORKLOAD);
+    const out = join(work, 'out');
+    const args = [
+      ...base(),
+      '--input',
+      a,
+      '--output-dir',
+      out,
+      '--seal-to',
+      'kbs:///owner/data/d1',
+      '--',
+      'python3',
+      script,
+    ];
+    const ok = await cli(args).done;
+    expect(ok.code).toBe(0);
+    expect(ok.stdout).toBe('python saw 13 chars\n');
+    const stats = await openBytes(readFileSync(join(out, 'stats.json.sealed')), k);
+    expect(JSON.parse(utf8.decode(stats))).toEqual({ chars: 13, words: 3 });
+
+    const out2 = join(work, 'out2');
+    args[args.indexOf(out)] = out2;
+    const failed = await cli(args, { env: { EXIT_WITH: '3' } }).done;
+    expect(failed.code).toBe(3);
+    expect(failed.stderr).toContain('not sealing 1 output file(s): the workload failed');
+    expect(entries(out2)).toEqual(['run-receipt.json']);
+    expect(entries(shm)).toEqual([]);
+  });
+
+  it('policy denial: nothing is unsealed, the workload never runs, the message names the refusal', async () => {
+    const k = putKek(kbs, 'owner/models/kek1');
+    kbs.deny.add('owner/models/kek1');
+    const a = await writeSealed(work, 'in.sealed', 'secret', k);
+    const marker = join(work, 'ran');
+    const r = await cli([...base(), '--input', a, '--', 'touch', marker]).done;
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(
+      /cloister: resource owner\/models\/kek1 refused by the key broker \(403 policy-denied\): policy refuses owner\/models\/kek1/,
+    );
+    expect(entries(shm)).toEqual([]);
+    expect(entries(work)).not.toContain('ran');
+  });
+
+  it('a denied output recipient stops the run before anything is unsealed', async () => {
+    const k = putKek(kbs, 'owner/models/kek1');
+    putKek(kbs, 'owner/out/k');
+    kbs.deny.add('owner/out/k');
+    const a = await writeSealed(work, 'in.sealed', 'secret', k);
+    const r = await cli([
+      ...base(),
+      '--input',
+      a,
+      '--output-dir',
+      join(work, 'o'),
+      '--seal-to',
+      'kbs:///owner/out/k',
+      '--',
+      'true',
+    ]).done;
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('resource owner/out/k refused by the key broker (403 policy-denied)');
+    expect(r.stderr).not.toContain('unsealed');
+    expect(entries(shm)).toEqual([]);
+  });
+
+  it('broker unreachable: retries, then a clear error', async () => {
+    const k = putKek(kbs, 'owner/models/kek1');
+    const a = await writeSealed(work, 'in.sealed', 'secret', k);
+    const r = await cli([
+      'run',
+      '--kbs',
+      'http://127.0.0.1:9',
+      '--tee',
+      'sample',
+      '--private-dir',
+      shm,
+      '--retries',
+      '3',
+      '--retry-delay-ms',
+      '10',
+      '--input',
+      a,
+      '--',
+      'true',
+    ]).done;
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/cloister: key broker at http:\/\/127\.0\.0\.1:9 unreachable after 3 attempts/);
+    expect(entries(shm)).toEqual([]);
+  });
+
+  it('a broker answering 503 twice is retried and the run succeeds', async () => {
+    const k = putKek(kbs, 'owner/models/kek1');
+    const a = await writeSealed(work, 'in.sealed', 'secret', k);
+    kbs.failNext = 2;
+    const r = await cli([...base(), '--input', a, '--', 'true']).done;
+    expect(r.code).toBe(0);
+    expect(kbs.failNext).toBe(0);
+  });
+
+  it('a tampered input fails the run with chunk-tampered and leaves no plaintext', async () => {
+    const k = putKek(kbs, 'owner/models/kek1');
+    const a = await writeSealed(work, 'in.sealed', 'x'.repeat(500), k);
+    const bytes = readFileSync(a);
+    bytes[bytes.length - 20]! ^= 1;
+    writeFileSync(a, bytes);
+    const r = await cli([...base(), '--input', a, '--', 'true']).done;
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/failed authentication/);
+    expect(entries(shm)).toEqual([]);
+  });
+
+  it('refuses a private directory on a disk unless --allow-disk', async () => {
+    const k = putKek(kbs, 'owner/models/kek1');
+    const a = await writeSealed(work, 'in.sealed', 'x', k);
+    const disk = tempDir(process.cwd());
+    try {
+      const args = ['run', '--kbs', kbs.url, '--tee', 'sample', '--private-dir', disk, '--input', a];
+      const refused = await cli([...args, '--', 'true']).done;
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toMatch(
+        /is on \S+ \(mounted at .*\), not tmpfs or ramfs: plaintext could reach a disk/,
+      );
+      const allowed = await cli([...args, '--allow-disk', '--', 'true']).done;
+      expect(allowed.code).toBe(0);
+      expect(allowed.stderr).toContain('WARNING:');
+      expect(entries(disk)).toEqual([]);
+    } finally {
+      rmSync(disk, { recursive: true, force: true });
+    }
+  });
+
+  describe('wipes the private directory on every exit path', () => {
+    const sleeper = (marker: string) => ['sh', '-c', `touch ${marker}; sleep 30`];
+    for (const [sig, code] of [
+      ['SIGTERM', 143],
+      ['SIGINT', 130],
+    ] as const) {
+      it(`${sig} to the agent: passed to the workload, exit ${code}`, async () => {
+        const k = putKek(kbs, 'owner/models/kek1');
+        const a = await writeSealed(work, 'in.sealed', 'secret', k);
+        const marker = join(work, 'started');
+        const out = join(work, 'out');
+        const run = cli([
+          ...base(),
+          '--input',
+          a,
+          '--output-dir',
+          out,
+          '--seal-to',
+          'kbs:///owner/models/kek1',
+          '--',
+          ...sleeper(marker),
+        ]);
+        await waitFor(run.stderr, /running sh/, run.child);
+        expect(entries(shm)).toHaveLength(1);
+        run.child.kill(sig);
+        const r = await run.done;
+        expect(r.code).toBe(code);
+        expect(r.stderr).toContain(`${sig}: passing it to the workload`);
+        expect(entries(shm)).toEqual([]);
+        expect(entries(out)).toEqual(['run-receipt.json']);
+      });
+    }
+
+    it('a workload killed by a signal: exit 128+n, wiped', async () => {
+      const k = putKek(kbs, 'owner/models/kek1');
+      const a = await writeSealed(work, 'in.sealed', 'secret', k);
+      const r = await cli([
+        ...base(),
+        '--input',
+        a,
+        '--',
+        'sh',
+        '-c',
+        'echo x > "$CLOISTER_OUTPUT_DIR/o"; kill -KILL $$',
+      ]).done;
+      expect(r.code).toBe(137);
+      expect(r.stderr).toContain('workload ended by SIGKILL');
+      expect(entries(shm)).toEqual([]);
+    });
+
+    it('a workload that cannot be started: a clear error, wiped', async () => {
+      const k = putKek(kbs, 'owner/models/kek1');
+      const a = await writeSealed(work, 'in.sealed', 'secret', k);
+      const r = await cli([...base(), '--input', a, '--', join(work, 'no-such-program')]).done;
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/cannot run .*no-such-program: ENOENT/);
+      expect(entries(shm)).toEqual([]);
+    });
+  });
+});
