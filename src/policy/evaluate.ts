@@ -112,11 +112,9 @@ export function evaluatePolicy(
     if (whole.outcome === 'true') return { allow: true, reasons: [] };
     // The denial path may spend more: explain which clauses failed (policy.conjuncts is ≥ 1 long).
     const reasons: string[] = [];
-    if (policy.conjuncts.length > 1) {
-      for (const c of policy.conjuncts) {
-        const o = run(c, prepared.activation);
-        if (o.outcome !== 'true') reasons.push(conjunctReason(c, o));
-      }
+    for (const c of policy.conjuncts) {
+      const o = policy.conjuncts.length === 1 ? whole : run(c, prepared.activation);
+      if (o.outcome !== 'true') reasons.push(conjunctReason(c, o));
     }
     if (reasons.length === 0) {
       reasons.push(
