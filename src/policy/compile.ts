@@ -6,6 +6,7 @@
  * type confusion (`cpu.status == 1`) is refused when the policy is stored, not at release time.
  */
 import { type ASTNode, Environment, type ParseResult, serialize } from '@marcbachmann/cel-js';
+import { INPUT_LIMITS } from './input-limits.js';
 
 /**
  * Structural bounds on a policy. CEL has no loops, so evaluation cost is the number of AST nodes
@@ -22,6 +23,8 @@ export const POLICY_LIMITS = Object.freeze({
   maxCallArguments: 8,
   /** Comprehensions inside comprehensions: 2 allows `gpus.all(g, g.reasons.all(r, …))`. */
   maxComprehensionNesting: 2,
+  /** Worst-case steps over any input within INPUT_LIMITS (estimateCost): tens of ms at worst. */
+  maxCost: 5_000_000,
 });
 
 const COMPREHENSIONS = new Set(['all', 'exists', 'exists_one', 'map', 'filter']);
@@ -44,7 +47,8 @@ export type PolicyErrorCode =
   | 'policy-syntax'
   | 'policy-type'
   | 'policy-not-bool'
-  | 'policy-forbidden';
+  | 'policy-forbidden'
+  | 'policy-too-costly';
 
 /** A policy that cannot be compiled, with the position (1-based line and column) of the problem. */
 export class PolicyError extends Error {
@@ -82,6 +86,8 @@ export interface CompiledPolicy {
   readonly run: ParseResult;
   /** The top-level conjuncts, for explain(). */
   readonly conjuncts: readonly Conjunct[];
+  /** Worst-case evaluation cost in steps over any input within INPUT_LIMITS (≤ POLICY_LIMITS.maxCost). */
+  readonly cost: number;
 }
 
 /** Submodule as policies see it; fields are documented in docs/policy.md. */
@@ -197,13 +203,16 @@ function children(node: ASTNode): ASTNode[] {
   return out;
 }
 
-/** Refuses forbidden functions and over-nested comprehensions; the library bounds the rest. */
+/**
+ * Refuses forbidden functions and comprehensions nested more than maxComprehensionNesting deep; the
+ * library bounds the node count, depth and literal sizes, and estimateCost bounds the rest.
+ */
 function checkStructure(root: ASTNode, source: string): void {
   const walk = (node: ASTNode, nesting: number): void => {
     let inner = nesting;
+    const receiver = node.op === 'rcall' ? node.args[1] : undefined;
     if (node.op === 'rcall' || node.op === 'call') {
       const name = node.args[0];
-      const receiver = node.op === 'rcall' ? (node.args[1] as ASTNode) : undefined;
       const reason =
         name === 'bind'
           ? receiver?.op === 'id' && receiver.args === 'cel'
@@ -211,7 +220,7 @@ function checkStructure(root: ASTNode, source: string): void {
             : undefined
           : FORBIDDEN[name];
       if (reason !== undefined) throw policyError('policy-forbidden', reason, source, node.start);
-      if (node.op === 'rcall' && COMPREHENSIONS.has(name)) {
+      if (receiver !== undefined && COMPREHENSIONS.has(name)) {
         inner = nesting + 1;
         if (inner > POLICY_LIMITS.maxComprehensionNesting) {
           throw policyError(
@@ -225,10 +234,159 @@ function checkStructure(root: ASTNode, source: string): void {
       }
     }
     // A comprehension's receiver (the list it walks) is outside it; its variable and body are inside.
-    const receiver = node.op === 'rcall' ? node.args[1] : undefined;
     for (const c of children(node)) walk(c, c === receiver ? nesting : inner);
   };
   walk(root, 0);
+}
+
+/*
+ * Worst-case cost, in steps, of evaluating a policy on any input within INPUT_LIMITS (cf. cel-go's
+ * cost estimator). A list or map from the input may hold up to INPUT_LIMITS.maxValues entries (N);
+ * `gpus` and `submods` at most maxSubmods. Every node costs 1; an operation that walks a collection
+ * (`in` a list, `==` or `+` between two values that may be collections) costs N, unless an operand is
+ * known to be a scalar (a literal, a typed field such as `g.status`); a comprehension multiplies the
+ * cost of its body by the size of what it walks. The estimate is an upper bound, not a prediction;
+ * one step is about one element comparison (≈ 7 ns on the development machine).
+ */
+type Shape = 'scalar' | 'submod' | 'submods' | 'small-list' | 'unknown';
+
+const SUBMOD_SCALARS = new Set(['name', 'status', 'kind', 'insecure']);
+const SCALAR_VARIABLES = new Set(['tenant', 'tee', 'dev_mode', 'now']);
+/** Functions and methods whose result is a scalar (their own work is native and linear in a string). */
+const SCALAR_FUNCTIONS = new Set([
+  'size',
+  'int',
+  'uint',
+  'double',
+  'string',
+  'bool',
+  'bytes',
+  'timestamp',
+  'duration',
+  'type',
+  'has',
+  'startsWith',
+  'endsWith',
+  'contains',
+  'indexOf',
+  'lastIndexOf',
+  'lowerAscii',
+  'upperAscii',
+  'trim',
+  'substring',
+  'charAt',
+  'hex',
+  'base64',
+  'all',
+  'exists',
+  'exists_one',
+  'hasValue',
+  'getFullYear',
+  'getMonth',
+  'getDayOfMonth',
+  'getDayOfWeek',
+  'getDayOfYear',
+  'getDate',
+  'getHours',
+  'getMinutes',
+  'getSeconds',
+  'getMilliseconds',
+]);
+const COMPARISONS = new Set(['<', '<=', '>', '>=', '==', '!=', 'in', '&&', '||', '!_']);
+
+export function estimateCost(root: ASTNode): number {
+  // Evaluating a node takes about as long as 4 element comparisons inside `in` or `==` (measured).
+  const NODE = 4;
+  const N = INPUT_LIMITS.maxValues;
+  const small = INPUT_LIMITS.maxSubmods;
+  const shapeOf = (node: ASTNode, scope: Map<string, Shape>): Shape => {
+    switch (node.op) {
+      case 'value':
+        return 'scalar';
+      case 'id':
+        if (scope.has(node.args)) return scope.get(node.args)!;
+        if (node.args === 'cpu') return 'submod';
+        if (node.args === 'submods') return 'submods';
+        if (node.args === 'gpus') return 'small-list';
+        return SCALAR_VARIABLES.has(node.args) ? 'scalar' : 'unknown';
+      case '.':
+      case '.?': {
+        const [obj, field] = node.args;
+        const base = shapeOf(obj, scope);
+        if (base === 'submod') return SUBMOD_SCALARS.has(field) ? 'scalar' : 'unknown';
+        if (obj.op === 'id' && obj.args === 'resource') return 'scalar';
+        // <submod>.trust.<claim> is an int.
+        if (obj.op === '.' && obj.args[1] === 'trust' && shapeOf(obj.args[0], scope) === 'submod')
+          return 'scalar';
+        return 'unknown';
+      }
+      case '[]':
+      case '[?]': {
+        const base = shapeOf(node.args[0], scope);
+        return base === 'submods' || base === 'small-list' ? 'submod' : 'unknown';
+      }
+      case 'call':
+      case 'rcall': {
+        const name = node.args[0];
+        if (SCALAR_FUNCTIONS.has(name)) return 'scalar';
+        if (node.op === 'rcall' && (name === 'filter' || name === 'map')) {
+          const base = shapeOf(node.args[1], scope);
+          if (name === 'filter' && base === 'small-list') return 'small-list';
+          return base === 'small-list' || base === 'submods' ? 'small-list' : 'unknown';
+        }
+        return 'unknown';
+      }
+      case '?:': {
+        const a = shapeOf(node.args[1], scope);
+        return a === shapeOf(node.args[2], scope) ? a : 'unknown';
+      }
+      default:
+        return COMPARISONS.has(node.op) || ['-_', '-', '*', '/', '%'].includes(node.op)
+          ? 'scalar'
+          : 'unknown';
+    }
+  };
+  const sizeOf = (node: ASTNode, scope: Map<string, Shape>): number => {
+    if (node.op === 'list') return node.args.length;
+    if (node.op === 'map') return node.args.length;
+    const shape = shapeOf(node, scope);
+    return shape === 'submods' || shape === 'small-list' ? small : N;
+  };
+  const cost = (node: ASTNode, scope: Map<string, Shape>): number => {
+    if (node.op === 'rcall' && COMPREHENSIONS.has(node.args[0])) {
+      const [, receiver, args] = node.args;
+      const variable = args[0];
+      const base = shapeOf(receiver, scope);
+      const inner = new Map(scope);
+      if (variable?.op === 'id') {
+        // Over a map, the variable is a key (a string); over gpus, a submodule.
+        const literal = receiver.op === 'list' && receiver.args.every((e) => e.op === 'value');
+        inner.set(
+          variable.args,
+          base === 'submods' || literal ? 'scalar' : base === 'small-list' ? 'submod' : 'unknown',
+        );
+      }
+      const body = args.slice(1).reduce((sum, a) => sum + cost(a, inner), 0);
+      return NODE + cost(receiver, scope) + sizeOf(receiver, scope) * body;
+    }
+    let own = NODE;
+    const op = node.op;
+    if (op === 'in') {
+      const [, right] = node.args;
+      const shape = shapeOf(right, scope);
+      // Membership in a map is a hash lookup; in a list, a walk.
+      own += right.op === 'list' ? right.args.length : shape === 'submods' || right.op === 'map' ? 0 : N;
+    } else if (op === '==' || op === '!=' || op === '+') {
+      const [a, b] = node.args;
+      const scalar = shapeOf(a, scope) === 'scalar' || shapeOf(b, scope) === 'scalar';
+      // Concatenating lists allocates and copies both: measured about 4 comparisons per element.
+      if (!scalar) own += op === '+' ? 4 * N : N;
+    } else if ((op === 'call' || op === 'rcall') && node.args[0] === 'join') {
+      own += N;
+    }
+    return children(node).reduce((sum, c) => sum + cost(c, scope), own);
+  };
+  return cost(root, new Map());
 }
 
 function conjunctsOf(root: ASTNode): ASTNode[] {
@@ -259,7 +417,7 @@ function parseChecked(env: Environment, text: string, source: string, base: numb
 
 /**
  * Parses and type-checks a policy. Throws a PolicyError (with line and column) when the source is
- * empty, too large, not valid CEL, not well-typed over the policy input, not boolean, or uses a
+ * empty, too large or too costly, not valid CEL, not well-typed over the policy input, not boolean, or uses a
  * forbidden function. Compile once and reuse the result: compiling costs far more than evaluating.
  */
 export function compilePolicy(source: string): CompiledPolicy {
@@ -276,6 +434,18 @@ export function compilePolicy(source: string): CompiledPolicy {
   }
   const env = policyEnvironment();
   const run = parseChecked(env, source, source, 0);
+  const cost = estimateCost(run.ast);
+  if (cost > POLICY_LIMITS.maxCost) {
+    throw policyError(
+      'policy-too-costly',
+      `on the largest input allowed this policy may take ${cost.toExponential(1)} steps; at most ` +
+        `${POLICY_LIMITS.maxCost.toExponential(1)} are allowed. Write \`x in list\` rather than ` +
+        '`list.exists(y, y == x)`, compare with literals or typed fields (g.status) inside comprehensions, ' +
+        'and do not walk a claim list inside a walk over another',
+      source,
+      0,
+    );
+  }
   const parts = conjunctsOf(run.ast);
   const conjuncts = parts.map((node): Conjunct => {
     const text = clauseText(env, source, node);
@@ -289,7 +459,7 @@ export function compilePolicy(source: string): CompiledPolicy {
       run: parts.length === 1 ? run : parseClause(env, text, source, node.start),
     };
   });
-  return Object.freeze({ source, run, conjuncts: Object.freeze(conjuncts) });
+  return Object.freeze({ source, run, conjuncts: Object.freeze(conjuncts), cost });
 }
 
 /**

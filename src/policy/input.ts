@@ -7,6 +7,9 @@
 import type { TrustVector } from '../attest/common/types.js';
 import type { EarResult, EarSubmod } from '../attest/ear/index.js';
 import { CelResource, CelSubmod } from './compile.js';
+import { INPUT_LIMITS } from './input-limits.js';
+
+export { INPUT_LIMITS };
 
 /** AR4SI trust-vector claims, as `submod.trust.<name>` (0 when the verifier made no claim). */
 export const TRUST_CLAIMS: readonly (keyof TrustVector)[] = [
@@ -19,15 +22,6 @@ export const TRUST_CLAIMS: readonly (keyof TrustVector)[] = [
   'storage_opaque',
   'sourced_data',
 ];
-
-/** Bounds on the input, so that comprehension cost (compile.ts) stays bounded whatever the evidence. */
-export const INPUT_LIMITS = Object.freeze({
-  maxSubmods: 16,
-  /** JSON values in all claims and init data together. */
-  maxValues: 8192,
-  maxDepth: 16,
-  maxStringLength: 65_536,
-});
 
 export interface PolicySubmod {
   status: string;
@@ -124,7 +118,7 @@ function describe(v: unknown): string {
  * numbers (doubles), bytes, timestamps. `undefined` members are dropped as JSON would.
  */
 function jsonValue(v: unknown, where: string, budget: { left: number }, depth: number): unknown {
-  if (--budget.left < 0) bad(`claims and init data hold more than ${INPUT_LIMITS.maxValues} values`);
+  if (--budget.left < 0) bad(`claims, reasons and init data hold more than ${INPUT_LIMITS.maxValues} values`);
   if (depth > INPUT_LIMITS.maxDepth) bad(`${where} is nested deeper than ${INPUT_LIMITS.maxDepth}`);
   if (v === null || typeof v === 'boolean') return v;
   if (typeof v === 'string') return str(v, where);
@@ -178,6 +172,9 @@ function toSubmod(name: string, v: unknown, budget: { left: number }): CelSubmod
   const reasonsIn = v.reasons ?? [];
   if (!Array.isArray(reasonsIn)) bad(`${where}.reasons must be a list`);
   const reasons = reasonsIn.map((r, i) => {
+    // Reasons count against the same budget as claims: policies can walk them too.
+    budget.left -= 4;
+    if (budget.left < 0) bad(`claims, reasons and init data hold more than ${INPUT_LIMITS.maxValues} values`);
     if (!isRecord(r)) bad(`${where}.reasons[${i}] must be a map`);
     return {
       check: str(r.check, `${where}.reasons[${i}].check`),

@@ -99,11 +99,40 @@ describe('compilePolicy', () => {
     expect(refusal(`${'('.repeat(40)}dev_mode${')'.repeat(40)}`).code).toBe('policy-too-large');
     const nested = refusal('gpus.all(a, gpus.all(b, gpus.all(c, a.name == c.name)))');
     expect(nested.code).toBe('policy-too-large');
-    expect(nested.detail).toMatch(/nested at most 2/);
+    expect(nested.detail).toMatch(/at most 2 deep/);
     // Two levels, and comprehensions side by side, are fine.
     compilePolicy('gpus.all(a, gpus.exists(b, a.name != b.name)) && gpus.all(g, g.insecure == false)');
+    compilePolicy('submods.all(n, submods[n].reasons.all(r, r.check != "debug"))');
+    compilePolicy(
+      'gpus.filter(g, g.kind == "nvidia").all(g, g.reasons.size() == 0 || g.reasons.all(r, r.status == "none"))',
+    );
     // A comprehension over the result of another is not nesting.
     compilePolicy('gpus.map(g, g.reasons.map(r, r.check)).all(l, l.all(c, c != "debug"))');
+  });
+
+  it('estimates the worst-case cost and refuses policies that could run long on hostile claims', () => {
+    expect(compilePolicy(DEFAULT_RESOURCE_POLICY).cost).toBeLessThan(10_000);
+    const costly = (src: string) => {
+      const e = refusal(src);
+      expect(e.code, src).toBe('policy-too-costly');
+      return e;
+    };
+    // A walk over a claim list inside another: thousands × thousands × thousands of steps.
+    expect(costly('cpu.claims.l.all(x, cpu.claims.l.exists(y, y == x))').detail).toMatch(/x in list/);
+    // A walk over a claim list with a list-sized membership test in its body …
+    costly('tee == "tdx" && cpu.claims.l.all(x, x in cpu.claims.l)');
+    costly('gpus.all(g, cpu.claims.l.all(x, x in cpu.claims.l))');
+    // … or a list concatenation in its body.
+    costly('cpu.claims.l.map(x, cpu.claims.l + cpu.claims.l).size() > 0');
+    // The same checks written with cheap operations are fine.
+    expect(compilePolicy('cpu.claims.mr_td in cpu.claims.rtmrs').cost).toBeLessThan(10_000);
+    expect(compilePolicy('gpus.all(g, g.claims.measurements.all(m, m in ["aa", "bb"]))').cost).toBeLessThan(
+      POLICY_LIMITS.maxCost,
+    );
+    expect(compilePolicy('cpu.claims.l.exists(x, x == "aa")').cost).toBeLessThan(100_000);
+    expect(compilePolicy('submods.all(n, submods[n].reasons.all(r, r.check != "debug"))').cost).toBeLessThan(
+      POLICY_LIMITS.maxCost,
+    );
   });
 
   it('offers optional access for claims that may be absent', () => {

@@ -200,7 +200,9 @@ describe('evaluation errors deny and never throw', () => {
     let d = deep;
     for (let i = 0; i < 40; i++) d = d.x = {} as Record<string, unknown>;
     bad({ submods: { cpu0: submod({ claims: deep }) } }, /nested deeper/);
-    bad({ submods: { cpu0: submod({ claims: { l: Array(9000).fill(1) } }) } }, /more than 8192 values/);
+    bad({ submods: { cpu0: submod({ claims: { l: Array(4100).fill(1) } }) } }, /more than 4096 values/);
+    const reasons = Array(1100).fill({ check: 'c', status: 'warning', message: 'm' });
+    bad({ submods: { cpu0: submod({ reasons }) } }, /more than 4096 values/);
     for (const junk of [null, undefined, 42, 'x', [], new Date()]) {
       denied(evaluatePolicy(defaultPolicy, junk as unknown as PolicyInput), /invalid policy input/);
     }
