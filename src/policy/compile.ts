@@ -6,12 +6,12 @@
  * type confusion (`cpu.status == 1`) is refused when the policy is stored, not at release time.
  */
 import { type ASTNode, Environment, type ParseResult, serialize } from '@marcbachmann/cel-js';
-import { INPUT_LIMITS } from './input-limits.js';
+import { COMPREHENSIONS, children } from './ast.js';
+import { estimateCost } from './cost.js';
 
 /**
- * Structural bounds on a policy. CEL has no loops, so evaluation cost is the number of AST nodes
- * times the sizes of the lists that comprehensions (`all`, `exists`, `map`, …) walk; bounding the
- * nodes, the nesting of comprehensions and (in input.ts) the size of the input bounds the cost.
+ * Bounds on a policy. With the bounds on the input (input-limits.ts) they bound evaluation cost; the
+ * worst case is estimated at compile time (cost.ts) and refused over maxCost.
  */
 export const POLICY_LIMITS = Object.freeze({
   /** Characters of source. */
@@ -23,11 +23,9 @@ export const POLICY_LIMITS = Object.freeze({
   maxCallArguments: 8,
   /** Comprehensions inside comprehensions: 2 allows `gpus.all(g, g.reasons.all(r, …))`. */
   maxComprehensionNesting: 2,
-  /** Worst-case steps over any input within INPUT_LIMITS (estimateCost): tens of ms at worst. */
+  /** Worst-case steps over any input within INPUT_LIMITS (cost.ts): tens of ms at worst. */
   maxCost: 5_000_000,
 });
-
-const COMPREHENSIONS = new Set(['all', 'exists', 'exists_one', 'map', 'filter']);
 
 /**
  * Functions a policy may not call, and why. `matches` runs a JavaScript regular expression, which can
@@ -193,16 +191,6 @@ function fromLibError(e: unknown, source: string, base: number): PolicyError {
   return policyError(code, summary, source, base + (err.range?.start ?? 0));
 }
 
-function children(node: ASTNode): ASTNode[] {
-  const out: ASTNode[] = [];
-  const visit = (v: unknown): void => {
-    if (Array.isArray(v)) for (const x of v) visit(x);
-    else if (typeof v === 'object' && v !== null && 'op' in v && 'args' in v) out.push(v as ASTNode);
-  };
-  if (node.op !== 'value') visit(node.args);
-  return out;
-}
-
 /**
  * Refuses forbidden functions and comprehensions nested more than maxComprehensionNesting deep; the
  * library bounds the node count, depth and literal sizes, and estimateCost bounds the rest.
@@ -237,156 +225,6 @@ function checkStructure(root: ASTNode, source: string): void {
     for (const c of children(node)) walk(c, c === receiver ? nesting : inner);
   };
   walk(root, 0);
-}
-
-/*
- * Worst-case cost, in steps, of evaluating a policy on any input within INPUT_LIMITS (cf. cel-go's
- * cost estimator). A list or map from the input may hold up to INPUT_LIMITS.maxValues entries (N);
- * `gpus` and `submods` at most maxSubmods. Every node costs 1; an operation that walks a collection
- * (`in` a list, `==` or `+` between two values that may be collections) costs N, unless an operand is
- * known to be a scalar (a literal, a typed field such as `g.status`); a comprehension multiplies the
- * cost of its body by the size of what it walks. The estimate is an upper bound, not a prediction;
- * one step is about one element comparison (≈ 7 ns on the development machine).
- */
-type Shape = 'scalar' | 'submod' | 'submods' | 'small-list' | 'unknown';
-
-const SUBMOD_SCALARS = new Set(['name', 'status', 'kind', 'insecure']);
-const SCALAR_VARIABLES = new Set(['tenant', 'tee', 'dev_mode', 'now']);
-/** Functions and methods whose result is a scalar (their own work is native and linear in a string). */
-const SCALAR_FUNCTIONS = new Set([
-  'size',
-  'int',
-  'uint',
-  'double',
-  'string',
-  'bool',
-  'bytes',
-  'timestamp',
-  'duration',
-  'type',
-  'has',
-  'startsWith',
-  'endsWith',
-  'contains',
-  'indexOf',
-  'lastIndexOf',
-  'lowerAscii',
-  'upperAscii',
-  'trim',
-  'substring',
-  'charAt',
-  'hex',
-  'base64',
-  'all',
-  'exists',
-  'exists_one',
-  'hasValue',
-  'getFullYear',
-  'getMonth',
-  'getDayOfMonth',
-  'getDayOfWeek',
-  'getDayOfYear',
-  'getDate',
-  'getHours',
-  'getMinutes',
-  'getSeconds',
-  'getMilliseconds',
-]);
-const COMPARISONS = new Set(['<', '<=', '>', '>=', '==', '!=', 'in', '&&', '||', '!_']);
-
-export function estimateCost(root: ASTNode): number {
-  // Evaluating a node takes about as long as 4 element comparisons inside `in` or `==` (measured).
-  const NODE = 4;
-  const N = INPUT_LIMITS.maxValues;
-  const small = INPUT_LIMITS.maxSubmods;
-  const shapeOf = (node: ASTNode, scope: Map<string, Shape>): Shape => {
-    switch (node.op) {
-      case 'value':
-        return 'scalar';
-      case 'id':
-        if (scope.has(node.args)) return scope.get(node.args)!;
-        if (node.args === 'cpu') return 'submod';
-        if (node.args === 'submods') return 'submods';
-        if (node.args === 'gpus') return 'small-list';
-        return SCALAR_VARIABLES.has(node.args) ? 'scalar' : 'unknown';
-      case '.':
-      case '.?': {
-        const [obj, field] = node.args;
-        const base = shapeOf(obj, scope);
-        if (base === 'submod') return SUBMOD_SCALARS.has(field) ? 'scalar' : 'unknown';
-        if (obj.op === 'id' && obj.args === 'resource') return 'scalar';
-        // <submod>.trust.<claim> is an int.
-        if (obj.op === '.' && obj.args[1] === 'trust' && shapeOf(obj.args[0], scope) === 'submod')
-          return 'scalar';
-        return 'unknown';
-      }
-      case '[]':
-      case '[?]': {
-        const base = shapeOf(node.args[0], scope);
-        return base === 'submods' || base === 'small-list' ? 'submod' : 'unknown';
-      }
-      case 'call':
-      case 'rcall': {
-        const name = node.args[0];
-        if (SCALAR_FUNCTIONS.has(name)) return 'scalar';
-        if (node.op === 'rcall' && (name === 'filter' || name === 'map')) {
-          const base = shapeOf(node.args[1], scope);
-          if (name === 'filter' && base === 'small-list') return 'small-list';
-          return base === 'small-list' || base === 'submods' ? 'small-list' : 'unknown';
-        }
-        return 'unknown';
-      }
-      case '?:': {
-        const a = shapeOf(node.args[1], scope);
-        return a === shapeOf(node.args[2], scope) ? a : 'unknown';
-      }
-      default:
-        return COMPARISONS.has(node.op) || ['-_', '-', '*', '/', '%'].includes(node.op)
-          ? 'scalar'
-          : 'unknown';
-    }
-  };
-  const sizeOf = (node: ASTNode, scope: Map<string, Shape>): number => {
-    if (node.op === 'list') return node.args.length;
-    if (node.op === 'map') return node.args.length;
-    const shape = shapeOf(node, scope);
-    return shape === 'submods' || shape === 'small-list' ? small : N;
-  };
-  const cost = (node: ASTNode, scope: Map<string, Shape>): number => {
-    if (node.op === 'rcall' && COMPREHENSIONS.has(node.args[0])) {
-      const [, receiver, args] = node.args;
-      const variable = args[0];
-      const base = shapeOf(receiver, scope);
-      const inner = new Map(scope);
-      if (variable?.op === 'id') {
-        // Over a map, the variable is a key (a string); over gpus, a submodule.
-        const literal = receiver.op === 'list' && receiver.args.every((e) => e.op === 'value');
-        inner.set(
-          variable.args,
-          base === 'submods' || literal ? 'scalar' : base === 'small-list' ? 'submod' : 'unknown',
-        );
-      }
-      const body = args.slice(1).reduce((sum, a) => sum + cost(a, inner), 0);
-      return NODE + cost(receiver, scope) + sizeOf(receiver, scope) * body;
-    }
-    let own = NODE;
-    const op = node.op;
-    if (op === 'in') {
-      const [, right] = node.args;
-      const shape = shapeOf(right, scope);
-      // Membership in a map is a hash lookup; in a list, a walk.
-      own += right.op === 'list' ? right.args.length : shape === 'submods' || right.op === 'map' ? 0 : N;
-    } else if (op === '==' || op === '!=' || op === '+') {
-      const [a, b] = node.args;
-      const scalar = shapeOf(a, scope) === 'scalar' || shapeOf(b, scope) === 'scalar';
-      // Concatenating lists allocates and copies both: measured about 4 comparisons per element.
-      if (!scalar) own += op === '+' ? 4 * N : N;
-    } else if ((op === 'call' || op === 'rcall') && node.args[0] === 'join') {
-      own += N;
-    }
-    return children(node).reduce((sum, c) => sum + cost(c, scope), own);
-  };
-  return cost(root, new Map());
 }
 
 function conjunctsOf(root: ASTNode): ASTNode[] {
