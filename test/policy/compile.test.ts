@@ -155,6 +155,16 @@ describe('PolicyCache', () => {
   });
 });
 
+describe('docs/policy.md', () => {
+  it('every CEL example compiles, and the default policy shown is the one shipped', () => {
+    const doc = readFileSync('docs/policy.md', 'utf8');
+    const blocks = [...doc.matchAll(/```cel\n([\s\S]*?)```/g)].map((m) => m[1]!.trim());
+    expect(blocks.length).toBeGreaterThanOrEqual(6);
+    for (const b of blocks) expect(() => compilePolicy(b), b).not.toThrow();
+    expect(blocks).toContain(DEFAULT_RESOURCE_POLICY);
+  });
+});
+
 describe('src/policy is browser-safe', () => {
   it('imports no node: modules', () => {
     const files = readdirSync('src/policy').filter((f) => f.endsWith('.ts') && f !== 'node.ts');
