@@ -68,8 +68,7 @@ function submodFromEar(s: EarSubmod): PolicySubmod {
     trust: { ...s.trustVector },
     claims: s.claims,
     kind: s.kind ?? '',
-    // The sample TEE is insecure whatever the token says: its kind alone is enough to know.
-    insecure: s.insecure || s.kind === 'sample',
+    insecure: s.insecure,
     reasons: s.reasons.map(({ check, status, message }) => ({ check, status, message })),
   };
 }
@@ -183,13 +182,15 @@ function toSubmod(name: string, v: unknown, budget: { left: number }): CelSubmod
     };
   });
   if (typeof v.insecure !== 'boolean') bad(`${where}.insecure must be a boolean`);
+  const kind = str(v.kind, `${where}.kind`);
   return new CelSubmod(
     name,
     str(v.status, `${where}.status`),
     trust,
     jsonMap(v.claims, `${where}.claims`, budget),
-    str(v.kind, `${where}.kind`),
-    v.insecure,
+    kind,
+    // The sample TEE is insecure whatever the input says: its kind alone is enough to know.
+    v.insecure || kind === 'sample',
     reasons,
   );
 }

@@ -99,9 +99,15 @@ describe('default resource policy', () => {
     );
   });
 
-  it('denies a sample TEE whose token forgot cloister.insecure: its kind is enough', () => {
-    // Input built by hand: policyInputFromEar would set insecure; here only status keeps it out.
-    denied(evaluatePolicy(defaultPolicy, input({ submods: { cpu0: { ...sampleCpu(), insecure: false } } })));
+  it('treats a sample TEE as insecure even when the input says it is not and calls it affirming', () => {
+    const forged = { ...sampleCpu(), insecure: false, status: 'affirming' };
+    denied(
+      evaluatePolicy(defaultPolicy, input({ submods: { cpu0: forged } })),
+      /failed \(line 5:5\): dev_mode \|\| !submods\.exists/,
+    );
+    allowed(
+      evaluatePolicy(compilePolicy('cpu.insecure && tee == "sample"'), input({ submods: { cpu0: forged } })),
+    );
   });
 
   it('allows the sample TEE in dev mode, but not when it is contraindicated (debug, bad measurement)', () => {
@@ -269,10 +275,11 @@ describe('evaluation errors deny and never throw', () => {
             expect(d.reasons.length === 0).toBe(d.allow);
           }
           const d = evaluatePolicy(defaultPolicy, i);
+          const isInsecure = (s: { insecure: boolean; kind: string }) => s.insecure || s.kind === 'sample';
           const every = Object.values(submods).every(
-            (s) => s.status === 'affirming' || (devMode && s.insecure && s.status === 'warning'),
+            (s) => s.status === 'affirming' || (devMode && isInsecure(s) && s.status === 'warning'),
           );
-          const insecure = Object.values(submods).some((s) => s.insecure);
+          const insecure = Object.values(submods).some(isInsecure);
           expect(d.allow).toBe('cpu0' in submods && every && (devMode || !insecure));
         },
       ),
