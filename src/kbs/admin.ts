@@ -91,7 +91,12 @@ export class AdminApi {
     if (p.role === 'admin') {
       if (owner) return owner;
       const tenant = p.tenant ?? DEFAULT_TENANT;
-      if (write) await this.o.store.createRepository(repository, tenant, this.log(p, 'repository', repository, tenant, { tenant }));
+      if (write)
+        await this.o.store.createRepository(
+          repository,
+          tenant,
+          this.log(p, 'repository', repository, tenant, { tenant }),
+        );
       return tenant;
     }
     if (owner && owner !== p.tenant) throw forbidden(`repository ${repository} belongs to another tenant`);

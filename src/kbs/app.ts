@@ -116,10 +116,17 @@ function collateral(c: KbsConfig): CollateralSource {
   return sources.length ? chainSources(...sources) : offlineSource;
 }
 
-export async function startBroker(
-  c: KbsConfig,
-  sink: (line: string) => void = (l) => process.stderr.write(`${l}\n`),
-): Promise<RunningBroker> {
+export interface StartOptions {
+  /** Log sink (default stderr). */
+  log?: (line: string) => void;
+  /** Collateral source used instead of the configured one (embedding, tests). */
+  collateral?: CollateralSource;
+  /** Trust anchors added to the configured ones, per TEE kind (test authorities in tests). */
+  trustAnchors?: Partial<Record<TeeKind, Uint8Array[]>>;
+}
+
+export async function startBroker(c: KbsConfig, opts: StartOptions = {}): Promise<RunningBroker> {
+  const sink = opts.log ?? ((l: string) => process.stderr.write(`${l}\n`));
   const prefix = c.devMode ? '[DEV MODE: insecure sample TEE accepted] ' : '';
   const log = (line: string) => sink(`${prefix}cloister-kbs: ${line}`);
   if (c.devMode)
@@ -136,12 +143,16 @@ export async function startBroker(
     );
     log(`${kind}: vendor roots REPLACED by ${files.join(', ')} (test authorities only)`);
   }
+  for (const [kind, anchors] of Object.entries(opts.trustAnchors ?? {}) as [TeeKind, Uint8Array[]][]) {
+    trustAnchors[kind as TeeKind] = [...(trustAnchors[kind as TeeKind] ?? []), ...anchors];
+    log(`${kind}: vendor roots REPLACED by ${anchors.length} embedded anchor(s) (test authorities only)`);
+  }
   const metrics = new Metrics();
   const broker = new Broker({
     store,
     secrets,
     registry: createDefaultRegistry(),
-    collateral: collateral(c),
+    collateral: opts.collateral ?? collateral(c),
     earKey,
     devMode: c.devMode,
     sessionTtlSeconds: c.sessionTtlSeconds,
