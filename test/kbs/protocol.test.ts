@@ -157,7 +157,10 @@ describe('KBS protocol with the sample TEE (dev mode)', () => {
 
   it('refuses a debug sample TEE even in dev mode', async () => {
     const client = new KbsClient({ url: b.url, attester: await sampleAttester({ debug: true }) });
-    await expect(client.getResource('owner/models/kek1')).rejects.toMatchObject({ status: 403, type: 'denied' });
+    await expect(client.getResource('owner/models/kek1')).rejects.toMatchObject({
+      status: 403,
+      type: 'denied',
+    });
   });
 
   it('refuses bad input with 4xx problem documents, never 500', async () => {
@@ -307,7 +310,10 @@ describe('KBS protocol with test-authority SEV-SNP and GPU evidence', () => {
 
   it('denies a contraindicated GPU', async () => {
     const client = new KbsClient({ url: b.url, attester: snpAttester(1, { gpuMeasurementTamper: true }) });
-    await expect(client.getResource('owner/models/kek1')).rejects.toMatchObject({ status: 403, type: 'denied' });
+    await expect(client.getResource('owner/models/kek1')).rejects.toMatchObject({
+      status: 403,
+      type: 'denied',
+    });
     const log = await (await b.call('GET', '/admin/v1/log/entries', await b.admin())).json();
     expect(JSON.stringify(log.entries.at(-1).details)).toMatch(/gpu0.*contraindicated/);
   });
