@@ -1,0 +1,91 @@
+/**
+ * Minimal DER reader for the Intel SGX PCK certificate extension (OID 1.2.840.113741.1.13.1).
+ * Only what that extension uses: definite lengths, SEQUENCE, OID, INTEGER, ENUMERATED, OCTET STRING,
+ * BOOLEAN. Every length is checked against its enclosing element.
+ */
+
+export interface DerElement {
+  tag: number;
+  /** Content octets (a view into the input). */
+  value: Uint8Array;
+}
+
+export class DerError extends Error {
+  override name = 'DerError';
+}
+
+/** Splits `bytes` into consecutive TLV elements; the elements must cover the input exactly. */
+export function derChildren(bytes: Uint8Array): DerElement[] {
+  const out: DerElement[] = [];
+  let pos = 0;
+  while (pos < bytes.length) {
+    const tag = bytes[pos++]!;
+    if ((tag & 0x1f) === 0x1f) throw new DerError('multi-byte DER tags are not used here');
+    if (pos >= bytes.length) throw new DerError('DER element truncated before its length');
+    let len = bytes[pos++]!;
+    if (len & 0x80) {
+      const n = len & 0x7f;
+      if (n === 0 || n > 4) throw new DerError('unsupported DER length form');
+      if (pos + n > bytes.length) throw new DerError('DER length truncated');
+      len = 0;
+      for (let i = 0; i < n; i++) len = len * 256 + bytes[pos++]!;
+    }
+    if (pos + len > bytes.length) throw new DerError(`DER element of ${len} bytes overruns its container`);
+    out.push({ tag, value: bytes.subarray(pos, pos + len) });
+    pos += len;
+  }
+  return out;
+}
+
+/** The single element that makes up `bytes`. */
+export function derSingle(bytes: Uint8Array): DerElement {
+  const els = derChildren(bytes);
+  if (els.length !== 1) throw new DerError(`expected one DER element, found ${els.length}`);
+  return els[0]!;
+}
+
+export const TAG = {
+  BOOLEAN: 0x01,
+  INTEGER: 0x02,
+  OCTET_STRING: 0x04,
+  OID: 0x06,
+  ENUMERATED: 0x0a,
+  SEQUENCE: 0x30,
+} as const;
+
+export function expectTag(el: DerElement, tag: number, what: string): Uint8Array {
+  if (el.tag !== tag) {
+    throw new DerError(`${what}: expected DER tag 0x${tag.toString(16)}, found 0x${el.tag.toString(16)}`);
+  }
+  return el.value;
+}
+
+/** Dotted text of an OBJECT IDENTIFIER's content octets. */
+export function oidText(value: Uint8Array): string {
+  if (value.length === 0) throw new DerError('empty OID');
+  const parts: number[] = [];
+  let acc = 0;
+  for (let i = 0; i < value.length; i++) {
+    const b = value[i]!;
+    acc = acc * 128 + (b & 0x7f);
+    if (acc > Number.MAX_SAFE_INTEGER / 128) throw new DerError('OID arc too large');
+    if (!(b & 0x80)) {
+      parts.push(acc);
+      acc = 0;
+    } else if (i === value.length - 1) {
+      throw new DerError('OID ends inside an arc');
+    }
+  }
+  const first = parts.shift()!;
+  const head = first < 80 ? [Math.floor(first / 40), first % 40] : [2, first - 80];
+  return [...head, ...parts].join('.');
+}
+
+/** A small non-negative INTEGER/ENUMERATED (SVNs, types); larger or negative values are refused. */
+export function derUint(value: Uint8Array, what: string): number {
+  if (value.length === 0 || value.length > 4) throw new DerError(`${what}: INTEGER of ${value.length} bytes`);
+  if (value[0]! & 0x80) throw new DerError(`${what}: negative INTEGER`);
+  let v = 0;
+  for (const b of value) v = v * 256 + b;
+  return v;
+}
