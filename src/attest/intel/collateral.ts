@@ -295,7 +295,7 @@ export async function fetchCollateral(
   fmspc: string,
   ca: PckCa,
 ): Promise<RawCollateral> {
-  const [tcbInfo, qeIdentity, pckCrl, rootCaCrl] = await Promise.all([
+  const settled = await Promise.allSettled([
     signedJson(
       source,
       tcbInfoRequest(tee, fmspc),
@@ -314,7 +314,12 @@ export async function fetchCollateral(
     ),
     crl(source, pckCrlRequest(ca), 'pck_crl', `PCK ${ca} CA CRL`),
     crl(source, rootCaCrlRequest(), 'root_ca_crl', 'Intel SGX Root CA CRL'),
-  ]);
+  ] as const);
+  // Fetched together, reported in a fixed order so one missing item always gives the same error.
+  for (const r of settled) if (r.status === 'rejected') throw r.reason;
+  const [tcbInfo, qeIdentity, pckCrl, rootCaCrl] = settled.map(
+    (r) => (r as PromiseFulfilledResult<unknown>).value,
+  ) as [SignedJson, SignedJson, Uint8Array, Uint8Array];
   return { tcbInfo, qeIdentity, pckCrl, rootCaCrl };
 }
 

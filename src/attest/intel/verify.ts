@@ -344,6 +344,8 @@ export async function verifyQuote(q: ParsedQuote, options: VerifyQuoteOptions): 
   if (!/SGX PCK Certificate/.test(/CN=([^,]+)/.exec(leaf.subject)?.[1] ?? '')) {
     fail('invalid-pck-cert', `PCK certificate subject "${leaf.subject}" is not an SGX PCK Certificate`);
   }
+  // Before any collateral is fetched: a chain to another root is refused as such.
+  rejectForeignRoots(q.pckChain, anchors, 'PCK chain');
   const fmspc = toHex(q.pck.fmspc);
   const raw = await fetchCollateral(options.collateral, q.tee, fmspc, pckCaOf(leaf));
 
@@ -361,26 +363,30 @@ export async function verifyQuote(q: ParsedQuote, options: VerifyQuoteOptions): 
     );
   }
 
-  const [tcbInfo, qeIdentity, pckPath] = await Promise.all([
-    verifySignedJson(raw.tcbInfo, parseTcbInfo, 'TCB info', anchors, rootCrl, rootCrlDigest, at),
-    verifySignedJson(raw.qeIdentity, parseQeIdentity, 'QE identity', anchors, rootCrl, rootCrlDigest, at),
-    memoTimed(
-      chainCache,
-      [anchors.key, rootCrlDigest, pckCrlDigest, utf8Key(q.pckChainBytes)].join('|'),
-      at,
-      async () => {
-        const path = await validatePath(
-          leaf,
-          q.pckChain.slice(1),
-          anchors,
-          [pckCrl, rootCrl],
-          at,
-          'PCK chain',
-        );
-        return { value: path, ...windowOf(path, [pckCrl, rootCrl]) };
-      },
-    ),
-  ]);
+  // One after the other, so that with several stale items the error names the same one every time.
+  const tcbInfo = await verifySignedJson(
+    raw.tcbInfo,
+    parseTcbInfo,
+    'TCB info',
+    anchors,
+    rootCrl,
+    rootCrlDigest,
+    at,
+  );
+  const qeIdentity = await verifySignedJson(
+    raw.qeIdentity,
+    parseQeIdentity,
+    'QE identity',
+    anchors,
+    rootCrl,
+    rootCrlDigest,
+    at,
+  );
+  const chainKey = [anchors.key, rootCrlDigest, pckCrlDigest, utf8Key(q.pckChainBytes)].join('|');
+  const pckPath = await memoTimed(chainCache, chainKey, at, async () => {
+    const path = await validatePath(leaf, q.pckChain.slice(1), anchors, [pckCrl, rootCrl], at, 'PCK chain');
+    return { value: path, ...windowOf(path, [pckCrl, rootCrl]) };
+  });
 
   if (tcbInfo.id !== q.tee.toUpperCase()) {
     fail('tcb-info-mismatch', `TCB info is for ${tcbInfo.id} but the quote is ${q.tee.toUpperCase()}`);

@@ -88,6 +88,8 @@ export interface TdxQuoteOptions {
   debug?: boolean;
   /** Default 03 01 02 00…: TDX module major version 1, ISVSVN 3. */
   teeTcbSvn?: Uint8Array;
+  /** v5 only: TEE_TCB_SVN2 (the module after a TD-preserving update); default = teeTcbSvn. */
+  teeTcbSvn2?: Uint8Array;
   /** QE ISVSVN; default 4. */
   qeSvn?: number;
 }
@@ -309,7 +311,7 @@ export async function createIntelTestAuthority(): Promise<IntelTestAuthority> {
         new Uint8Array(48),
         ...rtmr,
         pad(o.reportData, 64),
-        ...(version === 5 ? [teeTcbSvn, new Uint8Array(48)] : []),
+        ...(version === 5 ? [o.teeTcbSvn2 ?? teeTcbSvn, new Uint8Array(48)] : []),
       );
       const body = version === 5 ? concatBytes(u16(3), u32(td.length), td) : td;
       return quote(version, TEE_TYPE_TDX, body, true, o.qeSvn ?? 4);
@@ -412,13 +414,13 @@ export async function createIntelTestAuthority(): Promise<IntelTestAuthority> {
           ],
         });
       const signJson = async (s: string) => toHex(await sign(tcbSigning.keys.privateKey, utf8.encode(s)));
-      const crl = async (issuer: Party, serials: string[]) =>
+      const crl = async (issuer: Party, serials: string[], thisUpdate: Date, nextUpdate: Date) =>
         new Uint8Array(
           (
             await x509.X509CrlGenerator.create({
               issuer: issuer.cert.subject,
-              thisUpdate: new Date(issueDate),
-              nextUpdate: new Date(nextUpdate),
+              thisUpdate,
+              nextUpdate,
               entries: serials.map((serialNumber) => ({ serialNumber, revocationDate: new Date(issueDate) })),
               signingKey: issuer.keys.privateKey,
               signingAlgorithm: SIGN,
@@ -426,8 +428,21 @@ export async function createIntelTestAuthority(): Promise<IntelTestAuthority> {
           ).rawData,
         );
       const signingChain = `${pem(tcbSigning.cert)}\n${pem(root.cert)}\n`;
-      const pckCrl = await crl(pca, o.revokePck ? ['0abc', pckSerial] : ['0abc']);
-      const rootCrl = await crl(root, []);
+      const day = 86400_000;
+      const issued = new Date(issueDate);
+      const pckCrl = await crl(
+        pca,
+        o.revokePck ? ['0abc', pckSerial] : ['0abc'],
+        issued,
+        new Date(nextUpdate),
+      );
+      // Like Intel's, the root CA CRL is reissued yearly (and so issued well before), the rest monthly.
+      const rootCrl = await crl(
+        root,
+        [],
+        new Date(issued.getTime() - 90 * day),
+        new Date(issued.getTime() + 365 * day),
+      );
 
       const responses = new Map<string, { body: Uint8Array; headers: Record<string, string> }>();
       for (const tee of ['tdx', 'sgx'] as const) {
