@@ -28,7 +28,9 @@ export function derChildren(bytes: Uint8Array): DerElement[] {
       if (n === 0 || n > 4) throw new DerError('unsupported DER length form');
       if (pos + n > bytes.length) throw new DerError('DER length truncated');
       len = 0;
+      if (bytes[pos] === 0) throw new DerError('DER length has a leading zero byte');
       for (let i = 0; i < n; i++) len = len * 256 + bytes[pos++]!;
+      if (len < 128) throw new DerError('DER length in long form below 128');
     }
     if (pos + len > bytes.length) throw new DerError(`DER element of ${len} bytes overruns its container`);
     out.push({ tag, value: bytes.subarray(pos, pos + len) });

@@ -9,6 +9,7 @@ import { isAllZero, toHex, utf8 } from '../../util/bytes.js';
 import { ByteReader, ParseError } from '../../util/reader.js';
 import { type Certificate, parseCertificates } from '../common/pki.js';
 import { AttestationError } from '../common/types.js';
+import { derChildren, derSingle, expectTag, TAG } from './der.js';
 import { type PckExtensions, parsePckExtensions } from './pck.js';
 
 export const TEE_TYPE_SGX = 0x00000000;
@@ -180,13 +181,51 @@ function parsePckChain(data: Uint8Array): { chain: Certificate[]; pck: PckExtens
   return parsed;
 }
 
+/**
+ * Certificates from PEM text, fully decoded now: @peculiar/x509 decodes names, keys and extensions
+ * lazily, and a malformed extension must fail here as a parse error, not later as a bare Error.
+ */
+export function parseCertificatesStrict(
+  text: string,
+  what: string,
+  stage: 'parse' | 'verify' = 'parse',
+): Certificate[] {
+  const certs = parseCertificates(text, what);
+  try {
+    for (const c of certs) {
+      checkOuterDer(new Uint8Array(c.rawData));
+      void [c.subject, c.issuer, c.notBefore, c.notAfter, c.serialNumber, c.publicKey.algorithm];
+      for (const e of c.extensions) void e.type;
+    }
+  } catch (e) {
+    throw new AttestationError(stage, 'bad-certificate', `cannot parse ${what}: ${(e as Error).message}`, {
+      cause: e,
+    });
+  }
+  return certs;
+}
+
+/**
+ * Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue BIT STRING }, exactly,
+ * with no unused bits in the signature: the parser would accept variants that are not the bytes the
+ * issuer produced.
+ */
+function checkOuterDer(raw: Uint8Array): void {
+  const parts = derChildren(expectTag(derSingle(raw), TAG.SEQUENCE, 'certificate'));
+  if (parts.length !== 3 || parts[2]!.tag !== 0x03 || parts[2]!.value[0] !== 0) {
+    throw new Error(
+      'certificate is not DER: expected TBS, algorithm and a signature BIT STRING without unused bits',
+    );
+  }
+}
+
 function parsePckChainText(text: string): { chain: Certificate[]; pck: PckExtensions } {
   // The quoting library writes a C string: a trailing NUL is part of the data, anything else is not.
   const leftover = text.replace(PEM_BLOCK, '').replace(/[\s\0]/g, '');
   if (leftover.length > 0) {
     fail('bad-certification-data', 'PCK certificate chain holds text outside its PEM certificate blocks');
   }
-  const certs = parseCertificates(text, 'PCK certificate chain');
+  const certs = parseCertificatesStrict(text, 'PCK certificate chain');
   if (certs.length < 2) {
     fail(
       'bad-certification-data',

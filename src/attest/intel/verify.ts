@@ -20,7 +20,7 @@ import {
   type TdxModuleIdentity,
 } from './collateral.js';
 import type { PckExtensions } from './pck.js';
-import type { EnclaveReport, ParsedQuote } from './quote.js';
+import { type EnclaveReport, type ParsedQuote, parseCertificatesStrict } from './quote.js';
 import { INTEL_SGX_ROOT_CA_PEM } from './roots.js';
 
 export interface VerifyQuoteOptions {
@@ -224,7 +224,7 @@ async function verifySignedJson<T extends TcbInfo | QeIdentity>(
     item.chainPem,
   ].join('|');
   const value = await memoTimed(jsonCache, key, at, async () => {
-    const chain = parseCertificates(item.chainPem, `${what} issuer chain`);
+    const chain = parseCertificatesStrict(item.chainPem, `${what} issuer chain`, 'verify');
     const path = await validatePath(
       chain[0]!,
       chain.slice(1),
