@@ -4,7 +4,15 @@ import { parseQuote } from '../../../src/attest/intel/quote.js';
 import { checkQuoteSignatures } from '../../../src/attest/intel/verify.js';
 import { appraiseTdx, parseTdxQuote, tdxVerifier, verifyQuote } from '../../../src/attest/tdx/index.js';
 import { fromBase64, fromHex, utf8 } from '../../../src/util/bytes.js';
-import { collateralFrom, GO_TDX, rejects, V4_UPTODATE, V5_NO_MATCH, vector } from '../intel/vectors.js';
+import {
+  collateralFrom,
+  GO_TDX,
+  offsets,
+  rejects,
+  V4_UPTODATE,
+  V5_NO_MATCH,
+  vector,
+} from '../intel/vectors.js';
 
 const AT_2025 = new Date('2025-07-01T00:00:00Z');
 const AT_2026 = new Date('2026-03-01T00:00:00Z');
@@ -90,6 +98,16 @@ describe('tdx/dcap-qvl_v4_b0c06f_uptodate (complete collateral.json)', () => {
       'verify',
       'crl-expired',
     );
+  });
+
+  it('still verifies with its PCK chain carried root-first (the chain is built by signature)', async () => {
+    const { certData } = offsets(quote);
+    const blocks = utf8
+      .decode(parseQuote(quote).pckChainBytes)
+      .match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----\n?/g)!;
+    const b = quote.slice();
+    b.set(utf8.encode([...blocks].reverse().join('')), certData);
+    expect((await tdxVerifier.appraiseEvidence(b, { at: AT_2025, collateral })).status).toBe('affirming');
   });
 
   it('is refused by a verifier that trusts another root', async () => {
