@@ -61,6 +61,14 @@ export interface KindClaims {
   mainMeasurement: string;
   debug: boolean;
   reportData: Uint8Array;
+  /** Kind-specific points that are not affirming (judged unless a reference value covers the claim). */
+  concerns?: {
+    check: string;
+    claim: string;
+    status: EarStatus;
+    message: string;
+    vector: keyof TrustVector;
+  }[];
 }
 
 export function tcbClaims(v: VerifiedQuote, t: TcbEvaluation): Record<string, unknown> {
@@ -163,6 +171,7 @@ export function appraiseIntel(t: TcbEvaluation, k: KindClaims, options: IntelApp
   }
 
   const refs = policy.referenceValues ?? {};
+  for (const c of k.concerns ?? []) if (!refs[c.claim]) judge(c.check, c.status, c.message, c.vector);
   for (const [name, values] of Object.entries(refs)) {
     const vector = k.referenceClaims[name];
     const have = comparable(claims[name]);

@@ -32,15 +32,44 @@ export class BoundedCache<V> {
   }
 }
 
-const digests = new WeakMap<Uint8Array, string>();
+/**
+ * Memo per buffer object (a caching collateral source hands back the same buffers). The entry keeps a
+ * copy of the bytes and is used only while the buffer still holds them, so a buffer rewritten in
+ * place is never mistaken for what was verified before.
+ */
+export class BytesMemo<T> {
+  private readonly map = new WeakMap<Uint8Array, { copy: Uint8Array; value: T }>();
+  get(bytes: Uint8Array, compute: () => T): T {
+    const hit = this.map.get(bytes);
+    if (hit && sameBytes(hit.copy, bytes)) return hit.value;
+    const value = compute();
+    this.map.set(bytes, { copy: bytes.slice(), value });
+    return value;
+  }
+}
 
-/** SHA-256 hex of `bytes`, remembered per buffer object (collateral sources often return the same one). */
-export async function digestHex(bytes: Uint8Array): Promise<string> {
-  const hit = digests.get(bytes);
-  if (hit) return hit;
-  const d = toHex(new Uint8Array(await crypto.subtle.digest('SHA-256', bs(bytes))));
-  digests.set(bytes, d);
-  return d;
+/** Equality of public bytes, a word at a time where both views are 4-byte aligned (the common case). */
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  let i = 0;
+  if (a.byteOffset % 4 === 0 && b.byteOffset % 4 === 0) {
+    const n = a.length >> 2;
+    const wa = new Uint32Array(a.buffer, a.byteOffset, n);
+    const wb = new Uint32Array(b.buffer, b.byteOffset, n);
+    for (; i < n; i++) if (wa[i] !== wb[i]) return false;
+    i = n << 2;
+  }
+  for (; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+const digests = new BytesMemo<Promise<string>>();
+
+/** SHA-256 hex of `bytes`. */
+export function digestHex(bytes: Uint8Array): Promise<string> {
+  return digests.get(bytes, async () =>
+    toHex(new Uint8Array(await crypto.subtle.digest('SHA-256', bs(bytes)))),
+  );
 }
 
 /**

@@ -7,6 +7,7 @@
  */
 import { fromHex, utf8 } from '../../util/bytes.js';
 import { AttestationError, type CollateralRequest, type CollateralSource } from '../common/types.js';
+import { BytesMemo } from './cache.js';
 import { topLevelSpans } from './json.js';
 
 export const PCS_BASE = 'https://api.trustedservices.intel.com';

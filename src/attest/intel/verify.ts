@@ -112,29 +112,30 @@ async function ecdsaVerify(key: CryptoKey, sig: Uint8Array, data: Uint8Array): P
  * QE auth data)). The PCK key is trusted only once verifyQuote has validated its chain.
  */
 export async function checkQuoteSignatures(q: ParsedQuote): Promise<void> {
-  let ak: CryptoKey;
-  try {
-    ak = await rawP256Key(q.attestationKey);
-  } catch (e) {
-    fail('bad-attestation-key', 'the attestation key in the quote is not a P-256 point', e);
-  }
-  if (!(await ecdsaVerify(ak, q.signature, q.signedData))) {
+  const ak = rawP256Key(q.attestationKey).catch((e) =>
+    fail('bad-attestation-key', 'the attestation key in the quote is not a P-256 point', e),
+  );
+  const pckKey = certKey(q.pckChain[0]!).catch((e) =>
+    fail('invalid-pck-cert', 'PCK certificate key is not an ECDSA P-256 key', e),
+  );
+  // The three checks run side by side (Web Crypto works off the main thread); failures are reported
+  // in this fixed order.
+  const [quoteOk, qeOk, binding] = await Promise.allSettled([
+    ak.then((k) => ecdsaVerify(k, q.signature, q.signedData)),
+    pckKey.then((k) => ecdsaVerify(k, q.qeReportSignature, q.qeReport.raw)),
+    sha256(concatBytes(q.attestationKey, q.qeAuthData)),
+  ]);
+  for (const r of [quoteOk, qeOk, binding]) if (r.status === 'rejected') throw r.reason;
+  const value = <T>(r: PromiseSettledResult<T>) => (r as PromiseFulfilledResult<T>).value;
+  if (!value(quoteOk)) {
     fail(
       'bad-signature',
       'quote signature does not verify with the attestation key: header or report body altered',
     );
   }
-  let pckKey: CryptoKey;
-  try {
-    pckKey = await certKey(q.pckChain[0]!);
-  } catch (e) {
-    fail('invalid-pck-cert', 'PCK certificate key is not an ECDSA P-256 key', e);
-  }
-  if (!(await ecdsaVerify(pckKey, q.qeReportSignature, q.qeReport.raw))) {
+  if (!value(qeOk))
     fail('bad-qe-report-signature', 'QE report signature does not verify with the PCK certificate key');
-  }
-  const binding = await sha256(concatBytes(q.attestationKey, q.qeAuthData));
-  if (!equalBytes(binding, q.qeReport.reportData.subarray(0, 32))) {
+  if (!equalBytes(value(binding), q.qeReport.reportData.subarray(0, 32))) {
     fail(
       'qe-report-data-mismatch',
       'QE report data is not SHA-256(attestation key ‖ QE auth data): the attestation key was not certified by this QE',
@@ -184,6 +185,7 @@ function rejectForeignRoots(certs: Certificate[], anchors: Anchors, what: string
   }
 }
 
+/** Validates leaf → anchor with `crls`, of which the last must be the CRL of the anchor reached. */
 async function validatePath(
   leaf: Certificate,
   others: Certificate[],
@@ -193,7 +195,7 @@ async function validatePath(
   what: string,
 ): Promise<Certificate[]> {
   rejectForeignRoots([leaf, ...others], anchors, what);
-  return verifyChain({
+  const path = await verifyChain({
     leaf,
     intermediates: others.filter((c) => c.subject !== c.issuer),
     anchors: anchors.certs,
@@ -201,6 +203,16 @@ async function validatePath(
     crls,
     what,
   });
+  // verifyChain applies a CRL only where its issuer name fits; with several anchors, make sure the
+  // root CRL was the one of the root this chain reached.
+  const top = path[path.length - 1]!;
+  if (crls[crls.length - 1]!.issuer !== top.subject) {
+    fail(
+      'crl-mismatch',
+      `${what}: the root CA CRL is from "${crls[crls.length - 1]!.issuer}", the chain ends at "${top.subject}"`,
+    );
+  }
+  return path;
 }
 
 const jsonCache = new BoundedCache<Promise<Timed<TcbInfo | QeIdentity>>>(256);

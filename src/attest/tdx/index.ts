@@ -2,7 +2,7 @@
  * Intel TDX verifier: parseQuote → verifyQuote → appraiseTdx (DCAP quote v4/v5). See
  * docs/attestation/intel.md for every check and error code.
  */
-import { toHex } from '../../util/bytes.js';
+import { isAllZero, toHex } from '../../util/bytes.js';
 import {
   type Appraisal,
   AttestationError,
@@ -10,7 +10,7 @@ import {
   type TrustVector,
   type VerifyOptions,
 } from '../common/types.js';
-import { appraiseIntel, type IntelAppraiseOptions, tcbClaims } from '../intel/appraise.js';
+import { appraiseIntel, type IntelAppraiseOptions, type KindClaims, tcbClaims } from '../intel/appraise.js';
 import { type ParsedQuote, parseQuote, type TdReport } from '../intel/quote.js';
 import { evaluateTcb } from '../intel/tcb.js';
 import { type VerifiedQuote, verifyQuote } from '../intel/verify.js';
@@ -83,6 +83,28 @@ export function parseTdxQuote(raw: Uint8Array): ParsedQuote {
 export function appraiseTdx(v: VerifiedQuote, options: IntelAppraiseOptions = {}): Appraisal {
   const td = tdReport(v.quote);
   const t = evaluateTcb(v);
+  const attributes = decodeTdAttributes(td.tdAttributes);
+  const concerns: KindClaims['concerns'] = [];
+  if (!attributes['sept_ve_disable'] && !attributes['debug']) {
+    concerns.push({
+      check: 'td_attributes.sept_ve_disable',
+      claim: 'td_attributes',
+      status: 'warning',
+      message:
+        'SEPT_VE_DISABLE is off: the host can make private-memory accesses raise #VE in the TD; launch with SEPT_VE_DISABLE or list td_attributes as a reference value',
+      vector: 'configuration',
+    });
+  }
+  if (td.mrServiceTd && !isAllZero(td.mrServiceTd)) {
+    concerns.push({
+      check: 'mr_servicetd',
+      claim: 'mr_servicetd',
+      status: 'warning',
+      message:
+        'a service TD (e.g. a migration TD) is bound to this TD and can access its state; list its measurement in referenceValues.mr_servicetd',
+      vector: 'executables',
+    });
+  }
   return appraiseIntel(
     t,
     {
@@ -90,8 +112,9 @@ export function appraiseTdx(v: VerifiedQuote, options: IntelAppraiseOptions = {}
       claims: { ...tdxClaims(td), ...tcbClaims(v, t) },
       referenceClaims: REFERENCE_CLAIMS,
       mainMeasurement: 'mr_td',
-      debug: decodeTdAttributes(td.tdAttributes)['debug']!,
+      debug: attributes['debug']!,
       reportData: td.reportData,
+      concerns,
     },
     options,
   );

@@ -86,6 +86,10 @@ export interface TdxQuoteOptions {
   mrOwner?: Uint8Array;
   reportData?: Uint8Array;
   debug?: boolean;
+  /** TD_ATTRIBUTES; default SEPT_VE_DISABLE (plus DEBUG when `debug`). */
+  tdAttributes?: Uint8Array;
+  /** v5 only: MRSERVICETD; default zero. */
+  mrServiceTd?: Uint8Array;
   /** Default 03 01 02 00…: TDX module major version 1, ISVSVN 3. */
   teeTcbSvn?: Uint8Array;
   /** v5 only: TEE_TCB_SVN2 (the module after a TD-preserving update); default = teeTcbSvn. */
@@ -294,9 +298,9 @@ export async function createIntelTestAuthority(): Promise<IntelTestAuthority> {
     async issueTdxQuote(o: TdxQuoteOptions = {}) {
       const version = o.version ?? 4;
       const teeTcbSvn = o.teeTcbSvn ?? new Uint8Array([3, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-      const attrs = new Uint8Array(8);
-      attrs[3] = 0x10; // SEPT_VE_DISABLE
-      if (o.debug) attrs[0] = 1;
+      const attrs = o.tdAttributes ? pad(o.tdAttributes, 8) : new Uint8Array(8);
+      if (!o.tdAttributes) attrs[3] = 0x10; // SEPT_VE_DISABLE
+      if (o.debug) attrs[0]! |= 1;
       const rtmr = [0, 1, 2, 3].map((i) => pad(o.rtmr?.[i], 48));
       const td = concatBytes(
         teeTcbSvn,
@@ -311,7 +315,7 @@ export async function createIntelTestAuthority(): Promise<IntelTestAuthority> {
         new Uint8Array(48),
         ...rtmr,
         pad(o.reportData, 64),
-        ...(version === 5 ? [o.teeTcbSvn2 ?? teeTcbSvn, new Uint8Array(48)] : []),
+        ...(version === 5 ? [o.teeTcbSvn2 ?? teeTcbSvn, pad(o.mrServiceTd, 48)] : []),
       );
       const body = version === 5 ? concatBytes(u16(3), u32(td.length), td) : td;
       return quote(version, TEE_TYPE_TDX, body, true, o.qeSvn ?? 4);

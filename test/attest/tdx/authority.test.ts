@@ -158,6 +158,38 @@ describe('refusals', () => {
     expect((await judge(debug, { policy: { allowDebug: true } })).status).toBe('warning');
   });
 
+  it('SEPT_VE_DISABLE off, or a bound service TD, is a warning unless a reference value covers it', async () => {
+    const noSept = await ta.issueTdxQuote({ tdAttributes: new Uint8Array(8) });
+    const a = await judge(noSept);
+    expect(a.status).toBe('warning');
+    expect(a.findings).toContainEqual(
+      expect.objectContaining({ check: 'td_attributes.sept_ve_disable', status: 'warning' }),
+    );
+    expect(
+      (await judge(noSept, { policy: { referenceValues: { td_attributes: ['0000000000000000'] } } })).status,
+    ).toBe('affirming');
+    const service = await ta.issueTdxQuote({ version: 5, mrServiceTd: new Uint8Array(48).fill(0x77) });
+    const b = await judge(service);
+    expect(b.status).toBe('warning');
+    expect(b.trustVector.executables).toBe(32);
+    const ok = await judge(service, { policy: { referenceValues: { mr_servicetd: ['77'.repeat(48)] } } });
+    expect(ok.status).toBe('affirming');
+  });
+
+  it('a collateral buffer rewritten in place after a success is verified again, not taken from cache', async () => {
+    const real = opts.collateral;
+    const url = tcbInfoRequest('tdx', TEST_FMSPC).url;
+    const held = await real.get({ url, files: [] });
+    const body = held!.body.slice();
+    const source: CollateralSource = {
+      get: async (req) => (req.url === url ? { body, headers: held!.headers } : real.get(req)),
+    };
+    expect((await judge(quote, { collateral: source })).status).toBe('affirming');
+    const text = utf8.decode(body).replace('"tcbEvaluationDataNumber":19', '"tcbEvaluationDataNumber":18');
+    body.set(utf8.encode(text));
+    await rejects(judge(quote, { collateral: source }), 'verify', 'bad-collateral-signature');
+  });
+
   it('report data that is not the expected: report-data-mismatch', async () => {
     await rejects(
       judge(quote, { expectedReportData: new Uint8Array([1, 2, 4]) }),

@@ -110,6 +110,15 @@ describe('tdx/dcap-qvl_v4_b0c06f_uptodate (complete collateral.json)', () => {
     expect((await tdxVerifier.appraiseEvidence(b, { at: AT_2025, collateral })).status).toBe('affirming');
   });
 
+  it("verifies with several trust anchors, one of them Intel's", async () => {
+    const a = await tdxVerifier.appraiseEvidence(quote, {
+      at: AT_2025,
+      collateral,
+      trustAnchors: [vector('roots/amd_ark_milan.pem'), vector('roots/intel_sgx_root_ca.der')],
+    });
+    expect(a.status).toBe('affirming');
+  });
+
   it('is refused by a verifier that trusts another root', async () => {
     const other = vector('roots/amd_ark_milan.pem');
     await rejects(
