@@ -20,7 +20,6 @@ export const INTEL_QE_VENDOR_ID = '939a7233f79c4ca9940a0db3957f0607';
 export const CERT_DATA_PCK_CHAIN = 5;
 export const CERT_DATA_QE_REPORT = 6;
 
-export const HEADER_SIZE = 48;
 export const ENCLAVE_REPORT_SIZE = 384;
 export const TD_REPORT10_SIZE = 584;
 export const TD_REPORT15_SIZE = 648;

@@ -8,7 +8,7 @@
 import { bs, concatBytes, equalBytes, sha256, toHex } from '../../util/bytes.js';
 import { type Certificate, type Crl, parseCertificates, parseCrl, verifyChain } from '../common/pki.js';
 import { AttestationError, type CollateralSource } from '../common/types.js';
-import { BoundedCache, digestHex, memoTimed, type Timed } from './cache.js';
+import { BoundedCache, BytesMemo, digestHex, memoTimed, type Timed } from './cache.js';
 import {
   fetchCollateral,
   type PckCa,
@@ -56,21 +56,22 @@ interface Anchors {
 }
 
 let intelAnchors: Anchors | undefined;
-const customAnchors = new WeakMap<Uint8Array[], Anchors>();
+const anchorMemo = new BytesMemo<{ certs: Certificate[]; key: string }>();
 
 function anchorsOf(trustAnchors: Uint8Array[] | undefined): Anchors {
   if (!trustAnchors) {
     intelAnchors ??= { certs: parseCertificates(INTEL_SGX_ROOT_CA_PEM, 'Intel SGX Root CA'), key: 'intel' };
     return intelAnchors;
   }
-  let a = customAnchors.get(trustAnchors);
-  if (!a) {
-    const certs = trustAnchors.flatMap((t) => parseCertificates(t, 'trust anchor'));
-    if (certs.length === 0) fail('untrusted-root', 'options.trustAnchors is empty: no chain can be trusted');
-    a = { certs, key: certs.map((c) => toHex(new Uint8Array(c.rawData))).join(':') };
-    customAnchors.set(trustAnchors, a);
-  }
-  return a;
+  const parts = trustAnchors.map((t) =>
+    anchorMemo.get(t, () => {
+      const certs = parseCertificates(t, 'trust anchor');
+      return { certs, key: certs.map((c) => toHex(new Uint8Array(c.rawData))).join(':') };
+    }),
+  );
+  const certs = parts.flatMap((p) => p.certs);
+  if (certs.length === 0) fail('untrusted-root', 'options.trustAnchors is empty: no chain can be trusted');
+  return { certs, key: parts.map((p) => p.key).join(':') };
 }
 
 // ---- raw ECDSA ----------------------------------------------------------------------------------
@@ -245,6 +246,14 @@ async function verifySignedJson<T extends TcbInfo | QeIdentity>(
       at,
       `${what} signing chain`,
     );
+    // As Intel's QVL (TCBSigningChain.cpp): only a TCB Signing certificate issued by the root itself
+    // may sign collateral; any other certificate under the root (a platform's PCK, say) may not.
+    if (path.length !== 2 || !/SGX TCB Signing/.test(commonName(path[0]!.subject))) {
+      fail(
+        'invalid-tcb-signing-cert',
+        `${what} is signed by "${path[0]!.subject}", not by an SGX TCB Signing certificate issued by the root`,
+      );
+    }
     const key = await certKey(path[0]!).catch((e) =>
       fail('bad-collateral', `${what} signing key is not P-256`, e),
     );
@@ -266,8 +275,12 @@ async function verifySignedJson<T extends TcbInfo | QeIdentity>(
   return value as T;
 }
 
+function commonName(dn: string): string {
+  return /(?:^|,\s*)CN=([^,]+)/.exec(dn)?.[1] ?? '';
+}
+
 function pckCaOf(leaf: Certificate): PckCa {
-  const cn = /CN=([^,]+)/.exec(leaf.issuer)?.[1] ?? '';
+  const cn = commonName(leaf.issuer);
   if (/Processor/i.test(cn)) return 'processor';
   if (/Platform/i.test(cn)) return 'platform';
   fail(
@@ -353,7 +366,7 @@ export async function verifyQuote(q: ParsedQuote, options: VerifyQuoteOptions): 
   await checkQuoteSignatures(q);
 
   const leaf = q.pckChain[0]!;
-  if (!/SGX PCK Certificate/.test(/CN=([^,]+)/.exec(leaf.subject)?.[1] ?? '')) {
+  if (!/SGX PCK Certificate/.test(commonName(leaf.subject))) {
     fail('invalid-pck-cert', `PCK certificate subject "${leaf.subject}" is not an SGX PCK Certificate`);
   }
   // Before any collateral is fetched: a chain to another root is refused as such.
@@ -397,6 +410,9 @@ export async function verifyQuote(q: ParsedQuote, options: VerifyQuoteOptions): 
   const chainKey = [anchors.key, rootCrlDigest, pckCrlDigest, utf8Key(q.pckChainBytes)].join('|');
   const pckPath = await memoTimed(chainCache, chainKey, at, async () => {
     const path = await validatePath(leaf, q.pckChain.slice(1), anchors, [pckCrl, rootCrl], at, 'PCK chain');
+    if (path.length !== 3) {
+      fail('invalid-pck-cert', `PCK chain has ${path.length} certificates; Intel's is PCK ← PCK CA ← root`);
+    }
     return { value: path, ...windowOf(path, [pckCrl, rootCrl]) };
   });
 

@@ -119,6 +119,24 @@ describe('tdx/dcap-qvl_v4_b0c06f_uptodate (complete collateral.json)', () => {
     expect(a.status).toBe('affirming');
   });
 
+  it("refuses TCB info signed under any certificate but the root's TCB Signing certificate", async () => {
+    const bundle = JSON.parse(utf8.decode(vector(`${V4_UPTODATE}/collateral.json`))) as Record<
+      string,
+      string
+    >;
+    bundle['tcb_info_issuer_chain'] = utf8.decode(parseQuote(quote).pckChainBytes).replace(/\0/g, '');
+    const body = utf8.encode(JSON.stringify(bundle));
+    const e = await rejects(
+      tdxVerifier.appraiseEvidence(quote, {
+        at: AT_2025,
+        collateral: { get: async () => ({ body, headers: {} }) },
+      }),
+      'verify',
+      'invalid-tcb-signing-cert',
+    );
+    expect(e.message).toMatch(/SGX PCK Certificate/);
+  });
+
   it('is refused by a verifier that trusts another root', async () => {
     const other = vector('roots/amd_ark_milan.pem');
     await rejects(
