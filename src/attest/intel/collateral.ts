@@ -125,6 +125,7 @@ export function rootCaCrlRequest(): CollateralRequest {
   return { url: ROOT_CA_CRL_URL, files: ['root_ca_crl.der', 'collateral.json'] };
 }
 
+const HEX_TEXT = /^[0-9a-fA-F]+$/;
 const TCB_CHAIN_HEADERS = ['tcb-info-issuer-chain', 'sgx-tcb-info-issuer-chain'];
 const QE_CHAIN_HEADERS = ['sgx-enclave-identity-issuer-chain'];
 
@@ -284,7 +285,12 @@ async function crl(
 ): Promise<Uint8Array> {
   const item = await must(source, req, what);
   const bundle = bundleOf(item.body);
-  if (!bundle) return item.body;
+  if (!bundle) {
+    // PCS sends DER (or PEM, which parseCrl reads); a PCCS answers rootcacrl with the DER as hex text.
+    if (item.body[0] === 0x30) return item.body;
+    const text = new TextDecoder().decode(item.body).trim();
+    return HEX_TEXT.test(text) ? hexBytes(text, what) : item.body;
+  }
   // dcap-qvl stores CRLs as hex of the DER (or of the PEM) bytes.
   return derived(bundle, key, () => hexBytes(bundleString(bundle, key, what), what));
 }
@@ -449,6 +455,9 @@ export function parseTcbInfo(signed: Uint8Array): TcbInfo {
       `TCB info id "${id}" version ${version} is not supported (SGX or TDX, version 3)`,
     );
   }
+  // tcbType 0 is the only one Intel defines: it says how SVNs compare (each component ≥ the level's).
+  if (f.uint('tcbType') !== 0)
+    throw bad('unsupported-collateral', `TCB info tcbType ${f.o['tcbType']} is not supported (0)`);
   const isTdx = id === 'TDX';
   const levels: TcbLevel[] = f.arr('tcbLevels').map((l) => {
     const tcb = l.obj('tcb');
@@ -473,7 +482,7 @@ export function parseTcbInfo(signed: Uint8Array): TcbInfo {
     nextUpdate: f.date('nextUpdate'),
     fmspc: f.hex('fmspc', 6),
     pceId: f.hex('pceId', 2),
-    tcbType: f.uint('tcbType'),
+    tcbType: 0,
     tcbEvaluationDataNumber: f.uint('tcbEvaluationDataNumber'),
     tcbLevels: levels
       .map((l, i) => ({ l, i }))

@@ -31,6 +31,7 @@ export {
   tcbInfoRequest,
 } from './collateral.js';
 export { type PckExtensions, type PckTcb, parsePckExtensions, SGX_EXTENSION_OID } from './pck.js';
+export { type PcsOptions, pcsCollateral } from './pcs.js';
 export {
   type EnclaveReport,
   INTEL_QE_VENDOR_ID,

@@ -115,6 +115,7 @@ describe('TCB info and QE identity', () => {
   it('refuses unsupported versions, unknown statuses and wrong component counts', async () => {
     const bad = (patch: Record<string, unknown>) => utf8.encode(JSON.stringify({ ...tcb.tcbInfo, ...patch }));
     await rejects(() => parseTcbInfo(bad({ version: 2 })), 'verify', 'unsupported-collateral');
+    await rejects(() => parseTcbInfo(bad({ tcbType: 1 })), 'verify', 'unsupported-collateral');
     const levels = tcb.tcbInfo['tcbLevels'] as Record<string, unknown>[];
     await rejects(
       () => parseTcbInfo(bad({ tcbLevels: [{ ...levels[0], tcbStatus: 'Fine' }] })),
