@@ -91,3 +91,48 @@ export function derUint(value: Uint8Array, what: string): number {
   for (const b of value) v = v * 256 + b;
   return v;
 }
+
+/**
+ * The envelope of a signed X.509 structure, Certificate or CertificateList: SEQUENCE { tbs SEQUENCE,
+ * signatureAlgorithm SEQUENCE, signatureValue BIT STRING }, exactly, with the algorithm equal to the
+ * one inside the TBS (RFC 5280 4.1.1.2, 5.1.1.2) and no unused bits in the signature. The X.509
+ * reader accepts variants of these unsigned outer fields, which would make genuine bytes malleable.
+ */
+export function checkSignedDer(raw: Uint8Array, kind: 'certificate' | 'crl'): void {
+  const parts = derChildren(expectTag(derSingle(raw), TAG.SEQUENCE, kind));
+  const [tbs, alg, sig] = parts;
+  const fields = tbs?.tag === TAG.SEQUENCE ? derChildren(tbs.value) : [];
+  // Certificate: [0] version (explicit, optional), serial, signature. CRL: version INTEGER (optional), signature.
+  const optionalVersion = kind === 'certificate' ? 0xa0 : TAG.INTEGER;
+  const innerAlg =
+    fields[
+      fields[0]?.tag === optionalVersion ? (kind === 'certificate' ? 2 : 1) : kind === 'certificate' ? 1 : 0
+    ];
+  const same = (a: Uint8Array, b: Uint8Array) => a.length === b.length && a.every((x, i) => x === b[i]);
+  if (
+    parts.length !== 3 ||
+    alg?.tag !== TAG.SEQUENCE ||
+    innerAlg?.tag !== TAG.SEQUENCE ||
+    !same(alg.value, innerAlg.value) ||
+    sig?.tag !== 0x03 ||
+    sig.value[0] !== 0
+  ) {
+    throw new DerError(
+      `${kind} is not DER: TBS, the TBS signature algorithm, and a signature BIT STRING without unused bits`,
+    );
+  }
+  const algOid = derChildren(alg.value)[0];
+  if (algOid?.tag === TAG.OID && oidText(algOid.value).startsWith('1.2.840.10045.4.3.')) {
+    checkEcdsaSignature(sig.value.subarray(1), kind);
+  }
+}
+
+/** ECDSA-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }, positive and minimally encoded. */
+function checkEcdsaSignature(bytes: Uint8Array, kind: string): void {
+  const ints = derChildren(expectTag(derSingle(bytes), TAG.SEQUENCE, `${kind} signature`));
+  const minimalPositive = (v: Uint8Array) =>
+    v.length > 0 && (v[0]! & 0x80) === 0 && !(v.length > 1 && v[0] === 0 && (v[1]! & 0x80) === 0);
+  if (ints.length !== 2 || ints.some((i) => i.tag !== TAG.INTEGER || !minimalPositive(i.value))) {
+    throw new DerError(`${kind} signature is not a DER ECDSA-Sig-Value`);
+  }
+}

@@ -9,7 +9,7 @@ import { isAllZero, toHex, utf8 } from '../../util/bytes.js';
 import { ByteReader, ParseError } from '../../util/reader.js';
 import { type Certificate, parseCertificates } from '../common/pki.js';
 import { AttestationError } from '../common/types.js';
-import { derChildren, derSingle, expectTag, TAG } from './der.js';
+import { checkSignedDer } from './der.js';
 import { type PckExtensions, parsePckExtensions } from './pck.js';
 
 export const TEE_TYPE_SGX = 0x00000000;
@@ -189,10 +189,19 @@ export function parseCertificatesStrict(
   what: string,
   stage: 'parse' | 'verify' = 'parse',
 ): Certificate[] {
+  // Only PEM blocks, whitespace and NULs (the quoting library writes a C string): any other text
+  // would be ignored by the PEM reader, so it is refused instead.
+  if (text.replace(PEM_BLOCK, '').replace(/[\s\0]/g, '').length > 0) {
+    throw new AttestationError(
+      stage,
+      'bad-certificate',
+      `${what} holds text outside its PEM certificate blocks`,
+    );
+  }
   const certs = parseCertificates(text, what);
   try {
     for (const c of certs) {
-      checkOuterDer(new Uint8Array(c.rawData));
+      checkSignedDer(new Uint8Array(c.rawData), 'certificate');
       void [c.subject, c.issuer, c.notBefore, c.notAfter, c.serialNumber, c.publicKey.algorithm];
       for (const e of c.extensions) void e.type;
     }
@@ -204,26 +213,7 @@ export function parseCertificatesStrict(
   return certs;
 }
 
-/**
- * Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue BIT STRING }, exactly,
- * with no unused bits in the signature: the parser would accept variants that are not the bytes the
- * issuer produced.
- */
-function checkOuterDer(raw: Uint8Array): void {
-  const parts = derChildren(expectTag(derSingle(raw), TAG.SEQUENCE, 'certificate'));
-  if (parts.length !== 3 || parts[2]!.tag !== 0x03 || parts[2]!.value[0] !== 0) {
-    throw new Error(
-      'certificate is not DER: expected TBS, algorithm and a signature BIT STRING without unused bits',
-    );
-  }
-}
-
 function parsePckChainText(text: string): { chain: Certificate[]; pck: PckExtensions } {
-  // The quoting library writes a C string: a trailing NUL is part of the data, anything else is not.
-  const leftover = text.replace(PEM_BLOCK, '').replace(/[\s\0]/g, '');
-  if (leftover.length > 0) {
-    fail('bad-certification-data', 'PCK certificate chain holds text outside its PEM certificate blocks');
-  }
   const certs = parseCertificatesStrict(text, 'PCK certificate chain');
   if (certs.length < 2) {
     fail(

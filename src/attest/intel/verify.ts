@@ -19,6 +19,7 @@ import {
   type TcbInfo,
   type TdxModuleIdentity,
 } from './collateral.js';
+import { checkSignedDer } from './der.js';
 import type { PckExtensions } from './pck.js';
 import { type EnclaveReport, type ParsedQuote, parseCertificatesStrict } from './quote.js';
 import { INTEL_SGX_ROOT_CA_PEM } from './roots.js';
@@ -154,6 +155,8 @@ async function checkedCrl(der: Uint8Array, what: string): Promise<{ crl: Crl; di
   if (!crl) {
     try {
       crl = parseCrl(der, what);
+      checkSignedDer(new Uint8Array(crl.rawData), 'crl');
+      void [crl.issuer, crl.thisUpdate, crl.nextUpdate, crl.entries.map((x) => x.serialNumber)];
     } catch (e) {
       fail('bad-crl', `${what}: ${(e as Error).message}`, e);
     }
@@ -204,6 +207,10 @@ async function validatePath(
     crls,
     what,
   });
+  // Everything carried must be on the path: a certificate that is not would be silently ignored.
+  const stray = [leaf, ...others].find((c) => !path.some((p) => p.equal(c)));
+  if (stray)
+    fail('unexpected-certificate', `${what}: "${stray.subject}" is not part of the chain to the root`);
   // verifyChain applies a CRL only where its issuer name fits; with several anchors, make sure the
   // root CRL was the one of the root this chain reached.
   const top = path[path.length - 1]!;

@@ -99,6 +99,8 @@ export interface TdxQuoteOptions {
 }
 
 export interface SgxQuoteOptions {
+  /** 3 (default), 4, or 5 (typed body, type 1). */
+  version?: 3 | 4 | 5;
   mrEnclave?: Uint8Array;
   mrSigner?: Uint8Array;
   isvProdId?: number;
@@ -333,7 +335,9 @@ export async function createIntelTestAuthority(): Promise<IntelTestAuthority> {
         isvSvn: o.isvSvn ?? 0,
         reportData: o.reportData ?? new Uint8Array(64),
       });
-      return quote(3, TEE_TYPE_SGX, body, false, o.qeSvn ?? 4);
+      const version = o.version ?? 3;
+      const typed = version === 5 ? concatBytes(u16(1), u32(body.length), body) : body;
+      return quote(version, TEE_TYPE_SGX, typed, false, o.qeSvn ?? 4);
     },
 
     async collateral(o: CollateralOptions = {}) {

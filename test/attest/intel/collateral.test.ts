@@ -10,6 +10,7 @@ import {
   tcbInfoRequest,
 } from '../../../src/attest/intel/collateral.js';
 import { topLevelSpans } from '../../../src/attest/intel/json.js';
+import { sgxVerifier } from '../../../src/attest/sgx/index.js';
 import { toHex, utf8 } from '../../../src/util/bytes.js';
 import { collateralFrom, GO_TDX, rejects, V4_UPTODATE, vector } from './vectors.js';
 
@@ -135,5 +136,20 @@ describe('TCB info and QE identity', () => {
     expect(id.tcbLevels).toEqual([
       { isvsvn: 4, tcbDate: '2023-02-15T00:00:00Z', tcbStatus: 'UpToDate', advisoryIds: [] },
     ]);
+  });
+});
+
+describe('CRLs must be exactly the bytes their issuer signed (fuzzing regression)', () => {
+  it('a root CA CRL with an altered unsigned outer field is refused', async () => {
+    const bundle = vector('sgx/dcap-qvl_v3_00a067_sw-hardening/collateral.json');
+    bundle[2433]! ^= 1;
+    await rejects(
+      sgxVerifier.appraiseEvidence(vector('sgx/dcap-qvl_v3_00a067_sw-hardening/quote.bin'), {
+        at: new Date('2025-07-01T00:00:00Z'),
+        collateral: { get: async () => ({ body: bundle, headers: {} }) },
+      }),
+      'verify',
+      'bad-crl',
+    );
   });
 });

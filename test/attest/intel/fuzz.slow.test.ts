@@ -1,7 +1,7 @@
 import { describe, it } from 'vitest';
 import { sgxVerifier } from '../../../src/attest/sgx/index.js';
 import { tdxVerifier } from '../../../src/attest/tdx/index.js';
-import { fuzzQuote } from './fuzz.js';
+import { fuzzBundle, fuzzQuote } from './fuzz.js';
 import { collateralFrom, GO_TDX, SGX_HARDENING, V4_UPTODATE, V5_NO_MATCH, vector } from './vectors.js';
 
 const AT_2025 = new Date('2025-07-01T00:00:00Z');
@@ -30,6 +30,15 @@ describe('fuzzing every real DCAP quote (slow)', () => {
         { at: AT_2025, collateral: collateralFrom(SGX_HARDENING) },
         3000,
       );
+    });
+  }
+  for (const [quote, dir, at] of [
+    [`${V4_UPTODATE}/quote.bin`, V4_UPTODATE, AT_2025],
+    [`${SGX_HARDENING}/quote.bin`, SGX_HARDENING, AT_2025],
+  ] as const) {
+    it(`${dir}/collateral.json`, async () => {
+      const verifier = dir === SGX_HARDENING ? sgxVerifier : tdxVerifier;
+      await fuzzBundle(verifier, vector(quote), vector(`${dir}/collateral.json`), at, 3000);
     });
   }
 });

@@ -74,3 +74,39 @@ export async function fuzzQuote(
     { numRuns, ...(seed === undefined ? {} : { seed }) },
   );
 }
+
+/**
+ * A mutated collateral.json bundle is refused with an AttestationError, or every value that matters
+ * (signed JSON strings, signatures, chains, CRLs) is unchanged.
+ */
+export async function fuzzBundle(
+  verifier: KindVerifier,
+  quote: Uint8Array,
+  bundle: Uint8Array,
+  at: Date,
+  numRuns: number,
+): Promise<void> {
+  const fields = ['tcb_info', 'tcb_info_issuer_chain', 'qe_identity'];
+  // Hex is read case-insensitively.
+  const hexFields = ['tcb_info_signature', 'qe_identity_signature', 'pck_crl', 'root_ca_crl'];
+  const original = JSON.parse(new TextDecoder().decode(bundle)) as Record<string, string>;
+  await fc.assert(
+    fc.asyncProperty(mutation(bundle.length), async (m) => {
+      const body = mutate(bundle, m);
+      try {
+        await verifier.appraiseEvidence(quote, {
+          at,
+          collateral: { get: async () => ({ body, headers: {} }) },
+        });
+      } catch (e) {
+        if (!(e instanceof AttestationError))
+          throw new Error(`not an AttestationError: ${String(e)}`, { cause: e });
+        return;
+      }
+      const got = JSON.parse(new TextDecoder().decode(body)) as Record<string, string>;
+      for (const f of fields) expect(got[f]).toBe(original[f]);
+      for (const f of hexFields) expect(got[f]!.toLowerCase()).toBe(original[f]!.toLowerCase());
+    }),
+    { numRuns },
+  );
+}

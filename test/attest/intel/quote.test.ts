@@ -126,7 +126,7 @@ describe('parseQuote refusals', () => {
     const q = parseQuote(raw);
     const junk = raw.slice();
     junk[certData + q.pckChainBytes.length - 1] = 0x41; // the trailing NUL becomes 'A'
-    await rejects(() => parseQuote(junk), 'parse', 'bad-certification-data');
+    await rejects(() => parseQuote(junk), 'parse', 'bad-certificate');
   });
 
   it('accepts the PCK chain in any order: the leaf is found by issuer links', () => {
@@ -142,4 +142,22 @@ describe('parseQuote refusals', () => {
     expect(r.pckChain[0]!.subject).toContain('SGX PCK Certificate');
     expect(toHex(r.pck.fmspc)).toBe('b0c06f000000');
   });
+});
+
+describe('certificates must be exactly the bytes their issuer signed (fuzzing regressions)', () => {
+  // Each flip changes an unsigned outer field of a certificate in the PCK chain that the X.509 reader
+  // would otherwise accept: the outer algorithm tag, the BIT STRING's unused bits, the ECDSA-Sig-Value.
+  const cases: [string, number, number, string][] = [
+    ['tdx/dstack_v4_90c06f_eventlog/quote.bin', 3845, 2, 'outer signature algorithm tag 0x30 → 0xb0'],
+    ['tdx/trustee_v4_50806f/quote.bin', 3865, 4, 'signature BIT STRING with 1 unused bit'],
+    ['azure-vtpm/openpcc_az-tdx/td_quote.bin', 2906, 56, 'ECDSA-Sig-Value tag 0x30 → 0xb8'],
+    ['sgx/dcap-qvl_v3_00a067_sw-hardening/quote.bin', 3529, 4, 'ECDSA-Sig-Value length 0x45 → 0x44'],
+  ];
+  for (const [path, at, mask, what] of cases) {
+    it(`${path}: ${what}`, async () => {
+      const q = vector(path);
+      q[at]! ^= mask;
+      await rejects(() => parseQuote(q), 'parse', 'bad-certificate');
+    });
+  }
 });

@@ -41,6 +41,15 @@ describe('SGX quotes from the test authority', () => {
     }
   });
 
+  it('SGX quotes in the v4 and v5 (body type 1) layouts verify too', async () => {
+    for (const version of [4, 5] as const) {
+      const q = await ta.issueSgxQuote({ version, isvSvn: 2 });
+      const a = await judge(q);
+      expect(a.claims).toMatchObject({ quote_version: version, isv_svn: 2, tcb_status: 'UpToDate' });
+      expect(a.status).toBe('affirming');
+    }
+  });
+
   it('reference values on mr_enclave and isv_svn', async () => {
     const ok = await judge(quote, {
       policy: { referenceValues: { mr_enclave: ['EE'.repeat(32)], isv_svn: ['7'] } },
