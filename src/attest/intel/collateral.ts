@@ -208,41 +208,38 @@ function headerChain(headers: Record<string, string>, names: string[]): string |
   return undefined;
 }
 
-/** Extracted signed values by response body object: a caching source hands back the same buffers. */
-const extracted = new WeakMap<Uint8Array, { signed: Uint8Array; signature: Uint8Array }>();
-const bundles = new WeakMap<Uint8Array, Record<string, unknown> | null>();
+/** Extracted signed values and parsed bundles by response body (see BytesMemo: checked by content). */
+const extracted = {
+  tcbInfo: new BytesMemo<{ signed: Uint8Array; signature: Uint8Array }>(),
+  enclaveIdentity: new BytesMemo<{ signed: Uint8Array; signature: Uint8Array }>(),
+};
+const bundles = new BytesMemo<Record<string, unknown> | undefined>();
 
 function bundleOf(body: Uint8Array): Record<string, unknown> | undefined {
-  let b = bundles.get(body);
-  if (b === undefined) {
-    b = asBundle(body) ?? null;
-    bundles.set(body, b);
-  }
-  return b ?? undefined;
+  return bundles.get(body, () => asBundle(body));
 }
 
 function extractSigned(
   body: Uint8Array,
-  member: string,
+  member: 'tcbInfo' | 'enclaveIdentity',
   what: string,
 ): { signed: Uint8Array; signature: Uint8Array } {
-  const hit = extracted.get(body);
-  if (hit) return hit;
-  let spans: Map<string, Uint8Array>;
-  try {
-    spans = topLevelSpans(body);
-  } catch (e) {
-    throw bad('bad-collateral', `${what} is not a PCS JSON response: ${(e as Error).message}`, e);
-  }
-  const signed = spans.get(member);
-  const sig = spans.get('signature');
-  if (!signed || !sig) throw bad('bad-collateral', `${what}: response lacks "${member}" or "signature"`);
-  const out = {
-    signed,
-    signature: hexBytes(JSON.parse(utf8.decode(sig)) as string, `${what} signature`, 64),
-  };
-  extracted.set(body, out);
-  return out;
+  return extracted[member].get(body, () => {
+    let spans: Map<string, Uint8Array>;
+    try {
+      spans = topLevelSpans(body);
+    } catch (e) {
+      throw bad('bad-collateral', `${what} is not a PCS JSON response: ${(e as Error).message}`, e);
+    }
+    const signed = spans.get(member);
+    const sig = spans.get('signature');
+    if (!signed || !sig) throw bad('bad-collateral', `${what}: response lacks "${member}" or "signature"`);
+    // A copy, so the value verified can never change with the caller's buffer.
+    return {
+      signed: signed.slice(),
+      signature: hexBytes(JSON.parse(utf8.decode(sig)) as string, `${what} signature`, 64),
+    };
+  });
 }
 
 async function signedJson(
