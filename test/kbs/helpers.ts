@@ -7,6 +7,7 @@ import { ADMIN_AUDIENCE } from '../../src/kbs/admin.js';
 import { type RunningBroker, type StartOptions, startBroker } from '../../src/kbs/app.js';
 import type { Attester } from '../../src/kbs/client.js';
 import { DEFAULT_CONFIG, type KbsConfig } from '../../src/kbs/config.js';
+import { bs } from '../../src/util/bytes.js';
 
 export interface TestBroker extends RunningBroker {
   admin(role?: string, tenant?: string): Promise<string>;
@@ -64,7 +65,7 @@ export async function testBroker(
               ? { 'content-type': 'application/json' }
               : {}),
         },
-        ...(body instanceof Uint8Array ? { body } : body ? { body: JSON.stringify(body) } : {}),
+        ...(body instanceof Uint8Array ? { body: bs(body) } : body ? { body: JSON.stringify(body) } : {}),
       }),
   };
 }

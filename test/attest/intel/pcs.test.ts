@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { pcsCollateral } from '../../../src/attest/intel/pcs.js';
 import { tdxVerifier } from '../../../src/attest/tdx/index.js';
-import { toHex, utf8 } from '../../../src/util/bytes.js';
+import { bs, toHex, utf8 } from '../../../src/util/bytes.js';
 import { V4_UPTODATE, vector } from './vectors.js';
 
 /** Intel PCS as a fake fetch, built from the dcap-qvl collateral.json: JSON bodies, chains in headers. */
@@ -31,7 +31,9 @@ function fakePcs(hexRootCrl: boolean) {
       return new Response(hexRootCrl ? toHex(rootCrl) : rootCrl);
     }
     const r = routes[u.pathname + u.search];
-    return r ? new Response(r.body, { headers: r.headers }) : new Response('', { status: 404 });
+    return r
+      ? new Response(typeof r.body === 'string' ? r.body : bs(r.body), { headers: r.headers })
+      : new Response('', { status: 404 });
   };
   return { fetch: fetch as typeof globalThis.fetch, seen };
 }
