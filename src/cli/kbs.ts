@@ -5,6 +5,9 @@ import { exportJWK, generateKeyPair, importJWK, type JWK, SignJWT } from 'jose';
 import { ADMIN_AUDIENCE } from '../kbs/admin.js';
 import { startBroker } from '../kbs/app.js';
 import { loadConfig } from '../kbs/config.js';
+import { buildLogEntry } from '../kbs/log.js';
+import { masterKeyFromText, SecretBox } from '../kbs/secrets.js';
+import { openStore } from '../kbs/store/index.js';
 import { FileError } from '../seal/node.js';
 import { bs } from '../util/bytes.js';
 
@@ -105,6 +108,39 @@ export function registerKbs(program: Command): void {
         process.once('SIGINT', stop);
         process.once('SIGTERM', stop);
       });
+    });
+
+  kbs
+    .command('rotate-master-key')
+    .description('re-encrypt every stored resource under a new master key')
+    .requiredOption('--db <url>', 'the broker store (sqlite:PATH or postgres://…)')
+    .requiredOption('--old <file>', 'file with the current master key (base64)')
+    .requiredOption('--new <file>', 'file with the new master key (base64)')
+    .addHelpText(
+      'after',
+      '\nConfigure running brokers with both keys first (masterKeyFile: new key on the first line, old on the\n' +
+        'second), run this, then drop the old key.\n\nExample:\n  cloister kbs rotate-master-key --db sqlite:kbs.db --old master.key --new master-2.key',
+    )
+    .action(async (o: { db: string; old: string; new: string }) => {
+      const oldKey = await masterKeyFromText(new TextDecoder().decode(await readSecretFile(o.old)), o.old);
+      const newKey = await masterKeyFromText(new TextDecoder().decode(await readSecretFile(o.new)), o.new);
+      const box = new SecretBox([newKey, oldKey]);
+      const store = await openStore(o.db, { buildLogEntry });
+      try {
+        const n = await store.reencryptSecrets(
+          async (rec) => box.seal(rec.path, await box.open(rec.path, rec.secret)),
+          {
+            kind: 'key',
+            tenant: '',
+            actor: `operator:${process.env.USER ?? 'unknown'}`,
+            subject: 'master-key',
+            details: { from: oldKey.id, to: newKey.id },
+          },
+        );
+        process.stderr.write(`re-encrypted ${n} resource(s) from master key ${oldKey.id} to ${newKey.id}\n`);
+      } finally {
+        await store.close();
+      }
     });
 
   kbs
