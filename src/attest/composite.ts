@@ -88,7 +88,7 @@ export async function appraiseComposite(
   evidence: CompositeEvidence,
   options: VerifyOptions,
   registry: VerifierRegistry = defaultRegistry,
-  binding: { gpuNonceBase?: Uint8Array } = {},
+  binding: { gpuNonceBase?: Uint8Array; gpuTrustAnchors?: Uint8Array[] } = {},
 ): Promise<CompositeAppraisal> {
   const cpuKind = kindOf(evidence.cpu, 'cpu0');
   if (cpuKind === 'nvidia') {
@@ -128,14 +128,20 @@ export async function appraiseComposite(
     }
     const verifier = registry.get(kind);
     const nonce = await deriveGpuNonce(nonceBase, i);
+    // GPUs chain to another vendor's roots than the CPU: anchors replaced for the CPU do not apply.
+    const { trustAnchors: _cpuAnchors, ...shared } = options;
+    const gpuOptions: VerifyOptions = {
+      ...shared,
+      ...(binding.gpuTrustAnchors ? { trustAnchors: binding.gpuTrustAnchors } : {}),
+    };
     let gpu: Appraisal;
     try {
-      gpu = await verifier.appraiseEvidence(part.evidence, { ...options, expectedReportData: nonce });
+      gpu = await verifier.appraiseEvidence(part.evidence, { ...gpuOptions, expectedReportData: nonce });
     } catch (e) {
       // Tell "genuine GPU evidence, but for another attestation" (splicing, replay) apart from "bad GPU
       // evidence" by checking once more without the binding; only the first is reported as unbound.
       const unbound = await verifier
-        .appraiseEvidence(part.evidence, { ...options, expectedReportData: undefined })
+        .appraiseEvidence(part.evidence, { ...gpuOptions, expectedReportData: undefined })
         .then(
           () => true,
           () => false,

@@ -4,12 +4,16 @@
  * all build their registries from it.
  */
 
-import { azSnpVtpmVerifier } from './azure/index.js';
+import { fromHex } from '../util/bytes.js';
+import { azSnpVtpmVerifier, createAzTdxVtpmVerifier } from './azure/index.js';
 import type { KindVerifier } from './common/types.js';
+import { verifyQuote } from './intel/index.js';
 import { nvidiaVerifier } from './nvidia/index.js';
 import { VerifierRegistry } from './registry.js';
 import { sampleVerifier } from './sample/index.js';
+import { sgxVerifier } from './sgx/index.js';
 import { snpVerifier } from './snp/index.js';
+import { appraiseTdx, parseTdxQuote, tdxVerifier } from './tdx/index.js';
 
 export * from './collateral/index.js';
 export * from './common/types.js';
@@ -18,9 +22,28 @@ export * from './ear/index.js';
 export * from './registry.js';
 export { createSampleAttester, type SampleAttester, sampleVerifier } from './sample/index.js';
 
+/** Azure TDX CVMs: the HCL binding is checked by the Azure module, the TD quote by the Intel one. */
+const azTdxVtpmVerifier = createAzTdxVtpmVerifier(async (quote, options) => {
+  const verified = await verifyQuote(parseTdxQuote(quote), options);
+  const appraisal = appraiseTdx(verified, options.policy ? { policy: options.policy } : {});
+  const hex = (k: string) => {
+    const v = appraisal.claims[k];
+    return typeof v === 'string' ? fromHex(v) : new Uint8Array(0);
+  };
+  return { reportData: hex('report_data'), mrtd: hex('mr_td'), appraisal };
+});
+
 /** Every verifier Cloister ships, one per TEE kind. */
 export function defaultVerifiers(): KindVerifier[] {
-  return [snpVerifier, azSnpVtpmVerifier, nvidiaVerifier, sampleVerifier];
+  return [
+    tdxVerifier,
+    sgxVerifier,
+    snpVerifier,
+    azSnpVtpmVerifier,
+    azTdxVtpmVerifier,
+    nvidiaVerifier,
+    sampleVerifier,
+  ];
 }
 
 /** A fresh registry holding `defaultVerifiers()`. */

@@ -3,6 +3,11 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { type Command, Option } from 'commander';
 import { exportJWK, generateKeyPair, importJWK, type JWK, SignJWT } from 'jose';
 import { ADMIN_AUDIENCE } from '../kbs/admin.js';
+import { startBroker } from '../kbs/app.js';
+import { loadConfig } from '../kbs/config.js';
+import { buildLogEntry } from '../kbs/log.js';
+import { masterKeyFromText, SecretBox } from '../kbs/secrets.js';
+import { openStore } from '../kbs/store/index.js';
 import { FileError } from '../seal/node.js';
 import { bs } from '../util/bytes.js';
 
@@ -72,6 +77,71 @@ export function registerKbs(program: Command): void {
   const kbs = program
     .command('kbs')
     .description('the key broker: serve it, and administer keys, policies and reference values');
+
+  kbs
+    .command('serve')
+    .description('run the key broker (CoCo KBS protocol 0.4.0 + admin API)')
+    .option('--config <file>', 'JSON configuration (docs/kbs.md)')
+    .option('--db <url>', 'sqlite:PATH or postgres://… (overrides the config)')
+    .option('--port <n>', 'TCP port (overrides the config)', (v) => Number.parseInt(v, 10))
+    .option('--host <addr>', 'listen address (overrides the config)')
+    .option('--dev', 'dev mode: accept the insecure sample TEE (announced on every log line)')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  cloister kbs serve --config kbs.json\n  CLOISTER_KBS_MASTER_KEY=$(head -c32 /dev/urandom | base64) cloister kbs serve --db sqlite:kbs.db --port 8080',
+    )
+    .action(async (o: { config?: string; db?: string; port?: number; host?: string; dev?: boolean }) => {
+      const config = await loadConfig(o.config, {
+        ...(o.db ? { db: o.db } : {}),
+        ...(o.port !== undefined ? { port: o.port } : {}),
+        ...(o.host ? { host: o.host } : {}),
+        ...(o.dev ? { devMode: true } : {}),
+      });
+      const running = await startBroker(config);
+      // The URL on stdout lets scripts (and tests) find a broker started on port 0.
+      process.stdout.write(`${running.url}\n`);
+      await new Promise<void>((resolve) => {
+        const stop = () => {
+          process.stderr.write('cloister-kbs: shutting down\n');
+          running.close().then(resolve, resolve);
+        };
+        process.once('SIGINT', stop);
+        process.once('SIGTERM', stop);
+      });
+    });
+
+  kbs
+    .command('rotate-master-key')
+    .description('re-encrypt every stored resource under a new master key')
+    .requiredOption('--db <url>', 'the broker store (sqlite:PATH or postgres://…)')
+    .requiredOption('--old <file>', 'file with the current master key (base64)')
+    .requiredOption('--new <file>', 'file with the new master key (base64)')
+    .addHelpText(
+      'after',
+      '\nConfigure running brokers with both keys first (masterKeyFile: new key on the first line, old on the\n' +
+        'second), run this, then drop the old key.\n\nExample:\n  cloister kbs rotate-master-key --db sqlite:kbs.db --old master.key --new master-2.key',
+    )
+    .action(async (o: { db: string; old: string; new: string }) => {
+      const oldKey = await masterKeyFromText(new TextDecoder().decode(await readSecretFile(o.old)), o.old);
+      const newKey = await masterKeyFromText(new TextDecoder().decode(await readSecretFile(o.new)), o.new);
+      const box = new SecretBox([newKey, oldKey]);
+      const store = await openStore(o.db, { buildLogEntry });
+      try {
+        const n = await store.reencryptSecrets(
+          async (rec) => box.seal(rec.path, await box.open(rec.path, rec.secret)),
+          {
+            kind: 'key',
+            tenant: '',
+            actor: `operator:${process.env.USER ?? 'unknown'}`,
+            subject: 'master-key',
+            details: { from: oldKey.id, to: newKey.id },
+          },
+        );
+        process.stderr.write(`re-encrypted ${n} resource(s) from master key ${oldKey.id} to ${newKey.id}\n`);
+      } finally {
+        await store.close();
+      }
+    });
 
   kbs
     .command('admin-key')

@@ -10,13 +10,17 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { createLocalJWKSet, type JSONWebKeySet, type JWK, jwtVerify } from 'jose';
 import { verifyEar } from '../attest/ear/index.js';
-import type { Broker } from './broker.js';
+import { compilePolicy, PolicyError } from '../policy/index.js';
+import { formatBundle, type LogStore, TransparencyLog } from '../translog/index.js';
 import { decideRelease } from './decide.js';
 import { ProtocolError, parseResourcePath } from './protocol.js';
+import { parseScope, scopeName } from './scope.js';
 import type { SecretBox } from './secrets.js';
 import type { KbsStore, LogAppend, PolicyScope } from './store/types.js';
 
 export const ADMIN_AUDIENCE = 'cloister-kbs-admin';
+/** Owner of repositories an admin without a tenant claim creates. */
+export const DEFAULT_TENANT = 'default';
 export type AdminRole = 'admin' | 'tenant-admin' | 'auditor';
 
 export interface AdminPrincipal {
@@ -28,7 +32,6 @@ export interface AdminPrincipal {
 export interface AdminOptions {
   store: KbsStore;
   secrets: SecretBox;
-  broker: Broker;
   /** Public JWKs allowed to sign admin tokens; empty = admin API disabled. */
   adminKeys: JWK[];
   earPublicKey: CryptoKey;
@@ -37,6 +40,9 @@ export interface AdminOptions {
   maxResourceBytes: number;
   /** Signs and stores a checkpoint of the log as it is now; returns the note. */
   checkpoint: () => Promise<string>;
+  logStore: LogStore;
+  /** The log's origin line (checkpoint key name). */
+  origin: string;
 }
 
 const forbidden = (msg: string) => new ProtocolError(403, 'forbidden', msg);
@@ -82,7 +88,17 @@ export class AdminApi {
   private async tenantFor(p: AdminPrincipal, repository: string, write: boolean): Promise<string> {
     if (write && p.role === 'auditor') throw forbidden('auditors cannot change anything');
     const owner = await this.o.store.repositoryTenant(repository);
-    if (p.role === 'admin') return owner ?? p.tenant ?? 'default';
+    if (p.role === 'admin') {
+      if (owner) return owner;
+      const tenant = p.tenant ?? DEFAULT_TENANT;
+      if (write)
+        await this.o.store.createRepository(
+          repository,
+          tenant,
+          this.log(p, 'repository', repository, tenant, { tenant }),
+        );
+      return tenant;
+    }
     if (owner && owner !== p.tenant) throw forbidden(`repository ${repository} belongs to another tenant`);
     if (!owner && p.role === 'tenant-admin' && write) {
       await this.o.store.createRepository(
@@ -172,6 +188,12 @@ export class AdminApi {
       const s = parseScope(scope);
       if (typeof source !== 'string' || source.trim() === '')
         throw new ProtocolError(400, 'bad-policy', 'source must be a CEL expression');
+      try {
+        compilePolicy(source);
+      } catch (e) {
+        // Refused when stored, not at release time: a typo must never lock a key away.
+        throw new ProtocolError(400, 'bad-policy', e instanceof PolicyError ? e.message : String(e));
+      }
       const tenant = await this.scopeOwner(p, s, true);
       return this.o.store.setPolicy(
         { scope: s, tenant, source, actor: `${p.role}:${p.subject}` },
@@ -267,6 +289,23 @@ export class AdminApi {
       return { size, entries: entries.map((e) => JSON.parse(new TextDecoder().decode(e.canonical))) };
     });
 
+    app.get<{ Querystring: { from?: string; to?: string; proofs?: string } }>(
+      '/admin/v1/log/bundle',
+      async (req, reply) => {
+        const p = await auth(req);
+        if (p.role === 'tenant-admin') throw forbidden('the log is read by admins and auditors');
+        await this.o.checkpoint();
+        const log = new TransparencyLog(this.o.logStore, this.o.origin);
+        const bundle = await log.export({
+          ...(req.query.from ? { from: Number(req.query.from) } : {}),
+          ...(req.query.to ? { to: Number(req.query.to) } : {}),
+          consistency: true,
+          ...(req.query.proofs === 'all' ? { inclusion: 'all' as const } : {}),
+        });
+        return reply.type('application/jsonl').send(formatBundle(bundle));
+      },
+    );
+
     app.post('/admin/v1/log/checkpoint', async (req) => {
       const p = await auth(req);
       if (p.role !== 'admin') throw forbidden('only admins sign checkpoints on demand');
@@ -299,32 +338,4 @@ export class AdminApi {
     const repository = s.kind === 'repository' ? s.repository : parseResourcePath(s.path).repository;
     return this.tenantFor(p, repository, write);
   }
-}
-
-function parseScope(v: unknown): PolicyScope {
-  if (v === 'default') return { kind: 'default' };
-  if (typeof v === 'string' && v.startsWith('repository:')) {
-    const repository = v.slice('repository:'.length);
-    if (!/^[A-Za-z0-9._-]+$/.test(repository))
-      throw new ProtocolError(400, 'bad-scope', `bad repository name ${repository}`);
-    return { kind: 'repository', repository };
-  }
-  if (typeof v === 'string' && v.startsWith('resource:')) {
-    const path = v.slice('resource:'.length);
-    parseResourcePath(path);
-    return { kind: 'resource', path };
-  }
-  throw new ProtocolError(
-    400,
-    'bad-scope',
-    'scope must be "default", "repository:<name>" or "resource:<repository>/<type>/<tag>"',
-  );
-}
-
-export function scopeName(s: PolicyScope): string {
-  return s.kind === 'default'
-    ? 'default'
-    : s.kind === 'repository'
-      ? `repository:${s.repository}`
-      : `resource:${s.path}`;
 }

@@ -2,6 +2,8 @@
  * The key broker's protocol logic, independent of HTTP: sessions, attestation, release decisions and the
  * audit trail. server.ts maps it onto routes; tests drive it directly as well as over HTTP.
  */
+
+import { chainSources } from '../attest/collateral/index.js';
 import {
   type Appraisal,
   AttestationError,
@@ -163,19 +165,25 @@ export class Broker {
     const pubkey = att['runtime-data']['tee-pubkey'];
     const additional = att['tee-evidence'].additional_evidence;
     const expected = reportDataField(await primaryRuntimeDataHash(pubkey, session.nonce, additional));
-    const { evidence } = primaryEvidenceBytes(session.tee, att['tee-evidence'].primary_evidence);
+    const { evidence, extra } = primaryEvidenceBytes(session.tee, att['tee-evidence'].primary_evidence);
     const gpus = deviceEvidence(additional);
     const kind = session.tee as TeeKind;
+    const anchors = this.o.trustAnchors ?? {};
     const result = await appraiseComposite(
       { cpu: { kind, evidence }, gpus: gpus.map((g) => ({ kind: g.kind, evidence: g.evidence })) },
       {
         at: this.now(),
-        collateral: this.o.collateral,
+        // Certificates the TEE sent with its evidence (an SNP VCEK) come first; they are checked
+        // against the vendor roots like any other collateral.
+        collateral: chainSources(inlineCollateral(extra), this.o.collateral),
         expectedReportData: expected,
-        ...(this.o.trustAnchors?.[kind] ? { trustAnchors: this.o.trustAnchors[kind] } : {}),
+        ...(anchors[kind] ? { trustAnchors: anchors[kind] } : {}),
       },
       this.o.registry,
-      { gpuNonceBase: await deviceRuntimeDataHash(pubkey, session.nonce) },
+      {
+        gpuNonceBase: await deviceRuntimeDataHash(pubkey, session.nonce),
+        ...(anchors.nvidia ? { gpuTrustAnchors: anchors.nvidia } : {}),
+      },
     );
     return issueEar(result.submods, {
       signingKey: this.o.earKey.privateKey,
@@ -271,6 +279,16 @@ export class Broker {
     });
     return { jwe, decision };
   }
+}
+
+/** Serves files that arrived inside the evidence under their collateral file names. */
+function inlineCollateral(files: Record<string, Uint8Array>): CollateralSource {
+  return {
+    async get(req) {
+      const name = req.files.find((f) => files[f] !== undefined);
+      return name ? { body: files[name]!, headers: {} } : undefined;
+    },
+  };
 }
 
 function summary(ear: EarResult): Record<string, { status: string; kind?: string }> {

@@ -1,15 +1,30 @@
 /**
  * Release decisions: which policy applies to a resource (its own, else its repository's, else the
- * broker default) and what it says about an attestation result.
+ * broker-wide one, else the built-in secure default), the tenant's reference values, and what the CEL
+ * policy says about the attestation result. Reasons are for the owner's audit log only.
  */
+import type { TeeKind } from '../attest/common/types.js';
 import type { EarResult } from '../attest/ear/index.js';
-import type { KbsStore } from './store/types.js';
+import {
+  activeReferenceValues,
+  DEFAULT_RESOURCE_POLICY,
+  evaluatePolicy,
+  explain,
+  PolicyCache,
+  policyInputFromEar,
+  type ReferenceValue,
+} from '../policy/index.js';
+import { scopeName } from './scope.js';
+import type { KbsStore, PolicyRecord, ReferenceValueRecord } from './store/types.js';
 
 export interface ReleaseDecision {
   allow: boolean;
   /** Every reason, for the owner's audit log; never sent to the requester. */
   reasons: string[];
+  /** Which policy decided: `resource:…`, `repository:…`, `default` or `built-in`. */
   policyScope: string;
+  /** Per top-level clause of the policy: its source and outcome (only with `explainClauses`). */
+  clauses?: { source: string; outcome: string; error?: string }[];
 }
 
 export interface ReleaseContext {
@@ -18,17 +33,81 @@ export interface ReleaseContext {
   resource: { path: string; repository: string; type: string; tag: string; tenant: string };
   devMode: boolean;
   now: Date;
+  explainClauses?: boolean;
+}
+
+const cache = new PolicyCache();
+/** Reference values an admin adds without a tenant apply to every tenant. */
+export const OPERATOR_TENANT = '*';
+
+async function policyFor(store: KbsStore, r: ReleaseContext['resource']): Promise<PolicyRecord | undefined> {
+  return (
+    (await store.getPolicy({ kind: 'resource', path: r.path })) ??
+    (await store.getPolicy({ kind: 'repository', repository: r.repository })) ??
+    (await store.getPolicy({ kind: 'default' }))
+  );
+}
+
+function toReferenceValue(r: ReferenceValueRecord): ReferenceValue {
+  return {
+    ...r,
+    tee: r.tee as TeeKind,
+    createdAt: new Date(r.createdAt),
+    ...(r.expiresAt ? { expiresAt: new Date(r.expiresAt) } : {}),
+  } as ReferenceValue;
+}
+
+/**
+ * The operator's and the tenant's reference values, applied to each submodule of the same TEE kind: a claim that is
+ * missing or not among the values denies; an expired name accepts nothing (fails closed).
+ */
+async function referenceValueReasons(ctx: ReleaseContext): Promise<string[]> {
+  const tenants = [OPERATOR_TENANT, ctx.resource.tenant];
+  const all = (await ctx.store.listReferenceValues())
+    .filter((r) => tenants.includes(r.tenant))
+    .map(toReferenceValue);
+  if (all.length === 0) return [];
+  const reasons: string[] = [];
+  for (const [name, sub] of Object.entries(ctx.ear.submods)) {
+    if (!sub.kind) continue;
+    const active = tenants.flatMap((tenant) =>
+      Object.entries(activeReferenceValues(all, { tee: sub.kind!, tenant, at: ctx.now })),
+    );
+    for (const [claim, values] of active) {
+      const got = sub.claims[claim];
+      if (values.length === 0)
+        reasons.push(`${name}: reference value ${sub.kind}/${claim} has expired or was revoked`);
+      else if (typeof got !== 'string')
+        reasons.push(
+          `${name}: claim ${claim} is missing, so reference value ${sub.kind}/${claim} cannot match`,
+        );
+      else if (!values.includes(got.toLowerCase()))
+        reasons.push(`${name}: ${claim} ${got} is not a reference value for ${sub.kind}/${claim}`);
+    }
+  }
+  return reasons;
 }
 
 export async function decideRelease(ctx: ReleaseContext): Promise<ReleaseDecision> {
-  const reasons: string[] = [];
-  const subs = Object.entries(ctx.ear.submods);
-  if (!ctx.ear.submods.cpu0) reasons.push('no cpu0 submodule in the attestation result');
-  for (const [name, s] of subs) {
-    if (s.insecure && !ctx.devMode)
-      reasons.push(`${name}: the insecure sample TEE is refused outside dev mode`);
-    const acceptable = s.status === 'affirming' || (s.insecure && ctx.devMode && s.status === 'warning');
-    if (!acceptable) reasons.push(`${name}: ear.status is ${s.status}, not affirming`);
+  const record = await policyFor(ctx.store, ctx.resource);
+  const policyScope = record ? scopeName(record.scope) : 'built-in';
+  const policy = cache.get(record?.source ?? DEFAULT_RESOURCE_POLICY);
+  const r = ctx.resource;
+  const input = policyInputFromEar(ctx.ear, {
+    resource: { uri: `kbs:///${r.path}`, repository: r.repository, type: r.type, tag: r.tag },
+    tenant: r.tenant,
+    now: ctx.now,
+    devMode: ctx.devMode,
+  });
+  const decision = evaluatePolicy(policy, input);
+  const reasons = [...decision.reasons, ...(await referenceValueReasons(ctx))];
+  const out: ReleaseDecision = { allow: decision.allow && reasons.length === 0, reasons, policyScope };
+  if (ctx.explainClauses) {
+    out.clauses = explain(policy, input).conjuncts.map((c) => ({
+      source: c.source,
+      outcome: c.outcome,
+      ...(c.error ? { error: c.error } : {}),
+    }));
   }
-  return { allow: reasons.length === 0, reasons, policyScope: 'default' };
+  return out;
 }

@@ -106,13 +106,19 @@ export async function createServer(o: ServerOptions): Promise<FastifyInstance> {
     const status = (err as FastifyError).statusCode;
     if (status && status >= 400 && status < 500) {
       const code = (err as FastifyError).code ?? 'bad-request';
+      const names: Record<string, string> = {
+        FST_ERR_CTP_INVALID_JSON_BODY: 'malformed-json',
+        FST_ERR_CTP_EMPTY_JSON_BODY: 'malformed-json',
+        FST_ERR_CTP_BODY_TOO_LARGE: 'body-too-large',
+        FST_ERR_CTP_INVALID_MEDIA_TYPE: 'unsupported-media-type',
+      };
       const detail =
         code === 'FST_ERR_CTP_BODY_TOO_LARGE'
           ? `request body exceeds ${o.bodyLimit} bytes`
           : code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE'
             ? `unsupported content type ${String(_req.headers['content-type'])}: send application/json`
             : err.message;
-      return sendProblem(reply, status, code.toLowerCase().replace(/_/g, '-'), detail);
+      return sendProblem(reply, status, names[code] ?? 'bad-request', detail);
     }
     o.log(`error: ${err.stack ?? err.message}`);
     o.metrics.inc('kbs_internal_errors_total', 'Requests that failed inside the broker');

@@ -193,7 +193,8 @@ export async function verifyBundle(
   key: string | NoteVerifier | readonly NoteVerifier[],
   options: VerifyBundleOptions = {},
 ): Promise<BundleReport> {
-  const bundle = typeof input === 'string' ? parseBundle(input) : input;
+  // A bundle object gets the same structural checks as a file (entries well-formed, counts, range).
+  const bundle = parseBundle(typeof input === 'string' ? input : formatBundle(input));
   const verifiers: readonly NoteVerifier[] =
     typeof key === 'string'
       ? [await parseVerifierKey(key)]

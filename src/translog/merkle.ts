@@ -136,9 +136,12 @@ export interface MerkleSource {
 }
 
 export interface ProofBuilderOptions {
-  /** Subtrees of this level or less are computed from their leaves in one read (default 8: 256 leaves). */
+  /** Subtrees of this level or less are computed from their leaves in one read (default 5: 32 leaves). */
   batchLevel?: number;
-  /** Computed subtrees of this level or more are kept in memory (default 8: one hash per 256 leaves). */
+  /**
+   * Subtrees of this level or more are kept in memory once computed (default 5: about one hash per 16
+   * leaves, some 30 MB for 10^7 entries); those a request reads from the store in its batch are not.
+   */
   cacheMinLevel?: number;
 }
 
@@ -156,38 +159,25 @@ export class ProofBuilder {
     private readonly source: MerkleSource,
     options: ProofBuilderOptions = {},
   ) {
-    this.batchLevel = options.batchLevel ?? 8;
-    this.cacheMinLevel = options.cacheMinLevel ?? 8;
+    this.batchLevel = options.batchLevel ?? 5;
+    this.cacheMinLevel = options.cacheMinLevel ?? 5;
   }
 
-  /** Hash of the perfect subtree (level, index). */
-  async node(level: number, index: number): Promise<Uint8Array> {
-    const key = index * 64 + level;
-    const cached = this.cache.get(key);
-    if (cached) return cached;
-    let h: Uint8Array | undefined;
-    if (level <= this.batchLevel) {
-      const width = 2 ** level;
-      const leaves = await this.source.leafHashes(index * width, (index + 1) * width);
-      if (leaves.length !== width || leaves.some((l) => l.length !== HASH_SIZE)) {
-        throw new TranslogError(
-          'store',
-          `the store returned ${leaves.length} leaf hashes for [${index * width}, ${(index + 1) * width})`,
-        );
-      }
-      let row = leaves;
-      while (row.length > 1) {
-        const next: Promise<Uint8Array>[] = [];
-        for (let i = 0; i < row.length; i += 2) next.push(nodeHash(row[i]!, row[i + 1]!));
-        row = await Promise.all(next);
-      }
-      h = row[0]!;
-    } else {
-      h = (await this.source.nodeHashes?.([{ level, index }]))?.[0];
-      if (!h) {
+  /** Hash of the perfect subtree (level, index); `known` holds the stored hashes read for this request. */
+  async node(level: number, index: number, known?: ReadonlyMap<number, Uint8Array>): Promise<Uint8Array> {
+    const key = nodeKey(level, index);
+    let h = this.cache.get(key) ?? known?.get(key);
+    if (h) return h;
+    // A request that brings `known` has already asked the store for every node it needs.
+    if (level > 0 && known === undefined && this.source.nodeHashes) {
+      h = (await this.source.nodeHashes([{ level, index }]))[0];
+    }
+    if (!h) {
+      if (level <= this.batchLevel) h = await this.fromLeaves(level, index);
+      else {
         const [l, r] = await Promise.all([
-          this.node(level - 1, 2 * index),
-          this.node(level - 1, 2 * index + 1),
+          this.node(level - 1, 2 * index, known),
+          this.node(level - 1, 2 * index + 1, known),
         ]);
         h = await nodeHash(l, r);
       }
@@ -196,21 +186,65 @@ export class ProofBuilder {
     return h;
   }
 
+  /** A small subtree computed from its leaves, read in one call. */
+  private async fromLeaves(level: number, index: number): Promise<Uint8Array> {
+    const width = 2 ** level;
+    const leaves = await this.source.leafHashes(index * width, (index + 1) * width);
+    if (leaves.length !== width || leaves.some((l) => l.length !== HASH_SIZE)) {
+      throw new TranslogError(
+        'store',
+        `the store returned ${leaves.length} leaf hashes for [${index * width}, ${(index + 1) * width})`,
+      );
+    }
+    let row = leaves;
+    while (row.length > 1) {
+      const next: Promise<Uint8Array>[] = [];
+      for (let i = 0; i < row.length; i += 2) next.push(nodeHash(row[i]!, row[i + 1]!));
+      row = await Promise.all(next);
+    }
+    return row[0]!;
+  }
+
   /** MTH of leaves [from, to), where `from` is aligned as in the RFC 9162 tree (a multiple of the split). */
-  async rangeHash(from: number, to: number): Promise<Uint8Array> {
+  async rangeHash(from: number, to: number, known?: ReadonlyMap<number, Uint8Array>): Promise<Uint8Array> {
     const n = to - from;
     if (n <= 0) return emptyRoot();
     if (isPowerOfTwo(n)) {
       if (from % n !== 0) throw new RangeError(`[${from}, ${to}) is not an aligned subtree`);
-      return this.node(Math.log2(n), from / n);
+      return this.node(Math.log2(n), from / n, known);
     }
     const k = splitPoint(n);
-    const [l, r] = await Promise.all([this.rangeHash(from, from + k), this.rangeHash(from + k, to)]);
+    const [l, r] = await Promise.all([
+      this.rangeHash(from, from + k, known),
+      this.rangeHash(from + k, to, known),
+    ]);
     return nodeHash(l, r);
   }
 
-  root(size: number): Promise<Uint8Array> {
-    return this.rangeHash(0, size);
+  /** The MTHs of the ranges, after reading every stored subtree they need in one call to the source. */
+  private async rangeHashes(ranges: readonly [number, number][]): Promise<Uint8Array[]> {
+    let known: Map<number, Uint8Array> | undefined;
+    if (this.source.nodeHashes) {
+      const ids = ranges
+        .flatMap(([a, b]) => perfectSubtrees(a, b))
+        .filter((id) => {
+          return id.level > 0 && !this.cache.has(nodeKey(id.level, id.index));
+        });
+      if (ids.length > 0) {
+        const got = await this.source.nodeHashes(ids);
+        known = new Map();
+        for (const [i, id] of ids.entries()) {
+          const h = got[i];
+          if (h && h.length === HASH_SIZE) known.set(nodeKey(id.level, id.index), h);
+        }
+      }
+    }
+    return Promise.all(ranges.map(([a, b]) => this.rangeHash(a, b, known)));
+  }
+
+  async root(size: number): Promise<Uint8Array> {
+    if (size === 0) return emptyRoot();
+    return (await this.rangeHashes([[0, size]]))[0]!;
   }
 
   /** PATH(index, D[size]) of RFC 9162 §2.1.3.1. */
@@ -218,7 +252,7 @@ export class ProofBuilder {
     if (!isSize(index) || !isSize(size) || index >= size) {
       throw new TranslogError('bad-proof', `no inclusion proof for index ${index} in a tree of ${size}`);
     }
-    return Promise.all(inclusionRanges(index, size).map(([a, b]) => this.rangeHash(a, b)));
+    return this.rangeHashes(inclusionRanges(index, size));
   }
 
   /** PROOF(size1, D[size2]) of RFC 9162 §2.1.4.1; empty when the sizes are equal. */
@@ -226,8 +260,26 @@ export class ProofBuilder {
     if (!isSize(size1) || !isSize(size2) || size1 < 1 || size1 > size2) {
       throw new TranslogError('bad-proof', `no consistency proof from size ${size1} to size ${size2}`);
     }
-    return Promise.all(consistencyRanges(size1, size2).map(([a, b]) => this.rangeHash(a, b)));
+    return this.rangeHashes(consistencyRanges(size1, size2));
   }
+}
+
+function nodeKey(level: number, index: number): number {
+  return index * 64 + level;
+}
+
+/** The perfect subtrees whose hashes make up the MTH of [from, to), left to right. */
+export function perfectSubtrees(from: number, to: number): NodeId[] {
+  const out: NodeId[] = [];
+  let a = from;
+  while (a < to) {
+    let w = 1;
+    // The largest aligned power of two that starts at a and fits.
+    while (a % (w * 2) === 0 && a + w * 2 <= to) w *= 2;
+    out.push({ level: Math.log2(w), index: a / w });
+    a += w;
+  }
+  return out;
 }
 
 /** The leaf ranges whose MTHs make up PATH(m, D[n]), bottom to top. */

@@ -5,7 +5,7 @@
  * exports from any LogStore.
  */
 import { toHex } from '../util/bytes.js';
-import { signCheckpoint } from './checkpoint.js';
+import { parseCheckpoint, signCheckpoint } from './checkpoint.js';
 import { type LogEntry, type LogEntryFields, nextEntry } from './entry.js';
 import { TranslogError } from './errors.js';
 import {
@@ -327,7 +327,7 @@ export class TransparencyLog {
       size === undefined ? await this.store.latestCheckpoint() : await this.store.getCheckpoint(size);
     if (!note)
       throw new TranslogError('proof-without-checkpoint', `no checkpoint of size ${size ?? '(latest)'}`);
-    const n = size ?? Number(note.split('\n')[1]);
+    const n = size ?? parseCheckpoint(note).size;
     const [entry] = await this.store.getEntries(index, index + 1);
     if (!entry) throw new TranslogError('store', `entry ${index} is missing`);
     return { entry, proof: await this.inclusionProof(index, n), checkpoint: note };
@@ -338,7 +338,7 @@ export class TransparencyLog {
     let to = options.to;
     if (to === undefined) {
       const latest = await this.store.latestCheckpoint();
-      to = latest ? Number(latest.split('\n')[1]) : 0;
+      to = latest ? parseCheckpoint(latest).size : 0;
     }
     await this.within(to);
     if (!Number.isSafeInteger(from) || from < 0 || from > to) {

@@ -9,6 +9,7 @@ import {
   sealStream,
 } from '../../src/seal/container.js';
 import { SealFormatError } from '../../src/seal/format.js';
+import { bs } from '../../src/util/bytes.js';
 import { hpke, kek, pattern, URI } from './helpers.js';
 
 const CS = 64; // small chunks make multi-chunk cases cheap
@@ -89,7 +90,7 @@ describe('tampering', () => {
     const ctx = await beginSeal({ recipients: [{ type: 'kbs', uri: URI, kek: k.secret }], chunkSize: CS });
     expect(ctx.header.plaintextLength).toBeUndefined();
     const sealed = new Uint8Array(
-      await new Response(new Blob([pt]).stream().pipeThrough(sealStream(ctx))).arrayBuffer(),
+      await new Response(new Blob([bs(pt)]).stream().pipeThrough(sealStream(ctx))).arrayBuffer(),
     );
     expect(await openBytes(sealed, k)).toEqual(pt);
     const hl = ctx.header.headerLength;

@@ -172,7 +172,7 @@ const isUniqueViolation = (e: unknown): boolean => (e as { code?: string }).code
 /** Statements used on hot paths carry a name, so each connection prepares them once. */
 const q = (name: string, text: string, values: unknown[] = []): pg.QueryConfig => ({ name, text, values });
 
-/** A transaction that holds the log head lock; appends at most one entry. */
+/** A transaction holding the log head lock; it moves its copy of the head as it appends. */
 class LoggedTx {
   constructor(
     readonly c: pg.PoolClient,

@@ -10,6 +10,7 @@
  *
  * Every mutation is one `BEGIN IMMEDIATE` transaction: it takes SQLite's write lock up front, so the
  * log head read inside it cannot be overtaken by another connection or process before the append.
+ * Log appends are group-committed (see `AppendQueue`): concurrent releases share one fsync.
  */
 import Database from 'better-sqlite3';
 import {

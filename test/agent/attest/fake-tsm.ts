@@ -14,7 +14,7 @@
 import type { AgentFs } from '../../../src/agent/attest/fs.js';
 import { GUID_ARK, GUID_ASK, GUID_VCEK } from '../../../src/attest/snp/certtable.js';
 import type { IssuedReport, SnpTestAuthority } from '../../../src/attest/testing/snp.js';
-import { concatBytes, utf8 } from '../../../src/util/bytes.js';
+import { bs, concatBytes, utf8 } from '../../../src/util/bytes.js';
 
 function fsError(code: string, path: string): Error {
   return Object.assign(new Error(`${code}: fake configfs, ${path}`), { code, path });
@@ -232,7 +232,9 @@ export class FakeTsm implements AgentFs {
       if (e.serviceProvider !== 'svsm') throw fsError('EINVAL', 'outblob');
       // Like an SVSM: the report data is SHA-512 over the nonce and the services manifest.
       e.manifest = utf8.encode('{"fake-svsm-services":[]}');
-      reportData = new Uint8Array(await crypto.subtle.digest('SHA-512', concatBytes(e.inblob!, e.manifest)));
+      reportData = new Uint8Array(
+        await crypto.subtle.digest('SHA-512', bs(concatBytes(e.inblob!, e.manifest))),
+      );
     }
     const report = await a.issue({ reportData, vmpl: e.privlevel });
     this.issued.push(report);

@@ -1,0 +1,223 @@
+/**
+ * Assembles a running key broker from its configuration: store, keys, verifiers, HTTP server,
+ * checkpoint signing and session clean-up. Used by `cloister kbs serve`, the demo and the tests.
+ */
+import { readFile } from 'node:fs/promises';
+import type { FastifyInstance } from 'fastify';
+import { importJWK, type JWK } from 'jose';
+import { chainSources, httpSource, offlineSource } from '../attest/collateral/index.js';
+import { cachedSource, directorySource } from '../attest/collateral/node.js';
+import type { CollateralSource, TeeKind } from '../attest/common/types.js';
+import { createDefaultRegistry } from '../attest/index.js';
+import { generateNoteSigner, type NoteSigner, signerFromJwk, vkeyOf } from '../translog/index.js';
+import { AdminApi } from './admin.js';
+import { Broker } from './broker.js';
+import type { KbsConfig } from './config.js';
+import { buildLogEntry, KbsLogStore, signCheckpointNow } from './log.js';
+import { Metrics } from './metrics.js';
+import { masterKeyFromText, SecretBox } from './secrets.js';
+import { createServer } from './server.js';
+import { openStore } from './store/index.js';
+import type { KbsStore } from './store/types.js';
+
+export interface RunningBroker {
+  url: string;
+  app: FastifyInstance;
+  store: KbsStore;
+  broker: Broker;
+  /** Verifier key of the checkpoint signer (for `cloister log verify --key`). */
+  logVerifierKey: string;
+  earPublicKey: CryptoKey;
+  close(): Promise<void>;
+}
+
+async function readText(path: string, what: string): Promise<string> {
+  try {
+    return await readFile(path, 'utf8');
+  } catch (e) {
+    throw new Error(
+      `cannot read ${what} ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+    );
+  }
+}
+
+async function masterKeys(c: KbsConfig, log: (s: string) => void) {
+  const text = c.masterKeyFile
+    ? await readText(c.masterKeyFile, 'master key file')
+    : process.env.CLOISTER_KBS_MASTER_KEY;
+  if (!text) {
+    if (!c.devMode)
+      throw new Error(
+        'no master key: set masterKeyFile in the config or CLOISTER_KBS_MASTER_KEY (32 bytes, base64)',
+      );
+    log('dev mode: no master key configured, using an ephemeral one (resources will not survive a restart)');
+    return [
+      await masterKeyFromText(
+        btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32)))),
+        'ephemeral',
+      ),
+    ];
+  }
+  const lines = text.split(/\s+/).filter(Boolean);
+  return Promise.all(lines.map((l, i) => masterKeyFromText(l, `master key ${i + 1}`)));
+}
+
+async function earKeyPair(c: KbsConfig, log: (s: string) => void): Promise<CryptoKeyPair> {
+  if (!c.earKeyFile) {
+    log(
+      'no earKeyFile: signing attestation tokens with a key made for this process (other replicas will not accept them)',
+    );
+    return (await crypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, false, [
+      'sign',
+      'verify',
+    ])) as CryptoKeyPair;
+  }
+  const jwk = JSON.parse(await readText(c.earKeyFile, 'EAR key')) as JWK;
+  if (jwk.kty !== 'EC' || jwk.crv !== 'P-256' || !jwk.d)
+    throw new Error(`${c.earKeyFile}: the EAR key must be a private EC P-256 JWK`);
+  const { d: _d, ...pub } = jwk;
+  return {
+    privateKey: (await importJWK(jwk, 'ES256')) as CryptoKey,
+    publicKey: (await importJWK(pub, 'ES256')) as CryptoKey,
+  };
+}
+
+async function logSigner(c: KbsConfig, log: (s: string) => void): Promise<NoteSigner> {
+  if (!c.logKeyFile) {
+    const g = await generateNoteSigner(c.logOrigin);
+    log(`no logKeyFile: checkpoints are signed by a key made for this process: ${g.vkey}`);
+    return g.signer;
+  }
+  return signerFromJwk(JSON.parse(await readText(c.logKeyFile, 'log key')) as JsonWebKey & { kid?: string });
+}
+
+async function adminKeys(c: KbsConfig, log: (s: string) => void): Promise<JWK[]> {
+  if (!c.adminKeysFile) {
+    log('no adminKeysFile: the admin API refuses every request');
+    return [];
+  }
+  const v = JSON.parse(await readText(c.adminKeysFile, 'admin keys')) as JWK | JWK[] | { keys: JWK[] };
+  const keys = Array.isArray(v) ? v : 'keys' in v && Array.isArray(v.keys) ? v.keys : [v as JWK];
+  for (const k of keys) {
+    if ('d' in k) throw new Error(`${c.adminKeysFile}: admin keys must be public keys (found a private key)`);
+  }
+  return keys;
+}
+
+function collateral(c: KbsConfig): CollateralSource {
+  const sources: CollateralSource[] = [];
+  if (c.collateral.dir) sources.push(directorySource(c.collateral.dir));
+  if (c.collateral.online) {
+    const http = httpSource();
+    sources.push(c.collateral.cacheDir ? cachedSource(http, c.collateral.cacheDir) : http);
+  } else if (c.collateral.cacheDir) {
+    sources.push(cachedSource(offlineSource, c.collateral.cacheDir, { offline: true }));
+  }
+  return sources.length ? chainSources(...sources) : offlineSource;
+}
+
+export interface StartOptions {
+  /** Log sink (default stderr). */
+  log?: (line: string) => void;
+  /** Collateral source used instead of the configured one (embedding, tests). */
+  collateral?: CollateralSource;
+  /** Trust anchors added to the configured ones, per TEE kind (test authorities in tests). */
+  trustAnchors?: Partial<Record<TeeKind, Uint8Array[]>>;
+}
+
+export async function startBroker(c: KbsConfig, opts: StartOptions = {}): Promise<RunningBroker> {
+  const sink = opts.log ?? ((l: string) => process.stderr.write(`${l}\n`));
+  const prefix = c.devMode ? '[DEV MODE: insecure sample TEE accepted] ' : '';
+  const log = (line: string) => sink(`${prefix}cloister-kbs: ${line}`);
+  if (c.devMode)
+    log('DEV MODE IS ON: the insecure `sample` TEE can obtain keys. Never use dev mode with real secrets.');
+
+  const store = await openStore(c.db, { buildLogEntry });
+  const secrets = new SecretBox(await masterKeys(c, log));
+  const earKey = await earKeyPair(c, log);
+  const signer = await logSigner(c, log);
+  const trustAnchors: Partial<Record<TeeKind, Uint8Array[]>> = {};
+  for (const [kind, files] of Object.entries(c.trustAnchors)) {
+    trustAnchors[kind as TeeKind] = await Promise.all(
+      files.map(async (f) => new Uint8Array(await readFile(f))),
+    );
+    log(`${kind}: vendor roots REPLACED by ${files.join(', ')} (test authorities only)`);
+  }
+  for (const [kind, anchors] of Object.entries(opts.trustAnchors ?? {}) as [TeeKind, Uint8Array[]][]) {
+    trustAnchors[kind as TeeKind] = [...(trustAnchors[kind as TeeKind] ?? []), ...anchors];
+    log(`${kind}: vendor roots REPLACED by ${anchors.length} embedded anchor(s) (test authorities only)`);
+  }
+  const metrics = new Metrics();
+  const broker = new Broker({
+    store,
+    secrets,
+    registry: createDefaultRegistry(),
+    collateral: opts.collateral ?? collateral(c),
+    earKey,
+    devMode: c.devMode,
+    sessionTtlSeconds: c.sessionTtlSeconds,
+    tokenTtlSeconds: c.tokenTtlSeconds,
+    trustAnchors,
+    onEvent: (e) => {
+      if (e.type === 'attest' && !e.ok) log(`attestation refused (${e.tee}): ${e.reason}`);
+      if (e.type === 'release' && !e.allowed) log(`release of ${e.path} denied: ${e.reasons.join('; ')}`);
+    },
+  });
+  const logStore = new KbsLogStore(store);
+  const checkpoint = () => signCheckpointNow(store, logStore, c.logOrigin, signer);
+  const admin = new AdminApi({
+    store,
+    secrets,
+    adminKeys: await adminKeys(c, log),
+    earPublicKey: earKey.publicKey,
+    devMode: c.devMode,
+    maxResourceBytes: c.maxResourceBytes,
+    checkpoint,
+    logStore,
+    origin: c.logOrigin,
+  });
+  const app = await createServer({
+    broker,
+    admin,
+    metrics,
+    bodyLimit: c.bodyLimitBytes,
+    rateLimit: c.rateLimit,
+    requestTimeoutMs: c.requestTimeoutMs,
+    sessionTtlSeconds: c.sessionTtlSeconds,
+    log,
+  });
+  const address = await app.listen({ host: c.host, port: c.port });
+
+  let stopping = false;
+  const tick = async () => {
+    if (stopping) return;
+    try {
+      await checkpoint();
+      await store.deleteExpiredSessions(new Date().toISOString());
+    } catch (e) {
+      log(`background task failed: ${(e as Error).message}`);
+    }
+  };
+  const timer = setInterval(tick, c.checkpointIntervalSeconds * 1000);
+  timer.unref();
+  log(
+    `listening on ${address} (store ${c.db.replace(/\/\/[^@]*@/, '//…@')}, TEE kinds: ${broker.teeKinds.join(', ')})`,
+  );
+  log(`checkpoint verifier key: ${vkeyOf(signer)}`);
+
+  return {
+    url: address,
+    app,
+    store,
+    broker,
+    logVerifierKey: vkeyOf(signer),
+    earPublicKey: earKey.publicKey,
+    async close() {
+      stopping = true;
+      clearInterval(timer);
+      await app.close();
+      await tick().catch(() => {});
+      await store.close();
+    },
+  };
+}

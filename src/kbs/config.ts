@@ -1,0 +1,107 @@
+/**
+ * Broker configuration: a JSON file (docs/kbs.md documents every key), overridable by flags. Secrets
+ * are never inline: they come from files or environment variables.
+ */
+import { readFile } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+
+export interface KbsConfig {
+  host: string;
+  port: number;
+  /** `sqlite:PATH` (default), `postgres://…`, `memory:` (tests). */
+  db: string;
+  /** Allows the insecure `sample` TEE; announced at start and on every log line. */
+  devMode: boolean;
+  /** File holding the base64 master key(s), one per line, current first; or env CLOISTER_KBS_MASTER_KEY. */
+  masterKeyFile?: string;
+  /** ES256 private JWK that signs EAR tokens (replicas must share it); generated per process if absent. */
+  earKeyFile?: string;
+  /** Ed25519 private JWK (cloister log keygen) that signs log checkpoints; generated if absent. */
+  logKeyFile?: string;
+  logOrigin: string;
+  /** Public JWKs (a JSON array or {keys: […]}) allowed to sign admin tokens; none = admin API disabled. */
+  adminKeysFile?: string;
+  sessionTtlSeconds: number;
+  tokenTtlSeconds: number;
+  bodyLimitBytes: number;
+  maxResourceBytes: number;
+  requestTimeoutMs: number;
+  rateLimit: { perSecond: number; burst: number };
+  checkpointIntervalSeconds: number;
+  collateral: { dir?: string; cacheDir?: string; online: boolean };
+  /** Per TEE kind, PEM/DER files replacing the vendor roots (test authorities only). */
+  trustAnchors: Record<string, string[]>;
+}
+
+export const DEFAULT_CONFIG: KbsConfig = {
+  host: '127.0.0.1',
+  port: 8080,
+  db: 'sqlite:./cloister-kbs.db',
+  devMode: false,
+  logOrigin: 'cloister-kbs/log',
+  sessionTtlSeconds: 300,
+  tokenTtlSeconds: 3600,
+  bodyLimitBytes: 1024 * 1024,
+  maxResourceBytes: 64 * 1024,
+  requestTimeoutMs: 10_000,
+  rateLimit: { perSecond: 100, burst: 200 },
+  checkpointIntervalSeconds: 10,
+  collateral: { online: false },
+  trustAnchors: {},
+};
+
+const KEYS = new Set(
+  Object.keys(DEFAULT_CONFIG).concat(['masterKeyFile', 'earKeyFile', 'logKeyFile', 'adminKeysFile']),
+);
+
+/** Reads a config file; relative paths in it are resolved against the file's folder. Unknown keys are refused. */
+export async function loadConfig(
+  path: string | undefined,
+  overrides: Partial<KbsConfig> = {},
+): Promise<KbsConfig> {
+  let file: Partial<KbsConfig> = {};
+  if (path) {
+    let text: string;
+    try {
+      text = await readFile(path, 'utf8');
+    } catch (e) {
+      throw new Error(
+        `cannot read config ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+      );
+    }
+    try {
+      file = JSON.parse(text) as Partial<KbsConfig>;
+    } catch (e) {
+      throw new Error(`config ${path} is not JSON: ${(e as Error).message}`);
+    }
+    const unknown = Object.keys(file).filter((k) => !KEYS.has(k));
+    if (unknown.length)
+      throw new Error(`config ${path}: unknown key(s) ${unknown.join(', ')} (see docs/kbs.md)`);
+    const base = dirname(resolve(path));
+    for (const k of ['masterKeyFile', 'earKeyFile', 'logKeyFile', 'adminKeysFile'] as const) {
+      if (typeof file[k] === 'string') file[k] = resolve(base, file[k]);
+    }
+    if (typeof file.db === 'string' && file.db.startsWith('sqlite:') && !file.db.startsWith('sqlite::')) {
+      file.db = `sqlite:${resolve(base, file.db.slice(7))}`;
+    }
+    if (file.trustAnchors) {
+      file.trustAnchors = Object.fromEntries(
+        Object.entries(file.trustAnchors).map(([k, v]) => [k, v.map((f) => resolve(base, f))]),
+      );
+    }
+  }
+  const c: KbsConfig = { ...DEFAULT_CONFIG, ...file, ...overrides };
+  if (!Number.isInteger(c.port) || c.port < 0 || c.port > 65535)
+    throw new Error(`port ${c.port} is not a TCP port`);
+  for (const k of [
+    'sessionTtlSeconds',
+    'tokenTtlSeconds',
+    'bodyLimitBytes',
+    'maxResourceBytes',
+    'requestTimeoutMs',
+    'checkpointIntervalSeconds',
+  ] as const) {
+    if (!(typeof c[k] === 'number' && c[k] > 0)) throw new Error(`config ${k} must be a positive number`);
+  }
+  return c;
+}

@@ -1,0 +1,333 @@
+/**
+ * Compiling resource policies: CEL source → a checked, bounded, reusable evaluator.
+ *
+ * Policies are boolean CEL expressions over the input document described in docs/policy.md. They are
+ * parsed and type-checked once against a typed environment, so a misspelt field (`cpu.statuss`) or a
+ * type confusion (`cpu.status == 1`) is refused when the policy is stored, not at release time.
+ */
+import { type ASTNode, Environment, type ParseResult, serialize } from '@marcbachmann/cel-js';
+import { COMPREHENSIONS, children } from './ast.js';
+import { estimateCost } from './cost.js';
+
+/**
+ * Bounds on a policy. With the bounds on the input (input-limits.ts) they bound evaluation cost; the
+ * worst case is estimated at compile time (cost.ts) and refused over maxCost.
+ */
+export const POLICY_LIMITS = Object.freeze({
+  /** Characters of source. */
+  maxSourceLength: 16_384,
+  maxAstNodes: 1024,
+  maxDepth: 32,
+  maxListElements: 256,
+  maxMapEntries: 256,
+  maxCallArguments: 8,
+  /** Comprehensions inside comprehensions: 2 allows `gpus.all(g, g.reasons.all(r, …))`. */
+  maxComprehensionNesting: 2,
+  /** Worst-case steps over any input within INPUT_LIMITS (cost.ts): tens of ms at worst. */
+  maxCost: 5_000_000,
+});
+
+/**
+ * Functions a policy may not call, and why. `matches` runs a JavaScript regular expression, which can
+ * backtrack exponentially on a claim an attacker shapes; `cel.bind` lets a policy double a value per
+ * binding, so its size would no longer be bounded by the node count.
+ */
+const FORBIDDEN: Record<string, string> = {
+  matches:
+    'matches() is not allowed: JavaScript regular expressions can take exponential time on claims the ' +
+    'attester controls; use ==, in, startsWith(), endsWith() or contains()',
+  bind: 'cel.bind() is not allowed: it lets a value double in size per binding, which defeats the cost bound',
+};
+
+export type PolicyErrorCode =
+  | 'policy-empty'
+  | 'policy-too-large'
+  | 'policy-syntax'
+  | 'policy-type'
+  | 'policy-not-bool'
+  | 'policy-forbidden'
+  | 'policy-too-costly';
+
+/** A policy that cannot be compiled, with the position (1-based line and column) of the problem. */
+export class PolicyError extends Error {
+  override name = 'PolicyError';
+  constructor(
+    readonly code: PolicyErrorCode,
+    /** The problem alone, without position. */
+    readonly detail: string,
+    readonly line: number,
+    readonly column: number,
+    /** Offset (UTF-16 code units) of the problem in the source. */
+    readonly offset: number,
+    /** The source line and a caret under the problem, for display. */
+    readonly excerpt: string,
+  ) {
+    super(`${code} at line ${line}, column ${column}: ${detail}`);
+  }
+}
+
+/** One clause of a top-level conjunction `a && b && c` (the whole policy when it is not one). */
+export interface Conjunct {
+  /** The clause's source text as written (without enclosing parentheses). */
+  source: string;
+  /** Offset of the clause in the policy source. */
+  offset: number;
+  line: number;
+  column: number;
+  /** @internal evaluator for this clause alone */
+  readonly run: ParseResult;
+}
+
+export interface CompiledPolicy {
+  readonly source: string;
+  /** @internal evaluator for the whole policy */
+  readonly run: ParseResult;
+  /** The top-level conjuncts, for explain(). */
+  readonly conjuncts: readonly Conjunct[];
+  /** Worst-case evaluation cost in steps over any input within INPUT_LIMITS (≤ POLICY_LIMITS.maxCost). */
+  readonly cost: number;
+}
+
+/** Submodule as policies see it; fields are documented in docs/policy.md. */
+export class CelSubmod {
+  constructor(
+    readonly name: string,
+    readonly status: string,
+    readonly trust: Map<string, bigint>,
+    readonly claims: Record<string, unknown>,
+    readonly kind: string,
+    readonly insecure: boolean,
+    readonly reasons: Record<string, string>[],
+  ) {}
+}
+
+export class CelResource {
+  constructor(
+    readonly uri: string,
+    readonly repository: string,
+    readonly type: string,
+    readonly tag: string,
+  ) {}
+}
+
+let environment: Environment | undefined;
+
+/** The one typed environment every policy is compiled in; created on first use (it is not cheap). */
+export function policyEnvironment(): Environment {
+  environment ??= new Environment({
+    enableOptionalTypes: true,
+    limits: {
+      maxAstNodes: POLICY_LIMITS.maxAstNodes,
+      maxDepth: POLICY_LIMITS.maxDepth,
+      maxListElements: POLICY_LIMITS.maxListElements,
+      maxMapEntries: POLICY_LIMITS.maxMapEntries,
+      maxCallArguments: POLICY_LIMITS.maxCallArguments,
+    },
+  })
+    .registerType('cloister.Submod', {
+      ctor: CelSubmod,
+      fields: {
+        name: 'string',
+        status: 'string',
+        trust: 'map<string, int>',
+        claims: 'map<string, dyn>',
+        kind: 'string',
+        insecure: 'bool',
+        reasons: 'list<map<string, string>>',
+      },
+    })
+    .registerType('cloister.Resource', {
+      ctor: CelResource,
+      fields: { uri: 'string', repository: 'string', type: 'string', tag: 'string' },
+    })
+    .registerVariable('submods', 'map<string, cloister.Submod>')
+    .registerVariable('cpu', 'cloister.Submod')
+    .registerVariable('gpus', 'list<cloister.Submod>')
+    .registerVariable('resource', 'cloister.Resource')
+    .registerVariable('tenant', 'string')
+    .registerVariable('tee', 'string')
+    .registerVariable('init_data', 'map<string, dyn>')
+    .registerVariable('now', 'google.protobuf.Timestamp')
+    .registerVariable('dev_mode', 'bool');
+  return environment;
+}
+
+function position(source: string, offset: number): { line: number; column: number; excerpt: string } {
+  const at = Math.max(0, Math.min(offset, source.length));
+  const before = source.slice(0, at);
+  const line = before.split('\n').length;
+  const lineStart = before.lastIndexOf('\n') + 1;
+  const lineEnd = source.indexOf('\n', at);
+  const text = source.slice(lineStart, lineEnd === -1 ? undefined : lineEnd);
+  const column = at - lineStart + 1;
+  return { line, column, excerpt: `${text}\n${' '.repeat(column - 1)}^` };
+}
+
+function policyError(code: PolicyErrorCode, detail: string, source: string, offset: number): PolicyError {
+  const p = position(source, offset);
+  return new PolicyError(code, detail, p.line, p.column, offset, p.excerpt);
+}
+
+interface LibError {
+  name?: unknown;
+  summary?: unknown;
+  message?: unknown;
+  range?: { start: number };
+}
+
+/** Turns the CEL library's ParseError/TypeError into a PolicyError at the same position. */
+function fromLibError(e: unknown, source: string, base: number): PolicyError {
+  const err = (typeof e === 'object' && e !== null ? e : {}) as LibError;
+  const summary =
+    typeof err.summary === 'string' && err.summary !== ''
+      ? err.summary
+      : String(err.message ?? e).split('\n')[0]!;
+  const code: PolicyErrorCode =
+    err.name === 'TypeError' && summary !== '' && !/^Exceeded max/.test(summary)
+      ? 'policy-type'
+      : /^Exceeded max/.test(summary)
+        ? 'policy-too-large'
+        : 'policy-syntax';
+  return policyError(code, summary, source, base + (err.range?.start ?? 0));
+}
+
+/**
+ * Refuses forbidden functions and comprehensions nested more than maxComprehensionNesting deep; the
+ * library bounds the node count, depth and literal sizes, and estimateCost bounds the rest.
+ */
+function checkStructure(root: ASTNode, source: string): void {
+  const walk = (node: ASTNode, nesting: number): void => {
+    let inner = nesting;
+    const receiver = node.op === 'rcall' ? node.args[1] : undefined;
+    if (node.op === 'rcall' || node.op === 'call') {
+      const name = node.args[0];
+      const reason =
+        name === 'bind'
+          ? receiver?.op === 'id' && receiver.args === 'cel'
+            ? FORBIDDEN.bind
+            : undefined
+          : FORBIDDEN[name];
+      if (reason !== undefined) throw policyError('policy-forbidden', reason, source, node.start);
+      if (receiver !== undefined && COMPREHENSIONS.has(name)) {
+        inner = nesting + 1;
+        if (inner > POLICY_LIMITS.maxComprehensionNesting) {
+          throw policyError(
+            'policy-too-large',
+            `comprehensions (${[...COMPREHENSIONS].join(', ')}) may be nested at most ` +
+              `${POLICY_LIMITS.maxComprehensionNesting} deep, to keep evaluation cost bounded`,
+            source,
+            node.start,
+          );
+        }
+      }
+    }
+    // A comprehension's receiver (the list it walks) is outside it; its variable and body are inside.
+    for (const c of children(node)) walk(c, c === receiver ? nesting : inner);
+  };
+  walk(root, 0);
+}
+
+function conjunctsOf(root: ASTNode): ASTNode[] {
+  if (root.op !== '&&') return [root];
+  return [...conjunctsOf(root.args[0]), ...conjunctsOf(root.args[1])];
+}
+
+function parseChecked(env: Environment, text: string, source: string, base: number): ParseResult {
+  let run: ParseResult;
+  try {
+    run = env.parse(text);
+  } catch (e) {
+    throw fromLibError(e, source, base);
+  }
+  const checked = run.check();
+  if (!checked.valid) throw fromLibError(checked.error, source, base);
+  if (checked.type !== 'bool' && checked.type !== 'dyn') {
+    throw policyError(
+      'policy-not-bool',
+      `a policy must be a boolean expression; this one is of type ${checked.type}`,
+      source,
+      base,
+    );
+  }
+  checkStructure(run.ast, source);
+  return run;
+}
+
+/**
+ * Parses and type-checks a policy. Throws a PolicyError (with line and column) when the source is
+ * empty, too large or too costly, not valid CEL, not well-typed over the policy input, not boolean, or uses a
+ * forbidden function. Compile once and reuse the result: compiling costs far more than evaluating.
+ */
+export function compilePolicy(source: string): CompiledPolicy {
+  if (typeof source !== 'string' || source.trim() === '') {
+    throw policyError('policy-empty', 'the policy is empty', typeof source === 'string' ? source : '', 0);
+  }
+  if (source.length > POLICY_LIMITS.maxSourceLength) {
+    throw policyError(
+      'policy-too-large',
+      `the policy is ${source.length} characters; at most ${POLICY_LIMITS.maxSourceLength} are allowed`,
+      source,
+      POLICY_LIMITS.maxSourceLength,
+    );
+  }
+  const env = policyEnvironment();
+  const run = parseChecked(env, source, source, 0);
+  const cost = estimateCost(run.ast);
+  if (cost > POLICY_LIMITS.maxCost) {
+    throw policyError(
+      'policy-too-costly',
+      `on the largest input allowed this policy may take ${cost.toExponential(1)} steps; at most ` +
+        `${POLICY_LIMITS.maxCost.toExponential(1)} are allowed. Write \`x in list\` rather than ` +
+        '`list.exists(y, y == x)`, compare with literals or typed fields (g.status) inside comprehensions, ' +
+        'and do not walk a claim list inside a walk over another',
+      source,
+      0,
+    );
+  }
+  const parts = conjunctsOf(run.ast);
+  const conjuncts = parts.map((node): Conjunct => {
+    const text = clauseText(env, source, node);
+    const p = position(source, node.start);
+    return {
+      source: text,
+      offset: node.start,
+      line: p.line,
+      column: p.column,
+      // A single clause reuses the whole policy's evaluator; several are each compiled on their own.
+      run: parts.length === 1 ? run : parseClause(env, text, source, node.start),
+    };
+  });
+  return Object.freeze({ source, run, conjuncts: Object.freeze(conjuncts), cost });
+}
+
+/**
+ * The clause as the author wrote it. The parser's node ranges stop before closing parentheses of
+ * nested groups, so the slice is extended over them until it parses to the same tree; failing that,
+ * the clause is printed from its tree (same meaning, normalised spacing and parentheses).
+ */
+function clauseText(env: Environment, source: string, node: ASTNode): string {
+  const canonical = serialize(node);
+  let end = node.end;
+  for (let extra = 0; extra <= POLICY_LIMITS.maxDepth; extra++) {
+    const text = source.slice(node.start, end);
+    try {
+      if (serialize(env.parse(text).ast) === canonical) return text;
+    } catch {
+      // not yet balanced
+    }
+    const next = source.indexOf(')', end);
+    if (next === -1) break;
+    end = next + 1;
+  }
+  return canonical;
+}
+
+/** A conjunct is well-typed as part of a well-typed `&&`, but may be `dyn`; it is still checked. */
+function parseClause(env: Environment, text: string, source: string, base: number): ParseResult {
+  try {
+    return parseChecked(env, text, source, base);
+  } catch (e) {
+    // Cannot happen for a slice of a checked conjunction; fail loudly rather than explain wrongly.
+    throw new Error(`internal: conjunct ${JSON.stringify(text)} does not compile alone`, { cause: e });
+  }
+}

@@ -1,0 +1,11 @@
+/**
+ * Bounds on the policy input, so that evaluation cost (compile.ts, estimateCost) stays bounded
+ * whatever the evidence says. Inputs over them are denied with a reason.
+ */
+export const INPUT_LIMITS = Object.freeze({
+  maxSubmods: 16,
+  /** JSON values in all claims, reasons (4 per reason) and init data together. */
+  maxValues: 4096,
+  maxDepth: 16,
+  maxStringLength: 65_536,
+});

@@ -1,0 +1,245 @@
+/**
+ * The policy input document: what a resource policy can see about the requester. Built from a
+ * verified EAR (`policyInputFromEar`) plus the request context, then converted into the typed CEL
+ * activation. The conversion validates every field, so bad data becomes a denial with a reason.
+ */
+
+import type { TrustVector } from '../attest/common/types.js';
+import type { EarResult, EarSubmod } from '../attest/ear/index.js';
+import { CelResource, CelSubmod } from './compile.js';
+import { INPUT_LIMITS } from './input-limits.js';
+
+export { INPUT_LIMITS };
+
+/** AR4SI trust-vector claims, as `submod.trust.<name>` (0 when the verifier made no claim). */
+export const TRUST_CLAIMS: readonly (keyof TrustVector)[] = [
+  'instance_identity',
+  'configuration',
+  'executables',
+  'file_system',
+  'hardware',
+  'runtime_opaque',
+  'storage_opaque',
+  'sourced_data',
+];
+
+export interface PolicySubmod {
+  status: string;
+  /** AR4SI claims by name (instance_identity, configuration, …). */
+  trust: Partial<Record<string, number>>;
+  /** Annotated evidence (JSON). */
+  claims: Record<string, unknown>;
+  kind: string;
+  insecure: boolean;
+  reasons: { check: string; status: string; message: string }[];
+}
+
+export interface PolicyResource {
+  uri: string;
+  repository: string;
+  type: string;
+  tag: string;
+}
+
+/** The input document of a resource policy (docs/policy.md describes every field). */
+export interface PolicyInput {
+  submods: Record<string, PolicySubmod>;
+  resource: PolicyResource;
+  tenant: string;
+  /** Optional init data (e.g. the CoCo initdata TOML, as JSON). */
+  init_data?: Record<string, unknown>;
+  now: Date;
+  dev_mode: boolean;
+}
+
+export interface PolicyContext {
+  resource: PolicyResource;
+  tenant: string;
+  init_data?: Record<string, unknown>;
+  /** Default: now. */
+  now?: Date;
+  /** Operator's development mode: lets the default policy accept the insecure `sample` TEE. */
+  devMode?: boolean;
+}
+
+function submodFromEar(s: EarSubmod): PolicySubmod {
+  return {
+    status: s.status,
+    trust: { ...s.trustVector },
+    claims: s.claims,
+    kind: s.kind ?? '',
+    insecure: s.insecure,
+    reasons: s.reasons.map(({ check, status, message }) => ({ check, status, message })),
+  };
+}
+
+/** The policy input for a verified EAR and the request it came with. */
+export function policyInputFromEar(ear: EarResult, ctx: PolicyContext): PolicyInput {
+  const submods: Record<string, PolicySubmod> = {};
+  for (const [name, s] of Object.entries(ear.submods)) submods[name] = submodFromEar(s);
+  return {
+    submods,
+    resource: { ...ctx.resource },
+    tenant: ctx.tenant,
+    ...(ctx.init_data !== undefined ? { init_data: ctx.init_data } : {}),
+    now: ctx.now ?? new Date(),
+    dev_mode: ctx.devMode === true,
+  };
+}
+
+/** Bad input data; becomes a denial reason, never an exception out of evaluatePolicy. */
+export class PolicyInputError extends Error {
+  override name = 'PolicyInputError';
+}
+
+function bad(message: string): never {
+  throw new PolicyInputError(message);
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array);
+}
+
+function str(v: unknown, where: string): string {
+  if (typeof v !== 'string') bad(`${where} must be a string, got ${describe(v)}`);
+  if (v.length > INPUT_LIMITS.maxStringLength) bad(`${where} is longer than ${INPUT_LIMITS.maxStringLength}`);
+  return v;
+}
+
+function describe(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'a list';
+  return typeof v;
+}
+
+/**
+ * Copies a JSON-like value into what CEL expects: null-prototype maps, lists, strings, booleans,
+ * numbers (doubles), bytes, timestamps. `undefined` members are dropped as JSON would.
+ */
+function jsonValue(v: unknown, where: string, budget: { left: number }, depth: number): unknown {
+  if (--budget.left < 0) bad(`claims, reasons and init data hold more than ${INPUT_LIMITS.maxValues} values`);
+  if (depth > INPUT_LIMITS.maxDepth) bad(`${where} is nested deeper than ${INPUT_LIMITS.maxDepth}`);
+  if (v === null || typeof v === 'boolean') return v;
+  if (typeof v === 'string') return str(v, where);
+  if (typeof v === 'number') {
+    if (!Number.isFinite(v)) bad(`${where} is not a finite number`);
+    return v;
+  }
+  if (typeof v === 'bigint') return v;
+  if (v instanceof Uint8Array) return v;
+  if (v instanceof Date) {
+    if (Number.isNaN(v.getTime())) bad(`${where} is an invalid date`);
+    return v;
+  }
+  if (Array.isArray(v)) {
+    const out: unknown[] = [];
+    for (let i = 0; i < v.length; i++) {
+      if (v[i] === undefined) bad(`${where}[${i}] is undefined`);
+      out.push(jsonValue(v[i], `${where}[${i}]`, budget, depth + 1));
+    }
+    return out;
+  }
+  if (isRecord(v)) {
+    const out: Record<string, unknown> = Object.create(null);
+    for (const [k, x] of Object.entries(v)) {
+      if (x !== undefined) out[k] = jsonValue(x, `${where}.${k}`, budget, depth + 1);
+    }
+    return out;
+  }
+  return bad(`${where} has a value of type ${typeof v}, which is not JSON`);
+}
+
+function jsonMap(v: unknown, where: string, budget: { left: number }): Record<string, unknown> {
+  if (v === undefined) return Object.create(null);
+  if (!isRecord(v)) bad(`${where} must be a map, got ${describe(v)}`);
+  return jsonValue(v, where, budget, 0) as Record<string, unknown>;
+}
+
+function toSubmod(name: string, v: unknown, budget: { left: number }): CelSubmod {
+  const where = `submods.${name}`;
+  if (!isRecord(v)) bad(`${where} must be a map, got ${describe(v)}`);
+  const trustIn = v.trust ?? {};
+  if (!isRecord(trustIn)) bad(`${where}.trust must be a map`);
+  const trust = new Map<string, bigint>();
+  for (const claim of TRUST_CLAIMS) {
+    const x = trustIn[claim] ?? 0;
+    if (!Number.isInteger(x) || (x as number) < -128 || (x as number) > 127) {
+      bad(`${where}.trust.${claim} must be an integer in -128..127`);
+    }
+    trust.set(claim, BigInt(x as number));
+  }
+  const reasonsIn = v.reasons ?? [];
+  if (!Array.isArray(reasonsIn)) bad(`${where}.reasons must be a list`);
+  const reasons = reasonsIn.map((r, i) => {
+    // Reasons count against the same budget as claims: policies can walk them too.
+    budget.left -= 4;
+    if (budget.left < 0) bad(`claims, reasons and init data hold more than ${INPUT_LIMITS.maxValues} values`);
+    if (!isRecord(r)) bad(`${where}.reasons[${i}] must be a map`);
+    return {
+      check: str(r.check, `${where}.reasons[${i}].check`),
+      status: str(r.status, `${where}.reasons[${i}].status`),
+      message: str(r.message, `${where}.reasons[${i}].message`),
+    };
+  });
+  if (typeof v.insecure !== 'boolean') bad(`${where}.insecure must be a boolean`);
+  const kind = str(v.kind, `${where}.kind`);
+  return new CelSubmod(
+    name,
+    str(v.status, `${where}.status`),
+    trust,
+    jsonMap(v.claims, `${where}.claims`, budget),
+    kind,
+    // The sample TEE is insecure whatever the input says: its kind alone is enough to know.
+    v.insecure || kind === 'sample',
+    reasons,
+  );
+}
+
+/** `gpu0`, `gpu1`, … in numeric order. */
+function gpuIndex(name: string): number | undefined {
+  const m = /^gpu(0|[1-9][0-9]{0,5})$/.exec(name);
+  return m ? Number(m[1]) : undefined;
+}
+
+/** Placeholder for a missing cpu0: every policy over `cpu` then fails instead of erroring. */
+const NO_CPU = (): CelSubmod =>
+  new CelSubmod('', 'none', new Map(TRUST_CLAIMS.map((c) => [c, 0n])), Object.create(null), '', false, []);
+
+/** The CEL variables for an input; throws PolicyInputError on bad data. */
+export function toActivation(input: unknown): Record<string, unknown> {
+  if (!isRecord(input)) bad(`the policy input must be a map, got ${describe(input)}`);
+  const submodsIn = input.submods;
+  if (!isRecord(submodsIn)) bad('submods must be a map');
+  const names = Object.keys(submodsIn);
+  if (names.length > INPUT_LIMITS.maxSubmods) bad(`more than ${INPUT_LIMITS.maxSubmods} submodules`);
+  const budget = { left: INPUT_LIMITS.maxValues };
+  const submods: Record<string, CelSubmod> = Object.create(null);
+  for (const name of names) submods[name] = toSubmod(name, submodsIn[name], budget);
+  const gpus = names
+    .map((n) => [gpuIndex(n), n] as const)
+    .filter((x): x is readonly [number, string] => x[0] !== undefined)
+    .sort((a, b) => a[0] - b[0])
+    .map(([, n]) => submods[n]!);
+  const cpu = submods.cpu0 ?? NO_CPU();
+  const r = input.resource;
+  if (!isRecord(r)) bad('resource must be a map');
+  const now = input.now;
+  if (!(now instanceof Date) || Number.isNaN(now.getTime())) bad('now must be a valid Date');
+  if (typeof input.dev_mode !== 'boolean') bad('dev_mode must be a boolean');
+  return {
+    submods,
+    cpu,
+    gpus,
+    resource: new CelResource(
+      str(r.uri, 'resource.uri'),
+      str(r.repository, 'resource.repository'),
+      str(r.type, 'resource.type'),
+      str(r.tag, 'resource.tag'),
+    ),
+    tenant: str(input.tenant, 'tenant'),
+    tee: cpu.kind,
+    init_data: jsonMap(input.init_data, 'init_data', budget),
+    now,
+    dev_mode: input.dev_mode,
+  };
+}
