@@ -5,6 +5,7 @@
  * API on a Unix socket (src/agent/api.ts), `agent verify-receipt` checks a run receipt.
  */
 import { readFile } from 'node:fs/promises';
+import { homedir } from 'node:os';
 import path from 'node:path';
 import { type Command, CommanderError, Option } from 'commander';
 import { serveAgentApi } from '../agent/api.js';
@@ -19,6 +20,8 @@ import { AgentError, kbsAttester } from '../agent/kbs.js';
 import { DEFAULT_PRIVATE_PARENT, onTerminationSignal } from '../agent/private-dir.js';
 import { verifyReceipt } from '../agent/receipt.js';
 import { runWorkload } from '../agent/run.js';
+import { chainSources, httpSource } from '../attest/collateral/index.js';
+import { cachedSource, directorySource } from '../attest/collateral/node.js';
 import { createDefaultRegistry } from '../attest/index.js';
 import { certTableCollateral } from '../attest/snp/certtable.js';
 import { KbsClient } from '../kbs/client.js';
@@ -264,6 +267,14 @@ function registerServe(agent: Command): void {
     });
 }
 
+interface VerifyReceiptCliOptions {
+  earKey?: string;
+  at?: string;
+  collateral?: string;
+  online?: boolean;
+  json?: boolean;
+}
+
 function registerVerifyReceipt(agent: Command): void {
   agent
     .command('verify-receipt')
@@ -273,9 +284,11 @@ function registerVerifyReceipt(agent: Command): void {
     .argument('<file>', 'run-receipt.json')
     .option('--ear-key <file>', "the key broker's EAR verification key (a public JWK)")
     .option('--at <time>', "verification time, ISO 8601 (default: the receipt's endedAt)")
+    .option('--collateral <dir>', 'folder with vendor collateral (file names as for cloister verify)')
+    .option('--online', 'fetch missing collateral from the vendor services (cached under ~/.cache/cloister)')
     .option('--json', 'print {ok, body, status, insecure} as JSON')
     .exitOverride()
-    .action(async (file: string, opts: { earKey?: string; at?: string; json?: boolean }) => {
+    .action(async (file: string, opts: VerifyReceiptCliOptions) => {
       const receipt = JSON.parse(await readFile(file, 'utf8'));
       const body = JSON.parse(new TextDecoder().decode(fromBase64(receipt.payload ?? '')));
       const at = new Date(opts.at ?? body.endedAt);
@@ -286,7 +299,22 @@ function registerVerifyReceipt(agent: Command): void {
       const v = await verifyReceipt(receipt, {
         registry: createDefaultRegistry(),
         at,
-        collateral: aux ? certTableCollateral(fromBase64(aux)) : { get: async () => undefined },
+        collateral: chainSources(
+          ...(aux ? [certTableCollateral(fromBase64(aux))] : []),
+          ...(opts.collateral ? [directorySource(opts.collateral)] : []),
+          ...(opts.online
+            ? [
+                cachedSource(
+                  httpSource(),
+                  path.join(
+                    process.env.XDG_CACHE_HOME || path.join(homedir(), '.cache'),
+                    'cloister',
+                    'collateral',
+                  ),
+                ),
+              ]
+            : []),
+        ),
         ...(earKey ? { earKey } : {}),
       });
       const a = v.appraisal;
