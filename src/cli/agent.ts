@@ -97,7 +97,10 @@ export function registerAgent(program: Command): void {
     .option('--gramine-root <dir>', `Gramine attestation directory (default ${DEFAULT_GRAMINE_ROOT})`)
     .option('--dev-root <dir>', `device directory searched for GPUs (default ${DEFAULT_DEV_ROOT})`)
     .option('--allow-sample', 'fall back to the INSECURE software sample TEE when no hardware TEE is found')
-    .addHelpText('after', '\nExamples:\n  cloister agent detect\n  cloister agent detect --json --allow-sample')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  cloister agent detect\n  cloister agent detect --json --allow-sample',
+    )
     .exitOverride()
     .action(async (opts: DetectCliOptions) => {
       const code = await runDetect(opts, {
@@ -225,6 +228,12 @@ export function registerRun(program: Command): void {
     .option('--receipt <file>', 'where to write the run receipt (default OUTPUT-DIR/run-receipt.json)')
     .option('--private-dir <dir>', 'memory file system for the plaintext', DEFAULT_PRIVATE_PARENT)
     .option('--allow-disk', 'accept a --private-dir that is not tmpfs/ramfs (plaintext may reach a disk)')
+    .addHelpText(
+      'after',
+      '\nExample:\n  cloister run --kbs https://kbs.example:8080 --input prompt.txt.sealed \\\n' +
+        '    --output-dir out --seal-to kbs:///owner/outputs/kek2 \\\n' +
+        '    -- sh -c \'wc -w < "$CLOISTER_INPUT_PROMPT_TXT" > "$CLOISTER_OUTPUT_DIR/count.txt"\'',
+    )
     .exitOverride()
     .action(async (command: string[], opts: RunCliOptions) => {
       const log = (line: string) => process.stderr.write(`cloister run: ${line}\n`);
@@ -251,6 +260,11 @@ function registerServe(agent: Command): void {
       .description('serve the local API (keys, tokens, evidence, seal/unseal) on a Unix socket'),
   )
     .requiredOption('--socket <path>', 'Unix socket to listen on (created mode 0600)')
+    .addHelpText(
+      'after',
+      '\nExample:\n  cloister agent serve --socket /run/cloister/agent.sock --kbs https://kbs.example:8080\n' +
+        '  curl --unix-socket /run/cloister/agent.sock http://agent/resource/owner/models/kek1',
+    )
     .exitOverride()
     .action(async (opts: TeeCliOptions & { socket: string }) => {
       const log = (line: string) => process.stderr.write(`cloister agent serve: ${line}\n`);
@@ -288,6 +302,10 @@ function registerVerifyReceipt(agent: Command): void {
     .option('--collateral <dir>', 'folder with vendor collateral (file names as for cloister verify)')
     .option('--online', 'fetch missing collateral from the vendor services (cached under ~/.cache/cloister)')
     .option('--json', 'print {ok, body, status, insecure} as JSON')
+    .addHelpText(
+      'after',
+      '\nExample:\n  cloister agent verify-receipt out/run-receipt.json --ear-key broker-ear.pub.jwk',
+    )
     .exitOverride()
     .action(async (file: string, opts: VerifyReceiptCliOptions) => {
       const receipt = JSON.parse(await readFile(file, 'utf8'));
