@@ -4,6 +4,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { verifyReceipt } from '../../src/agent/receipt.js';
 import { createDefaultRegistry } from '../../src/attest/index.js';
 import { openBytes } from '../../src/seal/container.js';
+import { generateHpkeKeyPair, hpkePublicToJwk } from '../../src/seal/keys.js';
 import { sha256, toHex, utf8 } from '../../src/util/bytes.js';
 import { type FakeKbs, startFakeKbs } from './fake-kbs.js';
 import { cli, ensureBuilt, entries, putKek, shmParent, tempDir, waitFor, writeSealed } from './helpers.js';
@@ -177,6 +178,45 @@ describe('cloister run', () => {
     expect(failed.stderr).toContain('not sealing 1 output file(s): the workload failed');
     expect(entries(out2)).toEqual(['run-receipt.json']);
     expect(entries(shm)).toEqual([]);
+  });
+
+  it('--seal-to hpke:PUBLIC-KEY-FILE seals outputs to an HPKE key as well as a broker KEK', async () => {
+    const k = putKek(kbs, 'owner/models/kek1');
+    const a = await writeSealed(work, 'in.sealed', 'abc', k);
+    const pair = await generateHpkeKeyPair();
+    const pub = join(work, 'owner.pub.jwk');
+    writeFileSync(pub, JSON.stringify(await hpkePublicToJwk(pair.publicKey)));
+    const out = join(work, 'out');
+    const r = await cli([
+      ...base(),
+      '--input',
+      a,
+      '--output-dir',
+      out,
+      '--seal-to',
+      `hpke:${pub}`,
+      '--seal-to',
+      'kbs:///owner/models/kek1',
+      '--',
+      'sh',
+      '-c',
+      'cp "$CLOISTER_INPUT_0" "$CLOISTER_OUTPUT_DIR/copy"',
+    ]).done;
+    expect(r.code).toBe(0);
+    const sealed = readFileSync(join(out, 'copy.sealed'));
+    expect(utf8.decode(await openBytes(sealed, pair))).toBe('abc');
+    expect(utf8.decode(await openBytes(sealed, k))).toBe('abc');
+    const bad = await cli([
+      ...base(),
+      '--output-dir',
+      out,
+      '--seal-to',
+      `hpke:${join(work, 'missing')}`,
+      '--',
+      'true',
+    ]).done;
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/missing: no such file or directory/);
   });
 
   it('policy denial: nothing is unsealed, the workload never runs, the message names the refusal', async () => {
