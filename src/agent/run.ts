@@ -5,11 +5,12 @@
  * Order, and why:
  *   1. the receipt key is made and bound into TEE evidence first, so a TEE that cannot attest fails
  *      before anything else happens;
- *   2. every KEK (inputs and --seal-to recipients) is fetched before the first byte is unsealed, so a
+ *   2. the private directory is checked and made, before the broker is asked for anything;
+ *   3. every KEK (inputs and --seal-to recipients) is fetched before the first byte is unsealed, so a
  *      policy refusal leaves nothing behind and the workload never runs without a way to seal outputs;
- *   3. inputs are unsealed into <private>/inputs, the workload writes into <private>/outputs;
- *   4. outputs are sealed only when the workload exited 0 and no signal asked the agent to stop;
- *   5. the private directory is wiped on every path (private-dir.ts).
+ *   4. inputs are unsealed into <private>/inputs, the workload writes into <private>/outputs;
+ *   5. outputs are sealed only when the workload exited 0 and no signal asked the agent to stop;
+ *   6. the private directory is wiped on every path (private-dir.ts).
  */
 import { spawn } from 'node:child_process';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
@@ -128,6 +129,9 @@ export async function runWorkload(o: RunOptions): Promise<number> {
       o.log('WARNING: the sample TEE is software only; never trust it with secrets');
     const signer = await createReceiptSigner(o.tee.attester);
 
+    // Checked before the broker is asked for anything, so a run that cannot proceed releases no key.
+    dir = await PrivateDir.create({ ...o.privateDir, warn: o.privateDir.warn ?? o.log });
+    if (o.outputDir) await mkdir(o.outputDir, { recursive: true });
     const headers = await Promise.all(o.inputs.map(async (p) => (await readHeader(p)).header));
     const names = inputNames(o.inputs, headers);
     o.log('attesting to the key broker');
@@ -139,8 +143,6 @@ export async function runWorkload(o: RunOptions): Promise<number> {
     const recipients: Recipient[] = [];
     for (const spec of o.sealTo) recipients.push(await recipientFor(spec, keys));
 
-    if (o.outputDir) await mkdir(o.outputDir, { recursive: true });
-    dir = await PrivateDir.create({ ...o.privateDir, warn: o.privateDir.warn ?? o.log });
     const inDir = join(dir.path, 'inputs');
     const outDir = join(dir.path, 'outputs');
     await mkdir(inDir, { mode: 0o700 });

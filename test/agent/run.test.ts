@@ -307,8 +307,11 @@ describe('cloister run', () => {
     const disk = tempDir(process.cwd());
     try {
       const args = ['run', '--kbs', kbs.url, '--tee', 'sample', '--private-dir', disk, '--input', a];
+      const asked = kbs.log.length;
       const refused = await cli([...args, '--', 'true']).done;
       expect(refused.code).toBe(1);
+      // Refused before the broker was asked for anything.
+      expect(kbs.log.length).toBe(asked);
       expect(refused.stderr).toMatch(
         /is on \S+ \(mounted at .*\), not tmpfs or ramfs: plaintext could reach a disk/,
       );
