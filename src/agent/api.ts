@@ -90,6 +90,21 @@ function send(
   res.end(b);
 }
 
+/** Reads a request to its end, dropping the bytes (it may already be half read through an iterator). */
+function drain(req: IncomingMessage): Promise<void> {
+  if (req.readableEnded || req.destroyed) return Promise.resolve();
+  return new Promise((resolve) => {
+    const pump = () => {
+      while (req.read() !== null);
+    };
+    req.on('readable', pump);
+    req.once('end', resolve);
+    req.once('close', resolve);
+    req.once('error', () => resolve());
+    pump();
+  });
+}
+
 /** Writes a web stream to the response; the status is sent with the first bytes (or at the end). */
 async function stream(
   res: ServerResponse,
@@ -118,8 +133,9 @@ async function stream(
     res.end();
   } catch (e) {
     if (!started) throw e;
-    // Too late for a status: cut the connection so the client cannot mistake this for a complete body.
-    res.destroy(e as Error);
+    // Too late for a status: the caller cuts the connection, so the client cannot mistake this for a
+    // complete body.
+    throw e;
   }
 }
 
@@ -197,9 +213,16 @@ export class AgentApi {
       this.o.log?.(`${route} → ${res.statusCode}`);
     } catch (e) {
       const p = toProblem(e);
+      if (res.headersSent) {
+        this.o.log?.(`${route} → stream cut after status 200: ${p.type}: ${p.message}`);
+        res.destroy();
+        return;
+      }
       this.o.log?.(`${route} → ${p.status} ${p.type}: ${p.message}`);
-      if (res.headersSent) res.destroy();
-      else sendProblem(res, p);
+      // Read (and drop) the rest of the body first: clients that send the whole body before reading
+      // the answer (Python's http.client) would otherwise get a broken pipe instead of the problem.
+      await drain(req);
+      sendProblem(res, p);
     }
   }
 

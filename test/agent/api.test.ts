@@ -26,7 +26,9 @@ interface Res {
 
 function call(path: string, method = 'GET', body?: Uint8Array): Promise<Res> {
   return new Promise((resolve, reject) => {
+    let answered = false;
     const req = request({ socketPath: socket, path, method, agent: false }, (res) => {
+      answered = true;
       const parts: Buffer[] = [];
       res.on('data', (d) => parts.push(d));
       const done = (complete: boolean) =>
@@ -35,7 +37,10 @@ function call(path: string, method = 'GET', body?: Uint8Array): Promise<Res> {
       res.on('error', () => done(false));
       res.on('aborted', () => done(false));
     });
-    req.on('error', reject);
+    // A cut stream may also fail our upload (EPIPE) once the answer has begun: the response decides.
+    req.on('error', (e) => {
+      if (!answered) reject(e);
+    });
     req.end(body);
   });
 }
