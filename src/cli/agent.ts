@@ -80,7 +80,10 @@ export function registerAgent(program: Command): void {
     .option('--gramine-root <dir>', `Gramine attestation directory (default ${DEFAULT_GRAMINE_ROOT})`)
     .option('--dev-root <dir>', `device directory searched for GPUs (default ${DEFAULT_DEV_ROOT})`)
     .option('--allow-sample', 'fall back to the INSECURE software sample TEE when no hardware TEE is found')
-    .addHelpText('after', '\nExamples:\n  cloister agent detect\n  cloister agent detect --json --allow-sample')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  cloister agent detect\n  cloister agent detect --json --allow-sample',
+    )
     .exitOverride()
     .action(async (opts: DetectCliOptions) => {
       const code = await runDetect(opts, {
