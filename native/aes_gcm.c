@@ -8,7 +8,8 @@
  * schedule per batch.
  *
  * Everything that crosses from JavaScript is checked here before a pointer is used: types, key and
- * nonce-prefix lengths, chunk size, index range, exact output length, no overlap of input and output.
+ * nonce-prefix lengths, chunk size, index range, exact output length, no overlap of input and output
+ * (one chunk may be processed in place).
  * A violation throws TypeError/RangeError; nothing is read or written out of bounds.
  */
 #include <limits.h>
@@ -155,8 +156,10 @@ static int parse_batch(napi_env env, napi_callback_info info, int sealing, batch
   /* Every chunk but the last is a full stride, so only the last piece can be shorter than a tag;
      then `want` no longer matches the layout and nothing may be decrypted into `output`. */
   b->truncated = !sealing && n - (b->count - 1) * stride < TAG_BYTES;
-  if (overlaps(&b->input, &b->output)) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG", "output must not overlap input");
+  /* One chunk may be processed in place (output starting exactly at input): GCM reads each block
+     before writing it, and the tag lies outside the text. Any other overlap would corrupt data. */
+  if (overlaps(&b->input, &b->output) && !(b->input.p == b->output.p && b->count == 1)) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG", "output must not overlap input (except one chunk in place)");
     return 0;
   }
   return 1;

@@ -88,7 +88,8 @@ export class AdminApi {
   private async tenantFor(p: AdminPrincipal, repository: string, write: boolean): Promise<string> {
     if (write && p.role === 'auditor') throw forbidden('auditors cannot change anything');
     const owner = await this.o.store.repositoryTenant(repository);
-    if (p.role === 'admin') {
+    // An auditor without a tenant claim reads across tenants, like an admin (writes were refused above).
+    if (p.role === 'admin' || (p.role === 'auditor' && !p.tenant)) {
       if (owner) return owner;
       const tenant = p.tenant ?? DEFAULT_TENANT;
       if (write)
@@ -227,6 +228,7 @@ export class AdminApi {
         resource: { ...r, path: resource, tenant },
         devMode: this.o.devMode,
         now: new Date(),
+        explainClauses: true,
       });
     });
 

@@ -97,7 +97,10 @@ export function openApiDocument(): Record<string, unknown> {
         post: {
           summary: 'Explain why a token would be allowed or denied a resource',
           security: admin,
-          responses: { 200: { description: '{allow, reasons, policyScope}' }, ...errors(400, 401, 403) },
+          responses: {
+            200: { description: '{allow, reasons, policyScope, clauses}' },
+            ...errors(400, 401, 403),
+          },
         },
       },
       '/admin/v1/refvalues': {
@@ -117,6 +120,13 @@ export function openApiDocument(): Record<string, unknown> {
           summary: 'Transparency-log entries [from, to)',
           security: admin,
           responses: { 200: { description: '{size, entries}' } },
+        },
+      },
+      '/admin/v1/log/bundle': {
+        get: {
+          summary: 'Export the log as a bundle for `cloister log verify` (?from, ?to, ?proofs=all)',
+          security: admin,
+          responses: { 200: { description: 'application/jsonl bundle' }, ...errors(401, 403) },
         },
       },
       '/admin/v1/log/checkpoint': {

@@ -11,6 +11,7 @@ import type { ChunkCipher } from './aead.js';
 import { bestChunkCipher } from './aead-native.js';
 import {
   beginSeal,
+  type OpenedBody,
   openBody,
   openReader,
   openStream,
@@ -20,9 +21,10 @@ import {
   type SealOptions,
   sealStream,
 } from './container.js';
-import { type Header, headerLengthOf, parseHeader, SealFormatError } from './format.js';
+import { chunkCount, type Header, headerLengthOf, parseHeader, SealFormatError } from './format.js';
 import type { UnsealKey } from './keys.js';
 import { WorkerPoolCipher } from './pool.js';
+import type { FileRangeJob } from './worker.js';
 
 /** Inputs at least this large (or of unknown size) are processed on worker threads. */
 const PARALLEL_THRESHOLD = 64 * 1024 * 1024;
@@ -128,18 +130,14 @@ function stdoutSink(): WritableStream<Uint8Array> {
 }
 
 /**
- * Writes a stream to `out`: stdout for '-', else a 0600 temporary file beside the target that is renamed
- * into place only after the stream has ended without error, and removed otherwise.
+ * Produces `out` through a 0600 temporary file beside it that is renamed into place only once `fill`
+ * has succeeded, and removed otherwise: no partial output ever appears under the target name.
  */
-async function writeOutput(
-  stream: ReadableStream<Uint8Array>,
+async function withTemporary(
   out: string,
   force: boolean | undefined,
+  fill: (tmp: string) => Promise<void>,
 ): Promise<void> {
-  if (out === '-') {
-    await stream.pipeTo(stdoutSink());
-    return;
-  }
   if (!force) {
     const exists = await stat(out).then(
       () => true,
@@ -150,12 +148,8 @@ async function writeOutput(
   const tmp = join(dirname(out), `.${basename(out)}.${randomBytes(6).toString('hex')}.tmp`);
   pendingTemporaries.add(tmp);
   try {
-    const fh = await open(tmp, 'wx', 0o600);
-    try {
-      await stream.pipeTo(fileSink(fh));
-    } finally {
-      await fh.close();
-    }
+    await (await open(tmp, 'wx', 0o600)).close();
+    await fill(tmp);
     await rename(tmp, out);
   } catch (e) {
     await rm(tmp, { force: true });
@@ -165,12 +159,101 @@ async function writeOutput(
   }
 }
 
+/** Writes a stream to stdout ('-') or, through a temporary file, to `out`. */
+async function writeOutput(
+  stream: ReadableStream<Uint8Array>,
+  out: string,
+  force: boolean | undefined,
+): Promise<void> {
+  if (out === '-') {
+    await stream.pipeTo(stdoutSink());
+    return;
+  }
+  await withTemporary(out, force, async (tmp) => {
+    const fh = await open(tmp, 'r+');
+    try {
+      await stream.pipeTo(fileSink(fh));
+    } finally {
+      await fh.close();
+    }
+  });
+}
+
+/** Whether a file-to-file job runs as worker ranges: both ends files, and large or workers asked for. */
+function rangeWorkers(
+  input: string,
+  out: string,
+  size: number | undefined,
+  workers: number | undefined,
+): number {
+  if (input === '-' || out === '-' || size === undefined) return 0;
+  if (workers !== undefined) return workers;
+  return size >= PARALLEL_THRESHOLD ? availableParallelism() : 0;
+}
+
+/** Runs a file job over all chunks on `n` workers in contiguous ranges, reporting progress. */
+async function runRanges(
+  job: Omit<FileRangeJob, 'first' | 'end' | 'progress'>,
+  n: number,
+  onProgress?: (done: number) => void,
+): Promise<void> {
+  const workers = Math.max(1, Math.min(n, job.chunkCount));
+  const progress = new BigInt64Array(new SharedArrayBuffer(8));
+  const timer = onProgress
+    ? setInterval(() => onProgress(Number(Atomics.load(progress, 0))), 100)
+    : undefined;
+  const pool = new WorkerPoolCipher(workers);
+  try {
+    const per = Math.ceil(job.chunkCount / workers);
+    const ranges: Promise<void>[] = [];
+    for (let first = 0; first < job.chunkCount; first += per) {
+      ranges.push(pool.fileRange({ ...job, first, end: Math.min(first + per, job.chunkCount), progress }));
+    }
+    await Promise.all(ranges);
+  } catch (e) {
+    rethrowAuth(e);
+  } finally {
+    clearInterval(timer);
+    await pool.close();
+  }
+}
+
 export async function sealFile(
   input: string,
   out: string,
   opts: Omit<SealOptions, 'cipher' | 'plaintextLength'> & FileOptions,
 ): Promise<Header> {
   const size = await inputSize(input);
+  const n = rangeWorkers(input, out, size, opts.workers);
+  if (n > 0 && size !== undefined) {
+    const ctx = await beginSeal({ ...opts, plaintextLength: size, name: opts.name ?? basename(input) });
+    const { header } = ctx;
+    await withTemporary(out, opts.force, async (tmp) => {
+      const fh = await open(tmp, 'r+');
+      try {
+        await fh.write(header.raw, 0, header.raw.length, 0);
+      } finally {
+        await fh.close();
+      }
+      const keys = {
+        key: ctx.payloadKey,
+        noncePrefix: header.noncePrefix,
+        aad: ctx.aad,
+        chunkSize: header.chunkSize,
+      };
+      const job = {
+        kind: 'seal-file' as const,
+        input,
+        output: tmp,
+        headerLength: header.headerLength,
+        plaintextLength: size,
+        chunkCount: chunkCount(size, header.chunkSize),
+        keys,
+      };
+      await runRanges(job, n, opts.onProgress);
+    });
+    return header;
+  }
   return withCipher(size, opts.workers, async (cipher, inFlight) => {
     const ctx = await beginSeal({
       ...opts,
@@ -194,6 +277,32 @@ export async function unsealFile(
   opts: FileOptions = {},
 ): Promise<void> {
   const size = await inputSize(input);
+  const n = rangeWorkers(input, out, size, opts.workers);
+  if (n > 0) {
+    const { ctx, plaintextLength, count, bodyOffset } = await openFileBody(input, key);
+    const keys = {
+      key: ctx.payloadKey,
+      noncePrefix: ctx.header.noncePrefix,
+      aad: ctx.aad,
+      chunkSize: ctx.header.chunkSize,
+    };
+    await withTemporary(out, opts.force, (tmp) =>
+      runRanges(
+        {
+          kind: 'open-file',
+          input,
+          output: tmp,
+          headerLength: bodyOffset,
+          plaintextLength,
+          chunkCount: count,
+          keys,
+        },
+        n,
+        opts.onProgress,
+      ),
+    );
+    return;
+  }
   await withCipher(size, opts.workers, (cipher, inFlight) =>
     writeOutput(
       inputStream(input, opts.onProgress).pipeThrough(openStream(key, cipher, { inFlight })),
@@ -265,40 +374,43 @@ export async function unsealToMemory(
 ): Promise<Uint8Array> {
   const size = await inputSize(path);
   if (size === undefined) throw new FileError(`${path}: unsealing to memory needs a regular file`);
-  const fh = await open(path, 'r');
-  let body: Awaited<ReturnType<typeof openBody>>;
+  const { ctx, plaintextLength, count, bodyOffset } = await openFileBody(path, key);
+  const n = opts.workers ?? (size >= PARALLEL_THRESHOLD ? availableParallelism() : 1);
+  const memory = new Uint8Array(new SharedArrayBuffer(plaintextLength));
+  const keys = {
+    key: ctx.payloadKey,
+    noncePrefix: ctx.header.noncePrefix,
+    aad: ctx.aad,
+    chunkSize: ctx.header.chunkSize,
+  };
   try {
-    body = await openBody(fileSource(fh, size), key, bestChunkCipher());
+    await runRanges(
+      {
+        kind: 'open-memory',
+        input: path,
+        memory,
+        headerLength: bodyOffset,
+        plaintextLength,
+        chunkCount: count,
+        keys,
+      },
+      n,
+    );
+  } catch (e) {
+    memory.fill(0);
+    throw e;
+  }
+  return memory;
+}
+
+/** Reads and authenticates a sealed file's header and checks its size (see `openBody`). */
+async function openFileBody(path: string, key: UnsealKey): Promise<OpenedBody> {
+  const size = await inputSize(path);
+  if (size === undefined) throw new FileError(`${path}: needs a regular file`);
+  const fh = await open(path, 'r');
+  try {
+    return await openBody(fileSource(fh, size), key, bestChunkCipher());
   } finally {
     await fh.close();
   }
-  const { ctx, plaintextLength, count, bodyOffset } = body;
-  const n = Math.min(opts.workers ?? (size >= PARALLEL_THRESHOLD ? availableParallelism() : 0), count);
-  const output = new Uint8Array(new SharedArrayBuffer(plaintextLength));
-  const job = {
-    path,
-    bodyOffset,
-    chunkCount: count,
-    batch: {
-      key: ctx.payloadKey,
-      noncePrefix: ctx.header.noncePrefix,
-      aad: ctx.aad,
-      chunkSize: ctx.header.chunkSize,
-    },
-    output,
-  };
-  const pool = new WorkerPoolCipher(Math.max(n, 1));
-  try {
-    const per = Math.ceil(count / Math.max(n, 1));
-    const ranges = [];
-    for (let first = 0; first < count; first += per)
-      ranges.push(pool.openFileRange({ ...job, first, end: Math.min(first + per, count) }));
-    await Promise.all(ranges);
-  } catch (e) {
-    output.fill(0);
-    rethrowAuth(e);
-  } finally {
-    await pool.close();
-  }
-  return output;
 }

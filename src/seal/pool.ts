@@ -41,11 +41,11 @@ export class WorkerPoolCipher implements ChunkCipher {
     return this.submit('open', batch);
   }
 
-  /** Decrypts a run of chunks of a sealed file on a worker, straight into `job.output` (shared memory). */
-  openFileRange(job: FileRangeJob): Promise<void> {
+  /** Runs a range of chunks of a file on a worker, which reads and writes the files itself. */
+  fileRange(job: FileRangeJob): Promise<void> {
     return new Promise((resolve, reject) => {
       this.waiting.push({
-        req: { id: this.nextId++, op: 'open-file', job },
+        req: { id: this.nextId++, op: 'file', job },
         resolve: () => resolve(),
         reject,
       });
@@ -100,7 +100,7 @@ export class WorkerPoolCipher implements ChunkCipher {
 
 /** Batch inputs the caller gave up may move to the worker instead of being copied. */
 function transferable(req: WorkRequest): ArrayBuffer[] {
-  if (req.op === 'open-file') return [];
+  if (req.op === 'file') return [];
   const { input, disposable } = req.batch;
   const whole = input.byteOffset === 0 && input.byteLength === input.buffer.byteLength;
   return disposable && whole && input.buffer instanceof ArrayBuffer ? [input.buffer] : [];

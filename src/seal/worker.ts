@@ -1,23 +1,35 @@
-/** Worker thread for WorkerPoolCipher: runs one job at a time with the fastest local backend. */
-import { closeSync, openSync, readSync } from 'node:fs';
+/**
+ * Worker thread for WorkerPoolCipher. Besides batches handed over by the streams, it runs whole
+ * file ranges itself — positional reads and writes straight from and to the files (or a shared output
+ * buffer), encrypting each chunk in place — so that large files cost one copy in and one copy out,
+ * with no transfers between threads.
+ */
+import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { ChunkAuthError, type ChunkBatch, TAG_BYTES } from './aead.js';
 import { bestChunkCipher } from './aead-native.js';
 
-/** Decrypt chunks [first, end) of a sealed file straight into shared memory (the unseal-to-memory path). */
+/** Chunks [first, end) of one file; `keys` are what every chunk of that file shares. */
 export interface FileRangeJob {
-  path: string;
-  bodyOffset: number;
+  kind: 'seal-file' | 'open-file' | 'open-memory';
+  input: string;
+  /** Output file for seal-file and open-file (already created; written at computed offsets). */
+  output?: string;
+  /** Output buffer (shared memory, the whole plaintext) for open-memory. */
+  memory?: Uint8Array;
+  headerLength: number;
+  plaintextLength: number;
   first: number;
   end: number;
   chunkCount: number;
-  batch: Omit<ChunkBatch, 'input' | 'output' | 'first' | 'final'>;
-  output: Uint8Array;
+  keys: Omit<ChunkBatch, 'input' | 'output' | 'first' | 'final'>;
+  /** Bytes done so far, added atomically for progress reports (shared memory, one element). */
+  progress?: BigInt64Array;
 }
 
 export type WorkRequest =
   | { id: number; op: 'seal' | 'open'; batch: ChunkBatch }
-  | { id: number; op: 'open-file'; job: FileRangeJob };
+  | { id: number; op: 'file'; job: FileRangeJob };
 
 export type WorkReply =
   | { id: number; out: Uint8Array }
@@ -25,42 +37,95 @@ export type WorkReply =
   | { id: number; error: string };
 
 const cipher = bestChunkCipher();
-const BATCH_CHUNKS_BYTES = 4 * 1024 * 1024;
+const BATCH_BYTES = 4 * 1024 * 1024;
 
-async function openFileRange(job: FileRangeJob): Promise<Uint8Array> {
-  const { chunkSize } = job.batch;
-  const stride = chunkSize + TAG_BYTES;
-  const per = Math.max(1, Math.floor(BATCH_CHUNKS_BYTES / chunkSize));
-  const scratch = new Uint8Array(per * stride);
-  const fd = openSync(job.path, 'r');
+function readFully(fd: number, buf: Uint8Array, pos: number): void {
+  for (let done = 0; done < buf.length; ) {
+    const n = readSync(fd, buf, done, buf.length - done, pos + done);
+    if (n === 0) throw new Error('file is shorter than its header says (it changed while being read)');
+    done += n;
+  }
+}
+
+function writeFully(fd: number, buf: Uint8Array, pos: number): void {
+  for (let done = 0; done < buf.length; ) done += writeSync(fd, buf, done, buf.length - done, pos + done);
+}
+
+async function runFileRange(job: FileRangeJob): Promise<void> {
+  const cs = job.keys.chunkSize;
+  const stride = cs + TAG_BYTES;
+  const plainLen = (i: number) => Math.min(cs, job.plaintextLength - i * cs);
+  const inFd = openSync(job.input, 'r');
+  const outFd = job.output ? openSync(job.output, 'r+') : undefined;
   try {
-    for (let i = job.first; i < job.end; i += per) {
-      const n = Math.min(per, job.end - i);
-      const final = i + n === job.chunkCount;
-      const want = final ? undefined : n * stride;
-      const pos = job.bodyOffset + i * stride;
-      const got = readSync(fd, scratch, 0, want ?? scratch.length, pos);
-      const input = scratch.subarray(0, got);
-      const outStart = i * chunkSize;
-      const outLen = got - n * TAG_BYTES;
-      await cipher.open({
-        ...job.batch,
-        first: i,
-        final,
-        input,
-        output: job.output.subarray(outStart, outStart + outLen),
-      });
+    if (job.kind === 'open-memory') {
+      const out = job.memory!;
+      const scratch = new Uint8Array(stride);
+      for (let i = job.first; i < job.end; i++) {
+        const len = plainLen(i);
+        const final = i === job.chunkCount - 1;
+        // In place: the chunk lands where its plaintext belongs and its tag spills into the next
+        // chunk's space, which this worker fills next. The range's last chunk would spill into
+        // another worker's space (or past the buffer), so it goes through a scratch buffer.
+        const inPlace = i < job.end - 1;
+        const sealed = inPlace
+          ? out.subarray(i * cs, i * cs + len + TAG_BYTES)
+          : scratch.subarray(0, len + TAG_BYTES);
+        readFully(inFd, sealed, job.headerLength + i * stride);
+        await cipher.open({
+          ...job.keys,
+          first: i,
+          final,
+          input: sealed,
+          output: out.subarray(i * cs, i * cs + len),
+        });
+        if (job.progress) Atomics.add(job.progress, 0, BigInt(len));
+      }
+      return;
+    }
+    const per = Math.max(1, Math.floor(BATCH_BYTES / cs));
+    const buf = new Uint8Array(per * stride);
+    for (let b = job.first; b < job.end; b += per) {
+      const n = Math.min(per, job.end - b);
+      let bytes = 0;
+      let sealedBytes = 0;
+      for (let i = b; i < b + n; i++) {
+        const len = plainLen(i);
+        const at = (i - b) * stride;
+        const final = i === job.chunkCount - 1;
+        if (job.kind === 'seal-file') {
+          const plain = buf.subarray(at, at + len);
+          readFully(inFd, plain, i * cs);
+          await cipher.seal({
+            ...job.keys,
+            first: i,
+            final,
+            input: plain,
+            output: buf.subarray(at, at + len + TAG_BYTES),
+          });
+        } else {
+          const sealed = buf.subarray(at, at + len + TAG_BYTES);
+          readFully(inFd, sealed, job.headerLength + i * stride);
+          await cipher.open({ ...job.keys, first: i, final, input: sealed, output: sealed.subarray(0, len) });
+          writeFully(outFd!, sealed.subarray(0, len), i * cs);
+        }
+        bytes += len;
+        sealedBytes += len + TAG_BYTES;
+      }
+      if (job.kind === 'seal-file')
+        writeFully(outFd!, buf.subarray(0, sealedBytes), job.headerLength + b * stride);
+      if (job.progress) Atomics.add(job.progress, 0, BigInt(bytes));
     }
   } finally {
-    closeSync(fd);
+    closeSync(inFd);
+    if (outFd !== undefined) closeSync(outFd);
   }
-  return new Uint8Array(0);
 }
 
 parentPort!.on('message', async (req: WorkRequest) => {
   try {
-    if (req.op === 'open-file') {
-      await openFileRange(req.job);
+    if (req.op === 'file') {
+      await runFileRange(req.job);
       parentPort!.postMessage({ id: req.id, out: new Uint8Array(0) } satisfies WorkReply);
       return;
     }

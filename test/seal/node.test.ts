@@ -3,7 +3,7 @@
  * `npm test` builds before running the suite.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -46,5 +46,46 @@ describe('unsealToMemory', () => {
     await expect(dist.unsealToMemory(join(dir, 'short'), k, { workers: 2 })).rejects.toMatchObject({
       code: 'truncated',
     });
+  });
+});
+
+describe('file-to-file on worker ranges (positional I/O, in-place chunks)', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'cloister-ranges-'));
+  const k = kek();
+  const plain = randomBytes(9 * 65536 + 77);
+  const recipients = [{ type: 'kbs' as const, uri: URI, kek: k.secret }];
+
+  it('produces files the stream path reads, and reads files the stream path wrote', async () => {
+    writeFileSync(join(dir, 'p'), plain);
+    await dist.sealFile(join(dir, 'p'), join(dir, 'fast.sealed'), {
+      recipients,
+      chunkSize: 65536,
+      workers: 3,
+    });
+    await dist.unsealFile(join(dir, 'fast.sealed'), join(dir, 'slow.out'), k, { workers: 0 });
+    expect(readFileSync(join(dir, 'slow.out')).equals(plain)).toBe(true);
+    await dist.sealFile(join(dir, 'p'), join(dir, 'slow.sealed'), {
+      recipients,
+      chunkSize: 65536,
+      workers: 0,
+    });
+    await dist.unsealFile(join(dir, 'slow.sealed'), join(dir, 'fast.out'), k, { workers: 2 });
+    expect(readFileSync(join(dir, 'fast.out')).equals(plain)).toBe(true);
+  });
+
+  it('refuses a tampered chunk and leaves neither output nor temporary file', async () => {
+    const bad = readFileSync(join(dir, 'fast.sealed'));
+    bad[bad.length - 200_000] ^= 1;
+    writeFileSync(join(dir, 'bad.sealed'), bad);
+    await expect(
+      dist.unsealFile(join(dir, 'bad.sealed'), join(dir, 'bad.out'), k, { workers: 2 }),
+    ).rejects.toMatchObject({ code: 'chunk-tampered' });
+    expect(readdirSync(dir).filter((f) => f.includes('bad.out'))).toEqual([]);
+  });
+
+  it('seals an empty file', async () => {
+    writeFileSync(join(dir, 'empty'), '');
+    await dist.sealFile(join(dir, 'empty'), join(dir, 'empty.sealed'), { recipients, workers: 2 });
+    expect((await dist.unsealToMemory(join(dir, 'empty.sealed'), k)).length).toBe(0);
   });
 });

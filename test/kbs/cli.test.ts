@@ -1,0 +1,297 @@
+/**
+ * `cloister kbs …` administration verbs as spawned processes (the built CLI, as an operator runs it)
+ * against a broker started in this process: output of each command, and the one-line error when the
+ * broker is unreachable or refuses.
+ */
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { type AddressInfo, createServer } from 'node:net';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { KbsClient } from '../../src/kbs/client.js';
+import { BIN, tempDir } from '../cli/run.js';
+import { sampleAttester, type TestBroker, testBroker } from './helpers.js';
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Asynchronous, so the broker in this process keeps answering while the CLI runs. */
+function cli(args: string[], env: Record<string, string> = {}): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, [BIN, ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, CLOISTER_KBS_URL: '', CLOISTER_ADMIN_TOKEN: '', ...env },
+    });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString();
+    });
+    p.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+    });
+    p.once('error', reject);
+    p.once('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+const ok = (r: Run) => {
+  expect(r.stderr).not.toMatch(/^cloister:/m);
+  expect(r.code, r.stderr).toBe(0);
+  return r;
+};
+
+/** A failure: exit 1 and exactly one line on stderr. */
+const fails = (r: Run, message: RegExp) => {
+  expect(r.code).toBe(1);
+  expect(r.stdout).toBe('');
+  expect(r.stderr.split('\n').filter(Boolean)).toHaveLength(1);
+  expect(r.stderr).toMatch(message);
+};
+
+describe('cloister kbs administration verbs', () => {
+  let dir: string;
+  let b: TestBroker;
+  let admin: string;
+  let env: Record<string, string>;
+  const file = (name: string, text: string) => {
+    writeFileSync(join(dir, name), text);
+    return join(dir, name);
+  };
+
+  beforeAll(async () => {
+    if (!existsSync('dist/cli/kbs.js'))
+      execFileSync('npx', ['tsc', '-p', 'tsconfig.json'], { stdio: 'inherit' });
+    dir = tempDir();
+    const key = await cli([
+      'kbs',
+      'admin-key',
+      '--out',
+      join(dir, 'admin.jwk'),
+      '--pub',
+      join(dir, 'admin.pub.jwk'),
+    ]);
+    ok(key);
+    expect(key.stderr).toMatch(/wrote .*admin\.jwk \(keep secret\) and .*admin\.pub\.jwk/);
+    // The broker trusts the public key the CLI just made.
+    b = await testBroker({ devMode: true, adminKeysFile: join(dir, 'admin.pub.jwk') });
+    const token = ok(await cli(['kbs', 'admin-token', '--key', join(dir, 'admin.jwk'), '--subject', 'ops']));
+    admin = token.stdout.trim();
+    env = { CLOISTER_KBS_URL: b.url, CLOISTER_ADMIN_TOKEN: admin };
+  });
+  afterAll(() => b?.close());
+
+  it('admin-key writes a private key readable only by its owner and refuses to overwrite', async () => {
+    expect(statSync(join(dir, 'admin.jwk')).mode & 0o777).toBe(0o600);
+    const priv = JSON.parse(readFileSync(join(dir, 'admin.jwk'), 'utf8'));
+    const pub = JSON.parse(readFileSync(join(dir, 'admin.pub.jwk'), 'utf8'));
+    expect(priv).toMatchObject({ kty: 'OKP', crv: 'Ed25519', alg: 'EdDSA' });
+    expect(priv.d).toBeTruthy();
+    expect(pub.d).toBeUndefined();
+    expect(pub.kid).toBe(priv.kid);
+    fails(
+      await cli(['kbs', 'admin-key', '--out', join(dir, 'admin.jwk'), '--pub', join(dir, 'x.pub')]),
+      /^cloister: .*admin\.jwk/,
+    );
+  });
+
+  it('admin-token signs tokens with role, tenant and lifetime the broker accepts', async () => {
+    const [, payload] = admin.split('.');
+    expect(JSON.parse(Buffer.from(payload!, 'base64url').toString())).toMatchObject({
+      role: 'admin',
+      sub: 'ops',
+      aud: 'cloister-kbs-admin',
+    });
+    const t = ok(
+      await cli([
+        'kbs',
+        'admin-token',
+        '--key',
+        join(dir, 'admin.jwk'),
+        '--role',
+        'tenant-admin',
+        '--tenant',
+        'acme',
+        '--ttl',
+        '60',
+      ]),
+    ).stdout.trim();
+    const claims = JSON.parse(Buffer.from(t.split('.')[1]!, 'base64url').toString());
+    expect(claims).toMatchObject({ role: 'tenant-admin', tenant: 'acme' });
+    expect(claims.exp - claims.iat).toBe(60);
+    expect((await b.call('GET', '/admin/v1/resources', t)).status).toBe(200);
+    const bad = await cli(['kbs', 'admin-token', '--key', join(dir, 'admin.jwk'), '--role', 'root']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/Allowed choices are admin, tenant-admin, auditor/);
+    fails(await cli(['kbs', 'admin-token', '--key', join(dir, 'admin.pub.jwk')]), /is not a private key/);
+  });
+
+  it('resource put | ls | rotate | rm, and the TEE sees each change', async () => {
+    const put = ok(
+      await cli(
+        [
+          'kbs',
+          'resource',
+          'put',
+          'owner/models/kek1',
+          file('v1', 'first value'),
+          '--content-type',
+          'text/plain',
+        ],
+        env,
+      ),
+    );
+    expect(JSON.parse(put.stdout)).toMatchObject({
+      path: 'owner/models/kek1',
+      version: 1,
+      size: 11,
+      contentType: 'text/plain',
+      tenant: 'default',
+    });
+    const ls = JSON.parse(ok(await cli(['kbs', 'resource', 'ls'], env)).stdout);
+    expect(ls.resources.map((r: { path: string }) => r.path)).toEqual(['owner/models/kek1']);
+    expect(JSON.stringify(ls)).not.toContain('first value');
+
+    const client = async () => new KbsClient({ url: b.url, attester: await sampleAttester() });
+    expect(new TextDecoder().decode(await (await client()).getResource('owner/models/kek1'))).toBe(
+      'first value',
+    );
+    const rot = ok(await cli(['kbs', 'resource', 'rotate', 'owner/models/kek1', file('v2', 'second')], env));
+    expect(JSON.parse(rot.stdout)).toMatchObject({ version: 2, size: 6 });
+    expect(new TextDecoder().decode(await (await client()).getResource('owner/models/kek1'))).toBe('second');
+
+    const rm = ok(await cli(['kbs', 'resource', 'rm', 'owner/models/kek1'], env));
+    expect(rm.stdout).toBe('');
+    expect(rm.stderr).toBe('deleted owner/models/kek1\n');
+    await expect((await client()).getResource('owner/models/kek1')).rejects.toMatchObject({ status: 404 });
+    fails(
+      await cli(['kbs', 'resource', 'rm', 'owner/models/kek1'], env),
+      /^cloister: DELETE \/admin\/v1\/resources\/owner\/models\/kek1: 404 resource owner\/models\/kek1 does not exist$/m,
+    );
+    fails(
+      await cli(['kbs', 'resource', 'put', 'owner/models/x', join(dir, 'missing')], env),
+      /^cloister: cannot read .*missing: ENOENT$/m,
+    );
+  });
+
+  it('policy set | get | eval', async () => {
+    ok(await cli(['kbs', 'resource', 'put', 'owner/models/p', file('p', 'policy value')], env));
+    const set = ok(
+      await cli(
+        [
+          'kbs',
+          'policy',
+          'set',
+          'resource:owner/models/p',
+          file('p.cel', 'dev_mode && cpu.claims.measurement == "00"'),
+        ],
+        env,
+      ),
+    );
+    expect(JSON.parse(set.stdout)).toMatchObject({
+      version: 1,
+      scope: { kind: 'resource', path: 'owner/models/p' },
+    });
+    const get = JSON.parse(ok(await cli(['kbs', 'policy', 'get'], env)).stdout);
+    expect(get.policies).toHaveLength(1);
+    expect(get.policies[0].source).toBe('dev_mode && cpu.claims.measurement == "00"');
+
+    const token = await new KbsClient({ url: b.url, attester: await sampleAttester() }).token();
+    const tokenFile = file('ear.jwt', `${token}\n`);
+    const deny = JSON.parse(
+      ok(await cli(['kbs', 'policy', 'eval', tokenFile, 'owner/models/p'], env)).stdout,
+    );
+    expect(deny).toMatchObject({ allow: false, policyScope: 'resource:owner/models/p' });
+    expect(deny.clauses).toEqual([
+      { source: 'dev_mode', outcome: 'true' },
+      { source: 'cpu.claims.measurement == "00"', outcome: 'false' },
+    ]);
+    ok(await cli(['kbs', 'policy', 'set', 'resource:owner/models/p', file('p2.cel', 'dev_mode')], env));
+    const allow = JSON.parse(
+      ok(await cli(['kbs', 'policy', 'eval', tokenFile, 'owner/models/p'], env)).stdout,
+    );
+    expect(allow).toMatchObject({ allow: true, reasons: [] });
+
+    fails(
+      await cli(['kbs', 'policy', 'set', 'default', file('bad.cel', 'cpu.claims.measurement ==')], env),
+      /^cloister: PUT \/admin\/v1\/policies: 400 policy-syntax at line 1, column \d+/,
+    );
+  });
+
+  it('refvalue add | ls', async () => {
+    const add = ok(
+      await cli(
+        [
+          'kbs',
+          'refvalue',
+          'add',
+          '--tee',
+          'sample',
+          '--name',
+          'measurement',
+          '--value',
+          '00'.repeat(48),
+          'ab'.repeat(48),
+          '--expires',
+          '2099-01-01T00:00:00Z',
+          '--note',
+          'build 7',
+          '--tenant',
+          'acme',
+        ],
+        env,
+      ),
+    );
+    expect(JSON.parse(add.stdout)).toMatchObject({
+      tenant: 'acme',
+      tee: 'sample',
+      name: 'measurement',
+      values: ['00'.repeat(48), 'ab'.repeat(48)],
+      version: 1,
+      expiresAt: '2099-01-01T00:00:00.000Z',
+      note: 'build 7',
+    });
+    const ls = JSON.parse(ok(await cli(['kbs', 'refvalue', 'ls', '--tee', 'sample'], env)).stdout);
+    expect(ls.refvalues).toHaveLength(1);
+    expect(
+      JSON.parse(ok(await cli(['kbs', 'refvalue', 'ls', '--tee', 'tdx'], env)).stdout).refvalues,
+    ).toEqual([]);
+    fails(
+      await cli(['kbs', 'refvalue', 'add', '--tee', 'sample', '--name', 'm', '--value', 'XYZ'], env),
+      /^cloister: POST \/admin\/v1\/refvalues: 400 send \{"tee"/,
+    );
+  });
+
+  it('fails with one line when the broker is unreachable, refuses, or no token is given', async () => {
+    // A port nobody listens on: taken from the OS, then released.
+    const srv = createServer();
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+    const port = (srv.address() as AddressInfo).port;
+    await new Promise((r) => srv.close(r));
+    fails(
+      await cli(['kbs', 'resource', 'ls', '--url', `http://127.0.0.1:${port}`, '--token', admin]),
+      new RegExp(`^cloister: cannot reach the key broker at http://127\\.0\\.0\\.1:${port}: .*ECONNREFUSED`),
+    );
+    fails(
+      await cli(['kbs', 'resource', 'ls', '--url', b.url]),
+      /^cloister: no admin token: pass --token or set CLOISTER_ADMIN_TOKEN$/m,
+    );
+    const auditor = ok(
+      await cli(['kbs', 'admin-token', '--key', join(dir, 'admin.jwk'), '--role', 'auditor']),
+    ).stdout.trim();
+    fails(
+      await cli(['kbs', 'resource', 'put', 'owner/models/y', file('y', 'y')], {
+        ...env,
+        CLOISTER_ADMIN_TOKEN: auditor,
+      }),
+      /^cloister: PUT \/admin\/v1\/resources\/owner\/models\/y: 403 auditors cannot change anything$/m,
+    );
+    fails(
+      await cli(['kbs', 'resource', 'ls'], { ...env, CLOISTER_ADMIN_TOKEN: `${admin}x` }),
+      /^cloister: GET \/admin\/v1\/resources: 401 admin token refused: /,
+    );
+  });
+});

@@ -1,0 +1,107 @@
+/** Rate limiting, and the operational endpoints: /metrics, /openapi.json, /healthz. */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { KbsClient } from '../../src/kbs/client.js';
+import { sampleAttester, type TestBroker, testBroker, until } from './helpers.js';
+
+describe('rate limiting', () => {
+  let b: TestBroker;
+  beforeAll(async () => {
+    b = await testBroker({ devMode: true, rateLimit: { perSecond: 5, burst: 5 } });
+  });
+  afterAll(() => b.close());
+
+  it('answers the 6th quick request with 429 and retry-after, then recovers', async () => {
+    // Sent together, so the bucket (5 per second) has no time to refill in between.
+    const responses = await Promise.all(
+      Array.from({ length: 6 }, () =>
+        fetch(new URL('/kbs/v0/auth', b.url), {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ version: '0.4.0', tee: 'sample' }),
+        }),
+      ),
+    );
+    expect(responses.map((r) => r.status).sort()).toEqual([200, 200, 200, 200, 200, 429]);
+    const refused = responses.find((r) => r.status === 429);
+    expect(refused!.headers.get('retry-after')).toBe('1');
+    expect(refused!.headers.get('content-type')).toMatch(/problem\+json/);
+    expect((await refused!.json()).type).toMatch(/rate-limited/);
+    // The bucket refills at 5 per second.
+    const metrics = await until(async () => {
+      const r = await fetch(new URL('/metrics', b.url));
+      return r.status === 200 ? r.text() : undefined;
+    }, 'the rate limit to lift');
+    expect(metrics).toMatch(/^kbs_rate_limited_total [1-9]\d*$/m);
+  });
+});
+
+describe('operational endpoints', () => {
+  let b: TestBroker;
+  beforeAll(async () => {
+    b = await testBroker({ devMode: true });
+    expect(
+      (await b.call('PUT', '/admin/v1/resources/owner/keys/k', await b.admin(), new Uint8Array([1, 2])))
+        .status,
+    ).toBe(201);
+  });
+  afterAll(() => b.close());
+
+  it('/healthz is 200', async () => {
+    const r = await fetch(new URL('/healthz', b.url));
+    expect(r.status).toBe(200);
+    expect(await r.json()).toEqual({ status: 'ok' });
+  });
+
+  it('/metrics counts a release', async () => {
+    const client = new KbsClient({ url: b.url, attester: await sampleAttester() });
+    await client.getResource('owner/keys/k');
+    await expect(client.getResource('owner/keys/none')).rejects.toMatchObject({ status: 404 });
+    const r = await fetch(new URL('/metrics', b.url));
+    expect(r.status).toBe(200);
+    expect(r.headers.get('content-type')).toMatch(/^text\/plain/);
+    const text = await r.text();
+    expect(text).toMatch(/^kbs_auth_total\{tee="sample"\} 1$/m);
+    expect(text).toMatch(/^kbs_attest_total\{result="ok"\} 1$/m);
+    expect(text).toMatch(/^kbs_resource_total\{result="released"\} 1$/m);
+    expect(text).toMatch(/^kbs_resource_total\{result="unknown-resource"\} 1$/m);
+    expect(text).toMatch(/^kbs_attest_seconds_count 1$/m);
+    expect(text).toMatch(/^# TYPE kbs_attest_seconds histogram$/m);
+  });
+
+  it('/openapi.json is valid JSON documenting every route', async () => {
+    const r = await fetch(new URL('/openapi.json', b.url));
+    expect(r.status).toBe(200);
+    const doc = JSON.parse(await r.text());
+    expect(doc.openapi).toMatch(/^3\./);
+    const documented = Object.entries(doc.paths as Record<string, Record<string, unknown>>).flatMap(
+      ([path, ops]) => Object.keys(ops).map((m) => `${m.toUpperCase()} ${path}`),
+    );
+    expect(documented.sort()).toEqual(
+      [
+        'POST /kbs/v0/auth',
+        'POST /kbs/v0/attest',
+        'GET /kbs/v0/resource/{path}',
+        'GET /admin/v1/resources',
+        'PUT /admin/v1/resources/{path}',
+        'POST /admin/v1/resources/{path}',
+        'DELETE /admin/v1/resources/{path}',
+        'GET /admin/v1/policies',
+        'PUT /admin/v1/policies',
+        'POST /admin/v1/policy/evaluate',
+        'GET /admin/v1/refvalues',
+        'POST /admin/v1/refvalues',
+        'GET /admin/v1/log/entries',
+        'GET /admin/v1/log/bundle',
+        'POST /admin/v1/log/checkpoint',
+        'GET /healthz',
+        'GET /metrics',
+      ].sort(),
+    );
+    // Every documented route exists on the server.
+    for (const op of documented) {
+      const [method, path] = op.split(' ') as [string, string];
+      const url = path.replace('{path}', 'a/b/c');
+      expect([op, b.app.hasRoute({ method, url: url.replace('a/b/c', '*') })]).toEqual([op, true]);
+    }
+  });
+});
