@@ -176,9 +176,3 @@ export function onTerminationSignal(handler: (signal: NodeJS.Signals) => void): 
     for (const s of signals) process.off(s, handler);
   };
 }
-
-/** Exit status for a process ended by `signal`, as shells report it. */
-export function signalExitCode(signal: NodeJS.Signals): number {
-  const n: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGTERM: 15 };
-  return 128 + (n[signal] ?? 15);
-}
