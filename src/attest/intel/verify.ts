@@ -370,8 +370,27 @@ export async function verifyQuote(q: ParsedQuote, options: VerifyQuoteOptions): 
   if (!(at instanceof Date) || Number.isNaN(at.getTime()))
     fail('bad-options', 'options.at must be a valid Date');
   const anchors = anchorsOf(options.trustAnchors);
-  await checkQuoteSignatures(q);
+  // The signature checks run in Web Crypto's worker threads while this thread gathers and checks the
+  // collateral; their failures still come first, as when they were awaited before everything else.
+  const signatures = checkQuoteSignatures(q);
+  signatures.catch(() => undefined);
+  let result: VerifiedQuote;
+  try {
+    result = await verifyAgainstCollateral(q, options, anchors);
+  } catch (e) {
+    await signatures;
+    throw e;
+  }
+  await signatures;
+  return result;
+}
 
+async function verifyAgainstCollateral(
+  q: ParsedQuote,
+  options: VerifyQuoteOptions,
+  anchors: Anchors,
+): Promise<VerifiedQuote> {
+  const { at } = options;
   const leaf = q.pckChain[0]!;
   if (!/SGX PCK Certificate/.test(commonName(leaf.subject))) {
     fail('invalid-pck-cert', `PCK certificate subject "${leaf.subject}" is not an SGX PCK Certificate`);
