@@ -21,8 +21,14 @@ const dir = process.argv[2];
 if (!dir) throw new Error('usage: node bench/kbs-server.js <folder prepared by bench/kbs.js>');
 
 const admin = await generateKeyPair('EdDSA', { crv: 'Ed25519', extractable: true });
-writeFileSync(join(dir, 'admin.pub.jwk'), JSON.stringify([{ ...(await exportJWK(admin.publicKey)), alg: 'EdDSA' }]));
-writeFileSync(join(dir, 'master.key'), Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString('base64'));
+writeFileSync(
+  join(dir, 'admin.pub.jwk'),
+  JSON.stringify([{ ...(await exportJWK(admin.publicKey)), alg: 'EdDSA' }]),
+);
+writeFileSync(
+  join(dir, 'master.key'),
+  Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString('base64'),
+);
 
 const broker = await startBroker(
   {

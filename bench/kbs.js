@@ -9,7 +9,7 @@
  * client's cost of issuing one quote.
  *
  * Run with `npm run bench:kbs` (builds first). BENCH_CONCURRENCY overrides 64, BENCH_HEALTHZ_SECONDS
- * the /healthz phase (default 10). Progress on stderr; the last stdout line is one JSON object.
+ * the /healthz phase (default 10), BENCH_BROKER_ARGS adds node flags to the broker (profiling). Progress on stderr; the last stdout line is one JSON object.
  */
 import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -32,7 +32,10 @@ const day = 86_400_000;
 
 const authority = await createIntelTestAuthority();
 const now = Date.now();
-const source = await authority.collateral({ issueDate: new Date(now - day), nextUpdate: new Date(now + 30 * day) });
+const source = await authority.collateral({
+  issueDate: new Date(now - day),
+  nextUpdate: new Date(now + 30 * day),
+});
 const dir = mkdtempSync(join(tmpdir(), 'cloister-bench-kbs-'));
 mkdirSync(join(dir, 'collateral'));
 writeFileSync(join(dir, 'tdx-root.der'), authority.trustAnchors[0]);
@@ -58,7 +61,9 @@ log(`test-authority TDX quote: ${probe.status}; collateral written to ${dir}/col
 
 // ---- the broker process ------------------------------------------------------------------------------
 
-const server = spawn(process.execPath, [join(import.meta.dirname, 'kbs-server.js'), dir], {
+// BENCH_BROKER_ARGS passes node flags to the broker, e.g. "--cpu-prof --cpu-prof-dir=prof".
+const brokerArgs = (process.env.BENCH_BROKER_ARGS ?? '').split(' ').filter(Boolean);
+const server = spawn(process.execPath, [...brokerArgs, join(import.meta.dirname, 'kbs-server.js'), dir], {
   stdio: ['pipe', 'pipe', 'inherit'],
 });
 const replies = createInterface({ input: server.stdout });
@@ -155,8 +160,9 @@ const release = await phase('release', SECONDS, async () => {
 
 // What issuing one quote costs the client, measured alone (sequentially, after the load).
 const n = 500;
-let t = performance.now();
-for (let i = 0; i < n; i++) await authority.issueTdxQuote({ reportData: crypto.getRandomValues(new Uint8Array(64)) });
+const t = performance.now();
+for (let i = 0; i < n; i++)
+  await authority.issueTdxQuote({ reportData: crypto.getRandomValues(new Uint8Array(64)) });
 const quoteMs = (performance.now() - t) / n;
 
 server.stdin.write('exit\n');

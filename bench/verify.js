@@ -133,7 +133,10 @@ const snpChecks = [
     }),
     curve: 'P-384',
     hash: 'SHA-384',
-    sig: new Uint8Array([...le(snp.evidence.subarray(0x2a0, 0x2e8)), ...le(snp.evidence.subarray(0x2e8, 0x330))]),
+    sig: new Uint8Array([
+      ...le(snp.evidence.subarray(0x2a0, 0x2e8)),
+      ...le(snp.evidence.subarray(0x2e8, 0x330)),
+    ]),
     data: snp.evidence.subarray(0, 0x2a0),
   },
 ];
@@ -159,7 +162,10 @@ async function floors(checks) {
       ]),
     })),
   );
-  const node = checks.map((c) => ({ ...c, key: createPublicKey({ key: c.spki, format: 'der', type: 'spki' }) }));
+  const node = checks.map((c) => ({
+    ...c,
+    key: createPublicKey({ key: c.spki, format: 'der', type: 'spki' }),
+  }));
   // Sanity: the floor is only meaningful if these are the signatures that verify.
   for (const c of web) {
     if (!(await crypto.subtle.verify({ name: 'ECDSA', hash: c.hash }, c.key, c.sig, c.data)))
@@ -231,6 +237,7 @@ for (const [name, verifier, ev, n, checks] of verifiers) {
       `×${median(ratios).toFixed(2)} the Web Crypto floor (rounds ${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)})`,
   );
 }
-out.floor_api = 'crypto.subtle.verify (Web Crypto, the verifiers\' own calls); node:crypto.verify (sync) alongside';
+out.floor_api =
+  "crypto.subtle.verify (Web Crypto, the verifiers' own calls); node:crypto.verify (sync) alongside";
 out.loadavg_1m_end = loadavg()[0];
 console.log(JSON.stringify(out));
