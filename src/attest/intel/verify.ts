@@ -147,22 +147,28 @@ export async function checkQuoteSignatures(q: ParsedQuote): Promise<void> {
 
 // ---- chains, CRLs and signed collateral ---------------------------------------------------------
 
-const crlCache = new BoundedCache<Crl>(64);
+/** A parsed CRL with its issuer name, which @peculiar/x509 rebuilds as text on every read of a CRL. */
+interface CheckedCrl {
+  crl: Crl;
+  issuer: string;
+}
+const crlCache = new BoundedCache<CheckedCrl>(64);
 
-async function checkedCrl(der: Uint8Array, what: string): Promise<{ crl: Crl; digest: string }> {
+async function checkedCrl(der: Uint8Array, what: string): Promise<CheckedCrl & { digest: string }> {
   const digest = await digestHex(der);
-  let crl = crlCache.get(digest);
-  if (!crl) {
+  let checked = crlCache.get(digest);
+  if (!checked) {
     try {
-      crl = parseCrl(der, what);
+      const crl = parseCrl(der, what);
       checkSignedDer(new Uint8Array(crl.rawData), 'crl');
-      void [crl.issuer, crl.thisUpdate, crl.nextUpdate, crl.entries.map((x) => x.serialNumber)];
+      void [crl.thisUpdate, crl.nextUpdate, crl.entries.map((x) => x.serialNumber)];
+      checked = { crl, issuer: crl.issuer };
     } catch (e) {
       fail('bad-crl', `${what}: ${(e as Error).message}`, e);
     }
-    crlCache.set(digest, crl);
+    crlCache.set(digest, checked);
   }
-  return { crl, digest };
+  return { ...checked, digest };
 }
 
 function windowOf(path: Certificate[], crls: Crl[], extra?: { from: Date; until: Date }) {
@@ -400,17 +406,20 @@ async function verifyAgainstCollateral(
   const fmspc = toHex(q.pck.fmspc);
   const raw = await fetchCollateral(options.collateral, q.tee, fmspc, pckCaOf(leaf));
 
-  const [{ crl: rootCrl, digest: rootCrlDigest }, { crl: pckCrl, digest: pckCrlDigest }] = await Promise.all([
+  const [
+    { crl: rootCrl, issuer: rootCrlIssuer, digest: rootCrlDigest },
+    { crl: pckCrl, issuer: pckCrlIssuer, digest: pckCrlDigest },
+  ] = await Promise.all([
     checkedCrl(raw.rootCaCrl, 'Intel SGX Root CA CRL'),
     checkedCrl(raw.pckCrl, 'PCK CRL'),
   ]);
-  if (!anchors.certs.some((a) => a.subject === rootCrl.issuer)) {
-    fail('crl-mismatch', `root CA CRL is issued by "${rootCrl.issuer}", not by the trusted root`);
+  if (!anchors.certs.some((a) => a.subject === rootCrlIssuer)) {
+    fail('crl-mismatch', `root CA CRL is issued by "${rootCrlIssuer}", not by the trusted root`);
   }
-  if (pckCrl.issuer !== leaf.issuer) {
+  if (pckCrlIssuer !== leaf.issuer) {
     fail(
       'crl-mismatch',
-      `PCK CRL is issued by "${pckCrl.issuer}", but the PCK certificate by "${leaf.issuer}"`,
+      `PCK CRL is issued by "${pckCrlIssuer}", but the PCK certificate by "${leaf.issuer}"`,
     );
   }
 
