@@ -21,7 +21,7 @@ import {
 } from './collateral.js';
 import { checkSignedDer } from './der.js';
 import type { PckExtensions } from './pck.js';
-import { type EnclaveReport, type ParsedQuote, parseCertificatesStrict } from './quote.js';
+import { type EnclaveReport, type ParsedQuote, parseCertificatesStrict, pckChainText } from './quote.js';
 import { INTEL_SGX_ROOT_CA_PEM } from './roots.js';
 
 export interface VerifyQuoteOptions {
@@ -247,7 +247,7 @@ async function verifySignedJson<T extends TcbInfo | QeIdentity>(
     rootCrlDigest,
     await digestHex(item.signed),
     toHex(item.signature),
-    item.chainPem,
+    textId(item.chainPem),
   ].join('|');
   const value = await memoTimed(jsonCache, key, at, async () => {
     const chain = parseCertificatesStrict(item.chainPem, `${what} issuer chain`, 'verify');
@@ -442,7 +442,7 @@ async function verifyAgainstCollateral(
     rootCrlDigest,
     at,
   );
-  const chainKey = [anchors.key, rootCrlDigest, pckCrlDigest, utf8Key(q.pckChainBytes)].join('|');
+  const chainKey = [anchors.key, rootCrlDigest, pckCrlDigest, textId(pckChainText(q))].join('|');
   const pckPath = await memoTimed(chainCache, chainKey, at, async () => {
     const path = await validatePath(leaf, q.pckChain.slice(1), anchors, [pckCrl, rootCrl], at, 'PCK chain');
     if (path.length !== 3) {
@@ -492,13 +492,26 @@ async function verifyAgainstCollateral(
   };
 }
 
-/** The PCK chain text as a map key: exact, and cheap compared with hashing for every quote. */
-function utf8Key(b: Uint8Array): string {
-  return new TextDecoder().decode(b);
+/**
+ * A short stand-in for a certificate chain's text inside cache keys: joining kilobytes of PEM into a
+ * fresh key string for every quote made V8 hash all of it on each look-up. Equal texts get the same
+ * id for as long as the id table lives; it is bounded, and clearing it clears the caches keyed by it.
+ */
+const textIds = new Map<string, number>();
+let nextTextId = 0;
+function textId(text: string): number {
+  let id = textIds.get(text);
+  if (id === undefined) {
+    if (textIds.size >= 4096) clearIntelCaches();
+    id = nextTextId++;
+    textIds.set(text, id);
+  }
+  return id;
 }
 
 /** Forgets every cached chain and collateral verification (tests; rotating trust anchors). */
 export function clearIntelCaches(): void {
+  textIds.clear();
   jsonCache.clear();
   chainCache.clear();
   crlCache.clear();
