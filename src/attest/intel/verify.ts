@@ -502,7 +502,7 @@ let nextTextId = 0;
 function textId(text: string): number {
   let id = textIds.get(text);
   if (id === undefined) {
-    if (textIds.size >= 4096) clearIntelCaches();
+    if (textIds.size >= 2048) clearIntelCaches();
     id = nextTextId++;
     textIds.set(text, id);
   }
