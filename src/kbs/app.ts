@@ -5,7 +5,7 @@
 import { readFile } from 'node:fs/promises';
 import type { FastifyInstance } from 'fastify';
 import { importJWK, type JWK } from 'jose';
-import { chainSources, httpSource, offlineSource } from '../attest/collateral/index.js';
+import { chainSources, httpSource, memoryCache, offlineSource } from '../attest/collateral/index.js';
 import { cachedSource, directorySource } from '../attest/collateral/node.js';
 import type { CollateralSource, TeeKind } from '../attest/common/types.js';
 import { createDefaultRegistry } from '../attest/index.js';
@@ -152,7 +152,9 @@ export async function startBroker(c: KbsConfig, opts: StartOptions = {}): Promis
     store,
     secrets,
     registry: createDefaultRegistry(),
-    collateral: opts.collateral ?? collateral(c),
+    // Collateral changes daily at most; re-reading a folder or disk cache per attestation cost more
+    // than the verification itself.
+    collateral: memoryCache(opts.collateral ?? collateral(c)),
     earKey,
     devMode: c.devMode,
     sessionTtlSeconds: c.sessionTtlSeconds,

@@ -181,7 +181,8 @@ export class Broker {
       },
       this.o.registry,
       {
-        gpuNonceBase: await deviceRuntimeDataHash(pubkey, session.nonce),
+        // The GPU nonce base is a digest of its own; without GPUs nothing uses it.
+        ...(gpus.length > 0 ? { gpuNonceBase: await deviceRuntimeDataHash(pubkey, session.nonce) } : {}),
         ...(anchors.nvidia ? { gpuTrustAnchors: anchors.nvidia } : {}),
       },
     );

@@ -97,3 +97,44 @@ export function chainSources(...sources: CollateralSource[]): CollateralSource {
     },
   };
 }
+
+export interface MemoryCacheOptions {
+  /** How long an item is served from memory before `inner` is asked again; default one minute. */
+  maxAgeMs?: number;
+  /** Most items kept; the oldest are forgotten first. Default 1024. */
+  maxEntries?: number;
+  /** Clock, for tests. */
+  now?: () => number;
+}
+
+/**
+ * Keeps what `inner` found in memory for `maxAgeMs`, so a service verifying evidence all day reads a
+ * folder or an on-disk cache once a minute instead of once per verification, and hands the verifiers
+ * the same buffers again (which their own caches recognise). Concurrent requests for one item share
+ * one lookup. Misses and failures are not kept: the next request asks `inner` again. Freshness is
+ * still judged by the verifier from the dates inside the collateral.
+ */
+export function memoryCache(inner: CollateralSource, options: MemoryCacheOptions = {}): CollateralSource {
+  const maxAgeMs = options.maxAgeMs ?? 60_000;
+  const maxEntries = options.maxEntries ?? 1024;
+  const now = options.now ?? Date.now;
+  const entries = new Map<string, { at: number; item: Promise<CollateralItem | undefined> }>();
+  return {
+    get(req: CollateralRequest): Promise<CollateralItem | undefined> {
+      const key = JSON.stringify([req.url, req.files]);
+      const t = now();
+      const hit = entries.get(key);
+      if (hit && t - hit.at < maxAgeMs) return hit.item;
+      const item = inner.get(req);
+      const entry = { at: t, item };
+      entries.delete(key);
+      entries.set(key, entry);
+      while (entries.size > maxEntries) entries.delete(entries.keys().next().value as string);
+      const forget = () => {
+        if (entries.get(key) === entry) entries.delete(key);
+      };
+      item.then((found) => found ?? forget(), forget);
+      return item;
+    },
+  };
+}

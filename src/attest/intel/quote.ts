@@ -160,6 +160,15 @@ const PEM_BLOCK = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/
 /** Parsed PCK chains by their exact text: a platform sends the same chain in every quote. */
 const chainCache = new Map<string, { chain: Certificate[]; pck: PckExtensions }>();
 const CHAIN_CACHE_MAX = 1024;
+const chainTexts = new WeakMap<Certificate[], string>();
+
+/**
+ * The text a parsed PCK chain came from: the very string the parse cache holds (so a map look-up
+ * with it needs no re-hash), or the decoded bytes for a quote put together by other means.
+ */
+export function pckChainText(q: ParsedQuote): string {
+  return chainTexts.get(q.pckChain) ?? utf8.decode(q.pckChainBytes);
+}
 
 /**
  * The PCK chain as carried: any order is accepted, because the chain is built by signature anyway.
@@ -176,6 +185,7 @@ function parsePckChain(data: Uint8Array): { chain: Certificate[]; pck: PckExtens
   if (hit) return hit;
   const parsed = parsePckChainText(text);
   chainCache.set(text, parsed);
+  chainTexts.set(parsed.chain, text);
   if (chainCache.size > CHAIN_CACHE_MAX) chainCache.delete(chainCache.keys().next().value as string);
   return parsed;
 }

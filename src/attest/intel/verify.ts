@@ -21,7 +21,7 @@ import {
 } from './collateral.js';
 import { checkSignedDer } from './der.js';
 import type { PckExtensions } from './pck.js';
-import { type EnclaveReport, type ParsedQuote, parseCertificatesStrict } from './quote.js';
+import { type EnclaveReport, type ParsedQuote, parseCertificatesStrict, pckChainText } from './quote.js';
 import { INTEL_SGX_ROOT_CA_PEM } from './roots.js';
 
 export interface VerifyQuoteOptions {
@@ -147,22 +147,28 @@ export async function checkQuoteSignatures(q: ParsedQuote): Promise<void> {
 
 // ---- chains, CRLs and signed collateral ---------------------------------------------------------
 
-const crlCache = new BoundedCache<Crl>(64);
+/** A parsed CRL with its issuer name, which @peculiar/x509 rebuilds as text on every read of a CRL. */
+interface CheckedCrl {
+  crl: Crl;
+  issuer: string;
+}
+const crlCache = new BoundedCache<CheckedCrl>(64);
 
-async function checkedCrl(der: Uint8Array, what: string): Promise<{ crl: Crl; digest: string }> {
+async function checkedCrl(der: Uint8Array, what: string): Promise<CheckedCrl & { digest: string }> {
   const digest = await digestHex(der);
-  let crl = crlCache.get(digest);
-  if (!crl) {
+  let checked = crlCache.get(digest);
+  if (!checked) {
     try {
-      crl = parseCrl(der, what);
+      const crl = parseCrl(der, what);
       checkSignedDer(new Uint8Array(crl.rawData), 'crl');
-      void [crl.issuer, crl.thisUpdate, crl.nextUpdate, crl.entries.map((x) => x.serialNumber)];
+      void [crl.thisUpdate, crl.nextUpdate, crl.entries.map((x) => x.serialNumber)];
+      checked = { crl, issuer: crl.issuer };
     } catch (e) {
       fail('bad-crl', `${what}: ${(e as Error).message}`, e);
     }
-    crlCache.set(digest, crl);
+    crlCache.set(digest, checked);
   }
-  return { crl, digest };
+  return { ...checked, digest };
 }
 
 function windowOf(path: Certificate[], crls: Crl[], extra?: { from: Date; until: Date }) {
@@ -241,7 +247,7 @@ async function verifySignedJson<T extends TcbInfo | QeIdentity>(
     rootCrlDigest,
     await digestHex(item.signed),
     toHex(item.signature),
-    item.chainPem,
+    textId(item.chainPem),
   ].join('|');
   const value = await memoTimed(jsonCache, key, at, async () => {
     const chain = parseCertificatesStrict(item.chainPem, `${what} issuer chain`, 'verify');
@@ -370,8 +376,27 @@ export async function verifyQuote(q: ParsedQuote, options: VerifyQuoteOptions): 
   if (!(at instanceof Date) || Number.isNaN(at.getTime()))
     fail('bad-options', 'options.at must be a valid Date');
   const anchors = anchorsOf(options.trustAnchors);
-  await checkQuoteSignatures(q);
+  // The signature checks run in Web Crypto's worker threads while this thread gathers and checks the
+  // collateral; their failures still come first, as when they were awaited before everything else.
+  const signatures = checkQuoteSignatures(q);
+  signatures.catch(() => undefined);
+  let result: VerifiedQuote;
+  try {
+    result = await verifyAgainstCollateral(q, options, anchors);
+  } catch (e) {
+    await signatures;
+    throw e;
+  }
+  await signatures;
+  return result;
+}
 
+async function verifyAgainstCollateral(
+  q: ParsedQuote,
+  options: VerifyQuoteOptions,
+  anchors: Anchors,
+): Promise<VerifiedQuote> {
+  const { at } = options;
   const leaf = q.pckChain[0]!;
   if (!/SGX PCK Certificate/.test(commonName(leaf.subject))) {
     fail('invalid-pck-cert', `PCK certificate subject "${leaf.subject}" is not an SGX PCK Certificate`);
@@ -381,17 +406,20 @@ export async function verifyQuote(q: ParsedQuote, options: VerifyQuoteOptions): 
   const fmspc = toHex(q.pck.fmspc);
   const raw = await fetchCollateral(options.collateral, q.tee, fmspc, pckCaOf(leaf));
 
-  const [{ crl: rootCrl, digest: rootCrlDigest }, { crl: pckCrl, digest: pckCrlDigest }] = await Promise.all([
+  const [
+    { crl: rootCrl, issuer: rootCrlIssuer, digest: rootCrlDigest },
+    { crl: pckCrl, issuer: pckCrlIssuer, digest: pckCrlDigest },
+  ] = await Promise.all([
     checkedCrl(raw.rootCaCrl, 'Intel SGX Root CA CRL'),
     checkedCrl(raw.pckCrl, 'PCK CRL'),
   ]);
-  if (!anchors.certs.some((a) => a.subject === rootCrl.issuer)) {
-    fail('crl-mismatch', `root CA CRL is issued by "${rootCrl.issuer}", not by the trusted root`);
+  if (!anchors.certs.some((a) => a.subject === rootCrlIssuer)) {
+    fail('crl-mismatch', `root CA CRL is issued by "${rootCrlIssuer}", not by the trusted root`);
   }
-  if (pckCrl.issuer !== leaf.issuer) {
+  if (pckCrlIssuer !== leaf.issuer) {
     fail(
       'crl-mismatch',
-      `PCK CRL is issued by "${pckCrl.issuer}", but the PCK certificate by "${leaf.issuer}"`,
+      `PCK CRL is issued by "${pckCrlIssuer}", but the PCK certificate by "${leaf.issuer}"`,
     );
   }
 
@@ -414,7 +442,7 @@ export async function verifyQuote(q: ParsedQuote, options: VerifyQuoteOptions): 
     rootCrlDigest,
     at,
   );
-  const chainKey = [anchors.key, rootCrlDigest, pckCrlDigest, utf8Key(q.pckChainBytes)].join('|');
+  const chainKey = [anchors.key, rootCrlDigest, pckCrlDigest, textId(pckChainText(q))].join('|');
   const pckPath = await memoTimed(chainCache, chainKey, at, async () => {
     const path = await validatePath(leaf, q.pckChain.slice(1), anchors, [pckCrl, rootCrl], at, 'PCK chain');
     if (path.length !== 3) {
@@ -464,13 +492,26 @@ export async function verifyQuote(q: ParsedQuote, options: VerifyQuoteOptions): 
   };
 }
 
-/** The PCK chain text as a map key: exact, and cheap compared with hashing for every quote. */
-function utf8Key(b: Uint8Array): string {
-  return new TextDecoder().decode(b);
+/**
+ * A short stand-in for a certificate chain's text inside cache keys: joining kilobytes of PEM into a
+ * fresh key string for every quote made V8 hash all of it on each look-up. Equal texts get the same
+ * id for as long as the id table lives; it is bounded, and clearing it clears the caches keyed by it.
+ */
+const textIds = new Map<string, number>();
+let nextTextId = 0;
+function textId(text: string): number {
+  let id = textIds.get(text);
+  if (id === undefined) {
+    if (textIds.size >= 2048) clearIntelCaches();
+    id = nextTextId++;
+    textIds.set(text, id);
+  }
+  return id;
 }
 
 /** Forgets every cached chain and collateral verification (tests; rotating trust anchors). */
 export function clearIntelCaches(): void {
+  textIds.clear();
   jsonCache.clear();
   chainCache.clear();
   crlCache.clear();

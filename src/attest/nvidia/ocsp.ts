@@ -135,8 +135,30 @@ function issuerIdentity(issuer: Certificate): { name: Uint8Array; key: Uint8Arra
   };
 }
 
+/**
+ * Requests per (certificate, issuer) object: the chain caches hand back the same Certificate objects
+ * for every verification of a GPU, and building a request (ASN.1 decode of the issuer, two digests,
+ * DER encoding) cost more than the report signature check.
+ */
+const requests = new WeakMap<Certificate, WeakMap<Certificate, Promise<{ url: string; files: string[] }>>>();
+
 /** An OCSP request for `t` (SHA-384 CertID, as nvtrust sends), and where to find its answer. */
-export async function ocspRequest(t: OcspTarget): Promise<{ url: string; files: string[] }> {
+export function ocspRequest(t: OcspTarget): Promise<{ url: string; files: string[] }> {
+  let byIssuer = requests.get(t.cert);
+  if (!byIssuer) {
+    byIssuer = new WeakMap();
+    requests.set(t.cert, byIssuer);
+  }
+  let r = byIssuer.get(t.issuer);
+  if (!r) {
+    r = buildOcspRequest(t);
+    byIssuer.set(t.issuer, r);
+    r.catch(() => byIssuer.delete(t.issuer));
+  }
+  return r;
+}
+
+async function buildOcspRequest(t: OcspTarget): Promise<{ url: string; files: string[] }> {
   const { name, key } = issuerIdentity(t.issuer);
   const certId = new CertID({
     hashAlgorithm: new AlgorithmIdentifier({ algorithm: '2.16.840.1.101.3.4.2.2' }),

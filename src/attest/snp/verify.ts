@@ -142,18 +142,43 @@ export function clearSnpChainCache(): void {
   chainCache.clear();
 }
 
-function rawOf(c: Certificate): Uint8Array {
-  return new Uint8Array(c.rawData);
+/**
+ * Parsed values per collateral buffer. A caching collateral source hands back the same buffers for
+ * every report, and X.509/CRL decoding costs several times the report signature check; an entry keeps
+ * a copy of the bytes and is used only while the buffer still holds exactly them. Failures are not
+ * kept, so bad bytes fail afresh with their own error.
+ */
+class ParsedPerBuffer<T> {
+  private readonly map = new WeakMap<Uint8Array, { copy: Uint8Array; value: T }>();
+  get(bytes: Uint8Array, parse: () => T): T {
+    const hit = this.map.get(bytes);
+    if (hit && equalBytes(hit.copy, bytes)) return hit.value;
+    const value = parse();
+    this.map.set(bytes, { copy: bytes.slice(), value });
+    return value;
+  }
+}
+const parsedLeaves = {
+  VCEK: new ParsedPerBuffer<{ leaf: Certificate; ek: EndorsementKeyInfo }>(),
+  VLEK: new ParsedPerBuffer<{ leaf: Certificate; ek: EndorsementKeyInfo }>(),
+};
+const parsedCrls = new ParsedPerBuffer<Crl>();
+const parsedAnchors = new ParsedPerBuffer<Certificate[]>();
+
+/** SHA-256 of a certificate's or CRL's DER, once per parsed object. */
+const derDigests = new WeakMap<Certificate | Crl, Promise<string>>();
+function derDigest(x: Certificate | Crl): Promise<string> {
+  let d = derDigests.get(x);
+  if (!d) {
+    d = sha256(new Uint8Array(x.rawData)).then(toHex);
+    derDigests.set(x, d);
+  }
+  return d;
 }
 
 async function cacheKey(leaf: Certificate, anchors: Certificate[], crl: Crl | undefined): Promise<string> {
-  const parts = [rawOf(leaf), ...anchors.map(rawOf)];
-  if (crl) parts.push(new Uint8Array(crl.rawData));
-  return toHex(await sha256(concatBytes(...parts.flatMap((p) => [lengthPrefix(p.length), p]))));
-}
-
-function lengthPrefix(n: number): Uint8Array {
-  return new Uint8Array([n >>> 24, (n >>> 16) & 0xff, (n >>> 8) & 0xff, n & 0xff]);
+  const parts = [leaf, ...anchors, ...(crl ? [crl] : [])];
+  return `${anchors.length}:${(await Promise.all(parts.map(derDigest))).join(':')}`;
 }
 
 export async function verifyReport(report: ParsedReport, options: VerifyOptions): Promise<VerifiedReport> {
@@ -197,8 +222,11 @@ export async function verifyReport(report: ParsedReport, options: VerifyOptions)
       `no ${keyName} certificate: supply ${kind}.der or ${kind}.pem${kind === 'vcek' ? ' or reach AMD KDS' : ''}`,
     );
   }
-  const leaf = parseCertificates(item.body, keyName)[0]!;
-  const ek = readEndorsementKeyInfo(leaf, keyName);
+  const body = item.body;
+  const { leaf, ek } = parsedLeaves[kind === 'vcek' ? 'VCEK' : 'VLEK'].get(body, () => {
+    const leaf = parseCertificates(body, keyName)[0]!;
+    return { leaf, ek: readEndorsementKeyInfo(leaf, keyName) };
+  });
   const product = ek.product;
   if (report.cpuidProduct && report.cpuidProduct !== product) {
     fail(
@@ -211,14 +239,16 @@ export async function verifyReport(report: ParsedReport, options: VerifyOptions)
     fail('bad-endorsement-certificate', 'a VLEK must not carry a hwID extension');
 
   const anchors = options.trustAnchors
-    ? options.trustAnchors.flatMap((a) => parseCertificates(a, 'trust anchor'))
+    ? options.trustAnchors.flatMap((a) => parsedAnchors.get(a, () => parseCertificates(a, 'trust anchor')))
     : bundledCerts().arks;
   const crlItem = await fetchCollateral(
     options.collateral,
     crlRequest(kind, product),
     `${product} ${keyName} CRL`,
   );
-  const crl = crlItem ? parseCrl(crlItem.body, `${product} ARK CRL`) : undefined;
+  const crl = crlItem
+    ? parsedCrls.get(crlItem.body, () => parseCrl(crlItem.body, `${product} ARK CRL`))
+    : undefined;
 
   const ck = await cacheKey(leaf, anchors, crl);
   let cached = chainCache.get(ck);

@@ -2,7 +2,12 @@ import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { chainSources, httpSource, offlineSource } from '../../../src/attest/collateral/index.js';
+import {
+  chainSources,
+  httpSource,
+  memoryCache,
+  offlineSource,
+} from '../../../src/attest/collateral/index.js';
 import { cachedSource, directorySource } from '../../../src/attest/collateral/node.js';
 import { AttestationError, type CollateralSource } from '../../../src/attest/common/types.js';
 import { utf8 } from '../../../src/util/bytes.js';
@@ -180,5 +185,80 @@ describe('cachedSource', () => {
       tmp(),
     );
     expect((await refusal(src.get(req))).code).toBe('collateral-unavailable');
+  });
+});
+
+describe('memoryCache', () => {
+  /** A source that counts its lookups and answers from a mutable map. */
+  function counting(items: Map<string, Uint8Array>) {
+    let calls = 0;
+    let fail = false;
+    const source: CollateralSource = {
+      get: async (r) => {
+        calls++;
+        if (fail) throw new Error('disk gone');
+        const body = items.get(r.url);
+        return body ? { body, headers: {} } : undefined;
+      },
+    };
+    return {
+      source,
+      calls: () => calls,
+      failNext: (v: boolean) => {
+        fail = v;
+      },
+    };
+  }
+
+  it('serves a found item from memory, the same buffer, until maxAgeMs has passed', async () => {
+    const items = new Map([[req.url, utf8.encode('v1')]]);
+    const inner = counting(items);
+    let t = 0;
+    const cache = memoryCache(inner.source, { maxAgeMs: 1000, now: () => t });
+    const a = await cache.get(req);
+    const b = await cache.get(req);
+    expect(inner.calls()).toBe(1);
+    expect(b!.body).toBe(a!.body);
+    items.set(req.url, utf8.encode('v2'));
+    t = 999;
+    expect(utf8.decode((await cache.get(req))!.body)).toBe('v1');
+    t = 1000;
+    expect(utf8.decode((await cache.get(req))!.body)).toBe('v2');
+    expect(inner.calls()).toBe(2);
+  });
+
+  it('shares one lookup between concurrent requests', async () => {
+    const inner = counting(new Map([[req.url, utf8.encode('v1')]]));
+    const cache = memoryCache(inner.source);
+    await Promise.all([cache.get(req), cache.get(req), cache.get(req)]);
+    expect(inner.calls()).toBe(1);
+  });
+
+  it('keeps neither misses nor failures', async () => {
+    const items = new Map<string, Uint8Array>();
+    const inner = counting(items);
+    const cache = memoryCache(inner.source);
+    expect(await cache.get(req)).toBeUndefined();
+    items.set(req.url, utf8.encode('v1'));
+    inner.failNext(true);
+    await expect(cache.get(req)).rejects.toThrow('disk gone');
+    inner.failNext(false);
+    expect(utf8.decode((await cache.get(req))!.body)).toBe('v1');
+    expect(inner.calls()).toBe(3);
+  });
+
+  it('tells requests apart by URL and file names, and forgets the oldest beyond maxEntries', async () => {
+    const other = { url: `${req.url}1`, files: req.files };
+    const inner = counting(
+      new Map([
+        [req.url, utf8.encode('a')],
+        [other.url, utf8.encode('b')],
+      ]),
+    );
+    const cache = memoryCache(inner.source, { maxEntries: 1 });
+    expect(utf8.decode((await cache.get(req))!.body)).toBe('a');
+    expect(utf8.decode((await cache.get(other))!.body)).toBe('b');
+    expect(utf8.decode((await cache.get(req))!.body)).toBe('a');
+    expect(inner.calls()).toBe(3);
   });
 });

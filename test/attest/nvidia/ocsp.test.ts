@@ -157,6 +157,14 @@ describe('OCSP (test authority)', () => {
     expect(toHex(new TextEncoder().encode(req.url)).length).toBeGreaterThan(0);
   });
 
+  it('a request is built once per certificate and issuer, and differs between certificates', async () => {
+    const [a, b] = gpuTargets();
+    expect(await ocspRequest(a!)).toBe(await ocspRequest({ ...a! }));
+    expect((await ocspRequest(a!)).url).not.toBe((await ocspRequest(b!)).url);
+    // Same certificate, another issuer object: its own request (the CertID hashes the issuer).
+    expect((await ocspRequest({ ...a!, issuer: b!.issuer })).url).not.toBe((await ocspRequest(a!)).url);
+  });
+
   it('fuzz: a mutated response is refused, ignored as not naming the certificate, or means the same', async () => {
     const t = gpuTargets()[0]!;
     const der = await ta.ocspResponse(t.cert);

@@ -82,6 +82,15 @@ describe('refusals', () => {
     await rejects(judge(flip(quote, 10)), 'verify', 'bad-signature');
   });
 
+  it('a bad signature is reported before a collateral failure, though both are checked side by side', async () => {
+    const { signature } = offsets(quote);
+    const none: CollateralSource = { get: async () => undefined };
+    await rejects(judge(flip(quote, signature + 5), { collateral: none }), 'verify', 'bad-signature');
+    const stale = await ta.collateral({ nextUpdate: new Date(INTEL_TEST_TIME.getTime() - 1000) });
+    await rejects(judge(flip(quote, signature + 5), { collateral: stale }), 'verify', 'bad-signature');
+    await rejects(judge(quote, { collateral: none }), 'verify', 'collateral-missing');
+  });
+
   it('a flipped QE report or QE report signature byte: bad-qe-report-signature', async () => {
     const { qeReport } = offsets(quote);
     await rejects(judge(flip(quote, qeReport + 100)), 'verify', 'bad-qe-report-signature');
