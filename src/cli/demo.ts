@@ -1,14 +1,21 @@
 /**
- * `cloister demo`: the trust core end to end on embedded defaults, in a temporary directory.
- * Today it shows the sealed container; the key broker and agent steps join it as they land.
+ * `cloister demo`: the trust core end to end on embedded defaults, in a temporary directory — a key
+ * broker, an owner's key and sealed model, a policy, a workload in the (insecure, dev-mode) sample TEE
+ * that unseals and uses the model, a refused attempt, and the transparency log verifying.
  */
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Command } from 'commander';
-import { generateHpkeKeyPair, generateKek } from '../seal/keys.js';
-import { openSealedFile, readHeader, sealFile, unsealToMemory } from '../seal/node.js';
+import { exportJWK, generateKeyPair, SignJWT } from 'jose';
+import { ADMIN_AUDIENCE } from '../kbs/admin.js';
+import { startBroker } from '../kbs/app.js';
+import { DEFAULT_CONFIG } from '../kbs/config.js';
+import { generateKek, kekToJwk } from '../seal/keys.js';
+import { readHeader, sealFile, unsealToMemory } from '../seal/node.js';
+import { generateNoteSigner, parseBundle, verifyBundle } from '../translog/index.js';
 
 /** A small but real safetensors file (8-byte header length, JSON header, little-endian f32 data). */
 export function tinySafetensors(rows: number, cols: number): Uint8Array {
@@ -25,6 +32,38 @@ export function tinySafetensors(rows: number, cols: number): Uint8Array {
   return out;
 }
 
+/** The workload: loads the safetensors model from the plaintext path the agent gives it, runs y = W·1. */
+const WORKLOAD = `
+const fs = require('fs'), path = require('path');
+const b = fs.readFileSync(process.env.CLOISTER_INPUT_0);
+const n = Number(b.readBigUInt64LE(0));
+const meta = JSON.parse(b.subarray(8, 8 + n).toString());
+const t = meta['layer.0.weight'];
+const [rows, cols] = t.shape;
+const w = new Float32Array(b.buffer.slice(b.byteOffset + 8 + n + t.data_offsets[0], b.byteOffset + 8 + n + t.data_offsets[1]));
+let norm = 0;
+const y = new Float32Array(rows);
+for (let r = 0; r < rows; r++) { let s = 0; for (let c = 0; c < cols; c++) s += w[r * cols + c]; y[r] = s; norm += s * s; }
+fs.writeFileSync(path.join(process.env.CLOISTER_OUTPUT_DIR, 'result.json'), JSON.stringify({ rows, cols, norm: Math.sqrt(norm), first: Array.from(y.slice(0, 4)) }));
+console.log('[workload] model ' + rows + 'x' + cols + ' loaded from ' + process.env.CLOISTER_INPUT_0 + '; ||W·1|| = ' + Math.sqrt(norm).toFixed(4));
+`;
+
+const CLI = new URL('../../bin/cloister.js', import.meta.url).pathname;
+
+/** Runs `cloister …` as a child process, echoing its output indented; resolves with its exit code. */
+function cloister(args: string[], say: (s: string) => void): Promise<number> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const echo = (b: Buffer) => {
+      for (const line of b.toString().split('\n'))
+        if (line.trim()) say(line.startsWith('      ') ? line : `      ${line}`);
+    };
+    child.stdout.on('data', echo);
+    child.stderr.on('data', echo);
+    child.on('close', (code) => resolve(code ?? 1));
+  });
+}
+
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex').slice(0, 16);
 
 export function registerDemo(program: Command): void {
@@ -35,69 +74,189 @@ export function registerDemo(program: Command): void {
     .addHelpText('after', '\nExample:\n  npx cloister demo')
     .action(async (o: { keep?: boolean }) => {
       const say = (s: string) => process.stdout.write(`${s}\n`);
+      const started = Date.now();
       const dir = await mkdtemp(join(tmpdir(), 'cloister-demo-'));
+      const at = (f: string) => join(dir, f);
+      let broker: Awaited<ReturnType<typeof startBroker>> | undefined;
       try {
+        // 1. The key broker, with an admin key and a checkpoint key made for this demo.
+        const admin = await generateKeyPair('EdDSA', { crv: 'Ed25519', extractable: true });
+        await writeFile(
+          at('admin.pub.jwk'),
+          JSON.stringify({ ...(await exportJWK(admin.publicKey)), alg: 'EdDSA' }),
+        );
+        const logKey = await generateNoteSigner('cloister-demo/log');
+        await writeFile(at('log.jwk'), JSON.stringify(logKey.jwk), { mode: 0o600 });
+        await writeFile(
+          at('master.key'),
+          btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32)))),
+          { mode: 0o600 },
+        );
+        const brokerLog: string[] = [];
+        broker = await startBroker(
+          {
+            ...DEFAULT_CONFIG,
+            port: 0,
+            devMode: true,
+            db: `sqlite:${at('kbs.db')}`,
+            adminKeysFile: at('admin.pub.jwk'),
+            masterKeyFile: at('master.key'),
+            logKeyFile: at('log.jwk'),
+            logOrigin: 'cloister-demo/log',
+          },
+          { log: (l) => brokerLog.push(l) },
+        );
+        say(`1. key broker started at ${broker.url} (SQLite in ${dir})`);
+        say(`   ${brokerLog.find((l) => l.includes('DEV MODE IS ON')) ?? ''}`);
+        const token = await new SignJWT({ role: 'tenant-admin', tenant: 'owner' })
+          .setProtectedHeader({ alg: 'EdDSA' })
+          .setSubject('model-owner')
+          .setAudience(ADMIN_AUDIENCE)
+          .setIssuedAt()
+          .setExpirationTime('10m')
+          .sign(admin.privateKey);
+        const adminCall = async (method: string, path: string, body: Uint8Array | object) => {
+          const res = await fetch(new URL(path, broker!.url), {
+            method,
+            headers: {
+              authorization: `Bearer ${token}`,
+              'content-type': body instanceof Uint8Array ? 'application/octet-stream' : 'application/json',
+            },
+            body: body instanceof Uint8Array ? new Uint8Array(body) : JSON.stringify(body),
+          });
+          if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${await res.text()}`);
+        };
+
+        // 2. The owner's keys, held by the broker.
+        const modelKek = generateKek('kbs:///owner/models/kek1');
+        const dataKek = generateKek('kbs:///owner/datasets/kek1');
+        await adminCall(
+          'PUT',
+          '/admin/v1/resources/owner/models/kek1',
+          new TextEncoder().encode(JSON.stringify(kekToJwk(modelKek))),
+        );
+        await adminCall(
+          'PUT',
+          '/admin/v1/resources/owner/datasets/kek1',
+          new TextEncoder().encode(JSON.stringify(kekToJwk(dataKek))),
+        );
+        say(
+          '2. owner keys kbs:///owner/models/kek1 and kbs:///owner/datasets/kek1 stored in the broker (values never leave it in clear)',
+        );
+
+        // 3. A model and a dataset, sealed on the owner's machine.
         const model = tinySafetensors(512, 512);
-        await writeFile(join(dir, 'model.safetensors'), model);
-        say(`1. made a model: model.safetensors, ${model.length} bytes, sha256 ${sha(model)}…`);
-
-        const kek = generateKek('kbs:///owner/models/kek1');
-        const broker = await generateHpkeKeyPair();
-        say('2. owner key kbs:///owner/models/kek1 (AES-256 KEK) and a broker HPKE key (X25519) generated');
-
-        await sealFile(join(dir, 'model.safetensors'), join(dir, 'model.sealed'), {
-          recipients: [
-            { type: 'kbs', uri: 'kbs:///owner/models/kek1', kek: kek.secret },
-            { type: 'hpke', publicKey: broker.publicKey },
-          ],
+        await writeFile(at('model.safetensors'), model);
+        await sealFile(at('model.safetensors'), at('model.sealed'), {
+          recipients: [{ type: 'kbs', uri: 'kbs:///owner/models/kek1', kek: modelKek.secret }],
           contentType: 'application/vnd.safetensors',
-          chunkSize: 64 * 1024,
         });
-        const { header, fileSize } = await readHeader(join(dir, 'model.sealed'));
+        await writeFile(at('data.jsonl'), '{"text":"private training example"}\n');
+        await sealFile(at('data.jsonl'), at('data.sealed'), {
+          recipients: [{ type: 'kbs', uri: 'kbs:///owner/datasets/kek1', kek: dataKek.secret }],
+        });
+        await rm(at('model.safetensors'));
+        await rm(at('data.jsonl'));
+        const { fileSize } = await readHeader(at('model.sealed'));
         say(
-          `3. sealed: model.sealed, ${fileSize} bytes, ${header.recipients.length} recipients, chunks of ${header.chunkSize} bytes`,
-        );
-        for (const r of header.recipients) say(`     recipient ${r.type}: ${r.keyId}`);
-
-        const reader = await openSealedFile(join(dir, 'model.sealed'), broker);
-        const headLen = Number(new DataView((await reader.read(0, 8)).slice().buffer).getBigUint64(0, true));
-        const meta = JSON.parse(new TextDecoder().decode(await reader.read(8, 8 + headLen)));
-        await reader.close();
-        say(
-          `4. random access with the broker key: read only the safetensors header → tensors ${Object.keys(
-            meta,
-          )
-            .filter((k) => k !== '__metadata__')
-            .join(', ')}`,
+          `3. model (512x512 safetensors, sha256 ${sha(model)}…) sealed to model.sealed (${fileSize} bytes); the plaintext is deleted`,
         );
 
-        const tampered = await readFile(join(dir, 'model.sealed'));
-        const at = tampered.length - 1000;
-        tampered[at] = tampered[at]! ^ 1;
-        await writeFile(join(dir, 'tampered.sealed'), tampered);
-        try {
-          await unsealToMemory(join(dir, 'tampered.sealed'), kek);
-          throw new Error('a tampered file was accepted');
-        } catch (e) {
-          say(`5. one flipped bit is refused: ${(e as Error).message}`);
-        }
+        // 4. Policies: the model key goes to the approved workload measurement; the dataset key only to TDX.
+        const approved = '00'.repeat(48);
+        await adminCall('PUT', '/admin/v1/policies', {
+          scope: 'resource:owner/models/kek1',
+          source: `"cpu0" in submods && (cpu.status == "affirming" || (dev_mode && cpu.insecure && cpu.status == "warning")) && cpu.claims.measurement == "${approved}"`,
+        });
+        await adminCall('PUT', '/admin/v1/policies', {
+          scope: 'resource:owner/datasets/kek1',
+          source: 'cpu.kind == "tdx" && cpu.status == "affirming"',
+        });
+        say('4. policies set: model key → the approved measurement only; dataset key → Intel TDX only');
 
-        const wrong = generateKek();
-        try {
-          await unsealToMemory(join(dir, 'model.sealed'), wrong);
-          throw new Error('a wrong key was accepted');
-        } catch (e) {
-          say(`6. a key that is not a recipient is refused: ${(e as Error).message}`);
-        }
-
-        const plain = await unsealToMemory(join(dir, 'model.sealed'), kek);
-        const same = sha(plain) === sha(model);
+        // 5. The workload, run by the agent in the sample TEE.
         say(
-          `7. unsealed into memory only (never to disk) with the owner key: sha256 ${sha(plain)}… ${same ? 'matches' : 'DIFFERS'}`,
+          '5. cloister run: attest (sample TEE), fetch the model key, unseal into a private tmpfs dir, run, seal the output',
         );
-        if (!same) throw new Error('round trip mismatch');
-        say('demo complete: sealed container verified end to end');
+        await writeFile(at('workload.cjs'), WORKLOAD);
+        const ok = await cloister(
+          [
+            'run',
+            '--kbs',
+            broker.url,
+            '--tee',
+            'sample',
+            '--input',
+            at('model.sealed'),
+            '--output-dir',
+            at('out'),
+            '--seal-to',
+            'kbs:///owner/models/kek1',
+            '--',
+            process.execPath,
+            at('workload.cjs'),
+          ],
+          say,
+        );
+        if (ok !== 0) throw new Error(`the workload run failed (exit ${ok})`);
+        const outputs = (await readdir(at('out'))).sort();
+        say(`   outputs: ${outputs.join(', ')} (sealed result and the signed run receipt)`);
+        const result = JSON.parse(
+          new TextDecoder().decode(await unsealToMemory(at('out/result.json.sealed'), modelKek)),
+        );
+        say(`   the owner unseals the result with its key: norm ${result.norm.toFixed(4)}`);
+
+        // 6. A refused attempt: the dataset's policy wants TDX, the sample TEE is not.
+        say('6. the same workload asks for the dataset: its policy requires Intel TDX');
+        const denied = await cloister(
+          [
+            'run',
+            '--kbs',
+            broker.url,
+            '--tee',
+            'sample',
+            '--input',
+            at('data.sealed'),
+            '--',
+            process.execPath,
+            '-e',
+            'console.log("unreachable")',
+          ],
+          say,
+        );
+        if (denied === 0) throw new Error('the dataset was released against its policy');
+        say(
+          `   refused (exit ${denied}); nothing was unsealed. The reason is in the owner's log, not told to the TEE:`,
+        );
+        const reason = brokerLog.find((l) => l.includes('owner/datasets/kek1') && l.includes('denied'));
+        say(`   ${reason?.replace(/^.*?cloister-kbs: /, '') ?? '(no broker log line)'}`);
+
+        // 7. The transparency log, exported and verified offline.
+        const audit = await new SignJWT({ role: 'admin' })
+          .setProtectedHeader({ alg: 'EdDSA' })
+          .setSubject('auditor')
+          .setAudience(ADMIN_AUDIENCE)
+          .setIssuedAt()
+          .setExpirationTime('10m')
+          .sign(admin.privateKey);
+        const bundle = await (
+          await fetch(new URL('/admin/v1/log/bundle?proofs=all', broker.url), {
+            headers: { authorization: `Bearer ${audit}` },
+          })
+        ).text();
+        const report = await verifyBundle(bundle, broker.logVerifierKey);
+        if (!report.ok)
+          throw new Error(
+            `the transparency log did not verify: ${report.errors.map((e) => e.message).join('; ')}`,
+          );
+        const kinds = new Map<string, number>();
+        for (const e of parseBundle(bundle).entries) kinds.set(e.kind, (kinds.get(e.kind) ?? 0) + 1);
+        say(
+          `7. transparency log verified offline: ${[...kinds].map(([k, n]) => `${n} ${k}`).join(', ')}; hash chain, Merkle roots, signed checkpoints and inclusion proofs all check`,
+        );
+        say(`demo complete in ${((Date.now() - started) / 1000).toFixed(1)} s`);
       } finally {
+        await broker?.close();
         if (o.keep) say(`files kept in ${dir}`);
         else await rm(dir, { recursive: true, force: true });
       }

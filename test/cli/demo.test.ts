@@ -1,13 +1,17 @@
 import { expect, it } from 'vitest';
 import { cloister } from './run.js';
 
-it('cloister demo runs end to end and shows each refusal', () => {
+it('cloister demo: broker, sealed model, attested run, a policy refusal and the log verifying', () => {
   const r = cloister(['demo']);
   expect(r.stderr).toBe('');
   expect(r.code).toBe(0);
   const out = r.stdout.toString();
-  expect(out).toMatch(/one flipped bit is refused: chunk \d+ failed authentication/);
-  expect(out).toMatch(/not a recipient is refused/);
-  expect(out).toMatch(/sha256 [0-9a-f]{16}… matches/);
-  expect(out).toMatch(/demo complete/);
+  expect(out).toMatch(/DEV MODE IS ON/);
+  expect(out).toMatch(/key released for .*model\.sealed/);
+  expect(out).toMatch(/\[workload\] model 512x512 loaded from \/dev\/shm\//);
+  expect(out).toMatch(/the owner unseals the result with its key: norm (\d\.\d+)/);
+  expect(out).toMatch(/refused \(exit 1\); nothing was unsealed/);
+  expect(out).toMatch(/release of owner\/datasets\/kek1 denied: .*cpu\.kind == "tdx"/);
+  expect(out).toMatch(/transparency log verified offline: .*1 release, 1 denial/);
+  expect(out).toMatch(/demo complete in \d+\.\d s/);
 });
