@@ -11,6 +11,7 @@ import {
   type CollateralRequest,
   type CollateralSource,
 } from '../common/types.js';
+import { chainSources } from './index.js';
 
 const HEADERS_SUFFIX = '.headers.json';
 
@@ -81,6 +82,11 @@ export function directorySource(dir: string): CollateralSource {
       return undefined;
     },
   };
+}
+
+/** Several folders searched in order: the collateral of a sample folder, then shared roots, … */
+export function folderCollateral(...dirs: string[]): CollateralSource {
+  return chainSources(...dirs.map(directorySource));
 }
 
 export interface CacheOptions {

@@ -3,7 +3,9 @@
  * report-data binding and reference values. The kind modules supply the claims and which of them are
  * measurements.
  */
+
 import { equalBytes, toHex } from '../../util/bytes.js';
+import { AFFIRM, judgeReferenceValues } from '../common/appraise.js';
 import {
   type Appraisal,
   type AppraisalPolicy,
@@ -23,7 +25,6 @@ export interface IntelAppraiseOptions {
   expectedReportData?: Uint8Array;
 }
 
-const AFFIRM = 2;
 const WARN = 32;
 const CONTRA = 96;
 
@@ -92,12 +93,6 @@ export function tcbClaims(v: VerifiedQuote, t: TcbEvaluation): Record<string, un
     quote_version: v.quote.header.version,
     collateral_valid_until: v.collateralValidUntil.toISOString(),
   };
-}
-
-function comparable(value: unknown): string | undefined {
-  if (typeof value === 'string') return value.toLowerCase();
-  if (typeof value === 'number' || typeof value === 'boolean') return String(value);
-  return undefined;
 }
 
 export function checkReportData(have: Uint8Array, expected: Uint8Array | undefined, what: string): void {
@@ -172,34 +167,7 @@ export function appraiseIntel(t: TcbEvaluation, k: KindClaims, options: IntelApp
 
   const refs = policy.referenceValues ?? {};
   for (const c of k.concerns ?? []) if (!refs[c.claim]) judge(c.check, c.status, c.message, c.vector);
-  for (const [name, values] of Object.entries(refs)) {
-    const vector = k.referenceClaims[name];
-    const have = comparable(claims[name]);
-    if (!vector || have === undefined) {
-      judge(
-        `reference.${name}`,
-        'contraindicated',
-        `reference value for "${name}", which ${what} evidence does not carry`,
-        'configuration',
-      );
-      continue;
-    }
-    if (values.some((x) => x.toLowerCase() === have)) {
-      findings.push({
-        check: `reference.${name}`,
-        status: 'affirming',
-        message: `${name} matches a reference value`,
-      });
-      if (vector === 'executables' && tv.executables === undefined) tv.executables = AFFIRM;
-    } else {
-      judge(
-        `reference.${name}`,
-        'contraindicated',
-        `${name} ${have} matches none of the ${values.length} reference values`,
-        vector,
-      );
-    }
-  }
+  judgeReferenceValues({ refs, claims, vectors: k.referenceClaims, what, judge, findings, tv });
   if (!refs[k.mainMeasurement]) {
     findings.push({
       check: `reference.${k.mainMeasurement}`,

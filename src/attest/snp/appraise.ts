@@ -2,7 +2,9 @@
  * SEV-SNP appraisal: turns a verified report into EAR claims, judges the guest policy, VMPL and TCB
  * against platform rules, and the measurements against the caller's reference values.
  */
+
 import { equalBytes, isAllZero, toHex } from '../../util/bytes.js';
+import { AFFIRM, judgeReferenceValues } from '../common/appraise.js';
 import {
   type Appraisal,
   type AppraisalPolicy,
@@ -21,7 +23,6 @@ export interface SnpAppraiseOptions {
 }
 
 /** AR4SI values: affirming, warning, contraindicated. */
-const AFFIRM = 2;
 const WARN = 32;
 const CONTRA = 96;
 
@@ -123,14 +124,6 @@ export function snpClaims(v: VerifiedReport): Record<string, unknown> {
   };
 }
 
-/** The string a reference value is compared with: hex and decimal as written, TCBs by raw value. */
-function comparable(value: unknown): string | undefined {
-  if (typeof value === 'string') return value.toLowerCase();
-  if (typeof value === 'number') return String(value);
-  if (value && typeof value === 'object' && 'raw' in value) return String((value as { raw: unknown }).raw);
-  return undefined;
-}
-
 export function appraiseReport(v: VerifiedReport, options: SnpAppraiseOptions = {}): Appraisal {
   const r = v.report;
   const policy = options.policy ?? {};
@@ -226,34 +219,7 @@ export function appraiseReport(v: VerifiedReport, options: SnpAppraiseOptions = 
   }
 
   const refs = policy.referenceValues ?? {};
-  for (const [name, values] of Object.entries(refs)) {
-    const vector = REFERENCE_CLAIMS[name];
-    const have = comparable(claims[name]);
-    if (!vector || have === undefined) {
-      judge(
-        `reference.${name}`,
-        'contraindicated',
-        `reference value for "${name}", which SEV-SNP evidence does not carry`,
-        'configuration',
-      );
-      continue;
-    }
-    if (values.some((x) => x.toLowerCase() === have)) {
-      findings.push({
-        check: `reference.${name}`,
-        status: 'affirming',
-        message: `${name} matches a reference value`,
-      });
-      if (vector === 'executables' && tv.executables === undefined) tv.executables = AFFIRM;
-    } else {
-      judge(
-        `reference.${name}`,
-        'contraindicated',
-        `${name} ${have} matches none of the ${values.length} reference values`,
-        vector,
-      );
-    }
-  }
+  judgeReferenceValues({ refs, claims, vectors: REFERENCE_CLAIMS, what: 'SEV-SNP', judge, findings, tv });
   if (!refs['measurement']) {
     findings.push({
       check: 'reference.measurement',

@@ -12,8 +12,8 @@ import {
   type VerifyTdQuote,
   verifyAzureVtpmEvidence,
 } from '../../../src/attest/azure/index.js';
+import { folderCollateral } from '../../../src/attest/collateral/node.js';
 import { AttestationError, type VerifyOptions } from '../../../src/attest/common/types.js';
-import { folderCollateral } from '../../../src/attest/snp/node.js';
 import { toHex, utf8 } from '../../../src/util/bytes.js';
 
 const V = join(import.meta.dirname, '../../vectors');

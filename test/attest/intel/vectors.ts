@@ -2,8 +2,8 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect } from 'vitest';
+import { folderCollateral } from '../../../src/attest/collateral/node.js';
 import { AttestationError } from '../../../src/attest/common/types.js';
-import { folderCollateral } from '../../../src/attest/intel/node.js';
 import { parseQuote } from '../../../src/attest/intel/quote.js';
 
 export const VECTORS = join(import.meta.dirname, '../../vectors');

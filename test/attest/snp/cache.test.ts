@@ -2,9 +2,9 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { folderCollateral } from '../../../src/attest/collateral/node.js';
 import { AttestationError, type CollateralSource } from '../../../src/attest/common/types.js';
 import { snpVerifier } from '../../../src/attest/snp/index.js';
-import { folderCollateral } from '../../../src/attest/snp/node.js';
 
 const V = join(import.meta.dirname, '../../vectors');
 const read = (...p: string[]) => new Uint8Array(readFileSync(join(V, ...p)));

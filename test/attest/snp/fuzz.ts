@@ -3,9 +3,9 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { expect } from 'vitest';
+import { folderCollateral } from '../../../src/attest/collateral/node.js';
 import { AttestationError } from '../../../src/attest/common/types.js';
 import { snpVerifier } from '../../../src/attest/snp/index.js';
-import { folderCollateral } from '../../../src/attest/snp/node.js';
 
 const V = join(import.meta.dirname, '../../vectors');
 

@@ -2,6 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { folderCollateral } from '../../../src/attest/collateral/node.js';
 import { parseCertificates, verifyChain } from '../../../src/attest/common/pki.js';
 import { AttestationError, type CollateralSource } from '../../../src/attest/common/types.js';
 import {
@@ -10,7 +11,6 @@ import {
   snpVerifier,
   vcekRequest,
 } from '../../../src/attest/snp/index.js';
-import { folderCollateral } from '../../../src/attest/snp/node.js';
 import { SnpTestAuthority } from '../../../src/attest/testing/snp.js';
 import { toHex } from '../../../src/util/bytes.js';
 
