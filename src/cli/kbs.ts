@@ -49,8 +49,9 @@ async function call(
       ...(payload !== undefined ? { body: payload } : {}),
     });
   } catch (e) {
+    const cause = (e as { cause?: unknown }).cause;
     throw new FileError(
-      `cannot reach the key broker at ${conn.url}: ${(e as Error).cause ?? (e as Error).message}`,
+      `cannot reach the key broker at ${conn.url}: ${cause instanceof Error ? cause.message : (e as Error).message}`,
     );
   }
   if (res.status === 204) return undefined;

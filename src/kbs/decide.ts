@@ -63,8 +63,8 @@ function toReferenceValue(r: ReferenceValueRecord): ReferenceValue {
  */
 async function referenceValueReasons(ctx: ReleaseContext): Promise<string[]> {
   const tenants = [OPERATOR_TENANT, ctx.resource.tenant];
-  const all = (await ctx.store.listReferenceValues())
-    .filter((r) => tenants.includes(r.tenant))
+  const all = (await Promise.all(tenants.map((tenant) => ctx.store.listReferenceValues({ tenant }))))
+    .flat()
     .map(toReferenceValue);
   if (all.length === 0) return [];
   const reasons: string[] = [];
