@@ -370,13 +370,25 @@ export async function readHeader(path: string): Promise<{ header: Header; fileSi
 export async function unsealToMemory(
   path: string,
   key: UnsealKey,
-  opts: { workers?: number } = {},
+  opts: {
+    workers?: number;
+    /** Destination backed by a SharedArrayBuffer, exactly the plaintext length (e.g. a model arena). */
+    into?: Uint8Array;
+  } = {},
 ): Promise<Uint8Array> {
   const size = await inputSize(path);
   if (size === undefined) throw new FileError(`${path}: unsealing to memory needs a regular file`);
   const { ctx, plaintextLength, count, bodyOffset } = await openFileBody(path, key);
   const n = opts.workers ?? (size >= PARALLEL_THRESHOLD ? availableParallelism() : 1);
-  const memory = new Uint8Array(new SharedArrayBuffer(plaintextLength));
+  if (
+    opts.into &&
+    (!(opts.into.buffer instanceof SharedArrayBuffer) || opts.into.length !== plaintextLength)
+  ) {
+    throw new FileError(
+      `unsealToMemory: "into" must be a SharedArrayBuffer view of exactly ${plaintextLength} bytes`,
+    );
+  }
+  const memory = opts.into ?? new Uint8Array(new SharedArrayBuffer(plaintextLength));
   const keys = {
     key: ctx.payloadKey,
     noncePrefix: ctx.header.noncePrefix,
