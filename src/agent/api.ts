@@ -246,7 +246,12 @@ export class AgentApi {
     }
     if (path.startsWith('/resource/')) {
       want('GET');
-      const rp = decodeURIComponent(path.slice('/resource/'.length));
+      let rp: string;
+      try {
+        rp = decodeURIComponent(path.slice('/resource/'.length));
+      } catch {
+        throw new HttpProblem(400, 'bad-resource-path', 'the resource path is not valid percent-encoding');
+      }
       if (!RESOURCE_PATH.test(rp))
         throw new HttpProblem(400, 'bad-resource-path', `"${rp}" is not <repository>/<type>/<tag>`);
       return send(res, 'application/octet-stream', await this.o.kbs.getResource(rp));

@@ -118,6 +118,19 @@ export interface VerifyReceiptOptions {
   earKey?: CryptoKey | JsonWebKey;
 }
 
+/** Claims that identify what ran, compared between a receipt's evidence and its EAR token. */
+const MEASUREMENT_CLAIMS = [
+  'measurement',
+  'mr_td',
+  'rtmr0',
+  'rtmr1',
+  'rtmr2',
+  'rtmr3',
+  'mr_enclave',
+  'mr_signer',
+  'host_data',
+];
+
 export interface VerifiedReceipt {
   body: ReceiptBody;
   /** The appraisal of the evidence that binds the receipt key. */
@@ -171,7 +184,25 @@ export async function verifyReceipt(
     ...(o.trustAnchors ? { trustAnchors: o.trustAnchors } : {}),
   });
   const out: VerifiedReceipt = { body, appraisal };
-  if (o.earKey && body.ear) out.ear = await verifyEar(body.ear, o.earKey, { at: o.at });
+  if (o.earKey && body.ear) {
+    const ear = await verifyEar(body.ear, o.earKey, { at: o.at });
+    // The token is another attestation (the broker's); it only speaks for this run if it describes
+    // the same TEE kind and the same measurements as the evidence that binds the receipt key.
+    const cpu = ear.submods.cpu0;
+    const mismatch =
+      !cpu || (cpu.kind !== undefined && cpu.kind !== appraisal.kind)
+        ? ['kind']
+        : MEASUREMENT_CLAIMS.filter(
+            (c) => c in cpu.claims && c in appraisal.claims && cpu.claims[c] !== appraisal.claims[c],
+          );
+    if (mismatch.length > 0) {
+      throw new AgentError(
+        'receipt-ear-mismatch',
+        `the receipt's EAR token describes another TEE than its evidence (${mismatch.join(', ')} differ)`,
+      );
+    }
+    out.ear = ear;
+  }
   return out;
 }
 

@@ -11,7 +11,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { createLocalJWKSet, type JSONWebKeySet, type JWK, jwtVerify } from 'jose';
 import { verifyEar } from '../attest/ear/index.js';
 import { compilePolicy, PolicyError } from '../policy/index.js';
-import { formatBundle, type LogStore, TransparencyLog } from '../translog/index.js';
+import { formatBundle, type LogStore, TranslogError, TransparencyLog } from '../translog/index.js';
 import { decideRelease } from './decide.js';
 import { ProtocolError, parseResourcePath } from './protocol.js';
 import { parseScope, scopeName } from './scope.js';
@@ -282,28 +282,32 @@ export class AdminApi {
     });
 
     app.get<{ Querystring: { from?: string; to?: string } }>('/admin/v1/log/entries', async (req) => {
-      const p = await auth(req);
-      if (p.role === 'tenant-admin') throw forbidden('the log is read by admins and auditors');
+      logReader(await auth(req));
       const size = await this.o.store.logSize();
-      const from = Math.max(0, Number(req.query.from ?? 0) || 0);
-      const to = Math.min(size, Number(req.query.to ?? size) || size);
-      const entries = await this.o.store.logEntries(from, Math.max(from, to));
+      const { from, to } = logRange(req.query, size);
+      const entries = await this.o.store.logEntries(from, to);
       return { size, entries: entries.map((e) => JSON.parse(new TextDecoder().decode(e.canonical))) };
     });
 
     app.get<{ Querystring: { from?: string; to?: string; proofs?: string } }>(
       '/admin/v1/log/bundle',
       async (req, reply) => {
-        const p = await auth(req);
-        if (p.role === 'tenant-admin') throw forbidden('the log is read by admins and auditors');
+        logReader(await auth(req));
         await this.o.checkpoint();
+        const { from, to } = logRange(req.query, await this.o.store.logSize());
         const log = new TransparencyLog(this.o.logStore, this.o.origin);
-        const bundle = await log.export({
-          ...(req.query.from ? { from: Number(req.query.from) } : {}),
-          ...(req.query.to ? { to: Number(req.query.to) } : {}),
-          consistency: true,
-          ...(req.query.proofs === 'all' ? { inclusion: 'all' as const } : {}),
-        });
+        let bundle: Awaited<ReturnType<TransparencyLog['export']>>;
+        try {
+          bundle = await log.export({
+            from,
+            to,
+            consistency: true,
+            ...(req.query.proofs === 'all' ? { inclusion: 'all' as const } : {}),
+          });
+        } catch (e) {
+          if (e instanceof TranslogError) throw new ProtocolError(400, 'bad-range', e.message);
+          throw e;
+        }
         return reply.type('application/jsonl').send(formatBundle(bundle));
       },
     );
@@ -340,4 +344,32 @@ export class AdminApi {
     const repository = s.kind === 'repository' ? s.repository : parseResourcePath(s.path).repository;
     return this.tenantFor(p, repository, write);
   }
+}
+
+/**
+ * The whole log is readable by admins and by auditors not bound to a tenant: entries of every tenant
+ * are chained together, so a tenant's view cannot be cut out of it without breaking the proofs.
+ */
+function logReader(p: AdminPrincipal): void {
+  if (p.role === 'tenant-admin' || (p.role === 'auditor' && p.tenant !== undefined)) {
+    throw forbidden('the log holds every tenant: it is read by admins and by auditors without a tenant');
+  }
+}
+
+/** `from`/`to` query values as a valid half-open range of the log (defaults: everything). */
+function logRange(q: { from?: string; to?: string }, size: number): { from: number; to: number } {
+  const num = (v: string | undefined, dflt: number, what: string): number => {
+    if (v === undefined) return dflt;
+    if (!/^\d+$/.test(v)) throw new ProtocolError(400, 'bad-range', `${what} must be a non-negative integer`);
+    return Number(v);
+  };
+  const from = num(q.from, 0, 'from');
+  const to = num(q.to, size, 'to');
+  if (from > to || to > size)
+    throw new ProtocolError(
+      400,
+      'bad-range',
+      `range [${from}, ${to}) is not within the log of ${size} entries`,
+    );
+  return { from, to };
 }

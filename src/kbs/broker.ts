@@ -15,7 +15,7 @@ import { type EarResult, issueEar, verifyEar } from '../attest/ear/index.js';
 import type { VerifierRegistry } from '../attest/registry.js';
 import { fromBase64, toBase64Url } from '../util/bytes.js';
 import { decideRelease, type ReleaseDecision } from './decide.js';
-import { encryptResource } from './jwe.js';
+import { checkUsableKey, encryptResource } from './jwe.js';
 import {
   deviceEvidence,
   deviceRuntimeDataHash,
@@ -113,7 +113,6 @@ export class Broker {
   async attest(sessionId: string | undefined, body: unknown): Promise<{ token: string }> {
     const started = performance.now();
     const session = await this.liveSession(sessionId);
-    const att = parseAttestation(body);
     if (session.status !== 'challenged') {
       throw new ProtocolError(
         401,
@@ -121,6 +120,8 @@ export class Broker {
         'this session has already attested; its nonce cannot be used again',
       );
     }
+    const att = parseAttestation(body);
+    await checkUsableKey(att['runtime-data']['tee-pubkey']);
     if (att['runtime-data'].nonce !== session.nonce) {
       throw new ProtocolError(401, 'nonce-mismatch', 'runtime-data.nonce is not the nonce of this session');
     }
@@ -128,6 +129,8 @@ export class Broker {
     try {
       token = await this.appraise(session, att);
     } catch (e) {
+      // A refused attestation uses the nonce up as well: evidence is judged once per challenge.
+      await this.o.store.markAttested(session.id, '', '');
       const reason =
         e instanceof AttestationError ? `${e.stage}/${e.code}: ${e.message}` : (e as Error).message;
       this.o.onEvent?.({
@@ -221,7 +224,17 @@ export class Broker {
         'this session has not attested: POST /kbs/v0/attest first',
       );
     }
-    const ear = await verifyEar(s.token, this.o.earKey.publicKey, { at: this.now() });
+    let ear: EarResult;
+    try {
+      ear = await verifyEar(s.token, this.o.earKey.publicKey, { at: this.now() });
+    } catch (e) {
+      // The session outlived its token: a 401 makes the client attest again.
+      throw new ProtocolError(
+        401,
+        'token-expired',
+        `the session's attestation token is no longer valid: ${(e as Error).message}`,
+      );
+    }
     return { ear, teePubkey: parseTeePubkey(JSON.parse(s.teePubkey)) };
   }
 

@@ -6,7 +6,7 @@
  */
 import { FlattenedEncrypt, type FlattenedJWE, flattenedDecrypt, importJWK } from 'jose';
 import { bs } from '../util/bytes.js';
-import type { TeePubkey } from './protocol.js';
+import { ProtocolError, type TeePubkey } from './protocol.js';
 
 export function jweAlgFor(key: TeePubkey): 'ECDH-ES+A256KW' | 'RSA-OAEP-256' {
   return key.kty === 'EC' ? 'ECDH-ES+A256KW' : 'RSA-OAEP-256';
@@ -25,6 +25,21 @@ function importTeeKey(key: TeePubkey): Promise<CryptoKey | Uint8Array> {
     if (keyCache.size > 10_000) keyCache.delete(keyCache.keys().next().value!);
   }
   return k;
+}
+
+/**
+ * Refuses, at attestation, a key the broker could not encrypt to later (a point off the curve, an
+ * RSA key Web Crypto rejects): otherwise the TEE would attest fine and every release would fail.
+ */
+export async function checkUsableKey(key: TeePubkey): Promise<void> {
+  const { alg: _ignored, ...jwk } = key;
+  try {
+    if (key.kty === 'EC')
+      await crypto.subtle.importKey('jwk', jwk, { name: 'ECDH', namedCurve: 'P-256' }, false, []);
+    else await crypto.subtle.importKey('jwk', jwk, { name: 'RSA-OAEP', hash: 'SHA-256' }, false, ['encrypt']);
+  } catch (e) {
+    throw new ProtocolError(400, 'unusable-key', `tee-pubkey cannot be used: ${(e as Error).message}`);
+  }
 }
 
 export async function encryptResource(value: Uint8Array, key: TeePubkey): Promise<FlattenedJWE> {

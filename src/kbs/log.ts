@@ -51,21 +51,32 @@ export class KbsLogStore implements LogStore {
     return this.store.logSize();
   }
 
-  /** Folds the leaves appended since the last call into the compact range (O(new · log n)). */
-  async head(): Promise<LogHead> {
+  private folding: Promise<LogHead> | undefined;
+
+  /**
+   * Folds the leaves appended since the last call into the compact range (O(new · log n)). Calls are
+   * serialised: two folds interleaving across awaits would add the same leaves twice.
+   */
+  head(): Promise<LogHead> {
+    const run = (this.folding ?? Promise.resolve()).catch(() => undefined).then(() => this.fold());
+    this.folding = run;
+    return run;
+  }
+
+  private async fold(): Promise<LogHead> {
     const n = await this.store.logSize();
-    if (n < this.range.size) {
-      this.range = EMPTY_RANGE;
-      this.last = null;
-    }
+    let range = n < this.range.size ? EMPTY_RANGE : this.range;
+    let last = n < this.range.size ? null : this.last;
     const BATCH = 10_000;
-    for (let from = this.range.size; from < n; from += BATCH) {
+    for (let from = range.size; from < n; from += BATCH) {
       for (const e of await this.store.logEntries(from, Math.min(n, from + BATCH))) {
-        this.range = (await appendToRange(this.range, e.leafHash)).range;
-        this.last = e.leafHash;
+        range = (await appendToRange(range, e.leafHash)).range;
+        last = e.leafHash;
       }
     }
-    return { range: this.range, lastLeafHash: this.last };
+    this.range = range;
+    this.last = last;
+    return { range, lastLeafHash: last };
   }
 
   async getEntries(from: number, to: number): Promise<LogEntry[]> {
@@ -94,8 +105,26 @@ export class KbsLogStore implements LogStore {
   }
 }
 
-/** Signs a checkpoint of the log as it is now, unless the latest checkpoint already covers it. */
-export async function signCheckpointNow(
+const signing = new WeakMap<KbsLogStore, Promise<string>>();
+
+/**
+ * Signs a checkpoint of the log as it is now, unless the latest checkpoint already covers it. One
+ * signing at a time per log (the timer, exports and admin requests may ask at once).
+ */
+export function signCheckpointNow(
+  store: KbsStore,
+  log: KbsLogStore,
+  origin: string,
+  signer: NoteSigner,
+): Promise<string> {
+  const run = (signing.get(log) ?? Promise.resolve(''))
+    .catch(() => '')
+    .then(() => signOnce(store, log, origin, signer));
+  signing.set(log, run);
+  return run;
+}
+
+async function signOnce(
   store: KbsStore,
   log: KbsLogStore,
   origin: string,

@@ -119,14 +119,28 @@ const B64URL = /^[A-Za-z0-9_-]+$/;
  */
 export function parseTeePubkey(v: unknown): TeePubkey {
   if (!isObject(v)) throw bad('unusable-key', 'runtime-data.tee-pubkey must be a JWK object');
-  if ('d' in v || 'p' in v) throw bad('unusable-key', 'tee-pubkey contains private key material');
+  if (['d', 'p', 'q', 'dp', 'dq', 'qi', 'k', 'oth'].some((f) => f in v)) {
+    throw bad('unusable-key', 'tee-pubkey contains private key material');
+  }
+  const bytesOf = (s: string, field: string): Uint8Array => {
+    try {
+      return fromBase64(s);
+    } catch {
+      throw bad('unusable-key', `tee-pubkey ${field} is not base64url`);
+    }
+  };
   const alg = typeof v.alg === 'string' ? v.alg : undefined;
   if (v.kty === 'EC') {
     if (v.crv !== 'P-256')
       throw bad('unusable-key', `tee-pubkey curve ${String(v.crv)} is not supported (use P-256)`);
     const x = str(v, 'x', 'tee-pubkey');
     const y = str(v, 'y', 'tee-pubkey');
-    if (!B64URL.test(x) || !B64URL.test(y) || fromBase64(x).length !== 32 || fromBase64(y).length !== 32) {
+    if (
+      !B64URL.test(x) ||
+      !B64URL.test(y) ||
+      bytesOf(x, 'x').length !== 32 ||
+      bytesOf(y, 'y').length !== 32
+    ) {
       throw bad('unusable-key', 'tee-pubkey x and y must be 32-byte base64url coordinates');
     }
     if (alg !== undefined && alg !== 'ECDH-ES+A256KW' && alg !== 'ECDH-ES') {
@@ -138,10 +152,11 @@ export function parseTeePubkey(v: unknown): TeePubkey {
     const n = str(v, 'n', 'tee-pubkey');
     const e = str(v, 'e', 'tee-pubkey');
     if (!B64URL.test(n) || !B64URL.test(e)) throw bad('unusable-key', 'tee-pubkey n and e must be base64url');
-    const bits = fromBase64(n).length * 8;
+    bytesOf(e, 'e');
+    const bits = bytesOf(n, 'n').length * 8;
     if (bits < 2048)
       throw bad('unusable-key', `tee-pubkey RSA modulus is ${bits} bits; at least 2048 are required`);
-    if (alg !== undefined && alg !== 'RSA-OAEP-256' && alg !== 'RSA1_5' && alg !== 'RSA-OAEP') {
+    if (alg !== undefined && alg !== 'RSA-OAEP-256') {
       throw bad('unusable-key', `tee-pubkey alg ${alg} is not supported for RSA keys (use RSA-OAEP-256)`);
     }
     return { kty: 'RSA', n, e, ...(alg ? { alg } : {}) };

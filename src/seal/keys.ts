@@ -74,12 +74,18 @@ export async function wrapDataKey(
     return { type: 'kbs', keyId: r.uri, wrappedKey: wrapped };
   }
   const keyId = await hpkeKeyId(r.publicKey);
-  const pk = await suite.kem.deserializePublicKey(bs(r.publicKey).buffer);
-  const sealed = await suite.seal(
-    { recipientPublicKey: pk, info: bs(HPKE_INFO).buffer, ...(ekm ? { ekm: bs(ekm).buffer } : {}) },
-    bs(dataKey).buffer,
-    bs(utf8.encode(keyId)).buffer,
-  );
+  let sealed: { enc: ArrayBuffer; ct: ArrayBuffer };
+  try {
+    const pk = await suite.kem.deserializePublicKey(bs(r.publicKey).buffer);
+    sealed = await suite.seal(
+      { recipientPublicKey: pk, info: bs(HPKE_INFO).buffer, ...(ekm ? { ekm: bs(ekm).buffer } : {}) },
+      bs(dataKey).buffer,
+      bs(utf8.encode(keyId)).buffer,
+    );
+  } catch {
+    // X25519 refuses low-order points (an all-zero key, say): no shared secret could be derived.
+    throw new SealFormatError('bad-key', `HPKE recipient ${keyId} is not a usable X25519 public key`);
+  }
   const enc = new Uint8Array(sealed.enc);
   const ct = new Uint8Array(sealed.ct);
   const wrapped = new Uint8Array(enc.length + ct.length);

@@ -7,7 +7,13 @@ import {
   signReceipt,
   verifyReceipt,
 } from '../../src/agent/receipt.js';
-import { createDefaultRegistry } from '../../src/attest/index.js';
+import {
+  createDefaultRegistry,
+  createSampleAttester,
+  issueEar,
+  offlineSource,
+  sampleVerifier,
+} from '../../src/attest/index.js';
 import { toHex } from '../../src/util/bytes.js';
 
 const options = () => ({
@@ -57,6 +63,26 @@ describe('run receipts', () => {
     const forged = { ...b.attestation, reportData: a.attestation.reportData };
     await expect(verifyReceipt(await signReceipt(body(forged), a), options())).rejects.toMatchObject({
       code: 'report-data-mismatch',
+    });
+  });
+
+  it('an EAR token describing another TEE than the evidence is refused (receipt-ear-mismatch)', async () => {
+    const signer = await createReceiptSigner(new InsecureSampleAttester());
+    const earKey = (await crypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, false, [
+      'sign',
+      'verify',
+    ])) as CryptoKeyPair;
+    const other = await createSampleAttester({ measurement: 'ab'.repeat(48) });
+    const appraisal = await sampleVerifier.appraiseEvidence(await other.attest(new Uint8Array(64)), {
+      at: new Date(),
+      collateral: offlineSource,
+    });
+    const ear = await issueEar({ cpu0: appraisal }, { signingKey: earKey.privateKey });
+    const forged = { ...body(signer.attestation), ear };
+    await expect(
+      verifyReceipt(await signReceipt(forged, signer), { ...options(), earKey: earKey.publicKey }),
+    ).rejects.toMatchObject({
+      code: 'receipt-ear-mismatch',
     });
   });
 });
