@@ -12,6 +12,7 @@
  * Sessions are plain autocommit statements on an UNLOGGED table (see schema/postgres.ts), visible to
  * every replica; `markAttested` is a compare-and-set on `status`.
  */
+
 import pg from 'pg';
 import {
   AppendQueue,
@@ -25,10 +26,22 @@ import {
   ownerConflict,
   type StoreOptions,
   scopeColumns,
-  scopeFromColumns,
   scopeRepository,
-  sessionStatus,
 } from './common.js';
+import {
+  bytes,
+  type EntryRow,
+  entry,
+  type PolicyRow,
+  policyRecord,
+  type ReferenceRow,
+  type ResourceRow,
+  referenceRecord,
+  resourceMeta,
+  resourceRecord,
+  type SessionRow,
+  sessionRecord,
+} from './rows.js';
 import { POSTGRES_SCHEMA, POSTGRES_SCHEMA_VERSION } from './schema/postgres.js';
 import {
   ConflictError,
@@ -59,113 +72,8 @@ const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
 /** Key of the advisory lock that keeps concurrent `migrate` calls from racing on CREATE … IF NOT EXISTS. */
 const MIGRATE_LOCK = 0x636c6f69; // "cloi"
 
-interface ResourceRow {
-  path: string;
-  repository: string;
-  type: string;
-  tag: string;
-  tenant: string;
-  version: number;
-  size: string;
-  content_type: string;
-  master_key_id: string;
-  ciphertext: Uint8Array;
-  created_at: string;
-  updated_at: string;
-}
-interface PolicyRow {
-  scope_kind: string;
-  scope_target: string;
-  version: number;
-  tenant: string;
-  source: string;
-  created_at: string;
-  actor: string;
-}
-interface ReferenceRow {
-  id: string;
-  tenant: string;
-  tee: string;
-  name: string;
-  version: number;
-  vals: string;
-  created_at: string;
-  expires_at: string | null;
-  note: string | null;
-}
-interface SessionRow {
-  id: string;
-  tee: string;
-  nonce: string;
-  status: string;
-  expires_at: string;
-  token: string | null;
-  tee_pubkey: string | null;
-}
-interface EntryRow {
-  idx: string;
-  canonical: Uint8Array;
-  leaf_hash: Uint8Array;
-}
-
 /** node-postgres sends Buffers as bytea; this is a view, not a copy. */
 const bytea = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
-const bytes = (b: Uint8Array): Uint8Array => new Uint8Array(b);
-
-function resourceMeta(r: ResourceRow): ResourceMeta {
-  return {
-    path: r.path,
-    repository: r.repository,
-    type: r.type,
-    tag: r.tag,
-    tenant: r.tenant,
-    version: r.version,
-    size: Number(r.size),
-    contentType: r.content_type,
-    createdAt: r.created_at,
-    updatedAt: r.updated_at,
-  };
-}
-function resourceRecord(r: ResourceRow): ResourceRecord {
-  return { ...resourceMeta(r), secret: { masterKeyId: r.master_key_id, ciphertext: bytes(r.ciphertext) } };
-}
-function policyRecord(r: PolicyRow): PolicyRecord {
-  return {
-    scope: scopeFromColumns(r.scope_kind, r.scope_target),
-    tenant: r.tenant,
-    version: r.version,
-    source: r.source,
-    createdAt: r.created_at,
-    actor: r.actor,
-  };
-}
-function referenceRecord(r: ReferenceRow): ReferenceValueRecord {
-  return {
-    id: r.id,
-    tenant: r.tenant,
-    tee: r.tee,
-    name: r.name,
-    values: JSON.parse(r.vals) as string[],
-    version: r.version,
-    createdAt: r.created_at,
-    ...(r.expires_at !== null && { expiresAt: r.expires_at }),
-    ...(r.note !== null && { note: r.note }),
-  };
-}
-function sessionRecord(r: SessionRow): SessionRecord {
-  return {
-    id: r.id,
-    tee: r.tee,
-    nonce: r.nonce,
-    status: sessionStatus(r.status),
-    expiresAt: r.expires_at,
-    ...(r.token !== null && { token: r.token }),
-    ...(r.tee_pubkey !== null && { teePubkey: r.tee_pubkey }),
-  };
-}
-function entry(r: EntryRow): StoredLogEntry {
-  return { index: Number(r.idx), canonical: bytes(r.canonical), leafHash: bytes(r.leaf_hash) };
-}
 
 const isUniqueViolation = (e: unknown): boolean => (e as { code?: string }).code === '23505';
 

@@ -12,6 +12,7 @@
  * log head read inside it cannot be overtaken by another connection or process before the append.
  * Log appends are group-committed (see `AppendQueue`): concurrent releases share one fsync.
  */
+
 import Database from 'better-sqlite3';
 import {
   AppendQueue,
@@ -25,10 +26,22 @@ import {
   ownerConflict,
   type StoreOptions,
   scopeColumns,
-  scopeFromColumns,
   scopeRepository,
-  sessionStatus,
 } from './common.js';
+import {
+  bytes,
+  type EntryRow,
+  entry,
+  type PolicyRow,
+  policyRecord,
+  type ReferenceRow,
+  type ResourceRow,
+  referenceRecord,
+  resourceMeta,
+  resourceRecord,
+  type SessionRow,
+  sessionRecord,
+} from './rows.js';
 import { SQLITE_SCHEMA, SQLITE_SCHEMA_VERSION } from './schema/sqlite.js';
 import {
   ConflictError,
@@ -55,114 +68,8 @@ export interface SqliteStoreOptions extends StoreOptions {
   busyTimeoutMs?: number;
 }
 
-interface ResourceRow {
-  path: string;
-  repository: string;
-  type: string;
-  tag: string;
-  tenant: string;
-  version: number;
-  size: number;
-  content_type: string;
-  master_key_id: string;
-  ciphertext: Uint8Array;
-  created_at: string;
-  updated_at: string;
-}
-interface PolicyRow {
-  scope_kind: string;
-  scope_target: string;
-  version: number;
-  tenant: string;
-  source: string;
-  created_at: string;
-  actor: string;
-}
-interface ReferenceRow {
-  id: string;
-  tenant: string;
-  tee: string;
-  name: string;
-  version: number;
-  vals: string;
-  created_at: string;
-  expires_at: string | null;
-  note: string | null;
-}
-interface SessionRow {
-  id: string;
-  tee: string;
-  nonce: string;
-  status: string;
-  expires_at: string;
-  token: string | null;
-  tee_pubkey: string | null;
-}
-interface EntryRow {
-  idx: number;
-  canonical: Uint8Array;
-  leaf_hash: Uint8Array;
-}
-
 /** better-sqlite3 binds Buffers as BLOBs; this is a view, not a copy. */
 const blob = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
-/** Returned bytes are plain Uint8Arrays, whatever the driver hands back. */
-const bytes = (b: Uint8Array): Uint8Array => new Uint8Array(b);
-
-function resourceMeta(r: ResourceRow): ResourceMeta {
-  return {
-    path: r.path,
-    repository: r.repository,
-    type: r.type,
-    tag: r.tag,
-    tenant: r.tenant,
-    version: r.version,
-    size: r.size,
-    contentType: r.content_type,
-    createdAt: r.created_at,
-    updatedAt: r.updated_at,
-  };
-}
-function resourceRecord(r: ResourceRow): ResourceRecord {
-  return { ...resourceMeta(r), secret: { masterKeyId: r.master_key_id, ciphertext: bytes(r.ciphertext) } };
-}
-function policyRecord(r: PolicyRow): PolicyRecord {
-  return {
-    scope: scopeFromColumns(r.scope_kind, r.scope_target),
-    tenant: r.tenant,
-    version: r.version,
-    source: r.source,
-    createdAt: r.created_at,
-    actor: r.actor,
-  };
-}
-function referenceRecord(r: ReferenceRow): ReferenceValueRecord {
-  return {
-    id: r.id,
-    tenant: r.tenant,
-    tee: r.tee,
-    name: r.name,
-    values: JSON.parse(r.vals) as string[],
-    version: r.version,
-    createdAt: r.created_at,
-    ...(r.expires_at !== null && { expiresAt: r.expires_at }),
-    ...(r.note !== null && { note: r.note }),
-  };
-}
-function sessionRecord(r: SessionRow): SessionRecord {
-  return {
-    id: r.id,
-    tee: r.tee,
-    nonce: r.nonce,
-    status: sessionStatus(r.status),
-    expiresAt: r.expires_at,
-    ...(r.token !== null && { token: r.token }),
-    ...(r.tee_pubkey !== null && { teePubkey: r.tee_pubkey }),
-  };
-}
-function entry(r: EntryRow): StoredLogEntry {
-  return { index: r.idx, canonical: bytes(r.canonical), leafHash: bytes(r.leaf_hash) };
-}
 
 const SQL = {
   repoTenant: 'SELECT tenant FROM repositories WHERE name = ?',
@@ -273,7 +180,7 @@ export class SqliteStore implements KbsStore {
     const head = this.st('logHead').get() as EntryRow | undefined;
     const { results, built } = buildBatch(
       this.opts.buildLogEntry,
-      head ? head.idx + 1 : 0,
+      head ? Number(head.idx) + 1 : 0,
       head && bytes(head.leaf_hash),
       batch,
     );

@@ -1,0 +1,118 @@
+/** Row shapes shared by the SQL backends and their mapping to the store's records. */
+import { scopeFromColumns, sessionStatus } from './common.js';
+import type {
+  PolicyRecord,
+  ReferenceValueRecord,
+  ResourceMeta,
+  ResourceRecord,
+  SessionRecord,
+  StoredLogEntry,
+} from './types.js';
+
+export interface ResourceRow {
+  path: string;
+  repository: string;
+  type: string;
+  tag: string;
+  tenant: string;
+  version: number;
+  /** PostgreSQL returns BIGINT as a string. */
+  size: number | string;
+  content_type: string;
+  master_key_id: string;
+  ciphertext: Uint8Array;
+  created_at: string;
+  updated_at: string;
+}
+export interface PolicyRow {
+  scope_kind: string;
+  scope_target: string;
+  version: number;
+  tenant: string;
+  source: string;
+  created_at: string;
+  actor: string;
+}
+export interface ReferenceRow {
+  id: string;
+  tenant: string;
+  tee: string;
+  name: string;
+  version: number;
+  vals: string;
+  created_at: string;
+  expires_at: string | null;
+  note: string | null;
+}
+export interface SessionRow {
+  id: string;
+  tee: string;
+  nonce: string;
+  status: string;
+  expires_at: string;
+  token: string | null;
+  tee_pubkey: string | null;
+}
+export interface EntryRow {
+  idx: number | string;
+  canonical: Uint8Array;
+  leaf_hash: Uint8Array;
+}
+
+/** Returned bytes are plain Uint8Arrays, whatever the driver hands back. */
+export const bytes = (b: Uint8Array): Uint8Array => new Uint8Array(b);
+
+export function resourceMeta(r: ResourceRow): ResourceMeta {
+  return {
+    path: r.path,
+    repository: r.repository,
+    type: r.type,
+    tag: r.tag,
+    tenant: r.tenant,
+    version: r.version,
+    size: Number(r.size),
+    contentType: r.content_type,
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+  };
+}
+export function resourceRecord(r: ResourceRow): ResourceRecord {
+  return { ...resourceMeta(r), secret: { masterKeyId: r.master_key_id, ciphertext: bytes(r.ciphertext) } };
+}
+export function policyRecord(r: PolicyRow): PolicyRecord {
+  return {
+    scope: scopeFromColumns(r.scope_kind, r.scope_target),
+    tenant: r.tenant,
+    version: r.version,
+    source: r.source,
+    createdAt: r.created_at,
+    actor: r.actor,
+  };
+}
+export function referenceRecord(r: ReferenceRow): ReferenceValueRecord {
+  return {
+    id: r.id,
+    tenant: r.tenant,
+    tee: r.tee,
+    name: r.name,
+    values: JSON.parse(r.vals) as string[],
+    version: r.version,
+    createdAt: r.created_at,
+    ...(r.expires_at !== null && { expiresAt: r.expires_at }),
+    ...(r.note !== null && { note: r.note }),
+  };
+}
+export function sessionRecord(r: SessionRow): SessionRecord {
+  return {
+    id: r.id,
+    tee: r.tee,
+    nonce: r.nonce,
+    status: sessionStatus(r.status),
+    expiresAt: r.expires_at,
+    ...(r.token !== null && { token: r.token }),
+    ...(r.tee_pubkey !== null && { teePubkey: r.tee_pubkey }),
+  };
+}
+export function entry(r: EntryRow): StoredLogEntry {
+  return { index: Number(r.idx), canonical: bytes(r.canonical), leafHash: bytes(r.leaf_hash) };
+}
