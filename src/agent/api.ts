@@ -127,7 +127,14 @@ async function stream(
       const { done, value } = await reader.read();
       if (done) break;
       start();
-      if (!res.write(value)) await once(res, 'drain');
+      if (!res.write(value)) {
+        // A client that goes away never drains: stop reading (and decrypting) instead of waiting forever.
+        await Promise.race([once(res, 'drain'), once(res, 'close')]);
+        if (res.destroyed) {
+          await reader.cancel();
+          return;
+        }
+      }
     }
     start();
     res.end();
