@@ -59,8 +59,13 @@ export function requestHeader(keyId: number, suite: SymmetricSuite): Uint8Array 
   );
 }
 
-function info(label: string, header: Uint8Array): Uint8Array<ArrayBuffer> {
-  return bs(concatBytes(utf8.encode(label), Uint8Array.of(0), header));
+/** An ArrayBuffer holding exactly `u` (a subarray's `.buffer` would hold its whole parent). */
+function ab(u: Uint8Array): ArrayBuffer {
+  return bs(u.slice()).buffer;
+}
+
+function info(label: string, header: Uint8Array): Uint8Array {
+  return concatBytes(utf8.encode(label), Uint8Array.of(0), header);
 }
 
 export interface EncapsulateOptions {
@@ -88,22 +93,22 @@ export async function encapsulateRequest(
   const header = requestHeader(config.keyId, chosen);
   let sender: Awaited<ReturnType<CipherSuite['createSenderContext']>>;
   try {
-    const recipientPublicKey = await suite.kem.deserializePublicKey(bs(config.publicKey).buffer);
+    const recipientPublicKey = await suite.kem.deserializePublicKey(ab(config.publicKey));
     const ekm = options.ephemeral
       ? {
-          privateKey: await suite.kem.deserializePrivateKey(bs(options.ephemeral.privateKey).buffer),
-          publicKey: await suite.kem.deserializePublicKey(bs(options.ephemeral.publicKey).buffer),
+          privateKey: await suite.kem.deserializePrivateKey(ab(options.ephemeral.privateKey)),
+          publicKey: await suite.kem.deserializePublicKey(ab(options.ephemeral.publicKey)),
         }
       : undefined;
     sender = await suite.createSenderContext({
       recipientPublicKey,
-      info: info(options.label ?? REQUEST_LABEL, header).buffer,
+      info: ab(info(options.label ?? REQUEST_LABEL, header)),
       ...(ekm ? { ekm } : {}),
     });
   } catch {
     throw new OhttpError('bad-key', `key ${config.keyId}'s public key is not a usable X25519 key`);
   }
-  const ct = new Uint8Array(await sender.seal(bs(request).buffer));
+  const ct = new Uint8Array(await sender.seal(ab(request)));
   const enc = new Uint8Array(sender.enc);
   return {
     encapsulated: concatBytes(header, enc, ct),
@@ -168,9 +173,9 @@ export async function decapsulateRequest(
   let recipient: Awaited<ReturnType<CipherSuite['createRecipientContext']>>;
   try {
     recipient = await suite.createRecipientContext({
-      recipientKey: await suite.kem.deserializePrivateKey(bs(key.privateKey).buffer),
-      enc: bs(enc).buffer,
-      info: info(label, encapsulated.subarray(0, HEADER_LENGTH)).buffer,
+      recipientKey: await suite.kem.deserializePrivateKey(ab(key.privateKey)),
+      enc: ab(enc),
+      info: ab(info(label, encapsulated.subarray(0, HEADER_LENGTH))),
     });
   } catch {
     // A low-order or otherwise unusable `enc` fails in the KEM, before any AEAD.
@@ -178,7 +183,7 @@ export async function decapsulateRequest(
   }
   let request: Uint8Array;
   try {
-    request = new Uint8Array(await recipient.open(bs(ct).buffer));
+    request = new Uint8Array(await recipient.open(ab(ct)));
   } catch {
     throw new OhttpError(
       'decrypt-failed',
@@ -200,7 +205,7 @@ export async function deriveResponseKeys(
   label = RESPONSE_LABEL,
 ): Promise<ResponseKeys> {
   const { nk, nn } = AEADS.get(ctx.aeadId)!;
-  const secret = new Uint8Array(await ctx.exporter.export(bs(utf8.encode(label)).buffer, Math.max(nk, nn)));
+  const secret = new Uint8Array(await ctx.exporter.export(ab(utf8.encode(label)), Math.max(nk, nn)));
   const ikm = await crypto.subtle.importKey('raw', bs(secret), 'HKDF', false, ['deriveBits']);
   const salt = bs(concatBytes(ctx.enc, responseNonce));
   // Web Crypto's HKDF is Expand(Extract(salt, secret), info, L): the RFC's prk step included.
