@@ -197,3 +197,30 @@ describe('refusals', () => {
     await expectCode(() => selectSuite({ ...config, suites: [{ kdfId: 1, aeadId: 3 }] }), 'unsupported-aead');
   });
 });
+
+describe('fuzz', () => {
+  it('mutated encapsulated requests and key configs: never accepted, always an OhttpError', async () => {
+    const { OhttpError } = await import('../../src/ohttp/index.js');
+    const base = fromHex(A.encRequest);
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.tuple(fc.nat(), fc.integer({ min: 1, max: 255 })), { minLength: 1, maxLength: 4 }),
+        fc.nat({ max: 8 }),
+        async (flips, cut) => {
+          const b = base.slice();
+          for (const [at, x] of flips) b[at % b.length]! ^= x;
+          const input = b.subarray(0, b.length - cut);
+          // Two flips can cancel out; the unchanged vector is rightly accepted.
+          fc.pre(toHex(input) !== A.encRequest);
+          await expect(decapsulateRequest(input, gateway)).rejects.toBeInstanceOf(OhttpError);
+          try {
+            decodeKeyConfig(input.subarray(0, 41));
+          } catch (e) {
+            expect(e).toBeInstanceOf(OhttpError);
+          }
+        },
+      ),
+      { numRuns: 150 },
+    );
+  });
+});
