@@ -1,0 +1,28 @@
+/** Every refusal of the ohttp layer carries a stable `code` so callers can map it to an HTTP status. */
+export type OhttpErrorCode =
+  | 'truncated'
+  | 'trailing-bytes'
+  | 'bad-varint'
+  | 'bad-framing'
+  | 'bad-status'
+  | 'bad-message'
+  | 'bad-key-config'
+  | 'unsupported-kem'
+  | 'unsupported-kdf'
+  | 'unsupported-aead'
+  | 'unknown-key-id'
+  | 'bad-key'
+  | 'decrypt-failed'
+  | 'chunk-truncated'
+  | 'replay'
+  | 'replay-cache-full';
+
+export class OhttpError extends Error {
+  override name = 'OhttpError';
+  constructor(
+    readonly code: OhttpErrorCode,
+    message: string,
+  ) {
+    super(message);
+  }
+}

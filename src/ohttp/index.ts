@@ -1,0 +1,8 @@
+/** End-to-end encryption for confidential inference: Binary HTTP, Oblivious HTTP, chunked responses. */
+export * from './bhttp.js';
+export * from './chunked.js';
+export * from './errors.js';
+export * from './keyconfig.js';
+export * from './ohttp.js';
+export * from './replay.js';
+export { encodeVarint, VarReader } from './varint.js';
