@@ -21,6 +21,8 @@ function importTeeKey(key: TeePubkey): Promise<CryptoKey | Uint8Array> {
   if (!k) {
     const { alg: _ignored, ...jwk } = key;
     k = importJWK(jwk, jweAlgFor(key));
+    // A refused import must not stay cached: the next request for this key would fail without trying.
+    k.catch(() => keyCache.delete(id));
     keyCache.set(id, k);
     if (keyCache.size > 10_000) keyCache.delete(keyCache.keys().next().value!);
   }
