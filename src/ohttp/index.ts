@@ -1,5 +1,6 @@
 /** End-to-end encryption for confidential inference: Binary HTTP, Oblivious HTTP, chunked responses. */
 export * from './bhttp.js';
+export * from './bhttp-stream.js';
 export * from './chunked.js';
 export * from './errors.js';
 export * from './keyconfig.js';

@@ -8,7 +8,9 @@ import { bs, concatBytes, utf8 } from '../util/bytes.js';
 import { OhttpError } from './errors.js';
 import {
   AEAD_AES_128_GCM,
+  AEAD_AES_256_GCM,
   AEADS,
+  encodeKeyConfig,
   KDF_HKDF_SHA256,
   KEM_X25519_HKDF_SHA256,
   type KeyConfig,
@@ -277,4 +279,21 @@ export async function decapsulateResponse(
   if (ct.length < TAG) throw new OhttpError('truncated', 'encapsulated response is shorter than an AEAD tag');
   const keys = await deriveResponseKeys(ctx, nonce);
   return aeadOpen(keys.key, keys.nonce, new Uint8Array(0), ct, 'the encapsulated response');
+}
+
+/** A fresh gateway key: X25519 made with Web Crypto, offering `suites` (default AES-128-GCM, then AES-256-GCM). */
+export async function generateGatewayKey(
+  keyId: number,
+  suites: SymmetricSuite[] = [
+    { kdfId: KDF_HKDF_SHA256, aeadId: AEAD_AES_128_GCM },
+    { kdfId: KDF_HKDF_SHA256, aeadId: AEAD_AES_256_GCM },
+  ],
+): Promise<GatewayKey> {
+  const pair = (await crypto.subtle.generateKey({ name: 'X25519' }, true, ['deriveBits'])) as CryptoKeyPair;
+  const publicKey = new Uint8Array(await crypto.subtle.exportKey('raw', pair.publicKey));
+  const d = (await crypto.subtle.exportKey('jwk', pair.privateKey)).d!;
+  const privateKey = Uint8Array.from(atob(d.replace(/-/g, '+').replace(/_/g, '/')), (c) => c.charCodeAt(0));
+  const config: KeyConfig = { keyId, kemId: KEM_X25519_HKDF_SHA256, publicKey, suites };
+  encodeKeyConfig(config); // refuses an out-of-range key id or an empty suite list now, not at publish time
+  return { config, privateKey };
 }

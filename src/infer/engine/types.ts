@@ -27,6 +27,11 @@ export interface ChatMessage {
 export interface GenerateParams {
   /** Upper bound on generated tokens. */
   maxTokens: number;
+  /**
+   * True when the client gave no max_tokens: then `maxTokens` is only a default, and the engine lowers
+   * it to what the context leaves after the prompt instead of refusing with `prompt-too-long`.
+   */
+  fitContext?: boolean;
   /** 0 = greedy. */
   temperature: number;
   topP: number;

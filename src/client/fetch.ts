@@ -1,0 +1,252 @@
+/**
+ * `confidentialFetch`: a `fetch` that verifies the server once (verify.ts), then sends every request
+ * Oblivious-HTTP-encapsulated to the attested key and opens the encrypted (possibly chunked) response,
+ * so unmodified clients such as the official `openai` package talk end to end to the TEE:
+ *
+ *   new OpenAI({ baseURL: `${url}/v1`, apiKey: 'unused', fetch: confidentialFetch({ url, policy, collateral }) })
+ *
+ * The request's path, headers and body travel inside the encapsulation; whoever carries the outer
+ * request (a relay, a load balancer, the cloud) sees only its size and timing. Web-standard.
+ */
+
+import type { AttestationDocument } from '../infer/identity.js';
+import { RECEIPT_HEADER, type ResponseReceipt, verifyResponseReceipt } from '../infer/receipt.js';
+import {
+  ChunkedResponseOpener,
+  decapsulateResponse,
+  decodeResponse,
+  type ExchangeContext,
+  encapsulateRequest,
+  encodeRequest,
+  type Field,
+  StreamedResponseDecoder,
+  type StreamedResponseEvent,
+} from '../ohttp/index.js';
+import { concatBytes, toHex } from '../util/bytes.js';
+import {
+  allowedModel,
+  VerificationError,
+  type VerifiedServer,
+  type VerifyServerOptions,
+  verifyServer,
+} from './verify.js';
+
+export interface ConfidentialFetchOptions extends Omit<VerifyServerOptions, 'nonce'> {
+  /** The server's base URL (where /v1/attestation is). */
+  url: string;
+  /** Send encapsulated requests to this OHTTP relay instead of straight to the server's gateway. */
+  relay?: string;
+  /** Ask for a signed receipt with every response and hand each verified one here. */
+  onReceipt?: (receipt: ResponseReceipt, jws: string) => void;
+  /** Called once the server has been verified (and again after a key change). */
+  onVerified?: (server: VerifiedServer) => void;
+  /** The transport for the outer requests; default globalThis.fetch. */
+  fetch?: typeof fetch;
+}
+
+export type ConfidentialFetch = typeof fetch & {
+  /** The verified server (verifying it first if needed). */
+  server(): Promise<VerifiedServer>;
+};
+
+const DROP = new Set(['content-length', 'connection', 'host', 'transfer-encoding', 'keep-alive']);
+const NULL_BODY = new Set([101, 204, 205, 304]);
+
+function fields(h: Headers): Field[] {
+  const out: Field[] = [];
+  h.forEach((v, k) => {
+    if (!DROP.has(k)) out.push([k, v]);
+  });
+  return out;
+}
+
+function toHeaders(f: Field[]): Headers {
+  const h = new Headers();
+  for (const [n, v] of f) {
+    try {
+      h.append(n, v);
+    } catch {
+      // A field a Headers object cannot hold (e.g. a pseudo-header) is not one a fetch caller can use.
+    }
+  }
+  return h;
+}
+
+export function confidentialFetch(o: ConfidentialFetchOptions): ConfidentialFetch {
+  const transport = o.fetch ?? globalThis.fetch.bind(globalThis);
+  const base = new URL(o.url.endsWith('/') ? o.url : `${o.url}/`);
+  const gatewayUrl = o.relay ?? new URL('.well-known/ohttp-gateway', base).toString();
+  let verified: Promise<VerifiedServer> | undefined;
+
+  async function verify(): Promise<VerifiedServer> {
+    const nonce = o.policy.fresh ? toHex(crypto.getRandomValues(new Uint8Array(32))) : undefined;
+    const url = new URL('v1/attestation', base);
+    if (nonce) url.searchParams.set('nonce', nonce);
+    const res = await transport(url, { headers: { accept: 'application/json' } });
+    if (!res.ok) throw new VerificationError('bad-document', `GET ${url.pathname} answered ${res.status}`);
+    let doc: AttestationDocument;
+    try {
+      doc = (await res.json()) as AttestationDocument;
+    } catch {
+      throw new VerificationError('bad-document', 'the attestation document is not JSON');
+    }
+    const server = await verifyServer(doc, { ...o, ...(nonce ? { nonce } : {}) });
+    o.onVerified?.(server);
+    return server;
+  }
+
+  function server(): Promise<VerifiedServer> {
+    verified ??= verify().catch((e: unknown) => {
+      verified = undefined;
+      throw e;
+    });
+    return verified;
+  }
+
+  async function send(server: VerifiedServer, request: Request, body: Uint8Array): Promise<Response> {
+    const url = new URL(request.url);
+    const headers = fields(request.headers);
+    headers.push(['date', new Date().toUTCString()]);
+    if (o.onReceipt) headers.push([RECEIPT_HEADER, 'request']);
+    const inner = encodeRequest({
+      method: request.method,
+      scheme: url.protocol.replace(':', ''),
+      authority: url.host,
+      path: url.pathname + url.search,
+      headers,
+      content: body,
+    });
+    const config = server.keyConfigs[0]!;
+    const { encapsulated, context } = await encapsulateRequest(config, inner);
+    const outer = await transport(gatewayUrl, {
+      method: 'POST',
+      headers: { 'content-type': 'message/ohttp-req' },
+      body: encapsulated.slice(),
+      signal: request.signal,
+    });
+    const type = (outer.headers.get('content-type') ?? '').split(';')[0]!.trim();
+    if (type === 'message/ohttp-res') return openWhole(server, context, inner, outer);
+    if (type === 'message/ohttp-chunked-res') return openChunked(server, context, inner, outer);
+    // The gateway refused before decryption (malformed, replay, key change); its answer is not secret.
+    return outer;
+  }
+
+  async function checkReceipt(
+    server: VerifiedServer,
+    jws: string | undefined,
+    inner: Uint8Array,
+    content: Uint8Array,
+  ) {
+    if (!o.onReceipt) return;
+    if (!jws) throw new VerificationError('receipt', 'the server sent no receipt although one was asked for');
+    const receipt = await verifyResponseReceipt(jws, server.document.identity.receiptKey, {
+      request: inner,
+      response: content,
+      identity: server.reportData,
+    });
+    o.onReceipt(receipt, jws);
+  }
+
+  async function openWhole(server: VerifiedServer, ctx: ExchangeContext, inner: Uint8Array, outer: Response) {
+    const r = decodeResponse(await decapsulateResponse(ctx, new Uint8Array(await outer.arrayBuffer())));
+    await checkReceipt(server, r.headers.find(([n]) => n === RECEIPT_HEADER)?.[1], inner, r.content);
+    return new Response(NULL_BODY.has(r.status) ? null : r.content.slice(), {
+      status: r.status,
+      headers: toHeaders(r.headers),
+    });
+  }
+
+  async function openChunked(
+    server: VerifiedServer,
+    ctx: ExchangeContext,
+    inner: Uint8Array,
+    outer: Response,
+  ) {
+    if (!outer.body) throw new VerificationError('bad-response', 'the chunked response has no body');
+    const reader = outer.body.getReader();
+    const opener = new ChunkedResponseOpener(ctx);
+    const decoder = new StreamedResponseDecoder();
+    const queue: StreamedResponseEvent[] = [];
+    let ended = false;
+    // Reads until the decoder has produced at least one event (or the stream is over).
+    async function fill(): Promise<void> {
+      while (queue.length === 0 && !ended) {
+        const { done, value } = await reader.read();
+        if (done) {
+          ended = true;
+          const last = await opener.end();
+          queue.push(...decoder.push(last), ...decoder.end());
+        } else {
+          for (const piece of await opener.push(value)) queue.push(...decoder.push(piece));
+        }
+      }
+    }
+    await fill();
+    const head = queue.shift();
+    if (head?.type !== 'head')
+      throw new VerificationError('bad-response', 'the chunked response did not start with a response head');
+    const content: Uint8Array[] = [];
+    const body = new ReadableStream<Uint8Array>({
+      async pull(c) {
+        for (;;) {
+          await fill();
+          const e = queue.shift();
+          if (!e) {
+            c.close();
+            return;
+          }
+          if (e.type === 'content') {
+            content.push(e.bytes);
+            c.enqueue(e.bytes);
+            return;
+          }
+          if (e.type === 'trailers') {
+            await checkReceipt(
+              server,
+              e.trailers.find(([n]) => n === RECEIPT_HEADER)?.[1],
+              inner,
+              concatBytes(...content),
+            );
+          }
+        }
+      },
+      cancel(reason) {
+        return reader.cancel(reason);
+      },
+    });
+    return new Response(body, { status: head.status, headers: toHeaders(head.headers) });
+  }
+
+  const f = async (input: RequestInfo | URL, init?: RequestInit): Promise<Response> => {
+    const request = new Request(input, init);
+    if (!request.url.startsWith(base.origin)) {
+      throw new VerificationError(
+        'bad-request',
+        `confidentialFetch for ${base.origin} refuses to send to ${new URL(request.url).origin}`,
+      );
+    }
+    const body = new Uint8Array(await request.arrayBuffer());
+    const s = await server();
+    modelCheck(s, body);
+    const res = await send(s, request, body);
+    if (res.status !== 422 || !(res.headers.get('content-type') ?? '').includes('problem+json')) return res;
+    // The server's key changed (a restart makes a new one in the TEE): verify again, then retry once.
+    verified = undefined;
+    const again = await server();
+    modelCheck(again, body);
+    return send(again, request, body);
+  };
+
+  function modelCheck(s: VerifiedServer, body: Uint8Array): void {
+    if (body.length === 0) return;
+    let model: unknown;
+    try {
+      model = (JSON.parse(new TextDecoder().decode(body)) as { model?: unknown }).model;
+    } catch {
+      return;
+    }
+    if (typeof model === 'string') allowedModel(s, model, o.policy);
+  }
+
+  return Object.assign(f as typeof fetch, { server });
+}

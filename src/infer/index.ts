@@ -1,0 +1,12 @@
+/**
+ * Confidential inference, web-standard parts (`cloister/infer`): the OpenAI-compatible handler, the
+ * Oblivious HTTP gateway in front of it, the attested identity and per-response receipts. The Node
+ * server (server.ts), the engines (engine/) and model loading (load.ts) sit at the edges.
+ */
+export * from './engine/types.js';
+export * from './errors.js';
+export * from './gateway.js';
+export * from './identity.js';
+export * from './openai.js';
+export * from './queue.js';
+export * from './receipt.js';

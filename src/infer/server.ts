@@ -1,0 +1,305 @@
+/**
+ * The confidential inference server's HTTP edge (Node-only). Routes:
+ *
+ *   GET  /v1/attestation[?nonce=HEX]      the attestation document (fresh evidence for a nonce)
+ *   GET  /.well-known/ohttp-gateway       the OHTTP key configurations (application/ohttp-keys, RFC 9540)
+ *   POST /.well-known/ohttp-gateway       the OHTTP gateway: message/ohttp-req in, message/ohttp-res or
+ *                                         message/ohttp-chunked-res out
+ *   /v1/models, /v1/chat/completions, …   plaintext OpenAI API, only when the operator allowed it
+ *   GET  /healthz                         liveness and queue depths
+ *   GET  /, /ui/…                         the browser page, with --ui
+ *
+ * The OHTTP and receipt keys are made here, in the TEE's memory, and never leave it.
+ */
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { JWK } from 'jose';
+import { encodeKeyConfigList, generateGatewayKey, ReplayCache } from '../ohttp/index.js';
+import { fromHex, toBase64Url, toHex } from '../util/bytes.js';
+import { attestIdentity, type ServerTee } from './attestation.js';
+import { errorBody, InferError, toInferError } from './errors.js';
+import { createGateway, GatewayError, OHTTP_REQUEST_TYPE } from './gateway.js';
+import {
+  type AttestationDocument,
+  IDENTITY_TYPE,
+  type InferenceIdentity,
+  identityReportData,
+  type SoftwareIdentity,
+} from './identity.js';
+import { createOpenAiHandler, type ServedModel } from './openai.js';
+import { RequestQueue } from './queue.js';
+
+export interface UiAsset {
+  type: string;
+  body: Uint8Array;
+}
+
+export interface InferenceServerOptions {
+  models: Array<ServedModel & { format: 'gguf' | 'onnx-bundle' }>;
+  tee: ServerTee;
+  /** The key broker's EAR token for this TEE, when a broker released the model key. */
+  ear: string | null;
+  software: SoftwareIdentity;
+  /** Lets plaintext OpenAI requests in; off by default, and announced in the attested identity. */
+  allowPlaintext: boolean;
+  host: string;
+  port: number;
+  /** How long the gateway remembers requests for replay protection; Dates may be half of it off. */
+  replayWindowMs?: number;
+  maxBodyBytes?: number;
+  defaultMaxTokens?: number;
+  /** Static files for the browser page, by path ("/" for the page itself). */
+  ui?: ReadonlyMap<string, UiAsset>;
+  log: (line: string) => void;
+}
+
+export interface InferenceServer {
+  url: string;
+  attestation: AttestationDocument;
+  close(): Promise<void>;
+}
+
+const CORS = {
+  'access-control-allow-origin': '*',
+  'access-control-allow-headers': 'content-type',
+  'access-control-allow-methods': 'GET, POST, OPTIONS',
+};
+
+async function readBody(req: IncomingMessage, limit: number): Promise<Uint8Array> {
+  const declared = Number(req.headers['content-length']);
+  if (declared > limit)
+    throw new InferError(413, 'body_too_large', `the request body is over ${limit} bytes`);
+  const parts: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > limit) throw new InferError(413, 'body_too_large', `the request body is over ${limit} bytes`);
+    parts.push(chunk);
+  }
+  return new Uint8Array(Buffer.concat(parts));
+}
+
+/** Writes a web Response to a Node response, streaming its body; cancels the body if the client leaves. */
+async function send(
+  res: ServerResponse,
+  response: Response,
+  extra: Record<string, string> = {},
+): Promise<void> {
+  const headers: Record<string, string> = { ...extra };
+  response.headers.forEach((v, k) => {
+    headers[k] = v;
+  });
+  res.writeHead(response.status, headers);
+  if (!response.body) {
+    res.end();
+    return;
+  }
+  const reader = response.body.getReader();
+  res.on('close', () => {
+    if (!res.writableFinished) reader.cancel().catch(() => {});
+  });
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      if (!res.write(value))
+        await new Promise<void>((resolve) => res.once('drain', resolve).once('close', resolve));
+      if (res.destroyed) return;
+    }
+    res.end();
+  } catch {
+    // The body failed mid-stream (or the client left): the response cannot change status now.
+    res.destroy();
+  }
+}
+
+function sendJson(
+  res: ServerResponse,
+  status: number,
+  body: unknown,
+  extra: Record<string, string> = {},
+): void {
+  res.writeHead(status, { 'content-type': 'application/json', ...extra });
+  res.end(JSON.stringify(body));
+}
+
+function sendProblem(res: ServerResponse, e: GatewayError): void {
+  sendJson(
+    res,
+    e.status,
+    { type: e.problemType, title: e.code, status: e.status, detail: e.message },
+    { 'content-type': 'application/problem+json', ...CORS },
+  );
+}
+
+async function receiptKeyPair(): Promise<{ publicJwk: JWK; privateKey: CryptoKey }> {
+  const pair = (await crypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, false, [
+    'sign',
+    'verify',
+  ])) as CryptoKeyPair;
+  const full = await crypto.subtle.exportKey('jwk', pair.publicKey);
+  return { publicJwk: { kty: 'EC', crv: 'P-256', x: full.x!, y: full.y! }, privateKey: pair.privateKey };
+}
+
+export async function startInferenceServer(o: InferenceServerOptions): Promise<InferenceServer> {
+  const replayWindowMs = o.replayWindowMs ?? 120_000;
+  const maxBodyBytes = o.maxBodyBytes ?? 1 << 20;
+  const gatewayKey = await generateGatewayKey(crypto.getRandomValues(new Uint8Array(1))[0]!);
+  const keyList = encodeKeyConfigList([gatewayKey.config]);
+  const receipt = await receiptKeyPair();
+  const identity: InferenceIdentity = {
+    type: IDENTITY_TYPE,
+    ohttpKeys: toBase64Url(keyList),
+    receiptKey: receipt.publicJwk,
+    models: o.models.map((m) => ({ id: m.id, digest: m.digest, format: m.format })),
+    software: o.software,
+    plaintextAllowed: o.allowPlaintext,
+  };
+  const attestation = await attestIdentity(identity, o.tee, o.ear);
+  const handler = createOpenAiHandler({ models: o.models, defaultMaxTokens: o.defaultMaxTokens ?? 256 });
+  const gateway = createGateway({
+    keys: [gatewayKey],
+    replay: new ReplayCache({ windowMs: replayWindowMs, maxEntries: 1_000_000 }),
+    maxClockSkewMs: replayWindowMs / 2,
+    handler,
+    receipts: { key: receipt.privateKey, identity: toHex(await identityReportData(identity)) },
+  });
+  // Fresh evidence is a TEE call per request; one at a time keeps a flood from starving inference.
+  const attestQueue = new RequestQueue({ concurrency: 1, maxQueued: 32 });
+
+  async function freshAttestation(nonceHex: string, signal: AbortSignal): Promise<AttestationDocument> {
+    if (!/^[0-9a-f]{2,128}$/i.test(nonceHex) || nonceHex.length % 2 !== 0) {
+      throw new InferError(400, 'bad_nonce', 'nonce must be 1 to 64 bytes in hex', 'nonce');
+    }
+    const release = await attestQueue.acquire(signal);
+    try {
+      return await attestIdentity({ ...identity, nonce: toHex(fromHex(nonceHex)) }, o.tee, o.ear);
+    } finally {
+      release();
+    }
+  }
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    const path = url.pathname;
+    const method = req.method ?? 'GET';
+    const ac = new AbortController();
+    res.on('close', () => {
+      if (!res.writableFinished) ac.abort();
+    });
+    if (method === 'OPTIONS') {
+      res.writeHead(204, CORS).end();
+      return;
+    }
+    if (path === '/v1/attestation' && method === 'GET') {
+      const nonce = url.searchParams.get('nonce');
+      sendJson(res, 200, nonce === null ? attestation : await freshAttestation(nonce, ac.signal), {
+        'cache-control': 'no-store',
+        ...CORS,
+      });
+      return;
+    }
+    if (path === '/.well-known/ohttp-gateway') {
+      if (method === 'GET') {
+        res.writeHead(200, {
+          'content-type': 'application/ohttp-keys',
+          'cache-control': 'max-age=60',
+          ...CORS,
+        });
+        res.end(keyList);
+        return;
+      }
+      if (method !== 'POST') throw new InferError(405, 'method_not_allowed', 'the gateway takes POST');
+      if ((req.headers['content-type'] ?? '').split(';')[0]!.trim() !== OHTTP_REQUEST_TYPE) {
+        throw new GatewayError(415, 'bad_content_type', `the gateway takes ${OHTTP_REQUEST_TYPE}`);
+      }
+      const out = await gateway(await readBody(req, maxBodyBytes), ac.signal);
+      await send(
+        res,
+        new Response(out.body instanceof Uint8Array ? out.body.slice() : out.body, {
+          headers: { 'content-type': out.contentType },
+        }),
+        {
+          'cache-control': 'no-store',
+          ...CORS,
+        },
+      );
+      return;
+    }
+    if (path === '/healthz' && method === 'GET') {
+      sendJson(res, 200, {
+        status: 'ok',
+        models: o.models.map((m) => ({ id: m.id, active: m.queue.active, queued: m.queue.queued })),
+      });
+      return;
+    }
+    if (path.startsWith('/v1/')) {
+      if (!o.allowPlaintext) {
+        throw new InferError(
+          403,
+          'plaintext_disabled',
+          'plaintext requests are disabled on this server: send them through Oblivious HTTP (POST /.well-known/ohttp-gateway) after verifying GET /v1/attestation',
+        );
+      }
+      const body = method === 'GET' || method === 'HEAD' ? undefined : await readBody(req, maxBodyBytes);
+      const headers = new Headers();
+      for (const [k, v] of Object.entries(req.headers)) if (typeof v === 'string') headers.set(k, v);
+      const request = new Request(`http://localhost${req.url}`, {
+        method,
+        headers,
+        signal: ac.signal,
+        ...(body ? { body: body.slice() } : {}),
+      });
+      await send(res, await handler(request));
+      return;
+    }
+    const asset = o.ui?.get(path === '/' ? '/' : path);
+    if (asset && method === 'GET') {
+      res.writeHead(200, {
+        'content-type': asset.type,
+        'cache-control': 'no-cache',
+        // The page runs only its own script and talks only to this server.
+        'content-security-policy':
+          "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self' 'unsafe-inline'",
+      });
+      res.end(asset.body);
+      return;
+    }
+    throw new InferError(404, 'not_found', `no route ${method} ${path}`);
+  }
+
+  const server = createServer((req, res) => {
+    handle(req, res).catch((e: unknown) => {
+      if (res.headersSent) {
+        res.destroy();
+        return;
+      }
+      if (e instanceof GatewayError) {
+        if (e.code === 'date_out_of_window' || e.code === 'date_required')
+          res.setHeader('date', new Date().toUTCString());
+        sendProblem(res, e);
+        return;
+      }
+      const err = toInferError(e);
+      if (err.status >= 500) o.log(`error: ${req.method} ${req.url}: ${(e as Error).stack ?? String(e)}`);
+      sendJson(res, err.status, errorBody(err), err.status === 429 ? { 'retry-after': '1' } : {});
+    });
+  });
+  server.requestTimeout = 0; // streamed generations may run for minutes
+  server.headersTimeout = 30_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(o.port, o.host, () => resolve());
+  });
+  const addr = server.address() as AddressInfo;
+  const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
+  return {
+    url: `http://${host}:${addr.port}`,
+    attestation,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}

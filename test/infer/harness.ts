@@ -1,0 +1,60 @@
+import { InsecureSampleAttester } from '../../src/agent/attest/sample.js';
+import { offlineSource } from '../../src/attest/collateral/index.js';
+import { parseClientPolicy } from '../../src/client/policy.js';
+import type { ServerTee } from '../../src/infer/attestation.js';
+import type { Engine } from '../../src/infer/engine/types.js';
+import { RequestQueue } from '../../src/infer/queue.js';
+import {
+  type InferenceServer,
+  type InferenceServerOptions,
+  startInferenceServer,
+} from '../../src/infer/server.js';
+import { HashEmbeddingEngine, ScriptedTextEngine } from './fake-engines.js';
+
+export const TEXT_DIGEST = `sha256:${'a1'.repeat(32)}`;
+export const EMBED_DIGEST = `sha256:${'b2'.repeat(32)}`;
+
+export interface Harness {
+  server: InferenceServer;
+  text: ScriptedTextEngine;
+  embed: HashEmbeddingEngine;
+}
+
+export async function startHarness(
+  o: Partial<InferenceServerOptions> & {
+    text?: ScriptedTextEngine;
+    maxQueued?: number;
+    tee?: ServerTee;
+  } = {},
+): Promise<Harness> {
+  const text = o.text ?? new ScriptedTextEngine();
+  const embed = new HashEmbeddingEngine();
+  const served = (id: string, engine: Engine, digest: string, format: 'gguf' | 'onnx-bundle') => ({
+    id,
+    engine,
+    digest,
+    format,
+    created: 1_700_000_000,
+    queue: new RequestQueue({ concurrency: engine.parallel, maxQueued: o.maxQueued ?? 16 }),
+  });
+  const server = await startInferenceServer({
+    models: [
+      served('tiny-llama', text, TEXT_DIGEST, 'gguf'),
+      served('tiny-embed', embed, EMBED_DIGEST, 'onnx-bundle'),
+    ],
+    tee: o.tee ?? { cpu: new InsecureSampleAttester() },
+    ear: null,
+    software: { name: 'cloister', version: '0.1.0', digest: `sha256:${'cd'.repeat(32)}` },
+    allowPlaintext: o.allowPlaintext ?? false,
+    host: '127.0.0.1',
+    port: 0,
+    log: () => {},
+    ...(o.replayWindowMs ? { replayWindowMs: o.replayWindowMs } : {}),
+    ...(o.maxBodyBytes ? { maxBodyBytes: o.maxBodyBytes } : {}),
+  });
+  return { server, text, embed };
+}
+
+/** The development policy that accepts the sample TEE (which every default refuses). */
+export const SAMPLE_POLICY = parseClientPolicy({ tees: ['sample'], minStatus: 'warning' });
+export const NO_COLLATERAL = offlineSource;

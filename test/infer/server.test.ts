@@ -1,0 +1,404 @@
+import OpenAI from 'openai';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { confidentialFetch } from '../../src/client/fetch.js';
+import { parseClientPolicy } from '../../src/client/policy.js';
+import { VerificationError } from '../../src/client/verify.js';
+import type { ResponseReceipt } from '../../src/infer/receipt.js';
+import {
+  decapsulateResponse,
+  decodeKeyConfigList,
+  decodeResponse,
+  encapsulateRequest,
+  encodeRequest,
+} from '../../src/ohttp/index.js';
+import { fromBase64 } from '../../src/util/bytes.js';
+import { ScriptedTextEngine } from './fake-engines.js';
+import {
+  EMBED_DIGEST,
+  type Harness,
+  NO_COLLATERAL,
+  SAMPLE_POLICY,
+  startHarness,
+  TEXT_DIGEST,
+} from './harness.js';
+
+let h: Harness;
+const GATEWAY = '/.well-known/ohttp-gateway';
+
+beforeAll(async () => {
+  h = await startHarness();
+});
+afterAll(async () => {
+  await h.server.close();
+});
+
+/** A transport that records what an on-path observer (relay, load balancer) sees. */
+function observed() {
+  const seen: Uint8Array[] = [];
+  const transport = async (input: RequestInfo | URL, init?: RequestInit) => {
+    const res = await fetch(input, init);
+    if (init?.body instanceof Uint8Array) seen.push(init.body);
+    const body = new Uint8Array(await res.arrayBuffer());
+    seen.push(body);
+    return new Response(body, { status: res.status, headers: res.headers });
+  };
+  return { seen, transport: transport as typeof fetch };
+}
+
+function client(extra: Partial<Parameters<typeof confidentialFetch>[0]> = {}) {
+  const f = confidentialFetch({
+    url: h.server.url,
+    policy: SAMPLE_POLICY,
+    collateral: NO_COLLATERAL,
+    ...extra,
+  });
+  return {
+    f,
+    openai: new OpenAI({ baseURL: `${h.server.url}/v1`, apiKey: 'unused', fetch: f, maxRetries: 0 }),
+  };
+}
+
+async function rawGateway(body: Uint8Array): Promise<Response> {
+  return fetch(`${h.server.url}${GATEWAY}`, {
+    method: 'POST',
+    headers: { 'content-type': 'message/ohttp-req' },
+    body: body.slice(),
+  });
+}
+
+async function encapsulated(o: { date?: string | null; path?: string; body?: unknown } = {}) {
+  const configs = decodeKeyConfigList(fromBase64(h.server.attestation.identity.ohttpKeys));
+  const headers: [string, string][] = [['content-type', 'application/json']];
+  if (o.date !== null) headers.push(['date', o.date ?? new Date().toUTCString()]);
+  const inner = encodeRequest({
+    method: 'POST',
+    path: o.path ?? '/v1/chat/completions',
+    authority: 'x',
+    headers,
+    content: new TextEncoder().encode(
+      JSON.stringify(o.body ?? { model: 'tiny-llama', messages: [{ role: 'user', content: 'hi' }] }),
+    ),
+  });
+  return encapsulateRequest(configs[0]!, inner);
+}
+
+describe('the official openai client through confidentialFetch', () => {
+  it('lists models, chats, streams, completes and embeds, end to end encrypted', async () => {
+    const { seen, transport } = observed();
+    const { openai } = client({ fetch: transport });
+    const models = await openai.models.list();
+    expect(models.data.map((m) => m.id)).toEqual(['tiny-llama', 'tiny-embed']);
+
+    const chat = await openai.chat.completions.create({
+      model: 'tiny-llama',
+      messages: [{ role: 'user', content: 'secret-word-alpha beta' }],
+    });
+    expect(chat.choices[0]!.message.content).toBe(' secret-word-alpha beta done');
+    expect(chat.usage).toEqual({ prompt_tokens: 2, completion_tokens: 3, total_tokens: 5 });
+
+    const stream = await openai.chat.completions.create({
+      model: 'tiny-llama',
+      messages: [{ role: 'user', content: 'secret-word-gamma delta' }],
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    const deltas: string[] = [];
+    let usage: unknown;
+    for await (const c of stream) {
+      if (c.choices[0]?.delta.content) deltas.push(c.choices[0].delta.content);
+      if (c.usage) usage = c.usage;
+    }
+    expect(deltas.join('')).toBe(' secret-word-gamma delta done');
+    expect(deltas.length).toBe(3);
+    expect(usage).toMatchObject({ completion_tokens: 3 });
+
+    const completion = await openai.completions.create({
+      model: 'tiny-llama',
+      prompt: 'one two three',
+      max_tokens: 2,
+    });
+    expect(completion.choices[0]!.text).toBe(' one two');
+    expect(completion.choices[0]!.finish_reason).toBe('length');
+
+    const emb = await openai.embeddings.create({ model: 'tiny-embed', input: ['a', 'secret-word-epsilon'] });
+    expect(emb.data).toHaveLength(2);
+    expect(Math.hypot(...emb.data[0]!.embedding)).toBeCloseTo(1, 5);
+
+    // The observer saw every byte that crossed the wire and none of the prompts or replies.
+    const wire = seen.map((b) => Buffer.from(b).toString('latin1')).join('\n');
+    expect(seen.length).toBeGreaterThan(8);
+    for (const word of ['secret-word', 'chat/completions', 'done']) expect(wire).not.toContain(word);
+  });
+
+  it('gives a verified receipt per response, streamed ones too', async () => {
+    const receipts: ResponseReceipt[] = [];
+    const { openai } = client({ onReceipt: (r) => receipts.push(r) });
+    await openai.chat.completions.create({ model: 'tiny-llama', messages: [{ role: 'user', content: 'x' }] });
+    const s = await openai.chat.completions.create({
+      model: 'tiny-llama',
+      messages: [{ role: 'user', content: 'y' }],
+      stream: true,
+    });
+    for await (const _ of s) {
+      // drain
+    }
+    expect(receipts).toHaveLength(2);
+    for (const r of receipts) {
+      expect(r.modelDigest).toBe(TEXT_DIGEST);
+      expect(r.status).toBe(200);
+      expect(r.response).toMatch(/^sha256:[0-9a-f]{64}$/);
+    }
+    expect(receipts[0]!.request).not.toBe(receipts[1]!.request);
+  });
+
+  it('stops generation when the client goes away mid-stream', async () => {
+    const before = 0;
+    const slow = await startHarness({ text: new ScriptedTextEngine(2, 20) });
+    const ac = new AbortController();
+    const f = confidentialFetch({ url: slow.server.url, policy: SAMPLE_POLICY, collateral: NO_COLLATERAL });
+    const openai = new OpenAI({
+      baseURL: `${slow.server.url}/v1`,
+      apiKey: 'unused',
+      fetch: f,
+      maxRetries: 0,
+    });
+    const long = Array.from({ length: 40 }, (_, i) => `w${i}`).join(' ');
+    const s = await openai.chat.completions.create(
+      { model: 'tiny-llama', messages: [{ role: 'user', content: long }], stream: true, max_tokens: 20 },
+      { signal: ac.signal },
+    );
+    let n = 0;
+    // The openai client ends the iteration quietly when its signal aborts.
+    for await (const _ of s) if (++n === 2) ac.abort();
+    expect(n).toBeLessThan(10);
+    await expect.poll(() => slow.text.aborted, { timeout: 5000 }).toBe(before + 1);
+    await slow.server.close();
+  });
+});
+
+describe('the client refuses servers its policy does not accept, before sending anything', () => {
+  it('the default policy refuses the sample TEE', async () => {
+    const { seen, transport } = observed();
+    const { openai } = client({ policy: parseClientPolicy({}), fetch: transport });
+    await expect(
+      openai.chat.completions.create({ model: 'tiny-llama', messages: [{ role: 'user', content: 'x' }] }),
+    ).rejects.toMatchObject({
+      cause: expect.objectContaining({ code: 'tee-not-allowed' }),
+    });
+    // Only the attestation document was fetched: one response, no request body.
+    expect(seen).toHaveLength(1);
+  });
+
+  it('a model digest the policy does not allow is refused, another is used', async () => {
+    const policy = parseClientPolicy({ tees: ['sample'], minStatus: 'warning', models: [EMBED_DIGEST] });
+    const f = confidentialFetch({ url: h.server.url, policy, collateral: NO_COLLATERAL });
+    await expect(
+      f(`${h.server.url}/v1/chat/completions`, {
+        method: 'POST',
+        body: JSON.stringify({ model: 'tiny-llama', messages: [] }),
+      }),
+    ).rejects.toMatchObject({ code: 'model' });
+    const ok = await f(`${h.server.url}/v1/embeddings`, {
+      method: 'POST',
+      body: JSON.stringify({ model: 'tiny-embed', input: 'a' }),
+    });
+    expect(ok.status).toBe(200);
+  });
+
+  it('a measurement, software or GPU requirement that is not met is refused with the reason', async () => {
+    for (const [p, code] of [
+      [{ measurements: { measurement: ['00'] } }, 'measurement'],
+      [{ software: { versions: ['9.9.9'] } }, 'software'],
+      [{ requireGpu: true }, 'gpu'],
+      [{ minStatus: 'affirming' }, 'status'],
+    ] as const) {
+      const policy = parseClientPolicy({ tees: ['sample'], minStatus: 'warning', ...p });
+      const f = confidentialFetch({ url: h.server.url, policy, collateral: NO_COLLATERAL });
+      await expect(f.server()).rejects.toMatchObject({ code });
+    }
+  });
+
+  it('an attestation document whose identity was swapped does not bind', async () => {
+    const doc = structuredClone(h.server.attestation);
+    const other = await startHarness();
+    doc.identity.ohttpKeys = other.server.attestation.identity.ohttpKeys;
+    await other.server.close();
+    const transport = (async () => Response.json(doc)) as unknown as typeof fetch;
+    const f = confidentialFetch({
+      url: h.server.url,
+      policy: { ...SAMPLE_POLICY, fresh: false },
+      collateral: NO_COLLATERAL,
+      fetch: transport,
+    });
+    await expect(f.server()).rejects.toBeInstanceOf(VerificationError);
+    await expect(f.server()).rejects.toMatchObject({ code: 'binding' });
+  });
+
+  it('a stale document that does not answer our nonce is refused', async () => {
+    const transport = (async () => Response.json(h.server.attestation)) as unknown as typeof fetch;
+    const f = confidentialFetch({
+      url: h.server.url,
+      policy: SAMPLE_POLICY,
+      collateral: NO_COLLATERAL,
+      fetch: transport,
+    });
+    await expect(f.server()).rejects.toMatchObject({ code: 'nonce' });
+  });
+});
+
+describe('bad input gets a clear 4xx and the server keeps serving', () => {
+  it('malformed, unknown-key, replayed, undated and stale encapsulated requests', async () => {
+    const junk = await rawGateway(crypto.getRandomValues(new Uint8Array(80)));
+    expect([400, 422]).toContain(junk.status);
+    expect(junk.headers.get('content-type')).toBe('application/problem+json');
+
+    const { encapsulated: e } = await encapsulated();
+    const wrongKey = e.slice();
+    wrongKey[0] = (wrongKey[0]! + 1) & 0xff;
+    const r422 = await rawGateway(wrongKey);
+    expect(r422.status).toBe(422);
+    expect((await r422.json()).type).toBe('https://iana.org/assignments/http-problem-types#ohttp-key');
+
+    const truncated = await rawGateway(e.subarray(0, 20));
+    expect(truncated.status).toBe(400);
+    const flipped = e.slice();
+    flipped[flipped.length - 1]! ^= 1;
+    expect(await (await rawGateway(flipped)).json()).toMatchObject({ title: 'bad_ohttp' });
+
+    expect((await rawGateway(e)).status).toBe(200);
+    const replay = await rawGateway(e);
+    expect(replay.status).toBe(400);
+    expect((await replay.json()).title).toBe('replay');
+
+    const undated = await rawGateway((await encapsulated({ date: null })).encapsulated);
+    expect((await undated.json()).title).toBe('date_required');
+    const stale = await rawGateway(
+      (await encapsulated({ date: new Date(Date.now() - 3_600_000).toUTCString() })).encapsulated,
+    );
+    expect(stale.status).toBe(400);
+    expect((await stale.json()).title).toBe('date_out_of_window');
+    expect(stale.headers.get('date')).toBeTruthy();
+
+    const wrongType = await fetch(`${h.server.url}${GATEWAY}`, { method: 'POST', body: 'x' });
+    expect(wrongType.status).toBe(415);
+
+    const { openai } = client();
+    const ok = await openai.chat.completions.create({
+      model: 'tiny-llama',
+      messages: [{ role: 'user', content: 'still' }],
+    });
+    expect(ok.choices[0]!.message.content).toBe(' still done');
+  });
+
+  it('inner errors come back encrypted in the OpenAI shape: unknown model, too long, bad JSON, bad fields', async () => {
+    const { openai, f } = client();
+    // The client refuses to name a model the attestation does not list; the server refuses it too.
+    await expect(
+      openai.chat.completions.create({ model: 'nope', messages: [{ role: 'user', content: 'x' }] }),
+    ).rejects.toMatchObject({
+      cause: expect.objectContaining({ code: 'model' }),
+    });
+    const { encapsulated: e, context } = await encapsulated({
+      body: { model: 'nope', messages: [{ role: 'user', content: 'x' }] },
+    });
+    const inner = decodeResponse(
+      await decapsulateResponse(context, new Uint8Array(await (await rawGateway(e)).arrayBuffer())),
+    );
+    expect(inner.status).toBe(404);
+    expect(JSON.parse(new TextDecoder().decode(inner.content)).error.code).toBe('model_not_found');
+    const long = Array.from({ length: 100 }, () => 'w').join(' ');
+    await expect(
+      openai.chat.completions.create({ model: 'tiny-llama', messages: [{ role: 'user', content: long }] }),
+    ).rejects.toMatchObject({
+      status: 400,
+      code: 'prompt_too_long',
+    });
+    await expect(
+      openai.chat.completions.create({
+        model: 'tiny-llama',
+        messages: [{ role: 'user', content: long }],
+        stream: true,
+      }),
+    ).rejects.toMatchObject({ status: 400, code: 'prompt_too_long' });
+    await expect(openai.embeddings.create({ model: 'tiny-llama', input: 'x' })).rejects.toMatchObject({
+      status: 400,
+      code: 'wrong_model_kind',
+    });
+    await expect(
+      openai.chat.completions.create({
+        model: 'tiny-llama',
+        messages: [{ role: 'user', content: 'x' }],
+        temperature: 5,
+      }),
+    ).rejects.toMatchObject({ status: 400, param: 'temperature' });
+    const badJson = await f(`${h.server.url}/v1/chat/completions`, { method: 'POST', body: '{' });
+    expect(badJson.status).toBe(400);
+    expect((await badJson.json()).error.code).toBe('invalid_json');
+  });
+
+  it('an oversized body is refused with 413', async () => {
+    const small = await startHarness({ maxBodyBytes: 1024 });
+    try {
+      const f = confidentialFetch({
+        url: small.server.url,
+        policy: SAMPLE_POLICY,
+        collateral: NO_COLLATERAL,
+      });
+      const res = await f(`${small.server.url}/v1/completions`, {
+        method: 'POST',
+        body: JSON.stringify({ model: 'tiny-llama', prompt: 'x'.repeat(4096) }),
+      });
+      expect(res.status).toBe(413);
+    } finally {
+      await small.server.close();
+    }
+  });
+
+  it('plaintext requests are refused unless the operator allowed them, and the identity says which', async () => {
+    const res = await fetch(`${h.server.url}/v1/models`);
+    expect(res.status).toBe(403);
+    expect((await res.json()).error.code).toBe('plaintext_disabled');
+    expect(h.server.attestation.identity.plaintextAllowed).toBe(false);
+    const open = await startHarness({ allowPlaintext: true });
+    try {
+      const plain = await fetch(`${open.server.url}/v1/chat/completions`, {
+        method: 'POST',
+        body: JSON.stringify({ model: 'tiny-llama', messages: [{ role: 'user', content: 'p' }] }),
+      });
+      expect((await plain.json()).choices[0].message.content).toBe(' p done');
+      expect(open.server.attestation.identity.plaintextAllowed).toBe(true);
+      const server = await confidentialFetch({
+        url: open.server.url,
+        policy: SAMPLE_POLICY,
+        collateral: NO_COLLATERAL,
+      }).server();
+      expect(server.warnings.join(' ')).toContain('plaintext');
+    } finally {
+      await open.server.close();
+    }
+  });
+
+  it('a full queue answers 429 and the queued requests still complete', async () => {
+    const busy = await startHarness({ text: new ScriptedTextEngine(1, 30), maxQueued: 1 });
+    try {
+      const body = JSON.stringify({ model: 'tiny-llama', prompt: 'a b c' });
+      const responses = await Promise.all(
+        [0, 1, 2].map(() =>
+          fetch(`${busy.server.url}/v1/completions`, { method: 'POST', body }).catch((e) => e),
+        ),
+      );
+      expect(responses.every((r) => r instanceof Response && r.status === 403)).toBe(true);
+      const f = confidentialFetch({ url: busy.server.url, policy: SAMPLE_POLICY, collateral: NO_COLLATERAL });
+      await f.server();
+      const statuses = await Promise.all(
+        [0, 1, 2].map(
+          async () => (await f(`${busy.server.url}/v1/completions`, { method: 'POST', body })).status,
+        ),
+      );
+      expect(statuses.sort()).toEqual([200, 200, 429]);
+      expect(busy.text.maxRunning).toBe(1);
+    } finally {
+      await busy.server.close();
+    }
+  });
+});
