@@ -77,7 +77,7 @@ const live = new Set<PrivateDir>();
 let exitHookInstalled = false;
 
 /** Overwrites a file's bytes with zeros, then unlinks it; never follows a symbolic link. */
-function zeroAndUnlink(path: string): void {
+export function zeroAndUnlink(path: string): void {
   try {
     const st = lstatSync(path);
     if (st.isFile()) {

@@ -117,7 +117,7 @@ export function registerAgent(program: Command): void {
 
 // ── run and serve ───────────────────────────────────────────────────────────────────────────────────
 
-interface TeeCliOptions {
+export interface TeeCliOptions {
   kbs: string;
   tee: 'auto' | 'sample';
   allowSample?: boolean;
@@ -140,9 +140,11 @@ interface RunCliOptions extends TeeCliOptions {
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
-function teeOptions(c: Command): Command {
-  return c
-    .requiredOption('--kbs <url>', 'key broker URL, e.g. https://kbs.example:8080')
+/** The TEE options of every in-TEE command; `cloister serve` may take a local key instead of a broker. */
+export function teeOptions(c: Command, kbsRequired = true): Command {
+  const kbs = '--kbs <url>';
+  const kbsHelp = 'key broker URL, e.g. https://kbs.example:8080';
+  return (kbsRequired ? c.requiredOption(kbs, kbsHelp) : c.option(kbs, kbsHelp))
     .addOption(
       new Option(
         '--tee <kind>',
@@ -165,6 +167,18 @@ function teeOptions(c: Command): Command {
 
 /** The TEE to attest with, and a KBS client speaking for it. */
 async function teeAndBroker(o: TeeCliOptions, log: (line: string) => void) {
+  const t = await teeFor(o, log);
+  return { tee: { kind: t.kind, attester: t.attester }, client: brokerFor(o, t) };
+}
+
+export interface CliTee {
+  kind: CpuKind;
+  attester: CpuAttester;
+  gpu: Awaited<ReturnType<typeof detectTee>>['gpus']['attester'];
+}
+
+/** The TEE named or detected by the options, with its GPUs when asked for. */
+export async function teeFor(o: Omit<TeeCliOptions, 'kbs'>, log: (line: string) => void): Promise<CliTee> {
   let kind: CpuKind;
   let attester: CpuAttester;
   let gpu: Awaited<ReturnType<typeof detectTee>>['gpus']['attester'];
@@ -194,13 +208,17 @@ async function teeAndBroker(o: TeeCliOptions, log: (line: string) => void) {
       log(`GPUs: ${gpu.count} (${gpu.source})`);
     }
   }
-  const client = new KbsClient({
+  return { kind, attester, gpu };
+}
+
+/** A key broker client that attests with `t`. */
+export function brokerFor(o: TeeCliOptions, t: CliTee): KbsClient {
+  return new KbsClient({
     url: o.kbs,
-    attester: kbsAttester(kind, attester, gpu),
+    attester: kbsAttester(t.kind, t.attester, t.gpu),
     retries: Number(o.retries),
     backoffMs: Number(o.retryDelayMs),
   });
-  return { tee: { kind, attester }, client };
 }
 
 export function registerRun(program: Command): void {

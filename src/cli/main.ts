@@ -1,9 +1,12 @@
 import { Command, CommanderError } from 'commander';
 import { registerAgent } from './agent.js';
+import { registerChat } from './chat.js';
 import { registerDemo } from './demo.js';
 import { registerKbs } from './kbs.js';
 import { registerLog } from './log.js';
+import { registerModel } from './model.js';
 import { registerSealCommands } from './seal.js';
+import { registerServe } from './serve.js';
 import { registerVerify } from './verify.js';
 
 /** Entry point of the `cloister` binary; returns the exit code. Each verb lives in its own module. */
@@ -19,6 +22,9 @@ export async function main(argv: string[]): Promise<number> {
   registerDemo(program);
   registerLog(program);
   registerAgent(program);
+  registerServe(program);
+  registerChat(program);
+  registerModel(program);
   for (const c of program.commands) c.exitOverride();
   try {
     await program.parseAsync(argv, { from: 'user' });

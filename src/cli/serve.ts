@@ -1,0 +1,143 @@
+/**
+ * `cloister serve`: the confidential inference server (docs/confidential-inference.md). Inside a TEE
+ * it attests to the key broker, gets the model keys, unseals the models into memory, makes its OHTTP
+ * and receipt keys, binds them with the models' digests and its software identity into fresh evidence,
+ * and serves the OpenAI API through Oblivious HTTP.
+ */
+import { readFile } from 'node:fs/promises';
+import { type Command, Option } from 'commander';
+import { KekCache } from '../agent/kbs.js';
+import { onTerminationSignal, PrivateDir } from '../agent/private-dir.js';
+import { realEngines } from '../infer/engines.js';
+import { type LoadedModel, loadSealedModel } from '../infer/load.js';
+import { RequestQueue } from '../infer/queue.js';
+import { startInferenceServer } from '../infer/server.js';
+import { softwareIdentity } from '../infer/software.js';
+import { keyFromJwk, type UnsealKey } from '../seal/keys.js';
+import { brokerFor, type TeeCliOptions, teeFor, teeOptions } from './agent.js';
+
+interface ServeCliOptions extends Omit<TeeCliOptions, 'kbs'> {
+  kbs?: string;
+  key?: string;
+  model: string[];
+  host: string;
+  port: string;
+  ui?: boolean;
+  allowPlaintext?: boolean;
+  parallel: string;
+  maxQueued: string;
+  context?: string;
+  maxTokens: string;
+  replayWindow: string;
+  maxBody: string;
+  privateDir: string;
+  allowDisk?: boolean;
+  engineGpu: 'auto' | 'off';
+}
+
+const collect = (v: string, prev: string[]) => [...prev, v];
+
+function positive(v: string, what: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`${what} must be a positive integer, not '${v}'`);
+  return n;
+}
+
+export function registerServe(program: Command): void {
+  teeOptions(
+    program
+      .command('serve')
+      .description('inside a TEE: serve sealed models through an attested, end-to-end encrypted OpenAI API'),
+    false,
+  )
+    .option('--key <file>', 'development only: unseal with this local key instead of asking a key broker')
+    .option('--model <file>', 'a sealed model (repeatable): GGUF, or a tar of an ONNX model directory', collect, [])
+    .option('--host <addr>', 'address to listen on', '127.0.0.1')
+    .option('--port <n>', 'port to listen on (0: any free port)', '8443')
+    .option('--ui', 'also serve the browser page at / (it verifies the server in the browser)')
+    .option('--allow-plaintext', 'also accept unencrypted /v1 requests (announced in the attestation)')
+    .option('--parallel <n>', 'generations per model at once', '1')
+    .option('--max-queued <n>', 'requests waiting per model before 429', '64')
+    .option('--context <n>', 'tokens per sequence (default: the model’s own, capped at 8192)')
+    .option('--max-tokens <n>', 'max_tokens when a request gives none', '256')
+    .option('--replay-window <s>', 'seconds the OHTTP gateway remembers requests (Date skew: half)', '120')
+    .option('--max-body <bytes>', 'largest request body', String(1 << 20))
+    .option('--private-dir <dir>', 'memory file system for the plaintext model', '/dev/shm')
+    .option('--allow-disk', 'accept a --private-dir that is not tmpfs/ramfs (plaintext may reach a disk)')
+    .addOption(new Option('--engine-gpu <mode>', 'run models on a GPU when one works').choices(['auto', 'off']).default('auto'))
+    .addHelpText(
+      'after',
+      '\nExamples:\n' +
+        '  cloister serve --kbs https://kbs.example:8080 --model llama.gguf.sealed --port 8443\n' +
+        '  cloister serve --tee sample --key model.kek.jwk --model tiny.gguf.sealed --ui --port 8080   # development\n' +
+        '\nClients: cloister chat --url http://HOST:PORT, or the SDK (cloister/client) with the openai package.',
+    )
+    .exitOverride()
+    .action(async (opts: ServeCliOptions) => {
+      const log = (line: string) => process.stderr.write(`cloister serve: ${line}\n`);
+      if (opts.model.length === 0) throw new Error('give at least one --model FILE.sealed');
+      if (!opts.kbs === !opts.key) throw new Error('give exactly one of --kbs URL (production) or --key FILE (development)');
+      const parallel = positive(opts.parallel, '--parallel');
+      const tee = await teeFor(opts, log);
+      log(`TEE: ${tee.kind} (${tee.attester.source})`);
+      if (tee.attester.insecure) log('WARNING: the sample TEE is software only; clients must opt in to trust it');
+      const broker = opts.kbs ? brokerFor({ ...opts, kbs: opts.kbs }, tee) : undefined;
+      let key: (h: Parameters<KekCache['forHeader']>[0], file: string) => Promise<UnsealKey>;
+      if (broker) {
+        const keys = new KekCache(broker);
+        key = (h, file) => keys.forHeader(h, file);
+      } else {
+        log('WARNING: --key: the model key comes from a local file, not from a key broker after attestation');
+        const k = keyFromJwk(await readFile(opts.key!, 'utf8'), opts.key!);
+        if (k.kind === 'hpke-public') throw new Error(`${opts.key} is a public key; unsealing needs the KEK or the HPKE private key`);
+        key = async () => k;
+      }
+      const dir = await PrivateDir.create({ parent: opts.privateDir, allowDisk: opts.allowDisk === true, warn: log });
+      const loaders = realEngines({
+        gpu: opts.engineGpu === 'off' ? false : 'auto',
+        parallel,
+        ...(opts.context ? { contextSize: positive(opts.context, '--context') } : {}),
+      });
+      const loaded: LoadedModel[] = [];
+      for (const file of opts.model) {
+        const m = await loadSealedModel({ file, key: (h) => key(h, file), dir: dir.path, loaders, log });
+        if (loaded.some((x) => x.id === m.id)) throw new Error(`two models are named '${m.id}'; rename one when sealing`);
+        log(`model '${m.id}' (${m.format}) loaded`);
+        loaded.push(m);
+      }
+      const maxQueued = Number(opts.maxQueued);
+      const created = Math.floor(Date.now() / 1000);
+      const ui = opts.ui ? await (await import('../infer/ui.js')).loadUiAssets() : undefined;
+      const server = await startInferenceServer({
+        models: loaded.map((m) => ({
+          ...m,
+          created,
+          queue: new RequestQueue({ concurrency: m.engine.parallel, maxQueued }),
+        })),
+        tee: { cpu: tee.attester, ...(tee.gpu ? { gpu: tee.gpu } : {}) },
+        ear: broker ? await broker.token() : null,
+        software: await softwareIdentity(),
+        allowPlaintext: opts.allowPlaintext === true,
+        host: opts.host,
+        port: Number(opts.port),
+        replayWindowMs: positive(opts.replayWindow, '--replay-window') * 1000,
+        maxBodyBytes: positive(opts.maxBody, '--max-body'),
+        defaultMaxTokens: positive(opts.maxTokens, '--max-tokens'),
+        ...(ui ? { ui } : {}),
+        log,
+      });
+      log(`listening on ${server.url} (attestation: ${server.url}/v1/attestation${ui ? `, page: ${server.url}/` : ''})`);
+      if (opts.allowPlaintext) log('WARNING: --allow-plaintext: unencrypted requests are accepted too');
+      await new Promise<void>((resolve) => {
+        const off = onTerminationSignal((sig) => {
+          off();
+          log(`${sig}: stopping`);
+          void server
+            .close()
+            .then(() => Promise.all(loaded.map((m) => m.engine.close())))
+            .then(() => dir.wipe())
+            .then(resolve);
+        });
+      });
+    });
+}

@@ -1,0 +1,33 @@
+/**
+ * The real engines behind `cloister serve` (Node-only), loaded on first use so that a server with
+ * only GGUF models never loads ONNX Runtime and the other way round.
+ */
+import type { EngineLoaders } from './load.js';
+
+export interface EngineSettings {
+  gpu: 'auto' | false;
+  /** Concurrent generations per model. */
+  parallel: number;
+  /** Tokens per sequence; default the model's own, capped by the engine. */
+  contextSize?: number;
+  log?: (line: string) => void;
+}
+
+export function realEngines(s: EngineSettings): EngineLoaders {
+  return {
+    async gguf(path) {
+      const { loadLlamaEngine } = await import('./engine/llama.js');
+      return loadLlamaEngine({
+        path,
+        gpu: s.gpu,
+        parallel: s.parallel,
+        ...(s.contextSize ? { contextSize: s.contextSize } : {}),
+        ...(s.log ? { log: (level: string, message: string) => s.log?.(`llama.cpp ${level}: ${message}`) } : {}),
+      });
+    },
+    async onnxBundle(bundle) {
+      const { loadOnnxEngine } = await import('./engine/onnx.js');
+      return loadOnnxEngine({ bundle, parallel: s.parallel });
+    },
+  };
+}

@@ -1,0 +1,112 @@
+/**
+ * Loading a sealed model inside the TEE (Node-only): read its header, get its key (from the key
+ * broker after attestation, or a local key in development), unseal it into the private in-memory
+ * directory while hashing the sealed file (the digest clients pin), recognise the format and hand it
+ * to its engine. GGUF stays in the private directory (llama.cpp maps it from there); an ONNX model
+ * bundle (a tar of the model directory) is read into memory and its plaintext file wiped at once.
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { open, readFile, stat } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import { zeroAndUnlink } from '../agent/private-dir.js';
+import type { Header } from '../seal/format.js';
+import type { UnsealKey } from '../seal/keys.js';
+import { readHeader, unsealFile } from '../seal/node.js';
+import type { EmbeddingEngine, TextEngine } from './engine/types.js';
+import type { ModelIdentity } from './identity.js';
+
+export interface EngineLoaders {
+  gguf(path: string): Promise<TextEngine>;
+  onnxBundle(bundle: Uint8Array): Promise<EmbeddingEngine>;
+}
+
+export interface SealedModelOptions {
+  file: string;
+  /** The id clients name; default: the sealed name without its extension. */
+  id?: string;
+  key(header: Header): Promise<UnsealKey>;
+  /** The private directory (on tmpfs) the plaintext goes to. */
+  dir: string;
+  loaders: EngineLoaders;
+  log: (line: string) => void;
+}
+
+export interface LoadedModel {
+  id: string;
+  format: ModelIdentity['format'];
+  /** `sha256:<hex>` of the sealed file. */
+  digest: string;
+  engine: TextEngine | EmbeddingEngine;
+}
+
+export class ModelLoadError extends Error {
+  override name = 'ModelLoadError';
+  constructor(
+    readonly code: 'unknown-format' | 'raw-onnx' | 'bad-model',
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+const GGUF_MAGIC = [0x47, 0x47, 0x55, 0x46];
+
+function formatOf(head: Uint8Array): ModelIdentity['format'] | 'onnx' | undefined {
+  if (GGUF_MAGIC.every((b, i) => head[i] === b)) return 'gguf';
+  if (new TextDecoder().decode(head.subarray(257, 262)) === 'ustar') return 'onnx-bundle';
+  // An ONNX ModelProto starts with field 1 (ir_version, varint): tag byte 0x08.
+  if (head[0] === 0x08 && head.length > 2 && head[1]! < 0x20) return 'onnx';
+  return undefined;
+}
+
+async function sha256File(path: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const chunk of createReadStream(path, { highWaterMark: 4 << 20 })) h.update(chunk as Buffer);
+  return `sha256:${h.digest('hex')}`;
+}
+
+function defaultId(header: Header, file: string): string {
+  const name = header.name || basename(file).replace(/\.sealed$/, '');
+  return name.replace(/\.(gguf|tar|onnx)$/i, '') || 'model';
+}
+
+let counter = 0;
+
+export async function loadSealedModel(o: SealedModelOptions): Promise<LoadedModel> {
+  const { header } = await readHeader(o.file);
+  const key = await o.key(header);
+  const out = join(o.dir, `model-${counter++}`);
+  const size = (await stat(o.file)).size;
+  o.log(`unsealing ${o.file} (${(size / 2 ** 20).toFixed(1)} MiB) into the private directory`);
+  const started = performance.now();
+  // The digest and the unsealing read the same file; side by side they overlap on two cores.
+  const [digest] = await Promise.all([sha256File(o.file), unsealFile(o.file, out, key)]);
+  o.log(`unsealed in ${((performance.now() - started) / 1000).toFixed(2)} s; sealed digest ${digest}`);
+  const fh = await open(out, 'r');
+  const head = new Uint8Array(512);
+  try {
+    await fh.read(head, 0, 512, 0);
+  } finally {
+    await fh.close();
+  }
+  const format = formatOf(head);
+  const id = o.id ?? defaultId(header, o.file);
+  if (format === 'gguf') {
+    return { id, format, digest, engine: await o.loaders.gguf(out) };
+  }
+  if (format === 'onnx-bundle') {
+    const bundle = new Uint8Array(await readFile(out));
+    zeroAndUnlink(out);
+    return { id, format, digest, engine: await o.loaders.onnxBundle(bundle) };
+  }
+  zeroAndUnlink(out);
+  if (format === 'onnx') {
+    throw new ModelLoadError(
+      'raw-onnx',
+      `${o.file} holds a bare ONNX model; an ONNX model is served with its tokenizer: seal a tar of the model directory (tar -cf model.tar model.onnx tokenizer.json tokenizer_config.json)`,
+    );
+  }
+  throw new ModelLoadError('unknown-format', `${o.file} holds neither a GGUF model nor an ONNX model bundle (tar)`);
+}
