@@ -4,10 +4,10 @@
  * reading its output back, and every kind of damaged or hostile archive.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { readTar, TarError, writeTar } from '../../../src/infer/models/tar.js';
 
 const enc = new TextEncoder();
@@ -28,8 +28,19 @@ const FILES: [string, Uint8Array][] = [
   [LONG_PATH, bytes(700, 4)],
 ];
 
-function makeTree(): string {
+const tempDirs: string[] = [];
+afterAll(() => {
+  for (const d of tempDirs) rmSync(d, { recursive: true, force: true });
+});
+
+function tempDir(): string {
   const dir = mkdtempSync(join(tmpdir(), 'cloister-tar-'));
+  tempDirs.push(dir);
+  return dir;
+}
+
+function makeTree(): string {
+  const dir = tempDir();
   const root = join(dir, 'tree');
   for (const [path, data] of FILES) {
     mkdirSync(dirname(join(root, path)), { recursive: true });
@@ -159,7 +170,7 @@ describe('writeTar', () => {
   });
 
   it('writes archives GNU tar lists and extracts byte for byte', () => {
-    const dir = mkdtempSync(join(tmpdir(), 'cloister-tar-out-'));
+    const dir = tempDir();
     writeFileSync(join(dir, 'a.tar'), writeTar(FILES));
     const listing = execFileSync('tar', ['-tf', 'a.tar'], { cwd: dir, encoding: 'utf8' }).trim().split('\n');
     expect(listing.sort()).toEqual(FILES.map(([p]) => p).sort());
