@@ -7,6 +7,9 @@
  *                                         message/ohttp-chunked-res out
  *   /v1/models, /v1/chat/completions, …   plaintext OpenAI API, only when the operator allowed it
  *   GET  /healthz                         liveness and queue depths
+ *   GET  /v1/collateral?url=U             with --ui: vendor collateral fetched for the browser page, which
+ *                                         cannot reach Intel/AMD/NVIDIA itself (CSP, CORS); only those
+ *                                         hosts, and the page checks every signature against its own roots
  *   GET  /, /ui/…                         the browser page, with --ui
  *
  * The OHTTP and receipt keys are made here, in the TEE's memory, and never leave it.
@@ -48,8 +51,10 @@ export interface InferenceServerOptions {
   replayWindowMs?: number;
   maxBodyBytes?: number;
   defaultMaxTokens?: number;
-  /** Static files for the browser page, by path ("/" for the page itself). */
+  /** Static files for the browser page, by path ("/" for the page itself); also opens /v1/collateral. */
   ui?: ReadonlyMap<string, UiAsset>;
+  /** How /v1/collateral reaches the vendors; default globalThis.fetch. */
+  collateralFetch?: typeof fetch;
   log: (line: string) => void;
 }
 
@@ -58,6 +63,16 @@ export interface InferenceServer {
   attestation: AttestationDocument;
   close(): Promise<void>;
 }
+
+/** The vendor services the collateral route may reach (src/attest/collateral names them). */
+export const COLLATERAL_ORIGINS = [
+  'https://api.trustedservices.intel.com',
+  'https://certificates.trustedservices.intel.com',
+  'https://kdsintf.amd.com',
+  'https://rim.attestation.nvidia.com',
+  'https://ocsp.ndis.nvidia.com',
+];
+const MAX_COLLATERAL_BYTES = 32 << 20;
 
 const CORS = {
   'access-control-allow-origin': '*',
@@ -226,6 +241,10 @@ export async function startInferenceServer(o: InferenceServerOptions): Promise<I
       );
       return;
     }
+    if (path === '/v1/collateral' && method === 'GET' && o.ui) {
+      await proxyCollateral(url.searchParams.get('url') ?? '', res);
+      return;
+    }
     if (path === '/healthz' && method === 'GET') {
       sendJson(res, 200, {
         status: 'ok',
@@ -266,6 +285,33 @@ export async function startInferenceServer(o: InferenceServerOptions): Promise<I
       return;
     }
     throw new InferError(404, 'not_found', `no route ${method} ${path}`);
+  }
+
+  async function proxyCollateral(target: string, res: ServerResponse): Promise<void> {
+    let u: URL;
+    try {
+      u = new URL(target);
+    } catch {
+      throw new InferError(400, 'bad_url', 'url must be an absolute URL', 'url');
+    }
+    if (!COLLATERAL_ORIGINS.includes(u.origin)) {
+      throw new InferError(400, 'bad_url', `collateral comes only from ${COLLATERAL_ORIGINS.join(', ')}`, 'url');
+    }
+    let upstream: Response;
+    try {
+      upstream = await (o.collateralFetch ?? fetch)(u, { signal: AbortSignal.timeout(10_000) });
+    } catch (e) {
+      throw new InferError(502, 'collateral_unreachable', `${u.origin} did not answer: ${(e as Error).message}`);
+    }
+    const body = new Uint8Array(await upstream.arrayBuffer());
+    if (body.length > MAX_COLLATERAL_BYTES) throw new InferError(502, 'collateral_too_large', 'the vendor sent too much');
+    const headers: Record<string, string> = { 'cache-control': 'no-store' };
+    // Intel PCS sends issuer chains in headers; hop-by-hop and cookie headers stay behind.
+    upstream.headers.forEach((v, k) => {
+      if (!['connection', 'transfer-encoding', 'content-length', 'content-encoding', 'set-cookie', 'keep-alive'].includes(k)) headers[k] = v;
+    });
+    res.writeHead(upstream.status, headers);
+    res.end(body);
   }
 
   const server = createServer((req, res) => {

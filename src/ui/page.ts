@@ -158,9 +158,8 @@ function refusal(e: unknown): string {
   let text = `Refused to chat (${e.code}): ${e.message}`;
   if ((e.cause as { code?: unknown } | undefined)?.code === 'collateral-unavailable') {
     text +=
-      "\n\nThis browser could not fetch the TEE vendor's certificates or revocation lists (a browser's " +
-      "cross-origin rules and this page's content security policy block such requests). " +
-      'Verify this server with `cloister chat` instead.';
+      "\n\nThe TEE vendor's certificates or revocation lists could not be fetched (the page gets them " +
+      'through its server, which could not reach the vendor). Verify this server with `cloister chat --collateral DIR` instead.';
   }
   return text;
 }
@@ -185,7 +184,10 @@ async function verify(): Promise<void> {
   setChatEnabled(false);
   setStatus('verifying', "Verifying the server's attestation in this browser…");
   const policy = ui.sample.checked ? SAMPLE_POLICY : DEFAULT_CLIENT_POLICY;
-  const f = confidentialFetch({ url: location.origin, policy, collateral: httpSource() });
+  // The page may talk only to its server (CSP), which relays vendor collateral; signatures are checked here.
+  const viaServer = ((input: RequestInfo | URL, init?: RequestInit) =>
+    fetch(`/v1/collateral?url=${encodeURIComponent(String(input))}`, init)) as typeof fetch;
+  const f = confidentialFetch({ url: location.origin, policy, collateral: httpSource({ fetch: viaServer }) });
   try {
     const server = await f.server();
     if (mine !== round) return;

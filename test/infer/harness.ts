@@ -51,6 +51,7 @@ export async function startHarness(
     log: () => {},
     ...(o.replayWindowMs ? { replayWindowMs: o.replayWindowMs } : {}),
     ...(o.maxBodyBytes ? { maxBodyBytes: o.maxBodyBytes } : {}),
+    ...(o.collateralFetch ? { collateralFetch: o.collateralFetch } : {}),
     ...(o.ui ? { ui: o.ui } : {}),
   });
   return { server, text, embed };
