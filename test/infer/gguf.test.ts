@@ -173,6 +173,13 @@ describe('tinyLlamaGguf', () => {
     expect(n).toBe(big.size);
   });
 
+  it('chatTemplate replaces or leaves out the template', () => {
+    const none = readGgufInfo(tinyLlamaGguf({ chatTemplate: null }).bytes());
+    expect(none.metadata.has('tokenizer.chat_template')).toBe(false);
+    const custom = readGgufInfo(tinyLlamaGguf({ chatTemplate: '{{ messages[0].content }}' }).bytes());
+    expect(custom.metadata.get('tokenizer.chat_template')).toBe('{{ messages[0].content }}');
+  });
+
   it('refuses inconsistent options', () => {
     expect(() => tinyLlamaGguf({ embedding: 60, heads: 7 })).toThrow(/multiple of heads/);
     expect(() => tinyLlamaGguf({ embedding: 64, heads: 4, kvHeads: 3 })).toThrow(/kvHeads/);

@@ -15,6 +15,7 @@
 import {
   type ChatHistoryItem,
   type ChatWrapper,
+  GeneralChatWrapper,
   getLlama,
   type Llama,
   LlamaChat,
@@ -60,16 +61,26 @@ export interface LlamaEngineOptions {
 const DEFAULT_CONTEXT_CAP = 8192;
 
 // One Llama (the native backend) per GPU choice for the whole process. Its log callback fans out
-// to the engines that asked for logs; with none, llama.cpp's logging is turned off.
+// to the engines that asked for logs; with none, only errors reach it, and only to be quoted in a
+// load failure (llama.cpp's exception says just "Failed to load model", its log says why).
 const logSinks = new Set<LlamaLog>();
+const loadErrorCaptures = new Set<string[]>();
 const llamas = new Map<string, Promise<Llama>>();
 
 function dispatchLog(level: LlamaLogLevel, message: string): void {
-  for (const sink of logSinks) sink(level, message.replace(/\n$/, ''));
+  const line = message.replace(/\n$/, '');
+  if (level === LlamaLogLevel.error || level === LlamaLogLevel.fatal) {
+    for (const c of loadErrorCaptures) c.push(line);
+  }
+  for (const sink of logSinks) sink(level, line);
+}
+
+function currentLogLevel(): LlamaLogLevel {
+  return logSinks.size > 0 ? LlamaLogLevel.info : LlamaLogLevel.error;
 }
 
 function updateLogLevels(): void {
-  const level = logSinks.size > 0 ? LlamaLogLevel.info : LlamaLogLevel.disabled;
+  const level = currentLogLevel();
   for (const p of llamas.values()) {
     p.then(
       (l) => {
@@ -90,7 +101,7 @@ function sharedLlama(gpu: 'auto' | false): Promise<Llama> {
       skipDownload: true,
       usePrebuiltBinaries: true,
       progressLogs: false,
-      logLevel: logSinks.size > 0 ? LlamaLogLevel.info : LlamaLogLevel.disabled,
+      logLevel: currentLogLevel(),
       logger: dispatchLog,
       // Threads are set per context; node-llama-cpp's default cap (at least 4) oversubscribes small machines.
       maxThreads: 0,
@@ -139,10 +150,12 @@ export async function loadLlamaEngine(options: LlamaEngineOptions): Promise<Text
     );
   }
 
-  if (log) logSinks.add(log);
+  // A wrapper of our own, so that two engines given the same function do not share one entry.
+  const sink: LlamaLog | undefined = log ? (level, message) => log(level, message) : undefined;
+  if (sink) logSinks.add(sink);
   updateLogLevels();
   const dropLog = () => {
-    if (log && logSinks.delete(log)) updateLogLevels();
+    if (sink && logSinks.delete(sink)) updateLogLevels();
   };
 
   let llama: Llama;
@@ -156,11 +169,16 @@ export async function loadLlamaEngine(options: LlamaEngineOptions): Promise<Text
   }
 
   let model: LlamaModel;
+  const loadErrors: string[] = [];
+  loadErrorCaptures.add(loadErrors);
   try {
     model = await llama.loadModel({ modelPath: path, gpuLayers: gpu === false ? 0 : 'auto', useMmap: true });
   } catch (err) {
     dropLog();
-    throw new EngineError('bad-model', 500, `llama.cpp refused ${path}: ${errorText(err)}`, { cause: err });
+    const why = loadErrors.find((l) => l.includes('error loading model')) ?? errorText(err);
+    throw new EngineError('bad-model', 500, `llama.cpp refused ${path}: ${why}`, { cause: err });
+  } finally {
+    loadErrorCaptures.delete(loadErrors);
   }
 
   let context: LlamaContext;
@@ -179,7 +197,13 @@ export async function loadLlamaEngine(options: LlamaEngineOptions): Promise<Text
     });
   }
 
-  return new LlamaEngine(model, context, resolveChatWrapper(model), parallel, async () => {
+  // The model's own template (node-llama-cpp maps well-known ones onto its tuned wrappers and runs
+  // the rest as Jinja). Without one, a plain general format: node-llama-cpp would otherwise guess
+  // from the architecture (Llama 2's [INST] format for any llama model), which is usually wrong.
+  const chatWrapper = info.metadata.has('tokenizer.chat_template')
+    ? resolveChatWrapper(model)
+    : new GeneralChatWrapper();
+  return new LlamaEngine(model, context, chatWrapper, parallel, async () => {
     await context.dispose();
     await model.dispose();
     dropLog();

@@ -182,7 +182,7 @@ class Cursor {
     if (n > this.fileRemaining) {
       throw new GgufError(
         'truncated',
-        `GGUF ${field} claims ${n} bytes, file has ${this.fileRemaining} left`,
+        `GGUF file truncated: ${field} claims ${n} bytes, the file has ${this.fileRemaining} left`,
       );
     }
     this.need(n, field);
@@ -240,7 +240,7 @@ class Cursor {
         if (count > this.fileRemaining) {
           throw new GgufError(
             'truncated',
-            `GGUF ${field} claims ${count} items, file has ${this.fileRemaining} bytes left`,
+            `GGUF file truncated: ${field} claims ${count} items, the file has ${this.fileRemaining} bytes left`,
           );
         }
         const out: GgufValue[] = [];
@@ -279,7 +279,7 @@ export function readGgufInfo(bytes: Uint8Array, fileSize: number = bytes.length)
   if (kvCount * 13 + tensorCount * 32 > c.fileRemaining) {
     throw new GgufError(
       'truncated',
-      `GGUF header claims ${kvCount} metadata entries and ${tensorCount} tensors, more than the file can hold`,
+      `GGUF file truncated: its header claims ${kvCount} metadata entries and ${tensorCount} tensors, more than the file can hold`,
     );
   }
 
@@ -465,6 +465,8 @@ export interface TinyLlamaOptions {
   targetBytes?: number;
   /** `general.name`. Default "cloister-tiny-llama". */
   name?: string;
+  /** `tokenizer.chat_template` (Jinja); `null` leaves it out. Default: ChatML. */
+  chatTemplate?: string | null;
 }
 
 export interface TinyLlamaShape {
@@ -489,7 +491,18 @@ export interface TinyLlamaGguf {
 }
 
 const CHUNK_BYTES = 4 << 20;
-const DEFAULT_NAME = 'cloister-tiny-llama';
+
+interface HeaderText {
+  name: string;
+  chatTemplate: string | null;
+}
+
+function headerText(opts: TinyLlamaOptions): HeaderText {
+  return {
+    name: opts.name ?? 'cloister-tiny-llama',
+    chatTemplate: opts.chatTemplate === undefined ? CHAT_TEMPLATE : opts.chatTemplate,
+  };
+}
 
 type Fill = 'ones' | 'random';
 interface TensorPlan {
@@ -531,7 +544,7 @@ function resolveShape(opts: TinyLlamaOptions): TinyLlamaShape {
         vocab,
         tensorType,
       };
-      if (planTensors(shape, opts.name).size >= opts.targetBytes) return shape;
+      if (planTensors(shape, headerText(opts)).size >= opts.targetBytes) return shape;
     }
   }
   const embedding = positive('embedding', opts.embedding ?? 64);
@@ -554,7 +567,7 @@ function resolveShape(opts: TinyLlamaOptions): TinyLlamaShape {
   };
 }
 
-function planTensors(s: TinyLlamaShape, name?: string): { tensors: TensorPlan[]; size: number } {
+function planTensors(s: TinyLlamaShape, text: HeaderText): { tensors: TensorPlan[]; size: number } {
   const e = s.embedding;
   const kv = (e / s.heads) * s.kvHeads;
   const silent: number[] = [];
@@ -591,7 +604,7 @@ function planTensors(s: TinyLlamaShape, name?: string): { tensors: TensorPlan[];
   });
   const last = tensors[tensors.length - 1]!;
   const dataSize = last.offset + last.byteLength;
-  return { tensors, size: headerBytes(s, tensors, name).length + dataSize };
+  return { tensors, size: headerBytes(s, tensors, text).length + dataSize };
 }
 
 class HeaderWriter {
@@ -668,12 +681,12 @@ class HeaderWriter {
   }
 }
 
-function headerBytes(s: TinyLlamaShape, tensors: readonly TensorPlan[], name = DEFAULT_NAME): Uint8Array {
+function headerBytes(s: TinyLlamaShape, tensors: readonly TensorPlan[], text: HeaderText): Uint8Array {
   const vocab = tinyVocab();
   const w = new HeaderWriter();
   const kv: ((w: HeaderWriter) => void)[] = [
     (w) => w.kvStr('general.architecture', 'llama'),
-    (w) => w.kvStr('general.name', name),
+    (w) => w.kvStr('general.name', text.name),
     (w) => w.kvU32('general.alignment', DEFAULT_ALIGNMENT),
     (w) => w.kvU32('general.file_type', s.tensorType === 'F32' ? 0 : 1),
     (w) => w.kvU32('llama.context_length', s.context),
@@ -695,7 +708,9 @@ function headerBytes(s: TinyLlamaShape, tensors: readonly TensorPlan[], name = D
     (w) => w.kvU32('tokenizer.ggml.unknown_token_id', UNK_ID),
     (w) => w.kvBool('tokenizer.ggml.add_bos_token', true),
     (w) => w.kvBool('tokenizer.ggml.add_eos_token', false),
-    (w) => w.kvStr('tokenizer.chat_template', CHAT_TEMPLATE),
+    ...(text.chatTemplate === null
+      ? []
+      : [(w: HeaderWriter) => w.kvStr('tokenizer.chat_template', text.chatTemplate as string)]),
   ];
   w.u32(MAGIC);
   w.u32(3);
@@ -794,8 +809,9 @@ export function tinyLlamaGguf(opts: TinyLlamaOptions = {}): TinyLlamaGguf {
   const shape = resolveShape(opts);
   const seed = opts.seed ?? 1;
   if (!Number.isSafeInteger(seed)) throw new RangeError(`seed must be an integer, got ${seed}`);
-  const { tensors, size } = planTensors(shape, opts.name);
-  const header = headerBytes(shape, tensors, opts.name);
+  const text = headerText(opts);
+  const { tensors, size } = planTensors(shape, text);
+  const header = headerBytes(shape, tensors, text);
   const dataStart = header.length;
   function* chunks(): Generator<Uint8Array> {
     yield header;
