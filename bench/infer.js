@@ -27,7 +27,8 @@ const median = (xs) => {
 
 const role = process.argv[2];
 if (role === 'server') await serverRole(process.argv[3], Number(process.argv[4]));
-else if (role === 'cold-plain' || role === 'cold-sealed') await coldRole(role, process.argv[3], process.argv[4]);
+else if (role === 'cold-plain' || role === 'cold-sealed')
+  await coldRole(role, process.argv[3], process.argv[4]);
 else await main();
 
 async function serverRole(modelPath, parallel) {
@@ -37,7 +38,16 @@ async function serverRole(modelPath, parallel) {
   const { InsecureSampleAttester } = await load('agent/attest/sample.js');
   const engine = await loadLlamaEngine({ path: modelPath, parallel, gpu: false });
   const server = await startInferenceServer({
-    models: [{ id: 'bench', engine, digest: `sha256:${'0'.repeat(64)}`, format: 'gguf', created: 0, queue: new RequestQueue({ concurrency: parallel, maxQueued: 256 }) }],
+    models: [
+      {
+        id: 'bench',
+        engine,
+        digest: `sha256:${'0'.repeat(64)}`,
+        format: 'gguf',
+        created: 0,
+        queue: new RequestQueue({ concurrency: parallel, maxQueued: 256 }),
+      },
+    ],
     tee: { cpu: new InsecureSampleAttester() },
     ear: null,
     software: { name: 'cloister', version: 'bench', digest: `sha256:${'0'.repeat(64)}` },
@@ -63,20 +73,32 @@ async function coldRole(role, file, keyFile) {
     const { readFile } = await import('node:fs/promises');
     const key = keyFromJwk(await readFile(keyFile, 'utf8'), keyFile);
     const dir = await PrivateDir.create({});
-    ({ engine } = await loadSealedModel({ file, key: async () => key, dir: dir.path, loaders, log: () => {} }));
+    ({ engine } = await loadSealedModel({
+      file,
+      key: async () => key,
+      dir: dir.path,
+      loaders,
+      log: () => {},
+    }));
   }
   const ac = new AbortController();
   let first;
-  await engine.complete('Hello', { maxTokens: 1, temperature: 0, topP: 1, stop: [], signal: ac.signal }, () => {
-    first ??= performance.now();
-  });
+  await engine.complete(
+    'Hello',
+    { maxTokens: 1, temperature: 0, topP: 1, stop: [], signal: ac.signal },
+    () => {
+      first ??= performance.now();
+    },
+  );
   first ??= performance.now();
   process.stdout.write(`${JSON.stringify({ ms: first - t0 })}\n`);
   process.exit(0);
 }
 
 function child(args) {
-  return spawn(process.execPath, [new URL(import.meta.url).pathname, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+  return spawn(process.execPath, [new URL(import.meta.url).pathname, ...args], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
 }
 
 async function firstLine(p) {
@@ -93,7 +115,14 @@ async function streamOnce(f, url, prompt, maxTokens) {
   const res = await f(`${url}/v1/completions`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ model: 'bench', prompt, max_tokens: maxTokens, temperature: 0, stream: true, stream_options: { include_usage: true } }),
+    body: JSON.stringify({
+      model: 'bench',
+      prompt,
+      max_tokens: maxTokens,
+      temperature: 0,
+      stream: true,
+      stream_options: { include_usage: true },
+    }),
   });
   if (!res.ok) throw new Error(`${res.status} ${await res.text()}`);
   const decoder = new TextDecoder();
@@ -149,19 +178,33 @@ async function main() {
     server = child(['server', hot, '8']);
     const url = await firstLine(server);
     const plain = fetch;
-    const ohttp = confidentialFetch({ url, policy: parseClientPolicy({ tees: ['sample'], minStatus: 'warning', fresh: false }), collateral: offlineSource });
+    const ohttp = confidentialFetch({
+      url,
+      policy: parseClientPolicy({ tees: ['sample'], minStatus: 'warning', fresh: false }),
+      collateral: offlineSource,
+    });
     await ohttp.server();
     await round1(plain, url, 2, 1, 4); // warm both paths
     await round1(ohttp, url, 2, 1, 4);
     const res = { plain: { 1: [], 8: [] }, ohttp: { 1: [], 8: [] } };
     const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
     for (let r = 0; r < rounds; r++) {
-      for (const [name, f] of r % 2 ? [['ohttp', ohttp], ['plain', plain]] : [['plain', plain], ['ohttp', ohttp]]) {
+      for (const [name, f] of r % 2
+        ? [
+            ['ohttp', ohttp],
+            ['plain', plain],
+          ]
+        : [
+            ['plain', plain],
+            ['ohttp', ohttp],
+          ]) {
         const c1 = await round1(f, url, 1, 4, maxTokens);
         const c8 = await round1(f, url, 8, 2, maxTokens);
         res[name][1].push(c1);
         res[name][8].push(c8);
-        log(`round ${r} ${name}: c=1 ${round(c1.tokensPerS, 1)} tok/s (${round(c1.latencyMs, 1)} ms/request), c=8 ${round(c8.tokensPerS, 1)} tok/s`);
+        log(
+          `round ${r} ${name}: c=1 ${round(c1.tokensPerS, 1)} tok/s (${round(c1.latencyMs, 1)} ms/request), c=8 ${round(c8.tokensPerS, 1)} tok/s`,
+        );
       }
     }
     server.kill();

@@ -31,7 +31,11 @@ interface ChatCliOptions {
 function collateralOf(o: ChatCliOptions): CollateralSource {
   const sources: CollateralSource[] = [];
   if (o.collateral) sources.push(directorySource(o.collateral));
-  const cache = path.join(process.env.XDG_CACHE_HOME || path.join(homedir(), '.cache'), 'cloister', 'collateral');
+  const cache = path.join(
+    process.env.XDG_CACHE_HOME || path.join(homedir(), '.cache'),
+    'cloister',
+    'collateral',
+  );
   sources.push(cachedSource(httpSource(), cache, o.online ? {} : { offline: true }));
   return chainSources(...sources);
 }
@@ -73,13 +77,22 @@ export function registerChat(program: Command): void {
     .command('chat')
     .description('chat with a confidential inference server after verifying its attestation')
     .requiredOption('--url <url>', 'the server, e.g. https://llm.example:8443')
-    .option('--policy <file>', 'client policy (JSON: tees, minStatus, measurements, models, software, fresh, requireGpu)')
-    .option('--allow-sample', 'accept the INSECURE sample TEE (development; same as tees ["sample"], minStatus warning)')
+    .option(
+      '--policy <file>',
+      'client policy (JSON: tees, minStatus, measurements, models, software, fresh, requireGpu)',
+    )
+    .option(
+      '--allow-sample',
+      'accept the INSECURE sample TEE (development; same as tees ["sample"], minStatus warning)',
+    )
     .option('--model <id>', 'the model to chat with (default: the first text model the server attests)')
     .option('--prompt <text>', 'send one message, print the reply and exit (default: interactive)')
     .option('--system <text>', 'a system message at the start of the conversation')
     .option('--max-tokens <n>', 'longest reply in tokens')
-    .option('--receipts <file>', 'ask for a signed receipt per reply, verify it and append it to FILE (JSON lines)')
+    .option(
+      '--receipts <file>',
+      'ask for a signed receipt per reply, verify it and append it to FILE (JSON lines)',
+    )
     .option('--collateral <dir>', 'folder with vendor collateral for the server’s evidence')
     .option('--online', 'fetch missing collateral from the vendor services (cached on disk)')
     .addHelpText(
@@ -89,8 +102,11 @@ export function registerChat(program: Command): void {
     )
     .exitOverride()
     .action(async (o: ChatCliOptions) => {
-      let policy = o.policy ? parseClientPolicy(await readFile(o.policy, 'utf8')) : structuredClone(DEFAULT_CLIENT_POLICY);
-      if (o.allowSample) policy = { ...policy, tees: [...new Set([...policy.tees, 'sample'])], minStatus: 'warning' };
+      let policy = o.policy
+        ? parseClientPolicy(await readFile(o.policy, 'utf8'))
+        : structuredClone(DEFAULT_CLIENT_POLICY);
+      if (o.allowSample)
+        policy = { ...policy, tees: [...new Set([...policy.tees, 'sample'])], minStatus: 'warning' };
       const receipts: string[] = [];
       const f = confidentialFetch({
         url: o.url,
@@ -102,14 +118,22 @@ export function registerChat(program: Command): void {
       try {
         server = await f.server();
       } catch (e) {
-        process.stderr.write(`cloister chat: REFUSED: ${(e as Error).message}\nNothing was sent to ${o.url}.\n`);
+        process.stderr.write(
+          `cloister chat: REFUSED: ${(e as Error).message}\nNothing was sent to ${o.url}.\n`,
+        );
         throw new CommanderError(3, 'cloister.chat.refused', '');
       }
-      process.stderr.write(`verified ${o.url}\n${describeServer(server, policy).map((l) => `  ${l}`).join('\n')}\n`);
+      process.stderr.write(
+        `verified ${o.url}\n${describeServer(server, policy)
+          .map((l) => `  ${l}`)
+          .join('\n')}\n`,
+      );
       const models = server.document.identity.models;
       const model = o.model ?? models.find((m) => m.format === 'gguf')?.id;
       if (!model) throw new Error('the server attests no text model; name one with --model');
-      const history: { role: string; content: string }[] = o.system ? [{ role: 'system', content: o.system }] : [];
+      const history: { role: string; content: string }[] = o.system
+        ? [{ role: 'system', content: o.system }]
+        : [];
 
       async function ask(text: string): Promise<void> {
         history.push({ role: 'user', content: text });
@@ -130,8 +154,12 @@ export function registerChat(program: Command): void {
         }
         let reply = '';
         for await (const data of sseData(res.body)) {
-          if (data === '[DONE]') break;
-          const event = JSON.parse(data) as { choices?: { delta?: { content?: string } }[]; error?: { message: string } };
+          // Read on past [DONE]: the receipt comes in the trailers at the very end.
+          if (data === '[DONE]') continue;
+          const event = JSON.parse(data) as {
+            choices?: { delta?: { content?: string } }[];
+            error?: { message: string };
+          };
           if (event.error) throw new Error(`generation failed: ${event.error.message}`);
           const piece = event.choices?.[0]?.delta?.content ?? '';
           reply += piece;
@@ -141,7 +169,13 @@ export function registerChat(program: Command): void {
         history.push({ role: 'assistant', content: reply });
         if (o.receipts) {
           // Receipts are verified by confidentialFetch as the stream ends; keep them as JSON lines.
-          await appendFile(o.receipts, receipts.splice(0).map((jws) => `${JSON.stringify({ model, jws })}\n`).join(''));
+          await appendFile(
+            o.receipts,
+            receipts
+              .splice(0)
+              .map((jws) => `${JSON.stringify({ model, jws })}\n`)
+              .join(''),
+          );
         }
       }
 
@@ -150,7 +184,11 @@ export function registerChat(program: Command): void {
         return;
       }
       process.stderr.write(`chatting with ${model}; an empty line or Ctrl-D ends\n`);
-      const rl = createInterface({ input: process.stdin, output: process.stderr, terminal: process.stdin.isTTY });
+      const rl = createInterface({
+        input: process.stdin,
+        output: process.stderr,
+        terminal: process.stdin.isTTY,
+      });
       rl.setPrompt('> ');
       rl.prompt();
       try {

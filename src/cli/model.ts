@@ -15,14 +15,19 @@ function integer(v: string, what: string, min: number): number {
 }
 
 export function registerModel(program: Command): void {
-  const model = program.command('model').description('generate small random-weight models (tests, demos, benchmarks)');
+  const model = program
+    .command('model')
+    .description('generate small random-weight models (tests, demos, benchmarks)');
   model
     .command('tiny-gguf')
     .description('write a llama-architecture GGUF with random weights')
     .argument('<out>', 'output file, e.g. tiny.gguf')
     .option('--bytes <n>', 'make the file at least this large (e.g. 1073741824 for a 1 GiB model)')
     .option('--seed <n>', 'weights are a function of the seed', '1')
-    .addHelpText('after', '\nExample:\n  cloister model tiny-gguf tiny.gguf && cloister seal tiny.gguf --to kbs:///acme/models/kek=kek.jwk')
+    .addHelpText(
+      'after',
+      '\nExample:\n  cloister model tiny-gguf tiny.gguf && cloister seal tiny.gguf tiny.gguf.sealed --to kbs:///acme/models/kek=kek.jwk',
+    )
     .exitOverride()
     .action(async (out: string, o: { bytes?: string; seed: string }) => {
       const started = performance.now();
@@ -36,13 +41,22 @@ export function registerModel(program: Command): void {
     });
   model
     .command('tiny-onnx')
-    .description('write an ONNX embedding model bundle (tar: model.onnx, tokenizer.json, tokenizer_config.json)')
+    .description(
+      'write an ONNX embedding model bundle (tar: model.onnx, tokenizer.json, tokenizer_config.json)',
+    )
     .argument('<out>', 'output file, e.g. tiny-embed.tar')
     .option('--seed <n>', 'weights are a function of the seed', '1')
     .option('--dimensions <n>', 'embedding size', '32')
+    .addHelpText(
+      'after',
+      '\nExample:\n  cloister model tiny-onnx tiny-embed.tar && cloister seal tiny-embed.tar tiny-embed.tar.sealed --to kbs:///acme/models/kek=kek.jwk',
+    )
     .exitOverride()
     .action(async (out: string, o: { seed: string; dimensions: string }) => {
-      const bundle = tinyOnnxEmbeddingBundle({ seed: integer(o.seed, '--seed', 0), dimensions: integer(o.dimensions, '--dimensions', 1) });
+      const bundle = tinyOnnxEmbeddingBundle({
+        seed: integer(o.seed, '--seed', 0),
+        dimensions: integer(o.dimensions, '--dimensions', 1),
+      });
       await writeFile(out, bundle);
       process.stderr.write(`wrote ${out}: ${bundle.length} bytes\n`);
     });

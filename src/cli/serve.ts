@@ -51,7 +51,12 @@ export function registerServe(program: Command): void {
     false,
   )
     .option('--key <file>', 'development only: unseal with this local key instead of asking a key broker')
-    .option('--model <file>', 'a sealed model (repeatable): GGUF, or a tar of an ONNX model directory', collect, [])
+    .option(
+      '--model <file>',
+      'a sealed model (repeatable): GGUF, or a tar of an ONNX model directory',
+      collect,
+      [],
+    )
     .option('--host <addr>', 'address to listen on', '127.0.0.1')
     .option('--port <n>', 'port to listen on (0: any free port)', '8443')
     .option('--ui', 'also serve the browser page at / (it verifies the server in the browser)')
@@ -64,7 +69,11 @@ export function registerServe(program: Command): void {
     .option('--max-body <bytes>', 'largest request body', String(1 << 20))
     .option('--private-dir <dir>', 'memory file system for the plaintext model', '/dev/shm')
     .option('--allow-disk', 'accept a --private-dir that is not tmpfs/ramfs (plaintext may reach a disk)')
-    .addOption(new Option('--engine-gpu <mode>', 'run models on a GPU when one works').choices(['auto', 'off']).default('auto'))
+    .addOption(
+      new Option('--engine-gpu <mode>', 'run models on a GPU when one works')
+        .choices(['auto', 'off'])
+        .default('auto'),
+    )
     .addHelpText(
       'after',
       '\nExamples:\n' +
@@ -76,11 +85,13 @@ export function registerServe(program: Command): void {
     .action(async (opts: ServeCliOptions) => {
       const log = (line: string) => process.stderr.write(`cloister serve: ${line}\n`);
       if (opts.model.length === 0) throw new Error('give at least one --model FILE.sealed');
-      if (!opts.kbs === !opts.key) throw new Error('give exactly one of --kbs URL (production) or --key FILE (development)');
+      if (!opts.kbs === !opts.key)
+        throw new Error('give exactly one of --kbs URL (production) or --key FILE (development)');
       const parallel = positive(opts.parallel, '--parallel');
       const tee = await teeFor(opts, log);
       log(`TEE: ${tee.kind} (${tee.attester.source})`);
-      if (tee.attester.insecure) log('WARNING: the sample TEE is software only; clients must opt in to trust it');
+      if (tee.attester.insecure)
+        log('WARNING: the sample TEE is software only; clients must opt in to trust it');
       const broker = opts.kbs ? brokerFor({ ...opts, kbs: opts.kbs }, tee) : undefined;
       let key: (h: Parameters<KekCache['forHeader']>[0], file: string) => Promise<UnsealKey>;
       if (broker) {
@@ -89,10 +100,15 @@ export function registerServe(program: Command): void {
       } else {
         log('WARNING: --key: the model key comes from a local file, not from a key broker after attestation');
         const k = keyFromJwk(await readFile(opts.key!, 'utf8'), opts.key!);
-        if (k.kind === 'hpke-public') throw new Error(`${opts.key} is a public key; unsealing needs the KEK or the HPKE private key`);
+        if (k.kind === 'hpke-public')
+          throw new Error(`${opts.key} is a public key; unsealing needs the KEK or the HPKE private key`);
         key = async () => k;
       }
-      const dir = await PrivateDir.create({ parent: opts.privateDir, allowDisk: opts.allowDisk === true, warn: log });
+      const dir = await PrivateDir.create({
+        parent: opts.privateDir,
+        allowDisk: opts.allowDisk === true,
+        warn: log,
+      });
       const loaders = realEngines({
         gpu: opts.engineGpu === 'off' ? false : 'auto',
         parallel,
@@ -101,7 +117,8 @@ export function registerServe(program: Command): void {
       const loaded: LoadedModel[] = [];
       for (const file of opts.model) {
         const m = await loadSealedModel({ file, key: (h) => key(h, file), dir: dir.path, loaders, log });
-        if (loaded.some((x) => x.id === m.id)) throw new Error(`two models are named '${m.id}'; rename one when sealing`);
+        if (loaded.some((x) => x.id === m.id))
+          throw new Error(`two models are named '${m.id}'; rename one when sealing`);
         log(`model '${m.id}' (${m.format}) loaded`);
         loaded.push(m);
       }
@@ -126,7 +143,9 @@ export function registerServe(program: Command): void {
         ...(ui ? { ui } : {}),
         log,
       });
-      log(`listening on ${server.url} (attestation: ${server.url}/v1/attestation${ui ? `, page: ${server.url}/` : ''})`);
+      log(
+        `listening on ${server.url} (attestation: ${server.url}/v1/attestation${ui ? `, page: ${server.url}/` : ''})`,
+      );
       if (opts.allowPlaintext) log('WARNING: --allow-plaintext: unencrypted requests are accepted too');
       await new Promise<void>((resolve) => {
         const off = onTerminationSignal((sig) => {

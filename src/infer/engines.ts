@@ -22,7 +22,9 @@ export function realEngines(s: EngineSettings): EngineLoaders {
         gpu: s.gpu,
         parallel: s.parallel,
         ...(s.contextSize ? { contextSize: s.contextSize } : {}),
-        ...(s.log ? { log: (level: string, message: string) => s.log?.(`llama.cpp ${level}: ${message}`) } : {}),
+        ...(s.log
+          ? { log: (level: string, message: string) => s.log?.(`llama.cpp ${level}: ${message}`) }
+          : {}),
       });
     },
     async onnxBundle(bundle) {

@@ -108,5 +108,8 @@ export async function loadSealedModel(o: SealedModelOptions): Promise<LoadedMode
       `${o.file} holds a bare ONNX model; an ONNX model is served with its tokenizer: seal a tar of the model directory (tar -cf model.tar model.onnx tokenizer.json tokenizer_config.json)`,
     );
   }
-  throw new ModelLoadError('unknown-format', `${o.file} holds neither a GGUF model nor an ONNX model bundle (tar)`);
+  throw new ModelLoadError(
+    'unknown-format',
+    `${o.file} holds neither a GGUF model nor an ONNX model bundle (tar)`,
+  );
 }

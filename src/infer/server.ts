@@ -295,20 +295,40 @@ export async function startInferenceServer(o: InferenceServerOptions): Promise<I
       throw new InferError(400, 'bad_url', 'url must be an absolute URL', 'url');
     }
     if (!COLLATERAL_ORIGINS.includes(u.origin)) {
-      throw new InferError(400, 'bad_url', `collateral comes only from ${COLLATERAL_ORIGINS.join(', ')}`, 'url');
+      throw new InferError(
+        400,
+        'bad_url',
+        `collateral comes only from ${COLLATERAL_ORIGINS.join(', ')}`,
+        'url',
+      );
     }
     let upstream: Response;
     try {
       upstream = await (o.collateralFetch ?? fetch)(u, { signal: AbortSignal.timeout(10_000) });
     } catch (e) {
-      throw new InferError(502, 'collateral_unreachable', `${u.origin} did not answer: ${(e as Error).message}`);
+      throw new InferError(
+        502,
+        'collateral_unreachable',
+        `${u.origin} did not answer: ${(e as Error).message}`,
+      );
     }
     const body = new Uint8Array(await upstream.arrayBuffer());
-    if (body.length > MAX_COLLATERAL_BYTES) throw new InferError(502, 'collateral_too_large', 'the vendor sent too much');
+    if (body.length > MAX_COLLATERAL_BYTES)
+      throw new InferError(502, 'collateral_too_large', 'the vendor sent too much');
     const headers: Record<string, string> = { 'cache-control': 'no-store' };
     // Intel PCS sends issuer chains in headers; hop-by-hop and cookie headers stay behind.
     upstream.headers.forEach((v, k) => {
-      if (!['connection', 'transfer-encoding', 'content-length', 'content-encoding', 'set-cookie', 'keep-alive'].includes(k)) headers[k] = v;
+      if (
+        ![
+          'connection',
+          'transfer-encoding',
+          'content-length',
+          'content-encoding',
+          'set-cookie',
+          'keep-alive',
+        ].includes(k)
+      )
+        headers[k] = v;
     });
     res.writeHead(upstream.status, headers);
     res.end(body);

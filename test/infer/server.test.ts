@@ -405,20 +405,31 @@ describe('bad input gets a clear 4xx and the server keeps serving', () => {
 
 describe('the collateral relay for the browser page', () => {
   it('exists only with --ui, reaches only the vendor hosts, and passes bodies and issuer-chain headers through', async () => {
-    expect((await fetch(`${h.server.url}/v1/collateral?url=${encodeURIComponent('https://kdsintf.amd.com/x')}`)).status).toBe(404);
+    expect(
+      (await fetch(`${h.server.url}/v1/collateral?url=${encodeURIComponent('https://kdsintf.amd.com/x')}`))
+        .status,
+    ).toBe(404);
     const asked: string[] = [];
     const vendor = (async (u: URL) => {
       asked.push(String(u));
       return new Response('crl-bytes', { headers: { 'tcb-info-issuer-chain': 'pem', 'set-cookie': 'x=1' } });
     }) as unknown as typeof fetch;
-    const withUi = await startHarness({ ui: new Map([['/', { type: 'text/html', body: new Uint8Array() }]]), collateralFetch: vendor });
+    const withUi = await startHarness({
+      ui: new Map([['/', { type: 'text/html', body: new Uint8Array() }]]),
+      collateralFetch: vendor,
+    });
     try {
       const relay = (u: string) => fetch(`${withUi.server.url}/v1/collateral?url=${encodeURIComponent(u)}`);
       const ok = await relay('https://api.trustedservices.intel.com/tdx/certification/v4/tcb?fmspc=00');
       expect(await ok.text()).toBe('crl-bytes');
       expect(ok.headers.get('tcb-info-issuer-chain')).toBe('pem');
       expect(ok.headers.get('set-cookie')).toBeNull();
-      for (const bad of ['https://evil.example/x', 'http://kdsintf.amd.com/x', 'not a url', 'https://kdsintf.amd.com.evil.example/']) {
+      for (const bad of [
+        'https://evil.example/x',
+        'http://kdsintf.amd.com/x',
+        'not a url',
+        'https://kdsintf.amd.com.evil.example/',
+      ]) {
         const r = await relay(bad);
         expect(r.status, bad).toBe(400);
         expect((await r.json()).error.code).toBe('bad_url');
