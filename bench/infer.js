@@ -130,8 +130,7 @@ async function streamOnce(f, url, prompt, maxTokens) {
   let tokens = 0;
   for await (const piece of res.body) {
     buf += decoder.decode(piece, { stream: true });
-    let i;
-    while ((i = buf.indexOf('\n\n')) >= 0) {
+    for (let i = buf.indexOf('\n\n'); i >= 0; i = buf.indexOf('\n\n')) {
       const line = buf.slice(0, i);
       buf = buf.slice(i + 2);
       if (!line.startsWith('data: {')) continue;
