@@ -1,7 +1,8 @@
+import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { loadLlamaEngine } from '../../src/infer/engine/llama.js';
 import { EngineError, type GenerateParams, type TextEngine } from '../../src/infer/engine/types.js';
 import { tinyLlamaGguf } from '../../src/infer/models/gguf.js';
@@ -88,6 +89,19 @@ describe('loadLlamaEngine on a tiny generated model', () => {
     expect(r.completionTokens).toBeLessThan(32);
   });
 
+  it('text that may start a stop string is not lost when maxTokens ends generation', async () => {
+    const full = await engine.complete('water people', params({ maxTokens: 10 }), noop);
+    const chunks: string[] = [];
+    // The last three characters start this stop string, which never completes.
+    const r = await engine.complete(
+      'water people',
+      params({ maxTokens: 10, stop: [`${full.text.slice(-3)}\u0001`] }),
+      (s) => chunks.push(s),
+    );
+    expect(r).toMatchObject({ text: full.text, finishReason: 'length', completionTokens: 10 });
+    expect(chunks.join('')).toBe(full.text);
+  });
+
   it('an abort mid-generation stops within a token and resolves with finishReason abort', async () => {
     const ac = new AbortController();
     let chunks = 0;
@@ -97,6 +111,34 @@ describe('loadLlamaEngine on a tiny generated model', () => {
     expect(r.finishReason).toBe('abort');
     expect(r.completionTokens).toBeGreaterThanOrEqual(3);
     expect(r.completionTokens).toBeLessThanOrEqual(5);
+  });
+
+  it('an onText that throws stops generation, rejects with its error and frees the sequence', async () => {
+    const boom = new Error('client stream broke');
+    const printed = vi.spyOn(console, 'error');
+    try {
+      let calls = 0;
+      for (const run of [
+        () => engine.complete('the answer is', params({ maxTokens: 200 }), throwOnSecond),
+        () => engine.chat([{ role: 'user', content: 'hi' }], params({ maxTokens: 200 }), throwOnSecond),
+      ]) {
+        calls = 0;
+        await expect(run()).rejects.toBe(boom);
+        expect(calls).toBe(2);
+      }
+      function throwOnSecond() {
+        if (++calls === 2) throw boom;
+      }
+      expect(printed).not.toHaveBeenCalled();
+    } finally {
+      printed.mockRestore();
+    }
+    // Both sequences are free again: two requests run at once.
+    const both = await Promise.all([
+      engine.complete('a', params(), noop),
+      engine.complete('b', params(), noop),
+    ]);
+    expect(both.map((r) => r.finishReason)).toEqual(['length', 'length']);
   });
 
   it('an already aborted request returns at once without generating', async () => {
@@ -182,6 +224,9 @@ describe('loadLlamaEngine on a tiny generated model', () => {
     expect(r.promptTokens).toBeGreaterThan(30);
     const raw = await engine.complete('what time is it?', params(), noop);
     expect(raw.text).not.toBe(r.text);
+    const stop = r.text.slice(4, 7);
+    const stopped = await engine.chat(messages, params({ stop: [stop] }), noop);
+    expect(stopped).toMatchObject({ text: r.text.slice(0, r.text.indexOf(stop)), finishReason: 'stop' });
   });
 
   it('chat on a model without a chat template falls back to a general format', async () => {
@@ -299,7 +344,32 @@ describe('engine lifecycle and tensor types', () => {
     expect(texts[0]).toBe(texts[1]);
   });
 
-  it('a closed engine refuses requests; logs reach the log callback only', async () => {
+  it('without a log callback llama.cpp prints nothing, even for a model it refuses', () => {
+    // A separate process, so that its stdout and stderr are only this engine's. It runs the built
+    // output (dist/), as `npm test` builds first.
+    const blocks = Buffer.from(tinyLlamaGguf({ seed: 2 }).bytes());
+    const key = 'llama.block_count';
+    blocks.writeUInt32LE(3, blocks.indexOf(key) + key.length + 4);
+    writeFileSync(join(dir, 'silent-bad.gguf'), blocks);
+    const script = `
+      const { loadLlamaEngine } = await import(${JSON.stringify(new URL('../../dist/infer/engine/llama.js', import.meta.url).href)});
+      const e = await loadLlamaEngine({ path: ${JSON.stringify(modelPath)}, gpu: false, threads: 1 });
+      const p = { maxTokens: 4, temperature: 0, topP: 1, stop: [], signal: new AbortController().signal };
+      await e.complete('hi', p, () => {});
+      await e.chat([{ role: 'user', content: 'hi' }], p, () => {});
+      await e.close();
+      await loadLlamaEngine({ path: ${JSON.stringify(join(dir, 'silent-bad.gguf'))}, gpu: false }).catch(() => {});`;
+    // A file, not `node -e`: node-llama-cpp forks to test its binary, and a fork inherits `-e`.
+    writeFileSync(join(dir, 'silent.mjs'), script);
+    const r = spawnSync(process.execPath, [join(dir, 'silent.mjs')], { encoding: 'utf8' });
+    expect({ status: r.status, stdout: r.stdout, stderr: r.stderr }).toEqual({
+      status: 0,
+      stdout: '',
+      stderr: '',
+    });
+  });
+
+  it('a closed engine refuses requests; logs reach the log callback', async () => {
     const lines: string[] = [];
     const e = await loadLlamaEngine({
       ...base,

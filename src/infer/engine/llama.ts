@@ -10,7 +10,12 @@
  * Error codes (EngineError): `bad-model` (500: the model is the operator's input, not a client's;
  * missing, not GGUF, truncated or refused by llama.cpp), `engine-failed` (500: no usable llama.cpp
  * binary, context creation or generation failed), `engine-closed` (500), `bad-request` (400: invalid
- * parameters) and `prompt-too-long` (400: prompt tokens + maxTokens exceed the per-sequence context).
+ * parameters) and `prompt-too-long` (400: prompt tokens + maxTokens exceed the per-sequence context;
+ * a chat prompt must also leave 2 tokens free, as LlamaChat would otherwise drop messages). Neither
+ * the prompt nor the conversation is ever silently shortened.
+ *
+ * An abort stops generation within a token, but not prompt evaluation: a long prompt is evaluated
+ * to the end before the abort is seen.
  */
 import {
   type ChatHistoryItem,
@@ -28,6 +33,7 @@ import {
 } from 'node-llama-cpp';
 import { GgufError } from '../models/gguf.js';
 import { readGgufInfoFromFile } from '../models/gguf-node.js';
+import { StopScanner } from './stop.js';
 import {
   type ChatMessage,
   EngineError,
@@ -242,7 +248,7 @@ function checkParams(p: GenerateParams): void {
 }
 
 /** Options shared by LlamaCompletion and LlamaChat generation. */
-function sampling(p: GenerateParams, onText: OnText) {
+function sampling(p: Omit<GenerateParams, 'stop' | 'signal'>, signal: AbortSignal, onText: OnText) {
   return {
     maxTokens: p.maxTokens,
     temperature: p.temperature,
@@ -250,12 +256,15 @@ function sampling(p: GenerateParams, onText: OnText) {
     ...(p.seed !== undefined ? { seed: p.seed } : {}),
     // No hidden repetition penalty: the sampling is what the request asked for.
     repeatPenalty: false as const,
-    customStopTriggers: p.stop,
-    signal: p.signal,
+    // Stop strings are ours (StopScanner): node-llama-cpp's triggers drop the text they hold back
+    // when generation ends at maxTokens, so a stop string's unfinished start would vanish.
+    signal,
     stopOnAbortSignal: true,
     onTextChunk: onText,
   };
 }
+
+type Sampling = ReturnType<typeof sampling>;
 
 class LlamaEngine implements TextEngine {
   readonly kind = 'text' as const;
@@ -285,15 +294,15 @@ class LlamaEngine implements TextEngine {
     const promptTokens = tokens.length + (bos ? 1 : 0);
     if (promptTokens === 0) throw new EngineError('bad-request', 400, 'the prompt is empty');
     this.checkLength(promptTokens, params.maxTokens);
-    return this.withSequence(params.signal, promptTokens, async (sequence) => {
+    return this.withSequence(params, onText, promptTokens, async (sequence, options) => {
       const completion = new LlamaCompletion({ contextSequence: sequence });
       const res = await completion.generateCompletionWithMeta(tokens, {
-        ...sampling(params, onText),
+        ...options,
         // The prompt is known to fit: without these LlamaCompletion would silently drop its start.
         contextShiftSize: 1,
         disableContextShift: true,
       });
-      return { text: res.response, reason: res.metadata.stopReason };
+      return { reason: res.metadata.stopReason };
     });
   }
 
@@ -319,10 +328,10 @@ class LlamaEngine implements TextEngine {
     // the token it evaluates to start generating, so a chat prompt may use at most contextLength − 2.
     // With that, and prompt + maxTokens within the context, it never shifts: the history is never cut.
     this.checkLength(promptTokens, params.maxTokens, 2);
-    return this.withSequence(params.signal, promptTokens, async (sequence) => {
+    return this.withSequence(params, onText, promptTokens, async (sequence, options) => {
       const chat = new LlamaChat({ contextSequence: sequence, chatWrapper: this.chatWrapper });
-      const res = await chat.generateResponse(history, sampling(params, onText));
-      return { text: res.response, reason: res.metadata.stopReason };
+      const res = await chat.generateResponse(history, options);
+      return { reason: res.metadata.stopReason };
     });
   }
 
@@ -350,28 +359,51 @@ class LlamaEngine implements TextEngine {
     }
   }
 
-  /** Run `fn` on a fresh sequence, waiting for one to free up; an abort while waiting ends the request. */
+  /**
+   * Run `fn` on a fresh sequence, waiting for one to free up; an abort while waiting ends the request.
+   * If `onText` throws, generation stops and the request rejects with that error (node-llama-cpp
+   * would print it and carry on generating for nobody).
+   */
   private async withSequence(
-    signal: AbortSignal,
+    params: GenerateParams,
+    onText: OnText,
     promptTokens: number,
-    fn: (s: LlamaContextSequence) => Promise<{ text: string; reason: StopReason }>,
+    fn: (s: LlamaContextSequence, options: Sampling) => Promise<{ reason: StopReason }>,
   ): Promise<GenerationResult> {
     const aborted: GenerationResult = { text: '', finishReason: 'abort', promptTokens, completionTokens: 0 };
-    if (!(await this.acquire(signal))) return aborted;
+    if (!(await this.acquire(params.signal))) return aborted;
+    const halt = new AbortController();
+    let callbackFailed: { error: unknown } | undefined;
+    const scanner = new StopScanner(params.stop, (text) => {
+      if (callbackFailed) return;
+      try {
+        onText(text);
+      } catch (error) {
+        callbackFailed = { error };
+        halt.abort();
+      }
+    });
+    const guardedOnText: OnText = (text) => {
+      if (scanner.push(text)) halt.abort();
+    };
+    const signal = AbortSignal.any([params.signal, halt.signal]);
     let sequence: LlamaContextSequence | undefined;
     try {
       if (this.closed) throw new EngineError('engine-closed', 500, 'the engine is closed');
       sequence = this.context.getSequence();
-      const { text, reason } = await fn(sequence);
+      const { reason } = await fn(sequence, sampling(params, signal, guardedOnText));
+      if (!scanner.stopped) scanner.flush();
+      if (callbackFailed) throw callbackFailed.error;
       return {
-        text,
-        finishReason: finishReason(reason),
+        text: scanner.text,
+        finishReason: scanner.stopped ? 'stop' : finishReason(reason),
         promptTokens,
         completionTokens: sequence.tokenMeter.usedOutputTokens,
       };
     } catch (err) {
+      if (callbackFailed) throw callbackFailed.error;
       if (err instanceof EngineError) throw err;
-      if (signal.aborted) return aborted;
+      if (params.signal.aborted) return aborted;
       throw new EngineError('engine-failed', 500, `generation failed: ${errorText(err)}`, { cause: err });
     } finally {
       await sequence?.dispose().catch(() => {});

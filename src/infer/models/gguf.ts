@@ -728,7 +728,7 @@ function headerBytes(s: TinyLlamaShape, tensors: readonly TensorPlan[], text: He
   return w.finish();
 }
 
-/** splitmix32 (Bob Jenkins' mix of a Weyl sequence): turns (seed, tensor index) into a PRNG state. */
+/** A murmur3-style finaliser: turns (seed, tensor index) into a well-mixed, non-zero xorshift32 state. */
 function mixSeed(seed: number, stream: number): number {
   let z = (Math.imul(seed | 0, 0x9e3779b9) + Math.imul(stream + 1, 0x85ebca6b)) | 0;
   z = Math.imul(z ^ (z >>> 16), 0x21f0aaad);

@@ -1,0 +1,65 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { StopScanner } from '../../src/infer/engine/stop.js';
+
+function run(chunks: string[], stops: string[]) {
+  const out: string[] = [];
+  const s = new StopScanner(stops, (t) => out.push(t));
+  let stoppedAfter = -1;
+  chunks.forEach((c, i) => {
+    if (s.push(c) && stoppedAfter < 0) stoppedAfter = i;
+  });
+  if (!s.stopped) s.flush();
+  return { streamed: out.join(''), pieces: out, text: s.text, stopped: s.stopped, stoppedAfter };
+}
+
+describe('StopScanner', () => {
+  it('cuts before the first stop string, across chunk boundaries', () => {
+    const r = run(['hel', 'lo wo', 'rld ST', 'OP more'], ['STOP']);
+    expect(r).toMatchObject({
+      text: 'hello world ',
+      streamed: 'hello world ',
+      stopped: true,
+      stoppedAfter: 3,
+    });
+  });
+
+  it('holds back only a tail that could start a stop string, and releases it at the end', () => {
+    const r = run(['abc S', 'T', 'x'], ['STOP']);
+    expect(r.pieces).toEqual(['abc ', 'STx']);
+    expect(r).toMatchObject({ text: 'abc STx', stopped: false });
+    const cut = run(['abc ST'], ['STOP']);
+    expect(cut).toMatchObject({ text: 'abc ST', streamed: 'abc ST', stopped: false }); // ended by maxTokens
+  });
+
+  it('picks the earliest of several stop strings', () => {
+    expect(run(['a BB c AA'], ['AA', 'BB']).text).toBe('a ');
+    expect(run(['xyz'], ['yz', 'xyz!']).text).toBe('x');
+  });
+
+  it('without stop strings streams every chunk as is', () => {
+    expect(run(['a', 'b', ''], []).pieces).toEqual(['a', 'b']);
+  });
+
+  it('fast-check: for any chunking, streamed text = result = text before the first stop', () => {
+    const alphabet = fc.constantFrom('a', 'b', 'c', ' ', '\n');
+    const str = (min: number, max: number) =>
+      fc.array(alphabet, { minLength: min, maxLength: max }).map((a) => a.join(''));
+    fc.assert(
+      fc.property(
+        fc.array(str(0, 6), { maxLength: 12 }),
+        fc.array(str(1, 4), { maxLength: 3 }),
+        (chunks, stops) => {
+          const whole = chunks.join('');
+          const firsts = stops.map((s) => whole.indexOf(s)).filter((i) => i >= 0);
+          const expected = firsts.length ? whole.slice(0, Math.min(...firsts)) : whole;
+          const r = run(chunks, stops);
+          expect(r.text).toBe(expected);
+          expect(r.streamed).toBe(expected);
+          expect(r.stopped).toBe(firsts.length > 0);
+        },
+      ),
+      { numRuns: 500 },
+    );
+  });
+});
