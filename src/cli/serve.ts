@@ -27,6 +27,7 @@ interface ServeCliOptions extends Omit<TeeCliOptions, 'kbs'> {
   parallel: string;
   maxQueued: string;
   context?: string;
+  threads?: string;
   maxTokens: string;
   replayWindow: string;
   maxBody: string;
@@ -64,6 +65,7 @@ export function registerServe(program: Command): void {
     .option('--parallel <n>', 'generations per model at once', '1')
     .option('--max-queued <n>', 'requests waiting per model before 429', '64')
     .option('--context <n>', 'tokens per sequence (default: the model’s own, capped at 8192)')
+    .option('--threads <n>', 'CPU threads per evaluation (default: every core; fewer on a shared machine)')
     .option('--max-tokens <n>', 'max_tokens when a request gives none', '256')
     .option('--replay-window <s>', 'seconds the OHTTP gateway remembers requests (Date skew: half)', '120')
     .option('--max-body <bytes>', 'largest request body', String(1 << 20))
@@ -113,6 +115,7 @@ export function registerServe(program: Command): void {
         gpu: opts.engineGpu === 'off' ? false : 'auto',
         parallel,
         ...(opts.context ? { contextSize: positive(opts.context, '--context') } : {}),
+        ...(opts.threads ? { threads: positive(opts.threads, '--threads') } : {}),
       });
       const loaded: LoadedModel[] = [];
       for (const file of opts.model) {

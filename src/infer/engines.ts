@@ -10,6 +10,8 @@ export interface EngineSettings {
   parallel: number;
   /** Tokens per sequence; default the model's own, capped by the engine. */
   contextSize?: number;
+  /** CPU threads per evaluation; default every core (right for a dedicated TEE VM). */
+  threads?: number;
   log?: (line: string) => void;
 }
 
@@ -22,6 +24,7 @@ export function realEngines(s: EngineSettings): EngineLoaders {
         gpu: s.gpu,
         parallel: s.parallel,
         ...(s.contextSize ? { contextSize: s.contextSize } : {}),
+        ...(s.threads ? { threads: s.threads } : {}),
         ...(s.log
           ? { log: (level: string, message: string) => s.log?.(`llama.cpp ${level}: ${message}`) }
           : {}),
@@ -29,7 +32,7 @@ export function realEngines(s: EngineSettings): EngineLoaders {
     },
     async onnxBundle(bundle) {
       const { loadOnnxEngine } = await import('./engine/onnx.js');
-      return loadOnnxEngine({ bundle, parallel: s.parallel });
+      return loadOnnxEngine({ bundle, parallel: s.parallel, ...(s.threads ? { threads: s.threads } : {}) });
     },
   };
 }
