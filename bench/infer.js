@@ -240,7 +240,9 @@ async function main() {
       for (const kind of r % 2 ? ['sealed', 'plain'] : ['plain', 'sealed']) {
         for (const warm of [false, true]) {
           if (!warm) evict();
-          const p = child(kind === 'plain' ? ['cold-plain', cold] : ['cold-sealed', `${cold}.sealed`, keyFile]);
+          const p = child(
+            kind === 'plain' ? ['cold-plain', cold] : ['cold-sealed', `${cold}.sealed`, keyFile],
+          );
           const { ms } = JSON.parse(await firstLine(p));
           coldMs[warm ? `${kind}Warm` : kind].push(ms);
           log(`cold start ${kind}${warm ? ' (files in the page cache)' : ''}: ${round(ms, 0)} ms`);

@@ -1,7 +1,9 @@
 /**
  * `cloister demo`: the trust core end to end on embedded defaults, in a temporary directory — a key
  * broker, an owner's key and sealed model, a policy, a workload in the (insecure, dev-mode) sample TEE
- * that unseals and uses the model, a refused attempt, and the transparency log verifying.
+ * that unseals and uses the model, a refused attempt, confidential inference (a sealed llama model
+ * served through Oblivious HTTP to a client that verifies the server first), and the transparency log
+ * verifying.
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -10,12 +12,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
+import { offlineSource } from '../attest/collateral/index.js';
+import { confidentialFetch } from '../client/fetch.js';
+import { parseClientPolicy } from '../client/policy.js';
+import { writeTinyLlamaGguf } from '../infer/models/gguf-node.js';
 import { ADMIN_AUDIENCE } from '../kbs/admin.js';
 import { startBroker } from '../kbs/app.js';
 import { DEFAULT_CONFIG } from '../kbs/config.js';
 import { generateKek, kekToJwk } from '../seal/keys.js';
 import { readHeader, sealFile, unsealToMemory } from '../seal/node.js';
 import { generateNoteSigner, parseBundle, verifyBundle } from '../translog/index.js';
+import { describeServer } from './chat.js';
 
 /** A small but real safetensors file (8-byte header length, JSON header, little-endian f32 data). */
 export function tinySafetensors(rows: number, cols: number): Uint8Array {
@@ -61,6 +68,30 @@ function cloister(args: string[], say: (s: string) => void): Promise<number> {
     child.stdout.on('data', echo);
     child.stderr.on('data', echo);
     child.on('close', (code) => resolve(code ?? 1));
+  });
+}
+
+/** Starts `cloister serve …` and resolves with its URL once it listens; its lines are echoed. */
+function serve(
+  args: string[],
+  say: (s: string) => void,
+): Promise<{ url: string; stop: () => Promise<void> }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, 'serve', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const exited = new Promise<void>((r) => child.on('close', () => r()));
+    child.stderr.on('data', (b: Buffer) => {
+      for (const line of b.toString().split('\n')) {
+        if (!line.trim()) continue;
+        say(`      ${line}`);
+        const m = /listening on (http:\/\/\S+)/.exec(line);
+        const stop = () => {
+          child.kill('SIGTERM');
+          return exited;
+        };
+        if (m) resolve({ url: m[1]!, stop });
+      }
+    });
+    child.on('close', (code) => reject(new Error(`cloister serve exited (${code}) before listening`)));
   });
 }
 
@@ -231,7 +262,91 @@ export function registerDemo(program: Command): void {
         const reason = brokerLog.find((l) => l.includes('owner/datasets/kek1') && l.includes('denied'));
         say(`   ${reason?.replace(/^.*?cloister-kbs: /, '') ?? '(no broker log line)'}`);
 
-        // 7. The transparency log, exported and verified offline.
+        // 7. Confidential inference: a sealed llama model served in the sample TEE, reached only through OHTTP.
+        const llmKek = generateKek('kbs:///owner/models/llm-kek');
+        await adminCall(
+          'PUT',
+          '/admin/v1/resources/owner/models/llm-kek',
+          new TextEncoder().encode(JSON.stringify(kekToJwk(llmKek))),
+        );
+        await adminCall('PUT', '/admin/v1/policies', {
+          scope: 'resource:owner/models/llm-kek',
+          source: `"cpu0" in submods && (cpu.status == "affirming" || (dev_mode && cpu.insecure && cpu.status == "warning")) && cpu.claims.measurement == "${approved}"`,
+        });
+        await writeTinyLlamaGguf(at('tiny-llama.gguf'));
+        await sealFile(at('tiny-llama.gguf'), at('tiny-llama.gguf.sealed'), {
+          recipients: [{ type: 'kbs', uri: 'kbs:///owner/models/llm-kek', kek: llmKek.secret }],
+        });
+        await rm(at('tiny-llama.gguf'));
+        say(
+          '7. confidential inference: a tiny llama model (random weights) sealed to kbs:///owner/models/llm-kek',
+        );
+        say(
+          '   cloister serve: attest, get the model key, unseal into memory, bind its keys into the evidence',
+        );
+        const server = await serve(
+          [
+            '--kbs',
+            broker.url,
+            '--tee',
+            'sample',
+            '--model',
+            at('tiny-llama.gguf.sealed'),
+            '--port',
+            '0',
+            '--threads',
+            '1',
+          ],
+          say,
+        );
+        try {
+          const wire: number[] = [];
+          const counting = (async (input: RequestInfo | URL, init?: RequestInit) => {
+            if (init?.body instanceof Uint8Array) wire.push(init.body.length);
+            return fetch(input, init);
+          }) as typeof fetch;
+          const devPolicy = parseClientPolicy({ tees: ['sample'], minStatus: 'warning' });
+          const client = confidentialFetch({
+            url: server.url,
+            policy: devPolicy,
+            collateral: offlineSource,
+            fetch: counting,
+          });
+          const verified = await client.server();
+          say('   the client verifies the server before sending anything:');
+          for (const line of describeServer(verified, devPolicy)) say(`     ${line}`);
+          const res = await client(new URL('/v1/chat/completions', server.url), {
+            method: 'POST',
+            headers: { 'content-type': 'application/json' },
+            body: JSON.stringify({
+              model: 'tiny-llama',
+              messages: [{ role: 'user', content: 'Hello, who are you?' }],
+              max_tokens: 12,
+            }),
+          });
+          const answer = (await res.json()) as { choices: { message: { content: string } }[] };
+          say(
+            `   chat through Oblivious HTTP: "Hello, who are you?" → ${JSON.stringify(answer.choices[0]!.message.content)} (random weights)`,
+          );
+          const plain = await fetch(new URL('/v1/models', server.url));
+          say(
+            `   on the wire: ${wire.length} encrypted request(s) of ${wire.join(', ')} bytes; a plaintext /v1 request gets ${plain.status} (${((await plain.json()) as { error: { code: string } }).error.code})`,
+          );
+          const strict = confidentialFetch({
+            url: server.url,
+            policy: parseClientPolicy({}),
+            collateral: offlineSource,
+          });
+          const refusal = await strict.server().then(
+            () => 'accepted (unexpected)',
+            (e: Error) => e.message,
+          );
+          say(`   a client with the default policy refuses, sending nothing: ${refusal}`);
+        } finally {
+          await server.stop();
+        }
+
+        // 8. The transparency log, exported and verified offline.
         const audit = await new SignJWT({ role: 'admin' })
           .setProtectedHeader({ alg: 'EdDSA' })
           .setSubject('auditor')
@@ -252,7 +367,7 @@ export function registerDemo(program: Command): void {
         const kinds = new Map<string, number>();
         for (const e of parseBundle(bundle).entries) kinds.set(e.kind, (kinds.get(e.kind) ?? 0) + 1);
         say(
-          `7. transparency log verified offline: ${[...kinds].map(([k, n]) => `${n} ${k}`).join(', ')}; hash chain, Merkle roots, signed checkpoints and inclusion proofs all check`,
+          `8. transparency log verified offline: ${[...kinds].map(([k, n]) => `${n} ${k}`).join(', ')}; hash chain, Merkle roots, signed checkpoints and inclusion proofs all check`,
         );
         say(`demo complete in ${((Date.now() - started) / 1000).toFixed(1)} s`);
       } finally {
