@@ -26,6 +26,7 @@ interface ChatCliOptions {
   receipts?: string;
   collateral?: string;
   online?: boolean;
+  earKey?: string;
 }
 
 function collateralOf(o: ChatCliOptions): CollateralSource {
@@ -53,6 +54,7 @@ export function describeServer(s: VerifiedServer, policy: ClientPolicy): string[
   ];
   for (const k of ['mr_td', 'measurement', 'mr_enclave'])
     if (typeof cpu.claims[k] === 'string') lines.push(`${k.padEnd(12)}${cpu.claims[k] as string}`);
+  if (s.ear) lines.push(`key broker  its EAR token verifies and describes the same TEE (${s.ear.status})`);
   for (const w of s.warnings) lines.push(`WARNING     ${w}`);
   return lines;
 }
@@ -95,6 +97,10 @@ export function registerChat(program: Command): void {
     )
     .option('--collateral <dir>', 'folder with vendor collateral for the server’s evidence')
     .option('--online', 'fetch missing collateral from the vendor services (cached on disk)')
+    .option(
+      '--ear-key <file>',
+      "the key broker's EAR verification key (public JWK): its token must verify and describe the same TEE",
+    )
     .addHelpText(
       'after',
       '\nExamples:\n  cloister chat --url https://llm.example:8443 --policy policy.json\n' +
@@ -112,6 +118,7 @@ export function registerChat(program: Command): void {
         url: o.url,
         policy,
         collateral: collateralOf(o),
+        ...(o.earKey ? { earKey: JSON.parse(await readFile(o.earKey, 'utf8')) as JsonWebKey } : {}),
         ...(o.receipts ? { onReceipt: (_r: unknown, jws: string) => receipts.push(jws) } : {}),
       });
       let server: VerifiedServer;

@@ -310,6 +310,7 @@ export function registerDemo(program: Command): void {
             url: server.url,
             policy: devPolicy,
             collateral: offlineSource,
+            earKey: broker.earPublicKey,
             fetch: counting,
           });
           const verified = await client.server();

@@ -9,6 +9,7 @@ import { appraiseComposite, type CompositeAppraisal } from '../attest/composite.
 import { type EarResult, verifyEar } from '../attest/ear/index.js';
 import { createDefaultRegistry } from '../attest/index.js';
 import type { VerifierRegistry } from '../attest/registry.js';
+import { certTableCollateral } from '../attest/snp/certtable.js';
 import {
   ATTESTATION_TYPE,
   type AttestationDocument,
@@ -112,7 +113,11 @@ export async function verifyServer(
       },
       {
         at: o.at ?? new Date(),
-        collateral: o.collateral,
+        // An SEV-SNP host's certificate table (VCEK, ASK, ARK) saves a trip to AMD; it is only a
+        // candidate: the chain must still verify to the AMD root.
+        collateral: evidence.auxblob
+          ? certTableCollateral(fromBase64(evidence.auxblob), o.collateral)
+          : o.collateral,
         expectedReportData: reportData,
         ...(o.trustAnchors ? { trustAnchors: o.trustAnchors } : {}),
       },

@@ -13,6 +13,7 @@ it('cloister demo: broker, sealed model, attested run, a policy refusal, confide
   expect(out).toMatch(/refused \(exit 1\); nothing was unsealed/);
   expect(out).toMatch(/release of owner\/datasets\/kek1 denied: .*cpu\.kind == "tdx"/);
   expect(out).toMatch(/model {7}tiny-llama {2}sha256:[0-9a-f]{64} {2}\(gguf\)/);
+  expect(out).toMatch(/key broker {2}its EAR token verifies and describes the same TEE/);
   expect(out).toMatch(/chat through Oblivious HTTP: "Hello, who are you\?" → "[^"]+"/);
   expect(out).toMatch(
     /1 encrypted request\(s\) of \d+ bytes; a plaintext \/v1 request gets 403 \(plaintext_disabled\)/,

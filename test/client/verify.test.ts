@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CpuAttester } from '../../src/agent/attest/types.js';
 import type { CollateralSource } from '../../src/attest/common/types.js';
+import { issueEar } from '../../src/attest/ear/index.js';
 import { type IssuedReport, SnpTestAuthority } from '../../src/attest/testing/snp.js';
 import { confidentialFetch } from '../../src/client/fetch.js';
 import { parseClientPolicy } from '../../src/client/policy.js';
@@ -100,6 +101,36 @@ describe('verifying a server in an SEV-SNP TEE', () => {
       verifyServer(h.server.attestation, { ...options({}), trustAnchors: [other.trustAnchor] }),
     ).rejects.toMatchObject({
       code: 'evidence',
+    });
+  });
+
+  it("checks the key broker's EAR token when given the broker's key: same TEE accepted, another refused", async () => {
+    const broker = (await crypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, [
+      'sign',
+      'verify',
+    ])) as CryptoKeyPair;
+    const o = options({ fresh: false });
+    const { appraisal } = await verifyServer(h.server.attestation, o);
+    const withEar = {
+      ...structuredClone(h.server.attestation),
+      ear: await issueEar(appraisal.submods, { signingKey: broker.privateKey }),
+    };
+    const ok = await verifyServer(withEar, { ...o, earKey: broker.publicKey });
+    expect(ok.ear?.status).toBe('affirming');
+
+    const other = structuredClone(appraisal.submods);
+    other.cpu0!.claims.measurement = '11'.repeat(48);
+    const elsewhere = { ...withEar, ear: await issueEar(other, { signingKey: broker.privateKey }) };
+    await expect(verifyServer(elsewhere, { ...o, earKey: broker.publicKey })).rejects.toMatchObject({
+      code: 'ear',
+      message: expect.stringContaining('measurement'),
+    });
+    const stranger = (await crypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, [
+      'sign',
+      'verify',
+    ])) as CryptoKeyPair;
+    await expect(verifyServer(withEar, { ...o, earKey: stranger.publicKey })).rejects.toMatchObject({
+      code: 'ear',
     });
   });
 });
