@@ -1,4 +1,5 @@
 /** End-to-end encryption for confidential inference: Binary HTTP, Oblivious HTTP, chunked responses. */
+export * from './backend.js';
 export * from './bhttp.js';
 export * from './bhttp-stream.js';
 export * from './chunked.js';

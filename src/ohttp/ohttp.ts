@@ -3,8 +3,15 @@
  * config with HPKE; the gateway opens it and seals the response under keys derived from an HPKE export
  * secret, a fresh response nonce and the request's `enc`, so only that client can read it.
  */
-import { Aes128Gcm, Aes256Gcm, CipherSuite, DhkemX25519HkdfSha256, HkdfSha256 } from '@hpke/core';
 import { bs, concatBytes, utf8 } from '../util/bytes.js';
+import {
+  type AeadKey,
+  type HpkeExporter,
+  type HpkeRecipient,
+  type HpkeSender,
+  type OhttpBackend,
+  webCryptoBackend,
+} from './backend.js';
 import { OhttpError } from './errors.js';
 import {
   AEAD_AES_128_GCM,
@@ -25,6 +32,9 @@ export const RESPONSE_LABEL = 'message/bhttp response';
 export const HEADER_LENGTH = 7;
 const NENC = 32;
 const TAG = 16;
+const EMPTY = new Uint8Array(0);
+const KEY_INFO = utf8.encode('key');
+const NONCE_INFO = utf8.encode('nonce');
 
 /** What either side keeps of an exchange to seal or open its response. */
 export interface ExchangeContext {
@@ -32,21 +42,15 @@ export interface ExchangeContext {
   aeadId: number;
   /** The request's encapsulated KEM share; part of the response key's salt. */
   enc: Uint8Array;
-  exporter: { export(exporterContext: ArrayBuffer, len: number): Promise<ArrayBuffer> };
+  exporter: HpkeExporter;
+  /** The backend that set the exchange up; the response functions use it unless told otherwise. */
+  backend?: OhttpBackend;
 }
 
 /** A gateway's key: the config it publishes and the X25519 private key behind it. */
 export interface GatewayKey {
   config: KeyConfig;
   privateKey: Uint8Array;
-}
-
-export function hpkeSuite(aeadId: number): CipherSuite {
-  return new CipherSuite({
-    kem: new DhkemX25519HkdfSha256(),
-    kdf: new HkdfSha256(),
-    aead: aeadId === AEAD_AES_128_GCM ? new Aes128Gcm() : new Aes256Gcm(),
-  });
 }
 
 export function requestHeader(keyId: number, suite: SymmetricSuite): Uint8Array {
@@ -76,6 +80,8 @@ export interface EncapsulateOptions {
   ephemeral?: { privateKey: Uint8Array; publicKey: Uint8Array };
   /** Label bound into the HPKE info; chunked OHTTP uses its own. */
   label?: string;
+  /** The crypto to use; default Web Crypto (webCryptoBackend). On Node, nodeBackend from ./node.js. */
+  backend?: OhttpBackend;
 }
 
 /** Client: seals `request` (usually a binary HTTP message) to the gateway that published `config`. */
@@ -91,30 +97,24 @@ export async function encapsulateRequest(
   if (!AEADS.has(chosen.aeadId)) {
     throw new OhttpError('unsupported-aead', `AEAD 0x${chosen.aeadId.toString(16)} is not supported`);
   }
-  const suite = hpkeSuite(chosen.aeadId);
+  const backend = options.backend ?? webCryptoBackend;
   const header = requestHeader(config.keyId, chosen);
-  let sender: Awaited<ReturnType<CipherSuite['createSenderContext']>>;
+  let sender: HpkeSender;
   try {
-    const recipientPublicKey = await suite.kem.deserializePublicKey(ab(config.publicKey));
-    const ekm = options.ephemeral
-      ? {
-          privateKey: await suite.kem.deserializePrivateKey(ab(options.ephemeral.privateKey)),
-          publicKey: await suite.kem.deserializePublicKey(ab(options.ephemeral.publicKey)),
-        }
-      : undefined;
-    sender = await suite.createSenderContext({
-      recipientPublicKey,
-      info: ab(info(options.label ?? REQUEST_LABEL, header)),
-      ...(ekm ? { ekm } : {}),
+    sender = await backend.setupSender({
+      aeadId: chosen.aeadId,
+      recipientPublicKey: config.publicKey,
+      info: info(options.label ?? REQUEST_LABEL, header),
+      ...(options.ephemeral ? { ephemeral: options.ephemeral } : {}),
     });
   } catch {
     throw new OhttpError('bad-key', `key ${config.keyId}'s public key is not a usable X25519 key`);
   }
-  const ct = new Uint8Array(await sender.seal(ab(request)));
-  const enc = new Uint8Array(sender.enc);
+  const ct = await sender.seal(EMPTY, request);
+  const { enc } = sender;
   return {
     encapsulated: concatBytes(header, enc, ct),
-    context: { keyId: config.keyId, aeadId: chosen.aeadId, enc, exporter: sender },
+    context: { keyId: config.keyId, aeadId: chosen.aeadId, enc, exporter: sender.exporter, backend },
   };
 }
 
@@ -160,24 +160,33 @@ export function parseRequestHeader(
   return { header, key };
 }
 
-/** Gateway: opens an encapsulated request (`message/ohttp-req`). */
+export interface DecapsulateOptions {
+  /** Label bound into the HPKE info; chunked OHTTP uses its own. */
+  label?: string;
+  /** The crypto to use; default Web Crypto (webCryptoBackend). On Node, nodeBackend from ./node.js. */
+  backend?: OhttpBackend;
+}
+
+/** Gateway: opens an encapsulated request (`message/ohttp-req`). A string third argument is the label. */
 export async function decapsulateRequest(
   encapsulated: Uint8Array,
   keys: readonly GatewayKey[],
-  label = REQUEST_LABEL,
+  options: DecapsulateOptions | string = {},
 ): Promise<{ request: Uint8Array; context: ExchangeContext }> {
+  const { label = REQUEST_LABEL, backend = webCryptoBackend } =
+    typeof options === 'string' ? { label: options } : options;
   const r = new VarReader(encapsulated, 'encapsulated request');
   const { header, key } = parseRequestHeader(r, keys);
   const enc = r.take(NENC, 'enc').slice();
   const ct = r.take(r.remaining, 'ciphertext');
   if (ct.length < TAG) throw new OhttpError('truncated', 'encapsulated request is shorter than an AEAD tag');
-  const suite = hpkeSuite(header.aeadId);
-  let recipient: Awaited<ReturnType<CipherSuite['createRecipientContext']>>;
+  let recipient: HpkeRecipient;
   try {
-    recipient = await suite.createRecipientContext({
-      recipientKey: await suite.kem.deserializePrivateKey(ab(key.privateKey)),
-      enc: ab(enc),
-      info: ab(info(label, encapsulated.subarray(0, HEADER_LENGTH))),
+    recipient = await backend.setupRecipient({
+      aeadId: header.aeadId,
+      privateKey: key.privateKey,
+      enc,
+      info: info(label, encapsulated.subarray(0, HEADER_LENGTH)),
     });
   } catch {
     // A low-order or otherwise unusable `enc` fails in the KEM, before any AEAD.
@@ -185,18 +194,27 @@ export async function decapsulateRequest(
   }
   let request: Uint8Array;
   try {
-    request = new Uint8Array(await recipient.open(ab(ct)));
+    request = await recipient.open(EMPTY, ct);
   } catch {
     throw new OhttpError(
       'decrypt-failed',
       'the encapsulated request does not decrypt (tampered or wrong key)',
     );
   }
-  return { request, context: { keyId: header.keyId, aeadId: header.aeadId, enc, exporter: recipient } };
+  return {
+    request,
+    context: { keyId: header.keyId, aeadId: header.aeadId, enc, exporter: recipient.exporter, backend },
+  };
+}
+
+export interface ResponseOptions {
+  /** The crypto to use; default the backend that set `ctx` up, else Web Crypto. */
+  backend?: OhttpBackend;
 }
 
 export interface ResponseKeys {
-  key: CryptoKey;
+  /** AES-GCM under the response key, prepared by the backend. */
+  key: AeadKey;
   nonce: Uint8Array;
 }
 
@@ -205,24 +223,14 @@ export async function deriveResponseKeys(
   ctx: ExchangeContext,
   responseNonce: Uint8Array,
   label = RESPONSE_LABEL,
+  options: ResponseOptions = {},
 ): Promise<ResponseKeys> {
+  const backend = options.backend ?? ctx.backend ?? webCryptoBackend;
   const { nk, nn } = AEADS.get(ctx.aeadId)!;
   const secret = new Uint8Array(await ctx.exporter.export(ab(utf8.encode(label)), Math.max(nk, nn)));
-  const ikm = await crypto.subtle.importKey('raw', bs(secret), 'HKDF', false, ['deriveBits']);
-  const salt = bs(concatBytes(ctx.enc, responseNonce));
-  // Web Crypto's HKDF is Expand(Extract(salt, secret), info, L): the RFC's prk step included.
-  const expand = async (what: string, n: number) =>
-    new Uint8Array(
-      await crypto.subtle.deriveBits(
-        { name: 'HKDF', hash: 'SHA-256', salt, info: bs(utf8.encode(what)) },
-        ikm,
-        n * 8,
-      ),
-    );
-  const rawKey = await expand('key', nk);
-  const nonce = await expand('nonce', nn);
-  const key = await crypto.subtle.importKey('raw', bs(rawKey), 'AES-GCM', false, ['encrypt', 'decrypt']);
-  return { key, nonce };
+  const prk = await backend.extract(concatBytes(ctx.enc, responseNonce), secret);
+  const key = await backend.aeadKey(ctx.aeadId, await backend.expand(prk, KEY_INFO, nk));
+  return { key, nonce: await backend.expand(prk, NONCE_INFO, nn) };
 }
 
 export function responseNonceLength(aeadId: number): number {
@@ -230,23 +238,16 @@ export function responseNonceLength(aeadId: number): number {
   return Math.max(nk, nn);
 }
 
-export async function aeadSeal(k: CryptoKey, nonce: Uint8Array, aad: Uint8Array, pt: Uint8Array) {
-  return new Uint8Array(
-    await crypto.subtle.encrypt({ name: 'AES-GCM', iv: bs(nonce), additionalData: bs(aad) }, k, bs(pt)),
-  );
-}
-
-export async function aeadOpen(
-  k: CryptoKey,
+/** Opens under a prepared key, turning any backend failure into the one refusal callers map. */
+export async function openWith(
+  key: AeadKey,
   nonce: Uint8Array,
   aad: Uint8Array,
   ct: Uint8Array,
   what: string,
-) {
+): Promise<Uint8Array> {
   try {
-    return new Uint8Array(
-      await crypto.subtle.decrypt({ name: 'AES-GCM', iv: bs(nonce), additionalData: bs(aad) }, k, bs(ct)),
-    );
+    return await key.open(nonce, aad, ct);
   } catch {
     throw new OhttpError(
       'decrypt-failed',
@@ -260,25 +261,27 @@ export async function encapsulateResponse(
   ctx: ExchangeContext,
   response: Uint8Array,
   responseNonce?: Uint8Array,
+  options: ResponseOptions = {},
 ): Promise<Uint8Array> {
   const n = responseNonceLength(ctx.aeadId);
   const nonce = responseNonce ?? crypto.getRandomValues(new Uint8Array(n));
   if (nonce.length !== n) throw new OhttpError('bad-message', `the response nonce must be ${n} bytes`);
-  const keys = await deriveResponseKeys(ctx, nonce);
-  return concatBytes(nonce, await aeadSeal(keys.key, keys.nonce, new Uint8Array(0), response));
+  const keys = await deriveResponseKeys(ctx, nonce, RESPONSE_LABEL, options);
+  return concatBytes(nonce, await keys.key.seal(keys.nonce, EMPTY, response));
 }
 
 /** Client: opens the gateway's encapsulated response to the request of `ctx`. */
 export async function decapsulateResponse(
   ctx: ExchangeContext,
   encapsulated: Uint8Array,
+  options: ResponseOptions = {},
 ): Promise<Uint8Array> {
   const r = new VarReader(encapsulated, 'encapsulated response');
   const nonce = r.take(responseNonceLength(ctx.aeadId), 'response nonce');
   const ct = r.take(r.remaining, 'ciphertext');
   if (ct.length < TAG) throw new OhttpError('truncated', 'encapsulated response is shorter than an AEAD tag');
-  const keys = await deriveResponseKeys(ctx, nonce);
-  return aeadOpen(keys.key, keys.nonce, new Uint8Array(0), ct, 'the encapsulated response');
+  const keys = await deriveResponseKeys(ctx, nonce, RESPONSE_LABEL, options);
+  return openWith(keys.key, keys.nonce, EMPTY, ct, 'the encapsulated response');
 }
 
 /** A fresh gateway key: X25519 made with Web Crypto, offering `suites` (default AES-128-GCM, then AES-256-GCM). */
