@@ -168,6 +168,7 @@ async function main() {
   const { sealFile } = await load('seal/node.js');
   const { generateKek, kekToJwk } = await load('seal/keys.js');
   const { confidentialFetch } = await load('client/fetch.js');
+  const { nodeBackend } = await load('ohttp/node.js');
   const { parseClientPolicy } = await load('client/policy.js');
   const { offlineSource } = await load('attest/collateral/index.js');
   const dir = mkdtempSync(join(process.env.BENCH_DIR ?? tmpdir(), 'cloister-bench-infer-'));
@@ -187,6 +188,7 @@ async function main() {
       url,
       policy: parseClientPolicy({ tees: ['sample'], minStatus: 'warning', fresh: false }),
       collateral: offlineSource,
+      ohttp: nodeBackend,
     });
     await ohttp.server();
     await round1(plain, url, 2, 1, 4); // warm both paths

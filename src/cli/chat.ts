@@ -14,6 +14,7 @@ import type { CollateralSource } from '../attest/common/types.js';
 import { confidentialFetch } from '../client/fetch.js';
 import { type ClientPolicy, DEFAULT_CLIENT_POLICY, parseClientPolicy } from '../client/policy.js';
 import type { VerifiedServer } from '../client/verify.js';
+import { nodeBackend } from '../ohttp/node.js';
 
 interface ChatCliOptions {
   url: string;
@@ -119,6 +120,7 @@ export function registerChat(program: Command): void {
         policy,
         collateral: collateralOf(o),
         ...(o.earKey ? { earKey: JSON.parse(await readFile(o.earKey, 'utf8')) as JsonWebKey } : {}),
+        ohttp: nodeBackend,
         ...(o.receipts ? { onReceipt: (_r: unknown, jws: string) => receipts.push(jws) } : {}),
       });
       let server: VerifiedServer;

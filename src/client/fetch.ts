@@ -19,6 +19,7 @@ import {
   encapsulateRequest,
   encodeRequest,
   type Field,
+  type OhttpBackend,
   StreamedResponseDecoder,
   type StreamedResponseEvent,
 } from '../ohttp/index.js';
@@ -42,6 +43,11 @@ export interface ConfidentialFetchOptions extends Omit<VerifyServerOptions, 'non
   onVerified?: (server: VerifiedServer) => void;
   /** The transport for the outer requests; default globalThis.fetch. */
   fetch?: typeof fetch;
+  /**
+   * The OHTTP crypto; default Web Crypto (browsers). Node callers pass nodeBackend from
+   * src/ohttp/node.ts, much faster; this module does not import it, so it stays bundleable for browsers.
+   */
+  ohttp?: OhttpBackend;
 }
 
 export type ConfidentialFetch = typeof fetch & {
@@ -117,7 +123,10 @@ export function confidentialFetch(o: ConfidentialFetchOptions): ConfidentialFetc
       content: body,
     });
     const config = server.keyConfigs[0]!;
-    const { encapsulated, context } = await encapsulateRequest(config, inner);
+    // The response is opened with the backend recorded in `context`.
+    const { encapsulated, context } = await encapsulateRequest(config, inner, {
+      ...(o.ohttp ? { backend: o.ohttp } : {}),
+    });
     const outer = await transport(gatewayUrl, {
       method: 'POST',
       headers: { 'content-type': 'message/ohttp-req' },

@@ -18,6 +18,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import type { JWK } from 'jose';
 import { encodeKeyConfigList, generateGatewayKey, ReplayCache } from '../ohttp/index.js';
+import { nodeBackend } from '../ohttp/node.js';
 import { fromHex, toBase64Url, toHex } from '../util/bytes.js';
 import { attestIdentity, type ServerTee } from './attestation.js';
 import { errorBody, InferError, toInferError } from './errors.js';
@@ -178,6 +179,7 @@ export async function startInferenceServer(o: InferenceServerOptions): Promise<I
     maxClockSkewMs: replayWindowMs / 2,
     handler,
     receipts: { key: receipt.privateKey, identity: toHex(await identityReportData(identity)) },
+    ohttp: nodeBackend,
   });
   // Fresh evidence is a TEE call per request; one at a time keeps a flood from starving inference.
   const attestQueue = new RequestQueue({ concurrency: 1, maxQueued: 32 });

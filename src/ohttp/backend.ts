@@ -116,9 +116,7 @@ export async function aeadOpen(
 async function hmac(key: Uint8Array, data: Uint8Array): Promise<Uint8Array> {
   // Web Crypto refuses an empty HMAC key; HMAC pads keys with zeros, so HashLen zeros is the same key.
   const raw = key.length === 0 ? new Uint8Array(HASH_LEN) : key;
-  const k = await crypto.subtle.importKey('raw', bs(raw), { name: 'HMAC', hash: 'SHA-256' }, false, [
-    'sign',
-  ]);
+  const k = await crypto.subtle.importKey('raw', bs(raw), { name: 'HMAC', hash: 'SHA-256' }, false, ['sign']);
   return new Uint8Array(await crypto.subtle.sign('HMAC', k, bs(data)));
 }
 

@@ -7,9 +7,10 @@ import {
   type ExchangeContext,
   encapsulateRequest,
   type GatewayKey,
+  type OhttpBackend,
 } from '../../src/ohttp/index.js';
 import { concatBytes, fromHex, utf8 } from '../../src/util/bytes.js';
-import { expectCode } from './helpers.js';
+import { BACKENDS, expectCode } from './helpers.js';
 
 const config = decodeKeyConfig(
   fromHex('01002031e1f05a740102115220e9af918f738674aec95f54db6e04eb705aae8e79815500080001000100010003'),
@@ -18,9 +19,11 @@ const gateway: GatewayKey[] = [
   { config, privateKey: fromHex('3c168975674b2fa8e465970b79c8dcf09f1c741626480bd4c6162fc5b6a98e1a') },
 ];
 
-async function exchange(): Promise<{ client: ExchangeContext; server: ExchangeContext }> {
-  const { encapsulated, context } = await encapsulateRequest(config, utf8.encode('prompt'));
-  const opened = await decapsulateRequest(encapsulated, gateway);
+async function exchange(
+  backend: OhttpBackend,
+): Promise<{ client: ExchangeContext; server: ExchangeContext }> {
+  const { encapsulated, context } = await encapsulateRequest(config, utf8.encode('prompt'), { backend });
+  const opened = await decapsulateRequest(encapsulated, gateway, { backend });
   return { client: context, server: opened.context };
 }
 
@@ -41,9 +44,9 @@ async function readAll(client: ExchangeContext, pieces: Uint8Array[]): Promise<s
   return out.map((b) => utf8.decode(b));
 }
 
-describe('chunked OHTTP responses', () => {
+describe.each(BACKENDS)('chunked OHTTP responses (%s backend)', (_name, backend) => {
   it('streams tokens and reads them back, whatever the network split', async () => {
-    const { client, server } = await exchange();
+    const { client, server } = await exchange(backend);
     const parts = ['Hel', 'lo', '', ' world', '!'];
     const framed = await stream(server, parts);
     expect(await readAll(client, framed)).toEqual(parts);
@@ -54,7 +57,7 @@ describe('chunked OHTTP responses', () => {
   });
 
   it('refuses a stream cut before the final chunk', async () => {
-    const { client, server } = await exchange();
+    const { client, server } = await exchange(backend);
     const framed = await stream(server, ['a', 'b', 'c']);
     await expectCode(readAll(client, framed.slice(0, 3)), 'chunk-truncated');
     await expectCode(readAll(client, [framed[0]!.subarray(0, 5)]), 'chunk-truncated');
@@ -67,13 +70,13 @@ describe('chunked OHTTP responses', () => {
   });
 
   it('refuses reordered chunks', async () => {
-    const { client, server } = await exchange();
+    const { client, server } = await exchange(backend);
     const [h, a, b, c] = await stream(server, ['a', 'b', 'c']);
     await expectCode(readAll(client, [h!, b!, a!, c!]), 'decrypt-failed');
   });
 
   it('refuses a middle chunk passed off as the final one', async () => {
-    const { client, server } = await exchange();
+    const { client, server } = await exchange(backend);
     const [h, a, b] = await stream(server, ['a', 'b', 'c']);
     // Re-frame chunk b (non-final AAD) with the final marker.
     const asFinal = concatBytes(Uint8Array.of(0), b!.subarray(1));
@@ -81,7 +84,7 @@ describe('chunked OHTTP responses', () => {
   });
 
   it('refuses a flipped byte anywhere, and a stream for another request', async () => {
-    const { client, server } = await exchange();
+    const { client, server } = await exchange(backend);
     const whole = concatBytes(...(await stream(server, ['token', 'stream'])));
     for (let i = 0; i < whole.length; i++) {
       const bad = whole.slice();
@@ -94,14 +97,45 @@ describe('chunked OHTTP responses', () => {
       }
       expect(err, `flip at ${i}`).toBeDefined();
     }
-    const other = await exchange();
+    const other = await exchange(backend);
     await expectCode(readAll(other.client, [whole]), 'decrypt-failed');
   });
 
   it('refuses sealing after the final chunk', async () => {
-    const { server } = await exchange();
+    const { server } = await exchange(backend);
     const sealer = await ChunkedResponseSealer.create(server);
     await sealer.seal(utf8.encode('x'), true);
     await expectCode(sealer.seal(utf8.encode('y')), 'bad-message');
+  });
+
+  it('reassembles long chunks that arrive a few bytes at a time', async () => {
+    const { client, server } = await exchange(backend);
+    const sealer = await ChunkedResponseSealer.create(server);
+    const big = Uint8Array.from({ length: 20_000 }, (_, i) => (i * 7) & 0xff);
+    const whole = concatBytes(
+      sealer.header,
+      await sealer.seal(Uint8Array.of(1)),
+      await sealer.seal(big),
+      await sealer.seal(big.subarray(3), true),
+    );
+    const opener = new ChunkedResponseOpener(client);
+    const got: Uint8Array[] = [];
+    for (let at = 0, step = 1; at < whole.length; at += step, step = (step % 13) + 1) {
+      got.push(...(await opener.push(whole.subarray(at, at + step))));
+    }
+    got.push(await opener.end());
+    expect(got).toEqual([Uint8Array.of(1), big, big.subarray(3)]);
+  });
+
+  it('refuses bytes after the end and a chunk length shorter than a tag', async () => {
+    const { client, server } = await exchange(backend);
+    const framed = await stream(server, ['a']);
+    const opener = new ChunkedResponseOpener(client);
+    for (const f of framed) await opener.push(f);
+    await opener.end();
+    await expectCode(opener.push(Uint8Array.of(0)), 'trailing-bytes');
+    await expectCode(opener.end(), 'bad-message');
+    const short = new ChunkedResponseOpener(client);
+    await expectCode(short.push(concatBytes(framed[0]!, Uint8Array.of(15))), 'bad-message');
   });
 });

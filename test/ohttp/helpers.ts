@@ -1,5 +1,17 @@
 import { expect } from 'vitest';
-import { OhttpError, type OhttpErrorCode } from '../../src/ohttp/index.js';
+import {
+  type OhttpBackend,
+  OhttpError,
+  type OhttpErrorCode,
+  webCryptoBackend,
+} from '../../src/ohttp/index.js';
+import { nodeBackend } from '../../src/ohttp/node.js';
+
+/** Every backend, for `describe.each`: each must give the same bytes and the same refusals. */
+export const BACKENDS: [string, OhttpBackend][] = [
+  ['webcrypto', webCryptoBackend],
+  ['node', nodeBackend],
+];
 
 export async function expectCode(p: Promise<unknown> | (() => unknown), code: OhttpErrorCode): Promise<void> {
   let err: unknown;

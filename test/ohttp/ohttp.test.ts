@@ -22,7 +22,7 @@ import {
   selectSuite,
 } from '../../src/ohttp/index.js';
 import { concatBytes, fromHex, toHex } from '../../src/util/bytes.js';
-import { expectCode } from './helpers.js';
+import { BACKENDS, expectCode } from './helpers.js';
 
 // RFC 9458 Appendix A.
 const A = {
@@ -41,7 +41,7 @@ const A = {
 const config = decodeKeyConfig(fromHex(A.keyConfig));
 const gateway: GatewayKey[] = [{ config, privateKey: fromHex(A.skR) }];
 
-describe('RFC 9458 Appendix A known answers', () => {
+describe('RFC 9458 Appendix A key configuration', () => {
   it('parses the key configuration and encodes it back byte for byte', () => {
     expect(config.keyId).toBe(1);
     expect(config.kemId).toBe(KEM_X25519_HKDF_SHA256);
@@ -53,16 +53,21 @@ describe('RFC 9458 Appendix A known answers', () => {
     expect(toHex(encodeKeyConfig(config))).toBe(A.keyConfig);
     expect(selectSuite(config)).toEqual({ kdfId: KDF_HKDF_SHA256, aeadId: AEAD_AES_128_GCM });
   });
+});
 
+describe.each(BACKENDS)('RFC 9458 Appendix A known answers (%s backend)', (_name, backend) => {
   it('client: with the fixed ephemeral key, the encapsulated request is exact', async () => {
     const { encapsulated } = await encapsulateRequest(config, fromHex(A.request), {
       ephemeral: { privateKey: fromHex(A.skE), publicKey: fromHex(A.pkE) },
+      backend,
     });
     expect(toHex(encapsulated)).toBe(A.encRequest);
   });
 
   it('gateway: opens the request, and with the fixed nonce the encapsulated response is exact', async () => {
-    const { request, context } = await decapsulateRequest(fromHex(A.encRequest), gateway);
+    const { request, context } = await decapsulateRequest(fromHex(A.encRequest), gateway, { backend });
+    // The response is sealed with the backend recorded in the context.
+    expect(context.backend).toBe(backend);
     expect(toHex(request)).toBe(A.request);
     expect(decodeRequest(request)).toMatchObject({
       method: 'GET',
@@ -76,6 +81,7 @@ describe('RFC 9458 Appendix A known answers', () => {
   it('client: opens the published encapsulated response', async () => {
     const { context } = await encapsulateRequest(config, fromHex(A.request), {
       ephemeral: { privateKey: fromHex(A.skE), publicKey: fromHex(A.pkE) },
+      backend,
     });
     const res = await decapsulateResponse(context, fromHex(A.encResponse));
     expect(toHex(res)).toBe(A.response);
@@ -99,7 +105,7 @@ async function freshKey(keyId: number, aeadId: number): Promise<GatewayKey> {
   return { config: cfg, privateKey };
 }
 
-describe('round trips', () => {
+describe.each(BACKENDS)('round trips (%s backend)', (_name, backend) => {
   it('BHTTP inside OHTTP, AES-128-GCM and AES-256-GCM', async () => {
     const keys = [await freshKey(7, AEAD_AES_128_GCM), await freshKey(9, AEAD_AES_256_GCM)];
     await fc.assert(
@@ -110,8 +116,8 @@ describe('round trips', () => {
         async (which, body, answer) => {
           const key = keys[which]!;
           const req = encodeRequest({ method: 'POST', path: '/v1/chat/completions', content: body });
-          const { encapsulated, context } = await encapsulateRequest(key.config, req);
-          const opened = await decapsulateRequest(encapsulated, keys);
+          const { encapsulated, context } = await encapsulateRequest(key.config, req, { backend });
+          const opened = await decapsulateRequest(encapsulated, keys, { backend });
           expect(decodeRequest(opened.request).content).toEqual(body);
           const res = await encapsulateResponse(
             opened.context,
@@ -126,7 +132,9 @@ describe('round trips', () => {
       { numRuns: 30 },
     );
   });
+});
 
+describe('key configuration lists', () => {
   it('application/ohttp-keys lists round-trip', () => {
     const list = encodeKeyConfigList([config, config]);
     expect(toHex(list)).toBe(`002d${A.keyConfig}002d${A.keyConfig}`);
@@ -134,7 +142,7 @@ describe('round trips', () => {
   });
 });
 
-describe('refusals', () => {
+describe.each(BACKENDS)('refusals (%s backend)', (_name, backend) => {
   const enc = fromHex(A.encRequest);
   const flip = (b: Uint8Array, i: number) => {
     const c = b.slice();
@@ -143,31 +151,35 @@ describe('refusals', () => {
   };
 
   it('a flipped byte in the key id is an unknown key', async () => {
-    await expectCode(decapsulateRequest(flip(enc, 0), gateway), 'unknown-key-id');
+    await expectCode(decapsulateRequest(flip(enc, 0), gateway, { backend }), 'unknown-key-id');
   });
   it('wrong KEM, KDF or AEAD ids are refused', async () => {
-    await expectCode(decapsulateRequest(flip(enc, 2), gateway), 'unsupported-kem');
-    await expectCode(decapsulateRequest(flip(enc, 4), gateway), 'unsupported-kdf');
-    await expectCode(decapsulateRequest(flip(enc, 6), gateway), 'unsupported-aead'); // 0x0000
+    await expectCode(decapsulateRequest(flip(enc, 2), gateway, { backend }), 'unsupported-kem');
+    await expectCode(decapsulateRequest(flip(enc, 4), gateway, { backend }), 'unsupported-kdf');
+    await expectCode(decapsulateRequest(flip(enc, 6), gateway, { backend }), 'unsupported-aead'); // 0x0000
     // 0x0003 (ChaCha20-Poly1305) is offered by the key but not implemented here.
     const chacha = enc.slice();
     chacha[6] = 3;
-    await expectCode(decapsulateRequest(chacha, gateway), 'unsupported-aead');
+    await expectCode(decapsulateRequest(chacha, gateway, { backend }), 'unsupported-aead');
   });
   it('every flipped byte in enc or the ciphertext fails decryption', async () => {
     for (let i = 7; i < enc.length; i++) {
-      await expectCode(decapsulateRequest(flip(enc, i), gateway), 'decrypt-failed');
+      await expectCode(decapsulateRequest(flip(enc, i), gateway, { backend }), 'decrypt-failed');
     }
   });
   it('truncated requests are refused', async () => {
     for (const n of [0, 3, 7, 38, 39, 54]) {
-      await expectCode(decapsulateRequest(enc.subarray(0, n), gateway), 'truncated');
+      await expectCode(decapsulateRequest(enc.subarray(0, n), gateway, { backend }), 'truncated');
     }
-    await expectCode(decapsulateRequest(enc.subarray(0, enc.length - 1), gateway), 'decrypt-failed');
+    await expectCode(
+      decapsulateRequest(enc.subarray(0, enc.length - 1), gateway, { backend }),
+      'decrypt-failed',
+    );
   });
   it('a flipped byte in the response nonce or ciphertext, or a short response, is refused', async () => {
     const { context } = await encapsulateRequest(config, fromHex(A.request), {
       ephemeral: { privateKey: fromHex(A.skE), publicKey: fromHex(A.pkE) },
+      backend,
     });
     const res = fromHex(A.encResponse);
     for (let i = 0; i < res.length; i++) {
@@ -177,12 +189,29 @@ describe('refusals', () => {
     await expectCode(decapsulateResponse(context, res.subarray(0, res.length - 1)), 'decrypt-failed');
   });
   it('a response to another request does not open', async () => {
-    const a = await encapsulateRequest(config, fromHex(A.request));
-    const b = await encapsulateRequest(config, fromHex(A.request));
-    const opened = await decapsulateRequest(a.encapsulated, gateway);
+    const a = await encapsulateRequest(config, fromHex(A.request), { backend });
+    const b = await encapsulateRequest(config, fromHex(A.request), { backend });
+    const opened = await decapsulateRequest(a.encapsulated, gateway, { backend });
     const res = await encapsulateResponse(opened.context, fromHex(A.response));
     await expectCode(decapsulateResponse(b.context, res), 'decrypt-failed');
   });
+  it('an unusable gateway public key is bad-key', async () => {
+    for (const publicKey of [new Uint8Array(32), Uint8Array.of(1, ...new Uint8Array(31))]) {
+      // Both are low-order points: X25519 with them gives the all-zero secret RFC 9180 §7.1.4 refuses.
+      await expectCode(
+        encapsulateRequest({ ...config, publicKey }, fromHex(A.request), { backend }),
+        'bad-key',
+      );
+    }
+  });
+  it('a low-order enc is refused before any AEAD', async () => {
+    const bad = enc.slice();
+    bad.fill(0, 7, 39);
+    await expectCode(decapsulateRequest(bad, gateway, { backend }), 'decrypt-failed');
+  });
+});
+
+describe('malformed key configurations', () => {
   it('malformed key configurations are refused', async () => {
     const good = fromHex(A.keyConfig);
     await expectCode(() => decodeKeyConfig(good.subarray(0, good.length - 1)), 'bad-key-config');
@@ -198,7 +227,7 @@ describe('refusals', () => {
   });
 });
 
-describe('fuzz', () => {
+describe.each(BACKENDS)('fuzz (%s backend)', (_name, backend) => {
   it('mutated encapsulated requests and key configs: never accepted, always an OhttpError', async () => {
     const { OhttpError } = await import('../../src/ohttp/index.js');
     const base = fromHex(A.encRequest);
@@ -212,7 +241,7 @@ describe('fuzz', () => {
           const input = b.subarray(0, b.length - cut);
           // Two flips can cancel out; the unchanged vector is rightly accepted.
           fc.pre(toHex(input) !== A.encRequest);
-          await expect(decapsulateRequest(input, gateway)).rejects.toBeInstanceOf(OhttpError);
+          await expect(decapsulateRequest(input, gateway, { backend })).rejects.toBeInstanceOf(OhttpError);
           try {
             decodeKeyConfig(input.subarray(0, 41));
           } catch (e) {
