@@ -82,7 +82,9 @@ export class StreamedResponseDecoder {
     }
     this.buffer = this.buffer.length === 0 ? bytes : concatBytes(this.buffer, bytes);
     const events: StreamedResponseEvent[] = [];
-    for (;;) {
+    // Every step needs at least one byte: stop at an empty buffer rather than throw 'truncated' (an Error
+    // and its stack trace per pushed piece, a large share of a streamed response's cost).
+    while (this.buffer.length > 0) {
       const r = new VarReader(this.buffer, 'streamed binary HTTP response');
       let event: StreamedResponseEvent | undefined;
       try {
@@ -99,6 +101,7 @@ export class StreamedResponseDecoder {
         return events;
       }
     }
+    return events;
   }
 
   /** Refuses a stream that stopped inside the message; trailers may be cut off only as §3.8 allows. */

@@ -254,7 +254,7 @@ function once<A extends unknown[], R>(what: string, f: (...a: A) => R): (...a: A
 }
 
 /** Synchronous node:crypto; every method returns its value, not a promise. */
-export const nodeBackend: OhttpBackend = {
+export const nodeBackend = {
   name: 'node',
 
   setupSender({ aeadId, recipientPublicKey, info, ephemeral }) {
@@ -301,4 +301,4 @@ export const nodeBackend: OhttpBackend = {
       open: (nonce, aad, ct) => gcmOpen(s, k, nonce, aad, ct),
     };
   },
-};
+} satisfies OhttpBackend;

@@ -16,7 +16,7 @@ import {
 } from '../../src/ohttp/index.js';
 import { nodeBackend } from '../../src/ohttp/node.js';
 import { concatBytes, toHex, utf8 } from '../../src/util/bytes.js';
-import { BACKENDS, expectCode } from './helpers.js';
+import { BACKENDS, counting, expectCode } from './helpers.js';
 
 const PAIRS = BACKENDS.flatMap(([c, client]) =>
   BACKENDS.map(([g, gateway]) => [`${c} client, ${g} gateway`, client, gateway] as const),
@@ -95,5 +95,22 @@ describe('choosing the backend for a response', () => {
     expect(
       utf8.decode(await decapsulateResponse(sent.context, recorded, { backend: webCryptoBackend })),
     ).toBe('x');
+  });
+
+  it('each function uses the backend it is given, and the response side the one recorded', async () => {
+    const client = counting(nodeBackend);
+    const gateway = counting(nodeBackend);
+    const key = keys[1]!;
+    const sent = await encapsulateRequest(key.config, utf8.encode('p'), { backend: client.backend });
+    expect(client.calls).toEqual({ setupSender: 1 });
+    const { context } = await decapsulateRequest(sent.encapsulated, keys, { backend: gateway.backend });
+    expect(gateway.calls).toEqual({ setupRecipient: 1 });
+    const sealer = await ChunkedResponseSealer.create(context);
+    const framed = concatBytes(sealer.header, await sealer.seal(utf8.encode('last'), true));
+    expect(gateway.calls).toEqual({ setupRecipient: 1, extract: 1, expand: 2, aeadKey: 1 });
+    const opener = new ChunkedResponseOpener(sent.context);
+    await opener.push(framed);
+    expect(utf8.decode(await opener.end())).toBe('last');
+    expect(client.calls).toEqual({ setupSender: 1, extract: 1, expand: 2, aeadKey: 1 });
   });
 });

@@ -23,3 +23,17 @@ export async function expectCode(p: Promise<unknown> | (() => unknown), code: Oh
   expect(err).toBeInstanceOf(OhttpError);
   expect((err as OhttpError).code).toBe(code);
 }
+
+/** Wraps `backend` to count calls per method: interoperable backends cannot show which one ran otherwise. */
+export function counting(backend: OhttpBackend): { backend: OhttpBackend; calls: Record<string, number> } {
+  const calls: Record<string, number> = {};
+  const wrapped = { ...backend } as Record<string, unknown>;
+  for (const [name, f] of Object.entries(backend)) {
+    if (typeof f !== 'function') continue;
+    wrapped[name] = (...args: unknown[]) => {
+      calls[name] = (calls[name] ?? 0) + 1;
+      return (f as (...a: unknown[]) => unknown).apply(backend, args);
+    };
+  }
+  return { backend: wrapped as unknown as OhttpBackend, calls };
+}
