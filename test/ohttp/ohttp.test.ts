@@ -132,6 +132,16 @@ describe.each(BACKENDS)('round trips (%s backend)', (_name, backend) => {
       { numRuns: 30 },
     );
   });
+  it('binds the label: a request sealed under one opens only under the same (string or option)', async () => {
+    const key = await freshKey(3, AEAD_AES_128_GCM);
+    const label = 'message/bhttp chunked request';
+    const { encapsulated } = await encapsulateRequest(key.config, fromHex(A.request), { label, backend });
+    expect(toHex((await decapsulateRequest(encapsulated, [key], label)).request)).toBe(A.request);
+    expect(toHex((await decapsulateRequest(encapsulated, [key], { label, backend })).request)).toBe(
+      A.request,
+    );
+    await expectCode(decapsulateRequest(encapsulated, [key], { backend }), 'decrypt-failed');
+  });
 });
 
 describe('key configuration lists', () => {
