@@ -30,6 +30,10 @@ export function realEngines(s: EngineSettings): EngineLoaders {
           : {}),
       });
     },
+    async warmUp(format) {
+      if (format === 'gguf') await (await import('./engine/llama.js')).warmUpLlama(s.gpu);
+      else await import('./engine/onnx.js');
+    },
     async onnxBundle(bundle) {
       const { loadOnnxEngine } = await import('./engine/onnx.js');
       return loadOnnxEngine({ bundle, parallel: s.parallel, ...(s.threads ? { threads: s.threads } : {}) });

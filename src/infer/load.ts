@@ -7,18 +7,20 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { open, readFile, stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { zeroAndUnlink } from '../agent/private-dir.js';
 import type { Header } from '../seal/format.js';
 import type { UnsealKey } from '../seal/keys.js';
-import { readHeader, unsealFile } from '../seal/node.js';
+import { openSealedFile, readHeader, unsealFile } from '../seal/node.js';
 import type { EmbeddingEngine, TextEngine } from './engine/types.js';
 import type { ModelIdentity } from './identity.js';
 
 export interface EngineLoaders {
   gguf(path: string): Promise<TextEngine>;
   onnxBundle(bundle: Uint8Array): Promise<EmbeddingEngine>;
+  /** Starts whatever the engine for `format` needs before a model (runtime, native binding), if anything. */
+  warmUp?(format: ModelIdentity['format']): Promise<void>;
 }
 
 export interface SealedModelOptions {
@@ -74,42 +76,58 @@ function defaultId(header: Header, file: string): string {
 
 let counter = 0;
 
+/**
+ * Order, for the cold start: the format is read from the first plaintext chunk (random access, one
+ * chunk decrypted), so the engine's runtime can start loading while the model is unsealed; the sealed
+ * file is hashed alongside, and the digest is awaited only once the engine holds the model.
+ */
 export async function loadSealedModel(o: SealedModelOptions): Promise<LoadedModel> {
   const { header } = await readHeader(o.file);
   const key = await o.key(header);
-  const out = join(o.dir, `model-${counter++}`);
-  const size = (await stat(o.file)).size;
-  o.log(`unsealing ${o.file} (${(size / 2 ** 20).toFixed(1)} MiB) into the private directory`);
-  const started = performance.now();
-  // The digest and the unsealing read the same file; side by side they overlap on two cores.
-  const [digest] = await Promise.all([sha256File(o.file), unsealFile(o.file, out, key)]);
-  o.log(`unsealed in ${((performance.now() - started) / 1000).toFixed(2)} s; sealed digest ${digest}`);
-  const fh = await open(out, 'r');
-  const head = new Uint8Array(512);
+  const reader = await openSealedFile(o.file, key);
+  let head: Uint8Array;
   try {
-    await fh.read(head, 0, 512, 0);
+    head = await reader.read(0, Math.min(512, reader.plaintextLength));
   } finally {
-    await fh.close();
+    await reader.close();
   }
   const format = formatOf(head);
-  const id = o.id ?? defaultId(header, o.file);
-  if (format === 'gguf') {
-    return { id, format, digest, engine: await o.loaders.gguf(out) };
-  }
-  if (format === 'onnx-bundle') {
-    const bundle = new Uint8Array(await readFile(out));
-    zeroAndUnlink(out);
-    return { id, format, digest, engine: await o.loaders.onnxBundle(bundle) };
-  }
-  zeroAndUnlink(out);
   if (format === 'onnx') {
     throw new ModelLoadError(
       'raw-onnx',
       `${o.file} holds a bare ONNX model; an ONNX model is served with its tokenizer: seal a tar of the model directory (tar -cf model.tar model.onnx tokenizer.json tokenizer_config.json)`,
     );
   }
-  throw new ModelLoadError(
-    'unknown-format',
-    `${o.file} holds neither a GGUF model nor an ONNX model bundle (tar)`,
-  );
+  if (format === undefined) {
+    throw new ModelLoadError('unknown-format', `${o.file} holds neither a GGUF model nor an ONNX model bundle (tar)`);
+  }
+  const warm = o.loaders.warmUp?.(format);
+  // Observed below; until then a failure must not surface as an unhandled rejection.
+  warm?.catch(() => {});
+  const digest = sha256File(o.file);
+  digest.catch(() => {});
+  const out = join(o.dir, `model-${counter++}`);
+  const size = (await stat(o.file)).size;
+  o.log(`unsealing ${o.file} (${(size / 2 ** 20).toFixed(1)} MiB, ${format}) into the private directory`);
+  const started = performance.now();
+  await unsealFile(o.file, out, key);
+  o.log(`unsealed in ${((performance.now() - started) / 1000).toFixed(2)} s`);
+  await warm;
+  const id = o.id ?? defaultId(header, o.file);
+  let engine: TextEngine | EmbeddingEngine;
+  if (format === 'gguf') {
+    engine = await o.loaders.gguf(out);
+  } else {
+    const bundle = new Uint8Array(await readFile(out));
+    zeroAndUnlink(out);
+    engine = await o.loaders.onnxBundle(bundle);
+  }
+  try {
+    const d = await digest;
+    o.log(`sealed digest ${d}`);
+    return { id, format, digest: d, engine };
+  } catch (e) {
+    await engine.close();
+    throw e;
+  }
 }

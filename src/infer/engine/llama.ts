@@ -118,6 +118,14 @@ function sharedLlama(gpu: 'auto' | false): Promise<Llama> {
   return p;
 }
 
+/**
+ * Loads llama.cpp's native binding ahead of a model (hundreds of milliseconds), so a caller can do it
+ * while the model is still being unsealed. A failure here is reported again by loadLlamaEngine.
+ */
+export async function warmUpLlama(gpu: 'auto' | false = 'auto'): Promise<void> {
+  await sharedLlama(gpu);
+}
+
 /** Load a GGUF model and return an engine for it; refuses a bad file with `bad-model`. */
 export async function loadLlamaEngine(options: LlamaEngineOptions): Promise<TextEngine> {
   const { path, gpu = 'auto', parallel = 1, log } = options;
