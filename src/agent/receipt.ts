@@ -9,6 +9,7 @@
  * carries the public key and whose payload carries the evidence, the broker's EAR token for the run
  * and what was run: sealed digests of inputs and outputs, the command line, exit status and times.
  */
+
 import {
   decodeJwt,
   type FlattenedJWS,
@@ -17,6 +18,7 @@ import {
   flattenedVerify,
   type JWK,
 } from 'jose';
+import { MEASUREMENT_CLAIMS } from '../attest/common/appraise.js';
 import type { Appraisal, CollateralSource, TeeKind } from '../attest/common/types.js';
 import { type EarResult, verifyEar } from '../attest/ear/index.js';
 import type { VerifierRegistry } from '../attest/registry.js';
@@ -117,19 +119,6 @@ export interface VerifyReceiptOptions {
   /** The broker's EAR verification key; when given, the EAR token must verify under it. */
   earKey?: CryptoKey | JsonWebKey;
 }
-
-/** Claims that identify what ran, compared between a receipt's evidence and its EAR token. */
-const MEASUREMENT_CLAIMS = [
-  'measurement',
-  'mr_td',
-  'rtmr0',
-  'rtmr1',
-  'rtmr2',
-  'rtmr3',
-  'mr_enclave',
-  'mr_signer',
-  'host_data',
-];
 
 export interface VerifiedReceipt {
   body: ReceiptBody;

@@ -4,6 +4,7 @@
  * bind the identity (OHTTP keys, receipt key, models, software), and the client's own policy decides
  * whether what was proven is enough. Nothing is sent to a server that fails any step.
  */
+import { MEASUREMENT_CLAIMS } from '../attest/common/appraise.js';
 import type { CollateralSource, EarStatus } from '../attest/common/types.js';
 import { appraiseComposite, type CompositeAppraisal } from '../attest/composite.js';
 import { type EarResult, verifyEar } from '../attest/ear/index.js';
@@ -57,19 +58,6 @@ export interface VerifiedServer {
   /** What a person should know even though the policy accepted it (sample TEE, plaintext allowed, …). */
   warnings: string[];
 }
-
-/** Claims compared between the evidence and the broker's EAR token: they must describe the same TEE. */
-const MEASUREMENT_CLAIMS = [
-  'measurement',
-  'mr_td',
-  'rtmr0',
-  'rtmr1',
-  'rtmr2',
-  'rtmr3',
-  'mr_enclave',
-  'mr_signer',
-  'host_data',
-];
 
 function fail(code: string, message: string, cause?: unknown): never {
   throw new VerificationError(code, message, cause === undefined ? undefined : { cause });

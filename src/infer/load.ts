@@ -99,7 +99,10 @@ export async function loadSealedModel(o: SealedModelOptions): Promise<LoadedMode
     );
   }
   if (format === undefined) {
-    throw new ModelLoadError('unknown-format', `${o.file} holds neither a GGUF model nor an ONNX model bundle (tar)`);
+    throw new ModelLoadError(
+      'unknown-format',
+      `${o.file} holds neither a GGUF model nor an ONNX model bundle (tar)`,
+    );
   }
   const warm = o.loaders.warmUp?.(format);
   // Observed below; until then a failure must not surface as an unhandled rejection.

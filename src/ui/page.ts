@@ -10,6 +10,7 @@
  */
 // @peculiar/x509's dependency injection needs the Reflect metadata API before it loads.
 import 'reflect-metadata';
+import { MEASUREMENT_CLAIMS } from '../attest/common/appraise.js';
 import { httpSource } from '../attest/collateral/index.js';
 import {
   type ClientPolicy,
@@ -24,19 +25,6 @@ import { readChatStream } from './sse.js';
 
 /** The development policy: the sample TEE is software only, so its appraisal is at best a warning. */
 const SAMPLE_POLICY = parseClientPolicy({ tees: ['sample'], minStatus: 'warning' });
-
-/** Claims that pin what runs in a TEE, by kind; shown so a user can compare them with published values. */
-const MEASUREMENT_CLAIMS = [
-  'measurement',
-  'host_data',
-  'mr_td',
-  'rtmr0',
-  'rtmr1',
-  'rtmr2',
-  'rtmr3',
-  'mr_enclave',
-  'mr_signer',
-];
 
 function byId<T extends HTMLElement>(id: string): T {
   const e = document.getElementById(id);

@@ -1,6 +1,23 @@
 /** Appraisal steps every TEE kind shares. */
 import type { EarStatus, Finding, TrustVector } from './types.js';
 
+/**
+ * Claims that pin what runs in a TEE (launch measurement, runtime registers, enclave identity, host
+ * data), across kinds: what a person compares with published values, and what must agree when two
+ * attestations claim to describe the same TEE.
+ */
+export const MEASUREMENT_CLAIMS: readonly string[] = [
+  'measurement',
+  'host_data',
+  'mr_td',
+  'rtmr0',
+  'rtmr1',
+  'rtmr2',
+  'rtmr3',
+  'mr_enclave',
+  'mr_signer',
+];
+
 /** AR4SI "affirming" value for a trust-vector claim. */
 export const AFFIRM = 2;
 
