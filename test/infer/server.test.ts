@@ -440,3 +440,37 @@ describe('the collateral relay for the browser page', () => {
     }
   });
 });
+
+describe('through an OHTTP relay', () => {
+  it('the client posts to the relay, which sees only the encapsulated bytes and forwards them', async () => {
+    const { createServer } = await import('node:http');
+    const seen: Buffer[] = [];
+    const relay = createServer(async (req, res) => {
+      const parts: Buffer[] = [];
+      for await (const c of req) parts.push(c as Buffer);
+      const body = Buffer.concat(parts);
+      seen.push(body);
+      const upstream = await fetch(`${h.server.url}${GATEWAY}`, {
+        method: 'POST',
+        headers: { 'content-type': req.headers['content-type'] ?? '' },
+        body,
+      });
+      res.writeHead(upstream.status, { 'content-type': upstream.headers.get('content-type') ?? '' });
+      res.end(Buffer.from(await upstream.arrayBuffer()));
+    });
+    await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
+    const port = (relay.address() as { port: number }).port;
+    try {
+      const { openai } = client({ relay: `http://127.0.0.1:${port}/relay` });
+      const r = await openai.chat.completions.create({
+        model: 'tiny-llama',
+        messages: [{ role: 'user', content: 'relayed-secret' }],
+      });
+      expect(r.choices[0]!.message.content).toBe(' relayed-secret done');
+      expect(seen).toHaveLength(1);
+      expect(seen[0]!.toString('latin1')).not.toContain('relayed-secret');
+    } finally {
+      relay.close();
+    }
+  });
+});
