@@ -30,6 +30,7 @@ interface ServeCliOptions extends Omit<TeeCliOptions, 'kbs'> {
   threads?: string;
   maxTokens: string;
   replayWindow: string;
+  padStream: string;
   maxBody: string;
   privateDir: string;
   allowDisk?: boolean;
@@ -41,6 +42,12 @@ const collect = (v: string, prev: string[]) => [...prev, v];
 function positive(v: string, what: string): number {
   const n = Number(v);
   if (!Number.isInteger(n) || n < 1) throw new Error(`${what} must be a positive integer, not '${v}'`);
+  return n;
+}
+
+function nonNegative(v: string, what: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new Error(`${what} must be an integer ≥ 0, not '${v}'`);
   return n;
 }
 
@@ -69,6 +76,11 @@ export function registerServe(program: Command): void {
     .option('--max-tokens <n>', 'max_tokens when a request gives none', '256')
     .option('--replay-window <s>', 'seconds the OHTTP gateway remembers requests (Date skew: half)', '120')
     .option('--max-body <bytes>', 'largest request body', String(1 << 20))
+    .option(
+      '--pad-stream <bytes>',
+      'pad each streamed event to a multiple of this (hides token lengths; 0: off)',
+      '64',
+    )
     .option('--private-dir <dir>', 'memory file system for the plaintext model', '/dev/shm')
     .option('--allow-disk', 'accept a --private-dir that is not tmpfs/ramfs (plaintext may reach a disk)')
     .addOption(
@@ -142,6 +154,7 @@ export function registerServe(program: Command): void {
         port: Number(opts.port),
         replayWindowMs: positive(opts.replayWindow, '--replay-window') * 1000,
         maxBodyBytes: positive(opts.maxBody, '--max-body'),
+        padStreamTo: nonNegative(opts.padStream, '--pad-stream'),
         defaultMaxTokens: positive(opts.maxTokens, '--max-tokens'),
         ...(ui ? { ui } : {}),
         log,

@@ -27,6 +27,21 @@ export interface OpenAiOptions {
   models: ServedModel[];
   /** max_tokens when the request gives none. */
   defaultMaxTokens: number;
+  /**
+   * Pad every streamed event to a multiple of this many bytes (0: no padding). Encryption hides the
+   * text but not the length of each chunk, and one event per token would otherwise leak token lengths.
+   */
+  padStreamTo?: number;
+}
+
+/** One server-sent event, padded with a comment line (which every SSE reader ignores) when asked. */
+export function sseEvent(data: string, padTo = 0): Uint8Array {
+  const body = `data: ${data}\n`;
+  const length = encoder.encode(body).length + 1;
+  if (padTo <= 0) return encoder.encode(`${body}\n`);
+  // A comment line is ":" + filler + "\n": at least 2 bytes.
+  const filler = (padTo - ((length + 2) % padTo)) % padTo;
+  return encoder.encode(`${body}:${' '.repeat(filler)}\n\n`);
 }
 
 export type Handler = (request: Request) => Promise<Response>;
@@ -120,6 +135,7 @@ function chatMessages(body: Json): ChatMessage[] {
 }
 
 export function createOpenAiHandler(options: OpenAiOptions): Handler {
+  const padTo = options.padStreamTo ?? 0;
   const byId = new Map(options.models.map((m) => [m.id, m]));
 
   function modelOf(body: Json, want: Engine['kind']): ServedModel {
@@ -227,10 +243,9 @@ export function createOpenAiHandler(options: OpenAiOptions): Handler {
     }
 
     const chunkObject = chat ? 'chat.completion.chunk' : 'text_completion';
+    const event = (data: unknown) => sseEvent(typeof data === 'string' ? data : JSON.stringify(data), padTo);
     const chunk = (choice: Json, extra: Json = {}) =>
-      encoder.encode(
-        `data: ${JSON.stringify({ id, object: chunkObject, created, model: model.id, choices: [choice], ...extra })}\n\n`,
-      );
+      event({ id, object: chunkObject, created, model: model.id, choices: [choice], ...extra });
     const pending: Uint8Array[] = chat
       ? [chunk({ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null })]
       : [];
@@ -275,15 +290,13 @@ export function createOpenAiHandler(options: OpenAiOptions): Handler {
             c.enqueue(chunk(last));
             if (includeUsage) {
               c.enqueue(
-                encoder.encode(
-                  `data: ${JSON.stringify({ id, object: chunkObject, created, model: model.id, choices: [], usage: usage(r) })}\n\n`,
-                ),
+                event({ id, object: chunkObject, created, model: model.id, choices: [], usage: usage(r) }),
               );
             }
-            c.enqueue(encoder.encode('data: [DONE]\n\n'));
+            c.enqueue(event('[DONE]'));
           })
           .catch((e: unknown) => {
-            c.enqueue(encoder.encode(`data: ${JSON.stringify(errorBody(toInferError(e)))}\n\n`));
+            c.enqueue(event(errorBody(toInferError(e))));
           })
           .finally(() => {
             request.signal.removeEventListener('abort', onAbort);

@@ -52,6 +52,8 @@ export interface InferenceServerOptions {
   replayWindowMs?: number;
   maxBodyBytes?: number;
   defaultMaxTokens?: number;
+  /** Streamed events are padded to a multiple of this many bytes; default 64, 0 turns it off. */
+  padStreamTo?: number;
   /** Static files for the browser page, by path ("/" for the page itself); also opens /v1/collateral. */
   ui?: ReadonlyMap<string, UiAsset>;
   /** How /v1/collateral reaches the vendors; default globalThis.fetch. */
@@ -172,7 +174,11 @@ export async function startInferenceServer(o: InferenceServerOptions): Promise<I
     plaintextAllowed: o.allowPlaintext,
   };
   const attestation = await attestIdentity(identity, o.tee, o.ear);
-  const handler = createOpenAiHandler({ models: o.models, defaultMaxTokens: o.defaultMaxTokens ?? 256 });
+  const handler = createOpenAiHandler({
+    models: o.models,
+    defaultMaxTokens: o.defaultMaxTokens ?? 256,
+    padStreamTo: o.padStreamTo ?? 64,
+  });
   const gateway = createGateway({
     keys: [gatewayKey],
     replay: new ReplayCache({ windowMs: replayWindowMs, maxEntries: 1_000_000 }),

@@ -52,6 +52,7 @@ export async function startHarness(
     ...(o.replayWindowMs ? { replayWindowMs: o.replayWindowMs } : {}),
     ...(o.maxBodyBytes ? { maxBodyBytes: o.maxBodyBytes } : {}),
     ...(o.collateralFetch ? { collateralFetch: o.collateralFetch } : {}),
+    ...(o.padStreamTo !== undefined ? { padStreamTo: o.padStreamTo } : {}),
     ...(o.ui ? { ui: o.ui } : {}),
   });
   return { server, text, embed };

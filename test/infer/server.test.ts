@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { confidentialFetch } from '../../src/client/fetch.js';
 import { parseClientPolicy } from '../../src/client/policy.js';
 import { VerificationError } from '../../src/client/verify.js';
+import { sseEvent } from '../../src/infer/openai.js';
 import type { ResponseReceipt } from '../../src/infer/receipt.js';
 import {
   decapsulateResponse,
@@ -471,6 +472,56 @@ describe('through an OHTTP relay', () => {
       expect(seen[0]!.toString('latin1')).not.toContain('relayed-secret');
     } finally {
       relay.close();
+    }
+  });
+});
+
+describe('streamed events are padded so that chunk sizes do not give token lengths away', () => {
+  it('every event is a multiple of 64 bytes by default, unpadded with 0, and clients read both', async () => {
+    expect(new TextDecoder().decode(sseEvent('x', 0))).toBe('data: x\n\n');
+    for (const data of ['', 'x', 'a'.repeat(55), 'a'.repeat(56), 'a'.repeat(57), 'é'.repeat(40)]) {
+      const e = sseEvent(data, 64);
+      expect(e.length % 64, data).toBe(0);
+      expect(new TextDecoder().decode(e)).toMatch(/^data: .*\n:[ ]*\n\n$/s);
+    }
+    for (const [pad, check] of [
+      [undefined, (e: string) => new TextEncoder().encode(e).length % 64 === 0],
+      [0, (e: string) => !e.includes('\n:')],
+    ] as const) {
+      const s = await startHarness({
+        allowPlaintext: true,
+        ...(pad !== undefined ? { padStreamTo: pad } : {}),
+      });
+      try {
+        const res = await fetch(`${s.server.url}/v1/completions`, {
+          method: 'POST',
+          body: JSON.stringify({ model: 'tiny-llama', prompt: 'one two three four', stream: true }),
+        });
+        const text = await res.text();
+        const events = text
+          .split('\n\n')
+          .filter(Boolean)
+          .map((e) => `${e}\n\n`);
+        expect(events.length).toBeGreaterThan(4);
+        expect(events.filter((e) => !check(e))).toEqual([]);
+        const f = confidentialFetch({ url: s.server.url, policy: SAMPLE_POLICY, collateral: NO_COLLATERAL });
+        const openai = new OpenAI({
+          baseURL: `${s.server.url}/v1`,
+          apiKey: 'unused',
+          fetch: f,
+          maxRetries: 0,
+        });
+        const stream = await openai.completions.create({
+          model: 'tiny-llama',
+          prompt: 'five six',
+          stream: true,
+        });
+        let out = '';
+        for await (const c of stream) out += c.choices[0]?.text ?? '';
+        expect(out).toBe(' five six done');
+      } finally {
+        await s.server.close();
+      }
     }
   });
 });
