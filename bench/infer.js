@@ -160,9 +160,11 @@ async function streamOnce(f, url, prompt, maxTokens) {
   for await (const piece of res.body) {
     buf += decoder.decode(piece, { stream: true });
     for (let i = buf.indexOf('\n\n'); i >= 0; i = buf.indexOf('\n\n')) {
-      const line = buf.slice(0, i);
+      const event = buf.slice(0, i);
       buf = buf.slice(i + 2);
-      if (!line.startsWith('data: {')) continue;
+      // An event's data line; the server pads events with a comment line, which readers skip.
+      const line = event.split('\n').find((l) => l.startsWith('data: {'));
+      if (!line) continue;
       const e = JSON.parse(line.slice(6));
       if (e.usage) tokens = e.usage.completion_tokens;
     }
