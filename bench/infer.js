@@ -33,6 +33,8 @@ const median = (xs) => {
 
 // llama.cpp's worker threads spin; with the load generator on the same two cores, one thread is steadier.
 const THREADS = Number(process.env.BENCH_THREADS ?? 1);
+// Read before any pinning: availableParallelism() follows this process's own CPU mask.
+const CPUS = availableParallelism();
 
 const role = process.argv[2];
 if (role === 'server') await serverRole(process.argv[3], Number(process.argv[4]));
@@ -116,7 +118,7 @@ function child(args) {
  * and the noise between requests drops to where a millisecond can be seen.
  */
 function pinnedServer(args) {
-  const cpus = availableParallelism();
+  const cpus = CPUS;
   if (cpus < 2 || spawnSync('taskset', ['-p', String(process.pid)], { stdio: 'ignore' }).status !== 0)
     return child(args);
   spawnSync('taskset', ['-pc', `0-${cpus - 2}`, String(process.pid)], { stdio: 'ignore' });
@@ -263,7 +265,7 @@ async function main() {
     server.kill();
     server = undefined;
     // The cold starts run unpinned, each in a fresh process, like a server starting.
-    spawnSync('taskset', ['-pc', `0-${availableParallelism() - 1}`, String(process.pid)], {
+    spawnSync('taskset', ['-pc', `0-${CPUS - 1}`, String(process.pid)], {
       stdio: 'ignore',
     });
     const tps = (name, c) => median(res[name][c].map((x) => x.tokensPerS));
@@ -281,6 +283,8 @@ async function main() {
     await writeFile(keyFile, JSON.stringify(kekToJwk(kek)));
     log('sealing it');
     await sealFile(cold, `${cold}.sealed`, { recipients: [{ type: 'kbs', uri: kek.uri, kek: kek.secret }] });
+    // The files were just written: flush them, or their writeback competes with the starts below.
+    spawnSync('sync', { stdio: 'ignore' });
     const evict = () => {
       for (const f of [cold, `${cold}.sealed`]) {
         const r = spawnSync('dd', [`if=${f}`, 'iflag=nocache', 'count=0'], { stdio: 'ignore' });
