@@ -13,7 +13,7 @@ import { GUID_VCEK, GUID_VLEK, parseCertTable } from '../attest/snp/certtable.js
 import type { Attester } from '../kbs/client.js';
 import type { Header } from '../seal/format.js';
 import { type KekKey, keyFromJwk } from '../seal/keys.js';
-import { utf8 } from '../util/bytes.js';
+import { toBase64, utf8 } from '../util/bytes.js';
 import { collectGpuEvidence } from './attest/composite.js';
 import type { GpuAttester } from './attest/nvml.js';
 import type { CpuAttester, CpuEvidence, CpuKind } from './attest/types.js';
@@ -36,12 +36,6 @@ export class AgentError extends Error {
   ) {
     super(message, options);
   }
-}
-
-function toBase64(b: Uint8Array): string {
-  let bin = '';
-  for (let i = 0; i < b.length; i += 0x8000) bin += String.fromCharCode(...b.subarray(i, i + 0x8000));
-  return btoa(bin);
 }
 
 /** The primary_evidence JSON value for evidence an attester collected. */

@@ -8,6 +8,8 @@
  * only once the engine has produced its first text (or failed), so a prompt that is too long is a 400,
  * not a 200 followed by an error event. The request's signal (the client going away) stops generation.
  */
+
+import { toBase64 } from '../util/bytes.js';
 import type { ChatMessage, Engine, GenerateParams, GenerationResult, OnText } from './engine/types.js';
 import { errorBody, errorResponse, InferError, toInferError } from './errors.js';
 import type { RequestQueue } from './queue.js';
@@ -341,7 +343,7 @@ export function createOpenAiHandler(options: OpenAiOptions): Handler {
       object: 'embedding',
       index,
       embedding:
-        format === 'float' ? Array.from(v) : base64(new Uint8Array(v.buffer, v.byteOffset, v.byteLength)),
+        format === 'float' ? Array.from(v) : toBase64(new Uint8Array(v.buffer, v.byteOffset, v.byteLength)),
     }));
     return json(
       {
@@ -389,10 +391,4 @@ export function createOpenAiHandler(options: OpenAiOptions): Handler {
       return errorResponse(toInferError(e));
     }
   };
-}
-
-function base64(bytes: Uint8Array): string {
-  let bin = '';
-  for (let i = 0; i < bytes.length; i += 0x8000) bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-  return btoa(bin);
 }

@@ -6,7 +6,7 @@
  *   <blank line>
  *   — <key name> <base64(key id ‖ signature)>
  */
-import { bs, concatBytes, fromBase64, toBase64Url, toHex, utf8 } from '../util/bytes.js';
+import { bs, concatBytes, fromBase64, toBase64, toHex, utf8 } from '../util/bytes.js';
 import { TranslogError } from './errors.js';
 
 const ED25519 = 0x01;
@@ -43,11 +43,8 @@ export interface NoteSigner {
   sign(message: Uint8Array): Promise<Uint8Array>;
 }
 
-/** Standard base64 with padding, as the spec uses (the shared helper also accepts base64url). */
-export function toBase64(bytes: Uint8Array): string {
-  const url = toBase64Url(bytes).replace(/-/g, '+').replace(/_/g, '/');
-  return url.padEnd(Math.ceil(url.length / 4) * 4, '=');
-}
+/** Standard base64 with padding, as the spec uses. */
+export { toBase64 };
 
 function strictBase64(s: string, what: string, code: 'bad-note' | 'bad-key' | 'bad-checkpoint'): Uint8Array {
   if (s.length % 4 !== 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(s)) {

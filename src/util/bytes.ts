@@ -43,10 +43,15 @@ export function isAllZero(a: Uint8Array): boolean {
   return d === 0;
 }
 
-export function toBase64Url(bytes: Uint8Array): string {
+/** Standard base64 with padding; large inputs go through String.fromCharCode in slices. */
+export function toBase64(bytes: Uint8Array): string {
   let bin = '';
-  for (const b of bytes) bin += String.fromCharCode(b);
-  return btoa(bin).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+  for (let i = 0; i < bytes.length; i += 0x8000) bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(bin);
+}
+
+export function toBase64Url(bytes: Uint8Array): string {
+  return toBase64(bytes).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
 }
 
 export function fromBase64(s: string): Uint8Array {
