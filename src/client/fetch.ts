@@ -228,10 +228,12 @@ export function confidentialFetch(o: ConfidentialFetchOptions): ConfidentialFetc
 
   const f = async (input: RequestInfo | URL, init?: RequestInit): Promise<Response> => {
     const request = new Request(input, init);
-    if (!request.url.startsWith(base.origin)) {
+    // Compared as origins: a prefix test would let https://llm.example.evil.com pass for https://llm.example.
+    const origin = new URL(request.url).origin;
+    if (origin !== base.origin) {
       throw new VerificationError(
         'bad-request',
-        `confidentialFetch for ${base.origin} refuses to send to ${new URL(request.url).origin}`,
+        `confidentialFetch for ${base.origin} refuses to send to ${origin}`,
       );
     }
     const body = new Uint8Array(await request.arrayBuffer());

@@ -235,6 +235,18 @@ describe('the client refuses servers its policy does not accept, before sending 
     await expect(f.server()).rejects.toMatchObject({ code: 'binding' });
   });
 
+  it('refuses to send a request for another origin, even one that starts like the server', async () => {
+    // The check comes before anything is fetched, so the base need not be listening.
+    const f = confidentialFetch({
+      url: 'http://127.0.0.1:4520',
+      policy: SAMPLE_POLICY,
+      collateral: NO_COLLATERAL,
+    });
+    for (const other of ['http://elsewhere.example/v1/models', 'http://127.0.0.1:45203/v1/models']) {
+      await expect(f(other, { method: 'GET' }), other).rejects.toMatchObject({ code: 'bad-request' });
+    }
+  });
+
   it('a stale document that does not answer our nonce is refused', async () => {
     const transport = (async () => Response.json(h.server.attestation)) as unknown as typeof fetch;
     const f = confidentialFetch({
