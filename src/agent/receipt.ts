@@ -18,9 +18,8 @@ import {
   flattenedVerify,
   type JWK,
 } from 'jose';
-import { MEASUREMENT_CLAIMS } from '../attest/common/appraise.js';
 import type { Appraisal, CollateralSource, TeeKind } from '../attest/common/types.js';
-import { type EarResult, verifyEar } from '../attest/ear/index.js';
+import { type EarResult, earDisagreement, verifyEar } from '../attest/ear/index.js';
 import type { VerifierRegistry } from '../attest/registry.js';
 import { concatBytes, fromBase64, toBase64Url, toHex, utf8 } from '../util/bytes.js';
 import { canonicalizeBytes } from '../util/jcs.js';
@@ -175,15 +174,8 @@ export async function verifyReceipt(
   const out: VerifiedReceipt = { body, appraisal };
   if (o.earKey && body.ear) {
     const ear = await verifyEar(body.ear, o.earKey, { at: o.at });
-    // The token is another attestation (the broker's); it only speaks for this run if it describes
-    // the same TEE kind and the same measurements as the evidence that binds the receipt key.
-    const cpu = ear.submods.cpu0;
-    const mismatch =
-      !cpu || (cpu.kind !== undefined && cpu.kind !== appraisal.kind)
-        ? ['kind']
-        : MEASUREMENT_CLAIMS.filter(
-            (c) => c in cpu.claims && c in appraisal.claims && cpu.claims[c] !== appraisal.claims[c],
-          );
+    // The token (the broker's) speaks for this run only if it describes the TEE whose evidence binds the receipt key.
+    const mismatch = earDisagreement(ear, appraisal);
     if (mismatch.length > 0) {
       throw new AgentError(
         'receipt-ear-mismatch',

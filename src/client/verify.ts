@@ -4,10 +4,9 @@
  * bind the identity (OHTTP keys, receipt key, models, software), and the client's own policy decides
  * whether what was proven is enough. Nothing is sent to a server that fails any step.
  */
-import { MEASUREMENT_CLAIMS } from '../attest/common/appraise.js';
 import type { CollateralSource, EarStatus } from '../attest/common/types.js';
 import { appraiseComposite, type CompositeAppraisal } from '../attest/composite.js';
-import { type EarResult, verifyEar } from '../attest/ear/index.js';
+import { type EarResult, earDisagreement, verifyEar } from '../attest/ear/index.js';
 import { createDefaultRegistry } from '../attest/index.js';
 import type { VerifierRegistry } from '../attest/registry.js';
 import { certTableCollateral } from '../attest/snp/certtable.js';
@@ -178,12 +177,7 @@ export async function verifyServer(
     } catch (e) {
       fail('ear', `the key broker's EAR token does not verify: ${(e as Error).message}`, e);
     }
-    const earCpu = ear.submods.cpu0;
-    const differ = !earCpu
-      ? ['cpu0']
-      : MEASUREMENT_CLAIMS.filter(
-          (c) => c in earCpu.claims && c in cpu.claims && earCpu.claims[c] !== cpu.claims[c],
-        );
+    const differ = earDisagreement(ear, cpu);
     if (differ.length > 0)
       fail('ear', `the EAR token describes another TEE than the evidence (${differ.join(', ')} differ)`);
     out.ear = ear;

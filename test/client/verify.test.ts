@@ -125,6 +125,13 @@ describe('verifying a server in an SEV-SNP TEE', () => {
       code: 'ear',
       message: expect.stringContaining('measurement'),
     });
+    const tdx = structuredClone(appraisal.submods);
+    tdx.cpu0!.kind = 'tdx';
+    const otherKind = { ...withEar, ear: await issueEar(tdx, { signingKey: broker.privateKey }) };
+    await expect(verifyServer(otherKind, { ...o, earKey: broker.publicKey })).rejects.toMatchObject({
+      code: 'ear',
+      message: expect.stringContaining('kind'),
+    });
     const stranger = (await crypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, [
       'sign',
       'verify',

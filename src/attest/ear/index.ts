@@ -15,6 +15,7 @@
  */
 import { importJWK, type JWK, type JWTPayload, errors as joseErrors, jwtVerify, SignJWT } from 'jose';
 import { toBase64Url } from '../../util/bytes.js';
+import { MEASUREMENT_CLAIMS } from '../common/appraise.js';
 import {
   type Appraisal,
   AttestationError,
@@ -279,4 +280,18 @@ export async function verifyEar(
     submods,
     extraClaims: Object.fromEntries(Object.entries(payload).filter(([k]) => k.startsWith('cloister.'))),
   };
+}
+
+/**
+ * What keeps a verified EAR token from speaking for `appraisal`'s TEE: [] when its `cpu0` names the same
+ * kind and agrees on every measurement claim both carry, else the names that differ. A token is another
+ * attestation (a broker's, say); it vouches for this TEE only when it describes the same one.
+ */
+export function earDisagreement(ear: EarResult, appraisal: Appraisal): string[] {
+  const cpu = ear.submods.cpu0;
+  if (!cpu) return ['cpu0'];
+  if (cpu.kind !== undefined && cpu.kind !== appraisal.kind) return ['kind'];
+  return MEASUREMENT_CLAIMS.filter(
+    (c) => c in cpu.claims && c in appraisal.claims && cpu.claims[c] !== appraisal.claims[c],
+  );
 }
