@@ -82,19 +82,24 @@ export async function receiptReportData(publicJwk: JWK): Promise<Uint8Array> {
   return new Uint8Array(await crypto.subtle.digest('SHA-512', msg.slice()));
 }
 
-/** A fresh receipt key, bound into evidence from `attester`. */
-export async function createReceiptSigner(attester: CpuAttester): Promise<ReceiptSigner> {
+/** A fresh ES256 key whose private half cannot be exported; the public half as RFC 7638 members. */
+export async function generateSigningKey(): Promise<{ publicJwk: JWK; privateKey: CryptoKey }> {
   const pair = (await crypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, false, [
     'sign',
     'verify',
   ])) as CryptoKeyPair;
   const full = await crypto.subtle.exportKey('jwk', pair.publicKey);
-  const publicJwk: JWK = { kty: 'EC', crv: 'P-256', x: full.x!, y: full.y! };
+  return { publicJwk: { kty: 'EC', crv: 'P-256', x: full.x!, y: full.y! }, privateKey: pair.privateKey };
+}
+
+/** A fresh receipt key, bound into evidence from `attester`. */
+export async function createReceiptSigner(attester: CpuAttester): Promise<ReceiptSigner> {
+  const { publicJwk, privateKey } = await generateSigningKey();
   const reportData = await receiptReportData(publicJwk);
   const e = await attester.collect(reportData);
   return {
     publicJwk,
-    privateKey: pair.privateKey,
+    privateKey,
     attestation: {
       kind: e.kind,
       evidence: toBase64Url(e.evidence),

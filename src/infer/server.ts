@@ -16,7 +16,7 @@
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { JWK } from 'jose';
+import { generateSigningKey } from '../agent/receipt.js';
 import { encodeKeyConfigList, generateGatewayKey, ReplayCache } from '../ohttp/index.js';
 import { nodeBackend } from '../ohttp/node.js';
 import { fromHex, toBase64Url, toHex } from '../util/bytes.js';
@@ -150,21 +150,12 @@ function sendProblem(res: ServerResponse, e: GatewayError): void {
   );
 }
 
-async function receiptKeyPair(): Promise<{ publicJwk: JWK; privateKey: CryptoKey }> {
-  const pair = (await crypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, false, [
-    'sign',
-    'verify',
-  ])) as CryptoKeyPair;
-  const full = await crypto.subtle.exportKey('jwk', pair.publicKey);
-  return { publicJwk: { kty: 'EC', crv: 'P-256', x: full.x!, y: full.y! }, privateKey: pair.privateKey };
-}
-
 export async function startInferenceServer(o: InferenceServerOptions): Promise<InferenceServer> {
   const replayWindowMs = o.replayWindowMs ?? 120_000;
   const maxBodyBytes = o.maxBodyBytes ?? 1 << 20;
   const gatewayKey = await generateGatewayKey(crypto.getRandomValues(new Uint8Array(1))[0]!);
   const keyList = encodeKeyConfigList([gatewayKey.config]);
-  const receipt = await receiptKeyPair();
+  const receipt = await generateSigningKey();
   const identity: InferenceIdentity = {
     type: IDENTITY_TYPE,
     ohttpKeys: toBase64Url(keyList),
