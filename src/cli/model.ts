@@ -7,12 +7,7 @@ import { writeFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { writeTinyLlamaGguf } from '../infer/models/gguf-node.js';
 import { tinyOnnxEmbeddingBundle } from '../infer/models/onnx.js';
-
-function integer(v: string, what: string, min: number): number {
-  const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < min) throw new Error(`${what} must be an integer ≥ ${min}, not '${v}'`);
-  return n;
-}
+import { integerOption } from './numbers.js';
 
 export function registerModel(program: Command): void {
   const model = program
@@ -32,8 +27,8 @@ export function registerModel(program: Command): void {
     .action(async (out: string, o: { bytes?: string; seed: string }) => {
       const started = performance.now();
       const m = await writeTinyLlamaGguf(out, {
-        seed: integer(o.seed, '--seed', 0),
-        ...(o.bytes ? { targetBytes: integer(o.bytes, '--bytes', 1) } : {}),
+        seed: integerOption(o.seed, '--seed', 0),
+        ...(o.bytes ? { targetBytes: integerOption(o.bytes, '--bytes', 1) } : {}),
       });
       process.stderr.write(
         `wrote ${out}: ${m.size} bytes, ${m.shape.layers} layers, embedding ${m.shape.embedding}, in ${((performance.now() - started) / 1000).toFixed(1)} s\n`,
@@ -54,8 +49,8 @@ export function registerModel(program: Command): void {
     .exitOverride()
     .action(async (out: string, o: { seed: string; dimensions: string }) => {
       const bundle = tinyOnnxEmbeddingBundle({
-        seed: integer(o.seed, '--seed', 0),
-        dimensions: integer(o.dimensions, '--dimensions', 1),
+        seed: integerOption(o.seed, '--seed', 0),
+        dimensions: integerOption(o.dimensions, '--dimensions', 1),
       });
       await writeFile(out, bundle);
       process.stderr.write(`wrote ${out}: ${bundle.length} bytes\n`);

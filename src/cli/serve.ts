@@ -15,6 +15,7 @@ import { startInferenceServer } from '../infer/server.js';
 import { softwareIdentity } from '../infer/software.js';
 import { keyFromJwk, type UnsealKey } from '../seal/keys.js';
 import { brokerFor, type TeeCliOptions, teeFor, teeOptions } from './agent.js';
+import { integerOption } from './numbers.js';
 
 interface ServeCliOptions extends Omit<TeeCliOptions, 'kbs'> {
   kbs?: string;
@@ -38,18 +39,6 @@ interface ServeCliOptions extends Omit<TeeCliOptions, 'kbs'> {
 }
 
 const collect = (v: string, prev: string[]) => [...prev, v];
-
-function positive(v: string, what: string): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`${what} must be a positive integer, not '${v}'`);
-  return n;
-}
-
-function nonNegative(v: string, what: string): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 0) throw new Error(`${what} must be an integer ≥ 0, not '${v}'`);
-  return n;
-}
 
 export function registerServe(program: Command): void {
   teeOptions(
@@ -101,7 +90,8 @@ export function registerServe(program: Command): void {
       if (opts.model.length === 0) throw new Error('give at least one --model FILE.sealed');
       if (!opts.kbs === !opts.key)
         throw new Error('give exactly one of --kbs URL (production) or --key FILE (development)');
-      const parallel = positive(opts.parallel, '--parallel');
+      const parallel = integerOption(opts.parallel, '--parallel', 1);
+      const maxQueued = integerOption(opts.maxQueued, '--max-queued', 0);
       const tee = await teeFor(opts, log);
       log(`TEE: ${tee.kind} (${tee.attester.source})`);
       if (tee.attester.insecure)
@@ -126,8 +116,8 @@ export function registerServe(program: Command): void {
       const loaders = realEngines({
         gpu: opts.engineGpu === 'off' ? false : 'auto',
         parallel,
-        ...(opts.context ? { contextSize: positive(opts.context, '--context') } : {}),
-        ...(opts.threads ? { threads: positive(opts.threads, '--threads') } : {}),
+        ...(opts.context ? { contextSize: integerOption(opts.context, '--context', 1) } : {}),
+        ...(opts.threads ? { threads: integerOption(opts.threads, '--threads', 1) } : {}),
       });
       const loaded: LoadedModel[] = [];
       for (const file of opts.model) {
@@ -137,7 +127,6 @@ export function registerServe(program: Command): void {
         log(`model '${m.id}' (${m.format}) loaded`);
         loaded.push(m);
       }
-      const maxQueued = Number(opts.maxQueued);
       const created = Math.floor(Date.now() / 1000);
       const ui = opts.ui ? await (await import('../infer/ui.js')).loadUiAssets() : undefined;
       const server = await startInferenceServer({
@@ -151,11 +140,11 @@ export function registerServe(program: Command): void {
         software: await softwareIdentity(),
         allowPlaintext: opts.allowPlaintext === true,
         host: opts.host,
-        port: Number(opts.port),
-        replayWindowMs: positive(opts.replayWindow, '--replay-window') * 1000,
-        maxBodyBytes: positive(opts.maxBody, '--max-body'),
-        padStreamTo: nonNegative(opts.padStream, '--pad-stream'),
-        defaultMaxTokens: positive(opts.maxTokens, '--max-tokens'),
+        port: integerOption(opts.port, '--port', 0),
+        replayWindowMs: integerOption(opts.replayWindow, '--replay-window', 1) * 1000,
+        maxBodyBytes: integerOption(opts.maxBody, '--max-body', 1),
+        padStreamTo: integerOption(opts.padStream, '--pad-stream', 0),
+        defaultMaxTokens: integerOption(opts.maxTokens, '--max-tokens', 1),
         ...(ui ? { ui } : {}),
         log,
       });

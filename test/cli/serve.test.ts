@@ -130,6 +130,14 @@ describe('cloister serve refuses bad setups with one clear line', () => {
       [['--key', 'k.jwk', '--model', 'notes.txt.sealed'], /neither a GGUF model nor an ONNX model bundle/],
       [['--key', 'other.jwk', '--model', 'tiny.gguf.sealed'], /key|recipient/i],
       [['--key', 'k.jwk', '--model', 'missing.sealed'], /missing\.sealed/],
+      [
+        ['--key', 'k.jwk', '--model', 'tiny.gguf.sealed', '--parallel', '0'],
+        /--parallel must be an integer ≥ 1, not '0'/,
+      ],
+      [
+        ['--key', 'k.jwk', '--model', 'tiny.gguf.sealed', '--max-queued', 'lots'],
+        /--max-queued must be an integer ≥ 0/,
+      ],
     ];
     for (const [args, message] of cases) {
       const r = cloister(['serve', '--tee', 'sample', '--port', '0', ...args], { cwd: dir });
