@@ -195,9 +195,10 @@ export function registerDemo(program: Command): void {
 
         // 4. Policies: the model key goes to the approved workload measurement; the dataset key only to TDX.
         const approved = '00'.repeat(48);
+        const approvedWorkload = `"cpu0" in submods && (cpu.status == "affirming" || (dev_mode && cpu.insecure && cpu.status == "warning")) && cpu.claims.measurement == "${approved}"`;
         await adminCall('PUT', '/admin/v1/policies', {
           scope: 'resource:owner/models/kek1',
-          source: `"cpu0" in submods && (cpu.status == "affirming" || (dev_mode && cpu.insecure && cpu.status == "warning")) && cpu.claims.measurement == "${approved}"`,
+          source: approvedWorkload,
         });
         await adminCall('PUT', '/admin/v1/policies', {
           scope: 'resource:owner/datasets/kek1',
@@ -271,7 +272,7 @@ export function registerDemo(program: Command): void {
         );
         await adminCall('PUT', '/admin/v1/policies', {
           scope: 'resource:owner/models/llm-kek',
-          source: `"cpu0" in submods && (cpu.status == "affirming" || (dev_mode && cpu.insecure && cpu.status == "warning")) && cpu.claims.measurement == "${approved}"`,
+          source: approvedWorkload,
         });
         await writeTinyLlamaGguf(at('tiny-llama.gguf'));
         await sealFile(at('tiny-llama.gguf'), at('tiny-llama.gguf.sealed'), {
