@@ -37,6 +37,13 @@ describe('StopScanner', () => {
     expect(run(['xyz'], ['yz', 'xyz!']).text).toBe('x');
   });
 
+  it('stops where a stop string first ends, however the text was chunked', () => {
+    // "\n" is complete before " \nb" could be: a generator stops there, never producing "b".
+    expect(run([' \n', 'b'], [' \nb', '\n']).text).toBe(' ');
+    expect(run([' \nb'], [' \nb', '\n']).text).toBe(' ');
+    expect(run(['xab'], ['ab', 'xab']).text).toBe('') // both end together: the longer one wins;
+  });
+
   it('without stop strings streams every chunk as is', () => {
     expect(run(['a', 'b', ''], []).pieces).toEqual(['a', 'b']);
   });
@@ -50,13 +57,21 @@ describe('StopScanner', () => {
         fc.array(str(0, 6), { maxLength: 12 }),
         fc.array(str(1, 4), { maxLength: 3 }),
         (chunks, stops) => {
+          // Character by character: stop where a stop string first ends, cut at its start.
           const whole = chunks.join('');
-          const firsts = stops.map((s) => whole.indexOf(s)).filter((i) => i >= 0);
-          const expected = firsts.length ? whole.slice(0, Math.min(...firsts)) : whole;
+          let expected = whole;
+          let stopped = false;
+          for (let end = 1; end <= whole.length && !stopped; end++) {
+            const ending = stops.filter((s) => whole.slice(0, end).endsWith(s));
+            if (ending.length) {
+              expected = whole.slice(0, end - Math.max(...ending.map((s) => s.length)));
+              stopped = true;
+            }
+          }
           const r = run(chunks, stops);
           expect(r.text).toBe(expected);
           expect(r.streamed).toBe(expected);
-          expect(r.stopped).toBe(firsts.length > 0);
+          expect(r.stopped).toBe(stopped);
         },
       ),
       { numRuns: 500 },

@@ -3,7 +3,8 @@ import type { OnText } from './types.js';
 /**
  * Applies stop strings to streamed text: passes text on as soon as it cannot be the start of a stop
  * string, holds back a tail that could be, and reports when one is complete. The text generated
- * (and streamed) is everything before the first stop string; held text is released by `flush`.
+ * (and streamed) is everything before the stop string that is complete first, as a generator that
+ * stops at once would produce it; held text is released by `flush`.
  */
 export class StopScanner {
   private all = '';
@@ -28,11 +29,19 @@ export class StopScanner {
   push(chunk: string): boolean {
     if (this.stopAt !== undefined) return true;
     this.all += chunk;
-    // Text before `emitted` was already shown not to start a stop string.
+    // Text before `emitted` was already shown not to start a stop string. Generation stops where
+    // the first stop string ends (ties: the longest), so the result does not depend on how the
+    // text was split into chunks.
     let first = -1;
+    let firstEnd = -1;
     for (const s of this.stops) {
       const i = this.all.indexOf(s, this.emitted);
-      if (i >= 0 && (first < 0 || i < first)) first = i;
+      if (i < 0) continue;
+      const end = i + s.length;
+      if (first < 0 || end < firstEnd || (end === firstEnd && i < first)) {
+        first = i;
+        firstEnd = end;
+      }
     }
     if (first >= 0) {
       this.stopAt = first;
