@@ -41,7 +41,7 @@ describe('StopScanner', () => {
     // "\n" is complete before " \nb" could be: a generator stops there, never producing "b".
     expect(run([' \n', 'b'], [' \nb', '\n']).text).toBe(' ');
     expect(run([' \nb'], [' \nb', '\n']).text).toBe(' ');
-    expect(run(['xab'], ['ab', 'xab']).text).toBe('') // both end together: the longer one wins;
+    expect(run(['xab'], ['ab', 'xab']).text).toBe(''); // both end together: the longer one wins
   });
 
   it('without stop strings streams every chunk as is', () => {
