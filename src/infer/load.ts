@@ -5,14 +5,12 @@
  * to its engine. GGUF stays in the private directory (llama.cpp maps it from there); an ONNX model
  * bundle (a tar of the model directory) is read into memory and its plaintext file wiped at once.
  */
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { zeroAndUnlink } from '../agent/private-dir.js';
 import type { Header } from '../seal/format.js';
 import type { UnsealKey } from '../seal/keys.js';
-import { openSealedFile, readHeader, unsealFile } from '../seal/node.js';
+import { openSealedFile, readHeader, sha256FileOffThread, unsealFile } from '../seal/node.js';
 import type { EmbeddingEngine, TextEngine } from './engine/types.js';
 import type { ModelIdentity } from './identity.js';
 
@@ -63,12 +61,6 @@ function formatOf(head: Uint8Array): ModelIdentity['format'] | 'onnx' | undefine
   return undefined;
 }
 
-async function sha256File(path: string): Promise<string> {
-  const h = createHash('sha256');
-  for await (const chunk of createReadStream(path, { highWaterMark: 4 << 20 })) h.update(chunk as Buffer);
-  return `sha256:${h.digest('hex')}`;
-}
-
 function defaultId(header: Header, file: string): string {
   const name = header.name || basename(file).replace(/\.sealed$/, '');
   return name.replace(/\.(gguf|tar|onnx)$/i, '') || 'model';
@@ -78,8 +70,8 @@ let counter = 0;
 
 /**
  * Order, for the cold start: the format is read from the first plaintext chunk (random access, one
- * chunk decrypted), so the engine's runtime can start loading while the model is unsealed; the sealed
- * file is hashed alongside, and the digest is awaited only once the engine holds the model.
+ * chunk decrypted), so the engine's runtime can start loading on this thread while workers unseal the
+ * model and hash the sealed file; the digest is awaited only once the engine holds the model.
  */
 export async function loadSealedModel(o: SealedModelOptions): Promise<LoadedModel> {
   const { header } = await readHeader(o.file);
@@ -107,7 +99,7 @@ export async function loadSealedModel(o: SealedModelOptions): Promise<LoadedMode
   const warm = o.loaders.warmUp?.(format);
   // Observed below; until then a failure must not surface as an unhandled rejection.
   warm?.catch(() => {});
-  const digest = sha256File(o.file);
+  const digest = sha256FileOffThread(o.file);
   digest.catch(() => {});
   const out = join(o.dir, `model-${counter++}`);
   const size = (await stat(o.file)).size;

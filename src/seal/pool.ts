@@ -53,6 +53,14 @@ export class WorkerPoolCipher implements ChunkCipher {
     });
   }
 
+  /** SHA-256 of a file, computed on a worker. */
+  digestFile(path: string): Promise<Uint8Array> {
+    return new Promise((resolve, reject) => {
+      this.waiting.push({ req: { id: this.nextId++, op: 'sha256', path }, resolve, reject });
+      this.pump();
+    });
+  }
+
   async close(): Promise<void> {
     await Promise.all(this.all.map((w) => w.terminate()));
   }
@@ -100,7 +108,7 @@ export class WorkerPoolCipher implements ChunkCipher {
 
 /** Batch inputs the caller gave up may move to the worker instead of being copied. */
 function transferable(req: WorkRequest): ArrayBuffer[] {
-  if (req.op === 'file') return [];
+  if (req.op !== 'seal' && req.op !== 'open') return [];
   const { input, disposable } = req.batch;
   const whole = input.byteOffset === 0 && input.byteLength === input.buffer.byteLength;
   return disposable && whole && input.buffer instanceof ArrayBuffer ? [input.buffer] : [];

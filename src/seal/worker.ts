@@ -1,9 +1,10 @@
 /**
- * Worker thread for WorkerPoolCipher. Besides batches handed over by the streams, it runs whole
- * file ranges itself — positional reads and writes straight from and to the files (or a shared output
+ * Worker thread for WorkerPoolCipher. Besides batches handed over by the streams, it hashes whole
+ * files and runs whole file ranges itself — positional reads and writes straight from and to the files (or a shared output
  * buffer), encrypting each chunk in place — so that large files cost one copy in and one copy out,
  * with no transfers between threads.
  */
+import { createHash } from 'node:crypto';
 import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { ChunkAuthError, type ChunkBatch, TAG_BYTES } from './aead.js';
@@ -29,7 +30,8 @@ export interface FileRangeJob {
 
 export type WorkRequest =
   | { id: number; op: 'seal' | 'open'; batch: ChunkBatch }
-  | { id: number; op: 'file'; job: FileRangeJob };
+  | { id: number; op: 'file'; job: FileRangeJob }
+  | { id: number; op: 'sha256'; path: string };
 
 export type WorkReply =
   | { id: number; out: Uint8Array }
@@ -122,8 +124,31 @@ async function runFileRange(job: FileRangeJob): Promise<void> {
   }
 }
 
+/** SHA-256 of a whole file, read here so that hashing a large model leaves the main thread free. */
+function sha256File(path: string): Uint8Array {
+  const fd = openSync(path, 'r');
+  try {
+    const hash = createHash('sha256');
+    const buf = new Uint8Array(BATCH_BYTES);
+    for (let pos = 0; ; ) {
+      const n = readSync(fd, buf, 0, buf.length, pos);
+      if (n === 0) break;
+      hash.update(buf.subarray(0, n));
+      pos += n;
+    }
+    return new Uint8Array(hash.digest());
+  } finally {
+    closeSync(fd);
+  }
+}
+
 parentPort!.on('message', async (req: WorkRequest) => {
   try {
+    if (req.op === 'sha256') {
+      const out = sha256File(req.path);
+      parentPort!.postMessage({ id: req.id, out } satisfies WorkReply, [out.buffer as ArrayBuffer]);
+      return;
+    }
     if (req.op === 'file') {
       await runFileRange(req.job);
       parentPort!.postMessage({ id: req.id, out: new Uint8Array(0) } satisfies WorkReply);

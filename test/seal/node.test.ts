@@ -2,7 +2,7 @@
  * Node edges, exercised through the built output (dist/) because worker threads load compiled files.
  * `npm test` builds before running the suite.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -87,5 +87,24 @@ describe('file-to-file on worker ranges (positional I/O, in-place chunks)', () =
     writeFileSync(join(dir, 'empty'), '');
     await dist.sealFile(join(dir, 'empty'), join(dir, 'empty.sealed'), { recipients, workers: 2 });
     expect((await dist.unsealToMemory(join(dir, 'empty.sealed'), k)).length).toBe(0);
+  });
+});
+
+describe('sha256FileOffThread', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'cloister-digest-'));
+
+  it('hashes a file on a worker, across read buffers, the way sha256sum does', async () => {
+    const bytes = randomBytes(9 * 1024 * 1024 + 7);
+    writeFileSync(join(dir, 'f'), bytes);
+    const want = createHash('sha256').update(bytes).digest('hex');
+    expect(await dist.sha256FileOffThread(join(dir, 'f'))).toBe(`sha256:${want}`);
+    writeFileSync(join(dir, 'empty'), '');
+    expect(await dist.sha256FileOffThread(join(dir, 'empty'))).toBe(
+      `sha256:${createHash('sha256').digest('hex')}`,
+    );
+  });
+
+  it('rejects a missing file with the reason', async () => {
+    await expect(dist.sha256FileOffThread(join(dir, 'missing'))).rejects.toThrow(/ENOENT/);
   });
 });
