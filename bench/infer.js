@@ -3,8 +3,9 @@
  * Confidential inference overhead (npm run bench:infer). One server process serves one generated
  * llama model both ways at once: plaintext /v1 requests (the baseline) and the same requests through
  * Oblivious HTTP with confidentialFetch (what clients use), alternating rounds so drift hits both.
- * Measured: streamed tokens/s at 1 and 8 concurrent clients (the ratio within each round, median over
- * BENCH_ROUNDS rounds whose order alternates), and the added
+ * Measured: streamed tokens/s at 1 client (8 single requests per round, interleaved ABBA) and 8
+ * concurrent clients (both ways back to back), the ratio within each round, median over BENCH_ROUNDS
+ * rounds whose order alternates; and the added
  * latency per request: BENCH_PAIRS requests each way at 1 client, interleaved plain/OHTTP so that both
  * halves of a pair see the same machine state; the figure is the median of the pairs' differences.
  * Cold start: a generated model of BENCH_COLD_BYTES (default 1 GiB) from a sealed file to the first
@@ -226,25 +227,48 @@ async function main() {
     const ratios = { 1: [], 8: [] };
     const rounds = Number(process.env.BENCH_ROUNDS ?? 6);
     for (let r = 0; r < rounds; r++) {
-      for (const c of [1, 8]) {
-        const got = {};
-        for (const [name, f] of r % 2
-          ? [
-              ['ohttp', ohttp],
-              ['plain', plain],
-            ]
-          : [
-              ['plain', plain],
-              ['ohttp', ohttp],
-            ]) {
-          got[name] = await round1(f, url, c, c === 1 ? 4 : 2, maxTokens);
-          res[name][c].push(got[name]);
-        }
-        ratios[c].push(got.ohttp.tokensPerS / got.plain.tokensPerS);
-        log(
-          `round ${r} c=${c}: plain ${round(got.plain.tokensPerS, 1)} tok/s, ohttp ${round(got.ohttp.tokensPerS, 1)} tok/s`,
+      // One client: single requests interleaved ABBA (plain, OHTTP, OHTTP, plain, …), so drift
+      // within the round hits both ways alike; each way's tokens/s is its tokens over its time.
+      const one = { plain: { tokens: 0, ms: 0, lat: [] }, ohttp: { tokens: 0, ms: 0, lat: [] } };
+      for (let i = 0; i < 8; i++) {
+        const name = (i % 4 === 0 || i % 4 === 3) === (r % 2 === 0) ? 'plain' : 'ohttp';
+        const x = await streamOnce(
+          name === 'plain' ? plain : ohttp,
+          url,
+          `Request ${i}: tell me about the`,
+          maxTokens,
         );
+        one[name].tokens += x.tokens;
+        one[name].ms += x.ms;
+        one[name].lat.push(x.ms);
       }
+      for (const name of ['plain', 'ohttp'])
+        res[name][1].push({
+          tokensPerS: one[name].tokens / (one[name].ms / 1000),
+          latencyMs: median(one[name].lat),
+        });
+      ratios[1].push(res.ohttp[1].at(-1).tokensPerS / res.plain[1].at(-1).tokensPerS);
+      log(
+        `round ${r} c=1: plain ${round(res.plain[1].at(-1).tokensPerS, 1)} tok/s, ohttp ${round(res.ohttp[1].at(-1).tokensPerS, 1)} tok/s`,
+      );
+      // Eight clients: both ways back to back, the order alternating between rounds.
+      const got = {};
+      for (const [name, f] of r % 2
+        ? [
+            ['ohttp', ohttp],
+            ['plain', plain],
+          ]
+        : [
+            ['plain', plain],
+            ['ohttp', ohttp],
+          ]) {
+        got[name] = await round1(f, url, 8, 2, maxTokens);
+        res[name][8].push(got[name]);
+      }
+      ratios[8].push(got.ohttp.tokensPerS / got.plain.tokensPerS);
+      log(
+        `round ${r} c=8: plain ${round(got.plain.tokensPerS, 1)} tok/s, ohttp ${round(got.ohttp.tokensPerS, 1)} tok/s`,
+      );
     }
     const pairs = Number(process.env.BENCH_PAIRS ?? 60);
     const diffs = [];
