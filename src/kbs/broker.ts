@@ -240,7 +240,8 @@ export class Broker {
 
   /**
    * GET resource: the decision is logged with its reasons (for the owner's audit), while the requester
-   * learns only "denied by policy".
+   * learns only "denied by policy" — also for a resource that does not exist, so that a TEE cannot
+   * probe which resource names exist.
    */
   async resource(c: Credentials, path: string): Promise<{ jwe: unknown; decision: ReleaseDecision }> {
     const { repository, type, tag } = parseResourcePath(path);
@@ -254,7 +255,7 @@ export class Broker {
         subject: path,
         details: { reasons: ['unknown resource'] },
       });
-      throw new ProtocolError(404, 'unknown-resource', `resource ${path} does not exist`);
+      throw deniedByPolicy();
     }
     const decision = await decideRelease({
       store: this.o.store,
@@ -279,7 +280,7 @@ export class Broker {
         subject: path,
         details,
       });
-      throw new ProtocolError(403, 'denied', 'denied by policy');
+      throw deniedByPolicy();
     }
     const value = await this.o.secrets.open(path, rec.secret);
     const jwe = await encryptResource(value, teePubkey);
@@ -294,6 +295,9 @@ export class Broker {
     return { jwe, decision };
   }
 }
+
+/** The one refusal a TEE sees for a resource, whatever the reason (the log has it). */
+const deniedByPolicy = () => new ProtocolError(403, 'denied', 'denied by policy');
 
 /** Serves files that arrived inside the evidence under their collateral file names. */
 function inlineCollateral(files: Record<string, Uint8Array>): CollateralSource {

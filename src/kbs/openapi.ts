@@ -51,7 +51,7 @@ export function openApiDocument(): Record<string, unknown> {
         get: {
           summary: 'A resource as a flattened JWE to the TEE key (cookie or bearer token)',
           parameters: [path],
-          responses: { 200: { description: 'flattened JWE' }, ...errors(400, 401, 403, 404, 429) },
+          responses: { 200: { description: 'flattened JWE' }, ...errors(400, 401, 403, 429) },
         },
       },
       '/admin/v1/resources': {

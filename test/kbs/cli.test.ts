@@ -166,7 +166,7 @@ describe('cloister kbs administration verbs', () => {
     const rm = ok(await cli(['kbs', 'resource', 'rm', 'owner/models/kek1'], env));
     expect(rm.stdout).toBe('');
     expect(rm.stderr).toBe('deleted owner/models/kek1\n');
-    await expect((await client()).getResource('owner/models/kek1')).rejects.toMatchObject({ status: 404 });
+    await expect((await client()).getResource('owner/models/kek1')).rejects.toMatchObject({ status: 403 });
     fails(
       await cli(['kbs', 'resource', 'rm', 'owner/models/kek1'], env),
       /^cloister: DELETE \/admin\/v1\/resources\/owner\/models\/kek1: 404 resource owner\/models\/kek1 does not exist$/m,

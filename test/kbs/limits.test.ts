@@ -55,7 +55,7 @@ describe('operational endpoints', () => {
   it('/metrics counts a release', async () => {
     const client = new KbsClient({ url: b.url, attester: await sampleAttester() });
     await client.getResource('owner/keys/k');
-    await expect(client.getResource('owner/keys/none')).rejects.toMatchObject({ status: 404 });
+    await expect(client.getResource('owner/keys/none')).rejects.toMatchObject({ status: 403 });
     const r = await fetch(new URL('/metrics', b.url));
     expect(r.status).toBe(200);
     expect(r.headers.get('content-type')).toMatch(/^text\/plain/);
@@ -63,7 +63,7 @@ describe('operational endpoints', () => {
     expect(text).toMatch(/^kbs_auth_total\{tee="sample"\} 1$/m);
     expect(text).toMatch(/^kbs_attest_total\{result="ok"\} 1$/m);
     expect(text).toMatch(/^kbs_resource_total\{result="released"\} 1$/m);
-    expect(text).toMatch(/^kbs_resource_total\{result="unknown-resource"\} 1$/m);
+    expect(text).toMatch(/^kbs_resource_total\{result="denied"\} 1$/m);
     expect(text).toMatch(/^kbs_attest_seconds_count 1$/m);
     expect(text).toMatch(/^# TYPE kbs_attest_seconds histogram$/m);
   });

@@ -131,9 +131,34 @@ describe('KBS protocol with the sample TEE (dev mode)', () => {
     }
   });
 
-  it('answers unknown resources with 404 and logs the denial', async () => {
+  it('answers an unknown resource exactly like a refusal, and logs the real reason', async () => {
+    const admin = await b.admin();
     const client = new KbsClient({ url: b.url, attester: await sampleAttester() });
-    await expect(client.getResource('owner/models/nope')).rejects.toMatchObject({ status: 404 });
+    const refusal = async (path: string) => {
+      const auth = await client.token();
+      const r = await fetch(new URL(`/kbs/v0/resource/${path}`, b.url), {
+        headers: { authorization: `Bearer ${auth}` },
+      });
+      return { status: r.status, type: r.headers.get('content-type'), body: await r.json() };
+    };
+    expect((await b.call('PUT', '/admin/v1/resources/owner/models/guarded', admin, SECRET)).status).toBe(201);
+    expect(
+      (
+        await b.call('PUT', '/admin/v1/policies', admin, {
+          scope: 'resource:owner/models/guarded',
+          source: 'cpu.claims.measurement == "00"',
+        })
+      ).status,
+    ).toBe(200);
+    const missing = await refusal('owner/models/nope');
+    const denied = await refusal('owner/models/guarded');
+    expect(missing.status).toBe(403);
+    expect(missing).toEqual(denied);
+    const log = await (await b.call('GET', '/admin/v1/log/entries', admin)).json();
+    const entry = log.entries.findLast(
+      (e: { kind: string; subject: string }) => e.kind === 'denial' && e.subject === 'owner/models/nope',
+    );
+    expect(entry.details.reasons).toEqual(['unknown resource']);
   });
 
   it('denies by policy with a generic message and logs the reasons', async () => {
