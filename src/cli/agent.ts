@@ -4,6 +4,7 @@
  * none was). `run` runs a workload over sealed inputs (src/agent/run.ts), `agent serve` is the local
  * API on a Unix socket (src/agent/api.ts), `agent verify-receipt` checks a run receipt.
  */
+import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import path from 'node:path';
@@ -127,6 +128,7 @@ export interface TeeCliOptions {
   devRoot?: string;
   retries: string;
   retryDelayMs: string;
+  initData?: string;
 }
 
 interface RunCliOptions extends TeeCliOptions {
@@ -161,6 +163,10 @@ export function teeOptions(c: Command, kbsRequired = true): Command {
     .option('--tsm-root <dir>', `configfs-tsm report directory (default ${DEFAULT_TSM_ROOT})`)
     .option('--gramine-root <dir>', `Gramine attestation directory (default ${DEFAULT_GRAMINE_ROOT})`)
     .option('--dev-root <dir>', `device directory searched for GPUs (default ${DEFAULT_DEV_ROOT})`)
+    .option(
+      '--init-data <file>',
+      "CoCo init-data (TOML; JSON if the name ends in .json) whose digest the host put into the TEE's mr_config_id / host_data; sent to the broker with the evidence",
+    )
     .option('--retries <n>', 'attempts per broker request on network errors, 429 and 5xx', '4')
     .option('--retry-delay-ms <ms>', 'first delay between attempts, doubled each time', '200');
 }
@@ -211,6 +217,17 @@ export async function teeFor(o: Omit<TeeCliOptions, 'kbs'>, log: (line: string) 
   return { kind, attester, gpu };
 }
 
+/** The `--init-data` file as the broker wants it, read as it is (its digest covers its exact bytes). */
+function initDataFile(file: string): { format: 'toml' | 'json'; body: string } {
+  let body: string;
+  try {
+    body = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new AgentError('bad-init-data', `cannot read --init-data ${file}: ${(e as Error).message}`);
+  }
+  return { format: file.toLowerCase().endsWith('.json') ? 'json' : 'toml', body };
+}
+
 /** A key broker client that attests with `t`. */
 export function brokerFor(o: TeeCliOptions, t: CliTee): KbsClient {
   return new KbsClient({
@@ -218,6 +235,7 @@ export function brokerFor(o: TeeCliOptions, t: CliTee): KbsClient {
     attester: kbsAttester(t.kind, t.attester, t.gpu),
     retries: Number(o.retries),
     backoffMs: Number(o.retryDelayMs),
+    ...(o.initData !== undefined ? { initData: initDataFile(o.initData) } : {}),
   });
 }
 

@@ -15,6 +15,7 @@ import { type EarResult, issueEar, verifyEar } from '../attest/ear/index.js';
 import type { VerifierRegistry } from '../attest/registry.js';
 import { fromBase64, toBase64Url } from '../util/bytes.js';
 import { decideRelease, type ReleaseDecision } from './decide.js';
+import { checkInitDataBinding, INIT_DATA_CLAIM, type InitData, parseInitData } from './init-data.js';
 import { checkUsableKey, encryptResource } from './jwe.js';
 import {
   deviceEvidence,
@@ -121,13 +122,14 @@ export class Broker {
       );
     }
     const att = parseAttestation(body);
+    const init = att['init-data'] ? await parseInitData(att['init-data']) : undefined;
     await checkUsableKey(att['runtime-data']['tee-pubkey']);
     if (att['runtime-data'].nonce !== session.nonce) {
       throw new ProtocolError(401, 'nonce-mismatch', 'runtime-data.nonce is not the nonce of this session');
     }
     let token: string;
     try {
-      token = await this.appraise(session, att);
+      token = await this.appraise(session, att, init);
     } catch (e) {
       // A refused attestation uses the nonce up as well: evidence is judged once per challenge.
       await this.o.store.markAttested(session.id, '', '');
@@ -164,7 +166,7 @@ export class Broker {
     return { token };
   }
 
-  private async appraise(session: SessionRecord, att: KbsAttestation): Promise<string> {
+  private async appraise(session: SessionRecord, att: KbsAttestation, init?: InitData): Promise<string> {
     const pubkey = att['runtime-data']['tee-pubkey'];
     const additional = att['tee-evidence'].additional_evidence;
     const expected = reportDataField(await primaryRuntimeDataHash(pubkey, session.nonce, additional));
@@ -189,13 +191,17 @@ export class Broker {
         ...(anchors.nvidia ? { gpuTrustAnchors: anchors.nvidia } : {}),
       },
     );
+    if (init) checkInitDataBinding(init, result.submods.cpu0!);
     return issueEar(result.submods, {
       signingKey: this.o.earKey.privateKey,
       build: `cloister-kbs ${KBS_PROTOCOL_VERSION}`,
       nonce: fromBase64(session.nonce),
       issuedAt: this.now(),
       lifetimeSeconds: this.o.tokenTtlSeconds,
-      extraClaims: { 'cloister.tee-pubkey': pubkey },
+      extraClaims: {
+        'cloister.tee-pubkey': pubkey,
+        ...(init ? { [INIT_DATA_CLAIM]: init } : {}),
+      },
     });
   }
 

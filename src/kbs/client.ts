@@ -30,6 +30,11 @@ export interface KbsClientOptions {
   /** First backoff in ms, doubled each retry; default 200. */
   backoffMs?: number;
   timeoutMs?: number;
+  /**
+   * The TEE's CoCo init-data, exactly as the host got it (its digest is in the evidence's TDX
+   * mr_config_id or SNP host_data); the broker checks it and shows its contents to policies.
+   */
+  initData?: { format: 'toml' | 'json'; body: string };
 }
 
 export class KbsClientError extends Error {
@@ -110,6 +115,7 @@ export class KbsClient {
       body: JSON.stringify({
         'runtime-data': { nonce, 'tee-pubkey': teePubkey },
         'tee-evidence': { primary_evidence: primary, additional_evidence: additional },
+        ...(this.o.initData ? { 'init-data': this.o.initData } : {}),
       }),
     });
     await this.check(attest, 'attestation');

@@ -14,6 +14,7 @@ import {
   policyInputFromEar,
   type ReferenceValue,
 } from '../policy/index.js';
+import { initDataOfEar } from './init-data.js';
 import { scopeName } from './scope.js';
 import type { KbsStore, PolicyRecord, ReferenceValueRecord } from './store/types.js';
 
@@ -93,9 +94,11 @@ export async function decideRelease(ctx: ReleaseContext): Promise<ReleaseDecisio
   const policyScope = record ? scopeName(record.scope) : 'built-in';
   const policy = cache.get(record?.source ?? DEFAULT_RESOURCE_POLICY);
   const r = ctx.resource;
+  const initData = initDataOfEar(ctx.ear);
   const input = policyInputFromEar(ctx.ear, {
     resource: { uri: `kbs:///${r.path}`, repository: r.repository, type: r.type, tag: r.tag },
     tenant: r.tenant,
+    ...(initData ? { init_data: initData } : {}),
     now: ctx.now,
     devMode: ctx.devMode,
   });

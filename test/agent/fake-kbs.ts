@@ -29,6 +29,8 @@ export interface FakeKbs {
   failNext: number;
   /** Every request as "METHOD path". */
   log: string[];
+  /** The init-data of each attestation that sent one. */
+  initData: { format: string; body: string }[];
   earKey: CryptoKeyPair;
   close(): Promise<void>;
 }
@@ -56,6 +58,7 @@ export async function startFakeKbs(): Promise<FakeKbs> {
     deny: new Set(),
     failNext: 0,
     log: [],
+    initData: [],
     earKey,
     close: async () => {},
   };
@@ -82,6 +85,7 @@ export async function startFakeKbs(): Promise<FakeKbs> {
     if (!s) return fail(res, 401, 'no-session', 'start with POST /kbs/v0/auth');
     if (req.method === 'POST' && path === '/kbs/v0/attest') {
       const att = parseAttestation(await body(req));
+      if (att['init-data']) kbs.initData.push(att['init-data']);
       const rd = att['runtime-data'];
       const additional = att['tee-evidence'].additional_evidence;
       deviceEvidence(additional);

@@ -255,6 +255,22 @@ describe('cloister run', () => {
     expect(entries(shm)).toEqual([]);
   });
 
+  it('--init-data sends the file as it is with the evidence; a missing file is a clear error', async () => {
+    const k = putKek(kbs, 'owner/models/kek1');
+    const a = await writeSealed(work, 'in.sealed', 'secret', k);
+    const toml = 'algorithm = "sha384"\nversion = "0.1.0"\n\n[data]\n"cdh.toml" = \'\'\'x\'\'\'\n';
+    writeFileSync(join(work, 'initdata.toml'), toml);
+    const sent = kbs.initData.length;
+    const ok = await cli([...base(), '--init-data', join(work, 'initdata.toml'), '--input', a, '--', 'true'])
+      .done;
+    expect(ok.code).toBe(0);
+    expect(kbs.initData.slice(sent)).toEqual([{ format: 'toml', body: toml }]);
+    const r = await cli([...base(), '--init-data', join(work, 'none.toml'), '--input', a, '--', 'true']).done;
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/cloister: cannot read --init-data .*none\.toml: ENOENT/);
+    expect(entries(shm)).toEqual([]);
+  });
+
   it('broker unreachable: retries, then a clear error', async () => {
     const k = putKek(kbs, 'owner/models/kek1');
     const a = await writeSealed(work, 'in.sealed', 'secret', k);
