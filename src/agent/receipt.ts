@@ -83,8 +83,10 @@ export async function receiptReportData(publicJwk: JWK): Promise<Uint8Array> {
 }
 
 /** A fresh ES256 key whose private half cannot be exported; the public half as RFC 7638 members. */
-export async function generateSigningKey(): Promise<{ publicJwk: JWK; privateKey: CryptoKey }> {
-  const pair = (await crypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, false, [
+export async function generateSigningKey(
+  extractable = false,
+): Promise<{ publicJwk: JWK; privateKey: CryptoKey }> {
+  const pair = (await crypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, extractable, [
     'sign',
     'verify',
   ])) as CryptoKeyPair;

@@ -1,6 +1,7 @@
 /** `cloister keygen | seal | unseal | inspect` — thin shells over src/seal. */
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import type { Command } from 'commander';
+import { encodeServingKeys, generateServingKeys } from '../infer/serving-keys.js';
 import type { Header } from '../seal/format.js';
 import {
   checkKbsUri,
@@ -15,6 +16,7 @@ import {
   type UnsealKey,
 } from '../seal/keys.js';
 import { FileError, openSealedFile, readHeader, sealFile, unsealFile } from '../seal/node.js';
+import { integerOption } from './numbers.js';
 import { progressBar } from './progress.js';
 import { cleanupOnSignals } from './signals.js';
 
@@ -30,9 +32,28 @@ async function readKeyFile(path: string) {
   return keyFromJwk(text, `key file ${path}`);
 }
 
-async function writeKeyFile(path: string, jwk: Jwk, secret: boolean, force: boolean): Promise<void> {
+interface KeygenCliOptions {
+  kek?: string;
+  uri?: string;
+  hpke?: string;
+  pub?: string;
+  serving?: string;
+  keyId?: string;
+  force?: boolean;
+}
+
+function writeKeyFile(path: string, jwk: Jwk, secret: boolean, force: boolean): Promise<void> {
+  return writeNewFile(path, `${JSON.stringify(jwk, null, 2)}\n`, secret, force);
+}
+
+async function writeNewFile(
+  path: string,
+  content: string | Uint8Array,
+  secret: boolean,
+  force: boolean,
+): Promise<void> {
   try {
-    await writeFile(path, `${JSON.stringify(jwk, null, 2)}\n`, {
+    await writeFile(path, content, {
       mode: secret ? 0o600 : 0o644,
       flag: force ? 'w' : 'wx',
     });
@@ -101,14 +122,34 @@ export function registerSealCommands(program: Command): void {
     .option('--uri <kbs-uri>', 'record the broker resource URI in the KEK file (kid)')
     .option('--hpke <file>', 'write a new X25519 HPKE private key (JWK, mode 0600)')
     .option('--pub <file>', 'with --hpke: write its public key here')
+    .option(
+      '--serving <file>',
+      'write the OHTTP and receipt keys that replicas of `cloister serve` share (mode 0600; store it in the broker)',
+    )
+    .option('--key-id <n>', 'with --serving: the OHTTP key id, 0-255 (default: random)')
     .option('--force', 'overwrite existing files')
     .addHelpText(
       'after',
-      '\nExamples:\n  cloister keygen --kek owner.kek --uri kbs:///owner/models/kek1\n  cloister keygen --hpke broker.key --pub broker.pub',
+      '\nExamples:\n  cloister keygen --kek owner.kek --uri kbs:///owner/models/kek1\n  cloister keygen --hpke broker.key --pub broker.pub\n  cloister keygen --serving serving-keys.json',
     )
-    .action(async (o: { kek?: string; uri?: string; hpke?: string; pub?: string; force?: boolean }) => {
-      if (!o.kek === !o.hpke)
-        throw new FileError('keygen: give exactly one of --kek FILE or --hpke FILE --pub FILE');
+    .action(async (o: KeygenCliOptions) => {
+      if ([o.kek, o.hpke, o.serving].filter(Boolean).length !== 1)
+        throw new FileError(
+          'keygen: give exactly one of --kek FILE, --hpke FILE --pub FILE, or --serving FILE',
+        );
+      if (o.serving) {
+        const keyId = o.keyId === undefined ? undefined : integerOption(o.keyId, '--key-id', 0);
+        if (keyId !== undefined && keyId > 255) throw new FileError('--key-id must be 0-255');
+        const keys = await generateServingKeys({
+          exportable: true,
+          ...(keyId !== undefined ? { keyId } : {}),
+        });
+        await writeNewFile(o.serving, await encodeServingKeys(keys), true, !!o.force);
+        process.stderr.write(
+          `wrote serving keys ${o.serving} (OHTTP key id ${keys.gateway.config.keyId}); store it as a broker resource and pass --serving-keys kbs:///… to every replica\n`,
+        );
+        return;
+      }
       if (o.kek) {
         if (o.uri) checkKbsUri(o.uri);
         await writeKeyFile(o.kek, kekToJwk(generateKek(o.uri)), true, !!o.force);

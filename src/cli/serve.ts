@@ -6,13 +6,15 @@
  */
 import { readFile } from 'node:fs/promises';
 import { type Command, Option } from 'commander';
-import { KekCache } from '../agent/kbs.js';
+import { KekCache, resourcePathOf } from '../agent/kbs.js';
 import { onTerminationSignal, PrivateDir } from '../agent/private-dir.js';
 import { realEngines } from '../infer/engines.js';
 import { type LoadedModel, loadSealedModel } from '../infer/load.js';
 import { RequestQueue } from '../infer/queue.js';
 import { startInferenceServer } from '../infer/server.js';
+import { decodeServingKeys, type ServingKeys } from '../infer/serving-keys.js';
 import { softwareIdentity } from '../infer/software.js';
+import type { KbsClient } from '../kbs/client.js';
 import { keyFromJwk, type UnsealKey } from '../seal/keys.js';
 import { brokerFor, type TeeCliOptions, teeFor, teeOptions } from './agent.js';
 import { integerOption } from './numbers.js';
@@ -36,9 +38,35 @@ interface ServeCliOptions extends Omit<TeeCliOptions, 'kbs'> {
   privateDir: string;
   allowDisk?: boolean;
   engineGpu: 'auto' | 'off';
+  servingKeys?: string;
 }
 
 const collect = (v: string, prev: string[]) => [...prev, v];
+
+/** The shared serving keys: a broker resource (after attestation), or a local file in development. */
+async function servingKeysFrom(
+  source: string,
+  broker: KbsClient | undefined,
+  log: (line: string) => void,
+): Promise<ServingKeys> {
+  let bytes: Uint8Array;
+  if (source.startsWith('kbs:')) {
+    if (!broker) throw new Error(`--serving-keys ${source} needs --kbs URL (the broker that holds it)`);
+    bytes = await broker.getResource(resourcePathOf(source));
+  } else {
+    if (broker)
+      throw new Error(`--serving-keys ${source}: with --kbs the shared keys come from the broker (kbs:///…)`);
+    log('WARNING: --serving-keys: the shared keys come from a local file, not from a key broker');
+    try {
+      bytes = new Uint8Array(await readFile(source));
+    } catch (e) {
+      throw new Error(`cannot read --serving-keys ${source}: ${(e as NodeJS.ErrnoException).code ?? e}`);
+    }
+  }
+  const keys = await decodeServingKeys(bytes);
+  log(`serving keys from ${source} (OHTTP key id ${keys.gateway.config.keyId})`);
+  return keys;
+}
 
 export function registerServe(program: Command): void {
   teeOptions(
@@ -69,6 +97,10 @@ export function registerServe(program: Command): void {
       '--pad-stream <bytes>',
       'pad each streamed event to a multiple of this (hides token lengths; 0: off)',
       '64',
+    )
+    .option(
+      '--serving-keys <source>',
+      'OHTTP and receipt keys shared by replicas behind one load balancer: kbs:///repo/type/tag (from the broker after attestation), or a file (development, with --key); default: fresh keys made here',
     )
     .option('--private-dir <dir>', 'memory file system for the plaintext model', '/dev/shm')
     .option('--allow-disk', 'accept a --private-dir that is not tmpfs/ramfs (plaintext may reach a disk)')
@@ -108,6 +140,7 @@ export function registerServe(program: Command): void {
           throw new Error(`${opts.key} is a public key; unsealing needs the KEK or the HPKE private key`);
         key = async () => k;
       }
+      const keys = opts.servingKeys ? await servingKeysFrom(opts.servingKeys, broker, log) : undefined;
       const dir = await PrivateDir.create({
         parent: opts.privateDir,
         allowDisk: opts.allowDisk === true,
@@ -138,6 +171,7 @@ export function registerServe(program: Command): void {
         tee: { cpu: tee.attester, ...(tee.gpu ? { gpu: tee.gpu } : {}) },
         ear: broker ? await broker.token() : null,
         software: await softwareIdentity(),
+        ...(keys ? { keys } : {}),
         allowPlaintext: opts.allowPlaintext === true,
         host: opts.host,
         port: integerOption(opts.port, '--port', 0),

@@ -16,8 +16,7 @@
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { generateSigningKey } from '../agent/receipt.js';
-import { encodeKeyConfigList, generateGatewayKey, ReplayCache } from '../ohttp/index.js';
+import { encodeKeyConfigList, ReplayCache } from '../ohttp/index.js';
 import { nodeBackend } from '../ohttp/node.js';
 import { fromHex, toBase64Url, toHex } from '../util/bytes.js';
 import { attestIdentity, type ServerTee } from './attestation.js';
@@ -32,6 +31,7 @@ import {
 } from './identity.js';
 import { createOpenAiHandler, type ServedModel } from './openai.js';
 import { RequestQueue } from './queue.js';
+import { generateServingKeys, type ServingKeys } from './serving-keys.js';
 
 export interface UiAsset {
   type: string;
@@ -56,6 +56,11 @@ export interface InferenceServerOptions {
   padStreamTo?: number;
   /** Static files for the browser page, by path ("/" for the page itself); also opens /v1/collateral. */
   ui?: ReadonlyMap<string, UiAsset>;
+  /**
+   * The OHTTP and receipt keys; default: a fresh set made here. Replicas behind one load balancer
+   * share a set released by the key broker (serving-keys.ts).
+   */
+  keys?: ServingKeys;
   /** How /v1/collateral reaches the vendors; default globalThis.fetch. */
   collateralFetch?: typeof fetch;
   log: (line: string) => void;
@@ -153,9 +158,8 @@ function sendProblem(res: ServerResponse, e: GatewayError): void {
 export async function startInferenceServer(o: InferenceServerOptions): Promise<InferenceServer> {
   const replayWindowMs = o.replayWindowMs ?? 120_000;
   const maxBodyBytes = o.maxBodyBytes ?? 1 << 20;
-  const gatewayKey = await generateGatewayKey(crypto.getRandomValues(new Uint8Array(1))[0]!);
+  const { gateway: gatewayKey, receipt } = o.keys ?? (await generateServingKeys());
   const keyList = encodeKeyConfigList([gatewayKey.config]);
-  const receipt = await generateSigningKey();
   const identity: InferenceIdentity = {
     type: IDENTITY_TYPE,
     ohttpKeys: toBase64Url(keyList),

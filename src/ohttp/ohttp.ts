@@ -285,12 +285,15 @@ export async function decapsulateResponse(
 }
 
 /** A fresh gateway key: X25519 made with Web Crypto, offering `suites` (default AES-128-GCM, then AES-256-GCM). */
+/** The suites a gateway key offers unless told otherwise: AES-128-GCM (RFC 9458's), then AES-256-GCM. */
+export const GATEWAY_SUITES: readonly SymmetricSuite[] = [
+  { kdfId: KDF_HKDF_SHA256, aeadId: AEAD_AES_128_GCM },
+  { kdfId: KDF_HKDF_SHA256, aeadId: AEAD_AES_256_GCM },
+];
+
 export async function generateGatewayKey(
   keyId: number,
-  suites: SymmetricSuite[] = [
-    { kdfId: KDF_HKDF_SHA256, aeadId: AEAD_AES_128_GCM },
-    { kdfId: KDF_HKDF_SHA256, aeadId: AEAD_AES_256_GCM },
-  ],
+  suites: SymmetricSuite[] = [...GATEWAY_SUITES],
 ): Promise<GatewayKey> {
   const pair = (await crypto.subtle.generateKey({ name: 'X25519' }, true, ['deriveBits'])) as CryptoKeyPair;
   const publicKey = new Uint8Array(await crypto.subtle.exportKey('raw', pair.publicKey));

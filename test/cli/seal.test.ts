@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { decodeServingKeys } from '../../src/infer/serving-keys.js';
 import { cloister, cloisterAsync, tempDir } from './run.js';
 
 let dir: string;
@@ -48,6 +49,16 @@ describe('cloister keygen', () => {
   });
   it('refuses to overwrite a key without --force', () => {
     expectOneLineError(cloister(['keygen', '--kek', at('owner.kek')]), /already exists/);
+  });
+  it('--serving writes the replicas’ shared keys, 0600, with the key id asked for', async () => {
+    const r = cloister(['keygen', '--serving', at('serving.json'), '--key-id', '9']);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toMatch(/wrote serving keys .*serving\.json \(OHTTP key id 9\)/);
+    expect(statSync(at('serving.json')).mode & 0o777).toBe(0o600);
+    const keys = await decodeServingKeys(readFileSync(at('serving.json')));
+    expect(keys.gateway.config.keyId).toBe(9);
+    expectOneLineError(cloister(['keygen', '--serving', at('s2.json'), '--key-id', '256']), /0-255/);
+    expectOneLineError(cloister(['keygen', '--serving', at('s2.json'), '--kek', at('k2')]), /exactly one of/);
   });
 });
 

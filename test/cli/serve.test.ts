@@ -138,6 +138,18 @@ describe('cloister serve refuses bad setups with one clear line', () => {
         ['--key', 'k.jwk', '--model', 'tiny.gguf.sealed', '--max-queued', 'lots'],
         /--max-queued must be an integer ≥ 0/,
       ],
+      [
+        ['--key', 'k.jwk', '--model', 'tiny.gguf.sealed', '--serving-keys', 'nope.json'],
+        /cannot read --serving-keys nope\.json: ENOENT/,
+      ],
+      [
+        ['--key', 'k.jwk', '--model', 'tiny.gguf.sealed', '--serving-keys', 'k.jwk'],
+        /serving keys: not a cloister-serving-keys\/v1 document/,
+      ],
+      [
+        ['--key', 'k.jwk', '--model', 'tiny.gguf.sealed', '--serving-keys', 'kbs:///a/b/c'],
+        /--serving-keys kbs:\/\/\/a\/b\/c needs --kbs URL/,
+      ],
     ];
     for (const [args, message] of cases) {
       const r = cloister(['serve', '--tee', 'sample', '--port', '0', ...args], { cwd: dir });

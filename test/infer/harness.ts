@@ -54,6 +54,7 @@ export async function startHarness(
     ...(o.collateralFetch ? { collateralFetch: o.collateralFetch } : {}),
     ...(o.padStreamTo !== undefined ? { padStreamTo: o.padStreamTo } : {}),
     ...(o.ui ? { ui: o.ui } : {}),
+    ...(o.keys ? { keys: o.keys } : {}),
   });
   return { server, text, embed };
 }

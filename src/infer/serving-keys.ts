@@ -1,0 +1,137 @@
+/**
+ * The keys a server answers with: its OHTTP gateway key (clients encrypt to it) and its receipt
+ * signing key. By default each server makes its own inside the TEE. Replicas behind a load balancer
+ * share one set instead, released by the key broker to each replica after it attests: then every
+ * replica has the same attested identity, and a client that verified one can be served by any.
+ *
+ * The shared form is a JSON document (a broker resource, or a file in development):
+ *
+ *   { "type": "cloister-serving-keys/v1",
+ *     "ohttp": { "key_id": 0–255, "private_key": b64url (32-byte X25519 scalar) },
+ *     "receipt": { "kty": "EC", "crv": "P-256", "x", "y", "d" } }
+ */
+import type { JWK } from 'jose';
+import { generateSigningKey } from '../agent/receipt.js';
+import {
+  GATEWAY_SUITES,
+  type GatewayKey,
+  generateGatewayKey,
+  KEM_X25519_HKDF_SHA256,
+} from '../ohttp/index.js';
+import { bs, fromBase64, toBase64Url, utf8 } from '../util/bytes.js';
+
+export const SERVING_KEYS_TYPE = 'cloister-serving-keys/v1';
+
+export interface ServingKeys {
+  gateway: GatewayKey;
+  receipt: { publicJwk: JWK; privateKey: CryptoKey };
+}
+
+export class ServingKeysError extends Error {
+  override name = 'ServingKeysError';
+}
+
+const bad = (message: string): never => {
+  throw new ServingKeysError(`serving keys: ${message}`);
+};
+
+/** A fresh random set; `exportable` when it is to be written out (cloister keygen --serving). */
+export async function generateServingKeys(
+  o: { keyId?: number; exportable?: boolean } = {},
+): Promise<ServingKeys> {
+  const keyId = o.keyId ?? crypto.getRandomValues(new Uint8Array(1))[0]!;
+  return { gateway: await generateGatewayKey(keyId), receipt: await generateSigningKey(o.exportable) };
+}
+
+/** The shared document, for a set made with `exportable`. */
+export async function encodeServingKeys(keys: ServingKeys): Promise<Uint8Array> {
+  const receipt = await crypto.subtle.exportKey('jwk', keys.receipt.privateKey);
+  const doc = {
+    type: SERVING_KEYS_TYPE,
+    ohttp: { key_id: keys.gateway.config.keyId, private_key: toBase64Url(keys.gateway.privateKey) },
+    receipt: { kty: 'EC', crv: 'P-256', x: receipt.x, y: receipt.y, d: receipt.d },
+  };
+  return utf8.encode(`${JSON.stringify(doc, null, 2)}\n`);
+}
+
+// PKCS #8 for an X25519 private key (RFC 8410): the fixed prefix, then the 32-byte scalar.
+const X25519_PKCS8_PREFIX = Uint8Array.from([
+  0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x04, 0x22, 0x04, 0x20,
+]);
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function b64(v: unknown, what: string, bytes: number): Uint8Array {
+  if (typeof v !== 'string' || !/^[A-Za-z0-9_-]+$/.test(v)) bad(`${what} must be base64url`);
+  const out = fromBase64(v as string);
+  if (out.length !== bytes) bad(`${what} must be ${bytes} bytes, got ${out.length}`);
+  return out;
+}
+
+/** Reads the shared document; the private keys are imported non-extractable. */
+export async function decodeServingKeys(bytes: Uint8Array): Promise<ServingKeys> {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(utf8.decode(bytes));
+  } catch {
+    bad('not JSON');
+  }
+  if (!isRecord(doc) || doc.type !== SERVING_KEYS_TYPE) bad(`not a ${SERVING_KEYS_TYPE} document`);
+  const { ohttp, receipt } = doc as Record<string, unknown>;
+  if (!isRecord(ohttp)) bad('"ohttp" must be an object');
+  const o = ohttp as Record<string, unknown>;
+  const keyId = o.key_id;
+  if (typeof keyId !== 'number' || !Number.isInteger(keyId) || keyId < 0 || keyId > 255)
+    bad('ohttp.key_id must be an integer 0–255');
+  const scalar = b64(o.private_key, 'ohttp.private_key', 32);
+  // The public key is derived, not read: a document cannot pair a key with another's public half.
+  const pkcs8 = new Uint8Array(X25519_PKCS8_PREFIX.length + 32);
+  pkcs8.set(X25519_PKCS8_PREFIX);
+  pkcs8.set(scalar, X25519_PKCS8_PREFIX.length);
+  let x: string;
+  try {
+    const k = await crypto.subtle.importKey('pkcs8', pkcs8, { name: 'X25519' }, true, ['deriveBits']);
+    x = (await crypto.subtle.exportKey('jwk', k)).x!;
+  } catch (e) {
+    return bad(`ohttp.private_key is not an X25519 key: ${(e as Error).message}`);
+  }
+  const gateway: GatewayKey = {
+    config: {
+      keyId: keyId as number,
+      kemId: KEM_X25519_HKDF_SHA256,
+      publicKey: fromBase64(x),
+      suites: [...GATEWAY_SUITES],
+    },
+    privateKey: scalar,
+  };
+  if (!isRecord(receipt)) bad('"receipt" must be an EC P-256 private JWK');
+  const r = receipt as Record<string, unknown>;
+  if (r.kty !== 'EC' || r.crv !== 'P-256') bad('receipt must be an EC P-256 private JWK');
+  b64(r.x, 'receipt.x', 32);
+  b64(r.y, 'receipt.y', 32);
+  b64(r.d, 'receipt.d', 32);
+  const publicJwk: JWK = { kty: 'EC', crv: 'P-256', x: r.x as string, y: r.y as string };
+  const alg = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' };
+  let privateKey: CryptoKey;
+  let matches: boolean;
+  try {
+    privateKey = await crypto.subtle.importKey('jwk', { ...publicJwk, d: r.d as string }, alg, false, [
+      'sign',
+    ]);
+    // Receipts are checked against x and y: a d that is not theirs would sign receipts nobody accepts.
+    const publicKey = await crypto.subtle.importKey('jwk', publicJwk, alg, false, ['verify']);
+    const probe = bs(utf8.encode(SERVING_KEYS_TYPE));
+    matches = await crypto.subtle.verify(
+      alg,
+      publicKey,
+      await crypto.subtle.sign(alg, privateKey, probe),
+      probe,
+    );
+  } catch (e) {
+    return bad(`receipt is not a usable P-256 key: ${(e as Error).message}`);
+  }
+  if (!matches) bad('receipt.d is not the private key of receipt.x/receipt.y');
+  return { gateway, receipt: { publicJwk, privateKey: privateKey! } };
+}
