@@ -221,7 +221,7 @@ export async function teeFor(o: Omit<TeeCliOptions, 'kbs'>, log: (line: string) 
 function initDataFile(file: string): { format: 'toml' | 'json'; body: string } {
   let body: string;
   try {
-    body = readFileSync(file, 'utf8');
+    body = new TextDecoder('utf-8', { fatal: true }).decode(readFileSync(file));
   } catch (e) {
     throw new AgentError('bad-init-data', `cannot read --init-data ${file}: ${(e as Error).message}`);
   }

@@ -122,6 +122,8 @@ export function registerServe(program: Command): void {
       if (opts.model.length === 0) throw new Error('give at least one --model FILE.sealed');
       if (!opts.kbs === !opts.key)
         throw new Error('give exactly one of --kbs URL (production) or --key FILE (development)');
+      if (opts.initData && !opts.kbs)
+        throw new Error('--init-data is for the key broker: it needs --kbs URL');
       const parallel = integerOption(opts.parallel, '--parallel', 1);
       const maxQueued = integerOption(opts.maxQueued, '--max-queued', 0);
       const tee = await teeFor(opts, log);

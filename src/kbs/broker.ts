@@ -15,7 +15,7 @@ import { type EarResult, issueEar, verifyEar } from '../attest/ear/index.js';
 import type { VerifierRegistry } from '../attest/registry.js';
 import { fromBase64, toBase64Url } from '../util/bytes.js';
 import { decideRelease, type ReleaseDecision } from './decide.js';
-import { checkInitDataBinding, INIT_DATA_CLAIM, type InitData, parseInitData } from './init-data.js';
+import { bindInitData, INIT_DATA_CLAIM, type ReceivedInitData, receiveInitData } from './init-data.js';
 import { checkUsableKey, encryptResource } from './jwe.js';
 import {
   deviceEvidence,
@@ -122,7 +122,7 @@ export class Broker {
       );
     }
     const att = parseAttestation(body);
-    const init = att['init-data'] ? await parseInitData(att['init-data']) : undefined;
+    const init = att['init-data'] ? await receiveInitData(att['init-data']) : undefined;
     await checkUsableKey(att['runtime-data']['tee-pubkey']);
     if (att['runtime-data'].nonce !== session.nonce) {
       throw new ProtocolError(401, 'nonce-mismatch', 'runtime-data.nonce is not the nonce of this session');
@@ -166,7 +166,11 @@ export class Broker {
     return { token };
   }
 
-  private async appraise(session: SessionRecord, att: KbsAttestation, init?: InitData): Promise<string> {
+  private async appraise(
+    session: SessionRecord,
+    att: KbsAttestation,
+    received?: ReceivedInitData,
+  ): Promise<string> {
     const pubkey = att['runtime-data']['tee-pubkey'];
     const additional = att['tee-evidence'].additional_evidence;
     const expected = reportDataField(await primaryRuntimeDataHash(pubkey, session.nonce, additional));
@@ -191,7 +195,7 @@ export class Broker {
         ...(anchors.nvidia ? { gpuTrustAnchors: anchors.nvidia } : {}),
       },
     );
-    if (init) checkInitDataBinding(init, result.submods.cpu0!);
+    const init = received ? bindInitData(received, result.submods.cpu0!) : undefined;
     return issueEar(result.submods, {
       signingKey: this.o.earKey.privateKey,
       build: `cloister-kbs ${KBS_PROTOCOL_VERSION}`,
@@ -254,6 +258,15 @@ export class Broker {
     const { ear, teePubkey } = await this.credentials(c);
     const rec = await this.o.store.getResource(path);
     if (!rec) {
+      // The same lookups as for a resource that exists, so the answer does not come back sooner.
+      await decideRelease({
+        store: this.o.store,
+        ear,
+        resource: { path, repository, type, tag, tenant: '' },
+        devMode: this.o.devMode,
+        now: this.now(),
+      });
+      this.o.onEvent?.({ type: 'release', path, allowed: false, reasons: ['unknown resource'] });
       await this.o.store.appendLog({
         kind: 'denial',
         tenant: '',

@@ -7,6 +7,7 @@
  *
  * The digest is the hash named by `algorithm` over the body exactly as sent (UTF-8), cut or zero-padded
  * to the field's length: another encoding of the same content is another digest, as the spec says.
+ * Absent init-data is not detected here: a policy that relies on it requires `init_data.digest`.
  */
 import { parse as parseToml } from 'smol-toml';
 import type { Appraisal } from '../attest/common/types.js';
@@ -22,8 +23,11 @@ export const INIT_DATA_VERSION = '0.1.0';
  */
 export const MAX_INIT_DATA_BYTES = 64 * 1024;
 
+const HASHES = ['SHA-256', 'SHA-384', 'SHA-512'] as const;
+type HashName = (typeof HASHES)[number];
+
 /** The spec's names and IANA's textual names for the same hashes. */
-const ALGORITHMS: Record<string, 'SHA-256' | 'SHA-384' | 'SHA-512'> = {
+const ALGORITHMS: Record<string, HashName> = {
   sha256: 'SHA-256',
   'sha-256': 'SHA-256',
   sha384: 'SHA-384',
@@ -32,11 +36,11 @@ const ALGORITHMS: Record<string, 'SHA-256' | 'SHA-384' | 'SHA-512'> = {
   'sha-512': 'SHA-512',
 };
 
-/** The evidence claims that carry the init-data digest, in the order they are looked for. */
-const BINDING_CLAIMS: readonly { claim: string; bytes: number }[] = [
-  { claim: 'mr_config_id', bytes: 48 },
-  { claim: 'host_data', bytes: 32 },
-];
+/** Where each TEE kind carries the init-data digest, and how long that field is. */
+const BINDING_FIELDS: Partial<Record<Appraisal['kind'], { claim: string; bytes: number }>> = {
+  tdx: { claim: 'mr_config_id', bytes: 48 },
+  snp: { claim: 'host_data', bytes: 32 },
+};
 
 /** The attestation token's claim that carries checked init-data; policies see it as `init_data`. */
 export const INIT_DATA_CLAIM = 'cloister.init-data';
@@ -51,34 +55,89 @@ export interface InitData {
   data: Record<string, string>;
 }
 
+/** Init-data as received: the body and its digest under each algorithm, not yet parsed. */
+export interface ReceivedInitData {
+  format: 'toml' | 'json';
+  body: string;
+  digests: Record<HashName, string>;
+}
+
 const bad = (message: string) => new ProtocolError(400, 'bad-init-data', message);
 
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Date);
 }
 
-/** Parses and hashes the `init-data` member of an attestation request; bad input is a 400. */
-export async function parseInitData(init: { format: string; body: string }): Promise<InitData> {
+/**
+ * Checks the `init-data` member's format and size and hashes its body under every algorithm the spec
+ * allows (cheap next to appraisal). The body is parsed only once its digest has been found in verified
+ * evidence (bindInitData), so a requester without a TEE cannot make the broker parse anything.
+ */
+export async function receiveInitData(init: { format: string; body: string }): Promise<ReceivedInitData> {
   const format = init.format.toLowerCase();
   if (format !== 'toml' && format !== 'json')
     throw bad(`init-data format must be "toml" or "json", got ${JSON.stringify(init.format)}`);
-  const bytes = utf8.encode(init.body);
+  const bytes = bs(utf8.encode(init.body));
   if (bytes.length > MAX_INIT_DATA_BYTES)
     throw bad(`init-data body is ${bytes.length} bytes; at most ${MAX_INIT_DATA_BYTES} are accepted`);
+  const digests = {} as Record<HashName, string>;
+  for (const h of HASHES) digests[h] = toHex(new Uint8Array(await crypto.subtle.digest(h, bytes)));
+  return { format, body: init.body, digests };
+}
+
+/**
+ * Finds the init-data's digest in the CPU evidence's init-data field, then parses the body. Refuses
+ * evidence whose TEE has no such field (`init-data-unbound`: unbound init-data would be the host's word
+ * alone) or whose field holds another value (`init-data-mismatch`), and a bound body that is not valid
+ * init-data (`400 bad-init-data`).
+ */
+export function bindInitData(init: ReceivedInitData, cpu: Appraisal): InitData {
+  const field = BINDING_FIELDS[cpu.kind];
+  const got = field ? cpu.claims[field.claim] : undefined;
+  if (!field || typeof got !== 'string') {
+    throw new AttestationError(
+      'appraise',
+      'init-data-unbound',
+      `${cpu.kind} evidence has no init-data field (TDX mr_config_id, SEV-SNP host_data), so the init-data sent cannot be checked`,
+    );
+  }
+  const fitted = (hex: string) => hex.slice(0, field.bytes * 2).padEnd(field.bytes * 2, '0');
+  const matched = HASHES.find((h) => fitted(init.digests[h]) === got.toLowerCase());
+  if (!matched) {
+    throw new AttestationError(
+      'appraise',
+      'init-data-mismatch',
+      `the init-data's digest is not the evidence's ${field.claim} (${got})`,
+    );
+  }
+  const doc = parseDocument(init);
+  if (ALGORITHMS[doc.algorithm.toLowerCase()] !== matched) {
+    throw new AttestationError(
+      'appraise',
+      'init-data-mismatch',
+      `the init-data names ${doc.algorithm}, but its ${matched} digest is what the evidence's ${field.claim} holds`,
+    );
+  }
+  return { format: init.format, ...doc, digest: init.digests[matched] };
+}
+
+function parseDocument(init: ReceivedInitData): Omit<InitData, 'format' | 'digest'> {
   let doc: unknown;
   try {
-    doc = format === 'toml' ? parseToml(init.body) : JSON.parse(init.body);
+    doc = init.format === 'toml' ? parseToml(init.body) : JSON.parse(init.body);
   } catch (e) {
-    throw bad(`init-data body is not valid ${format.toUpperCase()}: ${(e as Error).message.split('\n')[0]}`);
+    throw bad(
+      `init-data body is not valid ${init.format.toUpperCase()}: ${(e as Error).message.split('\n')[0]}`,
+    );
   }
   if (!isRecord(doc)) throw bad('init-data body must be a table/object');
   const { version, algorithm, data } = doc;
   if (version !== INIT_DATA_VERSION)
     throw bad(`init-data version must be "${INIT_DATA_VERSION}", got ${JSON.stringify(version)}`);
-  const hash = typeof algorithm === 'string' ? ALGORITHMS[algorithm.toLowerCase()] : undefined;
-  if (!hash)
+  if (typeof algorithm !== 'string' || !ALGORITHMS[algorithm.toLowerCase()])
     throw bad(`init-data algorithm must be sha256, sha384 or sha512, got ${JSON.stringify(algorithm)}`);
-  const entries: Record<string, string> = {};
+  // No prototype: a file named "__proto__" is kept as data, not taken as one.
+  const entries = Object.create(null) as Record<string, string>;
   if (data !== undefined) {
     if (!isRecord(data)) throw bad('init-data "data" must be a table of strings');
     for (const [k, v] of Object.entries(data)) {
@@ -86,33 +145,7 @@ export async function parseInitData(init: { format: string; body: string }): Pro
       entries[k] = v;
     }
   }
-  const digest = new Uint8Array(await crypto.subtle.digest(hash, bs(bytes)));
-  return { format, version, algorithm: algorithm as string, digest: toHex(digest), data: entries };
-}
-
-/**
- * Checks that the CPU's evidence carries the init-data digest in its init-data field. Refuses evidence
- * whose TEE has no such field (`init-data-unbound`) or whose field holds another value
- * (`init-data-mismatch`): unbound init-data would be the host's word alone.
- */
-export function checkInitDataBinding(init: InitData, cpu: Appraisal): void {
-  const field = BINDING_CLAIMS.find((b) => typeof cpu.claims[b.claim] === 'string');
-  if (!field) {
-    throw new AttestationError(
-      'appraise',
-      'init-data-unbound',
-      `${cpu.kind} evidence has no init-data field (TDX mr_config_id, SEV-SNP host_data), so the init-data sent cannot be checked`,
-    );
-  }
-  const want = init.digest.slice(0, field.bytes * 2).padEnd(field.bytes * 2, '0');
-  const got = (cpu.claims[field.claim] as string).toLowerCase();
-  if (got !== want) {
-    throw new AttestationError(
-      'appraise',
-      'init-data-mismatch',
-      `the init-data's ${init.algorithm} digest is not the evidence's ${field.claim} (${got})`,
-    );
-  }
+  return { version, algorithm, data: entries };
 }
 
 /** The checked init-data an attestation token carries, if any. */

@@ -139,6 +139,10 @@ describe('cloister serve refuses bad setups with one clear line', () => {
         /--max-queued must be an integer ≥ 0/,
       ],
       [
+        ['--key', 'k.jwk', '--model', 'tiny.gguf.sealed', '--init-data', 'initdata.toml'],
+        /--init-data is for the key broker: it needs --kbs URL/,
+      ],
+      [
         ['--key', 'k.jwk', '--model', 'tiny.gguf.sealed', '--serving-keys', 'nope.json'],
         /cannot read --serving-keys nope\.json: ENOENT/,
       ],

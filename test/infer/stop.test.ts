@@ -44,8 +44,9 @@ describe('StopScanner', () => {
     expect(run(['xab'], ['ab', 'xab']).text).toBe(''); // both end together: the longer one wins
   });
 
-  it('without stop strings streams every chunk as is', () => {
+  it('without stop strings streams every chunk as is; an empty stop string is ignored', () => {
     expect(run(['a', 'b', ''], []).pieces).toEqual(['a', 'b']);
+    expect(run(['a', 'b'], ['']).text).toBe('ab');
   });
 
   it('fast-check: for any chunking, streamed text = result = text before the first stop', () => {

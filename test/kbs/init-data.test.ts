@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Appraisal } from '../../src/attest/common/types.js';
 import { SnpTestAuthority } from '../../src/attest/testing/snp.js';
 import { KbsClient } from '../../src/kbs/client.js';
-import { checkInitDataBinding, MAX_INIT_DATA_BYTES, parseInitData } from '../../src/kbs/init-data.js';
+import { bindInitData, MAX_INIT_DATA_BYTES, receiveInitData } from '../../src/kbs/init-data.js';
 import { toBase64Url } from '../../src/util/bytes.js';
 import { sampleAttester, type TestBroker, testBroker } from './helpers.js';
 
@@ -27,9 +27,9 @@ url = 'http://kbs.example:8080'
 
 const hex = (alg: string, s: string) => createHash(alg).update(s).digest('hex');
 
-function appraisal(claims: Record<string, unknown>): Appraisal {
+function appraisal(kind: Appraisal['kind'], claims: Record<string, unknown>): Appraisal {
   return {
-    kind: 'tdx',
+    kind,
     status: 'affirming',
     trustVector: {} as Appraisal['trustVector'],
     claims,
@@ -37,10 +37,39 @@ function appraisal(claims: Record<string, unknown>): Appraisal {
   };
 }
 
-describe('parseInitData', () => {
-  it('hashes the body as sent with the named algorithm and returns the data table', async () => {
-    const init = await parseInitData({ format: 'toml', body: TOML });
-    expect(init).toEqual({
+const received = (body: string, format: 'toml' | 'json' = 'toml') => receiveInitData({ format, body });
+
+describe('receiveInitData', () => {
+  it('hashes the body as sent under every algorithm, before parsing anything', async () => {
+    const r = await received(TOML);
+    expect(r.digests).toEqual({
+      'SHA-256': hex('sha256', TOML),
+      'SHA-384': hex('sha384', TOML),
+      'SHA-512': hex('sha512', TOML),
+    });
+    // Not parsed yet: a body that is no TOML at all is received the same way.
+    expect((await received('{{{ not toml')).digests['SHA-256']).toBe(hex('sha256', '{{{ not toml'));
+  });
+
+  it('refuses an unknown format or an oversized body with a 400', async () => {
+    const cases: [{ format: string; body: string }, RegExp][] = [
+      [{ format: 'yaml', body: 'a: b' }, /format must be "toml" or "json"/],
+      [{ format: 'toml', body: `# ${'x'.repeat(MAX_INIT_DATA_BYTES)}` }, /at most/],
+    ];
+    for (const [init, message] of cases) {
+      await expect(receiveInitData(init)).rejects.toMatchObject({
+        status: 400,
+        type: 'bad-init-data',
+        message: expect.stringMatching(message),
+      });
+    }
+  });
+});
+
+describe('bindInitData', () => {
+  it('finds the digest in TDX mr_config_id (48 bytes) and SNP host_data (32 bytes), cut or zero-padded', async () => {
+    const r = await received(TOML);
+    expect(bindInitData(r, appraisal('tdx', { mr_config_id: hex('sha384', TOML) }))).toEqual({
       format: 'toml',
       version: '0.1.0',
       algorithm: 'sha384',
@@ -50,59 +79,72 @@ describe('parseInitData', () => {
         'policy.rego': 'package agent_policy',
       },
     });
+    expect(bindInitData(r, appraisal('snp', { host_data: hex('sha384', TOML).slice(0, 64) })).digest).toBe(
+      hex('sha384', TOML),
+    );
     const json = JSON.stringify({ algorithm: 'sha-256', version: '0.1.0', data: { k: 'v' } });
-    expect(await parseInitData({ format: 'json', body: json })).toMatchObject({
-      digest: hex('sha256', json),
+    const padded = `${hex('sha256', json)}${'0'.repeat(32)}`;
+    expect(
+      bindInitData(await received(json, 'json'), appraisal('tdx', { mr_config_id: padded })),
+    ).toMatchObject({
+      algorithm: 'sha-256',
       data: { k: 'v' },
     });
   });
 
-  it('refuses bad init-data with a 400 that says what is wrong', async () => {
-    const cases: [{ format: string; body: string }, RegExp][] = [
-      [{ format: 'yaml', body: 'a: b' }, /format must be "toml" or "json"/],
-      [{ format: 'toml', body: 'version = ' }, /not valid TOML/],
-      [{ format: 'json', body: '{' }, /not valid JSON/],
-      [{ format: 'json', body: '[]' }, /must be a table/],
-      [{ format: 'toml', body: 'version = "0.2.0"\nalgorithm = "sha384"' }, /version must be "0.1.0"/],
-      [{ format: 'toml', body: 'version = "0.1.0"\nalgorithm = "md5"' }, /algorithm must be sha256/],
-      [
-        { format: 'toml', body: 'version = "0.1.0"\nalgorithm = "sha256"\ndata = 3' },
-        /"data" must be a table/,
-      ],
-      [
-        { format: 'toml', body: 'version = "0.1.0"\nalgorithm = "sha256"\n[data]\nn = 1' },
-        /data.n must be a string/,
-      ],
-      [{ format: 'toml', body: `# ${'x'.repeat(MAX_INIT_DATA_BYTES)}` }, /at most/],
+  it('refuses a digest that is not there, and a TEE without an init-data field', async () => {
+    const r = await received(TOML);
+    const code = (f: () => unknown) => {
+      try {
+        f();
+      } catch (e) {
+        return (e as { code?: string }).code;
+      }
+      return 'accepted';
+    };
+    expect(code(() => bindInitData(r, appraisal('tdx', { mr_config_id: '0'.repeat(96) })))).toBe(
+      'init-data-mismatch',
+    );
+    // The field of another kind does not count: a sample report cannot claim host_data.
+    expect(
+      code(() => bindInitData(r, appraisal('sample', { host_data: hex('sha384', TOML).slice(0, 64) }))),
+    ).toBe('init-data-unbound');
+    expect(code(() => bindInitData(r, appraisal('tdx', {})))).toBe('init-data-unbound');
+    // The evidence holds the sha384 digest, but the body names sha512.
+    const other = TOML.replace('sha384', 'sha512');
+    expect(
+      code(() =>
+        bindInitData({ ...r, body: other }, appraisal('tdx', { mr_config_id: r.digests['SHA-384'] })),
+      ),
+    ).toBe('init-data-mismatch');
+  });
+
+  it('refuses bound init-data that is not valid init-data with a 400 that says what is wrong', async () => {
+    const cases: [string, 'toml' | 'json', RegExp][] = [
+      ['version = ', 'toml', /not valid TOML/],
+      ['{', 'json', /not valid JSON/],
+      ['[]', 'json', /must be a table/],
+      ['version = "0.2.0"\nalgorithm = "sha384"', 'toml', /version must be "0.1.0"/],
+      ['version = "0.1.0"\nalgorithm = "md5"', 'toml', /algorithm must be sha256/],
+      ['version = "0.1.0"\nalgorithm = "sha384"\ndata = 3', 'toml', /"data" must be a table/],
+      ['version = "0.1.0"\nalgorithm = "sha384"\n[data]\nn = 1', 'toml', /data.n must be a string/],
     ];
-    for (const [init, message] of cases) {
-      await expect(parseInitData(init), init.body.slice(0, 40)).rejects.toMatchObject({
-        status: 400,
-        type: 'bad-init-data',
-        message: expect.stringMatching(message),
-      });
+    for (const [body, format, message] of cases) {
+      const r = await received(body, format);
+      expect(() => bindInitData(r, appraisal('tdx', { mr_config_id: hex('sha384', body) })), body).toThrow(
+        expect.objectContaining({
+          status: 400,
+          type: 'bad-init-data',
+          message: expect.stringMatching(message),
+        }),
+      );
     }
   });
-});
 
-describe('checkInitDataBinding', () => {
-  it('matches TDX mr_config_id (48 bytes) and SNP host_data (32 bytes), cut or zero-padded', async () => {
-    const sha384 = await parseInitData({ format: 'toml', body: TOML });
-    checkInitDataBinding(sha384, appraisal({ mr_config_id: sha384.digest }));
-    checkInitDataBinding(sha384, appraisal({ host_data: sha384.digest.slice(0, 64) }));
-    const body = 'version = "0.1.0"\nalgorithm = "sha256"\n';
-    const sha256 = await parseInitData({ format: 'toml', body });
-    checkInitDataBinding(sha256, appraisal({ mr_config_id: hex('sha256', body) + '0'.repeat(32) }));
-    expect(() => checkInitDataBinding(sha256, appraisal({ mr_config_id: '0'.repeat(96) }))).toThrow(
-      expect.objectContaining({ code: 'init-data-mismatch' }),
-    );
-  });
-
-  it('refuses init-data for a TEE whose evidence has no init-data field', async () => {
-    const init = await parseInitData({ format: 'toml', body: TOML });
-    expect(() => checkInitDataBinding(init, appraisal({ measurement: 'ab' }))).toThrow(
-      expect.objectContaining({ code: 'init-data-unbound' }),
-    );
+  it('keeps a data entry named __proto__ as data', async () => {
+    const body = 'version = "0.1.0"\nalgorithm = "sha384"\n[data]\n"__proto__" = "x"\n';
+    const init = bindInitData(await received(body), appraisal('tdx', { mr_config_id: hex('sha384', body) }));
+    expect(Object.entries(init.data)).toEqual([['__proto__', 'x']]);
   });
 });
 
@@ -173,10 +215,12 @@ describe('init-data through the broker (test-authority SEV-SNP)', () => {
       status: 403,
       type: 'attestation-init-data-unbound',
     });
+    // Bound to the report (so parsed), but not init-data: the host launched the TEE with garbage.
+    const garbage = 'version = "9"';
     const bad = new KbsClient({
       url: b.url,
-      attester: snpAttester(digest32(TOML)),
-      initData: { format: 'toml', body: 'version = "9"' },
+      attester: snpAttester(digest32(garbage)),
+      initData: { format: 'toml', body: garbage },
     });
     await expect(bad.getResource('owner/cfg/key')).rejects.toMatchObject({
       status: 400,

@@ -11,10 +11,15 @@ export class StopScanner {
   private emitted = 0;
   private stopAt: number | undefined;
 
+  private readonly stops: readonly string[];
+
   constructor(
-    private readonly stops: readonly string[],
+    stops: readonly string[],
     private readonly emit: OnText,
-  ) {}
+  ) {
+    // An empty stop string would end every generation before its first character.
+    this.stops = stops.filter((s) => s.length > 0);
+  }
 
   get stopped(): boolean {
     return this.stopAt !== undefined;
