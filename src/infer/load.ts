@@ -5,7 +5,7 @@
  * to its engine. GGUF stays in the private directory (llama.cpp maps it from there); an ONNX model
  * bundle (a tar of the model directory) is read into memory and its plaintext file wiped at once.
  */
-import { readFile, stat } from 'node:fs/promises';
+import { open, readFile, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { zeroAndUnlink } from '../agent/private-dir.js';
 import type { Header } from '../seal/format.js';
@@ -43,7 +43,7 @@ export interface LoadedModel {
 export class ModelLoadError extends Error {
   override name = 'ModelLoadError';
   constructor(
-    readonly code: 'unknown-format' | 'raw-onnx' | 'bad-model',
+    readonly code: 'unknown-format' | 'raw-onnx' | 'bad-model' | 'changed',
     message: string,
     options?: { cause?: unknown },
   ) {
@@ -74,9 +74,33 @@ let counter = 0;
  * model and hash the sealed file; the digest is awaited only once the engine holds the model.
  */
 export async function loadSealedModel(o: SealedModelOptions): Promise<LoadedModel> {
-  const { header } = await readHeader(o.file);
+  // The digest must describe the bytes that are unsealed, but the file is the host's: every read
+  // below goes through one open descriptor (so renaming another file into place changes nothing),
+  // and a write to the file while loading changes its ctime, which is compared at the end.
+  const fh = await open(o.file, 'r');
+  const pinned = process.platform === 'linux' ? `/proc/self/fd/${fh.fd}` : o.file;
+  try {
+    const before = await fh.stat();
+    const model = await loadFrom(pinned, o);
+    const after = await fh.stat();
+    if (after.ctimeMs !== before.ctimeMs || after.size !== before.size) {
+      await model.engine.close();
+      throw new ModelLoadError('changed', `${o.file} changed while it was being loaded; not served`);
+    }
+    return model;
+  } catch (e) {
+    if (e instanceof Error && pinned !== o.file) e.message = e.message.replaceAll(pinned, o.file);
+    throw e;
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Loads from `path` (the pinned descriptor); `o.file` is the name for messages. */
+async function loadFrom(path: string, o: SealedModelOptions): Promise<LoadedModel> {
+  const { header } = await readHeader(path);
   const key = await o.key(header);
-  const reader = await openSealedFile(o.file, key);
+  const reader = await openSealedFile(path, key);
   let head: Uint8Array;
   try {
     head = await reader.read(0, Math.min(512, reader.plaintextLength));
@@ -99,13 +123,13 @@ export async function loadSealedModel(o: SealedModelOptions): Promise<LoadedMode
   const warm = o.loaders.warmUp?.(format);
   // Observed below; until then a failure must not surface as an unhandled rejection.
   warm?.catch(() => {});
-  const digest = sha256FileOffThread(o.file);
+  const digest = sha256FileOffThread(path);
   digest.catch(() => {});
   const out = join(o.dir, `model-${counter++}`);
-  const size = (await stat(o.file)).size;
+  const size = (await stat(path)).size;
   o.log(`unsealing ${o.file} (${(size / 2 ** 20).toFixed(1)} MiB, ${format}) into the private directory`);
   const started = performance.now();
-  await unsealFile(o.file, out, key);
+  await unsealFile(path, out, key);
   o.log(`unsealed in ${((performance.now() - started) / 1000).toFixed(2)} s`);
   await warm;
   const id = o.id ?? defaultId(header, o.file);
