@@ -11,6 +11,7 @@ import { onTerminationSignal, PrivateDir } from '../agent/private-dir.js';
 import { realEngines } from '../infer/engines.js';
 import { type LoadedModel, loadSealedModel } from '../infer/load.js';
 import { RequestQueue } from '../infer/queue.js';
+import { RedisReplayGuard } from '../infer/replay-redis.js';
 import { startInferenceServer } from '../infer/server.js';
 import { decodeServingKeys, type ServingKeys } from '../infer/serving-keys.js';
 import { softwareIdentity } from '../infer/software.js';
@@ -39,6 +40,7 @@ interface ServeCliOptions extends Omit<TeeCliOptions, 'kbs'> {
   allowDisk?: boolean;
   engineGpu: 'auto' | 'off';
   servingKeys?: string;
+  replayRedis?: string;
 }
 
 const collect = (v: string, prev: string[]) => [...prev, v];
@@ -102,6 +104,10 @@ export function registerServe(program: Command): void {
       '--serving-keys <source>',
       'OHTTP and receipt keys shared by replicas behind one load balancer: kbs:///repo/type/tag (from the broker after attestation), or a file (development, with --key); default: fresh keys made here',
     )
+    .option(
+      '--replay-redis <url>',
+      'with --serving-keys: remember requests in this Redis (redis://host:port/db), shared by the replicas, so a request replayed to another replica is refused too',
+    )
     .option('--private-dir <dir>', 'memory file system for the plaintext model', '/dev/shm')
     .option('--allow-disk', 'accept a --private-dir that is not tmpfs/ramfs (plaintext may reach a disk)')
     .addOption(
@@ -142,7 +148,19 @@ export function registerServe(program: Command): void {
           throw new Error(`${opts.key} is a public key; unsealing needs the KEK or the HPKE private key`);
         key = async () => k;
       }
+      if (opts.replayRedis && !opts.servingKeys)
+        throw new Error('--replay-redis is for replicas that share keys: it needs --serving-keys');
+      const replayWindowMs = integerOption(opts.replayWindow, '--replay-window', 1) * 1000;
       const keys = opts.servingKeys ? await servingKeysFrom(opts.servingKeys, broker, log) : undefined;
+      const replay =
+        opts.replayRedis && keys
+          ? await RedisReplayGuard.connect({
+              url: opts.replayRedis,
+              windowMs: replayWindowMs,
+              key: keys.gateway.config,
+            })
+          : undefined;
+      if (replay) log('replay protection shared through Redis');
       const dir = await PrivateDir.create({
         parent: opts.privateDir,
         allowDisk: opts.allowDisk === true,
@@ -177,7 +195,8 @@ export function registerServe(program: Command): void {
         allowPlaintext: opts.allowPlaintext === true,
         host: opts.host,
         port: integerOption(opts.port, '--port', 0),
-        replayWindowMs: integerOption(opts.replayWindow, '--replay-window', 1) * 1000,
+        replayWindowMs,
+        ...(replay ? { replay } : {}),
         maxBodyBytes: integerOption(opts.maxBody, '--max-body', 1),
         padStreamTo: integerOption(opts.padStream, '--pad-stream', 0),
         defaultMaxTokens: integerOption(opts.maxTokens, '--max-tokens', 1),
@@ -196,6 +215,7 @@ export function registerServe(program: Command): void {
             .close()
             .then(() => Promise.all(loaded.map((m) => m.engine.close())))
             .then(() => dir.wipe())
+            .then(() => replay?.close())
             .then(resolve);
         });
       });

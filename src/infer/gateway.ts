@@ -22,7 +22,7 @@ import {
   type GatewayKey,
   type OhttpBackend,
   OhttpError,
-  type ReplayCache,
+  type ReplayGuard,
   streamedResponse,
 } from '../ohttp/index.js';
 import { concatBytes } from '../util/bytes.js';
@@ -42,7 +42,7 @@ export const OHTTP_CHUNKED_RESPONSE_TYPE = 'message/ohttp-chunked-res';
 
 export interface GatewayOptions {
   keys: GatewayKey[];
-  replay: ReplayCache;
+  replay: ReplayGuard;
   /** Half the replay window: a request's Date must be within this of the gateway's clock. */
   maxClockSkewMs: number;
   handler: Handler;
@@ -82,6 +82,8 @@ function refuse(e: OhttpError): GatewayError {
       return new GatewayError(400, 'replay', e.message);
     case 'replay-cache-full':
       return new GatewayError(503, 'replay_cache_full', e.message);
+    case 'replay-store-unavailable':
+      return new GatewayError(503, 'replay_store_unavailable', e.message);
     default:
       return new GatewayError(400, 'bad_ohttp', e.message);
   }
@@ -184,7 +186,7 @@ export function createGateway(
       );
     }
     try {
-      o.replay.check(context.enc, now());
+      await o.replay.check(context.enc, now());
     } catch (e) {
       if (e instanceof OhttpError) throw refuse(e);
       throw e;

@@ -1,7 +1,8 @@
 /**
  * Confidential inference, web-standard parts (`cloister/infer`): the OpenAI-compatible handler, the
- * Oblivious HTTP gateway in front of it, the attested identity and per-response receipts. The Node
- * server (server.ts), the engines (engine/) and model loading (load.ts) sit at the edges.
+ * Oblivious HTTP gateway in front of it, the attested identity, per-response receipts and the serving
+ * keys replicas share. The Node server (server.ts), the engines (engine/), model loading (load.ts) and
+ * the Redis replay guard (replay-redis.ts) sit at the edges.
  */
 export * from './engine/types.js';
 export * from './errors.js';
@@ -10,3 +11,4 @@ export * from './identity.js';
 export * from './openai.js';
 export * from './queue.js';
 export * from './receipt.js';
+export * from './serving-keys.js';

@@ -16,7 +16,7 @@
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { encodeKeyConfigList, ReplayCache } from '../ohttp/index.js';
+import { encodeKeyConfigList, ReplayCache, type ReplayGuard } from '../ohttp/index.js';
 import { nodeBackend } from '../ohttp/node.js';
 import { fromHex, toBase64Url, toHex } from '../util/bytes.js';
 import { attestIdentity, type ServerTee } from './attestation.js';
@@ -61,6 +61,11 @@ export interface InferenceServerOptions {
    * share a set released by the key broker (serving-keys.ts).
    */
   keys?: ServingKeys;
+  /**
+   * Where accepted requests are remembered; default: this process (a ReplayCache over the window).
+   * Replicas sharing `keys` share this too (replay-redis.ts), with the same window.
+   */
+  replay?: ReplayGuard;
   /** How /v1/collateral reaches the vendors; default globalThis.fetch. */
   collateralFetch?: typeof fetch;
   log: (line: string) => void;
@@ -176,7 +181,7 @@ export async function startInferenceServer(o: InferenceServerOptions): Promise<I
   });
   const gateway = createGateway({
     keys: [gatewayKey],
-    replay: new ReplayCache({ windowMs: replayWindowMs, maxEntries: 1_000_000 }),
+    replay: o.replay ?? new ReplayCache({ windowMs: replayWindowMs, maxEntries: 1_000_000 }),
     maxClockSkewMs: replayWindowMs / 2,
     handler,
     receipts: { key: receipt.privateKey, identity: toHex(await identityReportData(identity)) },

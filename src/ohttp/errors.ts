@@ -15,7 +15,8 @@ export type OhttpErrorCode =
   | 'decrypt-failed'
   | 'chunk-truncated'
   | 'replay'
-  | 'replay-cache-full';
+  | 'replay-cache-full'
+  | 'replay-store-unavailable';
 
 export class OhttpError extends Error {
   override name = 'OhttpError';

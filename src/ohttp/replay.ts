@@ -12,7 +12,12 @@ export interface ReplayCacheOptions {
   maxEntries: number;
 }
 
-export class ReplayCache {
+/** Remembers accepted requests by `enc`; throws an OhttpError (`replay`, …) for one to refuse. */
+export interface ReplayGuard {
+  check(enc: Uint8Array, now?: number): void | Promise<void>;
+}
+
+export class ReplayCache implements ReplayGuard {
   /** Insertion order is time order, so expired entries are always at the front. */
   private readonly seen = new Map<string, number>();
 

@@ -143,6 +143,10 @@ describe('cloister serve refuses bad setups with one clear line', () => {
         /--init-data is for the key broker: it needs --kbs URL/,
       ],
       [
+        ['--key', 'k.jwk', '--model', 'tiny.gguf.sealed', '--replay-redis', 'redis://127.0.0.1:6379'],
+        /--replay-redis is for replicas that share keys: it needs --serving-keys/,
+      ],
+      [
         ['--key', 'k.jwk', '--model', 'tiny.gguf.sealed', '--serving-keys', 'nope.json'],
         /cannot read --serving-keys nope\.json: ENOENT/,
       ],

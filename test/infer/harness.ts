@@ -55,6 +55,7 @@ export async function startHarness(
     ...(o.padStreamTo !== undefined ? { padStreamTo: o.padStreamTo } : {}),
     ...(o.ui ? { ui: o.ui } : {}),
     ...(o.keys ? { keys: o.keys } : {}),
+    ...(o.replay ? { replay: o.replay } : {}),
   });
   return { server, text, embed };
 }

@@ -1,0 +1,104 @@
+/**
+ * Replay protection shared by replicas (Node-only): replicas that share serving keys (serving-keys.ts)
+ * could each be sent the same encapsulated request, and a cache per replica would accept it once on
+ * every one. This guard records each request's `enc` in Redis with `SET … NX PX window`, so the first
+ * replica to see it wins and the others refuse it. It fails closed: without Redis, requests are refused
+ * (503) rather than let through unchecked.
+ */
+import { createClient } from '@redis/client';
+import { OhttpError } from '../ohttp/errors.js';
+import type { KeyConfig } from '../ohttp/keyconfig.js';
+import type { ReplayGuard } from '../ohttp/replay.js';
+import { sha256, toHex } from '../util/bytes.js';
+
+export interface RedisReplayOptions {
+  /** redis://[user:password@]host:port[/db] or rediss://… */
+  url: string;
+  windowMs: number;
+  /** The gateway key whose requests are recorded: replicas with the same key share records. */
+  key: KeyConfig;
+  /** Milliseconds to wait for Redis on connecting; default 5000. */
+  connectTimeoutMs?: number;
+}
+
+export class RedisReplayGuard implements ReplayGuard {
+  private constructor(
+    /** SET key NX with the window as expiry; null when the key was there already. */
+    private readonly setNew: (key: string) => Promise<string | null>,
+    private readonly destroy: () => void,
+    private readonly prefix: string,
+  ) {}
+
+  /** Connects, or throws an Error that names the URL (without its password). */
+  static async connect(o: RedisReplayOptions): Promise<RedisReplayGuard> {
+    if (!(o.windowMs > 0)) throw new RangeError('windowMs must be positive');
+    const where = redactedUrl(o.url);
+    let started = false;
+    const client = createClient({
+      url: o.url,
+      // Commands fail at once while disconnected instead of waiting in a queue: a gateway must answer.
+      disableOfflineQueue: true,
+      socket: {
+        connectTimeout: o.connectTimeoutMs ?? 5000,
+        // The first connection is tried once (a wrong URL is a startup error); later ones are retried.
+        reconnectStrategy: (retries: number, cause: Error) =>
+          started ? Math.min(50 * 2 ** retries, 2000) : cause,
+      },
+    });
+    let last: Error | undefined;
+    // Reconnection errors are reported through checks (503); without a listener they would crash.
+    client.on('error', (e: Error) => {
+      last = e;
+    });
+    try {
+      await client.connect();
+      started = true;
+    } catch (e) {
+      client.destroy();
+      throw new Error(`cannot reach Redis at ${where}: ${(e as Error).message || last?.message}`);
+    }
+    // The server's own socket keeps the process alive while it serves; this one must not keep a
+    // process that failed to start from exiting.
+    client.unref();
+    const keyTag = toHex(await sha256(Uint8Array.of(o.key.keyId, ...o.key.publicKey))).slice(0, 16);
+    return new RedisReplayGuard(
+      async (key) => {
+        const r = await client.set(key, '1', {
+          condition: 'NX',
+          expiration: { type: 'PX', value: o.windowMs },
+        });
+        return r === null ? null : String(r);
+      },
+      () => client.destroy(),
+      `cloister:ohttp-replay:${keyTag}:`,
+    );
+  }
+
+  async check(enc: Uint8Array): Promise<void> {
+    let set: string | null;
+    try {
+      set = await this.setNew(this.prefix + toHex(enc));
+    } catch (e) {
+      throw new OhttpError(
+        'replay-store-unavailable',
+        `the replay store (Redis) is unavailable, so the request cannot be checked: ${(e as Error).message}`,
+      );
+    }
+    if (set === null)
+      throw new OhttpError('replay', 'this encapsulated request was already received (replay)');
+  }
+
+  close(): void {
+    this.destroy();
+  }
+}
+
+function redactedUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return '(an unparsable URL)';
+  }
+}
