@@ -178,28 +178,28 @@ describe('init-data through the broker (test-authority SEV-SNP)', () => {
   });
   const digest32 = (s: string) => new Uint8Array(createHash('sha384').update(s).digest().subarray(0, 32));
 
-  it('releases when host_data holds the digest and the policy reads the contents', async () => {
-    const client = new KbsClient({
+  /** An SNP guest launched with `launched`'s digest in host_data, sending `sent` as its init-data. */
+  const guest = (launched: string, sent?: string) =>
+    new KbsClient({
       url: b.url,
-      attester: snpAttester(digest32(TOML)),
-      initData: { format: 'toml', body: TOML },
+      attester: snpAttester(digest32(launched)),
+      ...(sent !== undefined ? { initData: { format: 'toml' as const, body: sent } } : {}),
     });
-    expect(new TextDecoder().decode(await client.getResource('owner/cfg/key'))).toBe('configured');
+
+  it('releases when host_data holds the digest and the policy reads the contents', async () => {
+    expect(new TextDecoder().decode(await guest(TOML, TOML).getResource('owner/cfg/key'))).toBe('configured');
   });
 
   it('denies by policy when no init-data was sent', async () => {
-    const client = new KbsClient({ url: b.url, attester: snpAttester(digest32(TOML)) });
-    await expect(client.getResource('owner/cfg/key')).rejects.toMatchObject({ status: 403, type: 'denied' });
+    await expect(guest(TOML).getResource('owner/cfg/key')).rejects.toMatchObject({
+      status: 403,
+      type: 'denied',
+    });
   });
 
   it('refuses init-data whose digest is not in the report', async () => {
     const other = TOML.replace('kbs.example', 'evil.example');
-    const client = new KbsClient({
-      url: b.url,
-      attester: snpAttester(digest32(TOML)),
-      initData: { format: 'toml', body: other },
-    });
-    await expect(client.getResource('owner/cfg/key')).rejects.toMatchObject({
+    await expect(guest(TOML, other).getResource('owner/cfg/key')).rejects.toMatchObject({
       status: 403,
       type: 'attestation-init-data-mismatch',
     });
@@ -217,12 +217,7 @@ describe('init-data through the broker (test-authority SEV-SNP)', () => {
     });
     // Bound to the report (so parsed), but not init-data: the host launched the TEE with garbage.
     const garbage = 'version = "9"';
-    const bad = new KbsClient({
-      url: b.url,
-      attester: snpAttester(digest32(garbage)),
-      initData: { format: 'toml', body: garbage },
-    });
-    await expect(bad.getResource('owner/cfg/key')).rejects.toMatchObject({
+    await expect(guest(garbage, garbage).getResource('owner/cfg/key')).rejects.toMatchObject({
       status: 400,
       type: 'bad-init-data',
     });
