@@ -152,6 +152,27 @@ describe('the official openai client through confidentialFetch', () => {
     expect(receipts[0]!.request).not.toBe(receipts[1]!.request);
   });
 
+  it('takes a URL string or object with a string or byte body, or a Request, alike', async () => {
+    const { f } = client();
+    const url = `${h.server.url}/v1/embeddings`;
+    const json = JSON.stringify({ model: 'tiny-embed', input: 'the same words' });
+    const headers = { 'content-type': 'application/json' };
+    const answers = await Promise.all(
+      [
+        () => f(url, { method: 'POST', headers, body: json }),
+        () => f(new URL(url), { method: 'post', headers, body: new TextEncoder().encode(json) }),
+        () => f(new Request(url, { method: 'POST', headers, body: json })),
+        () => f(url, { method: 'POST', headers, body: new Blob([json]) }),
+      ].map(async (call) => {
+        const r = await call();
+        expect(r.status).toBe(200);
+        return (await r.json()).data;
+      }),
+    );
+    for (const a of answers) expect(a).toEqual(answers[0]);
+    await expect(f(url, { method: 'GET', body: json })).rejects.toThrow(TypeError);
+  });
+
   it('stops generation when the client goes away mid-stream', async () => {
     const slow = await startHarness({ text: new ScriptedTextEngine(2, 20) });
     const ac = new AbortController();
