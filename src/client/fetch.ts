@@ -77,21 +77,30 @@ async function outgoing(
   init: RequestInit | undefined,
 ): Promise<{ request: Outgoing; body: Uint8Array }> {
   const b = init?.body;
+  const given = init?.method ?? 'GET';
+  const url =
+    input instanceof URL || (typeof input === 'string' && URL.canParse(input)) ? new URL(input) : undefined;
+  // Everything else — a relative URL (resolved against the page in a browser), credentials in the URL,
+  // an unusual method (Request refuses CONNECT, TRACE, bad tokens), another body or signal type — goes
+  // through Request, so that it is refused or read exactly as fetch would.
   if (
-    // A relative URL resolves against the page in a browser: Request knows how.
-    (input instanceof URL || (typeof input === 'string' && URL.canParse(input))) &&
+    url &&
+    !url.username &&
+    !url.password &&
+    /^[A-Za-z]+$/.test(given) &&
+    NORMALIZED_METHODS.has(given.toUpperCase()) &&
+    (init?.signal == null || init.signal instanceof AbortSignal) &&
     (b == null || typeof b === 'string' || b instanceof Uint8Array)
   ) {
-    const url = new URL(input);
-    const given = init?.method ?? 'GET';
-    const method = NORMALIZED_METHODS.has(given.toUpperCase()) ? given.toUpperCase() : given;
+    const method = given.toUpperCase();
     if (b != null && (method === 'GET' || method === 'HEAD'))
       throw new TypeError(`a ${method} request cannot have a body`);
     const headers = new Headers(init?.headers);
     if (typeof b === 'string' && !headers.has('content-type'))
       headers.set('content-type', 'text/plain;charset=UTF-8');
     const body =
-      b == null ? new Uint8Array(0) : typeof b === 'string' ? new TextEncoder().encode(b) : b.slice();
+      // new Uint8Array(view) copies (a Buffer's slice would not): the caller may reuse its buffer.
+      b == null ? new Uint8Array(0) : typeof b === 'string' ? new TextEncoder().encode(b) : new Uint8Array(b);
     return { request: { url, method, headers, signal: init?.signal ?? null }, body };
   }
   const request = new Request(input, init);

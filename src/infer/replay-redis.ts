@@ -19,6 +19,8 @@ export interface RedisReplayOptions {
   key: KeyConfig;
   /** Milliseconds to wait for Redis on connecting; default 5000. */
   connectTimeoutMs?: number;
+  /** Milliseconds a check waits for Redis before refusing the request (503); default 2000. */
+  commandTimeoutMs?: number;
 }
 
 export class RedisReplayGuard implements ReplayGuard {
@@ -27,6 +29,7 @@ export class RedisReplayGuard implements ReplayGuard {
     private readonly setNew: (key: string) => Promise<string | null>,
     private readonly destroy: () => void,
     private readonly prefix: string,
+    private readonly timeoutMs: number,
   ) {}
 
   /** Connects, or throws an Error that names the URL (without its password). */
@@ -65,19 +68,22 @@ export class RedisReplayGuard implements ReplayGuard {
       async (key) => {
         const r = await client.set(key, '1', {
           condition: 'NX',
-          expiration: { type: 'PX', value: o.windowMs },
+          // Twice the window: a replica whose clock runs behind another's accepts a request's Date
+          // later than the first one did; the record must outlive that (up to a window of skew).
+          expiration: { type: 'PX', value: 2 * o.windowMs },
         });
         return r === null ? null : String(r);
       },
       () => client.destroy(),
       `cloister:ohttp-replay:${keyTag}:`,
+      o.commandTimeoutMs ?? 2000,
     );
   }
 
   async check(enc: Uint8Array): Promise<void> {
     let set: string | null;
     try {
-      set = await this.setNew(this.prefix + toHex(enc));
+      set = await withTimeout(this.setNew(this.prefix + toHex(enc)), this.timeoutMs);
     } catch (e) {
       throw new OhttpError(
         'replay-store-unavailable',
@@ -91,6 +97,15 @@ export class RedisReplayGuard implements ReplayGuard {
   close(): void {
     this.destroy();
   }
+}
+
+/** A Redis that accepts connections but never answers must not hold requests forever. */
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+  });
+  return Promise.race([p, late]).finally(() => clearTimeout(timer));
 }
 
 function redactedUrl(url: string): string {

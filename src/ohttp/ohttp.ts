@@ -284,13 +284,13 @@ export async function decapsulateResponse(
   return openWith(keys.key, keys.nonce, EMPTY, ct, 'the encapsulated response');
 }
 
-/** A fresh gateway key: X25519 made with Web Crypto, offering `suites` (default AES-128-GCM, then AES-256-GCM). */
 /** The suites a gateway key offers unless told otherwise: AES-128-GCM (RFC 9458's), then AES-256-GCM. */
 export const GATEWAY_SUITES: readonly SymmetricSuite[] = [
   { kdfId: KDF_HKDF_SHA256, aeadId: AEAD_AES_128_GCM },
   { kdfId: KDF_HKDF_SHA256, aeadId: AEAD_AES_256_GCM },
 ];
 
+/** A fresh gateway key: X25519 made with Web Crypto, offering `suites` (default GATEWAY_SUITES). */
 export async function generateGatewayKey(
   keyId: number,
   suites: SymmetricSuite[] = [...GATEWAY_SUITES],

@@ -3,6 +3,7 @@
  * redis://127.0.0.1:6379/15): a request accepted by one replica is refused by the other, records expire
  * with the window, other keys do not collide, and without Redis requests are refused, not let through.
  */
+import { type AddressInfo, createServer } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { confidentialFetch } from '../../src/client/fetch.js';
 import { RedisReplayGuard } from '../../src/infer/replay-redis.js';
@@ -25,10 +26,45 @@ describe('RedisReplayGuard', () => {
       await a.check(enc);
       await expect(b.check(enc)).rejects.toMatchObject({ code: 'replay' });
       await other.check(enc); // another key's requests are another namespace
-      await new Promise((r) => setTimeout(r, 400));
-      await b.check(enc); // the record expired with the window
+      await new Promise((r) => setTimeout(r, 700));
+      await b.check(enc); // the record expired after twice the window (room for clock skew)
     } finally {
       for (const g of [a, b, other]) g.close();
+    }
+  });
+
+  it('a Redis that stops answering refuses requests after the command timeout', async () => {
+    // A stand-in that answers every command with +OK until told to go silent.
+    let silent = false;
+    const server = createServer((socket) => {
+      socket.on('data', (d) => {
+        if (silent) return;
+        const commands = d
+          .toString()
+          .split('\r\n')
+          .filter((l) => l.startsWith('*')).length;
+        socket.write('+OK\r\n'.repeat(commands));
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const { port } = server.address() as AddressInfo;
+    const k = await sharedKeys();
+    const g = await RedisReplayGuard.connect({
+      url: `redis://127.0.0.1:${port}`,
+      windowMs: 1000,
+      key: k.gateway.config,
+      commandTimeoutMs: 200,
+    });
+    try {
+      await g.check(new Uint8Array(32).fill(1));
+      silent = true;
+      await expect(g.check(new Uint8Array(32).fill(2))).rejects.toMatchObject({
+        code: 'replay-store-unavailable',
+        message: expect.stringMatching(/no answer within 200 ms/),
+      });
+    } finally {
+      g.close();
+      server.close();
     }
   });
 

@@ -170,7 +170,17 @@ describe('the official openai client through confidentialFetch', () => {
       }),
     );
     for (const a of answers) expect(a).toEqual(answers[0]);
+    // The body is taken at the call: a caller reusing its buffer right after does not change it.
+    const reused = Buffer.from(json);
+    const pending = f(url, { method: 'POST', headers, body: reused });
+    reused.fill(0x20);
+    expect((await (await pending).json()).data).toEqual(answers[0]);
+    // Refused as fetch refuses them, before anything is sent.
     await expect(f(url, { method: 'GET', body: json })).rejects.toThrow(TypeError);
+    await expect(f(url, { method: 'TRACE' })).rejects.toThrow(TypeError);
+    const withCredentials = new URL(url);
+    withCredentials.username = 'user';
+    await expect(f(withCredentials, { method: 'POST', headers, body: json })).rejects.toThrow(TypeError);
   });
 
   it('stops generation when the client goes away mid-stream', async () => {
