@@ -55,6 +55,10 @@ export function describeServer(s: VerifiedServer, policy: ClientPolicy): string[
   ];
   for (const k of ['mr_td', 'measurement', 'mr_enclave'])
     if (typeof cpu.claims[k] === 'string') lines.push(`${k.padEnd(12)}${cpu.claims[k] as string}`);
+  if (id.sharedKeys)
+    lines.push(
+      `keys        shared by replicas, released by ${id.sharedKeys} (named in the policy's sharedKeys)`,
+    );
   if (s.ear) lines.push(`key broker  its EAR token verifies and describes the same TEE (${s.ear.status})`);
   for (const w of s.warnings) lines.push(`WARNING     ${w}`);
   return lines;

@@ -1,6 +1,7 @@
 /** `cloister keygen | seal | unseal | inspect` — thin shells over src/seal. */
-import { readFile, stat, writeFile } from 'node:fs/promises';
+import { chmod, readFile, stat, writeFile } from 'node:fs/promises';
 import type { Command } from 'commander';
+import { modelIdOf } from '../infer/load.js';
 import { encodeServingKeys, generateServingKeys } from '../infer/serving-keys.js';
 import type { Header } from '../seal/format.js';
 import {
@@ -15,7 +16,14 @@ import {
   type Recipient,
   type UnsealKey,
 } from '../seal/keys.js';
-import { FileError, openSealedFile, readHeader, sealFile, unsealFile } from '../seal/node.js';
+import {
+  FileError,
+  openSealedFile,
+  readHeader,
+  sealFile,
+  sha256FileOffThread,
+  unsealFile,
+} from '../seal/node.js';
 import { integerOption } from './numbers.js';
 import { progressBar } from './progress.js';
 import { cleanupOnSignals } from './signals.js';
@@ -39,6 +47,8 @@ interface KeygenCliOptions {
   pub?: string;
   serving?: string;
   keyId?: string;
+  for?: string[];
+  allowPlaintext?: boolean;
   force?: boolean;
 }
 
@@ -127,10 +137,16 @@ export function registerSealCommands(program: Command): void {
       'write the OHTTP and receipt keys that replicas of `cloister serve` share (mode 0600; store it in the broker)',
     )
     .option('--key-id <n>', 'with --serving: the OHTTP key id, 0-255 (default: random)')
+    .option(
+      '--for <model.sealed>',
+      'with --serving: a sealed model every replica serves, in --model order (repeatable, at least one)',
+      (v: string, prev: string[] = []) => [...prev, v],
+    )
+    .option('--allow-plaintext', 'with --serving: the replicas run with --allow-plaintext')
     .option('--force', 'overwrite existing files')
     .addHelpText(
       'after',
-      '\nExamples:\n  cloister keygen --kek owner.kek --uri kbs:///owner/models/kek1\n  cloister keygen --hpke broker.key --pub broker.pub\n  cloister keygen --serving serving-keys.json',
+      '\nExamples:\n  cloister keygen --kek owner.kek --uri kbs:///owner/models/kek1\n  cloister keygen --hpke broker.key --pub broker.pub\n  cloister keygen --serving serving-keys.json --for llama.gguf.sealed',
     )
     .action(async (o: KeygenCliOptions) => {
       if ([o.kek, o.hpke, o.serving].filter(Boolean).length !== 1)
@@ -140,11 +156,23 @@ export function registerSealCommands(program: Command): void {
       if (o.serving) {
         const keyId = o.keyId === undefined ? undefined : integerOption(o.keyId, '--key-id', 0);
         if (keyId !== undefined && keyId > 255) throw new FileError('--key-id must be 0-255');
+        if (!o.for?.length)
+          throw new FileError(
+            'keygen --serving FILE needs --for MODEL.sealed for each model the replicas serve',
+          );
+        const models = [];
+        for (const file of o.for) {
+          const { header } = await readHeader(file);
+          models.push({ id: modelIdOf(header, file), digest: await sha256FileOffThread(file) });
+        }
         const keys = await generateServingKeys({
           exportable: true,
           ...(keyId !== undefined ? { keyId } : {}),
         });
-        await writeNewFile(o.serving, await encodeServingKeys(keys), true, !!o.force);
+        const doc = await encodeServingKeys(keys, { models, plaintextAllowed: o.allowPlaintext === true });
+        await writeNewFile(o.serving, doc, true, !!o.force);
+        // With --force an existing file keeps its mode: a key file must not stay readable to others.
+        await chmod(o.serving, 0o600);
         process.stderr.write(
           `wrote serving keys ${o.serving} (OHTTP key id ${keys.gateway.config.keyId}); store it as a broker resource and pass --serving-keys kbs:///… to every replica\n`,
         );

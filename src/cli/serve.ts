@@ -13,7 +13,7 @@ import { type LoadedModel, loadSealedModel } from '../infer/load.js';
 import { RequestQueue } from '../infer/queue.js';
 import { RedisReplayGuard } from '../infer/replay-redis.js';
 import { startInferenceServer } from '../infer/server.js';
-import { decodeServingKeys, type ServingKeys } from '../infer/serving-keys.js';
+import { decodeServingKeys, type SharedServingKeys } from '../infer/serving-keys.js';
 import { softwareIdentity } from '../infer/software.js';
 import type { KbsClient } from '../kbs/client.js';
 import { keyFromJwk, type UnsealKey } from '../seal/keys.js';
@@ -46,11 +46,12 @@ interface ServeCliOptions extends Omit<TeeCliOptions, 'kbs'> {
 const collect = (v: string, prev: string[]) => [...prev, v];
 
 /** The shared serving keys: a broker resource (after attestation), or a local file in development. */
-async function servingKeysFrom(
+export async function servingKeysFrom(
   source: string,
   broker: KbsClient | undefined,
+  insecureTee: boolean,
   log: (line: string) => void,
-): Promise<ServingKeys> {
+): Promise<SharedServingKeys> {
   let bytes: Uint8Array;
   if (source.startsWith('kbs:')) {
     if (!broker) throw new Error(`--serving-keys ${source} needs --kbs URL (the broker that holds it)`);
@@ -58,6 +59,9 @@ async function servingKeysFrom(
   } else {
     if (broker)
       throw new Error(`--serving-keys ${source}: with --kbs the shared keys come from the broker (kbs:///…)`);
+    // Keys from the operator's own file would let the operator read every prompt.
+    if (!insecureTee)
+      throw new Error(`--serving-keys ${source}: a key file is for development in the sample TEE only`);
     log('WARNING: --serving-keys: the shared keys come from a local file, not from a key broker');
     try {
       bytes = new Uint8Array(await readFile(source));
@@ -65,7 +69,7 @@ async function servingKeysFrom(
       throw new Error(`cannot read --serving-keys ${source}: ${(e as NodeJS.ErrnoException).code ?? e}`);
     }
   }
-  const keys = await decodeServingKeys(bytes);
+  const keys = await decodeServingKeys(bytes, source.startsWith('kbs:') ? source : `file:${source}`);
   log(`serving keys from ${source} (OHTTP key id ${keys.gateway.config.keyId})`);
   return keys;
 }
@@ -151,7 +155,9 @@ export function registerServe(program: Command): void {
       if (opts.replayRedis && !opts.servingKeys)
         throw new Error('--replay-redis is for replicas that share keys: it needs --serving-keys');
       const replayWindowMs = integerOption(opts.replayWindow, '--replay-window', 1) * 1000;
-      const keys = opts.servingKeys ? await servingKeysFrom(opts.servingKeys, broker, log) : undefined;
+      const keys = opts.servingKeys
+        ? await servingKeysFrom(opts.servingKeys, broker, tee.attester.insecure === true, log)
+        : undefined;
       const replay =
         opts.replayRedis && keys
           ? await RedisReplayGuard.connect({

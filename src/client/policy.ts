@@ -19,6 +19,12 @@ export interface ClientPolicy {
   fresh: boolean;
   /** Require at least one attested confidential GPU. */
   requireGpu: boolean;
+  /**
+   * Sources of shared serving keys accepted (`kbs:///repo/type/tag`): replicas that share keys hold
+   * them because that broker resource's release policy let them, so naming it is trusting that policy.
+   * Empty (default): only keys made inside the attested TEE.
+   */
+  sharedKeys: string[];
 }
 
 export const DEFAULT_CLIENT_POLICY: ClientPolicy = {
@@ -29,13 +35,23 @@ export const DEFAULT_CLIENT_POLICY: ClientPolicy = {
   software: { versions: [], digests: [] },
   fresh: true,
   requireGpu: false,
+  sharedKeys: [],
 };
 
 export class PolicyFileError extends Error {
   override name = 'PolicyFileError';
 }
 
-const KNOWN = new Set(['tees', 'minStatus', 'measurements', 'models', 'software', 'fresh', 'requireGpu']);
+const KNOWN = new Set([
+  'tees',
+  'minStatus',
+  'measurements',
+  'models',
+  'software',
+  'fresh',
+  'requireGpu',
+  'sharedKeys',
+]);
 
 function stringList(v: unknown, what: string): string[] {
   if (!Array.isArray(v) || !v.every((x) => typeof x === 'string'))
@@ -71,6 +87,7 @@ export function parseClientPolicy(input: string | unknown): ClientPolicy {
       p.measurements[k] = stringList(list, `measurements.${k}`);
   }
   if (o.models !== undefined) p.models = stringList(o.models, 'models');
+  if (o.sharedKeys !== undefined) p.sharedKeys = stringList(o.sharedKeys, 'sharedKeys');
   if (o.software !== undefined) {
     const s = o.software as Record<string, unknown>;
     if (typeof s !== 'object' || s === null) throw new PolicyFileError('software must be an object');

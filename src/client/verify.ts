@@ -146,6 +146,12 @@ export async function verifyServer(
       `none of the server's models (${identity.models.map((m) => `${m.id} ${m.digest}`).join(', ')}) is one the policy allows`,
     );
   }
+  if (identity.sharedKeys !== undefined && !policy.sharedKeys.includes(identity.sharedKeys)) {
+    fail(
+      'shared-keys',
+      `the server's OHTTP and receipt keys were not made in its TEE but come from ${identity.sharedKeys}, which the policy does not name in sharedKeys`,
+    );
+  }
   const sw = identity.software;
   if (policy.software.versions.length > 0 && !policy.software.versions.includes(sw.version)) {
     fail(

@@ -43,6 +43,12 @@ export interface InferenceIdentity {
   software: SoftwareIdentity;
   /** Whether the operator also lets plaintext requests in (they bypass end-to-end encryption). */
   plaintextAllowed: boolean;
+  /**
+   * Where the OHTTP and receipt keys came from when replicas share them (`kbs:///…`, or `file:…` in
+   * development); absent when this TEE made them. Clients accept shared keys only from sources their
+   * policy names.
+   */
+  sharedKeys?: string;
   /** A client's freshness nonce (hex) when the evidence was collected for one. */
   nonce?: string;
 }

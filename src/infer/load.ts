@@ -61,7 +61,8 @@ function formatOf(head: Uint8Array): ModelIdentity['format'] | 'onnx' | undefine
   return undefined;
 }
 
-function defaultId(header: Header, file: string): string {
+/** The id a sealed model is served under unless named: its sealed name without extensions. */
+export function modelIdOf(header: Header, file: string): string {
   const name = header.name || basename(file).replace(/\.sealed$/, '');
   return name.replace(/\.(gguf|tar|onnx)$/i, '') || 'model';
 }
@@ -132,7 +133,7 @@ async function loadFrom(path: string, o: SealedModelOptions): Promise<LoadedMode
   await unsealFile(path, out, key);
   o.log(`unsealed in ${((performance.now() - started) / 1000).toFixed(2)} s`);
   await warm;
-  const id = o.id ?? defaultId(header, o.file);
+  const id = o.id ?? modelIdOf(header, o.file);
   let engine: TextEngine | EmbeddingEngine;
   if (format === 'gguf') {
     engine = await o.loaders.gguf(out);

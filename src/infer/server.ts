@@ -31,7 +31,7 @@ import {
 } from './identity.js';
 import { createOpenAiHandler, type ServedModel } from './openai.js';
 import { RequestQueue } from './queue.js';
-import { generateServingKeys, type ServingKeys } from './serving-keys.js';
+import { checkServedModels, generateServingKeys, type SharedServingKeys } from './serving-keys.js';
 
 export interface UiAsset {
   type: string;
@@ -60,7 +60,7 @@ export interface InferenceServerOptions {
    * The OHTTP and receipt keys; default: a fresh set made here. Replicas behind one load balancer
    * share a set released by the key broker (serving-keys.ts).
    */
-  keys?: ServingKeys;
+  keys?: SharedServingKeys;
   /**
    * Where accepted requests are remembered; default: this process (a ReplayCache over the window).
    * Replicas sharing `keys` share this too (replay-redis.ts), with the same window.
@@ -164,6 +164,7 @@ export async function startInferenceServer(o: InferenceServerOptions): Promise<I
   const replayWindowMs = o.replayWindowMs ?? 120_000;
   const maxBodyBytes = o.maxBodyBytes ?? 1 << 20;
   const { gateway: gatewayKey, receipt } = o.keys ?? (await generateServingKeys());
+  if (o.keys) checkServedModels(o.keys, o.models, o.allowPlaintext);
   const keyList = encodeKeyConfigList([gatewayKey.config]);
   const identity: InferenceIdentity = {
     type: IDENTITY_TYPE,
@@ -172,6 +173,7 @@ export async function startInferenceServer(o: InferenceServerOptions): Promise<I
     models: o.models.map((m) => ({ id: m.id, digest: m.digest, format: m.format })),
     software: o.software,
     plaintextAllowed: o.allowPlaintext,
+    ...(o.keys ? { sharedKeys: o.keys.source } : {}),
   };
   const attestation = await attestIdentity(identity, o.tee, o.ear);
   const handler = createOpenAiHandler({

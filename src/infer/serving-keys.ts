@@ -8,7 +8,14 @@
  *
  *   { "type": "cloister-serving-keys/v1",
  *     "ohttp": { "key_id": 0–255, "private_key": b64url (32-byte X25519 scalar) },
- *     "receipt": { "kty": "EC", "crv": "P-256", "x", "y", "d" } }
+ *     "receipt": { "kty": "EC", "crv": "P-256", "x", "y", "d" },
+ *     "models": [{ "id", "digest": "sha256:<sealed file>" }, …],
+ *     "plaintext_allowed": false }
+ *
+ * `models` and `plaintext_allowed` say what the keys may serve: a server refuses to start with keys
+ * made for other models or another plaintext setting, so a replica cannot answer a client that
+ * verified another replica with a different model. The attested identity names the keys' source, and
+ * clients accept shared keys only from sources their policy lists.
  */
 import type { JWK } from 'jose';
 import { generateSigningKey } from '../agent/receipt.js';
@@ -25,6 +32,18 @@ export const SERVING_KEYS_TYPE = 'cloister-serving-keys/v1';
 export interface ServingKeys {
   gateway: GatewayKey;
   receipt: { publicJwk: JWK; privateKey: CryptoKey };
+}
+
+/** What shared keys are for: the models (in order) and the plaintext setting of every replica. */
+export interface ServingScope {
+  models: { id: string; digest: string }[];
+  plaintextAllowed: boolean;
+}
+
+/** Keys read from a shared document: where they came from and what they may serve. */
+export interface SharedServingKeys extends ServingKeys, ServingScope {
+  /** `kbs:///…` or `file:…`; goes into the attested identity. */
+  source: string;
 }
 
 export class ServingKeysError extends Error {
@@ -44,12 +63,15 @@ export async function generateServingKeys(
 }
 
 /** The shared document, for a set made with `exportable`. */
-export async function encodeServingKeys(keys: ServingKeys): Promise<Uint8Array> {
+export async function encodeServingKeys(keys: ServingKeys, scope: ServingScope): Promise<Uint8Array> {
+  if (scope.models.length === 0) bad('name at least one model the keys may serve');
   const receipt = await crypto.subtle.exportKey('jwk', keys.receipt.privateKey);
   const doc = {
     type: SERVING_KEYS_TYPE,
     ohttp: { key_id: keys.gateway.config.keyId, private_key: toBase64Url(keys.gateway.privateKey) },
     receipt: { kty: 'EC', crv: 'P-256', x: receipt.x, y: receipt.y, d: receipt.d },
+    models: scope.models.map(({ id, digest }) => ({ id, digest })),
+    plaintext_allowed: scope.plaintextAllowed,
   };
   return utf8.encode(`${JSON.stringify(doc, null, 2)}\n`);
 }
@@ -70,8 +92,8 @@ function b64(v: unknown, what: string, bytes: number): Uint8Array {
   return out;
 }
 
-/** Reads the shared document; the private keys are imported non-extractable. */
-export async function decodeServingKeys(bytes: Uint8Array): Promise<ServingKeys> {
+/** Reads the shared document from `source`; the private keys are imported non-extractable. */
+export async function decodeServingKeys(bytes: Uint8Array, source: string): Promise<SharedServingKeys> {
   let doc: unknown;
   try {
     doc = JSON.parse(utf8.decode(bytes));
@@ -79,7 +101,15 @@ export async function decodeServingKeys(bytes: Uint8Array): Promise<ServingKeys>
     bad('not JSON');
   }
   if (!isRecord(doc) || doc.type !== SERVING_KEYS_TYPE) bad(`not a ${SERVING_KEYS_TYPE} document`);
-  const { ohttp, receipt } = doc as Record<string, unknown>;
+  const { ohttp, receipt, models, plaintext_allowed } = doc as Record<string, unknown>;
+  if (!Array.isArray(models) || models.length === 0) bad('"models" must list the models the keys may serve');
+  const scoped = (models as unknown[]).map((m, i) => {
+    const r = isRecord(m) ? m : {};
+    if (typeof r.id !== 'string' || typeof r.digest !== 'string' || !/^sha256:[0-9a-f]{64}$/.test(r.digest))
+      return bad(`models[${i}] must be {"id", "digest": "sha256:<64 hex>"}`);
+    return { id: r.id, digest: r.digest };
+  });
+  if (typeof plaintext_allowed !== 'boolean') bad('"plaintext_allowed" must be true or false');
   if (!isRecord(ohttp)) bad('"ohttp" must be an object');
   const o = ohttp as Record<string, unknown>;
   const keyId = o.key_id;
@@ -133,5 +163,27 @@ export async function decodeServingKeys(bytes: Uint8Array): Promise<ServingKeys>
     return bad(`receipt is not a usable P-256 key: ${(e as Error).message}`);
   }
   if (!matches) bad('receipt.d is not the private key of receipt.x/receipt.y');
-  return { gateway, receipt: { publicJwk, privateKey: privateKey! } };
+  return {
+    gateway,
+    receipt: { publicJwk, privateKey: privateKey! },
+    models: scoped,
+    plaintextAllowed: plaintext_allowed as boolean,
+    source,
+  };
+}
+
+/** Refuses to serve with shared keys made for other models (ids, digests, order) or plaintext setting. */
+export function checkServedModels(
+  keys: SharedServingKeys,
+  served: readonly { id: string; digest: string }[],
+  plaintextAllowed: boolean,
+): void {
+  const list = (ms: readonly { id: string; digest: string }[]) =>
+    ms.map((m) => `${m.id} ${m.digest}`).join(', ');
+  if (list(served) !== list(keys.models))
+    bad(`the keys from ${keys.source} are for ${list(keys.models)}; this server loaded ${list(served)}`);
+  if (plaintextAllowed !== keys.plaintextAllowed)
+    bad(
+      `the keys from ${keys.source} are for servers ${keys.plaintextAllowed ? 'with' : 'without'} --allow-plaintext`,
+    );
 }

@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -51,12 +51,25 @@ describe('cloister keygen', () => {
     expectOneLineError(cloister(['keygen', '--kek', at('owner.kek')]), /already exists/);
   });
   it('--serving writes the replicas’ shared keys, 0600, with the key id asked for', async () => {
-    const r = cloister(['keygen', '--serving', at('serving.json'), '--key-id', '9']);
+    const r = cloister([
+      'keygen',
+      '--serving',
+      at('serving.json'),
+      '--key-id',
+      '9',
+      '--for',
+      at('model.sealed'),
+    ]);
     expect(r.code).toBe(0);
     expect(r.stderr).toMatch(/wrote serving keys .*serving\.json \(OHTTP key id 9\)/);
     expect(statSync(at('serving.json')).mode & 0o777).toBe(0o600);
-    const keys = await decodeServingKeys(readFileSync(at('serving.json')));
+    const keys = await decodeServingKeys(readFileSync(at('serving.json')), 'file:serving.json');
     expect(keys.gateway.config.keyId).toBe(9);
+    const digest = `sha256:${createHash('sha256')
+      .update(readFileSync(at('model.sealed')))
+      .digest('hex')}`;
+    expect(keys).toMatchObject({ models: [{ id: 'model.bin', digest }], plaintextAllowed: false });
+    expectOneLineError(cloister(['keygen', '--serving', at('s2.json')]), /needs --for MODEL\.sealed/);
     expectOneLineError(cloister(['keygen', '--serving', at('s2.json'), '--key-id', '256']), /0-255/);
     expectOneLineError(cloister(['keygen', '--serving', at('s2.json'), '--kek', at('k2')]), /exactly one of/);
   });

@@ -3,6 +3,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { offlineSource } from '../../src/attest/collateral/index.js';
+import { servingKeysFrom } from '../../src/cli/serve.js';
 import { confidentialFetch } from '../../src/client/fetch.js';
 import { parseClientPolicy } from '../../src/client/policy.js';
 import { cloister, cloisterAsync, tempDir } from './run.js';
@@ -165,5 +166,13 @@ describe('cloister serve refuses bad setups with one clear line', () => {
       expect(r.stderr, args.join(' ')).toMatch(message);
       expect(r.stderr).not.toMatch(/\n\s+at /); // one line, no stack trace
     }
+  });
+});
+
+describe('--serving-keys from a file', () => {
+  it('is refused outside the sample TEE: the operator would hold the keys clients encrypt to', async () => {
+    await expect(servingKeysFrom('keys.json', undefined, false, () => {})).rejects.toThrow(
+      /a key file is for development in the sample TEE only/,
+    );
   });
 });

@@ -16,6 +16,7 @@ describe('client policies', () => {
       software: { versions: ['0.1.0'], digests: ['sha256:11'] },
       fresh: false,
       requireGpu: true,
+      sharedKeys: ['kbs:///acme/serving/keys'],
     });
     expect(p).toEqual({
       tees: ['tdx'],
@@ -25,6 +26,7 @@ describe('client policies', () => {
       software: { versions: ['0.1.0'], digests: ['sha256:11'] },
       fresh: false,
       requireGpu: true,
+      sharedKeys: ['kbs:///acme/serving/keys'],
     });
   });
 
@@ -37,6 +39,7 @@ describe('client policies', () => {
       '{"minStatus": "contraindicated"}',
       '{"measurements": {"mr_td": "ab"}}',
       '{"fresh": "yes"}',
+      '{"sharedKeys": "kbs:///a/b/c"}',
       '{"software": {"versions": [1]}}',
     ]) {
       expect(() => parseClientPolicy(bad), bad).toThrow(PolicyFileError);

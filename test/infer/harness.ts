@@ -9,6 +9,12 @@ import {
   type InferenceServerOptions,
   startInferenceServer,
 } from '../../src/infer/server.js';
+import {
+  decodeServingKeys,
+  encodeServingKeys,
+  generateServingKeys,
+  type SharedServingKeys,
+} from '../../src/infer/serving-keys.js';
 import { HashEmbeddingEngine, ScriptedTextEngine } from './fake-engines.js';
 
 export const TEXT_DIGEST = `sha256:${'a1'.repeat(32)}`;
@@ -63,3 +69,27 @@ export async function startHarness(
 /** The development policy that accepts the sample TEE (which every default refuses). */
 export const SAMPLE_POLICY = parseClientPolicy({ tees: ['sample'], minStatus: 'warning' });
 export const NO_COLLATERAL = offlineSource;
+
+export const KEYS_SOURCE = 'kbs:///acme/serving/keys';
+
+/** Shared serving keys for the harness's two models, as replicas would fetch them from KEYS_SOURCE. */
+export async function harnessServingKeys(
+  o: { source?: string; plaintextAllowed?: boolean } = {},
+): Promise<SharedServingKeys> {
+  const keys = await generateServingKeys({ exportable: true });
+  const doc = await encodeServingKeys(keys, {
+    models: [
+      { id: 'tiny-llama', digest: TEXT_DIGEST },
+      { id: 'tiny-embed', digest: EMBED_DIGEST },
+    ],
+    plaintextAllowed: o.plaintextAllowed ?? false,
+  });
+  return decodeServingKeys(doc, o.source ?? KEYS_SOURCE);
+}
+
+/** SAMPLE_POLICY that also accepts keys shared through KEYS_SOURCE. */
+export const SHARED_KEYS_POLICY = parseClientPolicy({
+  tees: ['sample'],
+  minStatus: 'warning',
+  sharedKeys: [KEYS_SOURCE],
+});

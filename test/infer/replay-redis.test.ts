@@ -7,13 +7,17 @@ import { type AddressInfo, createServer } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { confidentialFetch } from '../../src/client/fetch.js';
 import { RedisReplayGuard } from '../../src/infer/replay-redis.js';
-import { decodeServingKeys, encodeServingKeys, generateServingKeys } from '../../src/infer/serving-keys.js';
-import { type Harness, NO_COLLATERAL, SAMPLE_POLICY, startHarness } from './harness.js';
+import {
+  type Harness,
+  harnessServingKeys,
+  NO_COLLATERAL,
+  SHARED_KEYS_POLICY,
+  startHarness,
+} from './harness.js';
 
 const REDIS = process.env.CLOISTER_TEST_REDIS ?? 'redis://127.0.0.1:6379/15';
 
-const sharedKeys = async () =>
-  decodeServingKeys(await encodeServingKeys(await generateServingKeys({ exportable: true })));
+const sharedKeys = () => harnessServingKeys();
 
 describe('RedisReplayGuard', () => {
   it('accepts an enc once, again after the window, and keeps key sets apart', async () => {
@@ -103,7 +107,7 @@ describe('two replicas sharing keys and a Redis', () => {
     let captured: { body: BodyInit; headers: HeadersInit } | undefined;
     const f = confidentialFetch({
       url: a.server.url,
-      policy: SAMPLE_POLICY,
+      policy: SHARED_KEYS_POLICY,
       collateral: NO_COLLATERAL,
       fetch: (async (input: RequestInfo | URL, init?: RequestInit) => {
         if (init?.method === 'POST') captured = { body: init.body!, headers: init.headers! };

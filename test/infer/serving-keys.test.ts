@@ -1,7 +1,9 @@
 /**
  * Serving keys shared by replicas: the document round-trips, bad documents are refused with the
- * reason, and two servers holding one set look the same to a client, so a load balancer may send a
- * client's requests to either; servers with their own keys cannot stand in for each other.
+ * reason, keys made for other models do not start a server, the identity names where the keys came
+ * from and clients accept only sources they name; two servers holding one set look the same to such a
+ * client, so a load balancer may send its requests to either; servers with their own keys cannot stand
+ * in for each other.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { confidentialFetch } from '../../src/client/fetch.js';
@@ -10,16 +12,28 @@ import {
   encodeServingKeys,
   generateServingKeys,
   SERVING_KEYS_TYPE,
-  type ServingKeys,
+  type SharedServingKeys,
 } from '../../src/infer/serving-keys.js';
 import { decapsulateRequest, encapsulateRequest } from '../../src/ohttp/index.js';
 import { utf8 } from '../../src/util/bytes.js';
-import { type Harness, NO_COLLATERAL, SAMPLE_POLICY, startHarness } from './harness.js';
+import {
+  type Harness,
+  harnessServingKeys,
+  KEYS_SOURCE,
+  NO_COLLATERAL,
+  SAMPLE_POLICY,
+  SHARED_KEYS_POLICY,
+  startHarness,
+  TEXT_DIGEST,
+} from './harness.js';
+
+const SCOPE = { models: [{ id: 'm', digest: TEXT_DIGEST }], plaintextAllowed: false };
 
 describe('serving keys document', () => {
   it('round-trips: the same OHTTP key opens requests, the same receipt key signs', async () => {
     const keys = await generateServingKeys({ keyId: 7, exportable: true });
-    const back = await decodeServingKeys(await encodeServingKeys(keys));
+    const back = await decodeServingKeys(await encodeServingKeys(keys, SCOPE), KEYS_SOURCE);
+    expect(back).toMatchObject({ ...SCOPE, source: KEYS_SOURCE });
     expect(back.gateway.config).toEqual(keys.gateway.config);
     expect(back.receipt.publicJwk).toEqual(keys.receipt.publicJwk);
     const { encapsulated } = await encapsulateRequest(keys.gateway.config, utf8.encode('hello'));
@@ -40,12 +54,11 @@ describe('serving keys document', () => {
   });
 
   it('refuses a document that is not one, with the reason', async () => {
-    const good = JSON.parse(
-      utf8.decode(await encodeServingKeys(await generateServingKeys({ exportable: true }))),
-    );
-    const other = JSON.parse(
-      utf8.decode(await encodeServingKeys(await generateServingKeys({ exportable: true }))),
-    );
+    const doc = async () =>
+      JSON.parse(
+        utf8.decode(await encodeServingKeys(await generateServingKeys({ exportable: true }), SCOPE)),
+      );
+    const [good, other] = [await doc(), await doc()];
     const cases: [unknown, RegExp][] = [
       ['{', /not JSON/],
       [{ ...good, type: 'x' }, new RegExp(`not a ${SERVING_KEYS_TYPE} document`)],
@@ -58,23 +71,40 @@ describe('serving keys document', () => {
         /receipt is not a usable P-256 key|receipt.d is not the private key/,
       ],
       [{ ...good, receipt: undefined }, /"receipt" must be/],
+      [{ ...good, models: [] }, /"models" must list/],
+      [{ ...good, models: [{ id: 'm', digest: 'md5:00' }] }, /models\[0\] must be/],
+      [{ ...good, plaintext_allowed: 'no' }, /"plaintext_allowed" must be true or false/],
     ];
     for (const [doc, message] of cases) {
       const bytes = utf8.encode(typeof doc === 'string' ? doc : JSON.stringify(doc));
-      await expect(decodeServingKeys(bytes), String(message)).rejects.toThrow(message);
+      await expect(decodeServingKeys(bytes, KEYS_SOURCE), String(message)).rejects.toThrow(message);
     }
+    await expect(
+      encodeServingKeys(await generateServingKeys({ exportable: true }), { ...SCOPE, models: [] }),
+    ).rejects.toThrow(/at least one model/);
+  });
+
+  it('keys made for other models or another plaintext setting do not start a server', async () => {
+    const other = await decodeServingKeys(
+      await encodeServingKeys(await generateServingKeys({ exportable: true }), SCOPE),
+      KEYS_SOURCE,
+    );
+    await expect(startHarness({ keys: other })).rejects.toThrow(
+      /are for m sha256:.*; this server loaded tiny-llama/,
+    );
+    await expect(
+      startHarness({ keys: await harnessServingKeys({ plaintextAllowed: true }) }),
+    ).rejects.toThrow(/for servers with --allow-plaintext/);
   });
 });
 
 describe('replicas behind one load balancer', () => {
-  let shared: ServingKeys;
+  let shared: SharedServingKeys;
   let a: Harness;
   let b: Harness;
   let lone: Harness;
   beforeAll(async () => {
-    shared = await decodeServingKeys(
-      await encodeServingKeys(await generateServingKeys({ exportable: true })),
-    );
+    shared = await harnessServingKeys();
     [a, b, lone] = await Promise.all([
       startHarness({ keys: shared }),
       startHarness({ keys: shared }),
@@ -105,13 +135,23 @@ describe('replicas behind one load balancer', () => {
     return { status: r.status, body: await r.json() };
   }
 
+  it('the identity names where the keys came from; a client whose policy does not name it refuses', async () => {
+    expect(a.server.attestation.identity.sharedKeys).toBe(KEYS_SOURCE);
+    expect(lone.server.attestation.identity.sharedKeys).toBeUndefined();
+    const f = confidentialFetch({ url: a.server.url, policy: SAMPLE_POLICY, collateral: NO_COLLATERAL });
+    await expect(f.server()).rejects.toMatchObject({
+      code: 'shared-keys',
+      message: expect.stringContaining(`come from ${KEYS_SOURCE}`),
+    });
+  });
+
   it('replicas with the shared keys attest the same identity and serve each other’s clients', async () => {
     expect(a.server.attestation.identity).toEqual(b.server.attestation.identity);
     const lb = balancer([a, b]);
     const receipts: unknown[] = [];
     const f = confidentialFetch({
       url: a.server.url,
-      policy: SAMPLE_POLICY,
+      policy: SHARED_KEYS_POLICY,
       collateral: NO_COLLATERAL,
       fetch: lb.transport as typeof fetch,
       onReceipt: (r) => receipts.push(r),
@@ -129,7 +169,7 @@ describe('replicas behind one load balancer', () => {
     const lb = balancer([a, lone]);
     const f = confidentialFetch({
       url: a.server.url,
-      policy: SAMPLE_POLICY,
+      policy: SHARED_KEYS_POLICY,
       collateral: NO_COLLATERAL,
       fetch: lb.transport as typeof fetch,
     });
