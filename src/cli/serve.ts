@@ -167,48 +167,60 @@ export function registerServe(program: Command): void {
             })
           : undefined;
       if (replay) log('replay protection shared through Redis');
-      const dir = await PrivateDir.create({
-        parent: opts.privateDir,
-        allowDisk: opts.allowDisk === true,
-        warn: log,
-      });
-      const loaders = realEngines({
-        gpu: opts.engineGpu === 'off' ? false : 'auto',
-        parallel,
-        ...(opts.context ? { contextSize: integerOption(opts.context, '--context', 1) } : {}),
-        ...(opts.threads ? { threads: integerOption(opts.threads, '--threads', 1) } : {}),
-      });
-      const loaded: LoadedModel[] = [];
-      for (const file of opts.model) {
-        const m = await loadSealedModel({ file, key: (h) => key(h, file), dir: dir.path, loaders, log });
-        if (loaded.some((x) => x.id === m.id))
-          throw new Error(`two models are named '${m.id}'; rename one when sealing`);
-        log(`model '${m.id}' (${m.format}) loaded`);
-        loaded.push(m);
+      // A Redis client that is reconnecting would keep a process that failed to start from exiting.
+      const start = async () => {
+        const dir = await PrivateDir.create({
+          parent: opts.privateDir,
+          allowDisk: opts.allowDisk === true,
+          warn: log,
+        });
+        const loaders = realEngines({
+          gpu: opts.engineGpu === 'off' ? false : 'auto',
+          parallel,
+          ...(opts.context ? { contextSize: integerOption(opts.context, '--context', 1) } : {}),
+          ...(opts.threads ? { threads: integerOption(opts.threads, '--threads', 1) } : {}),
+        });
+        const loaded: LoadedModel[] = [];
+        for (const file of opts.model) {
+          const m = await loadSealedModel({ file, key: (h) => key(h, file), dir: dir.path, loaders, log });
+          if (loaded.some((x) => x.id === m.id))
+            throw new Error(`two models are named '${m.id}'; rename one when sealing`);
+          log(`model '${m.id}' (${m.format}) loaded`);
+          loaded.push(m);
+        }
+        const created = Math.floor(Date.now() / 1000);
+        const ui = opts.ui ? await (await import('../infer/ui.js')).loadUiAssets() : undefined;
+        const server = await startInferenceServer({
+          models: loaded.map((m) => ({
+            ...m,
+            created,
+            queue: new RequestQueue({ concurrency: m.engine.parallel, maxQueued }),
+          })),
+          tee: { cpu: tee.attester, ...(tee.gpu ? { gpu: tee.gpu } : {}) },
+          ear: broker ? await broker.token() : null,
+          software: await softwareIdentity(),
+          ...(keys ? { keys } : {}),
+          allowPlaintext: opts.allowPlaintext === true,
+          host: opts.host,
+          port: integerOption(opts.port, '--port', 0),
+          replayWindowMs,
+          ...(replay ? { replay } : {}),
+          maxBodyBytes: integerOption(opts.maxBody, '--max-body', 1),
+          padStreamTo: integerOption(opts.padStream, '--pad-stream', 0),
+          defaultMaxTokens: integerOption(opts.maxTokens, '--max-tokens', 1),
+          ...(ui ? { ui } : {}),
+          log,
+        });
+        return { dir, loaded, server, ui };
+      };
+      let started: Awaited<ReturnType<typeof start>>;
+      try {
+        started = await start();
+      } catch (e) {
+        replay?.close();
+        throw e;
       }
-      const created = Math.floor(Date.now() / 1000);
-      const ui = opts.ui ? await (await import('../infer/ui.js')).loadUiAssets() : undefined;
-      const server = await startInferenceServer({
-        models: loaded.map((m) => ({
-          ...m,
-          created,
-          queue: new RequestQueue({ concurrency: m.engine.parallel, maxQueued }),
-        })),
-        tee: { cpu: tee.attester, ...(tee.gpu ? { gpu: tee.gpu } : {}) },
-        ear: broker ? await broker.token() : null,
-        software: await softwareIdentity(),
-        ...(keys ? { keys } : {}),
-        allowPlaintext: opts.allowPlaintext === true,
-        host: opts.host,
-        port: integerOption(opts.port, '--port', 0),
-        replayWindowMs,
-        ...(replay ? { replay } : {}),
-        maxBodyBytes: integerOption(opts.maxBody, '--max-body', 1),
-        padStreamTo: integerOption(opts.padStream, '--pad-stream', 0),
-        defaultMaxTokens: integerOption(opts.maxTokens, '--max-tokens', 1),
-        ...(ui ? { ui } : {}),
-        log,
-      });
+      const { dir, loaded, server, ui } = started;
       log(
         `listening on ${server.url} (attestation: ${server.url}/v1/attestation${ui ? `, page: ${server.url}/` : ''})`,
       );

@@ -77,7 +77,8 @@ let counter = 0;
 export async function loadSealedModel(o: SealedModelOptions): Promise<LoadedModel> {
   // The digest must describe the bytes that are unsealed, but the file is the host's: every read
   // below goes through one open descriptor (so renaming another file into place changes nothing),
-  // and a write to the file while loading changes its ctime, which is compared at the end.
+  // and a write to the file while loading changes its ctime, which is compared at the end. Storage
+  // changed underneath the guest's file system between the two reads is not seen (see the docs).
   const fh = await open(o.file, 'r');
   const pinned = process.platform === 'linux' ? `/proc/self/fd/${fh.fd}` : o.file;
   try {
@@ -90,7 +91,11 @@ export async function loadSealedModel(o: SealedModelOptions): Promise<LoadedMode
     }
     return model;
   } catch (e) {
-    if (e instanceof Error && pinned !== o.file) e.message = e.message.replaceAll(pinned, o.file);
+    if (e instanceof Error && pinned !== o.file) {
+      e.message = e.message.replaceAll(pinned, o.file);
+      const io = e as NodeJS.ErrnoException;
+      if (io.path === pinned) io.path = o.file;
+    }
     throw e;
   } finally {
     await fh.close();
