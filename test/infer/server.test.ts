@@ -46,16 +46,17 @@ function observed() {
   return { seen, transport: transport as typeof fetch };
 }
 
-function client(extra: Partial<Parameters<typeof confidentialFetch>[0]> = {}) {
+/** The SDK and the openai package pointed at `of` (default: the shared harness). */
+function client(extra: Partial<Parameters<typeof confidentialFetch>[0]> = {}, of: Harness = h) {
   const f = confidentialFetch({
-    url: h.server.url,
+    url: of.server.url,
     policy: SAMPLE_POLICY,
     collateral: NO_COLLATERAL,
     ...extra,
   });
   return {
     f,
-    openai: new OpenAI({ baseURL: `${h.server.url}/v1`, apiKey: 'unused', fetch: f, maxRetries: 0 }),
+    openai: new OpenAI({ baseURL: `${of.server.url}/v1`, apiKey: 'unused', fetch: f, maxRetries: 0 }),
   };
 }
 
@@ -186,13 +187,7 @@ describe('the official openai client through confidentialFetch', () => {
   it('stops generation when the client goes away mid-stream', async () => {
     const slow = await startHarness({ text: new ScriptedTextEngine(2, 20) });
     const ac = new AbortController();
-    const f = confidentialFetch({ url: slow.server.url, policy: SAMPLE_POLICY, collateral: NO_COLLATERAL });
-    const openai = new OpenAI({
-      baseURL: `${slow.server.url}/v1`,
-      apiKey: 'unused',
-      fetch: f,
-      maxRetries: 0,
-    });
+    const { openai } = client({}, slow);
     const long = Array.from({ length: 40 }, (_, i) => `w${i}`).join(' ');
     const s = await openai.chat.completions.create(
       { model: 'tiny-llama', messages: [{ role: 'user', content: long }], stream: true, max_tokens: 20 },
@@ -546,13 +541,7 @@ describe('streamed events are padded so that chunk sizes do not give token lengt
           .map((e) => `${e}\n\n`);
         expect(events.length).toBeGreaterThan(4);
         expect(events.filter((e) => !check(e))).toEqual([]);
-        const f = confidentialFetch({ url: s.server.url, policy: SAMPLE_POLICY, collateral: NO_COLLATERAL });
-        const openai = new OpenAI({
-          baseURL: `${s.server.url}/v1`,
-          apiKey: 'unused',
-          fetch: f,
-          maxRetries: 0,
-        });
+        const { openai } = client({}, s);
         const stream = await openai.completions.create({
           model: 'tiny-llama',
           prompt: 'five six',
