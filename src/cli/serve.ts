@@ -106,7 +106,7 @@ export function registerServe(program: Command): void {
     )
     .option(
       '--serving-keys <source>',
-      'OHTTP and receipt keys shared by replicas behind one load balancer: kbs:///repo/type/tag (from the broker after attestation), or a file (development, with --key); default: fresh keys made here',
+      'OHTTP and receipt keys shared by replicas behind one load balancer: kbs:///repo/type/tag (from the broker after attestation), or a file (development, sample TEE only); default: fresh keys made here',
     )
     .option(
       '--replay-redis <url>',

@@ -24,8 +24,9 @@ import {
   type GatewayKey,
   generateGatewayKey,
   KEM_X25519_HKDF_SHA256,
+  PKCS8_X25519_PREFIX,
 } from '../ohttp/index.js';
-import { bs, fromBase64, toBase64Url, utf8 } from '../util/bytes.js';
+import { bs, concatBytes, fromBase64, toBase64Url, utf8 } from '../util/bytes.js';
 
 export const SERVING_KEYS_TYPE = 'cloister-serving-keys/v1';
 
@@ -76,11 +77,6 @@ export async function encodeServingKeys(keys: ServingKeys, scope: ServingScope):
   return utf8.encode(`${JSON.stringify(doc, null, 2)}\n`);
 }
 
-// PKCS #8 for an X25519 private key (RFC 8410): the fixed prefix, then the 32-byte scalar.
-const X25519_PKCS8_PREFIX = Uint8Array.from([
-  0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x04, 0x22, 0x04, 0x20,
-]);
-
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
@@ -117,9 +113,7 @@ export async function decodeServingKeys(bytes: Uint8Array, source: string): Prom
     bad('ohttp.key_id must be an integer 0–255');
   const scalar = b64(o.private_key, 'ohttp.private_key', 32);
   // The public key is derived, not read: a document cannot pair a key with another's public half.
-  const pkcs8 = new Uint8Array(X25519_PKCS8_PREFIX.length + 32);
-  pkcs8.set(X25519_PKCS8_PREFIX);
-  pkcs8.set(scalar, X25519_PKCS8_PREFIX.length);
+  const pkcs8 = bs(concatBytes(PKCS8_X25519_PREFIX, scalar));
   let x: string;
   try {
     const k = await crypto.subtle.importKey('pkcs8', pkcs8, { name: 'X25519' }, true, ['deriveBits']);

@@ -10,6 +10,9 @@ export const KEM_X25519_HKDF_SHA256 = 0x0020;
 export const KDF_HKDF_SHA256 = 0x0001;
 export const AEAD_AES_128_GCM = 0x0001;
 export const AEAD_AES_256_GCM = 0x0002;
+/** PKCS #8 wrapping of a raw X25519 private key (RFC 8410): the DER up to the 32 key bytes. */
+// biome-ignore format: the DER reads best on one line
+export const PKCS8_X25519_PREFIX = Uint8Array.of(0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x04, 0x22, 0x04, 0x20);
 
 /** Lengths of the AEADs this library implements (RFC 9180 §7.3): key and nonce. */
 export const AEADS: ReadonlyMap<number, { nk: number; nn: number }> = new Map([

@@ -18,7 +18,13 @@ import {
 } from 'node:crypto';
 import { bs, concatBytes, equalBytes, isAllZero, utf8 } from '../util/bytes.js';
 import type { AeadKey, HpkeExporter, OhttpBackend } from './backend.js';
-import { AEAD_AES_128_GCM, AEAD_AES_256_GCM, KDF_HKDF_SHA256, KEM_X25519_HKDF_SHA256 } from './keyconfig.js';
+import {
+  AEAD_AES_128_GCM,
+  AEAD_AES_256_GCM,
+  KDF_HKDF_SHA256,
+  KEM_X25519_HKDF_SHA256,
+  PKCS8_X25519_PREFIX,
+} from './keyconfig.js';
 
 const EMPTY = new Uint8Array(0);
 const NH = 32;
@@ -28,25 +34,6 @@ const TAG = 16;
 const X25519_LENGTH = 32;
 const VERSION = utf8.encode('HPKE-v1');
 const MODE_BASE = 0x00;
-/** PKCS #8 wrapping of a raw X25519 private key (RFC 8410): the DER up to the 32 key bytes. */
-const PKCS8_X25519 = Uint8Array.of(
-  0x30,
-  0x2e,
-  0x02,
-  0x01,
-  0x00,
-  0x30,
-  0x05,
-  0x06,
-  0x03,
-  0x2b,
-  0x65,
-  0x6e,
-  0x04,
-  0x22,
-  0x04,
-  0x20,
-);
 
 const label = (s: string) => utf8.encode(s);
 const EAE_PRK = label('eae_prk');
@@ -167,7 +154,11 @@ function rawPublicKey(k: KeyObject): Uint8Array {
 
 function privateKeyOf(raw: Uint8Array): KeyObject {
   if (raw.length !== X25519_LENGTH) throw new RangeError('an X25519 private key is 32 bytes');
-  return createPrivateKey({ key: Buffer.from(concatBytes(PKCS8_X25519, raw)), format: 'der', type: 'pkcs8' });
+  return createPrivateKey({
+    key: Buffer.from(concatBytes(PKCS8_X25519_PREFIX, raw)),
+    format: 'der',
+    type: 'pkcs8',
+  });
 }
 
 /**

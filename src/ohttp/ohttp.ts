@@ -3,7 +3,7 @@
  * config with HPKE; the gateway opens it and seals the response under keys derived from an HPKE export
  * secret, a fresh response nonce and the request's `enc`, so only that client can read it.
  */
-import { bs, concatBytes, utf8 } from '../util/bytes.js';
+import { bs, concatBytes, fromBase64, utf8 } from '../util/bytes.js';
 import {
   type AeadKey,
   type HpkeExporter,
@@ -298,7 +298,7 @@ export async function generateGatewayKey(
   const pair = (await crypto.subtle.generateKey({ name: 'X25519' }, true, ['deriveBits'])) as CryptoKeyPair;
   const publicKey = new Uint8Array(await crypto.subtle.exportKey('raw', pair.publicKey));
   const d = (await crypto.subtle.exportKey('jwk', pair.privateKey)).d!;
-  const privateKey = Uint8Array.from(atob(d.replace(/-/g, '+').replace(/_/g, '/')), (c) => c.charCodeAt(0));
+  const privateKey = fromBase64(d);
   const config: KeyConfig = { keyId, kemId: KEM_X25519_HKDF_SHA256, publicKey, suites };
   encodeKeyConfig(config); // refuses an out-of-range key id or an empty suite list now, not at publish time
   return { config, privateKey };
