@@ -39,8 +39,8 @@ export interface OpenAiOptions {
 /** One server-sent event, padded with a comment line (which every SSE reader ignores) when asked. */
 export function sseEvent(data: string, padTo = 0): Uint8Array {
   const body = `data: ${data}\n`;
-  const length = encoder.encode(body).length + 1;
   if (padTo <= 0) return encoder.encode(`${body}\n`);
+  const length = encoder.encode(body).length + 1;
   // A comment line is ":" + filler + "\n": at least 2 bytes.
   const filler = (padTo - ((length + 2) % padTo)) % padTo;
   return encoder.encode(`${body}:${' '.repeat(filler)}\n\n`);
