@@ -21,10 +21,15 @@ export const POLICY_LIMITS = Object.freeze({
   maxListElements: 256,
   maxMapEntries: 256,
   maxCallArguments: 8,
+  /** Characters (bytes for a bytes literal) of one string literal. */
+  maxStringLiteral: 1024,
   /** Comprehensions inside comprehensions: 2 allows `gpus.all(g, g.reasons.all(r, …))`. */
   maxComprehensionNesting: 2,
-  /** Worst-case steps over any input within INPUT_LIMITS (cost.ts): tens of ms at worst. */
-  maxCost: 5_000_000,
+  /**
+   * Worst-case steps over any input within INPUT_LIMITS (cost.ts). A step takes at most a few ns on
+   * the development machine (test/policy/cost.slow.test.ts), so a policy takes a few ms at worst.
+   */
+  maxCost: 1_000_000,
 });
 
 /**
@@ -38,6 +43,9 @@ const FORBIDDEN: Record<string, string> = {
     'attester controls; use ==, in, startsWith(), endsWith() or contains()',
   bind: 'cel.bind() is not allowed: it lets a value double in size per binding, which defeats the cost bound',
 };
+
+/** duration() parses with a regular expression that takes cubic time on a long run of digits. */
+const MAX_DURATION_LITERAL = 64;
 
 export type PolicyErrorCode =
   | 'policy-empty'
@@ -192,13 +200,36 @@ function fromLibError(e: unknown, source: string, base: number): PolicyError {
 }
 
 /**
- * Refuses forbidden functions and comprehensions nested more than maxComprehensionNesting deep; the
- * library bounds the node count, depth and literal sizes, and estimateCost bounds the rest.
+ * Refuses forbidden functions, duration() on anything but a short literal, string literals over
+ * maxStringLiteral and comprehensions nested more than maxComprehensionNesting deep; the library bounds
+ * the node count, depth and list/map literal sizes, and estimateCost bounds the rest.
  */
 function checkStructure(root: ASTNode, source: string): void {
   const walk = (node: ASTNode, nesting: number): void => {
     let inner = nesting;
     const receiver = node.op === 'rcall' ? node.args[1] : undefined;
+    if (node.op === 'value' && (typeof node.args === 'string' || node.args instanceof Uint8Array)) {
+      if (node.args.length > POLICY_LIMITS.maxStringLiteral) {
+        throw policyError(
+          'policy-too-large',
+          `a string literal of ${node.args.length} characters; at most ${POLICY_LIMITS.maxStringLiteral} are allowed`,
+          source,
+          node.start,
+        );
+      }
+    }
+    if (node.op === 'call' && node.args[0] === 'duration') {
+      const [arg] = node.args[1];
+      if (arg?.op !== 'value' || typeof arg.args !== 'string' || arg.args.length > MAX_DURATION_LITERAL) {
+        throw policyError(
+          'policy-forbidden',
+          `duration() takes a string literal of at most ${MAX_DURATION_LITERAL} characters, such as ` +
+            'duration("24h"): the library parses it in time cubic in its length',
+          source,
+          node.start,
+        );
+      }
+    }
     if (node.op === 'rcall' || node.op === 'call') {
       const name = node.args[0];
       const reason =
@@ -278,8 +309,8 @@ export function compilePolicy(source: string): CompiledPolicy {
       'policy-too-costly',
       `on the largest input allowed this policy may take ${cost.toExponential(1)} steps; at most ` +
         `${POLICY_LIMITS.maxCost.toExponential(1)} are allowed. Write \`x in list\` rather than ` +
-        '`list.exists(y, y == x)`, compare with literals or typed fields (g.status) inside comprehensions, ' +
-        'and do not walk a claim list inside a walk over another',
+        '`list.exists(y, y == x)`, do not walk a claim list inside a walk over another, and keep work on ' +
+        'long strings (size(), contains(), lowerAscii(), +) out of comprehensions',
       source,
       0,
     );

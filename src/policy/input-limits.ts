@@ -8,4 +8,9 @@ export const INPUT_LIMITS = Object.freeze({
   maxValues: 4096,
   maxDepth: 16,
   maxStringLength: 65_536,
+  /**
+   * Characters of all strings in claims, reasons and init data together, map keys included: with
+   * maxValues, it bounds what one walk over the input can cost (cost.ts).
+   */
+  maxStringChars: 262_144,
 });

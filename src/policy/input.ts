@@ -106,6 +106,22 @@ function str(v: unknown, where: string): string {
   return v;
 }
 
+/** What claims, reasons and init data may still hold (INPUT_LIMITS.maxValues, maxStringChars). */
+interface Budget {
+  left: number;
+  chars: number;
+}
+
+/** A string of the JSON parts, counted against the budget of characters they share. */
+function counted(v: unknown, where: string, budget: Budget): string {
+  const s = str(v, where);
+  budget.chars -= s.length;
+  if (budget.chars < 0) {
+    bad(`claims, reasons and init data hold more than ${INPUT_LIMITS.maxStringChars} characters`);
+  }
+  return s;
+}
+
 function describe(v: unknown): string {
   if (v === null) return 'null';
   if (Array.isArray(v)) return 'a list';
@@ -116,11 +132,11 @@ function describe(v: unknown): string {
  * Copies a JSON-like value into what CEL expects: null-prototype maps, lists, strings, booleans,
  * numbers (doubles), bytes, timestamps. `undefined` members are dropped as JSON would.
  */
-function jsonValue(v: unknown, where: string, budget: { left: number }, depth: number): unknown {
+function jsonValue(v: unknown, where: string, budget: Budget, depth: number): unknown {
   if (--budget.left < 0) bad(`claims, reasons and init data hold more than ${INPUT_LIMITS.maxValues} values`);
   if (depth > INPUT_LIMITS.maxDepth) bad(`${where} is nested deeper than ${INPUT_LIMITS.maxDepth}`);
   if (v === null || typeof v === 'boolean') return v;
-  if (typeof v === 'string') return str(v, where);
+  if (typeof v === 'string') return counted(v, where, budget);
   if (typeof v === 'number') {
     if (!Number.isFinite(v)) bad(`${where} is not a finite number`);
     return v;
@@ -142,20 +158,22 @@ function jsonValue(v: unknown, where: string, budget: { left: number }, depth: n
   if (isRecord(v)) {
     const out: Record<string, unknown> = Object.create(null);
     for (const [k, x] of Object.entries(v)) {
-      if (x !== undefined) out[k] = jsonValue(x, `${where}.${k}`, budget, depth + 1);
+      // A policy can walk keys too (`claims.all(k, …)`, `k in claims`).
+      if (x !== undefined)
+        out[counted(k, `a key of ${where}`, budget)] = jsonValue(x, `${where}.${k}`, budget, depth + 1);
     }
     return out;
   }
   return bad(`${where} has a value of type ${typeof v}, which is not JSON`);
 }
 
-function jsonMap(v: unknown, where: string, budget: { left: number }): Record<string, unknown> {
+function jsonMap(v: unknown, where: string, budget: Budget): Record<string, unknown> {
   if (v === undefined) return Object.create(null);
   if (!isRecord(v)) bad(`${where} must be a map, got ${describe(v)}`);
   return jsonValue(v, where, budget, 0) as Record<string, unknown>;
 }
 
-function toSubmod(name: string, v: unknown, budget: { left: number }): CelSubmod {
+function toSubmod(name: string, v: unknown, budget: Budget): CelSubmod {
   const where = `submods.${name}`;
   if (!isRecord(v)) bad(`${where} must be a map, got ${describe(v)}`);
   const trustIn = v.trust ?? {};
@@ -176,9 +194,9 @@ function toSubmod(name: string, v: unknown, budget: { left: number }): CelSubmod
     if (budget.left < 0) bad(`claims, reasons and init data hold more than ${INPUT_LIMITS.maxValues} values`);
     if (!isRecord(r)) bad(`${where}.reasons[${i}] must be a map`);
     return {
-      check: str(r.check, `${where}.reasons[${i}].check`),
-      status: str(r.status, `${where}.reasons[${i}].status`),
-      message: str(r.message, `${where}.reasons[${i}].message`),
+      check: counted(r.check, `${where}.reasons[${i}].check`, budget),
+      status: counted(r.status, `${where}.reasons[${i}].status`, budget),
+      message: counted(r.message, `${where}.reasons[${i}].message`, budget),
     };
   });
   if (typeof v.insecure !== 'boolean') bad(`${where}.insecure must be a boolean`);
@@ -212,7 +230,7 @@ export function toActivation(input: unknown): Record<string, unknown> {
   if (!isRecord(submodsIn)) bad('submods must be a map');
   const names = Object.keys(submodsIn);
   if (names.length > INPUT_LIMITS.maxSubmods) bad(`more than ${INPUT_LIMITS.maxSubmods} submodules`);
-  const budget = { left: INPUT_LIMITS.maxValues };
+  const budget: Budget = { left: INPUT_LIMITS.maxValues, chars: INPUT_LIMITS.maxStringChars };
   const submods: Record<string, CelSubmod> = Object.create(null);
   for (const name of names) submods[name] = toSubmod(name, submodsIn[name], budget);
   const gpus = names

@@ -1,6 +1,8 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { policyEnvironment } from '../../src/policy/compile.js';
+import { KNOWN_FUNCTIONS } from '../../src/policy/cost.js';
 import {
   compilePolicy,
   DEFAULT_RESOURCE_POLICY,
@@ -101,7 +103,9 @@ describe('compilePolicy', () => {
     expect(nested.code).toBe('policy-too-large');
     expect(nested.detail).toMatch(/at most 2 deep/);
     // Two levels, and comprehensions side by side, are fine.
-    compilePolicy('gpus.all(a, gpus.exists(b, a.name != b.name)) && gpus.all(g, g.insecure == false)');
+    compilePolicy(
+      'gpus.all(a, gpus.exists(b, a.trust.hardware != b.trust.hardware)) && gpus.all(g, g.insecure == false)',
+    );
     compilePolicy('submods.all(n, submods[n].reasons.all(r, r.check != "debug"))');
     compilePolicy(
       'gpus.filter(g, g.kind == "nvidia").all(g, g.reasons.size() == 0 || g.reasons.all(r, r.status == "none"))',
@@ -125,14 +129,78 @@ describe('compilePolicy', () => {
     // … or a list concatenation in its body.
     costly('cpu.claims.l.map(x, cpu.claims.l + cpu.claims.l).size() > 0');
     // The same checks written with cheap operations are fine.
-    expect(compilePolicy('cpu.claims.mr_td in cpu.claims.rtmrs').cost).toBeLessThan(10_000);
-    expect(compilePolicy('gpus.all(g, g.claims.measurements.all(m, m in ["aa", "bb"]))').cost).toBeLessThan(
+    expect(compilePolicy('cpu.claims.mr_td in cpu.claims.rtmrs').cost).toBeLessThan(
+      POLICY_LIMITS.maxCost / 4,
+    );
+    expect(compilePolicy('cpu.claims.measurements.all(m, m in ["aa", "bb"])').cost).toBeLessThan(
       POLICY_LIMITS.maxCost,
     );
+    // The estimate does not know that the GPUs share the input's 4096 values: 16 × 4096 walks.
+    costly('gpus.all(g, g.claims.measurements.all(m, m in ["aa", "bb"]))');
     expect(compilePolicy('cpu.claims.l.exists(x, x == "aa")').cost).toBeLessThan(100_000);
     expect(compilePolicy('submods.all(n, submods[n].reasons.all(r, r.check != "debug"))').cost).toBeLessThan(
       POLICY_LIMITS.maxCost,
     );
+  });
+
+  it('counts the length of strings: the reported policies that froze the broker are refused', () => {
+    const costly = (src: string) => {
+      const e = refusal(src);
+      expect(e.code, src.slice(0, 60)).toBe('policy-too-costly');
+    };
+    const A = 'A'.repeat(POLICY_LIMITS.maxStringLiteral);
+    const half = 'A'.repeat(POLICY_LIMITS.maxStringLiteral / 2);
+    // Each of these was estimated at a few steps per node and took seconds on the largest input.
+    costly(`gpus.all(g, cpu.claims.l.all(x, "${A}".size() > 0))`);
+    costly(`cpu.claims.l.all(x, "${A}".size() > 0)`);
+    costly(`cpu.claims.l.all(x, ("${half}" + "${half}").size() > 0)`);
+    costly(`cpu.claims.l.all(x, "${A}".indexOf("B") < 0)`);
+    costly(`cpu.claims.l.all(x, "${A}".lowerAscii() != "")`);
+    // Work on the input's strings is bounded by INPUT_LIMITS.maxStringLength, not by the source.
+    costly('gpus.all(g, cpu.claims.s.size() > 0)');
+    costly('gpus.all(g, (cpu.claims.s + cpu.claims.s).contains("x"))');
+    costly('cpu.claims.l.all(x, x.lowerAscii() != "")');
+    // Values that grow: split() makes one entry per character, join() and map() add up their parts.
+    costly('cpu.claims.s.split("").all(c, c != "x")');
+    costly(`cpu.claims.l.map(x, "${A}").join().size() > 0`);
+    costly('gpus.all(g, bytes(cpu.claims.s).json().size() > 0)');
+    costly('cpu.claims.l.all(x, now.getHours("Europe/Paris") > 1)');
+    // The same work once, outside any walk, is fine.
+    expect(compilePolicy(`"${A}".size() > 0 && cpu.claims.s.size() < 100`).cost).toBeLessThan(
+      POLICY_LIMITS.maxCost / 4,
+    );
+    expect(compilePolicy('cpu.claims.l.all(x, x.startsWith("ab"))').cost).toBeLessThan(
+      POLICY_LIMITS.maxCost / 4,
+    );
+  });
+
+  it('bounds string literals and refuses duration() on anything but a short literal', () => {
+    const long = refusal(`tee == "${'A'.repeat(POLICY_LIMITS.maxStringLiteral + 1)}"`);
+    expect(long.code).toBe('policy-too-large');
+    expect(long.detail).toMatch(/string literal/);
+    expect(long.column).toBe(8);
+    expect(refusal(`cpu.claims.b == b"${'A'.repeat(POLICY_LIMITS.maxStringLiteral + 1)}"`).code).toBe(
+      'policy-too-large',
+    );
+    compilePolicy(`tee != "${'A'.repeat(POLICY_LIMITS.maxStringLiteral)}"`);
+    // The library's duration parser takes cubic time on a long run of digits (4000 digits: 20 s).
+    const claim = refusal('now - timestamp(cpu.claims.t) < duration(cpu.claims.d)');
+    expect(claim.code).toBe('policy-forbidden');
+    expect(claim.detail).toMatch(/duration\(\) takes a string literal/);
+    expect(refusal(`now - timestamp(cpu.claims.t) < duration("${'1'.repeat(65)}s")`).code).toBe(
+      'policy-forbidden',
+    );
+    compilePolicy('now - timestamp(cpu.claims.t) < duration("24h")');
+  });
+
+  it('knows the cost of every function of the policy environment', () => {
+    const names = new Set(
+      policyEnvironment()
+        .getDefinitions()
+        .functions.map((f) => f.name),
+    );
+    const unknown = [...names].filter((n) => !KNOWN_FUNCTIONS.has(n) && n !== 'matches' && n !== 'bind');
+    expect(unknown).toEqual([]);
   });
 
   it('offers optional access for claims that may be absent', () => {
