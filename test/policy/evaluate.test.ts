@@ -209,6 +209,25 @@ describe('evaluation errors deny and never throw', () => {
     bad({ submods: { cpu0: submod({ claims: { l: Array(4100).fill(1) } }) } }, /more than 4096 values/);
     const reasons = Array(1100).fill({ check: 'c', status: 'warning', message: 'm' });
     bad({ submods: { cpu0: submod({ reasons }) } }, /more than 4096 values/);
+    // Strings of claims, reasons and init data share 256 Ki characters, keys included (cost.ts relies on it).
+    const s = 'a'.repeat(60_000);
+    bad(
+      { submods: { cpu0: submod({ claims: { a: s, b: s, c: s, d: s, e: s } }) } },
+      /more than 262144 characters/,
+    );
+    bad(
+      { init_data: Object.fromEntries(Array.from({ length: 5 }, (_, i) => [`${i}${s}`, 1])) },
+      /characters/,
+    );
+    bad(
+      { submods: { cpu0: submod({ claims: { [`k${'a'.repeat(70_000)}`]: 1 } }) } },
+      /a key of .* is longer/,
+    );
+    const many = Array(100).fill({ check: 'c', status: 'warning', message: 'm'.repeat(3000) });
+    bad({ submods: { cpu0: submod({ reasons: many }) } }, /characters/);
+    expect(
+      evaluatePolicy(defaultPolicy, input({ submods: { cpu0: submod({ claims: { a: s, b: s } }) } })).allow,
+    ).toBe(true);
     for (const junk of [null, undefined, 42, 'x', [], new Date()]) {
       denied(evaluatePolicy(defaultPolicy, junk as unknown as PolicyInput), /invalid policy input/);
     }
