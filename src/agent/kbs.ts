@@ -5,10 +5,12 @@
  * Evidence goes out in the JSON shapes `primaryEvidenceBytes` (src/kbs/protocol.ts) reads back:
  * tdx/sgx `{"quote": base64}` (as guest-components sends it), snp `{"report": base64, "vcek"?: base64}`
  * (the VCEK or VLEK taken from the certificate table the host attached, so the broker needs no AMD KDS
- * round trip), sample evidence as its JSON document. GPU evidence goes into `additional_evidence` as
+ * round trip), sample evidence as its JSON document (or, for a Trustee KBS, guest-components'
+ * `{svn, report_data}`). GPU evidence goes into `additional_evidence` as
  * `{"nvidia": {"gpus": [ … ]}}`, GPU i answering deriveGpuNonce(deviceBase, i).
  */
 
+import { cocoSampleEvidence } from '../attest/sample/index.js';
 import { GUID_VCEK, GUID_VLEK, parseCertTable } from '../attest/snp/certtable.js';
 import type { Attester } from '../kbs/client.js';
 import type { Header } from '../seal/format.js';
@@ -77,11 +79,25 @@ export function encodeGpuEvidence(gpus: readonly Uint8Array[]): string {
   return JSON.stringify({ nvidia: { gpus: items } });
 }
 
+/**
+ * How sample evidence goes out: `cloister` is Cloister's signed form (with a measurement policies can
+ * check); `coco` is guest-components' unsigned `{svn, report_data}`, the only form Trustee's sample
+ * verifier reads. Both are the insecure software TEE; `cloister kbs serve` accepts either.
+ */
+export type SampleEvidenceForm = 'cloister' | 'coco';
+
 /** KbsClient's Attester for a detected CPU TEE and, when given, its confidential GPUs. */
-export function kbsAttester(kind: CpuKind, cpu: CpuAttester, gpu?: GpuAttester): Attester {
+export function kbsAttester(
+  kind: CpuKind,
+  cpu: CpuAttester,
+  gpu?: GpuAttester,
+  options: { sampleForm?: SampleEvidenceForm } = {},
+): Attester {
   return {
     tee: kind,
     async primaryEvidence(reportData) {
+      // Nothing to collect: CoCo sample evidence is the report data and a constant svn.
+      if (kind === 'sample' && options.sampleForm === 'coco') return cocoSampleEvidence(reportData);
       const e = await cpu.collect(reportData);
       if (e.kind !== kind)
         throw new AgentError('tee-changed', `evidence is ${e.kind} but the TEE was detected as ${kind}`);

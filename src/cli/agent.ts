@@ -17,7 +17,7 @@ import { DEFAULT_DEV_ROOT } from '../agent/attest/nvml.js';
 import { InsecureSampleAttester } from '../agent/attest/sample.js';
 import { DEFAULT_TSM_ROOT } from '../agent/attest/tsm.js';
 import type { CpuAttester, CpuKind } from '../agent/attest/types.js';
-import { AgentError, kbsAttester } from '../agent/kbs.js';
+import { AgentError, kbsAttester, type SampleEvidenceForm } from '../agent/kbs.js';
 import { DEFAULT_PRIVATE_PARENT, onTerminationSignal } from '../agent/private-dir.js';
 import { verifyReceipt } from '../agent/receipt.js';
 import { runWorkload } from '../agent/run.js';
@@ -129,6 +129,7 @@ export interface TeeCliOptions {
   retries: string;
   retryDelayMs: string;
   initData?: string;
+  sampleEvidence: SampleEvidenceForm;
 }
 
 interface RunCliOptions extends TeeCliOptions {
@@ -158,6 +159,14 @@ export function teeOptions(c: Command, kbsRequired = true): Command {
     .option(
       '--allow-sample',
       'with --tee auto, fall back to the INSECURE sample TEE when no hardware TEE is found',
+    )
+    .addOption(
+      new Option(
+        '--sample-evidence <form>',
+        "with the sample TEE: cloister (signed, with a measurement) or coco (guest-components' {svn, report_data}, which a Trustee KBS requires)",
+      )
+        .choices(['cloister', 'coco'])
+        .default('cloister'),
     )
     .option('--no-gpu', 'do not attest confidential GPUs even when some are found')
     .option('--tsm-root <dir>', `configfs-tsm report directory (default ${DEFAULT_TSM_ROOT})`)
@@ -232,7 +241,7 @@ function initDataFile(file: string): { format: 'toml' | 'json'; body: string } {
 export function brokerFor(o: TeeCliOptions, t: CliTee): KbsClient {
   return new KbsClient({
     url: o.kbs,
-    attester: kbsAttester(t.kind, t.attester, t.gpu),
+    attester: kbsAttester(t.kind, t.attester, t.gpu, { sampleForm: o.sampleEvidence }),
     retries: Number(o.retries),
     backoffMs: Number(o.retryDelayMs),
     ...(o.initData !== undefined ? { initData: initDataFile(o.initData) } : {}),

@@ -159,6 +159,7 @@ export async function startBroker(c: KbsConfig, opts: StartOptions = {}): Promis
     devMode: c.devMode,
     sessionTtlSeconds: c.sessionTtlSeconds,
     tokenTtlSeconds: c.tokenTtlSeconds,
+    bearerTokens: c.bearerTokens,
     trustAnchors,
     onEvent: (e) => {
       if (e.type === 'attest' && !e.ok) log(`attestation refused (${e.tee}): ${e.reason}`);

@@ -13,7 +13,7 @@ import {
 import { appraiseComposite } from '../attest/composite.js';
 import { type EarResult, issueEar, verifyEar } from '../attest/ear/index.js';
 import type { VerifierRegistry } from '../attest/registry.js';
-import { fromBase64, toBase64Url } from '../util/bytes.js';
+import { toBase64Url } from '../util/bytes.js';
 import { decideRelease, type ReleaseDecision } from './decide.js';
 import { bindInitData, INIT_DATA_CLAIM, type ReceivedInitData, receiveInitData } from './init-data.js';
 import { checkUsableKey, encryptResource } from './jwe.js';
@@ -46,6 +46,13 @@ export interface BrokerOptions {
   devMode: boolean;
   sessionTtlSeconds: number;
   tokenTtlSeconds: number;
+  /**
+   * Accepts an attestation token as `Authorization: Bearer` on resource requests (Trustee does, for
+   * guest-components' token client). Off by default: the token an inference server publishes at
+   * /v1/attestation is that same token, so with this on anyone who read it can make the broker log
+   * releases the TEE never asked for (ciphertext only goes back, but the audit trail is polluted).
+   */
+  bearerTokens?: boolean;
   /** Per-kind replacement trust anchors (test authorities, private labs); empty in production. */
   trustAnchors?: Partial<Record<TeeKind, Uint8Array[]>>;
   now?: () => Date;
@@ -76,7 +83,8 @@ export class Broker {
   async auth(
     body: unknown,
   ): Promise<{ challenge: { nonce: string; 'extra-params': string }; session: SessionRecord }> {
-    const req = parseRequest(body, this.teeKinds);
+    const req = parseRequest(body);
+    if (!this.teeKinds.includes(req.tee)) throw this.unverifiableTee(req.tee);
     const nonce = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
     const session: SessionRecord = {
       id: toBase64Url(crypto.getRandomValues(new Uint8Array(24))),
@@ -88,6 +96,18 @@ export class Broker {
     await this.o.store.createSession(session);
     this.o.onEvent?.({ type: 'auth', tee: req.tee });
     return { challenge: { nonce, 'extra-params': '' }, session };
+  }
+
+  /** Why a TEE name that kbs_types knows gets no challenge here, in words an operator can act on. */
+  private unverifiableTee(tee: string): ProtocolError {
+    const verified = `this broker verifies ${this.teeKinds.join(', ')}`;
+    const why =
+      tee === 'sample'
+        ? 'the sample TEE is insecure (software only) and accepted only in dev mode'
+        : tee === 'nvidia' || tee === 'sampledevice' || tee === 'nvidia-dpu'
+          ? `"${tee}" is a device, not a primary TEE; GPU evidence goes in additional_evidence (nvidia only)`
+          : `Cloister has no verifier for the "${tee}" TEE`;
+    return new ProtocolError(400, 'unsupported-tee', `${why}; ${verified}`);
   }
 
   private async liveSession(id: string | undefined): Promise<SessionRecord> {
@@ -110,18 +130,23 @@ export class Broker {
     return s;
   }
 
-  /** Attestation → EAR token. The nonce is single use: a session attests once. */
+  /**
+   * Attestation → EAR token. The nonce is single use: a session's evidence is judged once. Asked again,
+   * an attested session gets its token back without new evidence being looked at (as Trustee does,
+   * so a guest that retries after a lost response is not locked out); a refused one stays refused.
+   */
   async attest(sessionId: string | undefined, body: unknown): Promise<{ token: string }> {
     const started = performance.now();
     const session = await this.liveSession(sessionId);
+    const att = parseAttestation(body);
     if (session.status !== 'challenged') {
+      if (session.token) return { token: session.token };
       throw new ProtocolError(
         401,
         'nonce-used',
-        'this session has already attested; its nonce cannot be used again',
+        'this session has already attested and was refused; its nonce cannot be used again',
       );
     }
-    const att = parseAttestation(body);
     const init = att['init-data'] ? await receiveInitData(att['init-data']) : undefined;
     await checkUsableKey(att['runtime-data']['tee-pubkey']);
     if (att['runtime-data'].nonce !== session.nonce) {
@@ -199,7 +224,8 @@ export class Broker {
     return issueEar(result.submods, {
       signingKey: this.o.earKey.privateKey,
       build: `cloister-kbs ${KBS_PROTOCOL_VERSION}`,
-      nonce: fromBase64(session.nonce),
+      // The challenge exactly as the TEE received it, so a relying party compares strings.
+      nonce: session.nonce,
       issuedAt: this.now(),
       lifetimeSeconds: this.o.tokenTtlSeconds,
       extraClaims: {
@@ -210,8 +236,18 @@ export class Broker {
   }
 
   /** The attestation a resource request stands on: the session's token, or a bearer token. */
-  private async credentials(c: Credentials): Promise<{ ear: EarResult; teePubkey: TeePubkey }> {
-    if (c.bearer) {
+  private async credentials(
+    c: Credentials,
+  ): Promise<{ ear: EarResult; teePubkey: TeePubkey; via: 'session' | 'bearer' }> {
+    // With bearer tokens off, a request that also has a session cookie is judged by its session.
+    if (c.bearer && (this.o.bearerTokens || !c.sessionId)) {
+      if (!this.o.bearerTokens) {
+        throw new ProtocolError(
+          401,
+          'bearer-disabled',
+          'this broker does not accept attestation tokens as bearer credentials (bearerTokens is off): use the kbs-session-id cookie of an attested session',
+        );
+      }
       let ear: EarResult;
       try {
         ear = await verifyEar(c.bearer, this.o.earKey.publicKey, { at: this.now() });
@@ -220,11 +256,15 @@ export class Broker {
       }
       let key: TeePubkey;
       try {
-        key = parseTeePubkey(ear.extraClaims['cloister.tee-pubkey']);
+        key = parseTeePubkey(ear.teePubkey);
       } catch {
-        throw new ProtocolError(401, 'bad-token', 'bearer token carries no usable cloister.tee-pubkey');
+        throw new ProtocolError(
+          401,
+          'bad-token',
+          'bearer token carries no usable TEE key (cloister.tee-pubkey)',
+        );
       }
-      return { ear, teePubkey: key };
+      return { ear, teePubkey: key, via: 'bearer' };
     }
     const s = await this.liveSession(c.sessionId);
     if (s.status !== 'attested' || !s.token || !s.teePubkey) {
@@ -245,7 +285,7 @@ export class Broker {
         `the session's attestation token is no longer valid: ${(e as Error).message}`,
       );
     }
-    return { ear, teePubkey: parseTeePubkey(JSON.parse(s.teePubkey)) };
+    return { ear, teePubkey: parseTeePubkey(JSON.parse(s.teePubkey)), via: 'session' };
   }
 
   /**
@@ -255,7 +295,7 @@ export class Broker {
    */
   async resource(c: Credentials, path: string): Promise<{ jwe: unknown; decision: ReleaseDecision }> {
     const { repository, type, tag } = parseResourcePath(path);
-    const { ear, teePubkey } = await this.credentials(c);
+    const { ear, teePubkey, via } = await this.credentials(c);
     const rec = await this.o.store.getResource(path);
     if (!rec) {
       // The same lookups as for a resource that exists, so the answer does not come back sooner.
@@ -272,7 +312,7 @@ export class Broker {
         tenant: '',
         actor: 'tee',
         subject: path,
-        details: { reasons: ['unknown resource'] },
+        details: { reasons: ['unknown resource'], via },
       });
       throw deniedByPolicy();
     }
@@ -289,6 +329,8 @@ export class Broker {
       policy: decision.policyScope,
       submods: summary(ear),
       version: rec.version,
+      // Which credential asked: an auditor can tell a TEE's own session from a presented token.
+      via,
     };
     this.o.onEvent?.({ type: 'release', path, allowed: decision.allow, reasons: decision.reasons });
     if (!decision.allow) {

@@ -23,6 +23,11 @@ export interface KbsConfig {
   adminKeysFile?: string;
   sessionTtlSeconds: number;
   tokenTtlSeconds: number;
+  /**
+   * Accept attestation tokens as `Authorization: Bearer` on resource requests (Trustee's token
+   * clients). Off by default: an inference server publishes its token, so it would be a credential.
+   */
+  bearerTokens: boolean;
   bodyLimitBytes: number;
   maxResourceBytes: number;
   requestTimeoutMs: number;
@@ -41,6 +46,7 @@ export const DEFAULT_CONFIG: KbsConfig = {
   logOrigin: 'cloister-kbs/log',
   sessionTtlSeconds: 300,
   tokenTtlSeconds: 3600,
+  bearerTokens: false,
   bodyLimitBytes: 1024 * 1024,
   maxResourceBytes: 64 * 1024,
   requestTimeoutMs: 10_000,
@@ -91,6 +97,7 @@ export async function loadConfig(
     }
   }
   const c: KbsConfig = { ...DEFAULT_CONFIG, ...file, ...overrides };
+  if (typeof c.bearerTokens !== 'boolean') throw new Error('config bearerTokens must be true or false');
   if (!Number.isInteger(c.port) || c.port < 0 || c.port > 65535)
     throw new Error(`port ${c.port} is not a TCP port`);
   for (const k of [

@@ -1,6 +1,6 @@
 /**
  * Resources leave the broker as a flattened JWE (RFC 7516 §7.2.2) encrypted to the TEE's ephemeral
- * key from the attestation: `enc` A256GCM; `alg` ECDH-ES+A256KW for EC P-256 keys, RSA-OAEP-256 for
+ * key from the attestation: `enc` A256GCM; `alg` ECDH-ES+A256KW for EC P-256/P-384/P-521 keys, RSA-OAEP-256 for
  * RSA keys. Only the TEE that holds the private key — generated inside it and bound into its evidence
  * — can decrypt; TLS terminators and the network see ciphertext.
  */
@@ -37,7 +37,7 @@ export async function checkUsableKey(key: TeePubkey): Promise<void> {
   const { alg: _ignored, ...jwk } = key;
   try {
     if (key.kty === 'EC')
-      await crypto.subtle.importKey('jwk', jwk, { name: 'ECDH', namedCurve: 'P-256' }, false, []);
+      await crypto.subtle.importKey('jwk', jwk, { name: 'ECDH', namedCurve: key.crv }, false, []);
     else await crypto.subtle.importKey('jwk', jwk, { name: 'RSA-OAEP', hash: 'SHA-256' }, false, ['encrypt']);
   } catch (e) {
     throw new ProtocolError(400, 'unusable-key', `tee-pubkey cannot be used: ${(e as Error).message}`);

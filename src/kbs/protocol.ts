@@ -20,7 +20,10 @@ export const KBS_PROTOCOL_VERSION = '0.4.0';
 export const SESSION_COOKIE = 'kbs-session-id';
 export const RESOURCE_PATH = /^([A-Za-z0-9._-]+)\/([A-Za-z0-9._-]+)\/([A-Za-z0-9._-]+)$/;
 
-export type EcPublicJwk = { kty: 'EC'; crv: 'P-256'; x: string; y: string; alg?: string };
+/** The curves kbs_types' TeePubKey and Trustee's JWE code take, with their coordinate sizes in bytes. */
+export const EC_CURVES = { 'P-256': 32, 'P-384': 48, 'P-521': 66 } as const;
+export type EcCurve = keyof typeof EC_CURVES;
+export type EcPublicJwk = { kty: 'EC'; crv: EcCurve; x: string; y: string; alg?: string };
 export type RsaPublicJwk = { kty: 'RSA'; n: string; e: string; alg?: string };
 export type TeePubkey = EcPublicJwk | RsaPublicJwk;
 
@@ -65,19 +68,49 @@ function str(o: Record<string, unknown>, key: string, where: string): string {
   return v;
 }
 
-/** Peers speak 0.4.x; the minor version is where Trustee made incompatible changes. */
-export function parseRequest(body: unknown, knownTees: readonly string[]): KbsRequest {
+/**
+ * Every name of kbs_types' `Tee` enum (kbs-types 0.18, as Trustee and guest-components use it),
+ * spelled as serde writes it. A Request naming one of them is a well-formed Request; whether this
+ * broker can verify that kind is a separate question (Broker.auth).
+ */
+export const TRUSTEE_TEES = [
+  'az-snp-vtpm',
+  'az-tdx-vtpm',
+  'nvidia',
+  'sgx',
+  'snp',
+  'tdx',
+  'cca',
+  'csv',
+  'se',
+  'hygondcu',
+  'tpm',
+  'sample',
+  'sampledevice',
+  'nvidia-dpu',
+] as const;
+
+/**
+ * Trustee requires `=0.4.0` (semver: build metadata is ignored, a pre-release or another patch is
+ * not): a 0.4.1 client would be refused there, so it is here too rather than half-understood.
+ */
+const VERSION = /^0\.4\.0(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$/;
+
+export function parseRequest(body: unknown): KbsRequest {
   if (!isObject(body)) throw bad('malformed-request', 'Request must be a JSON object');
   const version = str(body, 'version', 'Request');
-  if (!/^0\.4\.\d+$/.test(version)) {
+  if (!VERSION.test(version)) {
     throw bad(
       'unsupported-version',
-      `protocol version ${version} is not supported; this broker speaks ${KBS_PROTOCOL_VERSION}`,
+      `protocol version ${version} is not supported; this broker speaks exactly ${KBS_PROTOCOL_VERSION}`,
     );
   }
   const tee = str(body, 'tee', 'Request');
-  if (!knownTees.includes(tee))
-    throw bad('unsupported-tee', `TEE "${tee}" is not supported; supported: ${knownTees.join(', ')}`);
+  if (!(TRUSTEE_TEES as readonly string[]).includes(tee))
+    throw bad(
+      'unsupported-tee',
+      `"${tee}" is not a KBS protocol TEE name (one of ${TRUSTEE_TEES.join(', ')})`,
+    );
   return { version, tee, 'extra-params': body['extra-params'] ?? '' };
 }
 
@@ -114,8 +147,9 @@ export function parseAttestation(body: unknown): KbsAttestation {
 const B64URL = /^[A-Za-z0-9_-]+$/;
 
 /**
- * The TEE's ephemeral key must be one the broker can encrypt to: EC P-256 (ECDH-ES+A256KW) or RSA of at
- * least 2048 bits (RSA-OAEP-256). Anything else is refused at attestation, before evidence is verified.
+ * The TEE's ephemeral key must be one the broker can encrypt to: EC P-256, P-384 or P-521
+ * (ECDH-ES+A256KW) or RSA of at least 2048 bits (RSA-OAEP-256) — kbs_types' TeePubKey minus Trustee's
+ * deprecated RSA1_5. Anything else is refused at attestation, before evidence is verified.
  */
 export function parseTeePubkey(v: unknown): TeePubkey {
   if (!isObject(v)) throw bad('unusable-key', 'runtime-data.tee-pubkey must be a JWK object');
@@ -131,22 +165,27 @@ export function parseTeePubkey(v: unknown): TeePubkey {
   };
   const alg = typeof v.alg === 'string' ? v.alg : undefined;
   if (v.kty === 'EC') {
-    if (v.crv !== 'P-256')
-      throw bad('unusable-key', `tee-pubkey curve ${String(v.crv)} is not supported (use P-256)`);
+    const crv = v.crv;
+    if (typeof crv !== 'string' || !Object.hasOwn(EC_CURVES, crv))
+      throw bad(
+        'unusable-key',
+        `tee-pubkey curve ${String(crv)} is not supported (use ${Object.keys(EC_CURVES).join(', ')})`,
+      );
+    const size = EC_CURVES[crv as EcCurve];
     const x = str(v, 'x', 'tee-pubkey');
     const y = str(v, 'y', 'tee-pubkey');
     if (
       !B64URL.test(x) ||
       !B64URL.test(y) ||
-      bytesOf(x, 'x').length !== 32 ||
-      bytesOf(y, 'y').length !== 32
+      bytesOf(x, 'x').length !== size ||
+      bytesOf(y, 'y').length !== size
     ) {
-      throw bad('unusable-key', 'tee-pubkey x and y must be 32-byte base64url coordinates');
+      throw bad('unusable-key', `tee-pubkey x and y must be ${size}-byte base64url coordinates for ${crv}`);
     }
     if (alg !== undefined && alg !== 'ECDH-ES+A256KW' && alg !== 'ECDH-ES') {
       throw bad('unusable-key', `tee-pubkey alg ${alg} is not supported for EC keys (use ECDH-ES+A256KW)`);
     }
-    return { kty: 'EC', crv: 'P-256', x, y, ...(alg ? { alg } : {}) };
+    return { kty: 'EC', crv: crv as EcCurve, x, y, ...(alg ? { alg } : {}) };
   }
   if (v.kty === 'RSA') {
     const n = str(v, 'n', 'tee-pubkey');
@@ -161,7 +200,7 @@ export function parseTeePubkey(v: unknown): TeePubkey {
     }
     return { kty: 'RSA', n, e, ...(alg ? { alg } : {}) };
   }
-  throw bad('unusable-key', `tee-pubkey kty ${String(v.kty)} is not supported (use EC P-256 or RSA)`);
+  throw bad('unusable-key', `tee-pubkey kty ${String(v.kty)} is not supported (use EC or RSA)`);
 }
 
 async function sha384(b: Uint8Array): Promise<Uint8Array> {

@@ -26,7 +26,8 @@ for (const backend of BACKENDS) {
     let db: ReturnType<Backend['db']>;
     beforeAll(async () => {
       db = backend.db();
-      b = await testBroker({ devMode: true, ...(db.url ? { db: db.url } : {}) });
+      // bearerTokens: the bearer path is part of the flow each backend must carry.
+      b = await testBroker({ devMode: true, bearerTokens: true, ...(db.url ? { db: db.url } : {}) });
       const admin = await b.admin();
       expect((await b.call('PUT', '/admin/v1/resources/owner/models/kek1', admin, SECRET)).status).toBe(201);
       expect((await b.call('PUT', '/admin/v1/resources/owner/models/locked', admin, SECRET)).status).toBe(

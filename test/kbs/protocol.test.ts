@@ -35,7 +35,7 @@ async function ecJwk() {
 describe('KBS protocol with the sample TEE (dev mode)', () => {
   let b: TestBroker;
   beforeAll(async () => {
-    b = await testBroker({ devMode: true });
+    b = await testBroker({ devMode: true, bearerTokens: true });
     const r = await b.call('PUT', '/admin/v1/resources/owner/models/kek1', await b.admin(), SECRET);
     expect(r.status).toBe(201);
   });
@@ -86,10 +86,37 @@ describe('KBS protocol with the sample TEE (dev mode)', () => {
     expect(wrong.status).toBe(401);
     expect((await wrong.json()).type).toMatch(/nonce-mismatch/);
 
-    const client = new KbsClient({ url: b.url, attester: await sampleAttester() });
-    await client.token();
-    const session = (client as unknown as { session: { cookie: string } }).session.cookie;
+    // Refused evidence uses the nonce up: the same session cannot try again (Trustee would let it).
+    const again = await post(b, '/kbs/v0/auth', { version: '0.4.0', tee: 'sample' });
+    const refusedCookie = again.headers.get('set-cookie')!.split(';')[0]!;
+    const { nonce } = await again.json();
+    const refused = await post(
+      b,
+      '/kbs/v0/attest',
+      {
+        'runtime-data': { nonce, 'tee-pubkey': teePubkey },
+        'tee-evidence': { primary_evidence: { svn: '1', report_data: '' }, additional_evidence: '' },
+      },
+      refusedCookie,
+    );
+    expect(refused.status).toBe(401);
     const replay = await post(
+      b,
+      '/kbs/v0/attest',
+      {
+        'runtime-data': { nonce, 'tee-pubkey': teePubkey },
+        'tee-evidence': { primary_evidence: {}, additional_evidence: '' },
+      },
+      refusedCookie,
+    );
+    expect(replay.status).toBe(401);
+    expect((await replay.json()).type).toMatch(/nonce-used/);
+
+    // An attested session asked again answers with its token, as Trustee's does.
+    const client = new KbsClient({ url: b.url, attester: await sampleAttester() });
+    const token = await client.token();
+    const session = (client as unknown as { session: { cookie: string } }).session.cookie;
+    const reattest = await post(
       b,
       '/kbs/v0/attest',
       {
@@ -98,8 +125,8 @@ describe('KBS protocol with the sample TEE (dev mode)', () => {
       },
       session,
     );
-    expect(replay.status).toBe(401);
-    expect((await replay.json()).type).toMatch(/nonce-used/);
+    expect(reattest.status).toBe(200);
+    expect((await reattest.json()).token).toBe(token);
 
     const none = await fetch(new URL('/kbs/v0/resource/owner/models/kek1', b.url), {
       headers: { cookie: 'kbs-session-id=nope' },
@@ -241,13 +268,61 @@ describe('KBS protocol with the sample TEE (dev mode)', () => {
   });
 });
 
+describe('attestation tokens as bearer credentials', () => {
+  const resource = (b: TestBroker, headers: Record<string, string>) =>
+    fetch(new URL('/kbs/v0/resource/owner/models/kek1', b.url), { headers });
+  const entries = async (b: TestBroker) =>
+    (await (await b.call('GET', '/admin/v1/log/entries', await b.admin())).json()).entries as {
+      kind: string;
+      details: { via?: string };
+    }[];
+
+  it('are refused by default: a published token makes no release and no log entry', async () => {
+    const b = await testBroker({ devMode: true });
+    try {
+      expect(
+        (await b.call('PUT', '/admin/v1/resources/owner/models/kek1', await b.admin(), SECRET)).status,
+      ).toBe(201);
+      const client = new KbsClient({ url: b.url, attester: await sampleAttester() });
+      // The token an inference server publishes at /v1/attestation is this one.
+      const published = await client.token();
+      const before = (await entries(b)).length;
+      const r = await resource(b, { authorization: `Bearer ${published}` });
+      expect(r.status).toBe(401);
+      expect((await r.json()).type).toMatch(/bearer-disabled$/);
+      expect((await entries(b)).length).toBe(before);
+      // The TEE's own session still works, also when a bearer token comes along.
+      const cookie = (client as unknown as { session: { cookie: string } }).session.cookie;
+      const own = await resource(b, { cookie, authorization: `Bearer ${published}` });
+      expect(own.status).toBe(200);
+      expect((await entries(b)).at(-1)).toMatchObject({ kind: 'release', details: { via: 'session' } });
+    } finally {
+      await b.close();
+    }
+  });
+
+  it('are accepted with bearerTokens on, and the log says a token was presented', async () => {
+    const b = await testBroker({ devMode: true, bearerTokens: true });
+    try {
+      expect(
+        (await b.call('PUT', '/admin/v1/resources/owner/models/kek1', await b.admin(), SECRET)).status,
+      ).toBe(201);
+      const token = await new KbsClient({ url: b.url, attester: await sampleAttester() }).token();
+      expect((await resource(b, { authorization: `Bearer ${token}` })).status).toBe(200);
+      expect((await entries(b)).at(-1)).toMatchObject({ kind: 'release', details: { via: 'bearer' } });
+    } finally {
+      await b.close();
+    }
+  });
+});
+
 describe('KBS protocol without dev mode', () => {
   it('refuses the sample TEE at auth', async () => {
     const b = await testBroker({ devMode: false });
     try {
       const r = await post(b, '/kbs/v0/auth', { version: '0.4.0', tee: 'sample' });
       expect(r.status).toBe(400);
-      expect((await r.json()).detail).toMatch(/not supported/);
+      expect((await r.json()).detail).toMatch(/accepted only in dev mode/);
     } finally {
       await b.close();
     }

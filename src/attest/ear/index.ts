@@ -12,6 +12,13 @@
  *
  * The `cloister.*` names are unregistered private claims (draft-ietf-rats-ear §"Extensions"); a relying
  * party that ignores them still sees the sample TEE as non-affirming through `ear.status`.
+ *
+ * verifyEar also reads the EAR of Trustee's attestation service (profile
+ * `tag:github.com,2024:confidential-containers/Trustee`), whose claims live elsewhere: everything a
+ * verifier extracted sits in `submods.cpu0["ear.veraison.annotated-evidence"]`, under the TEE's name
+ * (`tdx`, `snp`, `sample`, …) next to `report_data`, `runtime_data_claims` (the KBS runtime data:
+ * `nonce`, `tee-pubkey`) and, with init-data, `init_data` (digest) and `init_data_claims`. EarResult's
+ * `teePubkey` and `initData` give the same things whichever profile the token has.
  */
 import { importJWK, type JWK, type JWTPayload, errors as joseErrors, jwtVerify, SignJWT } from 'jose';
 import { toBase64Url } from '../../util/bytes.js';
@@ -28,11 +35,18 @@ import {
 } from '../common/types.js';
 
 export const EAR_PROFILE = 'tag:github.com,2023:veraison/ear';
+/** The profile of EARs from Trustee's attestation service (its `DEFAULT_PROFILE`). */
+export const TRUSTEE_EAR_PROFILE = 'tag:github.com,2024:confidential-containers/Trustee';
+export type EarProfile = typeof EAR_PROFILE | typeof TRUSTEE_EAR_PROFILE;
 export const EAR_DEVELOPER = 'https://cloister.dev';
 export const DEFAULT_POLICY_ID = 'cloister:policy/default';
 /** Results are short-lived: a relying party should ask again rather than trust an old judgement. */
 export const DEFAULT_EAR_LIFETIME_S = 3600;
-const CLOCK_SKEW_S = 60;
+/**
+ * Clock skew allowed on `exp` and `iat`, in seconds: enough for two NTP-synchronised machines, short
+ * enough that an expired token is not a credential for another minute.
+ */
+export const EAR_CLOCK_SKEW_S = 5;
 
 type Key = CryptoKey | JsonWebKey;
 
@@ -41,7 +55,7 @@ export interface IssueEarOptions {
   signingKey: Key;
   /** `ear.verifier-id.build`, e.g. "cloister 0.1.0". */
   build?: string;
-  /** Bound into `eat_nonce` (bytes are base64url-encoded, strings used as they are). */
+  /** Bound into `eat_nonce` (bytes are base64url-encoded, strings used as they are: a KBS challenge). */
   nonce?: Uint8Array | string;
   issuedAt?: Date;
   /** Seconds until `exp`; default one hour. */
@@ -69,7 +83,7 @@ export interface EarSubmod {
 }
 
 export interface EarResult {
-  profile: string;
+  profile: EarProfile;
   issuedAt: Date;
   expiresAt?: Date;
   verifierId: { developer: string; build: string };
@@ -79,6 +93,13 @@ export interface EarResult {
   submods: Record<string, EarSubmod>;
   /** The `cloister.`-prefixed top-level claims the issuer added. */
   extraClaims: Record<string, unknown>;
+  /**
+   * The TEE's key the token vouches for: `cloister.tee-pubkey`, or in a Trustee EAR
+   * `submods.cpu0…annotated-evidence.runtime_data_claims["tee-pubkey"]`. Unchecked JSON.
+   */
+  teePubkey?: unknown;
+  /** Checked init-data: `cloister.init-data`, or a Trustee EAR's `{digest: init_data, claims: init_data_claims}`. */
+  initData?: unknown;
 }
 
 const VECTOR_NAMES: [keyof TrustVector, string][] = [
@@ -151,7 +172,7 @@ export async function issueEar(
     .sign(key);
 }
 
-export interface VerifyEarOptions {
+export interface VerifyEarOptions extends VerifyEarProfileOptions {
   /** Time at which the EAR must be valid; default now. */
   at?: Date;
   /** When set, `eat_nonce` must equal it. */
@@ -173,7 +194,18 @@ function readStatus(v: unknown, where: string): EarStatus {
   return v as EarStatus;
 }
 
-function readSubmod(name: string, v: unknown): EarSubmod {
+/** The TEE kinds Cloister knows, as Trustee names them in annotated evidence. */
+const TRUSTEE_KINDS: readonly TeeKind[] = [
+  'tdx',
+  'sgx',
+  'snp',
+  'nvidia',
+  'az-snp-vtpm',
+  'az-tdx-vtpm',
+  'sample',
+];
+
+function readSubmod(name: string, v: unknown, profile: EarProfile): EarSubmod {
   if (!isObject(v)) bad('ear-malformed', `EAR submodule ${name} is not an object`);
   const status = readStatus(v['ear.status'], `EAR submodule ${name}`);
   const tvIn = v['ear.trustworthiness-vector'] ?? {};
@@ -197,6 +229,7 @@ function readSubmod(name: string, v: unknown): EarSubmod {
     }
     return { check: r.check, status: readStatus(r.status, `${name} reason ${i}`), message: r.message };
   });
+  if (profile === TRUSTEE_EAR_PROFILE) return readTrusteeSubmod(v, status, trustVector, claims);
   const insecure = v['cloister.insecure'] === true;
   if (insecure && status === 'affirming') {
     bad(
@@ -217,6 +250,43 @@ function readSubmod(name: string, v: unknown): EarSubmod {
   };
 }
 
+/**
+ * A Trustee submodule: the kind is the one known TEE name among the annotated evidence's keys, and no
+ * `cloister.*` claims exist. Trustee's policies may call a sample TEE affirming; here it never is.
+ */
+function readTrusteeSubmod(
+  v: Record<string, unknown>,
+  status: EarStatus,
+  trustVector: TrustVector,
+  claims: Record<string, unknown>,
+): EarSubmod {
+  const kinds = TRUSTEE_KINDS.filter((k) => k in claims);
+  const kind = kinds.length === 1 ? kinds[0] : undefined;
+  const insecure = kind === 'sample';
+  const policyId = v['ear.appraisal-policy-id'];
+  return {
+    status: insecure ? worseStatus(status, 'warning') : status,
+    ...(kind ? { kind } : {}),
+    trustVector,
+    claims,
+    policyId: typeof policyId === 'string' ? policyId : '',
+    reasons: insecure
+      ? [{ check: 'insecure', status: 'warning', message: 'software-only TEE: insecure' }]
+      : [],
+    insecure,
+  };
+}
+
+export interface VerifyEarProfileOptions {
+  /**
+   * Accept a token without `exp` (EAR makes it optional; Veraison's 2022 examples have none). Off by
+   * default: a result without an expiry would vouch for a TEE forever.
+   */
+  allowNoExpiry?: boolean;
+  /** Seconds of clock skew allowed on `exp` and `iat`; default EAR_CLOCK_SKEW_S. */
+  clockToleranceSeconds?: number;
+}
+
 /** Checks an EAR's signature (ES256 only), profile, times and shape, and returns its typed content. */
 export async function verifyEar(
   token: string,
@@ -224,13 +294,15 @@ export async function verifyEar(
   options: VerifyEarOptions = {},
 ): Promise<EarResult> {
   const at = options.at ?? new Date();
+  const skew = options.clockToleranceSeconds ?? EAR_CLOCK_SKEW_S;
   let payload: JWTPayload;
   try {
     const key = await asKey(publicKey, 'verify');
+    // Only the given key counts: Trustee puts its key in the header (`jwk`), which proves nothing.
     ({ payload } = await jwtVerify(token, key, {
       algorithms: ['ES256'],
       currentDate: at,
-      clockTolerance: CLOCK_SKEW_S,
+      clockTolerance: skew,
       requiredClaims: ['iat'],
     }));
   } catch (e) {
@@ -240,11 +312,18 @@ export async function verifyEar(
     }
     bad('ear-malformed', `EAR rejected: ${(e as Error).message}`, e);
   }
-  if (payload.eat_profile !== EAR_PROFILE) {
-    bad('ear-bad-profile', `EAR profile ${JSON.stringify(payload.eat_profile)} is not ${EAR_PROFILE}`);
+  const profile = payload.eat_profile;
+  if (profile !== EAR_PROFILE && profile !== TRUSTEE_EAR_PROFILE) {
+    bad(
+      'ear-bad-profile',
+      `EAR profile ${JSON.stringify(profile)} is neither ${EAR_PROFILE} nor ${TRUSTEE_EAR_PROFILE}`,
+    );
+  }
+  if (payload.exp === undefined && !options.allowNoExpiry) {
+    bad('ear-no-expiry', 'EAR has no exp: an attestation result without an expiry is refused');
   }
   const iat = payload.iat!;
-  if (iat * 1000 > at.getTime() + CLOCK_SKEW_S * 1000) {
+  if (iat * 1000 > at.getTime() + skew * 1000) {
     bad(
       'ear-not-yet-valid',
       `EAR issued at ${new Date(iat * 1000).toISOString()}, after ${at.toISOString()}`,
@@ -260,7 +339,7 @@ export async function verifyEar(
   const submods: Record<string, EarSubmod> = {};
   let status: EarStatus = 'none';
   for (const [name, v] of Object.entries(payload.submods)) {
-    submods[name] = readSubmod(name, v);
+    submods[name] = readSubmod(name, v, profile);
     status = worseStatus(status, submods[name].status);
   }
   const nonce = payload.eat_nonce;
@@ -270,16 +349,64 @@ export async function verifyEar(
     const want = typeof options.nonce === 'string' ? options.nonce : toBase64Url(options.nonce);
     if (nonce !== want) bad('ear-nonce-mismatch', 'EAR eat_nonce is not the nonce of this session');
   }
+  const extraClaims = Object.fromEntries(Object.entries(payload).filter(([k]) => k.startsWith('cloister.')));
+  const located =
+    profile === TRUSTEE_EAR_PROFILE ? trusteeLocations(submods.cpu0) : cloisterLocations(extraClaims);
   return {
-    profile: EAR_PROFILE,
+    profile,
     issuedAt: new Date(iat * 1000),
     ...(payload.exp !== undefined ? { expiresAt: new Date(payload.exp * 1000) } : {}),
     verifierId: { developer: vid.developer, build: vid.build },
     ...(nonce !== undefined ? { nonce } : {}),
     status,
     submods,
-    extraClaims: Object.fromEntries(Object.entries(payload).filter(([k]) => k.startsWith('cloister.'))),
+    extraClaims,
+    ...located,
   };
+}
+
+function cloisterLocations(extra: Record<string, unknown>): Pick<EarResult, 'teePubkey' | 'initData'> {
+  return {
+    ...(extra['cloister.tee-pubkey'] !== undefined ? { teePubkey: extra['cloister.tee-pubkey'] } : {}),
+    ...(extra['cloister.init-data'] !== undefined ? { initData: extra['cloister.init-data'] } : {}),
+  };
+}
+
+/** Where Trustee's EAR broker (transform_claims) puts the KBS runtime data and init-data. */
+function trusteeLocations(cpu: EarSubmod | undefined): Pick<EarResult, 'teePubkey' | 'initData'> {
+  if (!cpu) return {};
+  const rt = cpu.claims.runtime_data_claims;
+  const key = isObject(rt) ? rt['tee-pubkey'] : undefined;
+  const digest = cpu.claims.init_data;
+  return {
+    ...(key !== undefined ? { teePubkey: key } : {}),
+    ...(typeof digest === 'string'
+      ? { initData: { digest, claims: cpu.claims.init_data_claims ?? null } }
+      : {}),
+  };
+}
+
+/** Trustee's claim paths (annotated evidence, docs/tcb_claims.md) for Cloister's measurement claims. */
+const TRUSTEE_MEASUREMENTS: Record<string, readonly string[]> = {
+  measurement: ['snp', 'measurement'],
+  host_data: ['snp', 'host_data'],
+  mr_td: ['tdx', 'quote', 'body', 'mr_td'],
+  rtmr0: ['tdx', 'quote', 'body', 'rtmr_0'],
+  rtmr1: ['tdx', 'quote', 'body', 'rtmr_1'],
+  rtmr2: ['tdx', 'quote', 'body', 'rtmr_2'],
+  rtmr3: ['tdx', 'quote', 'body', 'rtmr_3'],
+  mr_enclave: ['sgx', 'body', 'mr_enclave'],
+  mr_signer: ['sgx', 'body', 'mr_signer'],
+};
+
+function trusteeMeasurements(claims: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [name, path] of Object.entries(TRUSTEE_MEASUREMENTS)) {
+    let v: unknown = claims;
+    for (const p of path) v = isObject(v) ? v[p] : undefined;
+    if (v !== undefined) out[name] = v;
+  }
+  return out;
 }
 
 /**
@@ -291,7 +418,12 @@ export function earDisagreement(ear: EarResult, appraisal: Appraisal): string[] 
   const cpu = ear.submods.cpu0;
   if (!cpu) return ['cpu0'];
   if (cpu.kind !== undefined && cpu.kind !== appraisal.kind) return ['kind'];
+  // A Trustee submodule names its TEE only through its claims: without one Cloister knows, no match.
+  if (ear.profile === TRUSTEE_EAR_PROFILE && cpu.kind === undefined) return ['kind'];
+  const theirs = ear.profile === TRUSTEE_EAR_PROFILE ? trusteeMeasurements(cpu.claims) : cpu.claims;
+  const same = (a: unknown, b: unknown) =>
+    typeof a === 'string' && typeof b === 'string' ? a.toLowerCase() === b.toLowerCase() : a === b;
   return MEASUREMENT_CLAIMS.filter(
-    (c) => c in cpu.claims && c in appraisal.claims && cpu.claims[c] !== appraisal.claims[c],
+    (c) => c in theirs && c in appraisal.claims && !same(theirs[c], appraisal.claims[c]),
   );
 }

@@ -5,11 +5,19 @@
  */
 import type { Appraisal, KindVerifier, VerifyOptions } from '../common/types.js';
 import { appraiseSampleEvidence } from './appraise.js';
+import { appraiseCocoSampleEvidence, asCocoSampleEvidence, parseCocoSampleEvidence } from './coco.js';
 import { parseSampleEvidence } from './evidence.js';
 import { verifySampleEvidence } from './verify.js';
 
 export { appraiseSampleEvidence, INSECURE_MESSAGE } from './appraise.js';
 export { createSampleAttester, type SampleAttester, type SampleAttesterOptions } from './attester.js';
+export {
+  asCocoSampleEvidence,
+  COCO_SAMPLE_REPORT_DATA_SIZE,
+  cocoSampleEvidence,
+  type ParsedCocoSampleEvidence,
+  parseCocoSampleEvidence,
+} from './coco.js';
 export {
   type ParsedSampleEvidence,
   parseSampleEvidence,
@@ -21,6 +29,9 @@ export { type VerifiedSampleEvidence, verifySampleEvidence } from './verify.js';
 export const sampleVerifier: KindVerifier = {
   kind: 'sample',
   async appraiseEvidence(evidence: Uint8Array, options: VerifyOptions): Promise<Appraisal> {
+    // guest-components' sample attester sends {svn, report_data}; Cloister's own form is signed.
+    const coco = asCocoSampleEvidence(evidence);
+    if (coco) return appraiseCocoSampleEvidence(parseCocoSampleEvidence(coco), options);
     const parsed = parseSampleEvidence(evidence);
     const verified = await verifySampleEvidence(parsed, options);
     return appraiseSampleEvidence(verified, options.policy);

@@ -1,7 +1,13 @@
 import { decodeJwt, decodeProtectedHeader, SignJWT } from 'jose';
 import { describe, expect, it } from 'vitest';
 import { type Appraisal, AttestationError } from '../../../src/attest/common/types.js';
-import { EAR_PROFILE, issueEar, verifyEar } from '../../../src/attest/ear/index.js';
+import {
+  EAR_PROFILE,
+  earDisagreement,
+  issueEar,
+  TRUSTEE_EAR_PROFILE,
+  verifyEar,
+} from '../../../src/attest/ear/index.js';
 import { createSampleAttester, sampleVerifier } from '../../../src/attest/sample/index.js';
 
 async function keys() {
@@ -128,6 +134,7 @@ describe('EAR', () => {
       new SignJWT({
         eat_profile: EAR_PROFILE,
         iat: at.getTime() / 1000,
+        exp: at.getTime() / 1000 + 60,
         'ear.verifier-id': { developer: 'x', build: 'y' },
         submods: submods as Record<string, unknown>,
       })
@@ -144,5 +151,100 @@ describe('EAR', () => {
         'ear-malformed',
       );
     }
+  });
+
+  it('refuses a token without exp unless the caller opts in', async () => {
+    const kp = await keys();
+    const token = await new SignJWT({
+      eat_profile: EAR_PROFILE,
+      iat: at.getTime() / 1000,
+      'ear.verifier-id': { developer: 'x', build: 'y' },
+      submods: { gpu0: { 'ear.status': 'affirming' } },
+    })
+      .setProtectedHeader({ alg: 'ES256' })
+      .sign(kp.privateKey);
+    expect((await refusal(verifyEar(token, kp.publicKey, { at }))).code).toBe('ear-no-expiry');
+    expect((await verifyEar(token, kp.publicKey, { at, allowNoExpiry: true })).expiresAt).toBeUndefined();
+  });
+
+  it('allows seconds of clock skew after exp, not a minute', async () => {
+    const kp = await keys();
+    const token = await issueEar(
+      { gpu0: gpu },
+      { signingKey: kp.privateKey, issuedAt: at, lifetimeSeconds: 60 },
+    );
+    const pastExpiry = (s: number) => new Date(at.getTime() + (60 + s) * 1000);
+    expect((await verifyEar(token, kp.publicKey, { at: pastExpiry(3) })).status).toBe('affirming');
+    expect((await refusal(verifyEar(token, kp.publicKey, { at: pastExpiry(30) }))).code).toBe('ear-expired');
+    expect(
+      (await verifyEar(token, kp.publicKey, { at: pastExpiry(30), clockToleranceSeconds: 45 })).status,
+    ).toBe('affirming');
+  });
+
+  it("reads Trustee's EAR profile: TEE key, init-data and TEE kind where its broker puts them", async () => {
+    const kp = await keys();
+    const other = await keys();
+    const iat = at.getTime() / 1000;
+    const teePubkey = { kty: 'EC', crv: 'P-256', alg: 'ECDH-ES+A256KW', x: 'eA', y: 'eQ' };
+    const headerJwk = { ...(await crypto.subtle.exportKey('jwk', other.publicKey)), alg: 'ES256' };
+    const sign = (annotated: Record<string, unknown>, status = 'affirming') =>
+      new SignJWT({
+        eat_profile: TRUSTEE_EAR_PROFILE,
+        iat,
+        exp: iat + 300,
+        iss: 'CoCo-Attestation-Service',
+        'ear.verifier-id': {
+          developer: 'https://confidentialcontainers.org',
+          build: 'attestation-service 0.1.0',
+        },
+        submods: {
+          cpu0: {
+            'ear.status': status,
+            'ear.trustworthiness-vector': { 'instance-identity': 0, configuration: 2, hardware: 2 },
+            'ear.appraisal-policy-id': 'default',
+            'ear.veraison.annotated-evidence': annotated,
+          },
+        },
+      })
+        // Trustee embeds its signing key in the header; only the key the caller gives counts.
+        .setProtectedHeader({
+          alg: 'ES256',
+          typ: 'JWT',
+          jwk: headerJwk,
+        })
+        .sign(kp.privateKey);
+    const tdx = await sign({
+      init_data: 'ab'.repeat(48),
+      init_data_claims: { 'aa.toml': { token_configs: {} } },
+      report_data: 'cd'.repeat(64),
+      runtime_data_claims: { nonce: 'n0nce', 'tee-pubkey': teePubkey },
+      tdx: { quote: { body: { mr_td: 'AA'.repeat(48), rtmr_0: '11'.repeat(48) } } },
+    });
+    expect((await refusal(verifyEar(tdx, other.publicKey, { at }))).code).toBe('ear-bad-signature');
+    const ear = await verifyEar(tdx, kp.publicKey, { at });
+    expect(ear.profile).toBe(TRUSTEE_EAR_PROFILE);
+    expect(ear.teePubkey).toEqual(teePubkey);
+    expect(ear.initData).toEqual({ digest: 'ab'.repeat(48), claims: { 'aa.toml': { token_configs: {} } } });
+    expect(ear.submods.cpu0).toMatchObject({ kind: 'tdx', status: 'affirming', insecure: false });
+    const appraisal = (claims: Record<string, unknown>, kind: Appraisal['kind'] = 'tdx'): Appraisal => ({
+      kind,
+      status: 'affirming',
+      trustVector: {},
+      claims,
+      findings: [],
+    });
+    expect(earDisagreement(ear, appraisal({ mr_td: 'aa'.repeat(48), rtmr0: '11'.repeat(48) }))).toEqual([]);
+    expect(earDisagreement(ear, appraisal({ mr_td: 'bb'.repeat(48) }))).toEqual(['mr_td']);
+    expect(earDisagreement(ear, appraisal({}, 'snp'))).toEqual(['kind']);
+
+    // Trustee's policy may call its sample TEE affirming; Cloister never does.
+    const sample = await verifyEar(await sign({ sample: { svn: '1' }, report_data: '' }), kp.publicKey, {
+      at,
+    });
+    expect(sample.submods.cpu0).toMatchObject({ kind: 'sample', status: 'warning', insecure: true });
+    expect(sample.teePubkey).toBeUndefined();
+    // A TEE Cloister does not know names no kind, so it agrees with nothing.
+    const cca = await verifyEar(await sign({ cca: {} }), kp.publicKey, { at });
+    expect(earDisagreement(cca, appraisal({}))).toEqual(['kind']);
   });
 });
