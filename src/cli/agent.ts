@@ -27,6 +27,7 @@ import { createDefaultRegistry } from '../attest/index.js';
 import { certTableCollateral } from '../attest/snp/certtable.js';
 import { KbsClient } from '../kbs/client.js';
 import { fromBase64 } from '../util/bytes.js';
+import { integerOption } from './numbers.js';
 import type { Output } from './verify.js';
 
 export interface DetectCliOptions {
@@ -242,8 +243,8 @@ export function brokerFor(o: TeeCliOptions, t: CliTee): KbsClient {
   return new KbsClient({
     url: o.kbs,
     attester: kbsAttester(t.kind, t.attester, t.gpu, { sampleForm: o.sampleEvidence }),
-    retries: Number(o.retries),
-    backoffMs: Number(o.retryDelayMs),
+    retries: integerOption(o.retries, '--retries', 1),
+    backoffMs: integerOption(o.retryDelayMs, '--retry-delay-ms', 0),
     ...(o.initData !== undefined ? { initData: initDataFile(o.initData) } : {}),
   });
 }

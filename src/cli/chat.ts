@@ -15,6 +15,7 @@ import { confidentialFetch } from '../client/fetch.js';
 import { type ClientPolicy, DEFAULT_CLIENT_POLICY, parseClientPolicy } from '../client/policy.js';
 import type { VerifiedServer } from '../client/verify.js';
 import { nodeBackend } from '../ohttp/node.js';
+import { integerOption } from './numbers.js';
 
 interface ChatCliOptions {
   url: string;
@@ -113,6 +114,7 @@ export function registerChat(program: Command): void {
     )
     .exitOverride()
     .action(async (o: ChatCliOptions) => {
+      const maxTokens = o.maxTokens === undefined ? undefined : integerOption(o.maxTokens, '--max-tokens', 1);
       let policy = o.policy
         ? parseClientPolicy(await readFile(o.policy, 'utf8'))
         : structuredClone(DEFAULT_CLIENT_POLICY);
@@ -157,7 +159,7 @@ export function registerChat(program: Command): void {
             model,
             messages: history,
             stream: true,
-            ...(o.maxTokens ? { max_tokens: Number(o.maxTokens) } : {}),
+            ...(maxTokens !== undefined ? { max_tokens: maxTokens } : {}),
           }),
         });
         if (!res.ok || !res.body) {

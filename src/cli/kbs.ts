@@ -1,5 +1,5 @@
 /** `cloister kbs …`: run the key broker and administer it over its admin API. */
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { type Command, Option } from 'commander';
 import { exportJWK, generateKeyPair, importJWK, type JWK, SignJWT } from 'jose';
 import { ADMIN_AUDIENCE } from '../kbs/admin.js';
@@ -8,7 +8,7 @@ import { loadConfig } from '../kbs/config.js';
 import { buildLogEntry } from '../kbs/log.js';
 import { masterKeyFromText, SecretBox } from '../kbs/secrets.js';
 import { openStore } from '../kbs/store/index.js';
-import { FileError } from '../seal/node.js';
+import { FileError, writeFileAtomically } from '../seal/node.js';
 import { bs } from '../util/bytes.js';
 
 interface Conn {
@@ -153,15 +153,15 @@ export function registerKbs(program: Command): void {
     .action(async (o: { out: string; pub: string }) => {
       const { privateKey, publicKey } = await generateKeyPair('EdDSA', { crv: 'Ed25519', extractable: true });
       const kid = crypto.randomUUID();
-      await writeFile(
+      await writeFileAtomically(
         o.out,
         `${JSON.stringify({ ...(await exportJWK(privateKey)), alg: 'EdDSA', kid }, null, 2)}\n`,
-        { mode: 0o600, flag: 'wx' },
+        { mode: 0o600 },
       );
-      await writeFile(
+      await writeFileAtomically(
         o.pub,
         `${JSON.stringify({ ...(await exportJWK(publicKey)), alg: 'EdDSA', kid }, null, 2)}\n`,
-        { flag: 'wx' },
+        { mode: 0o644 },
       );
       process.stderr.write(
         `wrote ${o.out} (keep secret) and ${o.pub} (add to adminKeys in the broker config)\n`,

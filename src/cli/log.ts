@@ -4,8 +4,9 @@
  * verifier key. `cloister log keygen`: makes the Ed25519 key a broker signs checkpoints with.
  * Exit status: 0 everything verified, 1 it did not (or could not be read); the reason is one line.
  */
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { type Command, CommanderError } from 'commander';
+import { writeFileAtomically } from '../seal/node.js';
 import { type BundleReport, generateNoteSigner, TranslogError, verifyBundle } from '../translog/index.js';
 
 export interface LogVerifyOptions {
@@ -87,7 +88,7 @@ export async function runLogVerify(file: string, opts: LogVerifyOptions, io: Out
 export async function runLogKeygen(name: string, out: string): Promise<string> {
   const { jwk, vkey } = await generateNoteSigner(name);
   try {
-    await writeFile(out, `${JSON.stringify(jwk, null, 2)}\n`, { mode: 0o600, flag: 'wx' });
+    await writeFileAtomically(out, `${JSON.stringify(jwk, null, 2)}\n`, { mode: 0o600 });
   } catch (e) {
     throw new UsageError(`cannot write ${out}: ${(e as Error).message}`);
   }

@@ -1,4 +1,6 @@
+import { rmSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
+import { pendingTemporaries } from '../seal/node.js';
 import { registerAgent } from './agent.js';
 import { registerChat } from './chat.js';
 import { registerDemo } from './demo.js';
@@ -38,18 +40,64 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
+/** Exit status for a reader that went away: 128 + SIGPIPE, as a shell reports for `cat` in the same spot. */
+const BROKEN_PIPE_STATUS = 141;
+
+/**
+ * Runs `command` as the `cloister` binary does (bin/cloister.js) and sets the exit status. Two ends
+ * that would otherwise be wrong are made explicit: a command whose promise never settles (nothing
+ * left to wait for, yet unfinished) exits non-zero instead of 0, and a failed write to stdout ends
+ * with one line (or quietly, for a closed pipe) instead of a stack trace.
+ */
+export function runBinary(command: () => Promise<number>): void {
+  let finished = false;
+  process.stdout.on('error', stdoutFailed);
+  process.on('beforeExit', () => {
+    if (finished) return;
+    finished = true;
+    process.stderr.write(
+      'cloister: internal error: the command stopped before finishing (nothing was left to wait for)\n',
+    );
+    process.exitCode = 1;
+  });
+  command().then(
+    (code) => {
+      finished = true;
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      finished = true;
+      process.stderr.write(`cloister: ${err instanceof Error ? err.message : String(err)}\n`);
+      process.exitCode = 1;
+    },
+  );
+}
+
+/**
+ * stdout failed (its error event comes before the failed write's own rejection). A closed pipe
+ * (`cloister unseal … | head -c 10`) ends the process the way SIGPIPE ends other Unix tools: quietly,
+ * non-zero, at once. Anything else (ENOSPC on /dev/full) is one line. Either way, no temporaries stay.
+ */
+function stdoutFailed(e: NodeJS.ErrnoException): never {
+  for (const p of pendingTemporaries) rmSync(p, { force: true });
+  if (e.code === 'EPIPE') process.exit(BROKEN_PIPE_STATUS);
+  process.stderr.write(
+    `cloister: cannot write to standard output: ${errnoWords[e.code ?? ''] ?? e.message}\n`,
+  );
+  process.exit(1);
+}
+
+const errnoWords: Record<string, string> = {
+  ENOENT: 'no such file or directory',
+  EACCES: 'permission denied',
+  EISDIR: 'is a directory',
+  ENOSPC: 'no space left on device',
+};
+
 /** One line an operator can act on; system errors keep their path and code. */
 function describeError(e: unknown): string {
   if (!(e instanceof Error)) return String(e);
   const sys = e as NodeJS.ErrnoException;
-  if (sys.code && sys.path) {
-    const what: Record<string, string> = {
-      ENOENT: 'no such file or directory',
-      EACCES: 'permission denied',
-      EISDIR: 'is a directory',
-      ENOSPC: 'no space left on device',
-    };
-    return `${sys.path}: ${what[sys.code] ?? sys.code}`;
-  }
+  if (sys.code && sys.path) return `${sys.path}: ${errnoWords[sys.code] ?? sys.code}`;
   return e.message;
 }

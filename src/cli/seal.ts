@@ -1,5 +1,5 @@
 /** `cloister keygen | seal | unseal | inspect` — thin shells over src/seal. */
-import { chmod, readFile, stat, writeFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { modelIdOf } from '../infer/load.js';
 import { encodeServingKeys, generateServingKeys } from '../infer/serving-keys.js';
@@ -14,15 +14,15 @@ import {
   kekToJwk,
   keyFromJwk,
   type Recipient,
-  type UnsealKey,
 } from '../seal/keys.js';
 import {
   FileError,
-  openSealedFile,
   readHeader,
   sealFile,
   sha256FileOffThread,
   unsealFile,
+  unsealRange,
+  writeFileAtomically,
 } from '../seal/node.js';
 import { integerOption } from './numbers.js';
 import { progressBar } from './progress.js';
@@ -53,26 +53,14 @@ interface KeygenCliOptions {
 }
 
 function writeKeyFile(path: string, jwk: Jwk, secret: boolean, force: boolean): Promise<void> {
-  return writeNewFile(path, `${JSON.stringify(jwk, null, 2)}\n`, secret, force);
+  return writeFileAtomically(path, `${JSON.stringify(jwk, null, 2)}\n`, {
+    mode: secret ? 0o600 : 0o644,
+    force,
+  });
 }
 
-async function writeNewFile(
-  path: string,
-  content: string | Uint8Array,
-  secret: boolean,
-  force: boolean,
-): Promise<void> {
-  try {
-    await writeFile(path, content, {
-      mode: secret ? 0o600 : 0o644,
-      flag: force ? 'w' : 'wx',
-    });
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'EEXIST')
-      throw new FileError(`${path} already exists (use --force to overwrite)`);
-    throw e;
-  }
-}
+/** `--workers N`: a whole number; anything else is refused before any work starts. */
+const workersOption = (v: string) => integerOption(v, '--workers', 0);
 
 async function parseRecipient(spec: string): Promise<Recipient> {
   if (spec.startsWith('kbs:')) {
@@ -170,9 +158,7 @@ export function registerSealCommands(program: Command): void {
           ...(keyId !== undefined ? { keyId } : {}),
         });
         const doc = await encodeServingKeys(keys, { models, plaintextAllowed: o.allowPlaintext === true });
-        await writeNewFile(o.serving, doc, true, !!o.force);
-        // With --force an existing file keeps its mode: a key file must not stay readable to others.
-        await chmod(o.serving, 0o600);
+        await writeFileAtomically(o.serving, doc, { mode: 0o600, force: !!o.force });
         process.stderr.write(
           `wrote serving keys ${o.serving} (OHTTP key id ${keys.gateway.config.keyId}); store it as a broker resource and pass --serving-keys kbs:///… to every replica\n`,
         );
@@ -205,9 +191,7 @@ export function registerSealCommands(program: Command): void {
     .option('--chunk-size <size>', 'plaintext bytes per chunk (default 1MiB)')
     .option('--content-type <type>', 'media type recorded in the header')
     .option('--name <name>', 'original name recorded in the header (default: input file name)')
-    .option('--workers <n>', 'worker threads (default: all cores for inputs ≥ 64 MiB)', (v) =>
-      Number.parseInt(v, 10),
-    )
+    .option('--workers <n>', 'worker threads (default: all cores for inputs ≥ 64 MiB)', workersOption)
     .option('--force', 'overwrite an existing output')
     .option('-q, --quiet', 'no progress bar')
     .addHelpText(
@@ -252,9 +236,7 @@ export function registerSealCommands(program: Command): void {
     .argument('<out>', 'plaintext output file, or - for stdout')
     .requiredOption('--key <file>', 'KEK file (kbs recipient) or HPKE private key file')
     .option('--range <a-b>', 'only plaintext bytes [a, b), decrypting only the chunks that hold them')
-    .option('--workers <n>', 'worker threads (default: all cores for inputs ≥ 64 MiB)', (v) =>
-      Number.parseInt(v, 10),
-    )
+    .option('--workers <n>', 'worker threads (default: all cores for inputs ≥ 64 MiB)', workersOption)
     .option('--force', 'overwrite an existing output')
     .option('-q, --quiet', 'no progress bar')
     .addHelpText(
@@ -274,7 +256,9 @@ export function registerSealCommands(program: Command): void {
         if (key.kind === 'hpke-public')
           throw new FileError(`${o.key} is a public key; unsealing needs the private key`);
         if (o.range) {
-          await unsealRange(input, out, key, parseRange(o.range), !!o.force);
+          if (input === '-') throw new FileError('--range needs a sealed file, not stdin');
+          const [a, b] = parseRange(o.range);
+          await unsealRange(input, out, key, a, b, { force: !!o.force });
           return;
         }
         const bar = progressBar('unsealing', await sizeOf(input), !!o.quiet);
@@ -313,29 +297,4 @@ export function registerSealCommands(program: Command): void {
       ];
       process.stdout.write(`${lines.join('\n')}\n`);
     });
-}
-
-async function unsealRange(
-  input: string,
-  out: string,
-  key: UnsealKey,
-  [a, b]: [number, number],
-  force: boolean,
-): Promise<void> {
-  if (input === '-') throw new FileError('--range needs a sealed file, not stdin');
-  const reader = await openSealedFile(input, key);
-  try {
-    const bytes = await reader.read(a, b);
-    if (out === '-') {
-      await new Promise<void>((res, rej) => process.stdout.write(bytes, (e) => (e ? rej(e) : res())));
-      return;
-    }
-    await writeFile(out, bytes, { mode: 0o600, flag: force ? 'w' : 'wx' }).catch(
-      (e: NodeJS.ErrnoException) => {
-        throw e.code === 'EEXIST' ? new FileError(`${out} already exists (use --force to overwrite)`) : e;
-      },
-    );
-  } finally {
-    await reader.close();
-  }
 }

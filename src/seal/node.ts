@@ -4,7 +4,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { type FileHandle, open, rename, rm, stat } from 'node:fs/promises';
+import { chmod, type FileHandle, link, open, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import type { ChunkCipher } from './aead.js';
@@ -33,7 +33,7 @@ const READ_BYTES = 4 * 1024 * 1024;
 export interface FileOptions {
   /** Overwrite an existing output file. */
   force?: boolean;
-  /** Worker threads: 0 = this thread only; default: all cores for large inputs. */
+  /** Worker threads, a whole number ≥ 0: 0 = this thread only; default: all cores for large inputs. */
   workers?: number;
   /** Called with bytes of input consumed so far. */
   onProgress?: (done: number) => void;
@@ -41,6 +41,15 @@ export interface FileOptions {
 
 /** Temporary files not yet renamed into place; removed on every exit path (see cli/signals.ts). */
 export const pendingTemporaries = new Set<string>();
+
+/**
+ * Refuses a worker count that is not a whole number ≥ 0 (NaN from a mistyped option, say): a pool of
+ * no workers would take the jobs and never answer, and the caller would wait forever.
+ */
+function checkWorkers(workers: number | undefined): void {
+  if (workers !== undefined && !(Number.isSafeInteger(workers) && workers >= 0))
+    throw new RangeError(`workers must be a whole number ≥ 0, not ${workers}`);
+}
 
 async function withCipher<T>(
   size: number | undefined,
@@ -130,8 +139,72 @@ function stdoutSink(): WritableStream<Uint8Array> {
 }
 
 /**
- * Produces `out` through a 0600 temporary file beside it that is renamed into place only once `fill`
- * has succeeded, and removed otherwise: no partial output ever appears under the target name.
+ * The temporary beside `out`: `.<name>.<pid>-<random>.tmp`. The writer's pid in the name lets a later
+ * run tell a dead writer's leftover from a live one's (see removeStaleTemporaries).
+ */
+function temporaryFor(out: string): string {
+  return join(dirname(out), `.${basename(out)}.${process.pid}-${randomBytes(6).toString('hex')}.tmp`);
+}
+
+const TEMPORARY_SUFFIX = /^(\d{1,10})-[0-9a-f]{12}\.tmp$/;
+
+/** Whether a process with this pid exists (EPERM: it does, under another user). */
+function processExists(pid: number): boolean {
+  if (pid <= 0 || pid > 0x7fffffff) return true; // not a pid this naming writes: leave it alone
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code !== 'ESRCH';
+  }
+}
+
+/**
+ * Removes temporaries of `out` left by writers that no longer run. SIGKILL, an OOM kill or a power cut
+ * end a writer before any cleanup, and its temporary (plaintext, for unseal) would otherwise stay
+ * forever. A temporary whose pid is alive is kept even if that pid now belongs to another process:
+ * keeping a stale file is safe, removing a live writer's is not. Writers in another pid namespace
+ * sharing the directory would look dead; a writer whose temporary vanished fails instead of publishing.
+ */
+async function removeStaleTemporaries(out: string): Promise<void> {
+  const dir = dirname(out);
+  const prefix = `.${basename(out)}.`;
+  // An unreadable directory is reported by the attempt to create the temporary, just after.
+  const names = await readdir(dir).catch(() => [] as string[]);
+  for (const name of names) {
+    const m = name.startsWith(prefix) ? TEMPORARY_SUFFIX.exec(name.slice(prefix.length)) : null;
+    if (m && !processExists(Number(m[1]))) await rm(join(dir, name), { force: true });
+  }
+}
+
+/** `force` false: the caller offers --force; undefined: it has no way to overwrite, so no hint. */
+function alreadyExists(out: string, force: boolean | undefined): FileError {
+  return new FileError(`${out} already exists${force === false ? ' (use --force to overwrite)' : ''}`);
+}
+
+/**
+ * Moves the finished temporary to `out`. Without `force` it is linked, which fails if `out` appeared
+ * meanwhile instead of replacing it; file systems without hard links fall back to rename (the
+ * existence check before the work is then the only guard).
+ */
+async function publish(tmp: string, out: string, force: boolean | undefined): Promise<void> {
+  if (force) return rename(tmp, out);
+  try {
+    await link(tmp, out);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST') throw alreadyExists(out, force);
+    if (code === 'EPERM' || code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'ENOSYS')
+      return rename(tmp, out);
+    throw e;
+  }
+  await rm(tmp, { force: true });
+}
+
+/**
+ * Produces `out` through a 0600 temporary file beside it that is moved into place only once `fill`
+ * has succeeded, and removed otherwise: no partial output ever appears under the target name, and an
+ * existing file is replaced (with --force) rather than written into, so it never keeps its old mode.
  */
 async function withTemporary(
   out: string,
@@ -143,20 +216,40 @@ async function withTemporary(
       () => true,
       () => false,
     );
-    if (exists) throw new FileError(`${out} already exists (use --force to overwrite)`);
+    if (exists) throw alreadyExists(out, force);
   }
-  const tmp = join(dirname(out), `.${basename(out)}.${randomBytes(6).toString('hex')}.tmp`);
+  await removeStaleTemporaries(out);
+  const tmp = temporaryFor(out);
   pendingTemporaries.add(tmp);
   try {
     await (await open(tmp, 'wx', 0o600)).close();
     await fill(tmp);
-    await rename(tmp, out);
+    await publish(tmp, out, force);
   } catch (e) {
     await rm(tmp, { force: true });
+    // A failed write to the temporary (ENOSPC, EIO) names no file, or the temporary: name the output.
+    const sys = e as NodeJS.ErrnoException;
+    if (sys.syscall && (!sys.path || sys.path === tmp)) sys.path = out;
     throw e;
   } finally {
     pendingTemporaries.delete(tmp);
   }
+}
+
+/**
+ * Writes a small file (a key) through a temporary, like every other output: a full disk or a crash
+ * leaves no empty or partial file that would block the next try, and `mode` holds even when an
+ * existing file is replaced with `force`.
+ */
+export async function writeFileAtomically(
+  out: string,
+  content: string | Uint8Array,
+  opts: { mode: 0o600 | 0o644; force?: boolean | undefined },
+): Promise<void> {
+  await withTemporary(out, opts.force, async (tmp) => {
+    await writeFile(tmp, content);
+    if (opts.mode !== 0o600) await chmod(tmp, opts.mode);
+  });
 }
 
 /** Writes a stream to stdout ('-') or, through a temporary file, to `out`. */
@@ -218,11 +311,27 @@ async function runRanges(
   }
 }
 
+/**
+ * Worker ranges read exactly the length the input had when sealing began; an input that changed
+ * meanwhile is refused as the streaming path refuses it (which reads to the end and counts).
+ */
+async function checkUnchanged(input: string, size: number): Promise<void> {
+  const now = (await stat(input)).size;
+  if (now > size)
+    throw new SealFormatError(
+      'range',
+      `input is longer than the declared ${size} bytes (it grew while being sealed)`,
+    );
+  if (now < size)
+    throw new SealFormatError('range', `input ended after ${now} of the declared ${size} bytes`);
+}
+
 export async function sealFile(
   input: string,
   out: string,
   opts: Omit<SealOptions, 'cipher' | 'plaintextLength'> & FileOptions,
 ): Promise<Header> {
+  checkWorkers(opts.workers);
   const size = await inputSize(input);
   const n = rangeWorkers(input, out, size, opts.workers);
   if (n > 0 && size !== undefined) {
@@ -251,6 +360,7 @@ export async function sealFile(
         keys,
       };
       await runRanges(job, n, opts.onProgress);
+      await checkUnchanged(input, size);
     });
     return header;
   }
@@ -276,6 +386,7 @@ export async function unsealFile(
   key: UnsealKey,
   opts: FileOptions = {},
 ): Promise<void> {
+  checkWorkers(opts.workers);
   const size = await inputSize(input);
   const n = rangeWorkers(input, out, size, opts.workers);
   if (n > 0) {
@@ -355,6 +466,27 @@ export async function openSealedFile(
   }
 }
 
+/**
+ * Plaintext bytes [start, end) of a sealed file to `out`, or to stdout ('-'), decrypting a batch of
+ * chunks at a time: memory stays bounded whatever the range, and a file output goes through a
+ * temporary like unsealFile's, so a failure (a tampered chunk, a full disk) leaves nothing behind.
+ */
+export async function unsealRange(
+  input: string,
+  out: string,
+  key: UnsealKey,
+  start: number,
+  end: number,
+  opts: Pick<FileOptions, 'force'> = {},
+): Promise<void> {
+  const reader = await openSealedFile(input, key);
+  try {
+    await writeOutput(reader.stream(start, end), out, opts.force);
+  } finally {
+    await reader.close();
+  }
+}
+
 /** Reads and parses just the header (no key needed, no secrets shown). */
 export async function readHeader(path: string): Promise<{ header: Header; fileSize: number }> {
   const size = await inputSize(path);
@@ -389,6 +521,7 @@ export async function unsealToMemory(
     into?: Uint8Array;
   } = {},
 ): Promise<Uint8Array> {
+  checkWorkers(opts.workers);
   const size = await inputSize(path);
   if (size === undefined) throw new FileError(`${path}: unsealing to memory needs a regular file`);
   const { ctx, plaintextLength, count, bodyOffset } = await openFileBody(path, key);

@@ -22,6 +22,9 @@ export class WorkerPoolCipher implements ChunkCipher {
   private nextId = 0;
 
   constructor(readonly size: number) {
+    // A pool of no workers would queue every job and never answer it.
+    if (!Number.isSafeInteger(size) || size < 1)
+      throw new RangeError(`a worker pool needs a whole number ≥ 1 of workers, not ${size}`);
     this.name = `workers×${size}`;
     const url = new URL('./worker.js', import.meta.url);
     for (let i = 0; i < size; i++) {

@@ -1,9 +1,18 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  closeSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decodeServingKeys } from '../../src/infer/serving-keys.js';
-import { cloister, cloisterAsync, tempDir } from './run.js';
+import { cloister, cloisterAsync, smallTmpfs, tempDir } from './run.js';
 
 let dir: string;
 const plain = randomBytes(3 * 1024 * 1024 + 17);
@@ -49,6 +58,18 @@ describe('cloister keygen', () => {
   });
   it('refuses to overwrite a key without --force', () => {
     expectOneLineError(cloister(['keygen', '--kek', at('owner.kek')]), /already exists/);
+  });
+  it('--force replaces an existing file, so a secret key ends 0600 whatever the old mode', () => {
+    for (const f of ['k.kek', 'h.key', 'h.pub']) {
+      writeFileSync(at(f), 'old');
+      chmodSync(at(f), 0o644);
+    }
+    expect(cloister(['keygen', '--force', '--kek', at('k.kek')]).code).toBe(0);
+    expect(cloister(['keygen', '--force', '--hpke', at('h.key'), '--pub', at('h.pub')]).code).toBe(0);
+    expect(statSync(at('k.kek')).mode & 0o777).toBe(0o600);
+    expect(statSync(at('h.key')).mode & 0o777).toBe(0o600);
+    expect(statSync(at('h.pub')).mode & 0o777).toBe(0o644);
+    expect(JSON.parse(readFileSync(at('k.kek'), 'utf8'))).toHaveProperty('k');
   });
   it('--serving writes the replicas’ shared keys, 0600, with the key id asked for', async () => {
     const r = cloister([
@@ -108,6 +129,46 @@ describe('cloister seal / unseal', () => {
     ]);
     expect(r.code).toBe(0);
     expect(r.stdout.equals(plain.subarray(1048570, 1048600))).toBe(true);
+  });
+
+  it('writes a byte range to a file as 0600, replacing an existing 0644 file with --force', () => {
+    writeFileSync(at('range.out'), 'old');
+    chmodSync(at('range.out'), 0o644);
+    const args = ['unseal', '--key', at('owner.kek'), '--range', '100-2500000', at('model.sealed')];
+    expectOneLineError(cloister([...args, at('range.out')]), /already exists \(use --force/);
+    expect(cloister([...args, '--force', at('range.out')]).code).toBe(0);
+    expect(statSync(at('range.out')).mode & 0o777).toBe(0o600);
+    expect(readFileSync(at('range.out')).equals(plain.subarray(100, 2500000))).toBe(true);
+  });
+
+  it('refuses a worker count that is not a whole number, before any output', () => {
+    for (const [bad, out] of [
+      ['abc', at('out.bin')],
+      ['2x', '-'],
+    ] as const) {
+      const seal = cloister([
+        'seal',
+        '--workers',
+        bad,
+        '--to',
+        `hpke:${at('broker.pub')}`,
+        at('model.bin'),
+        out,
+      ]);
+      expectOneLineError(seal, new RegExp(`--workers must be an integer ≥ 0, not '${bad}'`));
+      expect(seal.stdout.length).toBe(0);
+      const unseal = cloister([
+        'unseal',
+        '--workers',
+        bad,
+        '--key',
+        at('owner.kek'),
+        at('model.sealed'),
+        out,
+      ]);
+      expectOneLineError(unseal, /--workers must be an integer/);
+      expect(unseal.stdout.length).toBe(0);
+    }
   });
 
   it('refuses a key that is not a recipient', () => {
@@ -222,6 +283,108 @@ describe('cloister seal / unseal', () => {
     const code = await new Promise((r) => child.on('exit', r));
     expect(code).toBe(143);
     expect(readdirSync(dir).filter((f) => f.includes('interrupted'))).toEqual([]);
+  });
+
+  it('a later run removes the plaintext temporary of an unseal killed with SIGKILL', async () => {
+    const child = cloisterAsync(['unseal', '--key', at('owner.kek'), '-', at('killed.out')]);
+    child.stdin.on('error', () => {}); // killed while its stdin is open
+    child.stdin.write(readFileSync(at('model.sealed')).subarray(0, 2 * 1024 * 1024));
+    const temporaries = () => readdirSync(dir).filter((f) => f.startsWith('.killed.out.'));
+    const started = Date.now();
+    while (temporaries().length === 0 && Date.now() - started < 15_000) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    child.kill('SIGKILL');
+    await new Promise((r) => child.on('exit', r));
+    // Nothing runs on SIGKILL: the temporary stays, named for its (now dead) writer.
+    expect(temporaries()).toEqual([
+      expect.stringMatching(new RegExp(`^\\.killed\\.out\\.${child.pid}-[0-9a-f]{12}\\.tmp$`)),
+    ]);
+    const r = cloister(['unseal', '--key', at('owner.kek'), at('model.sealed'), at('killed.out')]);
+    expect(r.code).toBe(0);
+    expect(temporaries()).toEqual([]);
+    expect(readFileSync(at('killed.out')).equals(plain)).toBe(true);
+  });
+});
+
+describe('output to stdout that fails', () => {
+  const commands = () => [
+    ['unseal', '--key', at('owner.kek'), at('model.sealed'), '-'],
+    ['unseal', '--key', at('owner.kek'), '--range', `0-${plain.length}`, at('model.sealed'), '-'],
+    ['inspect', at('model.sealed')],
+  ];
+
+  it('a full device (/dev/full) is one line and a non-zero status', () => {
+    const full = openSync('/dev/full', 'w');
+    try {
+      for (const args of commands()) {
+        expectOneLineError(
+          cloister(args, { stdout: full }),
+          /^cloister: cannot write to standard output: no space left on device$/m,
+        );
+      }
+    } finally {
+      closeSync(full);
+    }
+  });
+
+  it('a reader that went away (| head -c 10) ends it quietly with status 141, as SIGPIPE would', async () => {
+    for (const args of commands().slice(0, 2)) {
+      const child = cloisterAsync(args);
+      let stderr = '';
+      child.stderr.on('data', (d) => (stderr += d));
+      // 3 MiB of plaintext cannot fit in a pipe: the child is still writing when the reader leaves.
+      child.stdout.once('data', () => child.stdout.destroy());
+      const code = await new Promise((r) => child.on('exit', r));
+      expect(stderr).toBe('');
+      expect(code).toBe(141);
+    }
+  });
+});
+
+describe('on a full disk', () => {
+  const fs = smallTmpfs(1024);
+  const skip = 'skip' in fs ? fs.skip : undefined;
+  afterAll(() => {
+    if (!('skip' in fs)) fs.unmount();
+  });
+  const tiny = (f: string) => ('skip' in fs ? f : join(fs.dir, f));
+  const files = () => readdirSync(tiny('.')).filter((f) => f !== 'filler');
+
+  it.skipIf(skip)(`unseal --range leaves no partial plaintext${skip ? ` (skipped: ${skip})` : ''}`, () => {
+    const r = cloister([
+      'unseal',
+      '--key',
+      at('owner.kek'),
+      '--range',
+      `0-${plain.length}`,
+      at('model.sealed'),
+      tiny('out.bin'),
+    ]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toBe(`cloister: ${tiny('out.bin')}: no space left on device\n`);
+    expect(files()).toEqual([]);
+  });
+
+  it.skipIf(skip)(`key commands leave no empty key file behind${skip ? ` (skipped: ${skip})` : ''}`, () => {
+    // Fill the disk up to the last block.
+    expect(() => writeFileSync(tiny('filler'), Buffer.alloc(2 * 1024 * 1024))).toThrow(/ENOSPC/);
+    for (const args of [
+      ['keygen', '--kek', tiny('k.kek')],
+      ['keygen', '--hpke', tiny('h.key'), '--pub', tiny('h.pub')],
+      ['log', 'keygen', '--name', 'example/log', '--out', tiny('log.jwk')],
+      ['kbs', 'admin-key', '--out', tiny('admin.jwk'), '--pub', tiny('admin.pub.jwk')],
+    ]) {
+      const r = cloister(args);
+      expect(r.code).toBe(1);
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      expect(r.stderr).toMatch(/no space left on device|ENOSPC/);
+      expect(files()).toEqual([]);
+    }
+    // The next try, with space again, is not blocked by anything left from the failed one.
+    rmSync(tiny('filler'));
+    expect(cloister(['keygen', '--kek', tiny('k.kek')]).code).toBe(0);
+    expect(statSync(tiny('k.kek')).mode & 0o777).toBe(0o600);
   });
 });
 

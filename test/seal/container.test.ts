@@ -180,3 +180,64 @@ describe('random access', () => {
     await expectCode(openReader(bytesSource(sealed.subarray(0, sealed.length - CS - 16)), k), 'truncated');
   });
 });
+
+describe('random access as a stream', () => {
+  it('reads a batch of chunks at a time, only as the consumer pulls (bounded memory)', async () => {
+    const k = kek();
+    const cs = 4096;
+    const pt = pattern(9 * 1024 * 1024 + 123);
+    const sealed = await sealBytes(pt, {
+      recipients: [{ type: 'kbs', uri: URI, kek: k.secret }],
+      chunkSize: cs,
+    });
+    const reads: number[] = [];
+    const src = bytesSource(sealed);
+    const reader = await openReader(
+      {
+        size: src.size,
+        read: (o, n) => {
+          reads.push(n);
+          return src.read(o, n);
+        },
+      },
+      k,
+    );
+    reads.length = 0; // the header and the final chunk, read once at open
+    const [a, b] = [100, pt.length - 7];
+    const it = reader.stream(a, b).getReader();
+    expect(reads).toEqual([]);
+    const pieces: Uint8Array[] = [];
+    for (let r = await it.read(); !r.done; r = await it.read()) {
+      pieces.push(r.value);
+      // Nothing is read ahead of the consumer: one source read per piece handed out.
+      expect(reads).toHaveLength(pieces.length);
+    }
+    // 4 MiB of plaintext per piece at most (1024 chunks of 4 KiB), chunk-aligned after the first.
+    const batch = 1024 * (cs + 16);
+    expect(Math.max(...reads)).toBeLessThanOrEqual(batch);
+    expect(pieces.map((p) => p.length)).toEqual([
+      4 * 1024 * 1024 - 100,
+      4 * 1024 * 1024,
+      b - 8 * 1024 * 1024,
+    ]);
+    expect(Buffer.concat(pieces).equals(pt.subarray(a, b))).toBe(true);
+    await expect(reader.stream(5, 5).getReader().read()).resolves.toMatchObject({ done: true });
+  });
+
+  it('refuses a range outside the plaintext before reading anything', async () => {
+    const k = kek();
+    const sealed = await sealBytes(pattern(CS * 3), {
+      recipients: [{ type: 'kbs', uri: URI, kek: k.secret }],
+      chunkSize: CS,
+    });
+    const reader = await openReader(bytesSource(sealed), k);
+    for (const [a, b] of [
+      [0, CS * 3 + 1],
+      [5, 4],
+      [-1, 2],
+      [0.5, 2],
+    ] as const) {
+      expect(() => reader.stream(a, b)).toThrow(expect.objectContaining({ code: 'range' }));
+    }
+  });
+});

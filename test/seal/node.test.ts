@@ -2,8 +2,18 @@
  * Node edges, exercised through the built output (dist/) because worker threads load compiled files.
  * `npm test` builds before running the suite.
  */
+import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import {
+  appendFileSync,
+  chmodSync,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -106,5 +116,92 @@ describe('sha256FileOffThread', () => {
 
   it('rejects a missing file with the reason', async () => {
     await expect(dist.sha256FileOffThread(join(dir, 'missing'))).rejects.toThrow(/ENOENT/);
+  });
+});
+
+describe('file outputs: worker counts, ranges, temporaries', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'cloister-out-'));
+  const at = (f: string) => join(dir, f);
+  const k = kek();
+  const recipients = [{ type: 'kbs' as const, uri: URI, kek: k.secret }];
+  // 10 MiB in 64 KiB chunks: three batches of 4 MiB when read as a range.
+  const plain = randomBytes(10 * 1024 * 1024 + 5);
+  writeFileSync(at('p'), plain);
+  const sealed = dist.sealFile(at('p'), at('s'), { recipients, chunkSize: 65536, workers: 0 });
+
+  it('refuses a worker count that is not a whole number ≥ 0 instead of waiting forever', async () => {
+    await sealed;
+    for (const workers of [Number.NaN, -1, 1.5]) {
+      await expect(dist.sealFile(at('p'), at('w.sealed'), { recipients, workers })).rejects.toThrow(
+        /workers must be a whole number ≥ 0/,
+      );
+      await expect(dist.sealFile(at('p'), '-', { recipients, workers })).rejects.toThrow(/workers must/);
+      await expect(dist.unsealFile(at('s'), at('w.out'), k, { workers })).rejects.toThrow(/workers must/);
+      await expect(dist.unsealToMemory(at('s'), k, { workers })).rejects.toThrow(/workers must/);
+    }
+    expect(readdirSync(dir).filter((f) => f.startsWith('w.') || f.startsWith('.w.'))).toEqual([]);
+  });
+
+  it('unsealRange writes through a temporary and replaces an existing file as 0600', async () => {
+    await sealed;
+    writeFileSync(at('r.out'), 'old contents');
+    chmodSync(at('r.out'), 0o644);
+    await expect(dist.unsealRange(at('s'), at('r.out'), k, 100, 9_000_000)).rejects.toThrow(/already exists/);
+    await dist.unsealRange(at('s'), at('r.out'), k, 100, 9_000_000, { force: true });
+    expect(statSync(at('r.out')).mode & 0o777).toBe(0o600);
+    expect(readFileSync(at('r.out')).equals(plain.subarray(100, 9_000_000))).toBe(true);
+    expect(readdirSync(dir).filter((f) => f.endsWith('.tmp'))).toEqual([]);
+  });
+
+  it('unsealRange leaves nothing behind when a chunk fails after earlier ones were written', async () => {
+    await sealed;
+    const bad = readFileSync(at('s'));
+    bad[bad.length - 200_000] ^= 1; // in the third batch: two batches are written before it fails
+    writeFileSync(at('bad'), bad);
+    await expect(dist.unsealRange(at('bad'), at('bad.out'), k, 0, plain.length)).rejects.toMatchObject({
+      code: 'chunk-tampered',
+    });
+    expect(readdirSync(dir).filter((f) => f.includes('bad.out'))).toEqual([]);
+  });
+
+  it('removes temporaries of the same output left by writers that died, and no others', async () => {
+    await sealed;
+    const dead = spawnSync(process.execPath, ['-e', '']).pid;
+    const names = {
+      dead: `.t.out.${dead}-${'a'.repeat(12)}.tmp`,
+      live: `.t.out.${process.pid}-${'b'.repeat(12)}.tmp`,
+      otherTarget: `.t.out.x.${dead}-${'c'.repeat(12)}.tmp`,
+      notOurs: `.t.out.${dead}.tmp`,
+    };
+    for (const n of Object.values(names)) writeFileSync(at(n), 'plaintext left behind');
+    await dist.unsealFile(at('s'), at('t.out'), k, { workers: 0 });
+    expect(existsSync(at(names.dead))).toBe(false);
+    for (const n of [names.live, names.otherTarget, names.notOurs]) expect(existsSync(at(n))).toBe(true);
+    expect(readFileSync(at('t.out')).equals(plain)).toBe(true);
+  });
+
+  it('refuses an input that grows while it is sealed on worker ranges, as the stream path does', async () => {
+    const input = at('growing');
+    writeFileSync(input, randomBytes(24 * 1024 * 1024));
+    const job = dist.sealFile(input, at('g.sealed'), { recipients, chunkSize: 65536, workers: 2 });
+    let settled = false;
+    job.then(
+      () => (settled = true),
+      () => (settled = true),
+    );
+    // The temporary appears after the input's size was taken and before any worker has started.
+    let grown = false;
+    while (!grown && !settled) {
+      if (readdirSync(dir).some((f) => f.startsWith('.g.sealed.'))) {
+        appendFileSync(input, 'more');
+        grown = true;
+      } else await new Promise((r) => setImmediate(r));
+    }
+    expect(grown).toBe(true);
+    await expect(job).rejects.toMatchObject({
+      code: 'range',
+      message: expect.stringMatching(/input is longer than the declared 25165824 bytes/),
+    });
+    expect(readdirSync(dir).filter((f) => f.includes('g.sealed'))).toEqual([]);
   });
 });

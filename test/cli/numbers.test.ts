@@ -1,0 +1,38 @@
+/** Numeric options: a whole number or a one-line refusal, never NaN carried into the command. */
+import { describe, expect, it } from 'vitest';
+import { integerOption } from '../../src/cli/numbers.js';
+import { cloister } from './run.js';
+
+describe('integerOption', () => {
+  it('accepts whole numbers from the minimum up', () => {
+    expect(integerOption('0', '--n', 0)).toBe(0);
+    expect(integerOption(' 42 ', '--n', 1)).toBe(42);
+  });
+  it('refuses anything else, naming the option and the value', () => {
+    for (const v of ['abc', '', ' ', '1.5', '2x', '-1', 'NaN', 'Infinity', '1e400', '9007199254740993'])
+      expect(() => integerOption(v, '--n', 0)).toThrow(`--n must be an integer ≥ 0, not '${v}'`);
+  });
+});
+
+describe('numeric options of commands that reach the network', () => {
+  it('are refused before anything is sent', () => {
+    for (const [args, message] of [
+      [
+        ['chat', '--url', 'http://127.0.0.1:9', '--max-tokens', 'abc'],
+        "--max-tokens must be an integer ≥ 1, not 'abc'",
+      ],
+      [
+        ['run', '--kbs', 'http://127.0.0.1:9', '--tee', 'sample', '--retries', 'abc', '--', 'true'],
+        "--retries must be an integer ≥ 1, not 'abc'",
+      ],
+      [
+        ['run', '--kbs', 'http://127.0.0.1:9', '--tee', 'sample', '--retry-delay-ms', '-5', '--', 'true'],
+        "--retry-delay-ms must be an integer ≥ 0, not '-5'",
+      ],
+    ] as const) {
+      const r = cloister([...args]);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toBe(`cloister: ${message}\n`);
+    }
+  });
+});
