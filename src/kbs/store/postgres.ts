@@ -277,20 +277,32 @@ export class PostgresStore implements KbsStore {
     }
   }
 
-  /** One autocommit statement on its own connection, not retried. */
-  private async once<R extends pg.QueryResultRow>(
+  /**
+   * Runs one autocommit statement on a checked-out client and gives the client back. A client whose
+   * connection broke, or that a retry must not get again (`25006`: it reaches a read-only server after
+   * a failover), is closed instead.
+   */
+  private async statement<R extends pg.QueryResultRow>(
+    c: pg.PoolClient,
     query: string | pg.QueryConfig,
     values?: unknown[],
   ): Promise<pg.QueryResult<R>> {
-    const c = await this.pool.connect();
     try {
       const r = await c.query<R>(query, values);
       c.release();
       return r;
     } catch (e) {
-      c.release(failure(e) === 'lost' ? (e as Error) : undefined);
+      c.release(failure(e) === 'other' ? undefined : (e as Error));
       throw e;
     }
+  }
+
+  /** One autocommit statement, not retried. */
+  private async once<R extends pg.QueryResultRow>(
+    query: string | pg.QueryConfig,
+    values?: unknown[],
+  ): Promise<pg.QueryResult<R>> {
+    return this.statement<R>(await this.pool.connect(), query, values);
   }
 
   /** A read, or a write that is safe to repeat: retried after any connection loss. */
@@ -305,22 +317,16 @@ export class PostgresStore implements KbsStore {
    * A single-statement write that must not be repeated (a compare-and-set, an insert): retried only if
    * it never reached the server; a connection lost after it was sent leaves its outcome unknown.
    */
-  private async write<R extends pg.QueryResultRow>(
+  private write<R extends pg.QueryResultRow>(
     query: string | pg.QueryConfig,
     values?: unknown[],
   ): Promise<pg.QueryResult<R>> {
     return this.retrying(async () => {
+      // A failure to connect is retried: nothing was sent.
       const c = await this.pool.connect();
-      try {
-        const r = await c.query<R>(query, values);
-        c.release();
-        return r;
-      } catch (e) {
-        const lost = failure(e) === 'lost';
-        c.release(lost ? (e as Error) : undefined);
-        if (lost) throw outcomeUnknown(e);
-        throw e;
-      }
+      return this.statement<R>(c, query, values).catch((e: unknown) => {
+        throw failure(e) === 'lost' ? outcomeUnknown(e) : e;
+      });
     });
   }
 
@@ -341,9 +347,11 @@ export class PostgresStore implements KbsStore {
         // The server answered the COMMIT with an error other than ending the session: it rolled back.
         const refused = e instanceof pg.DatabaseError && failure(e) !== 'lost';
         if (done === undefined || refused) {
-          // A connection whose ROLLBACK fails is in an unknown state: destroy it rather than reuse it.
+          // A connection whose ROLLBACK fails is in an unknown state, and one that a retry must not
+          // get again (see `statement`) is closed as well.
+          const drop = failure(e) === 'other' ? undefined : (e as Error);
           await c.query('ROLLBACK').then(
-            () => c.release(),
+            () => c.release(drop),
             (err: Error) => c.release(err),
           );
           throw e;
