@@ -188,6 +188,7 @@ export async function startBroker(c: KbsConfig, opts: StartOptions = {}): Promis
     requestTimeoutMs: c.requestTimeoutMs,
     sessionTtlSeconds: c.sessionTtlSeconds,
     log,
+    ready: () => store.ping(),
   });
   const address = await app.listen({ host: c.host, port: c.port });
 

@@ -137,6 +137,12 @@ export function openApiDocument(): Record<string, unknown> {
         },
       },
       '/healthz': { get: { summary: 'Liveness', responses: { 200: { description: 'ok' } } } },
+      '/readyz': {
+        get: {
+          summary: "Readiness: the store's database answers",
+          responses: { 200: { description: 'ready' }, ...errors(503) },
+        },
+      },
       '/metrics': {
         get: { summary: 'Prometheus metrics', responses: { 200: { description: 'text exposition format' } } },
       },

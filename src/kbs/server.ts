@@ -1,7 +1,8 @@
 /**
  * HTTP surface of the key broker (fastify): the KBS protocol under /kbs/v0, the admin API under
- * /admin/v1, /metrics, /healthz and /openapi.json. Every error is RFC 7807 JSON with a 4xx status
- * unless the broker itself failed; bad input never yields a 500.
+ * /admin/v1, /metrics, /healthz, /readyz and /openapi.json. Every error is RFC 7807 JSON with a 4xx
+ * status unless the broker itself failed (500) or its database is out of reach (503 with
+ * Retry-After); bad input never yields a 500.
  */
 import Fastify, {
   type FastifyError,
@@ -15,7 +16,7 @@ import type { Metrics } from './metrics.js';
 import { openApiDocument } from './openapi.js';
 import { problem } from './problem.js';
 import { ProtocolError, SESSION_COOKIE } from './protocol.js';
-import { ConflictError, NotFoundError } from './store/types.js';
+import { ConflictError, NotFoundError, StoreUnavailableError } from './store/types.js';
 
 export interface ServerOptions {
   broker: Broker;
@@ -29,7 +30,12 @@ export interface ServerOptions {
   sessionTtlSeconds: number;
   /** Log sink for one-line events; dev mode prefixes every line. */
   log: (line: string) => void;
+  /** Resolves when the store's database answers now (see `KbsStore.ping`). */
+  ready: () => Promise<void>;
 }
+
+/** Seconds a client is asked to wait before retrying while the database is out of reach. */
+const RETRY_AFTER_SECONDS = '2';
 
 class RateLimiter {
   private readonly buckets = new Map<string, { tokens: number; at: number }>();
@@ -103,6 +109,18 @@ export async function createServer(o: ServerOptions): Promise<FastifyInstance> {
     if (err instanceof ProtocolError) return sendProblem(reply, err.status, err.type, err.message);
     if (err instanceof NotFoundError) return sendProblem(reply, 404, 'not-found', err.message);
     if (err instanceof ConflictError) return sendProblem(reply, 409, 'conflict', err.message);
+    if (err instanceof StoreUnavailableError) {
+      o.log(`store unavailable (${err.code}): ${err.message}`);
+      o.metrics.inc('kbs_store_unavailable_total', 'Requests refused because the database was out of reach', {
+        code: err.code,
+      });
+      return sendProblem(
+        reply.header('retry-after', RETRY_AFTER_SECONDS),
+        503,
+        err.code === 'outcome-unknown' ? 'store-outcome-unknown' : 'store-unavailable',
+        err.message,
+      );
+    }
     const status = (err as FastifyError).statusCode;
     if (status && status >= 400 && status < 500) {
       const code = (err as FastifyError).code ?? 'bad-request';
@@ -177,6 +195,21 @@ export async function createServer(o: ServerOptions): Promise<FastifyInstance> {
   });
 
   app.get('/healthz', async () => ({ status: 'ok' }));
+  // Readiness, unlike liveness, follows the database: a load balancer stops sending requests to a
+  // broker that cannot reach it, and a restart would not help.
+  app.get('/readyz', async (_req, reply) => {
+    try {
+      await o.ready();
+    } catch (e) {
+      return sendProblem(
+        reply.header('retry-after', RETRY_AFTER_SECONDS),
+        503,
+        'not-ready',
+        `the store's database does not answer: ${(e as Error).message}`,
+      );
+    }
+    return { status: 'ready' };
+  });
   app.get('/metrics', async (_req, reply) =>
     reply.type('text/plain; version=0.0.4').send(o.metrics.render()),
   );

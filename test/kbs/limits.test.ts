@@ -1,4 +1,4 @@
-/** Rate limiting, and the operational endpoints: /metrics, /openapi.json, /healthz. */
+/** Rate limiting, and the operational endpoints: /metrics, /openapi.json, /healthz, /readyz. */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KbsClient } from '../../src/kbs/client.js';
 import { sampleAttester, type TestBroker, testBroker, until } from './helpers.js';
@@ -52,6 +52,12 @@ describe('operational endpoints', () => {
     expect(await r.json()).toEqual({ status: 'ok' });
   });
 
+  it('/readyz is 200 while the store answers', async () => {
+    const r = await fetch(new URL('/readyz', b.url));
+    expect(r.status).toBe(200);
+    expect(await r.json()).toEqual({ status: 'ready' });
+  });
+
   it('/metrics counts a release', async () => {
     const client = new KbsClient({ url: b.url, attester: await sampleAttester() });
     await client.getResource('owner/keys/k');
@@ -94,6 +100,7 @@ describe('operational endpoints', () => {
         'GET /admin/v1/log/bundle',
         'POST /admin/v1/log/checkpoint',
         'GET /healthz',
+        'GET /readyz',
         'GET /metrics',
       ].sort(),
     );

@@ -70,6 +70,10 @@ export class MemoryStore implements KbsStore {
     this.closed = true;
   }
 
+  async ping(): Promise<void> {
+    this.open();
+  }
+
   private open(): void {
     if (this.closed) throw new Error('store is closed');
   }

@@ -11,9 +11,17 @@
  *
  * Sessions are plain autocommit statements on an UNLOGGED table (see schema/postgres.ts), visible to
  * every replica; `markAttested` is a compare-and-set on `status`.
+ *
+ * Losing the database (a terminated connection, a restart, a failover) never ends the process: every
+ * operation is retried for `retryForMs` where a retry cannot apply a change twice, then fails with a
+ * StoreUnavailableError (the server answers 503). Safe to retry: anything that failed before its
+ * COMMIT (or single write) was sent, serialization failures and deadlocks, reads, and idempotent
+ * writes. A COMMIT whose answer is lost is settled first (see `landed`): a logged transaction that
+ * did commit is not run again, so neither its change nor its log entry is applied twice.
  */
 
 import pg from 'pg';
+import { equalBytes } from '../../util/bytes.js';
 import {
   AppendQueue,
   buildBatch,
@@ -56,6 +64,7 @@ import {
   type SealedSecret,
   type SessionRecord,
   type StoredLogEntry,
+  StoreUnavailableError,
 } from './types.js';
 
 export interface PostgresStoreOptions extends StoreOptions {
@@ -66,6 +75,11 @@ export interface PostgresStoreOptions extends StoreOptions {
   schema?: string;
   /** Most connections this store opens at once (default 10). */
   poolSize?: number;
+  /**
+   * How long one operation keeps retrying while the database is unreachable, restarting or failing
+   * over, before it fails with a StoreUnavailableError (default 5000 ms).
+   */
+  retryForMs?: number;
 }
 
 const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
@@ -77,11 +91,76 @@ const bytea = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.b
 
 const isUniqueViolation = (e: unknown): boolean => (e as { code?: string }).code === '23505';
 
+/**
+ * SQLSTATEs of a session the server ended or would not start: connection_exception (08…),
+ * admin_shutdown (57P01, pg_terminate_backend and fast shutdown), crash_shutdown, cannot_connect_now
+ * (starting up or shutting down), too_many_connections.
+ */
+const LOST_SQLSTATE = /^(08|57P0[123]$|53300$)/;
+/**
+ * SQLSTATEs after which the transaction is known to have rolled back: serialization_failure,
+ * deadlock_detected, and read_only_sql_transaction (a connection to a primary that was demoted in a
+ * failover; the retry takes a fresh connection).
+ */
+const RETRY_SQLSTATE = new Set(['40001', '40P01', '25006']);
+/** Socket errors of a connection that broke or could not be made. */
+const LOST_ERRNO = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ECONNABORTED',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EAI_AGAIN',
+]);
+/** node-postgres reports a dropped connection (or a connect timeout) with these messages and no code. */
+const LOST_MESSAGE =
+  /^(Connection terminated|Client has encountered a connection error|timeout exceeded when trying to connect)/;
+
+/** `lost`: the connection broke or could not be made; `retry`: rolled back, run again; `other`: give up. */
+function failure(e: unknown): 'lost' | 'retry' | 'other' {
+  if (e instanceof StoreUnavailableError) return 'other';
+  if (e instanceof pg.DatabaseError) {
+    if (e.code === undefined) return 'other';
+    if (LOST_SQLSTATE.test(e.code)) return 'lost';
+    return RETRY_SQLSTATE.has(e.code) ? 'retry' : 'other';
+  }
+  const code = (e as { code?: unknown }).code;
+  if (typeof code === 'string' && LOST_ERRNO.has(code)) return 'lost';
+  return e instanceof Error && LOST_MESSAGE.test(e.message) ? 'lost' : 'other';
+}
+
+/**
+ * A client whose connection dies emits 'error'; unheard, that event ends the process. The pool
+ * listens only while a client is idle, so every client gets this listener for its whole life (see the
+ * constructor). The query in flight fails as well, and that failure is what the store acts on.
+ */
+const swallow = (): void => {};
+
+/** What settles a logged transaction whose COMMIT got no answer: its id and the last entry it appended. */
+interface CommitProbe {
+  xid: string;
+  entry: StoredLogEntry;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+const outcomeUnknown = (cause: unknown) =>
+  new StoreUnavailableError(
+    'outcome-unknown',
+    `the database connection was lost while a change was being committed; whether it was applied is unknown: ${(cause as Error).message}`,
+    { cause },
+  );
+
 /** Statements used on hot paths carry a name, so each connection prepares them once. */
 const q = (name: string, text: string, values: unknown[] = []): pg.QueryConfig => ({ name, text, values });
 
 /** A transaction holding the log head lock; it moves its copy of the head as it appends. */
 class LoggedTx {
+  /** The last entry appended; undefined while the transaction has written nothing. */
+  last: StoredLogEntry | undefined;
+
   constructor(
     readonly c: pg.PoolClient,
     private size: number,
@@ -120,6 +199,7 @@ class LoggedTx {
       );
       this.size = size;
       this.prev = prev;
+      this.last = built.at(-1);
     }
     return results;
   }
@@ -148,54 +228,207 @@ export class PostgresStore implements KbsStore {
       throw new TypeError(`schema name must match ${SCHEMA_NAME}, got ${JSON.stringify(schema)}`);
     }
     this.schema = schema;
+    this.retryForMs = opts.retryForMs ?? 5000;
     this.pool = new pg.Pool({
       connectionString: u.toString(),
       max: opts.poolSize ?? 10,
       // Set at connection start-up, so no statement ever runs against another schema.
       ...(schema !== undefined && { options: `-c search_path=${schema}` }),
+      // Names the broker's sessions in pg_stat_activity unless the URL names them.
+      fallback_application_name: 'cloister-kbs',
+      // A server that does not answer (a failover to an address not yet up) fails the attempt instead
+      // of hanging it; the retry loop then decides.
+      connectionTimeoutMillis: 5000,
+      keepAlive: true,
     });
     // An idle connection that the server drops must not crash the process; the pool replaces it.
-    this.pool.on('error', () => {});
+    this.pool.on('error', swallow);
+    // Attached as the pool makes a client, before it is handed out: a listener added after
+    // `connect()` resolves would come a microtask late for an error that arrives in the same read
+    // as the connection's ReadyForQuery (a session terminated right as it starts).
+    this.pool.on('connect', (c) => c.on('error', swallow));
   }
 
-  private async tx<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
-    const c = await this.pool.connect();
+  private readonly retryForMs: number;
+
+  /**
+   * Runs `op` until it succeeds, fails for a reason a retry cannot fix, or `retryForMs` has passed
+   * (then a StoreUnavailableError). `op` is only called again after a failure that `failure` classes
+   * as lost or retry, so each caller makes sure such a failure leaves nothing applied.
+   */
+  private async retrying<T>(op: (deadline: number) => Promise<T>): Promise<T> {
+    const deadline = performance.now() + this.retryForMs;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await op(deadline);
+      } catch (e) {
+        if (failure(e) === 'other') throw e;
+        // Exponential backoff with jitter, so replicas reconnecting together do not arrive in step.
+        const wait = Math.min(1000, 25 * 2 ** attempt) * (0.5 + Math.random() / 2);
+        if (performance.now() + wait > deadline) {
+          throw new StoreUnavailableError(
+            'unavailable',
+            `the database is unavailable: ${(e as Error).message}`,
+            { cause: e },
+          );
+        }
+        await sleep(wait);
+      }
+    }
+  }
+
+  /**
+   * Runs one autocommit statement on a checked-out client and gives the client back. A client whose
+   * connection broke, or that a retry must not get again (`25006`: it reaches a read-only server after
+   * a failover), is closed instead.
+   */
+  private async statement<R extends pg.QueryResultRow>(
+    c: pg.PoolClient,
+    query: string | pg.QueryConfig,
+    values?: unknown[],
+  ): Promise<pg.QueryResult<R>> {
     try {
-      await c.query('BEGIN');
-      const r = await fn(c);
-      await c.query('COMMIT');
+      const r = await c.query<R>(query, values);
       c.release();
       return r;
     } catch (e) {
-      // A connection whose ROLLBACK fails is in an unknown state: destroy it rather than reuse it.
-      await c.query('ROLLBACK').then(
-        () => c.release(),
-        (err: Error) => c.release(err),
-      );
+      c.release(failure(e) === 'other' ? undefined : (e as Error));
       throw e;
+    }
+  }
+
+  /** One autocommit statement, not retried. */
+  private async once<R extends pg.QueryResultRow>(
+    query: string | pg.QueryConfig,
+    values?: unknown[],
+  ): Promise<pg.QueryResult<R>> {
+    return this.statement<R>(await this.pool.connect(), query, values);
+  }
+
+  /** A read, or a write that is safe to repeat: retried after any connection loss. */
+  private read<R extends pg.QueryResultRow>(
+    query: string | pg.QueryConfig,
+    values?: unknown[],
+  ): Promise<pg.QueryResult<R>> {
+    return this.retrying(() => this.once<R>(query, values));
+  }
+
+  /**
+   * A single-statement write that must not be repeated (a compare-and-set, an insert): retried only if
+   * it never reached the server; a connection lost after it was sent leaves its outcome unknown.
+   */
+  private write<R extends pg.QueryResultRow>(
+    query: string | pg.QueryConfig,
+    values?: unknown[],
+  ): Promise<pg.QueryResult<R>> {
+    return this.retrying(async () => {
+      // A failure to connect is retried: nothing was sent.
+      const c = await this.pool.connect();
+      return this.statement<R>(c, query, values).catch((e: unknown) => {
+        throw failure(e) === 'lost' ? outcomeUnknown(e) : e;
+      });
+    });
+  }
+
+  /**
+   * Runs `fn` in a transaction, retried as `retrying` says. `fn` returns its value and, for a logged
+   * transaction that wrote, the probe that settles a lost COMMIT answer; without a probe, running the
+   * transaction again is safe (it wrote nothing, or what it writes is idempotent).
+   */
+  private tx<T>(fn: (c: pg.PoolClient) => Promise<{ value: T; probe?: CommitProbe }>): Promise<T> {
+    return this.retrying(async (deadline) => {
+      const c = await this.pool.connect();
+      let done: { value: T; probe?: CommitProbe } | undefined;
+      try {
+        await c.query('BEGIN');
+        done = await fn(c);
+        await c.query('COMMIT');
+      } catch (e) {
+        // The server answered the COMMIT with an error other than ending the session: it rolled back.
+        const refused = e instanceof pg.DatabaseError && failure(e) !== 'lost';
+        if (done === undefined || refused) {
+          // A connection whose ROLLBACK fails is in an unknown state, and one that a retry must not
+          // get again (see `statement`) is closed as well.
+          const drop = failure(e) === 'other' ? undefined : (e as Error);
+          await c.query('ROLLBACK').then(
+            () => c.release(drop),
+            (err: Error) => c.release(err),
+          );
+          throw e;
+        }
+        // The COMMIT was sent and its answer lost: it may have committed.
+        c.release(e as Error);
+        if (done.probe === undefined) throw e;
+        if (await this.landed(done.probe, deadline)) return done.value;
+        throw e;
+      }
+      c.release();
+      return done.value;
+    });
+  }
+
+  /**
+   * Whether a transaction whose COMMIT got no answer committed. `txid_status` says whether that
+   * transaction id committed, and the entry it appended must be in the log at its index: after a
+   * failover to a replica that never received the transaction, the id may have been reused by another.
+   * While the old session is still finishing ('in progress'), asks again; with no answer by the
+   * deadline, the outcome is unknown (503, and nothing is retried).
+   */
+  private async landed(p: CommitProbe, deadline: number): Promise<boolean> {
+    for (let attempt = 0; ; attempt++) {
+      let last: unknown;
+      try {
+        const s = await this.once<{ status: string | null }>('SELECT txid_status($1::bigint) AS status', [
+          p.xid,
+        ]);
+        const status = s.rows[0]?.status;
+        if (status === 'aborted') return false;
+        if (status === 'committed') {
+          // A statement after the status answer sees the commit (a new snapshot).
+          const r = await this.once<{ leaf_hash: Uint8Array }>(
+            'SELECT leaf_hash FROM log_entries WHERE idx = $1',
+            [p.entry.index],
+          );
+          const leaf = r.rows[0]?.leaf_hash;
+          return leaf !== undefined && equalBytes(bytes(leaf), p.entry.leafHash);
+        }
+        if (status !== 'in progress') throw outcomeUnknown(new Error(`transaction status ${status}`));
+      } catch (e) {
+        if (failure(e) === 'other') throw e instanceof StoreUnavailableError ? e : outcomeUnknown(e);
+        last = e;
+      }
+      const wait = Math.min(1000, 25 * 2 ** attempt);
+      if (performance.now() + wait > deadline) throw outcomeUnknown(last ?? new Error('still in progress'));
+      await sleep(wait);
     }
   }
 
   /** Runs `fn` in a transaction holding the log head lock (see the file comment). */
   private logged<T>(fn: (t: LoggedTx) => Promise<T>): Promise<T> {
     return this.tx(async (c) => {
-      const head = await c.query<{ size: string; leaf_hash: Uint8Array | null }>(
-        q('log_head', 'SELECT size, leaf_hash FROM log_head WHERE id = 1 FOR UPDATE'),
+      // The transaction id costs nothing here: locking the row assigns one anyway.
+      const head = await c.query<{ size: string; leaf_hash: Uint8Array | null; xid: string }>(
+        q(
+          'log_head',
+          'SELECT size, leaf_hash, txid_current()::text AS xid FROM log_head WHERE id = 1 FOR UPDATE',
+        ),
       );
       const row = head.rows[0];
       if (!row) throw new Error('log_head row is missing; run migrate() first');
-      return fn(
-        new LoggedTx(
-          c,
-          Number(row.size),
-          row.leaf_hash ? bytes(row.leaf_hash) : undefined,
-          this.opts.buildLogEntry,
-        ),
+      const t = new LoggedTx(
+        c,
+        Number(row.size),
+        row.leaf_hash ? bytes(row.leaf_hash) : undefined,
+        this.opts.buildLogEntry,
       );
+      const value = await fn(t);
+      // Every logged change appends in its transaction; one that appended nothing changed nothing.
+      return { value, ...(t.last && { probe: { xid: row.xid, entry: t.last } }) };
     });
   }
 
   async migrate(): Promise<void> {
+    // Idempotent (IF NOT EXISTS, ON CONFLICT): no probe, a lost COMMIT is simply run again.
     await this.tx(async (c) => {
       await c.query('SELECT pg_advisory_xact_lock($1)', [MIGRATE_LOCK]);
       if (this.schema !== undefined) await c.query(`CREATE SCHEMA IF NOT EXISTS ${this.schema}`);
@@ -211,11 +444,16 @@ export class PostgresStore implements KbsStore {
         'INSERT INTO schema_meta (id, version) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET version = $1',
         [POSTGRES_SCHEMA_VERSION],
       );
+      return { value: undefined };
     });
   }
 
   async close(): Promise<void> {
     if (!this.pool.ended) await this.pool.end();
+  }
+
+  async ping(): Promise<void> {
+    await this.once('SELECT 1');
   }
 
   async createRepository(repository: string, tenant: string, log: LogAppend): Promise<void> {
@@ -236,7 +474,7 @@ export class PostgresStore implements KbsStore {
   }
 
   async repositoryTenant(repository: string): Promise<string | undefined> {
-    const r = await this.pool.query<{ tenant: string }>(
+    const r = await this.read<{ tenant: string }>(
       q('repo_tenant', 'SELECT tenant FROM repositories WHERE name = $1', [repository]),
     );
     return r.rows[0]?.tenant;
@@ -311,15 +549,13 @@ export class PostgresStore implements KbsStore {
   }
 
   async getResource(path: string): Promise<ResourceRecord | undefined> {
-    const r = await this.pool.query<ResourceRow>(
-      q('res_get', 'SELECT * FROM resources WHERE path = $1', [path]),
-    );
+    const r = await this.read<ResourceRow>(q('res_get', 'SELECT * FROM resources WHERE path = $1', [path]));
     const row = r.rows[0];
     return row && resourceRecord(row);
   }
 
   async listResources(tenant?: string): Promise<ResourceMeta[]> {
-    const r = await this.pool.query<ResourceRow>(
+    const r = await this.read<ResourceRow>(
       'SELECT * FROM resources WHERE $1::text IS NULL OR tenant = $1 ORDER BY path COLLATE "C"',
       [tenant ?? null],
     );
@@ -336,7 +572,7 @@ export class PostgresStore implements KbsStore {
     fn: (rec: ResourceRecord) => Promise<SealedSecret>,
     log: LogAppend,
   ): Promise<number> {
-    const before = (await this.pool.query<ResourceRow>('SELECT * FROM resources ORDER BY path')).rows.map(
+    const before = (await this.read<ResourceRow>('SELECT * FROM resources ORDER BY path')).rows.map(
       resourceRecord,
     );
     const fresh: SealedSecret[] = [];
@@ -393,7 +629,7 @@ export class PostgresStore implements KbsStore {
 
   async getPolicy(scope: PolicyScope): Promise<PolicyRecord | undefined> {
     const { kind, target } = scopeColumns(scope);
-    const r = await this.pool.query<PolicyRow>(
+    const r = await this.read<PolicyRow>(
       q(
         'pol_latest',
         `SELECT * FROM policies WHERE scope_kind = $1 AND scope_target = $2 ORDER BY version DESC LIMIT 1`,
@@ -405,7 +641,7 @@ export class PostgresStore implements KbsStore {
   }
 
   async listPolicies(tenant?: string): Promise<PolicyRecord[]> {
-    const r = await this.pool.query<PolicyRow>(
+    const r = await this.read<PolicyRow>(
       `SELECT * FROM policies WHERE $1::text IS NULL OR tenant = $1
        ORDER BY scope_kind COLLATE "C", scope_target COLLATE "C", version`,
       [tenant ?? null],
@@ -441,7 +677,7 @@ export class PostgresStore implements KbsStore {
   }
 
   async listReferenceValues(filter?: { tenant?: string; tee?: string }): Promise<ReferenceValueRecord[]> {
-    const r = await this.pool.query<ReferenceRow>(
+    const r = await this.read<ReferenceRow>(
       `SELECT * FROM reference_values
        WHERE ($1::text IS NULL OR tenant = $1) AND ($2::text IS NULL OR tee = $2)
        ORDER BY tenant COLLATE "C", tee COLLATE "C", name COLLATE "C", version`,
@@ -453,7 +689,7 @@ export class PostgresStore implements KbsStore {
   async createSession(s: SessionRecord): Promise<void> {
     const expiresAt = isoTime(s.expiresAt, 'expiresAt');
     try {
-      await this.pool.query(
+      await this.write(
         q(
           'ses_insert',
           `INSERT INTO sessions (id, tee, nonce, status, expires_at, token, tee_pubkey)
@@ -468,13 +704,13 @@ export class PostgresStore implements KbsStore {
   }
 
   async getSession(id: string): Promise<SessionRecord | undefined> {
-    const r = await this.pool.query<SessionRow>(q('ses_get', 'SELECT * FROM sessions WHERE id = $1', [id]));
+    const r = await this.read<SessionRow>(q('ses_get', 'SELECT * FROM sessions WHERE id = $1', [id]));
     const row = r.rows[0];
     return row && sessionRecord(row);
   }
 
   async markAttested(id: string, token: string, teePubkey: string): Promise<boolean> {
-    const r = await this.pool.query(
+    const r = await this.write(
       q(
         'ses_attest',
         `UPDATE sessions SET status = 'attested', token = $1, tee_pubkey = $2
@@ -486,7 +722,8 @@ export class PostgresStore implements KbsStore {
   }
 
   async deleteExpiredSessions(at: string): Promise<number> {
-    const r = await this.pool.query('DELETE FROM sessions WHERE expires_at < $1', [isoTime(at, 'now')]);
+    // Idempotent, so retried like a read.
+    const r = await this.read('DELETE FROM sessions WHERE expires_at < $1', [isoTime(at, 'now')]);
     return r.rowCount ?? 0;
   }
 
@@ -495,15 +732,13 @@ export class PostgresStore implements KbsStore {
   }
 
   async logSize(): Promise<number> {
-    const r = await this.pool.query<{ size: string }>(
-      q('log_size', 'SELECT size FROM log_head WHERE id = 1'),
-    );
+    const r = await this.read<{ size: string }>(q('log_size', 'SELECT size FROM log_head WHERE id = 1'));
     return Number(r.rows[0]?.size ?? 0);
   }
 
   async logEntries(from: number, to: number): Promise<StoredLogEntry[]> {
     checkRange(from, to);
-    const r = await this.pool.query<EntryRow>(
+    const r = await this.read<EntryRow>(
       q('log_range', 'SELECT * FROM log_entries WHERE idx >= $1 AND idx < $2 ORDER BY idx', [from, to]),
     );
     return r.rows.map(entry);
@@ -512,7 +747,7 @@ export class PostgresStore implements KbsStore {
   async saveCheckpoint(size: number, note: string): Promise<void> {
     // No lock needed: the log never shrinks, so a size within it stays within it.
     checkCheckpointSize(size, await this.logSize());
-    await this.pool.query('INSERT INTO checkpoints (size, note, created_at) VALUES ($1, $2, $3)', [
+    await this.write('INSERT INTO checkpoints (size, note, created_at) VALUES ($1, $2, $3)', [
       size,
       note,
       now(),
@@ -520,7 +755,7 @@ export class PostgresStore implements KbsStore {
   }
 
   async latestCheckpoint(): Promise<{ size: number; note: string } | undefined> {
-    const r = await this.pool.query<{ size: string; note: string }>(
+    const r = await this.read<{ size: string; note: string }>(
       'SELECT size, note FROM checkpoints ORDER BY size DESC, id DESC LIMIT 1',
     );
     const row = r.rows[0];
@@ -528,7 +763,7 @@ export class PostgresStore implements KbsStore {
   }
 
   async checkpoints(): Promise<{ size: number; note: string }[]> {
-    const r = await this.pool.query<{ size: string; note: string }>(
+    const r = await this.read<{ size: string; note: string }>(
       'SELECT size, note FROM checkpoints ORDER BY size, id',
     );
     return r.rows.map((row) => ({ size: Number(row.size), note: row.note }));

@@ -209,6 +209,10 @@ export class SqliteStore implements KbsStore {
     if (this.db.open) this.db.close();
   }
 
+  async ping(): Promise<void> {
+    this.db.prepare('SELECT 1').get();
+  }
+
   async createRepository(repository: string, tenant: string, log: LogAppend): Promise<void> {
     this.write(() => {
       const owner = this.owner(repository);

@@ -155,6 +155,9 @@ export interface KbsStore {
   saveCheckpoint(size: number, note: string): Promise<void>;
   latestCheckpoint(): Promise<{ size: number; note: string } | undefined>;
   checkpoints(): Promise<{ size: number; note: string }[]>;
+
+  /** Fails (without retrying) unless the database answers now; readiness checks call it. */
+  ping(): Promise<void>;
 }
 
 export class NotFoundError extends Error {
@@ -163,4 +166,20 @@ export class NotFoundError extends Error {
 
 export class ConflictError extends Error {
   override name = 'ConflictError';
+}
+
+/**
+ * The database could not be reached, or did not answer, within the store's retry window.
+ * `unavailable`: nothing was changed. `outcome-unknown`: the connection was lost after a change was
+ * sent, so it may or may not have been applied (read it back before repeating it).
+ */
+export class StoreUnavailableError extends Error {
+  override name = 'StoreUnavailableError';
+  constructor(
+    readonly code: 'unavailable' | 'outcome-unknown',
+    message: string,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+  }
 }

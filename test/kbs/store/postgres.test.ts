@@ -1,7 +1,10 @@
 import { randomBytes } from 'node:crypto';
+import { createServer, type Server, type Socket, connect as tcpConnect } from 'node:net';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PostgresStore } from '../../../src/kbs/store/postgres.js';
+import { StoreUnavailableError } from '../../../src/kbs/store/types.js';
+import { until } from '../helpers.js';
 import { expectUnbrokenChain, logFields, storeConformance, testLog } from './conformance.js';
 
 // CLOISTER_TEST_PG names the test server; `skip` leaves these tests out (a machine without PostgreSQL).
@@ -36,6 +39,91 @@ async function open(schema: string, build = testLog().build, poolSize?: number):
   });
   await s.migrate();
   return s;
+}
+
+/** Runs `sql` on a connection of its own (never one of the stores under test). */
+async function admin<R extends pg.QueryResultRow>(sql: string, values: unknown[] = []): Promise<R[]> {
+  const c = new pg.Client({ connectionString: URL, application_name: `${run}_admin` });
+  await c.connect();
+  try {
+    return (await c.query<R>(sql, values)).rows;
+  } finally {
+    await c.end();
+  }
+}
+
+/**
+ * Terminates the server sessions named `app` (the stores under test), and only those: CASE fixes the
+ * order (in a plain AND the planner may call pg_terminate_backend on every session first).
+ */
+const terminate = (app: string) =>
+  admin<{ pid: number }>(
+    `SELECT pid FROM pg_stat_activity
+     WHERE CASE WHEN application_name = $1 AND pid <> pg_backend_pid() THEN pg_terminate_backend(pid) ELSE false END`,
+    [app],
+  );
+
+/**
+ * A TCP proxy to the test server that cuts one connection at the first client message containing
+ * `match`: `before` the server gets it, or `after` the server answered it (the answer is lost).
+ */
+async function cuttingProxy(): Promise<{
+  url: string;
+  cut(match: string, when: 'before' | 'after'): Promise<void>;
+  close(): Promise<void>;
+}> {
+  const target = new globalThis.URL(URL);
+  let armed: { match: Buffer; when: 'before' | 'after'; done: () => void } | undefined;
+  const sockets = new Set<Socket>();
+  const server: Server = createServer((client) => {
+    const upstream = tcpConnect(Number(target.port || 5432), target.hostname);
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('error', () => {});
+      s.on('close', () => {
+        sockets.delete(s);
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+    let mute = false;
+    const cutNow = (done: () => void) => {
+      client.destroy();
+      upstream.destroy();
+      done();
+    };
+    client.on('data', (chunk: Buffer) => {
+      const a = armed;
+      if (a && chunk.includes(a.match)) {
+        armed = undefined;
+        if (a.when === 'before') return cutNow(a.done);
+        // The server's next bytes answer this message: it has been executed; the client never hears.
+        mute = true;
+        upstream.once('data', () => cutNow(a.done));
+      }
+      upstream.write(chunk);
+    });
+    upstream.on('data', (chunk: Buffer) => {
+      if (!mute) client.write(chunk);
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as { port: number }).port;
+  const url = new globalThis.URL(URL);
+  url.hostname = '127.0.0.1';
+  url.port = String(port);
+  return {
+    url: url.toString(),
+    cut: (match, when) =>
+      new Promise<void>((done) => {
+        armed = { match: Buffer.from(match), when, done };
+      }),
+    close: () =>
+      new Promise<void>((r) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => r());
+      }),
+  };
 }
 
 describe.skipIf(!enabled)('postgres', () => {
@@ -135,6 +223,141 @@ describe.skipIf(!enabled)('postgres', () => {
       expect(
         () => new PostgresStore(URL, { buildLogEntry: testLog().build, schema: 'x; DROP TABLE y' }),
       ).toThrow(/schema name/);
+    });
+  });
+
+  describe('PostgresStore when connections are lost', () => {
+    /** A store whose sessions carry an application_name of their own, so a test can end only them. */
+    const named = async (schema: string, app: string, url = URL) => {
+      const s = new PostgresStore(`${url}?application_name=${app}`, {
+        buildLogEntry: testLog().build,
+        schema,
+        poolSize: 4,
+      });
+      await s.migrate();
+      return s;
+    };
+
+    it('survives its connection being terminated inside a transaction, and retries it', async () => {
+      const schema = newSchema();
+      const app = `${schema}_store`;
+      const s = await named(schema, app);
+      // Hold the log head so that the store's append waits inside its transaction, checked out.
+      const holder = new pg.Client({ connectionString: URL, application_name: `${run}_holder` });
+      holder.on('error', () => {});
+      await holder.connect();
+      try {
+        await holder.query('BEGIN');
+        await holder.query(`SELECT * FROM ${schema}.log_head WHERE id = 1 FOR UPDATE`);
+        const append = s.appendLog(logFields('release', 'r0'));
+        await until(async () => {
+          const waiting = await admin(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'",
+            [app],
+          );
+          return waiting.length > 0 ? true : undefined;
+        }, 'the append to wait for the log head');
+        // Without an 'error' listener on the checked-out client, this ends the process (57P01).
+        expect((await terminate(app)).length).toBeGreaterThan(0);
+        await holder.query('COMMIT');
+        expect((await append).index).toBe(0);
+        expect(await s.logSize()).toBe(1);
+        expectUnbrokenChain(await s.logEntries(0, 1));
+      } finally {
+        await holder.end();
+        await s.close();
+      }
+    });
+
+    for (const when of ['after', 'before'] as const) {
+      it(`applies a change once when its COMMIT's answer is lost (${when} the server got it)`, async () => {
+        const schema = newSchema();
+        const proxy = await cuttingProxy();
+        const s = await named(schema, `${schema}_store`, proxy.url);
+        try {
+          await s.createRepository('repo', 't1', logFields('repository.create', 'repo'));
+          await s.putResource(
+            {
+              path: 'repo/key/a',
+              repository: 'repo',
+              type: 'key',
+              tag: 'a',
+              tenant: 't1',
+              size: 1,
+              contentType: 'application/octet-stream',
+              secret: { masterKeyId: 'k1', ciphertext: new Uint8Array([1]) },
+            },
+            logFields('resource.put', 'repo/key/a'),
+          );
+          const cut = proxy.cut('COMMIT', when);
+          const meta = await s.rotateResource(
+            'repo/key/a',
+            { masterKeyId: 'k1', ciphertext: new Uint8Array([2]) },
+            1,
+            logFields('resource.rotate', 'repo/key/a'),
+          );
+          await cut;
+          // Once, whichever way the lost COMMIT went: a blind retry after a landed COMMIT would make
+          // version 3 and a second log entry.
+          expect(meta.version).toBe(2);
+          expect((await s.getResource('repo/key/a'))!.version).toBe(2);
+          expect(await s.logSize()).toBe(3);
+          expectUnbrokenChain(await s.logEntries(0, 3));
+        } finally {
+          await s.close();
+          await proxy.close();
+        }
+      });
+    }
+
+    it('reports a single write whose answer is lost as outcome-unknown, and does not repeat it', async () => {
+      const schema = newSchema();
+      const proxy = await cuttingProxy();
+      const s = await named(schema, `${schema}_store`, proxy.url);
+      try {
+        await s.createSession({
+          id: 's1',
+          tee: 'sample',
+          nonce: 'n',
+          status: 'challenged',
+          expiresAt: '2099-01-01T00:00:00Z',
+        });
+        const cut = proxy.cut('ses_attest', 'after');
+        const err = await s.markAttested('s1', 'token', 'key').catch((e: unknown) => e);
+        await cut;
+        expect(err).toBeInstanceOf(StoreUnavailableError);
+        expect(err).toMatchObject({ code: 'outcome-unknown' });
+        expect(await s.getSession('s1')).toMatchObject({ status: 'attested', token: 'token' });
+      } finally {
+        await s.close();
+        await proxy.close();
+      }
+    });
+
+    it('fails with StoreUnavailableError once retryForMs has passed without a database', async () => {
+      // A port nothing listens on.
+      const closed = createServer();
+      await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
+      const port = (closed.address() as { port: number }).port;
+      await new Promise((r) => closed.close(r));
+      const url = new globalThis.URL(URL);
+      url.hostname = '127.0.0.1';
+      url.port = String(port);
+      const s = new PostgresStore(url.toString(), { buildLogEntry: testLog().build, retryForMs: 300 });
+      try {
+        for (const op of [
+          () => s.appendLog(logFields('release')),
+          () => s.getResource('repo/key/a'),
+          () => s.markAttested('s1', 't', 'k'),
+        ]) {
+          const err = await op().catch((e: unknown) => e);
+          expect(err).toBeInstanceOf(StoreUnavailableError);
+          expect(err).toMatchObject({ code: 'unavailable', message: /ECONNREFUSED/ });
+        }
+        await expect(s.ping()).rejects.toMatchObject({ code: 'ECONNREFUSED' });
+      } finally {
+        await s.close();
+      }
     });
   });
 });
