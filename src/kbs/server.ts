@@ -23,8 +23,10 @@ export interface ServerOptions {
   metrics: Metrics;
   /** Largest accepted request body in bytes. */
   bodyLimit: number;
-  /** Token bucket per client address; 0 disables. */
+  /** Token bucket per client address; 0 disables. Health probes are exempt. */
   rateLimit: { perSecond: number; burst: number };
+  /** Proxies (addresses/CIDRs) whose X-Forwarded-For names the client; empty: none. */
+  trustProxy: string[];
   requestTimeoutMs: number;
   sessionTtlSeconds: number;
   /** Log sink for one-line events; dev mode prefixes every line. */
@@ -79,6 +81,8 @@ export async function createServer(o: ServerOptions): Promise<FastifyInstance> {
     keepAliveTimeout: 5000,
     logger: false,
     return503OnClosing: true,
+    // Only listed proxies may say who the client is; anyone else could pick a fresh bucket per request.
+    trustProxy: o.trustProxy.length > 0 ? o.trustProxy : false,
   });
   const limiter = new RateLimiter(o.rateLimit);
 
@@ -88,6 +92,8 @@ export async function createServer(o: ServerOptions): Promise<FastifyInstance> {
   );
 
   app.addHook('onRequest', async (req, reply) => {
+    // Probes must stay cheap and answer while a client is being throttled.
+    if ((req.routeOptions.config as { rateLimited?: boolean }).rateLimited === false) return;
     if (!limiter.take(req.ip)) {
       o.metrics.inc('kbs_rate_limited_total', 'Requests refused by the per-client rate limit');
       return sendProblem(
@@ -176,7 +182,7 @@ export async function createServer(o: ServerOptions): Promise<FastifyInstance> {
     }
   });
 
-  app.get('/healthz', async () => ({ status: 'ok' }));
+  app.get('/healthz', { config: { rateLimited: false } }, async () => ({ status: 'ok' }));
   app.get('/metrics', async (_req, reply) =>
     reply.type('text/plain; version=0.0.4').send(o.metrics.render()),
   );

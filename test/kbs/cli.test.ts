@@ -280,7 +280,7 @@ describe('cloister kbs administration verbs', () => {
       /^cloister: no admin token: pass --token or set CLOISTER_ADMIN_TOKEN$/m,
     );
     const auditor = ok(
-      await cli(['kbs', 'admin-token', '--key', join(dir, 'admin.jwk'), '--role', 'auditor']),
+      await cli(['kbs', 'admin-token', '--key', join(dir, 'admin.jwk'), '--role', 'global-auditor']),
     ).stdout.trim();
     fails(
       await cli(['kbs', 'resource', 'put', 'owner/models/y', file('y', 'y')], {

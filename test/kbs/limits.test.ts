@@ -93,6 +93,8 @@ describe('operational endpoints', () => {
         'GET /admin/v1/log/entries',
         'GET /admin/v1/log/bundle',
         'POST /admin/v1/log/checkpoint',
+        'POST /admin/v1/tokens/revoke',
+        'GET /admin/v1/tokens/revoked',
         'GET /healthz',
         'GET /metrics',
       ].sort(),

@@ -100,7 +100,7 @@ export function storeConformance(name: string, makeStore: MakeStore): void {
     }
     async function withResource(store: KbsStore, path = 'repo1/key/a', tenant = 't1') {
       const [repository, type, tag] = path.split('/') as [string, string, string];
-      if ((await store.repositoryTenant(repository)) === undefined) {
+      if ((await store.repositoryOwner(repository)) === undefined) {
         await store.createRepository(repository, tenant, logFields('repository.create', repository, tenant));
       }
       return store.putResource(
@@ -130,9 +130,9 @@ export function storeConformance(name: string, makeStore: MakeStore): void {
     describe('repositories and tenancy', () => {
       it('records the owning tenant and logs the creation', async () => {
         const { store } = await fresh();
-        expect(await store.repositoryTenant('models')).toBeUndefined();
+        expect(await store.repositoryOwner('models')).toBeUndefined();
         await store.createRepository('models', 'acme', logFields('repository.create', 'models', 'acme'));
-        expect(await store.repositoryTenant('models')).toBe('acme');
+        expect(await store.repositoryOwner('models')).toEqual({ tenant: 'acme' });
         const [e] = await allEntries(store);
         expect(JSON.parse(new TextDecoder().decode(e!.canonical))).toMatchObject({
           kind: 'repository.create',
@@ -150,7 +150,7 @@ export function storeConformance(name: string, makeStore: MakeStore): void {
         await expect(
           store.createRepository('models', 'acme', logFields('repository.create')),
         ).rejects.toBeInstanceOf(ConflictError);
-        expect(await store.repositoryTenant('models')).toBe('acme');
+        expect(await store.repositoryOwner('models')).toEqual({ tenant: 'acme' });
         expect(await store.logSize()).toBe(1);
       });
 
@@ -173,7 +173,7 @@ export function storeConformance(name: string, makeStore: MakeStore): void {
           )
           .catch((e: unknown) => e);
         expect(err).toBeInstanceOf(ConflictError);
-        expect((err as Error).message).toMatch(/repository models belongs to tenant acme, not evil/);
+        expect((err as Error).message).toMatch(/repository models belongs to tenant acme, not tenant evil/);
         expect(await store.getResource('models/key/llama')).toBeUndefined();
         expect(await store.logSize()).toBe(1);
       });
@@ -652,7 +652,7 @@ export function storeConformance(name: string, makeStore: MakeStore): void {
           await expect(attempt(), what).rejects.toThrow('test builder refuses');
         }
         expect(await store.logSize()).toBe(2);
-        expect(await store.repositoryTenant('repo2')).toBeUndefined();
+        expect(await store.repositoryOwner('repo2')).toBeUndefined();
         expect(await store.getResource('repo1/key/b')).toBeUndefined();
         expect(await store.getResource('repo1/key/a')).toMatchObject({
           version: 1,
@@ -673,7 +673,7 @@ export function storeConformance(name: string, makeStore: MakeStore): void {
         await expect(store.createRepository('r', 't', logFields('repository.create'))).rejects.toBeInstanceOf(
           TypeError,
         );
-        expect(await store.repositoryTenant('r')).toBeUndefined();
+        expect(await store.repositoryOwner('r')).toBeUndefined();
         expect(await store.logSize()).toBe(0);
       });
 

@@ -57,7 +57,7 @@ describe('SqliteStore durability', () => {
     await a.close();
 
     const b = await open(path);
-    expect(await b.repositoryTenant('repo1')).toBe('t1');
+    expect(await b.repositoryOwner('repo1')).toEqual({ tenant: 't1' });
     expect((await b.getResource('repo1/key/a'))!.secret.ciphertext).toEqual(Uint8Array.of(1, 2, 3));
     expect((await b.getSession('s'))!.status).toBe('challenged');
     expect(await b.latestCheckpoint()).toEqual({ size: 2, note: 'cp' });
