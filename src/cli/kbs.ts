@@ -178,7 +178,11 @@ export function registerKbs(program: Command): void {
       'tenant, for tenant-admin and auditor only: a lower-case letter, then letters, digits, _',
     )
     .option('--subject <name>', 'who the token is for', process.env.USER ?? 'operator')
-    .option('--ttl <seconds>', "lifetime in seconds (the broker refuses more than its maxAdminTokenLifetimeSeconds)", '3600')
+    .option(
+      '--ttl <seconds>',
+      'lifetime in seconds (the broker refuses more than its maxAdminTokenLifetimeSeconds)',
+      '3600',
+    )
     .addHelpText(
       'after',
       '\nThe token goes to stdout, its id and expiry to stderr (`cloister kbs token revoke` takes either).\n' +
@@ -219,10 +223,7 @@ export function registerKbs(program: Command): void {
       .description('revoke an admin token before it expires (by its id, or the token itself)')
       .argument('<id-or-token>', 'the token id (jti) that admin-token printed, or the whole token')
       .option('--reason <text>', 'why, for the transparency log')
-      .addHelpText(
-        'after',
-        '\nExample:\n  cloister kbs token revoke 5f0c…-…  --reason "laptop lost"',
-      ),
+      .addHelpText('after', '\nExample:\n  cloister kbs token revoke 5f0c…-…  --reason "laptop lost"'),
   ).action(async (idOrToken: string, o: Conn & { reason?: string }) => {
     let tokenId = idOrToken;
     let expiresAt: string | undefined;

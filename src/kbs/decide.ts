@@ -66,9 +66,9 @@ function toReferenceValue(r: ReferenceValueRecord, group: string): ReferenceValu
 async function referenceValueReasons(ctx: ReleaseContext): Promise<string[]> {
   const owners: Owner[] = ctx.resource.tenant === null ? [null] : [null, ctx.resource.tenant];
   const groups = owners.map((_, i) => String(i));
-  const all = (
-    await Promise.all(owners.map((tenant) => ctx.store.listReferenceValues({ tenant })))
-  ).flatMap((records, i) => records.map((r) => toReferenceValue(r, groups[i]!)));
+  const all = (await Promise.all(owners.map((tenant) => ctx.store.listReferenceValues({ tenant })))).flatMap(
+    (records, i) => records.map((r) => toReferenceValue(r, groups[i]!)),
+  );
   if (all.length === 0) return [];
   const reasons: string[] = [];
   for (const [name, sub] of Object.entries(ctx.ear.submods)) {

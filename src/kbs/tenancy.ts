@@ -80,9 +80,7 @@ export function tenantNameProblem(name: unknown): string | undefined {
  */
 export function repositoryNamespace(repository: string): AdminScope {
   const prefix = repository.split(/[-.]/, 1)[0] ?? '';
-  return tenantNameProblem(prefix) === undefined
-    ? { kind: 'tenant', tenant: prefix }
-    : { kind: 'operator' };
+  return tenantNameProblem(prefix) === undefined ? { kind: 'tenant', tenant: prefix } : { kind: 'operator' };
 }
 
 export type AdminTokenErrorCode = 'bad-role' | 'bad-tenant' | 'bad-lifetime' | 'bad-claims';

@@ -57,8 +57,8 @@ export async function testKeys(): Promise<TestKeys> {
 }
 
 /**
- * Signs an admin token; `claims` and `o` let tests build broken ones (`jti: null` leaves the id out,
- * `issuedAt: null` the iat). `tenant` is put in as given, '' included.
+ * Signs an admin token; `claims` and `o` let tests build broken ones (null leaves `jti`, `issuedAt` or
+ * `expiresAt` out). `tenant` is put in as given, '' included.
  */
 export function adminToken(
   key: CryptoKey,
@@ -66,7 +66,7 @@ export function adminToken(
   tenant?: string,
   o: {
     audience?: string;
-    expiresAt?: number | string;
+    expiresAt?: number | string | null;
     issuedAt?: number | null;
     jti?: string | null;
     claims?: Record<string, unknown>;
@@ -75,8 +75,8 @@ export function adminToken(
   const t = new SignJWT({ role, ...(tenant !== undefined ? { tenant } : {}), ...o.claims })
     .setProtectedHeader({ alg: 'EdDSA' })
     .setSubject('test')
-    .setAudience(o.audience ?? ADMIN_AUDIENCE)
-    .setExpirationTime(o.expiresAt ?? '5m');
+    .setAudience(o.audience ?? ADMIN_AUDIENCE);
+  if (o.expiresAt !== null) t.setExpirationTime(o.expiresAt ?? '5m');
   if (o.issuedAt !== null) t.setIssuedAt(o.issuedAt ?? Math.floor(Date.now() / 1000) - 600);
   if (o.jti !== null) t.setJti(o.jti ?? crypto.randomUUID());
   return t.sign(key);

@@ -38,9 +38,9 @@ import {
   type ResourceRow,
   type RevocationRow,
   referenceRecord,
-  revocationRecord,
   resourceMeta,
   resourceRecord,
+  revocationRecord,
   type SessionRow,
   sessionRecord,
 } from './rows.js';

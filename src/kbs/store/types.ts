@@ -165,7 +165,10 @@ export interface KbsStore {
 
   // admin-token revocations
   /** Records a revocation; revoking an id twice is a ConflictError. */
-  revokeAdminToken(rec: Omit<AdminTokenRevocation, 'revokedAt'>, log: LogAppend): Promise<AdminTokenRevocation>;
+  revokeAdminToken(
+    rec: Omit<AdminTokenRevocation, 'revokedAt'>,
+    log: LogAppend,
+  ): Promise<AdminTokenRevocation>;
   isAdminTokenRevoked(tokenId: string): Promise<boolean>;
   listAdminTokenRevocations(): Promise<AdminTokenRevocation[]>;
 

@@ -65,7 +65,7 @@ export function expectUnbrokenChain(entries: StoredLogEntry[]): void {
   });
 }
 
-export const logFields = (kind: string, subject = 'x', tenant = 't1'): LogAppend => ({
+export const logFields = (kind: string, subject = 'x', tenant: string | null = 't1'): LogAppend => ({
   kind,
   tenant,
   actor: 'admin@test',
@@ -472,6 +472,113 @@ export function storeConformance(name: string, makeStore: MakeStore): void {
           ),
         ).rejects.toThrow(/not a valid time/);
         expect(await store.logSize()).toBe(4);
+      });
+    });
+
+    describe('the operator as an owner of its own', () => {
+      it('owns repositories, resources and policies as null, which no tenant query matches', async () => {
+        const { store } = await fresh();
+        await store.createRepository('Shared', null, logFields('repository', 'Shared', null));
+        expect(await store.repositoryOwner('Shared')).toEqual({ tenant: null });
+        await expect(
+          store.createRepository('Shared', 'default', logFields('repository', 'Shared')),
+        ).rejects.toThrow(/belongs to the operator, not tenant default/);
+        await expect(
+          store.putResource(
+            {
+              path: 'Shared/k/a',
+              repository: 'Shared',
+              type: 'k',
+              tag: 'a',
+              tenant: 'default',
+              size: 1,
+              contentType: 'application/octet-stream',
+              secret: secret('mk1', 1),
+            },
+            logFields('resource.put'),
+          ),
+        ).rejects.toBeInstanceOf(ConflictError);
+        const meta = await store.putResource(
+          {
+            path: 'Shared/k/a',
+            repository: 'Shared',
+            type: 'k',
+            tag: 'a',
+            tenant: null,
+            size: 1,
+            contentType: 'application/octet-stream',
+            secret: secret('mk1', 1),
+          },
+          logFields('resource.put'),
+        );
+        expect(meta.tenant).toBeNull();
+        await store.setPolicy(
+          { scope: { kind: 'repository', repository: 'Shared' }, tenant: null, source: 'true', actor: 'a' },
+          logFields('policy'),
+        );
+        await store.setPolicy(
+          { scope: { kind: 'default' }, tenant: null, source: 'true', actor: 'a' },
+          logFields('policy'),
+        );
+        for (const t of ['default', '*', 'operator']) {
+          expect(await store.listResources(t)).toEqual([]);
+          expect(await store.listPolicies(t)).toEqual([]);
+        }
+        expect((await store.listResources()).map((r) => r.tenant)).toEqual([null]);
+        expect((await store.listPolicies()).map((p) => p.tenant)).toEqual([null, null]);
+      });
+
+      it('keeps operator-wide reference values apart from every tenant’s, versioned on their own', async () => {
+        const { store } = await fresh();
+        const add = (tenant: string | null, values: string[]) =>
+          store.addReferenceValue({ tenant, tee: 'tdx', name: 'mr_td', values }, logFields('refval.add'));
+        const o1 = await add(null, ['aa']);
+        const t1 = await add('t1', ['bb']);
+        const o2 = await add(null, ['cc']);
+        expect([o1.version, t1.version, o2.version]).toEqual([1, 1, 2]);
+        expect(o1.tenant).toBeNull();
+        expect(await store.listReferenceValues({ tenant: null })).toEqual([o1, o2]);
+        expect(await store.listReferenceValues({ tenant: 't1' })).toEqual([t1]);
+        expect(await store.listReferenceValues({ tenant: '*' })).toEqual([]);
+        expect(await store.listReferenceValues()).toEqual([o1, o2, t1]);
+      });
+    });
+
+    describe('admin-token revocations', () => {
+      it('records a revocation with its log entry, answers by id, lists, and refuses a second', async () => {
+        const { store } = await fresh();
+        expect(await store.isAdminTokenRevoked('j1')).toBe(false);
+        const r = await store.revokeAdminToken(
+          { tokenId: 'j1', actor: 'admin:ops', expiresAt: '2030-01-01T00:00:00Z', reason: 'lost' },
+          logFields('admin-token-revoke', 'admin-token:j1'),
+        );
+        expect(r).toEqual({
+          tokenId: 'j1',
+          actor: 'admin:ops',
+          expiresAt: '2030-01-01T00:00:00.000Z',
+          reason: 'lost',
+          revokedAt: expect.stringMatching(ISO),
+        });
+        const r2 = await store.revokeAdminToken({ tokenId: 'j2', actor: 'admin:ops' }, logFields('x', 'j2'));
+        expect(r2).not.toHaveProperty('reason');
+        expect(r2).not.toHaveProperty('expiresAt');
+        expect(await store.isAdminTokenRevoked('j1')).toBe(true);
+        expect(await store.isAdminTokenRevoked('j3')).toBe(false);
+        await expect(
+          store.revokeAdminToken({ tokenId: 'j1', actor: 'x' }, logFields('x')),
+        ).rejects.toBeInstanceOf(ConflictError);
+        expect((await store.listAdminTokenRevocations()).map((x) => x.tokenId).sort()).toEqual(['j1', 'j2']);
+        expect(await store.logSize()).toBe(2);
+      });
+
+      it('rolls a revocation back when its log entry cannot be built', async () => {
+        const { store, log } = await fresh();
+        log.failNext();
+        await expect(
+          store.revokeAdminToken({ tokenId: 'j1', actor: 'x' }, logFields('admin-token-revoke')),
+        ).rejects.toThrow();
+        expect(await store.isAdminTokenRevoked('j1')).toBe(false);
+        expect(await store.logSize()).toBe(0);
       });
     });
 
