@@ -95,6 +95,8 @@ export class AdminTokenError extends Error {
   }
 }
 
+const withArticle = (role: string) => `${/^[aeiou]/.test(role) ? 'an' : 'a'} ${role}`;
+
 /** Seconds a token may be valid ahead of the verifier's clock at `iat` (clock skew between machines). */
 const IAT_SKEW_SECONDS = 60;
 
@@ -126,7 +128,8 @@ export function principalOf(
     );
   let scope: AdminScope;
   if (TENANT_ROLES.has(r)) {
-    if (tenant === undefined) throw new AdminTokenError('bad-tenant', `a ${r} token needs a tenant claim`);
+    if (tenant === undefined)
+      throw new AdminTokenError('bad-tenant', `${withArticle(r)} token needs a tenant claim`);
     const problem = tenantNameProblem(tenant);
     if (problem) throw new AdminTokenError('bad-tenant', problem);
     scope = { kind: 'tenant', tenant: tenant as string };
@@ -134,7 +137,7 @@ export function principalOf(
     if (tenant !== undefined)
       throw new AdminTokenError(
         'bad-tenant',
-        `a ${r} token acts for every tenant and carries no tenant claim (use tenant-admin or auditor for one tenant)`,
+        `${withArticle(r)} token acts for every tenant and carries no tenant claim (use tenant-admin or auditor for one tenant)`,
       );
     scope = { kind: 'operator' };
   }
