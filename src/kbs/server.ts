@@ -93,7 +93,7 @@ export async function createServer(o: ServerOptions): Promise<FastifyInstance> {
 
   app.addHook('onRequest', async (req, reply) => {
     // Probes must stay cheap and answer while a client is being throttled.
-    if ((req.routeOptions.config as { rateLimited?: boolean }).rateLimited === false) return;
+    if ((req.routeOptions.config as { rateLimited?: boolean } | undefined)?.rateLimited === false) return;
     if (!limiter.take(req.ip)) {
       o.metrics.inc('kbs_rate_limited_total', 'Requests refused by the per-client rate limit');
       return sendProblem(
