@@ -52,6 +52,7 @@ const token = await new SignJWT({ role: 'admin' })
   .setSubject('bench')
   .setAudience(ADMIN_AUDIENCE)
   .setIssuedAt()
+  .setJti(crypto.randomUUID())
   .setExpirationTime('5m')
   .sign(admin.privateKey);
 const put = await fetch(new URL(`/admin/v1/resources/${resource}`, broker.url), {

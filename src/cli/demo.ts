@@ -11,14 +11,14 @@ import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Command } from 'commander';
-import { exportJWK, generateKeyPair, SignJWT } from 'jose';
+import { exportJWK, generateKeyPair } from 'jose';
 import { offlineSource } from '../attest/collateral/index.js';
 import { confidentialFetch } from '../client/fetch.js';
 import { parseClientPolicy } from '../client/policy.js';
 import { writeTinyLlamaGguf } from '../infer/models/gguf-node.js';
-import { ADMIN_AUDIENCE } from '../kbs/admin.js';
 import { startBroker } from '../kbs/app.js';
 import { DEFAULT_CONFIG } from '../kbs/config.js';
+import { signAdminToken } from '../kbs/tenancy.js';
 import { generateKek, kekToJwk } from '../seal/keys.js';
 import { readHeader, sealFile, unsealToMemory } from '../seal/node.js';
 import { generateNoteSigner, parseBundle, verifyBundle } from '../translog/index.js';
@@ -139,13 +139,11 @@ export function registerDemo(program: Command): void {
         );
         say(`1. key broker started at ${broker.url} (SQLite in ${dir})`);
         say(`   ${brokerLog.find((l) => l.includes('DEV MODE IS ON')) ?? ''}`);
-        const token = await new SignJWT({ role: 'tenant-admin', tenant: 'owner' })
-          .setProtectedHeader({ alg: 'EdDSA' })
-          .setSubject('model-owner')
-          .setAudience(ADMIN_AUDIENCE)
-          .setIssuedAt()
-          .setExpirationTime('10m')
-          .sign(admin.privateKey);
+        const { token } = await signAdminToken(
+          admin.privateKey,
+          { alg: 'EdDSA' },
+          { role: 'tenant-admin', tenant: 'owner', subject: 'model-owner', ttlSeconds: 600 },
+        );
         const adminCall = async (method: string, path: string, body: Uint8Array | object) => {
           const res = await fetch(new URL(path, broker!.url), {
             method,
@@ -349,13 +347,11 @@ export function registerDemo(program: Command): void {
         }
 
         // 8. The transparency log, exported and verified offline.
-        const audit = await new SignJWT({ role: 'admin' })
-          .setProtectedHeader({ alg: 'EdDSA' })
-          .setSubject('auditor')
-          .setAudience(ADMIN_AUDIENCE)
-          .setIssuedAt()
-          .setExpirationTime('10m')
-          .sign(admin.privateKey);
+        const { token: audit } = await signAdminToken(
+          admin.privateKey,
+          { alg: 'EdDSA' },
+          { role: 'global-auditor', subject: 'auditor', ttlSeconds: 600 },
+        );
         const bundle = await (
           await fetch(new URL('/admin/v1/log/bundle?proofs=all', broker.url), {
             headers: { authorization: `Bearer ${audit}` },

@@ -1,13 +1,13 @@
 /** `cloister kbs …`: run the key broker and administer it over its admin API. */
 import { readFile } from 'node:fs/promises';
 import { type Command, Option } from 'commander';
-import { exportJWK, generateKeyPair, importJWK, type JWK, SignJWT } from 'jose';
-import { ADMIN_AUDIENCE } from '../kbs/admin.js';
+import { decodeJwt, exportJWK, generateKeyPair, importJWK, type JWK } from 'jose';
 import { startBroker } from '../kbs/app.js';
 import { loadConfig } from '../kbs/config.js';
 import { buildLogEntry } from '../kbs/log.js';
 import { masterKeyFromText, SecretBox } from '../kbs/secrets.js';
 import { openStore } from '../kbs/store/index.js';
+import { ADMIN_ROLES, AdminTokenError, signAdminToken } from '../kbs/tenancy.js';
 import { FileError, writeFileAtomically } from '../seal/node.js';
 import { bs } from '../util/bytes.js';
 
@@ -132,7 +132,7 @@ export function registerKbs(program: Command): void {
           async (rec) => box.seal(rec.path, await box.open(rec.path, rec.secret)),
           {
             kind: 'key',
-            tenant: '',
+            tenant: null,
             actor: `operator:${process.env.USER ?? 'unknown'}`,
             subject: 'master-key',
             details: { from: oldKey.id, to: newKey.id },
@@ -170,31 +170,88 @@ export function registerKbs(program: Command): void {
 
   kbs
     .command('admin-token')
-    .description('sign an admin token with an admin key')
+    .description('sign an admin token with an admin key (it carries a token id for revocation)')
     .requiredOption('--key <file>', 'admin private key (JWK)')
-    .addOption(
-      new Option('--role <role>', 'role').choices(['admin', 'tenant-admin', 'auditor']).default('admin'),
+    .addOption(new Option('--role <role>', 'role').choices([...ADMIN_ROLES]).default('admin'))
+    .option(
+      '--tenant <name>',
+      'tenant, for tenant-admin and auditor only: a lower-case letter, then letters, digits, _',
     )
-    .option('--tenant <name>', 'tenant (required for tenant-admin)')
     .option('--subject <name>', 'who the token is for', process.env.USER ?? 'operator')
-    .option('--ttl <seconds>', 'lifetime in seconds', '3600')
+    .option(
+      '--ttl <seconds>',
+      'lifetime in seconds (the broker refuses more than its maxAdminTokenLifetimeSeconds)',
+      '3600',
+    )
     .addHelpText(
       'after',
-      '\nExample:\n  export CLOISTER_ADMIN_TOKEN=$(cloister kbs admin-token --key admin.jwk --role tenant-admin --tenant acme)',
+      '\nThe token goes to stdout, its id and expiry to stderr (`cloister kbs token revoke` takes either).\n' +
+        '\nExample:\n  export CLOISTER_ADMIN_TOKEN=$(cloister kbs admin-token --key admin.jwk --role tenant-admin --tenant acme)',
     )
     .action(async (o: { key: string; role: string; tenant?: string; subject: string; ttl: string }) => {
+      if (!/^\d+$/.test(o.ttl)) throw new FileError(`--ttl ${o.ttl}: give the lifetime in whole seconds`);
       const jwk = JSON.parse(new TextDecoder().decode(await readSecretFile(o.key))) as JWK;
       if (!jwk.d) throw new FileError(`${o.key} is not a private key`);
       const alg = jwk.alg ?? (jwk.kty === 'OKP' ? 'EdDSA' : 'ES256');
-      const token = await new SignJWT({ role: o.role, ...(o.tenant ? { tenant: o.tenant } : {}) })
-        .setProtectedHeader({ alg, ...(jwk.kid ? { kid: jwk.kid } : {}) })
-        .setSubject(o.subject)
-        .setAudience(ADMIN_AUDIENCE)
-        .setIssuedAt()
-        .setExpirationTime(`${Number.parseInt(o.ttl, 10)}s`)
-        .sign(await importJWK(jwk, alg));
-      process.stdout.write(`${token}\n`);
+      const key = await importJWK(jwk, alg);
+      let issued: Awaited<ReturnType<typeof signAdminToken>>;
+      try {
+        issued = await signAdminToken(
+          key,
+          { alg, ...(jwk.kid ? { kid: jwk.kid } : {}) },
+          {
+            role: o.role,
+            ...(o.tenant !== undefined ? { tenant: o.tenant } : {}),
+            subject: o.subject,
+            ttlSeconds: Number(o.ttl),
+          },
+        );
+      } catch (e) {
+        if (e instanceof AdminTokenError) throw new FileError(e.message);
+        throw e;
+      }
+      process.stdout.write(`${issued.token}\n`);
+      process.stderr.write(
+        `token id ${issued.tokenId}, expires ${new Date(issued.expiresAt * 1000).toISOString()}\n`,
+      );
     });
+
+  const token = kbs.command('token').description('admin tokens: revoke them, list revocations');
+  connOptions(
+    token
+      .command('revoke')
+      .description('revoke an admin token before it expires (by its id, or the token itself)')
+      .argument('<id-or-token>', 'the token id (jti) that admin-token printed, or the whole token')
+      .option('--reason <text>', 'why, for the transparency log')
+      .addHelpText('after', '\nExample:\n  cloister kbs token revoke 5f0c…-…  --reason "laptop lost"'),
+  ).action(async (idOrToken: string, o: Conn & { reason?: string }) => {
+    let tokenId = idOrToken;
+    let expiresAt: string | undefined;
+    if (idOrToken.split('.').length === 3) {
+      // A whole token: its id and expiry are read, not trusted; only the id is revoked.
+      let claims: ReturnType<typeof decodeJwt>;
+      try {
+        claims = decodeJwt(idOrToken);
+      } catch (e) {
+        throw new FileError(`not a token: ${(e as Error).message}`);
+      }
+      if (typeof claims.jti !== 'string')
+        throw new FileError('this token has no id (jti); it cannot be revoked, only left to expire');
+      tokenId = claims.jti;
+      if (typeof claims.exp === 'number') expiresAt = new Date(claims.exp * 1000).toISOString();
+    }
+    print(
+      await call(o, 'POST', '/admin/v1/tokens/revoke', {
+        json: { tokenId, ...(expiresAt ? { expiresAt } : {}), ...(o.reason ? { reason: o.reason } : {}) },
+      }),
+    );
+  });
+  connOptions(
+    token
+      .command('ls')
+      .description('list revoked admin tokens')
+      .addHelpText('after', '\nExample:\n  cloister kbs token ls'),
+  ).action(async (o: Conn) => print(await call(o, 'GET', '/admin/v1/tokens/revoked')));
 
   const resource = kbs.command('resource').description('resources (keys and secrets) held by the broker');
   connOptions(
@@ -279,7 +336,7 @@ export function registerKbs(program: Command): void {
       .requiredOption('--value <hex...>', 'acceptable values (lower-case hex)')
       .option('--expires <time>', 'RFC 3339 expiry')
       .option('--note <text>', 'why this value')
-      .option('--tenant <name>', 'tenant (admins only; default: operator-wide "*")')
+      .option('--tenant <name>', 'tenant (admins only; without it the values are operator-wide)')
       .addHelpText(
         'after',
         '\nExample:\n  cloister kbs refvalue add --tee tdx --name mr_td --value 1a2b… --expires 2027-01-01T00:00:00Z',

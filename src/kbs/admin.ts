@@ -1,11 +1,13 @@
 /**
  * The admin API (/admin/v1). Callers present a JWT signed by one of the configured admin keys (EdDSA
- * or ES256) with audience "cloister-kbs-admin", a `role` and, for tenant roles, a `tenant`:
- *   admin         everything, every tenant
- *   tenant-admin  resources, policies and reference values of its own tenant's repositories
- *   auditor       read-only: metadata and the transparency log
- * With no admin keys configured every admin request is refused (secure default). Resource values can be
- * written but are never returned.
+ * or ES256) with audience "cloister-kbs-admin", `sub`, `jti`, `iat`, `exp` (at most the configured
+ * lifetime after `iat`), a `role` and, for tenant roles, a `tenant` (see tenancy.ts):
+ *   admin           everything, every tenant
+ *   tenant-admin    resources, policies and reference values of its own tenant's repositories
+ *   auditor         read-only, its own tenant
+ *   global-auditor  read-only, every tenant, and the transparency log
+ * A revoked token id is refused. With no admin keys configured every admin request is refused (secure
+ * default). Resource values can be written but are never returned.
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { createLocalJWKSet, type JSONWebKeySet, type JWK, jwtVerify } from 'jose';
@@ -16,18 +18,17 @@ import { decideRelease } from './decide.js';
 import { ProtocolError, parseResourcePath } from './protocol.js';
 import { parseScope, scopeName } from './scope.js';
 import type { SecretBox } from './secrets.js';
-import type { KbsStore, LogAppend, PolicyScope } from './store/types.js';
+import type { KbsStore, LogAppend, Owner, PolicyScope } from './store/types.js';
+import {
+  ADMIN_AUDIENCE,
+  type AdminPrincipal,
+  AdminTokenError,
+  principalOf,
+  repositoryNamespace,
+  tenantNameProblem,
+} from './tenancy.js';
 
-export const ADMIN_AUDIENCE = 'cloister-kbs-admin';
-/** Owner of repositories an admin without a tenant claim creates. */
-export const DEFAULT_TENANT = 'default';
-export type AdminRole = 'admin' | 'tenant-admin' | 'auditor';
-
-export interface AdminPrincipal {
-  subject: string;
-  role: AdminRole;
-  tenant?: string;
-}
+export { ADMIN_AUDIENCE, type AdminPrincipal, type AdminRole } from './tenancy.js';
 
 export interface AdminOptions {
   store: KbsStore;
@@ -38,6 +39,8 @@ export interface AdminOptions {
   devMode: boolean;
   /** Largest resource value in bytes. */
   maxResourceBytes: number;
+  /** Longest admin-token lifetime (`exp - iat`) accepted, in seconds. */
+  maxAdminTokenLifetimeSeconds: number;
   /** Signs and stores a checkpoint of the log as it is now; returns the note. */
   checkpoint: () => Promise<string>;
   logStore: LogStore;
@@ -46,6 +49,11 @@ export interface AdminOptions {
 }
 
 const forbidden = (msg: string) => new ProtocolError(403, 'forbidden', msg);
+const badToken = (msg: string) => new ProtocolError(401, 'bad-admin-token', msg);
+const isAuditor = (p: AdminPrincipal) => p.role === 'auditor' || p.role === 'global-auditor';
+/** What a principal may list: its tenant's records, or (operator scope) everyone's. */
+const listFilter = (p: AdminPrincipal): string | undefined =>
+  p.scope.kind === 'tenant' ? p.scope.tenant : undefined;
 
 export class AdminApi {
   private readonly jwks?: ReturnType<typeof createLocalJWKSet>;
@@ -65,57 +73,61 @@ export class AdminApi {
       ({ payload } = await jwtVerify(h.slice(7).trim(), this.jwks, {
         audience: ADMIN_AUDIENCE,
         algorithms: ['EdDSA', 'ES256'],
-        requiredClaims: ['exp', 'sub'],
+        requiredClaims: ['exp', 'iat', 'sub', 'jti'],
       }));
     } catch (e) {
-      throw new ProtocolError(401, 'bad-admin-token', `admin token refused: ${(e as Error).message}`);
+      throw badToken(`admin token refused: ${(e as Error).message}`);
     }
-    const role = payload.role;
-    if (role !== 'admin' && role !== 'tenant-admin' && role !== 'auditor') {
-      throw new ProtocolError(
-        401,
-        'bad-admin-token',
-        'admin token role must be admin, tenant-admin or auditor',
-      );
+    let p: AdminPrincipal;
+    try {
+      p = principalOf(payload, {
+        maxLifetimeSeconds: this.o.maxAdminTokenLifetimeSeconds,
+        now: Math.floor(Date.now() / 1000),
+      });
+    } catch (e) {
+      if (e instanceof AdminTokenError) throw badToken(e.message);
+      throw e;
     }
-    const tenant = typeof payload.tenant === 'string' ? payload.tenant : undefined;
-    if (role === 'tenant-admin' && !tenant)
-      throw new ProtocolError(401, 'bad-admin-token', 'a tenant-admin token needs a tenant claim');
-    return { subject: String(payload.sub), role, ...(tenant ? { tenant } : {}) };
+    if (await this.o.store.isAdminTokenRevoked(p.tokenId))
+      throw badToken(`admin token ${p.tokenId} has been revoked`);
+    return p;
   }
 
-  /** The tenant a principal acts for on `repository`, claiming an unowned repository for a tenant admin. */
-  private async tenantFor(p: AdminPrincipal, repository: string, write: boolean): Promise<string> {
-    if (write && p.role === 'auditor') throw forbidden('auditors cannot change anything');
-    const owner = await this.o.store.repositoryTenant(repository);
-    // An auditor without a tenant claim reads across tenants, like an admin (writes were refused above).
-    if (p.role === 'admin' || (p.role === 'auditor' && !p.tenant)) {
-      if (owner) return owner;
-      const tenant = p.tenant ?? DEFAULT_TENANT;
-      if (write)
-        await this.o.store.createRepository(
-          repository,
-          tenant,
-          this.log(p, 'repository', repository, tenant, { tenant }),
-        );
-      return tenant;
+  /**
+   * The owner of `repository` for `p`, creating it on a write if it does not exist yet. A new
+   * repository belongs to the namespace its name is in (tenancy.ts): a tenant admin creates only in its
+   * own, so no tenant can claim another's name first; an admin creating `acme-…` creates it for acme.
+   */
+  private async tenantFor(p: AdminPrincipal, repository: string, write: boolean): Promise<Owner> {
+    if (write && isAuditor(p)) throw forbidden('auditors cannot change anything');
+    const existing = await this.o.store.repositoryOwner(repository);
+    if (existing) {
+      if (p.scope.kind === 'tenant' && existing.tenant !== p.scope.tenant)
+        throw forbidden(`repository ${repository} belongs to another tenant`);
+      return existing.tenant;
     }
-    if (owner && owner !== p.tenant) throw forbidden(`repository ${repository} belongs to another tenant`);
-    if (!owner && p.role === 'tenant-admin' && write) {
-      await this.o.store.createRepository(
-        repository,
-        p.tenant!,
-        this.log(p, 'repository', repository, p.tenant!, { tenant: p.tenant }),
+    const ns = repositoryNamespace(repository);
+    const owner = ns.kind === 'tenant' ? ns.tenant : null;
+    if (p.scope.kind === 'tenant' && owner !== p.scope.tenant) {
+      const t = p.scope.tenant;
+      throw forbidden(
+        `repository ${repository} is outside tenant ${t}'s namespace: its repositories are named ${t}, ${t}-… or ${t}.…`,
       );
     }
-    return p.tenant!;
+    if (write)
+      await this.o.store.createRepository(
+        repository,
+        owner,
+        this.log(p, 'repository', repository, owner, { tenant: owner }),
+      );
+    return owner;
   }
 
   private log(
     p: AdminPrincipal,
     kind: string,
     subject: string,
-    tenant: string,
+    tenant: Owner,
     details: Record<string, unknown>,
   ): LogAppend {
     return { kind, tenant, actor: `${p.role}:${p.subject}`, subject, details };
@@ -126,7 +138,7 @@ export class AdminApi {
 
     app.get('/admin/v1/resources', async (req) => {
       const p = await auth(req);
-      return { resources: await this.o.store.listResources(p.tenant) };
+      return { resources: await this.o.store.listResources(listFilter(p)) };
     });
 
     app.put<{ Params: { '*': string }; Querystring: { contentType?: string } }>(
@@ -204,7 +216,7 @@ export class AdminApi {
 
     app.get('/admin/v1/policies', async (req) => {
       const p = await auth(req);
-      return { policies: await this.o.store.listPolicies(p.tenant) };
+      return { policies: await this.o.store.listPolicies(listFilter(p)) };
     });
 
     app.post<{ Body: { token?: unknown; resource?: unknown } }>('/admin/v1/policy/evaluate', async (req) => {
@@ -234,9 +246,22 @@ export class AdminApi {
 
     app.post<{ Body: Record<string, unknown> }>('/admin/v1/refvalues', async (req, reply) => {
       const p = await auth(req);
-      if (p.role === 'auditor') throw forbidden('auditors cannot change anything');
+      if (isAuditor(p)) throw forbidden('auditors cannot change anything');
       const b = req.body ?? {};
-      const tenant = p.role === 'admin' ? (typeof b.tenant === 'string' ? b.tenant : '*') : p.tenant!;
+      // A tenant admin adds its own tenant's; an admin names a tenant, or adds operator-wide values.
+      let tenant: Owner;
+      if (p.scope.kind === 'tenant') {
+        if (b.tenant !== undefined && b.tenant !== p.scope.tenant)
+          throw forbidden('a tenant admin adds reference values of its own tenant only');
+        tenant = p.scope.tenant;
+      } else if (b.tenant === undefined) {
+        tenant = null;
+      } else {
+        const problem = tenantNameProblem(b.tenant);
+        if (problem)
+          throw new ProtocolError(400, 'bad-tenant', `${problem}; leave tenant out for operator-wide values`);
+        tenant = b.tenant as string;
+      }
       const values = Array.isArray(b.values) ? b.values : [];
       if (
         typeof b.tee !== 'string' ||
@@ -272,13 +297,47 @@ export class AdminApi {
 
     app.get<{ Querystring: { tee?: string } }>('/admin/v1/refvalues', async (req) => {
       const p = await auth(req);
-      const t = p.tenant;
+      const t = listFilter(p);
       return {
         refvalues: await this.o.store.listReferenceValues({
-          ...(t ? { tenant: t } : {}),
+          ...(t !== undefined ? { tenant: t } : {}),
           ...(req.query.tee ? { tee: req.query.tee } : {}),
         }),
       };
+    });
+
+    app.post<{ Body: { tokenId?: unknown; expiresAt?: unknown; reason?: unknown } }>(
+      '/admin/v1/tokens/revoke',
+      async (req, reply) => {
+        const p = await auth(req);
+        if (p.role !== 'admin') throw forbidden('only admins revoke admin tokens');
+        const { tokenId, expiresAt, reason } = req.body ?? {};
+        if (typeof tokenId !== 'string' || tokenId === '' || tokenId.length > 128)
+          throw new ProtocolError(400, 'bad-revocation', 'send {"tokenId": the token\'s jti, "reason"?}');
+        if (expiresAt !== undefined && (typeof expiresAt !== 'string' || Number.isNaN(Date.parse(expiresAt))))
+          throw new ProtocolError(400, 'bad-revocation', 'expiresAt must be an RFC 3339 time');
+        if (reason !== undefined && (typeof reason !== 'string' || reason.length > 500))
+          throw new ProtocolError(400, 'bad-revocation', 'reason must be text of at most 500 characters');
+        const rec = await this.o.store.revokeAdminToken(
+          {
+            tokenId,
+            actor: `${p.role}:${p.subject}`,
+            ...(expiresAt !== undefined ? { expiresAt: new Date(expiresAt as string).toISOString() } : {}),
+            ...(reason !== undefined ? { reason: reason as string } : {}),
+          },
+          this.log(p, 'admin-token-revoke', `admin-token:${tokenId}`, null, {
+            ...(expiresAt !== undefined ? { expiresAt } : {}),
+            ...(reason !== undefined ? { reason } : {}),
+          }),
+        );
+        return reply.code(201).send(rec);
+      },
+    );
+
+    app.get('/admin/v1/tokens/revoked', async (req) => {
+      const p = await auth(req);
+      if (p.scope.kind !== 'operator') throw forbidden('revocations are read by admins and global auditors');
+      return { revoked: await this.o.store.listAdminTokenRevocations() };
     });
 
     app.get<{ Querystring: { from?: string; to?: string } }>('/admin/v1/log/entries', async (req) => {
@@ -336,10 +395,10 @@ export class AdminApi {
     return new Uint8Array(body);
   }
 
-  private async scopeOwner(p: AdminPrincipal, s: PolicyScope, write: boolean): Promise<string> {
+  private async scopeOwner(p: AdminPrincipal, s: PolicyScope, write: boolean): Promise<Owner> {
     if (s.kind === 'default') {
       if (p.role !== 'admin') throw forbidden('only admins set the broker-wide default policy');
-      return '*';
+      return null;
     }
     const repository = s.kind === 'repository' ? s.repository : parseResourcePath(s.path).repository;
     return this.tenantFor(p, repository, write);
@@ -347,12 +406,12 @@ export class AdminApi {
 }
 
 /**
- * The whole log is readable by admins and by auditors not bound to a tenant: entries of every tenant
- * are chained together, so a tenant's view cannot be cut out of it without breaking the proofs.
+ * The whole log is readable by admins and global auditors: entries of every tenant are chained together,
+ * so a tenant's view cannot be cut out of it without breaking the proofs.
  */
 function logReader(p: AdminPrincipal): void {
-  if (p.role === 'tenant-admin' || (p.role === 'auditor' && p.tenant !== undefined)) {
-    throw forbidden('the log holds every tenant: it is read by admins and by auditors without a tenant');
+  if (p.scope.kind !== 'operator') {
+    throw forbidden('the log holds every tenant: it is read by admins and global auditors');
   }
 }
 

@@ -3,6 +3,7 @@
  * are never inline: they come from files or environment variables.
  */
 import { readFile } from 'node:fs/promises';
+import { isIP } from 'node:net';
 import { dirname, resolve } from 'node:path';
 
 export interface KbsConfig {
@@ -21,6 +22,8 @@ export interface KbsConfig {
   logOrigin: string;
   /** Public JWKs (a JSON array or {keys: […]}) allowed to sign admin tokens; none = admin API disabled. */
   adminKeysFile?: string;
+  /** Longest admin-token lifetime (`exp - iat`) the broker accepts. */
+  maxAdminTokenLifetimeSeconds: number;
   sessionTtlSeconds: number;
   tokenTtlSeconds: number;
   /**
@@ -32,6 +35,11 @@ export interface KbsConfig {
   maxResourceBytes: number;
   requestTimeoutMs: number;
   rateLimit: { perSecond: number; burst: number };
+  /**
+   * Addresses or CIDRs of reverse proxies whose X-Forwarded-For is believed (fastify `trustProxy`), so
+   * the rate limit counts the real client; empty: the peer address is the client.
+   */
+  trustProxy: string[];
   checkpointIntervalSeconds: number;
   collateral: { dir?: string; cacheDir?: string; online: boolean };
   /** Per TEE kind, PEM/DER files replacing the vendor roots (test authorities only). */
@@ -44,6 +52,7 @@ export const DEFAULT_CONFIG: KbsConfig = {
   db: 'sqlite:./cloister-kbs.db',
   devMode: false,
   logOrigin: 'cloister-kbs/log',
+  maxAdminTokenLifetimeSeconds: 86_400,
   sessionTtlSeconds: 300,
   tokenTtlSeconds: 3600,
   bearerTokens: false,
@@ -51,6 +60,7 @@ export const DEFAULT_CONFIG: KbsConfig = {
   maxResourceBytes: 64 * 1024,
   requestTimeoutMs: 10_000,
   rateLimit: { perSecond: 100, burst: 200 },
+  trustProxy: [],
   checkpointIntervalSeconds: 10,
   collateral: { online: false },
   trustAnchors: {},
@@ -107,8 +117,24 @@ export async function loadConfig(
     'maxResourceBytes',
     'requestTimeoutMs',
     'checkpointIntervalSeconds',
+    'maxAdminTokenLifetimeSeconds',
   ] as const) {
     if (!(typeof c[k] === 'number' && c[k] > 0)) throw new Error(`config ${k} must be a positive number`);
   }
+  if (!Array.isArray(c.trustProxy) || !c.trustProxy.every(isAddressOrCidr)) {
+    throw new Error(
+      'config trustProxy must be a list of proxy IP addresses or CIDRs, e.g. ["10.0.0.5", "10.1.0.0/16"]',
+    );
+  }
   return c;
+}
+
+/** An IPv4/IPv6 address, or one with a prefix length that fits it. */
+function isAddressOrCidr(v: unknown): boolean {
+  if (typeof v !== 'string') return false;
+  const [addr, prefix, ...rest] = v.split('/');
+  const family = isIP(addr ?? '');
+  if (family === 0 || rest.length > 0) return false;
+  if (prefix === undefined) return true;
+  return /^\d{1,3}$/.test(prefix) && Number(prefix) <= (family === 4 ? 32 : 128);
 }

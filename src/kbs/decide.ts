@@ -16,7 +16,7 @@ import {
 } from '../policy/index.js';
 import { initDataOfEar } from './init-data.js';
 import { scopeName } from './scope.js';
-import type { KbsStore, PolicyRecord, ReferenceValueRecord } from './store/types.js';
+import type { KbsStore, Owner, PolicyRecord, ReferenceValueRecord } from './store/types.js';
 
 export interface ReleaseDecision {
   allow: boolean;
@@ -31,15 +31,14 @@ export interface ReleaseDecision {
 export interface ReleaseContext {
   store: KbsStore;
   ear: EarResult;
-  resource: { path: string; repository: string; type: string; tag: string; tenant: string };
+  /** `tenant`: the repository's owner, null for the operator. */
+  resource: { path: string; repository: string; type: string; tag: string; tenant: Owner };
   devMode: boolean;
   now: Date;
   explainClauses?: boolean;
 }
 
 const cache = new PolicyCache();
-/** Reference values an admin adds without a tenant apply to every tenant. */
-export const OPERATOR_TENANT = '*';
 
 async function policyFor(store: KbsStore, r: ReleaseContext['resource']): Promise<PolicyRecord | undefined> {
   return (
@@ -49,9 +48,11 @@ async function policyFor(store: KbsStore, r: ReleaseContext['resource']): Promis
   );
 }
 
-function toReferenceValue(r: ReferenceValueRecord): ReferenceValue {
+/** `group` replaces the owner: activeReferenceValues selects by it, and null is no tenant name. */
+function toReferenceValue(r: ReferenceValueRecord, group: string): ReferenceValue {
   return {
     ...r,
+    tenant: group,
     tee: r.tee as TeeKind,
     createdAt: new Date(r.createdAt),
     ...(r.expiresAt ? { expiresAt: new Date(r.expiresAt) } : {}),
@@ -59,20 +60,21 @@ function toReferenceValue(r: ReferenceValueRecord): ReferenceValue {
 }
 
 /**
- * The operator's and the tenant's reference values, applied to each submodule of the same TEE kind: a claim that is
- * missing or not among the values denies; an expired name accepts nothing (fails closed).
+ * The operator's (operator-wide) and the tenant's reference values, applied to each submodule of the same TEE kind:
+ * a claim that is missing or not among the values denies; an expired name accepts nothing (fails closed).
  */
 async function referenceValueReasons(ctx: ReleaseContext): Promise<string[]> {
-  const tenants = [OPERATOR_TENANT, ctx.resource.tenant];
-  const all = (await Promise.all(tenants.map((tenant) => ctx.store.listReferenceValues({ tenant }))))
-    .flat()
-    .map(toReferenceValue);
+  const owners: Owner[] = ctx.resource.tenant === null ? [null] : [null, ctx.resource.tenant];
+  const groups = owners.map((_, i) => String(i));
+  const all = (await Promise.all(owners.map((tenant) => ctx.store.listReferenceValues({ tenant })))).flatMap(
+    (records, i) => records.map((r) => toReferenceValue(r, groups[i]!)),
+  );
   if (all.length === 0) return [];
   const reasons: string[] = [];
   for (const [name, sub] of Object.entries(ctx.ear.submods)) {
     if (!sub.kind) continue;
-    const active = tenants.flatMap((tenant) =>
-      Object.entries(activeReferenceValues(all, { tee: sub.kind!, tenant, at: ctx.now })),
+    const active = groups.flatMap((group) =>
+      Object.entries(activeReferenceValues(all, { tee: sub.kind!, tenant: group, at: ctx.now })),
     );
     for (const [claim, values] of active) {
       const got = sub.claims[claim];
@@ -97,7 +99,8 @@ export async function decideRelease(ctx: ReleaseContext): Promise<ReleaseDecisio
   const initData = initDataOfEar(ctx.ear);
   const input = policyInputFromEar(ctx.ear, {
     resource: { uri: `kbs:///${r.path}`, repository: r.repository, type: r.type, tag: r.tag },
-    tenant: r.tenant,
+    // Policies see '' for the operator's repositories: no tenant is named so.
+    tenant: r.tenant ?? '',
     ...(initData ? { init_data: initData } : {}),
     now: ctx.now,
     devMode: ctx.devMode,

@@ -27,7 +27,8 @@ export const buildLogEntry: LogEntryBuilder = (index, prev, fields: LogAppend) =
     index,
     time: new Date().toISOString(),
     kind: fields.kind,
-    tenant: fields.tenant,
+    // The log format writes "no tenant" as ''; the operator is no tenant.
+    tenant: fields.tenant ?? '',
     actor: fields.actor,
     subject: fields.subject,
     details: JSON.parse(JSON.stringify(fields.details)),

@@ -115,6 +115,20 @@ export function openApiDocument(): Record<string, unknown> {
           responses: { 201: { description: 'record' }, ...errors(400, 401, 403) },
         },
       },
+      '/admin/v1/tokens/revoke': {
+        post: {
+          summary: 'Revoke an admin token by its id (jti): {tokenId, expiresAt?, reason?}; admins only',
+          security: admin,
+          responses: { 201: { description: 'revocation record' }, ...errors(400, 401, 403, 409) },
+        },
+      },
+      '/admin/v1/tokens/revoked': {
+        get: {
+          summary: 'List revoked admin tokens (admins and global auditors)',
+          security: admin,
+          responses: { 200: { description: '{revoked}' }, ...errors(401, 403) },
+        },
+      },
       '/admin/v1/log/entries': {
         get: {
           summary: 'Transparency-log entries [from, to)',
@@ -136,10 +150,12 @@ export function openApiDocument(): Record<string, unknown> {
           responses: { 200: { description: '{checkpoint}' } },
         },
       },
-      '/healthz': { get: { summary: 'Liveness', responses: { 200: { description: 'ok' } } } },
+      '/healthz': {
+        get: { summary: 'Liveness (never rate-limited)', responses: { 200: { description: 'ok' } } },
+      },
       '/readyz': {
         get: {
-          summary: "Readiness: the store's database answers",
+          summary: "Readiness: the store's database answers (never rate-limited)",
           responses: { 200: { description: 'ready' }, ...errors(503) },
         },
       },

@@ -24,8 +24,10 @@ export interface ServerOptions {
   metrics: Metrics;
   /** Largest accepted request body in bytes. */
   bodyLimit: number;
-  /** Token bucket per client address; 0 disables. */
+  /** Token bucket per client address; 0 disables. Health probes are exempt. */
   rateLimit: { perSecond: number; burst: number };
+  /** Proxies (addresses/CIDRs) whose X-Forwarded-For names the client; empty: none. */
+  trustProxy: string[];
   requestTimeoutMs: number;
   sessionTtlSeconds: number;
   /** Log sink for one-line events; dev mode prefixes every line. */
@@ -85,6 +87,8 @@ export async function createServer(o: ServerOptions): Promise<FastifyInstance> {
     keepAliveTimeout: 5000,
     logger: false,
     return503OnClosing: true,
+    // Only listed proxies may say who the client is; anyone else could pick a fresh bucket per request.
+    trustProxy: o.trustProxy.length > 0 ? o.trustProxy : false,
   });
   const limiter = new RateLimiter(o.rateLimit);
 
@@ -94,6 +98,8 @@ export async function createServer(o: ServerOptions): Promise<FastifyInstance> {
   );
 
   app.addHook('onRequest', async (req, reply) => {
+    // Probes must stay cheap and answer while a client is being throttled.
+    if ((req.routeOptions.config as { rateLimited?: boolean } | undefined)?.rateLimited === false) return;
     if (!limiter.take(req.ip)) {
       o.metrics.inc('kbs_rate_limited_total', 'Requests refused by the per-client rate limit');
       return sendProblem(
@@ -194,10 +200,10 @@ export async function createServer(o: ServerOptions): Promise<FastifyInstance> {
     }
   });
 
-  app.get('/healthz', async () => ({ status: 'ok' }));
+  app.get('/healthz', { config: { rateLimited: false } }, async () => ({ status: 'ok' }));
   // Readiness, unlike liveness, follows the database: a load balancer stops sending requests to a
   // broker that cannot reach it, and a restart would not help.
-  app.get('/readyz', async (_req, reply) => {
+  app.get('/readyz', { config: { rateLimited: false } }, async (_req, reply) => {
     try {
       await o.ready();
     } catch (e) {

@@ -93,10 +93,12 @@ describe('admin tokens', () => {
     const b2 = await testBroker({}, { keys });
     try {
       const { SignJWT } = await import('jose');
-      const t = await new SignJWT({ role: 'auditor' })
+      const t = await new SignJWT({ role: 'global-auditor' })
         .setProtectedHeader({ alg: 'ES256' })
         .setSubject('es')
         .setAudience('cloister-kbs-admin')
+        .setIssuedAt()
+        .setJti('es-1')
         .setExpirationTime('1m')
         .sign(es.privateKey);
       expect((await b2.call('GET', '/admin/v1/resources', t)).status).toBe(200);
@@ -127,7 +129,7 @@ describe('tenants, auditors and secret values', () => {
     b = await testBroker({ devMode: true });
     tenantA = await b.admin('tenant-admin', 'acme');
     tenantB = await b.admin('tenant-admin', 'globex');
-    auditor = await b.admin('auditor');
+    auditor = await b.admin('global-auditor');
     admin = await b.admin();
     expect((await call('PUT', '/admin/v1/resources/acme/keys/k1', tenantA, enc(SECRET_A))).status).toBe(201);
     expect((await call('PUT', '/admin/v1/resources/globex/keys/k1', tenantB, enc(SECRET_B))).status).toBe(

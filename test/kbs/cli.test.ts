@@ -129,6 +129,49 @@ describe('cloister kbs administration verbs', () => {
     fails(await cli(['kbs', 'admin-token', '--key', join(dir, 'admin.pub.jwk')]), /is not a private key/);
   });
 
+  it('admin-token refuses reserved tenant names and role/tenant mismatches, and prints the token id', async () => {
+    const key = join(dir, 'admin.jwk');
+    for (const [args, why] of [
+      [['--role', 'tenant-admin', '--tenant', 'default'], /tenant name "default" is reserved/],
+      [['--role', 'tenant-admin', '--tenant', '*'], /tenant name "\*" must match/],
+      [['--role', 'tenant-admin', '--tenant', ''], /tenant name "" must match/],
+      [['--role', 'tenant-admin'], /a tenant-admin token needs a tenant claim/],
+      [['--role', 'auditor'], /an auditor token needs a tenant claim/],
+      [['--role', 'admin', '--tenant', 'acme'], /carries no tenant claim/],
+      [['--ttl', '1h'], /--ttl 1h: give the lifetime in whole seconds/],
+    ] as [string[], RegExp][]) {
+      fails(await cli(['kbs', 'admin-token', '--key', key, ...args]), why);
+    }
+    const r = ok(await cli(['kbs', 'admin-token', '--key', key, '--role', 'auditor', '--tenant', 'acme']));
+    const claims = JSON.parse(Buffer.from(r.stdout.trim().split('.')[1]!, 'base64url').toString());
+    expect(r.stderr).toMatch(new RegExp(`^token id ${claims.jti}, expires \\d{4}-`));
+  });
+
+  it('token revoke (by id or by token) | ls, after which the broker refuses the token', async () => {
+    const key = join(dir, 'admin.jwk');
+    const mint = async () =>
+      ok(await cli(['kbs', 'admin-token', '--key', key, '--ttl', '600'])).stdout.trim();
+    const [byToken, byId] = [await mint(), await mint()];
+    const idOf = (t: string) =>
+      JSON.parse(Buffer.from(t.split('.')[1]!, 'base64url').toString()).jti as string;
+    const rec = JSON.parse(
+      ok(await cli(['kbs', 'token', 'revoke', byToken, '--reason', 'leaked'], env)).stdout,
+    );
+    expect(rec).toMatchObject({ tokenId: idOf(byToken), reason: 'leaked', actor: 'admin:ops' });
+    expect(rec.expiresAt).toMatch(/^\d{4}-/);
+    ok(await cli(['kbs', 'token', 'revoke', idOf(byId)], env));
+    for (const t of [byToken, byId])
+      fails(
+        await cli(['kbs', 'resource', 'ls'], { ...env, CLOISTER_ADMIN_TOKEN: t }),
+        /401 admin token .* has been revoked/,
+      );
+    const listed = JSON.parse(ok(await cli(['kbs', 'token', 'ls'], env)).stdout).revoked;
+    expect(listed.map((x: { tokenId: string }) => x.tokenId)).toEqual(
+      expect.arrayContaining([idOf(byToken), idOf(byId)]),
+    );
+    fails(await cli(['kbs', 'token', 'revoke', 'a.b.c'], env), /^cloister: not a token/);
+  });
+
   it('resource put | ls | rotate | rm, and the TEE sees each change', async () => {
     const put = ok(
       await cli(
@@ -149,7 +192,8 @@ describe('cloister kbs administration verbs', () => {
       version: 1,
       size: 11,
       contentType: 'text/plain',
-      tenant: 'default',
+      // The repository name is in tenant owner's namespace, so an admin creates it for owner.
+      tenant: 'owner',
     });
     const ls = JSON.parse(ok(await cli(['kbs', 'resource', 'ls'], env)).stdout);
     expect(ls.resources.map((r: { path: string }) => r.path)).toEqual(['owner/models/kek1']);
@@ -280,7 +324,7 @@ describe('cloister kbs administration verbs', () => {
       /^cloister: no admin token: pass --token or set CLOISTER_ADMIN_TOKEN$/m,
     );
     const auditor = ok(
-      await cli(['kbs', 'admin-token', '--key', join(dir, 'admin.jwk'), '--role', 'auditor']),
+      await cli(['kbs', 'admin-token', '--key', join(dir, 'admin.jwk'), '--role', 'global-auditor']),
     ).stdout.trim();
     fails(
       await cli(['kbs', 'resource', 'put', 'owner/models/y', file('y', 'y')], {

@@ -56,20 +56,30 @@ export async function testKeys(): Promise<TestKeys> {
   };
 }
 
-/** Signs an admin token; `claims` and `o` let tests build broken ones. */
+/**
+ * Signs an admin token; `claims` and `o` let tests build broken ones (null leaves `jti`, `issuedAt` or
+ * `expiresAt` out). `tenant` is put in as given, '' included.
+ */
 export function adminToken(
   key: CryptoKey,
   role = 'admin',
   tenant?: string,
-  o: { audience?: string; expiresAt?: number | string; claims?: Record<string, unknown> } = {},
+  o: {
+    audience?: string;
+    expiresAt?: number | string | null;
+    issuedAt?: number | null;
+    jti?: string | null;
+    claims?: Record<string, unknown>;
+  } = {},
 ): Promise<string> {
-  return new SignJWT({ role, ...(tenant ? { tenant } : {}), ...o.claims })
+  const t = new SignJWT({ role, ...(tenant !== undefined ? { tenant } : {}), ...o.claims })
     .setProtectedHeader({ alg: 'EdDSA' })
     .setSubject('test')
-    .setAudience(o.audience ?? ADMIN_AUDIENCE)
-    .setIssuedAt(Math.floor(Date.now() / 1000) - 600)
-    .setExpirationTime(o.expiresAt ?? '5m')
-    .sign(key);
+    .setAudience(o.audience ?? ADMIN_AUDIENCE);
+  if (o.expiresAt !== null) t.setExpirationTime(o.expiresAt ?? '5m');
+  if (o.issuedAt !== null) t.setIssuedAt(o.issuedAt ?? Math.floor(Date.now() / 1000) - 600);
+  if (o.jti !== null) t.setJti(o.jti ?? crypto.randomUUID());
+  return t.sign(key);
 }
 
 export interface TestBroker extends RunningBroker {

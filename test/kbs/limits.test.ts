@@ -35,6 +35,54 @@ describe('rate limiting', () => {
   });
 });
 
+describe('rate limiting and health probes', () => {
+  const metrics = (b: TestBroker, from?: string) =>
+    fetch(new URL('/metrics', b.url), from ? { headers: { 'x-forwarded-for': from } } : {}).then(
+      (r) => r.status,
+    );
+
+  it('never limits /healthz, even for a client whose bucket is empty', async () => {
+    // A bucket that refills once per 100 s: nothing comes back during the test.
+    const b = await testBroker({ rateLimit: { perSecond: 0.01, burst: 2 } });
+    try {
+      expect([await metrics(b), await metrics(b), await metrics(b)]).toEqual([200, 200, 429]);
+      const probes = await Promise.all(
+        Array.from({ length: 50 }, () => fetch(new URL('/healthz', b.url)).then((r) => r.status)),
+      );
+      expect(probes.filter((s) => s !== 200)).toEqual([]);
+      expect(await metrics(b)).toBe(429);
+    } finally {
+      await b.close();
+    }
+  });
+
+  it('keys the bucket on X-Forwarded-For only from a configured proxy', async () => {
+    const open = await testBroker({ rateLimit: { perSecond: 0.01, burst: 2 } });
+    const proxied = await testBroker({
+      rateLimit: { perSecond: 0.01, burst: 2 },
+      trustProxy: ['127.0.0.0/8'],
+    });
+    try {
+      // Not trusted: a forged header does not buy a fresh bucket.
+      expect([
+        await metrics(open, '10.0.0.1'),
+        await metrics(open, '10.0.0.2'),
+        await metrics(open, '10.0.0.3'),
+      ]).toEqual([200, 200, 429]);
+      // Behind the trusted proxy: each real client has its own bucket.
+      expect([
+        await metrics(proxied, '10.0.0.1'),
+        await metrics(proxied, '10.0.0.1'),
+        await metrics(proxied, '10.0.0.1'),
+        await metrics(proxied, '10.0.0.2'),
+      ]).toEqual([200, 200, 429, 200]);
+    } finally {
+      await open.close();
+      await proxied.close();
+    }
+  });
+});
+
 describe('operational endpoints', () => {
   let b: TestBroker;
   beforeAll(async () => {
@@ -99,6 +147,8 @@ describe('operational endpoints', () => {
         'GET /admin/v1/log/entries',
         'GET /admin/v1/log/bundle',
         'POST /admin/v1/log/checkpoint',
+        'POST /admin/v1/tokens/revoke',
+        'GET /admin/v1/tokens/revoked',
         'GET /healthz',
         'GET /readyz',
         'GET /metrics',

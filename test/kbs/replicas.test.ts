@@ -87,7 +87,11 @@ describe.skipIf(!PG_ENABLED)('two replicas on one PostgreSQL', () => {
 
   it('leaves one unbroken log that verifies against the shared checkpoint key', async () => {
     for (const replica of [a, b]) {
-      const r = await replica.call('GET', '/admin/v1/log/bundle?proofs=all', await replica.admin('auditor'));
+      const r = await replica.call(
+        'GET',
+        '/admin/v1/log/bundle?proofs=all',
+        await replica.admin('global-auditor'),
+      );
       expect(r.status).toBe(200);
       const report = await verifyBundle(await r.text(), replica.logVerifierKey);
       expect(report.errors).toEqual([]);

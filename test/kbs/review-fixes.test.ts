@@ -138,7 +138,7 @@ describe('broker input the review found', () => {
     for (const path of ['/admin/v1/log/entries', '/admin/v1/log/bundle']) {
       expect((await b.call('GET', path, scoped)).status).toBe(403);
     }
-    const auditor = await b.admin('auditor');
+    const auditor = await b.admin('global-auditor');
     for (const q of ['from=1.5', 'from=abc', 'to=-1', 'from=5&to=2', 'to=99999']) {
       for (const path of ['/admin/v1/log/entries', '/admin/v1/log/bundle']) {
         const r = await b.call('GET', `${path}?${q}`, auditor);

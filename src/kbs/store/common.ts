@@ -6,6 +6,7 @@ import {
   ConflictError,
   type LogAppend,
   type LogEntryBuilder,
+  type Owner,
   type PolicyScope,
   type ResourceRecord,
   type StoredLogEntry,
@@ -78,9 +79,12 @@ export function scopeRepository(scope: PolicyScope): string | undefined {
   return undefined;
 }
 
-export function ownerConflict(repository: string, owner: string, tenant: string): ConflictError {
+/** How an owner reads in messages. */
+export const ownerName = (o: Owner): string => (o === null ? 'the operator' : `tenant ${o}`);
+
+export function ownerConflict(repository: string, owner: Owner, tenant: Owner): ConflictError {
   return new ConflictError(
-    `repository ${repository} belongs to tenant ${owner}, not ${tenant}; choose another repository name`,
+    `repository ${repository} belongs to ${ownerName(owner)}, not ${ownerName(tenant)}; choose another repository name`,
   );
 }
 

@@ -18,10 +18,12 @@ import {
   scopeRepository,
 } from './common.js';
 import {
+  type AdminTokenRevocation,
   ConflictError,
   type KbsStore,
   type LogAppend,
   NotFoundError,
+  type Owner,
   type PolicyRecord,
   type PolicyScope,
   type ReferenceValueRecord,
@@ -53,7 +55,8 @@ const scopeKey = (scope: PolicyScope): string => {
 };
 
 export class MemoryStore implements KbsStore {
-  private readonly repositories = new Map<string, string>();
+  private readonly repositories = new Map<string, Owner>();
+  private readonly revocations = new Map<string, AdminTokenRevocation>();
   private readonly resources = new Map<string, ResourceRecord>();
   private readonly policies = new Map<string, PolicyRecord[]>();
   private readonly references: ReferenceValueRecord[] = [];
@@ -84,10 +87,10 @@ export class MemoryStore implements KbsStore {
     return buildEntry(this.opts.buildLogEntry, this.log.length, prev?.leafHash, fields);
   }
 
-  async createRepository(repository: string, tenant: string, log: LogAppend): Promise<void> {
+  async createRepository(repository: string, tenant: Owner, log: LogAppend): Promise<void> {
     this.open();
-    const owner = this.repositories.get(repository);
-    if (owner !== undefined) {
+    if (this.repositories.has(repository)) {
+      const owner = this.repositories.get(repository)!;
       throw owner === tenant
         ? new ConflictError(`repository ${repository} already exists`)
         : ownerConflict(repository, owner, tenant);
@@ -97,9 +100,9 @@ export class MemoryStore implements KbsStore {
     this.log.push(e);
   }
 
-  async repositoryTenant(repository: string): Promise<string | undefined> {
+  async repositoryOwner(repository: string): Promise<{ tenant: Owner } | undefined> {
     this.open();
-    return this.repositories.get(repository);
+    return this.repositories.has(repository) ? { tenant: this.repositories.get(repository)! } : undefined;
   }
 
   async putResource(
@@ -109,9 +112,9 @@ export class MemoryStore implements KbsStore {
     this.open();
     checkResourcePath(rec);
     checkSize(rec.size);
-    const owner = this.repositories.get(rec.repository);
-    if (owner === undefined)
+    if (!this.repositories.has(rec.repository))
       throw new NotFoundError(`repository ${rec.repository} does not exist; create it first`);
+    const owner = this.repositories.get(rec.repository)!;
     if (owner !== rec.tenant) throw ownerConflict(rec.repository, owner, rec.tenant);
     if (this.resources.has(rec.path)) {
       throw new ConflictError(`resource ${rec.path} already exists; rotate it to store a new value`);
@@ -204,9 +207,9 @@ export class MemoryStore implements KbsStore {
     this.open();
     const repository = scopeRepository(rec.scope);
     if (repository !== undefined) {
-      const owner = this.repositories.get(repository);
-      if (owner === undefined)
+      if (!this.repositories.has(repository))
         throw new NotFoundError(`repository ${repository} does not exist; create it first`);
+      const owner = this.repositories.get(repository)!;
       if (owner !== rec.tenant) throw ownerConflict(repository, owner, rec.tenant);
     }
     const key = scopeKey(rec.scope);
@@ -266,9 +269,10 @@ export class MemoryStore implements KbsStore {
     return { ...stored, values: [...stored.values] };
   }
 
-  async listReferenceValues(filter?: { tenant?: string; tee?: string }): Promise<ReferenceValueRecord[]> {
+  async listReferenceValues(filter?: { tenant?: Owner; tee?: string }): Promise<ReferenceValueRecord[]> {
     this.open();
-    const key = (r: ReferenceValueRecord) => [r.tenant, r.tee, r.name];
+    // The operator's (null) sort first, as NULLs do in the SQL backends.
+    const key = (r: ReferenceValueRecord) => [r.tenant === null ? '' : `\u0001${r.tenant}`, r.tee, r.name];
     return this.references
       .filter(
         (r) =>
@@ -281,6 +285,49 @@ export class MemoryStore implements KbsStore {
         return a.version - b.version;
       })
       .map((r) => ({ ...r, values: [...r.values] }));
+  }
+
+  async revokeAdminToken(
+    rec: Omit<AdminTokenRevocation, 'revokedAt'>,
+    log: LogAppend,
+  ): Promise<AdminTokenRevocation> {
+    this.open();
+    if (this.revocations.has(rec.tokenId))
+      throw new ConflictError(`admin token ${rec.tokenId} is already revoked`);
+    const expiresAt = rec.expiresAt === undefined ? undefined : isoTime(rec.expiresAt, 'expiresAt');
+    const stored: AdminTokenRevocation = {
+      tokenId: rec.tokenId,
+      ...(expiresAt !== undefined && { expiresAt }),
+      revokedAt: now(),
+      actor: rec.actor,
+      ...(rec.reason !== undefined && { reason: rec.reason }),
+    };
+    const e = this.entry(log);
+    this.revocations.set(rec.tokenId, stored);
+    this.log.push(e);
+    return { ...stored };
+  }
+
+  async isAdminTokenRevoked(tokenId: string): Promise<boolean> {
+    this.open();
+    return this.revocations.has(tokenId);
+  }
+
+  async listAdminTokenRevocations(): Promise<AdminTokenRevocation[]> {
+    this.open();
+    return [...this.revocations.values()]
+      .sort((a, b) =>
+        a.revokedAt !== b.revokedAt
+          ? a.revokedAt < b.revokedAt
+            ? -1
+            : 1
+          : a.tokenId < b.tokenId
+            ? -1
+            : a.tokenId > b.tokenId
+              ? 1
+              : 0,
+      )
+      .map((r) => ({ ...r }));
   }
 
   async createSession(s: SessionRecord): Promise<void> {

@@ -44,18 +44,22 @@ import {
   policyRecord,
   type ReferenceRow,
   type ResourceRow,
+  type RevocationRow,
   referenceRecord,
   resourceMeta,
   resourceRecord,
+  revocationRecord,
   type SessionRow,
   sessionRecord,
 } from './rows.js';
-import { POSTGRES_SCHEMA, POSTGRES_SCHEMA_VERSION } from './schema/postgres.js';
+import { POSTGRES_MIGRATE_1_TO_2, POSTGRES_SCHEMA, POSTGRES_SCHEMA_VERSION } from './schema/postgres.js';
 import {
+  type AdminTokenRevocation,
   ConflictError,
   type KbsStore,
   type LogAppend,
   NotFoundError,
+  type Owner,
   type PolicyRecord,
   type PolicyScope,
   type ReferenceValueRecord,
@@ -204,11 +208,12 @@ class LoggedTx {
     return results;
   }
 
-  async owner(repository: string): Promise<string | undefined> {
-    const r = await this.c.query<{ tenant: string }>(
+  async owner(repository: string): Promise<{ tenant: Owner } | undefined> {
+    const r = await this.c.query<{ tenant: Owner }>(
       q('repo_tenant', 'SELECT tenant FROM repositories WHERE name = $1', [repository]),
     );
-    return r.rows[0]?.tenant;
+    const row = r.rows[0];
+    return row && { tenant: row.tenant };
   }
 }
 
@@ -440,6 +445,7 @@ export class PostgresStore implements KbsStore {
           `database schema version ${current} is newer than this program's (${POSTGRES_SCHEMA_VERSION}); upgrade cloister`,
         );
       }
+      if (current === 1) await c.query(POSTGRES_MIGRATE_1_TO_2);
       await c.query(
         'INSERT INTO schema_meta (id, version) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET version = $1',
         [POSTGRES_SCHEMA_VERSION],
@@ -456,13 +462,13 @@ export class PostgresStore implements KbsStore {
     await this.once('SELECT 1');
   }
 
-  async createRepository(repository: string, tenant: string, log: LogAppend): Promise<void> {
+  async createRepository(repository: string, tenant: Owner, log: LogAppend): Promise<void> {
     await this.logged(async (t) => {
       const owner = await t.owner(repository);
       if (owner !== undefined) {
-        throw owner === tenant
+        throw owner.tenant === tenant
           ? new ConflictError(`repository ${repository} already exists`)
-          : ownerConflict(repository, owner, tenant);
+          : ownerConflict(repository, owner.tenant, tenant);
       }
       await t.c.query('INSERT INTO repositories (name, tenant, created_at) VALUES ($1, $2, $3)', [
         repository,
@@ -473,11 +479,12 @@ export class PostgresStore implements KbsStore {
     });
   }
 
-  async repositoryTenant(repository: string): Promise<string | undefined> {
-    const r = await this.read<{ tenant: string }>(
+  async repositoryOwner(repository: string): Promise<{ tenant: Owner } | undefined> {
+    const r = await this.read<{ tenant: Owner }>(
       q('repo_tenant', 'SELECT tenant FROM repositories WHERE name = $1', [repository]),
     );
-    return r.rows[0]?.tenant;
+    const row = r.rows[0];
+    return row && { tenant: row.tenant };
   }
 
   async putResource(
@@ -491,7 +498,7 @@ export class PostgresStore implements KbsStore {
       if (owner === undefined) {
         throw new NotFoundError(`repository ${rec.repository} does not exist; create it first`);
       }
-      if (owner !== rec.tenant) throw ownerConflict(rec.repository, owner, rec.tenant);
+      if (owner.tenant !== rec.tenant) throw ownerConflict(rec.repository, owner.tenant, rec.tenant);
       const stamp = now();
       const r = await t.c.query<ResourceRow>(
         `INSERT INTO resources (path, repository, type, tag, tenant, version, size, content_type,
@@ -613,7 +620,7 @@ export class PostgresStore implements KbsStore {
         const owner = await t.owner(repository);
         if (owner === undefined)
           throw new NotFoundError(`repository ${repository} does not exist; create it first`);
-        if (owner !== rec.tenant) throw ownerConflict(repository, owner, rec.tenant);
+        if (owner.tenant !== rec.tenant) throw ownerConflict(repository, owner.tenant, rec.tenant);
       }
       const r = await t.c.query<PolicyRow>(
         `INSERT INTO policies (scope_kind, scope_target, version, tenant, source, created_at, actor)
@@ -658,7 +665,7 @@ export class PostgresStore implements KbsStore {
       const r = await t.c.query<ReferenceRow>(
         `INSERT INTO reference_values (id, tenant, tee, name, version, vals, created_at, expires_at, note)
          SELECT $1, $2, $3, $4, coalesce(max(version), 0) + 1, $5, $6, $7, $8
-           FROM reference_values WHERE tenant = $2 AND tee = $3 AND name = $4
+           FROM reference_values WHERE tenant IS NOT DISTINCT FROM $2 AND tee = $3 AND name = $4
          RETURNING *`,
         [
           crypto.randomUUID(),
@@ -676,14 +683,47 @@ export class PostgresStore implements KbsStore {
     });
   }
 
-  async listReferenceValues(filter?: { tenant?: string; tee?: string }): Promise<ReferenceValueRecord[]> {
+  async listReferenceValues(filter?: { tenant?: Owner; tee?: string }): Promise<ReferenceValueRecord[]> {
+    // IS NOT DISTINCT FROM: a NULL tenant (the operator) equals only NULL.
     const r = await this.read<ReferenceRow>(
       `SELECT * FROM reference_values
-       WHERE ($1::text IS NULL OR tenant = $1) AND ($2::text IS NULL OR tee = $2)
-       ORDER BY tenant COLLATE "C", tee COLLATE "C", name COLLATE "C", version`,
-      [filter?.tenant ?? null, filter?.tee ?? null],
+       WHERE ($1::boolean OR tenant IS NOT DISTINCT FROM $2::text) AND ($3::text IS NULL OR tee = $3)
+       ORDER BY tenant COLLATE "C" NULLS FIRST, tee COLLATE "C", name COLLATE "C", version`,
+      [filter?.tenant === undefined, filter?.tenant ?? null, filter?.tee ?? null],
     );
     return r.rows.map(referenceRecord);
+  }
+
+  async revokeAdminToken(
+    rec: Omit<AdminTokenRevocation, 'revokedAt'>,
+    log: LogAppend,
+  ): Promise<AdminTokenRevocation> {
+    const expiresAt = rec.expiresAt === undefined ? null : isoTime(rec.expiresAt, 'expiresAt');
+    return this.logged(async (t) => {
+      const r = await t.c.query<RevocationRow>(
+        `INSERT INTO admin_token_revocations (token_id, expires_at, revoked_at, actor, reason)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (token_id) DO NOTHING RETURNING *`,
+        [rec.tokenId, expiresAt, now(), rec.actor, rec.reason ?? null],
+      );
+      const row = r.rows[0];
+      if (!row) throw new ConflictError(`admin token ${rec.tokenId} is already revoked`);
+      await t.append(log);
+      return revocationRecord(row);
+    });
+  }
+
+  async isAdminTokenRevoked(tokenId: string): Promise<boolean> {
+    const r = await this.read(
+      q('rev_get', 'SELECT 1 FROM admin_token_revocations WHERE token_id = $1', [tokenId]),
+    );
+    return r.rows.length > 0;
+  }
+
+  async listAdminTokenRevocations(): Promise<AdminTokenRevocation[]> {
+    const r = await this.read<RevocationRow>(
+      'SELECT * FROM admin_token_revocations ORDER BY revoked_at, token_id COLLATE "C"',
+    );
+    return r.rows.map(revocationRecord);
   }
 
   async createSession(s: SessionRecord): Promise<void> {

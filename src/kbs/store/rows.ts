@@ -1,6 +1,8 @@
 /** Row shapes shared by the SQL backends and their mapping to the store's records. */
 import { scopeFromColumns, sessionStatus } from './common.js';
 import type {
+  AdminTokenRevocation,
+  Owner,
   PolicyRecord,
   ReferenceValueRecord,
   ResourceMeta,
@@ -14,7 +16,7 @@ export interface ResourceRow {
   repository: string;
   type: string;
   tag: string;
-  tenant: string;
+  tenant: Owner;
   version: number;
   /** PostgreSQL returns BIGINT as a string. */
   size: number | string;
@@ -28,14 +30,14 @@ export interface PolicyRow {
   scope_kind: string;
   scope_target: string;
   version: number;
-  tenant: string;
+  tenant: Owner;
   source: string;
   created_at: string;
   actor: string;
 }
 export interface ReferenceRow {
   id: string;
-  tenant: string;
+  tenant: Owner;
   tee: string;
   name: string;
   version: number;
@@ -52,6 +54,13 @@ export interface SessionRow {
   expires_at: string;
   token: string | null;
   tee_pubkey: string | null;
+}
+export interface RevocationRow {
+  token_id: string;
+  expires_at: string | null;
+  revoked_at: string;
+  actor: string;
+  reason: string | null;
 }
 export interface EntryRow {
   idx: number | string;
@@ -111,6 +120,15 @@ export function sessionRecord(r: SessionRow): SessionRecord {
     expiresAt: r.expires_at,
     ...(r.token !== null && { token: r.token }),
     ...(r.tee_pubkey !== null && { teePubkey: r.tee_pubkey }),
+  };
+}
+export function revocationRecord(r: RevocationRow): AdminTokenRevocation {
+  return {
+    tokenId: r.token_id,
+    ...(r.expires_at !== null && { expiresAt: r.expires_at }),
+    revokedAt: r.revoked_at,
+    actor: r.actor,
+    ...(r.reason !== null && { reason: r.reason }),
   };
 }
 export function entry(r: EntryRow): StoredLogEntry {

@@ -36,18 +36,22 @@ import {
   policyRecord,
   type ReferenceRow,
   type ResourceRow,
+  type RevocationRow,
   referenceRecord,
   resourceMeta,
   resourceRecord,
+  revocationRecord,
   type SessionRow,
   sessionRecord,
 } from './rows.js';
-import { SQLITE_SCHEMA, SQLITE_SCHEMA_VERSION } from './schema/sqlite.js';
+import { SQLITE_MIGRATE_1_TO_2, SQLITE_SCHEMA, SQLITE_SCHEMA_VERSION } from './schema/sqlite.js';
 import {
+  type AdminTokenRevocation,
   ConflictError,
   type KbsStore,
   type LogAppend,
   NotFoundError,
+  type Owner,
   type PolicyRecord,
   type PolicyScope,
   type ReferenceValueRecord,
@@ -91,11 +95,16 @@ const SQL = {
     VALUES (?, ?, ?, ?, ?, ?, ?)`,
   polAll: 'SELECT * FROM policies ORDER BY scope_kind, scope_target, version',
   polByTenant: 'SELECT * FROM policies WHERE tenant = ? ORDER BY scope_kind, scope_target, version',
-  refLatest: 'SELECT max(version) AS v FROM reference_values WHERE tenant = ? AND tee = ? AND name = ?',
+  // IS, not =: a NULL tenant (the operator) equals only NULL.
+  refLatest: 'SELECT max(version) AS v FROM reference_values WHERE tenant IS ? AND tee = ? AND name = ?',
   refInsert: `INSERT INTO reference_values (id, tenant, tee, name, version, vals, created_at, expires_at, note)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-  refList: `SELECT * FROM reference_values WHERE (@tenant IS NULL OR tenant = @tenant) AND (@tee IS NULL OR tee = @tee)
+  refList: `SELECT * FROM reference_values WHERE (@every = 1 OR tenant IS @tenant) AND (@tee IS NULL OR tee = @tee)
     ORDER BY tenant, tee, name, version`,
+  revInsert: `INSERT INTO admin_token_revocations (token_id, expires_at, revoked_at, actor, reason)
+    VALUES (?, ?, ?, ?, ?)`,
+  revGet: 'SELECT token_id FROM admin_token_revocations WHERE token_id = ?',
+  revAll: 'SELECT * FROM admin_token_revocations ORDER BY revoked_at, token_id',
   sesInsert: `INSERT INTO sessions (id, tee, nonce, status, expires_at, token, tee_pubkey)
     VALUES (?, ?, ?, ?, ?, ?, ?)`,
   sesGet: 'SELECT * FROM sessions WHERE id = ?',
@@ -188,21 +197,36 @@ export class SqliteStore implements KbsStore {
     return results;
   }
 
-  private owner(repository: string): string | undefined {
-    return (this.st('repoTenant').get(repository) as { tenant: string } | undefined)?.tenant;
+  private owner(repository: string): { tenant: Owner } | undefined {
+    const row = this.st('repoTenant').get(repository) as { tenant: Owner } | undefined;
+    return row && { tenant: row.tenant };
   }
 
   async migrate(): Promise<void> {
-    this.write(() => {
-      this.db.exec(SQLITE_SCHEMA);
-      const current = this.db.pragma('user_version', { simple: true }) as number;
-      if (current > SQLITE_SCHEMA_VERSION) {
-        throw new Error(
-          `database schema version ${current} is newer than this program's (${SQLITE_SCHEMA_VERSION}); upgrade cloister`,
-        );
-      }
-      this.db.pragma(`user_version = ${SQLITE_SCHEMA_VERSION}`);
-    });
+    const version = () => this.db.pragma('user_version', { simple: true }) as number;
+    // Rebuilding tables needs foreign keys off, which SQLite ignores inside a transaction.
+    const rebuild = version() === 1;
+    if (rebuild) this.db.pragma('foreign_keys = OFF');
+    try {
+      this.write(() => {
+        const current = version();
+        if (current > SQLITE_SCHEMA_VERSION) {
+          throw new Error(
+            `database schema version ${current} is newer than this program's (${SQLITE_SCHEMA_VERSION}); upgrade cloister`,
+          );
+        }
+        if (current === 1) {
+          this.db.exec(SQLITE_MIGRATE_1_TO_2);
+          const broken = this.db.pragma('foreign_key_check') as unknown[];
+          if (broken.length > 0) throw new Error('schema migration 1→2 broke foreign keys; nothing changed');
+        } else {
+          this.db.exec(SQLITE_SCHEMA);
+        }
+        this.db.pragma(`user_version = ${SQLITE_SCHEMA_VERSION}`);
+      });
+    } finally {
+      if (rebuild) this.db.pragma('foreign_keys = ON');
+    }
   }
 
   async close(): Promise<void> {
@@ -213,20 +237,20 @@ export class SqliteStore implements KbsStore {
     this.db.prepare('SELECT 1').get();
   }
 
-  async createRepository(repository: string, tenant: string, log: LogAppend): Promise<void> {
+  async createRepository(repository: string, tenant: Owner, log: LogAppend): Promise<void> {
     this.write(() => {
       const owner = this.owner(repository);
       if (owner !== undefined) {
-        throw owner === tenant
+        throw owner.tenant === tenant
           ? new ConflictError(`repository ${repository} already exists`)
-          : ownerConflict(repository, owner, tenant);
+          : ownerConflict(repository, owner.tenant, tenant);
       }
       this.st('repoInsert').run(repository, tenant, now());
       this.append(log);
     });
   }
 
-  async repositoryTenant(repository: string): Promise<string | undefined> {
+  async repositoryOwner(repository: string): Promise<{ tenant: Owner } | undefined> {
     return this.owner(repository);
   }
 
@@ -241,7 +265,7 @@ export class SqliteStore implements KbsStore {
       if (owner === undefined) {
         throw new NotFoundError(`repository ${rec.repository} does not exist; create it first`);
       }
-      if (owner !== rec.tenant) throw ownerConflict(rec.repository, owner, rec.tenant);
+      if (owner.tenant !== rec.tenant) throw ownerConflict(rec.repository, owner.tenant, rec.tenant);
       if (this.st('resGet').get(rec.path)) {
         throw new ConflictError(`resource ${rec.path} already exists; rotate it to store a new value`);
       }
@@ -345,7 +369,7 @@ export class SqliteStore implements KbsStore {
         const owner = this.owner(repository);
         if (owner === undefined)
           throw new NotFoundError(`repository ${repository} does not exist; create it first`);
-        if (owner !== rec.tenant) throw ownerConflict(repository, owner, rec.tenant);
+        if (owner.tenant !== rec.tenant) throw ownerConflict(repository, owner.tenant, rec.tenant);
       }
       const latest = this.st('polLatest').get(kind, target) as PolicyRow | undefined;
       const row: PolicyRow = {
@@ -418,12 +442,41 @@ export class SqliteStore implements KbsStore {
     });
   }
 
-  async listReferenceValues(filter?: { tenant?: string; tee?: string }): Promise<ReferenceValueRecord[]> {
+  async listReferenceValues(filter?: { tenant?: Owner; tee?: string }): Promise<ReferenceValueRecord[]> {
     const rows = this.st('refList').all({
+      every: filter?.tenant === undefined ? 1 : 0,
       tenant: filter?.tenant ?? null,
       tee: filter?.tee ?? null,
     }) as ReferenceRow[];
     return rows.map(referenceRecord);
+  }
+
+  async revokeAdminToken(
+    rec: Omit<AdminTokenRevocation, 'revokedAt'>,
+    log: LogAppend,
+  ): Promise<AdminTokenRevocation> {
+    const row: RevocationRow = {
+      token_id: rec.tokenId,
+      expires_at: rec.expiresAt === undefined ? null : isoTime(rec.expiresAt, 'expiresAt'),
+      revoked_at: now(),
+      actor: rec.actor,
+      reason: rec.reason ?? null,
+    };
+    return this.write(() => {
+      if (this.st('revGet').get(rec.tokenId))
+        throw new ConflictError(`admin token ${rec.tokenId} is already revoked`);
+      this.st('revInsert').run(row.token_id, row.expires_at, row.revoked_at, row.actor, row.reason);
+      this.append(log);
+      return revocationRecord(row);
+    });
+  }
+
+  async isAdminTokenRevoked(tokenId: string): Promise<boolean> {
+    return this.st('revGet').get(tokenId) !== undefined;
+  }
+
+  async listAdminTokenRevocations(): Promise<AdminTokenRevocation[]> {
+    return (this.st('revAll').all() as RevocationRow[]).map(revocationRecord);
   }
 
   async createSession(s: SessionRecord): Promise<void> {

@@ -13,13 +13,21 @@ export interface SealedSecret {
   ciphertext: Uint8Array;
 }
 
+/**
+ * The owner of a repository, policy or reference value: a tenant's name, or null for the operator (what
+ * admins own; broker-wide policies and reference values). The operator is never written as a reserved
+ * name, so no tenant can be taken for it, and a query for a tenant never matches the operator's rows.
+ */
+export type Owner = string | null;
+
 export interface ResourceMeta {
   /** `<repository>/<type>/<tag>` */
   path: string;
   repository: string;
   type: string;
   tag: string;
-  tenant: string;
+  /** The repository's owner (null: the operator). */
+  tenant: Owner;
   /** Starts at 1; every rotate makes a new version. */
   version: number;
   /** Byte length of the plaintext value (metadata only; values are never returned by the admin API). */
@@ -40,7 +48,8 @@ export type PolicyScope =
 
 export interface PolicyRecord {
   scope: PolicyScope;
-  tenant: string;
+  /** Owner of the scope's repository; null for the operator (the broker-wide `default` scope included). */
+  tenant: Owner;
   version: number;
   /** CEL source. */
   source: string;
@@ -50,7 +59,8 @@ export interface PolicyRecord {
 
 export interface ReferenceValueRecord {
   id: string;
-  tenant: string;
+  /** null: operator-wide, applied to every tenant's releases. */
+  tenant: Owner;
   tee: string;
   /** Claim name, e.g. mr_td, measurement, mr_enclave. */
   name: string;
@@ -59,6 +69,16 @@ export interface ReferenceValueRecord {
   createdAt: string;
   expiresAt?: string;
   note?: string;
+}
+
+/** A revoked admin token, by its `jti`. */
+export interface AdminTokenRevocation {
+  tokenId: string;
+  /** The token's `exp` as an ISO time, when known: after it the revocation changes nothing. */
+  expiresAt?: string;
+  revokedAt: string;
+  actor: string;
+  reason?: string;
 }
 
 export type SessionStatus = 'challenged' | 'attested';
@@ -80,7 +100,8 @@ export interface SessionRecord {
 /** The fields of a transparency-log entry that the store appends in the same transaction. */
 export interface LogAppend {
   kind: string;
-  tenant: string;
+  /** null for the operator (the entry records it as '', the log format's "no tenant"). */
+  tenant: Owner;
   actor: string;
   subject: string;
   details: Record<string, unknown>;
@@ -112,8 +133,9 @@ export interface KbsStore {
   close(): Promise<void>;
 
   // tenants and repositories
-  createRepository(repository: string, tenant: string, log: LogAppend): Promise<void>;
-  repositoryTenant(repository: string): Promise<string | undefined>;
+  createRepository(repository: string, tenant: Owner, log: LogAppend): Promise<void>;
+  /** undefined: no such repository; otherwise who owns it. */
+  repositoryOwner(repository: string): Promise<{ tenant: Owner } | undefined>;
 
   // resources
   putResource(
@@ -138,7 +160,17 @@ export interface KbsStore {
     rec: Omit<ReferenceValueRecord, 'id' | 'version' | 'createdAt'>,
     log: LogAppend,
   ): Promise<ReferenceValueRecord>;
-  listReferenceValues(filter?: { tenant?: string; tee?: string }): Promise<ReferenceValueRecord[]>;
+  /** `tenant`: undefined lists every owner's, null only the operator's, a name only that tenant's. */
+  listReferenceValues(filter?: { tenant?: Owner; tee?: string }): Promise<ReferenceValueRecord[]>;
+
+  // admin-token revocations
+  /** Records a revocation; revoking an id twice is a ConflictError. */
+  revokeAdminToken(
+    rec: Omit<AdminTokenRevocation, 'revokedAt'>,
+    log: LogAppend,
+  ): Promise<AdminTokenRevocation>;
+  isAdminTokenRevoked(tokenId: string): Promise<boolean>;
+  listAdminTokenRevocations(): Promise<AdminTokenRevocation[]>;
 
   // sessions
   createSession(s: SessionRecord): Promise<void>;

@@ -65,7 +65,7 @@ export function expectUnbrokenChain(entries: StoredLogEntry[]): void {
   });
 }
 
-export const logFields = (kind: string, subject = 'x', tenant = 't1'): LogAppend => ({
+export const logFields = (kind: string, subject = 'x', tenant: string | null = 't1'): LogAppend => ({
   kind,
   tenant,
   actor: 'admin@test',
@@ -100,7 +100,7 @@ export function storeConformance(name: string, makeStore: MakeStore): void {
     }
     async function withResource(store: KbsStore, path = 'repo1/key/a', tenant = 't1') {
       const [repository, type, tag] = path.split('/') as [string, string, string];
-      if ((await store.repositoryTenant(repository)) === undefined) {
+      if ((await store.repositoryOwner(repository)) === undefined) {
         await store.createRepository(repository, tenant, logFields('repository.create', repository, tenant));
       }
       return store.putResource(
@@ -130,9 +130,9 @@ export function storeConformance(name: string, makeStore: MakeStore): void {
     describe('repositories and tenancy', () => {
       it('records the owning tenant and logs the creation', async () => {
         const { store } = await fresh();
-        expect(await store.repositoryTenant('models')).toBeUndefined();
+        expect(await store.repositoryOwner('models')).toBeUndefined();
         await store.createRepository('models', 'acme', logFields('repository.create', 'models', 'acme'));
-        expect(await store.repositoryTenant('models')).toBe('acme');
+        expect(await store.repositoryOwner('models')).toEqual({ tenant: 'acme' });
         const [e] = await allEntries(store);
         expect(JSON.parse(new TextDecoder().decode(e!.canonical))).toMatchObject({
           kind: 'repository.create',
@@ -150,7 +150,7 @@ export function storeConformance(name: string, makeStore: MakeStore): void {
         await expect(
           store.createRepository('models', 'acme', logFields('repository.create')),
         ).rejects.toBeInstanceOf(ConflictError);
-        expect(await store.repositoryTenant('models')).toBe('acme');
+        expect(await store.repositoryOwner('models')).toEqual({ tenant: 'acme' });
         expect(await store.logSize()).toBe(1);
       });
 
@@ -173,7 +173,7 @@ export function storeConformance(name: string, makeStore: MakeStore): void {
           )
           .catch((e: unknown) => e);
         expect(err).toBeInstanceOf(ConflictError);
-        expect((err as Error).message).toMatch(/repository models belongs to tenant acme, not evil/);
+        expect((err as Error).message).toMatch(/repository models belongs to tenant acme, not tenant evil/);
         expect(await store.getResource('models/key/llama')).toBeUndefined();
         expect(await store.logSize()).toBe(1);
       });
@@ -475,6 +475,113 @@ export function storeConformance(name: string, makeStore: MakeStore): void {
       });
     });
 
+    describe('the operator as an owner of its own', () => {
+      it('owns repositories, resources and policies as null, which no tenant query matches', async () => {
+        const { store } = await fresh();
+        await store.createRepository('Shared', null, logFields('repository', 'Shared', null));
+        expect(await store.repositoryOwner('Shared')).toEqual({ tenant: null });
+        await expect(
+          store.createRepository('Shared', 'default', logFields('repository', 'Shared')),
+        ).rejects.toThrow(/belongs to the operator, not tenant default/);
+        await expect(
+          store.putResource(
+            {
+              path: 'Shared/k/a',
+              repository: 'Shared',
+              type: 'k',
+              tag: 'a',
+              tenant: 'default',
+              size: 1,
+              contentType: 'application/octet-stream',
+              secret: secret('mk1', 1),
+            },
+            logFields('resource.put'),
+          ),
+        ).rejects.toBeInstanceOf(ConflictError);
+        const meta = await store.putResource(
+          {
+            path: 'Shared/k/a',
+            repository: 'Shared',
+            type: 'k',
+            tag: 'a',
+            tenant: null,
+            size: 1,
+            contentType: 'application/octet-stream',
+            secret: secret('mk1', 1),
+          },
+          logFields('resource.put'),
+        );
+        expect(meta.tenant).toBeNull();
+        await store.setPolicy(
+          { scope: { kind: 'repository', repository: 'Shared' }, tenant: null, source: 'true', actor: 'a' },
+          logFields('policy'),
+        );
+        await store.setPolicy(
+          { scope: { kind: 'default' }, tenant: null, source: 'true', actor: 'a' },
+          logFields('policy'),
+        );
+        for (const t of ['default', '*', 'operator']) {
+          expect(await store.listResources(t)).toEqual([]);
+          expect(await store.listPolicies(t)).toEqual([]);
+        }
+        expect((await store.listResources()).map((r) => r.tenant)).toEqual([null]);
+        expect((await store.listPolicies()).map((p) => p.tenant)).toEqual([null, null]);
+      });
+
+      it('keeps operator-wide reference values apart from every tenant’s, versioned on their own', async () => {
+        const { store } = await fresh();
+        const add = (tenant: string | null, values: string[]) =>
+          store.addReferenceValue({ tenant, tee: 'tdx', name: 'mr_td', values }, logFields('refval.add'));
+        const o1 = await add(null, ['aa']);
+        const t1 = await add('t1', ['bb']);
+        const o2 = await add(null, ['cc']);
+        expect([o1.version, t1.version, o2.version]).toEqual([1, 1, 2]);
+        expect(o1.tenant).toBeNull();
+        expect(await store.listReferenceValues({ tenant: null })).toEqual([o1, o2]);
+        expect(await store.listReferenceValues({ tenant: 't1' })).toEqual([t1]);
+        expect(await store.listReferenceValues({ tenant: '*' })).toEqual([]);
+        expect(await store.listReferenceValues()).toEqual([o1, o2, t1]);
+      });
+    });
+
+    describe('admin-token revocations', () => {
+      it('records a revocation with its log entry, answers by id, lists, and refuses a second', async () => {
+        const { store } = await fresh();
+        expect(await store.isAdminTokenRevoked('j1')).toBe(false);
+        const r = await store.revokeAdminToken(
+          { tokenId: 'j1', actor: 'admin:ops', expiresAt: '2030-01-01T00:00:00Z', reason: 'lost' },
+          logFields('admin-token-revoke', 'admin-token:j1'),
+        );
+        expect(r).toEqual({
+          tokenId: 'j1',
+          actor: 'admin:ops',
+          expiresAt: '2030-01-01T00:00:00.000Z',
+          reason: 'lost',
+          revokedAt: expect.stringMatching(ISO),
+        });
+        const r2 = await store.revokeAdminToken({ tokenId: 'j2', actor: 'admin:ops' }, logFields('x', 'j2'));
+        expect(r2).not.toHaveProperty('reason');
+        expect(r2).not.toHaveProperty('expiresAt');
+        expect(await store.isAdminTokenRevoked('j1')).toBe(true);
+        expect(await store.isAdminTokenRevoked('j3')).toBe(false);
+        await expect(
+          store.revokeAdminToken({ tokenId: 'j1', actor: 'x' }, logFields('x')),
+        ).rejects.toBeInstanceOf(ConflictError);
+        expect((await store.listAdminTokenRevocations()).map((x) => x.tokenId).sort()).toEqual(['j1', 'j2']);
+        expect(await store.logSize()).toBe(2);
+      });
+
+      it('rolls a revocation back when its log entry cannot be built', async () => {
+        const { store, log } = await fresh();
+        log.failNext();
+        await expect(
+          store.revokeAdminToken({ tokenId: 'j1', actor: 'x' }, logFields('admin-token-revoke')),
+        ).rejects.toThrow();
+        expect(await store.isAdminTokenRevoked('j1')).toBe(false);
+        expect(await store.logSize()).toBe(0);
+      });
+    });
+
     describe('sessions', () => {
       const session = (id: string, expiresAt = '2099-01-01T00:00:00.000Z') => ({
         id,
@@ -652,7 +759,7 @@ export function storeConformance(name: string, makeStore: MakeStore): void {
           await expect(attempt(), what).rejects.toThrow('test builder refuses');
         }
         expect(await store.logSize()).toBe(2);
-        expect(await store.repositoryTenant('repo2')).toBeUndefined();
+        expect(await store.repositoryOwner('repo2')).toBeUndefined();
         expect(await store.getResource('repo1/key/b')).toBeUndefined();
         expect(await store.getResource('repo1/key/a')).toMatchObject({
           version: 1,
@@ -673,7 +780,7 @@ export function storeConformance(name: string, makeStore: MakeStore): void {
         await expect(store.createRepository('r', 't', logFields('repository.create'))).rejects.toBeInstanceOf(
           TypeError,
         );
-        expect(await store.repositoryTenant('r')).toBeUndefined();
+        expect(await store.repositoryOwner('r')).toBeUndefined();
         expect(await store.logSize()).toBe(0);
       });
 

@@ -6,6 +6,8 @@ import { PostgresStore } from '../../../src/kbs/store/postgres.js';
 import { StoreUnavailableError } from '../../../src/kbs/store/types.js';
 import { until } from '../helpers.js';
 import { expectUnbrokenChain, logFields, storeConformance, testLog } from './conformance.js';
+import { POSTGRES_SCHEMA_V1, V1_ROWS } from './fixtures/schema-v1.js';
+import { expectMigratedFromV1 } from './migration.js';
 
 // CLOISTER_TEST_PG names the test server; `skip` leaves these tests out (a machine without PostgreSQL).
 const URL = process.env.CLOISTER_TEST_PG ?? 'postgres://postgres@127.0.0.1:5432/test';
@@ -140,6 +142,29 @@ describe.skipIf(!enabled)('postgres', () => {
   storeConformance('postgres', (opts) => {
     const s = new PostgresStore(URL, { ...opts, schema: newSchema(), poolSize: 4 });
     return s.migrate().then(() => s);
+  });
+
+  it('migrates a version 1 schema: operator sentinels become the operator (NULL)', async () => {
+    const schema = newSchema();
+    const c = new pg.Client({ connectionString: URL });
+    await c.connect();
+    try {
+      await c.query(`CREATE SCHEMA ${schema}; SET search_path = ${schema};`);
+      await c.query(POSTGRES_SCHEMA_V1);
+      await c.query(V1_ROWS("'\\x0102'::bytea"));
+      await c.query('INSERT INTO schema_meta (id, version) VALUES (1, 1)');
+    } finally {
+      await c.end();
+    }
+    const s = await open(schema);
+    try {
+      await expectMigratedFromV1(s);
+    } finally {
+      await s.close();
+    }
+    const again = await open(schema);
+    expect(await again.repositoryOwner('Shared')).toEqual({ tenant: null });
+    await again.close();
   });
 
   describe('PostgresStore across replicas', () => {

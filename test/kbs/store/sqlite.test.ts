@@ -3,9 +3,12 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SqliteStore } from '../../../src/kbs/store/sqlite.js';
 import { expectUnbrokenChain, logFields, storeConformance, testLog } from './conformance.js';
+import { SQLITE_SCHEMA_V1, V1_ROWS } from './fixtures/schema-v1.js';
+import { expectMigratedFromV1 } from './migration.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'cloister-sqlite-'));
 let n = 0;
@@ -26,6 +29,37 @@ storeConformance('sqlite (file)', (opts) => {
 storeConformance('sqlite (:memory:)', (opts) => {
   const s = new SqliteStore(':memory:', opts);
   return s.migrate().then(() => s);
+});
+
+describe('SqliteStore schema migration', () => {
+  it('turns version 1 operator sentinels into the operator (NULL), keeping foreign keys', async () => {
+    const path = file();
+    const old = new Database(path);
+    old.exec(SQLITE_SCHEMA_V1);
+    old.exec(V1_ROWS("x'0102'"));
+    old.pragma('user_version = 1');
+    old.close();
+    const s = await open(path);
+    try {
+      await expectMigratedFromV1(s);
+      const db = (s as unknown as { db: Database.Database }).db;
+      expect(db.pragma('user_version', { simple: true })).toBe(2);
+      expect(db.pragma('foreign_keys', { simple: true })).toBe(1);
+      expect(() =>
+        db
+          .prepare(
+            "INSERT INTO resources VALUES ('none/k/a', 'none', 'k', 'a', NULL, 1, 1, 'o', 'mk1', x'01', 't', 't')",
+          )
+          .run(),
+      ).toThrow(/FOREIGN KEY/);
+    } finally {
+      await s.close();
+    }
+    // Opening again changes nothing.
+    const again = await open(path);
+    expect(await again.repositoryOwner('Shared')).toEqual({ tenant: null });
+    await again.close();
+  });
 });
 
 describe('SqliteStore durability', () => {
@@ -57,7 +91,7 @@ describe('SqliteStore durability', () => {
     await a.close();
 
     const b = await open(path);
-    expect(await b.repositoryTenant('repo1')).toBe('t1');
+    expect(await b.repositoryOwner('repo1')).toEqual({ tenant: 't1' });
     expect((await b.getResource('repo1/key/a'))!.secret.ciphertext).toEqual(Uint8Array.of(1, 2, 3));
     expect((await b.getSession('s'))!.status).toBe('challenged');
     expect(await b.latestCheckpoint()).toEqual({ size: 2, note: 'cp' });

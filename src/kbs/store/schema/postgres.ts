@@ -9,8 +9,11 @@
  * `sessions` is UNLOGGED: a KBS session lives for minutes and a client that loses one simply starts a
  * new handshake, so session writes skip the WAL flush that every logged commit waits for. A crash of
  * the database empties the table; nothing the transparency log records lives there.
+ *
+ * A NULL `tenant` is the operator's (see `Owner` in ../types.ts): never a reserved name, so a query for
+ * a tenant (`tenant = $1`) can never match the operator's rows. Version 2 made those columns nullable.
  */
-export const POSTGRES_SCHEMA_VERSION = 1;
+export const POSTGRES_SCHEMA_VERSION = 2;
 
 export const POSTGRES_SCHEMA = `
 CREATE TABLE IF NOT EXISTS schema_meta (
@@ -20,7 +23,7 @@ CREATE TABLE IF NOT EXISTS schema_meta (
 
 CREATE TABLE IF NOT EXISTS repositories (
   name TEXT PRIMARY KEY,
-  tenant TEXT NOT NULL,
+  tenant TEXT CHECK (tenant <> ''),
   created_at TEXT NOT NULL
 );
 
@@ -29,7 +32,7 @@ CREATE TABLE IF NOT EXISTS resources (
   repository TEXT NOT NULL REFERENCES repositories(name),
   type TEXT NOT NULL,
   tag TEXT NOT NULL,
-  tenant TEXT NOT NULL,
+  tenant TEXT CHECK (tenant <> ''),
   version INTEGER NOT NULL CHECK (version >= 1),
   size BIGINT NOT NULL CHECK (size >= 0),
   content_type TEXT NOT NULL,
@@ -44,7 +47,7 @@ CREATE TABLE IF NOT EXISTS policies (
   scope_kind TEXT NOT NULL CHECK (scope_kind IN ('resource', 'repository', 'default')),
   scope_target TEXT NOT NULL,
   version INTEGER NOT NULL CHECK (version >= 1),
-  tenant TEXT NOT NULL,
+  tenant TEXT CHECK (tenant <> ''),
   source TEXT NOT NULL,
   created_at TEXT NOT NULL,
   actor TEXT NOT NULL,
@@ -53,15 +56,26 @@ CREATE TABLE IF NOT EXISTS policies (
 
 CREATE TABLE IF NOT EXISTS reference_values (
   id TEXT PRIMARY KEY,
-  tenant TEXT NOT NULL,
+  tenant TEXT CHECK (tenant <> ''),
   tee TEXT NOT NULL,
   name TEXT NOT NULL,
   version INTEGER NOT NULL CHECK (version >= 1),
   vals TEXT NOT NULL,
   created_at TEXT NOT NULL,
   expires_at TEXT,
-  note TEXT,
-  UNIQUE (tenant, tee, name, version)
+  note TEXT
+);
+-- NULLs are distinct in a UNIQUE constraint; '' stands for the operator only inside this index (the
+-- CHECK above keeps it out of the column).
+CREATE UNIQUE INDEX IF NOT EXISTS reference_values_version
+  ON reference_values ((coalesce(tenant, '')), tee, name, version);
+
+CREATE TABLE IF NOT EXISTS admin_token_revocations (
+  token_id TEXT PRIMARY KEY,
+  expires_at TEXT,
+  revoked_at TEXT NOT NULL,
+  actor TEXT NOT NULL,
+  reason TEXT
 );
 
 CREATE UNLOGGED TABLE IF NOT EXISTS sessions (
@@ -94,4 +108,21 @@ CREATE TABLE IF NOT EXISTS checkpoints (
   note TEXT NOT NULL,
   created_at TEXT NOT NULL
 );
+`;
+
+/**
+ * Version 1 stored the operator as in-band tenant names: `default` owned what admins created, `*` held
+ * broker-wide policies and reference values. Both become NULL. Reference values of `default` stay as
+ * they were (inert: no tenant can be named so any more, and no repository is owned by it) rather than
+ * become operator-wide, which would let whoever added them deny every tenant's releases.
+ */
+export const POSTGRES_MIGRATE_1_TO_2 = `
+ALTER TABLE repositories ALTER COLUMN tenant DROP NOT NULL;
+ALTER TABLE resources ALTER COLUMN tenant DROP NOT NULL;
+ALTER TABLE policies ALTER COLUMN tenant DROP NOT NULL;
+ALTER TABLE reference_values ALTER COLUMN tenant DROP NOT NULL;
+UPDATE repositories SET tenant = NULL WHERE tenant IN ('default', '*', '');
+UPDATE resources SET tenant = NULL WHERE tenant IN ('default', '*', '');
+UPDATE policies SET tenant = NULL WHERE tenant IN ('default', '*', '');
+UPDATE reference_values SET tenant = NULL WHERE tenant IN ('*', '');
 `;

@@ -2,13 +2,16 @@
  * SQLite schema, embedded so that it ships in dist/ with the code. Times are ISO 8601 UTC text with
  * milliseconds (text order = time order); binary values are BLOBs. `user_version` records the schema
  * version for later migrations.
+ *
+ * A NULL `tenant` is the operator's (see `Owner` in ../types.ts): never a reserved name, so a query for
+ * a tenant (`tenant = ?`) can never match the operator's rows. Version 2 made those columns nullable.
  */
-export const SQLITE_SCHEMA_VERSION = 1;
+export const SQLITE_SCHEMA_VERSION = 2;
 
 export const SQLITE_SCHEMA = `
 CREATE TABLE IF NOT EXISTS repositories (
   name TEXT PRIMARY KEY,
-  tenant TEXT NOT NULL,
+  tenant TEXT CHECK (tenant <> ''),
   created_at TEXT NOT NULL
 ) STRICT;
 
@@ -17,7 +20,7 @@ CREATE TABLE IF NOT EXISTS resources (
   repository TEXT NOT NULL REFERENCES repositories(name),
   type TEXT NOT NULL,
   tag TEXT NOT NULL,
-  tenant TEXT NOT NULL,
+  tenant TEXT CHECK (tenant <> ''),
   version INTEGER NOT NULL CHECK (version >= 1),
   size INTEGER NOT NULL CHECK (size >= 0),
   content_type TEXT NOT NULL,
@@ -32,7 +35,7 @@ CREATE TABLE IF NOT EXISTS policies (
   scope_kind TEXT NOT NULL CHECK (scope_kind IN ('resource', 'repository', 'default')),
   scope_target TEXT NOT NULL,
   version INTEGER NOT NULL CHECK (version >= 1),
-  tenant TEXT NOT NULL,
+  tenant TEXT CHECK (tenant <> ''),
   source TEXT NOT NULL,
   created_at TEXT NOT NULL,
   actor TEXT NOT NULL,
@@ -41,15 +44,26 @@ CREATE TABLE IF NOT EXISTS policies (
 
 CREATE TABLE IF NOT EXISTS reference_values (
   id TEXT PRIMARY KEY,
-  tenant TEXT NOT NULL,
+  tenant TEXT CHECK (tenant <> ''),
   tee TEXT NOT NULL,
   name TEXT NOT NULL,
   version INTEGER NOT NULL CHECK (version >= 1),
   vals TEXT NOT NULL,
   created_at TEXT NOT NULL,
   expires_at TEXT,
-  note TEXT,
-  UNIQUE (tenant, tee, name, version)
+  note TEXT
+) STRICT;
+-- NULLs are distinct in a UNIQUE constraint; '' stands for the operator only inside this index (the
+-- CHECK above keeps it out of the column).
+CREATE UNIQUE INDEX IF NOT EXISTS reference_values_version
+  ON reference_values (ifnull(tenant, ''), tee, name, version);
+
+CREATE TABLE IF NOT EXISTS admin_token_revocations (
+  token_id TEXT PRIMARY KEY,
+  expires_at TEXT,
+  revoked_at TEXT NOT NULL,
+  actor TEXT NOT NULL,
+  reason TEXT
 ) STRICT;
 
 CREATE TABLE IF NOT EXISTS sessions (
@@ -75,4 +89,39 @@ CREATE TABLE IF NOT EXISTS checkpoints (
   note TEXT NOT NULL,
   created_at TEXT NOT NULL
 ) STRICT;
+`;
+
+/**
+ * Version 1 stored the operator as in-band tenant names: `default` owned what admins created, `*` held
+ * broker-wide policies and reference values. Both become NULL. Reference values of `default` stay as
+ * they were (inert: no tenant can be named so any more, and no repository is owned by it) rather than
+ * become operator-wide, which would let whoever added them deny every tenant's releases.
+ * SQLite cannot drop NOT NULL, so the four tables are rebuilt; run with foreign keys off.
+ */
+const operator = (col: string, sentinels: string) =>
+  `CASE WHEN ${col} IN (${sentinels}) THEN NULL ELSE ${col} END`;
+export const SQLITE_MIGRATE_1_TO_2 = `
+DROP INDEX IF EXISTS resources_by_tenant;
+DROP INDEX IF EXISTS reference_values_version;
+ALTER TABLE repositories RENAME TO repositories_v1;
+ALTER TABLE resources RENAME TO resources_v1;
+ALTER TABLE policies RENAME TO policies_v1;
+ALTER TABLE reference_values RENAME TO reference_values_v1;
+${SQLITE_SCHEMA}
+INSERT INTO repositories (name, tenant, created_at)
+  SELECT name, ${operator('tenant', "'default', '*', ''")}, created_at FROM repositories_v1;
+INSERT INTO resources (path, repository, type, tag, tenant, version, size, content_type, master_key_id,
+    ciphertext, created_at, updated_at)
+  SELECT path, repository, type, tag, ${operator('tenant', "'default', '*', ''")}, version, size,
+    content_type, master_key_id, ciphertext, created_at, updated_at FROM resources_v1;
+INSERT INTO policies (scope_kind, scope_target, version, tenant, source, created_at, actor)
+  SELECT scope_kind, scope_target, version, ${operator('tenant', "'default', '*', ''")}, source,
+    created_at, actor FROM policies_v1;
+INSERT INTO reference_values (id, tenant, tee, name, version, vals, created_at, expires_at, note)
+  SELECT id, ${operator('tenant', "'*', ''")}, tee, name, version, vals, created_at, expires_at, note
+    FROM reference_values_v1;
+DROP TABLE resources_v1;
+DROP TABLE repositories_v1;
+DROP TABLE policies_v1;
+DROP TABLE reference_values_v1;
 `;
