@@ -179,7 +179,13 @@ describe('guest-components SEV-SNP evidence, malformed shapes', () => {
   const raw = read(SNP, 'trustee_milan_v3_vlek_aws', 'report.bin');
   const good = () =>
     wire(toCocoSnpEvidence(raw, [{ guid: GUID_VLEK, data: der('trustee_milan_v3_vlek_aws', 'vlek.der') }]));
-  const report = (j: Record<string, unknown>) => j['attestation_report'] as Record<string, unknown>;
+  /** A mutation of the report object inside otherwise good evidence. */
+  const inReport =
+    (f: (r: Record<string, unknown>) => void) =>
+    (j: Record<string, unknown>): unknown => {
+      f(j['attestation_report'] as Record<string, unknown>);
+      return j;
+    };
   const cases: [string, (j: Record<string, unknown>) => unknown, RegExp][] = [
     ['not an object', () => [], /must be an object \{attestation_report, cert_chain\}/],
     ['unknown top-level field', (j) => ({ ...j, quote: 'x' }), /unknown fields quote/],
@@ -188,48 +194,116 @@ describe('guest-components SEV-SNP evidence, malformed shapes', () => {
       (j) => ({ ...j, attestation_report: 'AAAA' }),
       /attestation_report must be an object/,
     ],
-    ['unknown report field', (j) => ((report(j)['tee_ext'] = 1), j), /unknown fields tee_ext/],
-    ['version 6', (j) => ((report(j)['version'] = 6), j), /version 6 is not supported/],
+    [
+      'unknown report field',
+      inReport((r) => {
+        r['tee_ext'] = 1;
+      }),
+      /unknown fields tee_ext/,
+    ],
+    [
+      'version 6',
+      inReport((r) => {
+        r['version'] = 6;
+      }),
+      /version 6 is not supported/,
+    ],
     [
       'version as a string',
-      (j) => ((report(j)['version'] = '3'), j),
+      inReport((r) => {
+        r['version'] = '3';
+      }),
       /version must be an unsigned 32-bit integer/,
     ],
-    ['v3 without CPUID', (j) => ((report(j)['cpuid_step'] = null), j), /must carry cpuid_fam_id/],
-    ['v3 with mitigation vectors', (j) => ((report(j)['launch_mit_vector'] = 0), j), /no mitigation vectors/],
-    ['v2 with CPUID', (j) => ((report(j)['version'] = 2), j), /version 2 report has no CPUID/],
+    [
+      'v3 without CPUID',
+      inReport((r) => {
+        r['cpuid_step'] = null;
+      }),
+      /must carry cpuid_fam_id/,
+    ],
+    [
+      'v3 with mitigation vectors',
+      inReport((r) => {
+        r['launch_mit_vector'] = 0;
+      }),
+      /no mitigation vectors/,
+    ],
+    [
+      'v2 with CPUID',
+      inReport((r) => {
+        r['version'] = 2;
+      }),
+      /version 2 report has no CPUID/,
+    ],
     [
       'short byte array',
-      (j) => ((report(j)['report_data'] as number[]).pop(), j),
+      inReport((r) => {
+        (r['report_data'] as number[]).pop();
+      }),
       /report_data must be an array of 64/,
     ],
     [
       'byte out of range',
-      (j) => (((report(j)['measurement'] as number[])[3] = 256), j),
+      inReport((r) => {
+        (r['measurement'] as number[])[3] = 256;
+      }),
       /measurement\[3\] must be an unsigned 8-bit/,
     ],
-    ['u64 beyond 2^53', (j) => ((report(j)['policy'] = 2 ** 60), j), /policy .* beyond 2\^53/],
-    ['negative integer', (j) => ((report(j)['vmpl'] = -1), j), /vmpl must be an unsigned 32-bit/],
+    [
+      'u64 beyond 2^53',
+      inReport((r) => {
+        r['policy'] = 2 ** 60;
+      }),
+      /policy .* beyond 2\^53/,
+    ],
+    [
+      'negative integer',
+      inReport((r) => {
+        r['vmpl'] = -1;
+      }),
+      /vmpl must be an unsigned 32-bit/,
+    ],
     [
       'TCB not an object',
-      (j) => ((report(j)['launch_tcb'] = 7), j),
+      inReport((r) => {
+        r['launch_tcb'] = 7;
+      }),
       /launch_tcb must be a TCB version object/,
     ],
     [
       'fmc on one TCB only',
-      (j) => (((report(j)['current_tcb'] as Record<string, unknown>)['fmc'] = 1), j),
+      inReport((r) => {
+        (r['current_tcb'] as Record<string, unknown>)['fmc'] = 1;
+      }),
       /every TCB version carries fmc/,
     ],
-    ['unknown CPUID', (j) => ((report(j)['cpuid_fam_id'] = 0x17), j), /not a known SEV-SNP product/],
+    [
+      'unknown CPUID',
+      inReport((r) => {
+        r['cpuid_fam_id'] = 0x17;
+      }),
+      /not a known SEV-SNP product/,
+    ],
     [
       'version object missing build',
-      (j) => ((report(j)['current'] = { major: 1, minor: 55 }), j),
+      inReport((r) => {
+        r['current'] = { major: 1, minor: 55 };
+      }),
       /current.build must be/,
     ],
-    ['signature missing', (j) => (delete report(j)['signature'], j), /signature must be an object/],
+    [
+      'signature missing',
+      inReport((r) => {
+        delete r['signature'];
+      }),
+      /signature must be an object/,
+    ],
     [
       'signature r short',
-      (j) => ((report(j)['signature'] as Record<string, number[]>)['r']!.pop(), j),
+      inReport((r) => {
+        (r['signature'] as Record<string, number[]>)['r']!.pop();
+      }),
       /signature.r must be an array of 72/,
     ],
     ['cert_chain not a list', (j) => ({ ...j, cert_chain: {} }), /cert_chain must be null or a list/],
