@@ -42,6 +42,15 @@ export async function deriveGpuNonce(cpuReportData: Uint8Array, index: number): 
   return sha256(concatBytes(utf8.encode(GPU_NONCE_LABEL), padded, i));
 }
 
+const SPDM_NONCE_SIZE = 32;
+
+/** The base cut (or zero-padded) to an SPDM nonce, as Trustee's regularize_data does. */
+function prefixNonce(base: Uint8Array): Uint8Array {
+  const out = new Uint8Array(SPDM_NONCE_SIZE);
+  out.set(base.subarray(0, SPDM_NONCE_SIZE));
+  return out;
+}
+
 export interface EvidencePart {
   /** The TEE kind; detected from the content when absent. */
   kind?: TeeKind;
@@ -88,7 +97,16 @@ export async function appraiseComposite(
   evidence: CompositeEvidence,
   options: VerifyOptions,
   registry: VerifierRegistry = defaultRegistry,
-  binding: { gpuNonceBase?: Uint8Array; gpuTrustAnchors?: Uint8Array[] } = {},
+  binding: {
+    gpuNonceBase?: Uint8Array;
+    gpuTrustAnchors?: Uint8Array[];
+    /**
+     * `derived` (default): GPU i answers deriveGpuNonce(base, i). `prefix`: every GPU answers the
+     * base's first 32 bytes, as guest-components' nvidia attester and Trustee's verifier do; the
+     * primary report data then covers the GPU list, which fixes the GPUs' order and number.
+     */
+    gpuNonce?: 'derived' | 'prefix';
+  } = {},
 ): Promise<CompositeAppraisal> {
   const cpuKind = kindOf(evidence.cpu, 'cpu0');
   if (cpuKind === 'nvidia') {
@@ -127,7 +145,7 @@ export async function appraiseComposite(
       );
     }
     const verifier = registry.get(kind);
-    const nonce = await deriveGpuNonce(nonceBase, i);
+    const nonce = binding.gpuNonce === 'prefix' ? prefixNonce(nonceBase) : await deriveGpuNonce(nonceBase, i);
     // GPUs chain to another vendor's roots than the CPU: anchors replaced for the CPU do not apply.
     const { trustAnchors: _cpuAnchors, ...shared } = options;
     const gpuOptions: VerifyOptions = {
@@ -151,8 +169,11 @@ export async function appraiseComposite(
           'verify',
           'gpu-not-bound',
           `${name}: the GPU evidence is genuine but not bound to this CPU evidence: it must answer nonce ` +
-            `${toHex(nonce)} (SHA-256 of "${GPU_NONCE_LABEL}", the binding base and index ${i}); it was ` +
-            'taken for another attestation (spliced or replayed)',
+            `${toHex(nonce)} (${
+              binding.gpuNonce === 'prefix'
+                ? 'the first 32 bytes of the binding base'
+                : `SHA-256 of "${GPU_NONCE_LABEL}", the binding base and index ${i}`
+            }); it was taken for another attestation (spliced or replayed)`,
           { cause: e },
         );
       }

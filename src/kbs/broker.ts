@@ -13,6 +13,7 @@ import {
 import { appraiseComposite } from '../attest/composite.js';
 import { type EarResult, issueEar, verifyEar } from '../attest/ear/index.js';
 import type { VerifierRegistry } from '../attest/registry.js';
+import { certTableCollateral } from '../attest/snp/certtable.js';
 import { toBase64Url } from '../util/bytes.js';
 import { decideRelease, type ReleaseDecision } from './decide.js';
 import { bindInitData, INIT_DATA_CLAIM, type ReceivedInitData, receiveInitData } from './init-data.js';
@@ -199,17 +200,21 @@ export class Broker {
     const pubkey = att['runtime-data']['tee-pubkey'];
     const additional = att['tee-evidence'].additional_evidence;
     const expected = reportDataField(await primaryRuntimeDataHash(pubkey, session.nonce, additional));
-    const { evidence, extra } = primaryEvidenceBytes(session.tee, att['tee-evidence'].primary_evidence);
+    const { evidence, extra, certTable } = primaryEvidenceBytes(
+      session.tee,
+      att['tee-evidence'].primary_evidence,
+    );
     const gpus = deviceEvidence(additional);
+    const collateral = chainSources(inlineCollateral(extra), this.o.collateral);
     const kind = session.tee as TeeKind;
     const anchors = this.o.trustAnchors ?? {};
     const result = await appraiseComposite(
       { cpu: { kind, evidence }, gpus: gpus.map((g) => ({ kind: g.kind, evidence: g.evidence })) },
       {
         at: this.now(),
-        // Certificates the TEE sent with its evidence (an SNP VCEK) come first; they are checked
-        // against the vendor roots like any other collateral.
-        collateral: chainSources(inlineCollateral(extra), this.o.collateral),
+        // Certificates the TEE sent with its evidence (an SNP VCEK, a CoCo guest's certificate
+        // table) come first; they are checked against the vendor roots like any other collateral.
+        collateral: certTable ? certTableCollateral(certTable, collateral) : collateral,
         expectedReportData: expected,
         ...(anchors[kind] ? { trustAnchors: anchors[kind] } : {}),
       },
@@ -218,6 +223,7 @@ export class Broker {
         // The GPU nonce base is a digest of its own; without GPUs nothing uses it.
         ...(gpus.length > 0 ? { gpuNonceBase: await deviceRuntimeDataHash(pubkey, session.nonce) } : {}),
         ...(anchors.nvidia ? { gpuTrustAnchors: anchors.nvidia } : {}),
+        ...(gpus[0]?.nonce === 'coco' ? { gpuNonce: 'prefix' as const } : {}),
       },
     );
     const init = received ? bindInitData(received, result.submods.cpu0!) : undefined;

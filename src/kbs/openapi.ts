@@ -7,6 +7,17 @@ const errors = (...codes: number[]) =>
       { description: 'RFC 7807 problem', content: { 'application/problem+json': { schema: problem } } },
     ]),
   );
+/** Problem responses whose `type` (https://cloister.dev/problems/<code>) is one of the listed codes. */
+const problems = (byStatus: Record<number, string[]>) =>
+  Object.fromEntries(
+    Object.entries(byStatus).map(([status, codes]) => [
+      status,
+      {
+        description: `RFC 7807 problem; type: ${codes.join(', ')}`,
+        content: { 'application/problem+json': { schema: problem } },
+      },
+    ]),
+  );
 const admin = [{ adminToken: [] }];
 const path = {
   name: 'path',
@@ -37,21 +48,70 @@ export function openApiDocument(): Record<string, unknown> {
               description: 'Challenge',
               content: { 'application/json': { schema: { $ref: '#/components/schemas/Challenge' } } },
             },
-            ...errors(400, 415, 429),
+            ...problems({
+              400: ['malformed-json', 'malformed-request', 'unsupported-version', 'unsupported-tee'],
+              413: ['body-too-large'],
+              415: ['unsupported-media-type'],
+              429: ['rate-limited'],
+            }),
           },
         },
       },
       '/kbs/v0/attest': {
         post: {
           summary: 'Attestation → EAR token (ES256 JWT)',
-          responses: { 200: { description: '{token}' }, ...errors(400, 401, 403, 413, 415, 429) },
+          requestBody: {
+            content: { 'application/json': { schema: { $ref: '#/components/schemas/Attestation' } } },
+          },
+          responses: {
+            200: { description: '{token}' },
+            ...problems({
+              400: [
+                'malformed-json',
+                'malformed-attestation',
+                'malformed-evidence',
+                'unsupported-tee',
+                'unusable-key',
+                'bad-init-data',
+              ],
+              401: [
+                'no-session',
+                'unknown-session',
+                'session-expired',
+                'nonce-used',
+                'nonce-mismatch',
+                'attestation-report-data-mismatch',
+              ],
+              403: ["attestation-<code> (the verifier's code, e.g. attestation-gpu-not-bound)"],
+              413: ['body-too-large'],
+              415: ['unsupported-media-type'],
+              429: ['rate-limited'],
+            }),
+          },
         },
       },
       '/kbs/v0/resource/{path}': {
         get: {
-          summary: 'A resource as a flattened JWE to the TEE key (cookie or bearer token)',
+          summary:
+            'A resource as a flattened JWE to the TEE key (session cookie; an attestation token as bearer only with bearerTokens on)',
           parameters: [path],
-          responses: { 200: { description: 'flattened JWE' }, ...errors(400, 401, 403, 429) },
+          responses: {
+            200: { description: 'flattened JWE' },
+            ...problems({
+              400: ['bad-resource-path'],
+              401: [
+                'no-session',
+                'unknown-session',
+                'session-expired',
+                'not-attested',
+                'token-expired',
+                'bearer-disabled',
+                'bad-token',
+              ],
+              403: ['denied (detail exactly "denied by policy", also for an unknown resource)'],
+              429: ['rate-limited'],
+            }),
+          },
         },
       },
       '/admin/v1/resources': {
@@ -194,6 +254,36 @@ export function openApiDocument(): Record<string, unknown> {
         Challenge: {
           type: 'object',
           properties: { nonce: { type: 'string', description: '32 bytes, base64' }, 'extra-params': {} },
+        },
+        Attestation: {
+          type: 'object',
+          required: ['runtime-data', 'tee-evidence'],
+          properties: {
+            'runtime-data': {
+              type: 'object',
+              required: ['nonce', 'tee-pubkey'],
+              properties: { nonce: { type: 'string' }, 'tee-pubkey': { type: 'object', description: 'JWK' } },
+            },
+            'tee-evidence': {
+              type: 'object',
+              required: ['primary_evidence'],
+              properties: {
+                primary_evidence: {
+                  description:
+                    'per TEE (docs/kbs-protocol.md §4): tdx/sgx {quote, cc_eventlog?}; snp {attestation_report, cert_chain} (guest-components) or {report, vcek?, vlek?}; Azure and sample JSON',
+                },
+                additional_evidence: {
+                  type: 'string',
+                  description:
+                    'JSON: {"nvidia": {"device_evidence_list": [...]}} (guest-components) or {"nvidia": {"gpus": [...]}}; "" without devices',
+                },
+              },
+            },
+            'init-data': {
+              type: 'object',
+              properties: { format: { type: 'string' }, body: { type: 'string' } },
+            },
+          },
         },
       },
     },

@@ -13,7 +13,10 @@
  * because the primary report data must cover the device evidence and so cannot exist before it.
  */
 
-import { bs, fromBase64 } from '../util/bytes.js';
+import { AttestationError } from '../attest/common/types.js';
+import type { CertTableEntry } from '../attest/snp/certtable.js';
+import { fromCocoSnpEvidence } from '../attest/snp/coco.js';
+import { bs, fromBase64, fromHex, toBase64 } from '../util/bytes.js';
 import { canonicalizeBytes } from '../util/jcs.js';
 
 export const KBS_PROTOCOL_VERSION = '0.4.0';
@@ -238,13 +241,16 @@ export function parseResourcePath(path: string): { repository: string; type: str
 
 /**
  * Evidence bytes for a verifier from the JSON the client sent. TDX and SGX follow guest-components
- * (`{"quote": base64}`); SNP is `{"report": base64, "vcek"?: base64 DER}`; sample and Azure evidence are
- * JSON documents passed through; anything else may be a base64 string of the raw evidence.
+ * (`{"quote": base64, "cc_eventlog"?: base64 | null}`); SEV-SNP is guest-components'
+ * `{"attestation_report": <sev's JSON of the report>, "cert_chain": [{cert_type, data}] | null}` or
+ * Cloister's `{"report": base64, "vcek"?: base64 DER, "vlek"?: base64 DER}`; sample and Azure evidence
+ * are JSON documents passed through; anything else may be a base64 string of the raw evidence.
+ * Certificates sent with the evidence come back as `extra` (collateral file names) or `certTable`.
  */
 export function primaryEvidenceBytes(
   tee: string,
   v: unknown,
-): { evidence: Uint8Array; extra: Record<string, Uint8Array> } {
+): { evidence: Uint8Array; extra: Record<string, Uint8Array>; certTable?: CertTableEntry[] } {
   const b64 = (s: unknown, field: string): Uint8Array => {
     if (typeof s !== 'string')
       throw bad('malformed-evidence', `${tee} evidence: ${field} must be a base64 string`);
@@ -256,8 +262,31 @@ export function primaryEvidenceBytes(
   };
   if (typeof v === 'string') return { evidence: b64(v, 'evidence'), extra: {} };
   if (!isObject(v)) throw bad('malformed-evidence', `${tee} evidence must be an object or a base64 string`);
-  if (tee === 'tdx' || tee === 'sgx') return { evidence: b64(v.quote, 'quote'), extra: {} };
+  if (tee === 'tdx' || tee === 'sgx') {
+    // guest-components' TDX attester adds the CC event log (CCEL, with its own AA events appended);
+    // older releases sent the AA event log apart. Neither is replayed here (policies read the RTMRs),
+    // but what is sent must be what Trustee would accept: null or base64.
+    for (const log of ['cc_eventlog', 'aa_eventlog'] as const) {
+      if (v[log] !== undefined && v[log] !== null) b64(v[log], log);
+    }
+    return { evidence: b64(v.quote, 'quote'), extra: {} };
+  }
   if (tee === 'snp') {
+    if ('attestation_report' in v) {
+      try {
+        const { report, certTable } = fromCocoSnpEvidence(v);
+        return { evidence: report, extra: {}, ...(certTable ? { certTable } : {}) };
+      } catch (e) {
+        if (e instanceof AttestationError) throw bad('malformed-evidence', e.message);
+        throw e;
+      }
+    }
+    if (!('report' in v)) {
+      throw bad(
+        'malformed-evidence',
+        'snp evidence must be guest-components\' {"attestation_report", "cert_chain"} or {"report": base64, "vcek"?, "vlek"?}',
+      );
+    }
     const extra: Record<string, Uint8Array> = {};
     if (v.vcek !== undefined) extra['vcek.der'] = b64(v.vcek, 'vcek');
     if (v.vlek !== undefined) extra['vlek.der'] = b64(v.vlek, 'vlek');
@@ -267,10 +296,67 @@ export function primaryEvidenceBytes(
 }
 
 /**
- * Device evidence from `additional_evidence`: a JSON string mapping a device TEE to its evidence.
- * Cloister's GPU form is {"nvidia": {"gpus": [evidence, …]}}, one entry per GPU in index order.
+ * How device evidence is bound to the session. `cloister`: GPU i answers
+ * `deriveGpuNonce(device_base, i)` (src/attest/composite.ts). `coco`: every device answers the first
+ * 32 bytes of device_base, as guest-components' nvidia attester takes its nonce and Trustee's
+ * verifier expects it (regularize_data to the SPDM nonce size).
  */
-export function deviceEvidence(additional: string): { kind: 'nvidia'; evidence: Uint8Array }[] {
+export type DeviceNonceForm = 'cloister' | 'coco';
+
+export interface DeviceEvidence {
+  kind: 'nvidia';
+  evidence: Uint8Array;
+  nonce: DeviceNonceForm;
+}
+
+const HEX = /^(?:[0-9a-fA-F]{2})+$/;
+
+/**
+ * One entry of guest-components' `device_evidence_list` ({arch, uuid, evidence, certificate}, serde of
+ * its NvDeviceReportAndCert) as the NVIDIA evidence the verifier reads. Like Trustee, `evidence` is
+ * hex when it decodes as hex (older attesters) and base64 otherwise; `uuid` is the attester's label,
+ * not signed, and is dropped.
+ */
+function cocoGpu(g: unknown, i: number): Uint8Array {
+  const where = `nvidia device_evidence_list[${i}]`;
+  if (!isObject(g))
+    throw bad('malformed-evidence', `${where} must be an object {arch, uuid, evidence, certificate}`);
+  const extra = Object.keys(g).filter((k) => !['arch', 'uuid', 'evidence', 'certificate'].includes(k));
+  if (extra.length > 0) throw bad('malformed-evidence', `${where} has unknown fields ${extra.join(', ')}`);
+  const arch = g.arch;
+  if (typeof arch !== 'string' || !['HOPPER', 'BLACKWELL', 'LS10'].includes(arch.toUpperCase())) {
+    throw bad('malformed-evidence', `${where}.arch must be HOPPER, BLACKWELL or LS10`);
+  }
+  if (arch.toUpperCase() === 'LS10') {
+    throw bad(
+      'unsupported-tee',
+      `${where} is NVSwitch (LS10) evidence; this broker verifies GPUs (HOPPER, BLACKWELL) only`,
+    );
+  }
+  if (g.uuid !== undefined && typeof g.uuid !== 'string')
+    throw bad('malformed-evidence', `${where}.uuid must be a string`);
+  if (typeof g.evidence !== 'string' || g.evidence === '')
+    throw bad('malformed-evidence', `${where}.evidence must be a hex or base64 string`);
+  if (typeof g.certificate !== 'string' || g.certificate === '')
+    throw bad('malformed-evidence', `${where}.certificate must be base64 of the PEM chain`);
+  let report: Uint8Array;
+  try {
+    report = HEX.test(g.evidence) ? fromHex(g.evidence) : fromBase64(g.evidence);
+  } catch {
+    throw bad('malformed-evidence', `${where}.evidence is neither hex nor base64`);
+  }
+  return new TextEncoder().encode(
+    JSON.stringify({ arch: arch.toUpperCase(), evidence: toBase64(report), certificate: g.certificate }),
+  );
+}
+
+/**
+ * Device evidence from `additional_evidence`: a JSON string mapping a device TEE (kbs_types' name) to
+ * its evidence. guest-components sends {"nvidia": {"device_evidence_list": [{arch, uuid, evidence,
+ * certificate}, …]}} (one nonce for all devices); Cloister's agent {"nvidia": {"gpus": [evidence, …]}},
+ * one entry per GPU in index order, each answering its own derived nonce.
+ */
+export function deviceEvidence(additional: string): DeviceEvidence[] {
   if (additional === '') return [];
   let parsed: unknown;
   try {
@@ -280,18 +366,44 @@ export function deviceEvidence(additional: string): { kind: 'nvidia'; evidence: 
   }
   if (!isObject(parsed))
     throw bad('malformed-evidence', 'additional_evidence must map device kinds to evidence');
-  const out: { kind: 'nvidia'; evidence: Uint8Array }[] = [];
+  const out: DeviceEvidence[] = [];
   for (const [kind, value] of Object.entries(parsed)) {
     if (kind !== 'nvidia')
       throw bad('unsupported-tee', `device evidence kind "${kind}" is not supported (nvidia)`);
+    if (isObject(value) && 'device_evidence_list' in value) {
+      const list = value.device_evidence_list;
+      if (!Array.isArray(list) || list.length === 0 || Object.keys(value).length !== 1)
+        throw bad(
+          'malformed-evidence',
+          'nvidia evidence must be {"device_evidence_list": [ … ]} with at least one device',
+        );
+      const seen = new Set<string>();
+      for (const [i, g] of list.entries()) {
+        const evidence = cocoGpu(g, i);
+        // The same report listed twice would count one GPU as two.
+        const key = new TextDecoder().decode(evidence);
+        if (seen.has(key))
+          throw bad(
+            'malformed-evidence',
+            `nvidia device_evidence_list[${i}] repeats an earlier device's report`,
+          );
+        seen.add(key);
+        out.push({ kind: 'nvidia', evidence, nonce: 'coco' });
+      }
+      continue;
+    }
     const gpus = isObject(value) ? value.gpus : undefined;
     if (!Array.isArray(gpus) || gpus.length === 0)
-      throw bad('malformed-evidence', 'nvidia evidence must be {"gpus": [ … ]}');
+      throw bad(
+        'malformed-evidence',
+        'nvidia evidence must be {"device_evidence_list": [ … ]} or {"gpus": [ … ]}',
+      );
     for (const g of gpus) {
       out.push({
         kind: 'nvidia',
         evidence:
           typeof g === 'string' ? new TextEncoder().encode(g) : new TextEncoder().encode(JSON.stringify(g)),
+        nonce: 'cloister',
       });
     }
   }

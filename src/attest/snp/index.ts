@@ -17,6 +17,13 @@ export {
 export { type EndorsementKeyInfo, readEndorsementKeyInfo } from './certs.js';
 export { type CertTableEntry, certTableCollateral, parseCertTable } from './certtable.js';
 export {
+  type CocoSnpEvidence,
+  certTableFromCocoJson,
+  fromCocoSnpEvidence,
+  reportFromCocoJson,
+  toCocoSnpEvidence,
+} from './coco.js';
+export {
   decodePolicy,
   decodeTcb,
   type ParsedReport,
