@@ -165,7 +165,7 @@ export async function checkAfterLoad(b: TestBroker, r: LoadResult): Promise<void
   expect(logged('policy-set')).toBe(versions.length);
 
   // The log is one unbroken chain that verifies against the broker's checkpoint key.
-  const bundle = await b.call('GET', '/admin/v1/log/bundle?proofs=all', await b.admin('auditor'));
+  const bundle = await b.call('GET', '/admin/v1/log/bundle?proofs=all', await b.admin('global-auditor'));
   expect(bundle.status).toBe(200);
   const report = await verifyBundle(await bundle.text(), b.logVerifierKey);
   expect(report.errors).toEqual([]);
