@@ -140,6 +140,10 @@ describe('cloister serve refuses bad setups with one clear line', () => {
         /--max-queued must be an integer ≥ 0/,
       ],
       [
+        ['--key', 'k.jwk', '--model', 'tiny.gguf.sealed', '--request-timeout', '0'],
+        /--request-timeout must be an integer ≥ 1/,
+      ],
+      [
         ['--key', 'k.jwk', '--model', 'tiny.gguf.sealed', '--init-data', 'initdata.toml'],
         /--init-data is for the key broker: it needs --kbs URL/,
       ],
@@ -149,14 +153,18 @@ describe('cloister serve refuses bad setups with one clear line', () => {
       ],
       [
         ['--key', 'k.jwk', '--model', 'tiny.gguf.sealed', '--serving-keys', 'nope.json'],
+        /--serving-keys needs --replay-redis URL: .* after a restart/,
+      ],
+      [
+        ['--key', 'k.jwk', '--model', 'tiny.gguf.sealed', '--replay-redis', 'redis://127.0.0.1:6379', '--serving-keys', 'nope.json'],
         /cannot read --serving-keys nope\.json: ENOENT/,
       ],
       [
-        ['--key', 'k.jwk', '--model', 'tiny.gguf.sealed', '--serving-keys', 'k.jwk'],
+        ['--key', 'k.jwk', '--model', 'tiny.gguf.sealed', '--replay-redis', 'redis://127.0.0.1:6379', '--serving-keys', 'k.jwk'],
         /serving keys: not a cloister-serving-keys\/v1 document/,
       ],
       [
-        ['--key', 'k.jwk', '--model', 'tiny.gguf.sealed', '--serving-keys', 'kbs:///a/b/c'],
+        ['--key', 'k.jwk', '--model', 'tiny.gguf.sealed', '--replay-redis', 'redis://127.0.0.1:6379', '--serving-keys', 'kbs:///a/b/c'],
         /--serving-keys kbs:\/\/\/a\/b\/c needs --kbs URL/,
       ],
     ];
