@@ -183,6 +183,11 @@ function sendProblem(res: ServerResponse, e: GatewayError): void {
 export async function startInferenceServer(o: InferenceServerOptions): Promise<InferenceServer> {
   const replayWindowMs = o.replayWindowMs ?? 120_000;
   const maxBodyBytes = o.maxBodyBytes ?? 1 << 20;
+  const requestTimeoutMs = o.timeouts?.requestMs ?? 60_000;
+  const headersTimeoutMs = Math.min(o.timeouts?.headersMs ?? 30_000, requestTimeoutMs);
+  const keepAliveTimeoutMs = o.timeouts?.keepAliveMs ?? 5_000;
+  const { gateway: gatewayKey, receipt } = o.keys ?? (await generateServingKeys());
+  if (o.keys) checkServedModels(o.keys, o.models, o.allowPlaintext);
   if (o.keys && !o.replay) {
     // Keys made here die with the process, so no other process can open what it accepted; shared keys
     // live on, and a memory of requests per process would let a captured request be answered again by
@@ -191,11 +196,6 @@ export async function startInferenceServer(o: InferenceServerOptions): Promise<I
       'shared serving keys need a shared replay store (--replay-redis): without one a captured request could be answered again by another replica or after a restart',
     );
   }
-  const requestTimeoutMs = o.timeouts?.requestMs ?? 60_000;
-  const headersTimeoutMs = Math.min(o.timeouts?.headersMs ?? 30_000, requestTimeoutMs);
-  const keepAliveTimeoutMs = o.timeouts?.keepAliveMs ?? 5_000;
-  const { gateway: gatewayKey, receipt } = o.keys ?? (await generateServingKeys());
-  if (o.keys) checkServedModels(o.keys, o.models, o.allowPlaintext);
   const keyList = encodeKeyConfigList([gatewayKey.config]);
   const identity: InferenceIdentity = {
     type: IDENTITY_TYPE,
