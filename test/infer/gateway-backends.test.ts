@@ -16,6 +16,7 @@ import {
   type ExchangeContext,
   encapsulateRequest,
   encodeRequest,
+  encodeVarint,
   generateGatewayKey,
   type KeyConfig,
   type OhttpBackend,
@@ -128,6 +129,27 @@ describe.each(PAIRS)('createGateway: %s', (_name, gatewayBackend, clientBackend)
     const { head, text } = await readChunked(context, out.body as ReadableStream<Uint8Array>);
     expect(head).toMatchObject({ type: 'head', status: 200 });
     expect(text).toBe('data: one\n\ndata: two\n\ndata: three\n\n');
+  });
+
+  it("takes an indeterminate-length Binary HTTP request in chunks, as ohttp-ts's ChunkedOHTTPClient sends", async () => {
+    const lp = (t: string) => concatBytes(encodeVarint(utf8.encode(t).length), utf8.encode(t));
+    const date = new Date().toUTCString();
+    // RFC 9292 §3.2: framing 2, control data, fields ended by 0, content chunks ended by 0, no trailers.
+    const indeterminate = concatBytes(
+      encodeVarint(2),
+      ...['POST', 'https', 'x', '/whole'].map(lp),
+      lp('date'),
+      lp(date),
+      encodeVarint(0),
+      lp('stream'),
+      lp('ed in'),
+      encodeVarint(0),
+      encodeVarint(0),
+    );
+    const { parts, context } = await chunkedRequest(key.config, indeterminate, backend, 16_384);
+    const out = await gateway({ chunked: true, body: pieces(parts) }, signal);
+    const { text } = await readChunked(context, out.body as ReadableStream<Uint8Array>);
+    expect(JSON.parse(text)).toEqual({ echo: 'streamed in' });
   });
 
   it('a chunked request for a whole answer still gets a chunked response (the draft requires it)', async () => {
