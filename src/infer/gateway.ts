@@ -62,12 +62,13 @@ export interface GatewayOptions {
   ohttp?: OhttpBackend;
 }
 
-export interface GatewayRequest {
-  /** A chunked request (`message/ohttp-chunked-req`), read and opened chunk by chunk as it arrives. */
-  chunked: boolean;
-  /** The encapsulated request, whole or as it arrives. */
-  body: Uint8Array | AsyncIterable<Uint8Array>;
-}
+/**
+ * A plain request (`message/ohttp-req`) whole, or a chunked one (`message/ohttp-chunked-req`), which is
+ * opened chunk by chunk as its bytes arrive.
+ */
+export type GatewayRequest =
+  | { chunked: false; body: Uint8Array }
+  | { chunked: true; body: Uint8Array | AsyncIterable<Uint8Array> };
 
 export interface GatewayResponse {
   contentType: string;
@@ -91,7 +92,7 @@ export class GatewayError extends InferError {
 }
 
 /** A GatewayError as an RFC 9457 problem response; date problems carry the gateway's Date (§6.5.2). */
-export function problemResponse(e: GatewayError, now: number): Response {
+function problemResponse(e: GatewayError, now: number): Response {
   const headers: Record<string, string> = {
     'content-type': 'application/problem+json',
     'cache-control': 'no-store',
@@ -197,8 +198,7 @@ export function createGateway(
     const backend = o.ohttp ? { backend: o.ohttp } : {};
     try {
       if (!req.chunked) {
-        const whole = req.body instanceof Uint8Array ? req.body : concatBytes(...(await collect(req.body)));
-        const { request, context } = await decapsulateRequest(whole, o.keys, backend);
+        const { request, context } = await decapsulateRequest(req.body, o.keys, backend);
         return { requestBytes: request, context };
       }
       const opener = new ChunkedRequestOpener(o.keys, backend);
@@ -317,10 +317,4 @@ export function createGateway(
     });
     return { contentType: OHTTP_CHUNKED_RESPONSE_TYPE, body, incremental: true };
   };
-}
-
-async function collect(body: AsyncIterable<Uint8Array>): Promise<Uint8Array[]> {
-  const out: Uint8Array[] = [];
-  for await (const b of body) out.push(b);
-  return out;
 }

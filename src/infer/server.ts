@@ -276,7 +276,9 @@ export async function startInferenceServer(o: InferenceServerOptions): Promise<I
       }
       const chunked = type === OHTTP_CHUNKED_REQUEST_TYPE;
       const out = await gateway(
-        { chunked, body: chunked ? limitedBody(req, maxBodyBytes) : await readBody(req, maxBodyBytes) },
+        chunked
+          ? { chunked, body: limitedBody(req, maxBodyBytes) }
+          : { chunked, body: await readBody(req, maxBodyBytes) },
         ac.signal,
       );
       await send(
