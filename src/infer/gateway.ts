@@ -225,6 +225,10 @@ export function createGateway(
     }
     const wantsReceipt = header(inner.headers, RECEIPT_HEADER) !== undefined;
     try {
+      // RFC 9458 §5.1: a 100-continue expectation cannot be met through the encapsulation.
+      if (/100-continue/i.test(header(inner.headers, 'expect') ?? '')) {
+        throw new GatewayError(417, 'expectation_failed', 'Expect: 100-continue cannot be met through OHTTP');
+      }
       const at = checkDate(inner);
       try {
         await o.replay.check(enc, at);

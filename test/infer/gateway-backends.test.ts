@@ -219,6 +219,19 @@ describe('refusals after decryption come back encrypted (RFC 9458 §5.2)', () =>
     const { res: bad, problem } = await refusal(gateway, utf8.encode('not binary http'));
     expect(bad.status).toBe(400);
     expect(problem.title).toBe('bad_inner_request');
+    // RFC 9458 §5.1: the gateway MUST refuse a 100-continue expectation.
+    const expecting = encodeRequest({
+      method: 'POST',
+      path: '/whole',
+      headers: [
+        ['date', new Date().toUTCString()],
+        ['expect', '100-continue'],
+      ],
+      content: utf8.encode('x'),
+    });
+    const { res: expect417, problem: p417 } = await refusal(gateway, expecting);
+    expect(expect417.status).toBe(417);
+    expect(p417.title).toBe('expectation_failed');
   });
 
   it('a captured request stays refused when the clock is stepped forward 125 s and back', async () => {
