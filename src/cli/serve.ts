@@ -41,6 +41,9 @@ interface ServeCliOptions extends Omit<TeeCliOptions, 'kbs'> {
   engineGpu: 'auto' | 'off';
   servingKeys?: string;
   replayRedis?: string;
+  requestTimeout: string;
+  headersTimeout: string;
+  keepAliveTimeout: string;
 }
 
 const collect = (v: string, prev: string[]) => [...prev, v];
@@ -100,6 +103,13 @@ export function registerServe(program: Command): void {
     .option('--replay-window <s>', 'seconds the OHTTP gateway remembers requests (Date skew: half)', '120')
     .option('--max-body <bytes>', 'largest request body', String(1 << 20))
     .option(
+      '--request-timeout <s>',
+      'seconds a client has to send a whole request, headers and body (slow uploads get 408); responses are not timed',
+      '60',
+    )
+    .option('--headers-timeout <s>', 'seconds a client has to send the request headers', '30')
+    .option('--keep-alive-timeout <s>', 'seconds an idle kept-alive connection stays open', '5')
+    .option(
       '--pad-stream <bytes>',
       'pad each streamed event to a multiple of this (hides token lengths; 0: off)',
       '64',
@@ -110,7 +120,7 @@ export function registerServe(program: Command): void {
     )
     .option(
       '--replay-redis <url>',
-      'with --serving-keys: remember requests in this Redis (redis://host:port/db), shared by the replicas, so a request replayed to another replica is refused too',
+      'with --serving-keys (required there): remember requests in this Redis (redis://host:port/db), shared by the replicas, so a request replayed to another replica, or after a restart, is refused too',
     )
     .option('--private-dir <dir>', 'memory file system for the plaintext model', '/dev/shm')
     .option('--allow-disk', 'accept a --private-dir that is not tmpfs/ramfs (plaintext may reach a disk)')
@@ -154,6 +164,15 @@ export function registerServe(program: Command): void {
       }
       if (opts.replayRedis && !opts.servingKeys)
         throw new Error('--replay-redis is for replicas that share keys: it needs --serving-keys');
+      if (opts.servingKeys && !opts.replayRedis)
+        throw new Error(
+          '--serving-keys needs --replay-redis URL: shared keys outlive this process, so without a shared replay store a captured request could be answered again by another replica or after a restart',
+        );
+      const timeouts = {
+        requestMs: integerOption(opts.requestTimeout, '--request-timeout', 1) * 1000,
+        headersMs: integerOption(opts.headersTimeout, '--headers-timeout', 1) * 1000,
+        keepAliveMs: integerOption(opts.keepAliveTimeout, '--keep-alive-timeout', 1) * 1000,
+      };
       const replayWindowMs = integerOption(opts.replayWindow, '--replay-window', 1) * 1000;
       const keys = opts.servingKeys
         ? await servingKeysFrom(opts.servingKeys, broker, tee.attester.insecure === true, log)
@@ -206,6 +225,7 @@ export function registerServe(program: Command): void {
           replayWindowMs,
           ...(replay ? { replay } : {}),
           maxBodyBytes: integerOption(opts.maxBody, '--max-body', 1),
+          timeouts,
           padStreamTo: integerOption(opts.padStream, '--pad-stream', 0),
           defaultMaxTokens: integerOption(opts.maxTokens, '--max-tokens', 1),
           ...(ui ? { ui } : {}),

@@ -6,12 +6,16 @@
  *   new OpenAI({ baseURL: `${url}/v1`, apiKey: 'unused', fetch: confidentialFetch({ url, policy, collateral }) })
  *
  * The request's path, headers and body travel inside the encapsulation; whoever carries the outer
- * request (a relay, a load balancer, the cloud) sees only its size and timing. Web-standard.
+ * request (a relay, a load balancer, the cloud) sees only its size and timing. A request that asks for
+ * a streamed answer (`"stream": true`) goes as a chunked OHTTP request (draft-ietf-ohai-chunked-ohttp),
+ * which is how a client asks for a chunked response; any other as a plain RFC 9458 request, answered
+ * whole. Web-standard.
  */
 
 import type { AttestationDocument } from '../infer/identity.js';
 import { RECEIPT_HEADER, type ResponseReceipt, verifyResponseReceipt } from '../infer/receipt.js';
 import {
+  ChunkedRequestSealer,
   ChunkedResponseOpener,
   decapsulateResponse,
   decodeResponse,
@@ -116,6 +120,23 @@ async function outgoing(
 }
 
 const DROP = new Set(['content-length', 'connection', 'host', 'transfer-encoding', 'keep-alive']);
+/** The draft's chunk size every receiver must take: larger chunks are sent only where supported. */
+const REQUEST_CHUNK = 16_384;
+const OHTTP_KEY_PROBLEM = 'https://iana.org/assignments/http-problem-types#ohttp-key';
+
+/**
+ * RFC 9458 §5.3: the gateway does not know the key the request was made for (a restart made a new
+ * one). Cloister's gateway answers 422; the RFC's example and other gateways use 400.
+ */
+async function isKeyProblem(outer: Response): Promise<boolean> {
+  if (outer.status !== 400 && outer.status !== 422) return false;
+  if (!(outer.headers.get('content-type') ?? '').includes('problem+json')) return false;
+  try {
+    return ((await outer.clone().json()) as { type?: unknown }).type === OHTTP_KEY_PROBLEM;
+  } catch {
+    return false;
+  }
+}
 const NULL_BODY = new Set([101, 204, 205, 304]);
 
 function fields(h: Headers): Field[] {
@@ -169,7 +190,16 @@ export function confidentialFetch(o: ConfidentialFetchOptions): ConfidentialFetc
     return verified;
   }
 
-  async function send(server: VerifiedServer, request: Outgoing, body: Uint8Array): Promise<Response> {
+  /** Outer refusals that say the gateway no longer has the key (RFC 9458 §5.3). */
+  const keyChanged = new WeakSet<Response>();
+
+  /** Encapsulates a request and opens its answer. */
+  async function send(
+    server: VerifiedServer,
+    request: Outgoing,
+    body: Uint8Array,
+    streamed: boolean,
+  ): Promise<Response> {
     const url = request.url;
     const headers = fields(request.headers);
     headers.push(['date', new Date().toUTCString()]);
@@ -183,20 +213,37 @@ export function confidentialFetch(o: ConfidentialFetchOptions): ConfidentialFetc
       content: body,
     });
     const config = server.keyConfigs[0]!;
-    // The response is opened with the backend recorded in `context`.
-    const { encapsulated, context } = await encapsulateRequest(config, inner, {
-      ...(o.ohttp ? { backend: o.ohttp } : {}),
-    });
+    const backend = o.ohttp ? { backend: o.ohttp } : {};
+    let encapsulated: Uint8Array;
+    let context: ExchangeContext;
+    let outerHeaders: Record<string, string>;
+    if (streamed) {
+      // A chunked request asks for a chunked response; the draft wants both marked Incremental.
+      const sealer = await ChunkedRequestSealer.create(config, backend);
+      const parts = [sealer.header];
+      let at = 0;
+      for (; inner.length - at > REQUEST_CHUNK; at += REQUEST_CHUNK)
+        parts.push(await sealer.seal(inner.subarray(at, at + REQUEST_CHUNK)));
+      parts.push(await sealer.seal(inner.subarray(at), true));
+      encapsulated = concatBytes(...parts);
+      context = sealer.context;
+      outerHeaders = { 'content-type': 'message/ohttp-chunked-req', incremental: '?1' };
+    } else {
+      // The response is opened with the backend recorded in `context`.
+      ({ encapsulated, context } = await encapsulateRequest(config, inner, backend));
+      outerHeaders = { 'content-type': 'message/ohttp-req' };
+    }
     const outer = await transport(gatewayUrl, {
       method: 'POST',
-      headers: { 'content-type': 'message/ohttp-req' },
+      headers: outerHeaders,
       body: encapsulated.slice(),
       signal: request.signal ?? null,
     });
     const type = (outer.headers.get('content-type') ?? '').split(';')[0]!.trim();
     if (type === 'message/ohttp-res') return openWhole(server, context, inner, outer);
     if (type === 'message/ohttp-chunked-res') return openChunked(server, context, inner, outer);
-    // The gateway refused before decryption (malformed, replay, key change); its answer is not secret.
+    // The gateway refused before decryption (malformed, key change); its answer is not secret.
+    if (await isKeyProblem(outer)) keyChanged.add(outer);
     return outer;
   }
 
@@ -297,25 +344,27 @@ export function confidentialFetch(o: ConfidentialFetchOptions): ConfidentialFetc
       );
     }
     const s = await server();
-    modelCheck(s, body);
-    const res = await send(s, request, body);
-    if (res.status !== 422 || !(res.headers.get('content-type') ?? '').includes('problem+json')) return res;
+    const streamed = inspect(s, body);
+    const res = await send(s, request, body, streamed);
+    if (!keyChanged.has(res)) return res;
     // The server's key changed (a restart makes a new one in the TEE): verify again, then retry once.
     verified = undefined;
     const again = await server();
-    modelCheck(again, body);
-    return send(again, request, body);
+    inspect(again, body);
+    return send(again, request, body, streamed);
   };
 
-  function modelCheck(s: VerifiedServer, body: Uint8Array): void {
-    if (body.length === 0) return;
-    let model: unknown;
+  /** Checks the model the body names against the server and policy; says whether it asks for a stream. */
+  function inspect(s: VerifiedServer, body: Uint8Array): boolean {
+    if (body.length === 0) return false;
+    let json: { model?: unknown; stream?: unknown } | null;
     try {
-      model = (JSON.parse(new TextDecoder().decode(body)) as { model?: unknown }).model;
+      json = JSON.parse(new TextDecoder().decode(body)) as { model?: unknown; stream?: unknown } | null;
     } catch {
-      return;
+      return false;
     }
-    if (typeof model === 'string') allowedModel(s, model, o.policy);
+    if (typeof json?.model === 'string') allowedModel(s, json.model, o.policy);
+    return json?.stream === true;
   }
 
   return Object.assign(f as typeof fetch, { server });

@@ -1,17 +1,22 @@
 /**
- * The Oblivious HTTP gateway in front of the OpenAI handler (RFC 9458, chunked responses after
- * draft-ietf-ohai-chunked-ohttp; docs/confidential-inference.md). Web-standard: it takes the
+ * The Oblivious HTTP gateway in front of the OpenAI handler (RFC 9458, and chunked requests and responses
+ * after draft-ietf-ohai-chunked-ohttp; docs/confidential-inference.md). Web-standard: it takes the
  * encapsulated request's bytes and returns the outer response, so any HTTP server can host it.
  *
- * An encapsulated request is refused before the handler sees it when it does not decrypt, names an
- * unknown key, was seen before (replay cache over its `enc`), or carries a Date further from the
- * gateway's clock than the replay window allows (older requests could otherwise be replayed once the
- * cache has forgotten them). A response whose inner content type is `text/event-stream` goes back as a
- * chunked OHTTP response: one sealed chunk per piece of the stream, the per-response receipt in the
- * Binary HTTP trailers; any other response goes back whole.
+ * What is refused before decryption (malformed, unknown key, does not decrypt) throws a GatewayError for
+ * the host to answer in the clear, as RFC 9458 §5.2 says. Everything after decryption is answered inside
+ * the encryption (§5.2: such errors MUST be encapsulated): a request whose Date is missing or further from
+ * the gateway's clock than the replay window allows (the `date` problem type of §6.5.2, with the
+ * gateway's Date), one seen before (replay cache over its `enc`), or one the handler refuses.
+ *
+ * The response's form follows the request's: a chunked request (`message/ohttp-chunked-req`) gets a
+ * chunked response (the draft requires it), one sealed chunk per piece of the handler's stream and the
+ * per-response receipt in the Binary HTTP trailers; a plain RFC 9458 request gets one
+ * `message/ohttp-res`, a streamed answer being buffered here in the TEE until it is complete.
  */
 import {
   type BhttpRequest,
+  ChunkedRequestOpener,
   ChunkedResponseSealer,
   decapsulateRequest,
   decodeRequest,
@@ -38,7 +43,12 @@ import {
 
 export const OHTTP_REQUEST_TYPE = 'message/ohttp-req';
 export const OHTTP_RESPONSE_TYPE = 'message/ohttp-res';
+export const OHTTP_CHUNKED_REQUEST_TYPE = 'message/ohttp-chunked-req';
 export const OHTTP_CHUNKED_RESPONSE_TYPE = 'message/ohttp-chunked-res';
+/** RFC 9458 §6.5.2: the request's Date is missing or not acceptable. */
+export const DATE_PROBLEM = 'https://iana.org/assignments/http-problem-types#date';
+/** RFC 9458 §5.3: the request names a key or algorithms the gateway does not have. */
+export const OHTTP_KEY_PROBLEM = 'https://iana.org/assignments/http-problem-types#ohttp-key';
 
 export interface GatewayOptions {
   keys: GatewayKey[];
@@ -52,19 +62,44 @@ export interface GatewayOptions {
   ohttp?: OhttpBackend;
 }
 
+/**
+ * A plain request (`message/ohttp-req`) whole, or a chunked one (`message/ohttp-chunked-req`), which is
+ * opened chunk by chunk as its bytes arrive.
+ */
+export type GatewayRequest =
+  | { chunked: false; body: Uint8Array }
+  | { chunked: true; body: Uint8Array | AsyncIterable<Uint8Array> };
+
 export interface GatewayResponse {
   contentType: string;
   body: Uint8Array | ReadableStream<Uint8Array>;
+  /** A chunked response, to be sent with `Incremental: ?1` so that relays forward it as it comes. */
+  incremental: boolean;
 }
 
-/** Refusals at the OHTTP layer: RFC 9458 §5.3 says a key mismatch is a 422 with the ohttp-key problem type. */
+/**
+ * Refusals at the OHTTP layer, answered as problem details (RFC 9457): in the clear before decryption,
+ * inside the encryption after it. A key mismatch uses RFC 9458 §5.3's ohttp-key type (with 422, see
+ * the docs), a Date problem §6.5.2's date type.
+ */
 export class GatewayError extends InferError {
   override name = 'GatewayError';
   get problemType(): string {
-    return this.code === 'ohttp_key'
-      ? 'https://iana.org/assignments/http-problem-types#ohttp-key'
-      : `https://cloister.dev/problems/${this.code}`;
+    if (this.code === 'ohttp_key') return OHTTP_KEY_PROBLEM;
+    if (this.code === 'date_required' || this.code === 'date_out_of_window') return DATE_PROBLEM;
+    return `https://cloister.dev/problems/${this.code}`;
   }
+}
+
+/** A GatewayError as an RFC 9457 problem response; date problems carry the gateway's Date (§6.5.2). */
+function problemResponse(e: GatewayError, now: number): Response {
+  const headers: Record<string, string> = {
+    'content-type': 'application/problem+json',
+    'cache-control': 'no-store',
+  };
+  if (e.problemType === DATE_PROBLEM) headers.date = new Date(now).toUTCString();
+  const body = { type: e.problemType, title: e.code, status: e.status, detail: e.message };
+  return new Response(JSON.stringify(body), { status: e.status, headers });
 }
 
 function refuse(e: OhttpError): GatewayError {
@@ -80,6 +115,8 @@ function refuse(e: OhttpError): GatewayError {
       );
     case 'replay':
       return new GatewayError(400, 'replay', e.message);
+    case 'stale-date':
+      return new GatewayError(400, 'date_out_of_window', e.message);
     case 'replay-cache-full':
       return new GatewayError(503, 'replay_cache_full', e.message);
     case 'replay-store-unavailable':
@@ -134,7 +171,7 @@ function responseFields(res: Response): Field[] {
 
 export function createGateway(
   o: GatewayOptions,
-): (encapsulated: Uint8Array, signal: AbortSignal) => Promise<GatewayResponse> {
+): (request: GatewayRequest, signal: AbortSignal) => Promise<GatewayResponse> {
   const now = o.now ?? Date.now;
 
   async function receiptFor(
@@ -156,19 +193,61 @@ export function createGateway(
     return [[RECEIPT_HEADER, await signResponseReceipt(body, o.receipts.key)]];
   }
 
-  return async (encapsulated, signal) => {
-    let requestBytes: Uint8Array;
-    let context: ExchangeContext;
-    let inner: BhttpRequest;
+  /** Opens the request; an OhttpError here is a refusal in the clear (before decryption, §5.2). */
+  async function open(req: GatewayRequest): Promise<{ requestBytes: Uint8Array; context: ExchangeContext }> {
+    const backend = o.ohttp ? { backend: o.ohttp } : {};
     try {
-      ({ request: requestBytes, context } = await decapsulateRequest(encapsulated, o.keys, {
-        ...(o.ohttp ? { backend: o.ohttp } : {}),
-      }));
-      inner = decodeRequest(requestBytes);
+      if (!req.chunked) {
+        const { request, context } = await decapsulateRequest(req.body, o.keys, backend);
+        return { requestBytes: request, context };
+      }
+      const opener = new ChunkedRequestOpener(o.keys, backend);
+      const pieces: Uint8Array[] = [];
+      for await (const bytes of req.body instanceof Uint8Array ? [req.body] : req.body) {
+        pieces.push(...(await opener.push(bytes)));
+      }
+      pieces.push(await opener.end());
+      return { requestBytes: concatBytes(...pieces), context: opener.context! };
     } catch (e) {
       if (e instanceof OhttpError) throw refuse(e);
       throw e;
     }
+  }
+
+  /** Everything after decryption: checks, then the handler; a refusal is a response to encapsulate. */
+  async function answer(requestBytes: Uint8Array, enc: Uint8Array, signal: AbortSignal) {
+    let inner: BhttpRequest;
+    try {
+      inner = decodeRequest(requestBytes);
+    } catch (e) {
+      if (!(e instanceof OhttpError)) throw e;
+      return { res: refused(new GatewayError(400, 'bad_inner_request', e.message)), wantsReceipt: false };
+    }
+    const wantsReceipt = header(inner.headers, RECEIPT_HEADER) !== undefined;
+    try {
+      // RFC 9458 §5.1: a 100-continue expectation cannot be met through the encapsulation.
+      if (/100-continue/i.test(header(inner.headers, 'expect') ?? '')) {
+        throw new GatewayError(417, 'expectation_failed', 'Expect: 100-continue cannot be met through OHTTP');
+      }
+      const at = checkDate(inner);
+      try {
+        await o.replay.check(enc, at);
+      } catch (e) {
+        if (e instanceof OhttpError) throw refuse(e);
+        throw e;
+      }
+      return { res: await o.handler(innerRequest(inner, signal)), wantsReceipt };
+    } catch (e) {
+      if (e instanceof GatewayError) return { res: refused(e), wantsReceipt };
+      throw e;
+    }
+  }
+
+  function refused(e: GatewayError): Response {
+    return problemResponse(e, now());
+  }
+
+  function checkDate(inner: BhttpRequest): number {
     const date = header(inner.headers, 'date');
     const at = date === undefined ? Number.NaN : Date.parse(date);
     if (Number.isNaN(at)) {
@@ -178,36 +257,38 @@ export function createGateway(
         'the encapsulated request needs a Date header (replay protection)',
       );
     }
-    if (Math.abs(now() - at) > o.maxClockSkewMs) {
+    const t = now();
+    if (Math.abs(t - at) > o.maxClockSkewMs) {
       throw new GatewayError(
         400,
         'date_out_of_window',
-        `the encapsulated request's Date is ${Math.round((now() - at) / 1000)} s from the gateway's clock; at most ${o.maxClockSkewMs / 1000} s is accepted`,
+        `the encapsulated request's Date is ${Math.round((t - at) / 1000)} s from the gateway's clock; at most ${o.maxClockSkewMs / 1000} s is accepted`,
       );
     }
-    try {
-      await o.replay.check(context.enc, now());
-    } catch (e) {
-      if (e instanceof OhttpError) throw refuse(e);
-      throw e;
-    }
-    const wantsReceipt = header(inner.headers, RECEIPT_HEADER) !== undefined;
-    const res = await o.handler(innerRequest(inner, signal));
-    const streamed =
-      res.body !== null && (res.headers.get('content-type') ?? '').startsWith('text/event-stream');
+    return at;
+  }
 
-    if (!streamed) {
+  return async (req, signal) => {
+    const { requestBytes, context } = await open(req);
+    const { res, wantsReceipt } = await answer(requestBytes, context.enc, signal);
+
+    if (!req.chunked) {
+      // A plain RFC 9458 client reads one message/ohttp-res: a streamed answer is gathered here first.
       const content = new Uint8Array(await res.arrayBuffer());
       const headers = [
         ...responseFields(res),
         ...(await receiptFor(wantsReceipt, requestBytes, res, content)),
       ];
       const bytes = encodeResponse({ status: res.status, headers, content });
-      return { contentType: OHTTP_RESPONSE_TYPE, body: await encapsulateResponse(context, bytes) };
+      return {
+        contentType: OHTTP_RESPONSE_TYPE,
+        body: await encapsulateResponse(context, bytes),
+        incremental: false,
+      };
     }
 
     const sealer = await ChunkedResponseSealer.create(context);
-    const reader = res.body!.getReader();
+    const reader = res.body?.getReader();
     const sent: Uint8Array[] = [];
     let headSent = false;
     const body = new ReadableStream<Uint8Array>({
@@ -222,8 +303,10 @@ export function createGateway(
           );
           return;
         }
-        const { done, value } = await reader.read();
+        const { done, value } = reader ? await reader.read() : { done: true as const, value: undefined };
         if (!done) {
+          // An empty piece would be an empty non-final chunk, which the draft forbids.
+          if (value.length === 0) return;
           sent.push(value);
           c.enqueue(await sealer.seal(streamedResponse.content(value)));
           return;
@@ -233,9 +316,9 @@ export function createGateway(
         c.close();
       },
       async cancel(reason) {
-        await reader.cancel(reason);
+        await reader?.cancel(reason);
       },
     });
-    return { contentType: OHTTP_CHUNKED_RESPONSE_TYPE, body };
+    return { contentType: OHTTP_CHUNKED_RESPONSE_TYPE, body, incremental: true };
   };
 }

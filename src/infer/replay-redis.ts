@@ -3,12 +3,14 @@
  * could each be sent the same encapsulated request, and a cache per replica would accept it once on
  * every one. This guard records each request's `enc` in Redis with `SET … NX PX window`, so the first
  * replica to see it wins and the others refuse it. It fails closed: without Redis, requests are refused
- * (503) rather than let through unchecked.
+ * (503) rather than let through unchecked. Records expire on Redis's clock; each replica also keeps a
+ * Date floor (replay.ts), so stepping its own clock back does not bring an old request back into its
+ * window once it has accepted a later one.
  */
 import { createClient } from '@redis/client';
 import { OhttpError } from '../ohttp/errors.js';
 import type { KeyConfig } from '../ohttp/keyconfig.js';
-import type { ReplayGuard } from '../ohttp/replay.js';
+import { DateFloor, type ReplayGuard } from '../ohttp/replay.js';
 import { sha256, toHex } from '../util/bytes.js';
 
 export interface RedisReplayOptions {
@@ -24,13 +26,17 @@ export interface RedisReplayOptions {
 }
 
 export class RedisReplayGuard implements ReplayGuard {
+  private readonly floor: DateFloor;
   private constructor(
     /** SET key NX with the window as expiry; null when the key was there already. */
     private readonly setNew: (key: string) => Promise<string | null>,
     private readonly destroy: () => void,
     private readonly prefix: string,
     private readonly timeoutMs: number,
-  ) {}
+    windowMs: number,
+  ) {
+    this.floor = new DateFloor(windowMs);
+  }
 
   /** Connects, or throws an Error that names the URL (without its password). */
   static async connect(o: RedisReplayOptions): Promise<RedisReplayGuard> {
@@ -77,10 +83,12 @@ export class RedisReplayGuard implements ReplayGuard {
       () => client.destroy(),
       `cloister:ohttp-replay:${keyTag}:`,
       o.commandTimeoutMs ?? 2000,
+      o.windowMs,
     );
   }
 
-  async check(enc: Uint8Array): Promise<void> {
+  async check(enc: Uint8Array, date: number): Promise<void> {
+    this.floor.check(date);
     let set: string | null;
     try {
       set = await withTimeout(this.setNew(this.prefix + toHex(enc)), this.timeoutMs);
@@ -92,6 +100,7 @@ export class RedisReplayGuard implements ReplayGuard {
     }
     if (set === null)
       throw new OhttpError('replay', 'this encapsulated request was already received (replay)');
+    this.floor.raise(date);
   }
 
   close(): void {

@@ -3,8 +3,8 @@
  *
  *   GET  /v1/attestation[?nonce=HEX]      the attestation document (fresh evidence for a nonce)
  *   GET  /.well-known/ohttp-gateway       the OHTTP key configurations (application/ohttp-keys, RFC 9540)
- *   POST /.well-known/ohttp-gateway       the OHTTP gateway: message/ohttp-req in, message/ohttp-res or
- *                                         message/ohttp-chunked-res out
+ *   POST /.well-known/ohttp-gateway       the OHTTP gateway: message/ohttp-req in, message/ohttp-res out;
+ *                                         message/ohttp-chunked-req in, message/ohttp-chunked-res out
  *   /v1/models, /v1/chat/completions, …   plaintext OpenAI API, only when the operator allowed it
  *   GET  /healthz                         liveness and queue depths
  *   GET  /v1/collateral?url=U             with --ui: vendor collateral fetched for the browser page, which
@@ -21,7 +21,7 @@ import { nodeBackend } from '../ohttp/node.js';
 import { fromHex, toBase64Url, toHex } from '../util/bytes.js';
 import { attestIdentity, type ServerTee } from './attestation.js';
 import { errorBody, InferError, toInferError } from './errors.js';
-import { createGateway, GatewayError, OHTTP_REQUEST_TYPE } from './gateway.js';
+import { createGateway, GatewayError, OHTTP_CHUNKED_REQUEST_TYPE, OHTTP_REQUEST_TYPE } from './gateway.js';
 import {
   type AttestationDocument,
   IDENTITY_TYPE,
@@ -63,9 +63,16 @@ export interface InferenceServerOptions {
   keys?: SharedServingKeys;
   /**
    * Where accepted requests are remembered; default: this process (a ReplayCache over the window).
-   * Replicas sharing `keys` share this too (replay-redis.ts), with the same window.
+   * Required with `keys`: replicas sharing keys share this too (replay-redis.ts), with the same window,
+   * or a request could be replayed to another replica, or to this one once it restarted.
    */
   replay?: ReplayGuard;
+  /**
+   * Slow clients: the whole request (headers and body) must arrive within `requestMs` (default 60 s),
+   * its headers within `headersMs` (default 30 s); an idle kept-alive connection closes after
+   * `keepAliveMs` (default 5 s). Only the upload is timed: a response may stream for as long as it lasts.
+   */
+  timeouts?: { requestMs?: number; headersMs?: number; keepAliveMs?: number };
   /** How /v1/collateral reaches the vendors; default globalThis.fetch. */
   collateralFetch?: typeof fetch;
   log: (line: string) => void;
@@ -89,7 +96,7 @@ const MAX_COLLATERAL_BYTES = 32 << 20;
 
 const CORS = {
   'access-control-allow-origin': '*',
-  'access-control-allow-headers': 'content-type',
+  'access-control-allow-headers': 'content-type, incremental',
   'access-control-allow-methods': 'GET, POST, OPTIONS',
 };
 
@@ -105,6 +112,19 @@ async function readBody(req: IncomingMessage, limit: number): Promise<Uint8Array
     parts.push(chunk);
   }
   return new Uint8Array(Buffer.concat(parts));
+}
+
+/** The body as it arrives, refused (413) once it passes `limit` bytes. */
+async function* limitedBody(req: IncomingMessage, limit: number): AsyncGenerator<Uint8Array> {
+  const declared = Number(req.headers['content-length']);
+  if (declared > limit)
+    throw new InferError(413, 'body_too_large', `the request body is over ${limit} bytes`);
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > limit) throw new InferError(413, 'body_too_large', `the request body is over ${limit} bytes`);
+    yield new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.length);
+  }
 }
 
 /** Writes a web Response to a Node response, streaming its body; cancels the body if the client leaves. */
@@ -163,8 +183,19 @@ function sendProblem(res: ServerResponse, e: GatewayError): void {
 export async function startInferenceServer(o: InferenceServerOptions): Promise<InferenceServer> {
   const replayWindowMs = o.replayWindowMs ?? 120_000;
   const maxBodyBytes = o.maxBodyBytes ?? 1 << 20;
+  const requestTimeoutMs = o.timeouts?.requestMs ?? 60_000;
+  const headersTimeoutMs = Math.min(o.timeouts?.headersMs ?? 30_000, requestTimeoutMs);
+  const keepAliveTimeoutMs = o.timeouts?.keepAliveMs ?? 5_000;
   const { gateway: gatewayKey, receipt } = o.keys ?? (await generateServingKeys());
   if (o.keys) checkServedModels(o.keys, o.models, o.allowPlaintext);
+  if (o.keys && !o.replay) {
+    // Keys made here die with the process, so no other process can open what it accepted; shared keys
+    // live on, and a memory of requests per process would let a captured request be answered again by
+    // another replica, or by this one after a restart.
+    throw new Error(
+      'shared serving keys need a shared replay store (--replay-redis): without one a captured request could be answered again by another replica or after a restart',
+    );
+  }
   const keyList = encodeKeyConfigList([gatewayKey.config]);
   const identity: InferenceIdentity = {
     type: IDENTITY_TYPE,
@@ -235,10 +266,21 @@ export async function startInferenceServer(o: InferenceServerOptions): Promise<I
         return;
       }
       if (method !== 'POST') throw new InferError(405, 'method_not_allowed', 'the gateway takes POST');
-      if ((req.headers['content-type'] ?? '').split(';')[0]!.trim() !== OHTTP_REQUEST_TYPE) {
-        throw new GatewayError(415, 'bad_content_type', `the gateway takes ${OHTTP_REQUEST_TYPE}`);
+      const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+      if (type !== OHTTP_REQUEST_TYPE && type !== OHTTP_CHUNKED_REQUEST_TYPE) {
+        throw new GatewayError(
+          415,
+          'bad_content_type',
+          `the gateway takes ${OHTTP_REQUEST_TYPE} or ${OHTTP_CHUNKED_REQUEST_TYPE}`,
+        );
       }
-      const out = await gateway(await readBody(req, maxBodyBytes), ac.signal);
+      const chunked = type === OHTTP_CHUNKED_REQUEST_TYPE;
+      const out = await gateway(
+        chunked
+          ? { chunked, body: limitedBody(req, maxBodyBytes) }
+          : { chunked, body: await readBody(req, maxBodyBytes) },
+        ac.signal,
+      );
       await send(
         res,
         new Response(out.body instanceof Uint8Array ? out.body.slice() : out.body, {
@@ -246,6 +288,8 @@ export async function startInferenceServer(o: InferenceServerOptions): Promise<I
         }),
         {
           'cache-control': 'no-store',
+          // draft-ietf-ohai-chunked-ohttp: tells relays to forward the chunks as they come.
+          ...(out.incremental ? { incremental: '?1' } : {}),
           ...CORS,
         },
       );
@@ -344,25 +388,32 @@ export async function startInferenceServer(o: InferenceServerOptions): Promise<I
     res.end(body);
   }
 
-  const server = createServer((req, res) => {
-    handle(req, res).catch((e: unknown) => {
-      if (res.headersSent) {
-        res.destroy();
-        return;
-      }
-      if (e instanceof GatewayError) {
-        if (e.code === 'date_out_of_window' || e.code === 'date_required')
-          res.setHeader('date', new Date().toUTCString());
-        sendProblem(res, e);
-        return;
-      }
-      const err = toInferError(e);
-      if (err.status >= 500) o.log(`error: ${req.method} ${req.url}: ${(e as Error).stack ?? String(e)}`);
-      sendJson(res, err.status, errorBody(err), err.status === 429 ? { 'retry-after': '1' } : {});
-    });
-  });
-  server.requestTimeout = 0; // streamed generations may run for minutes
-  server.headersTimeout = 30_000;
+  const server = createServer(
+    {
+      // Node times only the request here (408 and close once it is late), never the response, so a
+      // slow or stalled upload is cut while a long generation streams on.
+      requestTimeout: requestTimeoutMs,
+      headersTimeout: headersTimeoutMs,
+      keepAliveTimeout: keepAliveTimeoutMs,
+      // How often those deadlines are checked (Node's default, 30 s, would let a slow client overstay).
+      connectionsCheckingInterval: Math.max(100, Math.min(1000, requestTimeoutMs / 4)),
+    },
+    (req, res) => {
+      handle(req, res).catch((e: unknown) => {
+        if (res.headersSent) {
+          res.destroy();
+          return;
+        }
+        if (e instanceof GatewayError) {
+          sendProblem(res, e);
+          return;
+        }
+        const err = toInferError(e);
+        if (err.status >= 500) o.log(`error: ${req.method} ${req.url}: ${(e as Error).stack ?? String(e)}`);
+        sendJson(res, err.status, errorBody(err), err.status === 429 ? { 'retry-after': '1' } : {});
+      });
+    },
+  );
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(o.port, o.host, () => resolve());

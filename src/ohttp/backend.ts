@@ -4,7 +4,8 @@
  * in node.ts (synchronous node:crypto, Node only, never imported by code bundled for browsers).
  *
  * Only what RFC 9458 needs: HPKE base mode (RFC 9180 §5.1) for DHKEM(X25519, HKDF-SHA256), HKDF-SHA256
- * and AES-128-GCM or AES-256-GCM, one message per context (sequence number 0) and Export (§5.3);
+ * and AES-128-GCM or AES-256-GCM, messages in sequence (§5.2: one for RFC 9458, one per chunk for a
+ * chunked request) and Export (§5.3);
  * HKDF-SHA256 Extract and Expand for the response keys; AES-GCM under a prepared key for response bodies
  * and chunks. Backends throw whatever their platform throws; the ohttp layer turns it into OhttpError
  * codes, so every backend refuses the same inputs with the same codes.
@@ -21,16 +22,16 @@ export interface HpkeExporter {
   export(exporterContext: ArrayBuffer, length: number): Promise<ArrayBuffer>;
 }
 
-/** A base-mode sender context that seals exactly one message (sequence number 0). */
+/** A base-mode sender context; each seal takes the next sequence number (0, 1, 2, … RFC 9180 §5.2). */
 export interface HpkeSender {
   enc: Uint8Array;
   seal(aad: Uint8Array, pt: Uint8Array): MaybePromise<Uint8Array>;
   exporter: HpkeExporter;
 }
 
-/** A base-mode recipient context that opens exactly one message (sequence number 0). */
+/** A base-mode recipient context; each open takes the next sequence number (RFC 9180 §5.2). */
 export interface HpkeRecipient {
-  /** Throws when `ct` does not authenticate. */
+  /** Throws when `ct` does not authenticate (and the sequence number then stays where it was). */
   open(aad: Uint8Array, ct: Uint8Array): MaybePromise<Uint8Array>;
   exporter: HpkeExporter;
 }

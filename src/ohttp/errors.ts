@@ -15,6 +15,7 @@ export type OhttpErrorCode =
   | 'decrypt-failed'
   | 'chunk-truncated'
   | 'replay'
+  | 'stale-date'
   | 'replay-cache-full'
   | 'replay-store-unavailable';
 

@@ -234,13 +234,31 @@ function exporter(s: Suite, exporterSecret: Uint8Array): HpkeExporter {
   };
 }
 
-/** One use per context: a second message under sequence number 0 would reuse the nonce. */
-function once<A extends unknown[], R>(what: string, f: (...a: A) => R): (...a: A) => R {
-  let used = false;
-  return (...a) => {
-    if (used) throw new Error(`this HPKE context ${what}s one message only`);
-    used = true;
-    return f(...a);
+/** RFC 9180 §5.2 ComputeNonce: base_nonce XOR the sequence number, big-endian in Nn bytes. */
+function sequenceNonce(base: Uint8Array, seq: number): Uint8Array {
+  if (seq === 0) return base;
+  const out = base.slice();
+  for (let i = out.length - 1, s = seq; i >= 0 && s > 0; i--, s = Math.floor(s / 256)) out[i]! ^= s & 0xff;
+  return out;
+}
+
+/** Far below 2^96: a chunked request this long is an attack, not a prompt. */
+const MAX_SEQUENCE = 2 ** 32;
+
+/**
+ * Seal or open under the context's key, each message with the next sequence number (§5.2); the number
+ * moves only after success, so a chunk that fails to open does not shift the nonces of the next.
+ */
+function sequenced(
+  f: (nonce: Uint8Array, aad: Uint8Array, data: Uint8Array) => Uint8Array,
+  baseNonce: Uint8Array,
+): (aad: Uint8Array, data: Uint8Array) => Uint8Array {
+  let seq = 0;
+  return (aad, data) => {
+    if (seq >= MAX_SEQUENCE) throw new RangeError('the HPKE sequence number is exhausted');
+    const out = f(sequenceNonce(baseNonce, seq), aad, data);
+    seq++;
+    return out;
   };
 }
 
@@ -265,7 +283,7 @@ export const nodeBackend = {
     const ks = keyScheduleBase(aeadId, shared, info);
     return {
       enc,
-      seal: once('seal', (aad: Uint8Array, pt: Uint8Array) => gcmSeal(s, ks.key, ks.baseNonce, aad, pt)),
+      seal: sequenced((nonce, aad, pt) => gcmSeal(s, ks.key, nonce, aad, pt), ks.baseNonce),
       exporter: exporter(s, ks.exporterSecret),
     };
   },
@@ -274,7 +292,7 @@ export const nodeBackend = {
     const s = suiteOf(aeadId);
     const ks = keyScheduleBase(aeadId, dhkemDecap(enc, privateKey), info);
     return {
-      open: once('open', (aad: Uint8Array, ct: Uint8Array) => gcmOpen(s, ks.key, ks.baseNonce, aad, ct)),
+      open: sequenced((nonce, aad, ct) => gcmOpen(s, ks.key, nonce, aad, ct), ks.baseNonce),
       exporter: exporter(s, ks.exporterSecret),
     };
   },

@@ -84,12 +84,18 @@ export interface EncapsulateOptions {
   backend?: OhttpBackend;
 }
 
-/** Client: seals `request` (usually a binary HTTP message) to the gateway that published `config`. */
-export async function encapsulateRequest(
+/** A client's HPKE sender set up for one request: `header` (hdr || enc) starts the encapsulated request. */
+export interface RequestSender {
+  header: Uint8Array;
+  sender: HpkeSender;
+  context: ExchangeContext;
+}
+
+/** Client: the HPKE context for a request to the gateway that published `config` (RFC 9458 §4.3). */
+export async function setupRequestSender(
   config: KeyConfig,
-  request: Uint8Array,
   options: EncapsulateOptions = {},
-): Promise<{ encapsulated: Uint8Array; context: ExchangeContext }> {
+): Promise<RequestSender> {
   const chosen = options.suite ?? selectSuite(config);
   if (chosen.kdfId !== KDF_HKDF_SHA256) {
     throw new OhttpError('unsupported-kdf', `KDF 0x${chosen.kdfId.toString(16)} is not supported`);
@@ -98,24 +104,35 @@ export async function encapsulateRequest(
     throw new OhttpError('unsupported-aead', `AEAD 0x${chosen.aeadId.toString(16)} is not supported`);
   }
   const backend = options.backend ?? webCryptoBackend;
-  const header = requestHeader(config.keyId, chosen);
+  const hdr = requestHeader(config.keyId, chosen);
   let sender: HpkeSender;
   try {
     sender = await backend.setupSender({
       aeadId: chosen.aeadId,
       recipientPublicKey: config.publicKey,
-      info: info(options.label ?? REQUEST_LABEL, header),
+      info: info(options.label ?? REQUEST_LABEL, hdr),
       ...(options.ephemeral ? { ephemeral: options.ephemeral } : {}),
     });
   } catch {
     throw new OhttpError('bad-key', `key ${config.keyId}'s public key is not a usable X25519 key`);
   }
-  const ct = await sender.seal(EMPTY, request);
   const { enc } = sender;
   return {
-    encapsulated: concatBytes(header, enc, ct),
+    header: concatBytes(hdr, enc),
+    sender,
     context: { keyId: config.keyId, aeadId: chosen.aeadId, enc, exporter: sender.exporter, backend },
   };
+}
+
+/** Client: seals `request` (usually a binary HTTP message) to the gateway that published `config`. */
+export async function encapsulateRequest(
+  config: KeyConfig,
+  request: Uint8Array,
+  options: EncapsulateOptions = {},
+): Promise<{ encapsulated: Uint8Array; context: ExchangeContext }> {
+  const { header, sender, context } = await setupRequestSender(config, options);
+  const ct = await sender.seal(EMPTY, request);
+  return { encapsulated: concatBytes(header, ct), context };
 }
 
 export interface RequestHeader {
@@ -167,31 +184,56 @@ export interface DecapsulateOptions {
   backend?: OhttpBackend;
 }
 
-/** Gateway: opens an encapsulated request (`message/ohttp-req`). A string third argument is the label. */
-export async function decapsulateRequest(
-  encapsulated: Uint8Array,
+/** The length of hdr || enc, what a gateway needs before it can set up the HPKE context. */
+export const REQUEST_PREFIX_LENGTH = HEADER_LENGTH + NENC;
+
+/**
+ * Gateway: reads hdr || enc from `r` (REQUEST_PREFIX_LENGTH bytes), finds the key and sets up the HPKE
+ * recipient context; the ciphertext that follows is opened with `recipient`.
+ */
+export async function setupRequestRecipient(
+  r: VarReader,
   keys: readonly GatewayKey[],
   options: DecapsulateOptions | string = {},
-): Promise<{ request: Uint8Array; context: ExchangeContext }> {
+): Promise<{ recipient: HpkeRecipient; context: ExchangeContext }> {
   const { label = REQUEST_LABEL, backend = webCryptoBackend } =
     typeof options === 'string' ? { label: options } : options;
-  const r = new VarReader(encapsulated, 'encapsulated request');
+  const start = r.offset;
   const { header, key } = parseRequestHeader(r, keys);
+  const hdr = r.bytes.subarray(start, start + HEADER_LENGTH);
   const enc = r.take(NENC, 'enc').slice();
-  const ct = r.take(r.remaining, 'ciphertext');
-  if (ct.length < TAG) throw new OhttpError('truncated', 'encapsulated request is shorter than an AEAD tag');
   let recipient: HpkeRecipient;
   try {
     recipient = await backend.setupRecipient({
       aeadId: header.aeadId,
       privateKey: key.privateKey,
       enc,
-      info: info(label, encapsulated.subarray(0, HEADER_LENGTH)),
+      info: info(label, hdr),
     });
   } catch {
     // A low-order or otherwise unusable `enc` fails in the KEM, before any AEAD.
     throw new OhttpError('decrypt-failed', 'the request encapsulation (enc) is not usable with this key');
   }
+  return {
+    recipient,
+    context: { keyId: header.keyId, aeadId: header.aeadId, enc, exporter: recipient.exporter, backend },
+  };
+}
+
+/** Gateway: opens an encapsulated request (`message/ohttp-req`). A string third argument is the label. */
+export async function decapsulateRequest(
+  encapsulated: Uint8Array,
+  keys: readonly GatewayKey[],
+  options: DecapsulateOptions | string = {},
+): Promise<{ request: Uint8Array; context: ExchangeContext }> {
+  const r = new VarReader(encapsulated, 'encapsulated request');
+  if (encapsulated.length < REQUEST_PREFIX_LENGTH + TAG) {
+    // Refused before any key work; a header naming an unknown key is still reported as such.
+    parseRequestHeader(new VarReader(encapsulated, 'encapsulated request'), keys);
+    throw new OhttpError('truncated', 'encapsulated request is shorter than a header, enc and an AEAD tag');
+  }
+  const { recipient, context } = await setupRequestRecipient(r, keys, options);
+  const ct = r.take(r.remaining, 'ciphertext');
   let request: Uint8Array;
   try {
     request = await recipient.open(EMPTY, ct);
@@ -201,10 +243,7 @@ export async function decapsulateRequest(
       'the encapsulated request does not decrypt (tampered or wrong key)',
     );
   }
-  return {
-    request,
-    context: { keyId: header.keyId, aeadId: header.aeadId, enc, exporter: recipient.exporter, backend },
-  };
+  return { request, context };
 }
 
 export interface ResponseOptions {

@@ -125,6 +125,8 @@ describe('cloister serve refuses bad setups with one clear line', () => {
     writeFileSync(join(dir, 'notes.txt'), 'just text');
     ok(['seal', 'model.onnx', 'model.onnx.sealed', '--to', 'kbs:///acme/models/kek=k.jwk']);
     ok(['seal', 'notes.txt', 'notes.txt.sealed', '--to', 'kbs:///acme/models/kek=k.jwk']);
+    // Read before Redis is reached: these are refused with or without one listening.
+    const REDIS = ['--replay-redis', 'redis://127.0.0.1:6379'];
     const cases: [string[], RegExp][] = [
       [['--model', 'tiny.gguf.sealed'], /exactly one of --kbs URL .* or --key FILE/],
       [['--key', 'k.jwk', '--model', 'model.onnx.sealed'], /bare ONNX model.*tar -cf/],
@@ -140,6 +142,10 @@ describe('cloister serve refuses bad setups with one clear line', () => {
         /--max-queued must be an integer ≥ 0/,
       ],
       [
+        ['--key', 'k.jwk', '--model', 'tiny.gguf.sealed', '--request-timeout', '0'],
+        /--request-timeout must be an integer ≥ 1/,
+      ],
+      [
         ['--key', 'k.jwk', '--model', 'tiny.gguf.sealed', '--init-data', 'initdata.toml'],
         /--init-data is for the key broker: it needs --kbs URL/,
       ],
@@ -149,14 +155,18 @@ describe('cloister serve refuses bad setups with one clear line', () => {
       ],
       [
         ['--key', 'k.jwk', '--model', 'tiny.gguf.sealed', '--serving-keys', 'nope.json'],
+        /--serving-keys needs --replay-redis URL: .* after a restart/,
+      ],
+      [
+        ['--key', 'k.jwk', '--model', 'tiny.gguf.sealed', ...REDIS, '--serving-keys', 'nope.json'],
         /cannot read --serving-keys nope\.json: ENOENT/,
       ],
       [
-        ['--key', 'k.jwk', '--model', 'tiny.gguf.sealed', '--serving-keys', 'k.jwk'],
+        ['--key', 'k.jwk', '--model', 'tiny.gguf.sealed', ...REDIS, '--serving-keys', 'k.jwk'],
         /serving keys: not a cloister-serving-keys\/v1 document/,
       ],
       [
-        ['--key', 'k.jwk', '--model', 'tiny.gguf.sealed', '--serving-keys', 'kbs:///a/b/c'],
+        ['--key', 'k.jwk', '--model', 'tiny.gguf.sealed', ...REDIS, '--serving-keys', 'kbs:///a/b/c'],
         /--serving-keys kbs:\/\/\/a\/b\/c needs --kbs URL/,
       ],
     ];

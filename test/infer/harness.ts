@@ -62,6 +62,7 @@ export async function startHarness(
     ...(o.ui ? { ui: o.ui } : {}),
     ...(o.keys ? { keys: o.keys } : {}),
     ...(o.replay ? { replay: o.replay } : {}),
+    ...(o.timeouts ? { timeouts: o.timeouts } : {}),
   });
   return { server, text, embed };
 }

@@ -5,15 +5,16 @@
  */
 import { type AddressInfo, createServer } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { confidentialFetch } from '../../src/client/fetch.js';
 import { RedisReplayGuard } from '../../src/infer/replay-redis.js';
 import {
-  type Harness,
-  harnessServingKeys,
-  NO_COLLATERAL,
-  SHARED_KEYS_POLICY,
-  startHarness,
-} from './harness.js';
+  decapsulateResponse,
+  decodeKeyConfigList,
+  decodeResponse,
+  encapsulateRequest,
+  encodeRequest,
+} from '../../src/ohttp/index.js';
+import { fromBase64, utf8 } from '../../src/util/bytes.js';
+import { type Harness, harnessServingKeys, startHarness } from './harness.js';
 
 const REDIS = process.env.CLOISTER_TEST_REDIS ?? 'redis://127.0.0.1:6379/15';
 
@@ -27,11 +28,18 @@ describe('RedisReplayGuard', () => {
     const other = await RedisReplayGuard.connect({ url: REDIS, windowMs: 300, key: k2.gateway.config });
     try {
       const enc = crypto.getRandomValues(new Uint8Array(32));
-      await a.check(enc);
-      await expect(b.check(enc)).rejects.toMatchObject({ code: 'replay' });
-      await other.check(enc); // another key's requests are another namespace
+      await a.check(enc, Date.now());
+      await expect(b.check(enc, Date.now())).rejects.toMatchObject({ code: 'replay' });
+      await other.check(enc, Date.now()); // another key's requests are another namespace
       await new Promise((r) => setTimeout(r, 700));
-      await b.check(enc); // the record expired after twice the window (room for clock skew)
+      await b.check(enc, Date.now()); // the record expired after twice the window (room for clock skew)
+      // Each replica keeps a Date floor: once it accepted a request, one dated more than the window
+      // earlier is refused whatever its clock says (a clock stepped back cannot bring it back).
+      const t = Date.now();
+      await b.check(crypto.getRandomValues(new Uint8Array(32)), t + 1000);
+      await expect(b.check(crypto.getRandomValues(new Uint8Array(32)), t)).rejects.toMatchObject({
+        code: 'stale-date',
+      });
     } finally {
       for (const g of [a, b, other]) g.close();
     }
@@ -60,9 +68,9 @@ describe('RedisReplayGuard', () => {
       commandTimeoutMs: 200,
     });
     try {
-      await g.check(new Uint8Array(32).fill(1));
+      await g.check(new Uint8Array(32).fill(1), Date.now());
       silent = true;
-      await expect(g.check(new Uint8Array(32).fill(2))).rejects.toMatchObject({
+      await expect(g.check(new Uint8Array(32).fill(2), Date.now())).rejects.toMatchObject({
         code: 'replay-store-unavailable',
         message: expect.stringMatching(/no answer within 200 ms/),
       });
@@ -84,7 +92,9 @@ describe('RedisReplayGuard', () => {
     ).rejects.toThrow(/^cannot reach Redis at redis:\/\/:\*\*\*@127\.0\.0\.1:1/);
     const g = await RedisReplayGuard.connect({ url: REDIS, windowMs: 1000, key: k.gateway.config });
     g.close();
-    await expect(g.check(new Uint8Array(32))).rejects.toMatchObject({ code: 'replay-store-unavailable' });
+    await expect(g.check(new Uint8Array(32), Date.now())).rejects.toMatchObject({
+      code: 'replay-store-unavailable',
+    });
   });
 });
 
@@ -104,24 +114,26 @@ describe('two replicas sharing keys and a Redis', () => {
   });
 
   it('a request captured at one replica and replayed to the other is refused there', async () => {
-    let captured: { body: BodyInit; headers: HeadersInit } | undefined;
-    const f = confidentialFetch({
-      url: a.server.url,
-      policy: SHARED_KEYS_POLICY,
-      collateral: NO_COLLATERAL,
-      fetch: (async (input: RequestInfo | URL, init?: RequestInit) => {
-        if (init?.method === 'POST') captured = { body: init.body!, headers: init.headers! };
-        return fetch(input, init);
-      }) as typeof fetch,
+    const keys = a.server.attestation.identity.ohttpKeys;
+    const [config] = decodeKeyConfigList(fromBase64(keys));
+    const request = encodeRequest({
+      method: 'GET',
+      path: '/v1/models',
+      headers: [['date', new Date().toUTCString()]],
     });
-    const ok = await f(`${a.server.url}/v1/models`);
-    expect(ok.status).toBe(200);
-    const replayed = await fetch(`${b.server.url}/.well-known/ohttp-gateway`, {
-      method: 'POST',
-      headers: captured!.headers,
-      body: captured!.body,
-    });
+    const captured = await encapsulateRequest(config!, request);
+    const post = (h: Harness) =>
+      fetch(`${h.server.url}/.well-known/ohttp-gateway`, {
+        method: 'POST',
+        headers: { 'content-type': 'message/ohttp-req' },
+        body: captured.encapsulated.slice(),
+      });
+    const open = async (r: Response) =>
+      decodeResponse(await decapsulateResponse(captured.context, new Uint8Array(await r.arrayBuffer())));
+    expect((await open(await post(a))).status).toBe(200);
+    // The refusal is itself encrypted (RFC 9458 §5.2): only the request's sender can read it.
+    const replayed = await open(await post(b));
     expect(replayed.status).toBe(400);
-    expect((await replayed.json()).title).toBe('replay');
+    expect(JSON.parse(utf8.decode(replayed.content)).title).toBe('replay');
   });
 });

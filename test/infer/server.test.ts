@@ -1,3 +1,4 @@
+import { connect } from 'node:net';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { confidentialFetch } from '../../src/client/fetch.js';
@@ -6,13 +7,16 @@ import { VerificationError } from '../../src/client/verify.js';
 import { sseEvent } from '../../src/infer/openai.js';
 import type { ResponseReceipt } from '../../src/infer/receipt.js';
 import {
+  ChunkedRequestSealer,
+  ChunkedResponseOpener,
   decapsulateResponse,
   decodeKeyConfigList,
   decodeResponse,
   encapsulateRequest,
   encodeRequest,
+  StreamedResponseDecoder,
 } from '../../src/ohttp/index.js';
-import { fromBase64 } from '../../src/util/bytes.js';
+import { concatBytes, fromBase64 } from '../../src/util/bytes.js';
 import { ScriptedTextEngine } from './fake-engines.js';
 import {
   EMBED_DIGEST,
@@ -304,18 +308,33 @@ describe('bad input gets a clear 4xx and the server keeps serving', () => {
     expect(await (await rawGateway(flipped)).json()).toMatchObject({ title: 'bad_ohttp' });
 
     expect((await rawGateway(e)).status).toBe(200);
-    const replay = await rawGateway(e);
+    // Refusals after decryption are encrypted responses (RFC 9458 §5.2): the outer answer is a 200.
+    const inner = async (r: Response, ctx: Awaited<ReturnType<typeof encapsulated>>['context']) => {
+      expect(r.status).toBe(200);
+      expect(r.headers.get('content-type')).toBe('message/ohttp-res');
+      return decodeResponse(await decapsulateResponse(ctx, new Uint8Array(await r.arrayBuffer())));
+    };
+    const first = await encapsulated();
+    await inner(await rawGateway(first.encapsulated), first.context);
+    const replay = await inner(await rawGateway(first.encapsulated), first.context);
     expect(replay.status).toBe(400);
-    expect((await replay.json()).title).toBe('replay');
+    expect(JSON.parse(new TextDecoder().decode(replay.content))).toMatchObject({ title: 'replay' });
 
-    const undated = await rawGateway((await encapsulated({ date: null })).encapsulated);
-    expect((await undated.json()).title).toBe('date_required');
-    const stale = await rawGateway(
-      (await encapsulated({ date: new Date(Date.now() - 3_600_000).toUTCString() })).encapsulated,
-    );
+    const undatedReq = await encapsulated({ date: null });
+    const undated = await inner(await rawGateway(undatedReq.encapsulated), undatedReq.context);
+    expect(JSON.parse(new TextDecoder().decode(undated.content))).toMatchObject({
+      type: 'https://iana.org/assignments/http-problem-types#date',
+      title: 'date_required',
+    });
+    const staleReq = await encapsulated({ date: new Date(Date.now() - 3_600_000).toUTCString() });
+    const stale = await inner(await rawGateway(staleReq.encapsulated), staleReq.context);
     expect(stale.status).toBe(400);
-    expect((await stale.json()).title).toBe('date_out_of_window');
-    expect(stale.headers.get('date')).toBeTruthy();
+    expect(JSON.parse(new TextDecoder().decode(stale.content))).toMatchObject({
+      type: 'https://iana.org/assignments/http-problem-types#date',
+      title: 'date_out_of_window',
+    });
+    // The gateway's Date, inside the encryption, so that a relay cannot forge it (§6.5.2).
+    expect(stale.headers.find(([n]) => n === 'date')?.[1]).toBeTruthy();
 
     const wrongType = await fetch(`${h.server.url}${GATEWAY}`, { method: 'POST', body: 'x' });
     expect(wrongType.status).toBe(415);
@@ -555,4 +574,243 @@ describe('streamed events are padded so that chunk sizes do not give token lengt
       }
     }
   });
+});
+
+describe('chunked OHTTP (draft-ietf-ohai-chunked-ohttp) over HTTP', () => {
+  /** What a draft client (such as ohttp-ts's ChunkedOHTTPClient) sends: a stream of sealed chunks. */
+  async function chunkedPost(body: unknown, gap = 0) {
+    const [config] = decodeKeyConfigList(fromBase64(h.server.attestation.identity.ohttpKeys));
+    const inner = encodeRequest({
+      method: 'POST',
+      path: '/v1/chat/completions',
+      authority: 'x',
+      headers: [
+        ['content-type', 'application/json'],
+        ['date', new Date().toUTCString()],
+      ],
+      content: new TextEncoder().encode(JSON.stringify(body)),
+    });
+    const sealer = await ChunkedRequestSealer.create(config!);
+    const parts = [sealer.header];
+    for (let at = 0; at < inner.length; at += 16) {
+      parts.push(await sealer.seal(inner.subarray(at, at + 16), at + 16 >= inner.length));
+    }
+    const stream = new ReadableStream<Uint8Array>({
+      async pull(c) {
+        const next = parts.shift();
+        if (!next) return c.close();
+        if (gap) await new Promise((r) => setTimeout(r, gap));
+        c.enqueue(next);
+      },
+    });
+    const res = await fetch(`${h.server.url}${GATEWAY}`, {
+      method: 'POST',
+      headers: { 'content-type': 'message/ohttp-chunked-req', incremental: '?1' },
+      body: stream,
+      duplex: 'half',
+    } as RequestInit);
+    return { res, context: sealer.context };
+  }
+
+  async function readChunked(res: Response, context: Parameters<typeof decapsulateResponse>[0]) {
+    const opener = new ChunkedResponseOpener(context);
+    const decoder = new StreamedResponseDecoder();
+    const events = [];
+    for await (const piece of res.body as unknown as AsyncIterable<Uint8Array>)
+      for (const p of await opener.push(piece)) events.push(...decoder.push(p));
+    events.push(...decoder.push(await opener.end()), ...decoder.end());
+    return events;
+  }
+
+  it('a streamed chunked request gets a chunked, incremental response', async () => {
+    const { res, context } = await chunkedPost(
+      { model: 'tiny-llama', messages: [{ role: 'user', content: 'chunked in' }], stream: true },
+      5,
+    );
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toBe('message/ohttp-chunked-res');
+    expect(res.headers.get('incremental')).toBe('?1');
+    const events = await readChunked(res, context);
+    expect(events[0]).toMatchObject({ type: 'head', status: 200 });
+    const text = events.flatMap((e) => (e.type === 'content' ? [new TextDecoder().decode(e.bytes)] : []));
+    expect(text.join('')).toContain('chunked');
+  });
+
+  it('a non-streamed chunked request is answered chunked too, and a truncated one is refused', async () => {
+    const { res, context } = await chunkedPost({
+      model: 'tiny-llama',
+      messages: [{ role: 'user', content: 'whole answer' }],
+    });
+    expect(res.headers.get('content-type')).toBe('message/ohttp-chunked-res');
+    const events = await readChunked(res, context);
+    const body = events.flatMap((e) => (e.type === 'content' ? [new TextDecoder().decode(e.bytes)] : []));
+    expect(JSON.parse(body.join('')).choices[0].message.content).toBe(' whole answer done');
+
+    const [config] = decodeKeyConfigList(fromBase64(h.server.attestation.identity.ohttpKeys));
+    const sealer = await ChunkedRequestSealer.create(config!);
+    const cut = await fetch(`${h.server.url}${GATEWAY}`, {
+      method: 'POST',
+      headers: { 'content-type': 'message/ohttp-chunked-req' },
+      body: concatBytes(sealer.header, await sealer.seal(Uint8Array.of(1, 2, 3))).slice(),
+    });
+    expect(cut.status).toBe(400);
+    expect(await cut.json()).toMatchObject({ title: 'bad_ohttp' });
+  });
+
+  it('the SDK sends a chunked request only to ask for a stream; plain requests get whole responses', async () => {
+    const sent: string[] = [];
+    const received: string[] = [];
+    const transport = (async (input: RequestInfo | URL, init?: RequestInit) => {
+      const res = await fetch(input, init);
+      if (init?.method === 'POST') {
+        sent.push(new Headers(init.headers).get('content-type') ?? '');
+        received.push(res.headers.get('content-type') ?? '');
+      }
+      return res;
+    }) as typeof fetch;
+    const { openai } = client({ fetch: transport });
+    await openai.chat.completions.create({ model: 'tiny-llama', messages: [{ role: 'user', content: 'a' }] });
+    const stream = await openai.chat.completions.create({
+      model: 'tiny-llama',
+      messages: [{ role: 'user', content: 'b c' }],
+      stream: true,
+    });
+    const deltas: string[] = [];
+    for await (const c of stream) if (c.choices[0]?.delta.content) deltas.push(c.choices[0].delta.content);
+    expect(deltas.join('')).toBe(' b c done');
+    expect(sent).toEqual(['message/ohttp-req', 'message/ohttp-chunked-req']);
+    expect(received).toEqual(['message/ohttp-res', 'message/ohttp-chunked-res']);
+  });
+
+  it('a plain RFC 9458 client asking for stream: true gets one message/ohttp-res it can open', async () => {
+    const { encapsulated: e, context } = await encapsulated({
+      body: { model: 'tiny-llama', messages: [{ role: 'user', content: 'plain stream' }], stream: true },
+    });
+    const res = await rawGateway(e);
+    expect(res.headers.get('content-type')).toBe('message/ohttp-res');
+    expect(res.headers.get('incremental')).toBeNull();
+    const inner = decodeResponse(await decapsulateResponse(context, new Uint8Array(await res.arrayBuffer())));
+    expect(inner.status).toBe(200);
+    const sse = new TextDecoder().decode(inner.content);
+    expect(sse).toContain('data: [DONE]');
+    expect(sse).toContain(' plain');
+  });
+});
+
+describe('restarts', () => {
+  it('keys made in the TEE die with the process: a request captured before a restart is refused after', async () => {
+    const before = await startHarness();
+    const [config] = decodeKeyConfigList(fromBase64(before.server.attestation.identity.ohttpKeys));
+    const captured = await encapsulateRequest(
+      config!,
+      encodeRequest({ method: 'GET', path: '/v1/models', headers: [['date', new Date().toUTCString()]] }),
+    );
+    const post = (url: string) =>
+      fetch(`${url}${GATEWAY}`, {
+        method: 'POST',
+        headers: { 'content-type': 'message/ohttp-req' },
+        body: captured.encapsulated.slice(),
+      });
+    expect((await post(before.server.url)).status).toBe(200);
+    await before.server.close();
+    const after = await startHarness(); // the same server started again: new keys, an empty replay cache
+    try {
+      const replayed = await post(after.server.url);
+      expect(replayed.status).toBe(422);
+      expect((await replayed.json()).type).toBe('https://iana.org/assignments/http-problem-types#ohttp-key');
+    } finally {
+      await after.server.close();
+    }
+  });
+});
+
+describe('slow clients', () => {
+  /** Opens a raw connection that sends headers promising a body, then trickles it (slow loris). */
+  function slowLoris(url: string, everyMs: number) {
+    const u = new URL(url);
+    const socket = connect(Number(u.port), u.hostname);
+    let closedAt = 0;
+    let answer = '';
+    const started = Date.now();
+    socket.on('data', (d) => {
+      answer += d.toString('latin1');
+    });
+    socket.on('close', () => {
+      closedAt = Date.now();
+    });
+    socket.on('error', () => {});
+    socket.write(
+      `POST ${GATEWAY} HTTP/1.1\r\nHost: x\r\ncontent-type: message/ohttp-req\r\ncontent-length: 100000\r\n\r\n`,
+    );
+    const timer = setInterval(() => {
+      if (!socket.destroyed) socket.write('x');
+    }, everyMs);
+    return {
+      closed: () => (closedAt ? closedAt - started : 0),
+      answer: () => answer,
+      stop: () => {
+        clearInterval(timer);
+        socket.destroy();
+      },
+    };
+  }
+
+  it('a body trickled in is cut at the request timeout; /healthz and a long stream are not', async () => {
+    const s = await startHarness({
+      timeouts: { requestMs: 1500 },
+      text: new ScriptedTextEngine(2, 250),
+      maxQueued: 0,
+    });
+    const lorises = Array.from({ length: 5 }, () => slowLoris(s.server.url, 100));
+    try {
+      // A generation that streams for longer than the request timeout (the upload is what is timed).
+      const { openai } = client({}, s);
+      const started = Date.now();
+      const stream = await openai.chat.completions.create({
+        model: 'tiny-llama',
+        messages: [{ role: 'user', content: 'a b c d e f g h i j' }],
+        stream: true,
+      });
+      const deltas: string[] = [];
+      for await (const c of stream) if (c.choices[0]?.delta.content) deltas.push(c.choices[0].delta.content);
+      expect(Date.now() - started).toBeGreaterThan(1500);
+      expect(deltas.join('')).toBe(' a b c d e f g h i j done');
+
+      // Liveness is not throttled, however busy the server is.
+      const health = await fetch(`${s.server.url}/healthz`);
+      expect(health.status).toBe(200);
+
+      await expect
+        .poll(() => lorises.every((l) => l.closed() > 0), { timeout: 15_000, interval: 100 })
+        .toBe(true);
+      for (const l of lorises) {
+        expect(l.closed()).toBeGreaterThanOrEqual(1400);
+        expect(l.answer()).toMatch(/^HTTP\/1\.1 408/);
+      }
+    } finally {
+      for (const l of lorises) l.stop();
+      await s.server.close();
+    }
+  }, 30_000);
+
+  it("/healthz answers while a model's queue is full", async () => {
+    const busy = await startHarness({ text: new ScriptedTextEngine(1, 200), maxQueued: 0 });
+    try {
+      const { openai } = client({}, busy);
+      const running = openai.chat.completions.create({
+        model: 'tiny-llama',
+        messages: [{ role: 'user', content: 'x y z' }],
+      });
+      await expect.poll(() => busy.text.running, { timeout: 5000 }).toBe(1);
+      await expect(
+        openai.chat.completions.create({ model: 'tiny-llama', messages: [{ role: 'user', content: 'q' }] }),
+      ).rejects.toMatchObject({ status: 429 });
+      const health = await fetch(`${busy.server.url}/healthz`);
+      expect(health.status).toBe(200);
+      expect(await health.json()).toMatchObject({ status: 'ok' });
+      await running;
+    } finally {
+      await busy.server.close();
+    }
+  }, 20_000);
 });

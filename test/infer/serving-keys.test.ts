@@ -14,7 +14,7 @@ import {
   SERVING_KEYS_TYPE,
   type SharedServingKeys,
 } from '../../src/infer/serving-keys.js';
-import { decapsulateRequest, encapsulateRequest } from '../../src/ohttp/index.js';
+import { decapsulateRequest, encapsulateRequest, ReplayCache } from '../../src/ohttp/index.js';
 import { utf8 } from '../../src/util/bytes.js';
 import {
   type Harness,
@@ -96,6 +96,14 @@ describe('serving keys document', () => {
       startHarness({ keys: await harnessServingKeys({ plaintextAllowed: true }) }),
     ).rejects.toThrow(/for servers with --allow-plaintext/);
   });
+
+  it('shared keys without a shared replay store do not start a server', async () => {
+    // Shared keys outlive the process: a memory of requests per process would let another replica, or
+    // this one after a restart, answer a captured request again.
+    await expect(startHarness({ keys: await harnessServingKeys() })).rejects.toThrow(
+      /shared serving keys need a shared replay store \(--replay-redis\)/,
+    );
+  });
 });
 
 describe('replicas behind one load balancer', () => {
@@ -105,9 +113,11 @@ describe('replicas behind one load balancer', () => {
   let lone: Harness;
   beforeAll(async () => {
     shared = await harnessServingKeys();
+    // One cache for both, standing in for the Redis replicas share (replay-redis.test.ts uses a real one).
+    const replay = new ReplayCache({ windowMs: 120_000, maxEntries: 1000 });
     [a, b, lone] = await Promise.all([
-      startHarness({ keys: shared }),
-      startHarness({ keys: shared }),
+      startHarness({ keys: shared, replay }),
+      startHarness({ keys: shared, replay }),
       startHarness(),
     ]);
   });
