@@ -5,7 +5,8 @@
  * every file overwritten with zeros, then unlinked — on every exit path the process can see: a normal
  * end, a thrown error, an uncaught exception (all three pass through the process `exit` event), and
  * SIGINT/SIGTERM/SIGHUP (whose handlers the command installs; see `onTerminationSignal`). SIGKILL
- * cannot be caught: for that, the directory's name says which process owns it (pid, start time, boot),
+ * cannot be caught: for that, the directory's name says which process owns it (pid, start time, boot,
+ * pid namespace),
  * and every `PrivateDir.create` first wipes the directories in its parent whose owner is no longer
  * running — never one whose owner still is.
  *
@@ -25,7 +26,7 @@ import {
   unlinkSync,
   writeSync,
 } from 'node:fs';
-import { chmod, lstat, mkdtemp, readdir, readFile, realpath } from 'node:fs/promises';
+import { chmod, lstat, mkdtemp, readdir, readFile, readlink, realpath } from 'node:fs/promises';
 import { join } from 'node:path';
 import { anchorOf } from './confined.js';
 import { AgentError } from './kbs.js';
@@ -137,17 +138,22 @@ function wipeTree(path: string): void {
   rmdirSync(path);
 }
 
-/** Who made a private directory: a process is named by its pid and start time, within one boot. */
+/**
+ * Who made a private directory: a process is named by its pid and start time, within one boot and one
+ * pid namespace.
+ */
 interface Owner {
   pid: number;
   /** Field 22 of /proc/<pid>/stat: clock ticks after boot. */
   start: string;
   /** The first 8 hex digits of the boot id. */
   boot: string;
+  /** The inode of the pid namespace: a pid means something only within its namespace. */
+  ns: string;
 }
 
-/** cloister-<pid>-<start>-<boot>-XXXXXX (mkdtemp's six characters). */
-const OWNED_NAME = /^cloister-(\d+)-(\d+)-([0-9a-f]{8})-[A-Za-z0-9]{6}$/;
+/** cloister-<pid>-<start>-<boot>-<ns>-XXXXXX (mkdtemp's six characters). */
+const OWNED_NAME = /^cloister-(\d+)-(\d+)-([0-9a-f]{8})-(\d+)-[A-Za-z0-9]{6}$/;
 
 /** The start time of `pid`, or undefined when no such process is running (a zombie has ended). */
 async function startTimeOf(pid: number): Promise<string | undefined> {
@@ -172,18 +178,33 @@ async function bootId(): Promise<string | undefined> {
 
 /** This process as an owner; undefined without /proc (then nothing is swept). */
 async function selfOwner(): Promise<Owner | undefined> {
-  const [start, boot] = await Promise.all([startTimeOf(process.pid), bootId()]);
-  return start && boot && /^[0-9a-f]{8}$/.test(boot) ? { pid: process.pid, start, boot } : undefined;
+  const [start, boot, ns] = await Promise.all([
+    startTimeOf(process.pid),
+    bootId(),
+    readlink('/proc/self/ns/pid').then(
+      (l) => /^pid:\[(\d+)\]$/.exec(l)?.[1],
+      () => undefined,
+    ),
+  ]);
+  return start && boot && ns && /^[0-9a-f]{8}$/.test(boot)
+    ? { pid: process.pid, start, boot, ns }
+    : undefined;
 }
 
-async function isRunning(o: Owner, self: Owner): Promise<boolean> {
-  return o.boot === self.boot && (await startTimeOf(o.pid)) === o.start;
+/**
+ * Whether the owner may still be running. Another boot: no. Another pid namespace (a container
+ * sharing the parent): its pids cannot be looked up from here, so it is taken as running.
+ */
+async function mayBeRunning(o: Owner, self: Owner): Promise<boolean> {
+  if (o.boot !== self.boot) return false;
+  if (o.ns !== self.ns) return true;
+  return (await startTimeOf(o.pid)) === o.start;
 }
 
 /**
  * Wipes the private directories in `parent` left by processes that are no longer running (SIGKILL,
  * a crash of the VM's user space): only ours (same user, a real directory, an owner name), and never
- * one whose owner still runs.
+ * one whose owner may still run.
  */
 async function sweep(parent: string, self: Owner, warn?: (line: string) => void): Promise<void> {
   let names: string[];
@@ -198,8 +219,8 @@ async function sweep(parent: string, self: Owner, warn?: (line: string) => void)
   for (const name of names) {
     const m = OWNED_NAME.exec(name);
     if (!m) continue;
-    const owner: Owner = { pid: Number(m[1]), start: m[2]!, boot: m[3]! };
-    if (await isRunning(owner, self)) continue;
+    const owner: Owner = { pid: Number(m[1]), start: m[2]!, boot: m[3]!, ns: m[4]! };
+    if (await mayBeRunning(owner, self)) continue;
     const path = join(parent, name);
     const st = await lstat(path).catch(() => undefined);
     if (!st?.isDirectory() || st.uid !== process.getuid?.()) continue;
@@ -247,7 +268,7 @@ export class PrivateDir {
       o.warn?.(
         'WARNING: no /proc: the private directory cannot name its owner, so one left by a killed agent is not wiped at the next start',
       );
-    const prefix = self ? `cloister-${self.pid}-${self.start}-${self.boot}-` : 'cloister-';
+    const prefix = self ? `cloister-${self.pid}-${self.start}-${self.boot}-${self.ns}-` : 'cloister-';
     const path = await mkdtemp(join(parent, prefix));
     await chmod(path, 0o700);
     const dir = new PrivateDir(path);

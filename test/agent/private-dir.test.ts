@@ -4,6 +4,7 @@ import {
   linkSync,
   mkdirSync,
   readFileSync,
+  readlinkSync,
   rmSync,
   statSync,
   symlinkSync,
@@ -147,20 +148,25 @@ setInterval(() => {}, 1000);`;
       }
     }, 60_000);
 
-    it('only our own directories: a link or a foreign name is never followed or touched', async () => {
+    it('only our own directories: a link, a directory of another pid namespace or a foreign name is never followed or touched', async () => {
       const parent = shmParent();
       const elsewhere = tempDir();
       try {
         writeFileSync(join(elsewhere, 'victim'), 'keep');
-        // Names of a process that cannot be running (pid 2^22 + 1 is above Linux's pid_max).
-        const dead = 'cloister-4194305-1-00000000';
+        // A process that cannot be running: pid 2^22 + 1 is above Linux's pid_max.
+        const boot = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').replaceAll('-', '').slice(0, 8);
+        const ns = /\d+/.exec(readlinkSync('/proc/self/ns/pid'))![0];
+        const dead = `cloister-4194305-1-${boot}-${ns}`;
         symlinkSync(elsewhere, join(parent, `${dead}-aaaaaa`));
         mkdirSync(join(parent, `${dead}-bbbbbb`));
         symlinkSync(join(elsewhere, 'victim'), join(parent, `${dead}-bbbbbb`, 'link'));
+        // Another pid namespace (a container sharing the directory): its pids mean nothing here.
+        const foreign = `cloister-4194305-1-${boot}-1-cccccc`;
+        mkdirSync(join(parent, foreign));
         mkdirSync(join(parent, 'cloister-XyZ123'));
         const d = await PrivateDir.create({ parent });
         expect(entries(parent).sort()).toEqual(
-          [`${dead}-aaaaaa`, 'cloister-XyZ123', d.path.split('/').pop()].sort(),
+          [`${dead}-aaaaaa`, foreign, 'cloister-XyZ123', d.path.split('/').pop()].sort(),
         );
         expect(readFileSync(join(elsewhere, 'victim'), 'utf8')).toBe('keep');
         d.wipe();
