@@ -65,7 +65,13 @@ export class ConfinedDir {
    * directory); links above it are the operator's own file system layout, and are followed.
    */
   static async open(path: string, create = false): Promise<ConfinedDir> {
-    if (create) await mkdir(path, { recursive: true });
+    if (create) {
+      // A dangling link there fails it (EEXIST, or ENOENT from Node's recursive mkdir) and makes
+      // nothing; the open below then says what is there.
+      await mkdir(path, { recursive: true }).catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== 'EEXIST' && e.code !== 'ENOENT') throw e;
+      });
+    }
     let fh: FileHandle;
     try {
       fh = await open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);

@@ -99,6 +99,10 @@ describe('ConfinedDir', () => {
     await expect(ConfinedDir.open(join(elsewhere, 'victim'))).rejects.toMatchObject({
       code: 'not-a-directory',
     });
+    // A dangling link is not made into a directory either.
+    const dangling = join(work, 'dangling');
+    symlinkSync(join(elsewhere, 'made-by-link'), dangling);
+    await expect(ConfinedDir.open(dangling, true)).rejects.toMatchObject({ code: 'symbolic-link' });
     const below = await ConfinedDir.open(join(link, 'made'), true);
     await below.close();
     expect(readdirSync(elsewhere).sort()).toEqual(['made', 'victim']);
