@@ -128,8 +128,10 @@ function wipeTree(path: string): void {
         else zeroAndUnlink(p);
       } catch {
         // Best effort per entry (it may have been swapped for a link): remove whatever is there now,
-        // without following it.
-        rmSync(p, { recursive: true, force: true });
+        // without following it; what cannot be removed makes the rmdir below fail.
+        try {
+          rmSync(p, { recursive: true, force: true });
+        } catch {}
       }
     }
   } finally {
