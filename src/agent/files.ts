@@ -2,18 +2,19 @@
  * Sealed files in and out of the private directory (Node-only). Inputs are unsealed by streaming
  * straight into a 0600 file in the private directory (never to a disk); a failure part way zeroes and
  * removes what was written. Outputs are sealed into a temporary file beside the target and renamed
- * into place once complete. Both hash the sealed bytes as they pass, so the digest in the receipt is of
- * exactly the bytes that were read or written.
+ * into place once complete, never through a symbolic link (confined.ts). Both hash the sealed bytes
+ * as they pass, so the digest in the receipt is of exactly the bytes that were read or written.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { type FileHandle, lstat, mkdir, open, readdir, rename, rm } from 'node:fs/promises';
-import { basename, dirname, join, relative, sep } from 'node:path';
+import { type FileHandle, open, rm } from 'node:fs/promises';
+import { basename, join } from 'node:path';
 import { bestChunkCipher } from '../seal/aead-native.js';
 import { beginSeal, openStream, sealStream } from '../seal/container.js';
 import type { Recipient } from '../seal/keys.js';
 import { readHeader } from '../seal/node.js';
-import { AgentError, type KekCache } from './kbs.js';
+import type { ConfinedDir } from './confined.js';
+import type { KekCache } from './kbs.js';
 
 export function pullFrom(node: AsyncIterable<Uint8Array>): ReadableStream<Uint8Array> {
   // Readable.toWeb on Node 20 reads ahead without backpressure; pull one piece at a time instead.
@@ -123,22 +124,6 @@ export async function unsealInto(
   return { path: out, name, kbsUri: kek.uri!, sealedSha256: hash.digest('hex'), size };
 }
 
-/** Every regular file under `dir`, as paths relative to it; symbolic links and the like are reported. */
-export async function listFiles(dir: string, skipped: (rel: string, why: string) => void): Promise<string[]> {
-  const out: string[] = [];
-  const walk = async (d: string) => {
-    for (const e of await readdir(d, { withFileTypes: true })) {
-      const p = join(d, e.name);
-      const rel = relative(dir, p);
-      if (e.isDirectory()) await walk(p);
-      else if (e.isFile()) out.push(rel);
-      else skipped(rel, e.isSymbolicLink() ? 'a symbolic link' : 'not a regular file');
-    }
-  };
-  await walk(dir);
-  return out.sort();
-}
-
 export interface SealedOutput {
   /** Relative to the output directory. */
   file: string;
@@ -146,44 +131,48 @@ export interface SealedOutput {
   recipients: string[];
 }
 
-/** Seals `plainPath` to `recipients` as `outDir/<rel>.sealed` (temporary file, then rename). */
+/**
+ * Seals the workload's file `rel` (under `src`, the private outputs directory) to `recipients` as
+ * `<out>/<rel>.sealed`. Both sides are walked without following links (confined.ts): a link the
+ * workload left in its outputs is not read through, and a link planted in the output directory is
+ * refused, not written through.
+ */
 export async function sealInto(
-  plainPath: string,
-  outDir: string,
+  src: ConfinedDir,
   rel: string,
+  out: ConfinedDir,
   recipients: Recipient[],
 ): Promise<SealedOutput> {
-  const st = await lstat(plainPath);
-  if (!st.isFile()) throw new AgentError('output-not-file', `${plainPath} is not a regular file`);
   const file = `${rel}.sealed`;
-  const target = join(outDir, file);
-  if (!target.startsWith(outDir + sep))
-    throw new AgentError('bad-output-name', `output name ${rel} leaves the output directory`);
-  await mkdir(dirname(target), { recursive: true });
-  const ctx = await beginSeal({
-    recipients,
-    plaintextLength: st.size,
-    name: basename(rel),
-    cipher: bestChunkCipher(),
-  });
-  const hash = createHash('sha256');
-  const tmp = join(dirname(target), `.${basename(target)}.${randomBytes(6).toString('hex')}.tmp`);
-  const fh = await open(tmp, 'wx', 0o644);
+  const parts = file.split('/');
+  const name = parts.pop()!;
+  const plain = await src.openFile(rel);
   try {
-    await pullFrom(createReadStream(plainPath, { highWaterMark: 4 << 20 }))
-      .pipeThrough(sealStream(ctx))
-      .pipeThrough(hashing(hash))
-      .pipeTo(fileSink(fh));
-    await fh.close();
-    await rename(tmp, target);
-  } catch (e) {
-    await fh.close().catch(() => {});
-    await rm(tmp, { force: true });
-    throw e;
+    const { size } = await plain.stat();
+    const dir = (await out.subdir(parts.join('/'), true))!;
+    try {
+      const ctx = await beginSeal({
+        recipients,
+        plaintextLength: size,
+        name: basename(rel),
+        cipher: bestChunkCipher(),
+      });
+      const hash = createHash('sha256');
+      await dir.writeFile(name, 0o644, (fh) =>
+        pullFrom(plain.createReadStream({ highWaterMark: 4 << 20, autoClose: false, start: 0 }))
+          .pipeThrough(sealStream(ctx))
+          .pipeThrough(hashing(hash))
+          .pipeTo(fileSink(fh)),
+      );
+      return {
+        file,
+        sealedSha256: hash.digest('hex'),
+        recipients: ctx.header.recipients.map((r) => r.keyId),
+      };
+    } finally {
+      if (dir !== out) await dir.close();
+    }
+  } finally {
+    await plain.close();
   }
-  return {
-    file: file.split(sep).join('/'),
-    sealedSha256: hash.digest('hex'),
-    recipients: ctx.header.recipients.map((r) => r.keyId),
-  };
 }

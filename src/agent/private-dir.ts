@@ -5,10 +5,18 @@
  * every file overwritten with zeros, then unlinked — on every exit path the process can see: a normal
  * end, a thrown error, an uncaught exception (all three pass through the process `exit` event), and
  * SIGINT/SIGTERM/SIGHUP (whose handlers the command installs; see `onTerminationSignal`). SIGKILL
- * cannot be caught: the directory then stays in memory until reboot, still mode 0700.
+ * cannot be caught: for that, the directory's name says which process owns it (pid, start time, boot,
+ * pid namespace),
+ * and every `PrivateDir.create` first wipes the directories in its parent whose owner is no longer
+ * running — never one whose owner still is.
+ *
+ * The wipe never follows a symbolic link: a workload (or a process it left behind) may swap a file or
+ * a directory for a link while the agent walks the tree, so every step opens with O_NOFOLLOW and names
+ * below a directory are looked up through its open descriptor (confined.ts).
  */
 import {
   closeSync,
+  constants,
   fstatSync,
   lstatSync,
   openSync,
@@ -18,9 +26,12 @@ import {
   unlinkSync,
   writeSync,
 } from 'node:fs';
-import { chmod, mkdtemp, readFile, realpath } from 'node:fs/promises';
+import { chmod, lstat, mkdtemp, readdir, readFile, readlink, realpath } from 'node:fs/promises';
 import { join } from 'node:path';
+import { anchorOf } from './confined.js';
 import { AgentError } from './kbs.js';
+
+const { O_RDONLY, O_RDWR, O_DIRECTORY, O_NOFOLLOW, O_NONBLOCK } = constants;
 
 export const DEFAULT_PRIVATE_PARENT = '/dev/shm';
 /** File systems whose pages never go to a disk (swap aside, which a TEE guest should not have). */
@@ -76,36 +87,154 @@ export interface PrivateDirOptions {
 const live = new Set<PrivateDir>();
 let exitHookInstalled = false;
 
-/** Overwrites a file's bytes with zeros, then unlinks it; never follows a symbolic link. */
+/** Overwrites a regular file's bytes with zeros (never through a link, never a device), then unlinks it. */
 export function zeroAndUnlink(path: string): void {
   try {
-    const st = lstatSync(path);
-    if (st.isFile()) {
-      const fd = openSync(path, 'r+');
-      try {
-        const size = fstatSync(fd).size;
-        const zeros = new Uint8Array(Math.min(size, 1 << 20));
-        for (let o = 0; o < size; ) o += writeSync(fd, zeros, 0, Math.min(zeros.length, size - o), o);
-      } finally {
-        closeSync(fd);
-      }
-    }
+    if (lstatSync(path).isFile()) zeroFile(path);
   } finally {
     unlinkSync(path);
   }
 }
 
-function wipeTree(dir: string): void {
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name);
+function zeroFile(path: string): void {
+  let fd: number;
+  try {
+    // Swapped for a link since the lstat: ELOOP, and the unlink removes the link itself.
+    fd = openSync(path, O_RDWR | O_NOFOLLOW | O_NONBLOCK);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ELOOP') return;
+    throw e;
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) return;
+    const size = st.size;
+    const zeros = new Uint8Array(Math.min(size, 1 << 20));
+    for (let o = 0; o < size; ) o += writeSync(fd, zeros, 0, Math.min(zeros.length, size - o), o);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Zeroes and removes the tree at `path`, which must be a directory (a link there is not followed). */
+function wipeTree(path: string): void {
+  const fd = openSync(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+  try {
+    const at = anchorOf(fd, path);
+    for (const e of readdirSync(at, { withFileTypes: true })) {
+      const p = `${at}/${e.name}`;
+      try {
+        if (e.isDirectory()) wipeTree(p);
+        else zeroAndUnlink(p);
+      } catch {
+        // Best effort per entry (it may have been swapped for a link): remove whatever is there now,
+        // without following it; what cannot be removed makes the rmdir below fail.
+        try {
+          rmSync(p, { recursive: true, force: true });
+        } catch {}
+      }
+    }
+  } finally {
+    closeSync(fd);
+  }
+  rmdirSync(path);
+}
+
+/**
+ * Who made a private directory: a process is named by its pid and start time, within one boot and one
+ * pid namespace.
+ */
+interface Owner {
+  pid: number;
+  /** Field 22 of /proc/<pid>/stat: clock ticks after boot. */
+  start: string;
+  /** The first 8 hex digits of the boot id. */
+  boot: string;
+  /** The inode of the pid namespace: a pid means something only within its namespace. */
+  ns: string;
+}
+
+/** cloister-<pid>-<start>-<boot>-<ns>-XXXXXX (mkdtemp's six characters). */
+const OWNED_NAME = /^cloister-(\d+)-(\d+)-([0-9a-f]{8})-(\d+)-[A-Za-z0-9]{6}$/;
+
+/** The start time of `pid`, or undefined when no such process is running (a zombie has ended). */
+async function startTimeOf(pid: number): Promise<string | undefined> {
+  let stat: string;
+  try {
+    stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  // "pid (comm) state …": comm may hold spaces and parentheses, so count from the last ')'.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return fields[0] === 'Z' || fields[0] === 'X' ? undefined : fields[19];
+}
+
+async function bootId(): Promise<string | undefined> {
+  try {
+    return (await readFile('/proc/sys/kernel/random/boot_id', 'utf8')).replaceAll('-', '').slice(0, 8);
+  } catch {
+    return undefined;
+  }
+}
+
+/** This process as an owner; undefined without /proc (then nothing is swept). */
+async function selfOwner(): Promise<Owner | undefined> {
+  const [start, boot, ns] = await Promise.all([
+    startTimeOf(process.pid),
+    bootId(),
+    readlink('/proc/self/ns/pid').then(
+      (l) => /^pid:\[(\d+)\]$/.exec(l)?.[1],
+      () => undefined,
+    ),
+  ]);
+  return start && boot && ns && /^[0-9a-f]{8}$/.test(boot)
+    ? { pid: process.pid, start, boot, ns }
+    : undefined;
+}
+
+/**
+ * Whether the owner may still be running. Another boot: no. Another pid namespace (a container
+ * sharing the parent): its pids cannot be looked up from here, so it is taken as running.
+ */
+async function mayBeRunning(o: Owner, self: Owner): Promise<boolean> {
+  if (o.boot !== self.boot) return false;
+  if (o.ns !== self.ns) return true;
+  return (await startTimeOf(o.pid)) === o.start;
+}
+
+/**
+ * Wipes the private directories in `parent` left by processes that are no longer running (SIGKILL,
+ * a crash of the VM's user space): only ours (same user, a real directory, an owner name), and never
+ * one whose owner may still run.
+ */
+async function sweep(parent: string, self: Owner, warn?: (line: string) => void): Promise<void> {
+  let names: string[];
+  try {
+    names = await readdir(parent);
+  } catch (e) {
+    warn?.(
+      `WARNING: cannot list ${parent} for private directories left by killed agents: ${(e as NodeJS.ErrnoException).code}`,
+    );
+    return;
+  }
+  for (const name of names) {
+    const m = OWNED_NAME.exec(name);
+    if (!m) continue;
+    const owner: Owner = { pid: Number(m[1]), start: m[2]!, boot: m[3]!, ns: m[4]! };
+    if (await mayBeRunning(owner, self)) continue;
+    const path = join(parent, name);
+    const st = await lstat(path).catch(() => undefined);
+    if (!st?.isDirectory() || st.uid !== process.getuid?.()) continue;
     try {
-      if (e.isDirectory()) wipeTree(p);
-      else zeroAndUnlink(p);
-    } catch {
-      // Best effort per entry: the rmSync below still removes whatever could not be zeroed.
+      wipeTree(path);
+      warn?.(`wiped ${path}, left by process ${owner.pid}, which is no longer running`);
+    } catch (e) {
+      // Another agent starting at the same time may have wiped it first.
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT') warn?.(`WARNING: could not wipe ${path}, left by process ${owner.pid}: ${code}`);
     }
   }
-  rmdirSync(dir);
 }
 
 export class PrivateDir {
@@ -135,7 +264,14 @@ export class PrivateDir {
       }
       o.warn?.(`WARNING: ${what}; plaintext may be written to disk (--allow-disk)`);
     }
-    const path = await mkdtemp(join(parent, 'cloister-'));
+    const self = await selfOwner();
+    if (self) await sweep(parent, self, o.warn);
+    else
+      o.warn?.(
+        'WARNING: no /proc: the private directory cannot name its owner, so one left by a killed agent is not wiped at the next start',
+      );
+    const prefix = self ? `cloister-${self.pid}-${self.start}-${self.boot}-${self.ns}-` : 'cloister-';
+    const path = await mkdtemp(join(parent, prefix));
     await chmod(path, 0o700);
     const dir = new PrivateDir(path);
     live.add(dir);

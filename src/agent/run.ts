@@ -5,24 +5,26 @@
  * Order, and why:
  *   1. the receipt key is made and bound into TEE evidence first, so a TEE that cannot attest fails
  *      before anything else happens;
- *   2. the private directory is checked and made, before the broker is asked for anything;
+ *   2. the private directory is checked and made, and the output directory and receipt path are
+ *      checked (no symbolic links: confined.ts), before the broker is asked for anything;
  *   3. every KEK (inputs and --seal-to recipients) is fetched before the first byte is unsealed, so a
  *      policy refusal leaves nothing behind and the workload never runs without a way to seal outputs;
  *   4. inputs are unsealed into <private>/inputs, the workload writes into <private>/outputs;
  *   5. outputs are sealed only when the workload exited 0 and no signal asked the agent to stop;
- *   6. the private directory is wiped on every path (private-dir.ts).
+ *   6. the private directory is wiped on every path (private-dir.ts); a workload cannot outlive the
+ *      agent, even a SIGKILLed one (lifetime.ts).
  */
 import { spawn } from 'node:child_process';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { constants } from 'node:os';
-import { basename, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import type { Header } from '../seal/format.js';
 import { keyFromJwk, type Recipient } from '../seal/keys.js';
 import { readHeader } from '../seal/node.js';
 import type { CpuAttester, CpuKind } from './attest/types.js';
+import { ConfinedDir } from './confined.js';
 import {
   envName,
-  listFiles,
   type SealedOutput,
   safeFileName,
   sealInto,
@@ -30,6 +32,7 @@ import {
   unsealInto,
 } from './files.js';
 import { AgentError, KekCache, type ResourceSource, resourcePathOf } from './kbs.js';
+import { findProgram, type GroupWatcher, parentDeathWrapper, startGroupWatcher } from './lifetime.js';
 import { onTerminationSignal, PrivateDir, type PrivateDirOptions } from './private-dir.js';
 import { createReceiptSigner, earClaimsOf, type ReceiptBody, signReceipt } from './receipt.js';
 
@@ -107,6 +110,8 @@ export async function runWorkload(o: RunOptions): Promise<number> {
       '--output-dir needs at least one --seal-to recipient for the outputs',
     );
   const keys = new KekCache(o.kbs);
+  const opened: ConfinedDir[] = [];
+  let watcher: GroupWatcher | undefined;
   let stopSignal: NodeJS.Signals | undefined;
   let child: ReturnType<typeof spawn> | undefined;
   let dir: PrivateDir | undefined;
@@ -131,7 +136,23 @@ export async function runWorkload(o: RunOptions): Promise<number> {
 
     // Checked before the broker is asked for anything, so a run that cannot proceed releases no key.
     dir = await PrivateDir.create({ ...o.privateDir, warn: o.privateDir.warn ?? o.log });
-    if (o.outputDir) await mkdir(o.outputDir, { recursive: true });
+    // Where the receipt and the sealed outputs go, refused now if a link is planted there: the host
+    // owns that storage, and the agent (root in the TEE) must not write through its links.
+    let receipt: { dir: ConfinedDir; name: string } | undefined;
+    if (o.receiptPath) {
+      const parent = await ConfinedDir.open(dirname(o.receiptPath));
+      opened.push(parent);
+      receipt = { dir: parent, name: basename(o.receiptPath) };
+      await parent.checkTarget(receipt.name);
+    }
+    const outputs = o.outputDir ? await ConfinedDir.open(o.outputDir, true) : undefined;
+    if (outputs) {
+      opened.push(outputs);
+      if (!receipt) {
+        receipt = { dir: outputs, name: 'run-receipt.json' };
+        await outputs.checkTarget(receipt.name);
+      }
+    }
     const headers = await Promise.all(o.inputs.map(async (p) => (await readHeader(p)).header));
     const names = inputNames(o.inputs, headers);
     o.log('attesting to the key broker');
@@ -164,6 +185,15 @@ export async function runWorkload(o: RunOptions): Promise<number> {
       env[`CLOISTER_INPUT_${i}`] = u.path;
       env[`CLOISTER_INPUT_${envName(u.name)}`] = u.path;
     }
+    // Checked here so that a missing program is a clear error, not the exit status of the wrapper.
+    await findProgram(o.command[0]!, env.PATH);
+    const pdeath = await parentDeathWrapper(env.PATH);
+    if ('unavailable' in pdeath)
+      o.log(
+        `WARNING: no parent-death signal for the workload: ${pdeath.unavailable}; if the agent is killed (SIGKILL), only the group watcher ends the workload`,
+      );
+    const argv = [...('wrapper' in pdeath ? pdeath.wrapper : []), ...o.command];
+    watcher = startGroupWatcher(o.log);
     const startedAt = new Date();
     o.log(`running ${o.command.join(' ')}`);
     // The workload's files are private too: umask 077 is inherited by the child.
@@ -171,7 +201,8 @@ export async function runWorkload(o: RunOptions): Promise<number> {
     const exit = await new Promise<Exit>((resolve, reject) => {
       // Its own process group, so a signal reaches every process of the workload (a shell's children
       // too), and none is left holding plaintext after the agent has wiped.
-      child = spawn(o.command[0]!, o.command.slice(1), { env, stdio: 'inherit', detached: true });
+      child = spawn(argv[0]!, argv.slice(1), { env, stdio: 'inherit', detached: true });
+      if (child.pid) watcher!.arm(child.pid);
       child.once('error', (e) =>
         reject(
           new AgentError(
@@ -184,24 +215,30 @@ export async function runWorkload(o: RunOptions): Promise<number> {
     }).finally(() => process.umask(oldMask));
     // Processes the workload left running in the background would outlive the wipe: end them.
     signalGroup(-child!.pid!, 'SIGKILL');
+    watcher.release();
     child = undefined;
     const endedAt = new Date();
     const status = exit.code ?? 128 + (constants.signals[exit.signal!] ?? 0);
     o.log(exit.signal ? `workload ended by ${exit.signal}` : `workload exited with status ${exit.code}`);
 
-    const outputs: SealedOutput[] = [];
-    const files = await listFiles(outDir, (rel, why) => o.log(`not sealed: outputs/${rel} is ${why}`));
+    const sealed: SealedOutput[] = [];
+    const produced = await ConfinedDir.open(outDir);
+    opened.push(produced);
+    const files = await produced.listFiles((rel, why) => o.log(`not sealed: outputs/${rel} is ${why}`));
     if (stopSignal) {
       o.log(`not sealing outputs: the agent was asked to stop (${stopSignal})`);
     } else if (status !== 0) {
       if (files.length > 0) o.log(`not sealing ${files.length} output file(s): the workload failed`);
-    } else if (files.length > 0 && !o.outputDir) {
+    } else if (files.length > 0 && !outputs) {
       o.log(`discarding ${files.length} output file(s): no --output-dir given`);
-    } else if (o.outputDir) {
+    } else if (outputs) {
+      // Every target is checked before the first is written, so a link planted for one output
+      // stops the run with none sealed.
+      for (const rel of files) await outputs.checkTarget(`${rel}.sealed`);
       for (const rel of files) {
-        const s = await sealInto(join(outDir, rel), o.outputDir, rel, recipients);
-        outputs.push(s);
-        o.log(`sealed outputs/${rel} → ${join(o.outputDir, s.file)}`);
+        const s = await sealInto(produced, rel, outputs, recipients);
+        sealed.push(s);
+        o.log(`sealed outputs/${rel} → ${join(outputs.shown, s.file)}`);
       }
     }
 
@@ -218,20 +255,22 @@ export async function runWorkload(o: RunOptions): Promise<number> {
         kbs: u.kbsUri,
         sealedSha256: u.sealedSha256,
       })),
-      outputs,
+      outputs: sealed,
       tee: { kind: o.tee.kind, insecure: o.tee.attester.insecure, claims: earClaimsOf(token) },
       ear: token,
       attestation: signer.attestation,
     };
-    const receiptPath = o.receiptPath ?? (o.outputDir ? join(o.outputDir, 'run-receipt.json') : undefined);
-    if (receiptPath) {
-      await writeFile(receiptPath, `${JSON.stringify(await signReceipt(body, signer), null, 2)}\n`);
-      o.log(`receipt: ${receiptPath}`);
+    if (receipt) {
+      const json = `${JSON.stringify(await signReceipt(body, signer), null, 2)}\n`;
+      await receipt.dir.writeFile(receipt.name, 0o644, (fh) => fh.writeFile(json));
+      o.log(`receipt: ${join(receipt.dir.shown, receipt.name)}`);
     }
     if (stopSignal) return 128 + (constants.signals[stopSignal] ?? 15);
     return status;
   } finally {
     offSignals();
+    watcher?.release();
+    for (const d of opened) await d.close();
     dir?.wipe();
     await keys.clear();
   }

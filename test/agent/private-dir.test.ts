@@ -1,5 +1,15 @@
-import { spawnSync } from 'node:child_process';
-import { linkSync, mkdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import {
+  existsSync,
+  linkSync,
+  mkdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { mountOf, PrivateDir } from '../../src/agent/private-dir.js';
@@ -88,5 +98,82 @@ ${ending}`;
         rmSync(parent, { recursive: true, force: true });
       }
     }
+  });
+
+  describe('a directory left by a killed process is wiped at the next start (run and serve alike)', () => {
+    const mod = new URL('../../dist/agent/private-dir.js', import.meta.url).pathname;
+    /** A process that makes a private directory (as `cloister run` and `cloister serve` do), writes plaintext, prints the path and waits. */
+    async function owner(parent: string) {
+      const script = `import { PrivateDir } from ${JSON.stringify(mod)};
+const d = await PrivateDir.create({ parent: ${JSON.stringify(parent)} });
+(await import('node:fs')).writeFileSync(d.path + '/model.gguf', 'PLAINTEXT WEIGHTS');
+process.stdout.write(d.path + '\\n');
+setInterval(() => {}, 1000);`;
+      const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
+      let out = '';
+      const path = await new Promise<string>((resolve, reject) => {
+        child.stdout.on('data', (d) => {
+          out += d;
+          if (out.endsWith('\n')) resolve(out.trim());
+        });
+        child.once('exit', (code) => reject(new Error(`owner exited ${code}`)));
+      });
+      const gone = new Promise((resolve) => child.once('exit', resolve));
+      return { child, path, gone };
+    }
+
+    it("after SIGKILL the next PrivateDir.create wipes it; a live owner's directory is left alone", async () => {
+      const parent = shmParent();
+      const live = await owner(parent);
+      const killed = await owner(parent);
+      try {
+        expect(statSync(killed.path).mode & 0o777).toBe(0o700);
+        killed.child.kill('SIGKILL');
+        await killed.gone;
+        expect(existsSync(join(killed.path, 'model.gguf'))).toBe(true);
+        const warned: string[] = [];
+        const d = await PrivateDir.create({ parent, warn: (l) => warned.push(l) });
+        expect(warned).toEqual([
+          `wiped ${killed.path}, left by process ${killed.child.pid}, which is no longer running`,
+        ]);
+        expect(existsSync(killed.path)).toBe(false);
+        expect(readFileSync(join(live.path, 'model.gguf'), 'utf8')).toBe('PLAINTEXT WEIGHTS');
+        d.wipe();
+      } finally {
+        live.child.kill('SIGKILL');
+        await live.gone;
+        rmSync(parent, { recursive: true, force: true });
+      }
+    }, 60_000);
+
+    it('only our own directories: a link, a directory of another pid namespace or a foreign name is never followed or touched', async () => {
+      const parent = shmParent();
+      const elsewhere = tempDir();
+      try {
+        writeFileSync(join(elsewhere, 'victim'), 'keep');
+        // A process that cannot be running: pid 2^22 + 1 is above Linux's pid_max.
+        const boot = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').replaceAll('-', '').slice(0, 8);
+        const ns = /\d+/.exec(readlinkSync('/proc/self/ns/pid'))![0];
+        const dead = `cloister-4194305-1-${boot}-${ns}`;
+        symlinkSync(elsewhere, join(parent, `${dead}-aaaaaa`));
+        mkdirSync(join(parent, `${dead}-bbbbbb`));
+        symlinkSync(join(elsewhere, 'victim'), join(parent, `${dead}-bbbbbb`, 'link'));
+        // Another pid namespace (a container sharing the directory): its pids mean nothing here.
+        const foreign = `cloister-4194305-1-${boot}-1-cccccc`;
+        mkdirSync(join(parent, foreign));
+        mkdirSync(join(parent, 'cloister-XyZ123'));
+        const d = await PrivateDir.create({ parent });
+        expect(entries(parent).sort()).toEqual(
+          [`${dead}-aaaaaa`, foreign, 'cloister-XyZ123', d.path.split('/').pop()].sort(),
+        );
+        expect(readFileSync(join(elsewhere, 'victim'), 'utf8')).toBe('keep');
+        d.wipe();
+      } finally {
+        rmSync(parent, { recursive: true, force: true });
+        rmSync(elsewhere, { recursive: true, force: true });
+      }
+    });
   });
 });

@@ -1,4 +1,4 @@
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { verifyReceipt } from '../../src/agent/receipt.js';
@@ -30,6 +30,15 @@ beforeEach(() => {
     rmSync(shm, { recursive: true, force: true });
   };
 });
+
+/** Whether `pid` is running (a zombie has ended: it only waits to be reaped). */
+function running(pid: number): boolean {
+  try {
+    return !/^\d+ \(.*\) [ZX] /s.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
+}
 
 const base = () => [
   'run',
@@ -339,6 +348,112 @@ describe('cloister run', () => {
       rmSync(disk, { recursive: true, force: true });
     }
   });
+
+  describe('never writes through a symbolic link planted in the output directory', () => {
+    const sealed = (out: string, receipt?: string) => [
+      ...base(),
+      '--output-dir',
+      out,
+      ...(receipt ? ['--receipt', receipt] : []),
+      '--seal-to',
+      'kbs:///owner/models/kek1',
+      '--',
+      'sh',
+      '-c',
+      'echo secret > "$CLOISTER_OUTPUT_DIR/a.txt"; mkdir "$CLOISTER_OUTPUT_DIR/sub"; echo x > "$CLOISTER_OUTPUT_DIR/sub/b.txt"',
+    ];
+
+    it('a run-receipt.json link is refused before the broker is asked; its target is untouched', async () => {
+      putKek(kbs, 'owner/models/kek1');
+      const out = join(work, 'out');
+      mkdirSync(out);
+      const victim = join(work, 'victim');
+      writeFileSync(victim, 'root-owned file');
+      symlinkSync(victim, join(out, 'run-receipt.json'));
+      const asked = kbs.log.length;
+      const r = await cli(sealed(out)).done;
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain(`cloister: refusing ${out}/run-receipt.json: it is a symbolic link\n`);
+      expect(kbs.log.length).toBe(asked);
+      expect(readFileSync(victim, 'utf8')).toBe('root-owned file');
+      expect(entries(out)).toEqual(['run-receipt.json']);
+      expect(entries(shm)).toEqual([]);
+      // --receipt FILE: a link there is refused the same way.
+      const r2 = await cli(sealed(join(work, 'out2'), join(out, 'run-receipt.json'))).done;
+      expect(r2.code).toBe(1);
+      expect(r2.stderr).toContain(`refusing ${out}/run-receipt.json: it is a symbolic link`);
+      expect(readFileSync(victim, 'utf8')).toBe('root-owned file');
+    });
+
+    it('a symlinked subdirectory: nothing is sealed (inside or outside), the run fails naming it', async () => {
+      putKek(kbs, 'owner/models/kek1');
+      const out = join(work, 'out');
+      const elsewhere = join(work, 'elsewhere');
+      mkdirSync(out);
+      mkdirSync(elsewhere);
+      symlinkSync(elsewhere, join(out, 'sub'));
+      const r = await cli(sealed(out)).done;
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain(`cloister: refusing ${out}/sub: it is a symbolic link\n`);
+      expect(entries(elsewhere)).toEqual([]);
+      expect(entries(out)).toEqual(['sub']);
+      expect(entries(shm)).toEqual([]);
+    });
+  });
+
+  for (const setpriv of [true, false]) {
+    it(`SIGKILL of the agent: the workload and its children die, the next run wipes the plaintext${setpriv ? '' : ' (no setpriv: the group watcher alone)'}`, async () => {
+      const k = putKek(kbs, 'owner/models/kek1');
+      const a = await writeSealed(work, 'in.sealed', 'plaintext left behind', k);
+      const pids = join(work, 'pids');
+      // Without setpriv on PATH: only what the workload needs.
+      const bin = join(work, 'bin');
+      mkdirSync(bin);
+      for (const p of ['sh', 'sleep', 'mv', 'true']) symlinkSync(`/bin/${p}`, join(bin, p));
+      const env = setpriv ? {} : { PATH: bin };
+      // The main process (sh) and a child of it (sleep), which a parent-death signal alone would miss.
+      const run = cli(
+        [
+          ...base(),
+          '--input',
+          a,
+          '--',
+          'sh',
+          '-c',
+          `sleep 300 & echo "$$ $!" > ${pids}.tmp; mv ${pids}.tmp ${pids}; wait`,
+        ],
+        { env },
+      );
+      await waitFor(run.stderr, /running sh/, run.child);
+      expect(
+        run
+          .stderr()
+          .includes(
+            'WARNING: no parent-death signal for the workload: setpriv (util-linux) is not installed',
+          ),
+      ).toBe(!setpriv);
+      for (let i = 0; !existsSync(pids); i++) {
+        if (i > 600) throw new Error(`the workload did not start: ${run.stderr()}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const workload = readFileSync(pids, 'utf8').trim().split(' ').map(Number);
+      expect(workload.every(running)).toBe(true);
+      const left = entries(shm);
+      expect(left).toHaveLength(1);
+      run.child.kill('SIGKILL');
+      await run.done;
+      for (let i = 0; workload.some(running); i++) {
+        if (i > 600) throw new Error(`the workload outlived the agent: ${workload.filter(running)}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      // The plaintext is still there: nothing could run at SIGKILL.
+      expect(readFileSync(join(shm, left[0]!, 'inputs', 'in'), 'utf8')).toBe('plaintext left behind');
+      const next = await cli([...base(), '--', 'true'], { env }).done;
+      expect(next.code).toBe(0);
+      expect(next.stderr).toContain(`wiped ${join(shm, left[0]!)}, left by process ${run.child.pid}`);
+      expect(entries(shm)).toEqual([]);
+    }, 120_000);
+  }
 
   describe('wipes the private directory on every exit path', () => {
     const sleeper = (marker: string) => ['sh', '-c', `touch ${marker}; sleep 30`];
