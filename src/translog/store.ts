@@ -454,12 +454,25 @@ export class TransparencyLog {
     ];
     if (from > 0) head.push({ type: 'range', ...serializeRange(await this.rangeAt(from)) });
     for (const c of plan.checkpoints) head.push({ type: 'checkpoint', note: c.note });
+    yield jsonLines(head);
     if (options.consistency) {
-      for (const p of await this.consistencyLines(plan)) {
-        head.push({ type: 'consistency', size1: p.size1, size2: p.size2, proof: p.proof.map(toHex) });
+      const sizes = plan.checkpoints.map((c) => c.size).filter((s) => s > 0);
+      for (let i = 0; i + 1 < sizes.length; i += EXPORT_CHUNK) {
+        const group = sizes.slice(i, i + EXPORT_CHUNK + 1);
+        const proofs = await Promise.all(
+          group.slice(1).map(async (b, k) => {
+            const a = group[k]!;
+            return {
+              type: 'consistency',
+              size1: a,
+              size2: b,
+              proof: (await this.consistencyProof(a, b)).map(toHex),
+            };
+          }),
+        );
+        yield jsonLines(proofs);
       }
     }
-    yield jsonLines(head);
     for (let a = from; a < to; a += EXPORT_CHUNK) {
       const { entries, proofs } = await this.chunk(plan, a, Math.min(to, a + EXPORT_CHUNK));
       let text = '';

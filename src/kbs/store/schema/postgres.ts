@@ -10,7 +10,8 @@
  * new handshake, so session writes skip the WAL flush that every logged commit waits for. A crash of
  * the database empties the table; nothing the transparency log records lives there.
  */
-export const POSTGRES_SCHEMA_VERSION = 1;
+/** 2: log_nodes (stored subtree hashes; a database of version 1 is backfilled by migrate). */
+export const POSTGRES_SCHEMA_VERSION = 2;
 
 export const POSTGRES_SCHEMA = `
 CREATE TABLE IF NOT EXISTS schema_meta (
@@ -87,6 +88,15 @@ CREATE TABLE IF NOT EXISTS log_head (
   leaf_hash BYTEA
 );
 INSERT INTO log_head (id, size, leaf_hash) VALUES (1, 0, NULL) ON CONFLICT (id) DO NOTHING;
+
+-- Hash of every complete perfect subtree of level >= 1 of the log (entries idx*2^level ...),
+-- written in the transaction of the entry that completes it.
+CREATE TABLE IF NOT EXISTS log_nodes (
+  level SMALLINT NOT NULL CHECK (level >= 1),
+  idx BIGINT NOT NULL CHECK (idx >= 0),
+  hash BYTEA NOT NULL,
+  PRIMARY KEY (level, idx)
+);
 
 CREATE TABLE IF NOT EXISTS checkpoints (
   id BIGSERIAL PRIMARY KEY,

@@ -3,7 +3,8 @@
  * milliseconds (text order = time order); binary values are BLOBs. `user_version` records the schema
  * version for later migrations.
  */
-export const SQLITE_SCHEMA_VERSION = 1;
+/** 2: log_nodes (stored subtree hashes; a database of version 1 is backfilled when opened). */
+export const SQLITE_SCHEMA_VERSION = 2;
 
 export const SQLITE_SCHEMA = `
 CREATE TABLE IF NOT EXISTS repositories (
@@ -68,6 +69,15 @@ CREATE TABLE IF NOT EXISTS log_entries (
   canonical BLOB NOT NULL,
   leaf_hash BLOB NOT NULL
 ) STRICT;
+
+-- Hash of every complete perfect subtree of level >= 1 of the log (entries idx*2^level ...),
+-- written in the transaction of the entry that completes it.
+CREATE TABLE IF NOT EXISTS log_nodes (
+  level INTEGER NOT NULL CHECK (level >= 1),
+  idx INTEGER NOT NULL CHECK (idx >= 0),
+  hash BLOB NOT NULL,
+  PRIMARY KEY (level, idx)
+) STRICT, WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS checkpoints (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
