@@ -436,8 +436,9 @@ export class BundleVerifier {
         if (this.entryLines === to - from) {
           throw bad(`the header announces ${to - from} entries, and this is one more`);
         }
-        this.pending.push({ entry: p.entry, position: this.entryLines++, proofs: [] });
+        // Flushed before the next entry rather than after this one: its inclusion proofs may follow.
         if (this.pending.length >= BATCH) await this.flush();
+        this.pending.push({ entry: p.entry, position: this.entryLines++, proofs: [] });
         break;
       case 'inclusion': {
         const last = this.pending[this.pending.length - 1];
