@@ -41,7 +41,8 @@ describe('GET /admin/v1/log/bundle', () => {
     const started = Date.now();
     let reads = 0;
     async function* slowly(): AsyncGenerator<Uint8Array> {
-      for await (const chunk of res.body!) {
+      // Node's web streams are async iterable; the DOM typings do not say so.
+      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
         if (reads++ < 6) await new Promise((r) => setTimeout(r, 300));
         yield chunk;
       }
