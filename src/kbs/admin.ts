@@ -9,11 +9,12 @@
  * A revoked token id is refused. With no admin keys configured every admin request is refused (secure
  * default). Resource values can be written but are never returned.
  */
+import { Readable } from 'node:stream';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { createLocalJWKSet, type JSONWebKeySet, type JWK, jwtVerify } from 'jose';
 import { verifyEar } from '../attest/ear/index.js';
 import { compilePolicy, PolicyError } from '../policy/index.js';
-import { formatBundle, type LogStore, TranslogError, TransparencyLog } from '../translog/index.js';
+import { type LogStore, TranslogError, TransparencyLog } from '../translog/index.js';
 import { decideRelease } from './decide.js';
 import { ProtocolError, parseResourcePath } from './protocol.js';
 import { parseScope, scopeName } from './scope.js';
@@ -355,19 +356,27 @@ export class AdminApi {
         await this.o.checkpoint();
         const { from, to } = logRange(req.query, await this.o.store.logSize());
         const log = new TransparencyLog(this.o.logStore, this.o.origin);
-        let bundle: Awaited<ReturnType<TransparencyLog['export']>>;
+        const lines = log.exportLines({
+          from,
+          to,
+          consistency: true,
+          ...(req.query.proofs === 'all' ? { inclusion: 'all' as const } : {}),
+        });
+        // The first lines are made before the status is sent, so that a range the log cannot prove is
+        // still a 400; the rest is streamed as the client reads it (backpressure), each write resetting
+        // the connection's idle timeout, so that no request timeout cuts a long export that progresses.
+        let first: IteratorResult<string>;
         try {
-          bundle = await log.export({
-            from,
-            to,
-            consistency: true,
-            ...(req.query.proofs === 'all' ? { inclusion: 'all' as const } : {}),
-          });
+          first = await lines.next();
         } catch (e) {
           if (e instanceof TranslogError) throw new ProtocolError(400, 'bad-range', e.message);
           throw e;
         }
-        return reply.type('application/jsonl').send(formatBundle(bundle));
+        async function* all(): AsyncGenerator<string> {
+          if (!first.done) yield first.value;
+          yield* lines;
+        }
+        return reply.type('application/jsonl').send(Readable.from(all(), { objectMode: false }));
       },
     );
 

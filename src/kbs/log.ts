@@ -1,24 +1,26 @@
 /**
  * The broker's transparency log on top of its store: entries are appended by the store inside the
  * transaction of the change they record (with `buildLogEntry`, synchronous because SQLite transactions
- * cannot await), and checkpoints are signed periodically from an incrementally maintained Merkle range.
+ * cannot await) together with the subtree hashes they complete, and checkpoints are signed periodically
+ * from the compact range those give.
  */
 import { createHash } from 'node:crypto';
 import {
-  appendToRange,
-  type CompactRange,
   checkpointText,
   EMPTY_RANGE,
   type LogEntry,
   type LogHead,
   type LogStore,
+  type NodeId,
   type NoteSigner,
   parseEntry,
   rangeRoot,
   signNote,
+  TranslogError,
   ZERO_HASH_HEX,
 } from '../translog/index.js';
 import { canonicalizeBytes } from '../util/jcs.js';
+import { rangeNodeIds } from './store/common.js';
 import type { KbsStore, LogAppend, LogEntryBuilder } from './store/types.js';
 
 /** Builds the entry exactly as the translog library defines it (src/translog/entry.ts), synchronously. */
@@ -41,43 +43,31 @@ export const buildLogEntry: LogEntryBuilder = (index, prev, fields: LogAppend) =
 
 const decode = (b: Uint8Array) => new TextDecoder().decode(b);
 
-/** The translog library's reader interface over the broker's store, with an incremental Merkle range. */
+/**
+ * The translog library's reader interface over the broker's store. Proofs read the subtree hashes the
+ * store keeps with each append (O(log n) per proof), and the head is read from them too.
+ */
 export class KbsLogStore implements LogStore {
-  private range: CompactRange = EMPTY_RANGE;
-  private last: Uint8Array | null = null;
-
   constructor(private readonly store: KbsStore) {}
 
   size(): Promise<number> {
     return this.store.logSize();
   }
 
-  private folding: Promise<LogHead> | undefined;
-
-  /**
-   * Folds the leaves appended since the last call into the compact range (O(new · log n)). Calls are
-   * serialised: two folds interleaving across awaits would add the same leaves twice.
-   */
-  head(): Promise<LogHead> {
-    const run = (this.folding ?? Promise.resolve()).catch(() => undefined).then(() => this.fold());
-    this.folding = run;
-    return run;
-  }
-
-  private async fold(): Promise<LogHead> {
-    const n = await this.store.logSize();
-    let range = n < this.range.size ? EMPTY_RANGE : this.range;
-    let last = n < this.range.size ? null : this.last;
-    const BATCH = 10_000;
-    for (let from = range.size; from < n; from += BATCH) {
-      for (const e of await this.store.logEntries(from, Math.min(n, from + BATCH))) {
-        range = (await appendToRange(range, e.leafHash)).range;
-        last = e.leafHash;
-      }
+  /** The compact range at the current size: its perfect subtrees, read from the stored ones. */
+  async head(): Promise<LogHead> {
+    const size = await this.store.logSize();
+    if (size === 0) return { range: EMPTY_RANGE, lastLeafHash: null };
+    const ids = rangeNodeIds(size);
+    const [nodes, [last]] = await Promise.all([
+      this.store.logNodes(ids.filter((i) => i.level > 0).map((i) => ({ level: i.level, index: i.idx }))),
+      this.getLeafHashes(size - 1, size),
+    ]);
+    const hashes = ids.map((i) => (i.level === 0 ? last : nodes.shift()));
+    if (hashes.some((h) => h === undefined)) {
+      throw new TranslogError('store', `the store lacks a subtree hash of the log of size ${size}`);
     }
-    this.range = range;
-    this.last = last;
-    return { range, lastLeafHash: last };
+    return { range: { size, hashes: hashes as Uint8Array[] }, lastLeafHash: last! };
   }
 
   async getEntries(from: number, to: number): Promise<LogEntry[]> {
@@ -90,6 +80,10 @@ export class KbsLogStore implements LogStore {
     return (await this.store.logEntries(from, to)).map((e) => e.leafHash);
   }
 
+  getNodeHashes(ids: readonly NodeId[]): Promise<(Uint8Array | undefined)[]> {
+    return this.store.logNodes(ids);
+  }
+
   async getCheckpoint(size: number): Promise<string | undefined> {
     return (await this.store.checkpoints()).find((c) => c.size === size)?.note;
   }
@@ -99,10 +93,16 @@ export class KbsLogStore implements LogStore {
   }
 
   async checkpointSizes(min: number, max: number): Promise<number[]> {
-    return (await this.store.checkpoints())
-      .map((c) => c.size)
-      .filter((s) => s >= min && s <= max)
-      .sort((a, b) => a - b);
+    return (await this.getCheckpoints(min, max)).map((c) => c.size);
+  }
+
+  /** One read of the checkpoints; the first one saved of each size, as `getCheckpoint` returns. */
+  async getCheckpoints(min: number, max: number): Promise<{ size: number; note: string }[]> {
+    const out: { size: number; note: string }[] = [];
+    for (const c of await this.store.checkpoints()) {
+      if (c.size >= min && c.size <= max && out[out.length - 1]?.size !== c.size) out.push(c);
+    }
+    return out;
   }
 }
 

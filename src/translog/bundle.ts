@@ -12,7 +12,6 @@ import {
   appendToRange,
   type CompactRange,
   EMPTY_RANGE,
-  ProofBuilder,
   parseHash,
   parseRange,
   rangeRoot,
@@ -24,6 +23,11 @@ import { type NoteVerifier, parseVerifierKey } from './note.js';
 import type { Bundle, ConsistencyProofLine, InclusionProofLine } from './store.js';
 
 export const BUNDLE_FORMAT = 'cloister-translog-bundle/v1';
+/**
+ * Header `layout` of a bundle whose checkpoint, consistency and range lines all precede the entries and
+ * whose inclusion proofs each follow their entry directly: it can be verified in bounded memory.
+ */
+export const STREAMED_LAYOUT = 'streamed';
 
 /** The JSON-lines text of a bundle: a header, the range (if from > 0), entries, checkpoints, proofs. */
 export function formatBundle(b: Bundle): string {
@@ -57,95 +61,207 @@ function proofOf(v: unknown, line: number): Uint8Array[] {
   });
 }
 
-/**
- * Reads a bundle's JSON lines, checking the structure only (entries are well-formed, sizes are integers,
- * the header's range matches the entries). Nothing is trusted until verifyBundle accepts it.
- */
-export function parseBundle(text: string): Bundle {
+interface BundleHeader {
+  origin: string;
+  from: number;
+  to: number;
+  streamed: boolean;
+}
+
+/** One line of a bundle, checked for structure only. */
+type BundleLine =
+  | ({ type: 'header' } & BundleHeader)
+  | { type: 'range'; range: CompactRange }
+  | { type: 'entry'; entry: LogEntry }
+  | { type: 'checkpoint'; note: string }
+  | ({ type: 'inclusion' } & InclusionProofLine)
+  | ({ type: 'consistency' } & ConsistencyProofLine);
+
+/** Parses line number `line` (1-based) of a bundle; a malformed line throws a TranslogError naming it. */
+function parseLine(l: string, line: number): BundleLine {
+  const bad: (why: string) => never = (why) => {
+    throw new TranslogError('bad-bundle', `line ${line}: ${why}`, { line });
+  };
+  let o: Record<string, unknown>;
+  try {
+    o = JSON.parse(l);
+  } catch {
+    bad('not JSON');
+  }
+  if (typeof o !== 'object' || o === null || Array.isArray(o)) bad('not a JSON object');
+  if (line === 1 && o.type !== 'header')
+    bad(`the first line is the header ({"type":"header","format":"${BUNDLE_FORMAT}",…})`);
+  switch (o.type) {
+    case 'header':
+      if (line !== 1) bad('a second header');
+      if (o.format !== BUNDLE_FORMAT) bad(`format ${JSON.stringify(o.format)} is not ${BUNDLE_FORMAT}`);
+      if (typeof o.origin !== 'string' || o.origin === '') bad('the header needs an origin');
+      if (!isSize(o.from) || !isSize(o.to) || o.from > o.to) bad('the header needs from ≤ to');
+      if (o.layout !== undefined && o.layout !== STREAMED_LAYOUT)
+        bad(`layout ${JSON.stringify(o.layout)} is not "${STREAMED_LAYOUT}"`);
+      return {
+        type: 'header',
+        origin: o.origin as string,
+        from: o.from as number,
+        to: o.to as number,
+        streamed: o.layout === STREAMED_LAYOUT,
+      };
+    case 'range':
+      try {
+        return { type: 'range', range: parseRange(o) };
+      } catch (e) {
+        return bad((e as Error).message);
+      }
+    case 'entry':
+      try {
+        return { type: 'entry', entry: parseEntry(o.entry, `line ${line}`) };
+      } catch (e) {
+        const err = e as TranslogError;
+        throw new TranslogError(err.code, err.message, { ...err.where, line });
+      }
+    case 'checkpoint':
+      if (typeof o.note !== 'string')
+        bad('a checkpoint line is {"type":"checkpoint","note":"<signed note>"}');
+      return { type: 'checkpoint', note: o.note as string };
+    case 'inclusion':
+      if (!isSize(o.index) || !isSize(o.size)) bad('an inclusion line needs integer index and size');
+      return {
+        type: 'inclusion',
+        index: o.index as number,
+        size: o.size as number,
+        proof: proofOf(o.proof, line),
+      };
+    case 'consistency':
+      if (!isSize(o.size1) || !isSize(o.size2)) bad('a consistency line needs integer size1 and size2');
+      return {
+        type: 'consistency',
+        size1: o.size1 as number,
+        size2: o.size2 as number,
+        proof: proofOf(o.proof, line),
+      };
+    default:
+      return bad(`unknown line type ${JSON.stringify(o.type)}`);
+  }
+}
+
+function splitLines(text: string): string[] {
   const raw = text.split('\n');
   if (raw[raw.length - 1] === '') raw.pop();
-  let header: { origin: string; from: number; to: number } | undefined;
+  return raw;
+}
+
+/** Structural checks of the whole bundle, once every line has been read. */
+function checkComplete(header: BundleHeader | undefined, entries: number, range: CompactRange | undefined) {
+  if (!header) throw new TranslogError('bad-bundle', 'the bundle is empty');
+  const { from, to } = header;
+  if (entries !== to - from) {
+    throw new TranslogError(
+      'bad-bundle',
+      `the header announces entries ${from}…${to - 1} (${to - from}) but the bundle holds ${entries}`,
+    );
+  }
+  checkRangeLine(header, range);
+}
+
+function checkRangeLine(header: BundleHeader, range: CompactRange | undefined): void {
+  if (header.from > 0 && !range)
+    throw new TranslogError('bad-bundle', `a bundle starting at entry ${header.from} needs a range line`);
+  if (range && range.size !== header.from) {
+    throw new TranslogError(
+      'bad-bundle',
+      `the range line has size ${range.size}, not the first index ${header.from}`,
+    );
+  }
+}
+
+/**
+ * Reads a bundle's JSON lines into memory, checking the structure only (entries are well-formed, sizes
+ * are integers, the header's range matches the entries). Nothing is trusted until verifyBundle accepts
+ * it. For large bundles, verify the lines as they come with `verifyBundleLines` instead.
+ */
+export function parseBundle(text: string): Bundle {
+  let header: BundleHeader | undefined;
   let range: CompactRange | undefined;
   const entries: LogEntry[] = [];
   const checkpoints: string[] = [];
   const inclusion: InclusionProofLine[] = [];
   const consistency: ConsistencyProofLine[] = [];
-  for (const [i, l] of raw.entries()) {
+  for (const [i, l] of splitLines(text).entries()) {
     const line = i + 1;
-    const bad: (why: string) => never = (why) => {
-      throw new TranslogError('bad-bundle', `line ${line}: ${why}`, { line });
-    };
-    let o: Record<string, unknown>;
-    try {
-      o = JSON.parse(l);
-    } catch {
-      bad('not JSON');
-    }
-    if (typeof o !== 'object' || o === null || Array.isArray(o)) bad('not a JSON object');
-    if (line === 1 && o.type !== 'header')
-      bad(`the first line is the header ({"type":"header","format":"${BUNDLE_FORMAT}",…})`);
-    switch (o.type) {
+    const p = parseLine(l, line);
+    switch (p.type) {
       case 'header':
-        if (line !== 1) bad('a second header');
-        if (o.format !== BUNDLE_FORMAT) bad(`format ${JSON.stringify(o.format)} is not ${BUNDLE_FORMAT}`);
-        if (typeof o.origin !== 'string' || o.origin === '') bad('the header needs an origin');
-        if (!isSize(o.from) || !isSize(o.to) || o.from > o.to) bad('the header needs from ≤ to');
-        header = { origin: o.origin as string, from: o.from as number, to: o.to as number };
+        header = p;
         break;
       case 'range':
-        if (range) bad('a second range');
-        try {
-          range = parseRange(o);
-        } catch (e) {
-          bad((e as Error).message);
-        }
+        if (range) throw new TranslogError('bad-bundle', `line ${line}: a second range`, { line });
+        range = p.range;
         break;
       case 'entry':
-        try {
-          entries.push(parseEntry(o.entry, `line ${line}`));
-        } catch (e) {
-          const err = e as TranslogError;
-          throw new TranslogError(err.code, err.message, { ...err.where, line });
-        }
+        entries.push(p.entry);
         break;
       case 'checkpoint':
-        if (typeof o.note !== 'string')
-          bad('a checkpoint line is {"type":"checkpoint","note":"<signed note>"}');
-        checkpoints.push(o.note as string);
+        checkpoints.push(p.note);
         break;
       case 'inclusion':
-        if (!isSize(o.index) || !isSize(o.size)) bad('an inclusion line needs integer index and size');
-        inclusion.push({ index: o.index as number, size: o.size as number, proof: proofOf(o.proof, line) });
+        inclusion.push({ index: p.index, size: p.size, proof: p.proof });
         break;
       case 'consistency':
-        if (!isSize(o.size1) || !isSize(o.size2)) bad('a consistency line needs integer size1 and size2');
-        consistency.push({
-          size1: o.size1 as number,
-          size2: o.size2 as number,
-          proof: proofOf(o.proof, line),
-        });
+        consistency.push({ size1: p.size1, size2: p.size2, proof: p.proof });
         break;
-      default:
-        bad(`unknown line type ${JSON.stringify(o.type)}`);
     }
   }
-  if (!header) throw new TranslogError('bad-bundle', 'the bundle is empty');
-  const { origin, from, to } = header;
-  if (entries.length !== to - from) {
-    throw new TranslogError(
-      'bad-bundle',
-      `the header announces entries ${from}…${to - 1} (${to - from}) but the bundle holds ${entries.length}`,
-    );
-  }
-  if (from > 0 && !range)
-    throw new TranslogError('bad-bundle', `a bundle starting at entry ${from} needs a range line`);
-  if (range && range.size !== from) {
-    throw new TranslogError(
-      'bad-bundle',
-      `the range line has size ${range.size}, not the first index ${from}`,
-    );
-  }
+  checkComplete(header, entries.length, range);
+  const { origin, from, to } = header!;
   return { origin, from, to, ...(range ? { range } : {}), entries, checkpoints, inclusion, consistency };
+}
+
+/**
+ * Splits a byte stream (a file, stdin, an HTTP response body) into the lines of a bundle, as UTF-8
+ * text without the final newline, holding at most one line at a time. A line longer than
+ * `maxLineBytes` (default 16 MiB; an entry is a few hundred bytes) is refused, so that a file without
+ * newlines cannot exhaust memory.
+ */
+export async function* readBundleLines(
+  chunks: AsyncIterable<Uint8Array>,
+  maxLineBytes = 16 * 1024 * 1024,
+): AsyncGenerator<string, void, undefined> {
+  const decoder = new TextDecoder();
+  let parts: Uint8Array[] = [];
+  let length = 0;
+  let line = 0;
+  const take = (last: Uint8Array): string => {
+    line++;
+    const all = new Uint8Array(length + last.length);
+    let at = 0;
+    for (const p of parts) {
+      all.set(p, at);
+      at += p.length;
+    }
+    all.set(last, at);
+    parts = [];
+    length = 0;
+    return decoder.decode(all);
+  };
+  const tooLong = () =>
+    new TranslogError('bad-bundle', `line ${line + 1} is longer than ${maxLineBytes} bytes`, {
+      line: line + 1,
+    });
+  for await (const chunk of chunks) {
+    let start = 0;
+    for (let nl = chunk.indexOf(10, start); nl >= 0; nl = chunk.indexOf(10, start)) {
+      if (length + nl - start > maxLineBytes) throw tooLong();
+      yield take(chunk.subarray(start, nl));
+      start = nl + 1;
+    }
+    if (start < chunk.length) {
+      // The chunk may be reused by its producer: keep a copy of the unfinished line.
+      parts.push(chunk.slice(start));
+      length += chunk.length - start;
+      if (length > maxLineBytes) throw tooLong();
+    }
+  }
+  if (length > 0) yield take(new Uint8Array(0));
 }
 
 export interface CheckpointStatus {
@@ -175,12 +291,455 @@ export interface VerifyBundleOptions {
   maxErrors?: number;
 }
 
-async function hashEntries(entries: readonly LogEntry[]): Promise<Uint8Array[]> {
-  const out: Uint8Array[] = [];
-  for (let i = 0; i < entries.length; i += 4096) {
-    out.push(...(await Promise.all(entries.slice(i, i + 4096).map(entryLeafHash))));
+/**
+ * The checks in the order the report lists their failures, whatever the order of the lines that
+ * raised them (see "Verification" in docs/transparency-log.md).
+ */
+const PHASES = [
+  'origin',
+  'signature',
+  'chain',
+  'roots',
+  'recomputed',
+  'consistency',
+  'covered',
+  'inclusion',
+] as const;
+type Phase = (typeof PHASES)[number];
+
+/** Entries hashed and checked together (bounded memory, parallel hashing). */
+const BATCH = 1024;
+
+/** Leaf hashes packed 32 bytes each, for bundles whose layout needs them kept until the end. */
+class LeafList {
+  private readonly blocks: Uint8Array[] = [];
+  length = 0;
+  private static readonly PER_BLOCK = 4096;
+
+  push(h: Uint8Array): void {
+    const b = Math.floor(this.length / LeafList.PER_BLOCK);
+    if (b === this.blocks.length) this.blocks.push(new Uint8Array(32 * LeafList.PER_BLOCK));
+    this.blocks[b]!.set(h, 32 * (this.length % LeafList.PER_BLOCK));
+    this.length++;
   }
-  return out;
+
+  get(i: number): Uint8Array {
+    const at = 32 * (i % LeafList.PER_BLOCK);
+    return this.blocks[Math.floor(i / LeafList.PER_BLOCK)]!.subarray(at, at + 32);
+  }
+}
+
+interface PendingEntry {
+  entry: LogEntry;
+  /** Position in the bundle: the entry should have index from + position. */
+  position: number;
+  /** Inclusion proofs of this entry that followed it directly (streamed layout). */
+  proofs: InclusionProofLine[];
+}
+
+/**
+ * Verifies a bundle line by line. In the streamed layout (header `"layout":"streamed"`: checkpoints,
+ * consistency proofs and range before the entries, each inclusion proof directly after its entry) it
+ * holds the checkpoints, the compact range and one batch of entries, whatever the bundle's length;
+ * otherwise it also keeps 32 bytes per entry (the leaf hashes) until the end, since a later line may
+ * need any of them.
+ */
+export class BundleVerifier {
+  private line = 0;
+  private header: BundleHeader | undefined;
+  private range: CompactRange | undefined;
+  private entryLines = 0;
+  private readonly errors = new Map<Phase, TranslogError[]>(PHASES.map((p) => [p, []]));
+  private errorCount = 0;
+  private truncated = false;
+  /** Verified checkpoints: size → root (the first one of a size). */
+  private readonly signed = new Map<number, Uint8Array>();
+  private pending: PendingEntry[] = [];
+  private prevLeaf: Uint8Array | undefined;
+  private processed = 0;
+  private leaves: LeafList | undefined;
+  /** The compact range after the entries processed so far (streamed layout). */
+  private running: CompactRange | undefined;
+  private readonly computed = new Map<number, Uint8Array>();
+  private readonly laterInclusion: InclusionProofLine[] = [];
+  private readonly laterConsistency: ConsistencyProofLine[] = [];
+  /** Verified consistency proofs (size1, size2), to tie in checkpoints before a partial bundle. */
+  private readonly joined: [number, number][] = [];
+  private inclusionProofs = 0;
+  private consistencyProofs = 0;
+
+  private constructor(
+    private readonly verifiers: readonly NoteVerifier[],
+    private readonly origin: string,
+    private readonly maxErrors: number,
+  ) {}
+
+  static async create(
+    key: string | NoteVerifier | readonly NoteVerifier[],
+    options: VerifyBundleOptions = {},
+  ): Promise<BundleVerifier> {
+    const verifiers: readonly NoteVerifier[] =
+      typeof key === 'string'
+        ? [await parseVerifierKey(key)]
+        : Array.isArray(key)
+          ? key
+          : [key as NoteVerifier];
+    const origin = options.origin ?? verifiers[0]?.name;
+    if (!origin) throw new TranslogError('bad-key', 'no verifier key given');
+    return new BundleVerifier(verifiers, origin, options.maxErrors ?? 100);
+  }
+
+  private fail(phase: Phase, code: TranslogErrorCode, message: string, where: TranslogErrorWhere = {}): void {
+    // Each phase keeps at most maxErrors: the report lists the first maxErrors in phase order.
+    const list = this.errors.get(phase)!;
+    if (list.length < this.maxErrors) list.push(new TranslogError(code, message, where));
+    else this.truncated = true;
+    this.errorCount++;
+  }
+
+  /** Reads the next line of the bundle (without its newline). */
+  async push(text: string): Promise<void> {
+    const line = ++this.line;
+    const p = parseLine(text, line);
+    const header = this.header;
+    if (p.type === 'header') {
+      this.header = p;
+      if (!p.streamed) this.leaves = new LeafList();
+      if (p.origin !== this.origin) {
+        this.fail(
+          'origin',
+          'bad-checkpoint',
+          `the bundle is of log ${JSON.stringify(p.origin)}, but the key is for ${JSON.stringify(this.origin)}`,
+        );
+      }
+      return;
+    }
+    // parseLine refuses any other first line.
+    const { from, to, streamed } = header!;
+    const bad = (why: string) => new TranslogError('bad-bundle', `line ${line}: ${why}`, { line });
+    if (streamed && this.entryLines > 0 && p.type !== 'entry' && p.type !== 'inclusion') {
+      throw bad(`in a streamed bundle, ${p.type} lines come before the entries`);
+    }
+    switch (p.type) {
+      case 'range':
+        if (this.range) throw bad('a second range');
+        this.range = p.range;
+        break;
+      case 'checkpoint':
+        await this.checkpoint(p.note);
+        break;
+      case 'consistency':
+        if (this.signed.has(p.size1) && this.signed.has(p.size2)) await this.consistency(p);
+        else this.laterConsistency.push(p);
+        break;
+      case 'entry':
+        if (this.entryLines === to - from) {
+          throw bad(`the header announces ${to - from} entries, and this is one more`);
+        }
+        // Flushed before the next entry rather than after this one: its inclusion proofs may follow.
+        if (this.pending.length >= BATCH) await this.flush();
+        this.pending.push({ entry: p.entry, position: this.entryLines++, proofs: [] });
+        break;
+      case 'inclusion': {
+        const last = this.pending[this.pending.length - 1];
+        if (streamed) {
+          if (!last || from + last.position !== p.index) {
+            throw bad(
+              `in a streamed bundle, the inclusion proof of entry ${p.index} directly follows that entry`,
+            );
+          }
+          last.proofs.push(p);
+        } else {
+          await this.flush();
+          if (this.signed.has(p.size) && p.index >= from && p.index < from + this.processed) {
+            await this.inclusion([p], [this.leaves!.get(p.index - from)]);
+          } else this.laterInclusion.push(p);
+        }
+        break;
+      }
+    }
+  }
+
+  private async checkpoint(note: string): Promise<void> {
+    let claimed: Checkpoint | undefined;
+    try {
+      claimed = parseCheckpoint(note);
+    } catch {
+      // Reported by verifyCheckpoint below, without a size.
+    }
+    const at = claimed ? `checkpoint ${claimed.size}` : 'a checkpoint';
+    try {
+      const c = await verifyCheckpoint(note, this.verifiers, { origin: this.origin });
+      const other = this.signed.get(c.size);
+      if (other && !equalBytes(other, c.root)) {
+        this.fail(
+          'signature',
+          'inconsistent-checkpoints',
+          `two checkpoints of size ${c.size} are signed with different roots ${toHex(other)} and ${toHex(c.root)}: the log forked`,
+          { checkpoint: c.size },
+        );
+      } else this.signed.set(c.size, c.root);
+    } catch (e) {
+      if (!(e instanceof TranslogError)) throw e;
+      this.fail('signature', e.code, `${at}: ${e.message}`, claimed ? { checkpoint: claimed.size } : {});
+    }
+  }
+
+  /** Hashes and checks the pending entries: index, chain, running range, attached inclusion proofs. */
+  private async flush(): Promise<void> {
+    if (this.pending.length === 0) return;
+    const batch = this.pending;
+    this.pending = [];
+    const { from, streamed } = this.header!;
+    if (streamed && this.running === undefined) {
+      checkRangeLine(this.header!, this.range);
+      this.running = this.range ?? EMPTY_RANGE;
+      if (this.signed.has(from)) this.computed.set(from, await rangeRoot(this.running));
+    }
+    const leaves = await Promise.all(batch.map((p) => entryLeafHash(p.entry)));
+    const proofs: InclusionProofLine[] = [];
+    const proofLeaves: Uint8Array[] = [];
+    for (const [k, { entry: e, position: p, proofs: attached }] of batch.entries()) {
+      const leaf = leaves[k]!;
+      const expected = from + p;
+      if (e.index !== expected) {
+        const why =
+          e.index > expected
+            ? `entries ${expected}…${e.index - 1} are missing`
+            : 'it is out of order or repeated';
+        this.fail('chain', 'index-gap', `entry ${expected} of the bundle has index ${e.index}: ${why}`, {
+          entry: expected,
+        });
+      }
+      const prevHash =
+        this.prevLeaf !== undefined ? toHex(this.prevLeaf) : from === 0 ? ZERO_HASH_HEX : undefined;
+      if (prevHash !== undefined && e.prevHash !== prevHash) {
+        this.fail(
+          'chain',
+          'chain-broken',
+          p > 0
+            ? `entry ${expected}: prevHash ${e.prevHash} is not the leaf hash ${prevHash} of entry ${expected - 1}: an entry was changed, removed or reordered`
+            : `entry 0: prevHash must be ${ZERO_HASH_HEX}`,
+          { entry: expected },
+        );
+      }
+      this.prevLeaf = leaf;
+      this.leaves?.push(leaf);
+      if (this.running) {
+        this.running = (await appendToRange(this.running, leaf)).range;
+        if (this.signed.has(this.running.size))
+          this.computed.set(this.running.size, await rangeRoot(this.running));
+      }
+      for (const proof of attached) {
+        proofs.push(proof);
+        proofLeaves.push(leaf);
+      }
+    }
+    this.processed += batch.length;
+    await this.inclusion(proofs, proofLeaves);
+  }
+
+  /** Verifies inclusion proofs (in parallel), each with the leaf hash of the entry it names. */
+  private async inclusion(
+    proofs: readonly InclusionProofLine[],
+    leaves: readonly (Uint8Array | undefined)[],
+  ): Promise<void> {
+    const results = await Promise.all(
+      proofs.map(async (p, i): Promise<[TranslogErrorCode, string] | undefined> => {
+        const root = this.signed.get(p.size);
+        if (!root) {
+          return [
+            'proof-without-checkpoint',
+            `inclusion proof of entry ${p.index}: no verified checkpoint of size ${p.size}`,
+          ];
+        }
+        const leaf = leaves[i];
+        if (!leaf)
+          return ['bad-proof', `inclusion proof of entry ${p.index}: the entry is not in the bundle`];
+        try {
+          await verifyInclusion(p.index, p.size, leaf, p.proof, root);
+          return undefined;
+        } catch (e) {
+          if (!(e instanceof TranslogError)) throw e;
+          return [
+            e.code === 'bad-proof' ? 'bad-proof' : 'bad-inclusion-proof',
+            `inclusion proof of entry ${p.index} in checkpoint ${p.size}: ${e.message}`,
+          ];
+        }
+      }),
+    );
+    for (const [i, r] of results.entries()) {
+      const p = proofs[i]!;
+      if (r === undefined) this.inclusionProofs++;
+      else if (r[0] === 'bad-proof' && !leaves[i]) this.fail('inclusion', r[0], r[1], { entry: p.index });
+      else this.fail('inclusion', r[0], r[1], { entry: p.index, checkpoint: p.size });
+    }
+  }
+
+  private async consistency(p: ConsistencyProofLine): Promise<void> {
+    const r1 = this.signed.get(p.size1);
+    const r2 = this.signed.get(p.size2);
+    if (!r1 || !r2) {
+      const size = r1 ? p.size2 : p.size1;
+      this.fail(
+        'consistency',
+        'proof-without-checkpoint',
+        `consistency proof ${p.size1}→${p.size2}: no verified checkpoint of size ${size}`,
+        { checkpoint: size },
+      );
+      return;
+    }
+    try {
+      await verifyConsistency(p.size1, p.size2, r1, r2, p.proof);
+      this.consistencyProofs++;
+      this.joined.push([p.size1, p.size2]);
+    } catch (e) {
+      if (!(e instanceof TranslogError)) throw e;
+      this.fail(
+        'consistency',
+        e.code === 'bad-proof' ? 'bad-proof' : 'inconsistent-checkpoints',
+        `consistency proof ${p.size1}→${p.size2}: ${e.message}`,
+        { checkpoint: p.size2 },
+      );
+    }
+  }
+
+  /** Runs the checks that need the whole bundle and returns the report. */
+  async finish(): Promise<BundleReport> {
+    await this.flush();
+    checkComplete(this.header, this.entryLines, this.range);
+    const { from, to } = this.header!;
+    const { signed, computed } = this;
+    if (this.leaves) {
+      // Not streamed: the signed sizes may have come after the entries, so replay the leaves now.
+      let range = this.range ?? EMPTY_RANGE;
+      if (signed.has(from)) computed.set(from, await rangeRoot(range));
+      for (let p = 0; p < this.leaves.length; p++) {
+        range = (await appendToRange(range, this.leaves.get(p))).range;
+        if (signed.has(range.size)) computed.set(range.size, await rangeRoot(range));
+      }
+    } else if (this.running === undefined) {
+      // A streamed bundle without entries.
+      if (signed.has(from)) computed.set(from, await rangeRoot(this.range ?? EMPTY_RANGE));
+    }
+
+    const sizes = [...signed.keys()].sort((a, b) => a - b);
+    const rejected = new Set<number>();
+    const mismatched = new Set<number>();
+    const uncovered: number[] = [];
+    for (const s of sizes) {
+      if (s > to) {
+        rejected.add(s);
+        this.fail(
+          'roots',
+          'checkpoint-beyond-entries',
+          `checkpoint ${s} commits to ${s} entries, but the bundle ends at entry ${to - 1}: entries ${to}…${s - 1} are withheld`,
+          { checkpoint: s },
+        );
+      } else if (s < from) {
+        uncovered.push(s);
+      } else if (!equalBytes(computed.get(s)!, signed.get(s)!)) {
+        rejected.add(s);
+        mismatched.add(s);
+        this.fail(
+          'roots',
+          'root-mismatch',
+          `checkpoint ${s}: the signed root ${toHex(signed.get(s)!)} is not the root ${toHex(computed.get(s)!)} of the bundle's entries 0…${s - 1}`,
+          { checkpoint: s },
+        );
+      }
+    }
+    if (signed.size === 0) {
+      this.fail(
+        'roots',
+        'no-checkpoint',
+        'no checkpoint in the bundle is signed by the trusted key, so nothing in it is authenticated',
+      );
+    } else if ((sizes[sizes.length - 1] ?? 0) < to) {
+      const last = Math.max(from, sizes[sizes.length - 1] ?? 0);
+      this.fail(
+        'roots',
+        'unsigned-entries',
+        `entries ${last}…${to - 1} are not covered by any signed checkpoint`,
+        {
+          entry: last,
+        },
+      );
+    }
+
+    // Successive checkpoints of a bundle from entry 0 are consistent exactly when both roots are those
+    // of the entries (a consistency proof computed from the entries rebuilds both of those roots), so
+    // this needs no proof and no leaf hashes.
+    if (from === 0) {
+      const inside = sizes.filter((s) => s >= 1 && s <= to);
+      for (let i = 1; i < inside.length; i++) {
+        const [a, b] = [inside[i - 1]!, inside[i]!];
+        const off = [a, b].filter((s) => mismatched.has(s));
+        if (off.length > 0) {
+          this.fail(
+            'recomputed',
+            'inconsistent-checkpoints',
+            `checkpoints ${a} and ${b} are not of one append-only log: the bundle's entries lead to another root at size ${off.join(' and ')} than the signed one`,
+            { checkpoint: b },
+          );
+        }
+      }
+    }
+
+    for (const p of this.laterConsistency) await this.consistency(p);
+    const linked = new Set(
+      this.joined.filter(([, s2]) => s2 >= from && s2 <= to && !rejected.has(s2)).map(([s1]) => s1),
+    );
+    for (const s of uncovered) {
+      if (!linked.has(s)) {
+        rejected.add(s);
+        this.fail(
+          'covered',
+          'checkpoint-not-covered',
+          `checkpoint ${s} lies before the bundle's first entry ${from} and no consistency proof ties it to a later verified checkpoint`,
+          { checkpoint: s },
+        );
+      }
+    }
+
+    const later = this.laterInclusion;
+    await this.inclusion(
+      later,
+      later.map((p) =>
+        this.leaves && p.index >= from && p.index < to ? this.leaves.get(p.index - from) : undefined,
+      ),
+    );
+
+    const errors = PHASES.flatMap((p) => this.errors.get(p)!).slice(0, this.maxErrors);
+    const truncated = this.truncated || this.errorCount > this.maxErrors;
+    return {
+      ok: this.errorCount === 0,
+      origin: this.origin,
+      entries: { from, to },
+      checkpoints: sizes.map(
+        (s): CheckpointStatus => ({
+          size: s,
+          root: toHex(signed.get(s)!),
+          status: rejected.has(s) ? 'rejected' : 'verified',
+        }),
+      ),
+      inclusionProofs: this.inclusionProofs,
+      consistencyProofs: this.consistencyProofs,
+      errors,
+      ...(truncated ? { truncated } : {}),
+    };
+  }
+}
+
+/** Verifies a bundle given as lines (e.g. `readBundleLines` over a file or an HTTP body). */
+export async function verifyBundleLines(
+  lines: AsyncIterable<string> | Iterable<string>,
+  key: string | NoteVerifier | readonly NoteVerifier[],
+  options: VerifyBundleOptions = {},
+): Promise<BundleReport> {
+  const v = await BundleVerifier.create(key, options);
+  for await (const l of lines) await v.push(l);
+  return v.finish();
 }
 
 /**
@@ -194,237 +753,7 @@ export async function verifyBundle(
   options: VerifyBundleOptions = {},
 ): Promise<BundleReport> {
   // A bundle object gets the same structural checks as a file (entries well-formed, counts, range).
-  const bundle = parseBundle(typeof input === 'string' ? input : formatBundle(input));
-  const verifiers: readonly NoteVerifier[] =
-    typeof key === 'string'
-      ? [await parseVerifierKey(key)]
-      : Array.isArray(key)
-        ? key
-        : [key as NoteVerifier];
-  const origin = options.origin ?? verifiers[0]?.name;
-  if (!origin) throw new TranslogError('bad-key', 'no verifier key given');
-  const maxErrors = options.maxErrors ?? 100;
-  const errors: TranslogError[] = [];
-  let truncated = false;
-  const fail = (code: TranslogErrorCode, message: string, where: TranslogErrorWhere = {}): void => {
-    if (errors.length < maxErrors) errors.push(new TranslogError(code, message, where));
-    else truncated = true;
-  };
-  const { from, to, entries } = bundle;
-  if (bundle.origin !== origin) {
-    fail(
-      'bad-checkpoint',
-      `the bundle is of log ${JSON.stringify(bundle.origin)}, but the key is for ${JSON.stringify(origin)}`,
-    );
-  }
-
-  // 1. Signatures: only checkpoints signed by the trusted key count.
-  const signed = new Map<number, Uint8Array>();
-  for (const note of bundle.checkpoints) {
-    let claimed: Checkpoint | undefined;
-    try {
-      claimed = parseCheckpoint(note);
-    } catch {
-      // Reported by verifyCheckpoint below, without a size.
-    }
-    const at = claimed ? `checkpoint ${claimed.size}` : 'a checkpoint';
-    try {
-      const c = await verifyCheckpoint(note, verifiers, { origin });
-      const other = signed.get(c.size);
-      if (other && !equalBytes(other, c.root)) {
-        fail(
-          'inconsistent-checkpoints',
-          `two checkpoints of size ${c.size} are signed with different roots ${toHex(other)} and ${toHex(c.root)}: the log forked`,
-          { checkpoint: c.size },
-        );
-      } else signed.set(c.size, c.root);
-    } catch (e) {
-      if (!(e instanceof TranslogError)) throw e;
-      fail(e.code, `${at}: ${e.message}`, claimed ? { checkpoint: claimed.size } : {});
-    }
-  }
-  const sizes = [...signed.keys()].sort((a, b) => a - b);
-  const rejected = new Set<number>();
-
-  // 2. The chain, and the roots recomputed at every signed size.
-  const leaves = await hashEntries(entries);
-  let range = bundle.range ?? EMPTY_RANGE;
-  const computed = new Map<number, Uint8Array>();
-  if (signed.has(from)) computed.set(from, await rangeRoot(range));
-  for (let p = 0; p < entries.length; p++) {
-    const e = entries[p]!;
-    const expected = from + p;
-    if (e.index !== expected) {
-      const why =
-        e.index > expected
-          ? `entries ${expected}…${e.index - 1} are missing`
-          : 'it is out of order or repeated';
-      fail('index-gap', `entry ${expected} of the bundle has index ${e.index}: ${why}`, { entry: expected });
-    }
-    const prevHash = p > 0 ? toHex(leaves[p - 1]!) : from === 0 ? ZERO_HASH_HEX : undefined;
-    if (prevHash !== undefined && e.prevHash !== prevHash) {
-      fail(
-        'chain-broken',
-        p > 0
-          ? `entry ${expected}: prevHash ${e.prevHash} is not the leaf hash ${prevHash} of entry ${expected - 1}: an entry was changed, removed or reordered`
-          : `entry 0: prevHash must be ${ZERO_HASH_HEX}`,
-        { entry: expected },
-      );
-    }
-    range = (await appendToRange(range, leaves[p]!)).range;
-    if (signed.has(range.size)) computed.set(range.size, await rangeRoot(range));
-  }
-
-  // 3. Each signed root against the entries.
-  const uncovered: number[] = [];
-  for (const s of sizes) {
-    if (s > to) {
-      rejected.add(s);
-      fail(
-        'checkpoint-beyond-entries',
-        `checkpoint ${s} commits to ${s} entries, but the bundle ends at entry ${to - 1}: entries ${to}…${s - 1} are withheld`,
-        { checkpoint: s },
-      );
-    } else if (s < from) {
-      uncovered.push(s);
-    } else if (!equalBytes(computed.get(s)!, signed.get(s)!)) {
-      rejected.add(s);
-      fail(
-        'root-mismatch',
-        `checkpoint ${s}: the signed root ${toHex(signed.get(s)!)} is not the root ${toHex(computed.get(s)!)} of the bundle's entries 0…${s - 1}`,
-        { checkpoint: s },
-      );
-    }
-  }
-  if (signed.size === 0) {
-    fail(
-      'no-checkpoint',
-      'no checkpoint in the bundle is signed by the trusted key, so nothing in it is authenticated',
-    );
-  } else if ((sizes[sizes.length - 1] ?? 0) < to) {
-    const last = Math.max(from, sizes[sizes.length - 1] ?? 0);
-    fail('unsigned-entries', `entries ${last}…${to - 1} are not covered by any signed checkpoint`, {
-      entry: last,
-    });
-  }
-
-  // 4. Consistency between successive checkpoints, recomputed from the entries (when they start at 0).
-  if (from === 0) {
-    const builder = new ProofBuilder({ leafHashes: async (a, b) => leaves.slice(a, b) });
-    const inside = sizes.filter((s) => s >= 1 && s <= to);
-    for (let i = 1; i < inside.length; i++) {
-      const [a, b] = [inside[i - 1]!, inside[i]!];
-      try {
-        await verifyConsistency(a, b, signed.get(a)!, signed.get(b)!, await builder.consistencyProof(a, b));
-      } catch (e) {
-        if (!(e instanceof TranslogError)) throw e;
-        fail(
-          'inconsistent-checkpoints',
-          `checkpoints ${a} and ${b} are not of one append-only log: ${e.message}`,
-          {
-            checkpoint: b,
-          },
-        );
-      }
-    }
-  }
-
-  // 5. Consistency proofs carried by the bundle; they also vouch for checkpoints before its entries.
-  let consistencyProofs = 0;
-  const linked = new Set<number>();
-  for (const p of bundle.consistency) {
-    const r1 = signed.get(p.size1);
-    const r2 = signed.get(p.size2);
-    if (!r1 || !r2) {
-      fail(
-        'proof-without-checkpoint',
-        `consistency proof ${p.size1}→${p.size2}: no verified checkpoint of size ${r1 ? p.size2 : p.size1}`,
-        {
-          checkpoint: r1 ? p.size2 : p.size1,
-        },
-      );
-      continue;
-    }
-    try {
-      await verifyConsistency(p.size1, p.size2, r1, r2, p.proof);
-      consistencyProofs++;
-      if (p.size2 >= from && p.size2 <= to && !rejected.has(p.size2)) linked.add(p.size1);
-    } catch (e) {
-      if (!(e instanceof TranslogError)) throw e;
-      fail(
-        e.code === 'bad-proof' ? 'bad-proof' : 'inconsistent-checkpoints',
-        `consistency proof ${p.size1}→${p.size2}: ${e.message}`,
-        {
-          checkpoint: p.size2,
-        },
-      );
-    }
-  }
-  for (const s of uncovered) {
-    if (!linked.has(s)) {
-      rejected.add(s);
-      fail(
-        'checkpoint-not-covered',
-        `checkpoint ${s} lies before the bundle's first entry ${from} and no consistency proof ties it to a later verified checkpoint`,
-        { checkpoint: s },
-      );
-    }
-  }
-
-  // 6. Inclusion proofs of entries.
-  let inclusionProofs = 0;
-  for (const p of bundle.inclusion) {
-    const root = signed.get(p.size);
-    if (!root) {
-      fail(
-        'proof-without-checkpoint',
-        `inclusion proof of entry ${p.index}: no verified checkpoint of size ${p.size}`,
-        {
-          entry: p.index,
-          checkpoint: p.size,
-        },
-      );
-      continue;
-    }
-    if (p.index < from || p.index >= to) {
-      fail('bad-proof', `inclusion proof of entry ${p.index}: the entry is not in the bundle`, {
-        entry: p.index,
-      });
-      continue;
-    }
-    try {
-      await verifyInclusion(p.index, p.size, leaves[p.index - from]!, p.proof, root);
-      inclusionProofs++;
-    } catch (e) {
-      if (!(e instanceof TranslogError)) throw e;
-      fail(
-        e.code === 'bad-proof' ? 'bad-proof' : 'bad-inclusion-proof',
-        `inclusion proof of entry ${p.index} in checkpoint ${p.size}: ${e.message}`,
-        {
-          entry: p.index,
-          checkpoint: p.size,
-        },
-      );
-    }
-  }
-
-  const checkpoints = sizes.map(
-    (s): CheckpointStatus => ({
-      size: s,
-      root: toHex(signed.get(s)!),
-      status: rejected.has(s) ? 'rejected' : 'verified',
-    }),
-  );
-  return {
-    ok: errors.length === 0 && !truncated,
-    origin,
-    entries: { from, to },
-    checkpoints,
-    inclusionProofs,
-    consistencyProofs,
-    errors,
-    ...(truncated ? { truncated } : {}),
-  };
+  return verifyBundleLines(splitLines(typeof input === 'string' ? input : formatBundle(input)), key, options);
 }
 
 /**

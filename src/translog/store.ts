@@ -5,6 +5,7 @@
  * exports from any LogStore.
  */
 import { toHex } from '../util/bytes.js';
+import { BUNDLE_FORMAT, STREAMED_LAYOUT } from './bundle.js';
 import { parseCheckpoint, signCheckpoint } from './checkpoint.js';
 import { type LogEntry, type LogEntryFields, nextEntry } from './entry.js';
 import { TranslogError } from './errors.js';
@@ -19,6 +20,7 @@ import {
   parseHash,
   parseRange,
   rangeRoot,
+  serializeRange,
 } from './merkle.js';
 import type { NoteSigner } from './note.js';
 
@@ -134,6 +136,11 @@ export interface LogStore {
   latestCheckpoint(): Promise<string | undefined>;
   /** Sizes that have a signed checkpoint within [min, max], ascending. */
   checkpointSizes(min: number, max: number): Promise<number[]>;
+  /**
+   * The checkpoints of sizes within [min, max], ascending, one per size, in one read. Optional: without
+   * it an export asks `getCheckpoint` once per size.
+   */
+  getCheckpoints?(min: number, max: number): Promise<{ size: number; note: string }[]>;
 }
 
 function checkRange(from: number, to: number, size: number): void {
@@ -333,7 +340,8 @@ export class TransparencyLog {
     return { entry, proof: await this.inclusionProof(index, n), checkpoint: note };
   }
 
-  async export(options: ExportOptions = {}): Promise<Bundle> {
+  /** What an export covers: the entry range, its checkpoints and the entries to prove. */
+  private async plan(options: ExportOptions): Promise<ExportPlan> {
     const from = options.from ?? 0;
     let to = options.to;
     if (to === undefined) {
@@ -344,38 +352,152 @@ export class TransparencyLog {
     if (!Number.isSafeInteger(from) || from < 0 || from > to) {
       throw new TranslogError('bad-proof', `export range [${from}, ${to}) is not within the log`);
     }
-    const sizes = await this.store.checkpointSizes(from, to);
-    const checkpoints: string[] = [];
-    for (const s of sizes) checkpoints.push((await this.store.getCheckpoint(s))!);
-    const wanted = options.inclusion === 'all' ? range(from, to) : (options.inclusion ?? []);
-    const inclusion: InclusionProofLine[] = [];
-    if (wanted.length > 0 && !sizes.includes(to)) {
-      throw new TranslogError(
-        'proof-without-checkpoint',
-        `no checkpoint of size ${to} to prove inclusion against`,
+    const checkpoints = this.store.getCheckpoints
+      ? await this.store.getCheckpoints(from, to)
+      : await Promise.all(
+          (await this.store.checkpointSizes(from, to)).map(async (size) => ({
+            size,
+            note: (await this.store.getCheckpoint(size))!,
+          })),
+        );
+    const wanted: ReadonlySet<number> | 'all' =
+      options.inclusion === 'all' ? 'all' : new Set(options.inclusion ?? []);
+    if (wanted === 'all' ? to > from : wanted.size > 0) {
+      if (!checkpoints.some((c) => c.size === to)) {
+        throw new TranslogError(
+          'proof-without-checkpoint',
+          `no checkpoint of size ${to} to prove inclusion against`,
+        );
+      }
+    }
+    if (wanted !== 'all') {
+      for (const i of wanted) {
+        if (!Number.isSafeInteger(i) || i < from || i >= to) {
+          throw new TranslogError(
+            'bad-proof',
+            `entry ${i} is not among the exported entries ${from}…${to - 1}`,
+          );
+        }
+      }
+    }
+    return { from, to, checkpoints, wanted };
+  }
+
+  /** Consistency proofs between successive checkpoints of a plan (none from the empty tree). */
+  private async consistencyLines(plan: ExportPlan): Promise<ConsistencyProofLine[]> {
+    const out: ConsistencyProofLine[] = [];
+    const sizes = plan.checkpoints.map((c) => c.size);
+    for (let i = 1; i < sizes.length; i++) {
+      const [a, b] = [sizes[i - 1]!, sizes[i]!];
+      if (a > 0) out.push({ size1: a, size2: b, proof: await this.consistencyProof(a, b) });
+    }
+    return out;
+  }
+
+  /** Entries [a, b) with the inclusion proofs the plan asks for, each proof beside its entry. */
+  private async chunk(
+    plan: ExportPlan,
+    a: number,
+    b: number,
+  ): Promise<{ entries: LogEntry[]; proofs: (Uint8Array[] | undefined)[] }> {
+    const entries = await this.store.getEntries(a, b);
+    const { wanted } = plan;
+    let proofs: (Uint8Array[] | undefined)[] = [];
+    if (wanted === 'all') proofs = await this.proofs.inclusionProofs(a, b, plan.to);
+    else {
+      proofs = await Promise.all(
+        entries.map((_, k) => (wanted.has(a + k) ? this.proofs.inclusionProof(a + k, plan.to) : undefined)),
       );
     }
-    for (const i of wanted) inclusion.push({ index: i, size: to, proof: await this.inclusionProof(i, to) });
-    const consistency: ConsistencyProofLine[] = [];
-    if (options.consistency) {
-      for (let i = 1; i < sizes.length; i++) {
-        const [a, b] = [sizes[i - 1]!, sizes[i]!];
-        if (a > 0) consistency.push({ size1: a, size2: b, proof: await this.consistencyProof(a, b) });
-      }
+    return { entries, proofs };
+  }
+
+  /**
+   * An export held in memory. For large logs use `exportLines`, which produces the bundle as it is
+   * written.
+   */
+  async export(options: ExportOptions = {}): Promise<Bundle> {
+    const plan = await this.plan(options);
+    const { from, to } = plan;
+    const entries: LogEntry[] = [];
+    const inclusion: InclusionProofLine[] = [];
+    for (let a = from; a < to; a += EXPORT_CHUNK) {
+      const c = await this.chunk(plan, a, Math.min(to, a + EXPORT_CHUNK));
+      entries.push(...c.entries);
+      c.proofs.forEach((proof, k) => {
+        if (proof) inclusion.push({ index: a + k, size: to, proof });
+      });
     }
     return {
       origin: this.origin,
       from,
       to,
       ...(from > 0 ? { range: await this.rangeAt(from) } : {}),
-      entries: await this.store.getEntries(from, to),
-      checkpoints,
+      entries,
+      checkpoints: plan.checkpoints.map((c) => c.note),
       inclusion,
-      consistency,
+      consistency: options.consistency ? await this.consistencyLines(plan) : [],
     };
+  }
+
+  /**
+   * The bundle as JSON-lines text, produced a slice of entries at a time as the consumer pulls it, in
+   * the streamed layout (docs/transparency-log.md): header, range, checkpoints and consistency proofs
+   * first, then each entry followed by its inclusion proof. Memory stays bounded whatever the size of
+   * the log, and a verifier can check it as it arrives. Each yielded string is whole lines.
+   */
+  async *exportLines(options: ExportOptions = {}): AsyncGenerator<string, void, undefined> {
+    const plan = await this.plan(options);
+    const { from, to } = plan;
+    const head: Record<string, unknown>[] = [
+      { type: 'header', format: BUNDLE_FORMAT, origin: this.origin, from, to, layout: STREAMED_LAYOUT },
+    ];
+    if (from > 0) head.push({ type: 'range', ...serializeRange(await this.rangeAt(from)) });
+    for (const c of plan.checkpoints) head.push({ type: 'checkpoint', note: c.note });
+    yield jsonLines(head);
+    if (options.consistency) {
+      const sizes = plan.checkpoints.map((c) => c.size).filter((s) => s > 0);
+      for (let i = 0; i + 1 < sizes.length; i += EXPORT_CHUNK) {
+        const group = sizes.slice(i, i + EXPORT_CHUNK + 1);
+        const proofs = await Promise.all(
+          group.slice(1).map(async (b, k) => {
+            const a = group[k]!;
+            return {
+              type: 'consistency',
+              size1: a,
+              size2: b,
+              proof: (await this.consistencyProof(a, b)).map(toHex),
+            };
+          }),
+        );
+        yield jsonLines(proofs);
+      }
+    }
+    for (let a = from; a < to; a += EXPORT_CHUNK) {
+      const { entries, proofs } = await this.chunk(plan, a, Math.min(to, a + EXPORT_CHUNK));
+      let text = '';
+      for (const [k, entry] of entries.entries()) {
+        text += `${JSON.stringify({ type: 'entry', entry })}\n`;
+        const proof = proofs[k];
+        if (proof) {
+          text += `${JSON.stringify({ type: 'inclusion', index: a + k, size: to, proof: proof.map(toHex) })}\n`;
+        }
+      }
+      yield text;
+    }
   }
 }
 
-function range(from: number, to: number): number[] {
-  return Array.from({ length: to - from }, (_, i) => from + i);
+/** Entries read (and proved) per store call during an export. */
+const EXPORT_CHUNK = 256;
+
+interface ExportPlan {
+  from: number;
+  to: number;
+  checkpoints: { size: number; note: string }[];
+  wanted: ReadonlySet<number> | 'all';
+}
+
+function jsonLines(lines: readonly unknown[]): string {
+  return lines.map((l) => `${JSON.stringify(l)}\n`).join('');
 }

@@ -1,6 +1,13 @@
 import fc from 'fast-check';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { formatBundle, parseBundle, verifyBundle, verifyEntryProof } from '../../src/translog/bundle.js';
+import {
+  formatBundle,
+  parseBundle,
+  readBundleLines,
+  verifyBundle,
+  verifyBundleLines,
+  verifyEntryProof,
+} from '../../src/translog/bundle.js';
 import type { LogEntryFields } from '../../src/translog/entry.js';
 import { TranslogError } from '../../src/translog/errors.js';
 import { generateNoteSigner, type NoteSigner } from '../../src/translog/note.js';
@@ -266,6 +273,95 @@ describe('verifyEntryProof (a single receipt)', () => {
       verifyEntryProof({ ...entry, actor: 'someone else' }, proof, checkpoint, vkey),
     ).rejects.toMatchObject({
       code: 'bad-inclusion-proof',
+    });
+  });
+});
+
+describe('streamed bundles (verified line by line)', () => {
+  let streamed: string[];
+  beforeAll(async () => {
+    let t = '';
+    for await (const c of log.exportLines({ inclusion: 'all', consistency: true })) t += c;
+    streamed = t.trimEnd().split('\n');
+  });
+  const bytes = (ls: string[]) => new TextEncoder().encode(join(ls));
+
+  it('reads a bundle from bytes cut anywhere, multi-byte characters included', async () => {
+    const ls = streamed.slice();
+    const at = ls.findIndex((l) => l.includes('"type":"entry"'));
+    // A note in another script makes multi-byte UTF-8 that the cuts split.
+    ls.splice(1, 0, JSON.stringify({ type: 'checkpoint', note: 'é😀' }));
+    const all = bytes(ls);
+    async function* cut(step: number) {
+      for (let i = 0; i < all.length; i += step) yield all.subarray(i, i + step);
+    }
+    for (const step of [1, 7, 4096]) {
+      const got: string[] = [];
+      for await (const l of readBundleLines(cut(step))) got.push(l);
+      expect(got).toEqual(ls);
+    }
+    const r = await verifyBundleLines(readBundleLines(cut(4096)), vkey);
+    expect(r.errors.map((e) => e.code)).toEqual(['bad-note']);
+    expect(ls[at + 1]).toContain('"index":0,');
+    // Without a final newline the last line is still read.
+    const last = [];
+    for await (const l of readBundleLines(
+      (async function* () {
+        yield new TextEncoder().encode('a\nb');
+      })(),
+    ))
+      last.push(l);
+    expect(last).toEqual(['a', 'b']);
+  });
+
+  it('accepts the streamed export and finds the same faults as in the other layout', async () => {
+    const ok = await verifyBundleLines(streamed, vkey);
+    expect(ok.errors).toEqual([]);
+    expect(ok).toMatchObject({ ok: true, inclusionProofs: 20, consistencyProofs: 2 });
+    const at = streamed.findIndex((l) => l.includes('"type":"entry"') && l.includes('"index":4,'));
+    const ls = streamed.slice();
+    ls[at] = ls[at]!.replace('policy: debug TEE', 'policy: ok');
+    const r = await verifyBundleLines(ls, vkey);
+    expect(r.errors[0]).toMatchObject({ code: 'chain-broken', where: { entry: 5 } });
+    expect(r.errors.filter((e) => e.code === 'root-mismatch').map((e) => e.where.checkpoint)).toEqual([
+      5, 12, 20,
+    ]);
+    expect(r.errors.filter((e) => e.code === 'bad-inclusion-proof').map((e) => e.where.entry)).toEqual([4]);
+    expect(r.errors.filter((e) => e.code === 'inconsistent-checkpoints')).toHaveLength(2);
+  });
+
+  it('refuses a streamed bundle whose lines are out of the promised order', async () => {
+    const refused = async (ls: string[], re: RegExp) => {
+      const e = await verifyBundleLines(ls, vkey).then(
+        () => undefined,
+        (err: unknown) => err,
+      );
+      expect(e).toBeInstanceOf(TranslogError);
+      expect((e as TranslogError).code).toBe('bad-bundle');
+      expect((e as TranslogError).message).toMatch(re);
+    };
+    const cp = streamed.findIndex((l) => l.includes('"type":"checkpoint"'));
+    await refused([...streamed, streamed[cp]!], /checkpoint lines come before the entries/);
+    const proof = streamed.findIndex((l) => l.includes('"type":"inclusion"') && l.includes('"index":3,'));
+    const moved = streamed.slice();
+    const [p] = moved.splice(proof, 1);
+    moved.push(p!);
+    await refused(moved, /inclusion proof of entry 3 directly follows that entry/);
+    await refused([streamed[0]!.replace('"layout":"streamed"', '"layout":"sideways"')], /layout "sideways"/);
+  });
+
+  it('refuses a line longer than the limit instead of buffering it', async () => {
+    async function* endless() {
+      for (let i = 0; i < 100; i++) yield new Uint8Array(1024).fill(0x61);
+    }
+    const read = async () => {
+      for await (const _ of readBundleLines(endless(), 10_000)) {
+        // nothing: the first line never ends
+      }
+    };
+    await expect(read()).rejects.toMatchObject({
+      code: 'bad-bundle',
+      message: /line 1 is longer than 10000 bytes/,
     });
   });
 });

@@ -11,6 +11,7 @@ import { cloister, tempDir } from '../cli/run.js';
 let dir: string;
 let vkey: string;
 let good: string;
+let streamed: string;
 
 beforeAll(async () => {
   if (!existsSync('dist/cli/log.js'))
@@ -35,6 +36,12 @@ beforeAll(async () => {
       { signer },
     );
   }
+  streamed = '';
+  for await (const c of new TransparencyLog(store, signer.name).exportLines({
+    inclusion: 'all',
+    consistency: true,
+  }))
+    streamed += c;
   good = join(dir, 'good.jsonl');
   writeFileSync(
     good,
@@ -68,6 +75,19 @@ describe('cloister log', () => {
     expect(cloister(['log', 'verify', good, '--key-file', join(dir, 'log.vkey')]).code).toBe(0);
     const json = JSON.parse(cloister(['log', 'verify', good, '--key', vkey, '--json']).stdout.toString());
     expect(json).toMatchObject({ ok: true, errors: [] });
+  });
+
+  it('verify reads a streamed bundle from standard input with -', () => {
+    const r = cloister(['log', 'verify', '-', '--key', vkey], { input: new TextEncoder().encode(streamed) });
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout.toString()).toMatch(/proofs: 12 inclusion, 2 consistency verified/);
+    const cut = streamed.slice(0, streamed.lastIndexOf('{"type":"entry"'));
+    const bad = cloister(['log', 'verify', '-', '--key', vkey], { input: new TextEncoder().encode(cut) });
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(
+      /FAILED \[bad-bundle\] the header announces entries 0…11 \(12\) but the bundle holds 11/,
+    );
   });
 
   it('verify exits 1 with one line naming the first problem, and lists all with --json', () => {

@@ -11,7 +11,7 @@
  * entries, leaf hashes, nodes, head and checkpoint — refusing (or retrying) when another append won.
  */
 import { describe, expect, it } from 'vitest';
-import { verifyBundle } from '../../src/translog/bundle.js';
+import { formatBundle, verifyBundle, verifyBundleLines } from '../../src/translog/bundle.js';
 import { verifyCheckpoint } from '../../src/translog/checkpoint.js';
 import { entryLeafHash, type LogEntryFields } from '../../src/translog/entry.js';
 import { verifyConsistency, verifyInclusion } from '../../src/translog/merkle.js';
@@ -153,6 +153,47 @@ export function runLogStoreConformance(name: string, make: () => Promise<Conform
         const part = await log.export({ from: 13, consistency: true });
         expect((await verifyBundle(part, vkey)).errors).toEqual([]);
         await expect(log.root(45)).rejects.toThrow();
+      }));
+
+    it('streams an export in the streamed layout, with the content of the in-memory one', () =>
+      withSubject(async ({ store, append }, signer, vkey) => {
+        for (const n of [3, 10, 1, 30, 3]) await append(fields(n, `s${n}`), signer);
+        const log = new TransparencyLog(store, ORIGIN);
+        for (const from of [0, 13]) {
+          const chunks: string[] = [];
+          for await (const c of log.exportLines({ from, inclusion: 'all', consistency: true })) {
+            expect(c.endsWith('\n')).toBe(true);
+            chunks.push(c);
+          }
+          const lines = chunks.join('').trimEnd().split('\n');
+          const types = lines.map((l) => (JSON.parse(l) as { type: string }).type);
+          const firstEntry = types.indexOf('entry');
+          // Header, range, checkpoints and consistency proofs first; each entry then its proof.
+          expect(types.slice(0, firstEntry).every((t) => t !== 'inclusion')).toBe(true);
+          expect(types.slice(firstEntry).join(',')).toBe(
+            Array(47 - from)
+              .fill('entry,inclusion')
+              .join(','),
+          );
+          expect(JSON.parse(lines[0]!)).toMatchObject({ layout: 'streamed', from, to: 47 });
+          const report = await verifyBundleLines(lines, vkey);
+          expect(report.errors).toEqual([]);
+          expect(report.inclusionProofs).toBe(47 - from);
+          const mem = formatBundle(await log.export({ from, inclusion: 'all', consistency: true }));
+          const strip = (l: string) => l.replace(',"layout":"streamed"', '');
+          expect(lines.map(strip).sort()).toEqual(mem.trimEnd().split('\n').sort());
+        }
+        // Proofs computed for a run of entries at once are those computed one at a time.
+        const leaves = await store.getLeafHashes(0, 47);
+        const cp = await verifyCheckpoint((await store.latestCheckpoint())!, vkey);
+        const one = await Promise.all([0, 20, 31, 32, 46].map((i) => log.inclusionProof(i, 47)));
+        const { proofs } = await log.export({ inclusion: [0, 20, 31, 32, 46] }).then((b) => ({
+          proofs: b.inclusion.map((p) => p.proof),
+        }));
+        expect(proofs.map((p) => p.map(toHex))).toEqual(one.map((p) => p.map(toHex)));
+        for (const [k, i] of [0, 20, 31, 32, 46].entries())
+          await verifyInclusion(i, 47, leaves[i]!, one[k]!, cp.root);
+        await expect(log.export({ from: 13, inclusion: [3] })).rejects.toMatchObject({ code: 'bad-proof' });
       }));
 
     it('keeps one unbroken chain under concurrent appends', () =>

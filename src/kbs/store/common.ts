@@ -2,6 +2,7 @@
  * Rules every backend applies the same way, so that memory, SQLite and PostgreSQL agree on what is
  * valid and what a record looks like.
  */
+import { createHash } from 'node:crypto';
 import {
   ConflictError,
   type LogAppend,
@@ -200,3 +201,76 @@ export function buildBatch(
   });
   return { results, built, size, prev };
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Stored subtree hashes of the transparency log. Every perfect subtree of level ≥ 1 (the 2^level
+// entries from idx·2^level) is stored with the entry that completes it, in the same transaction, so a
+// proof reads O(log n) hashes instead of rehashing the log (docs/transparency-log.md). Computed here
+// synchronously with node:crypto because SQLite transactions cannot await.
+
+/** A stored subtree: level ≥ 1, the 2^level entries from idx·2^level. */
+export interface LogNode {
+  level: number;
+  idx: number;
+  hash: Uint8Array;
+}
+
+const NODE_PREFIX = Uint8Array.of(1);
+
+/** RFC 6962 interior node hash: SHA-256(0x01 ‖ left ‖ right). */
+function nodeHash(left: Uint8Array, right: Uint8Array): Uint8Array {
+  return new Uint8Array(createHash('sha256').update(NODE_PREFIX).update(left).update(right).digest());
+}
+
+/**
+ * The perfect subtrees whose hashes make up a log of `size` entries (its compact range), largest first.
+ * A level-0 one is the last entry's leaf hash.
+ */
+export function rangeNodeIds(size: number): { level: number; idx: number }[] {
+  const out: { level: number; idx: number }[] = [];
+  let start = 0;
+  for (let level = 52; level >= 0; level--) {
+    const w = 2 ** level;
+    if (start + w <= size) {
+      out.push({ level, idx: start / w });
+      start += w;
+    }
+  }
+  return out;
+}
+
+/** How many subtrees of level ≥ 1 a log of `size` entries has: size minus the set bits of size. */
+export function expectedNodeCount(size: number): number {
+  let bits = 0;
+  for (let s = size; s > 0; s = Math.floor(s / 2)) bits += s % 2;
+  return size - bits;
+}
+
+/**
+ * Appends leaf hashes to a compact range (`hashes`: those of rangeNodeIds(size)); returns the subtrees
+ * they complete (to store) and the new range.
+ */
+export function completeNodes(
+  size: number,
+  hashes: readonly Uint8Array[],
+  leaves: readonly Uint8Array[],
+): { nodes: LogNode[]; hashes: Uint8Array[] } {
+  const range = hashes.slice();
+  const nodes: LogNode[] = [];
+  let n = size;
+  for (const leaf of leaves) {
+    let node = leaf;
+    let level = 0;
+    for (let s = n; s % 2 === 1; s = Math.floor(s / 2)) {
+      node = nodeHash(range.pop()!, node);
+      level++;
+      nodes.push({ level, idx: (n + 1) / 2 ** level - 1, hash: node });
+    }
+    range.push(node);
+    n++;
+  }
+  return { nodes, hashes: range };
+}
+
+/** Entries read per step when stored subtrees are rebuilt for a log that lacks them. */
+export const BACKFILL_BATCH = 8192;

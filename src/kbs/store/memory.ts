@@ -10,6 +10,7 @@ import {
   checkRange,
   checkResourcePath,
   checkSize,
+  completeNodes,
   isoTime,
   now,
   ownerConflict,
@@ -62,6 +63,9 @@ export class MemoryStore implements KbsStore {
   private readonly references: ReferenceValueRecord[] = [];
   private readonly sessions = new Map<string, SessionRecord>();
   private readonly log: StoredLogEntry[] = [];
+  /** Stored subtree hashes, `level/index`, and the compact range after the last entry. */
+  private readonly nodes = new Map<string, Uint8Array>();
+  private range: Uint8Array[] = [];
   private readonly saved: { size: number; note: string }[] = [];
   private closed = false;
 
@@ -81,6 +85,14 @@ export class MemoryStore implements KbsStore {
     if (this.closed) throw new Error('store is closed');
   }
 
+  /** Appends a built entry with the subtrees it completes, as the SQL stores do in their transaction. */
+  private push(e: StoredLogEntry): void {
+    const { nodes, hashes } = completeNodes(this.log.length, this.range, [e.leafHash]);
+    this.log.push(e);
+    for (const n of nodes) this.nodes.set(`${n.level}/${n.idx}`, n.hash);
+    this.range = hashes;
+  }
+
   /** Builds the next entry; the caller applies its change and then `push`es the entry. */
   private entry(fields: LogAppend): StoredLogEntry {
     const prev = this.log.at(-1);
@@ -97,7 +109,7 @@ export class MemoryStore implements KbsStore {
     }
     const e = this.entry(log);
     this.repositories.set(repository, tenant);
-    this.log.push(e);
+    this.push(e);
   }
 
   async repositoryOwner(repository: string): Promise<{ tenant: Owner } | undefined> {
@@ -129,7 +141,7 @@ export class MemoryStore implements KbsStore {
     };
     const e = this.entry(log);
     this.resources.set(rec.path, stored);
-    this.log.push(e);
+    this.push(e);
     return meta(stored);
   }
 
@@ -152,7 +164,7 @@ export class MemoryStore implements KbsStore {
     };
     const e = this.entry(log);
     this.resources.set(path, next);
-    this.log.push(e);
+    this.push(e);
     return meta(next);
   }
 
@@ -161,7 +173,7 @@ export class MemoryStore implements KbsStore {
     if (!this.resources.has(path)) return false;
     const e = this.entry(log);
     this.resources.delete(path);
-    this.log.push(e);
+    this.push(e);
     return true;
   }
 
@@ -199,7 +211,7 @@ export class MemoryStore implements KbsStore {
     }
     const e = this.entry(log);
     for (const r of before) this.resources.set(r.path, { ...r, secret: fresh.get(r.path)! });
-    this.log.push(e);
+    this.push(e);
     return before.length;
   }
 
@@ -224,7 +236,7 @@ export class MemoryStore implements KbsStore {
     };
     const e = this.entry(log);
     this.policies.set(key, [...history, stored]);
-    this.log.push(e);
+    this.push(e);
     return { ...stored, scope: { ...stored.scope } };
   }
 
@@ -265,7 +277,7 @@ export class MemoryStore implements KbsStore {
     };
     const e = this.entry(log);
     this.references.push(stored);
-    this.log.push(e);
+    this.push(e);
     return { ...stored, values: [...stored.values] };
   }
 
@@ -366,7 +378,7 @@ export class MemoryStore implements KbsStore {
   async appendLog(log: LogAppend): Promise<StoredLogEntry> {
     this.open();
     const e = this.entry(log);
-    this.log.push(e);
+    this.push(e);
     return copyEntry(e);
   }
 
@@ -379,6 +391,14 @@ export class MemoryStore implements KbsStore {
     this.open();
     checkRange(from, to);
     return this.log.slice(from, to).map(copyEntry);
+  }
+
+  async logNodes(ids: readonly { level: number; index: number }[]): Promise<(Uint8Array | undefined)[]> {
+    this.open();
+    return ids.map(({ level, index }) => {
+      const h = this.nodes.get(`${level}/${index}`);
+      return h && new Uint8Array(h);
+    });
   }
 
   async saveCheckpoint(size: number, note: string): Promise<void> {

@@ -24,14 +24,18 @@ import pg from 'pg';
 import { equalBytes } from '../../util/bytes.js';
 import {
   AppendQueue,
+  BACKFILL_BATCH,
   buildBatch,
   checkCheckpointSize,
   checkRange,
   checkResourcePath,
   checkSize,
+  completeNodes,
+  expectedNodeCount,
   isoTime,
   now,
   ownerConflict,
+  rangeNodeIds,
   type StoreOptions,
   scopeColumns,
   scopeRepository,
@@ -160,10 +164,76 @@ const outcomeUnknown = (cause: unknown) =>
 /** Statements used on hot paths carry a name, so each connection prepares them once. */
 const q = (name: string, text: string, values: unknown[] = []): pg.QueryConfig => ({ name, text, values });
 
+/**
+ * Stored subtree hashes by (level, idx), in the order asked; undefined where none is stored. `query` is
+ * a transaction's client, or the store's retried read outside one.
+ */
+async function readNodes(
+  query: <R extends pg.QueryResultRow>(config: pg.QueryConfig) => Promise<pg.QueryResult<R>>,
+  ids: readonly { level: number; idx: number }[],
+): Promise<(Uint8Array | undefined)[]> {
+  if (ids.length === 0) return [];
+  const r = await query<{ level: number; idx: string; hash: Uint8Array }>(
+    q(
+      'log_nodes',
+      `SELECT n.level, n.idx, n.hash FROM unnest($1::smallint[], $2::bigint[]) AS w(level, idx)
+       JOIN log_nodes n ON n.level = w.level AND n.idx = w.idx`,
+      [ids.map((i) => i.level), ids.map((i) => i.idx)],
+    ),
+  );
+  const found = new Map(r.rows.map((row) => [`${row.level}/${row.idx}`, bytes(row.hash)]));
+  return ids.map((i) => found.get(`${i.level}/${i.idx}`));
+}
+
+/** The compact range of the first `size` entries from the stored subtrees; undefined if one is missing. */
+async function rangeAt(
+  c: pg.PoolClient,
+  size: number,
+  last: Uint8Array | undefined,
+): Promise<Uint8Array[] | undefined> {
+  const ids = rangeNodeIds(size);
+  const stored = await readNodes(
+    (config) => c.query(config),
+    ids.filter((i) => i.level > 0),
+  );
+  const hashes = ids.map((i) => (i.level === 0 ? last : stored.shift()));
+  return hashes.every((h) => h !== undefined) ? (hashes as Uint8Array[]) : undefined;
+}
+
+/**
+ * Rebuilds the stored subtrees of the first `size` entries when some are missing (a database written
+ * before they were kept, or by an older program since). Call holding the log head lock.
+ */
+async function backfillNodes(c: pg.PoolClient, size: number): Promise<void> {
+  const count = await c.query<{ n: string }>('SELECT count(*) AS n FROM log_nodes');
+  if (Number(count.rows[0]?.n ?? 0) === expectedNodeCount(size)) return;
+  await c.query('DELETE FROM log_nodes');
+  let range: Uint8Array[] = [];
+  for (let from = 0; from < size; from += BACKFILL_BATCH) {
+    const to = Math.min(size, from + BACKFILL_BATCH);
+    const r = await c.query<{ leaf_hash: Uint8Array }>(
+      'SELECT leaf_hash FROM log_entries WHERE idx >= $1 AND idx < $2 ORDER BY idx',
+      [from, to],
+    );
+    const step = completeNodes(
+      from,
+      range,
+      r.rows.map((row) => bytes(row.leaf_hash)),
+    );
+    await c.query(
+      'INSERT INTO log_nodes (level, idx, hash) SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bytea[])',
+      [step.nodes.map((n) => n.level), step.nodes.map((n) => n.idx), step.nodes.map((n) => bytea(n.hash))],
+    );
+    range = step.hashes;
+  }
+}
+
 /** A transaction holding the log head lock; it moves its copy of the head as it appends. */
 class LoggedTx {
   /** The last entry appended; undefined while the transaction has written nothing. */
   last: StoredLogEntry | undefined;
+  /** The compact range at `size`, read from the stored subtrees on the first append. */
+  private range: Uint8Array[] | undefined;
 
   constructor(
     readonly c: pg.PoolClient,
@@ -185,12 +255,28 @@ class LoggedTx {
   async appendMany(batch: LogAppend[]): Promise<(StoredLogEntry | Error)[]> {
     const { results, built, size, prev } = buildBatch(this.build, this.size, this.prev, batch);
     if (built.length > 0) {
+      if (!this.range) {
+        this.range = await rangeAt(this.c, this.size, this.prev);
+        if (!this.range) {
+          // An older program appended without subtree hashes since this database was migrated.
+          await backfillNodes(this.c, this.size);
+          this.range = (await rangeAt(this.c, this.size, this.prev))!;
+        }
+      }
+      const { nodes, hashes } = completeNodes(
+        this.size,
+        this.range,
+        built.map((e) => e.leafHash),
+      );
       await this.c.query(
         q(
           'log_append',
           `WITH e AS (
              INSERT INTO log_entries (idx, canonical, leaf_hash)
-             SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[]))
+             SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[])),
+           n AS (
+             INSERT INTO log_nodes (level, idx, hash)
+             SELECT * FROM unnest($6::smallint[], $7::bigint[], $8::bytea[]))
            UPDATE log_head SET size = $4, leaf_hash = $5 WHERE id = 1`,
           [
             built.map((e) => e.index),
@@ -198,12 +284,16 @@ class LoggedTx {
             built.map((e) => bytea(e.leafHash)),
             size,
             bytea(prev!),
+            nodes.map((n) => n.level),
+            nodes.map((n) => n.idx),
+            nodes.map((n) => bytea(n.hash)),
           ],
         ),
       );
       this.size = size;
       this.prev = prev;
       this.last = built.at(-1);
+      this.range = hashes;
     }
     return results;
   }
@@ -450,6 +540,9 @@ export class PostgresStore implements KbsStore {
         'INSERT INTO schema_meta (id, version) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET version = $1',
         [POSTGRES_SCHEMA_VERSION],
       );
+      // Under the log head lock, so that no replica appends while the subtrees are rebuilt.
+      const head = await c.query<{ size: string }>('SELECT size FROM log_head WHERE id = 1 FOR UPDATE');
+      await backfillNodes(c, Number(head.rows[0]?.size ?? 0));
       return { value: undefined };
     });
   }
@@ -782,6 +875,13 @@ export class PostgresStore implements KbsStore {
       q('log_range', 'SELECT * FROM log_entries WHERE idx >= $1 AND idx < $2 ORDER BY idx', [from, to]),
     );
     return r.rows.map(entry);
+  }
+
+  async logNodes(ids: readonly { level: number; index: number }[]): Promise<(Uint8Array | undefined)[]> {
+    return readNodes(
+      (config) => this.read(config),
+      ids.map((i) => ({ level: i.level, idx: i.index })),
+    );
   }
 
   async saveCheckpoint(size: number, note: string): Promise<void> {

@@ -16,14 +16,18 @@
 import Database from 'better-sqlite3';
 import {
   AppendQueue,
+  BACKFILL_BATCH,
   buildBatch,
   checkCheckpointSize,
   checkRange,
   checkResourcePath,
   checkSize,
+  completeNodes,
+  expectedNodeCount,
   isoTime,
   now,
   ownerConflict,
+  rangeNodeIds,
   type StoreOptions,
   scopeColumns,
   scopeRepository,
@@ -115,6 +119,10 @@ const SQL = {
   logInsert: 'INSERT INTO log_entries (idx, canonical, leaf_hash) VALUES (?, ?, ?)',
   logSize: 'SELECT coalesce(max(idx) + 1, 0) AS n FROM log_entries',
   logRange: 'SELECT * FROM log_entries WHERE idx >= ? AND idx < ? ORDER BY idx',
+  logLeaves: 'SELECT leaf_hash FROM log_entries WHERE idx >= ? AND idx < ? ORDER BY idx',
+  nodeGet: 'SELECT hash FROM log_nodes WHERE level = ? AND idx = ?',
+  nodeInsert: 'INSERT INTO log_nodes (level, idx, hash) VALUES (?, ?, ?)',
+  nodeCount: 'SELECT count(*) AS n FROM log_nodes',
   cpInsert: 'INSERT INTO checkpoints (size, note, created_at) VALUES (?, ?, ?)',
   cpAll: 'SELECT size, note FROM checkpoints ORDER BY size, id',
   cpLatest: 'SELECT size, note FROM checkpoints ORDER BY size DESC, id DESC LIMIT 1',
@@ -194,7 +202,55 @@ export class SqliteStore implements KbsStore {
       batch,
     );
     for (const e of built) this.st('logInsert').run(e.index, blob(e.canonical), blob(e.leafHash));
+    if (built.length > 0) {
+      const size = built[0]!.index;
+      let range = this.rangeAt(size, head && bytes(head.leaf_hash));
+      if (!range) {
+        // An older program appended without subtree hashes since this database was migrated.
+        this.backfillNodes(size);
+        range = this.rangeAt(size, head && bytes(head.leaf_hash))!;
+      }
+      const { nodes } = completeNodes(
+        size,
+        range,
+        built.map((e) => e.leafHash),
+      );
+      for (const n of nodes) this.st('nodeInsert').run(n.level, n.idx, blob(n.hash));
+    }
     return results;
+  }
+
+  /** The compact range of the first `size` entries from the stored subtrees; undefined if one is missing. */
+  private rangeAt(size: number, last: Uint8Array | undefined): Uint8Array[] | undefined {
+    const hashes: Uint8Array[] = [];
+    for (const { level, idx } of rangeNodeIds(size)) {
+      const row =
+        level === 0
+          ? { hash: last }
+          : (this.st('nodeGet').get(level, idx) as { hash: Uint8Array } | undefined);
+      if (!row?.hash) return undefined;
+      hashes.push(bytes(row.hash));
+    }
+    return hashes;
+  }
+
+  /**
+   * Rebuilds the stored subtrees of the first `size` entries when some are missing (a database written
+   * before they were kept, or by an older program since). Call only inside `write`.
+   */
+  private backfillNodes(size: number): void {
+    if ((this.st('nodeCount').get() as { n: number }).n === expectedNodeCount(size)) return;
+    this.db.exec('DELETE FROM log_nodes');
+    let range: Uint8Array[] = [];
+    for (let from = 0; from < size; from += BACKFILL_BATCH) {
+      const to = Math.min(size, from + BACKFILL_BATCH);
+      const leaves = (this.st('logLeaves').all(from, to) as { leaf_hash: Uint8Array }[]).map((r) =>
+        bytes(r.leaf_hash),
+      );
+      const step = completeNodes(from, range, leaves);
+      for (const n of step.nodes) this.st('nodeInsert').run(n.level, n.idx, blob(n.hash));
+      range = step.hashes;
+    }
   }
 
   private owner(repository: string): { tenant: Owner } | undefined {
@@ -223,6 +279,7 @@ export class SqliteStore implements KbsStore {
           this.db.exec(SQLITE_SCHEMA);
         }
         this.db.pragma(`user_version = ${SQLITE_SCHEMA_VERSION}`);
+        this.backfillNodes((this.st('logSize').get() as { n: number }).n);
       });
     } finally {
       if (rebuild) this.db.pragma('foreign_keys = ON');
@@ -526,6 +583,13 @@ export class SqliteStore implements KbsStore {
   async logEntries(from: number, to: number): Promise<StoredLogEntry[]> {
     checkRange(from, to);
     return (this.st('logRange').all(from, to) as EntryRow[]).map(entry);
+  }
+
+  async logNodes(ids: readonly { level: number; index: number }[]): Promise<(Uint8Array | undefined)[]> {
+    return ids.map(({ level, index }) => {
+      const row = this.st('nodeGet').get(level, index) as { hash: Uint8Array } | undefined;
+      return row && bytes(row.hash);
+    });
   }
 
   async saveCheckpoint(size: number, note: string): Promise<void> {

@@ -184,6 +184,11 @@ export interface KbsStore {
   appendLog(log: LogAppend): Promise<StoredLogEntry>;
   logSize(): Promise<number>;
   logEntries(from: number, to: number): Promise<StoredLogEntry[]>;
+  /**
+   * Stored subtree hashes of the log (level ≥ 1: the 2^level entries from index·2^level), kept with
+   * the entry that completes each, in its transaction; undefined for a subtree not (yet) complete.
+   */
+  logNodes(ids: readonly { level: number; index: number }[]): Promise<(Uint8Array | undefined)[]>;
   saveCheckpoint(size: number, note: string): Promise<void>;
   latestCheckpoint(): Promise<{ size: number; note: string } | undefined>;
   checkpoints(): Promise<{ size: number; note: string }[]>;

@@ -65,6 +65,38 @@ export function expectUnbrokenChain(entries: StoredLogEntry[]): void {
   });
 }
 
+/**
+ * Expects `logNodes` to hold the true hash of every complete subtree of the store's log (and nothing
+ * for the incomplete ones).
+ */
+export async function expectAllNodes(store: KbsStore): Promise<void> {
+  const leaves = (await store.logEntries(0, await store.logSize())).map((e) => e.leafHash);
+  const ids: { level: number; index: number }[] = [];
+  for (let level = 1; 2 ** level <= 2 * leaves.length; level++) {
+    for (let index = 0; index <= leaves.length / 2 ** level; index++) ids.push({ level, index });
+  }
+  const got = await store.logNodes(ids);
+  ids.forEach(({ level, index }, k) => {
+    const [a, b] = [index * 2 ** level, (index + 1) * 2 ** level];
+    if (b <= leaves.length) expect(hex(got[k]), `${level}/${index}`).toBe(hex(mth(leaves.slice(a, b))));
+    else expect(got[k], `${level}/${index}`).toBeUndefined();
+  });
+}
+
+/** RFC 6962 MTH, recursively from its definition: the reference stored subtrees are checked against. */
+export function mth(leaves: readonly Uint8Array[]): Uint8Array {
+  if (leaves.length === 1) return leaves[0]!;
+  let k = 1;
+  while (k * 2 < leaves.length) k *= 2;
+  return new Uint8Array(
+    createHash('sha256')
+      .update(Uint8Array.of(1))
+      .update(mth(leaves.slice(0, k)))
+      .update(mth(leaves.slice(k)))
+      .digest(),
+  );
+}
+
 export const logFields = (kind: string, subject = 'x', tenant: string | null = 't1'): LogAppend => ({
   kind,
   tenant,
@@ -770,6 +802,33 @@ export function storeConformance(name: string, makeStore: MakeStore): void {
         // The store is still usable and the chain continues from where it was.
         await store.appendLog(logFields('release'));
         expectUnbrokenChain(await allEntries(store));
+      });
+
+      it('keeps the hash of every complete subtree, written with the entries that complete it', async () => {
+        const { store, log } = await fresh();
+        await store.createRepository('repo1', 't1', logFields('repository.create', 'repo1'));
+        for (let i = 0; i < 6; i++) await store.appendLog(logFields('release', `one-${i}`));
+        // A burst: the appends are group-committed, several entries per transaction.
+        await Promise.all(
+          Array.from({ length: 34 }, (_, i) => store.appendLog(logFields('release', `b-${i}`))),
+        );
+        log.failNext();
+        await expect(store.appendLog(logFields('release'))).rejects.toThrow('test builder refuses');
+        const leaves = (await allEntries(store)).map((e) => e.leafHash);
+        expect(leaves).toHaveLength(41);
+        const ids: { level: number; index: number }[] = [];
+        for (let level = 1; level <= 6; level++) {
+          for (let index = 0; index <= Math.floor(41 / 2 ** level); index++) ids.push({ level, index });
+        }
+        const got = await store.logNodes(ids);
+        ids.forEach(({ level, index }, k) => {
+          const [a, b] = [index * 2 ** level, (index + 1) * 2 ** level];
+          // Complete subtrees are stored with their true hash; incomplete ones (the refused entry
+          // included) are not stored at all.
+          if (b <= 41) expect(hex(got[k]), `${level}/${index}`).toBe(hex(mth(leaves.slice(a, b))));
+          else expect(got[k], `${level}/${index}`).toBeUndefined();
+        });
+        expect(await store.logNodes([])).toEqual([]);
       });
 
       it('a builder that returns no bytes is refused before anything is written', async () => {

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PostgresStore } from '../../../src/kbs/store/postgres.js';
 import { StoreUnavailableError } from '../../../src/kbs/store/types.js';
 import { until } from '../helpers.js';
-import { expectUnbrokenChain, logFields, storeConformance, testLog } from './conformance.js';
+import { expectAllNodes, expectUnbrokenChain, logFields, storeConformance, testLog } from './conformance.js';
 import { POSTGRES_SCHEMA_V1, V1_ROWS } from './fixtures/schema-v1.js';
 import { expectMigratedFromV1 } from './migration.js';
 
@@ -233,6 +233,30 @@ describe.skipIf(!enabled)('postgres', () => {
         expect((await a.getSession('s1'))!.status).toBe('attested');
       } finally {
         await Promise.all([a.close(), b.close()]);
+      }
+    });
+
+    it('rebuilds the subtree hashes of a log written before they were kept, on migrate and on append', async () => {
+      const schema = newSchema();
+      const s = await open(schema);
+      await Promise.all(Array.from({ length: 37 }, (_, i) => s.appendLog(logFields('release', `e${i}`))));
+      const c = new pg.Client({ connectionString: URL, options: `-c search_path=${schema}` });
+      await c.connect();
+      try {
+        // A database of schema version 1: no log_nodes table.
+        await c.query('DROP TABLE log_nodes');
+        await c.query('UPDATE schema_meta SET version = 1');
+        const again = await open(schema);
+        await expectAllNodes(again);
+        expect((await c.query('SELECT version FROM schema_meta')).rows[0].version).toBe(2);
+        // An older replica appended entries 32… without subtree hashes: the next append rebuilds them.
+        await c.query('DELETE FROM log_nodes WHERE (idx + 1) * (1::bigint << level) > 32');
+        await again.appendLog(logFields('release', 'after'));
+        await expectAllNodes(again);
+        expectUnbrokenChain(await again.logEntries(0, 38));
+        await Promise.all([s.close(), again.close()]);
+      } finally {
+        await c.end();
       }
     });
 

@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SqliteStore } from '../../../src/kbs/store/sqlite.js';
-import { expectUnbrokenChain, logFields, storeConformance, testLog } from './conformance.js';
+import { expectAllNodes, expectUnbrokenChain, logFields, storeConformance, testLog } from './conformance.js';
 import { SQLITE_SCHEMA_V1, V1_ROWS } from './fixtures/schema-v1.js';
 import { expectMigratedFromV1 } from './migration.js';
 
@@ -119,6 +119,33 @@ describe('SqliteStore durability', () => {
     });
     expect(db.pragma('synchronous', { simple: true })).toBe(2);
     await s.close();
+  });
+
+  it('rebuilds the subtree hashes of a log written before they were kept, on open and on append', async () => {
+    const path = file();
+    const s = await open(path);
+    await Promise.all(Array.from({ length: 37 }, (_, i) => s.appendLog(logFields('release', `e${i}`))));
+    const db = (s as unknown as { db: import('better-sqlite3').Database }).db;
+    // A database of schema version 1: no log_nodes table.
+    db.exec('DROP TABLE log_nodes');
+    db.pragma('user_version = 1');
+    await s.close();
+    const again = await open(path);
+    expect(
+      (again as unknown as { db: import('better-sqlite3').Database }).db.pragma('user_version', {
+        simple: true,
+      }),
+    ).toBe(2);
+    await expectAllNodes(again);
+    // An older program appended entries 32… without subtree hashes: the next append rebuilds them.
+    (again as unknown as { db: import('better-sqlite3').Database }).db.exec(
+      'DELETE FROM log_nodes WHERE (idx + 1) * (1 << level) > 32',
+    );
+    await again.appendLog(logFields('release', 'after'));
+    expect(await again.logSize()).toBe(38);
+    await expectAllNodes(again);
+    expectUnbrokenChain(await again.logEntries(0, 38));
+    await again.close();
   });
 
   it('refuses a database written by a newer schema version', async () => {

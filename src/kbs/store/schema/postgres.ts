@@ -13,6 +13,7 @@
  * A NULL `tenant` is the operator's (see `Owner` in ../types.ts): never a reserved name, so a query for
  * a tenant (`tenant = $1`) can never match the operator's rows. Version 2 made those columns nullable.
  */
+/** 2: nullable tenants (the operator is NULL) and log_nodes (stored subtree hashes; a database of version 1 is migrated and backfilled by migrate). */
 export const POSTGRES_SCHEMA_VERSION = 2;
 
 export const POSTGRES_SCHEMA = `
@@ -101,6 +102,15 @@ CREATE TABLE IF NOT EXISTS log_head (
   leaf_hash BYTEA
 );
 INSERT INTO log_head (id, size, leaf_hash) VALUES (1, 0, NULL) ON CONFLICT (id) DO NOTHING;
+
+-- Hash of every complete perfect subtree of level >= 1 of the log (entries idx*2^level ...),
+-- written in the transaction of the entry that completes it.
+CREATE TABLE IF NOT EXISTS log_nodes (
+  level SMALLINT NOT NULL CHECK (level >= 1),
+  idx BIGINT NOT NULL CHECK (idx >= 0),
+  hash BYTEA NOT NULL,
+  PRIMARY KEY (level, idx)
+);
 
 CREATE TABLE IF NOT EXISTS checkpoints (
   id BIGSERIAL PRIMARY KEY,

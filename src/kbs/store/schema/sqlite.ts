@@ -6,6 +6,7 @@
  * A NULL `tenant` is the operator's (see `Owner` in ../types.ts): never a reserved name, so a query for
  * a tenant (`tenant = ?`) can never match the operator's rows. Version 2 made those columns nullable.
  */
+/** 2: nullable tenants (the operator is NULL) and log_nodes (stored subtree hashes; a database of version 1 is migrated and backfilled when opened). */
 export const SQLITE_SCHEMA_VERSION = 2;
 
 export const SQLITE_SCHEMA = `
@@ -82,6 +83,15 @@ CREATE TABLE IF NOT EXISTS log_entries (
   canonical BLOB NOT NULL,
   leaf_hash BLOB NOT NULL
 ) STRICT;
+
+-- Hash of every complete perfect subtree of level >= 1 of the log (entries idx*2^level ...),
+-- written in the transaction of the entry that completes it.
+CREATE TABLE IF NOT EXISTS log_nodes (
+  level INTEGER NOT NULL CHECK (level >= 1),
+  idx INTEGER NOT NULL CHECK (idx >= 0),
+  hash BLOB NOT NULL,
+  PRIMARY KEY (level, idx)
+) STRICT, WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS checkpoints (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
