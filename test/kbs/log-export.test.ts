@@ -34,7 +34,7 @@ describe('GET /admin/v1/log/bundle', () => {
     const b = await testBroker({ requestTimeoutMs: 1500 }, { keys });
     broker = b;
     await fill(b, 4000);
-    const res = await b.call('GET', '/admin/v1/log/bundle?proofs=all', await b.admin('auditor'));
+    const res = await b.call('GET', '/admin/v1/log/bundle?proofs=all', await b.admin('global-auditor'));
     expect(res.status).toBe(200);
     expect(res.headers.get('content-type')).toMatch(/^application\/jsonl/);
     // A slow reader: the whole transfer lasts longer than the request timeout, each pause less.
