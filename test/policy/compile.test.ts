@@ -174,6 +174,20 @@ describe('compilePolicy', () => {
     );
   });
 
+  it('counts a backwards search per character of the string times the pattern', () => {
+    // V8's lastIndexOf compares the pattern at every position: on a 64 Ki-character claim, a 1 KiB
+    // pattern took ≈ 20 ms per call and fourteen of them fitted under the bound before.
+    const pattern = `${'a'.repeat(POLICY_LIMITS.maxStringLiteral - 1)}c`;
+    const e = refusal(`cpu.claims.s.lastIndexOf("${pattern}") >= -1`);
+    expect(e.code).toBe('policy-too-costly');
+    expect(refusal('cpu.claims.s.lastIndexOf(cpu.claims.t) >= -1').code).toBe('policy-too-costly');
+    // A short pattern stays cheap, as does indexOf (linear in V8) with the long one.
+    expect(compilePolicy('cpu.claims.s.lastIndexOf("/") >= 0').cost).toBeLessThan(POLICY_LIMITS.maxCost / 4);
+    expect(compilePolicy(`cpu.claims.s.indexOf("${pattern}") >= -1`).cost).toBeLessThan(
+      POLICY_LIMITS.maxCost / 4,
+    );
+  });
+
   it('bounds string literals and refuses duration() on anything but a short literal', () => {
     const long = refusal(`tee == "${'A'.repeat(POLICY_LIMITS.maxStringLiteral + 1)}"`);
     expect(long.code).toBe('policy-too-large');
