@@ -103,6 +103,7 @@ describe('policy fuzzing (slow)', () => {
       'cpu.claims.big.size() > 0 && cpu.claims.big.lowerAscii() != "" && cpu.claims.big.contains("c")',
       `cpu.claims.l.all(x, x.startsWith("ab") && x.endsWith("${'a'.repeat(1024)}") == false)`,
       'cpu.claims.big in cpu.claims.l || cpu.claims.l.join(",").size() > 0',
+      `cpu.claims.big.lastIndexOf("${'a'.repeat(99)}c") >= -1`,
     ];
     for (const src of sources) {
       const { ms, cost } = evaluationMs(src, i);
