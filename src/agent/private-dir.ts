@@ -22,7 +22,6 @@ import {
   openSync,
   readdirSync,
   rmdirSync,
-  rmSync,
   unlinkSync,
   writeSync,
 } from 'node:fs';
@@ -127,10 +126,10 @@ function wipeTree(path: string): void {
         if (e.isDirectory()) wipeTree(p);
         else zeroAndUnlink(p);
       } catch {
-        // Best effort per entry (it may have been swapped for a link): remove whatever is there now,
-        // without following it; what cannot be removed makes the rmdir below fail.
+        // Best effort per entry (it may have been swapped for a link): once more, whatever is there
+        // now; what cannot be removed makes the rmdir below fail.
         try {
-          rmSync(p, { recursive: true, force: true });
+          wipeAgain(p);
         } catch {}
       }
     }
@@ -138,6 +137,17 @@ function wipeTree(path: string): void {
     closeSync(fd);
   }
   rmdirSync(path);
+}
+
+/**
+ * Wipes what is at `path` now, looked at afresh and never followed: a directory as a tree, anything
+ * else (a file, a link, a FIFO) zeroed if it is a regular file and unlinked. Never Node's recursive
+ * rm, which reads a directory by its path after checking it: one swapped for a link in between has
+ * the link's target emptied (as root, anywhere).
+ */
+function wipeAgain(path: string): void {
+  if (lstatSync(path).isDirectory()) wipeTree(path);
+  else zeroAndUnlink(path);
 }
 
 /**
@@ -291,7 +301,12 @@ export class PrivateDir {
     try {
       wipeTree(this.path);
     } catch {
-      rmSync(this.path, { recursive: true, force: true });
+      // Once more (an entry made again meanwhile, or a link in the directory's place); gone is fine.
+      try {
+        wipeAgain(this.path);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      }
     }
   }
 }
