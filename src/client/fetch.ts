@@ -322,7 +322,8 @@ export function confidentialFetch(o: ConfidentialFetchOptions): ConfidentialFetc
             return;
           }
           if (e.type === 'content') {
-            content.push(e.bytes);
+            // Kept only to check a receipt: a long stream nobody asked a receipt for is not held twice.
+            if (o.onReceipt) content.push(e.bytes);
             c.enqueue(e.bytes);
             return;
           }
