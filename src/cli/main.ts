@@ -101,6 +101,7 @@ const errnoWords: Record<string, string> = {
  * shown escaped (a newline as \\n, ESC as \\u001b); tabs are kept.
  */
 function oneLine(message: string): string {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: finding control characters is the point.
   return message.replace(/[\u0000-\u0008\u000a-\u001f\u007f-\u009f]/g, (c) =>
     c === '\n' ? '\\n' : c === '\r' ? '\\r' : `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
   );

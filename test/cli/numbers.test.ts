@@ -9,7 +9,22 @@ describe('integerOption', () => {
     expect(integerOption(' 42 ', '--n', 1)).toBe(42);
   });
   it('refuses anything else, naming the option and the value', () => {
-    for (const v of ['abc', '', ' ', '1.5', '2x', '-1', 'NaN', 'Infinity', '1e400', '9007199254740993', '0x10', '1e3', '+5', '0b1'])
+    for (const v of [
+      'abc',
+      '',
+      ' ',
+      '1.5',
+      '2x',
+      '-1',
+      'NaN',
+      'Infinity',
+      '1e400',
+      '9007199254740993',
+      '0x10',
+      '1e3',
+      '+5',
+      '0b1',
+    ])
       expect(() => integerOption(v, '--n', 0)).toThrow(`--n must be an integer ≥ 0, not '${v}'`);
   });
   it('refuses a value above the maximum, naming the range', () => {
