@@ -4,7 +4,7 @@
  * no `--tee` flag for the common formats.
  */
 import { utf8 } from '../util/bytes.js';
-import { AttestationError, type KindVerifier, type TeeKind } from './common/types.js';
+import { AttestationError, type KindVerifier, TEE_KINDS, type TeeKind } from './common/types.js';
 
 export class VerifierRegistry {
   private readonly byKind = new Map<TeeKind, KindVerifier>();
@@ -52,15 +52,7 @@ export function getVerifier(kind: TeeKind): KindVerifier {
   return defaultRegistry.get(kind);
 }
 
-export const TEE_KINDS: readonly TeeKind[] = [
-  'tdx',
-  'sgx',
-  'snp',
-  'nvidia',
-  'az-snp-vtpm',
-  'az-tdx-vtpm',
-  'sample',
-];
+export { TEE_KINDS };
 
 export function isTeeKind(s: string): s is TeeKind {
   return (TEE_KINDS as readonly string[]).includes(s);

@@ -8,21 +8,9 @@
  * measurement is refused (contraindicated) — expiry never silently turns a judged measurement into an
  * unjudged one.
  */
-import type { AppraisalPolicy, TeeKind } from '../attest/common/types.js';
+import { type AppraisalPolicy, TEE_KINDS, type TeeKind } from '../attest/common/types.js';
 
-/** Every TEE kind, for validating input; `satisfies` keeps it in step with the TeeKind type. */
-export const TEE_KINDS = [
-  'tdx',
-  'sgx',
-  'snp',
-  'nvidia',
-  'az-snp-vtpm',
-  'az-tdx-vtpm',
-  'sample',
-] as const satisfies readonly TeeKind[];
-// Fails to compile when TeeKind gains a member that TEE_KINDS lacks.
-const _allKinds: Exclude<TeeKind, (typeof TEE_KINDS)[number]> extends never ? true : never = true;
-void _allKinds;
+export { TEE_KINDS };
 
 export const REFERENCE_VALUE_LIMITS = Object.freeze({
   maxValues: 1024,

@@ -7,6 +7,20 @@
 
 export type TeeKind = 'tdx' | 'sgx' | 'snp' | 'nvidia' | 'az-snp-vtpm' | 'az-tdx-vtpm' | 'sample';
 
+/** Every TEE kind, for validating input; `satisfies` keeps it in step with the TeeKind type. */
+export const TEE_KINDS = [
+  'tdx',
+  'sgx',
+  'snp',
+  'nvidia',
+  'az-snp-vtpm',
+  'az-tdx-vtpm',
+  'sample',
+] as const satisfies readonly TeeKind[];
+// Fails to compile when TeeKind gains a member that TEE_KINDS lacks.
+const _allKinds: Exclude<TeeKind, (typeof TEE_KINDS)[number]> extends never ? true : never = true;
+void _allKinds;
+
 /** EAR status tiers (draft-ietf-rats-ear), worst last. */
 export type EarStatus = 'affirming' | 'warning' | 'contraindicated' | 'none';
 

@@ -29,6 +29,7 @@ import {
   type EarStatus,
   type Finding,
   STATUS_ORDER,
+  TEE_KINDS,
   type TeeKind,
   type TrustVector,
   worseStatus,
@@ -194,17 +195,6 @@ function readStatus(v: unknown, where: string): EarStatus {
   return v as EarStatus;
 }
 
-/** The TEE kinds Cloister knows, as Trustee names them in annotated evidence. */
-const TRUSTEE_KINDS: readonly TeeKind[] = [
-  'tdx',
-  'sgx',
-  'snp',
-  'nvidia',
-  'az-snp-vtpm',
-  'az-tdx-vtpm',
-  'sample',
-];
-
 function readSubmod(name: string, v: unknown, profile: EarProfile): EarSubmod {
   if (!isObject(v)) bad('ear-malformed', `EAR submodule ${name} is not an object`);
   const status = readStatus(v['ear.status'], `EAR submodule ${name}`);
@@ -265,7 +255,8 @@ function readTrusteeSubmod(
   trustVector: TrustVector,
   claims: Record<string, unknown>,
 ): EarSubmod {
-  const kinds = TRUSTEE_KINDS.filter((k) => Object.hasOwn(claims, k));
+  // Trustee names the kinds Cloister knows as Cloister does.
+  const kinds = TEE_KINDS.filter((k) => Object.hasOwn(claims, k));
   const cpus = kinds.filter((k) => !TRUSTEE_DEVICES.has(k));
   const kind = cpus.length === 1 ? cpus[0] : cpus.length === 0 && kinds.length === 1 ? kinds[0] : undefined;
   const insecure = Object.hasOwn(claims, 'sample') || Object.hasOwn(claims, 'sampledevice');
