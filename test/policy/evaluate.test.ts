@@ -8,6 +8,7 @@ import {
   type PolicyDecision,
   PolicyError,
   type PolicyInput,
+  type PolicySubmod,
   PUBLIC_DENIAL_MESSAGE,
   preparePolicyInput,
 } from '../../src/policy/index.js';
@@ -225,6 +226,20 @@ describe('evaluation errors deny and never throw', () => {
     );
     const many = Array(100).fill({ check: 'c', status: 'warning', message: 'm'.repeat(3000) });
     bad({ submods: { cpu0: submod({ reasons: many }) } }, /characters/);
+    // Submodules' names, statuses and kinds count too: a walk over the GPUs sums them.
+    const gpus = (over: (n: number) => Partial<PolicySubmod>, names = (n: number) => `gpu${n}`) =>
+      Object.fromEntries(Array.from({ length: 5 }, (_, n) => [names(n), submod(over(n))]));
+    bad({ submods: gpus(() => ({ status: s })) }, /more than 262144 characters/);
+    bad({ submods: gpus(() => ({ kind: s })) }, /more than 262144 characters/);
+    bad(
+      {
+        submods: gpus(
+          () => ({}),
+          (n) => `${n}${s.slice(0, 30_000)}`,
+        ),
+      },
+      /more than 262144 characters/,
+    );
     expect(
       evaluatePolicy(defaultPolicy, input({ submods: { cpu0: submod({ claims: { a: s, b: s } }) } })).allow,
     ).toBe(true);
