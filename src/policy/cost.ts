@@ -19,21 +19,27 @@ import { INPUT_LIMITS } from './input-limits.js';
  * receiver holds in total, so `cpu.claims.l.all(x, x.size() == 96)` costs the characters of all
  * the claims (256 Ki) plus a constant per entry, not 4096 entries × 64 Ki characters. A receiver's
  * total may itself depend on an outer walk's item (`gpus.all(g, g.claims.l.all(…))`), which sums
- * in turn over all GPUs: nested walks over the input share its global budgets. This is sound only
- * because every bound says how much it holds in total, aliases counted (`allChars`, `allEntries`):
+ * in turn over all GPUs: nested walks over the input share its global budgets. Parts of the input
+ * reached by distinct names from `cpu` or `init_data` are regions (Sym) that share their parent's
+ * size, so walks over two different claims share the budget too. This is sound only because every
+ * bound says how much it holds in total, aliases counted (`allChars`, `allEntries`):
  * the input counts each occurrence of a string against its budget, and a list the policy builds
  * (`[s, s]`, `l.map(x, s)`, `x + x`) counts each copy.
  */
 
 /**
- * The size of the item a comprehension's variable holds in one iteration (its characters, or its
- * entries): unknown inside the body, at most `max`, and summed over the walk at most the receiver's
- * total (Walk).
+ * An unknown size (characters, or entries), at most `max`. Either the item a comprehension's variable
+ * holds in one iteration, summed over the walk at most the receiver's total (Walk), or a region: a
+ * part of the input reached by field names from `cpu` or `init_data`, whose parts under distinct
+ * names together hold at most it (so walks over `cpu.claims.rtmrs` and `cpu.claims.event_log` share
+ * the input's budget; the largest cost over all regions is found when the estimate ends, regionMax).
  */
 interface Sym {
   readonly max: number;
   /** Its share of the receiver's total when the receiver is full: picks between two valid bounds. */
   readonly avg: number;
+  /** A region's parts by name (a name always denotes the same part). */
+  readonly parts?: Map<string, Sym>;
 }
 
 /** c + Σ k·s over the symbols of the enclosing walks; every coefficient and symbol is ≥ 0. */
@@ -118,6 +124,11 @@ interface Bound {
   readonly fields?: Readonly<Record<string, Bound>>;
   /** A string whose hash the engine already knows: a literal, or a key of a map. */
   readonly hashed?: boolean;
+  /**
+   * The region this value is, exactly (not a value inside it): set only by a field name from `cpu`,
+   * `init_data` or another region, so that two regions with different names never overlap.
+   */
+  readonly region?: { readonly chars: Sym; readonly entries: Sym };
 }
 
 /** Steps per unit of work (see above; measured by test/policy/fuzz.slow.test.ts). */
@@ -229,12 +240,49 @@ function part(child: Bound, parent: Bound): Bound {
 const itemOf = (b: Bound): Bound => (b.item === 'self' ? b : (b.item ?? NOTHING));
 
 /** An entry of a list or map: one of its values; of anything else not known here, anything. */
-const member = (b: Bound): Bound => (b.item !== undefined ? part(itemOf(b), b) : JSON_INPUT);
+const member = (b: Bound): Bound => (b.item !== undefined ? plain(part(itemOf(b), b)) : JSON_INPUT);
+
+/**
+ * The same bound, no longer a region: for a value reached otherwise than by name (an element, a
+ * dynamic key, a walk's item), which may be any part of the region, so its fields are not parts of
+ * the region under their names.
+ */
+function plain(b: Bound): Bound {
+  if (b.region === undefined) return b;
+  const { region: _, ...rest } = b;
+  return rest;
+}
+
+/** The part of a region under a name, as a region of its own. */
+function regionPart(child: Bound, parent: { chars: Sym; entries: Sym }, name: string): Bound {
+  const sub = (p: Sym, top: number): Sym => {
+    const parts = p.parts ?? new Map<string, Sym>();
+    let s = parts.get(name);
+    if (s === undefined) {
+      const max = Math.min(top, p.max);
+      s = { max, avg: max, parts: new Map() };
+      parts.set(name, s);
+    }
+    return s;
+  };
+  const chars = sub(parent.chars, hi(child.allChars));
+  const entries = sub(parent.entries, hi(child.allEntries));
+  const own = (s: Sym, top: Amount): Amount => ({ max: hi(top), lin: { c: 0, k: new Map([[s, 1]]) } });
+  return {
+    ...child,
+    chars: own(chars, child.chars),
+    allChars: own(chars, child.allChars),
+    entries: own(entries, child.entries),
+    allEntries: own(entries, child.allEntries),
+    region: { chars, entries },
+  };
+}
 
 /** A field: a typed one, or an entry of a map. */
 function field(b: Bound, name: string): Bound {
   const typed = b.fields?.[name];
-  return typed !== undefined ? part(typed, b) : member(b);
+  const child = typed !== undefined ? part(typed, b) : member(b);
+  return b.region !== undefined ? regionPart(child, b.region, name) : child;
 }
 
 /** The least bound that holds both. */
@@ -446,6 +494,17 @@ type Estimate = { cost: Amount; bound: Bound };
 
 /** The worst-case cost of a policy, in steps (see above); Infinity when it calls an unknown function. */
 export function estimateCost(root: ASTNode): number {
+  // `cpu` and `init_data` are disjoint parts of the input (`submods`, `gpus`, `tee` reach the same
+  // submodules by other paths, so they are not regions: their bounds are plain numbers).
+  const input = {
+    chars: { max: T + 8 * 32, avg: T + 8 * 32, parts: new Map<string, Sym>() },
+    entries: { max: N + 16, avg: N + 16, parts: new Map<string, Sym>() },
+  };
+  const variables: Record<string, Bound> = {
+    ...VARIABLES,
+    cpu: regionPart(SUBMOD, input, 'cpu'),
+    init_data: regionPart(JSON_MAP, input, 'init_data'),
+  };
   let unbounded = false;
   const unknown = (): Estimate => {
     unbounded = true;
@@ -465,7 +524,7 @@ export function estimateCost(root: ASTNode): number {
         };
       }
       case 'id':
-        return { cost: NODE, bound: scope.get(node.args) ?? VARIABLES[node.args] ?? JSON_INPUT };
+        return { cost: NODE, bound: scope.get(node.args) ?? variables[node.args] ?? JSON_INPUT };
       case '.':
       case '.?': {
         const [obj, name] = node.args;
@@ -475,7 +534,10 @@ export function estimateCost(root: ASTNode): number {
       case '[]':
       case '[?]': {
         const [o, k] = all(node.args);
-        return { cost: sum([o!, k!], hash(k!.bound)), bound: member(o!.bound) };
+        // A literal name is a field (`init_data.data["cdh.toml"]`); any other key, any entry.
+        const name: unknown = node.args[1].op === 'value' ? node.args[1].args : undefined;
+        const bound = typeof name === 'string' ? field(o!.bound, name) : member(o!.bound);
+        return { cost: sum([o!, k!], hash(k!.bound)), bound };
       }
       case 'list': {
         const items = all(node.args);
@@ -588,7 +650,7 @@ export function estimateCost(root: ASTNode): number {
     const r = estimate(receiver, scope);
     const c = r.bound;
     // Over a list the variable is an element, over a map a key; JSON from the input may be either.
-    const each = c.item === 'self' ? c : c.key !== undefined ? part(c.key, c) : member(c);
+    const each = plain(c.item === 'self' ? c : c.key !== undefined ? part(c.key, c) : member(c));
     const { walk, variable: item } = startWalk(each, c);
     const inner = new Map(scope);
     if (variable?.op === 'id') inner.set(variable.args, item);
@@ -618,6 +680,45 @@ export function estimateCost(root: ASTNode): number {
     return { cost, bound };
   };
 
-  const cost = hi(estimate(root, new Map()).cost);
-  return unbounded ? Number.POSITIVE_INFINITY : Math.ceil(cost);
+  const total = estimate(root, new Map()).cost;
+  return unbounded ? Number.POSITIVE_INFINITY : Math.ceil(Math.min(total.max, regionMax(total.lin, input)));
+}
+
+/**
+ * The largest a linear form can be when its symbols are regions of the input: each at most its
+ * `max`, and the parts of a region together at most the region. The best use of a region's size is
+ * a concave function of it, made of segments (the cost per unit, and how many units): the parts'
+ * segments, best first, each unit also paying the region's own coefficient, then the region's own.
+ * Any other symbol left (none should be) is taken at its largest.
+ */
+function regionMax(lin: Lin, input: { chars: Sym; entries: Sym }): number {
+  const involved = new Set<Sym>();
+  const mark = (r: Sym): boolean => {
+    let any = lin.k.has(r);
+    for (const p of r.parts?.values() ?? []) any = mark(p) || any;
+    if (any) involved.add(r);
+    return any;
+  };
+  const segments = (r: Sym): [number, number][] => {
+    const own = lin.k.get(r) ?? 0;
+    const parts = [...(r.parts?.values() ?? [])]
+      .filter((p) => involved.has(p))
+      .flatMap(segments)
+      .sort((a, b) => b[0] - a[0]);
+    const out: [number, number][] = [];
+    let room = r.max;
+    for (const [perUnit, units] of parts) {
+      if (room <= 0) break;
+      const n = Math.min(units, room);
+      out.push([perUnit + own, n]);
+      room -= n;
+    }
+    if (room > 0 && own > 0) out.push([own, room]);
+    return out;
+  };
+  let total = lin.c;
+  const roots = [input.chars, input.entries];
+  for (const r of roots) if (mark(r)) for (const [perUnit, units] of segments(r)) total += perUnit * units;
+  for (const [s, k] of lin.k) if (!involved.has(s)) total += k * s.max;
+  return total;
 }

@@ -188,6 +188,10 @@ describe('compilePolicy', () => {
       `tee == "tdx" && cpu.status == "affirming" && cpu.claims.mr_td == "${hex('a')}"
         && cpu.claims.rtmrs.all(r, r.size() == 96)
         && cpu.claims.event_log.all(e, e.pcr_index > 1 || e.digest in ["${hex('b')}", "${hex('c')}"])`,
+      // Walks over different claims share the input's budget.
+      `tee == "tdx" && cpu.status == "affirming"
+        && cpu.claims.rtmrs.all(r, r.size() == 96 && r != cpu.claims.mr_seam)
+        && cpu.claims.event_log.all(e, e.pcr_index > 1 || e.digest.lowerAscii() in ["${hex('b')}", "${hex('c')}"])`,
       `tee == "snp" && cpu.claims.measurement in ["${hex('d')}", "${hex('e')}"] && !cpu.claims.debug
         && ["bootloader", "tee", "snp", "microcode"].all(k, cpu.claims.reported_tcb[k] >= cpu.claims.committed_tcb[k])`,
       // A walk over each GPU's measurements: all GPUs together hold at most the input's values.
@@ -237,6 +241,30 @@ describe('compilePolicy', () => {
       const subject = { ...i, submods: { ...i.submods, cpu0: { ...i.submods.cpu0!, kind } } };
       expect(evaluatePolicy(p, subject), src).toMatchObject({ allow: true });
     }
+  });
+
+  it('lets walks over different claims share the budget, but counts a claim walked twice twice', () => {
+    const one = compilePolicy('cpu.claims.a.all(x, x.size() > 0)').cost;
+    const cost = (src: string) => compilePolicy(src).cost;
+    expect(cost('cpu.claims.a.all(x, x.size() > 0) && cpu.claims.b.all(x, x.size() > 0)')).toBeLessThan(
+      one * 1.1,
+    );
+    expect(cost('cpu.claims.a.all(x, x.size() > 0) && init_data.b.all(x, x.size() > 0)')).toBeLessThan(
+      one * 1.1,
+    );
+    // The same claim, by name or by literal key: the same part of the input, read twice.
+    expect(cost('cpu.claims.a.all(x, x.size() > 0) && cpu.claims["a"].all(x, x.size() > 0)')).toBeGreaterThan(
+      one * 1.9,
+    );
+    // An entry reached by a dynamic key may be any part of the claim: not a part
+    // of its own beside its siblings.
+    expect(
+      cost('cpu.claims.m[cpu.claims.k].l.all(x, x.size() > 0) && cpu.claims.m.l.all(x, x.size() > 0)'),
+    ).toBeGreaterThan(one * 1.9);
+    // Another path to the same submodule is not a part of `cpu` either.
+    expect(
+      cost('cpu.claims.a.all(x, x.size() > 0) && submods.cpu0.claims.b.all(x, x.size() > 0)'),
+    ).toBeGreaterThan(one * 1.9);
   });
 
   it('refuses policies that would turn the shared budget against it', () => {
