@@ -22,7 +22,6 @@ import {
   openSync,
   readdirSync,
   rmdirSync,
-  rmSync,
   unlinkSync,
   writeSync,
 } from 'node:fs';
@@ -80,6 +79,8 @@ export interface PrivateDirOptions {
   allowDisk?: boolean;
   /** For tests: the mount table to read instead of /proc/mounts. */
   mountsFile?: string;
+  /** For tests: where to read processes, the boot id and the pid namespace instead of /proc. */
+  procDir?: string;
   /** Warnings for the operator (one line each). */
   warn?: (line: string) => void;
 }
@@ -127,10 +128,10 @@ function wipeTree(path: string): void {
         if (e.isDirectory()) wipeTree(p);
         else zeroAndUnlink(p);
       } catch {
-        // Best effort per entry (it may have been swapped for a link): remove whatever is there now,
-        // without following it; what cannot be removed makes the rmdir below fail.
+        // Best effort per entry (it may have been swapped for a link): once more, whatever is there
+        // now; what cannot be removed makes the rmdir below fail.
         try {
-          rmSync(p, { recursive: true, force: true });
+          wipeAgain(p);
         } catch {}
       }
     }
@@ -138,6 +139,17 @@ function wipeTree(path: string): void {
     closeSync(fd);
   }
   rmdirSync(path);
+}
+
+/**
+ * Wipes what is at `path` now, looked at afresh and never followed: a directory as a tree, anything
+ * else (a file, a link, a FIFO) zeroed if it is a regular file and unlinked. Never Node's recursive
+ * rm, which reads a directory by its path after checking it: one swapped for a link in between has
+ * the link's target emptied (as root, anywhere).
+ */
+function wipeAgain(path: string): void {
+  if (lstatSync(path).isDirectory()) wipeTree(path);
+  else zeroAndUnlink(path);
 }
 
 /**
@@ -157,50 +169,69 @@ interface Owner {
 /** cloister-<pid>-<start>-<boot>-<ns>-XXXXXX (mkdtemp's six characters). */
 const OWNED_NAME = /^cloister-(\d+)-(\d+)-([0-9a-f]{8})-(\d+)-[A-Za-z0-9]{6}$/;
 
-/** The start time of `pid`, or undefined when no such process is running (a zombie has ended). */
-async function startTimeOf(pid: number): Promise<string | undefined> {
+/**
+ * The start time of `pid` as `proc` shows it, or undefined when no such process is running (a zombie
+ * has ended). Any other failure to read it throws: it says nothing about whether the process runs.
+ */
+async function startTimeOf(proc: string, pid: number): Promise<string | undefined> {
   let stat: string;
   try {
-    stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-  } catch {
-    return undefined;
+    stat = await readFile(`${proc}/${pid}/stat`, 'utf8');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ESRCH') return undefined;
+    throw e;
   }
   // "pid (comm) state …": comm may hold spaces and parentheses, so count from the last ')'.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   return fields[0] === 'Z' || fields[0] === 'X' ? undefined : fields[19];
 }
 
-async function bootId(): Promise<string | undefined> {
+async function bootId(proc: string): Promise<string | undefined> {
   try {
-    return (await readFile('/proc/sys/kernel/random/boot_id', 'utf8')).replaceAll('-', '').slice(0, 8);
+    return (await readFile(`${proc}/sys/kernel/random/boot_id`, 'utf8')).replaceAll('-', '').slice(0, 8);
   } catch {
     return undefined;
   }
 }
 
-/** This process as an owner; undefined without /proc (then nothing is swept). */
-async function selfOwner(): Promise<Owner | undefined> {
+/**
+ * This process as an owner, or why it cannot be named (then nothing is swept). `proc` must be this pid
+ * namespace's: one mounted for another (a process moved into a new pid namespace without a /proc of
+ * its own) shows other processes under this process's pid, so a name made from it would follow an
+ * unrelated process, and a live agent's directory would be wiped once that process ended.
+ */
+async function selfOwner(proc: string): Promise<Owner | string> {
+  const seen = await readlink(`${proc}/self`).catch(() => undefined);
+  if (seen === undefined) return `no ${proc}`;
+  if (seen !== String(process.pid))
+    return `${proc} is another pid namespace's (it shows this process as ${seen}, not ${process.pid})`;
   const [start, boot, ns] = await Promise.all([
-    startTimeOf(process.pid),
-    bootId(),
-    readlink('/proc/self/ns/pid').then(
+    startTimeOf(proc, process.pid).catch(() => undefined),
+    bootId(proc),
+    readlink(`${proc}/self/ns/pid`).then(
       (l) => /^pid:\[(\d+)\]$/.exec(l)?.[1],
       () => undefined,
     ),
   ]);
   return start && boot && ns && /^[0-9a-f]{8}$/.test(boot)
     ? { pid: process.pid, start, boot, ns }
-    : undefined;
+    : `${proc} does not show this process's start time, boot id and pid namespace`;
 }
 
 /**
  * Whether the owner may still be running. Another boot: no. Another pid namespace (a container
- * sharing the parent): its pids cannot be looked up from here, so it is taken as running.
+ * sharing the parent): its pids cannot be looked up from here, so it is taken as running; so is one
+ * whose entry in /proc cannot be read.
  */
-async function mayBeRunning(o: Owner, self: Owner): Promise<boolean> {
+async function mayBeRunning(proc: string, o: Owner, self: Owner): Promise<boolean> {
   if (o.boot !== self.boot) return false;
   if (o.ns !== self.ns) return true;
-  return (await startTimeOf(o.pid)) === o.start;
+  try {
+    return (await startTimeOf(proc, o.pid)) === o.start;
+  } catch {
+    return true;
+  }
 }
 
 /**
@@ -208,7 +239,12 @@ async function mayBeRunning(o: Owner, self: Owner): Promise<boolean> {
  * a crash of the VM's user space): only ours (same user, a real directory, an owner name), and never
  * one whose owner may still run.
  */
-async function sweep(parent: string, self: Owner, warn?: (line: string) => void): Promise<void> {
+async function sweep(
+  proc: string,
+  parent: string,
+  self: Owner,
+  warn?: (line: string) => void,
+): Promise<void> {
   let names: string[];
   try {
     names = await readdir(parent);
@@ -222,7 +258,7 @@ async function sweep(parent: string, self: Owner, warn?: (line: string) => void)
     const m = OWNED_NAME.exec(name);
     if (!m) continue;
     const owner: Owner = { pid: Number(m[1]), start: m[2]!, boot: m[3]!, ns: m[4]! };
-    if (await mayBeRunning(owner, self)) continue;
+    if (await mayBeRunning(proc, owner, self)) continue;
     const path = join(parent, name);
     const st = await lstat(path).catch(() => undefined);
     if (!st?.isDirectory() || st.uid !== process.getuid?.()) continue;
@@ -264,13 +300,15 @@ export class PrivateDir {
       }
       o.warn?.(`WARNING: ${what}; plaintext may be written to disk (--allow-disk)`);
     }
-    const self = await selfOwner();
-    if (self) await sweep(parent, self, o.warn);
+    const proc = o.procDir ?? '/proc';
+    const self = await selfOwner(proc);
+    if (typeof self !== 'string') await sweep(proc, parent, self, o.warn);
     else
       o.warn?.(
-        'WARNING: no /proc: the private directory cannot name its owner, so one left by a killed agent is not wiped at the next start',
+        `WARNING: ${self}: the private directory cannot name its owner, so one left by a killed agent is not wiped at the next start`,
       );
-    const prefix = self ? `cloister-${self.pid}-${self.start}-${self.boot}-${self.ns}-` : 'cloister-';
+    const prefix =
+      typeof self !== 'string' ? `cloister-${self.pid}-${self.start}-${self.boot}-${self.ns}-` : 'cloister-';
     const path = await mkdtemp(join(parent, prefix));
     await chmod(path, 0o700);
     const dir = new PrivateDir(path);
@@ -291,7 +329,12 @@ export class PrivateDir {
     try {
       wipeTree(this.path);
     } catch {
-      rmSync(this.path, { recursive: true, force: true });
+      // Once more (an entry made again meanwhile, or a link in the directory's place); gone is fine.
+      try {
+        wipeAgain(this.path);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      }
     }
   }
 }

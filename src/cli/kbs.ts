@@ -10,6 +10,7 @@ import { openStore } from '../kbs/store/index.js';
 import { ADMIN_ROLES, AdminTokenError, signAdminToken } from '../kbs/tenancy.js';
 import { FileError, writeFileAtomically } from '../seal/node.js';
 import { bs } from '../util/bytes.js';
+import { integerOption } from './numbers.js';
 
 interface Conn {
   url: string;
@@ -84,7 +85,7 @@ export function registerKbs(program: Command): void {
     .description('run the key broker (CoCo KBS protocol 0.4.0 + admin API)')
     .option('--config <file>', 'JSON configuration (docs/kbs.md)')
     .option('--db <url>', 'sqlite:PATH or postgres://… (overrides the config)')
-    .option('--port <n>', 'TCP port (overrides the config)', (v) => Number.parseInt(v, 10))
+    .option('--port <n>', 'TCP port (overrides the config)', (v) => integerOption(v, '--port', 0, 65535))
     .option('--host <addr>', 'listen address (overrides the config)')
     .option('--dev', 'dev mode: accept the insecure sample TEE (announced on every log line)')
     .addHelpText(

@@ -35,7 +35,7 @@ export async function main(argv: string[]): Promise<number> {
     // Commander's own errors are usage errors (exit 2); verbs may end with a chosen status the same way.
     if (e instanceof CommanderError)
       return e.code.startsWith('commander.') && e.exitCode !== 0 ? 2 : e.exitCode;
-    process.stderr.write(`cloister: ${describeError(e)}\n`);
+    process.stderr.write(`cloister: ${oneLine(describeError(e))}\n`);
     return 1;
   }
 }
@@ -67,7 +67,7 @@ export function runBinary(command: () => Promise<number>): void {
     },
     (err: unknown) => {
       finished = true;
-      process.stderr.write(`cloister: ${err instanceof Error ? err.message : String(err)}\n`);
+      process.stderr.write(`cloister: ${oneLine(err instanceof Error ? err.message : String(err))}\n`);
       process.exitCode = 1;
     },
   );
@@ -82,7 +82,7 @@ function stdoutFailed(e: NodeJS.ErrnoException): never {
   for (const p of pendingTemporaries) rmSync(p, { force: true });
   if (e.code === 'EPIPE') process.exit(BROKEN_PIPE_STATUS);
   process.stderr.write(
-    `cloister: cannot write to standard output: ${errnoWords[e.code ?? ''] ?? e.message}\n`,
+    `cloister: cannot write to standard output: ${oneLine(errnoWords[e.code ?? ''] ?? e.message)}\n`,
   );
   process.exit(1);
 }
@@ -93,6 +93,19 @@ const errnoWords: Record<string, string> = {
   EISDIR: 'is a directory',
   ENOSPC: 'no space left on device',
 };
+
+/**
+ * The message as one line of plain text: messages carry text from elsewhere (a broker's problem
+ * detail, a proxy's HTML error page in a JSON parse error), and a newline or a terminal escape in it
+ * would start lines the operator takes for cloister's, or drive the terminal. Control characters are
+ * shown escaped (a newline as \\n, ESC as \\u001b); tabs are kept.
+ */
+function oneLine(message: string): string {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: finding control characters is the point.
+  return message.replace(/[\u0000-\u0008\u000a-\u001f\u007f-\u009f]/g, (c) =>
+    c === '\n' ? '\\n' : c === '\r' ? '\\r' : `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
+  );
+}
 
 /** One line an operator can act on; system errors keep their path and code. */
 function describeError(e: unknown): string {

@@ -1,8 +1,9 @@
 /** A whole-number option as typed on the command line; anything else is a usage error naming the option. */
-export function integerOption(v: string, what: string, min: number): number {
+export function integerOption(v: string, what: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
   const n = Number(v);
-  if (v.trim() === '' || !Number.isSafeInteger(n) || n < min) {
-    throw new Error(`${what} must be an integer ≥ ${min}, not '${v}'`);
+  if (!/^\s*\d+\s*$/.test(v) || !Number.isSafeInteger(n) || n < min || n > max) {
+    const range = max === Number.MAX_SAFE_INTEGER ? `≥ ${min}` : `from ${min} to ${max}`;
+    throw new Error(`${what} must be an integer ${range}, not '${v}'`);
   }
   return n;
 }

@@ -221,7 +221,7 @@ export function registerServe(program: Command): void {
           ...(keys ? { keys } : {}),
           allowPlaintext: opts.allowPlaintext === true,
           host: opts.host,
-          port: integerOption(opts.port, '--port', 0),
+          port: integerOption(opts.port, '--port', 0, 65535),
           replayWindowMs,
           ...(replay ? { replay } : {}),
           maxBodyBytes: integerOption(opts.maxBody, '--max-body', 1),

@@ -242,6 +242,16 @@ export function confidentialFetch(o: ConfidentialFetchOptions): ConfidentialFetc
     const type = (outer.headers.get('content-type') ?? '').split(';')[0]!.trim();
     if (type === 'message/ohttp-res') return openWhole(server, context, inner, outer);
     if (type === 'message/ohttp-chunked-res') return openChunked(server, context, inner, outer);
+    // Nothing else is sealed to this request, so anyone on the path (a relay, a proxy) could have
+    // written it. Only a refusal in the clear (4xx or 5xx, RFC 9458 §5.2) passes on, as the error it
+    // is; a success would reach the caller as if the attested server had said it.
+    if (outer.status < 400) {
+      await outer.body?.cancel().catch(() => {});
+      throw new VerificationError(
+        'bad-response',
+        `the gateway answered ${outer.status} ${type || 'with no content type'}, not an encapsulated response: an answer not sealed to this request is not passed on`,
+      );
+    }
     // The gateway refused before decryption (malformed, key change); its answer is not secret.
     if (await isKeyProblem(outer)) keyChanged.add(outer);
     return outer;
@@ -312,7 +322,8 @@ export function confidentialFetch(o: ConfidentialFetchOptions): ConfidentialFetc
             return;
           }
           if (e.type === 'content') {
-            content.push(e.bytes);
+            // Kept only to check a receipt: a long stream nobody asked a receipt for is not held twice.
+            if (o.onReceipt) content.push(e.bytes);
             c.enqueue(e.bytes);
             return;
           }

@@ -307,7 +307,8 @@ export function createGateway(
         if (!done) {
           // An empty piece would be an empty non-final chunk, which the draft forbids.
           if (value.length === 0) return;
-          sent.push(value);
+          // Kept only to sign a receipt: a long stream nobody asked a receipt for is not held in the TEE.
+          if (wantsReceipt) sent.push(value);
           c.enqueue(await sealer.seal(streamedResponse.content(value)));
           return;
         }

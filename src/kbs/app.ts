@@ -133,6 +133,16 @@ export async function startBroker(c: KbsConfig, opts: StartOptions = {}): Promis
     log('DEV MODE IS ON: the insecure `sample` TEE can obtain keys. Never use dev mode with real secrets.');
 
   const store = await openStore(c.db, { buildLogEntry });
+  // Schema 2 keeps reference values of version 1's in-band tenant `default` inert: an operator may have
+  // written them for admin-made repositories, or a tenant admin named `default` may have (the attack the
+  // migration ends), so they are neither dropped nor made operator-wide. Say so at every start until
+  // an operator decides.
+  const inert = await store.listReferenceValues({ tenant: 'default' });
+  if (inert.length > 0) {
+    log(
+      `WARNING: ${inert.length} reference value set(s) of version 1's tenant "default" judge nothing since schema 2 (${inert.map((r) => `${r.tee}/${r.name}`).join(', ')}): if an operator wrote them, add them again operator-wide (cloister kbs refvalue add without --tenant); docs/kbs-store.md`,
+    );
+  }
   const secrets = new SecretBox(await masterKeys(c, log));
   const earKey = await earKeyPair(c, log);
   const signer = await logSigner(c, log);

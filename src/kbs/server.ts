@@ -39,6 +39,30 @@ export interface ServerOptions {
 /** Seconds a client is asked to wait before retrying while the database is out of reach. */
 const RETRY_AFTER_SECONDS = '2';
 
+/** How long one database check answers /readyz for. */
+const READY_CACHE_MS = 1000;
+
+/**
+ * `check` shared by everyone who asks while it runs, and its answer for READY_CACHE_MS after: /readyz
+ * is not rate-limited (probes must answer while a client is throttled), so without this a flood of
+ * probes from anyone would be a flood of database queries, each holding a pooled connection that the
+ * broker's own requests then wait for.
+ */
+function sharedCheck(check: () => Promise<void>): () => Promise<void> {
+  let current: Promise<void> | undefined;
+  let settledAt = Number.NEGATIVE_INFINITY;
+  let running = false;
+  return () => {
+    if (current && (running || performance.now() - settledAt < READY_CACHE_MS)) return current;
+    running = true;
+    current = check().finally(() => {
+      running = false;
+      settledAt = performance.now();
+    });
+    return current;
+  };
+}
+
 class RateLimiter {
   private readonly buckets = new Map<string, { tokens: number; at: number }>();
   constructor(private readonly o: { perSecond: number; burst: number }) {}
@@ -203,9 +227,10 @@ export async function createServer(o: ServerOptions): Promise<FastifyInstance> {
   app.get('/healthz', { config: { rateLimited: false } }, async () => ({ status: 'ok' }));
   // Readiness, unlike liveness, follows the database: a load balancer stops sending requests to a
   // broker that cannot reach it, and a restart would not help.
+  const ready = sharedCheck(o.ready);
   app.get('/readyz', { config: { rateLimited: false } }, async (_req, reply) => {
     try {
-      await o.ready();
+      await ready();
     } catch (e) {
       return sendProblem(
         reply.header('retry-after', RETRY_AFTER_SECONDS),

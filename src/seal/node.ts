@@ -4,7 +4,19 @@
  */
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { chmod, type FileHandle, link, open, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import {
+  chmod,
+  type FileHandle,
+  link,
+  lstat,
+  open,
+  readdir,
+  rename,
+  rm,
+  stat,
+  unlink,
+  writeFile,
+} from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import type { ChunkCipher } from './aead.js';
@@ -173,7 +185,14 @@ async function removeStaleTemporaries(out: string): Promise<void> {
   const names = await readdir(dir).catch(() => [] as string[]);
   for (const name of names) {
     const m = name.startsWith(prefix) ? TEMPORARY_SUFFIX.exec(name.slice(prefix.length)) : null;
-    if (m && !processExists(Number(m[1]))) await rm(join(dir, name), { force: true });
+    if (!m || processExists(Number(m[1]))) continue;
+    // Only a file this user could have written: not another user's (in a shared directory, as root),
+    // not a directory or anything else put there under such a name, which would otherwise stop every
+    // write of this output. One that cannot be removed is left: the new temporary has its own name.
+    const path = join(dir, name);
+    const st = await lstat(path).catch(() => undefined);
+    if (!st?.isFile() || st.uid !== process.getuid?.()) continue;
+    await unlink(path).catch(() => {});
   }
 }
 

@@ -100,6 +100,79 @@ ${ending}`;
     }
   });
 
+  describe('the owner is read from a /proc of this pid namespace, and only a process known gone is taken as gone', () => {
+    /** A /proc as `procDir` reads it: `self` names `selfPid`, whose entry says `start`. */
+    function fakeProc(selfPid: number, start: string): string {
+      const proc = tempDir();
+      const stat = (pid: number) =>
+        `${pid} (no de) S ${Array.from({ length: 18 }, () => '0').join(' ')} ${start} 0 0\n`;
+      mkdirSync(join(proc, String(selfPid), 'ns'), { recursive: true });
+      writeFileSync(join(proc, String(selfPid), 'stat'), stat(selfPid));
+      symlinkSync('pid:[4026531836]', join(proc, String(selfPid), 'ns', 'pid'));
+      symlinkSync(String(selfPid), join(proc, 'self'));
+      mkdirSync(join(proc, 'sys', 'kernel', 'random'), { recursive: true });
+      writeFileSync(
+        join(proc, 'sys', 'kernel', 'random', 'boot_id'),
+        '0123abcd-0000-4000-8000-000000000000\n',
+      );
+      return proc;
+    }
+
+    it('a /proc of another pid namespace names no owner and sweeps nothing (its pids are other processes)', async () => {
+      const parent = shmParent();
+      // This process is 4000001 in the namespace /proc belongs to; our own pid there is someone else.
+      const proc = fakeProc(4_000_001, '99');
+      try {
+        const boot = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').replaceAll('-', '').slice(0, 8);
+        const ns = /\d+/.exec(readlinkSync('/proc/self/ns/pid'))![0];
+        // By the real /proc this owner is gone; by a /proc that is not ours nothing can be said.
+        const other = `cloister-4194305-1-${boot}-${ns}-aaaaaa`;
+        mkdirSync(join(parent, other));
+        writeFileSync(join(parent, other, 'model.gguf'), 'PLAINTEXT WEIGHTS');
+        const warned: string[] = [];
+        const d = await PrivateDir.create({ parent, procDir: proc, warn: (l) => warned.push(l) });
+        expect(readFileSync(join(parent, other, 'model.gguf'), 'utf8')).toBe('PLAINTEXT WEIGHTS');
+        expect(d.path.split('/').pop()).toMatch(/^cloister-[A-Za-z0-9]{6}$/);
+        expect(warned).toEqual([
+          `WARNING: ${proc} is another pid namespace's (it shows this process as 4000001, not ${process.pid}): the private directory cannot name its owner, so one left by a killed agent is not wiped at the next start`,
+        ]);
+        d.wipe();
+      } finally {
+        rmSync(parent, { recursive: true, force: true });
+        rmSync(proc, { recursive: true, force: true });
+      }
+    });
+
+    it('an owner whose /proc entry cannot be read is taken as running; one with no entry is wiped', async () => {
+      const parent = shmParent();
+      const proc = fakeProc(process.pid, '42');
+      try {
+        // 777's entry is there but unreadable as a file (EISDIR); 778 has none.
+        mkdirSync(join(proc, '777', 'stat'), { recursive: true });
+        const unknown = 'cloister-777-5-0123abcd-4026531836-aaaaaa';
+        const gone = 'cloister-778-5-0123abcd-4026531836-bbbbbb';
+        for (const name of [unknown, gone]) {
+          mkdirSync(join(parent, name));
+          writeFileSync(join(parent, name, 'model.gguf'), 'PLAINTEXT WEIGHTS');
+        }
+        const warned: string[] = [];
+        const d = await PrivateDir.create({ parent, procDir: proc, warn: (l) => warned.push(l) });
+        expect(readFileSync(join(parent, unknown, 'model.gguf'), 'utf8')).toBe('PLAINTEXT WEIGHTS');
+        expect(d.path.split('/').pop()).toMatch(
+          new RegExp(`^cloister-${process.pid}-42-0123abcd-4026531836-[A-Za-z0-9]{6}$`),
+        );
+        expect(existsSync(join(parent, gone))).toBe(false);
+        expect(warned).toEqual([
+          `wiped ${join(parent, gone)}, left by process 778, which is no longer running`,
+        ]);
+        d.wipe();
+      } finally {
+        rmSync(parent, { recursive: true, force: true });
+        rmSync(proc, { recursive: true, force: true });
+      }
+    });
+  });
+
   describe('a directory left by a killed process is wiped at the next start (run and serve alike)', () => {
     const mod = new URL('../../dist/agent/private-dir.js', import.meta.url).pathname;
     /** A process that makes a private directory (as `cloister run` and `cloister serve` do), writes plaintext, prints the path and waits. */

@@ -1,6 +1,9 @@
 /** The `cloister` binary's own ends (bin/cloister.js → runBinary), apart from any one verb. */
 import { spawnSync } from 'node:child_process';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { expect, it } from 'vitest';
+import { cloisterAsync } from './run.js';
 
 const MAIN = new URL('../../dist/cli/main.js', import.meta.url).href;
 
@@ -26,3 +29,41 @@ it('a finished command sets the exit status and reports a failure in one line', 
     expect(r.stderr).toBe(stderr);
   }
 });
+
+it('a failure is one line of plain text, whatever text from elsewhere its message carries', () => {
+  const script = `import { runBinary } from ${JSON.stringify(MAIN)};
+runBinary(async () => { throw new Error('refused: \\ncloister: key released\\x1b]0;owned\\x07\\r'); });`;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8' });
+  expect(r.status).toBe(1);
+  expect(r.stderr).toBe('cloister: refused: \\ncloister: key released\\u001b]0;owned\\u0007\\r\n');
+});
+
+it("a broker's error page is reported in one line, not spread over the operator's terminal", async () => {
+  // A proxy in front of the broker answers with an HTML page: the JSON parse error quotes it.
+  const server = createServer((_req, res) => {
+    res.writeHead(502, { 'content-type': 'text/html' });
+    res.end('<p>\n\x1b[2J\n</p>');
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  try {
+    const { port } = server.address() as AddressInfo;
+    const child = cloisterAsync([
+      'kbs',
+      'resource',
+      'ls',
+      '--url',
+      `http://127.0.0.1:${port}`,
+      '--token',
+      't',
+    ]);
+    let stderr = '';
+    child.stderr.on('data', (d) => {
+      stderr += d;
+    });
+    const code = await new Promise((resolve) => child.once('close', resolve));
+    expect(code).toBe(1);
+    expect(stderr.split('\n')).toEqual([expect.stringContaining('"<p>\\n\\u001b[2J\\n</p>"'), '']);
+  } finally {
+    server.close();
+  }
+}, 30_000);

@@ -288,6 +288,34 @@ describe('the client refuses servers its policy does not accept, before sending 
   });
 });
 
+describe('what a relay can do to the client', () => {
+  it('an answer on the path that is not sealed to the request never reaches the caller as a success', async () => {
+    // A hostile relay forwards the attestation document untouched and answers the request itself.
+    const forged = {
+      choices: [{ index: 0, message: { role: 'assistant', content: 'forged by the relay' } }],
+    };
+    let relayed = 0;
+    const relay = (async (input: RequestInfo | URL, init?: RequestInit) => {
+      if (init?.method !== 'POST') return fetch(input, init);
+      relayed++;
+      return relayed === 1
+        ? Response.json(forged)
+        : new Response('{"type":"about:blank","title":"relay busy"}', {
+            status: 503,
+            headers: { 'content-type': 'application/problem+json' },
+          });
+    }) as typeof fetch;
+    const { f, openai } = client({ fetch: relay });
+    const ask = { model: 'tiny-llama', messages: [{ role: 'user' as const, content: 'hi' }] };
+    await expect(
+      f(`${h.server.url}/v1/chat/completions`, { method: 'POST', body: JSON.stringify(ask) }),
+    ).rejects.toMatchObject({ code: 'bad-response', message: expect.stringMatching(/answered 200/) });
+    // A refusal in the clear still reaches the caller, as the error it is.
+    await expect(openai.chat.completions.create(ask)).rejects.toMatchObject({ status: 503 });
+    expect(relayed).toBe(2);
+  });
+});
+
 describe('bad input gets a clear 4xx and the server keeps serving', () => {
   it('malformed, unknown-key, replayed, undated and stale encapsulated requests', async () => {
     const junk = await rawGateway(crypto.getRandomValues(new Uint8Array(80)));

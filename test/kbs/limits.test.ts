@@ -56,6 +56,30 @@ describe('rate limiting and health probes', () => {
     }
   });
 
+  it('answers a flood of /readyz with a few database checks, not one per probe', async () => {
+    // /readyz is not rate-limited; each probe used to run its own query on a pooled connection.
+    const b = await testBroker({ rateLimit: { perSecond: 0.01, burst: 2 } });
+    try {
+      let pings = 0;
+      const ping = b.store.ping.bind(b.store);
+      b.store.ping = async () => {
+        pings++;
+        await new Promise((r) => setTimeout(r, 50));
+        return ping();
+      };
+      const probes = await Promise.all(
+        Array.from({ length: 100 }, () => fetch(new URL('/readyz', b.url)).then((r) => r.status)),
+      );
+      expect(probes.filter((s) => s !== 200)).toEqual([]);
+      // One check answers the probes that arrive while it runs and for a second after; a slow
+      // machine may spread the hundred probes over a few seconds.
+      expect(pings).toBeGreaterThanOrEqual(1);
+      expect(pings).toBeLessThan(10);
+    } finally {
+      await b.close();
+    }
+  });
+
   it('keys the bucket on X-Forwarded-For only from a configured proxy', async () => {
     const open = await testBroker({ rateLimit: { perSecond: 0.01, burst: 2 } });
     const proxied = await testBroker({

@@ -3,6 +3,8 @@
  * names (`default`, `*`, '') crossing into the operator's scope, an empty tenant claim acting as a
  * global auditor, repository squatting, and admin tokens without a bounded lifetime or revocation.
  */
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KbsClient } from '../../src/kbs/client.js';
 import {
@@ -19,6 +21,7 @@ import {
   testBroker,
   testKeys,
 } from './helpers.js';
+import { SQLITE_SCHEMA_V1, V1_ROWS } from './store/fixtures/schema-v1.js';
 
 const enc = (s: string) => new TextEncoder().encode(s);
 const dec = (b: Uint8Array) => new TextDecoder().decode(b);
@@ -329,6 +332,38 @@ describe('admin-token revocation', () => {
         await b.call('GET', '/admin/v1/tokens/revoked', await b.admin('global-auditor'))
       ).json();
       expect(listed.revoked.map((x: { tokenId: string }) => x.tokenId)).toEqual(['stolen-1']);
+    } finally {
+      await b.close();
+    }
+  });
+});
+
+describe('upgrading a version 1 database', () => {
+  it("warns at every start while reference values of v1's tenant `default` lie inert", async () => {
+    const keys = await testKeys();
+    const db = join(keys.dir, 'v1.db');
+    const old = new Database(db);
+    old.exec(SQLITE_SCHEMA_V1);
+    old.exec(V1_ROWS("x'0102'"));
+    old.pragma('user_version = 1');
+    old.close();
+    for (let start = 0; start < 2; start++) {
+      const b = await testBroker({ db: `sqlite:${db}` }, { keys });
+      try {
+        const warning = b.lines.filter((l) => l.includes('judge nothing since schema 2'));
+        expect(warning).toHaveLength(1);
+        expect(warning[0]).toMatch(/WARNING: 1 reference value set\(s\) of version 1's tenant "default"/);
+        expect(warning[0]).toContain('tdx/mr_td');
+      } finally {
+        await b.close();
+      }
+    }
+  });
+
+  it('says nothing on a database without such values', async () => {
+    const b = await testBroker();
+    try {
+      expect(b.lines.some((l) => l.includes('judge nothing'))).toBe(false);
     } finally {
       await b.close();
     }

@@ -162,6 +162,7 @@ describe('policy fuzzing (slow)', () => {
       'gpus.all(g, g.claims.l.all(x, x != g.claims.s && x != cpu.claims.s && x.size() > 0))',
       'cpu.claims.l.map(x, x + x).all(y, y != "§")',
       'cpu.claims.l.map(x, x.lowerAscii()).all(y, y != "§")',
+      `cpu.claims.big.lastIndexOf("${'a'.repeat(99)}c") >= -1`,
     ];
     for (const src of sources) {
       expect(compilePolicy(src).cost, src).toBeGreaterThan(POLICY_LIMITS.maxCost / 20);

@@ -7,7 +7,9 @@ import { createHash, randomBytes } from 'node:crypto';
 import {
   appendFileSync,
   chmodSync,
+  chownSync,
   existsSync,
+  mkdirSync,
   mkdtempSync,
   readdirSync,
   readFileSync,
@@ -178,6 +180,23 @@ describe('file outputs: worker counts, ranges, temporaries', () => {
     expect(existsSync(at(names.dead))).toBe(false);
     for (const n of [names.live, names.otherTarget, names.notOurs]) expect(existsSync(at(n))).toBe(true);
     expect(readFileSync(at('t.out')).equals(plain)).toBe(true);
+  });
+
+  it("a dead writer's name on a directory, or on another user's file, neither stops the write nor is removed", async () => {
+    await sealed;
+    const dead = spawnSync(process.execPath, ['-e', '']).pid;
+    const planted = at(`.p.out.${dead}-${'d'.repeat(12)}.tmp`);
+    mkdirSync(planted);
+    writeFileSync(join(planted, 'keep'), 'not a temporary');
+    const foreign = at(`.p.out.${dead}-${'e'.repeat(12)}.tmp`);
+    writeFileSync(foreign, "another user's file");
+    // Only root can give a file to another user; elsewhere the file is simply this user's own.
+    const asRoot = process.getuid?.() === 0;
+    if (asRoot) chownSync(foreign, 65534, 65534);
+    await dist.unsealFile(at('s'), at('p.out'), k, { workers: 0 });
+    expect(readFileSync(at('p.out')).equals(plain)).toBe(true);
+    expect(readFileSync(join(planted, 'keep'), 'utf8')).toBe('not a temporary');
+    expect(existsSync(foreign)).toBe(asRoot);
   });
 
   it('refuses an input that grows while it is sealed on worker ranges, as the stream path does', async () => {

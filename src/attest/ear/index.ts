@@ -250,9 +250,14 @@ function readSubmod(name: string, v: unknown, profile: EarProfile): EarSubmod {
   };
 }
 
+/** Trustee's names of device TEEs: their claims sit beside the CPU's in the same submodule. */
+const TRUSTEE_DEVICES: ReadonlySet<string> = new Set(['nvidia', 'sampledevice']);
+
 /**
- * A Trustee submodule: the kind is the one known TEE name among the annotated evidence's keys, and no
- * `cloister.*` claims exist. Trustee's policies may call a sample TEE affirming; here it never is.
+ * A Trustee submodule: the kind is the one known CPU TEE name among the annotated evidence's keys
+ * (Trustee puts the claims of additional evidence, e.g. `nvidia`, next to the CPU's), and no
+ * `cloister.*` claims exist. Trustee's policies may call a sample TEE affirming; here it never is, nor
+ * is anything with sample evidence in it, whatever else is there.
  */
 function readTrusteeSubmod(
   v: Record<string, unknown>,
@@ -260,9 +265,10 @@ function readTrusteeSubmod(
   trustVector: TrustVector,
   claims: Record<string, unknown>,
 ): EarSubmod {
-  const kinds = TRUSTEE_KINDS.filter((k) => k in claims);
-  const kind = kinds.length === 1 ? kinds[0] : undefined;
-  const insecure = kind === 'sample';
+  const kinds = TRUSTEE_KINDS.filter((k) => Object.hasOwn(claims, k));
+  const cpus = kinds.filter((k) => !TRUSTEE_DEVICES.has(k));
+  const kind = cpus.length === 1 ? cpus[0] : cpus.length === 0 && kinds.length === 1 ? kinds[0] : undefined;
+  const insecure = Object.hasOwn(claims, 'sample') || Object.hasOwn(claims, 'sampledevice');
   const policyId = v['ear.appraisal-policy-id'];
   return {
     status: insecure ? worseStatus(status, 'warning') : status,

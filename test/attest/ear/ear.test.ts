@@ -243,6 +243,21 @@ describe('EAR', () => {
     });
     expect(sample.submods.cpu0).toMatchObject({ kind: 'sample', status: 'warning', insecure: true });
     expect(sample.teePubkey).toBeUndefined();
+    // Trustee puts a device's claims next to the CPU's: the CPU still names the kind, and sample
+    // evidence anywhere makes the result insecure (a sample CPU with a GPU was affirming, kind unset).
+    const withGpu = await verifyEar(await sign({ tdx: {}, nvidia: { x: 1 } }), kp.publicKey, { at });
+    expect(withGpu.submods.cpu0).toMatchObject({ kind: 'tdx', status: 'affirming', insecure: false });
+    for (const annotated of [
+      { sample: { svn: '1' }, nvidia: { x: 1 } },
+      { tdx: {}, sampledevice: {} },
+    ]) {
+      const mixed = await verifyEar(await sign(annotated), kp.publicKey, { at });
+      expect(mixed.submods.cpu0, JSON.stringify(annotated)).toMatchObject({
+        status: 'warning',
+        insecure: true,
+      });
+      expect(mixed.status).toBe('warning');
+    }
     // A TEE Cloister does not know names no kind, so it agrees with nothing.
     const cca = await verifyEar(await sign({ cca: {} }), kp.publicKey, { at });
     expect(earDisagreement(cca, appraisal({}))).toEqual(['kind']);
