@@ -4,8 +4,10 @@
  * endpoint); the requester only ever sees PUBLIC_DENIAL_MESSAGE, so a denial does not teach an
  * attacker which check to work around.
  */
+import type { ParseResult } from '@marcbachmann/cel-js';
 import type { CelSubmod, CompiledPolicy, Conjunct } from './compile.js';
 import { type PolicyInput, toActivation } from './input.js';
+import { runQuietly } from './quiet.js';
 
 /** What a requester is told when a policy denies: nothing more. */
 export const PUBLIC_DENIAL_MESSAGE = 'denied by policy';
@@ -62,11 +64,11 @@ export function preparePolicyInput(input: PolicyInput | unknown): PreparedPolicy
 }
 
 function run(
-  c: { run: (ctx: Record<string, unknown>) => unknown },
+  c: { run: ParseResult },
   act: Record<string, unknown>,
 ): { outcome: ConjunctOutcome; error?: string } {
   try {
-    const v = c.run(act);
+    const v = runQuietly(c.run, act);
     if (v === true) return { outcome: 'true' };
     if (v === false) return { outcome: 'false' };
     return { outcome: 'error', error: `evaluated to a ${typeof v}, not a bool` };

@@ -9,8 +9,9 @@ export const INPUT_LIMITS = Object.freeze({
   maxDepth: 16,
   maxStringLength: 65_536,
   /**
-   * Characters of all strings in claims, reasons and init data together, map keys included: with
-   * maxValues, it bounds what one walk over the input can cost (cost.ts).
+   * Characters of all strings in claims, reasons and init data together, map keys included, and of
+   * the submodules' names, statuses and kinds: with maxValues, it bounds what all the walks over the
+   * input together can cost (cost.ts), each copy of a string counted.
    */
   maxStringChars: 262_144,
 });

@@ -106,18 +106,21 @@ function str(v: unknown, where: string): string {
   return v;
 }
 
-/** What claims, reasons and init data may still hold (INPUT_LIMITS.maxValues, maxStringChars). */
+/**
+ * What the input may still hold: values in claims, reasons and init data (INPUT_LIMITS.maxValues), and
+ * characters in those and in the submodules' names, statuses and kinds (maxStringChars).
+ */
 interface Budget {
   left: number;
   chars: number;
 }
 
-/** A string of the JSON parts, counted against the budget of characters they share. */
+/** A string of the submodules or init data, counted against the budget of characters they share. */
 function counted(v: unknown, where: string, budget: Budget): string {
   const s = str(v, where);
   budget.chars -= s.length;
   if (budget.chars < 0) {
-    bad(`claims, reasons and init data hold more than ${INPUT_LIMITS.maxStringChars} characters`);
+    bad(`submodules and init data hold more than ${INPUT_LIMITS.maxStringChars} characters`);
   }
   return s;
 }
@@ -200,10 +203,13 @@ function toSubmod(name: string, v: unknown, budget: Budget): CelSubmod {
     };
   });
   if (typeof v.insecure !== 'boolean') bad(`${where}.insecure must be a boolean`);
-  const kind = str(v.kind, `${where}.kind`);
+  // The name, status and kind count too: a walk over the submodules sums them (cost.ts). The name
+  // counts twice: it is both a key of `submods` and the submodule's `name`.
+  for (let copy = 0; copy < 2; copy++) counted(name, `the name of ${where}`, budget);
+  const kind = counted(v.kind, `${where}.kind`, budget);
   return new CelSubmod(
     name,
-    str(v.status, `${where}.status`),
+    counted(v.status, `${where}.status`, budget),
     trust,
     jsonMap(v.claims, `${where}.claims`, budget),
     kind,

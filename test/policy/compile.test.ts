@@ -6,10 +6,12 @@ import { KNOWN_FUNCTIONS } from '../../src/policy/cost.js';
 import {
   compilePolicy,
   DEFAULT_RESOURCE_POLICY,
+  evaluatePolicy,
   POLICY_LIMITS,
   PolicyCache,
   PolicyError,
 } from '../../src/policy/index.js';
+import { input, submod } from './helpers.js';
 
 function refusal(source: string): PolicyError {
   try {
@@ -135,8 +137,10 @@ describe('compilePolicy', () => {
     expect(compilePolicy('cpu.claims.measurements.all(m, m in ["aa", "bb"])').cost).toBeLessThan(
       POLICY_LIMITS.maxCost,
     );
-    // The estimate does not know that the GPUs share the input's 4096 values: 16 × 4096 walks.
-    costly('gpus.all(g, g.claims.measurements.all(m, m in ["aa", "bb"]))');
+    // All GPUs' claims share the input's 4096 values: a walk over each GPU's list is not 16 × 4096.
+    expect(compilePolicy('gpus.all(g, g.claims.measurements.all(m, m in ["aa", "bb"]))').cost).toBeLessThan(
+      POLICY_LIMITS.maxCost / 2,
+    );
     expect(compilePolicy('cpu.claims.l.exists(x, x == "aa")').cost).toBeLessThan(100_000);
     expect(compilePolicy('submods.all(n, submods[n].reasons.all(r, r.check != "debug"))').cost).toBeLessThan(
       POLICY_LIMITS.maxCost,
@@ -159,7 +163,8 @@ describe('compilePolicy', () => {
     // Work on the input's strings is bounded by INPUT_LIMITS.maxStringLength, not by the source.
     costly('gpus.all(g, cpu.claims.s.size() > 0)');
     costly('gpus.all(g, (cpu.claims.s + cpu.claims.s).contains("x"))');
-    costly('cpu.claims.l.all(x, x.lowerAscii() != "")');
+    // A walk's items share the input's 256 Ki characters, but a walk inside another walks them again.
+    costly('gpus.all(g, cpu.claims.l.all(x, x.lowerAscii() != ""))');
     // Values that grow: split() makes one entry per character, join() and map() add up their parts.
     costly('cpu.claims.s.split("").all(c, c != "x")');
     costly(`cpu.claims.l.map(x, "${A}").join().size() > 0`);
@@ -172,6 +177,116 @@ describe('compilePolicy', () => {
     expect(compilePolicy('cpu.claims.l.all(x, x.startsWith("ab"))').cost).toBeLessThan(
       POLICY_LIMITS.maxCost / 4,
     );
+  });
+
+  it('accepts realistic appraisal policies that walk measurement lists (items share the input budget)', () => {
+    const hex = (c: string) => c.repeat(96);
+    const sources = [
+      // String work on each item of a claim walk.
+      'cpu.claims.rtmrs.all(r, r.size() == 96)',
+      `cpu.claims.rtmrs.all(r, r.startsWith("${hex('0').slice(0, 32)}") || r.lowerAscii() == "${hex('a')}")`,
+      `tee == "tdx" && cpu.status == "affirming" && cpu.claims.mr_td == "${hex('a')}"
+        && cpu.claims.rtmrs.all(r, r.size() == 96)
+        && cpu.claims.event_log.all(e, e.pcr_index > 1 || e.digest in ["${hex('b')}", "${hex('c')}"])`,
+      // Walks over different claims share the input's budget.
+      `tee == "tdx" && cpu.status == "affirming"
+        && cpu.claims.rtmrs.all(r, r.size() == 96 && r != cpu.claims.mr_seam)
+        && cpu.claims.event_log.all(e, e.pcr_index > 1 || e.digest.lowerAscii() in ["${hex('b')}", "${hex('c')}"])`,
+      `tee == "snp" && cpu.claims.measurement in ["${hex('d')}", "${hex('e')}"] && !cpu.claims.debug
+        && ["bootloader", "tee", "snp", "microcode"].all(k, cpu.claims.reported_tcb[k] >= cpu.claims.committed_tcb[k])`,
+      // A walk over each GPU's measurements: all GPUs together hold at most the input's values.
+      `gpus.all(g, g.status == "affirming" && g.claims.hwmodel == "GH100"
+        && g.claims.measurements.all(m, m.index >= 0 && m.value.lowerAscii() in ["${hex('1')}", "${hex('2')}"]))`,
+      'gpus.all(g, g.claims.measurements.all(m, m.value.size() == 96 && m.value != cpu.claims.mr_td))',
+      // Two input strings compared inside nested walks.
+      'gpus.all(g, gpus.all(h, g.claims.driver_version == h.claims.driver_version))',
+      'gpus.all(g, g.claims.measurements.all(m, m.value != cpu.claims.mr_td && m.value != cpu.claims.mr_seam))',
+      'cpu.claims.rtmrs.all(r, r == cpu.claims.mr_td || r != cpu.claims.mr_seam)',
+    ];
+    const gpu = submod({
+      kind: 'nvidia',
+      claims: {
+        hwmodel: 'GH100',
+        driver_version: '550.54.15',
+        vbios_version: '96.00.5e.00.01',
+        measurements: [1, 2].map((index) => ({ index, value: hex(String(index)).toUpperCase() })),
+      },
+    });
+    const i = input({
+      submods: {
+        cpu0: submod({
+          claims: {
+            mr_td: hex('a'),
+            mr_seam: hex('f'),
+            rtmrs: [hex('a'), hex('0'), hex('a')],
+            event_log: [
+              { pcr_index: 0, digest: hex('b') },
+              { pcr_index: 2, digest: hex('9') },
+            ],
+            measurement: hex('d'),
+            debug: false,
+            reported_tcb: { bootloader: 3, tee: 0, snp: 8, microcode: 115 },
+            committed_tcb: { bootloader: 3, tee: 0, snp: 8, microcode: 115 },
+          },
+        }),
+        gpu0: gpu,
+        gpu1: gpu,
+      },
+    });
+    for (const src of sources) {
+      const p = compilePolicy(src);
+      expect(p.cost, src).toBeLessThanOrEqual(POLICY_LIMITS.maxCost);
+      // Whole TDX and SNP policies are judged each on its own TEE kind; the rest on a TDX CPU.
+      const kind = src.startsWith('tee == "snp"') ? 'snp' : 'tdx';
+      const subject = { ...i, submods: { ...i.submods, cpu0: { ...i.submods.cpu0!, kind } } };
+      expect(evaluatePolicy(p, subject), src).toMatchObject({ allow: true });
+    }
+  });
+
+  it('lets walks over different claims share the budget, but counts a claim walked twice twice', () => {
+    const one = compilePolicy('cpu.claims.a.all(x, x.size() > 0)').cost;
+    const cost = (src: string) => compilePolicy(src).cost;
+    expect(cost('cpu.claims.a.all(x, x.size() > 0) && cpu.claims.b.all(x, x.size() > 0)')).toBeLessThan(
+      one * 1.1,
+    );
+    expect(cost('cpu.claims.a.all(x, x.size() > 0) && init_data.b.all(x, x.size() > 0)')).toBeLessThan(
+      one * 1.1,
+    );
+    // The same claim, by name or by literal key: the same part of the input, read twice.
+    expect(cost('cpu.claims.a.all(x, x.size() > 0) && cpu.claims["a"].all(x, x.size() > 0)')).toBeGreaterThan(
+      one * 1.9,
+    );
+    // An entry reached by a dynamic key may be any part of the claim: not a part
+    // of its own beside its siblings.
+    expect(
+      cost('cpu.claims.m[cpu.claims.k].l.all(x, x.size() > 0) && cpu.claims.m.l.all(x, x.size() > 0)'),
+    ).toBeGreaterThan(one * 1.9);
+    // Another path to the same submodule is not a part of `cpu` either.
+    expect(
+      cost('cpu.claims.a.all(x, x.size() > 0) && submods.cpu0.claims.b.all(x, x.size() > 0)'),
+    ).toBeGreaterThan(one * 1.9);
+  });
+
+  it('refuses policies that would turn the shared budget against it', () => {
+    const costly = (src: string) => expect(refusal(src).code, src.slice(0, 80)).toBe('policy-too-costly');
+    const A = 'A'.repeat(POLICY_LIMITS.maxStringLiteral);
+    // Items that are copies of one long string: each copy counts (4096 × 64 Ki, 64 × 64 Ki).
+    costly('cpu.claims.l.map(x, cpu.claims.s).all(y, y.lowerAscii() != "")');
+    costly(`[${Array(64).fill('cpu.claims.s').join(', ')}].all(x, x.lowerAscii() != "")`);
+    costly(
+      '(cpu.claims.l + cpu.claims.l + cpu.claims.l + cpu.claims.l).all(x, x.lowerAscii() != x.upperAscii())',
+    );
+    // A literal added to each item: 4096 × 1 Ki characters.
+    costly(`cpu.claims.l.all(x, (x + "${A}").lowerAscii() != "")`);
+    costly(`cpu.claims.l.map(x, x + "${A}").all(y, y.size() > 0)`);
+    // Items that grow: each x + x doubles what the next walk reads.
+    costly('cpu.claims.l.map(x, x + x).map(x, x + x).map(x, x + x).all(x, x.size() > 0)');
+    // Characters walked again on every iteration of an outer walk.
+    costly('gpus.all(g, cpu.claims.l.all(x, x.size() > 0))');
+    costly('gpus.all(g, gpus.all(h, g.claims.s.lowerAscii() == h.claims.s.lowerAscii()))');
+    costly('cpu.claims.l.all(x, cpu.claims.l.all(y, x != y))');
+    costly('cpu.claims.l.all(x, x.split("").all(c, c.lowerAscii() != "" && c.size() > 0))');
+    costly('gpus.all(g, g.claims.l.all(x, x in cpu.claims.refs))');
   });
 
   it('counts a backwards search per character of the string times the pattern', () => {

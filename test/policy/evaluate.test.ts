@@ -8,6 +8,7 @@ import {
   type PolicyDecision,
   PolicyError,
   type PolicyInput,
+  type PolicySubmod,
   PUBLIC_DENIAL_MESSAGE,
   preparePolicyInput,
 } from '../../src/policy/index.js';
@@ -181,6 +182,40 @@ describe('evaluation errors deny and never throw', () => {
     denied(evaluatePolicy(compilePolicy('cpu.claims.mr_td > 5'), input()), /error/);
   });
 
+  it('errors inside walks are absorbed as CEL says, and the one reported reads as before', () => {
+    // Evaluation skips the library's highlighted excerpt and stack trace (quiet.ts): absorption by
+    // || and && and the walks' error semantics must not change, nor the reason of a failing policy.
+    const i = input();
+    i.submods.cpu0!.claims.l = ['a', 1, { k: 2 }, [3]];
+    allowed(evaluatePolicy(compilePolicy('cpu.claims.l.all(x, x.nokey == 1 || true)'), i));
+    allowed(evaluatePolicy(compilePolicy('cpu.claims.l.all(x, !(x.size() < 0 && false))'), i));
+    allowed(evaluatePolicy(compilePolicy('cpu.claims.l.exists(x, x.k == 2)'), i));
+    // No item is false, some fail: the walk's error is the reason.
+    expect(evaluatePolicy(compilePolicy('cpu.claims.l.all(x, x.k == 2)'), i).reasons).toEqual([
+      'error (line 1:1): cpu.claims.l.all(x, x.k == 2): No such key: k',
+    ]);
+    const padding = Array.from({ length: 40 }, (_, j) => `tenant != "t${j}"`).join('\n  && ');
+    const d = evaluatePolicy(
+      compilePolicy(`${padding}\n  && cpu.claims.l.all(x, x.k == 2 || x.nokey == 1)`),
+      i,
+    );
+    expect(d.reasons).toEqual([
+      'error (line 41:6): cpu.claims.l.all(x, x.k == 2 || x.nokey == 1): No such key: nokey',
+    ]);
+    // Outside evaluation, the library's errors keep their excerpt and stacks their frames.
+    expect(() => compilePolicy('tenant == 1 +')).toThrow(PolicyError);
+    expect(Error.stackTraceLimit).toBeGreaterThan(0);
+    let libraryError: unknown;
+    try {
+      // The library's own check, whose message carries the excerpt.
+      compilePolicy('cpu.claims.l.all(x, x == 1) && tenant.nosuch == 1');
+    } catch (e) {
+      libraryError = e;
+    }
+    expect(libraryError).toBeInstanceOf(PolicyError);
+    expect(new Error('x').stack?.split('\n').length).toBeGreaterThan(1);
+  });
+
   it('a non-boolean result denies', () => {
     const i = input();
     i.submods.cpu0!.claims.flag = 'yes';
@@ -225,6 +260,20 @@ describe('evaluation errors deny and never throw', () => {
     );
     const many = Array(100).fill({ check: 'c', status: 'warning', message: 'm'.repeat(3000) });
     bad({ submods: { cpu0: submod({ reasons: many }) } }, /characters/);
+    // Submodules' names, statuses and kinds count too: a walk over the GPUs sums them.
+    const gpus = (over: (n: number) => Partial<PolicySubmod>, names = (n: number) => `gpu${n}`) =>
+      Object.fromEntries(Array.from({ length: 5 }, (_, n) => [names(n), submod(over(n))]));
+    bad({ submods: gpus(() => ({ status: s })) }, /more than 262144 characters/);
+    bad({ submods: gpus(() => ({ kind: s })) }, /more than 262144 characters/);
+    bad(
+      {
+        submods: gpus(
+          () => ({}),
+          (n) => `${n}${s.slice(0, 30_000)}`,
+        ),
+      },
+      /more than 262144 characters/,
+    );
     expect(
       evaluatePolicy(defaultPolicy, input({ submods: { cpu0: submod({ claims: { a: s, b: s } }) } })).allow,
     ).toBe(true);
