@@ -16,6 +16,7 @@ import { verifyEar } from '../attest/ear/index.js';
 import { compilePolicy, PolicyError } from '../policy/index.js';
 import { type LogStore, TranslogError, TransparencyLog } from '../translog/index.js';
 import { decideRelease } from './decide.js';
+import type { PolicyPool } from './policy-pool.js';
 import { ProtocolError, parseResourcePath } from './protocol.js';
 import { parseScope, scopeName } from './scope.js';
 import type { SecretBox } from './secrets.js';
@@ -47,6 +48,8 @@ export interface AdminOptions {
   logStore: LogStore;
   /** The log's origin line (checkpoint key name). */
   origin: string;
+  /** Evaluates policies too costly for the event loop (decide.ts), for `policy/evaluate`. */
+  policyPool?: PolicyPool;
 }
 
 const forbidden = (msg: string) => new ProtocolError(403, 'forbidden', msg);
@@ -242,6 +245,7 @@ export class AdminApi {
         devMode: this.o.devMode,
         now: new Date(),
         explainClauses: true,
+        ...(this.o.policyPool ? { policyPool: this.o.policyPool } : {}),
       });
     });
 

@@ -15,6 +15,7 @@ import { Broker } from './broker.js';
 import type { KbsConfig } from './config.js';
 import { buildLogEntry, KbsLogStore, signCheckpointNow } from './log.js';
 import { Metrics } from './metrics.js';
+import { PolicyPool } from './policy-pool.js';
 import { masterKeyFromText, SecretBox } from './secrets.js';
 import { createServer } from './server.js';
 import { openStore } from './store/index.js';
@@ -28,6 +29,8 @@ export interface RunningBroker {
   /** Verifier key of the checkpoint signer (for `cloister log verify --key`). */
   logVerifierKey: string;
   earPublicKey: CryptoKey;
+  /** Where policies too costly for the event loop are evaluated. */
+  policyPool: PolicyPool;
   close(): Promise<void>;
 }
 
@@ -123,6 +126,8 @@ export interface StartOptions {
   collateral?: CollateralSource;
   /** Trust anchors added to the configured ones, per TEE kind (test authorities in tests). */
   trustAnchors?: Partial<Record<TeeKind, Uint8Array[]>>;
+  /** The policy worker's module (tests running the sources use the built one: workers load compiled files). */
+  policyWorkerUrl?: URL;
 }
 
 export async function startBroker(c: KbsConfig, opts: StartOptions = {}): Promise<RunningBroker> {
@@ -158,7 +163,12 @@ export async function startBroker(c: KbsConfig, opts: StartOptions = {}): Promis
     log(`${kind}: vendor roots REPLACED by ${anchors.length} embedded anchor(s) (test authorities only)`);
   }
   const metrics = new Metrics();
+  const policyPool = new PolicyPool({
+    timeLimitMs: c.policyTimeLimitMs,
+    ...(opts.policyWorkerUrl ? { workerUrl: opts.policyWorkerUrl } : {}),
+  });
   const broker = new Broker({
+    policyPool,
     store,
     secrets,
     registry: createDefaultRegistry(),
@@ -179,6 +189,7 @@ export async function startBroker(c: KbsConfig, opts: StartOptions = {}): Promis
   const logStore = new KbsLogStore(store);
   const checkpoint = () => signCheckpointNow(store, logStore, c.logOrigin, signer);
   const admin = new AdminApi({
+    policyPool,
     store,
     secrets,
     adminKeys: await adminKeys(c, log),
@@ -228,11 +239,13 @@ export async function startBroker(c: KbsConfig, opts: StartOptions = {}): Promis
     broker,
     logVerifierKey: vkeyOf(signer),
     earPublicKey: earKey.publicKey,
+    policyPool,
     async close() {
       stopping = true;
       clearInterval(timer);
       await app.close();
       await tick().catch(() => {});
+      await policyPool.close();
       await store.close();
     },
   };

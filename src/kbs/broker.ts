@@ -18,6 +18,7 @@ import { toBase64Url } from '../util/bytes.js';
 import { decideRelease, type ReleaseDecision } from './decide.js';
 import { bindInitData, INIT_DATA_CLAIM, type ReceivedInitData, receiveInitData } from './init-data.js';
 import { checkUsableKey, encryptResource } from './jwe.js';
+import type { PolicyPool } from './policy-pool.js';
 import {
   deviceEvidence,
   deviceRuntimeDataHash,
@@ -58,6 +59,8 @@ export interface BrokerOptions {
   trustAnchors?: Partial<Record<TeeKind, Uint8Array[]>>;
   now?: () => Date;
   onEvent?: (e: BrokerEvent) => void;
+  /** Evaluates policies too costly for the event loop (decide.ts); default: a pool shared by the process. */
+  policyPool?: PolicyPool;
 }
 
 /** Operational events for logs and metrics (never secrets). */
@@ -311,6 +314,7 @@ export class Broker {
         resource: { path, repository, type, tag, tenant: '' },
         devMode: this.o.devMode,
         now: this.now(),
+        ...(this.o.policyPool ? { policyPool: this.o.policyPool } : {}),
       });
       this.o.onEvent?.({ type: 'release', path, allowed: false, reasons: ['unknown resource'] });
       await this.o.store.appendLog({
@@ -328,6 +332,7 @@ export class Broker {
       resource: { path, repository, type, tag, tenant: rec.tenant },
       devMode: this.o.devMode,
       now: this.now(),
+      ...(this.o.policyPool ? { policyPool: this.o.policyPool } : {}),
     });
     const details = {
       allowed: decision.allow,

@@ -34,6 +34,11 @@ export interface KbsConfig {
   bodyLimitBytes: number;
   maxResourceBytes: number;
   requestTimeoutMs: number;
+  /**
+   * Longest a policy evaluation may run on a policy worker before the release is denied; only
+   * policies too costly for the event loop go there (docs/policy.md, Bounds).
+   */
+  policyTimeLimitMs: number;
   rateLimit: { perSecond: number; burst: number };
   /**
    * Addresses or CIDRs of reverse proxies whose X-Forwarded-For is believed (fastify `trustProxy`), so
@@ -59,6 +64,7 @@ export const DEFAULT_CONFIG: KbsConfig = {
   bodyLimitBytes: 1024 * 1024,
   maxResourceBytes: 64 * 1024,
   requestTimeoutMs: 10_000,
+  policyTimeLimitMs: 250,
   rateLimit: { perSecond: 100, burst: 200 },
   trustProxy: [],
   checkpointIntervalSeconds: 10,
@@ -116,6 +122,7 @@ export async function loadConfig(
     'bodyLimitBytes',
     'maxResourceBytes',
     'requestTimeoutMs',
+    'policyTimeLimitMs',
     'checkpointIntervalSeconds',
     'maxAdminTokenLifetimeSeconds',
   ] as const) {

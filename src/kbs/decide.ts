@@ -8,13 +8,15 @@ import type { EarResult } from '../attest/ear/index.js';
 import {
   activeReferenceValues,
   DEFAULT_RESOURCE_POLICY,
-  evaluatePolicy,
-  explain,
+  evaluatesOnMainThread,
   PolicyCache,
   policyInputFromEar,
   type ReferenceValue,
 } from '../policy/index.js';
+import { DEFAULT_CONFIG } from './config.js';
 import { initDataOfEar } from './init-data.js';
+import { PolicyPool } from './policy-pool.js';
+import { runPolicy } from './policy-run.js';
 import { scopeName } from './scope.js';
 import type { KbsStore, Owner, PolicyRecord, ReferenceValueRecord } from './store/types.js';
 
@@ -36,9 +38,22 @@ export interface ReleaseContext {
   devMode: boolean;
   now: Date;
   explainClauses?: boolean;
+  /**
+   * Where policies too costly for the event loop are evaluated (the broker's, with its configured
+   * time limit); without one, a pool shared by the process with the default limit.
+   */
+  policyPool?: PolicyPool;
 }
 
 const cache = new PolicyCache();
+let sharedPool: PolicyPool | undefined;
+
+/** The context's pool, else one shared by the process (started lazily, with the default limit). */
+function poolOf(ctx: ReleaseContext): PolicyPool {
+  if (ctx.policyPool) return ctx.policyPool;
+  sharedPool ??= new PolicyPool({ timeLimitMs: DEFAULT_CONFIG.policyTimeLimitMs });
+  return sharedPool;
+}
 
 async function policyFor(store: KbsStore, r: ReleaseContext['resource']): Promise<PolicyRecord | undefined> {
   return (
@@ -105,11 +120,18 @@ export async function decideRelease(ctx: ReleaseContext): Promise<ReleaseDecisio
     now: ctx.now,
     devMode: ctx.devMode,
   });
-  const decision = evaluatePolicy(policy, input);
+  const explainClauses = ctx.explainClauses === true;
+  // A policy whose worst case (CEL errors included) fits a few ms runs here; a costlier one on a
+  // policy worker under a time limit, so that it cannot hold the event loop for other tenants.
+  const run = evaluatesOnMainThread(policy)
+    ? runPolicy(policy, input, explainClauses)
+    : await poolOf(ctx).evaluate(policy.source, input, explainClauses);
+  const { decision } = run;
   const reasons = [...decision.reasons, ...(await referenceValueReasons(ctx))];
   const out: ReleaseDecision = { allow: decision.allow && reasons.length === 0, reasons, policyScope };
-  if (ctx.explainClauses) {
-    out.clauses = explain(policy, input).conjuncts.map((c) => ({
+  if (explainClauses) {
+    // A policy cut off by its time limit has no clause outcomes: the reason says why.
+    out.clauses = (run.conjuncts ?? []).map((c) => ({
       source: c.source,
       outcome: c.outcome,
       ...(c.error ? { error: c.error } : {}),

@@ -28,10 +28,23 @@ export const POLICY_LIMITS = Object.freeze({
   /**
    * Worst-case steps over any input within INPUT_LIMITS (cost.ts). A step takes at most a few ns on
    * the development machine (test/policy/fuzz.slow.test.ts), so a policy takes a few ms at worst
-   * when it raises no errors (errors inside walks are not counted yet: docs/policy.md).
+   * when it raises no errors (errors are charged by the estimate that decides where a policy runs:
+   * MAIN_THREAD_MAX_COST).
    */
   maxCost: 1_000_000,
 });
+
+/**
+ * The most a policy may cost, errors included (CompiledPolicy.costWithErrors), to be evaluated on the
+ * caller's thread: a few ms at most. A costlier policy is evaluated off the event loop under a time
+ * limit by the key broker (src/kbs/policy-pool.ts), since each CEL error costs about a µs.
+ */
+export const MAIN_THREAD_MAX_COST = 1_000_000;
+
+/** Whether a policy is cheap enough, in the worst case and errors included, to evaluate inline. */
+export function evaluatesOnMainThread(policy: CompiledPolicy): boolean {
+  return policy.costWithErrors <= MAIN_THREAD_MAX_COST;
+}
 
 /**
  * Functions a policy may not call, and why. `matches` runs a JavaScript regular expression, which can
@@ -95,6 +108,11 @@ export interface CompiledPolicy {
   readonly conjuncts: readonly Conjunct[];
   /** Worst-case evaluation cost in steps over any input within INPUT_LIMITS (≤ POLICY_LIMITS.maxCost). */
   readonly cost: number;
+  /**
+   * The same with every CEL error the policy may raise charged (≈ 120 steps each, cost.ts): not
+   * bounded, but what decides where the policy is evaluated (evaluatesOnMainThread).
+   */
+  readonly costWithErrors: number;
 }
 
 /** Submodule as policies see it; fields are documented in docs/policy.md. */
@@ -329,7 +347,8 @@ export function compilePolicy(source: string): CompiledPolicy {
       run: parts.length === 1 ? run : parseClause(env, text, source, node.start),
     };
   });
-  return Object.freeze({ source, run, conjuncts: Object.freeze(conjuncts), cost });
+  const costWithErrors = estimateCost(run.ast, { errors: true });
+  return Object.freeze({ source, run, conjuncts: Object.freeze(conjuncts), cost, costWithErrors });
 }
 
 /**

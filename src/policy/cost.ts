@@ -1,5 +1,5 @@
 import type { ASTNode } from '@marcbachmann/cel-js';
-import { COMPREHENSIONS } from './ast.js';
+import { COMPREHENSIONS, children } from './ast.js';
 import { INPUT_LIMITS } from './input-limits.js';
 
 /**
@@ -153,6 +153,16 @@ export const COST_WEIGHTS = Object.freeze({
   compare: 1 / 8,
   /** A timestamp getter with a time zone (`now.getHours("Europe/Paris")`): ≈ 70 µs through Intl. */
   timeZone: 20_000,
+  /**
+   * An error thrown (cf. throwCosts): the library builds an Error and throws it, and CEL absorbs it
+   * (`x.a == 1 || true`) by catching it, ≈ 1 µs whatever the error once the excerpt and stack are
+   * skipped (quiet.ts). The attacker picks the item types that make a walk's body fail on every item.
+   */
+  error: 120,
+  /** An error caught and thrown again (`||`, `&&`, a walk): the throw without building it. */
+  rethrow: 64,
+  /** Each node an error unwinds through on its way to the `||`, `&&` or walk that catches it: ≈ 140 ns. */
+  unwind: 16,
 });
 
 const NODE = num(COST_WEIGHTS.node);
@@ -506,8 +516,14 @@ export const KNOWN_FUNCTIONS: ReadonlySet<string> = new Set([...Object.keys(CALL
 type Scope = ReadonlyMap<string, Bound>;
 type Estimate = { cost: Amount; bound: Bound };
 
-/** The worst-case cost of a policy, in steps (see above); Infinity when it calls an unknown function. */
-export function estimateCost(root: ASTNode): number {
+/**
+ * The worst-case cost of a policy, in steps (see above); Infinity when it calls an unknown function.
+ * With `errors`, each node that may raise a CEL error is also charged for raising it (throwCosts) at
+ * every evaluation: the attacker shapes the items a walk reads, so it may fail on each of them. That
+ * estimate is not a refusal (it would refuse realistic appraisal policies, whose typed comparisons
+ * fail on an item of another type) but says where a policy is evaluated (src/kbs/policy-pool.ts).
+ */
+export function estimateCost(root: ASTNode, o: { errors?: boolean } = {}): number {
   // `cpu` and `init_data` are disjoint parts of the input (`submods`, `gpus`, `tee` reach the same
   // submodules by other paths, so they are not regions: their bounds are plain numbers).
   const input = {
@@ -526,7 +542,14 @@ export function estimateCost(root: ASTNode): number {
   };
   // A map lookup hashes its key, unless the engine already knows the hash (it keeps it in the string).
   const hash = (k: Bound): Amount => (k.hashed === true ? ZERO : chars(k));
+  const throwing = o.errors === true ? throwCosts(root) : new Map<ASTNode, number>();
+  // Every node's cost, with what the errors it may throw cost (paid at each of its evaluations).
   const estimate = (node: ASTNode, scope: Scope): Estimate => {
+    const e = estimateNode(node, scope);
+    const t = throwing.get(node);
+    return t === undefined ? e : { cost: add(e.cost, num(t)), bound: e.bound };
+  };
+  const estimateNode = (node: ASTNode, scope: Scope): Estimate => {
     const all = (nodes: ASTNode[]) => nodes.map((n) => estimate(n, scope));
     const sum = (xs: { cost: Amount }[], ...more: Amount[]) => add(NODE, ...xs.map((x) => x.cost), ...more);
     switch (node.op) {
@@ -700,6 +723,166 @@ export function estimateCost(root: ASTNode): number {
 
   const total = estimate(root, new Map()).cost;
   return unbounded ? Number.POSITIVE_INFINITY : Math.ceil(Math.min(total.max, regionMax(total.lin, input)));
+}
+
+/** The type the library's checker gave a node (it annotates the tree it checked). */
+function checked(
+  node: ASTNode | undefined,
+): { name?: string; kind?: string; hasDynType?: boolean } | undefined {
+  return (node as { checkedType?: { name?: string; kind?: string; hasDynType?: boolean } } | undefined)
+    ?.checkedType;
+}
+/** Its type is not known before evaluation (dyn, or a list or map of dyn): an operation on it may fail. */
+const loose = (n: ASTNode | undefined): boolean => checked(n)?.hasDynType !== false;
+/** It may be a value of any kind. */
+const anyKind = (n: ASTNode | undefined): boolean => {
+  const t = checked(n);
+  return t === undefined || t.kind === 'dyn';
+};
+const isDouble = (n: ASTNode | undefined): boolean => checked(n)?.name === 'double';
+
+/**
+ * Functions that cannot fail on operands of the types they are declared for (with their usual number
+ * of arguments); on an operand of unknown type the library may find no overload (one throw). Any other
+ * function may also fail in its handler (int("x"), substring(), timestamp(), a time zone …), which the
+ * library catches and throws again with the node (two throws).
+ */
+const TOTAL_FUNCTIONS = new Set([
+  'size',
+  'startsWith',
+  'endsWith',
+  'contains',
+  'lowerAscii',
+  'upperAscii',
+  'trim',
+  'split',
+  'join',
+  'string',
+  'bytes',
+  'of',
+  'ofNonZeroValue',
+  'none',
+  'hasValue',
+  'or',
+  'orValue',
+]);
+/** Functions that never fail, whatever their operand. */
+const NEVER_FAIL = new Set(['dyn', 'type', 'has']);
+
+/** How many errors a node may throw itself per evaluation (errors of its operands are theirs). */
+function ownThrows(node: ASTNode): number {
+  const a = node.args as unknown;
+  const operand = (i: number): ASTNode | undefined => (Array.isArray(a) ? (a[i] as ASTNode) : undefined);
+  switch (node.op) {
+    case 'value':
+    case 'id':
+    case 'list':
+    case '==':
+    case '!=':
+      // Values of different kinds are unequal, not an error.
+      return 0;
+    case '.':
+      // A typed object has its fields; a map may lack the key, anything else has no fields.
+      return checked(node.args[0])?.kind === 'message' ? 0 : 1;
+    case '.?':
+    case '[?]':
+      return anyKind(node.args[0]) || (node.op === '[?]' && loose(node.args[1])) ? 1 : 0;
+    case '[]':
+      // Index out of range, no such key.
+      return 1;
+    case 'in':
+      // In a list is an equality per entry; in a map (or a value of unknown kind) a lookup that fails
+      // on a key of the wrong kind.
+      return checked(node.args[1])?.kind === 'list' && !anyKind(node.args[1]) ? 0 : 1;
+    case '<':
+    case '<=':
+    case '>':
+    case '>=':
+      return loose(node.args[0]) || loose(node.args[1]) ? 1 : 0;
+    case '+': {
+      // Strings, bytes and lists of known types are joined; integers may overflow.
+      const [x, y] = node.args;
+      const joined = (n: ASTNode) =>
+        !loose(n) &&
+        (checked(n)?.name === 'string' || checked(n)?.name === 'bytes' || checked(n)?.kind === 'list');
+      return (isDouble(x) && isDouble(y)) || (joined(x) && joined(y)) ? 0 : 1;
+    }
+    case '-':
+    case '*':
+    case '/':
+    case '%':
+      // Integers overflow or divide by zero; doubles do neither.
+      return isDouble(operand(0)) && isDouble(operand(1)) ? 0 : 1;
+    case '-_':
+      return isDouble(node.args) ? 0 : 1;
+    case '!_':
+      return loose(node.args) ? 1 : 0;
+    case '&&':
+    case '||':
+      return loose(node.args[0]) || loose(node.args[1]) ? 1 : 0;
+    case '?:':
+      return loose(node.args[0]) ? 1 : 0;
+    case 'map':
+      // Keys of unknown kind may be invalid or repeated.
+      return node.args.some(([k]) => loose(k)) ? 1 : 0;
+    case 'call':
+    case 'rcall': {
+      const name = node.args[0];
+      const receiver = node.op === 'rcall' ? node.args[1] : undefined;
+      const args = node.op === 'rcall' ? node.args[2] : node.args[1];
+      if (receiver !== undefined && COMPREHENSIONS.has(name)) {
+        // Not a list or map; a predicate that is not a bool.
+        const [, ...body] = args;
+        const predicate = name === 'map' || name === 'filter' ? [] : body.slice(-1);
+        return anyKind(receiver) || predicate.some(loose) ? 1 : 0;
+      }
+      if (NEVER_FAIL.has(name)) return 0;
+      const namespace = receiver?.op === 'id' && NAMESPACES.has(receiver.args);
+      const operands = receiver === undefined || namespace ? args : [receiver, ...args];
+      // size() of any list, map or string; the others need their operands' types.
+      const typed = name === 'size' ? !operands.some(anyKind) : !operands.some(loose);
+      if (TOTAL_FUNCTIONS.has(name) || (name.startsWith('get') && args.length === 0)) return typed ? 0 : 1;
+      return 2;
+    }
+    default:
+      return 2;
+  }
+}
+
+/**
+ * What the errors each node may throw cost, per evaluation of it. CEL's `&&`, `||` and the walks
+ * (all, exists, exists_one, map, filter) catch their operands' errors, to absorb them when the other
+ * side decides, and throw one again when it does not; an error unwinds through the nodes between
+ * the one that throws it and the one that catches it (our evaluation catches the root's).
+ */
+function throwCosts(root: ASTNode): Map<ASTNode, number> {
+  const costs = new Map<ASTNode, number>();
+  /** Visits a node `depth` nodes below the one that catches its errors; whether it may throw. */
+  const visit = (node: ASTNode, depth: number): boolean => {
+    const comprehension = node.op === 'rcall' && COMPREHENSIONS.has(node.args[0]) ? node.args : undefined;
+    const catches = node.op === '&&' || node.op === '||';
+    // `e || true` and `e && false` absorb every error of e.
+    const decided = catches && node.args.some((o) => o.op === 'value' && o.args === (node.op === '||'));
+    let below = false;
+    if (comprehension !== undefined) {
+      // The receiver is evaluated outside the walk's catch; the body inside it (the variable is a name).
+      const [, receiver, [, ...body]] = comprehension;
+      below = visit(receiver, depth + 1);
+      for (const b of body) below = visit(b, 1) || below;
+    } else {
+      for (const c of children(node)) below = visit(c, catches ? 1 : depth + 1) || below;
+    }
+    const own = ownThrows(node);
+    // A catcher throws one error again, or its own; anything else passes its operands' errors on.
+    const thrown =
+      own * COST_WEIGHTS.error +
+      ((comprehension !== undefined || catches) && below && own === 0 && !decided ? COST_WEIGHTS.rethrow : 0);
+    const throws = own > 0 ? own : thrown > 0 ? 1 : 0;
+    if (throws > 0) costs.set(node, thrown + throws * COST_WEIGHTS.unwind * depth);
+    return below || own > 0;
+  };
+  visit(root, 1);
+  return costs;
 }
 
 /**

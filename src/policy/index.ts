@@ -8,6 +8,8 @@ export {
   type CompiledPolicy,
   type Conjunct,
   compilePolicy,
+  evaluatesOnMainThread,
+  MAIN_THREAD_MAX_COST,
   POLICY_LIMITS,
   PolicyError,
   type PolicyErrorCode,
