@@ -4,6 +4,7 @@ import {
   compilePolicy,
   DEFAULT_RESOURCE_POLICY,
   evaluatePolicy,
+  evaluatesOnMainThread,
   INPUT_LIMITS,
   POLICY_LIMITS,
   PolicyError,
@@ -211,6 +212,8 @@ describe('policy fuzzing (slow)', () => {
         if (ms > 20) ms = Math.min(ms, evaluationMs(src, i, 5).ms);
         // 25 to 55 ms on the development machine (≈ 1.2 µs per error); with the excerpts, 1.2 s.
         expect(ms, `${body} on ${JSON.stringify(item)} after ${before} clauses`).toBeLessThan(200);
+        // Too long for the event loop: the key broker evaluates it on a policy worker.
+        expect(evaluatesOnMainThread(compilePolicy(src)), src).toBe(false);
         if (ms > worst.ms) worst = { ms, src: `${body} on ${JSON.stringify(item)} after ${before} clauses` };
         // The error reported, when nothing absorbs it, reads as a CEL error of the clause.
         const d = evaluatePolicy(compilePolicy(padded(before, 0, `cpu.claims.l.all(x, ${body})`)), i);
@@ -218,6 +221,15 @@ describe('policy fuzzing (slow)', () => {
       }
     }
     console.log(`errors on 4000 items, 5 per item: slowest ${worst.ms.toFixed(1)} ms (${worst.src})`);
+    // One error per item fits the event loop's budget, errors included: a few ms at worst.
+    let inline = 0;
+    for (const item of ['not a map', {}, 7]) {
+      const src = padded(100, 100, 'cpu.claims.l.all(x, x.a == 1 || true)');
+      expect(evaluatesOnMainThread(compilePolicy(src)), src).toBe(true);
+      inline = Math.max(inline, evaluationMs(src, preparePolicyInput(items(item)), 5).ms);
+    }
+    expect(inline).toBeLessThan(50);
+    console.log(`errors on 4000 items, 1 per item (evaluated inline): slowest ${inline.toFixed(1)} ms`);
   });
 
   it('adversarial policies near the bound: refused, or evaluated in a few ms on every largest input', () => {
