@@ -17,12 +17,13 @@ export function parseCertificates(input: Uint8Array | string, what = 'certificat
   try {
     if (typeof input !== 'string') {
       const asText = new TextDecoder().decode(input.subarray(0, 64));
-      if (!asText.includes('-----BEGIN')) return [new x509.X509Certificate(toArrayBuffer(input))];
+      if (!asText.includes('-----BEGIN'))
+        return [strictSignature(new x509.X509Certificate(toArrayBuffer(input)))];
       input = new TextDecoder().decode(input);
     }
     const blocks = input.match(PEM_CERT) ?? [];
     if (blocks.length === 0) throw new Error('no PEM certificate block found');
-    return blocks.map((b) => new x509.X509Certificate(b));
+    return blocks.map((b) => strictSignature(new x509.X509Certificate(b)));
   } catch (e) {
     throw new AttestationError('parse', 'bad-certificate', `cannot parse ${what}: ${(e as Error).message}`, {
       cause: e,
@@ -30,14 +31,54 @@ export function parseCertificates(input: Uint8Array | string, what = 'certificat
   }
 }
 
+/**
+ * Refuses an ECDSA signature that is not DER (RFC 5480 §2.2 / X.690): the ASN.1 library verifies
+ * (r, s) however loosely the Ecdsa-Sig-Value around them is encoded, so a certificate whose signature
+ * SEQUENCE length was altered still verified — a second encoding, with another fingerprint, of the
+ * same signed certificate (found by the NVIDIA envelope fuzz).
+ */
+function strictSignature<T extends Certificate | Crl>(signed: T): T {
+  if (signed.signatureAlgorithm.name === 'ECDSA' && !isDerEcdsaSignature(new Uint8Array(signed.signature))) {
+    throw new Error('its ECDSA signature is not DER-encoded');
+  }
+  return signed;
+}
+
+/** SEQUENCE { INTEGER r, INTEGER s }, definite minimal lengths, positive minimal integers, nothing after. */
+export function isDerEcdsaSignature(sig: Uint8Array): boolean {
+  let at = 0;
+  const length = (): number => {
+    const first = sig[at++];
+    if (first === undefined) return -1;
+    if (first < 0x80) return first;
+    // Long form only where the short form cannot say it (an Ecdsa-Sig-Value is below 256 bytes).
+    if (first !== 0x81) return -1;
+    const n = sig[at++];
+    return n === undefined || n < 0x80 ? -1 : n;
+  };
+  const integer = (): boolean => {
+    if (sig[at++] !== 0x02) return false;
+    const n = length();
+    if (n < 1 || at + n > sig.length) return false;
+    const [a = 0, b = 0] = [sig[at]!, sig[at + 1]];
+    const minimal = n === 1 || !(a === 0 && b < 0x80);
+    at += n;
+    return a < 0x80 && minimal;
+  };
+  if (sig[at++] !== 0x30) return false;
+  const n = length();
+  if (n < 0 || at + n !== sig.length) return false;
+  return integer() && integer() && at === sig.length;
+}
+
 export function parseCrl(input: Uint8Array | string, what = 'CRL'): Crl {
   try {
     if (typeof input !== 'string') {
       const asText = new TextDecoder().decode(input.subarray(0, 32));
-      if (!asText.includes('-----BEGIN')) return new x509.X509Crl(toArrayBuffer(input));
+      if (!asText.includes('-----BEGIN')) return strictSignature(new x509.X509Crl(toArrayBuffer(input)));
       input = new TextDecoder().decode(input);
     }
-    return new x509.X509Crl(input);
+    return strictSignature(new x509.X509Crl(input));
   } catch (e) {
     throw new AttestationError('parse', 'bad-crl', `cannot parse ${what}: ${(e as Error).message}`, {
       cause: e,
