@@ -521,7 +521,8 @@ type Estimate = { cost: Amount; bound: Bound };
  * With `errors`, each node that may raise a CEL error is also charged for raising it (throwCosts) at
  * every evaluation: the attacker shapes the items a walk reads, so it may fail on each of them. That
  * estimate is not a refusal (it would refuse realistic appraisal policies, whose typed comparisons
- * fail on an item of another type) but says where a policy is evaluated (src/kbs/policy-pool.ts).
+ * fail on an item of another type) but says where a policy is evaluated (src/kbs/policy-pool.ts). It
+ * also charges the library's runtime type inspection of operands of unknown type (`inspected`).
  */
 export function estimateCost(root: ASTNode, o: { errors?: boolean } = {}): number {
   // `cpu` and `init_data` are disjoint parts of the input (`submods`, `gpus`, `tee` reach the same
@@ -551,6 +552,17 @@ export function estimateCost(root: ASTNode, o: { errors?: boolean } = {}): numbe
   };
   const estimateNode = (node: ASTNode, scope: Scope): Estimate => {
     const all = (nodes: ASTNode[]) => nodes.map((n) => estimate(n, scope));
+    // An operator or function applied to an operand of unknown type (dyn) first asks the library for
+    // the operand's runtime type, which descends through first entries and takes the first key of
+    // each map with `for…in`: that lists every key of a map (the input's maps are dictionaries), so
+    // `m < 1`, `m == x` or `size(m)` on a map of 4000 keys costs ≈ 50 µs, error or not. Charged, like
+    // errors, only where it decides where a policy runs: a typed comparison with a claim inside a walk
+    // (`r != cpu.claims.mr_td`) would otherwise be refused, as the claim may be a map sharing the
+    // input's budget with the list walked (items × keys, bounded here as the larger at its largest).
+    const inspected = (operands: ASTNode[], xs: Estimate[]): Amount =>
+      o.errors === true
+        ? add(...xs.map((x, i) => (loose(operands[i]) ? scale(x.bound.allEntries, ENTRY) : ZERO)))
+        : ZERO;
     const sum = (xs: { cost: Amount }[], ...more: Amount[]) => add(NODE, ...xs.map((x) => x.cost), ...more);
     switch (node.op) {
       case 'value': {
@@ -601,15 +613,20 @@ export function estimateCost(root: ASTNode, o: { errors?: boolean } = {}): numbe
         return { cost: sum(flat, ...pairs.map(([k]) => add(num(ENTRY), hash(k.bound)))), bound };
       }
       case '!_':
-      case '-_':
-        return { cost: add(estimate(node.args, scope).cost, NODE), bound: SCALAR };
+      case '-_': {
+        const x = estimate(node.args, scope);
+        return { cost: add(x.cost, NODE, inspected([node.args], [x])), bound: SCALAR };
+      }
       case '&&':
       case '||':
+        return { cost: sum(all(node.args)), bound: SCALAR };
       case '-':
       case '*':
       case '/':
-      case '%':
-        return { cost: sum(all(node.args)), bound: SCALAR };
+      case '%': {
+        const xs = all(node.args);
+        return { cost: sum(xs, inspected(node.args, xs)), bound: SCALAR };
+      }
       case '?:': {
         const [c, a, b] = all(node.args);
         return { cost: sum([c!, a!, b!]), bound: lub(a!.bound, b!.bound) };
@@ -617,14 +634,24 @@ export function estimateCost(root: ASTNode, o: { errors?: boolean } = {}): numbe
       case '==':
       case '!=': {
         const [a, b] = all(node.args);
-        return { cost: sum([a!, b!], equality(a!.bound, b!.bound)), bound: SCALAR };
+        return {
+          cost: sum([a!, b!], equality(a!.bound, b!.bound), inspected(node.args, [a!, b!])),
+          bound: SCALAR,
+        };
       }
       case '<':
       case '<=':
       case '>':
       case '>=': {
         const [a, b] = all(node.args);
-        return { cost: sum([a!, b!], scale(least(a!.bound.chars, b!.bound.chars), COMPARE)), bound: SCALAR };
+        return {
+          cost: sum(
+            [a!, b!],
+            scale(least(a!.bound.chars, b!.bound.chars), COMPARE),
+            inspected(node.args, [a!, b!]),
+          ),
+          bound: SCALAR,
+        };
       }
       case 'in': {
         const [a, l] = all(node.args);
@@ -638,7 +665,7 @@ export function estimateCost(root: ASTNode, o: { errors?: boolean } = {}): numbe
           scale(least(mul(c.entries, x.allEntries), c.allEntries), ENTRY),
         );
         const inMap = c.key !== undefined ? hash(x) : ZERO;
-        return { cost: sum([a!, l!], inList, inMap), bound: SCALAR };
+        return { cost: sum([a!, l!], inList, inMap, inspected(node.args, [a!, l!])), bound: SCALAR };
       }
       case '+': {
         const [a, b] = all(node.args);
@@ -652,7 +679,10 @@ export function estimateCost(root: ASTNode, o: { errors?: boolean } = {}): numbe
           ...(x.item !== undefined || y.item !== undefined ? { item: lub(itemOf(x), itemOf(y)) } : {}),
         };
         // Strings are joined lazily and flattened by whoever reads them; count the copy here.
-        return { cost: sum([a!, b!], chars(bound), scale(bound.entries, ENTRY)), bound };
+        return {
+          cost: sum([a!, b!], chars(bound), scale(bound.entries, ENTRY), inspected(node.args, [a!, b!])),
+          bound,
+        };
       }
       case 'call':
       case 'rcall': {
@@ -670,7 +700,7 @@ export function estimateCost(root: ASTNode, o: { errors?: boolean } = {}): numbe
         const bounds = evaluated.map((x) => x.bound);
         const [subject, rest] = namespace ? [NOTHING, bounds] : [bounds[0] ?? NOTHING, bounds.slice(1)];
         const { own, result } = call(subject, rest);
-        return { cost: sum(evaluated, own), bound: result };
+        return { cost: sum(evaluated, own, inspected(operands, evaluated)), bound: result };
       }
       default:
         // Every operator the parser makes is handled above; an unknown one cannot be bounded.

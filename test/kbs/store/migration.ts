@@ -1,7 +1,25 @@
 /** What every backend's migration from schema version 1 must give (see fixtures/schema-v1.ts). */
 import { expect } from 'vitest';
-import type { KbsStore } from '../../../src/kbs/store/types.js';
-import { logFields } from './conformance.js';
+import type { KbsStore, StoredLogEntry } from '../../../src/kbs/store/types.js';
+import { expectAllNodes, expectUnbrokenChain, logFields, testLog } from './conformance.js';
+
+/** A chain of log entries as version 1 stored them (no subtree hashes were kept then). */
+export function v1LogEntries(n: number): StoredLogEntry[] {
+  const { build } = testLog();
+  const out: StoredLogEntry[] = [];
+  for (let index = 0; index < n; index++) {
+    const e = build(index, out.at(-1)?.leafHash, logFields('release', `v1-${index}`));
+    out.push({ index, canonical: e.canonical, leafHash: e.leafHash });
+  }
+  return out;
+}
+
+/** The log of `v1LogEntries(n)` after migration: the same chain, every subtree hash stored and right. */
+export async function expectMigratedLog(store: KbsStore, n: number): Promise<void> {
+  expect(await store.logSize()).toBe(n);
+  expectUnbrokenChain(await store.logEntries(0, n));
+  await expectAllNodes(store);
+}
 
 export async function expectMigratedFromV1(store: KbsStore): Promise<void> {
   expect(await store.repositoryOwner('Shared')).toEqual({ tenant: null });

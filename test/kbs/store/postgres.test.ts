@@ -7,7 +7,7 @@ import { StoreUnavailableError } from '../../../src/kbs/store/types.js';
 import { until } from '../helpers.js';
 import { expectAllNodes, expectUnbrokenChain, logFields, storeConformance, testLog } from './conformance.js';
 import { POSTGRES_SCHEMA_V1, V1_ROWS } from './fixtures/schema-v1.js';
-import { expectMigratedFromV1 } from './migration.js';
+import { expectMigratedFromV1, expectMigratedLog, v1LogEntries } from './migration.js';
 
 // CLOISTER_TEST_PG names the test server; `skip` leaves these tests out (a machine without PostgreSQL).
 const URL = process.env.CLOISTER_TEST_PG ?? 'postgres://postgres@127.0.0.1:5432/test';
@@ -165,6 +165,49 @@ describe.skipIf(!enabled)('postgres', () => {
     const again = await open(schema);
     expect(await again.repositoryOwner('Shared')).toEqual({ tenant: null });
     await again.close();
+  });
+
+  it('migrates a version 1 schema with a log in one step, once, when two replicas open it at once', async () => {
+    const schema = newSchema();
+    const entries = v1LogEntries(45);
+    const c = new pg.Client({ connectionString: URL });
+    await c.connect();
+    try {
+      await c.query(`CREATE SCHEMA ${schema}; SET search_path = ${schema};`);
+      await c.query(POSTGRES_SCHEMA_V1);
+      await c.query(V1_ROWS("'\\x0102'::bytea"));
+      await c.query(
+        'INSERT INTO log_entries (idx, canonical, leaf_hash) SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[])',
+        [
+          entries.map((e) => e.index),
+          entries.map((e) => Buffer.from(e.canonical)),
+          entries.map((e) => Buffer.from(e.leafHash)),
+        ],
+      );
+      await c.query('UPDATE log_head SET size = $1, leaf_hash = $2 WHERE id = 1', [
+        entries.length,
+        Buffer.from(entries.at(-1)!.leafHash),
+      ]);
+      await c.query('INSERT INTO schema_meta (id, version) VALUES (1, 1)');
+    } finally {
+      await c.end();
+    }
+    const [a, b] = await Promise.all([open(schema), open(schema)]);
+    try {
+      await expectMigratedLog(a, 45);
+      await expectMigratedFromV1(a);
+      await expectMigratedLog(b, 47);
+    } finally {
+      await Promise.all([a.close(), b.close()]);
+    }
+    // Opening again changes nothing.
+    const again = await open(schema);
+    try {
+      await expectMigratedLog(again, 47);
+      expect(await again.repositoryOwner('Shared')).toEqual({ tenant: null });
+    } finally {
+      await again.close();
+    }
   });
 
   describe('PostgresStore across replicas', () => {

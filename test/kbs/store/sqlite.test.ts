@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SqliteStore } from '../../../src/kbs/store/sqlite.js';
 import { expectAllNodes, expectUnbrokenChain, logFields, storeConformance, testLog } from './conformance.js';
 import { SQLITE_SCHEMA_V1, V1_ROWS } from './fixtures/schema-v1.js';
-import { expectMigratedFromV1 } from './migration.js';
+import { expectMigratedFromV1, expectMigratedLog, v1LogEntries } from './migration.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'cloister-sqlite-'));
 let n = 0;
@@ -119,6 +119,37 @@ describe('SqliteStore durability', () => {
     });
     expect(db.pragma('synchronous', { simple: true })).toBe(2);
     await s.close();
+  });
+
+  it('migrates a version 1 database with a log in one step: operator NULLs and every subtree hash', async () => {
+    const path = file();
+    const old = new Database(path);
+    old.exec(SQLITE_SCHEMA_V1);
+    old.exec(V1_ROWS("x'0102'"));
+    const insert = old.prepare('INSERT INTO log_entries (idx, canonical, leaf_hash) VALUES (?, ?, ?)');
+    for (const e of v1LogEntries(45)) insert.run(e.index, Buffer.from(e.canonical), Buffer.from(e.leafHash));
+    old.pragma('user_version = 1');
+    old.close();
+    const s = await open(path);
+    try {
+      await expectMigratedLog(s, 45);
+      await expectMigratedFromV1(s);
+      // expectMigratedFromV1 appended two entries: the chain and the stored subtrees go on from the migrated log.
+      await expectMigratedLog(s, 47);
+    } finally {
+      await s.close();
+    }
+    // Opening again changes nothing.
+    const again = await open(path);
+    try {
+      const db = (again as unknown as { db: Database.Database }).db;
+      expect(db.pragma('user_version', { simple: true })).toBe(2);
+      expect(db.pragma('foreign_keys', { simple: true })).toBe(1);
+      await expectMigratedLog(again, 47);
+      expect(await again.repositoryOwner('Shared')).toEqual({ tenant: null });
+    } finally {
+      await again.close();
+    }
   });
 
   it('rebuilds the subtree hashes of a log written before they were kept, on open and on append', async () => {
