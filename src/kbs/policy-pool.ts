@@ -96,9 +96,20 @@ export class PolicyPool {
         return;
       }
       const pending = this.#queue.shift()!;
+      try {
+        // Throws for a value the structured clone cannot carry; verifier claims and JSON cannot hold
+        // one today, but a throw here would escape a worker's message handler and end the broker.
+        idle.worker.postMessage(pending.job);
+      } catch (e) {
+        pending.resolve(
+          denial(
+            `policy evaluation failed: its input cannot be sent to a policy worker (${(e as Error).message})`,
+          ),
+        );
+        continue;
+      }
       const timer = setTimeout(() => this.#timeout(idle), this.timeLimitMs);
       idle.busy = { pending, timer };
-      idle.worker.postMessage(pending.job);
     }
   }
 

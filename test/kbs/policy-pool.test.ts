@@ -143,6 +143,18 @@ describe('PolicyPool', () => {
     expect(p.stats).toMatchObject({ evaluated: 2, refusedQueueFull: 3 });
   });
 
+  it('denies an input the worker cannot be sent, and keeps serving (review finding)', async () => {
+    const p = pool();
+    await p.evaluate('true', input(), false); // the worker is started and idle
+    const bad = { ...input(), init_data: { f: () => 1 } } as unknown as PolicyInput;
+    const run = await p.evaluate(HEAVY, bad, false);
+    expect(run.decision.allow).toBe(false);
+    expect(run.decision.reasons[0]).toMatch(
+      /^policy evaluation failed: its input cannot be sent to a policy worker/,
+    );
+    expect((await p.evaluate('true', input(), false)).decision.allow).toBe(true);
+  });
+
   it('denies when the worker cannot start, rather than evaluating on the event loop', async () => {
     const p = pool({ workerUrl: new URL('./no-such-policy-worker.js', import.meta.url) });
     const run = await p.evaluate(HEAVY, items({}), false);
