@@ -165,6 +165,17 @@ describe.skipIf(!enabled)('postgres', () => {
     const again = await open(schema);
     expect(await again.repositoryOwner('Shared')).toEqual({ tenant: null });
     await again.close();
+    // As in a fresh version 2 schema, '' is never a tenant: NULL is the operator.
+    const d = new pg.Client({ connectionString: URL });
+    await d.connect();
+    try {
+      await d.query(`SET search_path = ${schema}`);
+      await expect(d.query("UPDATE repositories SET tenant = '' WHERE name = 'acme'")).rejects.toThrow(
+        /check constraint/,
+      );
+    } finally {
+      await d.end();
+    }
   });
 
   it('migrates a version 1 schema with a log in one step, once, when two replicas open it at once', async () => {

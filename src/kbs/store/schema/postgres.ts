@@ -135,4 +135,8 @@ UPDATE repositories SET tenant = NULL WHERE tenant IN ('default', '*', '');
 UPDATE resources SET tenant = NULL WHERE tenant IN ('default', '*', '');
 UPDATE policies SET tenant = NULL WHERE tenant IN ('default', '*', '');
 UPDATE reference_values SET tenant = NULL WHERE tenant IN ('*', '');
+ALTER TABLE repositories ADD CHECK (tenant <> '');
+ALTER TABLE resources ADD CHECK (tenant <> '');
+ALTER TABLE policies ADD CHECK (tenant <> '');
+ALTER TABLE reference_values ADD CHECK (tenant <> '');
 `;
