@@ -4,7 +4,9 @@
  * default 1e5): a SQLite store (synchronous=NORMAL, so filling it is quick) holding that many entries is
  * exported with every inclusion proof and every consistency proof (`GET /admin/v1/log/bundle?proofs=all`
  * without HTTP), then the bundle is verified. Reports entries per second for each, the bundle's size and
- * the peak heap. The last line is one JSON object. BENCH_DIST points at another build (e.g. an older one).
+ * the peak heap. Baseline in the same run: the same export without proofs (entries and checkpoints
+ * only, what any log dump costs); `proofs_vs_plain` is full-proof export speed over that floor. The last
+ * line is one JSON object. BENCH_DIST points at another build (e.g. an older one).
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -62,6 +64,12 @@ try {
   }
   const exportS = (performance.now() - t) / 1000;
   const exportPeak = peak;
+  log('exporting without proofs (baseline)');
+  const plainOptions = { consistency: false };
+  t = performance.now();
+  if (tlog.exportLines) for await (const c of tlog.exportLines(plainOptions)) void c;
+  else translog.formatBundle(await tlog.export(plainOptions));
+  const plainS = (performance.now() - t) / 1000;
   log('verifying (streamed: export piped into the verifier)');
   peak = 0;
   t = performance.now();
@@ -78,6 +86,8 @@ try {
     exportSeconds: Math.round(exportS * 100) / 100,
     exportEntriesPerSecond: Math.round(n / exportS),
     exportPeakHeapMB: Math.round(exportPeak / 2 ** 20),
+    plainExportEntriesPerSecond: Math.round(n / plainS),
+    proofs_vs_plain: Math.round((plainS / exportS) * 1000) / 1000,
     bundleMB: Math.round(bytes / 2 ** 20),
     verifyEntriesPerSecond: Math.round(n / verifyS),
     verifySeconds: Math.round(verifyS * 100) / 100,
