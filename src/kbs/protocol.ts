@@ -27,6 +27,12 @@ export const RESOURCE_PATH = /^([A-Za-z0-9._-]+)\/([A-Za-z0-9._-]+)\/([A-Za-z0-9
 export const EC_CURVES = { 'P-256': 32, 'P-384': 48, 'P-521': 66 } as const;
 export type EcCurve = keyof typeof EC_CURVES;
 export type EcPublicJwk = { kty: 'EC'; crv: EcCurve; x: string; y: string; alg?: string };
+/** Bits of a big-endian unsigned integer, from its first set bit. */
+function bitLength(b: Uint8Array): number {
+  const i = b.findIndex((x) => x !== 0);
+  return i < 0 ? 0 : (b.length - i - 1) * 8 + (32 - Math.clz32(b[i]!));
+}
+
 export type RsaPublicJwk = { kty: 'RSA'; n: string; e: string; alg?: string };
 export type TeePubkey = EcPublicJwk | RsaPublicJwk;
 
@@ -194,10 +200,14 @@ export function parseTeePubkey(v: unknown): TeePubkey {
     const n = str(v, 'n', 'tee-pubkey');
     const e = str(v, 'e', 'tee-pubkey');
     if (!B64URL.test(n) || !B64URL.test(e)) throw bad('unusable-key', 'tee-pubkey n and e must be base64url');
-    bytesOf(e, 'e');
-    const bits = bytesOf(n, 'n').length * 8;
+    // Counted from the first set bit: leading zero bytes would otherwise pass a 1024-bit modulus.
+    const bits = bitLength(bytesOf(n, 'n'));
     if (bits < 2048)
       throw bad('unusable-key', `tee-pubkey RSA modulus is ${bits} bits; at least 2048 are required`);
+    // An odd exponent of at least 3 (RFC 8017 §3.1); 1 would leave the key wrapping in the clear.
+    const exponent = bytesOf(e, 'e');
+    if (bitLength(exponent) < 2 || (exponent.at(-1)! & 1) === 0)
+      throw bad('unusable-key', 'tee-pubkey RSA exponent e must be odd and at least 3');
     if (alg !== undefined && alg !== 'RSA-OAEP-256') {
       throw bad('unusable-key', `tee-pubkey alg ${alg} is not supported for RSA keys (use RSA-OAEP-256)`);
     }

@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDefaultRegistry, offlineSource } from '../../src/attest/index.js';
 import { Broker } from '../../src/kbs/broker.js';
 import { buildLogEntry, KbsLogStore, signCheckpointNow } from '../../src/kbs/log.js';
+import { parseTeePubkey } from '../../src/kbs/protocol.js';
 import { masterKeyFromText, SecretBox } from '../../src/kbs/secrets.js';
 import { MemoryStore } from '../../src/kbs/store/index.js';
 import { sealBytes } from '../../src/seal/container.js';
@@ -153,4 +154,25 @@ it('an all-zero X25519 recipient key is a bad key, not an internal error', async
   await expect(
     sealBytes(new Uint8Array(3), { recipients: [{ type: 'hpke', publicKey: new Uint8Array(32) }] }),
   ).rejects.toMatchObject({ code: 'bad-key' });
+});
+
+describe('RSA TEE keys (review finding)', () => {
+  const b64u = (b: Uint8Array) => Buffer.from(b).toString('base64url');
+  const modulus = (bits: number, lead = 0) => {
+    const n = new Uint8Array(lead + bits / 8).fill(0xab);
+    n.fill(0, 0, lead);
+    n[n.length - 1] = 0xc5;
+    return b64u(n);
+  };
+  it('counts the modulus from its first set bit and wants an odd exponent of at least 3', () => {
+    expect(parseTeePubkey({ kty: 'RSA', n: modulus(2048), e: 'AQAB' })).toMatchObject({ kty: 'RSA' });
+    for (const [key, reason] of [
+      // 1024 bits padded with 128 zero bytes to look like 2048.
+      [{ kty: 'RSA', n: modulus(1024, 128), e: 'AQAB' }, /modulus is 1024 bits/],
+      [{ kty: 'RSA', n: modulus(2048), e: 'AQ' }, /exponent e must be odd and at least 3/],
+      [{ kty: 'RSA', n: modulus(2048), e: 'AAE' }, /exponent e must be odd and at least 3/],
+      [{ kty: 'RSA', n: modulus(2048), e: 'AQAA' }, /exponent e must be odd and at least 3/],
+    ] as const)
+      expect(() => parseTeePubkey(key), JSON.stringify(key).slice(0, 60)).toThrow(reason);
+  });
 });
