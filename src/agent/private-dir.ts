@@ -29,10 +29,11 @@ import { chmod, lstat, mkdtemp, readdir, readFile, readlink, realpath } from 'no
 import { join } from 'node:path';
 import { anchorOf } from './confined.js';
 import { AgentError } from './kbs.js';
+import { DEFAULT_PRIVATE_PARENT } from './private-parent.js';
 
 const { O_RDONLY, O_RDWR, O_DIRECTORY, O_NOFOLLOW, O_NONBLOCK } = constants;
 
-export const DEFAULT_PRIVATE_PARENT = '/dev/shm';
+export { DEFAULT_PRIVATE_PARENT };
 /** File systems whose pages never go to a disk (swap aside, which a TEE guest should not have). */
 export const MEMORY_FILESYSTEMS = ['tmpfs', 'ramfs'];
 

@@ -9,7 +9,6 @@ import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import path from 'node:path';
 import { type Command, CommanderError, Option } from 'commander';
-import { serveAgentApi } from '../agent/api.js';
 import { type Detection, detectTee, kindName } from '../agent/attest/detect.js';
 import { DEFAULT_GRAMINE_ROOT } from '../agent/attest/gramine.js';
 import { nodeFs, nodeRunner } from '../agent/attest/node.js';
@@ -17,15 +16,9 @@ import { DEFAULT_DEV_ROOT } from '../agent/attest/nvml.js';
 import { InsecureSampleAttester } from '../agent/attest/sample.js';
 import { DEFAULT_TSM_ROOT } from '../agent/attest/tsm.js';
 import type { CpuAttester, CpuKind } from '../agent/attest/types.js';
-import { AgentError, kbsAttester, type SampleEvidenceForm } from '../agent/kbs.js';
-import { DEFAULT_PRIVATE_PARENT, onTerminationSignal } from '../agent/private-dir.js';
-import { verifyReceipt } from '../agent/receipt.js';
-import { runWorkload } from '../agent/run.js';
-import { chainSources, httpSource } from '../attest/collateral/index.js';
-import { cachedSource, directorySource } from '../attest/collateral/node.js';
-import { createDefaultRegistry } from '../attest/index.js';
-import { certTableCollateral } from '../attest/snp/certtable.js';
-import { KbsClient } from '../kbs/client.js';
+import type { SampleEvidenceForm } from '../agent/kbs.js';
+import { DEFAULT_PRIVATE_PARENT } from '../agent/private-parent.js';
+import type { KbsClient } from '../kbs/client.js';
 import { fromBase64 } from '../util/bytes.js';
 import { integerOption } from './numbers.js';
 import type { Output } from './verify.js';
@@ -184,7 +177,7 @@ export function teeOptions(c: Command, kbsRequired = true): Command {
 /** The TEE to attest with, and a KBS client speaking for it. */
 async function teeAndBroker(o: TeeCliOptions, log: (line: string) => void) {
   const t = await teeFor(o, log);
-  return { tee: { kind: t.kind, attester: t.attester }, client: brokerFor(o, t) };
+  return { tee: { kind: t.kind, attester: t.attester }, client: await brokerFor(o, t) };
 }
 
 export interface CliTee {
@@ -198,6 +191,7 @@ export async function teeFor(o: Omit<TeeCliOptions, 'kbs'>, log: (line: string) 
   let kind: CpuKind;
   let attester: CpuAttester;
   let gpu: Awaited<ReturnType<typeof detectTee>>['gpus']['attester'];
+  const { AgentError } = await import('../agent/kbs.js');
   if (o.tee === 'sample') {
     kind = 'sample';
     attester = new InsecureSampleAttester();
@@ -228,7 +222,8 @@ export async function teeFor(o: Omit<TeeCliOptions, 'kbs'>, log: (line: string) 
 }
 
 /** The `--init-data` file as the broker wants it, read as it is (its digest covers its exact bytes). */
-function initDataFile(file: string): { format: 'toml' | 'json'; body: string } {
+async function initDataFile(file: string): Promise<{ format: 'toml' | 'json'; body: string }> {
+  const { AgentError } = await import('../agent/kbs.js');
   let body: string;
   try {
     body = new TextDecoder('utf-8', { fatal: true }).decode(readFileSync(file));
@@ -239,13 +234,16 @@ function initDataFile(file: string): { format: 'toml' | 'json'; body: string } {
 }
 
 /** A key broker client that attests with `t`. */
-export function brokerFor(o: TeeCliOptions, t: CliTee): KbsClient {
+export async function brokerFor(o: TeeCliOptions, t: CliTee): Promise<KbsClient> {
+  // The broker client and the agent load when a verb needs them, not when the CLI starts.
+  const { kbsAttester } = await import('../agent/kbs.js');
+  const { KbsClient } = await import('../kbs/client.js');
   return new KbsClient({
     url: o.kbs,
     attester: kbsAttester(t.kind, t.attester, t.gpu, { sampleForm: o.sampleEvidence }),
     retries: integerOption(o.retries, '--retries', 1),
     backoffMs: integerOption(o.retryDelayMs, '--retry-delay-ms', 0),
-    ...(o.initData !== undefined ? { initData: initDataFile(o.initData) } : {}),
+    ...(o.initData !== undefined ? { initData: await initDataFile(o.initData) } : {}),
   });
 }
 
@@ -284,6 +282,7 @@ export function registerRun(program: Command): void {
     .action(async (command: string[], opts: RunCliOptions) => {
       const log = (line: string) => process.stderr.write(`cloister run: ${line}\n`);
       const { tee, client } = await teeAndBroker(opts, log);
+      const { runWorkload } = await import('../agent/run.js');
       const code = await runWorkload({
         kbs: client,
         tee,
@@ -315,6 +314,8 @@ function registerServe(agent: Command): void {
     .action(async (opts: TeeCliOptions & { socket: string }) => {
       const log = (line: string) => process.stderr.write(`cloister agent serve: ${line}\n`);
       const { tee, client } = await teeAndBroker(opts, log);
+      const { serveAgentApi } = await import('../agent/api.js');
+      const { onTerminationSignal } = await import('../agent/private-dir.js');
       if (tee.attester.insecure) log('WARNING: the sample TEE is software only; never trust it with secrets');
       const s = await serveAgentApi(opts.socket, { kbs: client, tee, log });
       log(`listening on ${opts.socket} (TEE ${tee.kind}, key broker ${opts.kbs})`);
@@ -354,6 +355,11 @@ function registerVerifyReceipt(agent: Command): void {
     )
     .exitOverride()
     .action(async (file: string, opts: VerifyReceiptCliOptions) => {
+      const { verifyReceipt } = await import('../agent/receipt.js');
+      const { chainSources, httpSource } = await import('../attest/collateral/index.js');
+      const { cachedSource, directorySource } = await import('../attest/collateral/node.js');
+      const { createDefaultRegistry } = await import('../attest/index.js');
+      const { certTableCollateral } = await import('../attest/snp/certtable.js');
       const receipt = JSON.parse(await readFile(file, 'utf8'));
       const body = JSON.parse(new TextDecoder().decode(fromBase64(receipt.payload ?? '')));
       const at = new Date(opts.at ?? body.endedAt);

@@ -8,13 +8,9 @@ import { homedir } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { type Command, CommanderError } from 'commander';
-import { chainSources, httpSource } from '../attest/collateral/index.js';
-import { cachedSource, directorySource } from '../attest/collateral/node.js';
 import type { CollateralSource } from '../attest/common/types.js';
-import { confidentialFetch } from '../client/fetch.js';
-import { type ClientPolicy, DEFAULT_CLIENT_POLICY, parseClientPolicy } from '../client/policy.js';
+import type { ClientPolicy } from '../client/policy.js';
 import type { VerifiedServer } from '../client/verify.js';
-import { nodeBackend } from '../ohttp/node.js';
 import { integerOption } from './numbers.js';
 
 interface ChatCliOptions {
@@ -31,7 +27,9 @@ interface ChatCliOptions {
   earKey?: string;
 }
 
-function collateralOf(o: ChatCliOptions): CollateralSource {
+async function collateralOf(o: ChatCliOptions): Promise<CollateralSource> {
+  const { chainSources, httpSource } = await import('../attest/collateral/index.js');
+  const { cachedSource, directorySource } = await import('../attest/collateral/node.js');
   const sources: CollateralSource[] = [];
   if (o.collateral) sources.push(directorySource(o.collateral));
   const cache = path.join(
@@ -114,6 +112,10 @@ export function registerChat(program: Command): void {
     )
     .exitOverride()
     .action(async (o: ChatCliOptions) => {
+      // The client (verifiers, HPKE) loads when a chat starts, not when the CLI starts.
+      const { confidentialFetch } = await import('../client/fetch.js');
+      const { DEFAULT_CLIENT_POLICY, parseClientPolicy } = await import('../client/policy.js');
+      const { nodeBackend } = await import('../ohttp/node.js');
       const maxTokens = o.maxTokens === undefined ? undefined : integerOption(o.maxTokens, '--max-tokens', 1);
       let policy = o.policy
         ? parseClientPolicy(await readFile(o.policy, 'utf8'))
@@ -124,7 +126,7 @@ export function registerChat(program: Command): void {
       const f = confidentialFetch({
         url: o.url,
         policy,
-        collateral: collateralOf(o),
+        collateral: await collateralOf(o),
         ...(o.earKey ? { earKey: JSON.parse(await readFile(o.earKey, 'utf8')) as JsonWebKey } : {}),
         ohttp: nodeBackend,
         ...(o.receipts ? { onReceipt: (_r: unknown, jws: string) => receipts.push(jws) } : {}),

@@ -11,18 +11,6 @@ import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Command } from 'commander';
-import { exportJWK, generateKeyPair } from 'jose';
-import { offlineSource } from '../attest/collateral/index.js';
-import { confidentialFetch } from '../client/fetch.js';
-import { parseClientPolicy } from '../client/policy.js';
-import { writeTinyLlamaGguf } from '../infer/models/gguf-node.js';
-import { startBroker } from '../kbs/app.js';
-import { DEFAULT_CONFIG } from '../kbs/config.js';
-import { signAdminToken } from '../kbs/tenancy.js';
-import { generateKek, kekToJwk } from '../seal/keys.js';
-import { readHeader, sealFile, unsealToMemory } from '../seal/node.js';
-import { generateNoteSigner, parseBundle, verifyBundle } from '../translog/index.js';
-import { describeServer } from './chat.js';
 
 /** A small but real safetensors file (8-byte header length, JSON header, little-endian f32 data). */
 export function tinySafetensors(rows: number, cols: number): Uint8Array {
@@ -104,6 +92,19 @@ export function registerDemo(program: Command): void {
     .option('--keep', 'keep the temporary directory and print its path')
     .addHelpText('after', '\nExample:\n  npx cloister demo')
     .action(async (o: { keep?: boolean }) => {
+      // The whole stack (broker, client, inference) loads when the demo runs, not when the CLI starts.
+      const { exportJWK, generateKeyPair } = await import('jose');
+      const { offlineSource } = await import('../attest/collateral/index.js');
+      const { confidentialFetch } = await import('../client/fetch.js');
+      const { parseClientPolicy } = await import('../client/policy.js');
+      const { writeTinyLlamaGguf } = await import('../infer/models/gguf-node.js');
+      const { startBroker } = await import('../kbs/app.js');
+      const { DEFAULT_CONFIG } = await import('../kbs/config.js');
+      const { signAdminToken } = await import('../kbs/tenancy.js');
+      const { generateKek, kekToJwk } = await import('../seal/keys.js');
+      const { readHeader, sealFile, unsealToMemory } = await import('../seal/node.js');
+      const { generateNoteSigner, parseBundle, verifyBundle } = await import('../translog/index.js');
+      const { describeServer } = await import('./chat.js');
       const say = (s: string) => process.stdout.write(`${s}\n`);
       const started = Date.now();
       const dir = await mkdtemp(join(tmpdir(), 'cloister-demo-'));

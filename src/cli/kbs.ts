@@ -1,13 +1,8 @@
 /** `cloister kbs …`: run the key broker and administer it over its admin API. */
 import { readFile } from 'node:fs/promises';
 import { type Command, Option } from 'commander';
-import { decodeJwt, exportJWK, generateKeyPair, importJWK, type JWK } from 'jose';
-import { startBroker } from '../kbs/app.js';
-import { loadConfig } from '../kbs/config.js';
-import { buildLogEntry } from '../kbs/log.js';
-import { masterKeyFromText, SecretBox } from '../kbs/secrets.js';
-import { openStore } from '../kbs/store/index.js';
-import { ADMIN_ROLES, AdminTokenError, signAdminToken } from '../kbs/tenancy.js';
+import type { JWK } from 'jose';
+import { ADMIN_ROLES } from '../kbs/tenancy.js';
 import { FileError, writeFileAtomically } from '../seal/node.js';
 import { bs } from '../util/bytes.js';
 import { integerOption } from './numbers.js';
@@ -93,6 +88,9 @@ export function registerKbs(program: Command): void {
       '\nExamples:\n  cloister kbs serve --config kbs.json\n  CLOISTER_KBS_MASTER_KEY=$(head -c32 /dev/urandom | base64) cloister kbs serve --db sqlite:kbs.db --port 8080',
     )
     .action(async (o: { config?: string; db?: string; port?: number; host?: string; dev?: boolean }) => {
+      // The broker (fastify, the stores, the verifiers) loads only when this verb runs.
+      const { loadConfig } = await import('../kbs/config.js');
+      const { startBroker } = await import('../kbs/app.js');
       const config = await loadConfig(o.config, {
         ...(o.db ? { db: o.db } : {}),
         ...(o.port !== undefined ? { port: o.port } : {}),
@@ -124,6 +122,9 @@ export function registerKbs(program: Command): void {
         'second), run this, then drop the old key.\n\nExample:\n  cloister kbs rotate-master-key --db sqlite:kbs.db --old master.key --new master-2.key',
     )
     .action(async (o: { db: string; old: string; new: string }) => {
+      const { masterKeyFromText, SecretBox } = await import('../kbs/secrets.js');
+      const { openStore } = await import('../kbs/store/index.js');
+      const { buildLogEntry } = await import('../kbs/log.js');
       const oldKey = await masterKeyFromText(new TextDecoder().decode(await readSecretFile(o.old)), o.old);
       const newKey = await masterKeyFromText(new TextDecoder().decode(await readSecretFile(o.new)), o.new);
       const box = new SecretBox([newKey, oldKey]);
@@ -152,6 +153,7 @@ export function registerKbs(program: Command): void {
     .requiredOption('--pub <file>', 'public key (JWK) for the broker configuration')
     .addHelpText('after', '\nExample:\n  cloister kbs admin-key --out admin.jwk --pub admin.pub.jwk')
     .action(async (o: { out: string; pub: string }) => {
+      const { exportJWK, generateKeyPair } = await import('jose');
       const { privateKey, publicKey } = await generateKeyPair('EdDSA', { crv: 'Ed25519', extractable: true });
       const kid = crypto.randomUUID();
       await writeFileAtomically(
@@ -194,6 +196,8 @@ export function registerKbs(program: Command): void {
       const jwk = JSON.parse(new TextDecoder().decode(await readSecretFile(o.key))) as JWK;
       if (!jwk.d) throw new FileError(`${o.key} is not a private key`);
       const alg = jwk.alg ?? (jwk.kty === 'OKP' ? 'EdDSA' : 'ES256');
+      const { importJWK } = await import('jose');
+      const { AdminTokenError, signAdminToken } = await import('../kbs/tenancy.js');
       const key = await importJWK(jwk, alg);
       let issued: Awaited<ReturnType<typeof signAdminToken>>;
       try {
@@ -230,6 +234,7 @@ export function registerKbs(program: Command): void {
     let expiresAt: string | undefined;
     if (idOrToken.split('.').length === 3) {
       // A whole token: its id and expiry are read, not trusted; only the id is revoked.
+      const { decodeJwt } = await import('jose');
       let claims: ReturnType<typeof decodeJwt>;
       try {
         claims = decodeJwt(idOrToken);

@@ -5,8 +5,6 @@
  */
 import { writeFile } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { writeTinyLlamaGguf } from '../infer/models/gguf-node.js';
-import { tinyOnnxEmbeddingBundle } from '../infer/models/onnx.js';
 import { integerOption } from './numbers.js';
 
 export function registerModel(program: Command): void {
@@ -25,6 +23,7 @@ export function registerModel(program: Command): void {
     )
     .exitOverride()
     .action(async (out: string, o: { bytes?: string; seed: string }) => {
+      const { writeTinyLlamaGguf } = await import('../infer/models/gguf-node.js');
       const started = performance.now();
       const m = await writeTinyLlamaGguf(out, {
         seed: integerOption(o.seed, '--seed', 0),
@@ -48,6 +47,7 @@ export function registerModel(program: Command): void {
     )
     .exitOverride()
     .action(async (out: string, o: { seed: string; dimensions: string }) => {
+      const { tinyOnnxEmbeddingBundle } = await import('../infer/models/onnx.js');
       const bundle = tinyOnnxEmbeddingBundle({
         seed: integerOption(o.seed, '--seed', 0),
         dimensions: integerOption(o.dimensions, '--dimensions', 1),

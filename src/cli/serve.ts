@@ -6,17 +6,11 @@
  */
 import { readFile } from 'node:fs/promises';
 import { type Command, Option } from 'commander';
-import { KekCache, resourcePathOf } from '../agent/kbs.js';
-import { onTerminationSignal, PrivateDir } from '../agent/private-dir.js';
-import { realEngines } from '../infer/engines.js';
-import { type LoadedModel, loadSealedModel } from '../infer/load.js';
-import { RequestQueue } from '../infer/queue.js';
-import { RedisReplayGuard } from '../infer/replay-redis.js';
-import { startInferenceServer } from '../infer/server.js';
-import { decodeServingKeys, type SharedServingKeys } from '../infer/serving-keys.js';
-import { softwareIdentity } from '../infer/software.js';
+import type { KekCache } from '../agent/kbs.js';
+import type { LoadedModel } from '../infer/load.js';
+import type { SharedServingKeys } from '../infer/serving-keys.js';
 import type { KbsClient } from '../kbs/client.js';
-import { keyFromJwk, type UnsealKey } from '../seal/keys.js';
+import type { UnsealKey } from '../seal/keys.js';
 import { brokerFor, type TeeCliOptions, teeFor, teeOptions } from './agent.js';
 import { integerOption } from './numbers.js';
 
@@ -58,6 +52,7 @@ export async function servingKeysFrom(
   let bytes: Uint8Array;
   if (source.startsWith('kbs:')) {
     if (!broker) throw new Error(`--serving-keys ${source} needs --kbs URL (the broker that holds it)`);
+    const { resourcePathOf } = await import('../agent/kbs.js');
     bytes = await broker.getResource(resourcePathOf(source));
   } else {
     if (broker)
@@ -72,6 +67,7 @@ export async function servingKeysFrom(
       throw new Error(`cannot read --serving-keys ${source}: ${(e as NodeJS.ErrnoException).code ?? e}`);
     }
   }
+  const { decodeServingKeys } = await import('../infer/serving-keys.js');
   const keys = await decodeServingKeys(bytes, source.startsWith('kbs:') ? source : `file:${source}`);
   log(`serving keys from ${source} (OHTTP key id ${keys.gateway.config.keyId})`);
   return keys;
@@ -138,6 +134,16 @@ export function registerServe(program: Command): void {
     )
     .exitOverride()
     .action(async (opts: ServeCliOptions) => {
+      // The engines (llama.cpp, ONNX Runtime), the server and the agent load when this verb runs.
+      const { KekCache } = await import('../agent/kbs.js');
+      const { onTerminationSignal, PrivateDir } = await import('../agent/private-dir.js');
+      const { realEngines } = await import('../infer/engines.js');
+      const { loadSealedModel } = await import('../infer/load.js');
+      const { RequestQueue } = await import('../infer/queue.js');
+      const { RedisReplayGuard } = await import('../infer/replay-redis.js');
+      const { startInferenceServer } = await import('../infer/server.js');
+      const { softwareIdentity } = await import('../infer/software.js');
+      const { keyFromJwk } = await import('../seal/keys.js');
       const log = (line: string) => process.stderr.write(`cloister serve: ${line}\n`);
       if (opts.model.length === 0) throw new Error('give at least one --model FILE.sealed');
       if (!opts.kbs === !opts.key)
@@ -150,7 +156,7 @@ export function registerServe(program: Command): void {
       log(`TEE: ${tee.kind} (${tee.attester.source})`);
       if (tee.attester.insecure)
         log('WARNING: the sample TEE is software only; clients must opt in to trust it');
-      const broker = opts.kbs ? brokerFor({ ...opts, kbs: opts.kbs }, tee) : undefined;
+      const broker = opts.kbs ? await brokerFor({ ...opts, kbs: opts.kbs }, tee) : undefined;
       let key: (h: Parameters<KekCache['forHeader']>[0], file: string) => Promise<UnsealKey>;
       if (broker) {
         const keys = new KekCache(broker);

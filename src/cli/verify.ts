@@ -9,9 +9,7 @@ import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import path from 'node:path';
 import { type Command, CommanderError, Option } from 'commander';
-import { importJWK, importPKCS8, type JWK } from 'jose';
-import { chainSources, httpSource } from '../attest/collateral/index.js';
-import { cachedSource, directorySource } from '../attest/collateral/node.js';
+import type { JWK } from 'jose';
 import {
   type Appraisal,
   type AppraisalPolicy,
@@ -19,9 +17,6 @@ import {
   type CollateralSource,
   type EarStatus,
 } from '../attest/common/types.js';
-import { appraiseComposite, decodeCompositeEvidence, isCompositeEvidence } from '../attest/composite.js';
-import { issueEar } from '../attest/ear/index.js';
-import { createDefaultRegistry } from '../attest/index.js';
 import { detectKind, isTeeKind, TEE_KINDS, type VerifierRegistry } from '../attest/registry.js';
 import { fromHex } from '../util/bytes.js';
 
@@ -114,6 +109,7 @@ async function readText(file: string, what: string): Promise<string> {
 
 async function loadEarKey(file: string): Promise<CryptoKey> {
   const text = await readText(file, 'EAR key');
+  const { importJWK, importPKCS8 } = await import('jose');
   try {
     if (text.trimStart().startsWith('{')) {
       const jwk = JSON.parse(text) as JWK;
@@ -134,7 +130,9 @@ function defaultCacheDir(): string {
   return path.join(base, 'cloister', 'collateral');
 }
 
-function collateralFor(evidencePath: string, opts: VerifyCliOptions): CollateralSource {
+async function collateralFor(evidencePath: string, opts: VerifyCliOptions): Promise<CollateralSource> {
+  const { chainSources, httpSource } = await import('../attest/collateral/index.js');
+  const { cachedSource, directorySource } = await import('../attest/collateral/node.js');
   const sources: CollateralSource[] = [];
   if (opts.collateral) sources.push(directorySource(opts.collateral));
   sources.push(directorySource(path.dirname(path.resolve(evidencePath))));
@@ -186,9 +184,15 @@ export async function runVerify(
   evidencePath: string,
   opts: VerifyCliOptions,
   io: Output,
-  registry: VerifierRegistry = createDefaultRegistry(),
+  registry?: VerifierRegistry,
 ): Promise<number> {
   let kind: string | undefined;
+  // The verifiers and their certificate libraries load here, when a verb needs them, not at start.
+  const { appraiseComposite, decodeCompositeEvidence, isCompositeEvidence } = await import(
+    '../attest/composite.js'
+  );
+  const { issueEar } = await import('../attest/ear/index.js');
+  registry ??= (await import('../attest/index.js')).createDefaultRegistry();
   try {
     if (opts.tee !== undefined && !isTeeKind(opts.tee)) {
       throw new UsageError(`--tee ${opts.tee} is not a TEE kind (one of: ${TEE_KINDS.join(', ')})`);
@@ -210,7 +214,7 @@ export async function runVerify(
     const policy = opts.policy ? parsePolicy(await readText(opts.policy, 'policy'), opts.policy) : undefined;
     const options = {
       at: parseAt(opts.at),
-      collateral: collateralFor(evidencePath, opts),
+      collateral: await collateralFor(evidencePath, opts),
       ...(policy ? { policy } : {}),
       ...(expectedReportData ? { expectedReportData } : {}),
     };
