@@ -17,15 +17,15 @@ import {
   type Appraisal,
   AttestationError,
   type EarStatus,
+  REPORT_DATA_SIZE,
   type TeeKind,
   type VerifyOptions,
   worseStatus,
 } from './common/types.js';
-import { defaultRegistry, detectKind, isTeeKind, type VerifierRegistry } from './registry.js';
+import { detectKind, isTeeKind, type VerifierRegistry } from './registry.js';
 
 export const GPU_NONCE_LABEL = 'cloister/gpu-nonce/v1';
 export const COMPOSITE_FORMAT = 'cloister/composite-evidence/v1';
-const REPORT_DATA_SIZE = 64;
 
 /** The 32-byte SPDM nonce GPU `index` must answer, derived from the CPU evidence's report data. */
 export async function deriveGpuNonce(cpuReportData: Uint8Array, index: number): Promise<Uint8Array> {
@@ -96,7 +96,8 @@ function prefixed(e: unknown, name: string): never {
 export async function appraiseComposite(
   evidence: CompositeEvidence,
   options: VerifyOptions,
-  registry: VerifierRegistry = defaultRegistry,
+  /** The verifiers to use: `createDefaultRegistry()` for every shipped kind, or a narrower one. */
+  registry: VerifierRegistry,
   binding: {
     gpuNonceBase?: Uint8Array;
     gpuTrustAnchors?: Uint8Array[];

@@ -1,6 +1,8 @@
 /**
  * Which verifier handles which evidence. Verifiers are registered by kind (src/attest/index.ts lists
- * the defaults); `detectKind` recognises evidence by its content so that callers such as the CLI need
+ * the defaults, and `createDefaultRegistry()` there is the one registry holding them all). There is no
+ * process-wide registry: a mutable global would let any import change what every caller accepts, so
+ * each caller builds or is handed its own; `detectKind` recognises evidence by its content so that callers such as the CLI need
  * no `--tee` flag for the common formats.
  */
 import { utf8 } from '../util/bytes.js';
@@ -39,17 +41,6 @@ export class VerifierRegistry {
     }
     return v;
   }
-}
-
-/** The process-wide registry used by registerVerifier/getVerifier. */
-export const defaultRegistry = new VerifierRegistry();
-
-export function registerVerifier(verifier: KindVerifier): void {
-  defaultRegistry.register(verifier);
-}
-
-export function getVerifier(kind: TeeKind): KindVerifier {
-  return defaultRegistry.get(kind);
 }
 
 export { TEE_KINDS };

@@ -1,8 +1,9 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { AttestationError, type TeeKind } from '../../src/attest/common/types.js';
+import * as attest from '../../src/attest/index.js';
 import { createDefaultRegistry, defaultVerifiers } from '../../src/attest/index.js';
-import { detectKind, getVerifier, registerVerifier, VerifierRegistry } from '../../src/attest/registry.js';
+import { detectKind, VerifierRegistry } from '../../src/attest/registry.js';
 import { createSampleAttester, sampleVerifier } from '../../src/attest/sample/index.js';
 import { fromHex } from '../../src/util/bytes.js';
 
@@ -62,10 +63,21 @@ describe('registry', () => {
     expect((e as AttestationError).message).toMatch(/registered: sample/);
   });
 
-  it('has a process-wide default and the shipped list', () => {
-    registerVerifier(sampleVerifier);
-    expect(getVerifier('sample')).toBe(sampleVerifier);
+  it('has one default registry, holding every shipped verifier, and no process-wide mutable one', () => {
     expect(defaultVerifiers().map((v) => v.kind)).toContain('sample');
     expect(createDefaultRegistry().kinds()).toEqual(defaultVerifiers().map((v) => v.kind));
+    expect(new Set(createDefaultRegistry().kinds())).toEqual(
+      new Set(['tdx', 'sgx', 'snp', 'az-snp-vtpm', 'az-tdx-vtpm', 'nvidia', 'sample']),
+    );
+    // An empty global registry used to be the silent default of appraiseComposite, so composite
+    // evidence verified without a registry failed with "registered: none".
+    for (const name of ['defaultRegistry', 'registerVerifier', 'getVerifier'])
+      expect(attest).not.toHaveProperty(name);
+    // @ts-expect-error the registry is a required argument: there is no empty default to fall back on.
+    const missing: Parameters<typeof attest.appraiseComposite> = [
+      { cpu: { evidence: new Uint8Array() }, gpus: [] },
+      { at: new Date(), collateral: attest.offlineSource },
+    ];
+    expect(missing).toHaveLength(2);
   });
 });

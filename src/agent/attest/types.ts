@@ -3,11 +3,13 @@
  * bytes, chosen by the caller — for the KBS, a hash over the broker's nonce and the TEE's ephemeral
  * key) into evidence in the TEE's native format, which the matching verifier in src/attest checks.
  */
+import { REPORT_DATA_SIZE } from '../../attest/common/types.js';
+
+// One size for attesters and verifiers alike; re-exported so the agent's callers need not reach into src/attest.
+export { REPORT_DATA_SIZE };
 
 /** CPU TEE kinds an agent can collect evidence for. */
 export type CpuKind = 'tdx' | 'snp' | 'sgx' | 'sample';
-
-export const REPORT_DATA_SIZE = 64;
 
 export interface CpuEvidence {
   kind: CpuKind;

@@ -7,6 +7,12 @@
 
 export type TeeKind = 'tdx' | 'sgx' | 'snp' | 'nvidia' | 'az-snp-vtpm' | 'az-tdx-vtpm' | 'sample';
 
+/**
+ * Bytes of report data every TEE kind here binds (TDX, SGX, SNP, sample; a GPU's nonce is derived from
+ * them): the one size the attesters pad to and the verifiers and composite evidence check against.
+ */
+export const REPORT_DATA_SIZE = 64;
+
 /** Every TEE kind, for validating input; `satisfies` keeps it in step with the TeeKind type. */
 export const TEE_KINDS = [
   'tdx',

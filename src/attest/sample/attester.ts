@@ -4,7 +4,8 @@
  */
 import { bs, fromHex, toBase64Url, toHex } from '../../util/bytes.js';
 import { canonicalizeBytes } from '../../util/jcs.js';
-import { REPORT_DATA_SIZE, type SampleEvidenceBody, type SamplePublicJwk } from './evidence.js';
+import { REPORT_DATA_SIZE } from '../common/types.js';
+import type { SampleEvidenceBody, SamplePublicJwk } from './evidence.js';
 
 export interface SampleAttesterOptions {
   /** What the "TEE" reports as its launch measurement (hex or bytes); default 48 zero bytes. */

@@ -11,9 +11,15 @@
  * `cocoSampleEvidence` writes the 48-byte form Trustee's verifier requires.
  */
 import { fromBase64, toBase64, toHex, utf8 } from '../../util/bytes.js';
-import { type Appraisal, type AppraisalPolicy, AttestationError, type Finding } from '../common/types.js';
+import {
+  type Appraisal,
+  type AppraisalPolicy,
+  AttestationError,
+  type Finding,
+  REPORT_DATA_SIZE,
+} from '../common/types.js';
 import { INSECURE_MESSAGE } from './appraise.js';
-import { MAX_EVIDENCE_SIZE, REPORT_DATA_SIZE } from './evidence.js';
+import { MAX_EVIDENCE_SIZE } from './evidence.js';
 import { padReportData } from './verify.js';
 
 /** The svn guest-components' sample attester reports. */

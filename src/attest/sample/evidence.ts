@@ -9,10 +9,9 @@
  * The signature covers the RFC 8785 canonical JSON of the object without its `signature` member.
  */
 import { fromBase64, toBase64Url, utf8 } from '../../util/bytes.js';
-import { AttestationError } from '../common/types.js';
+import { AttestationError, REPORT_DATA_SIZE } from '../common/types.js';
 
 export const SAMPLE_TEE = 'sample';
-export const REPORT_DATA_SIZE = 64;
 /** A generous bound so that a hostile input cannot make us parse megabytes of JSON. */
 export const MAX_EVIDENCE_SIZE = 16 * 1024;
 

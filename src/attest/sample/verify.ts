@@ -1,8 +1,8 @@
 /** Verify stage of the `sample` TEE: the ES256 signature over the JCS body, and the report data. */
 import { bs, equalBytes, sha256, toBase64Url, toHex } from '../../util/bytes.js';
 import { canonicalizeBytes } from '../../util/jcs.js';
-import { AttestationError, type VerifyOptions } from '../common/types.js';
-import { type ParsedSampleEvidence, REPORT_DATA_SIZE, type SamplePublicJwk } from './evidence.js';
+import { AttestationError, REPORT_DATA_SIZE, type VerifyOptions } from '../common/types.js';
+import type { ParsedSampleEvidence, SamplePublicJwk } from './evidence.js';
 
 export interface VerifiedSampleEvidence {
   parsed: ParsedSampleEvidence;
