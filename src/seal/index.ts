@@ -1,0 +1,47 @@
+/**
+ * Cloister's sealed format (`cloister/seal`), web-standard (Web Crypto, WHATWG streams) so it runs in
+ * browsers too: seal and open buffers and streams, random access over any `RangeSource`, keys and their
+ * JWK files. The format is docs/format.md. Node additions (files, pipes, worker threads,
+ * `unsealToMemory`) stay in node.ts, outside this entry point, so a browser bundle never pulls them in.
+ */
+export { ChunkAuthError, type ChunkCipher } from './aead.js';
+export {
+  type BodyContext,
+  beginSeal,
+  bytesSource,
+  DEFAULT_CHUNK_SIZE,
+  openBytes,
+  openReader,
+  openStream,
+  type RangeSource,
+  type SealedReader,
+  type SealOptions,
+  type StreamTuning,
+  sealBytes,
+  sealStream,
+} from './container.js';
+export {
+  type Header,
+  MAX_CHUNK_SIZE,
+  MIN_CHUNK_SIZE,
+  parseHeader,
+  type RecipientStanza,
+  SealFormatError,
+  sealedLength,
+} from './format.js';
+export {
+  checkKbsUri,
+  generateHpkeKeyPair,
+  generateKek,
+  type HpkePrivateKey,
+  type HpkePublicKey,
+  hpkeKeyId,
+  hpkePrivateToJwk,
+  hpkePublicToJwk,
+  type Jwk,
+  type KekKey,
+  kekToJwk,
+  keyFromJwk,
+  type Recipient,
+  type UnsealKey,
+} from './keys.js';
