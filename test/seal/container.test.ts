@@ -241,3 +241,9 @@ describe('random access as a stream', () => {
     }
   });
 });
+
+it('an all-zero X25519 recipient key is a bad key, not an internal error', async () => {
+  await expect(
+    sealBytes(new Uint8Array(3), { recipients: [{ type: 'hpke', publicKey: new Uint8Array(32) }] }),
+  ).rejects.toMatchObject({ code: 'bad-key' });
+});
