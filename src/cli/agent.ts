@@ -20,8 +20,8 @@ import type { SampleEvidenceForm } from '../agent/kbs.js';
 import { DEFAULT_PRIVATE_PARENT } from '../agent/private-parent.js';
 import type { KbsClient } from '../kbs/client.js';
 import { fromBase64 } from '../util/bytes.js';
+import { type Output, stdio } from './io.js';
 import { integerOption } from './numbers.js';
-import type { Output } from './verify.js';
 
 export interface DetectCliOptions {
   json?: boolean;
@@ -98,10 +98,7 @@ export function registerAgent(program: Command): void {
     )
     .exitOverride()
     .action(async (opts: DetectCliOptions) => {
-      const code = await runDetect(opts, {
-        out: (s) => process.stdout.write(s),
-        err: (s) => process.stderr.write(s),
-      });
+      const code = await runDetect(opts, stdio);
       // main() turns a CommanderError into the process exit code.
       if (code !== 0) throw new CommanderError(code, 'cloister.agent.detect', '');
     });

@@ -5,6 +5,7 @@ import type { JWK } from 'jose';
 import { ADMIN_ROLES } from '../kbs/tenancy.js';
 import { FileError, writeFileAtomically } from '../seal/node.js';
 import { bs } from '../util/bytes.js';
+import { printJson } from './io.js';
 import { integerOption } from './numbers.js';
 
 interface Conn {
@@ -56,10 +57,6 @@ async function call(
   if (!res.ok)
     throw new FileError(`${method} ${path}: ${res.status} ${String(parsed?.detail ?? res.statusText)}`);
   return parsed;
-}
-
-function print(v: unknown): void {
-  process.stdout.write(`${JSON.stringify(v, null, 2)}\n`);
 }
 
 async function readSecretFile(path: string): Promise<Uint8Array> {
@@ -246,7 +243,7 @@ export function registerKbs(program: Command): void {
       tokenId = claims.jti;
       if (typeof claims.exp === 'number') expiresAt = new Date(claims.exp * 1000).toISOString();
     }
-    print(
+    printJson(
       await call(o, 'POST', '/admin/v1/tokens/revoke', {
         json: { tokenId, ...(expiresAt ? { expiresAt } : {}), ...(o.reason ? { reason: o.reason } : {}) },
       }),
@@ -257,7 +254,7 @@ export function registerKbs(program: Command): void {
       .command('ls')
       .description('list revoked admin tokens')
       .addHelpText('after', '\nExample:\n  cloister kbs token ls'),
-  ).action(async (o: Conn) => print(await call(o, 'GET', '/admin/v1/tokens/revoked')));
+  ).action(async (o: Conn) => printJson(await call(o, 'GET', '/admin/v1/tokens/revoked')));
 
   const resource = kbs.command('resource').description('resources (keys and secrets) held by the broker');
   connOptions(
@@ -270,7 +267,7 @@ export function registerKbs(program: Command): void {
       .addHelpText('after', '\nExample:\n  cloister kbs resource put owner/models/kek1 owner.kek'),
   ).action(async (path: string, file: string, o: Conn & { contentType?: string }) => {
     const q = o.contentType ? `?contentType=${encodeURIComponent(o.contentType)}` : '';
-    print(await call(o, 'PUT', `/admin/v1/resources/${path}${q}`, { bytes: await readSecretFile(file) }));
+    printJson(await call(o, 'PUT', `/admin/v1/resources/${path}${q}`, { bytes: await readSecretFile(file) }));
   });
   connOptions(
     resource
@@ -280,7 +277,7 @@ export function registerKbs(program: Command): void {
       .argument('<file>', 'the new value')
       .addHelpText('after', '\nExample:\n  cloister kbs resource rotate owner/models/kek1 owner-v2.kek'),
   ).action(async (path: string, file: string, o: Conn) =>
-    print(await call(o, 'POST', `/admin/v1/resources/${path}`, { bytes: await readSecretFile(file) })),
+    printJson(await call(o, 'POST', `/admin/v1/resources/${path}`, { bytes: await readSecretFile(file) })),
   );
   connOptions(
     resource
@@ -297,7 +294,7 @@ export function registerKbs(program: Command): void {
       .command('ls')
       .description('list resource metadata (values are never returned)')
       .addHelpText('after', '\nExample:\n  cloister kbs resource ls'),
-  ).action(async (o: Conn) => print(await call(o, 'GET', '/admin/v1/resources')));
+  ).action(async (o: Conn) => printJson(await call(o, 'GET', '/admin/v1/resources')));
 
   const policy = kbs.command('policy').description('CEL release policies');
   connOptions(
@@ -308,7 +305,7 @@ export function registerKbs(program: Command): void {
       .argument('<file>', 'CEL source')
       .addHelpText('after', '\nExample:\n  cloister kbs policy set repository:owner owner-policy.cel'),
   ).action(async (scope: string, file: string, o: Conn) =>
-    print(
+    printJson(
       await call(o, 'PUT', '/admin/v1/policies', {
         json: { scope, source: new TextDecoder().decode(await readSecretFile(file)) },
       }),
@@ -319,7 +316,7 @@ export function registerKbs(program: Command): void {
       .command('get')
       .description('list the active policies')
       .addHelpText('after', '\nExample:\n  cloister kbs policy get'),
-  ).action(async (o: Conn) => print(await call(o, 'GET', '/admin/v1/policies')));
+  ).action(async (o: Conn) => printJson(await call(o, 'GET', '/admin/v1/policies')));
   connOptions(
     policy
       .command('eval')
@@ -329,7 +326,9 @@ export function registerKbs(program: Command): void {
       .addHelpText('after', '\nExample:\n  cloister kbs policy eval ear.jwt owner/models/kek1'),
   ).action(async (tokenFile: string, resourcePath: string, o: Conn) => {
     const token = new TextDecoder().decode(await readSecretFile(tokenFile)).trim();
-    print(await call(o, 'POST', '/admin/v1/policy/evaluate', { json: { token, resource: resourcePath } }));
+    printJson(
+      await call(o, 'POST', '/admin/v1/policy/evaluate', { json: { token, resource: resourcePath } }),
+    );
   });
 
   const ref = kbs.command('refvalue').description('reference values used by appraisal and policies');
@@ -358,7 +357,7 @@ export function registerKbs(program: Command): void {
         tenant?: string;
       },
     ) =>
-      print(
+      printJson(
         await call(o, 'POST', '/admin/v1/refvalues', {
           json: {
             tee: o.tee,
@@ -378,6 +377,6 @@ export function registerKbs(program: Command): void {
       .option('--tee <kind>', 'only this TEE kind')
       .addHelpText('after', '\nExample:\n  cloister kbs refvalue ls --tee tdx'),
   ).action(async (o: Conn & { tee?: string }) =>
-    print(await call(o, 'GET', `/admin/v1/refvalues${o.tee ? `?tee=${o.tee}` : ''}`)),
+    printJson(await call(o, 'GET', `/admin/v1/refvalues${o.tee ? `?tee=${o.tee}` : ''}`)),
   );
 }
