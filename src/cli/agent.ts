@@ -102,9 +102,8 @@ export function registerAgent(program: Command): void {
       // main() turns a CommanderError into the process exit code.
       if (code !== 0) throw new CommanderError(code, 'cloister.agent.detect', '');
     });
-  registerServe(agent);
-  registerVerifyReceipt(agent);
-  registerRun(program);
+  registerAgentServe(agent);
+  registerAgentVerifyReceipt(agent);
 }
 
 // ── run and serve ───────────────────────────────────────────────────────────────────────────────────
@@ -244,6 +243,7 @@ export async function brokerFor(o: TeeCliOptions, t: CliTee): Promise<KbsClient>
   });
 }
 
+/** `cloister run`: a top-level verb (main.ts registers it) kept here for the TEE options it shares with `agent`. */
 export function registerRun(program: Command): void {
   teeOptions(
     program
@@ -295,7 +295,7 @@ export function registerRun(program: Command): void {
     });
 }
 
-function registerServe(agent: Command): void {
+function registerAgentServe(agent: Command): void {
   teeOptions(
     agent
       .command('serve')
@@ -334,7 +334,7 @@ interface VerifyReceiptCliOptions {
   json?: boolean;
 }
 
-function registerVerifyReceipt(agent: Command): void {
+function registerAgentVerifyReceipt(agent: Command): void {
   agent
     .command('verify-receipt')
     .description(
