@@ -2,9 +2,9 @@
 import { readFile } from 'node:fs/promises';
 import { type Command, Option } from 'commander';
 import type { JWK } from 'jose';
+import { type AdminBody, AdminClient } from '../kbs/admin-client.js';
 import { ADMIN_ROLES } from '../kbs/tenancy.js';
 import { FileError, writeFileAtomically } from '../seal/node.js';
-import { bs } from '../util/bytes.js';
 import { printJson } from './io.js';
 import { integerOption } from './numbers.js';
 
@@ -22,41 +22,10 @@ const connOptions = (c: Command) =>
       new Option('--token <jwt>', 'admin token (see `cloister kbs admin-token`)').env('CLOISTER_ADMIN_TOKEN'),
     );
 
-async function call(
-  conn: Conn,
-  method: string,
-  path: string,
-  body?: { json?: unknown; bytes?: Uint8Array },
-): Promise<unknown> {
+/** One admin call with the connection's token; a missing token is refused before anything is sent. */
+async function call(conn: Conn, method: string, path: string, body?: AdminBody): Promise<unknown> {
   if (!conn.token) throw new FileError('no admin token: pass --token or set CLOISTER_ADMIN_TOKEN');
-  const headers: Record<string, string> = { authorization: `Bearer ${conn.token}` };
-  let payload: BodyInit | undefined;
-  if (body?.json !== undefined) {
-    headers['content-type'] = 'application/json';
-    payload = JSON.stringify(body.json);
-  } else if (body?.bytes) {
-    headers['content-type'] = 'application/octet-stream';
-    payload = bs(body.bytes);
-  }
-  let res: Response;
-  try {
-    res = await fetch(new URL(path, conn.url), {
-      method,
-      headers,
-      ...(payload !== undefined ? { body: payload } : {}),
-    });
-  } catch (e) {
-    const cause = (e as { cause?: unknown }).cause;
-    throw new FileError(
-      `cannot reach the key broker at ${conn.url}: ${cause instanceof Error ? cause.message : (e as Error).message}`,
-    );
-  }
-  if (res.status === 204) return undefined;
-  const text = await res.text();
-  const parsed = text ? (JSON.parse(text) as Record<string, unknown>) : undefined;
-  if (!res.ok)
-    throw new FileError(`${method} ${path}: ${res.status} ${String(parsed?.detail ?? res.statusText)}`);
-  return parsed;
+  return new AdminClient(conn.url, conn.token).call(method, path, body);
 }
 
 async function readSecretFile(path: string): Promise<Uint8Array> {
