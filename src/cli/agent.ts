@@ -20,8 +20,8 @@ import type { SampleEvidenceForm } from '../agent/kbs.js';
 import { DEFAULT_PRIVATE_PARENT } from '../agent/private-parent.js';
 import type { KbsClient } from '../kbs/client.js';
 import { fromBase64 } from '../util/bytes.js';
+import { type Output, stdio } from './io.js';
 import { integerOption } from './numbers.js';
-import type { Output } from './verify.js';
 
 export interface DetectCliOptions {
   json?: boolean;
@@ -98,16 +98,12 @@ export function registerAgent(program: Command): void {
     )
     .exitOverride()
     .action(async (opts: DetectCliOptions) => {
-      const code = await runDetect(opts, {
-        out: (s) => process.stdout.write(s),
-        err: (s) => process.stderr.write(s),
-      });
+      const code = await runDetect(opts, stdio);
       // main() turns a CommanderError into the process exit code.
       if (code !== 0) throw new CommanderError(code, 'cloister.agent.detect', '');
     });
-  registerServe(agent);
-  registerVerifyReceipt(agent);
-  registerRun(program);
+  registerAgentServe(agent);
+  registerAgentVerifyReceipt(agent);
 }
 
 // ── run and serve ───────────────────────────────────────────────────────────────────────────────────
@@ -247,6 +243,7 @@ export async function brokerFor(o: TeeCliOptions, t: CliTee): Promise<KbsClient>
   });
 }
 
+/** `cloister run`: a top-level verb (main.ts registers it) kept here for the TEE options it shares with `agent`. */
 export function registerRun(program: Command): void {
   teeOptions(
     program
@@ -298,7 +295,7 @@ export function registerRun(program: Command): void {
     });
 }
 
-function registerServe(agent: Command): void {
+function registerAgentServe(agent: Command): void {
   teeOptions(
     agent
       .command('serve')
@@ -337,7 +334,7 @@ interface VerifyReceiptCliOptions {
   json?: boolean;
 }
 
-function registerVerifyReceipt(agent: Command): void {
+function registerAgentVerifyReceipt(agent: Command): void {
   agent
     .command('verify-receipt')
     .description(

@@ -98,6 +98,7 @@ export function registerDemo(program: Command): void {
       const { confidentialFetch } = await import('../client/fetch.js');
       const { parseClientPolicy } = await import('../client/policy.js');
       const { writeTinyLlamaGguf } = await import('../infer/models/gguf-node.js');
+      const { AdminClient } = await import('../kbs/admin-client.js');
       const { startBroker } = await import('../kbs/app.js');
       const { DEFAULT_CONFIG } = await import('../kbs/config.js');
       const { signAdminToken } = await import('../kbs/tenancy.js');
@@ -145,31 +146,17 @@ export function registerDemo(program: Command): void {
           { alg: 'EdDSA' },
           { role: 'tenant-admin', tenant: 'owner', subject: 'model-owner', ttlSeconds: 600 },
         );
-        const adminCall = async (method: string, path: string, body: Uint8Array | object) => {
-          const res = await fetch(new URL(path, broker!.url), {
-            method,
-            headers: {
-              authorization: `Bearer ${token}`,
-              'content-type': body instanceof Uint8Array ? 'application/octet-stream' : 'application/json',
-            },
-            body: body instanceof Uint8Array ? new Uint8Array(body) : JSON.stringify(body),
-          });
-          if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${await res.text()}`);
-        };
+        const owner = new AdminClient(broker.url, token);
 
         // 2. The owner's keys, held by the broker.
         const modelKek = generateKek('kbs:///owner/models/kek1');
         const dataKek = generateKek('kbs:///owner/datasets/kek1');
-        await adminCall(
-          'PUT',
-          '/admin/v1/resources/owner/models/kek1',
-          new TextEncoder().encode(JSON.stringify(kekToJwk(modelKek))),
-        );
-        await adminCall(
-          'PUT',
-          '/admin/v1/resources/owner/datasets/kek1',
-          new TextEncoder().encode(JSON.stringify(kekToJwk(dataKek))),
-        );
+        await owner.call('PUT', '/admin/v1/resources/owner/models/kek1', {
+          bytes: new TextEncoder().encode(JSON.stringify(kekToJwk(modelKek))),
+        });
+        await owner.call('PUT', '/admin/v1/resources/owner/datasets/kek1', {
+          bytes: new TextEncoder().encode(JSON.stringify(kekToJwk(dataKek))),
+        });
         say(
           '2. owner keys kbs:///owner/models/kek1 and kbs:///owner/datasets/kek1 stored in the broker (values never leave it in clear)',
         );
@@ -195,13 +182,14 @@ export function registerDemo(program: Command): void {
         // 4. Policies: the model key goes to the approved workload measurement; the dataset key only to TDX.
         const approved = '00'.repeat(48);
         const approvedWorkload = `"cpu0" in submods && (cpu.status == "affirming" || (dev_mode && cpu.insecure && cpu.status == "warning")) && cpu.claims.measurement == "${approved}"`;
-        await adminCall('PUT', '/admin/v1/policies', {
-          scope: 'resource:owner/models/kek1',
-          source: approvedWorkload,
+        await owner.call('PUT', '/admin/v1/policies', {
+          json: { scope: 'resource:owner/models/kek1', source: approvedWorkload },
         });
-        await adminCall('PUT', '/admin/v1/policies', {
-          scope: 'resource:owner/datasets/kek1',
-          source: 'cpu.kind == "tdx" && cpu.status == "affirming"',
+        await owner.call('PUT', '/admin/v1/policies', {
+          json: {
+            scope: 'resource:owner/datasets/kek1',
+            source: 'cpu.kind == "tdx" && cpu.status == "affirming"',
+          },
         });
         say('4. policies set: model key → the approved measurement only; dataset key → Intel TDX only');
 
@@ -264,14 +252,11 @@ export function registerDemo(program: Command): void {
 
         // 7. Confidential inference: a sealed llama model served in the sample TEE, reached only through OHTTP.
         const llmKek = generateKek('kbs:///owner/models/llm-kek');
-        await adminCall(
-          'PUT',
-          '/admin/v1/resources/owner/models/llm-kek',
-          new TextEncoder().encode(JSON.stringify(kekToJwk(llmKek))),
-        );
-        await adminCall('PUT', '/admin/v1/policies', {
-          scope: 'resource:owner/models/llm-kek',
-          source: approvedWorkload,
+        await owner.call('PUT', '/admin/v1/resources/owner/models/llm-kek', {
+          bytes: new TextEncoder().encode(JSON.stringify(kekToJwk(llmKek))),
+        });
+        await owner.call('PUT', '/admin/v1/policies', {
+          json: { scope: 'resource:owner/models/llm-kek', source: approvedWorkload },
         });
         await writeTinyLlamaGguf(at('tiny-llama.gguf'));
         await sealFile(at('tiny-llama.gguf'), at('tiny-llama.gguf.sealed'), {
@@ -353,11 +338,7 @@ export function registerDemo(program: Command): void {
           { alg: 'EdDSA' },
           { role: 'global-auditor', subject: 'auditor', ttlSeconds: 600 },
         );
-        const bundle = await (
-          await fetch(new URL('/admin/v1/log/bundle?proofs=all', broker.url), {
-            headers: { authorization: `Bearer ${audit}` },
-          })
-        ).text();
+        const bundle = await new AdminClient(broker.url, audit).text('/admin/v1/log/bundle?proofs=all');
         const report = await verifyBundle(bundle, broker.logVerifierKey);
         if (!report.ok)
           throw new Error(

@@ -2,9 +2,10 @@
 import { readFile } from 'node:fs/promises';
 import { type Command, Option } from 'commander';
 import type { JWK } from 'jose';
+import { type AdminBody, AdminClient } from '../kbs/admin-client.js';
 import { ADMIN_ROLES } from '../kbs/tenancy.js';
 import { FileError, writeFileAtomically } from '../seal/node.js';
-import { bs } from '../util/bytes.js';
+import { printJson } from './io.js';
 import { integerOption } from './numbers.js';
 
 interface Conn {
@@ -21,45 +22,10 @@ const connOptions = (c: Command) =>
       new Option('--token <jwt>', 'admin token (see `cloister kbs admin-token`)').env('CLOISTER_ADMIN_TOKEN'),
     );
 
-async function call(
-  conn: Conn,
-  method: string,
-  path: string,
-  body?: { json?: unknown; bytes?: Uint8Array },
-): Promise<unknown> {
+/** One admin call with the connection's token; a missing token is refused before anything is sent. */
+async function call(conn: Conn, method: string, path: string, body?: AdminBody): Promise<unknown> {
   if (!conn.token) throw new FileError('no admin token: pass --token or set CLOISTER_ADMIN_TOKEN');
-  const headers: Record<string, string> = { authorization: `Bearer ${conn.token}` };
-  let payload: BodyInit | undefined;
-  if (body?.json !== undefined) {
-    headers['content-type'] = 'application/json';
-    payload = JSON.stringify(body.json);
-  } else if (body?.bytes) {
-    headers['content-type'] = 'application/octet-stream';
-    payload = bs(body.bytes);
-  }
-  let res: Response;
-  try {
-    res = await fetch(new URL(path, conn.url), {
-      method,
-      headers,
-      ...(payload !== undefined ? { body: payload } : {}),
-    });
-  } catch (e) {
-    const cause = (e as { cause?: unknown }).cause;
-    throw new FileError(
-      `cannot reach the key broker at ${conn.url}: ${cause instanceof Error ? cause.message : (e as Error).message}`,
-    );
-  }
-  if (res.status === 204) return undefined;
-  const text = await res.text();
-  const parsed = text ? (JSON.parse(text) as Record<string, unknown>) : undefined;
-  if (!res.ok)
-    throw new FileError(`${method} ${path}: ${res.status} ${String(parsed?.detail ?? res.statusText)}`);
-  return parsed;
-}
-
-function print(v: unknown): void {
-  process.stdout.write(`${JSON.stringify(v, null, 2)}\n`);
+  return new AdminClient(conn.url, conn.token).call(method, path, body);
 }
 
 async function readSecretFile(path: string): Promise<Uint8Array> {
@@ -246,7 +212,7 @@ export function registerKbs(program: Command): void {
       tokenId = claims.jti;
       if (typeof claims.exp === 'number') expiresAt = new Date(claims.exp * 1000).toISOString();
     }
-    print(
+    printJson(
       await call(o, 'POST', '/admin/v1/tokens/revoke', {
         json: { tokenId, ...(expiresAt ? { expiresAt } : {}), ...(o.reason ? { reason: o.reason } : {}) },
       }),
@@ -257,7 +223,7 @@ export function registerKbs(program: Command): void {
       .command('ls')
       .description('list revoked admin tokens')
       .addHelpText('after', '\nExample:\n  cloister kbs token ls'),
-  ).action(async (o: Conn) => print(await call(o, 'GET', '/admin/v1/tokens/revoked')));
+  ).action(async (o: Conn) => printJson(await call(o, 'GET', '/admin/v1/tokens/revoked')));
 
   const resource = kbs.command('resource').description('resources (keys and secrets) held by the broker');
   connOptions(
@@ -270,7 +236,7 @@ export function registerKbs(program: Command): void {
       .addHelpText('after', '\nExample:\n  cloister kbs resource put owner/models/kek1 owner.kek'),
   ).action(async (path: string, file: string, o: Conn & { contentType?: string }) => {
     const q = o.contentType ? `?contentType=${encodeURIComponent(o.contentType)}` : '';
-    print(await call(o, 'PUT', `/admin/v1/resources/${path}${q}`, { bytes: await readSecretFile(file) }));
+    printJson(await call(o, 'PUT', `/admin/v1/resources/${path}${q}`, { bytes: await readSecretFile(file) }));
   });
   connOptions(
     resource
@@ -280,7 +246,7 @@ export function registerKbs(program: Command): void {
       .argument('<file>', 'the new value')
       .addHelpText('after', '\nExample:\n  cloister kbs resource rotate owner/models/kek1 owner-v2.kek'),
   ).action(async (path: string, file: string, o: Conn) =>
-    print(await call(o, 'POST', `/admin/v1/resources/${path}`, { bytes: await readSecretFile(file) })),
+    printJson(await call(o, 'POST', `/admin/v1/resources/${path}`, { bytes: await readSecretFile(file) })),
   );
   connOptions(
     resource
@@ -297,7 +263,7 @@ export function registerKbs(program: Command): void {
       .command('ls')
       .description('list resource metadata (values are never returned)')
       .addHelpText('after', '\nExample:\n  cloister kbs resource ls'),
-  ).action(async (o: Conn) => print(await call(o, 'GET', '/admin/v1/resources')));
+  ).action(async (o: Conn) => printJson(await call(o, 'GET', '/admin/v1/resources')));
 
   const policy = kbs.command('policy').description('CEL release policies');
   connOptions(
@@ -308,7 +274,7 @@ export function registerKbs(program: Command): void {
       .argument('<file>', 'CEL source')
       .addHelpText('after', '\nExample:\n  cloister kbs policy set repository:owner owner-policy.cel'),
   ).action(async (scope: string, file: string, o: Conn) =>
-    print(
+    printJson(
       await call(o, 'PUT', '/admin/v1/policies', {
         json: { scope, source: new TextDecoder().decode(await readSecretFile(file)) },
       }),
@@ -319,7 +285,7 @@ export function registerKbs(program: Command): void {
       .command('get')
       .description('list the active policies')
       .addHelpText('after', '\nExample:\n  cloister kbs policy get'),
-  ).action(async (o: Conn) => print(await call(o, 'GET', '/admin/v1/policies')));
+  ).action(async (o: Conn) => printJson(await call(o, 'GET', '/admin/v1/policies')));
   connOptions(
     policy
       .command('eval')
@@ -329,7 +295,9 @@ export function registerKbs(program: Command): void {
       .addHelpText('after', '\nExample:\n  cloister kbs policy eval ear.jwt owner/models/kek1'),
   ).action(async (tokenFile: string, resourcePath: string, o: Conn) => {
     const token = new TextDecoder().decode(await readSecretFile(tokenFile)).trim();
-    print(await call(o, 'POST', '/admin/v1/policy/evaluate', { json: { token, resource: resourcePath } }));
+    printJson(
+      await call(o, 'POST', '/admin/v1/policy/evaluate', { json: { token, resource: resourcePath } }),
+    );
   });
 
   const ref = kbs.command('refvalue').description('reference values used by appraisal and policies');
@@ -358,7 +326,7 @@ export function registerKbs(program: Command): void {
         tenant?: string;
       },
     ) =>
-      print(
+      printJson(
         await call(o, 'POST', '/admin/v1/refvalues', {
           json: {
             tee: o.tee,
@@ -378,6 +346,6 @@ export function registerKbs(program: Command): void {
       .option('--tee <kind>', 'only this TEE kind')
       .addHelpText('after', '\nExample:\n  cloister kbs refvalue ls --tee tdx'),
   ).action(async (o: Conn & { tee?: string }) =>
-    print(await call(o, 'GET', `/admin/v1/refvalues${o.tee ? `?tee=${o.tee}` : ''}`)),
+    printJson(await call(o, 'GET', `/admin/v1/refvalues${o.tee ? `?tee=${o.tee}` : ''}`)),
   );
 }

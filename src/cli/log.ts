@@ -4,7 +4,7 @@
  * verifier key. `cloister log keygen`: makes the Ed25519 key a broker signs checkpoints with.
  * Exit status: 0 everything verified, 1 it did not (or could not be read); the reason is one line.
  */
-import { open, readFile } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import { type Command, CommanderError } from 'commander';
 import { writeFileAtomically } from '../seal/node.js';
 import {
@@ -14,27 +14,13 @@ import {
   TranslogError,
   verifyBundleLines,
 } from '../translog/index.js';
+import { type Output, readText, stdio, UsageError } from './io.js';
 
 export interface LogVerifyOptions {
   key?: string;
   keyFile?: string;
   origin?: string;
   json?: boolean;
-}
-
-interface Output {
-  out(s: string): void;
-  err(s: string): void;
-}
-
-class UsageError extends Error {}
-
-async function readText(file: string, what: string): Promise<string> {
-  try {
-    return await readFile(file, 'utf8');
-  } catch (e) {
-    throw new UsageError(`cannot read ${what} ${file}: ${(e as Error).message}`);
-  }
 }
 
 /**
@@ -148,10 +134,7 @@ export function registerLog(program: Command): void {
     .option('--json', 'print the full report, every problem included, as JSON')
     .addHelpText('after', VERIFY_HELP)
     .action(async (file: string, opts: LogVerifyOptions) => {
-      const code = await runLogVerify(file, opts, {
-        out: (s) => process.stdout.write(s),
-        err: (s) => process.stderr.write(s),
-      });
+      const code = await runLogVerify(file, opts, stdio);
       if (code !== 0) throw new CommanderError(code, 'cloister.log.verify', '');
     });
   log

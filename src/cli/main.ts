@@ -1,7 +1,7 @@
 import { rmSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { pendingTemporaries } from '../seal/node.js';
-import { registerAgent } from './agent.js';
+import { registerAgent, registerRun } from './agent.js';
 import { registerChat } from './chat.js';
 import { registerDemo } from './demo.js';
 import { registerKbs } from './kbs.js';
@@ -24,6 +24,7 @@ export async function main(argv: string[]): Promise<number> {
   registerDemo(program);
   registerLog(program);
   registerAgent(program);
+  registerRun(program);
   registerServe(program);
   registerChat(program);
   registerModel(program);

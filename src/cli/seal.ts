@@ -12,6 +12,7 @@ import {
   unsealRange,
   writeFileAtomically,
 } from '../seal/node.js';
+import { printJson } from './io.js';
 import { integerOption } from './numbers.js';
 import { progressBar } from './progress.js';
 import { cleanupOnSignals } from './signals.js';
@@ -276,7 +277,7 @@ export function registerSealCommands(program: Command): void {
       const { header, fileSize } = await readHeader(file);
       const d = describeHeader(header, fileSize);
       if (o.json) {
-        process.stdout.write(`${JSON.stringify(d, null, 2)}\n`);
+        printJson(d);
         return;
       }
       const lines = [

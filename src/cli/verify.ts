@@ -19,6 +19,7 @@ import {
 } from '../attest/common/types.js';
 import { detectKind, isTeeKind, TEE_KINDS, type VerifierRegistry } from '../attest/registry.js';
 import { fromHex } from '../util/bytes.js';
+import { type Output, readText, stdio, UsageError } from './io.js';
 
 export interface VerifyCliOptions {
   tee?: string;
@@ -32,16 +33,8 @@ export interface VerifyCliOptions {
   earKey?: string;
 }
 
-export interface Output {
-  out(s: string): void;
-  err(s: string): void;
-}
-
 const EXIT: Record<EarStatus, number> = { affirming: 0, warning: 2, none: 2, contraindicated: 3 };
 export const EXIT_ERROR = 1;
-
-/** A failure of the command itself (bad flag, unreadable file): one line, exit 1. */
-class UsageError extends Error {}
 
 const POLICY_FIELDS = ['referenceValues', 'allowDebug', 'acceptTcbStatus'];
 
@@ -97,14 +90,6 @@ function parseAt(s: string | undefined): Date {
   if (Number.isNaN(d.getTime()))
     throw new UsageError(`--at ${s} is not a time (use ISO 8601, e.g. 2025-09-01T00:00:00Z)`);
   return d;
-}
-
-async function readText(file: string, what: string): Promise<string> {
-  try {
-    return await readFile(file, 'utf8');
-  } catch (e) {
-    throw new UsageError(`cannot read ${what} ${file}: ${(e as Error).message}`);
-  }
 }
 
 async function loadEarKey(file: string): Promise<CryptoKey> {
@@ -335,10 +320,7 @@ export function registerVerify(program: Command): void {
     )
     .addHelpText('after', EXAMPLES)
     .action(async (evidence: string, opts: VerifyCliOptions) => {
-      const code = await runVerify(evidence, opts, {
-        out: (s) => process.stdout.write(s),
-        err: (s) => process.stderr.write(s),
-      });
+      const code = await runVerify(evidence, opts, stdio);
       // main() turns a CommanderError into the process exit code.
       if (code !== 0) throw new CommanderError(code, 'cloister.verify', '');
     });

@@ -18,3 +18,27 @@ it('every command has --help with an example', () => {
   expect(all.length).toBeGreaterThan(15);
   expect(all.filter(([, help]) => !/Example/.test(help)).map(([name]) => name)).toEqual([]);
 }, 120_000);
+
+it('lists the top-level verbs in their order, run among them (main.ts registers every one)', () => {
+  const out = cloister(['--help']).stdout.toString();
+  const verbs = (out.split(/\nCommands:\n/)[1] ?? '')
+    .split('\n')
+    .map((l) => /^ {2}([a-z][\w-]*)/.exec(l)?.[1])
+    .filter((n): n is string => n !== undefined);
+  expect(verbs).toEqual([
+    'keygen',
+    'seal',
+    'unseal',
+    'inspect',
+    'verify',
+    'kbs',
+    'demo',
+    'log',
+    'agent',
+    'run',
+    'serve',
+    'chat',
+    'model',
+    'help',
+  ]);
+}, 60_000);

@@ -1,0 +1,84 @@
+/**
+ * A client for the broker's admin API (`/admin/v1/…`), shared by `cloister kbs …` and `cloister demo`.
+ * It loads nothing but fetch, so that the CLI can import it at start without slowing `--help`.
+ */
+import type { Problem } from './problem.js';
+
+/** unreachable: no answer at all; refused: an error status (its problem's `type` and `detail` kept). */
+export type AdminClientErrorCode = 'unreachable' | 'refused';
+
+export class AdminClientError extends Error {
+  override name = 'AdminClientError';
+  constructor(
+    message: string,
+    readonly code: AdminClientErrorCode,
+    /** The problem the broker answered with (refused only). */
+    readonly problem?: { status: number; type?: string; detail?: string },
+  ) {
+    super(message);
+  }
+}
+
+/** A request body: JSON, or bytes sent as application/octet-stream (a resource's value). */
+export type AdminBody = { json: unknown } | { bytes: Uint8Array };
+
+export class AdminClient {
+  /** `url`: the broker's base URL; `token`: an admin token, sent as a bearer token on every call. */
+  constructor(
+    readonly url: string,
+    private readonly token: string,
+  ) {}
+
+  /** One admin call; resolves with the answer's JSON (undefined for 204 No Content). */
+  async call(method: string, path: string, body?: AdminBody): Promise<unknown> {
+    const res = await this.send(method, path, body);
+    if (res.status === 204) return undefined;
+    const text = await res.text();
+    return text ? JSON.parse(text) : undefined;
+  }
+
+  /** A GET whose answer is text, not JSON (the transparency log bundle). */
+  async text(path: string): Promise<string> {
+    return (await this.send('GET', path)).text();
+  }
+
+  private async send(method: string, path: string, body?: AdminBody): Promise<Response> {
+    const headers: Record<string, string> = { authorization: `Bearer ${this.token}` };
+    let payload: BodyInit | undefined;
+    if (body && 'json' in body) {
+      headers['content-type'] = 'application/json';
+      payload = JSON.stringify(body.json);
+    } else if (body) {
+      headers['content-type'] = 'application/octet-stream';
+      // A copy whose buffer is a plain ArrayBuffer, as BodyInit wants.
+      payload = new Uint8Array(body.bytes);
+    }
+    let res: Response;
+    try {
+      res = await fetch(new URL(path, this.url), {
+        method,
+        headers,
+        ...(payload !== undefined ? { body: payload } : {}),
+      });
+    } catch (e) {
+      // fetch says only "fetch failed"; the reason (ECONNREFUSED, a DNS failure) is its cause.
+      const cause = (e as { cause?: unknown }).cause;
+      throw new AdminClientError(
+        `cannot reach the key broker at ${this.url}: ${cause instanceof Error ? cause.message : (e as Error).message}`,
+        'unreachable',
+      );
+    }
+    if (res.ok) return res;
+    const text = await res.text();
+    const p = text ? (JSON.parse(text) as Partial<Problem>) : undefined;
+    throw new AdminClientError(
+      `${method} ${path}: ${res.status} ${String(p?.detail ?? res.statusText)}`,
+      'refused',
+      {
+        status: res.status,
+        ...(typeof p?.type === 'string' ? { type: p.type } : {}),
+        ...(typeof p?.detail === 'string' ? { detail: p.detail } : {}),
+      },
+    );
+  }
+}
