@@ -137,14 +137,18 @@ export class Broker {
   /**
    * Attestation → EAR token. The nonce is single use: a session's evidence is judged once. Asked again,
    * an attested session gets its token back without new evidence being looked at (as Trustee does,
-   * so a guest that retries after a lost response is not locked out); a refused one stays refused.
+   * so a guest that retries after a lost response is not locked out) — but only for the same nonce and
+   * TEE key, so the retry is the guest's own; a refused session stays refused.
    */
   async attest(sessionId: string | undefined, body: unknown): Promise<{ token: string }> {
     const started = performance.now();
     const session = await this.liveSession(sessionId);
     const att = parseAttestation(body);
     if (session.status !== 'challenged') {
-      if (session.token) return { token: session.token };
+      const sameRequest =
+        att['runtime-data'].nonce === session.nonce &&
+        JSON.stringify(att['runtime-data']['tee-pubkey']) === session.teePubkey;
+      if (session.token && sameRequest) return { token: session.token };
       throw new ProtocolError(
         401,
         'nonce-used',

@@ -94,11 +94,11 @@ describe('an unmodified CoCo guest against cloister kbs serve', () => {
         additional_evidence: '',
       },
     };
-    const attest = () =>
+    const attest = (body: object = attestation) =>
       fetch(new URL('/kbs/v0/attest', b.url), {
         method: 'POST',
         headers: { 'content-type': 'application/json', cookie },
-        body: JSON.stringify(attestation),
+        body: JSON.stringify(body),
       });
     const first = await attest();
     expect(first.status, await first.clone().text()).toBe(200);
@@ -136,6 +136,23 @@ describe('an unmodified CoCo guest against cloister kbs serve', () => {
     const again = await attest();
     expect(again.status).toBe(200);
     expect((await again.json()).token).toBe(token);
+  });
+
+  it('gives the stored token back only to the same nonce and TEE key (a cookie holder with another key gets none)', async () => {
+    const { challenge, attest } = await cocoGuest('P-256');
+    const other = await guestKey('P-256');
+    const evidence = {
+      primary_evidence: { svn: '1', report_data: stdB64(new Uint8Array(48)) },
+      additional_evidence: '',
+    };
+    for (const runtime of [
+      { nonce: challenge.nonce, 'tee-pubkey': other.pub },
+      { nonce: 'another-nonce', 'tee-pubkey': other.pub },
+    ]) {
+      const r = await attest({ 'runtime-data': runtime, 'tee-evidence': evidence });
+      expect(r.status).toBe(401);
+      expect((await r.json()).type).toMatch(/nonce-used$/);
+    }
   });
 
   it('refuses CoCo sample evidence for another challenge', async () => {
