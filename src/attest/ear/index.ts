@@ -417,10 +417,15 @@ export function earDisagreement(ear: EarResult, appraisal: Appraisal): string[] 
   if (cpu.kind !== undefined && cpu.kind !== appraisal.kind) return ['kind'];
   // A Trustee submodule names its TEE only through its claims: without one Cloister knows, no match.
   if (ear.profile === TRUSTEE_EAR_PROFILE && cpu.kind === undefined) return ['kind'];
-  const theirs = ear.profile === TRUSTEE_EAR_PROFILE ? trusteeMeasurements(cpu.claims) : cpu.claims;
+  const trustee = ear.profile === TRUSTEE_EAR_PROFILE;
+  const theirs = trustee ? trusteeMeasurements(cpu.claims) : cpu.claims;
   const same = (a: unknown, b: unknown) =>
     typeof a === 'string' && typeof b === 'string' ? a.toLowerCase() === b.toLowerCase() : a === b;
-  return MEASUREMENT_CLAIMS.filter(
-    (c) => c in theirs && c in appraisal.claims && !same(theirs[c], appraisal.claims[c]),
-  );
+  return MEASUREMENT_CLAIMS.filter((c) => {
+    if (!(c in appraisal.claims)) return false;
+    // Cloister's own tokens carry the claims it wrote; a Trustee token whose claims are not where
+    // Trustee puts them for this TEE vouches for nothing, rather than agreeing by saying nothing.
+    if (!(c in theirs)) return trustee && c in TRUSTEE_MEASUREMENTS;
+    return !same(theirs[c], appraisal.claims[c]);
+  });
 }

@@ -236,6 +236,10 @@ describe('EAR', () => {
     expect(earDisagreement(ear, appraisal({ mr_td: 'aa'.repeat(48), rtmr0: '11'.repeat(48) }))).toEqual([]);
     expect(earDisagreement(ear, appraisal({ mr_td: 'bb'.repeat(48) }))).toEqual(['mr_td']);
     expect(earDisagreement(ear, appraisal({}, 'snp'))).toEqual(['kind']);
+    // A measurement the TEE has but the Trustee token does not carry where Trustee puts it: no match.
+    expect(earDisagreement(ear, appraisal({ mr_td: 'aa'.repeat(48), rtmr1: '22'.repeat(48) }))).toEqual([
+      'rtmr1',
+    ]);
 
     // Trustee's policy may call its sample TEE affirming; Cloister never does.
     const sample = await verifyEar(await sign({ sample: { svn: '1' }, report_data: '' }), kp.publicKey, {
