@@ -23,6 +23,7 @@ import {
   encapsulateRequest,
   encodeRequest,
   type Field,
+  OHTTP_KEY_PROBLEM,
   type OhttpBackend,
   StreamedResponseDecoder,
   type StreamedResponseEvent,
@@ -122,7 +123,6 @@ async function outgoing(
 const DROP = new Set(['content-length', 'connection', 'host', 'transfer-encoding', 'keep-alive']);
 /** The draft's chunk size every receiver must take: larger chunks are sent only where supported. */
 const REQUEST_CHUNK = 16_384;
-const OHTTP_KEY_PROBLEM = 'https://iana.org/assignments/http-problem-types#ohttp-key';
 
 /**
  * RFC 9458 §5.3: the gateway does not know the key the request was made for (a restart made a new

@@ -18,6 +18,7 @@ import {
   type BhttpRequest,
   ChunkedRequestOpener,
   ChunkedResponseSealer,
+  DATE_PROBLEM,
   decapsulateRequest,
   decodeRequest,
   type ExchangeContext,
@@ -25,6 +26,7 @@ import {
   encodeResponse,
   type Field,
   type GatewayKey,
+  OHTTP_KEY_PROBLEM,
   type OhttpBackend,
   OhttpError,
   type ReplayGuard,
@@ -45,10 +47,6 @@ export const OHTTP_REQUEST_TYPE = 'message/ohttp-req';
 export const OHTTP_RESPONSE_TYPE = 'message/ohttp-res';
 export const OHTTP_CHUNKED_REQUEST_TYPE = 'message/ohttp-chunked-req';
 export const OHTTP_CHUNKED_RESPONSE_TYPE = 'message/ohttp-chunked-res';
-/** RFC 9458 §6.5.2: the request's Date is missing or not acceptable. */
-export const DATE_PROBLEM = 'https://iana.org/assignments/http-problem-types#date';
-/** RFC 9458 §5.3: the request names a key or algorithms the gateway does not have. */
-export const OHTTP_KEY_PROBLEM = 'https://iana.org/assignments/http-problem-types#ohttp-key';
 
 export interface GatewayOptions {
   keys: GatewayKey[];

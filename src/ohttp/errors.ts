@@ -28,3 +28,8 @@ export class OhttpError extends Error {
     super(message);
   }
 }
+
+/** RFC 9458 §6.5.2: the request's Date is missing or not acceptable. */
+export const DATE_PROBLEM = 'https://iana.org/assignments/http-problem-types#date';
+/** RFC 9458 §5.3: the request names a key or algorithms the gateway does not have. */
+export const OHTTP_KEY_PROBLEM = 'https://iana.org/assignments/http-problem-types#ohttp-key';

@@ -3,7 +3,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { confidentialFetch } from '../../src/client/fetch.js';
 import {
   createGateway,
-  DATE_PROBLEM,
   GatewayError,
   OHTTP_CHUNKED_RESPONSE_TYPE,
   OHTTP_RESPONSE_TYPE,
@@ -11,6 +10,7 @@ import {
 import {
   ChunkedRequestSealer,
   ChunkedResponseOpener,
+  DATE_PROBLEM,
   decapsulateResponse,
   decodeResponse,
   type ExchangeContext,
