@@ -101,16 +101,8 @@ const CORS = {
 };
 
 async function readBody(req: IncomingMessage, limit: number): Promise<Uint8Array> {
-  const declared = Number(req.headers['content-length']);
-  if (declared > limit)
-    throw new InferError(413, 'body_too_large', `the request body is over ${limit} bytes`);
-  const parts: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > limit) throw new InferError(413, 'body_too_large', `the request body is over ${limit} bytes`);
-    parts.push(chunk);
-  }
+  const parts: Uint8Array[] = [];
+  for await (const chunk of limitedBody(req, limit)) parts.push(chunk);
   return new Uint8Array(Buffer.concat(parts));
 }
 
