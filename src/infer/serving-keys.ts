@@ -27,6 +27,7 @@ import {
   PKCS8_X25519_PREFIX,
 } from '../ohttp/index.js';
 import { bs, concatBytes, fromBase64, toBase64Url, utf8 } from '../util/bytes.js';
+import { isObject } from '../util/object.js';
 
 export const SERVING_KEYS_TYPE = 'cloister-serving-keys/v1';
 
@@ -77,10 +78,6 @@ export async function encodeServingKeys(keys: ServingKeys, scope: ServingScope):
   return utf8.encode(`${JSON.stringify(doc, null, 2)}\n`);
 }
 
-function isRecord(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
 function b64(v: unknown, what: string, bytes: number): Uint8Array {
   if (typeof v !== 'string' || !/^[A-Za-z0-9_-]+$/.test(v)) bad(`${what} must be base64url`);
   const out = fromBase64(v as string);
@@ -96,17 +93,17 @@ export async function decodeServingKeys(bytes: Uint8Array, source: string): Prom
   } catch {
     bad('not JSON');
   }
-  if (!isRecord(doc) || doc.type !== SERVING_KEYS_TYPE) bad(`not a ${SERVING_KEYS_TYPE} document`);
+  if (!isObject(doc) || doc.type !== SERVING_KEYS_TYPE) bad(`not a ${SERVING_KEYS_TYPE} document`);
   const { ohttp, receipt, models, plaintext_allowed } = doc as Record<string, unknown>;
   if (!Array.isArray(models) || models.length === 0) bad('"models" must list the models the keys may serve');
   const scoped = (models as unknown[]).map((m, i) => {
-    const r = isRecord(m) ? m : {};
+    const r = isObject(m) ? m : {};
     if (typeof r.id !== 'string' || typeof r.digest !== 'string' || !/^sha256:[0-9a-f]{64}$/.test(r.digest))
       return bad(`models[${i}] must be {"id", "digest": "sha256:<64 hex>"}`);
     return { id: r.id, digest: r.digest };
   });
   if (typeof plaintext_allowed !== 'boolean') bad('"plaintext_allowed" must be true or false');
-  if (!isRecord(ohttp)) bad('"ohttp" must be an object');
+  if (!isObject(ohttp)) bad('"ohttp" must be an object');
   const o = ohttp as Record<string, unknown>;
   const keyId = o.key_id;
   if (typeof keyId !== 'number' || !Number.isInteger(keyId) || keyId < 0 || keyId > 255)
@@ -130,7 +127,7 @@ export async function decodeServingKeys(bytes: Uint8Array, source: string): Prom
     },
     privateKey: scalar,
   };
-  if (!isRecord(receipt)) bad('"receipt" must be an EC P-256 private JWK');
+  if (!isObject(receipt)) bad('"receipt" must be an EC P-256 private JWK');
   const r = receipt as Record<string, unknown>;
   if (r.kty !== 'EC' || r.crv !== 'P-256') bad('receipt must be an EC P-256 private JWK');
   b64(r.x, 'receipt.x', 32);

@@ -18,6 +18,7 @@ import type { CertTableEntry } from '../attest/snp/certtable.js';
 import { fromCocoSnpEvidence } from '../attest/snp/coco.js';
 import { bs, fromBase64, fromHex, toBase64 } from '../util/bytes.js';
 import { canonicalizeBytes } from '../util/jcs.js';
+import { isObject } from '../util/object.js';
 
 export const KBS_PROTOCOL_VERSION = '0.4.0';
 export const SESSION_COOKIE = 'kbs-session-id';
@@ -66,10 +67,6 @@ export class ProtocolError extends Error {
 }
 
 const bad = (type: string, msg: string) => new ProtocolError(400, type, msg);
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
 
 function str(o: Record<string, unknown>, key: string, where: string): string {
   const v = o[key];

@@ -22,6 +22,7 @@
  */
 import { importJWK, type JWK, type JWTPayload, errors as joseErrors, jwtVerify, SignJWT } from 'jose';
 import { toBase64Url } from '../../util/bytes.js';
+import { isObject } from '../../util/object.js';
 import { MEASUREMENT_CLAIMS } from '../common/appraise.js';
 import {
   type Appraisal,
@@ -182,10 +183,6 @@ export interface VerifyEarOptions extends VerifyEarProfileOptions {
 
 function bad(code: string, message: string, cause?: unknown): never {
   throw new AttestationError('verify', code, message, cause === undefined ? undefined : { cause });
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
 function readStatus(v: unknown, where: string): EarStatus {

@@ -9,6 +9,7 @@
  * The signature covers the RFC 8785 canonical JSON of the object without its `signature` member.
  */
 import { fromBase64, toBase64Url, utf8 } from '../../util/bytes.js';
+import { isObject } from '../../util/object.js';
 import { AttestationError, REPORT_DATA_SIZE } from '../common/types.js';
 
 export const SAMPLE_TEE = 'sample';
@@ -62,10 +63,6 @@ function b64url(value: unknown, field: string): Uint8Array {
   return bytes;
 }
 
-function isPlainObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
 function exactMembers(obj: Record<string, unknown>, expected: string[], what: string): void {
   const extra = Object.keys(obj).filter((k) => !expected.includes(k));
   const missing = expected.filter((k) => !(k in obj));
@@ -90,7 +87,7 @@ export function parseSampleEvidence(bytes: Uint8Array): ParsedSampleEvidence {
   } catch (e) {
     fail('not-json', `sample evidence is not UTF-8 JSON: ${(e as Error).message}`, e);
   }
-  if (!isPlainObject(json)) fail('bad-structure', 'sample evidence must be a JSON object');
+  if (!isObject(json)) fail('bad-structure', 'sample evidence must be a JSON object');
   if (json.tee !== SAMPLE_TEE) {
     fail('wrong-tee', `sample evidence must say "tee": "sample", not ${JSON.stringify(json.tee)}`);
   }
@@ -107,7 +104,7 @@ export function parseSampleEvidence(bytes: Uint8Array): ParsedSampleEvidence {
   if (typeof json.debug !== 'boolean') fail('bad-structure', 'sample evidence debug must be true or false');
 
   const jwk = json.public_key;
-  if (!isPlainObject(jwk)) fail('bad-public-key', 'sample public_key must be a JWK object');
+  if (!isObject(jwk)) fail('bad-public-key', 'sample public_key must be a JWK object');
   if ('d' in jwk) {
     fail('private-key-in-evidence', 'sample public_key contains a private key ("d"); the key is compromised');
   }

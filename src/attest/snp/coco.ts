@@ -18,6 +18,8 @@
  * in the JSON breaks the signature. Certificates in `cert_chain` become a certificate table, which is
  * only collateral: they count once they chain to an AMD root.
  */
+
+import { isObject } from '../../util/object.js';
 import { AttestationError } from '../common/types.js';
 import { type CertTableEntry, GUID_ARK, GUID_ASK, GUID_CRL, GUID_VCEK, GUID_VLEK } from './certtable.js';
 import { productFromCpuid, REPORT_SIZE, SIGNED_SIZE } from './report.js';
@@ -98,10 +100,6 @@ export interface CocoSnpEvidence {
 
 function fail(message: string): never {
   throw new AttestationError('parse', 'bad-coco-evidence', `SEV-SNP CoCo evidence: ${message}`);
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
 function onlyFields(o: Record<string, unknown>, allowed: readonly string[], where: string): void {
