@@ -19,6 +19,7 @@ import { PolicyPool } from './policy-pool.js';
 import { runPolicy } from './policy-run.js';
 import { scopeName } from './scope.js';
 import type { KbsStore, Owner, PolicyRecord, ReferenceValueRecord } from './store/types.js';
+import { repositoryNamespace } from './tenancy.js';
 
 export interface ReleaseDecision {
   allow: boolean;
@@ -106,6 +107,12 @@ async function referenceValueReasons(ctx: ReleaseContext): Promise<string[]> {
   return reasons;
 }
 
+/** A costly evaluation waits in its repository's tenant's share of the policy queue ('' operator). */
+function queueShare(repository: string): string {
+  const ns = repositoryNamespace(repository);
+  return ns.kind === 'tenant' ? ns.tenant : '';
+}
+
 export async function decideRelease(ctx: ReleaseContext): Promise<ReleaseDecision> {
   const record = await policyFor(ctx.store, ctx.resource);
   const policyScope = record ? scopeName(record.scope) : 'built-in';
@@ -125,7 +132,7 @@ export async function decideRelease(ctx: ReleaseContext): Promise<ReleaseDecisio
   // policy worker under a time limit, so that it cannot hold the event loop for other tenants.
   const run = evaluatesOnMainThread(policy)
     ? runPolicy(policy, input, explainClauses)
-    : await poolOf(ctx).evaluate(policy.source, input, explainClauses);
+    : await poolOf(ctx).evaluate(policy.source, input, explainClauses, queueShare(r.repository));
   const { decision } = run;
   const reasons = [...decision.reasons, ...(await referenceValueReasons(ctx))];
   const out: ReleaseDecision = { allow: decision.allow && reasons.length === 0, reasons, policyScope };

@@ -4,7 +4,8 @@
  * threads, each evaluation under a time limit. Over the limit the worker is terminated (the CEL
  * library cannot be interrupted otherwise) and replaced, and the release is denied with a reason; a
  * bounded queue keeps a flood of costly evaluations from growing memory (excess is denied the same
- * way). Node-only: src/policy stays web-standard.
+ * way), and no one tenant may hold more than a quarter of it, so a tenant flooding its own costly
+ * policy cannot starve everyone else's. Node-only: src/policy stays web-standard.
  */
 import { Worker } from 'node:worker_threads';
 import { type PolicyInput, PUBLIC_DENIAL_MESSAGE } from '../policy/index.js';
@@ -23,6 +24,8 @@ export interface PolicyPoolOptions {
 
 interface Pending {
   job: PolicyJob;
+  /** Whose share of the queue it uses (a tenant, or '' for the operator). */
+  share: string;
   resolve: (r: PolicyRun) => void;
 }
 
@@ -44,6 +47,8 @@ export class PolicyPool {
   readonly #url: URL;
   readonly #slots = new Set<Slot>();
   readonly #queue: Pending[] = [];
+  /** Queued evaluations per share. */
+  readonly #queuedBy = new Map<string, number>();
   #nextId = 0;
   #closed = false;
   /** Workers started and evaluations cut off, for tests and metrics. */
@@ -58,9 +63,22 @@ export class PolicyPool {
     this.#url = o.workerUrl ?? new URL('./policy-worker.js', import.meta.url);
   }
 
-  /** Evaluates (and explains) a policy on a worker. Never rejects: every failure is a denial. */
-  evaluate(source: string, input: PolicyInput, explainClauses: boolean): Promise<PolicyRun> {
+  /**
+   * Evaluates (and explains) a policy on a worker, queued under `share` (the tenant whose repository the
+   * resource is in, '' for the operator). Never rejects: every failure is a denial.
+   */
+  evaluate(source: string, input: PolicyInput, explainClauses: boolean, share = ''): Promise<PolicyRun> {
     if (this.#closed) return Promise.resolve(denial('policy evaluation failed: the broker is shutting down'));
+    const perShare = Math.max(1, Math.floor(this.#maxQueued / 4));
+    if ((this.#queuedBy.get(share) ?? 0) >= perShare) {
+      this.stats.refusedQueueFull++;
+      return Promise.resolve(
+        denial(
+          `policy evaluation refused: ${perShare} costly policy evaluations of this tenant are already ` +
+            'waiting for a policy worker (try again later)',
+        ),
+      );
+    }
     if (this.#queue.length >= this.#maxQueued) {
       this.stats.refusedQueueFull++;
       return Promise.resolve(
@@ -71,7 +89,8 @@ export class PolicyPool {
       );
     }
     return new Promise((resolve) => {
-      this.#queue.push({ job: { id: this.#nextId++, source, input, explainClauses }, resolve });
+      this.#queue.push({ job: { id: this.#nextId++, source, input, explainClauses }, share, resolve });
+      this.#queuedBy.set(share, (this.#queuedBy.get(share) ?? 0) + 1);
       this.#pump();
     });
   }
@@ -80,11 +99,23 @@ export class PolicyPool {
     this.#closed = true;
     for (const p of this.#queue.splice(0))
       p.resolve(denial('policy evaluation failed: the broker is shutting down'));
+    this.#queuedBy.clear();
     const slots = [...this.#slots];
     this.#slots.clear();
     for (const s of slots)
       if (s.busy) this.#finish(s, denial('policy evaluation failed: the broker is shutting down'));
     await Promise.all(slots.map((s) => s.worker.terminate()));
+  }
+
+  /** The next queued evaluation, its share of the queue given back. */
+  #shift(): Pending | undefined {
+    const p = this.#queue.shift();
+    if (p) {
+      const left = (this.#queuedBy.get(p.share) ?? 1) - 1;
+      if (left > 0) this.#queuedBy.set(p.share, left);
+      else this.#queuedBy.delete(p.share);
+    }
+    return p;
   }
 
   #pump(): void {
@@ -95,7 +126,7 @@ export class PolicyPool {
         if (this.#slots.size < this.#size && ![...this.#slots].some((s) => !s.ready)) this.#start();
         return;
       }
-      const pending = this.#queue.shift()!;
+      const pending = this.#shift()!;
       try {
         // Throws for a value the structured clone cannot carry; verifier claims and JSON cannot hold
         // one today, but a throw here would escape a worker's message handler and end the broker.
@@ -159,6 +190,7 @@ export class PolicyPool {
     if (!slot.ready) {
       // It failed while loading: the next would too, so deny what waits rather than retry forever.
       for (const p of this.#queue.splice(0)) p.resolve(denial(reason));
+      this.#queuedBy.clear();
       return;
     }
     this.#pump();

@@ -129,7 +129,10 @@ describe('PolicyPool', () => {
 
   it('denies evaluations beyond the queue bound instead of holding them', async () => {
     const p = pool({ workers: 1, maxQueued: 2 });
-    const runs = await Promise.all(Array.from({ length: 5 }, () => p.evaluate(HEAVY, items({}), false)));
+    // Each from another tenant, so that only the whole queue's bound applies.
+    const runs = await Promise.all(
+      Array.from({ length: 5 }, (_, i) => p.evaluate(HEAVY, items({}), false, `t${i}`)),
+    );
     const refused = runs.filter((r) => /already waiting/.test(r.decision.reasons[0] ?? ''));
     expect(refused.length).toBe(3);
     expect(refused[0]!.decision).toEqual({
@@ -141,6 +144,22 @@ describe('PolicyPool', () => {
       publicMessage: 'denied by policy',
     });
     expect(p.stats).toMatchObject({ evaluated: 2, refusedQueueFull: 3 });
+  });
+
+  it("keeps one tenant's flood to a quarter of the queue, so another tenant still gets a place (review finding)", async () => {
+    const p = pool({ workers: 1, maxQueued: 8 });
+    const flood = Array.from({ length: 5 }, () => p.evaluate(HEAVY, items({}), false, 'acme'));
+    const other = p.evaluate(HEAVY, items({}), false, 'bigcorp');
+    const runs = await Promise.all(flood);
+    const refused = runs.filter((r) =>
+      /of this tenant are already waiting/.test(r.decision.reasons[0] ?? ''),
+    );
+    expect(refused).toHaveLength(3);
+    expect(refused[0]!.decision.reasons[0]).toBe(
+      'policy evaluation refused: 2 costly policy evaluations of this tenant are already waiting for a ' +
+        'policy worker (try again later)',
+    );
+    expect((await other).decision.reasons.join()).not.toMatch(/already waiting/);
   });
 
   it('denies an input the worker cannot be sent, and keeps serving (review finding)', async () => {
