@@ -171,27 +171,19 @@ function processExists(pid: number): boolean {
   }
 }
 
-const listedDirectories = new Map<string, Promise<string[]>>();
-
 /**
  * Removes temporaries of `out` left by writers that no longer run. SIGKILL, an OOM kill or a power cut
  * end a writer before any cleanup, and its temporary (plaintext, for unseal) would otherwise stay
  * forever. A temporary whose pid is alive is kept even if that pid now belongs to another process:
  * keeping a stale file is safe, removing a live writer's is not. Writers in another pid namespace
  * sharing the directory would look dead; a writer whose temporary vanished fails instead of publishing.
- * Each directory is listed once per process: what dead writers left was there before this process
- * wrote anything, so writing N outputs into one folder reads it once, not N times.
  */
 async function removeStaleTemporaries(out: string): Promise<void> {
   const dir = dirname(out);
   const prefix = `.${basename(out)}.`;
-  let listing = listedDirectories.get(dir);
-  if (!listing) {
-    // An unreadable directory is reported by the attempt to create the temporary, just after.
-    listing = readdir(dir).catch(() => [] as string[]);
-    listedDirectories.set(dir, listing);
-  }
-  for (const name of await listing) {
+  // An unreadable directory is reported by the attempt to create the temporary, just after.
+  const names = await readdir(dir).catch(() => [] as string[]);
+  for (const name of names) {
     const m = name.startsWith(prefix) ? TEMPORARY_SUFFIX.exec(name.slice(prefix.length)) : null;
     if (!m || processExists(Number(m[1]))) continue;
     // Only a file this user could have written: not another user's (in a shared directory, as root),
