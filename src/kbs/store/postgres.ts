@@ -228,6 +228,13 @@ async function backfillNodes(c: pg.PoolClient, size: number): Promise<void> {
   }
 }
 
+/** The log's end as one replica last committed it: size, last leaf hash, compact range. */
+interface LogTip {
+  size: number;
+  leaf: Uint8Array;
+  range: Uint8Array[];
+}
+
 /** A transaction holding the log head lock; it moves its copy of the head as it appends. */
 class LoggedTx {
   /** The last entry appended; undefined while the transaction has written nothing. */
@@ -240,7 +247,18 @@ class LoggedTx {
     private size: number,
     private prev: Uint8Array | undefined,
     private readonly build: StoreOptions['buildLogEntry'],
-  ) {}
+    known?: LogTip,
+  ) {
+    // The compact range this replica left after its last commit still describes the head when the
+    // head is that same entry (its leaf hash covers the whole chain before it): no read under the lock.
+    if (known && known.size === size && prev !== undefined && equalBytes(known.leaf, prev))
+      this.range = known.range;
+  }
+
+  /** Where the log ends after this transaction, for the next one on this replica. */
+  get tip(): LogTip | undefined {
+    return this.range && this.prev ? { size: this.size, leaf: this.prev, range: this.range } : undefined;
+  }
 
   async append(fields: LogAppend): Promise<StoredLogEntry> {
     const [e] = await this.appendMany([fields]);
@@ -499,6 +517,9 @@ export class PostgresStore implements KbsStore {
   }
 
   /** Runs `fn` in a transaction holding the log head lock (see the file comment). */
+  /** The log's end after this replica's last logged transaction (see LoggedTx). */
+  private tip: LogTip | undefined;
+
   private logged<T>(fn: (t: LoggedTx) => Promise<T>): Promise<T> {
     return this.tx(async (c) => {
       // The transaction id costs nothing here: locking the row assigns one anyway.
@@ -515,8 +536,12 @@ export class PostgresStore implements KbsStore {
         Number(row.size),
         row.leaf_hash ? bytes(row.leaf_hash) : undefined,
         this.opts.buildLogEntry,
+        this.tip,
       );
       const value = await fn(t);
+      // Kept even if the COMMIT then fails: the next transaction uses it only if the locked head is
+      // this very entry, and a hash-chained entry fixes everything before it.
+      this.tip = t.tip ?? this.tip;
       // Every logged change appends in its transaction; one that appended nothing changed nothing.
       return { value, ...(t.last && { probe: { xid: row.xid, entry: t.last } }) };
     });

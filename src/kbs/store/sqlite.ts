@@ -14,6 +14,7 @@
  */
 
 import Database from 'better-sqlite3';
+import { equalBytes } from '../../util/bytes.js';
 import {
   AppendQueue,
   BACKFILL_BATCH,
@@ -192,6 +193,9 @@ export class SqliteStore implements KbsStore {
     return e!;
   }
 
+  /** The log's end after this store's last append: size, last leaf hash, compact range. */
+  private tip: { size: number; leaf: Uint8Array; range: Uint8Array[] } | undefined;
+
   /** Appends a batch (see `AppendQueue`); call only inside `write`. */
   private appendMany(batch: LogAppend[]): (StoredLogEntry | Error)[] {
     const head = this.st('logHead').get() as EntryRow | undefined;
@@ -204,18 +208,24 @@ export class SqliteStore implements KbsStore {
     for (const e of built) this.st('logInsert').run(e.index, blob(e.canonical), blob(e.leafHash));
     if (built.length > 0) {
       const size = built[0]!.index;
-      let range = this.rangeAt(size, head && bytes(head.leaf_hash));
+      const last = head && bytes(head.leaf_hash);
+      // The range this store left after its last append still holds when the head is that very entry
+      // (a hash-chained entry fixes everything before it): no node reads per append.
+      const tip = this.tip;
+      let range =
+        tip && last && tip.size === size && equalBytes(tip.leaf, last) ? tip.range : this.rangeAt(size, last);
       if (!range) {
         // An older program appended without subtree hashes since this database was migrated.
         this.backfillNodes(size);
         range = this.rangeAt(size, head && bytes(head.leaf_hash))!;
       }
-      const { nodes } = completeNodes(
+      const { nodes, hashes } = completeNodes(
         size,
         range,
         built.map((e) => e.leafHash),
       );
       for (const n of nodes) this.st('nodeInsert').run(n.level, n.idx, blob(n.hash));
+      this.tip = { size: size + built.length, leaf: built.at(-1)!.leafHash, range: hashes };
     }
     return results;
   }
