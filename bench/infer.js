@@ -47,7 +47,7 @@ async function serverRole(modelPath, parallel) {
   const { loadLlamaEngine } = await load('infer/engine/llama.js');
   const { startInferenceServer } = await load('infer/server.js');
   const { RequestQueue } = await load('infer/queue.js');
-  const { InsecureSampleAttester } = await load('agent/attest/sample.js');
+  const { InsecureSampleAttester } = await load('tee/evidence/sample.js');
   const engine = await loadLlamaEngine({ path: modelPath, parallel, gpu: false, threads: THREADS });
   const server = await startInferenceServer({
     models: [
@@ -80,7 +80,7 @@ async function coldRole(role, file, keyFile) {
     engine = await loaders.gguf(file);
   } else {
     const { loadSealedModel } = await load('infer/load.js');
-    const { PrivateDir } = await load('agent/private-dir.js');
+    const { PrivateDir } = await load('tee/private-dir.js');
     const { keyFromJwk } = await load('seal/keys.js');
     const { readFile } = await import('node:fs/promises');
     const key = keyFromJwk(await readFile(keyFile, 'utf8'), keyFile);

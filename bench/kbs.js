@@ -20,7 +20,7 @@ import { createInterface } from 'node:readline';
 
 const { createIntelTestAuthority } = await import('../dist/attest/testing/intel.js');
 const { tdxVerifier } = await import('../dist/attest/tdx/index.js');
-const { KbsClient } = await import('../dist/kbs/client.js');
+const { KbsClient } = await import('../dist/tee/kbs-client.js');
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 20);
 const HEALTHZ_SECONDS = Number(process.env.BENCH_HEALTHZ_SECONDS ?? 10);

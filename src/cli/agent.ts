@@ -1,24 +1,24 @@
 /**
  * The commands that run inside the TEE. `agent detect` reports which TEE (and which GPUs) evidence can
  * be collected from, and why — every file and device it looked at (exit 0 when a TEE was found, 1 when
- * none was). `run` runs a workload over sealed inputs (src/agent/run.ts), `agent serve` is the local
- * API on a Unix socket (src/agent/api.ts), `agent verify-receipt` checks a run receipt.
+ * none was). `run` runs a workload over sealed inputs (src/tee/run.ts), `agent serve` is the local
+ * API on a Unix socket (src/tee/api.ts), `agent verify-receipt` checks a run receipt.
  */
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import path from 'node:path';
 import { type Command, CommanderError, Option } from 'commander';
-import { type Detection, detectTee, kindName } from '../agent/attest/detect.js';
-import { DEFAULT_GRAMINE_ROOT } from '../agent/attest/gramine.js';
-import { nodeFs, nodeRunner } from '../agent/attest/node.js';
-import { DEFAULT_DEV_ROOT } from '../agent/attest/nvml.js';
-import { InsecureSampleAttester } from '../agent/attest/sample.js';
-import { DEFAULT_TSM_ROOT } from '../agent/attest/tsm.js';
-import type { CpuAttester, CpuKind } from '../agent/attest/types.js';
-import type { SampleEvidenceForm } from '../agent/kbs.js';
-import { DEFAULT_PRIVATE_PARENT } from '../agent/private-parent.js';
-import type { KbsClient } from '../kbs/client.js';
+import { type Detection, detectTee, kindName } from '../tee/evidence/detect.js';
+import { DEFAULT_GRAMINE_ROOT } from '../tee/evidence/gramine.js';
+import { nodeFs, nodeRunner } from '../tee/evidence/node.js';
+import { DEFAULT_DEV_ROOT } from '../tee/evidence/nvml.js';
+import { InsecureSampleAttester } from '../tee/evidence/sample.js';
+import { DEFAULT_TSM_ROOT } from '../tee/evidence/tsm.js';
+import type { CpuAttester, CpuKind } from '../tee/evidence/types.js';
+import type { KbsClient } from '../tee/kbs-client.js';
+import type { SampleEvidenceForm } from '../tee/keys.js';
+import { DEFAULT_PRIVATE_PARENT } from '../tee/private-parent.js';
 import { fromBase64 } from '../util/bytes.js';
 import { type Output, stdio } from './io.js';
 import { integerOption } from './numbers.js';
@@ -187,7 +187,7 @@ export async function teeFor(o: Omit<TeeCliOptions, 'kbs'>, log: (line: string) 
   let kind: CpuKind;
   let attester: CpuAttester;
   let gpu: Awaited<ReturnType<typeof detectTee>>['gpus']['attester'];
-  const { AgentError } = await import('../agent/kbs.js');
+  const { AgentError } = await import('../tee/keys.js');
   if (o.tee === 'sample') {
     kind = 'sample';
     attester = new InsecureSampleAttester();
@@ -219,7 +219,7 @@ export async function teeFor(o: Omit<TeeCliOptions, 'kbs'>, log: (line: string) 
 
 /** The `--init-data` file as the broker wants it, read as it is (its digest covers its exact bytes). */
 async function initDataFile(file: string): Promise<{ format: 'toml' | 'json'; body: string }> {
-  const { AgentError } = await import('../agent/kbs.js');
+  const { AgentError } = await import('../tee/keys.js');
   let body: string;
   try {
     body = new TextDecoder('utf-8', { fatal: true }).decode(readFileSync(file));
@@ -232,8 +232,8 @@ async function initDataFile(file: string): Promise<{ format: 'toml' | 'json'; bo
 /** A key broker client that attests with `t`. */
 export async function brokerFor(o: TeeCliOptions, t: CliTee): Promise<KbsClient> {
   // The broker client and the agent load when a verb needs them, not when the CLI starts.
-  const { kbsAttester } = await import('../agent/kbs.js');
-  const { KbsClient } = await import('../kbs/client.js');
+  const { kbsAttester } = await import('../tee/keys.js');
+  const { KbsClient } = await import('../tee/kbs-client.js');
   return new KbsClient({
     url: o.kbs,
     attester: kbsAttester(t.kind, t.attester, t.gpu, { sampleForm: o.sampleEvidence }),
@@ -279,7 +279,7 @@ export function registerRun(program: Command): void {
     .action(async (command: string[], opts: RunCliOptions) => {
       const log = (line: string) => process.stderr.write(`cloister run: ${line}\n`);
       const { tee, client } = await teeAndBroker(opts, log);
-      const { runWorkload } = await import('../agent/run.js');
+      const { runWorkload } = await import('../tee/run.js');
       const code = await runWorkload({
         kbs: client,
         tee,
@@ -311,8 +311,8 @@ function registerAgentServe(agent: Command): void {
     .action(async (opts: TeeCliOptions & { socket: string }) => {
       const log = (line: string) => process.stderr.write(`cloister agent serve: ${line}\n`);
       const { tee, client } = await teeAndBroker(opts, log);
-      const { serveAgentApi } = await import('../agent/api.js');
-      const { onTerminationSignal } = await import('../agent/private-dir.js');
+      const { serveAgentApi } = await import('../tee/api.js');
+      const { onTerminationSignal } = await import('../tee/private-dir.js');
       if (tee.attester.insecure) log('WARNING: the sample TEE is software only; never trust it with secrets');
       const s = await serveAgentApi(opts.socket, { kbs: client, tee, log });
       log(`listening on ${opts.socket} (TEE ${tee.kind}, key broker ${opts.kbs})`);
@@ -352,7 +352,7 @@ function registerAgentVerifyReceipt(agent: Command): void {
     )
     .exitOverride()
     .action(async (file: string, opts: VerifyReceiptCliOptions) => {
-      const { verifyReceipt } = await import('../agent/receipt.js');
+      const { verifyReceipt } = await import('../tee/receipt.js');
       const { chainSources, httpSource } = await import('../attest/collateral/index.js');
       const { cachedSource, directorySource } = await import('../attest/collateral/node.js');
       const { createDefaultRegistry } = await import('../attest/index.js');

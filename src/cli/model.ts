@@ -47,7 +47,7 @@ export function registerModel(program: Command): void {
     )
     .exitOverride()
     .action(async (out: string, o: { seed: string; dimensions: string }) => {
-      const { tinyOnnxEmbeddingBundle } = await import('../infer/models/onnx.js');
+      const { tinyOnnxEmbeddingBundle } = await import('../infer/testing/onnx.js');
       const bundle = tinyOnnxEmbeddingBundle({
         seed: integerOption(o.seed, '--seed', 0),
         dimensions: integerOption(o.dimensions, '--dimensions', 1),

@@ -6,11 +6,11 @@
  */
 import { readFile } from 'node:fs/promises';
 import { type Command, Option } from 'commander';
-import type { KekCache } from '../agent/kbs.js';
 import type { LoadedModel } from '../infer/load.js';
 import type { SharedServingKeys } from '../infer/serving-keys.js';
-import type { KbsClient } from '../kbs/client.js';
 import type { UnsealKey } from '../seal/keys.js';
+import type { KbsClient } from '../tee/kbs-client.js';
+import type { KekCache } from '../tee/keys.js';
 import { brokerFor, type TeeCliOptions, teeFor, teeOptions } from './agent.js';
 import { integerOption } from './numbers.js';
 
@@ -52,7 +52,7 @@ export async function servingKeysFrom(
   let bytes: Uint8Array;
   if (source.startsWith('kbs:')) {
     if (!broker) throw new Error(`--serving-keys ${source} needs --kbs URL (the broker that holds it)`);
-    const { resourcePathOf } = await import('../agent/kbs.js');
+    const { resourcePathOf } = await import('../tee/keys.js');
     bytes = await broker.getResource(resourcePathOf(source));
   } else {
     if (broker)
@@ -135,8 +135,8 @@ export function registerServe(program: Command): void {
     .exitOverride()
     .action(async (opts: ServeCliOptions) => {
       // The engines (llama.cpp, ONNX Runtime), the server and the agent load when this verb runs.
-      const { KekCache } = await import('../agent/kbs.js');
-      const { onTerminationSignal, PrivateDir } = await import('../agent/private-dir.js');
+      const { KekCache } = await import('../tee/keys.js');
+      const { onTerminationSignal, PrivateDir } = await import('../tee/private-dir.js');
       const { realEngines } = await import('../infer/engines.js');
       const { loadSealedModel } = await import('../infer/load.js');
       const { RequestQueue } = await import('../infer/queue.js');

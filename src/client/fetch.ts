@@ -12,8 +12,6 @@
  * whole. Web-standard.
  */
 
-import type { AttestationDocument } from '../infer/identity.js';
-import { RECEIPT_HEADER, type ResponseReceipt, verifyResponseReceipt } from '../infer/receipt.js';
 import {
   ChunkedRequestSealer,
   ChunkedResponseOpener,
@@ -29,6 +27,8 @@ import {
   type StreamedResponseEvent,
 } from '../ohttp/index.js';
 import { concatBytes, toHex } from '../util/bytes.js';
+import type { AttestationDocument } from '../wire/inference-identity.js';
+import { RECEIPT_HEADER, type ResponseReceipt, verifyResponseReceipt } from '../wire/inference-receipt.js';
 import {
   allowedModel,
   VerificationError,

@@ -10,14 +10,14 @@ import { type EarResult, earDisagreement, verifyEar } from '../attest/ear/index.
 import { createDefaultRegistry } from '../attest/index.js';
 import type { VerifierRegistry } from '../attest/registry.js';
 import { certTableCollateral } from '../attest/snp/certtable.js';
+import { decodeKeyConfigList, type KeyConfig } from '../ohttp/keyconfig.js';
+import { fromBase64, toHex } from '../util/bytes.js';
 import {
   ATTESTATION_TYPE,
   type AttestationDocument,
   IDENTITY_TYPE,
   identityReportData,
-} from '../infer/identity.js';
-import { decodeKeyConfigList, type KeyConfig } from '../ohttp/keyconfig.js';
-import { fromBase64, toHex } from '../util/bytes.js';
+} from '../wire/inference-identity.js';
 import { type ClientPolicy, statusAccepted } from './policy.js';
 
 export class VerificationError extends Error {

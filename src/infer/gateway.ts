@@ -33,15 +33,15 @@ import {
   streamedResponse,
 } from '../ohttp/index.js';
 import { concatBytes } from '../util/bytes.js';
-import { InferError } from './errors.js';
-import type { Handler } from './openai.js';
 import {
   MODEL_DIGEST_HEADER,
   RECEIPT_HEADER,
   type ResponseReceipt,
   sha256Label,
   signResponseReceipt,
-} from './receipt.js';
+} from '../wire/inference-receipt.js';
+import { InferError } from './errors.js';
+import type { Handler } from './openai.js';
 
 export const OHTTP_REQUEST_TYPE = 'message/ohttp-req';
 export const OHTTP_RESPONSE_TYPE = 'message/ohttp-res';

@@ -4,11 +4,12 @@
  * keys replicas share. The Node server (server.ts), the engines (engine/), model loading (load.ts) and
  * the Redis replay guard (replay-redis.ts) sit at the edges.
  */
+
+export * from '../wire/inference-identity.js';
+export * from '../wire/inference-receipt.js';
 export * from './engine/types.js';
 export * from './errors.js';
 export * from './gateway.js';
-export * from './identity.js';
 export * from './openai.js';
 export * from './queue.js';
-export * from './receipt.js';
 export * from './serving-keys.js';

@@ -7,12 +7,12 @@
  */
 import { open, readFile, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { zeroAndUnlink } from '../agent/private-dir.js';
 import type { Header } from '../seal/format.js';
 import type { UnsealKey } from '../seal/keys.js';
 import { openSealedFile, readHeader, sha256FileOffThread, unsealFile } from '../seal/node.js';
+import { zeroAndUnlink } from '../tee/private-dir.js';
+import type { ModelIdentity } from '../wire/inference-identity.js';
 import type { EmbeddingEngine, TextEngine } from './engine/types.js';
-import type { ModelIdentity } from './identity.js';
 
 export interface EngineLoaders {
   gguf(path: string): Promise<TextEngine>;

@@ -10,10 +10,10 @@
  */
 
 import { toBase64 } from '../util/bytes.js';
+import { MODEL_DIGEST_HEADER } from '../wire/inference-receipt.js';
 import type { ChatMessage, Engine, GenerateParams, GenerationResult, OnText } from './engine/types.js';
 import { errorBody, errorResponse, InferError, toInferError } from './errors.js';
 import type { RequestQueue } from './queue.js';
-import { MODEL_DIGEST_HEADER } from './receipt.js';
 
 export interface ServedModel {
   id: string;

@@ -19,16 +19,16 @@ import type { AddressInfo } from 'node:net';
 import { encodeKeyConfigList, ReplayCache, type ReplayGuard } from '../ohttp/index.js';
 import { nodeBackend } from '../ohttp/node.js';
 import { fromHex, toBase64Url, toHex } from '../util/bytes.js';
-import { attestIdentity, type ServerTee } from './attestation.js';
-import { errorBody, InferError, toInferError } from './errors.js';
-import { createGateway, GatewayError, OHTTP_CHUNKED_REQUEST_TYPE, OHTTP_REQUEST_TYPE } from './gateway.js';
 import {
   type AttestationDocument,
   IDENTITY_TYPE,
   type InferenceIdentity,
   identityReportData,
   type SoftwareIdentity,
-} from './identity.js';
+} from '../wire/inference-identity.js';
+import { attestIdentity, type ServerTee } from './attestation.js';
+import { errorBody, InferError, toInferError } from './errors.js';
+import { createGateway, GatewayError, OHTTP_CHUNKED_REQUEST_TYPE, OHTTP_REQUEST_TYPE } from './gateway.js';
 import { createOpenAiHandler, type ServedModel } from './openai.js';
 import { RequestQueue } from './queue.js';
 import { checkServedModels, generateServingKeys, type SharedServingKeys } from './serving-keys.js';

@@ -18,7 +18,6 @@
  * clients accept shared keys only from sources their policy lists.
  */
 import type { JWK } from 'jose';
-import { generateSigningKey } from '../agent/receipt.js';
 import {
   GATEWAY_SUITES,
   type GatewayKey,
@@ -26,6 +25,7 @@ import {
   KEM_X25519_HKDF_SHA256,
   PKCS8_X25519_PREFIX,
 } from '../ohttp/index.js';
+import { generateSigningKey } from '../tee/receipt.js';
 import { bs, concatBytes, fromBase64, toBase64Url, utf8 } from '../util/bytes.js';
 import { isObject } from '../util/object.js';
 

@@ -15,9 +15,9 @@ import { createLocalJWKSet, type JSONWebKeySet, type JWK, jwtVerify } from 'jose
 import { verifyEar } from '../attest/ear/index.js';
 import { compilePolicy, PolicyError } from '../policy/index.js';
 import { type LogStore, TranslogError, TransparencyLog } from '../translog/index.js';
+import { ProtocolError, parseResourcePath } from '../wire/kbs.js';
 import { decideRelease } from './decide.js';
 import type { PolicyPool } from './policy-pool.js';
-import { ProtocolError, parseResourcePath } from './protocol.js';
 import { parseScope, scopeName } from './scope.js';
 import type { SecretBox } from './secrets.js';
 import type { KbsStore, LogAppend, Owner, PolicyScope } from './store/types.js';

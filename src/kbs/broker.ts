@@ -15,10 +15,6 @@ import { type EarResult, issueEar, verifyEar } from '../attest/ear/index.js';
 import type { VerifierRegistry } from '../attest/registry.js';
 import { certTableCollateral } from '../attest/snp/certtable.js';
 import { toBase64Url } from '../util/bytes.js';
-import { decideRelease, type ReleaseDecision } from './decide.js';
-import { bindInitData, INIT_DATA_CLAIM, type ReceivedInitData, receiveInitData } from './init-data.js';
-import { checkUsableKey, encryptResource } from './jwe.js';
-import type { PolicyPool } from './policy-pool.js';
 import {
   deviceEvidence,
   deviceRuntimeDataHash,
@@ -33,7 +29,11 @@ import {
   primaryRuntimeDataHash,
   reportDataField,
   type TeePubkey,
-} from './protocol.js';
+} from '../wire/kbs.js';
+import { decideRelease, type ReleaseDecision } from './decide.js';
+import { bindInitData, INIT_DATA_CLAIM, type ReceivedInitData, receiveInitData } from './init-data.js';
+import { checkUsableKey, encryptResource } from './jwe.js';
+import type { PolicyPool } from './policy-pool.js';
 import type { SecretBox } from './secrets.js';
 import type { KbsStore, SessionRecord } from './store/types.js';
 

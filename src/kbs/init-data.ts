@@ -14,7 +14,7 @@ import type { Appraisal } from '../attest/common/types.js';
 import { AttestationError } from '../attest/common/types.js';
 import type { EarResult } from '../attest/ear/index.js';
 import { bs, toHex, utf8 } from '../util/bytes.js';
-import { ProtocolError } from './protocol.js';
+import { ProtocolError } from '../wire/kbs.js';
 
 export const INIT_DATA_VERSION = '0.1.0';
 /**

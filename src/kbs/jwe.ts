@@ -6,7 +6,7 @@
  */
 import { FlattenedEncrypt, type FlattenedJWE, flattenedDecrypt, importJWK } from 'jose';
 import { bs } from '../util/bytes.js';
-import { ProtocolError, type TeePubkey } from './protocol.js';
+import { ProtocolError, type TeePubkey } from '../wire/kbs.js';
 
 export function jweAlgFor(key: TeePubkey): 'ECDH-ES+A256KW' | 'RSA-OAEP-256' {
   return key.kty === 'EC' ? 'ECDH-ES+A256KW' : 'RSA-OAEP-256';

@@ -1,4 +1,4 @@
-import { ProtocolError, parseResourcePath } from './protocol.js';
+import { ProtocolError, parseResourcePath } from '../wire/kbs.js';
 import type { PolicyScope } from './store/types.js';
 
 /** Policy scopes as operators write them: "default", "repository:<name>", "resource:<repo>/<type>/<tag>". */

@@ -10,12 +10,12 @@ import Fastify, {
   type FastifyReply,
   type FastifyRequest,
 } from 'fastify';
+import { ProtocolError, SESSION_COOKIE } from '../wire/kbs.js';
+import { problem } from '../wire/problem.js';
 import type { AdminApi } from './admin.js';
 import type { Broker } from './broker.js';
 import type { Metrics } from './metrics.js';
 import { openApiDocument } from './openapi.js';
-import { problem } from './problem.js';
-import { ProtocolError, SESSION_COOKIE } from './protocol.js';
 import { ConflictError, NotFoundError, StoreUnavailableError } from './store/types.js';
 
 export interface ServerOptions {

@@ -1,11 +1,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { CpuAttester } from '../../src/agent/attest/types.js';
 import type { CollateralSource } from '../../src/attest/common/types.js';
 import { issueEar } from '../../src/attest/ear/index.js';
 import { type IssuedReport, SnpTestAuthority } from '../../src/attest/testing/snp.js';
 import { confidentialFetch } from '../../src/client/fetch.js';
 import { parseClientPolicy } from '../../src/client/policy.js';
 import { verifyServer } from '../../src/client/verify.js';
+import type { CpuAttester } from '../../src/tee/evidence/types.js';
 import { toBase64Url, toHex } from '../../src/util/bytes.js';
 import { type Harness, startHarness } from '../infer/harness.js';
 

@@ -1,4 +1,3 @@
-import { InsecureSampleAttester } from '../../src/agent/attest/sample.js';
 import { offlineSource } from '../../src/attest/collateral/index.js';
 import { parseClientPolicy } from '../../src/client/policy.js';
 import type { ServerTee } from '../../src/infer/attestation.js';
@@ -15,6 +14,7 @@ import {
   generateServingKeys,
   type SharedServingKeys,
 } from '../../src/infer/serving-keys.js';
+import { InsecureSampleAttester } from '../../src/tee/evidence/sample.js';
 import { HashEmbeddingEngine, ScriptedTextEngine } from './fake-engines.js';
 
 export const TEXT_DIGEST = `sha256:${'a1'.repeat(32)}`;

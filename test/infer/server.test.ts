@@ -5,7 +5,6 @@ import { confidentialFetch } from '../../src/client/fetch.js';
 import { parseClientPolicy } from '../../src/client/policy.js';
 import { VerificationError } from '../../src/client/verify.js';
 import { sseEvent } from '../../src/infer/openai.js';
-import type { ResponseReceipt } from '../../src/infer/receipt.js';
 import {
   ChunkedRequestSealer,
   ChunkedResponseOpener,
@@ -17,6 +16,7 @@ import {
   StreamedResponseDecoder,
 } from '../../src/ohttp/index.js';
 import { concatBytes, fromBase64 } from '../../src/util/bytes.js';
+import type { ResponseReceipt } from '../../src/wire/inference-receipt.js';
 import { ScriptedTextEngine } from './fake-engines.js';
 import {
   EMBED_DIGEST,

@@ -5,7 +5,7 @@
  */
 import { exportJWK, generateKeyPair } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KbsClient } from '../../src/kbs/client.js';
+import { KbsClient } from '../../src/tee/kbs-client.js';
 import { adminToken, sampleAttester, type TestBroker, testBroker, testKeys } from './helpers.js';
 
 const enc = (s: string) => new TextEncoder().encode(s);

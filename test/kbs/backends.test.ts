@@ -3,7 +3,7 @@
  * schema per run, dropped at the end). Set CLOISTER_TEST_PG=skip on a machine without PostgreSQL.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KbsClient, KbsClientError } from '../../src/kbs/client.js';
+import { KbsClient, KbsClientError } from '../../src/tee/kbs-client.js';
 import { PG_ENABLED, pgSchema, sampleAttester, type TestBroker, testBroker } from './helpers.js';
 
 const SECRET = new TextEncoder().encode('the model key');

@@ -8,7 +8,7 @@ import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { type AddressInfo, createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KbsClient } from '../../src/kbs/client.js';
+import { KbsClient } from '../../src/tee/kbs-client.js';
 import { BIN, tempDir } from '../cli/run.js';
 import { sampleAttester, type TestBroker, testBroker } from './helpers.js';
 

@@ -17,6 +17,7 @@ import { toCocoSnpEvidence } from '../../src/attest/snp/coco.js';
 import { createIntelTestAuthority, type IntelTestAuthority } from '../../src/attest/testing/intel.js';
 import { createNvidiaTestAuthority, type NvidiaTestAuthority } from '../../src/attest/testing/nvidia.js';
 import { SnpTestAuthority } from '../../src/attest/testing/snp.js';
+import { toBase64, toHex, utf8 } from '../../src/util/bytes.js';
 import {
   deviceEvidence,
   deviceRuntimeDataHash,
@@ -24,8 +25,7 @@ import {
   primaryRuntimeDataHash,
   reportDataField,
   type TeePubkey,
-} from '../../src/kbs/protocol.js';
-import { toBase64, toHex, utf8 } from '../../src/util/bytes.js';
+} from '../../src/wire/kbs.js';
 import { type TestBroker, testBroker } from './helpers.js';
 
 const V = join(import.meta.dirname, '../vectors');

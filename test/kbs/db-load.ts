@@ -5,7 +5,7 @@
  * Retry-After, every acknowledged write is in the store with its log entry, and the log verifies.
  */
 import { expect } from 'vitest';
-import { KbsClient, KbsClientError } from '../../src/kbs/client.js';
+import { KbsClient, KbsClientError } from '../../src/tee/kbs-client.js';
 import { verifyBundle } from '../../src/translog/index.js';
 import { sampleAttester, type TestBroker } from './helpers.js';
 

@@ -17,7 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KbsClient } from '../../src/kbs/client.js';
+import { KbsClient } from '../../src/tee/kbs-client.js';
 import { checkAfterLoad, prepareLoad, RELEASED, runLoad } from './db-load.js';
 import { sampleAttester, type TestBroker, testBroker, until } from './helpers.js';
 

@@ -6,8 +6,8 @@ import pg from 'pg';
 import { createSampleAttester } from '../../src/attest/index.js';
 import { ADMIN_AUDIENCE } from '../../src/kbs/admin.js';
 import { type RunningBroker, type StartOptions, startBroker } from '../../src/kbs/app.js';
-import type { Attester } from '../../src/kbs/client.js';
 import { DEFAULT_CONFIG, type KbsConfig } from '../../src/kbs/config.js';
+import type { Attester } from '../../src/tee/kbs-client.js';
 import { generateNoteSigner } from '../../src/translog/index.js';
 import { bs } from '../../src/util/bytes.js';
 

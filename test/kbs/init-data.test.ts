@@ -8,8 +8,8 @@ import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Appraisal } from '../../src/attest/common/types.js';
 import { SnpTestAuthority } from '../../src/attest/testing/snp.js';
-import { KbsClient } from '../../src/kbs/client.js';
 import { bindInitData, MAX_INIT_DATA_BYTES, receiveInitData } from '../../src/kbs/init-data.js';
+import { KbsClient } from '../../src/tee/kbs-client.js';
 import { toBase64Url } from '../../src/util/bytes.js';
 import { sampleAttester, type TestBroker, testBroker } from './helpers.js';
 

@@ -1,6 +1,6 @@
 /** Rate limiting, and the operational endpoints: /metrics, /openapi.json, /healthz, /readyz. */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KbsClient } from '../../src/kbs/client.js';
+import { KbsClient } from '../../src/tee/kbs-client.js';
 import { sampleAttester, type TestBroker, testBroker, until } from './helpers.js';
 
 describe('rate limiting', () => {

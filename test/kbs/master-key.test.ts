@@ -2,7 +2,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect, it } from 'vitest';
-import { KbsClient } from '../../src/kbs/client.js';
+import { KbsClient } from '../../src/tee/kbs-client.js';
 import { cloister } from '../cli/run.js';
 import { sampleAttester, testBroker } from './helpers.js';
 

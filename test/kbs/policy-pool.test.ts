@@ -4,7 +4,6 @@
  * so the pool runs the built worker (dist/, as test/seal/node.test.ts does).
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { KbsClient } from '../../src/kbs/client.js';
 import { PolicyPool } from '../../src/kbs/policy-pool.js';
 import { runPolicy } from '../../src/kbs/policy-run.js';
 import {
@@ -13,6 +12,7 @@ import {
   evaluatesOnMainThread,
   type PolicyInput,
 } from '../../src/policy/index.js';
+import { KbsClient } from '../../src/tee/kbs-client.js';
 import { input, submod } from '../policy/helpers.js';
 import { sampleAttester, testBroker } from './helpers.js';
 

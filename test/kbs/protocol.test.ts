@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { deriveGpuNonce } from '../../src/attest/composite.js';
 import { createNvidiaTestAuthority } from '../../src/attest/testing/nvidia.js';
 import { SnpTestAuthority } from '../../src/attest/testing/snp.js';
-import { KbsClient, KbsClientError } from '../../src/kbs/client.js';
+import { KbsClient, KbsClientError } from '../../src/tee/kbs-client.js';
 import { toBase64Url } from '../../src/util/bytes.js';
 import { sampleAttester, type TestBroker, testBroker } from './helpers.js';
 

@@ -4,7 +4,7 @@
  * transparency log they write together stays one unbroken, verifiable chain.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KbsClient } from '../../src/kbs/client.js';
+import { KbsClient } from '../../src/tee/kbs-client.js';
 import { verifyBundle } from '../../src/translog/index.js';
 import {
   PG_ENABLED,

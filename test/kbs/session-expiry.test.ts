@@ -3,9 +3,9 @@ import { describe, expect, it } from 'vitest';
 import { createDefaultRegistry, offlineSource } from '../../src/attest/index.js';
 import { Broker } from '../../src/kbs/broker.js';
 import { buildLogEntry } from '../../src/kbs/log.js';
-import { primaryRuntimeDataHash, reportDataField } from '../../src/kbs/protocol.js';
 import { masterKeyFromText, SecretBox } from '../../src/kbs/secrets.js';
 import { MemoryStore } from '../../src/kbs/store/index.js';
+import { primaryRuntimeDataHash, reportDataField } from '../../src/wire/kbs.js';
 import { sampleAttester } from './helpers.js';
 
 describe('a session whose token expired', () => {

@@ -3,7 +3,7 @@
  * too weak to count, and with a nonce whose evidence was refused (used up).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseTeePubkey } from '../../src/kbs/protocol.js';
+import { parseTeePubkey } from '../../src/wire/kbs.js';
 import { sampleAttester, type TestBroker, testBroker } from './helpers.js';
 
 describe('attest input: the TEE key and the nonce', () => {

@@ -6,13 +6,13 @@
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KbsClient } from '../../src/kbs/client.js';
 import {
   principalOf,
   repositoryNamespace,
   signAdminToken,
   tenantNameProblem,
 } from '../../src/kbs/tenancy.js';
+import { KbsClient } from '../../src/tee/kbs-client.js';
 import {
   adminToken,
   sampleAttester,

@@ -4,7 +4,7 @@
  *  - an unmodified CoCo guest (guest-components' kbs_protocol rcar_client + sample attester) against
  *    `cloister kbs serve`: Request with its extra-params, SHA-384 runtime-data digest, `{svn,
  *    report_data}` evidence, the TEE key as kbs_types' TeePubKey serialises it (P-256, P-521, RSA);
- *  - Cloister's TEE-side client (src/kbs/client.ts + src/agent/kbs.ts) against a fake KBS written from
+ *  - Cloister's TEE-side client (src/tee/kbs-client.ts + src/tee/keys.ts) against a fake KBS written from
  *    Trustee's kbs/src (attestation/backend.rs, error.rs, jwe/mod.rs, token/mod.rs), its sample verifier
  *    (deps/verifier/src/sample) and its EAR broker (attestation-service/src/ear_token/broker.rs).
  */
@@ -21,10 +21,10 @@ import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { decodeJwt, exportJWK, flattenedDecrypt, generateKeyPair, SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { InsecureSampleAttester } from '../../src/agent/attest/sample.js';
-import { kbsAttester } from '../../src/agent/kbs.js';
 import { TRUSTEE_EAR_PROFILE, verifyEar } from '../../src/attest/ear/index.js';
-import { KbsClient, KbsClientError } from '../../src/kbs/client.js';
+import { InsecureSampleAttester } from '../../src/tee/evidence/sample.js';
+import { KbsClient, KbsClientError } from '../../src/tee/kbs-client.js';
+import { kbsAttester } from '../../src/tee/keys.js';
 import { fromBase64, toBase64Url } from '../../src/util/bytes.js';
 import { canonicalizeBytes } from '../../src/util/jcs.js';
 import { type TestBroker, testBroker } from './helpers.js';

@@ -9,14 +9,14 @@ import { FlattenedEncrypt, importJWK } from 'jose';
 import { describe, expect, it } from 'vitest';
 import { deriveGpuNonce } from '../../src/attest/composite.js';
 import { decryptResource } from '../../src/kbs/jwe.js';
+import { toHex } from '../../src/util/bytes.js';
+import { canonicalize } from '../../src/util/jcs.js';
 import {
   deviceRuntimeDataHash,
   type EcPublicJwk,
   primaryRuntimeDataHash,
   reportDataField,
-} from '../../src/kbs/protocol.js';
-import { toHex } from '../../src/util/bytes.js';
-import { canonicalize } from '../../src/util/jcs.js';
+} from '../../src/wire/kbs.js';
 
 const FILE = new URL('../../docs/vectors/kbs-protocol.json', import.meta.url);
 

@@ -5,8 +5,8 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type * as OnnxEngine from '../../../src/infer/engine/onnx.js';
 import { type EmbeddingEngine, EngineError } from '../../../src/infer/engine/types.js';
-import { type TinyOnnxEmbeddingOptions, tinyOnnxEmbeddingFiles } from '../../../src/infer/models/onnx.js';
 import { writeTar } from '../../../src/infer/models/tar.js';
+import { type TinyOnnxEmbeddingOptions, tinyOnnxEmbeddingFiles } from '../../../src/infer/testing/onnx.js';
 
 const dist = (await import(
   new URL('../../../dist/infer/engine/onnx.js', import.meta.url).href

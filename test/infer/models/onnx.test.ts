@@ -5,13 +5,13 @@
 import { BertTokenizer } from '@huggingface/transformers';
 import { InferenceSession, Tensor } from 'onnxruntime-node';
 import { describe, expect, it } from 'vitest';
+import { readTar } from '../../../src/infer/models/tar.js';
 import {
   TINY_VOCAB_MAX,
   TINY_VOCAB_MIN,
   tinyOnnxEmbeddingBundle,
   tinyOnnxEmbeddingFiles,
-} from '../../../src/infer/models/onnx.js';
-import { readTar } from '../../../src/infer/models/tar.js';
+} from '../../../src/infer/testing/onnx.js';
 
 const dec = new TextDecoder();
 const json = (b: Uint8Array | undefined) => JSON.parse(dec.decode(b));

@@ -1,0 +1,82 @@
+/**
+ * The one HTTP stack every Cloister server stands on (Node-only): Fastify with the settings each of
+ * them needs, and the pieces of the error edge they share. Domain code throws errors that carry a
+ * `code` from its module's closed union; each server maps codes to statuses in one table at its edge
+ * (`statusOf`), so no HTTP status is chosen below this floor.
+ *
+ * Fastify because the key broker already stood on it and it brings the parts we would otherwise
+ * hand-write: body limits, slow-client timeouts, trusted-proxy handling, cookies (@fastify/cookie),
+ * rate limits (@fastify/rate-limit) and an OpenAPI document generated from the route schemas
+ * (@fastify/swagger).
+ */
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
+import { problem } from '../wire/problem.js';
+
+export interface HttpOptions {
+  /** Largest accepted request body in bytes. */
+  bodyLimit: number;
+  /**
+   * Slow clients: the whole request must arrive within `requestMs`, its headers within `headersMs`;
+   * an idle kept-alive connection closes after `keepAliveMs`. Only the upload is timed.
+   */
+  timeouts?: { requestMs?: number; headersMs?: number; keepAliveMs?: number };
+  /** Proxies (addresses/CIDRs) whose X-Forwarded-For names the client; empty or absent: none. */
+  trustProxy?: readonly string[];
+}
+
+export function createHttp(o: HttpOptions): FastifyInstance {
+  const t = o.timeouts ?? {};
+  const app = Fastify({
+    bodyLimit: o.bodyLimit,
+    requestTimeout: t.requestMs ?? 60_000,
+    connectionTimeout: t.requestMs ?? 60_000,
+    keepAliveTimeout: t.keepAliveMs ?? 5_000,
+    logger: false,
+    return503OnClosing: true,
+    // Only listed proxies may say who the client is; anyone else could pick a fresh bucket per request.
+    trustProxy: o.trustProxy && o.trustProxy.length > 0 ? [...o.trustProxy] : false,
+  });
+  if (t.headersMs !== undefined) app.server.headersTimeout = t.headersMs;
+  return app;
+}
+
+/** A server's whole code → status table: the compiler refuses one that forgets a code. */
+export type StatusTable<Code extends string> = Readonly<Record<Code, number>>;
+
+/** Errors Fastify itself raises before a handler runs (bad JSON, too large, wrong media type). */
+export type FrameworkCode = 'malformed-json' | 'body-too-large' | 'unsupported-media-type' | 'bad-request';
+
+export interface FrameworkRefusal {
+  status: number;
+  code: FrameworkCode;
+  detail: string;
+}
+
+/**
+ * Fastify's own 4xx refusals in our words, or undefined for anything else (a handler's error, or a
+ * 5xx that must not leak its message).
+ */
+export function frameworkRefusal(err: unknown, bodyLimit: number): FrameworkRefusal | undefined {
+  const e = err as Partial<FastifyError>;
+  const status = e.statusCode;
+  if (typeof status !== 'number' || status < 400 || status >= 500) return undefined;
+  switch (e.code) {
+    case 'FST_ERR_CTP_INVALID_JSON_BODY':
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+      return { status, code: 'malformed-json', detail: String(e.message) };
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return { status, code: 'body-too-large', detail: `request body exceeds ${bodyLimit} bytes` };
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return { status, code: 'unsupported-media-type', detail: String(e.message) };
+    default:
+      return { status, code: 'bad-request', detail: String(e.message) };
+  }
+}
+
+/** Sends an RFC 7807 problem document. */
+export function sendProblem(reply: FastifyReply, status: number, type: string, detail: string): FastifyReply {
+  return reply
+    .code(status)
+    .type('application/problem+json')
+    .send(problem(status, type, detail));
+}

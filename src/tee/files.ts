@@ -1,0 +1,178 @@
+/**
+ * Sealed files in and out of the private directory (Node-only). Inputs are unsealed by streaming
+ * straight into a 0600 file in the private directory (never to a disk); a failure part way zeroes and
+ * removes what was written. Outputs are sealed into a temporary file beside the target and renamed
+ * into place once complete, never through a symbolic link (confined.ts). Both hash the sealed bytes
+ * as they pass, so the digest in the receipt is of exactly the bytes that were read or written.
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { type FileHandle, open, rm } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import { bestChunkCipher } from '../seal/aead-native.js';
+import { beginSeal, openStream, sealStream } from '../seal/container.js';
+import type { Recipient } from '../seal/keys.js';
+import { readHeader } from '../seal/node.js';
+import type { ConfinedDir } from './confined.js';
+import type { KekCache } from './keys.js';
+
+export function pullFrom(node: AsyncIterable<Uint8Array>): ReadableStream<Uint8Array> {
+  // Readable.toWeb on Node 20 reads ahead without backpressure; pull one piece at a time instead.
+  const it = node[Symbol.asyncIterator]();
+  return new ReadableStream<Uint8Array>(
+    {
+      async pull(c) {
+        const { done, value } = await it.next();
+        if (done) c.close();
+        else c.enqueue(value);
+      },
+      async cancel() {
+        await it.return?.();
+      },
+    },
+    { highWaterMark: 0 },
+  );
+}
+
+function hashing(hash: ReturnType<typeof createHash>): TransformStream<Uint8Array, Uint8Array> {
+  return new TransformStream({
+    transform(b, c) {
+      hash.update(b);
+      c.enqueue(b);
+    },
+  });
+}
+
+function fileSink(fh: FileHandle): WritableStream<Uint8Array> {
+  return new WritableStream({
+    async write(b) {
+      for (let o = 0; o < b.length; ) o += (await fh.write(b, o, b.length - o)).bytesWritten;
+    },
+  });
+}
+
+/** Zeroes a file's first `size` bytes in place, then unlinks it. */
+async function zeroAndRemove(path: string): Promise<void> {
+  try {
+    const fh = await open(path, 'r+');
+    try {
+      const { size } = await fh.stat();
+      const zeros = new Uint8Array(Math.min(size, 1 << 20));
+      for (let o = 0; o < size; )
+        o += (await fh.write(zeros, 0, Math.min(zeros.length, size - o), o)).bytesWritten;
+    } finally {
+      await fh.close();
+    }
+  } finally {
+    await rm(path, { force: true });
+  }
+}
+
+/** A file name that is safe in a directory: the last path element, odd characters replaced. */
+export function safeFileName(name: string, fallback: string): string {
+  const base = (name.split(/[\\/]/).pop() ?? '').replace(/[^A-Za-z0-9._-]/g, '_').replace(/^\.+/, '');
+  return base === '' ? fallback : base.slice(0, 200);
+}
+
+/** `model.gguf` → `MODEL_GGUF`, for CLOISTER_INPUT_<NAME>. */
+export function envName(name: string): string {
+  return name.toUpperCase().replace(/[^A-Z0-9]/g, '_');
+}
+
+export interface UnsealedFile {
+  path: string;
+  name: string;
+  kbsUri: string;
+  sealedSha256: string;
+  size: number;
+}
+
+/**
+ * Unseals `sealedPath` into `dir/name` (mode 0600, refusing to overwrite). The KEK comes from the
+ * broker by the header's `kbs` recipient; nothing is written before the broker has released it.
+ */
+export async function unsealInto(
+  sealedPath: string,
+  dir: string,
+  name: string,
+  keys: KekCache,
+): Promise<UnsealedFile> {
+  const { header } = await readHeader(sealedPath);
+  const kek = await keys.forHeader(header, sealedPath);
+  const out = join(dir, name);
+  const hash = createHash('sha256');
+  const fh = await open(out, 'wx', 0o600);
+  let size = 0;
+  try {
+    const count = new TransformStream<Uint8Array, Uint8Array>({
+      transform(b, c) {
+        size += b.length;
+        c.enqueue(b);
+      },
+    });
+    await pullFrom(createReadStream(sealedPath, { highWaterMark: 4 << 20 }))
+      .pipeThrough(hashing(hash))
+      .pipeThrough(openStream(kek, bestChunkCipher()))
+      .pipeThrough(count)
+      .pipeTo(fileSink(fh));
+  } catch (e) {
+    await fh.close();
+    await zeroAndRemove(out);
+    throw e;
+  }
+  await fh.close();
+  return { path: out, name, kbsUri: kek.uri!, sealedSha256: hash.digest('hex'), size };
+}
+
+export interface SealedOutput {
+  /** Relative to the output directory. */
+  file: string;
+  sealedSha256: string;
+  recipients: string[];
+}
+
+/**
+ * Seals the workload's file `rel` (under `src`, the private outputs directory) to `recipients` as
+ * `<out>/<rel>.sealed`. Both sides are walked without following links (confined.ts): a link the
+ * workload left in its outputs is not read through, and a link planted in the output directory is
+ * refused, not written through.
+ */
+export async function sealInto(
+  src: ConfinedDir,
+  rel: string,
+  out: ConfinedDir,
+  recipients: Recipient[],
+): Promise<SealedOutput> {
+  const file = `${rel}.sealed`;
+  const parts = file.split('/');
+  const name = parts.pop()!;
+  const plain = await src.openFile(rel);
+  try {
+    const { size } = await plain.stat();
+    const dir = (await out.subdir(parts.join('/'), true))!;
+    try {
+      const ctx = await beginSeal({
+        recipients,
+        plaintextLength: size,
+        name: basename(rel),
+        cipher: bestChunkCipher(),
+      });
+      const hash = createHash('sha256');
+      await dir.writeFile(name, 0o644, (fh) =>
+        pullFrom(plain.createReadStream({ highWaterMark: 4 << 20, autoClose: false, start: 0 }))
+          .pipeThrough(sealStream(ctx))
+          .pipeThrough(hashing(hash))
+          .pipeTo(fileSink(fh)),
+      );
+      return {
+        file,
+        sealedSha256: hash.digest('hex'),
+        recipients: ctx.header.recipients.map((r) => r.keyId),
+      };
+    } finally {
+      if (dir !== out) await dir.close();
+    }
+  } finally {
+    await plain.close();
+  }
+}

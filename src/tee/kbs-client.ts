@@ -1,0 +1,169 @@
+/**
+ * The guest side of the KBS protocol (runs inside the TEE; web-standard so it also runs in a browser
+ * for tests and tooling): an ephemeral P-256 key per session, the report-data binding the broker
+ * expects, composite CPU + GPU evidence, token reuse, retries with backoff and clear errors.
+ */
+import { type FlattenedJWE, flattenedDecrypt } from 'jose';
+import {
+  deviceRuntimeDataHash,
+  type EcPublicJwk,
+  KBS_PROTOCOL_VERSION,
+  primaryRuntimeDataHash,
+  reportDataField,
+} from '../wire/kbs.js';
+
+/** Produces evidence for the broker's challenge. */
+export interface Attester {
+  tee: string;
+  /** Primary evidence (the JSON value sent as primary_evidence) for 64 bytes of report data. */
+  primaryEvidence(reportData: Uint8Array): Promise<unknown>;
+  /** Device evidence for the device nonce base (SHA-384 of {"tee-pubkey","nonce"}), or "" without devices. */
+  additionalEvidence?(deviceBase: Uint8Array): Promise<string>;
+}
+
+export interface KbsClientOptions {
+  url: string;
+  attester: Attester;
+  fetch?: typeof fetch;
+  /** Attempts for transient failures (network errors, 429, 5xx); default 4. */
+  retries?: number;
+  /** First backoff in ms, doubled each retry; default 200. */
+  backoffMs?: number;
+  timeoutMs?: number;
+  /**
+   * The TEE's CoCo init-data, exactly as the host got it (its digest is in the evidence's TDX
+   * mr_config_id or SNP host_data); the broker checks it and shows its contents to policies.
+   */
+  initData?: { format: 'toml' | 'json'; body: string };
+}
+
+export class KbsClientError extends Error {
+  override name = 'KbsClientError';
+  constructor(
+    message: string,
+    readonly status?: number,
+    readonly type?: string,
+  ) {
+    super(message);
+  }
+}
+
+interface Session {
+  cookie: string;
+  token: string;
+  keyPair: CryptoKeyPair;
+}
+
+export class KbsClient {
+  private session?: Session;
+  private readonly fetch: typeof fetch;
+
+  constructor(private readonly o: KbsClientOptions) {
+    this.fetch = o.fetch ?? globalThis.fetch.bind(globalThis);
+  }
+
+  /** The EAR token of the current session (attesting first if needed). */
+  async token(): Promise<string> {
+    return (await this.ensureSession()).token;
+  }
+
+  /** A resource's value, decrypted with the session's ephemeral key. */
+  async getResource(path: string): Promise<Uint8Array> {
+    let s = await this.ensureSession();
+    let res = await this.request(`/kbs/v0/resource/${path}`, {
+      method: 'GET',
+      headers: { cookie: s.cookie },
+    });
+    if (res.status === 401) {
+      // The session expired or was evicted: attest once more.
+      this.session = undefined;
+      s = await this.ensureSession();
+      res = await this.request(`/kbs/v0/resource/${path}`, { method: 'GET', headers: { cookie: s.cookie } });
+    }
+    await this.check(res, `resource ${path}`);
+    const { plaintext } = await flattenedDecrypt((await res.json()) as FlattenedJWE, s.keyPair.privateKey);
+    return plaintext;
+  }
+
+  private async ensureSession(): Promise<Session> {
+    if (this.session) return this.session;
+    const keyPair = (await crypto.subtle.generateKey({ name: 'ECDH', namedCurve: 'P-256' }, true, [
+      'deriveBits',
+    ])) as CryptoKeyPair;
+    const jwk = await crypto.subtle.exportKey('jwk', keyPair.publicKey);
+    const teePubkey: EcPublicJwk = { kty: 'EC', crv: 'P-256', alg: 'ECDH-ES+A256KW', x: jwk.x!, y: jwk.y! };
+
+    const auth = await this.request('/kbs/v0/auth', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ version: KBS_PROTOCOL_VERSION, tee: this.o.attester.tee, 'extra-params': '' }),
+    });
+    await this.check(auth, 'auth');
+    const cookie = (auth.headers.get('set-cookie') ?? '').split(';')[0] ?? '';
+    if (!cookie.startsWith('kbs-session-id='))
+      throw new KbsClientError('the broker set no kbs-session-id cookie');
+    const { nonce } = (await auth.json()) as { nonce: string };
+
+    const additional = this.o.attester.additionalEvidence
+      ? await this.o.attester.additionalEvidence(await deviceRuntimeDataHash(teePubkey, nonce))
+      : '';
+    const reportData = reportDataField(await primaryRuntimeDataHash(teePubkey, nonce, additional));
+    const primary = await this.o.attester.primaryEvidence(reportData);
+    const attest = await this.request('/kbs/v0/attest', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', cookie },
+      body: JSON.stringify({
+        'runtime-data': { nonce, 'tee-pubkey': teePubkey },
+        'tee-evidence': { primary_evidence: primary, additional_evidence: additional },
+        ...(this.o.initData ? { 'init-data': this.o.initData } : {}),
+      }),
+    });
+    await this.check(attest, 'attestation');
+    const { token } = (await attest.json()) as { token: string };
+    this.session = { cookie, token, keyPair };
+    return this.session;
+  }
+
+  /** One request with retries for transient failures only; a 4xx other than 429 is final. */
+  private async request(path: string, init: RequestInit): Promise<Response> {
+    const attempts = this.o.retries ?? 4;
+    let delay = this.o.backoffMs ?? 200;
+    let last: unknown;
+    for (let i = 0; i < attempts; i++) {
+      try {
+        const res = await this.fetch(new URL(path, this.o.url), {
+          ...init,
+          signal: AbortSignal.timeout(this.o.timeoutMs ?? 30_000),
+        });
+        if (res.status !== 429 && res.status < 500) return res;
+        last = new KbsClientError(`broker answered ${res.status}`, res.status);
+        if (i === attempts - 1) return res;
+      } catch (e) {
+        last = e;
+      }
+      await new Promise((r) => setTimeout(r, delay));
+      delay *= 2;
+    }
+    throw new KbsClientError(
+      `key broker at ${this.o.url} unreachable after ${attempts} attempts: ${(last as Error)?.message ?? last}`,
+    );
+  }
+
+  private async check(res: Response, what: string): Promise<void> {
+    if (res.ok) return;
+    let detail = '';
+    let type: string | undefined;
+    try {
+      const p = (await res.json()) as { detail?: string; type?: string };
+      detail = p.detail ?? '';
+      type = p.type?.split('/').pop();
+    } catch {
+      detail = res.statusText;
+    }
+    throw new KbsClientError(
+      `${what} refused by the key broker (${res.status}${type ? ` ${type}` : ''}): ${detail}`,
+      res.status,
+      type,
+    );
+  }
+}
