@@ -59,7 +59,7 @@ const isAuditor = (p: AdminPrincipal) => p.role === 'auditor' || p.role === 'glo
 const ADMIN_SECURITY = [{ adminToken: [] }];
 /** Every admin route may refuse the caller's token or role. */
 const AUTH_ERRORS: readonly KbsHttpCode[] = ['no-admin-token', 'bad-admin-token', 'forbidden'];
-/** Writing a resource value: the path, the body and the store's refusals. */
+/** Writing a resource value: refusals of its path and its body. */
 const RESOURCE_WRITE_ERRORS: readonly KbsHttpCode[] = [
   'bad-resource-path',
   'empty-value',
@@ -662,15 +662,13 @@ function logReader(p: AdminPrincipal): void {
   }
 }
 
-/** `from`/`to` query values as a valid half-open range of the log (defaults: everything). */
+/**
+ * `from`/`to` query values as a valid half-open range of the log (defaults: everything). The routes'
+ * schema (LOG_RANGE) has already refused anything but digits.
+ */
 function logRange(q: { from?: string; to?: string }, size: number): { from: number; to: number } {
-  const num = (v: string | undefined, dflt: number, what: string): number => {
-    if (v === undefined) return dflt;
-    if (!/^\d+$/.test(v)) throw new KbsError('bad-range', `${what} must be a non-negative integer`);
-    return Number(v);
-  };
-  const from = num(q.from, 0, 'from');
-  const to = num(q.to, size, 'to');
+  const from = q.from === undefined ? 0 : Number(q.from);
+  const to = q.to === undefined ? size : Number(q.to);
   if (from > to || to > size)
     throw new KbsError('bad-range', `range [${from}, ${to}) is not within the log of ${size} entries`);
   return { from, to };
