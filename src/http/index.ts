@@ -22,6 +22,12 @@ export interface HttpOptions {
   timeouts?: { requestMs?: number; headersMs?: number; keepAliveMs?: number };
   /** Proxies (addresses/CIDRs) whose X-Forwarded-For names the client; empty or absent: none. */
   trustProxy?: readonly string[];
+  /**
+   * Route schemas check requests and never rewrite them: no type coercion ("5" stays a string, a lone
+   * value does not become an array), no defaults filled in, no properties removed. Off: Fastify's
+   * defaults, which coerce.
+   */
+  strictSchemas?: boolean;
 }
 
 export function createHttp(o: HttpOptions): FastifyInstance {
@@ -35,6 +41,9 @@ export function createHttp(o: HttpOptions): FastifyInstance {
     return503OnClosing: true,
     // Only listed proxies may say who the client is; anyone else could pick a fresh bucket per request.
     trustProxy: o.trustProxy && o.trustProxy.length > 0 ? [...o.trustProxy] : false,
+    ...(o.strictSchemas
+      ? { ajv: { customOptions: { coerceTypes: false, useDefaults: false, removeAdditional: false } } }
+      : {}),
   });
   if (t.headersMs !== undefined) app.server.headersTimeout = t.headersMs;
   return app;
@@ -79,4 +88,87 @@ export function sendProblem(reply: FastifyReply, status: number, type: string, d
     .code(status)
     .type('application/problem+json')
     .send(problem(status, type, detail));
+}
+
+/**
+ * What a route tells /openapi.json beyond its schemas (set as the route's `config.doc`): its success
+ * answers and the problem codes it can refuse with. The statuses of those codes come from the server's
+ * StatusTable when the document is made, so the document cannot disagree with the edge.
+ */
+export interface RouteDoc<Code extends string = string> {
+  ok: Readonly<Record<number, string>>;
+  errors?: readonly Code[];
+  /**
+   * The problem code for a request its schema refuses: one code, or one per top-level body field
+   * (`*` for any other), so schema checks answer with the codes the handler's own checks use.
+   */
+  invalid?: Code | Readonly<Record<string, Code>>;
+  /** How to call the route right: the detail of a refused request starts with it. */
+  usage?: string;
+}
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    doc?: RouteDoc;
+  }
+}
+
+const PROBLEM_SCHEMA = {
+  type: 'object',
+  required: ['type', 'title', 'status', 'detail'],
+  properties: {
+    type: { type: 'string', description: 'https://cloister.dev/problems/<code>' },
+    title: { type: 'string' },
+    status: { type: 'integer' },
+    detail: { type: 'string' },
+  },
+} as const;
+
+/**
+ * OpenAPI responses for a route: its success answers, and one problem response per status its error
+ * codes map to, naming the codes (`describe` may say more about one).
+ */
+export function openApiResponses<Code extends string>(
+  doc: RouteDoc<Code>,
+  table: StatusTable<Code>,
+  describe: (code: Code) => string = (c) => c,
+): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [status, description] of Object.entries(doc.ok)) out[status] = { description };
+  const byStatus = new Map<number, string[]>();
+  for (const code of doc.errors ?? []) {
+    const status = table[code];
+    byStatus.set(status, [...(byStatus.get(status) ?? []), describe(code)]);
+  }
+  for (const [status, codes] of [...byStatus].sort(([a], [b]) => a - b)) {
+    out[String(status)] = {
+      description: `RFC 7807 problem; type: ${codes.join(', ')}`,
+      content: { 'application/problem+json': { schema: PROBLEM_SCHEMA } },
+    };
+  }
+  return out;
+}
+
+/**
+ * The refusal for a request a route's schema refused (Fastify's FST_ERR_VALIDATION): the code from
+ * the route's `doc.invalid`, the detail its `doc.usage` and the schema's reason; undefined for any
+ * other error or a route that names no code.
+ */
+export function invalidRequest<Code extends string>(
+  err: unknown,
+  doc: RouteDoc<Code> | undefined,
+): { code: Code; detail: string } | undefined {
+  const e = err as Partial<FastifyError>;
+  if (!e.validation || !doc?.invalid) return undefined;
+  const detail = doc.usage ? `${doc.usage}: ${String(e.message)}` : String(e.message);
+  if (typeof doc.invalid === 'string') return { code: doc.invalid as Code, detail };
+  const first = e.validation[0];
+  const params = first?.params as { missingProperty?: unknown } | undefined;
+  const field =
+    typeof params?.missingProperty === 'string' && first?.instancePath === ''
+      ? params.missingProperty
+      : (first?.instancePath.split('/')[1] ?? '');
+  const byField = doc.invalid as Readonly<Record<string, Code>>;
+  const code = byField[field] ?? byField['*'];
+  return code === undefined ? undefined : { code, detail };
 }

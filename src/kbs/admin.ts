@@ -15,8 +15,9 @@ import { createLocalJWKSet, type JSONWebKeySet, type JWK, jwtVerify } from 'jose
 import { verifyEar } from '../attest/ear/index.js';
 import { compilePolicy, PolicyError } from '../policy/index.js';
 import { type LogStore, TranslogError, TransparencyLog } from '../translog/index.js';
-import { ProtocolError, parseResourcePath } from '../wire/kbs.js';
+import { parseResourcePath } from '../wire/kbs.js';
 import { decideRelease } from './decide.js';
+import { KbsError, type KbsHttpCode, type KbsRouteDoc } from './errors.js';
 import type { PolicyPool } from './policy-pool.js';
 import { parseScope, scopeName } from './scope.js';
 import type { SecretBox } from './secrets.js';
@@ -52,9 +53,39 @@ export interface AdminOptions {
   policyPool?: PolicyPool;
 }
 
-const forbidden = (msg: string) => new ProtocolError(403, 'forbidden', msg);
-const badToken = (msg: string) => new ProtocolError(401, 'bad-admin-token', msg);
+const forbidden = (msg: string) => new KbsError('forbidden', msg);
+const badToken = (msg: string) => new KbsError('bad-admin-token', msg);
 const isAuditor = (p: AdminPrincipal) => p.role === 'auditor' || p.role === 'global-auditor';
+const ADMIN_SECURITY = [{ adminToken: [] }];
+/** Every admin route may refuse the caller's token or role. */
+const AUTH_ERRORS: readonly KbsHttpCode[] = ['no-admin-token', 'bad-admin-token', 'forbidden'];
+/** Writing a resource value: refusals of its path and its body. */
+const RESOURCE_WRITE_ERRORS: readonly KbsHttpCode[] = [
+  'bad-resource-path',
+  'empty-value',
+  'value-too-large',
+  'body-too-large',
+  'unsupported-media-type',
+];
+const LOG_RANGE = {
+  type: 'object',
+  properties: {
+    from: { type: 'string', pattern: '^\\d+$', description: 'first entry (default 0)' },
+    to: { type: 'string', pattern: '^\\d+$', description: 'end of the range, exclusive (default: the size)' },
+  },
+} as const;
+/** An admin route's document entry: its answers, the auth refusals and its own. */
+const doc = (
+  ok: KbsRouteDoc['ok'],
+  errors: readonly KbsHttpCode[] = [],
+  invalid?: KbsRouteDoc['invalid'],
+  usage?: string,
+): KbsRouteDoc => ({
+  ok,
+  errors: [...AUTH_ERRORS, ...errors],
+  ...(invalid !== undefined ? { invalid } : {}),
+  ...(usage !== undefined ? { usage } : {}),
+});
 /** What a principal may list: its tenant's records, or (operator scope) everyone's. */
 const listFilter = (p: AdminPrincipal): string | undefined =>
   p.scope.kind === 'tenant' ? p.scope.tenant : undefined;
@@ -71,7 +102,7 @@ export class AdminApi {
       throw forbidden('the admin API is disabled: no admin keys are configured (see docs/kbs.md)');
     const h = req.headers.authorization;
     if (!h?.startsWith('Bearer '))
-      throw new ProtocolError(401, 'no-admin-token', 'send an admin token: Authorization: Bearer <JWT>');
+      throw new KbsError('no-admin-token', 'send an admin token: Authorization: Bearer <JWT>');
     let payload: Record<string, unknown>;
     try {
       ({ payload } = await jwtVerify(h.slice(7).trim(), this.jwks, {
@@ -137,18 +168,57 @@ export class AdminApi {
     return { kind, tenant, actor: `${p.role}:${p.subject}`, subject, details };
   }
 
-  register(app: FastifyInstance): void {
-    const auth = (req: FastifyRequest) => this.authenticate(req);
-
-    app.get('/admin/v1/resources', async (req) => {
-      const p = await auth(req);
-      return { resources: await this.o.store.listResources(listFilter(p)) };
+  /**
+   * The admin routes, as a plugin of their own: every one authenticates in preValidation, so a caller
+   * without a valid token learns nothing about what its body would have been told, and schema checks
+   * run only for callers the broker knows.
+   */
+  async register(app: FastifyInstance): Promise<void> {
+    await app.register(async (scope) => {
+      const principals = new WeakMap<FastifyRequest, AdminPrincipal>();
+      scope.addHook('preValidation', async (req) => {
+        principals.set(req, await this.authenticate(req));
+      });
+      const auth = (req: FastifyRequest): AdminPrincipal => {
+        const p = principals.get(req);
+        // preValidation ran for every route of this plugin; a miss is a bug, not a caller's fault.
+        if (!p) throw new Error('admin route reached without authentication');
+        return p;
+      };
+      this.routes(scope, auth);
     });
+  }
+
+  private routes(app: FastifyInstance, auth: (req: FastifyRequest) => AdminPrincipal): void {
+    app.get(
+      '/admin/v1/resources',
+      {
+        schema: { summary: 'List resource metadata (never values)', security: ADMIN_SECURITY },
+        config: { doc: doc({ 200: '{resources}' }) },
+      },
+      async (req) => {
+        const p = auth(req);
+        return { resources: await this.o.store.listResources(listFilter(p)) };
+      },
+    );
 
     app.put<{ Params: { '*': string }; Querystring: { contentType?: string } }>(
       '/admin/v1/resources/*',
+      {
+        schema: {
+          summary: 'Create a resource (body: the value, application/octet-stream)',
+          security: ADMIN_SECURITY,
+          querystring: {
+            type: 'object',
+            properties: { contentType: { type: 'string', description: "the value's media type" } },
+          },
+        },
+        config: {
+          doc: doc({ 201: 'metadata' }, [...RESOURCE_WRITE_ERRORS, 'conflict'], 'bad-request'),
+        },
+      },
       async (req, reply) => {
-        const p = await auth(req);
+        const p = auth(req);
         const path = req.params['*'];
         const { repository, type, tag } = parseResourcePath(path);
         const value = this.value(req.body);
@@ -172,163 +242,289 @@ export class AdminApi {
       },
     );
 
-    app.post<{ Params: { '*': string } }>('/admin/v1/resources/*', async (req) => {
-      const p = await auth(req);
-      const path = req.params['*'];
-      const { repository } = parseResourcePath(path);
-      const value = this.value(req.body);
-      const tenant = await this.tenantFor(p, repository, true);
-      const secret = await this.o.secrets.seal(path, value);
-      const meta = await this.o.store.rotateResource(
-        path,
-        secret,
-        value.length,
-        this.log(p, 'resource-rotate', path, tenant, { size: value.length }),
-      );
-      value.fill(0);
-      return meta;
-    });
-
-    app.delete<{ Params: { '*': string } }>('/admin/v1/resources/*', async (req, reply) => {
-      const p = await auth(req);
-      const path = req.params['*'];
-      const { repository } = parseResourcePath(path);
-      const tenant = await this.tenantFor(p, repository, true);
-      const gone = await this.o.store.deleteResource(path, this.log(p, 'resource-delete', path, tenant, {}));
-      if (!gone) throw new ProtocolError(404, 'unknown-resource', `resource ${path} does not exist`);
-      return reply.code(204).send();
-    });
-
-    app.put<{ Body: { scope?: unknown; source?: unknown } }>('/admin/v1/policies', async (req) => {
-      const p = await auth(req);
-      const { scope, source } = req.body ?? {};
-      const s = parseScope(scope);
-      if (typeof source !== 'string' || source.trim() === '')
-        throw new ProtocolError(400, 'bad-policy', 'source must be a CEL expression');
-      try {
-        compilePolicy(source);
-      } catch (e) {
-        // Refused when stored, not at release time: a typo must never lock a key away.
-        throw new ProtocolError(400, 'bad-policy', e instanceof PolicyError ? e.message : String(e));
-      }
-      const tenant = await this.scopeOwner(p, s, true);
-      return this.o.store.setPolicy(
-        { scope: s, tenant, source, actor: `${p.role}:${p.subject}` },
-        this.log(p, 'policy-set', scopeName(s), tenant, { source }),
-      );
-    });
-
-    app.get('/admin/v1/policies', async (req) => {
-      const p = await auth(req);
-      return { policies: await this.o.store.listPolicies(listFilter(p)) };
-    });
-
-    app.post<{ Body: { token?: unknown; resource?: unknown } }>('/admin/v1/policy/evaluate', async (req) => {
-      const p = await auth(req);
-      const { token, resource } = req.body ?? {};
-      if (typeof token !== 'string' || typeof resource !== 'string') {
-        throw new ProtocolError(
-          400,
-          'bad-request',
-          'send {"token": EAR JWT, "resource": "<repository>/<type>/<tag>"}',
+    app.post<{ Params: { '*': string } }>(
+      '/admin/v1/resources/*',
+      {
+        schema: { summary: 'Rotate: store a new version of the value', security: ADMIN_SECURITY },
+        config: { doc: doc({ 200: 'metadata' }, [...RESOURCE_WRITE_ERRORS, 'not-found']) },
+      },
+      async (req) => {
+        const p = auth(req);
+        const path = req.params['*'];
+        const { repository } = parseResourcePath(path);
+        const value = this.value(req.body);
+        const tenant = await this.tenantFor(p, repository, true);
+        const secret = await this.o.secrets.seal(path, value);
+        const meta = await this.o.store.rotateResource(
+          path,
+          secret,
+          value.length,
+          this.log(p, 'resource-rotate', path, tenant, { size: value.length }),
         );
-      }
-      const r = parseResourcePath(resource);
-      const tenant = await this.tenantFor(p, r.repository, false);
-      const ear = await verifyEar(token, this.o.earPublicKey).catch((e: Error) => {
-        throw new ProtocolError(400, 'bad-token', `token refused: ${e.message}`);
-      });
-      return decideRelease({
-        store: this.o.store,
-        ear,
-        resource: { ...r, path: resource, tenant },
-        devMode: this.o.devMode,
-        now: new Date(),
-        explainClauses: true,
-        ...(this.o.policyPool ? { policyPool: this.o.policyPool } : {}),
-      });
-    });
+        value.fill(0);
+        return meta;
+      },
+    );
 
-    app.post<{ Body: Record<string, unknown> }>('/admin/v1/refvalues', async (req, reply) => {
-      const p = await auth(req);
-      if (isAuditor(p)) throw forbidden('auditors cannot change anything');
-      const b = req.body ?? {};
-      // A tenant admin adds its own tenant's; an admin names a tenant, or adds operator-wide values.
-      let tenant: Owner;
-      if (p.scope.kind === 'tenant') {
-        if (b.tenant !== undefined && b.tenant !== p.scope.tenant)
-          throw forbidden('a tenant admin adds reference values of its own tenant only');
-        tenant = p.scope.tenant;
-      } else if (b.tenant === undefined) {
-        tenant = null;
-      } else {
-        const problem = tenantNameProblem(b.tenant);
-        if (problem)
-          throw new ProtocolError(400, 'bad-tenant', `${problem}; leave tenant out for operator-wide values`);
-        tenant = b.tenant as string;
-      }
-      const values = Array.isArray(b.values) ? b.values : [];
-      if (
-        typeof b.tee !== 'string' ||
-        typeof b.name !== 'string' ||
-        values.length === 0 ||
-        !values.every((v) => typeof v === 'string' && /^[0-9a-f]+$/.test(v))
-      ) {
-        throw new ProtocolError(
-          400,
-          'bad-refvalue',
-          'send {"tee", "name", "values": [lower-case hex, …], "expiresAt"?, "note"?}',
-        );
-      }
-      if (
-        b.expiresAt !== undefined &&
-        (typeof b.expiresAt !== 'string' || Number.isNaN(Date.parse(b.expiresAt)))
-      ) {
-        throw new ProtocolError(400, 'bad-refvalue', 'expiresAt must be an RFC 3339 time');
-      }
-      const rec = await this.o.store.addReferenceValue(
-        {
-          tenant,
-          tee: b.tee,
-          name: b.name,
-          values: values as string[],
-          ...(typeof b.expiresAt === 'string' ? { expiresAt: new Date(b.expiresAt).toISOString() } : {}),
-          ...(typeof b.note === 'string' ? { note: b.note } : {}),
-        },
-        this.log(p, 'refvalue-add', `${b.tee}/${b.name}`, tenant, { values }),
-      );
-      return reply.code(201).send(rec);
-    });
-
-    app.get<{ Querystring: { tee?: string } }>('/admin/v1/refvalues', async (req) => {
-      const p = await auth(req);
-      const t = listFilter(p);
-      return {
-        refvalues: await this.o.store.listReferenceValues({
-          ...(t !== undefined ? { tenant: t } : {}),
-          ...(req.query.tee ? { tee: req.query.tee } : {}),
-        }),
-      };
-    });
-
-    app.post<{ Body: { tokenId?: unknown; expiresAt?: unknown; reason?: unknown } }>(
-      '/admin/v1/tokens/revoke',
+    app.delete<{ Params: { '*': string } }>(
+      '/admin/v1/resources/*',
+      {
+        schema: { summary: 'Delete a resource', security: ADMIN_SECURITY },
+        config: { doc: doc({ 204: 'deleted' }, ['bad-resource-path', 'unknown-resource']) },
+      },
       async (req, reply) => {
-        const p = await auth(req);
+        const p = auth(req);
+        const path = req.params['*'];
+        const { repository } = parseResourcePath(path);
+        const tenant = await this.tenantFor(p, repository, true);
+        const gone = await this.o.store.deleteResource(
+          path,
+          this.log(p, 'resource-delete', path, tenant, {}),
+        );
+        if (!gone) throw new KbsError('unknown-resource', `resource ${path} does not exist`);
+        return reply.code(204).send();
+      },
+    );
+
+    app.put<{ Body: { scope: string; source: string } }>(
+      '/admin/v1/policies',
+      {
+        schema: {
+          summary: 'Set a CEL policy for "default", "repository:<name>" or "resource:<path>"',
+          security: ADMIN_SECURITY,
+          body: {
+            type: 'object',
+            required: ['scope', 'source'],
+            properties: {
+              scope: {
+                type: 'string',
+                description: '"default", "repository:<name>" or "resource:<repository>/<type>/<tag>"',
+              },
+              source: { type: 'string', description: 'a CEL expression (docs/policy.md)' },
+            },
+          },
+        },
+        config: {
+          doc: doc({ 200: 'policy record' }, ['bad-scope', 'bad-policy', 'bad-resource-path'], {
+            scope: 'bad-scope',
+            '*': 'bad-policy',
+          }),
+        },
+      },
+      async (req) => {
+        const p = auth(req);
+        const { scope, source } = req.body;
+        const s = parseScope(scope);
+        if (source.trim() === '') throw new KbsError('bad-policy', 'source must be a CEL expression');
+        try {
+          compilePolicy(source);
+        } catch (e) {
+          // Refused when stored, not at release time: a typo must never lock a key away.
+          throw new KbsError('bad-policy', e instanceof PolicyError ? e.message : String(e));
+        }
+        const tenant = await this.scopeOwner(p, s, true);
+        return this.o.store.setPolicy(
+          { scope: s, tenant, source, actor: `${p.role}:${p.subject}` },
+          this.log(p, 'policy-set', scopeName(s), tenant, { source }),
+        );
+      },
+    );
+
+    app.get(
+      '/admin/v1/policies',
+      {
+        schema: { summary: 'List active policies', security: ADMIN_SECURITY },
+        config: { doc: doc({ 200: '{policies}' }) },
+      },
+      async (req) => {
+        const p = auth(req);
+        return { policies: await this.o.store.listPolicies(listFilter(p)) };
+      },
+    );
+
+    app.post<{ Body: { token: string; resource: string } }>(
+      '/admin/v1/policy/evaluate',
+      {
+        schema: {
+          summary: 'Explain why a token would be allowed or denied a resource',
+          security: ADMIN_SECURITY,
+          body: {
+            type: 'object',
+            required: ['token', 'resource'],
+            properties: {
+              token: { type: 'string', description: 'an EAR token this broker issued' },
+              resource: { type: 'string', description: '<repository>/<type>/<tag>' },
+            },
+          },
+        },
+        config: {
+          doc: doc(
+            { 200: '{allow, reasons, policyScope, clauses}' },
+            ['bad-request', 'bad-resource-path', 'bad-ear-token'],
+            'bad-request',
+            'send {"token": EAR JWT, "resource": "<repository>/<type>/<tag>"}',
+          ),
+        },
+      },
+      async (req) => {
+        const p = auth(req);
+        const { token, resource } = req.body;
+        const r = parseResourcePath(resource);
+        const tenant = await this.tenantFor(p, r.repository, false);
+        const ear = await verifyEar(token, this.o.earPublicKey).catch((e: Error) => {
+          throw new KbsError('bad-ear-token', `token refused: ${e.message}`);
+        });
+        return decideRelease({
+          store: this.o.store,
+          ear,
+          resource: { ...r, path: resource, tenant },
+          devMode: this.o.devMode,
+          now: new Date(),
+          explainClauses: true,
+          ...(this.o.policyPool ? { policyPool: this.o.policyPool } : {}),
+        });
+      },
+    );
+
+    app.post<{
+      Body: {
+        tee: string;
+        name: string;
+        values: string[];
+        tenant?: unknown;
+        expiresAt?: string;
+        note?: unknown;
+      };
+    }>(
+      '/admin/v1/refvalues',
+      {
+        schema: {
+          summary: 'Add a reference value (a new version)',
+          security: ADMIN_SECURITY,
+          body: {
+            type: 'object',
+            required: ['tee', 'name', 'values'],
+            properties: {
+              tee: { type: 'string' },
+              name: { type: 'string', description: 'the claim, e.g. measurement' },
+              values: {
+                type: 'array',
+                minItems: 1,
+                items: { type: 'string', pattern: '^[0-9a-f]+$', description: 'lower-case hex' },
+              },
+              tenant: { description: "a tenant's name; left out: operator-wide (admins only)" },
+              expiresAt: { type: 'string', description: 'RFC 3339 time' },
+              note: { description: 'text kept with the record' },
+            },
+          },
+        },
+        config: {
+          doc: doc(
+            { 201: 'record' },
+            ['bad-refvalue', 'bad-tenant'],
+            'bad-refvalue',
+            'send {"tee", "name", "values": [lower-case hex, …], "expiresAt"?, "note"?}',
+          ),
+        },
+      },
+      async (req, reply) => {
+        const p = auth(req);
+        if (isAuditor(p)) throw forbidden('auditors cannot change anything');
+        const b = req.body;
+        // A tenant admin adds its own tenant's; an admin names a tenant, or adds operator-wide values.
+        let tenant: Owner;
+        if (p.scope.kind === 'tenant') {
+          if (b.tenant !== undefined && b.tenant !== p.scope.tenant)
+            throw forbidden('a tenant admin adds reference values of its own tenant only');
+          tenant = p.scope.tenant;
+        } else if (b.tenant === undefined) {
+          tenant = null;
+        } else {
+          const problem = tenantNameProblem(b.tenant);
+          if (problem)
+            throw new KbsError('bad-tenant', `${problem}; leave tenant out for operator-wide values`);
+          tenant = b.tenant as string;
+        }
+        if (b.expiresAt !== undefined && Number.isNaN(Date.parse(b.expiresAt))) {
+          throw new KbsError('bad-refvalue', 'expiresAt must be an RFC 3339 time');
+        }
+        const rec = await this.o.store.addReferenceValue(
+          {
+            tenant,
+            tee: b.tee,
+            name: b.name,
+            values: b.values,
+            ...(b.expiresAt !== undefined ? { expiresAt: new Date(b.expiresAt).toISOString() } : {}),
+            ...(typeof b.note === 'string' ? { note: b.note } : {}),
+          },
+          this.log(p, 'refvalue-add', `${b.tee}/${b.name}`, tenant, { values: b.values }),
+        );
+        return reply.code(201).send(rec);
+      },
+    );
+
+    app.get<{ Querystring: { tee?: string } }>(
+      '/admin/v1/refvalues',
+      {
+        schema: {
+          summary: 'List reference values',
+          security: ADMIN_SECURITY,
+          querystring: { type: 'object', properties: { tee: { type: 'string' } } },
+        },
+        config: { doc: doc({ 200: '{refvalues}' }) },
+      },
+      async (req) => {
+        const p = auth(req);
+        const t = listFilter(p);
+        return {
+          refvalues: await this.o.store.listReferenceValues({
+            ...(t !== undefined ? { tenant: t } : {}),
+            ...(req.query.tee ? { tee: req.query.tee } : {}),
+          }),
+        };
+      },
+    );
+
+    app.post<{ Body: { tokenId: string; expiresAt?: string; reason?: string } }>(
+      '/admin/v1/tokens/revoke',
+      {
+        schema: {
+          summary: 'Revoke an admin token by its id (jti); admins only',
+          security: ADMIN_SECURITY,
+          body: {
+            type: 'object',
+            required: ['tokenId'],
+            properties: {
+              tokenId: { type: 'string', minLength: 1, maxLength: 128, description: "the token's jti" },
+              expiresAt: {
+                type: 'string',
+                description: 'RFC 3339 time; the revocation may be dropped after it',
+              },
+              reason: { type: 'string', maxLength: 500 },
+            },
+          },
+        },
+        config: {
+          doc: doc(
+            { 201: 'revocation record' },
+            ['bad-revocation', 'conflict'],
+            'bad-revocation',
+            'send {"tokenId": the token\'s jti, "expiresAt"?, "reason"? (at most 500 characters)}',
+          ),
+        },
+      },
+      async (req, reply) => {
+        const p = auth(req);
         if (p.role !== 'admin') throw forbidden('only admins revoke admin tokens');
-        const { tokenId, expiresAt, reason } = req.body ?? {};
-        if (typeof tokenId !== 'string' || tokenId === '' || tokenId.length > 128)
-          throw new ProtocolError(400, 'bad-revocation', 'send {"tokenId": the token\'s jti, "reason"?}');
-        if (expiresAt !== undefined && (typeof expiresAt !== 'string' || Number.isNaN(Date.parse(expiresAt))))
-          throw new ProtocolError(400, 'bad-revocation', 'expiresAt must be an RFC 3339 time');
-        if (reason !== undefined && (typeof reason !== 'string' || reason.length > 500))
-          throw new ProtocolError(400, 'bad-revocation', 'reason must be text of at most 500 characters');
+        const { tokenId, expiresAt, reason } = req.body;
+        if (expiresAt !== undefined && Number.isNaN(Date.parse(expiresAt)))
+          throw new KbsError('bad-revocation', 'expiresAt must be an RFC 3339 time');
         const rec = await this.o.store.revokeAdminToken(
           {
             tokenId,
             actor: `${p.role}:${p.subject}`,
-            ...(expiresAt !== undefined ? { expiresAt: new Date(expiresAt as string).toISOString() } : {}),
-            ...(reason !== undefined ? { reason: reason as string } : {}),
+            ...(expiresAt !== undefined ? { expiresAt: new Date(expiresAt).toISOString() } : {}),
+            ...(reason !== undefined ? { reason } : {}),
           },
           this.log(p, 'admin-token-revoke', `admin-token:${tokenId}`, null, {
             ...(expiresAt !== undefined ? { expiresAt } : {}),
@@ -339,24 +535,60 @@ export class AdminApi {
       },
     );
 
-    app.get('/admin/v1/tokens/revoked', async (req) => {
-      const p = await auth(req);
-      if (p.scope.kind !== 'operator') throw forbidden('revocations are read by admins and global auditors');
-      return { revoked: await this.o.store.listAdminTokenRevocations() };
-    });
+    app.get(
+      '/admin/v1/tokens/revoked',
+      {
+        schema: {
+          summary: 'List revoked admin tokens (admins and global auditors)',
+          security: ADMIN_SECURITY,
+        },
+        config: { doc: doc({ 200: '{revoked}' }) },
+      },
+      async (req) => {
+        const p = auth(req);
+        if (p.scope.kind !== 'operator')
+          throw forbidden('revocations are read by admins and global auditors');
+        return { revoked: await this.o.store.listAdminTokenRevocations() };
+      },
+    );
 
-    app.get<{ Querystring: { from?: string; to?: string } }>('/admin/v1/log/entries', async (req) => {
-      logReader(await auth(req));
-      const size = await this.o.store.logSize();
-      const { from, to } = logRange(req.query, size);
-      const entries = await this.o.store.logEntries(from, to);
-      return { size, entries: entries.map((e) => JSON.parse(new TextDecoder().decode(e.canonical))) };
-    });
+    app.get<{ Querystring: { from?: string; to?: string } }>(
+      '/admin/v1/log/entries',
+      {
+        schema: {
+          summary: 'Transparency-log entries [from, to)',
+          security: ADMIN_SECURITY,
+          querystring: LOG_RANGE,
+        },
+        config: { doc: doc({ 200: '{size, entries}' }, ['bad-range'], 'bad-range') },
+      },
+      async (req) => {
+        logReader(auth(req));
+        const size = await this.o.store.logSize();
+        const { from, to } = logRange(req.query, size);
+        const entries = await this.o.store.logEntries(from, to);
+        return { size, entries: entries.map((e) => JSON.parse(new TextDecoder().decode(e.canonical))) };
+      },
+    );
 
     app.get<{ Querystring: { from?: string; to?: string; proofs?: string } }>(
       '/admin/v1/log/bundle',
+      {
+        schema: {
+          summary: 'Export the log as a bundle for `cloister log verify`',
+          security: ADMIN_SECURITY,
+          querystring: {
+            ...LOG_RANGE,
+            properties: {
+              ...LOG_RANGE.properties,
+              proofs: { type: 'string', description: '"all": an inclusion proof for every entry' },
+            },
+          },
+        },
+        config: { doc: doc({ 200: 'application/jsonl bundle' }, ['bad-range'], 'bad-range') },
+      },
       async (req, reply) => {
-        logReader(await auth(req));
+        logReader(auth(req));
         await this.o.checkpoint();
         const { from, to } = logRange(req.query, await this.o.store.logSize());
         const log = new TransparencyLog(this.o.logStore, this.o.origin);
@@ -367,13 +599,13 @@ export class AdminApi {
           ...(req.query.proofs === 'all' ? { inclusion: 'all' as const } : {}),
         });
         // The first lines are made before the status is sent, so that a range the log cannot prove is
-        // still a 400; the rest is streamed as the client reads it (backpressure), each write resetting
+        // still refused; the rest is streamed as the client reads it (backpressure), each write resetting
         // the connection's idle timeout, so that no request timeout cuts a long export that progresses.
         let first: IteratorResult<string>;
         try {
           first = await lines.next();
         } catch (e) {
-          if (e instanceof TranslogError) throw new ProtocolError(400, 'bad-range', e.message);
+          if (e instanceof TranslogError) throw new KbsError('bad-range', e.message);
           throw e;
         }
         async function* all(): AsyncGenerator<string> {
@@ -384,24 +616,26 @@ export class AdminApi {
       },
     );
 
-    app.post('/admin/v1/log/checkpoint', async (req) => {
-      const p = await auth(req);
-      if (p.role !== 'admin') throw forbidden('only admins sign checkpoints on demand');
-      return { checkpoint: await this.o.checkpoint() };
-    });
+    app.post(
+      '/admin/v1/log/checkpoint',
+      {
+        schema: { summary: 'Sign a checkpoint now (admins only)', security: ADMIN_SECURITY },
+        config: { doc: doc({ 200: '{checkpoint}' }) },
+      },
+      async (req) => {
+        const p = auth(req);
+        if (p.role !== 'admin') throw forbidden('only admins sign checkpoints on demand');
+        return { checkpoint: await this.o.checkpoint() };
+      },
+    );
   }
 
   private value(body: unknown): Uint8Array {
     if (!(body instanceof Uint8Array))
-      throw new ProtocolError(
-        415,
-        'unsupported-media-type',
-        'send the resource value as application/octet-stream',
-      );
-    if (body.length === 0) throw new ProtocolError(400, 'empty-value', 'a resource value cannot be empty');
+      throw new KbsError('unsupported-media-type', 'send the resource value as application/octet-stream');
+    if (body.length === 0) throw new KbsError('empty-value', 'a resource value cannot be empty');
     if (body.length > this.o.maxResourceBytes)
-      throw new ProtocolError(
-        413,
+      throw new KbsError(
         'value-too-large',
         `resource values are limited to ${this.o.maxResourceBytes} bytes`,
       );
@@ -428,20 +662,14 @@ function logReader(p: AdminPrincipal): void {
   }
 }
 
-/** `from`/`to` query values as a valid half-open range of the log (defaults: everything). */
+/**
+ * `from`/`to` query values as a valid half-open range of the log (defaults: everything). The routes'
+ * schema (LOG_RANGE) has already refused anything but digits.
+ */
 function logRange(q: { from?: string; to?: string }, size: number): { from: number; to: number } {
-  const num = (v: string | undefined, dflt: number, what: string): number => {
-    if (v === undefined) return dflt;
-    if (!/^\d+$/.test(v)) throw new ProtocolError(400, 'bad-range', `${what} must be a non-negative integer`);
-    return Number(v);
-  };
-  const from = num(q.from, 0, 'from');
-  const to = num(q.to, size, 'to');
+  const from = q.from === undefined ? 0 : Number(q.from);
+  const to = q.to === undefined ? size : Number(q.to);
   if (from > to || to > size)
-    throw new ProtocolError(
-      400,
-      'bad-range',
-      `range [${from}, ${to}) is not within the log of ${size} entries`,
-    );
+    throw new KbsError('bad-range', `range [${from}, ${to}) is not within the log of ${size} entries`);
   return { from, to };
 }

@@ -16,21 +16,20 @@ import type { VerifierRegistry } from '../attest/registry.js';
 import { certTableCollateral } from '../attest/snp/certtable.js';
 import { toBase64Url } from '../util/bytes.js';
 import {
+  bindingReportData,
   deviceEvidence,
   deviceRuntimeDataHash,
   KBS_PROTOCOL_VERSION,
   type KbsAttestation,
-  ProtocolError,
   parseAttestation,
   parseRequest,
   parseResourcePath,
   parseTeePubkey,
   primaryEvidenceBytes,
-  primaryRuntimeDataHash,
-  reportDataField,
   type TeePubkey,
 } from '../wire/kbs.js';
 import { decideRelease, type ReleaseDecision } from './decide.js';
+import { KbsError } from './errors.js';
 import { bindInitData, INIT_DATA_CLAIM, type ReceivedInitData, receiveInitData } from './init-data.js';
 import { checkUsableKey, encryptResource } from './jwe.js';
 import type { PolicyPool } from './policy-pool.js';
@@ -103,7 +102,7 @@ export class Broker {
   }
 
   /** Why a TEE name that kbs_types knows gets no challenge here, in words an operator can act on. */
-  private unverifiableTee(tee: string): ProtocolError {
+  private unverifiableTee(tee: string): KbsError {
     const verified = `this broker verifies ${this.teeKinds.join(', ')}`;
     const why =
       tee === 'sample'
@@ -111,25 +110,15 @@ export class Broker {
         : tee === 'nvidia' || tee === 'sampledevice' || tee === 'nvidia-dpu'
           ? `"${tee}" is a device, not a primary TEE; GPU evidence goes in additional_evidence (nvidia only)`
           : `Cloister has no verifier for the "${tee}" TEE`;
-    return new ProtocolError(400, 'unsupported-tee', `${why}; ${verified}`);
+    return new KbsError('unsupported-tee', `${why}; ${verified}`);
   }
 
   private async liveSession(id: string | undefined): Promise<SessionRecord> {
-    if (!id)
-      throw new ProtocolError(
-        401,
-        'no-session',
-        `no ${'kbs-session-id'} cookie: start with POST /kbs/v0/auth`,
-      );
+    if (!id) throw new KbsError('no-session', `no ${'kbs-session-id'} cookie: start with POST /kbs/v0/auth`);
     const s = await this.o.store.getSession(id);
-    if (!s)
-      throw new ProtocolError(401, 'unknown-session', 'unknown session: start again with POST /kbs/v0/auth');
+    if (!s) throw new KbsError('unknown-session', 'unknown session: start again with POST /kbs/v0/auth');
     if (new Date(s.expiresAt) <= this.now()) {
-      throw new ProtocolError(
-        401,
-        'session-expired',
-        'the session has expired: start again with POST /kbs/v0/auth',
-      );
+      throw new KbsError('session-expired', 'the session has expired: start again with POST /kbs/v0/auth');
     }
     return s;
   }
@@ -149,8 +138,7 @@ export class Broker {
         att['runtime-data'].nonce === session.nonce &&
         JSON.stringify(att['runtime-data']['tee-pubkey']) === session.teePubkey;
       if (session.token && sameRequest) return { token: session.token };
-      throw new ProtocolError(
-        401,
+      throw new KbsError(
         'nonce-used',
         'this session has already attested and was refused; its nonce cannot be used again',
       );
@@ -158,7 +146,7 @@ export class Broker {
     const init = att['init-data'] ? await receiveInitData(att['init-data']) : undefined;
     await checkUsableKey(att['runtime-data']['tee-pubkey']);
     if (att['runtime-data'].nonce !== session.nonce) {
-      throw new ProtocolError(401, 'nonce-mismatch', 'runtime-data.nonce is not the nonce of this session');
+      throw new KbsError('nonce-mismatch', 'runtime-data.nonce is not the nonce of this session');
     }
     let token: string;
     try {
@@ -176,10 +164,10 @@ export class Broker {
         ms: performance.now() - started,
       });
       if (e instanceof AttestationError) {
-        throw new ProtocolError(
-          e.code === 'report-data-mismatch' ? 401 : 403,
-          `attestation-${e.code}`,
+        throw new KbsError(
+          e.code === 'report-data-mismatch' ? 'attestation-report-data-mismatch' : 'attestation-refused',
           `evidence refused: ${e.message}`,
+          { type: `attestation-${e.code}` },
         );
       }
       throw e;
@@ -190,11 +178,7 @@ export class Broker {
       JSON.stringify(att['runtime-data']['tee-pubkey']),
     );
     if (!won)
-      throw new ProtocolError(
-        401,
-        'nonce-used',
-        'this session has already attested; its nonce cannot be used again',
-      );
+      throw new KbsError('nonce-used', 'this session has already attested; its nonce cannot be used again');
     this.o.onEvent?.({ type: 'attest', tee: session.tee, ok: true, ms: performance.now() - started });
     return { token };
   }
@@ -206,7 +190,7 @@ export class Broker {
   ): Promise<string> {
     const pubkey = att['runtime-data']['tee-pubkey'];
     const additional = att['tee-evidence'].additional_evidence;
-    const expected = reportDataField(await primaryRuntimeDataHash(pubkey, session.nonce, additional));
+    const expected = await bindingReportData(pubkey, session.nonce, additional);
     const { evidence, extra, certTable } = primaryEvidenceBytes(
       session.tee,
       att['tee-evidence'].primary_evidence,
@@ -255,8 +239,7 @@ export class Broker {
     // With bearer tokens off, a request that also has a session cookie is judged by its session.
     if (c.bearer && (this.o.bearerTokens || !c.sessionId)) {
       if (!this.o.bearerTokens) {
-        throw new ProtocolError(
-          401,
+        throw new KbsError(
           'bearer-disabled',
           'this broker does not accept attestation tokens as bearer credentials (bearerTokens is off): use the kbs-session-id cookie of an attested session',
         );
@@ -265,35 +248,26 @@ export class Broker {
       try {
         ear = await verifyEar(c.bearer, this.o.earKey.publicKey, { at: this.now() });
       } catch (e) {
-        throw new ProtocolError(401, 'bad-token', `bearer token refused: ${(e as Error).message}`);
+        throw new KbsError('bad-token', `bearer token refused: ${(e as Error).message}`);
       }
       let key: TeePubkey;
       try {
         key = parseTeePubkey(ear.teePubkey);
       } catch {
-        throw new ProtocolError(
-          401,
-          'bad-token',
-          'bearer token carries no usable TEE key (cloister.tee-pubkey)',
-        );
+        throw new KbsError('bad-token', 'bearer token carries no usable TEE key (cloister.tee-pubkey)');
       }
       return { ear, teePubkey: key, via: 'bearer' };
     }
     const s = await this.liveSession(c.sessionId);
     if (s.status !== 'attested' || !s.token || !s.teePubkey) {
-      throw new ProtocolError(
-        401,
-        'not-attested',
-        'this session has not attested: POST /kbs/v0/attest first',
-      );
+      throw new KbsError('not-attested', 'this session has not attested: POST /kbs/v0/attest first');
     }
     let ear: EarResult;
     try {
       ear = await verifyEar(s.token, this.o.earKey.publicKey, { at: this.now() });
     } catch (e) {
       // The session outlived its token: a 401 makes the client attest again.
-      throw new ProtocolError(
-        401,
+      throw new KbsError(
         'token-expired',
         `the session's attestation token is no longer valid: ${(e as Error).message}`,
       );
@@ -373,7 +347,7 @@ export class Broker {
 }
 
 /** The one refusal a TEE sees for a resource, whatever the reason (the log has it). */
-const deniedByPolicy = () => new ProtocolError(403, 'denied', 'denied by policy');
+const deniedByPolicy = () => new KbsError('denied', 'denied by policy');
 
 /** Serves files that arrived inside the evidence under their collateral file names. */
 function inlineCollateral(files: Record<string, Uint8Array>): CollateralSource {

@@ -128,6 +128,16 @@ export async function loadConfig(
   ] as const) {
     if (!(typeof c[k] === 'number' && c[k] > 0)) throw new Error(`config ${k} must be a positive number`);
   }
+  const rl = c.rateLimit as Partial<KbsConfig['rateLimit']> | undefined;
+  if (
+    typeof rl?.perSecond !== 'number' ||
+    !(rl.perSecond >= 0) ||
+    (rl.perSecond > 0 && !(typeof rl.burst === 'number' && rl.burst >= 1))
+  ) {
+    throw new Error(
+      'config rateLimit must be {"perSecond": requests per second on average (0: no limit), "burst": at least 1}',
+    );
+  }
   if (!Array.isArray(c.trustProxy) || !c.trustProxy.every(isAddressOrCidr)) {
     throw new Error(
       'config trustProxy must be a list of proxy IP addresses or CIDRs, e.g. ["10.0.0.5", "10.1.0.0/16"]',

@@ -14,7 +14,7 @@ import type { Appraisal } from '../attest/common/types.js';
 import { AttestationError } from '../attest/common/types.js';
 import type { EarResult } from '../attest/ear/index.js';
 import { bs, toHex, utf8 } from '../util/bytes.js';
-import { ProtocolError } from '../wire/kbs.js';
+import { KbsError } from './errors.js';
 
 export const INIT_DATA_VERSION = '0.1.0';
 /**
@@ -62,7 +62,7 @@ export interface ReceivedInitData {
   digests: Record<HashName, string>;
 }
 
-const bad = (message: string) => new ProtocolError(400, 'bad-init-data', message);
+const bad = (message: string) => new KbsError('bad-init-data', message);
 
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Date);

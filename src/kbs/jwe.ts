@@ -6,7 +6,8 @@
  */
 import { FlattenedEncrypt, type FlattenedJWE, flattenedDecrypt, importJWK } from 'jose';
 import { bs } from '../util/bytes.js';
-import { ProtocolError, type TeePubkey } from '../wire/kbs.js';
+import type { TeePubkey } from '../wire/kbs.js';
+import { KbsError } from './errors.js';
 
 export function jweAlgFor(key: TeePubkey): 'ECDH-ES+A256KW' | 'RSA-OAEP-256' {
   return key.kty === 'EC' ? 'ECDH-ES+A256KW' : 'RSA-OAEP-256';
@@ -40,7 +41,7 @@ export async function checkUsableKey(key: TeePubkey): Promise<void> {
       await crypto.subtle.importKey('jwk', jwk, { name: 'ECDH', namedCurve: key.crv }, false, []);
     else await crypto.subtle.importKey('jwk', jwk, { name: 'RSA-OAEP', hash: 'SHA-256' }, false, ['encrypt']);
   } catch (e) {
-    throw new ProtocolError(400, 'unusable-key', `tee-pubkey cannot be used: ${(e as Error).message}`);
+    throw new KbsError('unusable-key', `tee-pubkey cannot be used: ${(e as Error).message}`);
   }
 }
 

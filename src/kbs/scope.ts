@@ -1,4 +1,5 @@
-import { ProtocolError, parseResourcePath } from '../wire/kbs.js';
+import { parseResourcePath } from '../wire/kbs.js';
+import { KbsError } from './errors.js';
 import type { PolicyScope } from './store/types.js';
 
 /** Policy scopes as operators write them: "default", "repository:<name>", "resource:<repo>/<type>/<tag>". */
@@ -7,7 +8,7 @@ export function parseScope(v: unknown): PolicyScope {
   if (typeof v === 'string' && v.startsWith('repository:')) {
     const repository = v.slice('repository:'.length);
     if (!/^[A-Za-z0-9._-]+$/.test(repository))
-      throw new ProtocolError(400, 'bad-scope', `bad repository name ${repository}`);
+      throw new KbsError('bad-scope', `bad repository name ${repository}`);
     return { kind: 'repository', repository };
   }
   if (typeof v === 'string' && v.startsWith('resource:')) {
@@ -15,8 +16,7 @@ export function parseScope(v: unknown): PolicyScope {
     parseResourcePath(path);
     return { kind: 'resource', path };
   }
-  throw new ProtocolError(
-    400,
+  throw new KbsError(
     'bad-scope',
     'scope must be "default", "repository:<name>" or "resource:<repository>/<type>/<tag>"',
   );

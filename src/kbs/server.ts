@@ -1,21 +1,27 @@
 /**
- * HTTP surface of the key broker (fastify): the KBS protocol under /kbs/v0, the admin API under
- * /admin/v1, /metrics, /healthz, /readyz and /openapi.json. Every error is RFC 7807 JSON with a 4xx
- * status unless the broker itself failed (500) or its database is out of reach (503 with
- * Retry-After); bad input never yields a 500.
+ * HTTP surface of the key broker, on the shared stack (src/http): the KBS protocol under /kbs/v0, the
+ * admin API under /admin/v1, /metrics, /healthz, /readyz and /openapi.json (made by @fastify/swagger
+ * from the route schemas). Every error is RFC 7807 JSON; its status comes from STATUS, the one table
+ * of problem codes, with a 4xx unless the broker itself failed (500) or its database is out of reach
+ * (503 with Retry-After); bad input never yields a 500.
  */
-import Fastify, {
-  type FastifyError,
-  type FastifyInstance,
-  type FastifyReply,
-  type FastifyRequest,
-} from 'fastify';
-import { ProtocolError, SESSION_COOKIE } from '../wire/kbs.js';
-import { problem } from '../wire/problem.js';
+import fastifyCookie from '@fastify/cookie';
+import fastifyRateLimit from '@fastify/rate-limit';
+import fastifySwagger from '@fastify/swagger';
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import {
+  createHttp,
+  frameworkRefusal,
+  invalidRequest,
+  openApiResponses,
+  type StatusTable,
+  sendProblem,
+} from '../http/index.js';
+import { KBS_PROTOCOL_VERSION, ProtocolError, SESSION_COOKIE } from '../wire/kbs.js';
 import type { AdminApi } from './admin.js';
 import type { Broker } from './broker.js';
+import { KbsError, type KbsHttpCode, type KbsRouteDoc } from './errors.js';
 import type { Metrics } from './metrics.js';
-import { openApiDocument } from './openapi.js';
 import { ConflictError, NotFoundError, StoreUnavailableError } from './store/types.js';
 
 export interface ServerOptions {
@@ -24,7 +30,10 @@ export interface ServerOptions {
   metrics: Metrics;
   /** Largest accepted request body in bytes. */
   bodyLimit: number;
-  /** Token bucket per client address; 0 disables. Health probes are exempt. */
+  /**
+   * Per client address: `burst` requests per window of burst/perSecond seconds (perSecond on average);
+   * perSecond 0 disables. Health probes are exempt.
+   */
   rateLimit: { perSecond: number; burst: number };
   /** Proxies (addresses/CIDRs) whose X-Forwarded-For names the client; empty: none. */
   trustProxy: string[];
@@ -34,6 +43,73 @@ export interface ServerOptions {
   log: (line: string) => void;
   /** Resolves when the store's database answers now (see `KbsStore.ping`). */
   ready: () => Promise<void>;
+}
+
+/**
+ * Every problem code the broker answers with, and its status: the compiler refuses a code left out,
+ * and no code below this edge carries a status of its own.
+ */
+export const STATUS: StatusTable<KbsHttpCode> = {
+  // The KBS protocol: the request itself.
+  'malformed-json': 400,
+  'malformed-request': 400,
+  'unsupported-version': 400,
+  'unsupported-tee': 400,
+  'malformed-attestation': 400,
+  'malformed-evidence': 400,
+  'unusable-key': 400,
+  'bad-init-data': 400,
+  'bad-resource-path': 400,
+  // Sessions and credentials: a 401 makes the TEE's client start again with /auth.
+  'no-session': 401,
+  'unknown-session': 401,
+  'session-expired': 401,
+  'nonce-used': 401,
+  'nonce-mismatch': 401,
+  'attestation-report-data-mismatch': 401,
+  'not-attested': 401,
+  'token-expired': 401,
+  'bearer-disabled': 401,
+  'bad-token': 401,
+  // Evidence judged and refused, or a release denied: trying again changes nothing.
+  'attestation-refused': 403,
+  denied: 403,
+  // The admin API.
+  'no-admin-token': 401,
+  'bad-admin-token': 401,
+  forbidden: 403,
+  'unknown-resource': 404,
+  'bad-scope': 400,
+  'bad-policy': 400,
+  'bad-request': 400,
+  'bad-ear-token': 400,
+  'bad-tenant': 400,
+  'bad-refvalue': 400,
+  'bad-revocation': 400,
+  'bad-range': 400,
+  'empty-value': 400,
+  'value-too-large': 413,
+  // The edge.
+  'body-too-large': 413,
+  'unsupported-media-type': 415,
+  'rate-limited': 429,
+  'no-route': 404,
+  'not-found': 404,
+  conflict: 409,
+  internal: 500,
+  'store-unavailable': 503,
+  'store-outcome-unknown': 503,
+  'not-ready': 503,
+};
+
+/** A refusal made here at the edge (the rate limit), carried to the error handler like the others. */
+class EdgeRefusal extends Error {
+  constructor(
+    readonly code: 'rate-limited',
+    message: string,
+  ) {
+    super(message);
+  }
 }
 
 /** Seconds a client is asked to wait before retrying while the database is out of reach. */
@@ -63,189 +139,347 @@ function sharedCheck(check: () => Promise<void>): () => Promise<void> {
   };
 }
 
-class RateLimiter {
-  private readonly buckets = new Map<string, { tokens: number; at: number }>();
-  constructor(private readonly o: { perSecond: number; burst: number }) {}
-
-  take(client: string): boolean {
-    if (this.o.perSecond <= 0) return true;
-    const now = performance.now();
-    const b = this.buckets.get(client) ?? { tokens: this.o.burst, at: now };
-    b.tokens = Math.min(this.o.burst, b.tokens + ((now - b.at) / 1000) * this.o.perSecond);
-    b.at = now;
-    if (this.buckets.size > 100_000) this.buckets.clear();
-    this.buckets.set(client, b);
-    if (b.tokens < 1) return false;
-    b.tokens -= 1;
-    return true;
-  }
-}
-
-function cookie(req: FastifyRequest, name: string): string | undefined {
-  const header = req.headers.cookie;
-  if (!header) return undefined;
-  for (const part of header.split(';')) {
-    const [k, ...v] = part.trim().split('=');
-    if (k === name) return v.join('=');
-  }
-  return undefined;
-}
-
 function bearer(req: FastifyRequest): string | undefined {
   const h = req.headers.authorization;
   return h?.startsWith('Bearer ') ? h.slice(7).trim() : undefined;
 }
 
-export function sendProblem(reply: FastifyReply, status: number, type: string, detail: string): FastifyReply {
-  return reply
-    .code(status)
-    .type('application/problem+json')
-    .send(problem(status, type, detail));
+/** The problem `type` of a broker refusal, for metrics labels. */
+const problemType = (e: unknown): string =>
+  e instanceof KbsError ? e.type : e instanceof ProtocolError ? e.code : 'error';
+
+/** The KBS protocol speaks JSON only: anything else is refused before its body is looked at. */
+async function requireJson(req: FastifyRequest): Promise<void> {
+  if (!String(req.headers['content-type'] ?? '').startsWith('application/json')) {
+    throw new KbsError('unsupported-media-type', 'send the body as application/json');
+  }
 }
 
+/** The problem responses every route shares (store outages; the limit where it applies). */
+const COMMON_ERRORS: readonly KbsHttpCode[] = ['store-unavailable', 'store-outcome-unknown', 'internal'];
+
+const describeCode = (c: KbsHttpCode): string =>
+  c === 'attestation-refused'
+    ? "attestation-<code> (the verifier's code, e.g. attestation-gpu-not-bound)"
+    : c === 'denied'
+      ? 'denied (detail exactly "denied by policy", also for an unknown resource)'
+      : c;
+
+const KBS_JSON_ERRORS: readonly KbsHttpCode[] = [
+  'malformed-json',
+  'body-too-large',
+  'unsupported-media-type',
+];
+
 export async function createServer(o: ServerOptions): Promise<FastifyInstance> {
-  const app = Fastify({
+  const app = createHttp({
     bodyLimit: o.bodyLimit,
-    requestTimeout: o.requestTimeoutMs,
-    connectionTimeout: o.requestTimeoutMs,
-    keepAliveTimeout: 5000,
-    logger: false,
-    return503OnClosing: true,
-    // Only listed proxies may say who the client is; anyone else could pick a fresh bucket per request.
-    trustProxy: o.trustProxy.length > 0 ? o.trustProxy : false,
+    timeouts: { requestMs: o.requestTimeoutMs },
+    trustProxy: o.trustProxy,
+    strictSchemas: true,
   });
-  const limiter = new RateLimiter(o.rateLimit);
+  const limited = o.rateLimit.perSecond > 0;
+
+  await app.register(fastifyCookie);
+  await app.register(fastifySwagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: {
+        title: 'Cloister key broker',
+        version: KBS_PROTOCOL_VERSION,
+        description:
+          'CoCo KBS protocol 0.4.0 plus the Cloister admin API. See docs/kbs.md and docs/kbs-protocol.md.',
+      },
+      components: {
+        securitySchemes: {
+          adminToken: {
+            type: 'http',
+            scheme: 'bearer',
+            bearerFormat: 'JWT (EdDSA or ES256), aud cloister-kbs-admin',
+          },
+        },
+      },
+    },
+    // Wildcard routes take a resource path; problem responses come from each route's doc and STATUS.
+    transform: ({ schema, url, route }) => {
+      const doc = route.config?.doc as KbsRouteDoc | undefined;
+      const wildcard = url.endsWith('/*');
+      const errors = [
+        ...(doc?.errors ?? []),
+        ...(limited && route.config?.rateLimit !== false ? ['rate-limited' as const] : []),
+        ...COMMON_ERRORS,
+      ];
+      return {
+        url: wildcard ? `${url.slice(0, -1)}{path}` : url,
+        schema: {
+          ...schema,
+          ...(wildcard
+            ? {
+                params: {
+                  type: 'object',
+                  required: ['path'],
+                  properties: { path: { type: 'string', description: '<repository>/<type>/<tag>' } },
+                },
+              }
+            : {}),
+          ...(doc ? { response: openApiResponses({ ...doc, errors }, STATUS, describeCode) } : {}),
+        },
+      };
+    },
+  });
+  if (limited) {
+    await app.register(fastifyRateLimit, {
+      // A fixed window per client: `burst` requests, then nothing until the window ends (Retry-After
+      // says when), so perSecond holds on average. docs/kbs.md says how this differs from a bucket.
+      max: Math.max(1, Math.floor(o.rateLimit.burst)),
+      timeWindow: Math.ceil((Math.max(1, o.rateLimit.burst) / o.rateLimit.perSecond) * 1000),
+      // Clients remembered at once; the least recent are forgotten first (they start afresh).
+      cache: 100_000,
+      onExceeded: () =>
+        o.metrics.inc('kbs_rate_limited_total', 'Requests refused by the per-client rate limit'),
+      errorResponseBuilder: () =>
+        new EdgeRefusal('rate-limited', 'too many requests from this client; retry later'),
+    });
+  }
 
   // Raw bodies for admin resource values.
   app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer' }, (_req, body, done) =>
     done(null, body),
   );
 
-  app.addHook('onRequest', async (req, reply) => {
-    // Probes must stay cheap and answer while a client is being throttled.
-    if ((req.routeOptions.config as { rateLimited?: boolean } | undefined)?.rateLimited === false) return;
-    if (!limiter.take(req.ip)) {
-      o.metrics.inc('kbs_rate_limited_total', 'Requests refused by the per-client rate limit');
-      return sendProblem(
-        reply.header('retry-after', '1'),
-        429,
-        'rate-limited',
-        'too many requests from this client; retry later',
-      );
-    }
-  });
+  const refuse = (reply: FastifyReply, code: KbsHttpCode, detail: string, type: string = code) =>
+    sendProblem(reply, STATUS[code], type, detail);
 
-  app.setErrorHandler((err: FastifyError | Error, _req, reply) => {
-    if (err instanceof ProtocolError) return sendProblem(reply, err.status, err.type, err.message);
-    if (err instanceof NotFoundError) return sendProblem(reply, 404, 'not-found', err.message);
-    if (err instanceof ConflictError) return sendProblem(reply, 409, 'conflict', err.message);
+  app.setErrorHandler((err: FastifyError | Error, req, reply) => {
+    if (err instanceof KbsError) return refuse(reply, err.code, err.message, err.type);
+    if (err instanceof ProtocolError || err instanceof EdgeRefusal)
+      return refuse(reply, err.code, err.message);
+    const invalid = invalidRequest(err, req.routeOptions.config?.doc as KbsRouteDoc | undefined);
+    if (invalid) return refuse(reply, invalid.code, invalid.detail);
+    if (err instanceof NotFoundError) return refuse(reply, 'not-found', err.message);
+    if (err instanceof ConflictError) return refuse(reply, 'conflict', err.message);
     if (err instanceof StoreUnavailableError) {
       o.log(`store unavailable (${err.code}): ${err.message}`);
       o.metrics.inc('kbs_store_unavailable_total', 'Requests refused because the database was out of reach', {
         code: err.code,
       });
-      return sendProblem(
+      return refuse(
         reply.header('retry-after', RETRY_AFTER_SECONDS),
-        503,
         err.code === 'outcome-unknown' ? 'store-outcome-unknown' : 'store-unavailable',
         err.message,
       );
     }
-    const status = (err as FastifyError).statusCode;
-    if (status && status >= 400 && status < 500) {
-      const code = (err as FastifyError).code ?? 'bad-request';
-      const names: Record<string, string> = {
-        FST_ERR_CTP_INVALID_JSON_BODY: 'malformed-json',
-        FST_ERR_CTP_EMPTY_JSON_BODY: 'malformed-json',
-        FST_ERR_CTP_BODY_TOO_LARGE: 'body-too-large',
-        FST_ERR_CTP_INVALID_MEDIA_TYPE: 'unsupported-media-type',
-      };
+    const framework = frameworkRefusal(err, o.bodyLimit);
+    if (framework) {
       const detail =
-        code === 'FST_ERR_CTP_BODY_TOO_LARGE'
-          ? `request body exceeds ${o.bodyLimit} bytes`
-          : code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE'
-            ? `unsupported content type ${String(_req.headers['content-type'])}: send application/json`
-            : err.message;
-      return sendProblem(reply, status, names[code] ?? 'bad-request', detail);
+        framework.code === 'unsupported-media-type'
+          ? `unsupported content type ${String(req.headers['content-type'])}: send application/json`
+          : framework.detail;
+      return refuse(reply, framework.code, detail);
     }
     o.log(`error: ${err.stack ?? err.message}`);
     o.metrics.inc('kbs_internal_errors_total', 'Requests that failed inside the broker');
-    return sendProblem(reply, 500, 'internal', 'the broker failed to process the request; see its log');
+    return refuse(reply, 'internal', 'the broker failed to process the request; see its log');
   });
-  app.setNotFoundHandler((req, reply) =>
-    sendProblem(reply, 404, 'no-route', `no route ${req.method} ${req.url}`),
+  app.setNotFoundHandler(limited ? { preHandler: app.rateLimit() } : {}, (req, reply) =>
+    refuse(reply, 'no-route', `no route ${req.method} ${req.url}`),
   );
 
-  const json = (req: FastifyRequest) => {
-    if (!String(req.headers['content-type'] ?? '').startsWith('application/json')) {
-      throw new ProtocolError(415, 'unsupported-media-type', 'send the body as application/json');
-    }
-    return req.body;
-  };
+  const doc = (d: KbsRouteDoc): { doc: KbsRouteDoc } => ({ doc: d });
 
-  app.post('/kbs/v0/auth', async (req, reply) => {
-    const { challenge, session } = await o.broker.auth(json(req));
-    o.metrics.inc('kbs_auth_total', 'Challenges issued', { tee: session.tee });
-    reply.header(
-      'set-cookie',
-      `${SESSION_COOKIE}=${session.id}; Max-Age=${o.sessionTtlSeconds}; Path=/kbs/v0; HttpOnly; SameSite=Strict`,
-    );
-    return challenge;
-  });
-
-  app.post('/kbs/v0/attest', async (req) => {
-    const started = performance.now();
-    try {
-      const r = await o.broker.attest(cookie(req, SESSION_COOKIE), json(req));
-      o.metrics.inc('kbs_attest_total', 'Attestations', { result: 'ok' });
-      return r;
-    } catch (e) {
-      o.metrics.inc('kbs_attest_total', 'Attestations', {
-        result: e instanceof ProtocolError ? e.type : 'error',
+  app.post(
+    '/kbs/v0/auth',
+    {
+      preValidation: requireJson,
+      schema: {
+        summary: 'Request → Challenge; sets the kbs-session-id cookie',
+        body: {
+          type: 'object',
+          required: ['version', 'tee'],
+          properties: {
+            version: { type: 'string', examples: [KBS_PROTOCOL_VERSION] },
+            tee: { type: 'string', description: 'a kbs_types Tee name, e.g. tdx, snp, sample (dev mode)' },
+            'extra-params': {},
+          },
+        },
+      },
+      config: doc({
+        ok: { 200: 'Challenge {nonce (32 bytes, base64), extra-params}' },
+        errors: [...KBS_JSON_ERRORS, 'malformed-request', 'unsupported-version', 'unsupported-tee'],
+        invalid: 'malformed-request',
+        usage: 'send a KBS Request {"version": "0.4.0", "tee", "extra-params"?}',
+      }),
+    },
+    async (req, reply) => {
+      const { challenge, session } = await o.broker.auth(req.body);
+      o.metrics.inc('kbs_auth_total', 'Challenges issued', { tee: session.tee });
+      reply.setCookie(SESSION_COOKIE, session.id, {
+        maxAge: o.sessionTtlSeconds,
+        path: '/kbs/v0',
+        httpOnly: true,
+        sameSite: 'strict',
       });
-      throw e;
-    } finally {
-      o.metrics.observe('kbs_attest_seconds', 'Attestation latency', (performance.now() - started) / 1000);
-    }
-  });
+      return challenge;
+    },
+  );
 
-  app.get<{ Params: { '*': string } }>('/kbs/v0/resource/*', async (req) => {
-    const path = req.params['*'];
-    const creds = { sessionId: cookie(req, SESSION_COOKIE), bearer: bearer(req) };
-    try {
-      const { jwe } = await o.broker.resource(creds, path);
-      o.metrics.inc('kbs_resource_total', 'Resource requests', { result: 'released' });
-      return jwe;
-    } catch (e) {
-      o.metrics.inc('kbs_resource_total', 'Resource requests', {
-        result: e instanceof ProtocolError ? e.type : 'error',
-      });
-      throw e;
-    }
-  });
+  app.post(
+    '/kbs/v0/attest',
+    {
+      preValidation: requireJson,
+      // The schema documents the body; parseAttestation enforces it with the protocol's own codes,
+      // after the session is checked (a request without a live session is a 401 whatever it sends).
+      attachValidation: true,
+      schema: {
+        summary: 'Attestation → EAR token (ES256 JWT)',
+        body: {
+          type: 'object',
+          required: ['runtime-data', 'tee-evidence'],
+          properties: {
+            'runtime-data': {
+              type: 'object',
+              required: ['nonce', 'tee-pubkey'],
+              properties: {
+                nonce: { type: 'string', description: 'the challenge nonce, exactly as received' },
+                'tee-pubkey': {
+                  type: 'object',
+                  description: 'public JWK: EC P-256/P-384/P-521 or RSA of at least 2048 bits',
+                },
+              },
+            },
+            'tee-evidence': {
+              type: 'object',
+              required: ['primary_evidence'],
+              properties: {
+                primary_evidence: {
+                  description:
+                    'per TEE (docs/kbs-protocol.md §4): tdx/sgx {quote, cc_eventlog?}; snp {attestation_report, cert_chain} (guest-components) or {report, vcek?, vlek?}; Azure and sample JSON',
+                },
+                additional_evidence: {
+                  type: 'string',
+                  description:
+                    'JSON: {"nvidia": {"device_evidence_list": [...]}} (guest-components) or {"nvidia": {"gpus": [...]}}; "" without devices',
+                },
+              },
+            },
+            'init-data': {
+              type: 'object',
+              description: "CoCo init-data {format: 'toml' | 'json', body}",
+            },
+          },
+        },
+      },
+      config: doc({
+        ok: { 200: '{token}' },
+        errors: [
+          ...KBS_JSON_ERRORS,
+          'malformed-attestation',
+          'malformed-evidence',
+          'unsupported-tee',
+          'unusable-key',
+          'bad-init-data',
+          'no-session',
+          'unknown-session',
+          'session-expired',
+          'nonce-used',
+          'nonce-mismatch',
+          'attestation-report-data-mismatch',
+          'attestation-refused',
+        ],
+      }),
+    },
+    async (req) => {
+      const started = performance.now();
+      try {
+        const r = await o.broker.attest(req.cookies[SESSION_COOKIE], req.body);
+        o.metrics.inc('kbs_attest_total', 'Attestations', { result: 'ok' });
+        return r;
+      } catch (e) {
+        o.metrics.inc('kbs_attest_total', 'Attestations', { result: problemType(e) });
+        throw e;
+      } finally {
+        o.metrics.observe('kbs_attest_seconds', 'Attestation latency', (performance.now() - started) / 1000);
+      }
+    },
+  );
 
-  app.get('/healthz', { config: { rateLimited: false } }, async () => ({ status: 'ok' }));
+  app.get<{ Params: { '*': string } }>(
+    '/kbs/v0/resource/*',
+    {
+      schema: {
+        summary:
+          'A resource as a flattened JWE to the TEE key (session cookie; an attestation token as bearer only with bearerTokens on)',
+      },
+      config: doc({
+        ok: { 200: 'flattened JWE' },
+        errors: [
+          'bad-resource-path',
+          'no-session',
+          'unknown-session',
+          'session-expired',
+          'not-attested',
+          'token-expired',
+          'bearer-disabled',
+          'bad-token',
+          'denied',
+        ],
+      }),
+    },
+    async (req) => {
+      const path = req.params['*'];
+      const creds = { sessionId: req.cookies[SESSION_COOKIE], bearer: bearer(req) };
+      try {
+        const { jwe } = await o.broker.resource(creds, path);
+        o.metrics.inc('kbs_resource_total', 'Resource requests', { result: 'released' });
+        return jwe;
+      } catch (e) {
+        o.metrics.inc('kbs_resource_total', 'Resource requests', { result: problemType(e) });
+        throw e;
+      }
+    },
+  );
+
+  // Probes must stay cheap and answer while a client is being throttled.
+  app.get(
+    '/healthz',
+    {
+      schema: { summary: 'Liveness (never rate-limited)' },
+      config: { rateLimit: false, ...doc({ ok: { 200: '{status: "ok"}' } }) },
+    },
+    async () => ({ status: 'ok' }),
+  );
   // Readiness, unlike liveness, follows the database: a load balancer stops sending requests to a
   // broker that cannot reach it, and a restart would not help.
   const ready = sharedCheck(o.ready);
-  app.get('/readyz', { config: { rateLimited: false } }, async (_req, reply) => {
-    try {
-      await ready();
-    } catch (e) {
-      return sendProblem(
-        reply.header('retry-after', RETRY_AFTER_SECONDS),
-        503,
-        'not-ready',
-        `the store's database does not answer: ${(e as Error).message}`,
-      );
-    }
-    return { status: 'ready' };
-  });
-  app.get('/metrics', async (_req, reply) =>
-    reply.type('text/plain; version=0.0.4').send(o.metrics.render()),
+  app.get(
+    '/readyz',
+    {
+      schema: { summary: "Readiness: the store's database answers (never rate-limited)" },
+      config: { rateLimit: false, ...doc({ ok: { 200: '{status: "ready"}' }, errors: ['not-ready'] }) },
+    },
+    async (_req, reply) => {
+      try {
+        await ready();
+      } catch (e) {
+        return refuse(
+          reply.header('retry-after', RETRY_AFTER_SECONDS),
+          'not-ready',
+          `the store's database does not answer: ${(e as Error).message}`,
+        );
+      }
+      return { status: 'ready' };
+    },
   );
-  app.get('/openapi.json', async () => openApiDocument());
+  app.get(
+    '/metrics',
+    {
+      schema: { summary: 'Prometheus metrics' },
+      config: doc({ ok: { 200: 'text exposition format' } }),
+    },
+    async (_req, reply) => reply.type('text/plain; version=0.0.4').send(o.metrics.render()),
+  );
+  app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 
-  o.admin.register(app);
+  await o.admin.register(app);
   return app;
 }

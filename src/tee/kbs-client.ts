@@ -5,11 +5,10 @@
  */
 import { type FlattenedJWE, flattenedDecrypt } from 'jose';
 import {
+  bindingReportData,
   deviceRuntimeDataHash,
   type EcPublicJwk,
   KBS_PROTOCOL_VERSION,
-  primaryRuntimeDataHash,
-  reportDataField,
 } from '../wire/kbs.js';
 
 /** Produces evidence for the broker's challenge. */
@@ -107,7 +106,7 @@ export class KbsClient {
     const additional = this.o.attester.additionalEvidence
       ? await this.o.attester.additionalEvidence(await deviceRuntimeDataHash(teePubkey, nonce))
       : '';
-    const reportData = reportDataField(await primaryRuntimeDataHash(teePubkey, nonce, additional));
+    const reportData = await bindingReportData(teePubkey, nonce, additional);
     const primary = await this.o.attester.primaryEvidence(reportData);
     const attest = await this.request('/kbs/v0/attest', {
       method: 'POST',

@@ -54,19 +54,31 @@ export interface KbsAttestation {
   'tee-evidence': { primary_evidence: unknown; additional_evidence: string };
 }
 
-/** A protocol violation by the client: becomes an RFC 7807 response with this status. */
+/**
+ * What the KBS protocol's parsers refuse, by the problem `type` a client sees. No HTTP status here:
+ * the broker's edge (src/kbs/server.ts) chooses it from one code → status table.
+ */
+export type ProtocolErrorCode =
+  | 'malformed-request'
+  | 'unsupported-version'
+  | 'unsupported-tee'
+  | 'malformed-attestation'
+  | 'malformed-evidence'
+  | 'unusable-key'
+  | 'bad-resource-path';
+
+/** A protocol violation by the client: becomes an RFC 7807 problem whose `type` is `code`. */
 export class ProtocolError extends Error {
   override name = 'ProtocolError';
   constructor(
-    readonly status: number,
-    readonly type: string,
+    readonly code: ProtocolErrorCode,
     message: string,
   ) {
     super(message);
   }
 }
 
-const bad = (type: string, msg: string) => new ProtocolError(400, type, msg);
+const bad = (code: ProtocolErrorCode, msg: string) => new ProtocolError(code, msg);
 
 function str(o: Record<string, unknown>, key: string, where: string): string {
   const v = o[key];
@@ -240,9 +252,22 @@ export function reportDataField(hash: Uint8Array, size = 64): Uint8Array {
   return out;
 }
 
+/**
+ * The report data that binds the TEE's ephemeral key and the broker's nonce (and the device evidence,
+ * "" without devices) into the primary evidence: what the TEE asks its hardware to sign and what the
+ * broker expects to find. Both sides call this one function, so they cannot drift apart.
+ */
+export async function bindingReportData(
+  teePubkey: TeePubkey,
+  nonce: string,
+  additionalEvidence: string,
+): Promise<Uint8Array> {
+  return reportDataField(await primaryRuntimeDataHash(teePubkey, nonce, additionalEvidence));
+}
+
 export function parseResourcePath(path: string): { repository: string; type: string; tag: string } {
   const m = RESOURCE_PATH.exec(path);
-  if (!m) throw new ProtocolError(400, 'bad-resource-path', `"${path}" is not <repository>/<type>/<tag>`);
+  if (!m) throw bad('bad-resource-path', `"${path}" is not <repository>/<type>/<tag>`);
   return { repository: m[1]!, type: m[2]!, tag: m[3]! };
 }
 

@@ -263,8 +263,7 @@ describe('guest-components evidence shapes, field by field', () => {
     ] as const) {
       expect(() => primaryEvidenceBytes('tdx', bad)).toThrow(
         expect.objectContaining({
-          status: 400,
-          type: 'malformed-evidence',
+          code: 'malformed-evidence',
           message: expect.stringMatching(why),
         }),
       );
@@ -309,17 +308,17 @@ describe('guest-components evidence shapes, field by field', () => {
       try {
         deviceEvidence(JSON.stringify(v));
       } catch (e) {
-        return e as { status: number; type: string; message: string };
+        return e as { code: string; message: string };
       }
       throw new Error('accepted');
     };
     const list = (...l: unknown[]) => ({ nvidia: { device_evidence_list: l } });
     expect(refused(list())).toMatchObject({
-      type: 'malformed-evidence',
+      code: 'malformed-evidence',
       message: expect.stringMatching(/at least one device/),
     });
     expect(refused({ nvidia: { device_evidence_list: [entry], gpus: [] } })).toMatchObject({
-      type: 'malformed-evidence',
+      code: 'malformed-evidence',
     });
     expect(refused(list('x'))).toMatchObject({ message: expect.stringMatching(/must be an object/) });
     expect(refused(list({ ...entry, nonce: 'ab' }))).toMatchObject({
@@ -328,7 +327,7 @@ describe('guest-components evidence shapes, field by field', () => {
     expect(refused(list({ ...entry, arch: 'AMPERE' }))).toMatchObject({
       message: expect.stringMatching(/arch must be HOPPER, BLACKWELL or LS10/),
     });
-    expect(refused(list({ ...entry, arch: 'LS10' }))).toMatchObject({ type: 'unsupported-tee' });
+    expect(refused(list({ ...entry, arch: 'LS10' }))).toMatchObject({ code: 'unsupported-tee' });
     expect(refused(list({ ...entry, uuid: 3 }))).toMatchObject({
       message: expect.stringMatching(/uuid must be a string/),
     });
@@ -344,6 +343,6 @@ describe('guest-components evidence shapes, field by field', () => {
     expect(refused(list(entry, { ...entry, uuid: 'GPU-2' }))).toMatchObject({
       message: expect.stringMatching(/repeats an earlier device/),
     });
-    expect(refused({ 'nvidia-dpu': {} })).toMatchObject({ type: 'unsupported-tee' });
+    expect(refused({ 'nvidia-dpu': {} })).toMatchObject({ code: 'unsupported-tee' });
   });
 });

@@ -45,4 +45,23 @@ describe('loadConfig', () => {
         /maxAdminTokenLifetimeSeconds must be a positive number/,
       );
   });
+
+  it('takes a rate limit of perSecond ≥ 0 (0: none) and a burst of at least 1', async () => {
+    expect((await loadConfig(withFile({ rateLimit: { perSecond: 0 } }))).rateLimit.perSecond).toBe(0);
+    expect((await loadConfig(withFile({ rateLimit: { perSecond: 0.5, burst: 1 } }))).rateLimit).toEqual({
+      perSecond: 0.5,
+      burst: 1,
+    });
+    for (const rateLimit of [
+      { perSecond: -1, burst: 5 },
+      { perSecond: 5, burst: 0 },
+      { perSecond: 5 },
+      {},
+      10,
+    ]) {
+      await expect(loadConfig(withFile({ rateLimit })), JSON.stringify(rateLimit)).rejects.toThrow(
+        /config rateLimit must be/,
+      );
+    }
+  });
 });

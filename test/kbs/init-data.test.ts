@@ -58,8 +58,7 @@ describe('receiveInitData', () => {
     ];
     for (const [init, message] of cases) {
       await expect(receiveInitData(init)).rejects.toMatchObject({
-        status: 400,
-        type: 'bad-init-data',
+        code: 'bad-init-data',
         message: expect.stringMatching(message),
       });
     }
@@ -133,8 +132,7 @@ describe('bindInitData', () => {
       const r = await received(body, format);
       expect(() => bindInitData(r, appraisal('tdx', { mr_config_id: hex('sha384', body) })), body).toThrow(
         expect.objectContaining({
-          status: 400,
-          type: 'bad-init-data',
+          code: 'bad-init-data',
           message: expect.stringMatching(message),
         }),
       );

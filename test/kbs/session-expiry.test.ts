@@ -5,7 +5,7 @@ import { Broker } from '../../src/kbs/broker.js';
 import { buildLogEntry } from '../../src/kbs/log.js';
 import { masterKeyFromText, SecretBox } from '../../src/kbs/secrets.js';
 import { MemoryStore } from '../../src/kbs/store/index.js';
-import { primaryRuntimeDataHash, reportDataField } from '../../src/wire/kbs.js';
+import { bindingReportData } from '../../src/wire/kbs.js';
 import { sampleAttester } from './helpers.js';
 
 describe('a session whose token expired', () => {
@@ -32,7 +32,7 @@ describe('a session whose token expired', () => {
     const kp = await crypto.subtle.generateKey({ name: 'ECDH', namedCurve: 'P-256' }, true, ['deriveBits']);
     const j = await crypto.subtle.exportKey('jwk', kp.publicKey);
     const teePubkey = { kty: 'EC' as const, crv: 'P-256' as const, x: j.x!, y: j.y! };
-    const rd = reportDataField(await primaryRuntimeDataHash(teePubkey, session.nonce, ''));
+    const rd = await bindingReportData(teePubkey, session.nonce, '');
     const evidence = await (await sampleAttester()).primaryEvidence(rd);
     await broker.attest(session.id, {
       'runtime-data': { nonce: session.nonce, 'tee-pubkey': teePubkey },
@@ -40,8 +40,7 @@ describe('a session whose token expired', () => {
     });
     now = new Date(now.getTime() + 30 * 60 * 1000);
     await expect(broker.resource({ sessionId: session.id }, 'owner/models/kek1')).rejects.toMatchObject({
-      status: 401,
-      type: 'token-expired',
+      code: 'token-expired',
     });
   });
 });
