@@ -100,54 +100,27 @@ export function registerServe(program: Command): void {
     )
     .exitOverride()
     .action(async (opts: ServeCliOptions) => {
-      // The engines (llama.cpp, ONNX Runtime), the server and the agent load when this verb runs.
-      const { onTerminationSignal } = await import('../tee/private-dir.js');
-      const { startInference } = await import('../infer/app.js');
-      const { keyFromJwk } = await import('../seal/keys.js');
       const log = (line: string) => process.stderr.write(`cloister serve: ${line}\n`);
+      // Every flag is checked before anything heavy loads, so that a typo is refused at once.
       if (opts.model.length === 0) throw new Error('give at least one --model FILE.sealed');
       if (!opts.kbs === !opts.key)
         throw new Error('give exactly one of --kbs URL (production) or --key FILE (development)');
       if (opts.initData && !opts.kbs)
         throw new Error('--init-data is for the key broker: it needs --kbs URL');
-      const parallel = integerOption(opts.parallel, '--parallel', 1);
-      const maxQueued = integerOption(opts.maxQueued, '--max-queued', 0);
-      const tee = await teeFor(opts, log);
-      log(`TEE: ${tee.kind} (${tee.attester.source})`);
-      if (tee.attester.insecure)
-        log('WARNING: the sample TEE is software only; clients must opt in to trust it');
-      let keys: InferenceOptions['keys'];
-      if (opts.kbs) keys = { broker: await brokerFor({ ...opts, kbs: opts.kbs }, tee) };
-      else {
-        log('WARNING: --key: the model key comes from a local file, not from a key broker after attestation');
-        const k = keyFromJwk(await readFile(opts.key!, 'utf8'), opts.key!);
-        if (k.kind === 'hpke-public')
-          throw new Error(`${opts.key} is a public key; unsealing needs the KEK or the HPKE private key`);
-        keys = { local: k };
-      }
       if (opts.replayRedis && !opts.servingKeys)
         throw new Error('--replay-redis is for replicas that share keys: it needs --serving-keys');
       if (opts.servingKeys && !opts.replayRedis)
         throw new Error(
           '--serving-keys needs --replay-redis URL: shared keys outlive this process, so without a shared replay store a captured request could be answered again by another replica or after a restart',
         );
-      const inference = await startInference({
-        models: opts.model,
-        tee: { cpu: tee.attester, ...(tee.gpu ? { gpu: tee.gpu } : {}) },
-        keys,
-        ...(opts.servingKeys ? { servingKeys: opts.servingKeys } : {}),
-        ...(opts.replayRedis ? { replayRedis: opts.replayRedis } : {}),
-        privateDir: { parent: opts.privateDir, allowDisk: opts.allowDisk === true },
+      const settings = {
         engines: {
-          gpu: opts.engineGpu === 'off' ? false : 'auto',
-          parallel,
+          gpu: opts.engineGpu === 'off' ? (false as const) : ('auto' as const),
+          parallel: integerOption(opts.parallel, '--parallel', 1),
           ...(opts.context ? { contextSize: integerOption(opts.context, '--context', 1) } : {}),
           ...(opts.threads ? { threads: integerOption(opts.threads, '--threads', 1) } : {}),
         },
-        maxQueued,
-        ui: opts.ui === true,
-        allowPlaintext: opts.allowPlaintext === true,
-        host: opts.host,
+        maxQueued: integerOption(opts.maxQueued, '--max-queued', 0),
         port: integerOption(opts.port, '--port', 0, 65535),
         replayWindowMs: integerOption(opts.replayWindow, '--replay-window', 1) * 1000,
         maxBodyBytes: integerOption(opts.maxBody, '--max-body', 1),
@@ -158,6 +131,35 @@ export function registerServe(program: Command): void {
         },
         padStreamTo: integerOption(opts.padStream, '--pad-stream', 0),
         defaultMaxTokens: integerOption(opts.maxTokens, '--max-tokens', 1),
+      };
+      const tee = await teeFor(opts, log);
+      log(`TEE: ${tee.kind} (${tee.attester.source})`);
+      if (tee.attester.insecure)
+        log('WARNING: the sample TEE is software only; clients must opt in to trust it');
+      let keys: InferenceOptions['keys'];
+      if (opts.kbs) keys = { broker: await brokerFor({ ...opts, kbs: opts.kbs }, tee) };
+      else {
+        log('WARNING: --key: the model key comes from a local file, not from a key broker after attestation');
+        const { keyFromJwk } = await import('../seal/keys.js');
+        const k = keyFromJwk(await readFile(opts.key!, 'utf8'), opts.key!);
+        if (k.kind === 'hpke-public')
+          throw new Error(`${opts.key} is a public key; unsealing needs the KEK or the HPKE private key`);
+        keys = { local: k };
+      }
+      // The engines (llama.cpp, ONNX Runtime), the server and the agent load when this verb runs.
+      const { startInference } = await import('../infer/app.js');
+      const { onTerminationSignal } = await import('../tee/private-dir.js');
+      const inference = await startInference({
+        ...settings,
+        models: opts.model,
+        tee: { cpu: tee.attester, ...(tee.gpu ? { gpu: tee.gpu } : {}) },
+        keys,
+        ...(opts.servingKeys ? { servingKeys: opts.servingKeys } : {}),
+        ...(opts.replayRedis ? { replayRedis: opts.replayRedis } : {}),
+        privateDir: { parent: opts.privateDir, allowDisk: opts.allowDisk === true },
+        ui: opts.ui === true,
+        allowPlaintext: opts.allowPlaintext === true,
+        host: opts.host,
         log,
       });
       const { url } = inference;

@@ -14,7 +14,6 @@ import type { ServerTee } from './attestation.js';
 import { realEngines } from './engines.js';
 import { type LoadedModel, loadSealedModel } from './load.js';
 import { RequestQueue } from './queue.js';
-import { RedisReplayGuard } from './replay-redis.js';
 import { type InferenceServerOptions, startInferenceServer } from './server.js';
 import { decodeServingKeys, type SharedServingKeys } from './serving-keys.js';
 import { softwareIdentity } from './software.js';
@@ -106,9 +105,10 @@ export async function startInference(o: InferenceOptions): Promise<RunningInfere
   const servingKeys = o.servingKeys
     ? await servingKeysFrom(o.servingKeys, broker, o.tee.cpu.insecure === true, log)
     : undefined;
+  // The Redis client loads only for replicas that share keys.
   const replay =
     o.replayRedis && servingKeys
-      ? await RedisReplayGuard.connect({
+      ? await (await import('./replay-redis.js')).RedisReplayGuard.connect({
           url: o.replayRedis,
           windowMs: replayWindowMs,
           key: servingKeys.gateway.config,
