@@ -6,8 +6,8 @@
  *
  * Streaming is Fastify's own: the status and headers go out with the first bytes of the body, so a
  * body that fails before it yields anything is still answered by the server's error handler, and one
- * that fails later cuts the connection (no final chunk), so that a client cannot take a truncated body
- * for a whole one. A client that leaves cancels the body, which stops the work behind it.
+ * that fails later cuts the connection (no final chunk, or no answer at all when the first bytes were
+ * not yet flushed), so that a client cannot take a truncated body for a whole one. A client that leaves cancels the body, which stops the work behind it.
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 
