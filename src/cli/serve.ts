@@ -2,15 +2,12 @@
  * `cloister serve`: the confidential inference server (docs/confidential-inference.md). Inside a TEE
  * it attests to the key broker, gets the model keys, unseals the models into memory, makes its OHTTP
  * and receipt keys, binds them with the models' digests and its software identity into fresh evidence,
- * and serves the OpenAI API through Oblivious HTTP.
+ * and serves the OpenAI API through Oblivious HTTP. The assembly is src/infer/app.ts; this is the
+ * flags and the output.
  */
 import { readFile } from 'node:fs/promises';
 import { type Command, Option } from 'commander';
-import type { LoadedModel } from '../infer/load.js';
-import type { SharedServingKeys } from '../infer/serving-keys.js';
-import type { UnsealKey } from '../seal/keys.js';
-import type { KbsClient } from '../tee/kbs-client.js';
-import type { KekCache } from '../tee/keys.js';
+import type { InferenceOptions } from '../infer/app.js';
 import { brokerFor, type TeeCliOptions, teeFor, teeOptions } from './agent.js';
 import { integerOption } from './numbers.js';
 
@@ -41,37 +38,6 @@ interface ServeCliOptions extends Omit<TeeCliOptions, 'kbs'> {
 }
 
 const collect = (v: string, prev: string[]) => [...prev, v];
-
-/** The shared serving keys: a broker resource (after attestation), or a local file in development. */
-export async function servingKeysFrom(
-  source: string,
-  broker: KbsClient | undefined,
-  insecureTee: boolean,
-  log: (line: string) => void,
-): Promise<SharedServingKeys> {
-  let bytes: Uint8Array;
-  if (source.startsWith('kbs:')) {
-    if (!broker) throw new Error(`--serving-keys ${source} needs --kbs URL (the broker that holds it)`);
-    const { resourcePathOf } = await import('../tee/keys.js');
-    bytes = await broker.getResource(resourcePathOf(source));
-  } else {
-    if (broker)
-      throw new Error(`--serving-keys ${source}: with --kbs the shared keys come from the broker (kbs:///…)`);
-    // Keys from the operator's own file would let the operator read every prompt.
-    if (!insecureTee)
-      throw new Error(`--serving-keys ${source}: a key file is for development in the sample TEE only`);
-    log('WARNING: --serving-keys: the shared keys come from a local file, not from a key broker');
-    try {
-      bytes = new Uint8Array(await readFile(source));
-    } catch (e) {
-      throw new Error(`cannot read --serving-keys ${source}: ${(e as NodeJS.ErrnoException).code ?? e}`);
-    }
-  }
-  const { decodeServingKeys } = await import('../infer/serving-keys.js');
-  const keys = await decodeServingKeys(bytes, source.startsWith('kbs:') ? source : `file:${source}`);
-  log(`serving keys from ${source} (OHTTP key id ${keys.gateway.config.keyId})`);
-  return keys;
-}
 
 export function registerServe(program: Command): void {
   teeOptions(
@@ -134,133 +100,76 @@ export function registerServe(program: Command): void {
     )
     .exitOverride()
     .action(async (opts: ServeCliOptions) => {
-      // The engines (llama.cpp, ONNX Runtime), the server and the agent load when this verb runs.
-      const { KekCache } = await import('../tee/keys.js');
-      const { onTerminationSignal, PrivateDir } = await import('../tee/private-dir.js');
-      const { realEngines } = await import('../infer/engines.js');
-      const { loadSealedModel } = await import('../infer/load.js');
-      const { RequestQueue } = await import('../infer/queue.js');
-      const { RedisReplayGuard } = await import('../infer/replay-redis.js');
-      const { startInferenceServer } = await import('../infer/server.js');
-      const { softwareIdentity } = await import('../infer/software.js');
-      const { keyFromJwk } = await import('../seal/keys.js');
       const log = (line: string) => process.stderr.write(`cloister serve: ${line}\n`);
+      // Every flag is checked before anything heavy loads, so that a typo is refused at once.
       if (opts.model.length === 0) throw new Error('give at least one --model FILE.sealed');
       if (!opts.kbs === !opts.key)
         throw new Error('give exactly one of --kbs URL (production) or --key FILE (development)');
       if (opts.initData && !opts.kbs)
         throw new Error('--init-data is for the key broker: it needs --kbs URL');
-      const parallel = integerOption(opts.parallel, '--parallel', 1);
-      const maxQueued = integerOption(opts.maxQueued, '--max-queued', 0);
-      const tee = await teeFor(opts, log);
-      log(`TEE: ${tee.kind} (${tee.attester.source})`);
-      if (tee.attester.insecure)
-        log('WARNING: the sample TEE is software only; clients must opt in to trust it');
-      const broker = opts.kbs ? await brokerFor({ ...opts, kbs: opts.kbs }, tee) : undefined;
-      let key: (h: Parameters<KekCache['forHeader']>[0], file: string) => Promise<UnsealKey>;
-      if (broker) {
-        const keys = new KekCache(broker);
-        key = (h, file) => keys.forHeader(h, file);
-      } else {
-        log('WARNING: --key: the model key comes from a local file, not from a key broker after attestation');
-        const k = keyFromJwk(await readFile(opts.key!, 'utf8'), opts.key!);
-        if (k.kind === 'hpke-public')
-          throw new Error(`${opts.key} is a public key; unsealing needs the KEK or the HPKE private key`);
-        key = async () => k;
-      }
       if (opts.replayRedis && !opts.servingKeys)
         throw new Error('--replay-redis is for replicas that share keys: it needs --serving-keys');
       if (opts.servingKeys && !opts.replayRedis)
         throw new Error(
           '--serving-keys needs --replay-redis URL: shared keys outlive this process, so without a shared replay store a captured request could be answered again by another replica or after a restart',
         );
-      const timeouts = {
-        requestMs: integerOption(opts.requestTimeout, '--request-timeout', 1) * 1000,
-        headersMs: integerOption(opts.headersTimeout, '--headers-timeout', 1) * 1000,
-        keepAliveMs: integerOption(opts.keepAliveTimeout, '--keep-alive-timeout', 1) * 1000,
-      };
-      const replayWindowMs = integerOption(opts.replayWindow, '--replay-window', 1) * 1000;
-      const keys = opts.servingKeys
-        ? await servingKeysFrom(opts.servingKeys, broker, tee.attester.insecure === true, log)
-        : undefined;
-      const replay =
-        opts.replayRedis && keys
-          ? await RedisReplayGuard.connect({
-              url: opts.replayRedis,
-              windowMs: replayWindowMs,
-              key: keys.gateway.config,
-            })
-          : undefined;
-      if (replay) log('replay protection shared through Redis');
-      // A Redis client that is reconnecting would keep a process that failed to start from exiting.
-      const start = async () => {
-        const dir = await PrivateDir.create({
-          parent: opts.privateDir,
-          allowDisk: opts.allowDisk === true,
-          warn: log,
-        });
-        const loaders = realEngines({
-          gpu: opts.engineGpu === 'off' ? false : 'auto',
-          parallel,
+      const settings = {
+        engines: {
+          gpu: opts.engineGpu === 'off' ? (false as const) : ('auto' as const),
+          parallel: integerOption(opts.parallel, '--parallel', 1),
           ...(opts.context ? { contextSize: integerOption(opts.context, '--context', 1) } : {}),
           ...(opts.threads ? { threads: integerOption(opts.threads, '--threads', 1) } : {}),
-        });
-        const loaded: LoadedModel[] = [];
-        for (const file of opts.model) {
-          const m = await loadSealedModel({ file, key: (h) => key(h, file), dir: dir.path, loaders, log });
-          if (loaded.some((x) => x.id === m.id))
-            throw new Error(`two models are named '${m.id}'; rename one when sealing`);
-          log(`model '${m.id}' (${m.format}) loaded`);
-          loaded.push(m);
-        }
-        const created = Math.floor(Date.now() / 1000);
-        const ui = opts.ui ? await (await import('../infer/ui.js')).loadUiAssets() : undefined;
-        const server = await startInferenceServer({
-          models: loaded.map((m) => ({
-            ...m,
-            created,
-            queue: new RequestQueue({ concurrency: m.engine.parallel, maxQueued }),
-          })),
-          tee: { cpu: tee.attester, ...(tee.gpu ? { gpu: tee.gpu } : {}) },
-          ear: broker ? await broker.token() : null,
-          software: await softwareIdentity(),
-          ...(keys ? { keys } : {}),
-          allowPlaintext: opts.allowPlaintext === true,
-          host: opts.host,
-          port: integerOption(opts.port, '--port', 0, 65535),
-          replayWindowMs,
-          ...(replay ? { replay } : {}),
-          maxBodyBytes: integerOption(opts.maxBody, '--max-body', 1),
-          timeouts,
-          padStreamTo: integerOption(opts.padStream, '--pad-stream', 0),
-          defaultMaxTokens: integerOption(opts.maxTokens, '--max-tokens', 1),
-          ...(ui ? { ui } : {}),
-          log,
-        });
-        return { dir, loaded, server, ui };
+        },
+        maxQueued: integerOption(opts.maxQueued, '--max-queued', 0),
+        port: integerOption(opts.port, '--port', 0, 65535),
+        replayWindowMs: integerOption(opts.replayWindow, '--replay-window', 1) * 1000,
+        maxBodyBytes: integerOption(opts.maxBody, '--max-body', 1),
+        timeouts: {
+          requestMs: integerOption(opts.requestTimeout, '--request-timeout', 1) * 1000,
+          headersMs: integerOption(opts.headersTimeout, '--headers-timeout', 1) * 1000,
+          keepAliveMs: integerOption(opts.keepAliveTimeout, '--keep-alive-timeout', 1) * 1000,
+        },
+        padStreamTo: integerOption(opts.padStream, '--pad-stream', 0),
+        defaultMaxTokens: integerOption(opts.maxTokens, '--max-tokens', 1),
       };
-      let started: Awaited<ReturnType<typeof start>>;
-      try {
-        started = await start();
-      } catch (e) {
-        replay?.close();
-        throw e;
+      const tee = await teeFor(opts, log);
+      log(`TEE: ${tee.kind} (${tee.attester.source})`);
+      if (tee.attester.insecure)
+        log('WARNING: the sample TEE is software only; clients must opt in to trust it');
+      let keys: InferenceOptions['keys'];
+      if (opts.kbs) keys = { broker: await brokerFor({ ...opts, kbs: opts.kbs }, tee) };
+      else {
+        log('WARNING: --key: the model key comes from a local file, not from a key broker after attestation');
+        const { keyFromJwk } = await import('../seal/keys.js');
+        const k = keyFromJwk(await readFile(opts.key!, 'utf8'), opts.key!);
+        if (k.kind === 'hpke-public')
+          throw new Error(`${opts.key} is a public key; unsealing needs the KEK or the HPKE private key`);
+        keys = { local: k };
       }
-      const { dir, loaded, server, ui } = started;
-      log(
-        `listening on ${server.url} (attestation: ${server.url}/v1/attestation${ui ? `, page: ${server.url}/` : ''})`,
-      );
+      // The engines (llama.cpp, ONNX Runtime), the server and the agent load when this verb runs.
+      const { startInference } = await import('../infer/app.js');
+      const { onTerminationSignal } = await import('../tee/private-dir.js');
+      const inference = await startInference({
+        ...settings,
+        models: opts.model,
+        tee: { cpu: tee.attester, ...(tee.gpu ? { gpu: tee.gpu } : {}) },
+        keys,
+        ...(opts.servingKeys ? { servingKeys: opts.servingKeys } : {}),
+        ...(opts.replayRedis ? { replayRedis: opts.replayRedis } : {}),
+        privateDir: { parent: opts.privateDir, allowDisk: opts.allowDisk === true },
+        ui: opts.ui === true,
+        allowPlaintext: opts.allowPlaintext === true,
+        host: opts.host,
+        log,
+      });
+      const { url } = inference;
+      log(`listening on ${url} (attestation: ${url}/v1/attestation${opts.ui ? `, page: ${url}/` : ''})`);
       if (opts.allowPlaintext) log('WARNING: --allow-plaintext: unencrypted requests are accepted too');
       await new Promise<void>((resolve) => {
         const off = onTerminationSignal((sig) => {
           off();
           log(`${sig}: stopping`);
-          void server
-            .close()
-            .then(() => Promise.all(loaded.map((m) => m.engine.close())))
-            .then(() => dir.wipe())
-            .then(() => replay?.close())
-            .then(resolve);
+          void inference.close().then(resolve);
         });
       });
     });

@@ -107,20 +107,19 @@ function refuse(e: OhttpError): GatewayError {
     case 'unsupported-kdf':
     case 'unsupported-aead':
       return new GatewayError(
-        422,
         'ohttp_key',
         `${e.message}; fetch the current key configuration from GET /.well-known/ohttp-gateway`,
       );
     case 'replay':
-      return new GatewayError(400, 'replay', e.message);
+      return new GatewayError('replay', e.message);
     case 'stale-date':
-      return new GatewayError(400, 'date_out_of_window', e.message);
+      return new GatewayError('date_out_of_window', e.message);
     case 'replay-cache-full':
-      return new GatewayError(503, 'replay_cache_full', e.message);
+      return new GatewayError('replay_cache_full', e.message);
     case 'replay-store-unavailable':
-      return new GatewayError(503, 'replay_store_unavailable', e.message);
+      return new GatewayError('replay_store_unavailable', e.message);
     default:
-      return new GatewayError(400, 'bad_ohttp', e.message);
+      return new GatewayError('bad_ohttp', e.message);
   }
 }
 
@@ -136,7 +135,6 @@ function innerRequest(r: BhttpRequest, signal: AbortSignal): Request {
       headers.append(n, v);
     } catch {
       throw new GatewayError(
-        400,
         'bad_inner_request',
         `the encapsulated request's header '${n}' is not a valid HTTP field`,
       );
@@ -152,7 +150,6 @@ function innerRequest(r: BhttpRequest, signal: AbortSignal): Request {
     });
   } catch (e) {
     throw new GatewayError(
-      400,
       'bad_inner_request',
       `the encapsulated request is not a valid HTTP request: ${(e as Error).message}`,
     );
@@ -219,13 +216,13 @@ export function createGateway(
       inner = decodeRequest(requestBytes);
     } catch (e) {
       if (!(e instanceof OhttpError)) throw e;
-      return { res: refused(new GatewayError(400, 'bad_inner_request', e.message)), wantsReceipt: false };
+      return { res: refused(new GatewayError('bad_inner_request', e.message)), wantsReceipt: false };
     }
     const wantsReceipt = header(inner.headers, RECEIPT_HEADER) !== undefined;
     try {
       // RFC 9458 §5.1: a 100-continue expectation cannot be met through the encapsulation.
       if (/100-continue/i.test(header(inner.headers, 'expect') ?? '')) {
-        throw new GatewayError(417, 'expectation_failed', 'Expect: 100-continue cannot be met through OHTTP');
+        throw new GatewayError('expectation_failed', 'Expect: 100-continue cannot be met through OHTTP');
       }
       const at = checkDate(inner);
       try {
@@ -250,7 +247,6 @@ export function createGateway(
     const at = date === undefined ? Number.NaN : Date.parse(date);
     if (Number.isNaN(at)) {
       throw new GatewayError(
-        400,
         'date_required',
         'the encapsulated request needs a Date header (replay protection)',
       );
@@ -258,7 +254,6 @@ export function createGateway(
     const t = now();
     if (Math.abs(t - at) > o.maxClockSkewMs) {
       throw new GatewayError(
-        400,
         'date_out_of_window',
         `the encapsulated request's Date is ${Math.round((t - at) / 1000)} s from the gateway's clock; at most ${o.maxClockSkewMs / 1000} s is accepted`,
       );

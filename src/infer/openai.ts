@@ -12,7 +12,7 @@
 import { toBase64 } from '../util/bytes.js';
 import { MODEL_DIGEST_HEADER } from '../wire/inference-receipt.js';
 import type { ChatMessage, Engine, GenerateParams, GenerationResult, OnText } from './engine/types.js';
-import { errorBody, errorResponse, InferError, toInferError } from './errors.js';
+import { errorBody, errorResponse, type InferCode, InferError, toInferError } from './errors.js';
 import type { RequestQueue } from './queue.js';
 
 export interface ServedModel {
@@ -60,8 +60,8 @@ function modelHeader(m: ServedModel): Record<string, string> {
   return { [MODEL_DIGEST_HEADER]: m.digest };
 }
 
-function bad(message: string, param: string | null = null, code = 'invalid_request'): InferError {
-  return new InferError(400, code, message, param);
+function bad(message: string, param: string | null = null, code: InferCode = 'invalid_request'): InferError {
+  return new InferError(code, message, param);
 }
 
 function randomId(prefix: string): string {
@@ -145,7 +145,6 @@ export function createOpenAiHandler(options: OpenAiOptions): Handler {
     const m = byId.get(body.model);
     if (!m) {
       throw new InferError(
-        404,
         'model_not_found',
         `the model '${body.model}' is not served here; GET /v1/models lists those that are`,
         'model',
@@ -368,7 +367,7 @@ export function createOpenAiHandler(options: OpenAiOptions): Handler {
     }
     if (path.startsWith('/v1/models/') && method === 'GET') {
       const m = byId.get(decodeURIComponent(path.slice('/v1/models/'.length)));
-      if (!m) throw new InferError(404, 'model_not_found', 'no such model', 'model');
+      if (!m) throw new InferError('model_not_found', 'no such model', 'model');
       return json(modelJson(m));
     }
     const post: Record<string, () => Promise<Response>> = {
@@ -378,10 +377,10 @@ export function createOpenAiHandler(options: OpenAiOptions): Handler {
     };
     const handler = post[path];
     if (handler) {
-      if (method !== 'POST') throw new InferError(405, 'method_not_allowed', `${path} takes POST`);
+      if (method !== 'POST') throw new InferError('method_not_allowed', `${path} takes POST`);
       return handler();
     }
-    throw new InferError(404, 'not_found', `no route ${method} ${path}`);
+    throw new InferError('not_found', `no route ${method} ${path}`);
   }
 
   return async (request) => {

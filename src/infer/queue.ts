@@ -34,7 +34,7 @@ export class RequestQueue {
 
   /** Resolves with a release function once a slot is free; call it exactly once when done. */
   acquire(signal: AbortSignal): Promise<() => void> {
-    if (signal.aborted) return Promise.reject(new InferError(499, 'client_closed', 'the client went away'));
+    if (signal.aborted) return Promise.reject(new InferError('client_closed', 'the client went away'));
     if (this.running < this.options.concurrency) {
       this.running++;
       return Promise.resolve(this.releaser());
@@ -42,7 +42,6 @@ export class RequestQueue {
     if (this.waiting.length >= this.options.maxQueued) {
       return Promise.reject(
         new InferError(
-          429,
           'queue_full',
           `the server is busy: ${this.running} requests running and ${this.waiting.length} waiting; retry shortly`,
         ),
@@ -53,7 +52,7 @@ export class RequestQueue {
       const onAbort = () => {
         const i = this.waiting.indexOf(waiter);
         if (i >= 0) this.waiting.splice(i, 1);
-        reject(new InferError(499, 'client_closed', 'the client went away while the request was queued'));
+        reject(new InferError('client_closed', 'the client went away while the request was queued'));
       };
       signal.addEventListener('abort', onAbort, { once: true });
       waiter.resolve = (release) => {

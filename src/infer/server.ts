@@ -14,8 +14,10 @@
  *
  * The OHTTP and receipt keys are made here, in the TEE's memory, and never leave it.
  */
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import { createHttp, type FrameworkCode, frameworkRefusal } from '../http/index.js';
+import { clientGone, limitedBody, rawBodies, readBody, sendResponse, webRequest } from '../http/web.js';
 import { encodeKeyConfigList, ReplayCache, type ReplayGuard } from '../ohttp/index.js';
 import { nodeBackend } from '../ohttp/node.js';
 import { fromHex, toBase64Url, toHex } from '../util/bytes.js';
@@ -27,7 +29,7 @@ import {
   type SoftwareIdentity,
 } from '../wire/inference-identity.js';
 import { attestIdentity, type ServerTee } from './attestation.js';
-import { errorBody, InferError, toInferError } from './errors.js';
+import { errorBody, errorHeaders, type InferCode, InferError, toInferError } from './errors.js';
 import { createGateway, GatewayError, OHTTP_CHUNKED_REQUEST_TYPE, OHTTP_REQUEST_TYPE } from './gateway.js';
 import { createOpenAiHandler, type ServedModel } from './openai.js';
 import { RequestQueue } from './queue.js';
@@ -100,77 +102,24 @@ const CORS = {
   'access-control-allow-methods': 'GET, POST, OPTIONS',
 };
 
-async function readBody(req: IncomingMessage, limit: number): Promise<Uint8Array> {
-  const parts: Uint8Array[] = [];
-  for await (const chunk of limitedBody(req, limit)) parts.push(chunk);
-  return new Uint8Array(Buffer.concat(parts));
-}
+const HOP_BY_HOP = [
+  'connection',
+  'transfer-encoding',
+  'content-length',
+  'content-encoding',
+  'set-cookie',
+  'keep-alive',
+];
 
-/** The body as it arrives, refused (413) once it passes `limit` bytes. */
-async function* limitedBody(req: IncomingMessage, limit: number): AsyncGenerator<Uint8Array> {
-  const declared = Number(req.headers['content-length']);
-  if (declared > limit)
-    throw new InferError(413, 'body_too_large', `the request body is over ${limit} bytes`);
-  let size = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > limit) throw new InferError(413, 'body_too_large', `the request body is over ${limit} bytes`);
-    yield new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.length);
-  }
-}
+const GATEWAY_PATH = '/.well-known/ohttp-gateway';
 
-/** Writes a web Response to a Node response, streaming its body; cancels the body if the client leaves. */
-async function send(
-  res: ServerResponse,
-  response: Response,
-  extra: Record<string, string> = {},
-): Promise<void> {
-  const headers: Record<string, string> = { ...extra };
-  response.headers.forEach((v, k) => {
-    headers[k] = v;
-  });
-  res.writeHead(response.status, headers);
-  if (!response.body) {
-    res.end();
-    return;
-  }
-  const reader = response.body.getReader();
-  res.on('close', () => {
-    if (!res.writableFinished) reader.cancel().catch(() => {});
-  });
-  try {
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      if (!res.write(value))
-        await new Promise<void>((resolve) => res.once('drain', resolve).once('close', resolve));
-      if (res.destroyed) return;
-    }
-    res.end();
-  } catch {
-    // The body failed mid-stream (or the client left): the response cannot change status now.
-    res.destroy();
-  }
-}
-
-function sendJson(
-  res: ServerResponse,
-  status: number,
-  body: unknown,
-  extra: Record<string, string> = {},
-): void {
-  res.writeHead(status, { 'content-type': 'application/json', ...extra });
-  res.end(JSON.stringify(body));
-}
-
-function sendProblem(res: ServerResponse, e: GatewayError): void {
-  sendJson(
-    res,
-    e.status,
-    { type: e.problemType, title: e.code, status: e.status, detail: e.message },
-    { 'content-type': 'application/problem+json', ...CORS },
-  );
-}
+/** Fastify's own refusals (before a handler runs) in the module's codes. */
+const FRAMEWORK_CODES: Readonly<Record<FrameworkCode, InferCode>> = {
+  'malformed-json': 'invalid_json',
+  'body-too-large': 'body_too_large',
+  'unsupported-media-type': 'bad_content_type',
+  'bad-request': 'invalid_request',
+};
 
 export async function startInferenceServer(o: InferenceServerOptions): Promise<InferenceServer> {
   const replayWindowMs = o.replayWindowMs ?? 120_000;
@@ -217,7 +166,7 @@ export async function startInferenceServer(o: InferenceServerOptions): Promise<I
 
   async function freshAttestation(nonceHex: string, signal: AbortSignal): Promise<AttestationDocument> {
     if (!/^[0-9a-f]{2,128}$/i.test(nonceHex) || nonceHex.length % 2 !== 0) {
-      throw new InferError(400, 'bad_nonce', 'nonce must be 1 to 64 bytes in hex', 'nonce');
+      throw new InferError('bad_nonce', 'nonce must be 1 to 64 bytes in hex', 'nonce');
     }
     const release = await attestQueue.acquire(signal);
     try {
@@ -227,198 +176,192 @@ export async function startInferenceServer(o: InferenceServerOptions): Promise<I
     }
   }
 
-  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const url = new URL(req.url ?? '/', 'http://localhost');
-    const path = url.pathname;
-    const method = req.method ?? 'GET';
-    const ac = new AbortController();
-    res.on('close', () => {
-      if (!res.writableFinished) ac.abort();
-    });
-    if (method === 'OPTIONS') {
-      res.writeHead(204, CORS).end();
-      return;
+  const app = createHttp({
+    bodyLimit: maxBodyBytes,
+    timeouts: { requestMs: requestTimeoutMs, headersMs: headersTimeoutMs, keepAliveMs: keepAliveTimeoutMs },
+  });
+  // Node times only the request (408 and close once it is late), never the response, so a slow or
+  // stalled upload is cut while a long generation streams on; Fastify's connection timeout would also
+  // cut a quiet response (a long wait in a queue), so it is off.
+  app.server.timeout = 0;
+  // How often those deadlines are checked (Node's default, 30 s, would let a slow client overstay);
+  // read when the server starts listening (a property Node's types leave out).
+  (app.server as { connectionsCheckingInterval?: number }).connectionsCheckingInterval = Math.max(
+    100,
+    Math.min(1000, requestTimeoutMs / 4),
+  );
+  rawBodies(app);
+  const tooLarge = () => new InferError('body_too_large', `the request body is over ${maxBodyBytes} bytes`);
+
+  function refuse(reply: FastifyReply, e: InferError): FastifyReply {
+    if (e instanceof GatewayError) {
+      return reply
+        .code(e.status)
+        .headers({ 'content-type': 'application/problem+json', ...CORS })
+        .send(jsonBytes({ type: e.problemType, title: e.code, status: e.status, detail: e.message }));
     }
-    if (path === '/v1/attestation' && method === 'GET') {
-      const nonce = url.searchParams.get('nonce');
-      sendJson(res, 200, nonce === null ? attestation : await freshAttestation(nonce, ac.signal), {
+    return reply
+      .code(e.status)
+      .headers({ 'content-type': 'application/json', ...errorHeaders(e) })
+      .send(jsonBytes(errorBody(e)));
+  }
+
+  app.setErrorHandler((e, request, reply) => {
+    const refusal = frameworkRefusal(e, maxBodyBytes);
+    const err = refusal ? new InferError(FRAMEWORK_CODES[refusal.code], refusal.detail) : toInferError(e);
+    if (err.status >= 500)
+      o.log(`error: ${request.method} ${request.url}: ${(e as Error).stack ?? String(e)}`);
+    return refuse(reply, err);
+  });
+  app.setNotFoundHandler((request, reply) =>
+    refuse(reply, new InferError('not_found', `no route ${request.method} ${pathOf(request)}`)),
+  );
+
+  app.options('*', (_request, reply) => reply.code(204).headers(CORS).send());
+
+  app.get<{ Querystring: { nonce?: string } }>('/v1/attestation', async (request, reply) => {
+    const nonce = request.query.nonce;
+    const doc = nonce === undefined ? attestation : await freshAttestation(nonce, clientGone(reply));
+    return reply
+      .headers({ 'content-type': 'application/json', 'cache-control': 'no-store', ...CORS })
+      .send(jsonBytes(doc));
+  });
+
+  app.get(GATEWAY_PATH, (_request, reply) =>
+    reply
+      .headers({ 'content-type': 'application/ohttp-keys', 'cache-control': 'max-age=60', ...CORS })
+      .send(Buffer.from(keyList)),
+  );
+  app.post(GATEWAY_PATH, async (request, reply) => {
+    const type = (request.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+    if (type !== OHTTP_REQUEST_TYPE && type !== OHTTP_CHUNKED_REQUEST_TYPE) {
+      throw new GatewayError(
+        'bad_content_type',
+        `the gateway takes ${OHTTP_REQUEST_TYPE} or ${OHTTP_CHUNKED_REQUEST_TYPE}`,
+      );
+    }
+    const chunked = type === OHTTP_CHUNKED_REQUEST_TYPE;
+    const out = await gateway(
+      chunked
+        ? { chunked, body: limitedBody(request, maxBodyBytes, tooLarge) }
+        : { chunked, body: await readBody(request, maxBodyBytes, tooLarge) },
+      clientGone(reply),
+    );
+    return sendResponse(
+      reply,
+      new Response(out.body instanceof Uint8Array ? out.body.slice() : out.body, {
+        headers: { 'content-type': out.contentType },
+      }),
+      {
         'cache-control': 'no-store',
+        // draft-ietf-ohai-chunked-ohttp: tells relays to forward the chunks as they come.
+        ...(out.incremental ? { incremental: '?1' } : {}),
         ...CORS,
-      });
-      return;
-    }
-    if (path === '/.well-known/ohttp-gateway') {
-      if (method === 'GET') {
-        res.writeHead(200, {
-          'content-type': 'application/ohttp-keys',
-          'cache-control': 'max-age=60',
-          ...CORS,
-        });
-        res.end(keyList);
-        return;
-      }
-      if (method !== 'POST') throw new InferError(405, 'method_not_allowed', 'the gateway takes POST');
-      const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
-      if (type !== OHTTP_REQUEST_TYPE && type !== OHTTP_CHUNKED_REQUEST_TYPE) {
-        throw new GatewayError(
-          415,
-          'bad_content_type',
-          `the gateway takes ${OHTTP_REQUEST_TYPE} or ${OHTTP_CHUNKED_REQUEST_TYPE}`,
-        );
-      }
-      const chunked = type === OHTTP_CHUNKED_REQUEST_TYPE;
-      const out = await gateway(
-        chunked
-          ? { chunked, body: limitedBody(req, maxBodyBytes) }
-          : { chunked, body: await readBody(req, maxBodyBytes) },
-        ac.signal,
-      );
-      await send(
-        res,
-        new Response(out.body instanceof Uint8Array ? out.body.slice() : out.body, {
-          headers: { 'content-type': out.contentType },
-        }),
-        {
-          'cache-control': 'no-store',
-          // draft-ietf-ohai-chunked-ohttp: tells relays to forward the chunks as they come.
-          ...(out.incremental ? { incremental: '?1' } : {}),
-          ...CORS,
-        },
-      );
-      return;
-    }
-    if (path === '/v1/collateral' && method === 'GET' && o.ui) {
-      await proxyCollateral(url.searchParams.get('url') ?? '', res);
-      return;
-    }
-    if (path === '/healthz' && method === 'GET') {
-      sendJson(res, 200, {
-        status: 'ok',
-        models: o.models.map((m) => ({ id: m.id, active: m.queue.active, queued: m.queue.queued })),
-      });
-      return;
-    }
-    if (path.startsWith('/v1/')) {
+      },
+    );
+  });
+  app.route({
+    method: ['PUT', 'DELETE', 'PATCH'],
+    url: GATEWAY_PATH,
+    handler: () => {
+      throw new InferError('method_not_allowed', 'the gateway takes POST');
+    },
+  });
+
+  if (o.ui) {
+    app.get<{ Querystring: { url?: string } }>('/v1/collateral', (request, reply) =>
+      proxyCollateral(request.query.url ?? '', reply),
+    );
+  }
+
+  app.get('/healthz', (_request, reply) =>
+    reply.send({
+      status: 'ok',
+      models: o.models.map((m) => ({ id: m.id, active: m.queue.active, queued: m.queue.queued })),
+    }),
+  );
+
+  // The plaintext OpenAI API (OPTIONS stays with the CORS answer above; HEAD follows GET).
+  app.route({
+    method: ['GET', 'POST', 'PUT', 'DELETE', 'PATCH'],
+    url: '/v1/*',
+    handler: async (request, reply) => {
       if (!o.allowPlaintext) {
         throw new InferError(
-          403,
           'plaintext_disabled',
           'plaintext requests are disabled on this server: send them through Oblivious HTTP (POST /.well-known/ohttp-gateway) after verifying GET /v1/attestation',
         );
       }
-      const body = method === 'GET' || method === 'HEAD' ? undefined : await readBody(req, maxBodyBytes);
-      const headers = new Headers();
-      for (const [k, v] of Object.entries(req.headers)) if (typeof v === 'string') headers.set(k, v);
-      const request = new Request(`http://localhost${req.url}`, {
-        method,
-        headers,
-        signal: ac.signal,
-        ...(body ? { body: body.slice() } : {}),
-      });
-      await send(res, await handler(request));
-      return;
-    }
-    const asset = o.ui?.get(path === '/' ? '/' : path);
-    if (asset && method === 'GET') {
-      res.writeHead(200, {
-        'content-type': asset.type,
-        'cache-control': 'no-cache',
-        // The page runs only its own script and talks only to this server.
-        'content-security-policy':
-          "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self' 'unsafe-inline'",
-      });
-      res.end(asset.body);
-      return;
-    }
-    throw new InferError(404, 'not_found', `no route ${method} ${path}`);
+      const method = request.method;
+      const body =
+        method === 'GET' || method === 'HEAD' ? undefined : await readBody(request, maxBodyBytes, tooLarge);
+      return sendResponse(reply, await handler(webRequest(request, body, clientGone(reply))));
+    },
+  });
+
+  for (const [path, asset] of o.ui ?? []) {
+    app.get(path, (_request, reply) =>
+      reply
+        .headers({
+          'content-type': asset.type,
+          'cache-control': 'no-cache',
+          // The page runs only its own script and talks only to this server.
+          'content-security-policy':
+            "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self' 'unsafe-inline'",
+        })
+        .send(Buffer.from(asset.body)),
+    );
   }
 
-  async function proxyCollateral(target: string, res: ServerResponse): Promise<void> {
+  async function proxyCollateral(target: string, reply: FastifyReply): Promise<FastifyReply> {
     let u: URL;
     try {
       u = new URL(target);
     } catch {
-      throw new InferError(400, 'bad_url', 'url must be an absolute URL', 'url');
+      throw new InferError('bad_url', 'url must be an absolute URL', 'url');
     }
     if (!COLLATERAL_ORIGINS.includes(u.origin)) {
-      throw new InferError(
-        400,
-        'bad_url',
-        `collateral comes only from ${COLLATERAL_ORIGINS.join(', ')}`,
-        'url',
-      );
+      throw new InferError('bad_url', `collateral comes only from ${COLLATERAL_ORIGINS.join(', ')}`, 'url');
     }
     let upstream: Response;
     try {
       upstream = await (o.collateralFetch ?? fetch)(u, { signal: AbortSignal.timeout(10_000) });
     } catch (e) {
-      throw new InferError(
-        502,
-        'collateral_unreachable',
-        `${u.origin} did not answer: ${(e as Error).message}`,
-      );
+      throw new InferError('collateral_unreachable', `${u.origin} did not answer: ${(e as Error).message}`);
     }
     const body = new Uint8Array(await upstream.arrayBuffer());
     if (body.length > MAX_COLLATERAL_BYTES)
-      throw new InferError(502, 'collateral_too_large', 'the vendor sent too much');
+      throw new InferError('collateral_too_large', 'the vendor sent too much');
     const headers: Record<string, string> = { 'cache-control': 'no-store' };
     // Intel PCS sends issuer chains in headers; hop-by-hop and cookie headers stay behind.
     upstream.headers.forEach((v, k) => {
-      if (
-        ![
-          'connection',
-          'transfer-encoding',
-          'content-length',
-          'content-encoding',
-          'set-cookie',
-          'keep-alive',
-        ].includes(k)
-      )
-        headers[k] = v;
+      if (!HOP_BY_HOP.includes(k)) headers[k] = v;
     });
-    res.writeHead(upstream.status, headers);
-    res.end(body);
+    return reply.code(upstream.status).headers(headers).send(Buffer.from(body));
   }
 
-  const server = createServer(
-    {
-      // Node times only the request here (408 and close once it is late), never the response, so a
-      // slow or stalled upload is cut while a long generation streams on.
-      requestTimeout: requestTimeoutMs,
-      headersTimeout: headersTimeoutMs,
-      keepAliveTimeout: keepAliveTimeoutMs,
-      // How often those deadlines are checked (Node's default, 30 s, would let a slow client overstay).
-      connectionsCheckingInterval: Math.max(100, Math.min(1000, requestTimeoutMs / 4)),
-    },
-    (req, res) => {
-      handle(req, res).catch((e: unknown) => {
-        if (res.headersSent) {
-          res.destroy();
-          return;
-        }
-        if (e instanceof GatewayError) {
-          sendProblem(res, e);
-          return;
-        }
-        const err = toInferError(e);
-        if (err.status >= 500) o.log(`error: ${req.method} ${req.url}: ${(e as Error).stack ?? String(e)}`);
-        sendJson(res, err.status, errorBody(err), err.status === 429 ? { 'retry-after': '1' } : {});
-      });
-    },
-  );
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(o.port, o.host, () => resolve());
-  });
-  const addr = server.address() as AddressInfo;
+  await app.listen({ host: o.host, port: o.port });
+  const addr = app.server.address() as AddressInfo;
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   return {
     url: `http://${host}:${addr.port}`,
     attestation,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections();
-      }),
+    async close() {
+      const closing = app.close();
+      // Streams in flight (a long generation) would otherwise hold the close until they end.
+      app.server.closeAllConnections();
+      await closing;
+    },
   };
+}
+
+/** JSON as bytes: Fastify would add a charset to the media type of a string. */
+function jsonBytes(value: unknown): Buffer {
+  return Buffer.from(JSON.stringify(value));
+}
+
+/** The request's path, without its query. */
+function pathOf(request: FastifyRequest): string {
+  const q = request.url.indexOf('?');
+  return q < 0 ? request.url : request.url.slice(0, q);
 }

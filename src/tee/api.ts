@@ -10,19 +10,22 @@
  *   POST /unseal                           sealed stream → plaintext stream (key from the header's kbs URI)
  *   POST /seal?to=kbs:///…[&to=…][&name=…] plaintext stream → sealed stream
  *
- * Errors are RFC 7807 problem documents. A streamed body that fails after its first bytes were sent
+ * It stands on the shared Fastify stack (src/http) and maps its codes to statuses in one table,
+ * AGENT_API_STATUS. Errors are RFC 7807 problem documents. A streamed body that fails after its first bytes were sent
  * (a tampered chunk in /unseal) cannot change its status any more: the connection is then cut before
  * the final chunk, so clients see an incomplete response rather than a clean end.
  */
-import { once } from 'node:events';
 import { chmod, lstat, unlink } from 'node:fs/promises';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { IncomingMessage } from 'node:http';
 import { connect } from 'node:net';
+import type { FastifyInstance, FastifyReply, FastifyRequest, RouteHandlerMethod } from 'fastify';
+import { createHttp, frameworkRefusal, type StatusTable } from '../http/index.js';
+import { rawBodies, sendResponse } from '../http/web.js';
 import { bestChunkCipher } from '../seal/aead-native.js';
 import { beginSeal, openStream, sealStream } from '../seal/container.js';
 import { headerLengthOf, parseHeader, SealFormatError } from '../seal/format.js';
 import type { Recipient } from '../seal/keys.js';
-import { concatBytes, fromBase64, fromHex, toBase64Url, utf8 } from '../util/bytes.js';
+import { concatBytes, fromBase64, fromHex, toBase64Url } from '../util/bytes.js';
 import { RESOURCE_PATH } from '../wire/kbs.js';
 import { problem } from '../wire/problem.js';
 import type { CollectionError, CpuAttester, CpuKind } from './evidence/types.js';
@@ -37,57 +40,114 @@ export interface AgentApiOptions {
   log?: (line: string) => void;
 }
 
-class HttpProblem extends Error {
+/** Every refusal of the local API; each names a row of AGENT_API_STATUS. */
+export type AgentApiCode =
+  | 'bad-request'
+  | 'bad-resource-path'
+  | 'bad-report-data'
+  | 'bad-recipient'
+  | 'no-recipient'
+  | 'bad-uri'
+  | 'no-kbs-recipient'
+  | 'sealed-input'
+  | 'refused-by-broker'
+  | 'resource-not-found'
+  | 'not-found'
+  | 'method-not-allowed'
+  | 'broker-unreachable'
+  | 'broker-error'
+  | 'agent-failed'
+  | 'evidence-failed'
+  | 'internal';
+
+/** The local API's one code → status table. */
+export const AGENT_API_STATUS = {
+  'bad-request': 400,
+  'bad-resource-path': 400,
+  'bad-report-data': 400,
+  'bad-recipient': 400,
+  'no-recipient': 400,
+  'bad-uri': 400,
+  'no-kbs-recipient': 400,
+  'sealed-input': 400,
+  'refused-by-broker': 403,
+  'resource-not-found': 404,
+  'not-found': 404,
+  'method-not-allowed': 405,
+  'broker-unreachable': 502,
+  'broker-error': 502,
+  'agent-failed': 502,
+  'evidence-failed': 500,
+  internal: 500,
+} as const satisfies StatusTable<AgentApiCode>;
+
+/**
+ * A refusal of the local API. `type` names the problem document's type; it says more than the code
+ * where a lower error's own code is worth passing on (`sealed-chunk-tampered`, `evidence-…`, `bad-kek`).
+ */
+export class AgentApiError extends Error {
+  override name = 'AgentApiError';
+  readonly type: string;
   constructor(
-    readonly status: number,
-    readonly type: string,
+    readonly code: AgentApiCode,
     message: string,
+    type?: string,
   ) {
     super(message);
+    this.type = type ?? code;
   }
 }
 
-function toProblem(e: unknown): HttpProblem {
-  if (e instanceof HttpProblem) return e;
+function toApiError(e: unknown): AgentApiError {
+  if (e instanceof AgentApiError) return e;
   if (e instanceof KbsClientError) {
-    if (e.status === undefined) return new HttpProblem(502, 'broker-unreachable', e.message);
-    if (e.status === 404) return new HttpProblem(404, 'resource-not-found', e.message);
-    if (e.status === 401 || e.status === 403) return new HttpProblem(403, 'refused-by-broker', e.message);
-    return new HttpProblem(502, 'broker-error', e.message);
+    if (e.status === undefined) return new AgentApiError('broker-unreachable', e.message);
+    if (e.status === 404) return new AgentApiError('resource-not-found', e.message);
+    if (e.status === 401 || e.status === 403) return new AgentApiError('refused-by-broker', e.message);
+    return new AgentApiError('broker-error', e.message);
   }
-  if (e instanceof SealFormatError) return new HttpProblem(400, `sealed-${e.code}`, e.message);
+  if (e instanceof SealFormatError) return new AgentApiError('sealed-input', e.message, `sealed-${e.code}`);
   if (e instanceof AgentError) {
-    const status = e.code === 'bad-uri' || e.code === 'no-kbs-recipient' ? 400 : 502;
-    return new HttpProblem(status, e.code, e.message);
+    if (e.code === 'bad-uri' || e.code === 'no-kbs-recipient') return new AgentApiError(e.code, e.message);
+    return new AgentApiError('agent-failed', e.message, e.code);
   }
   if ((e as Error)?.name === 'CollectionError')
-    return new HttpProblem(500, `evidence-${(e as CollectionError).code}`, (e as Error).message);
-  return new HttpProblem(500, 'internal', (e as Error)?.message ?? String(e));
+    return new AgentApiError(
+      'evidence-failed',
+      (e as Error).message,
+      `evidence-${(e as CollectionError).code}`,
+    );
+  const refusal = frameworkRefusal(e, 0);
+  if (refusal) return new AgentApiError('bad-request', refusal.detail);
+  return new AgentApiError('internal', (e as Error)?.message ?? String(e));
 }
 
-function sendProblem(res: ServerResponse, p: HttpProblem): void {
-  const body = JSON.stringify(problem(p.status, p.type, p.message));
-  res.writeHead(p.status, {
-    'content-type': 'application/problem+json',
-    'content-length': Buffer.byteLength(body),
-  });
-  res.end(body);
-}
-
-function send(
-  res: ServerResponse,
+/**
+ * Sends bytes with their length; a string body would have Fastify add a charset to the media type,
+ * which clients matching `application/jwt` or `application/problem+json` exactly would not expect.
+ */
+function sendBytes(
+  reply: FastifyReply,
+  status: number,
   type: string,
   body: Uint8Array | string,
   headers: Record<string, string> = {},
-): void {
-  const b = typeof body === 'string' ? utf8.encode(body) : body;
-  res.writeHead(200, {
-    'content-type': type,
-    'content-length': b.length,
-    'cache-control': 'no-store',
-    ...headers,
-  });
-  res.end(b);
+): FastifyReply {
+  const b =
+    typeof body === 'string' ? Buffer.from(body) : Buffer.from(body.buffer, body.byteOffset, body.length);
+  return reply
+    .code(status)
+    .headers({ 'content-type': type, ...headers })
+    .send(b);
+}
+
+function send(
+  reply: FastifyReply,
+  type: string,
+  body: Uint8Array | string,
+  headers: Record<string, string> = {},
+) {
+  return sendBytes(reply, 200, type, body, { 'cache-control': 'no-store', ...headers });
 }
 
 /** Reads a request to its end, dropping the bytes (it may already be half read through an iterator). */
@@ -103,47 +163,6 @@ function drain(req: IncomingMessage): Promise<void> {
     req.once('error', () => resolve());
     pump();
   });
-}
-
-/** Writes a web stream to the response; the status is sent with the first bytes (or at the end). */
-async function stream(
-  res: ServerResponse,
-  body: ReadableStream<Uint8Array>,
-  headers: Record<string, string>,
-): Promise<void> {
-  const reader = body.getReader();
-  let started = false;
-  const start = () => {
-    if (started) return;
-    started = true;
-    res.writeHead(200, {
-      'content-type': 'application/octet-stream',
-      'cache-control': 'no-store',
-      ...headers,
-    });
-  };
-  try {
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      start();
-      if (!res.write(value)) {
-        // A client that goes away never drains: stop reading (and decrypting) instead of waiting forever.
-        await Promise.race([once(res, 'drain'), once(res, 'close')]);
-        if (res.destroyed) {
-          await reader.cancel();
-          return;
-        }
-      }
-    }
-    start();
-    res.end();
-  } catch (e) {
-    if (!started) throw e;
-    // Too late for a status: the caller cuts the connection, so the client cannot mistake this for a
-    // complete body.
-    throw e;
-  }
 }
 
 /** Reads the request up to the end of the sealed header; returns the header and a stream of the whole body. */
@@ -192,19 +211,20 @@ function recipientFor(spec: string, keys: KekCache): Promise<Recipient> | Recipi
       publicKey = new Uint8Array(0);
     }
     if (publicKey.length !== 32)
-      throw new HttpProblem(
-        400,
+      throw new AgentApiError(
         'bad-recipient',
         `to=${spec}: an HPKE recipient is hpke:<base64url X25519 public key>`,
       );
     return { type: 'hpke', publicKey };
   }
-  throw new HttpProblem(
-    400,
+  throw new AgentApiError(
     'bad-recipient',
     `to=${spec}: a recipient is kbs:///<repo>/<type>/<tag> or hpke:<base64url key>`,
   );
 }
+
+const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS'] as const;
+type Method = (typeof METHODS)[number];
 
 export class AgentApi {
   readonly keys: KekCache;
@@ -212,70 +232,86 @@ export class AgentApi {
     this.keys = new KekCache(o.kbs);
   }
 
-  async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const url = new URL(req.url ?? '/', 'http://agent');
-    const route = `${req.method} ${url.pathname}`;
-    try {
-      await this.route(req, res, url);
-      this.o.log?.(`${route} → ${res.statusCode}`);
-    } catch (e) {
-      const p = toProblem(e);
-      if (res.headersSent) {
-        this.o.log?.(`${route} → stream cut after status 200: ${p.type}: ${p.message}`);
-        res.destroy();
-        return;
-      }
-      this.o.log?.(`${route} → ${p.status} ${p.type}: ${p.message}`);
+  /** Adds the API's routes and its error edge to `app`. */
+  register(app: FastifyInstance): void {
+    const log = this.o.log ?? (() => {});
+    rawBodies(app);
+    app.addHook('onResponse', async (request, reply) => {
+      // Refusals and cut streams are logged where they happen, with their reason.
+      if (reply.statusCode < 400 && reply.raw.writableFinished)
+        log(`${request.method} ${pathOf(request)} → ${reply.statusCode}`);
+    });
+    app.setErrorHandler(async (e, request, reply) => {
+      const p = toApiError(e);
+      const status = AGENT_API_STATUS[p.code];
+      log(`${request.method} ${pathOf(request)} → ${status} ${p.type}: ${p.message}`);
       // Read (and drop) the rest of the body first: clients that send the whole body before reading
       // the answer (Python's http.client) would otherwise get a broken pipe instead of the problem.
-      await drain(req);
-      sendProblem(res, p);
-    }
-  }
+      await drain(request.raw);
+      return sendBytes(
+        reply,
+        status,
+        'application/problem+json',
+        JSON.stringify(problem(status, p.type, p.message)),
+      );
+    });
+    app.setNotFoundHandler((request) => {
+      throw new AgentApiError(
+        'not-found',
+        `no route ${request.method} ${pathOf(request)} (see docs/agent-api.md)`,
+      );
+    });
 
-  private async route(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
-    const path = url.pathname;
-    const method = req.method ?? 'GET';
-    const want = (m: string) => {
-      if (method !== m) throw new HttpProblem(405, 'method-not-allowed', `${path} takes ${m}, not ${method}`);
+    /** `handler` for `method` on `url`; any other method is refused with 405. */
+    const only = (method: 'GET' | 'POST', url: string, handler: RouteHandlerMethod) => {
+      app.route({ method, url, handler, exposeHeadRoute: false });
+      app.route({
+        method: METHODS.filter((m): m is Method => m !== method),
+        url,
+        handler: (request) => {
+          throw new AgentApiError(
+            'method-not-allowed',
+            `${pathOf(request)} takes ${method}, not ${request.method}`,
+          );
+        },
+      });
     };
-    if (path === '/healthz') {
-      want('GET');
-      return send(
-        res,
+    /** The body stream's failure after its first bytes: the connection is cut, and the log says why. */
+    const cut = (request: FastifyRequest) => (e: unknown) => {
+      const p = toApiError(e);
+      log(`${request.method} ${pathOf(request)} → stream cut after status 200: ${p.type}: ${p.message}`);
+    };
+
+    only('GET', '/healthz', (_request, reply) =>
+      send(
+        reply,
         'application/json',
         JSON.stringify({ status: 'ok', tee: this.o.tee.kind, insecure: this.o.tee.attester.insecure }),
-      );
-    }
-    if (path === '/token') {
-      want('GET');
-      return send(res, 'application/jwt', await this.o.kbs.token());
-    }
-    if (path.startsWith('/resource/')) {
-      want('GET');
+      ),
+    );
+    only('GET', '/token', async (_request, reply) =>
+      send(reply, 'application/jwt', await this.o.kbs.token()),
+    );
+    only('GET', '/resource/*', async (request, reply) => {
       let rp: string;
       try {
-        rp = decodeURIComponent(path.slice('/resource/'.length));
+        rp = decodeURIComponent(pathOf(request).slice('/resource/'.length));
       } catch {
-        throw new HttpProblem(400, 'bad-resource-path', 'the resource path is not valid percent-encoding');
+        throw new AgentApiError('bad-resource-path', 'the resource path is not valid percent-encoding');
       }
       if (!RESOURCE_PATH.test(rp))
-        throw new HttpProblem(400, 'bad-resource-path', `"${rp}" is not <repository>/<type>/<tag>`);
-      return send(res, 'application/octet-stream', await this.o.kbs.getResource(rp));
-    }
-    if (path === '/evidence') {
-      want('GET');
-      const hex = url.searchParams.get('report_data') ?? '';
+        throw new AgentApiError('bad-resource-path', `"${rp}" is not <repository>/<type>/<tag>`);
+      return send(reply, 'application/octet-stream', await this.o.kbs.getResource(rp));
+    });
+    only('GET', '/evidence', async (request, reply) => {
+      const query = searchOf(request);
+      const hex = query.get('report_data') ?? '';
       if (!/^([0-9a-fA-F]{2}){0,64}$/.test(hex))
-        throw new HttpProblem(
-          400,
-          'bad-report-data',
-          'report_data must be hex, at most 64 bytes (128 digits)',
-        );
+        throw new AgentApiError('bad-report-data', 'report_data must be hex, at most 64 bytes (128 digits)');
       const e = await this.o.tee.attester.collect(fromHex(hex));
-      if (url.searchParams.get('format') === 'json') {
+      if (query.get('format') === 'json') {
         return send(
-          res,
+          reply,
           'application/json',
           JSON.stringify({
             kind: e.kind,
@@ -284,39 +320,65 @@ export class AgentApi {
           }),
         );
       }
-      return send(res, 'application/octet-stream', e.evidence, { 'x-cloister-tee': e.kind });
-    }
-    if (path === '/unseal') {
-      want('POST');
-      const { header, body } = await sealedRequest(req);
+      return send(reply, 'application/octet-stream', e.evidence, { 'x-cloister-tee': e.kind });
+    });
+    only('POST', '/unseal', async (request, reply) => {
+      const { header, body } = await sealedRequest(request.raw);
       const key = await this.keys.forHeader(header, 'the request body');
-      return stream(res, body.pipeThrough(openStream(key, bestChunkCipher())), {
+      return sendStream(reply, body.pipeThrough(openStream(key, bestChunkCipher())), cut(request), {
         'x-cloister-name': encodeURIComponent(header.name),
         ...(header.contentType ? { 'x-cloister-content-type': encodeURIComponent(header.contentType) } : {}),
       });
-    }
-    if (path === '/seal') {
-      want('POST');
-      const to = url.searchParams.getAll('to');
+    });
+    only('POST', '/seal', async (request, reply) => {
+      const query = searchOf(request);
+      const to = query.getAll('to');
       if (to.length === 0)
-        throw new HttpProblem(
-          400,
+        throw new AgentApiError(
           'no-recipient',
           'give at least one recipient: /seal?to=kbs:///<repo>/<type>/<tag>',
         );
       const recipients = await Promise.all(to.map((s) => recipientFor(s, this.keys)));
-      const length = req.headers['content-length'];
+      const length = request.headers['content-length'];
       const ctx = await beginSeal({
         recipients,
-        name: url.searchParams.get('name') ?? '',
-        contentType: url.searchParams.get('content_type') ?? '',
+        name: query.get('name') ?? '',
+        contentType: query.get('content_type') ?? '',
         ...(length !== undefined ? { plaintextLength: Number(length) } : {}),
         cipher: bestChunkCipher(),
       });
-      return stream(res, pullFrom(req).pipeThrough(sealStream(ctx)), {});
-    }
-    throw new HttpProblem(404, 'not-found', `no route ${method} ${path} (see docs/agent-api.md)`);
+      return sendStream(reply, pullFrom(request.raw).pipeThrough(sealStream(ctx)), cut(request), {});
+    });
   }
+}
+
+/**
+ * A streamed 200: the status goes out with the first bytes, so a body that fails before them is still
+ * answered with a problem; one that fails later cuts the connection before the final chunk, so the
+ * client cannot mistake what it got for a complete body.
+ */
+function sendStream(
+  reply: FastifyReply,
+  body: ReadableStream<Uint8Array>,
+  onCut: (e: unknown) => void,
+  headers: Record<string, string>,
+): FastifyReply {
+  return sendResponse(
+    reply,
+    new Response(body, {
+      headers: { 'content-type': 'application/octet-stream', 'cache-control': 'no-store' },
+    }),
+    headers,
+    onCut,
+  );
+}
+
+function pathOf(request: FastifyRequest): string {
+  return new URL(request.url, 'http://agent').pathname;
+}
+
+function searchOf(request: FastifyRequest): URLSearchParams {
+  return new URL(request.url, 'http://agent').searchParams;
 }
 
 /** Refuses to take over a socket another process is listening on; removes a stale one. */
@@ -341,26 +403,33 @@ async function clearStaleSocket(path: string): Promise<void> {
 export async function serveAgentApi(
   socketPath: string,
   o: AgentApiOptions,
-): Promise<{ server: Server; api: AgentApi; close(): Promise<void> }> {
+): Promise<{ app: FastifyInstance; api: AgentApi; close(): Promise<void> }> {
   await clearStaleSocket(socketPath);
   const api = new AgentApi(o);
-  const server = createServer((req, res) => void api.handle(req, res));
+  // Bodies are streamed (rawBodies), so the body limit is never reached; the timeouts are Node's
+  // defaults, which the API had before it stood on Fastify: a sealed upload of gigabytes may take minutes.
+  const app = createHttp({
+    bodyLimit: Number.MAX_SAFE_INTEGER,
+    timeouts: { requestMs: 300_000, headersMs: 60_000, keepAliveMs: 5_000 },
+  });
+  // A long /unseal answer may pause while the broker is asked for a key; only the request is timed.
+  app.server.timeout = 0;
+  api.register(app);
   // Created 0600 from the start (umask), so there is no window in which others could connect.
   const oldMask = process.umask(0o177);
   try {
-    server.listen(socketPath);
-    await once(server, 'listening');
+    await app.listen({ path: socketPath });
   } finally {
     process.umask(oldMask);
   }
   await chmod(socketPath, 0o600);
   return {
-    server,
+    app,
     api,
     async close() {
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      server.closeAllConnections();
-      await closed;
+      const closing = app.close();
+      app.server.closeAllConnections();
+      await closing;
       await unlink(socketPath).catch(() => {});
       await api.keys.clear();
     },

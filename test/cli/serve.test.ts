@@ -3,9 +3,9 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { offlineSource } from '../../src/attest/collateral/index.js';
-import { servingKeysFrom } from '../../src/cli/serve.js';
 import { confidentialFetch } from '../../src/client/fetch.js';
 import { parseClientPolicy } from '../../src/client/policy.js';
+import { servingKeysFrom } from '../../src/infer/app.js';
 import { cloister, cloisterAsync, tempDir } from './run.js';
 
 /** `cloister serve` and `cloister chat` as a user runs them: real engines, a sealed GGUF and ONNX bundle. */

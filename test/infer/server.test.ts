@@ -488,6 +488,49 @@ describe('bad input gets a clear 4xx and the server keeps serving', () => {
   });
 });
 
+describe('routes outside the API', () => {
+  it('answers CORS preflights, refuses other gateway methods, and unknown routes, in the OpenAI shape', async () => {
+    const pre = await fetch(`${h.server.url}${GATEWAY}`, { method: 'OPTIONS' });
+    expect(pre.status).toBe(204);
+    expect(pre.headers.get('access-control-allow-origin')).toBe('*');
+    expect(pre.headers.get('access-control-allow-headers')).toContain('incremental');
+    // A preflight to the plaintext API is answered too, even where plaintext is refused.
+    expect((await fetch(`${h.server.url}/v1/chat/completions`, { method: 'OPTIONS' })).status).toBe(204);
+
+    const put = await fetch(`${h.server.url}${GATEWAY}`, { method: 'PUT', body: 'x' });
+    expect(put.status).toBe(405);
+    expect((await put.json()).error).toMatchObject({
+      code: 'method_not_allowed',
+      type: 'invalid_request_error',
+    });
+
+    const nope = await fetch(`${h.server.url}/nope?x=1`);
+    expect(nope.status).toBe(404);
+    expect((await nope.json()).error).toMatchObject({ code: 'not_found', message: 'no route GET /nope' });
+
+    const keys = await fetch(`${h.server.url}${GATEWAY}`);
+    expect(keys.headers.get('content-type')).toBe('application/ohttp-keys');
+    expect(new Uint8Array(await keys.arrayBuffer())).toEqual(
+      fromBase64(h.server.attestation.identity.ohttpKeys),
+    );
+    const health = await fetch(`${h.server.url}/healthz`);
+    expect(await health.json()).toMatchObject({
+      status: 'ok',
+      models: [{ id: 'tiny-llama', queued: 0 }, {}],
+    });
+  });
+
+  it('a fresh attestation needs a nonce in hex', async () => {
+    const bad = await fetch(`${h.server.url}/v1/attestation?nonce=xyz`);
+    expect(bad.status).toBe(400);
+    expect((await bad.json()).error).toMatchObject({ code: 'bad_nonce', param: 'nonce' });
+    const fresh = await fetch(`${h.server.url}/v1/attestation?nonce=0a0b`);
+    expect(fresh.headers.get('content-type')).toBe('application/json');
+    expect(fresh.headers.get('cache-control')).toBe('no-store');
+    expect((await fresh.json()).identity.nonce).toBe('0a0b');
+  });
+});
+
 describe('the collateral relay for the browser page', () => {
   it('exists only with --ui, reaches only the vendor hosts, and passes bodies and issuer-chain headers through', async () => {
     expect(

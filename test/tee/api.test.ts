@@ -180,6 +180,9 @@ describe('cloister agent serve', () => {
   it('routing: unknown path 404, wrong method 405, seal without recipient 400', async () => {
     expect((await call('/nope')).status).toBe(404);
     expect((await call('/healthz', 'POST')).status).toBe(405);
+    expect((await call('/seal', 'GET')).status).toBe(405);
+    // Refused by Fastify's router before any route runs (a path that is not valid percent-encoding).
+    expect((await call('/resource/owner/cfg/%zz')).status).toBe(400);
     expect(problemOf(await call('/seal', 'POST', utf8.encode('x'))).type).toMatch(/no-recipient$/);
   });
 
