@@ -32,11 +32,21 @@ export interface HttpOptions {
 
 export function createHttp(o: HttpOptions): FastifyInstance {
   const t = o.timeouts ?? {};
+  const requestMs = t.requestMs ?? 60_000;
   const app = Fastify({
     bodyLimit: o.bodyLimit,
-    requestTimeout: t.requestMs ?? 60_000,
-    connectionTimeout: t.requestMs ?? 60_000,
+    // Node times only the request (408 and close once it is late), never the response: a slow or
+    // stalled upload is cut while a long generation or a large unseal streams on. A socket idle
+    // timeout (Fastify's connectionTimeout) would also cut a quiet response, so it is off.
+    requestTimeout: requestMs,
+    connectionTimeout: 0,
     keepAliveTimeout: t.keepAliveMs ?? 5_000,
+    // Refusals Fastify makes before routing (a URL that is not valid percent-encoding, say) go to the
+    // server's own error handler, so they come out in its error shape like every other refusal.
+    frameworkErrors: (err, req, reply) => {
+      // The router's context for a URL it cannot parse still holds Fastify's default handler.
+      app.errorHandler(err, req, reply);
+    },
     logger: false,
     return503OnClosing: true,
     // Only listed proxies may say who the client is; anyone else could pick a fresh bucket per request.
@@ -46,6 +56,12 @@ export function createHttp(o: HttpOptions): FastifyInstance {
       : {}),
   });
   if (t.headersMs !== undefined) app.server.headersTimeout = t.headersMs;
+  // How often those deadlines are checked (Node's default, 30 s, would let a slow client overstay);
+  // read when the server starts listening (a property Node's types leave out).
+  (app.server as { connectionsCheckingInterval?: number }).connectionsCheckingInterval = Math.max(
+    100,
+    Math.min(1000, requestMs / 4),
+  );
   return app;
 }
 

@@ -180,16 +180,6 @@ export async function startInferenceServer(o: InferenceServerOptions): Promise<I
     bodyLimit: maxBodyBytes,
     timeouts: { requestMs: requestTimeoutMs, headersMs: headersTimeoutMs, keepAliveMs: keepAliveTimeoutMs },
   });
-  // Node times only the request (408 and close once it is late), never the response, so a slow or
-  // stalled upload is cut while a long generation streams on; Fastify's connection timeout would also
-  // cut a quiet response (a long wait in a queue), so it is off.
-  app.server.timeout = 0;
-  // How often those deadlines are checked (Node's default, 30 s, would let a slow client overstay);
-  // read when the server starts listening (a property Node's types leave out).
-  (app.server as { connectionsCheckingInterval?: number }).connectionsCheckingInterval = Math.max(
-    100,
-    Math.min(1000, requestTimeoutMs / 4),
-  );
   rawBodies(app);
   const tooLarge = () => new InferError('body_too_large', `the request body is over ${maxBodyBytes} bytes`);
 

@@ -412,8 +412,6 @@ export async function serveAgentApi(
     bodyLimit: Number.MAX_SAFE_INTEGER,
     timeouts: { requestMs: 300_000, headersMs: 60_000, keepAliveMs: 5_000 },
   });
-  // A long /unseal answer may pause while the broker is asked for a key; only the request is timed.
-  app.server.timeout = 0;
   api.register(app);
   // Created 0600 from the start (umask), so there is no window in which others could connect.
   const oldMask = process.umask(0o177);

@@ -507,6 +507,11 @@ describe('routes outside the API', () => {
     const nope = await fetch(`${h.server.url}/nope?x=1`);
     expect(nope.status).toBe(404);
     expect((await nope.json()).error).toMatchObject({ code: 'not_found', message: 'no route GET /nope' });
+    // A path that is not valid percent-encoding is refused in the same shape, not the framework's own.
+    const badPath = await fetch(`${h.server.url}/v1/models/%zz`);
+    expect(badPath.status).toBeGreaterThanOrEqual(400);
+    expect(badPath.status).toBeLessThan(500);
+    expect((await badPath.json()).error).toMatchObject({ type: 'invalid_request_error' });
 
     const keys = await fetch(`${h.server.url}${GATEWAY}`);
     expect(keys.headers.get('content-type')).toBe('application/ohttp-keys');

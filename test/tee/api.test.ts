@@ -181,8 +181,10 @@ describe('cloister agent serve', () => {
     expect((await call('/nope')).status).toBe(404);
     expect((await call('/healthz', 'POST')).status).toBe(405);
     expect((await call('/seal', 'GET')).status).toBe(405);
-    // Refused by Fastify's router before any route runs (a path that is not valid percent-encoding).
-    expect((await call('/resource/owner/cfg/%zz')).status).toBe(400);
+    // A path that is not valid percent-encoding: the API's own problem, not the framework's JSON.
+    const badPath = await call('/resource/owner/cfg/%zz');
+    expect(badPath.status).toBe(400);
+    expect(problemOf(badPath).type).toMatch(/bad-resource-path$/);
     expect(problemOf(await call('/seal', 'POST', utf8.encode('x'))).type).toMatch(/no-recipient$/);
   });
 
