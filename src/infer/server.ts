@@ -15,6 +15,7 @@
  * The OHTTP and receipt keys are made here, in the TEE's memory, and never leave it.
  */
 import type { AddressInfo } from 'node:net';
+import fastifyCors from '@fastify/cors';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { createHttp, type FrameworkCode, frameworkRefusal } from '../http/index.js';
 import { clientGone, limitedBody, rawBodies, readBody, sendResponse, webRequest } from '../http/web.js';
@@ -96,10 +97,16 @@ export const COLLATERAL_ORIGINS = [
 ];
 const MAX_COLLATERAL_BYTES = 32 << 20;
 
+/**
+ * Any page may call the server: what it says is public (attestation, key configurations) or
+ * end-to-end encrypted (OHTTP), and no cookie or credential is ever involved.
+ */
 const CORS = {
-  'access-control-allow-origin': '*',
-  'access-control-allow-headers': 'content-type, incremental',
-  'access-control-allow-methods': 'GET, POST, OPTIONS',
+  origin: '*',
+  allowedHeaders: ['content-type', 'incremental'],
+  methods: ['GET', 'POST', 'OPTIONS'],
+  // Any OPTIONS is answered as a preflight, as before the plugin: tools probe without the headers.
+  strictPreflight: false,
 };
 
 const HOP_BY_HOP = [
@@ -187,7 +194,7 @@ export async function startInferenceServer(o: InferenceServerOptions): Promise<I
     if (e instanceof GatewayError) {
       return reply
         .code(e.status)
-        .headers({ 'content-type': 'application/problem+json', ...CORS })
+        .headers({ 'content-type': 'application/problem+json' })
         .send(jsonBytes({ type: e.problemType, title: e.code, status: e.status, detail: e.message }));
     }
     return reply
@@ -207,19 +214,20 @@ export async function startInferenceServer(o: InferenceServerOptions): Promise<I
     refuse(reply, new InferError('not_found', `no route ${request.method} ${pathOf(request)}`)),
   );
 
-  app.options('*', (_request, reply) => reply.code(204).headers(CORS).send());
+  // Preflights (OPTIONS on any path) and the allow-origin header on every answer, errors included.
+  await app.register(fastifyCors, CORS);
 
   app.get<{ Querystring: { nonce?: string } }>('/v1/attestation', async (request, reply) => {
     const nonce = request.query.nonce;
     const doc = nonce === undefined ? attestation : await freshAttestation(nonce, clientGone(reply));
     return reply
-      .headers({ 'content-type': 'application/json', 'cache-control': 'no-store', ...CORS })
+      .headers({ 'content-type': 'application/json', 'cache-control': 'no-store' })
       .send(jsonBytes(doc));
   });
 
   app.get(GATEWAY_PATH, (_request, reply) =>
     reply
-      .headers({ 'content-type': 'application/ohttp-keys', 'cache-control': 'max-age=60', ...CORS })
+      .headers({ 'content-type': 'application/ohttp-keys', 'cache-control': 'max-age=60' })
       .send(Buffer.from(keyList)),
   );
   app.post(GATEWAY_PATH, async (request, reply) => {
@@ -246,7 +254,6 @@ export async function startInferenceServer(o: InferenceServerOptions): Promise<I
         'cache-control': 'no-store',
         // draft-ietf-ohai-chunked-ohttp: tells relays to forward the chunks as they come.
         ...(out.incremental ? { incremental: '?1' } : {}),
-        ...CORS,
       },
     );
   });
@@ -271,7 +278,7 @@ export async function startInferenceServer(o: InferenceServerOptions): Promise<I
     }),
   );
 
-  // The plaintext OpenAI API (OPTIONS stays with the CORS answer above; HEAD follows GET).
+  // The plaintext OpenAI API (OPTIONS is the CORS plugin's; HEAD follows GET).
   app.route({
     method: ['GET', 'POST', 'PUT', 'DELETE', 'PATCH'],
     url: '/v1/*',
