@@ -9,9 +9,11 @@
  * `defaultVerifierContext`, which is what makes repeated verification of one platform cheap.
  */
 
-/** A verifier module's key to its state in every context; `create` makes a fresh, empty state. */
+/**
+ * A verifier module's key to its state in every context (the object's identity is the key); `create`
+ * makes a fresh, empty state.
+ */
 export interface ContextSlot<T> {
-  readonly name: string;
   create(): T;
 }
 

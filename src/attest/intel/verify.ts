@@ -100,7 +100,7 @@ class IntelState {
   }
 }
 
-const INTEL: ContextSlot<IntelState> = { name: 'intel', create: () => new IntelState() };
+const INTEL: ContextSlot<IntelState> = { create: () => new IntelState() };
 
 function anchorsOf(state: IntelState, trustAnchors: Uint8Array[] | undefined): Anchors {
   if (!trustAnchors) {

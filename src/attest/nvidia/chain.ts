@@ -30,7 +30,7 @@ class ChainState {
   readonly anchors = new BoundedCache<Certificate[]>(256);
 }
 
-const CHAINS: ContextSlot<ChainState> = { name: 'nvidia-chains', create: () => new ChainState() };
+const CHAINS: ContextSlot<ChainState> = { create: () => new ChainState() };
 
 export async function verifyOrderedChain(
   context: VerifierContext,

@@ -119,7 +119,6 @@ async function loadRim(
 
 /** Verified RIMs in a VerifierContext, by their text and the trust anchors they were checked with. */
 const RIMS: ContextSlot<BoundedCache<VerifiedRim>> = {
-  name: 'nvidia-rims',
   create: () => new BoundedCache<VerifiedRim>(64),
 };
 

@@ -144,7 +144,7 @@ class SnpState {
   readonly chains = new BoundedCache<CachedChain>(256);
 }
 
-const SNP: ContextSlot<SnpState> = { name: 'snp', create: () => new SnpState() };
+const SNP: ContextSlot<SnpState> = { create: () => new SnpState() };
 
 /**
  * Parsed endorsement keys and CRLs per collateral buffer: X.509/CRL decoding costs several times the
