@@ -77,10 +77,6 @@ export interface Appraisal {
 export type Stage = 'parse' | 'verify' | 'appraise';
 
 /**
- * Every verifier failure is one of these, never a bare Error: `code` is stable for tests and logs,
- * `message` is the sentence for humans.
- */
-/**
  * Every code an AttestationError may carry, a closed list: callers (the key broker's problem
  * documents, `cloister verify --json`, tests) match on them. docs/attestation.md lists the same codes
  * (test/attest/error-codes.test.ts keeps the two equal); a new refusal needs a code here and a row
@@ -220,6 +216,10 @@ export const ATTESTATION_ERROR_CODES = [
 ] as const;
 export type AttestationErrorCode = (typeof ATTESTATION_ERROR_CODES)[number];
 
+/**
+ * Every verifier failure is one of these, never a bare Error: `code` (from the closed list above) is
+ * stable for tests, logs and callers' decisions, `message` is the sentence for humans.
+ */
 export class AttestationError extends Error {
   override name = 'AttestationError';
   constructor(
