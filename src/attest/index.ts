@@ -9,7 +9,7 @@ import { azSnpVtpmVerifier, createAzTdxVtpmVerifier } from './azure/index.js';
 import type { KindVerifier } from './common/types.js';
 import { verifyQuote } from './intel/index.js';
 import { nvidiaVerifier } from './nvidia/index.js';
-import { VerifierRegistry } from './registry.js';
+import { type RegistryOptions, VerifierRegistry } from './registry.js';
 import { sampleVerifier } from './sample/index.js';
 import { sgxVerifier } from './sgx/index.js';
 import { snpVerifier } from './snp/index.js';
@@ -18,6 +18,7 @@ import { appraiseTdx, parseTdxQuote, tdxVerifier } from './tdx/index.js';
 export * from './collateral/index.js';
 export * from './common/types.js';
 export * from './composite.js';
+export { createVerifierContext, type VerifierContext } from './context.js';
 export * from './ear/index.js';
 export * from './registry.js';
 export { createSampleAttester, type SampleAttester, sampleVerifier } from './sample/index.js';
@@ -46,7 +47,10 @@ export function defaultVerifiers(): KindVerifier[] {
   ];
 }
 
-/** A fresh registry holding `defaultVerifiers()`. */
-export function createDefaultRegistry(): VerifierRegistry {
-  return new VerifierRegistry(defaultVerifiers());
+/**
+ * A fresh registry holding `defaultVerifiers()`, remembering what it verified in `options.context`
+ * (default: the shared default context, so that registries made per request still reuse it).
+ */
+export function createDefaultRegistry(options: RegistryOptions = {}): VerifierRegistry {
+  return new VerifierRegistry(defaultVerifiers(), options);
 }

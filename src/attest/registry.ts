@@ -2,22 +2,42 @@
  * Which verifier handles which evidence. Verifiers are registered by kind (src/attest/index.ts lists
  * the defaults, and `createDefaultRegistry()` there is the one registry holding them all). There is no
  * process-wide registry: a mutable global would let any import change what every caller accepts, so
- * each caller builds or is handed its own; `detectKind` recognises evidence by its content so that callers such as the CLI need
- * no `--tee` flag for the common formats.
+ * each caller builds or is handed its own; `detectKind` recognises evidence by its content so that
+ * callers such as the CLI need no `--tee` flag for the common formats.
+ *
+ * A registry also holds the VerifierContext its verifiers remember chains and collateral in: a caller
+ * that wants its own (a key broker with its own trust anchors, a test) passes
+ * `{ context: createVerifierContext() }`; otherwise it shares the default context.
  */
 import { utf8 } from '../util/bytes.js';
 import { AttestationError, type KindVerifier, TEE_KINDS, type TeeKind } from './common/types.js';
+import { defaultVerifierContext, type VerifierContext } from './context.js';
+
+export interface RegistryOptions {
+  /** Where the registered verifiers remember what they verified; default: the shared default context. */
+  context?: VerifierContext;
+}
 
 export class VerifierRegistry {
   private readonly byKind = new Map<TeeKind, KindVerifier>();
+  readonly context: VerifierContext;
 
-  constructor(verifiers: Iterable<KindVerifier> = []) {
+  constructor(verifiers: Iterable<KindVerifier> = [], options: RegistryOptions = {}) {
+    this.context = options.context ?? defaultVerifierContext;
     for (const v of verifiers) this.register(v);
   }
 
-  /** Adds a verifier; a second verifier for the same kind replaces the first. */
+  /**
+   * Adds a verifier; a second verifier for the same kind replaces the first. Calls through the registry
+   * use the registry's context unless their options name another.
+   */
   register(verifier: KindVerifier): void {
-    this.byKind.set(verifier.kind, verifier);
+    const context = this.context;
+    this.byKind.set(verifier.kind, {
+      kind: verifier.kind,
+      appraiseEvidence: (evidence, options) =>
+        verifier.appraiseEvidence(evidence, options.context ? options : { ...options, context }),
+    });
   }
 
   has(kind: TeeKind): boolean {

@@ -1,6 +1,12 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { AttestationError, type TeeKind } from '../../src/attest/common/types.js';
+import {
+  AttestationError,
+  type KindVerifier,
+  type TeeKind,
+  type VerifyOptions,
+} from '../../src/attest/common/types.js';
+import { createVerifierContext, defaultVerifierContext } from '../../src/attest/context.js';
 import * as attest from '../../src/attest/index.js';
 import { createDefaultRegistry, defaultVerifiers } from '../../src/attest/index.js';
 import { detectKind, VerifierRegistry } from '../../src/attest/registry.js';
@@ -50,7 +56,7 @@ describe('detectKind', () => {
 describe('registry', () => {
   it('dispatches by kind and names what is registered when a kind is missing', () => {
     const r = new VerifierRegistry([sampleVerifier]);
-    expect(r.get('sample')).toBe(sampleVerifier);
+    expect(r.get('sample').kind).toBe('sample');
     const e = (() => {
       try {
         r.get('tdx');
@@ -61,6 +67,32 @@ describe('registry', () => {
     expect(e).toBeInstanceOf(AttestationError);
     expect((e as AttestationError).code).toBe('unsupported-kind');
     expect((e as AttestationError).message).toMatch(/registered: sample/);
+  });
+
+  it("passes its context to the verifiers unless the caller's options name another", async () => {
+    const seen: VerifyOptions[] = [];
+    const probe: KindVerifier = {
+      kind: 'sample',
+      appraiseEvidence: async (_e, o) => {
+        seen.push(o);
+        return { kind: 'sample', status: 'none', trustVector: {}, claims: {}, findings: [] };
+      },
+    };
+    const opts = { at: new Date(), collateral: attest.offlineSource };
+    const own = createVerifierContext();
+    await new VerifierRegistry([probe], { context: own })
+      .get('sample')
+      .appraiseEvidence(new Uint8Array(), opts);
+    await new VerifierRegistry([probe]).get('sample').appraiseEvidence(new Uint8Array(), opts);
+    const given = createVerifierContext();
+    await new VerifierRegistry([probe], { context: own })
+      .get('sample')
+      .appraiseEvidence(new Uint8Array(), { ...opts, context: given });
+    expect(seen[0]!.context).toBe(own);
+    expect(seen[1]!.context).toBe(defaultVerifierContext);
+    expect(seen[2]!.context).toBe(given);
+    expect(createDefaultRegistry().context).toBe(defaultVerifierContext);
+    expect(createDefaultRegistry({ context: own }).context).toBe(own);
   });
 
   it('has one default registry, holding every shipped verifier, and no process-wide mutable one', () => {

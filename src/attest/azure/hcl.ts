@@ -10,7 +10,7 @@
  */
 import { isAllZero, utf8 } from '../../util/bytes.js';
 import { ByteReader, ParseError } from '../../util/reader.js';
-import { AttestationError } from '../common/types.js';
+import { AttestationError, type AttestationErrorCode } from '../common/types.js';
 
 const HCL_MAGIC = 0x414c4348; // "HCLA" little-endian
 const HEADER_SIZE = 32;
@@ -44,7 +44,7 @@ export interface ParsedHclReport {
   runtime: RuntimeData;
 }
 
-function fail(code: string, message: string): never {
+function fail(code: AttestationErrorCode, message: string): never {
   throw new AttestationError('parse', code, `Azure HCL report: ${message}`);
 }
 

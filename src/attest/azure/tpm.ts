@@ -5,7 +5,7 @@
  */
 import { bs, concatBytes, equalBytes, toHex } from '../../util/bytes.js';
 import { ByteReader, ParseError } from '../../util/reader.js';
-import { AttestationError } from '../common/types.js';
+import { AttestationError, type AttestationErrorCode } from '../common/types.js';
 
 const TPM_GENERATED_VALUE = 0xff544347;
 const TPM_ST_ATTEST_QUOTE = 0x8018;
@@ -29,7 +29,7 @@ export interface TpmQuoteInfo {
   pcrDigest: Uint8Array;
 }
 
-function fail(stage: 'parse' | 'verify', code: string, message: string): never {
+function fail(stage: 'parse' | 'verify', code: AttestationErrorCode, message: string): never {
   throw new AttestationError(stage, code, `vTPM quote: ${message}`);
 }
 

@@ -8,6 +8,7 @@ import {
   type Appraisal,
   type AppraisalPolicy,
   AttestationError,
+  type AttestationErrorCode,
   type CollateralSource,
   type EarStatus,
   type Finding,
@@ -83,7 +84,7 @@ export function parseAzureVtpmEvidence(
   return out;
 }
 
-function vfail(code: string, message: string): never {
+function vfail(code: AttestationErrorCode, message: string): never {
   throw new AttestationError('verify', code, `Azure vTPM: ${message}`);
 }
 

@@ -5,6 +5,8 @@
  *   appraise(verified, policy) → Appraisal (claims against reference values and policy)
  */
 
+import type { VerifierContext } from '../context.js';
+
 export type TeeKind = 'tdx' | 'sgx' | 'snp' | 'nvidia' | 'az-snp-vtpm' | 'az-tdx-vtpm' | 'sample';
 
 /**
@@ -75,14 +77,154 @@ export interface Appraisal {
 export type Stage = 'parse' | 'verify' | 'appraise';
 
 /**
- * Every verifier failure is one of these, never a bare Error: `code` is stable for tests and logs,
- * `message` is the sentence for humans.
+ * Every code an AttestationError may carry, a closed list: callers (the key broker's problem
+ * documents, `cloister verify --json`, tests) match on them. docs/attestation.md lists the same codes
+ * (test/attest/error-codes.test.ts keeps the two equal); a new refusal needs a code here and a row
+ * there.
+ */
+export const ATTESTATION_ERROR_CODES = [
+  'arch-mismatch',
+  'bad-ak',
+  'bad-attestation-key',
+  'bad-cert-table',
+  'bad-certificate',
+  'bad-certification-data',
+  'bad-coco-evidence',
+  'bad-collateral',
+  'bad-collateral-headers',
+  'bad-collateral-signature',
+  'bad-composite',
+  'bad-crl',
+  'bad-endorsement-certificate',
+  'bad-evidence',
+  'bad-expected-nonce',
+  'bad-expected-report-data',
+  'bad-key',
+  'bad-length',
+  'bad-magic',
+  'bad-measurement',
+  'bad-measurement-block',
+  'bad-ocsp',
+  'bad-opaque-data',
+  'bad-options',
+  'bad-pck-extension',
+  'bad-pcr-selection',
+  'bad-public-key',
+  'bad-qe-report-signature',
+  'bad-report-data',
+  'bad-rim',
+  'bad-runtime-data',
+  'bad-signature',
+  'bad-signature-encoding',
+  'bad-spdm-code',
+  'bad-structure',
+  'certificate-expired',
+  'certificate-revoked',
+  'chain-incomplete',
+  'chain-loop',
+  'chain-order',
+  'chain-too-long',
+  'chip-id-mismatch',
+  'collateral-expired',
+  'collateral-missing',
+  'collateral-unavailable',
+  'composite-bad-kind',
+  'composite-no-report-data',
+  'crl-expired',
+  'crl-mismatch',
+  'crl-signature',
+  'crl-wrong-issuer',
+  'ear-bad-profile',
+  'ear-bad-signature',
+  'ear-expired',
+  'ear-malformed',
+  'ear-no-expiry',
+  'ear-nonce-mismatch',
+  'ear-not-yet-valid',
+  'fmspc-mismatch',
+  'fwid-mismatch',
+  'gpu-not-bound',
+  'init-data-mismatch',
+  'init-data-unbound',
+  'invalid-pck-cert',
+  'invalid-tcb-signing-cert',
+  'issuer-not-ca',
+  'missing-certificate-chain',
+  'no-measurements',
+  'no-opaque-data',
+  'no-signing-key',
+  'nonce-mismatch',
+  'not-a-quote',
+  'not-json',
+  'ocsp-bad-signature',
+  'ocsp-error',
+  'ocsp-stale',
+  'ocsp-unknown',
+  'partial-measurements',
+  'pceid-mismatch',
+  'pcr-digest-mismatch',
+  'pcr-missing',
+  'private-key-in-evidence',
+  'product-mismatch',
+  'qe-identity-mismatch',
+  'qe-report-data-mismatch',
+  'report-data-mismatch',
+  'reserved-nonzero',
+  'reserved-platform-info-bit',
+  'reserved-policy-bit',
+  'rim-bad-signature',
+  'rim-digest-mismatch',
+  'rim-index-conflict',
+  'rim-unsupported-algorithm',
+  'runtime-data-mismatch',
+  'slot-mismatch',
+  'tcb-info-mismatch',
+  'tcb-level-not-found',
+  'tcb-mismatch',
+  'td-quote-mismatch',
+  'td-quote-missing',
+  'td-quote-unverified',
+  'tdx-module-mismatch',
+  'too-large',
+  'tpm-quote-missing',
+  'trailing-bytes',
+  'truncated',
+  'unexpected-certificate',
+  'unknown-format',
+  'unknown-qe-vendor',
+  'unsigned-request',
+  'unsupported-body-type',
+  'unsupported-certification-data',
+  'unsupported-collateral',
+  'unsupported-gpu',
+  'unsupported-hash',
+  'unsupported-key-type',
+  'unsupported-kind',
+  'unsupported-opaque-version',
+  'unsupported-pcr-selection',
+  'unsupported-product',
+  'unsupported-report-type',
+  'unsupported-signature-algo',
+  'unsupported-spdm-version',
+  'unsupported-tee-type',
+  'unsupported-version',
+  'untrusted-root',
+  'wrong-key-kind',
+  'wrong-report-type',
+  'wrong-tee',
+  'wrong-tee-type',
+] as const;
+export type AttestationErrorCode = (typeof ATTESTATION_ERROR_CODES)[number];
+
+/**
+ * Every verifier failure is one of these, never a bare Error: `code` (from the closed list above) is
+ * stable for tests, logs and callers' decisions, `message` is the sentence for humans.
  */
 export class AttestationError extends Error {
   override name = 'AttestationError';
   constructor(
     readonly stage: Stage,
-    readonly code: string,
+    readonly code: AttestationErrorCode,
     message: string,
     options?: { cause?: unknown },
   ) {
@@ -133,6 +275,11 @@ export interface VerifyOptions {
    * callers leave this unset and get the vendor roots bundled with Cloister.
    */
   trustAnchors?: Uint8Array[];
+  /**
+   * Where verified chains, CRLs and collateral are remembered between calls (`createVerifierContext()`);
+   * default: the registry's context, or the shared default context.
+   */
+  context?: VerifierContext;
 }
 
 /** What every TEE kind module exports for dispatch by the CLI, the key broker and composite evidence. */

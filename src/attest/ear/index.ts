@@ -27,6 +27,7 @@ import { MEASUREMENT_CLAIMS } from '../common/appraise.js';
 import {
   type Appraisal,
   AttestationError,
+  type AttestationErrorCode,
   type EarStatus,
   type Finding,
   STATUS_ORDER,
@@ -181,7 +182,7 @@ export interface VerifyEarOptions extends VerifyEarProfileOptions {
   nonce?: Uint8Array | string;
 }
 
-function bad(code: string, message: string, cause?: unknown): never {
+function bad(code: AttestationErrorCode, message: string, cause?: unknown): never {
   throw new AttestationError('verify', code, message, cause === undefined ? undefined : { cause });
 }
 

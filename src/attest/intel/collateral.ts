@@ -6,8 +6,13 @@
  * came back is recognised by its content.
  */
 import { fromHex, utf8 } from '../../util/bytes.js';
-import { AttestationError, type CollateralRequest, type CollateralSource } from '../common/types.js';
-import { BytesMemo } from './cache.js';
+import {
+  AttestationError,
+  type AttestationErrorCode,
+  type CollateralRequest,
+  type CollateralSource,
+} from '../common/types.js';
+import { BytesMemo } from '../memo.js';
 import { topLevelSpans } from './json.js';
 
 export const PCS_BASE = 'https://api.trustedservices.intel.com';
@@ -129,7 +134,7 @@ const HEX_TEXT = /^[0-9a-fA-F]+$/;
 const TCB_CHAIN_HEADERS = ['tcb-info-issuer-chain', 'sgx-tcb-info-issuer-chain'];
 const QE_CHAIN_HEADERS = ['sgx-enclave-identity-issuer-chain'];
 
-function bad(code: string, message: string, cause?: unknown): AttestationError {
+function bad(code: AttestationErrorCode, message: string, cause?: unknown): AttestationError {
   return new AttestationError('verify', code, message, cause === undefined ? undefined : { cause });
 }
 
@@ -147,7 +152,11 @@ function asBundle(body: Uint8Array): Record<string, unknown> | undefined {
   return undefined;
 }
 
-/** Values derived from a bundle, per bundle object, so repeated verifications reuse the same buffers. */
+/**
+ * Values derived from a bundle, per bundle object, so repeated verifications reuse the same buffers.
+ * Like the parse memos below, this is shared by every VerifierContext: it only decodes bytes (no time,
+ * anchor or signature enters it), and its entries go with the bundle objects they belong to.
+ */
 const bundleDerived = new WeakMap<Record<string, unknown>, Map<string, unknown>>();
 
 function derived<T>(b: Record<string, unknown>, key: string, make: () => T): T {
@@ -208,7 +217,12 @@ function headerChain(headers: Record<string, string>, names: string[]): string |
   return undefined;
 }
 
-/** Extracted signed values and parsed bundles by response body (see BytesMemo: checked by content). */
+/**
+ * Extracted signed values and parsed bundles by response body (see BytesMemo: checked by content).
+ * Shared by every VerifierContext: these are pure functions of the bytes (nothing here is trusted
+ * until verify.ts checks the signatures, and those results live in the context), and the entries go
+ * with the buffers they were read from.
+ */
 const extracted = {
   tcbInfo: new BytesMemo<{ signed: Uint8Array; signature: Uint8Array }>(),
   enclaveIdentity: new BytesMemo<{ signed: Uint8Array; signature: Uint8Array }>(),

@@ -47,7 +47,6 @@ export { INTEL_SGX_ROOT_CA_PEM } from './roots.js';
 export { evaluateTcb, type TcbEvaluation, type TcbStatus } from './tcb.js';
 export {
   checkQuoteSignatures,
-  clearIntelCaches,
   type VerifiedQuote,
   type VerifyQuoteOptions,
   verifyQuote,

@@ -8,7 +8,7 @@
 import { isAllZero, toHex, utf8 } from '../../util/bytes.js';
 import { ByteReader, ParseError } from '../../util/reader.js';
 import { type Certificate, parseCertificates } from '../common/pki.js';
-import { AttestationError } from '../common/types.js';
+import { AttestationError, type AttestationErrorCode } from '../common/types.js';
 import { checkSignedDer } from './der.js';
 import { type PckExtensions, parsePckExtensions } from './pck.js';
 
@@ -151,13 +151,17 @@ function parseTdReport(r: ByteReader, v15: boolean): TdReport {
   return rep;
 }
 
-function fail(code: string, message: string): never {
+function fail(code: AttestationErrorCode, message: string): never {
   throw new AttestationError('parse', code, message);
 }
 
 const PEM_BLOCK = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g;
 
-/** Parsed PCK chains by their exact text: a platform sends the same chain in every quote. */
+/**
+ * Parsed PCK chains by their exact text: a platform sends the same chain in every quote. Shared by
+ * every VerifierContext, bounded: parsing is a pure function of the text (no time, anchor or
+ * collateral enters it; the chain is validated afresh per context in verify.ts).
+ */
 const chainCache = new Map<string, { chain: Certificate[]; pck: PckExtensions }>();
 const CHAIN_CACHE_MAX = 1024;
 const chainTexts = new WeakMap<Certificate[], string>();

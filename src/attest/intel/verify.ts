@@ -7,8 +7,9 @@
  */
 import { bs, concatBytes, equalBytes, sha256, toHex } from '../../util/bytes.js';
 import { type Certificate, type Crl, parseCertificates, parseCrl, verifyChain } from '../common/pki.js';
-import { AttestationError, type CollateralSource } from '../common/types.js';
-import { BoundedCache, BytesMemo, digestHex, memoTimed, type Timed } from './cache.js';
+import { AttestationError, type AttestationErrorCode, type CollateralSource } from '../common/types.js';
+import { type ContextSlot, contextOf, type VerifierContext } from '../context.js';
+import { BoundedCache, BytesMemo, digestHex, memoTimed, type Timed } from '../memo.js';
 import {
   fetchCollateral,
   type PckCa,
@@ -29,6 +30,8 @@ export interface VerifyQuoteOptions {
   collateral: CollateralSource;
   /** Replacement roots (PEM or DER); default: the bundled Intel SGX Root CA. */
   trustAnchors?: Uint8Array[];
+  /** Where verified chains and collateral are remembered; default: the shared default context. */
+  context?: VerifierContext;
 }
 
 export interface VerifiedQuote {
@@ -45,7 +48,7 @@ export interface VerifiedQuote {
   collateralValidUntil: Date;
 }
 
-function fail(code: string, message: string, cause?: unknown): never {
+function fail(code: AttestationErrorCode, message: string, cause?: unknown): never {
   throw new AttestationError('verify', code, message, cause === undefined ? undefined : { cause });
 }
 
@@ -56,16 +59,56 @@ interface Anchors {
   key: string;
 }
 
+/** The bundled root, parsed once: a constant of this module, the same for every context. */
 let intelAnchors: Anchors | undefined;
-const anchorMemo = new BytesMemo<{ certs: Certificate[]; key: string }>();
 
-function anchorsOf(trustAnchors: Uint8Array[] | undefined): Anchors {
+/** A parsed CRL with its issuer name, which @peculiar/x509 rebuilds as text on every read of a CRL. */
+interface CheckedCrl {
+  crl: Crl;
+  issuer: string;
+}
+
+/**
+ * What DCAP verification remembers in a VerifierContext: parsed trust anchors, checked CRLs, verified
+ * collateral signatures and PCK chains (each with the interval in which it holds).
+ */
+class IntelState {
+  readonly anchors = new BytesMemo<Anchors>();
+  readonly crls = new BoundedCache<CheckedCrl>(64);
+  readonly json = new BoundedCache<Promise<Timed<TcbInfo | QeIdentity>>>(256);
+  readonly chains = new BoundedCache<Promise<Timed<Certificate[]>>>(1024);
+  private readonly textIds = new Map<string, number>();
+  private nextTextId = 0;
+
+  /**
+   * A short stand-in for a certificate chain's text inside cache keys: joining kilobytes of PEM into a
+   * fresh key string for every quote made V8 hash all of it on each look-up. Equal texts get the same
+   * id for as long as the id table lives; it is bounded, and renewing it empties the caches keyed by it.
+   */
+  textId(text: string): number {
+    let id = this.textIds.get(text);
+    if (id === undefined) {
+      if (this.textIds.size >= 2048) {
+        this.textIds.clear();
+        this.json.clear();
+        this.chains.clear();
+      }
+      id = this.nextTextId++;
+      this.textIds.set(text, id);
+    }
+    return id;
+  }
+}
+
+const INTEL: ContextSlot<IntelState> = { create: () => new IntelState() };
+
+function anchorsOf(state: IntelState, trustAnchors: Uint8Array[] | undefined): Anchors {
   if (!trustAnchors) {
     intelAnchors ??= { certs: parseCertificates(INTEL_SGX_ROOT_CA_PEM, 'Intel SGX Root CA'), key: 'intel' };
     return intelAnchors;
   }
   const parts = trustAnchors.map((t) =>
-    anchorMemo.get(t, () => {
+    state.anchors.get(t, () => {
       const certs = parseCertificates(t, 'trust anchor');
       return { certs, key: certs.map((c) => toHex(new Uint8Array(c.rawData))).join(':') };
     }),
@@ -79,6 +122,11 @@ function anchorsOf(trustAnchors: Uint8Array[] | undefined): Anchors {
 
 const EC = { name: 'ECDSA', namedCurve: 'P-256' } as const;
 const SIG = { name: 'ECDSA', hash: 'SHA-256' } as const;
+/**
+ * Imported keys are shared by every context: a CryptoKey is a pure function of the key bytes (or of
+ * the certificate object, which is itself only ever a parse of its DER), trusted by nothing; whether
+ * the key may be trusted is decided by the chain checks, whose results live in the context.
+ */
 const rawKeys = new BoundedCache<Promise<CryptoKey>>(1024);
 const certKeys = new WeakMap<Certificate, Promise<CryptoKey>>();
 
@@ -147,16 +195,13 @@ export async function checkQuoteSignatures(q: ParsedQuote): Promise<void> {
 
 // ---- chains, CRLs and signed collateral ---------------------------------------------------------
 
-/** A parsed CRL with its issuer name, which @peculiar/x509 rebuilds as text on every read of a CRL. */
-interface CheckedCrl {
-  crl: Crl;
-  issuer: string;
-}
-const crlCache = new BoundedCache<CheckedCrl>(64);
-
-async function checkedCrl(der: Uint8Array, what: string): Promise<CheckedCrl & { digest: string }> {
+async function checkedCrl(
+  state: IntelState,
+  der: Uint8Array,
+  what: string,
+): Promise<CheckedCrl & { digest: string }> {
   const digest = await digestHex(der);
-  let checked = crlCache.get(digest);
+  let checked = state.crls.get(digest);
   if (!checked) {
     try {
       const crl = parseCrl(der, what);
@@ -166,7 +211,7 @@ async function checkedCrl(der: Uint8Array, what: string): Promise<CheckedCrl & {
     } catch (e) {
       fail('bad-crl', `${what}: ${(e as Error).message}`, e);
     }
-    crlCache.set(digest, checked);
+    state.crls.set(digest, checked);
   }
   return { ...checked, digest };
 }
@@ -229,10 +274,8 @@ async function validatePath(
   return path;
 }
 
-const jsonCache = new BoundedCache<Promise<Timed<TcbInfo | QeIdentity>>>(256);
-const chainCache = new BoundedCache<Promise<Timed<Certificate[]>>>(1024);
-
 async function verifySignedJson<T extends TcbInfo | QeIdentity>(
+  state: IntelState,
   item: SignedJson,
   parse: (b: Uint8Array) => T,
   what: string,
@@ -247,9 +290,9 @@ async function verifySignedJson<T extends TcbInfo | QeIdentity>(
     rootCrlDigest,
     await digestHex(item.signed),
     toHex(item.signature),
-    textId(item.chainPem),
+    state.textId(item.chainPem),
   ].join('|');
-  const value = await memoTimed(jsonCache, key, at, async () => {
+  const value = await memoTimed(state.json, key, at, async () => {
     const chain = parseCertificatesStrict(item.chainPem, `${what} issuer chain`, 'verify');
     const path = await validatePath(
       chain[0]!,
@@ -375,14 +418,15 @@ export async function verifyQuote(q: ParsedQuote, options: VerifyQuoteOptions): 
   const { at } = options;
   if (!(at instanceof Date) || Number.isNaN(at.getTime()))
     fail('bad-options', 'options.at must be a valid Date');
-  const anchors = anchorsOf(options.trustAnchors);
+  const state = contextOf(options).state(INTEL);
+  const anchors = anchorsOf(state, options.trustAnchors);
   // The signature checks run in Web Crypto's worker threads while this thread gathers and checks the
   // collateral; their failures still come first, as when they were awaited before everything else.
   const signatures = checkQuoteSignatures(q);
   signatures.catch(() => undefined);
   let result: VerifiedQuote;
   try {
-    result = await verifyAgainstCollateral(q, options, anchors);
+    result = await verifyAgainstCollateral(state, q, options, anchors);
   } catch (e) {
     await signatures;
     throw e;
@@ -392,6 +436,7 @@ export async function verifyQuote(q: ParsedQuote, options: VerifyQuoteOptions): 
 }
 
 async function verifyAgainstCollateral(
+  state: IntelState,
   q: ParsedQuote,
   options: VerifyQuoteOptions,
   anchors: Anchors,
@@ -410,8 +455,8 @@ async function verifyAgainstCollateral(
     { crl: rootCrl, issuer: rootCrlIssuer, digest: rootCrlDigest },
     { crl: pckCrl, issuer: pckCrlIssuer, digest: pckCrlDigest },
   ] = await Promise.all([
-    checkedCrl(raw.rootCaCrl, 'Intel SGX Root CA CRL'),
-    checkedCrl(raw.pckCrl, 'PCK CRL'),
+    checkedCrl(state, raw.rootCaCrl, 'Intel SGX Root CA CRL'),
+    checkedCrl(state, raw.pckCrl, 'PCK CRL'),
   ]);
   if (!anchors.certs.some((a) => a.subject === rootCrlIssuer)) {
     fail('crl-mismatch', `root CA CRL is issued by "${rootCrlIssuer}", not by the trusted root`);
@@ -425,6 +470,7 @@ async function verifyAgainstCollateral(
 
   // One after the other, so that with several stale items the error names the same one every time.
   const tcbInfo = await verifySignedJson(
+    state,
     raw.tcbInfo,
     parseTcbInfo,
     'TCB info',
@@ -434,6 +480,7 @@ async function verifyAgainstCollateral(
     at,
   );
   const qeIdentity = await verifySignedJson(
+    state,
     raw.qeIdentity,
     parseQeIdentity,
     'QE identity',
@@ -442,8 +489,8 @@ async function verifyAgainstCollateral(
     rootCrlDigest,
     at,
   );
-  const chainKey = [anchors.key, rootCrlDigest, pckCrlDigest, textId(pckChainText(q))].join('|');
-  const pckPath = await memoTimed(chainCache, chainKey, at, async () => {
+  const chainKey = [anchors.key, rootCrlDigest, pckCrlDigest, state.textId(pckChainText(q))].join('|');
+  const pckPath = await memoTimed(state.chains, chainKey, at, async () => {
     const path = await validatePath(leaf, q.pckChain.slice(1), anchors, [pckCrl, rootCrl], at, 'PCK chain');
     if (path.length !== 3) {
       fail('invalid-pck-cert', `PCK chain has ${path.length} certificates; Intel's is PCK ← PCK CA ← root`);
@@ -490,30 +537,4 @@ async function verifyAgainstCollateral(
     collateralValidFrom: w.from,
     collateralValidUntil: w.until,
   };
-}
-
-/**
- * A short stand-in for a certificate chain's text inside cache keys: joining kilobytes of PEM into a
- * fresh key string for every quote made V8 hash all of it on each look-up. Equal texts get the same
- * id for as long as the id table lives; it is bounded, and clearing it clears the caches keyed by it.
- */
-const textIds = new Map<string, number>();
-let nextTextId = 0;
-function textId(text: string): number {
-  let id = textIds.get(text);
-  if (id === undefined) {
-    if (textIds.size >= 2048) clearIntelCaches();
-    id = nextTextId++;
-    textIds.set(text, id);
-  }
-  return id;
-}
-
-/** Forgets every cached chain and collateral verification (tests; rotating trust anchors). */
-export function clearIntelCaches(): void {
-  textIds.clear();
-  jsonCache.clear();
-  chainCache.clear();
-  crlCache.clear();
-  rawKeys.clear();
 }

@@ -9,6 +9,8 @@
 import { sha256, toHex } from '../../util/bytes.js';
 import { type Certificate, parseCertificates, verifyChain } from '../common/pki.js';
 import { AttestationError } from '../common/types.js';
+import type { ContextSlot, VerifierContext } from '../context.js';
+import { BoundedCache } from '../memo.js';
 
 export interface VerifiedChain {
   /** Leaf → anchor. */
@@ -19,28 +21,31 @@ export interface VerifiedChain {
   notAfter: Date;
 }
 
-const CACHE_LIMIT = 256;
-const cache = new Map<string, VerifiedChain>();
-
-/** Forget every cached chain (tests; or after changing trust anchors at run time). */
-export function clearChainCache(): void {
-  cache.clear();
-  parsedAnchors.clear();
+/**
+ * What chain verification remembers in a VerifierContext: verified chains by their bytes and anchors,
+ * and trust anchors parsed once per distinct input (the bundled roots on every call).
+ */
+class ChainState {
+  readonly chains = new BoundedCache<VerifiedChain>(256);
+  readonly anchors = new BoundedCache<Certificate[]>(256);
 }
 
+const CHAINS: ContextSlot<ChainState> = { create: () => new ChainState() };
+
 export async function verifyOrderedChain(
+  context: VerifierContext,
   chainBytes: Uint8Array,
   anchors: Certificate[],
   at: Date,
   what: string,
 ): Promise<VerifiedChain> {
   const key = `${what}|${toHex(await sha256(chainBytes))}|${(await Promise.all(anchors.map(anchorId))).join(',')}`;
+  const cache = context.state(CHAINS).chains;
   const hit = cache.get(key);
   if (hit && at >= hit.notBefore && at <= hit.notAfter) return hit;
   const certs = parseCertificates(chainBytes, what);
   for (const c of certs) wellFormed(c, what);
   const verified = await verifyCerts(certs, anchors, at, what);
-  if (cache.size >= CACHE_LIMIT) cache.delete(cache.keys().next().value!);
   cache.set(key, verified);
   return verified;
 }
@@ -118,6 +123,7 @@ function wellFormed(cert: Certificate, what: string): void {
   }
 }
 
+/** An anchor's digest per Certificate object: pure, so shared by every context. */
 const anchorIds = new WeakMap<Certificate, string>();
 
 async function anchorId(a: Certificate): Promise<string> {
@@ -129,16 +135,18 @@ async function anchorId(a: Certificate): Promise<string> {
   return id;
 }
 
-const parsedAnchors = new Map<string, Certificate[]>();
-
-/** Trust anchors from PEM/DER, parsed once per distinct input (the bundled roots on every call). */
-export function parseAnchors(pems: (Uint8Array | string)[], what: string): Certificate[] {
+/** Trust anchors from PEM/DER, parsed once per distinct input in `context`. */
+export function parseAnchors(
+  context: VerifierContext,
+  pems: (Uint8Array | string)[],
+  what: string,
+): Certificate[] {
+  const parsed = context.state(CHAINS).anchors;
   const key = pems.map((p) => (typeof p === 'string' ? p : toHex(p))).join('|');
-  let certs = parsedAnchors.get(key);
+  let certs = parsed.get(key);
   if (!certs) {
     certs = pems.flatMap((p) => parseCertificates(p, what));
-    if (parsedAnchors.size >= CACHE_LIMIT) parsedAnchors.clear();
-    parsedAnchors.set(key, certs);
+    parsed.set(key, certs);
   }
   return certs;
 }

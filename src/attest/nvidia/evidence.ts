@@ -18,7 +18,7 @@
  */
 
 import { fromBase64, fromHex, toHex, utf8 } from '../../util/bytes.js';
-import { AttestationError } from '../common/types.js';
+import { AttestationError, type AttestationErrorCode } from '../common/types.js';
 
 export type ReportedCcMode = 'on' | 'devtools' | 'off';
 
@@ -46,7 +46,7 @@ const FIELDS = new Set([
   'ocsp',
 ]);
 
-function fail(message: string, code = 'bad-evidence', cause?: unknown): never {
+function fail(message: string, code: AttestationErrorCode = 'bad-evidence', cause?: unknown): never {
   throw new AttestationError('parse', code, message, cause === undefined ? undefined : { cause });
 }
 

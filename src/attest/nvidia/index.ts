@@ -7,8 +7,9 @@
 import { equalBytes, fromBase64, sha256, toHex, utf8 } from '../../util/bytes.js';
 import type { Appraisal, CollateralSource, KindVerifier, VerifyOptions } from '../common/types.js';
 import { AttestationError } from '../common/types.js';
+import { type ContextSlot, contextOf } from '../context.js';
+import { BoundedCache } from '../memo.js';
 import { appraiseGpuReport } from './appraise.js';
-import { clearChainCache } from './chain.js';
 import { parseNvidiaEvidence } from './evidence.js';
 import { checkRevocation, ocspRequest, ocspTargets } from './ocsp.js';
 import type { GpuOpaqueData } from './opaque.js';
@@ -103,25 +104,23 @@ async function loadRim(
   if (xml === undefined) return undefined;
   // A RIM verified once is reused while its signing chain is valid: it is the same signed document.
   const key = `${what}|${toHex(await sha256(utf8.encode(xml)))}|${(options.trustAnchors ?? []).map(toHex).join(',')}`;
-  const hit = rimCache.get(key);
+  const rims = contextOf(options).state(RIMS);
+  const hit = rims.get(key);
   if (hit && options.at >= hit.chain.notBefore && options.at <= hit.chain.notAfter) return hit;
   const verified = await verifyRim(parseRim(xml), {
     at: options.at,
     trustAnchors: options.trustAnchors,
     what,
+    context: contextOf(options),
   });
-  if (rimCache.size >= 64) rimCache.delete(rimCache.keys().next().value!);
-  rimCache.set(key, verified);
+  rims.set(key, verified);
   return verified;
 }
 
-const rimCache = new Map<string, VerifiedRim>();
-
-/** Forget cached chains and RIMs (tests; or after replacing trust anchors at run time). */
-export function clearNvidiaCaches(): void {
-  clearChainCache();
-  rimCache.clear();
-}
+/** Verified RIMs in a VerifierContext, by their text and the trust anchors they were checked with. */
+const RIMS: ContextSlot<BoundedCache<VerifiedRim>> = {
+  create: () => new BoundedCache<VerifiedRim>(64),
+};
 
 /** parse → verify → appraise for one GPU's evidence (see evidence.ts for the accepted forms). */
 export async function appraiseNvidiaEvidence(
@@ -142,6 +141,7 @@ export async function appraiseNvidiaEvidence(
     at: options.at,
     trustAnchors: options.trustAnchors,
     expectedNonce: options.expectedReportData,
+    context: contextOf(options),
   });
   if (env.arch && env.arch !== verified.arch) {
     throw new AttestationError(

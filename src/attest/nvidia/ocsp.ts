@@ -28,7 +28,7 @@ import {
 import * as x509 from '@peculiar/x509';
 import { bs, equalBytes, fromHex, toHex } from '../../util/bytes.js';
 import type { Certificate } from '../common/pki.js';
-import { AttestationError } from '../common/types.js';
+import { AttestationError, type AttestationErrorCode } from '../common/types.js';
 
 export const NVIDIA_OCSP_URL = 'https://ocsp.ndis.nvidia.com/';
 const ID_KP_OCSP_SIGNING = '1.3.6.1.5.5.7.3.9';
@@ -74,7 +74,12 @@ interface ParsedOcsp {
   raw: Uint8Array;
 }
 
-function fail(stage: 'parse' | 'verify', code: string, message: string, cause?: unknown): never {
+function fail(
+  stage: 'parse' | 'verify',
+  code: AttestationErrorCode,
+  message: string,
+  cause?: unknown,
+): never {
   throw new AttestationError(stage, code, message, cause === undefined ? undefined : { cause });
 }
 
@@ -138,7 +143,9 @@ function issuerIdentity(issuer: Certificate): { name: Uint8Array; key: Uint8Arra
 /**
  * Requests per (certificate, issuer) object: the chain caches hand back the same Certificate objects
  * for every verification of a GPU, and building a request (ASN.1 decode of the issuer, two digests,
- * DER encoding) cost more than the report signature check.
+ * DER encoding) cost more than the report signature check. Shared by every VerifierContext: a request
+ * is a pure function of the two certificates (it asks; it trusts nothing), and the entries go with the
+ * Certificate objects they hang on.
  */
 const requests = new WeakMap<Certificate, WeakMap<Certificate, Promise<{ url: string; files: string[] }>>>();
 

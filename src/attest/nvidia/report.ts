@@ -7,7 +7,7 @@
  */
 
 import { ByteReader, ParseError } from '../../util/reader.js';
-import { AttestationError } from '../common/types.js';
+import { AttestationError, type AttestationErrorCode } from '../common/types.js';
 import { type GpuOpaqueData, parseOpaqueData } from './opaque.js';
 
 export const SPDM_VERSION_1_1 = 0x11;
@@ -56,7 +56,7 @@ export interface ParsedGpuReport {
   raw: Uint8Array;
 }
 
-function parseFail(code: string, message: string, cause?: unknown): never {
+function parseFail(code: AttestationErrorCode, message: string, cause?: unknown): never {
   throw new AttestationError('parse', code, message, cause === undefined ? undefined : { cause });
 }
 

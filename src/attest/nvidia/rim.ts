@@ -9,7 +9,8 @@
  */
 
 import { bs, equalBytes, fromBase64, sha384, toHex, utf8 } from '../../util/bytes.js';
-import { AttestationError } from '../common/types.js';
+import { AttestationError, type AttestationErrorCode } from '../common/types.js';
+import { contextOf, type VerifierContext } from '../context.js';
 import { canonicalizeDocument, canonicalizeSubtree } from './c14n.js';
 import { parseAnchors, type VerifiedChain, verifyOrderedChain } from './chain.js';
 import { NVIDIA_RIM_ROOT_CA_PEM } from './roots.js';
@@ -154,9 +155,11 @@ export interface RimVerifyOptions {
   trustAnchors?: Uint8Array[];
   /** 'driver RIM' / 'VBIOS RIM', for messages. */
   what?: string;
+  /** Where verified signing chains are remembered; default: the shared default context. */
+  context?: VerifierContext;
 }
 
-function verifyFail(code: string, message: string): never {
+function verifyFail(code: AttestationErrorCode, message: string): never {
   throw new AttestationError('verify', code, message);
 }
 
@@ -193,8 +196,15 @@ export async function verifyRim(rim: ParsedRim, opts: RimVerifyOptions): Promise
   if (certs.length === 0) verifyFail('chain-incomplete', `${what}: KeyInfo has no signing certificate`);
   const pem = certs.map((b64) => `-----BEGIN CERTIFICATE-----\n${b64}\n-----END CERTIFICATE-----\n`).join('');
 
-  const anchors = parseAnchors(opts.trustAnchors ?? [NVIDIA_RIM_ROOT_CA_PEM], 'RIM trust anchor');
-  const chain = await verifyOrderedChain(utf8.encode(pem), anchors, opts.at, `${what} signing chain`);
+  const context = contextOf(opts);
+  const anchors = parseAnchors(context, opts.trustAnchors ?? [NVIDIA_RIM_ROOT_CA_PEM], 'RIM trust anchor');
+  const chain = await verifyOrderedChain(
+    context,
+    utf8.encode(pem),
+    anchors,
+    opts.at,
+    `${what} signing chain`,
+  );
 
   const ok =
     signatureValue.length === 96 &&

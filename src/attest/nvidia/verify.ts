@@ -8,6 +8,7 @@
 import { bs, equalBytes, toHex } from '../../util/bytes.js';
 import type { Certificate } from '../common/pki.js';
 import { AttestationError } from '../common/types.js';
+import { contextOf, type VerifierContext } from '../context.js';
 import {
   certificateFwid,
   certificateUeid,
@@ -29,6 +30,8 @@ export interface GpuVerifyOptions {
   trustAnchors?: Uint8Array[];
   /** The nonce the verifier issued; the report's requester nonce must equal it (zero-padded to 32). */
   expectedNonce?: Uint8Array;
+  /** Where verified chains are remembered; default: the shared default context. */
+  context?: VerifierContext;
 }
 
 export interface VerifiedGpuReport {
@@ -45,17 +48,19 @@ export interface VerifiedGpuReport {
   nonceChecked: boolean;
 }
 
-export function gpuTrustAnchors(trustAnchors: Uint8Array[] | undefined): Certificate[] {
-  return parseAnchors(trustAnchors ?? [NVIDIA_DEVICE_IDENTITY_CA_PEM], 'GPU trust anchor');
+function gpuTrustAnchors(context: VerifierContext, trustAnchors: Uint8Array[] | undefined): Certificate[] {
+  return parseAnchors(context, trustAnchors ?? [NVIDIA_DEVICE_IDENTITY_CA_PEM], 'GPU trust anchor');
 }
 
 export async function verifyGpuReport(
   report: ParsedGpuReport,
   opts: GpuVerifyOptions,
 ): Promise<VerifiedGpuReport> {
+  const context = contextOf(opts);
   const chain = await verifyOrderedChain(
+    context,
     opts.certChain,
-    gpuTrustAnchors(opts.trustAnchors),
+    gpuTrustAnchors(context, opts.trustAnchors),
     opts.at,
     'GPU attestation-key chain',
   );

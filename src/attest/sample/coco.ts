@@ -15,6 +15,7 @@ import {
   type Appraisal,
   type AppraisalPolicy,
   AttestationError,
+  type AttestationErrorCode,
   type Finding,
   REPORT_DATA_SIZE,
 } from '../common/types.js';
@@ -33,7 +34,7 @@ export interface ParsedCocoSampleEvidence {
   reportData: Uint8Array;
 }
 
-function fail(code: string, message: string): never {
+function fail(code: AttestationErrorCode, message: string): never {
   throw new AttestationError('parse', code, message);
 }
 

@@ -10,7 +10,7 @@
  */
 import { fromBase64, toBase64Url, utf8 } from '../../util/bytes.js';
 import { isObject } from '../../util/object.js';
-import { AttestationError, REPORT_DATA_SIZE } from '../common/types.js';
+import { AttestationError, type AttestationErrorCode, REPORT_DATA_SIZE } from '../common/types.js';
 
 export const SAMPLE_TEE = 'sample';
 /** A generous bound so that a hostile input cannot make us parse megabytes of JSON. */
@@ -48,7 +48,7 @@ export interface ParsedSampleEvidence {
 const MEMBERS = ['tee', 'report_data', 'measurement', 'debug', 'public_key', 'signature'];
 const JWK_MEMBERS = ['kty', 'crv', 'x', 'y'];
 
-function fail(code: string, message: string, cause?: unknown): never {
+function fail(code: AttestationErrorCode, message: string, cause?: unknown): never {
   throw new AttestationError('parse', code, message, cause === undefined ? undefined : { cause });
 }
 

@@ -37,7 +37,6 @@ export {
 } from './report.js';
 export {
   certChainRequest,
-  clearSnpChainCache,
   crlRequest,
   KDS_BASE,
   type VerifiedReport,

@@ -5,7 +5,7 @@
  */
 import { isAllZero, toHex } from '../../util/bytes.js';
 import { ByteReader, ParseError } from '../../util/reader.js';
-import { AttestationError } from '../common/types.js';
+import { AttestationError, type AttestationErrorCode } from '../common/types.js';
 
 /** The report is a fixed 1184-byte structure; the signature covers bytes 0x000..0x29F. */
 export const REPORT_SIZE = 0x4a0;
@@ -113,7 +113,7 @@ const POLICY_KNOWN_MASK = (1n << 26n) - 1n;
 /** PLATFORM_INFO bits 0..5 and 7 are defined; bit 6 and bits 8..63 are reserved. */
 const PLATFORM_INFO_KNOWN_MASK = 0xbfn;
 
-function fail(code: string, message: string): never {
+function fail(code: AttestationErrorCode, message: string): never {
   throw new AttestationError('parse', code, `SEV-SNP report: ${message}`);
 }
 

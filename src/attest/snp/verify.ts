@@ -7,11 +7,14 @@ import { bs, concatBytes, equalBytes, isAllZero, sha256, toHex } from '../../uti
 import { type Certificate, type Crl, parseCertificates, parseCrl, verifyChain } from '../common/pki.js';
 import {
   AttestationError,
+  type AttestationErrorCode,
   type CollateralItem,
   type CollateralRequest,
   type CollateralSource,
   type VerifyOptions,
 } from '../common/types.js';
+import { type ContextSlot, contextOf } from '../context.js';
+import { BoundedCache, BytesMemo } from '../memo.js';
 import { type EndorsementKeyInfo, readEndorsementKeyInfo } from './certs.js';
 import {
   decodeTcb,
@@ -52,7 +55,7 @@ export interface VerifiedReport {
   launchTcb: TcbVersion;
 }
 
-function fail(code: string, message: string, cause?: unknown): never {
+function fail(code: AttestationErrorCode, message: string, cause?: unknown): never {
   throw new AttestationError(
     'verify',
     code,
@@ -111,6 +114,7 @@ async function fetchCollateral(
   }
 }
 
+/** AMD's roots and intermediates as bundled, parsed once: constants, the same for every context. */
 let bundled: { arks: Certificate[]; intermediates: Certificate[] } | undefined;
 function bundledCerts(): { arks: Certificate[]; intermediates: Certificate[] } {
   bundled ??= {
@@ -131,41 +135,30 @@ interface CachedChain {
 }
 
 /**
- * Verified chains keyed by SHA-256 over the leaf, anchor and CRL bytes. A hit within the cached
- * validity window skips path building and the RSA-PSS checks, leaving only the report signature.
+ * What SEV-SNP verification remembers in a VerifierContext: parsed trust anchors, and verified chains
+ * keyed by SHA-256 over the leaf, anchor and CRL bytes. A chain hit within its validity window skips
+ * path building and the RSA-PSS checks, leaving only the report signature.
  */
-const chainCache = new Map<string, CachedChain>();
-const CHAIN_CACHE_LIMIT = 256;
-
-/** Forgets every cached chain (tests, or after a trust-anchor change). */
-export function clearSnpChainCache(): void {
-  chainCache.clear();
+class SnpState {
+  readonly anchors = new BytesMemo<Certificate[]>();
+  readonly chains = new BoundedCache<CachedChain>(256);
 }
+
+const SNP: ContextSlot<SnpState> = { create: () => new SnpState() };
 
 /**
- * Parsed values per collateral buffer. A caching collateral source hands back the same buffers for
- * every report, and X.509/CRL decoding costs several times the report signature check; an entry keeps
- * a copy of the bytes and is used only while the buffer still holds exactly them. Failures are not
- * kept, so bad bytes fail afresh with their own error.
+ * Parsed endorsement keys and CRLs per collateral buffer: X.509/CRL decoding costs several times the
+ * report signature check, and a caching collateral source hands back the same buffers. Shared by every
+ * VerifierContext: decoding is a pure function of the bytes (nothing parsed here is trusted until the
+ * chain, whose result lives in the context, is checked), and the entries go with their buffers.
  */
-class ParsedPerBuffer<T> {
-  private readonly map = new WeakMap<Uint8Array, { copy: Uint8Array; value: T }>();
-  get(bytes: Uint8Array, parse: () => T): T {
-    const hit = this.map.get(bytes);
-    if (hit && equalBytes(hit.copy, bytes)) return hit.value;
-    const value = parse();
-    this.map.set(bytes, { copy: bytes.slice(), value });
-    return value;
-  }
-}
 const parsedLeaves = {
-  VCEK: new ParsedPerBuffer<{ leaf: Certificate; ek: EndorsementKeyInfo }>(),
-  VLEK: new ParsedPerBuffer<{ leaf: Certificate; ek: EndorsementKeyInfo }>(),
+  VCEK: new BytesMemo<{ leaf: Certificate; ek: EndorsementKeyInfo }>(),
+  VLEK: new BytesMemo<{ leaf: Certificate; ek: EndorsementKeyInfo }>(),
 };
-const parsedCrls = new ParsedPerBuffer<Crl>();
-const parsedAnchors = new ParsedPerBuffer<Certificate[]>();
+const parsedCrls = new BytesMemo<Crl>();
 
-/** SHA-256 of a certificate's or CRL's DER, once per parsed object. */
+/** SHA-256 of a certificate's or CRL's DER, once per parsed object (pure, so shared like the above). */
 const derDigests = new WeakMap<Certificate | Crl, Promise<string>>();
 function derDigest(x: Certificate | Crl): Promise<string> {
   let d = derDigests.get(x);
@@ -238,8 +231,9 @@ export async function verifyReport(report: ParsedReport, options: VerifyOptions)
   if (kind === 'vlek' && ek.hwId)
     fail('bad-endorsement-certificate', 'a VLEK must not carry a hwID extension');
 
+  const state = contextOf(options).state(SNP);
   const anchors = options.trustAnchors
-    ? options.trustAnchors.flatMap((a) => parsedAnchors.get(a, () => parseCertificates(a, 'trust anchor')))
+    ? options.trustAnchors.flatMap((a) => state.anchors.get(a, () => parseCertificates(a, 'trust anchor')))
     : bundledCerts().arks;
   const crlItem = await fetchCollateral(
     options.collateral,
@@ -251,7 +245,7 @@ export async function verifyReport(report: ParsedReport, options: VerifyOptions)
     : undefined;
 
   const ck = await cacheKey(leaf, anchors, crl);
-  let cached = chainCache.get(ck);
+  let cached = state.chains.get(ck);
   if (!cached || options.at < cached.from || options.at > cached.until) {
     const chain = await buildChain(leaf, anchors, crl, options, kind, product);
     // verifyChain applies a CRL only where its issuer is in the path; one from another root would
@@ -264,8 +258,7 @@ export async function verifyReport(report: ParsedReport, options: VerifyOptions)
       );
     }
     cached = { chain, key: await importLeafKey(leaf, keyName), ...validityWindow(chain, crl) };
-    if (chainCache.size >= CHAIN_CACHE_LIMIT) chainCache.delete(chainCache.keys().next().value!);
-    chainCache.set(ck, cached);
+    state.chains.set(ck, cached);
   }
   // Which intermediate issued the key must match the key kind: VCEKs come from the ASK, VLEKs from
   // the ASVK. A VLEK passed off as a VCEK (or the reverse) is refused here.

@@ -1,7 +1,7 @@
 import { beforeEach, describe, expect, it } from 'vitest';
 import { AttestationError } from '../../../src/attest/common/types.js';
+import { createVerifierContext, type VerifierContext } from '../../../src/attest/context.js';
 import {
-  clearNvidiaCaches,
   compareMeasurements,
   nvidiaVerifier,
   parseGpuReport,
@@ -10,7 +10,14 @@ import {
   verifyRim,
 } from '../../../src/attest/nvidia/index.js';
 import { fromHex, utf8 } from '../../../src/util/bytes.js';
-import { envelope, folderSource, options, reportBytes, vector, vectorText } from './helpers.js';
+import {
+  options as baseOptions,
+  envelope,
+  folderSource,
+  reportBytes,
+  vector,
+  vectorText,
+} from './helpers.js';
 
 const H545 = 'nvtrust_hopper_545.00_complete';
 const H535 = 'nvat-sdk_hopper_535.86.09';
@@ -26,7 +33,13 @@ async function rejection(p: Promise<unknown>): Promise<AttestationError> {
   return e as AttestationError;
 }
 
-beforeEach(() => clearNvidiaCaches());
+// Every test starts from a fresh context: nothing verified by an earlier test is remembered.
+let context: VerifierContext;
+beforeEach(() => {
+  context = createVerifierContext();
+});
+const options = (at: string, extra: Parameters<typeof baseOptions>[1] = {}) =>
+  baseOptions(at, { context, ...extra });
 
 describe('NVIDIA vectors: parse', () => {
   it('parses the Hopper 545.00 report as PROVENANCE.md describes it', () => {
@@ -175,9 +188,9 @@ describe('NVIDIA vectors: verify and appraise', () => {
 
   it('stand-alone RIM 550.144.03 verifies in its signer window and not before', async () => {
     const rim = parseRim(vector('rims/NV_GPU_DRIVER_GH100_550.144.03.xml'));
-    const v = await verifyRim(rim, { at: new Date('2025-06-01T00:00:00Z') });
+    const v = await verifyRim(rim, { context, at: new Date('2025-06-01T00:00:00Z') });
     expect(v.chain.path.at(-1)!.subject).toMatch(/NVIDIA CoRIM signing Root CA/);
-    const e = await rejection(verifyRim(rim, { at: new Date('2024-06-01T00:00:00Z') }));
+    const e = await rejection(verifyRim(rim, { context, at: new Date('2024-06-01T00:00:00Z') }));
     expect(e.code).toBe('certificate-expired');
   });
 
@@ -201,20 +214,21 @@ describe('NVIDIA vectors: refusals', () => {
   it('flipped signature byte → bad-signature (verify)', async () => {
     const bytes = reportBytes(H545);
     bytes[bytes.length - 10]! ^= 0x01;
-    const e = await rejection(verifyGpuReport(parseGpuReport(bytes), { certChain: chain(), at }));
+    const e = await rejection(verifyGpuReport(parseGpuReport(bytes), { context, certChain: chain(), at }));
     expect([e.stage, e.code]).toEqual(['verify', 'bad-signature']);
   });
 
   it('flipped measurement byte → bad-signature', async () => {
     const bytes = reportBytes(H545);
     bytes[37 + 8 + 7 + 20]! ^= 0x80;
-    const e = await rejection(verifyGpuReport(parseGpuReport(bytes), { certChain: chain(), at }));
+    const e = await rejection(verifyGpuReport(parseGpuReport(bytes), { context, certChain: chain(), at }));
     expect(e.code).toBe('bad-signature');
   });
 
   it('wrong nonce → nonce-mismatch', async () => {
     const e = await rejection(
       verifyGpuReport(parseGpuReport(reportBytes(H545)), {
+        context,
         certChain: chain(),
         at,
         expectedNonce: new Uint8Array(32).fill(7),
@@ -225,7 +239,11 @@ describe('NVIDIA vectors: refusals', () => {
 
   it('another GPU chain (the 535.86.09 GPU) → bad-signature', async () => {
     const e = await rejection(
-      verifyGpuReport(parseGpuReport(reportBytes(H545)), { certChain: vector(`${H535}/cert_chain.pem`), at }),
+      verifyGpuReport(parseGpuReport(reportBytes(H545)), {
+        context,
+        certChain: vector(`${H535}/cert_chain.pem`),
+        at,
+      }),
     );
     expect(e.code).toBe('bad-signature');
   });
@@ -233,6 +251,7 @@ describe('NVIDIA vectors: refusals', () => {
   it('wrong root (the RIM root as the only anchor) → untrusted-root', async () => {
     const e = await rejection(
       verifyGpuReport(parseGpuReport(reportBytes(H545)), {
+        context,
         certChain: chain(),
         at,
         trustAnchors: [vector('../roots/nvidia_rim_root_ca.pem')],
@@ -245,7 +264,7 @@ describe('NVIDIA vectors: refusals', () => {
     const b = pemBlocks();
     const reordered = [b[0], b[2], b[1], b[3], b[4]].join('');
     const e = await rejection(
-      verifyGpuReport(parseGpuReport(reportBytes(H545)), { certChain: utf8.encode(reordered), at }),
+      verifyGpuReport(parseGpuReport(reportBytes(H545)), { context, certChain: utf8.encode(reordered), at }),
     );
     expect(e.code).toBe('chain-order');
   });
@@ -254,7 +273,7 @@ describe('NVIDIA vectors: refusals', () => {
     const b = pemBlocks();
     const truncated = [b[0], b[1], b[3], b[4]].join('');
     const e = await rejection(
-      verifyGpuReport(parseGpuReport(reportBytes(H545)), { certChain: utf8.encode(truncated), at }),
+      verifyGpuReport(parseGpuReport(reportBytes(H545)), { context, certChain: utf8.encode(truncated), at }),
     );
     expect(e.code).toBe('chain-incomplete');
   });
@@ -265,6 +284,7 @@ describe('NVIDIA vectors: refusals', () => {
     expect(padded).not.toBe(b[1]);
     const e = await rejection(
       verifyGpuReport(parseGpuReport(reportBytes(H545)), {
+        context,
         certChain: utf8.encode([b[0], padded, ...b.slice(2)].join('')),
         at,
       }),
@@ -275,6 +295,7 @@ describe('NVIDIA vectors: refusals', () => {
   it('chain without its root is accepted (the anchor completes it)', async () => {
     const b = pemBlocks();
     const v = await verifyGpuReport(parseGpuReport(reportBytes(H545)), {
+      context,
       certChain: utf8.encode(b.slice(0, 4).join('')),
       at,
     });
@@ -318,13 +339,13 @@ describe('NVIDIA vectors: refusals', () => {
       /Hash0="([0-9a-f])/,
       (_m, c: string) => `Hash0="${c === '0' ? '1' : '0'}`,
     );
-    const e = await rejection(verifyRim(parseRim(xml), { at }));
+    const e = await rejection(verifyRim(parseRim(xml), { context, at }));
     expect([e.stage, e.code]).toEqual(['verify', 'rim-digest-mismatch']);
   });
 
   it('tampered RIM SignedInfo → rim-bad-signature', async () => {
     const xml = vectorText(`${H545}/vbios_rim.swidtag`).replace(/<ds:DigestValue>./, '<ds:DigestValue>A');
-    const e = await rejection(verifyRim(parseRim(xml), { at }));
+    const e = await rejection(verifyRim(parseRim(xml), { context, at }));
     expect(e.code).toBe('rim-bad-signature');
   });
 
@@ -338,13 +359,14 @@ describe('NVIDIA vectors: refusals', () => {
       '<ds:CanonicalizationMethod Algorithm="http://www.w3.org/2006/12/xml-c14n11"/>',
       '<ds:CanonicalizationMethod Algorithm="http://www.w3.org/2001/10/xml-exc-c14n#"/>',
     );
-    const e = await rejection(verifyRim(parseRim(xml), { at }));
+    const e = await rejection(verifyRim(parseRim(xml), { context, at }));
     expect(e.code).toBe('rim-unsupported-algorithm');
   });
 
   it('RIM signed by a chain to another root → untrusted-root', async () => {
     const e = await rejection(
       verifyRim(parseRim(vector(`${H545}/vbios_rim.swidtag`)), {
+        context,
         at,
         trustAnchors: [vector('../roots/nvidia_device_identity_ca.pem')],
       }),
@@ -378,8 +400,10 @@ describe('chain cache', () => {
   it('re-verifies validity at each time even when the chain is cached', async () => {
     const report = parseGpuReport(reportBytes(H545));
     const certChain = vector(`${H545}/cert_chain.pem`);
-    await verifyGpuReport(report, { certChain, at: new Date(IN_WINDOW) });
-    const e = await rejection(verifyGpuReport(report, { certChain, at: new Date('2019-01-01T00:00:00Z') }));
+    await verifyGpuReport(report, { context, certChain, at: new Date(IN_WINDOW) });
+    const e = await rejection(
+      verifyGpuReport(report, { context, certChain, at: new Date('2019-01-01T00:00:00Z') }),
+    );
     expect(e.code).toBe('certificate-expired');
   });
 });

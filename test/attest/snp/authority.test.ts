@@ -1,6 +1,7 @@
 import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { AttestationError, type VerifyOptions } from '../../../src/attest/common/types.js';
-import { clearSnpChainCache, parseReport, snpVerifier, verifyReport } from '../../../src/attest/snp/index.js';
+import { createVerifierContext } from '../../../src/attest/context.js';
+import { parseReport, snpVerifier, verifyReport } from '../../../src/attest/snp/index.js';
 import {
   type IssuedReport,
   SnpTestAuthority,
@@ -100,14 +101,18 @@ describe('SEV-SNP with the test authority (real formats, test root)', () => {
 
   it('a repeated verification checks only the report signature (chain cache)', async () => {
     const issued = await issue();
-    clearSnpChainCache();
-    await snpVerifier.appraiseEvidence(issued.report, opts(issued));
+    const context = createVerifierContext();
+    await snpVerifier.appraiseEvidence(issued.report, opts(issued, { context }));
     const spy = vi.spyOn(crypto.subtle, 'verify');
     try {
-      await snpVerifier.appraiseEvidence(issued.report, opts(issued));
+      await snpVerifier.appraiseEvidence(issued.report, opts(issued, { context }));
       expect(spy.mock.calls.map((c) => (c[0] as { name: string }).name)).toEqual(['ECDSA']);
+      // Another context remembers nothing of this one: its first verification checks the chain too.
+      spy.mockClear();
+      await snpVerifier.appraiseEvidence(issued.report, opts(issued, { context: createVerifierContext() }));
+      expect(spy.mock.calls.map((c) => (c[0] as { name: string }).name)).toContain('RSA-PSS');
       // Outside the cached validity window the chain is checked again (and fails).
-      const late = opts(issued, { at: new Date(AT.getTime() + 400 * 86_400_000) });
+      const late = opts(issued, { at: new Date(AT.getTime() + 400 * 86_400_000), context });
       expect((await failure(snpVerifier.appraiseEvidence(issued.report, late))).code).toBe(
         'certificate-expired',
       );

@@ -1,10 +1,11 @@
 /**
- * Memo tables for the expensive, time-independent parts of DCAP verification (certificate
- * signatures, CRL signatures, collateral signatures), keyed by the exact bytes they were computed
- * from. An entry also records the interval in which everything it vouches for is valid, so a
- * lookup at another time outside that interval recomputes (and fails with the precise reason).
+ * The memo helpers every verifier uses. `BytesMemo` remembers a value per buffer object (checked by
+ * content); `BoundedCache` is a size-bounded map; `memoTimed` keeps a verification together with the
+ * interval in which everything it vouches for is valid, so a look-up at a time outside that interval
+ * recomputes (and fails with the precise reason). Where the instances live is the caller's business:
+ * anything that depends on time, trust anchors or collateral lives in a VerifierContext (context.ts).
  */
-import { bs, toHex } from '../../util/bytes.js';
+import { bs, toHex } from '../util/bytes.js';
 
 export interface Timed<T> {
   value: T;
@@ -33,9 +34,11 @@ export class BoundedCache<V> {
 }
 
 /**
- * Memo per buffer object (a caching collateral source hands back the same buffers). The entry keeps a
- * copy of the bytes and is used only while the buffer still holds them, so a buffer rewritten in
- * place is never mistaken for what was verified before.
+ * Memo per buffer object (a caching collateral source hands back the same buffers for every piece of
+ * evidence, and decoding them costs more than the signature checks). The entry keeps a copy of the
+ * bytes and is used only while the buffer still holds them, so a buffer rewritten in place is never
+ * mistaken for what was computed before. A failed computation is not kept: bad bytes fail afresh with
+ * their own error. Entries go with their buffers (WeakMap), so the memo needs no bound of its own.
  */
 export class BytesMemo<T> {
   private readonly map = new WeakMap<Uint8Array, { copy: Uint8Array; value: T }>();
@@ -63,9 +66,13 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return true;
 }
 
+/**
+ * Shared by every context: a digest is a pure function of the bytes, so one verifier can learn
+ * nothing from another's entries, and the entries go with their buffers.
+ */
 const digests = new BytesMemo<Promise<string>>();
 
-/** SHA-256 hex of `bytes`. */
+/** SHA-256 hex of `bytes`, once per buffer. */
 export function digestHex(bytes: Uint8Array): Promise<string> {
   return digests.get(bytes, async () =>
     toHex(new Uint8Array(await crypto.subtle.digest('SHA-256', bs(bytes)))),
