@@ -8,7 +8,7 @@ import { importJWK, type JWK } from 'jose';
 import { chainSources, httpSource, memoryCache, offlineSource } from '../attest/collateral/index.js';
 import { cachedSource, directorySource } from '../attest/collateral/node.js';
 import type { CollateralSource, TeeKind } from '../attest/common/types.js';
-import { createDefaultRegistry } from '../attest/index.js';
+import { createDefaultRegistry, createVerifierContext } from '../attest/index.js';
 import { generateNoteSigner, type NoteSigner, signerFromJwk, vkeyOf } from '../translog/index.js';
 import { AdminApi } from './admin.js';
 import { Broker } from './broker.js';
@@ -171,7 +171,9 @@ export async function startBroker(c: KbsConfig, opts: StartOptions = {}): Promis
     policyPool,
     store,
     secrets,
-    registry: createDefaultRegistry(),
+    // Each broker owns its verifier state (verified chains, collateral), so two in one process (tests,
+    // tenants' brokers side by side) never share what one of them trusted.
+    registry: createDefaultRegistry({ context: createVerifierContext() }),
     // Collateral changes daily at most; re-reading a folder or disk cache per attestation cost more
     // than the verification itself.
     collateral: memoryCache(opts.collateral ?? collateral(c)),
