@@ -10,8 +10,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 
-const { tinyLlamaGguf } = await import('../dist/infer/models/gguf.js');
-const { writeTinyLlamaGguf } = await import('../dist/infer/models/gguf-node.js');
+const { tinyLlamaGguf } = await import('../dist/infer/testing/gguf.js');
+const { writeTinyLlamaGguf } = await import('../dist/infer/testing/gguf-node.js');
 const { loadLlamaEngine } = await import('../dist/infer/engine/llama.js');
 
 const targetBytes = Number(process.env.BENCH_BYTES ?? 1024 ** 3);

@@ -192,7 +192,7 @@ async function round1(f, url, concurrency, perClient, maxTokens) {
 }
 
 async function main() {
-  const { writeTinyLlamaGguf } = await load('infer/models/gguf-node.js');
+  const { writeTinyLlamaGguf } = await load('infer/testing/gguf-node.js');
   const { sealFile } = await load('seal/node.js');
   const { generateKek, kekToJwk } = await load('seal/keys.js');
   const { confidentialFetch } = await load('client/fetch.js');

@@ -97,7 +97,7 @@ export function registerDemo(program: Command): void {
       const { offlineSource } = await import('../attest/collateral/index.js');
       const { confidentialFetch } = await import('../client/fetch.js');
       const { parseClientPolicy } = await import('../client/policy.js');
-      const { writeTinyLlamaGguf } = await import('../infer/models/gguf-node.js');
+      const { writeTinyLlamaGguf } = await import('../infer/testing/gguf-node.js');
       const { AdminClient } = await import('../kbs/admin-client.js');
       const { startBroker } = await import('../kbs/app.js');
       const { DEFAULT_CONFIG } = await import('../kbs/config.js');

@@ -23,7 +23,7 @@ export function registerModel(program: Command): void {
     )
     .exitOverride()
     .action(async (out: string, o: { bytes?: string; seed: string }) => {
-      const { writeTinyLlamaGguf } = await import('../infer/models/gguf-node.js');
+      const { writeTinyLlamaGguf } = await import('../infer/testing/gguf-node.js');
       const started = performance.now();
       const m = await writeTinyLlamaGguf(out, {
         seed: integerOption(o.seed, '--seed', 0),

@@ -5,11 +5,16 @@
  * to its engine. GGUF stays in the private directory (llama.cpp maps it from there); an ONNX model
  * bundle (a tar of the model directory) is read into memory and its plaintext file wiped at once.
  */
-import { open, readFile, stat } from 'node:fs/promises';
+import { open, readFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import type { Header } from '../seal/format.js';
 import type { UnsealKey } from '../seal/keys.js';
-import { openSealedFile, readHeader, sha256FileOffThread, unsealFile } from '../seal/node.js';
+import {
+  openSealedPath,
+  type SealedPath,
+  sha256FileOffThread,
+  type UnwrappedSealedPath,
+} from '../seal/node.js';
 import { zeroAndUnlink } from '../tee/private-dir.js';
 import type { ModelIdentity } from '../wire/inference-identity.js';
 import type { EmbeddingEngine, TextEngine } from './engine/types.js';
@@ -104,15 +109,24 @@ export async function loadSealedModel(o: SealedModelOptions): Promise<LoadedMode
 
 /** Loads from `path` (the pinned descriptor); `o.file` is the name for messages. */
 async function loadFrom(path: string, o: SealedModelOptions): Promise<LoadedModel> {
-  const { header } = await readHeader(path);
-  const key = await o.key(header);
-  const reader = await openSealedFile(path, key);
-  let head: Uint8Array;
+  // One parse of the header and one unwrap of the data key serve the peek, the unsealing and the id.
+  const sealed = await openSealedPath(path);
   try {
-    head = await reader.read(0, Math.min(512, reader.plaintextLength));
+    const file = await sealed.unwrap(await o.key(sealed.header));
+    return await loadUnwrapped(path, sealed, file, o);
   } finally {
-    await reader.close();
+    await sealed.close();
   }
+}
+
+async function loadUnwrapped(
+  path: string,
+  sealed: SealedPath,
+  file: UnwrappedSealedPath,
+  o: SealedModelOptions,
+): Promise<LoadedModel> {
+  const reader = await file.reader();
+  const head = await reader.read(0, Math.min(512, reader.plaintextLength));
   const format = formatOf(head);
   if (format === 'onnx') {
     throw new ModelLoadError(
@@ -132,13 +146,14 @@ async function loadFrom(path: string, o: SealedModelOptions): Promise<LoadedMode
   const digest = sha256FileOffThread(path);
   digest.catch(() => {});
   const out = join(o.dir, `model-${counter++}`);
-  const size = (await stat(path)).size;
-  o.log(`unsealing ${o.file} (${(size / 2 ** 20).toFixed(1)} MiB, ${format}) into the private directory`);
+  o.log(
+    `unsealing ${o.file} (${(sealed.size / 2 ** 20).toFixed(1)} MiB, ${format}) into the private directory`,
+  );
   const started = performance.now();
-  await unsealFile(path, out, key);
+  await file.unsealTo(out);
   o.log(`unsealed in ${((performance.now() - started) / 1000).toFixed(2)} s`);
   await warm;
-  const id = o.id ?? modelIdOf(header, o.file);
+  const id = o.id ?? modelIdOf(sealed.header, o.file);
   let engine: TextEngine | EmbeddingEngine;
   if (format === 'gguf') {
     engine = await o.loaders.gguf(out);

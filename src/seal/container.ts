@@ -13,6 +13,7 @@ import {
   MAC_BYTES,
   parseHeader,
   plaintextLengthFromBody,
+  type RecipientStanza,
   SealFormatError,
 } from './format.js';
 import {
@@ -84,7 +85,11 @@ export async function beginOpen(
   key: UnsealKey,
   cipher?: ChunkCipher,
 ): Promise<BodyContext> {
-  const header = parseHeader(headerBytes);
+  return unwrapHeader(parseHeader(headerBytes), key, cipher);
+}
+
+/** Unwraps the data key of a parsed header with `key` and checks the header MAC with it. */
+async function unwrapHeader(header: Header, key: UnsealKey, cipher?: ChunkCipher): Promise<BodyContext> {
   const dataKey = await unwrapDataKey(header.recipients, key);
   const keys = await deriveFileKeys(dataKey);
   await checkHeaderMac(keys.headerKey, header.authenticated, header.mac);
@@ -201,17 +206,100 @@ export function openStream(
   cipher?: ChunkCipher,
   tuning: StreamTuning = {},
 ): TransformStream<Uint8Array, Uint8Array> {
-  let ctx: BodyContext | undefined;
+  let body: BodyOpener | undefined;
   let head: Uint8Array = new Uint8Array(0);
-  let batcher: Batcher | undefined;
-  let stride = 0;
-  let index = 0;
-  let body = 0;
-  const pipe = new OrderedPipeline(tuning.inFlight ?? 2);
-  const submit = (input: Uint8Array, final: boolean, emit: (b: Uint8Array) => void) => {
-    const c = ctx!;
-    const first = index;
-    index += Math.max(1, Math.ceil(input.length / stride));
+  return new TransformStream({
+    async transform(data, c) {
+      const emit = (b: Uint8Array) => c.enqueue(b);
+      if (!body) {
+        head = concatBytes(head, data);
+        if (head.length < 16) return;
+        const hl = headerLengthOf(head);
+        if (head.length < hl) return;
+        body = new BodyOpener(await beginOpen(head.subarray(0, hl), key, cipher), tuning);
+        data = head.subarray(hl);
+      }
+      await body.add(data, emit);
+    },
+    async flush(c) {
+      if (!body) {
+        if (head.length >= 16) headerLengthOf(head);
+        throw new SealFormatError(
+          head.length === 0 ? 'not-sealed' : 'truncated',
+          head.length === 0
+            ? 'input is empty, not a sealed file'
+            : 'sealed file is truncated inside its header',
+        );
+      }
+      await body.end((b) => c.enqueue(b));
+    },
+  });
+}
+
+/**
+ * The body of a sealed file (the bytes after its header) → plaintext, for a header already parsed and
+ * unwrapped (`SealedFile.unwrap`); otherwise as `openStream`.
+ */
+export function openBodyStream(
+  ctx: BodyContext,
+  tuning: StreamTuning = {},
+): TransformStream<Uint8Array, Uint8Array> {
+  const body = new BodyOpener(ctx, tuning);
+  return new TransformStream({
+    transform: (data, c) => body.add(data, (b) => c.enqueue(b)),
+    flush: (c) => body.end((b) => c.enqueue(b)),
+  });
+}
+
+/** Decrypts a body fed in pieces of any size, checking its length against the header as it goes. */
+class BodyOpener {
+  private readonly batcher: Batcher;
+  private readonly pipe: OrderedPipeline;
+  private readonly stride: number;
+  private index = 0;
+  private length = 0;
+
+  constructor(
+    private readonly ctx: BodyContext,
+    tuning: StreamTuning,
+  ) {
+    this.stride = ctx.header.chunkSize + TAG_BYTES;
+    this.batcher = new Batcher(chunksPerBatch(ctx.header.chunkSize) * this.stride);
+    this.pipe = new OrderedPipeline(tuning.inFlight ?? 2);
+  }
+
+  async add(data: Uint8Array, emit: (b: Uint8Array) => void): Promise<void> {
+    this.length += data.length;
+    const { plaintextLength, chunkSize } = this.ctx.header;
+    if (
+      plaintextLength !== undefined &&
+      this.length > plaintextLength + chunkCount(plaintextLength, chunkSize) * TAG_BYTES
+    ) {
+      throw new SealFormatError(
+        'trailing-data',
+        'sealed file has data after its final chunk (extended or concatenated)',
+      );
+    }
+    for (const full of this.batcher.add(data, true)) await this.submit(full, false, emit);
+  }
+
+  async end(emit: (b: Uint8Array) => void): Promise<void> {
+    const { plaintextLength, chunkSize } = this.ctx.header;
+    const implied = plaintextLengthFromBody(this.length, chunkSize);
+    if (plaintextLength !== undefined && implied !== plaintextLength) {
+      throw new SealFormatError(
+        'truncated',
+        `sealed body holds ${implied} of the ${plaintextLength} plaintext bytes the header declares (truncated)`,
+      );
+    }
+    await this.submit(this.batcher.rest(), true, emit);
+    await this.pipe.drain(emit);
+  }
+
+  private submit(input: Uint8Array, final: boolean, emit: (b: Uint8Array) => void): Promise<void> {
+    const c = this.ctx;
+    const first = this.index;
+    this.index += Math.max(1, Math.ceil(input.length / this.stride));
     const batch = {
       key: c.payloadKey,
       noncePrefix: c.header.noncePrefix,
@@ -222,63 +310,14 @@ export function openStream(
       input,
       disposable: true,
     };
-    return pipe.push(async () => {
+    return this.pipe.push(async () => {
       try {
         return await c.cipher.open(batch);
       } catch (e) {
         rethrowAuth(e);
       }
     }, emit);
-  };
-  return new TransformStream({
-    async transform(data, c) {
-      const emit = (b: Uint8Array) => c.enqueue(b);
-      if (!ctx) {
-        head = concatBytes(head, data);
-        if (head.length < 16) return;
-        const hl = headerLengthOf(head);
-        if (head.length < hl) return;
-        ctx = await beginOpen(head.subarray(0, hl), key, cipher);
-        stride = ctx.header.chunkSize + TAG_BYTES;
-        batcher = new Batcher(chunksPerBatch(ctx.header.chunkSize) * stride);
-        data = head.subarray(hl);
-      }
-      body += data.length;
-      const { plaintextLength, chunkSize } = ctx.header;
-      if (
-        plaintextLength !== undefined &&
-        body > plaintextLength + chunkCount(plaintextLength, chunkSize) * TAG_BYTES
-      ) {
-        throw new SealFormatError(
-          'trailing-data',
-          'sealed file has data after its final chunk (extended or concatenated)',
-        );
-      }
-      for (const full of batcher!.add(data, true)) await submit(full, false, emit);
-    },
-    async flush(c) {
-      if (!ctx) {
-        if (head.length >= 16) headerLengthOf(head);
-        throw new SealFormatError(
-          head.length === 0 ? 'not-sealed' : 'truncated',
-          head.length === 0
-            ? 'input is empty, not a sealed file'
-            : 'sealed file is truncated inside its header',
-        );
-      }
-      const { plaintextLength, chunkSize } = ctx.header;
-      const implied = plaintextLengthFromBody(body, chunkSize);
-      if (plaintextLength !== undefined && implied !== plaintextLength) {
-        throw new SealFormatError(
-          'truncated',
-          `sealed body holds ${implied} of the ${plaintextLength} plaintext bytes the header declares (truncated)`,
-        );
-      }
-      const emit = (b: Uint8Array) => c.enqueue(b);
-      await submit(batcher!.rest(), true, emit);
-      await pipe.drain(emit);
-    },
-  });
+  }
 }
 
 /**
@@ -366,26 +405,98 @@ export interface OpenedBody {
 }
 
 /**
- * Reads and authenticates the header of a sealed source and checks that its size matches a whole
- * number of chunks and the declared length, so truncation and extension are refused before any read.
+ * A sealed file whose header has been read and parsed, once: what it says (name, recipients, sizes)
+ * without a key, then `unwrap` for everything that needs one. Loading a model asks the broker for the
+ * key named in the header, peeks at the plaintext and unseals it all; each step works from this one
+ * parsed header and one unwrapped data key rather than reading and unwrapping the file again.
  */
-export async function openBody(src: RangeSource, key: UnsealKey, cipher?: ChunkCipher): Promise<OpenedBody> {
+export interface SealedFile {
+  readonly header: Header;
+  readonly recipients: readonly RecipientStanza[];
+  /** The original name recorded when sealing (may be empty). */
+  readonly name: string;
+  /** Size of the sealed file in bytes. */
+  readonly size: number;
+  /**
+   * Unwraps the data key with `key` and checks the header MAC, then that the size matches a whole
+   * number of chunks and the declared length, so truncation and extension are refused before any
+   * read. `cipher` decrypts the chunks (default: Web Crypto).
+   */
+  unwrap(key: UnsealKey, cipher?: ChunkCipher): Promise<UnwrappedSealedFile>;
+}
+
+/** A sealed file with its data key: its body as plaintext, streamed or by range. */
+export interface UnwrappedSealedFile extends OpenedBody {
+  readonly header: Header;
+  /**
+   * Random access. The final chunk is decrypted once here, so a file whose last chunk was cut or
+   * replaced is refused now rather than at some later read.
+   */
+  reader(): Promise<SealedReader>;
+  /** The sealed bytes after the header, read as the consumer pulls. */
+  body(): ReadableStream<Uint8Array>;
+  /** The whole plaintext: `body()` through `openBodyStream`. */
+  stream(tuning?: StreamTuning & { cipher?: ChunkCipher }): ReadableStream<Uint8Array>;
+}
+
+/** Parses the header of sealed bytes, or of anything that reads ranges (see `SealedFile`). */
+export async function openSealed(source: Uint8Array | RangeSource): Promise<SealedFile> {
+  const src = source instanceof Uint8Array ? bytesSource(source) : source;
   if (src.size < 16) {
     throw new SealFormatError(src.size === 0 ? 'not-sealed' : 'truncated', 'not a sealed file (too short)');
   }
   const hl = headerLengthOf(await src.read(0, 16));
   if (src.size < hl) throw new SealFormatError('truncated', 'sealed file is truncated inside its header');
-  const ctx = await beginOpen(await src.read(0, hl), key, cipher);
-  const implied = plaintextLengthFromBody(src.size - hl, ctx.header.chunkSize);
-  const declared = ctx.header.plaintextLength;
-  if (declared !== undefined && implied !== declared) {
-    const short = implied < declared;
-    throw new SealFormatError(
-      short ? 'truncated' : 'trailing-data',
-      `sealed file holds ${implied} plaintext bytes but its header declares ${declared} (${short ? 'truncated' : 'extended'})`,
-    );
-  }
-  return { ctx, plaintextLength: implied, count: chunkCount(implied, ctx.header.chunkSize), bodyOffset: hl };
+  const header = parseHeader(await src.read(0, hl));
+  return {
+    header,
+    recipients: header.recipients,
+    name: header.name,
+    size: src.size,
+    async unwrap(key, cipher) {
+      const ctx = await unwrapHeader(header, key, cipher);
+      const implied = plaintextLengthFromBody(src.size - hl, header.chunkSize);
+      const declared = header.plaintextLength;
+      if (declared !== undefined && implied !== declared) {
+        const short = implied < declared;
+        throw new SealFormatError(
+          short ? 'truncated' : 'trailing-data',
+          `sealed file holds ${implied} plaintext bytes but its header declares ${declared} (${short ? 'truncated' : 'extended'})`,
+        );
+      }
+      const opened = {
+        ctx,
+        plaintextLength: implied,
+        count: chunkCount(implied, header.chunkSize),
+        bodyOffset: hl,
+      };
+      const body = () => rangeStream(src, hl, src.size);
+      return {
+        ...opened,
+        header,
+        reader: () => readerOver(src, opened),
+        body,
+        stream: (tuning = {}) =>
+          body().pipeThrough(openBodyStream(tuning.cipher ? { ...ctx, cipher: tuning.cipher } : ctx, tuning)),
+      };
+    },
+  };
+}
+
+/** Bytes [start, end) of a source, a batch (4 MiB) per piece as the consumer pulls. */
+function rangeStream(src: RangeSource, start: number, end: number): ReadableStream<Uint8Array> {
+  let at = start;
+  return new ReadableStream<Uint8Array>(
+    {
+      async pull(c) {
+        if (at === end) return c.close();
+        const n = Math.min(BATCH_BYTES, end - at);
+        c.enqueue(await src.read(at, n));
+        at += n;
+      },
+    },
+    { highWaterMark: 0 },
+  );
 }
 
 /**
@@ -397,7 +508,11 @@ export async function openReader(
   key: UnsealKey,
   cipher?: ChunkCipher,
 ): Promise<SealedReader> {
-  const { ctx, plaintextLength, count, bodyOffset: hl } = await openBody(src, key, cipher);
+  return (await (await openSealed(src)).unwrap(key, cipher)).reader();
+}
+
+async function readerOver(src: RangeSource, opened: OpenedBody): Promise<SealedReader> {
+  const { ctx, plaintextLength, count, bodyOffset: hl } = opened;
   const { chunkSize } = ctx.header;
   const stride = chunkSize + TAG_BYTES;
   const decrypt = async (first: number, last: number): Promise<Uint8Array> => {

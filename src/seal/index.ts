@@ -1,8 +1,9 @@
 /**
  * Cloister's sealed format (`cloister/seal`), web-standard (Web Crypto, WHATWG streams) so it runs in
- * browsers too: seal and open buffers and streams, random access over any `RangeSource`, keys and their
- * JWK files. The format is docs/format.md. Node additions (files, pipes, worker threads,
- * `unsealToMemory`) stay in node.ts, outside this entry point, so a browser bundle never pulls them in.
+ * browsers too: seal and open buffers and streams, random access over any `RangeSource`, a parsed
+ * sealed file (`openSealed`: header once, key unwrapped once), keys and their JWK files. The format is
+ * docs/format.md. Node additions (files, pipes, worker threads, `openSealedPath`, `unsealToMemory`)
+ * stay in node.ts, outside this entry point, so a browser bundle never pulls them in.
  */
 export { ChunkAuthError, type ChunkCipher } from './aead.js';
 export {
@@ -10,15 +11,19 @@ export {
   beginSeal,
   bytesSource,
   DEFAULT_CHUNK_SIZE,
+  openBodyStream,
   openBytes,
   openReader,
+  openSealed,
   openStream,
   type RangeSource,
+  type SealedFile,
   type SealedReader,
   type SealOptions,
   type StreamTuning,
   sealBytes,
   sealStream,
+  type UnwrappedSealedFile,
 } from './container.js';
 export {
   type Header,

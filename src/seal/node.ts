@@ -23,17 +23,18 @@ import type { ChunkCipher } from './aead.js';
 import { bestChunkCipher } from './aead-native.js';
 import {
   beginSeal,
-  type OpenedBody,
-  openBody,
-  openReader,
+  openBodyStream,
+  openSealed,
   openStream,
   type RangeSource,
   rethrowAuth,
+  type SealedFile,
   type SealedReader,
   type SealOptions,
   sealStream,
+  type UnwrappedSealedFile,
 } from './container.js';
-import { chunkCount, type Header, headerLengthOf, parseHeader, SealFormatError } from './format.js';
+import { chunkCount, type Header, SealFormatError } from './format.js';
 import type { UnsealKey } from './keys.js';
 import { WorkerPoolCipher } from './pool.js';
 import type { FileRangeJob } from './worker.js';
@@ -81,17 +82,19 @@ async function withCipher<T>(
 function inputStream(path: string, onProgress?: (n: number) => void): ReadableStream<Uint8Array> {
   const node = path === '-' ? process.stdin : createReadStream(path, { highWaterMark: READ_BYTES });
   const web = pullFrom(node);
-  if (!onProgress) return web;
-  let done = 0;
-  return web.pipeThrough(
-    new TransformStream<Uint8Array, Uint8Array>({
-      transform(b, c) {
-        done += b.length;
-        onProgress(done);
-        c.enqueue(b);
-      },
-    }),
-  );
+  return onProgress ? web.pipeThrough(counting(onProgress, 0)) : web;
+}
+
+/** Passes bytes through, calling `onProgress` with the running total (from `start`). */
+function counting(onProgress: (n: number) => void, start: number): TransformStream<Uint8Array, Uint8Array> {
+  let done = start;
+  return new TransformStream<Uint8Array, Uint8Array>({
+    transform(b, c) {
+      done += b.length;
+      onProgress(done);
+      c.enqueue(b);
+    },
+  });
 }
 
 /**
@@ -407,39 +410,23 @@ export async function unsealFile(
 ): Promise<void> {
   checkWorkers(opts.workers);
   const size = await inputSize(input);
-  const n = rangeWorkers(input, out, size, opts.workers);
-  if (n > 0) {
-    const { ctx, plaintextLength, count, bodyOffset } = await openFileBody(input, key);
-    const keys = {
-      key: ctx.payloadKey,
-      noncePrefix: ctx.header.noncePrefix,
-      aad: ctx.aad,
-      chunkSize: ctx.header.chunkSize,
-    };
-    await withTemporary(out, opts.force, (tmp) =>
-      runRanges(
-        {
-          kind: 'open-file',
-          input,
-          output: tmp,
-          headerLength: bodyOffset,
-          plaintextLength,
-          chunkCount: count,
-          keys,
-        },
-        n,
-        opts.onProgress,
+  if (size === undefined) {
+    // A pipe: its header is read as it arrives.
+    await withCipher(size, opts.workers, (cipher, inFlight) =>
+      writeOutput(
+        inputStream(input, opts.onProgress).pipeThrough(openStream(key, cipher, { inFlight })),
+        out,
+        opts.force,
       ),
     );
     return;
   }
-  await withCipher(size, opts.workers, (cipher, inFlight) =>
-    writeOutput(
-      inputStream(input, opts.onProgress).pipeThrough(openStream(key, cipher, { inFlight })),
-      out,
-      opts.force,
-    ),
-  );
+  const sealed = await openSealedPath(input);
+  try {
+    await (await sealed.unwrap(key)).unsealTo(out, opts);
+  } finally {
+    await sealed.close();
+  }
 }
 
 function fileSource(fh: FileHandle, size: number): RangeSource {
@@ -468,19 +455,118 @@ export async function sha256FileOffThread(path: string): Promise<string> {
   }
 }
 
+export interface MemoryOptions {
+  workers?: number;
+  /** Destination backed by a SharedArrayBuffer, exactly the plaintext length (e.g. a model arena). */
+  into?: Uint8Array;
+}
+
+/** A sealed file on disk, its header parsed once (see `SealedFile`); close() it when done. */
+export interface SealedPath extends SealedFile {
+  readonly path: string;
+  /** As `SealedFile.unwrap`, decrypting with the fastest cipher here. */
+  unwrap(key: UnsealKey): Promise<UnwrappedSealedPath>;
+  close(): Promise<void>;
+}
+
+export interface UnwrappedSealedPath extends UnwrappedSealedFile {
+  /** The plaintext to `out` (or stdout, '-'), as `unsealFile`. */
+  unsealTo(out: string, opts?: FileOptions): Promise<void>;
+  /** The plaintext into memory, as `unsealToMemory`. */
+  toMemory(opts?: MemoryOptions): Promise<Uint8Array>;
+}
+
+/**
+ * Opens a sealed file and parses its header once. Reads on this thread go through the one descriptor
+ * opened here; worker threads (large files) open `path` themselves.
+ */
+export async function openSealedPath(path: string): Promise<SealedPath> {
+  const size = await inputSize(path);
+  if (size === undefined) throw new FileError(`${path}: needs a regular file, not a pipe`);
+  const fh = await open(path, 'r');
+  let sealed: SealedFile;
+  try {
+    sealed = await openSealed(fileSource(fh, size));
+  } catch (e) {
+    await fh.close();
+    if (e instanceof SealFormatError) e.message = `${path}: ${e.message}`;
+    throw e;
+  }
+  return {
+    header: sealed.header,
+    recipients: sealed.recipients,
+    name: sealed.name,
+    size,
+    path,
+    close: () => fh.close(),
+    async unwrap(key) {
+      const file = await sealed.unwrap(key, bestChunkCipher());
+      return {
+        ...file,
+        unsealTo: (out, opts = {}) => unsealOpened(path, size, file, out, opts),
+        toMemory: (opts = {}) => unsealOpenedToMemory(path, size, file, opts),
+      };
+    },
+  };
+}
+
+async function unsealOpened(
+  input: string,
+  size: number,
+  file: UnwrappedSealedFile,
+  out: string,
+  opts: FileOptions,
+): Promise<void> {
+  checkWorkers(opts.workers);
+  const n = rangeWorkers(input, out, size, opts.workers);
+  if (n > 0) {
+    const { ctx, plaintextLength, count, bodyOffset } = file;
+    const keys = {
+      key: ctx.payloadKey,
+      noncePrefix: ctx.header.noncePrefix,
+      aad: ctx.aad,
+      chunkSize: ctx.header.chunkSize,
+    };
+    await withTemporary(out, opts.force, (tmp) =>
+      runRanges(
+        {
+          kind: 'open-file',
+          input,
+          output: tmp,
+          headerLength: bodyOffset,
+          plaintextLength,
+          chunkCount: count,
+          keys,
+        },
+        n,
+        opts.onProgress,
+      ),
+    );
+    return;
+  }
+  await withCipher(size, opts.workers, (cipher, inFlight) => {
+    const body = opts.onProgress
+      ? file.body().pipeThrough(counting(opts.onProgress, file.bodyOffset))
+      : file.body();
+    return writeOutput(
+      body.pipeThrough(openBodyStream({ ...file.ctx, cipher }, { inFlight })),
+      out,
+      opts.force,
+    );
+  });
+}
+
 /** Random access to a sealed file; call close() when done. */
 export async function openSealedFile(
   path: string,
   key: UnsealKey,
 ): Promise<SealedReader & { close(): Promise<void> }> {
-  const size = await inputSize(path);
-  if (size === undefined) throw new FileError(`${path}: random access needs a regular file, not a pipe`);
-  const fh = await open(path, 'r');
+  const sealed = await openSealedPath(path);
   try {
-    const reader = await openReader(fileSource(fh, size), key, bestChunkCipher());
-    return { ...reader, close: () => fh.close() };
+    const reader = await (await sealed.unwrap(key)).reader();
+    return { ...reader, close: () => sealed.close() };
   } catch (e) {
-    await fh.close();
+    await sealed.close();
     throw e;
   }
 }
@@ -508,22 +594,9 @@ export async function unsealRange(
 
 /** Reads and parses just the header (no key needed, no secrets shown). */
 export async function readHeader(path: string): Promise<{ header: Header; fileSize: number }> {
-  const size = await inputSize(path);
-  if (size === undefined) throw new FileError(`${path}: inspect needs a regular file`);
-  const fh = await open(path, 'r');
-  try {
-    const src = fileSource(fh, size);
-    if (size < 16)
-      throw new SealFormatError(
-        size === 0 ? 'not-sealed' : 'truncated',
-        `${path} is not a sealed file (too short)`,
-      );
-    const hl = headerLengthOf(await src.read(0, 16));
-    if (size < hl) throw new SealFormatError('truncated', `${path}: sealed header is truncated`);
-    return { header: parseHeader(await src.read(0, hl)), fileSize: size };
-  } finally {
-    await fh.close();
-  }
+  const sealed = await openSealedPath(path);
+  await sealed.close();
+  return { header: sealed.header, fileSize: sealed.size };
 }
 
 /**
@@ -534,16 +607,25 @@ export async function readHeader(path: string): Promise<{ header: Header; fileSi
 export async function unsealToMemory(
   path: string,
   key: UnsealKey,
-  opts: {
-    workers?: number;
-    /** Destination backed by a SharedArrayBuffer, exactly the plaintext length (e.g. a model arena). */
-    into?: Uint8Array;
-  } = {},
+  opts: MemoryOptions = {},
 ): Promise<Uint8Array> {
   checkWorkers(opts.workers);
-  const size = await inputSize(path);
-  if (size === undefined) throw new FileError(`${path}: unsealing to memory needs a regular file`);
-  const { ctx, plaintextLength, count, bodyOffset } = await openFileBody(path, key);
+  const sealed = await openSealedPath(path);
+  try {
+    return await (await sealed.unwrap(key)).toMemory(opts);
+  } finally {
+    await sealed.close();
+  }
+}
+
+async function unsealOpenedToMemory(
+  path: string,
+  size: number,
+  file: UnwrappedSealedFile,
+  opts: MemoryOptions,
+): Promise<Uint8Array> {
+  checkWorkers(opts.workers);
+  const { ctx, plaintextLength, count, bodyOffset } = file;
   const n = opts.workers ?? (size >= PARALLEL_THRESHOLD ? availableParallelism() : 1);
   if (
     opts.into &&
@@ -578,16 +660,4 @@ export async function unsealToMemory(
     throw e;
   }
   return memory;
-}
-
-/** Reads and authenticates a sealed file's header and checks its size (see `openBody`). */
-async function openFileBody(path: string, key: UnsealKey): Promise<OpenedBody> {
-  const size = await inputSize(path);
-  if (size === undefined) throw new FileError(`${path}: needs a regular file`);
-  const fh = await open(path, 'r');
-  try {
-    return await openBody(fileSource(fh, size), key, bestChunkCipher());
-  } finally {
-    await fh.close();
-  }
 }

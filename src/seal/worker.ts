@@ -68,8 +68,9 @@ async function runFileRange(job: FileRangeJob): Promise<void> {
         const final = i === job.chunkCount - 1;
         // In place: the chunk lands where its plaintext belongs and its tag spills into the next
         // chunk's space, which this worker fills next. The range's last chunk would spill into
-        // another worker's space (or past the buffer), so it goes through a scratch buffer.
-        const inPlace = i < job.end - 1;
+        // another worker's space (or past the buffer), and so would one followed by a final chunk
+        // shorter than a tag: those go through a scratch buffer.
+        const inPlace = i < job.end - 1 && plainLen(i + 1) >= TAG_BYTES;
         const sealed = inPlace
           ? out.subarray(i * cs, i * cs + len + TAG_BYTES)
           : scratch.subarray(0, len + TAG_BYTES);

@@ -6,13 +6,12 @@
  * as they pass, so the digest in the receipt is of exactly the bytes that were read or written.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { type FileHandle, open, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { bestChunkCipher } from '../seal/aead-native.js';
-import { beginSeal, openStream, sealStream } from '../seal/container.js';
+import { beginSeal, openBodyStream, sealStream } from '../seal/container.js';
 import type { Recipient } from '../seal/keys.js';
-import { readHeader } from '../seal/node.js';
+import { openSealedPath } from '../seal/node.js';
 import type { ConfinedDir } from './confined.js';
 import type { KekCache } from './keys.js';
 
@@ -97,31 +96,39 @@ export async function unsealInto(
   name: string,
   keys: KekCache,
 ): Promise<UnsealedFile> {
-  const { header } = await readHeader(sealedPath);
-  const kek = await keys.forHeader(header, sealedPath);
-  const out = join(dir, name);
-  const hash = createHash('sha256');
-  const fh = await open(out, 'wx', 0o600);
-  let size = 0;
+  // The header is read and parsed once, and the data key unwrapped once, for the key request and the
+  // unsealing; all reads go through one descriptor.
+  const sealed = await openSealedPath(sealedPath);
   try {
-    const count = new TransformStream<Uint8Array, Uint8Array>({
-      transform(b, c) {
-        size += b.length;
-        c.enqueue(b);
-      },
-    });
-    await pullFrom(createReadStream(sealedPath, { highWaterMark: 4 << 20 }))
-      .pipeThrough(hashing(hash))
-      .pipeThrough(openStream(kek, bestChunkCipher()))
-      .pipeThrough(count)
-      .pipeTo(fileSink(fh));
-  } catch (e) {
+    const kek = await keys.forHeader(sealed.header, sealedPath);
+    const file = await sealed.unwrap(kek);
+    const out = join(dir, name);
+    const hash = createHash('sha256').update(sealed.header.raw);
+    const fh = await open(out, 'wx', 0o600);
+    let size = 0;
+    try {
+      const count = new TransformStream<Uint8Array, Uint8Array>({
+        transform(b, c) {
+          size += b.length;
+          c.enqueue(b);
+        },
+      });
+      await file
+        .body()
+        .pipeThrough(hashing(hash))
+        .pipeThrough(openBodyStream(file.ctx))
+        .pipeThrough(count)
+        .pipeTo(fileSink(fh));
+    } catch (e) {
+      await fh.close();
+      await zeroAndRemove(out);
+      throw e;
+    }
     await fh.close();
-    await zeroAndRemove(out);
-    throw e;
+    return { path: out, name, kbsUri: kek.uri!, sealedSha256: hash.digest('hex'), size };
+  } finally {
+    await sealed.close();
   }
-  await fh.close();
-  return { path: out, name, kbsUri: kek.uri!, sealedSha256: hash.digest('hex'), size };
 }
 
 export interface SealedOutput {

@@ -1,8 +1,11 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import path from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { devDir, gramineDir, tempDir } from '../tee/evidence/helpers.js';
+import { cliTimeouts } from './run.js';
+
+vi.setConfig(cliTimeouts());
 
 // `cloister agent detect` as users run it: `node bin/cloister.js` over the compiled dist/. PATH is
 // emptied so that an nvidia-smi on the test machine cannot change the answers.

@@ -1,5 +1,7 @@
-import { expect, it } from 'vitest';
-import { cloister } from './run.js';
+import { expect, it, vi } from 'vitest';
+import { cliTimeouts, cloister } from './run.js';
+
+vi.setConfig(cliTimeouts());
 
 it('cloister demo: broker, sealed model, attested run, a policy refusal, confidential inference and the log verifying', () => {
   const r = cloister(['demo']);

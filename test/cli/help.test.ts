@@ -1,5 +1,7 @@
-import { expect, it } from 'vitest';
-import { cloister } from './run.js';
+import { expect, it, vi } from 'vitest';
+import { cliTimeouts, cloister } from './run.js';
+
+vi.setConfig(cliTimeouts(120_000));
 
 /** Every leaf command with its `--help` text, found by walking the command tree. */
 function leaves(path: string[] = []): [string, string][] {
@@ -17,7 +19,7 @@ it('every command has --help with an example', () => {
   const all = leaves();
   expect(all.length).toBeGreaterThan(15);
   expect(all.filter(([, help]) => !/Example/.test(help)).map(([name]) => name)).toEqual([]);
-}, 120_000);
+});
 
 it('lists the top-level verbs in their order, run among them (main.ts registers every one)', () => {
   const out = cloister(['--help']).stdout.toString();
@@ -41,4 +43,4 @@ it('lists the top-level verbs in their order, run among them (main.ts registers 
     'model',
     'help',
   ]);
-}, 60_000);
+});

@@ -1,10 +1,12 @@
 import { spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, expect, it } from 'vitest';
+import { afterAll, expect, it, vi } from 'vitest';
 import { generateKek } from '../../src/seal/keys.js';
 import { sealFile } from '../../src/seal/node.js';
-import { BIN, tempDir } from './run.js';
+import { BIN, cliTimeouts, tempDir } from './run.js';
+
+vi.setConfig(cliTimeouts(120_000));
 
 /** What each verb must not pay for at start: the engines, the stores and the broker's server. */
 const HEAVY = [
@@ -42,7 +44,7 @@ it('the hook sees a heavy package when one is loaded', () => {
   expect(packagesLoaded('control', ['--input-type=module', '-e', "await import('fastify')"])).toContain(
     'fastify',
   );
-}, 60_000);
+});
 
 it('--help and inspect load none of the heavy packages', async () => {
   const plain = join(dir, 'small.bin');
@@ -63,4 +65,4 @@ it('--help and inspect load none of the heavy packages', async () => {
       name,
     ).toEqual([]);
   }
-}, 120_000);
+});

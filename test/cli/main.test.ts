@@ -2,8 +2,10 @@
 import { spawnSync } from 'node:child_process';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { expect, it } from 'vitest';
-import { cloisterAsync } from './run.js';
+import { expect, it, vi } from 'vitest';
+import { cliTimeouts, cloisterAsync } from './run.js';
+
+vi.setConfig(cliTimeouts());
 
 const MAIN = new URL('../../dist/cli/main.js', import.meta.url).href;
 
@@ -66,4 +68,4 @@ it("a broker's error page is reported in one line, not spread over the operator'
   } finally {
     server.close();
   }
-}, 30_000);
+});

@@ -1,7 +1,9 @@
 /** Numeric options: a whole number or a one-line refusal, never NaN carried into the command. */
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { integerOption } from '../../src/cli/numbers.js';
-import { cloister } from './run.js';
+import { cliTimeouts, cloister } from './run.js';
+
+vi.setConfig(cliTimeouts());
 
 describe('integerOption', () => {
   it('accepts whole numbers from the minimum up', () => {

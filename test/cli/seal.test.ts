@@ -10,9 +10,11 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { decodeServingKeys } from '../../src/infer/serving-keys.js';
-import { cloister, cloisterAsync, smallTmpfs, tempDir } from './run.js';
+import { cliTimeout, cliTimeouts, cloister, cloisterAsync, smallTmpfs, tempDir } from './run.js';
+
+vi.setConfig(cliTimeouts());
 
 let dir: string;
 const plain = randomBytes(3 * 1024 * 1024 + 17);
@@ -275,7 +277,7 @@ describe('cloister seal / unseal', () => {
     child.stdin.on('error', () => {}); // the child is killed while its stdin is open: EPIPE is expected
     child.stdin.write(randomBytes(1024 * 1024));
     const started = Date.now();
-    while (!readdirSync(dir).some((f) => f.endsWith('.tmp')) && Date.now() - started < 15_000) {
+    while (!readdirSync(dir).some((f) => f.endsWith('.tmp')) && Date.now() - started < cliTimeout(15_000)) {
       await new Promise((r) => setTimeout(r, 50));
     }
     expect(readdirSync(dir).some((f) => f.endsWith('.tmp'))).toBe(true);
@@ -291,7 +293,7 @@ describe('cloister seal / unseal', () => {
     child.stdin.write(readFileSync(at('model.sealed')).subarray(0, 2 * 1024 * 1024));
     const temporaries = () => readdirSync(dir).filter((f) => f.startsWith('.killed.out.'));
     const started = Date.now();
-    while (temporaries().length === 0 && Date.now() - started < 15_000) {
+    while (temporaries().length === 0 && Date.now() - started < cliTimeout(15_000)) {
       await new Promise((r) => setTimeout(r, 50));
     }
     child.kill('SIGKILL');

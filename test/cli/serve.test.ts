@@ -1,12 +1,14 @@
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { offlineSource } from '../../src/attest/collateral/index.js';
 import { confidentialFetch } from '../../src/client/fetch.js';
 import { parseClientPolicy } from '../../src/client/policy.js';
 import { servingKeysFrom } from '../../src/infer/app.js';
-import { cloister, cloisterAsync, tempDir } from './run.js';
+import { cliTimeouts, cloister, cloisterAsync, tempDir } from './run.js';
+
+vi.setConfig(cliTimeouts());
 
 /** `cloister serve` and `cloister chat` as a user runs them: real engines, a sealed GGUF and ONNX bundle. */
 const dir = tempDir();
@@ -54,7 +56,7 @@ beforeAll(async () => {
     { cwd: dir },
   ) as ChildProcessWithoutNullStreams;
   url = await started(server);
-}, 60_000);
+});
 
 afterAll(() => {
   server?.kill('SIGTERM');

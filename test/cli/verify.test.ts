@@ -2,11 +2,14 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { encodeCompositeEvidence } from '../../src/attest/composite.js';
 import { verifyEar } from '../../src/attest/ear/index.js';
 import { createSampleAttester } from '../../src/attest/sample/index.js';
 import { fromBase64, fromHex, toBase64Url, utf8 } from '../../src/util/bytes.js';
+import { cliTimeouts } from './run.js';
+
+vi.setConfig(cliTimeouts());
 
 // The CLI is tested as users run it: `node bin/cloister.js` over the compiled dist/ (`npm test` builds
 // first; a bare `vitest run` builds here when dist/ is missing).

@@ -5,8 +5,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { loadLlamaEngine } from '../../src/infer/engine/llama.js';
 import { EngineError, type GenerateParams, type TextEngine } from '../../src/infer/engine/types.js';
-import { tinyLlamaGguf } from '../../src/infer/models/gguf.js';
-import { writeTinyLlamaGguf } from '../../src/infer/models/gguf-node.js';
+import { tinyLlamaGguf } from '../../src/infer/testing/gguf.js';
+import { writeTinyLlamaGguf } from '../../src/infer/testing/gguf-node.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'cloister-llama-'));
 const modelPath = join(dir, 'tiny.gguf');

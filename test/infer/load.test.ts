@@ -10,14 +10,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type * as Load from '../../src/infer/load.js';
-import type * as Gguf from '../../src/infer/models/gguf-node.js';
+import type * as Gguf from '../../src/infer/testing/gguf-node.js';
 import type * as Keys from '../../src/seal/keys.js';
 import type * as NodeSeal from '../../src/seal/node.js';
 import { ScriptedTextEngine } from './fake-engines.js';
 
 const dist = (p: string) => import(new URL(`../../dist/${p}`, import.meta.url).href);
 const { loadSealedModel } = (await dist('infer/load.js')) as typeof Load;
-const { writeTinyLlamaGguf } = (await dist('infer/models/gguf-node.js')) as typeof Gguf;
+const { writeTinyLlamaGguf } = (await dist('infer/testing/gguf-node.js')) as typeof Gguf;
 const { generateKek } = (await dist('seal/keys.js')) as typeof Keys;
 const { sealFile } = (await dist('seal/node.js')) as typeof NodeSeal;
 

@@ -7,10 +7,12 @@ import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { type AddressInfo, createServer } from 'node:net';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { KbsClient } from '../../src/tee/kbs-client.js';
-import { BIN, tempDir } from '../cli/run.js';
+import { BIN, cliTimeouts, tempDir } from '../cli/run.js';
 import { sampleAttester, type TestBroker, testBroker } from './helpers.js';
+
+vi.setConfig(cliTimeouts());
 
 interface Run {
   code: number | null;

@@ -6,9 +6,11 @@
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BIN, cloister } from '../cli/run.js';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { BIN, cliTimeouts, cloister } from '../cli/run.js';
 import { adminToken, type TestKeys, testKeys } from './helpers.js';
+
+vi.setConfig(cliTimeouts());
 
 interface Served {
   proc: ChildProcess;

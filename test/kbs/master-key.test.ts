@@ -1,10 +1,12 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { expect, it } from 'vitest';
+import { expect, it, vi } from 'vitest';
 import { KbsClient } from '../../src/tee/kbs-client.js';
-import { cloister } from '../cli/run.js';
+import { cliTimeouts, cloister } from '../cli/run.js';
 import { sampleAttester, testBroker } from './helpers.js';
+
+vi.setConfig(cliTimeouts());
 
 const key = () => btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
 

@@ -224,3 +224,71 @@ describe('file outputs: worker counts, ranges, temporaries', () => {
     expect(readdirSync(dir).filter((f) => f.includes('g.sealed'))).toEqual([]);
   });
 });
+
+describe('unsealToMemory with a final chunk shorter than a tag', () => {
+  it('decrypts the chunk before it through scratch, not past the end of the buffer', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'cloister-mem-short-'));
+    const k = kek();
+    const plain = randomBytes(5 * 65536 + 11);
+    writeFileSync(join(dir, 'p'), plain);
+    await dist.sealFile(join(dir, 'p'), join(dir, 's'), {
+      recipients: [{ type: 'kbs', uri: URI, kek: k.secret }],
+      chunkSize: 65536,
+    });
+    for (const workers of [1, 2, 6]) {
+      expect(Buffer.from(await dist.unsealToMemory(join(dir, 's'), k, { workers })).equals(plain)).toBe(true);
+    }
+  });
+});
+
+describe('openSealedPath', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'cloister-path-'));
+  const at = (n: string) => join(dir, n);
+  const k = kek();
+  const plain = randomBytes(5 * 65536 + 11);
+
+  it('one parsed header and one unwrap serve random access, a file and memory, on and off workers', async () => {
+    writeFileSync(at('p'), plain);
+    await dist.sealFile(at('p'), at('s'), {
+      recipients: [{ type: 'kbs', uri: URI, kek: k.secret }],
+      chunkSize: 65536,
+    });
+    const sealed = await dist.openSealedPath(at('s'));
+    try {
+      expect(sealed.name).toBe('p');
+      expect(sealed.size).toBe(statSync(at('s')).size);
+      expect(sealed.recipients.map((r) => r.keyId)).toEqual([URI]);
+      const file = await sealed.unwrap(k);
+      expect(
+        Buffer.from(await (await file.reader()).read(65530, 65540)).equals(plain.subarray(65530, 65540)),
+      ).toBe(true);
+      for (const workers of [0, 2]) {
+        await file.unsealTo(at(`out${workers}`), { workers });
+        expect(readFileSync(at(`out${workers}`)).equals(plain)).toBe(true);
+        expect(Buffer.from(await file.toMemory({ workers: workers || 1 })).equals(plain)).toBe(true);
+      }
+    } finally {
+      await sealed.close();
+    }
+  });
+
+  it('names the file in a format error, refuses a pipe, and refuses a cut body before any output', async () => {
+    writeFileSync(at('short'), 'not sealed');
+    await expect(dist.openSealedPath(at('short'))).rejects.toMatchObject({
+      code: 'truncated',
+      message: `${at('short')}: not a sealed file (too short)`,
+    });
+    await expect(dist.openSealedPath('-')).rejects.toThrow(/needs a regular file/);
+    writeFileSync(at('cut'), readFileSync(at('s')).subarray(0, statSync(at('s')).size - 100));
+    const cut = await dist.openSealedPath(at('cut'));
+    try {
+      await expect(cut.unwrap(k)).rejects.toMatchObject({ code: 'truncated' });
+    } finally {
+      await cut.close();
+    }
+    await expect(dist.unsealFile(at('cut'), at('cut.out'), k, { workers: 0 })).rejects.toMatchObject({
+      code: 'truncated',
+    });
+    expect(readdirSync(dir).filter((f) => f.includes('cut.out'))).toEqual([]);
+  });
+});

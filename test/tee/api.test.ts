@@ -3,14 +3,17 @@ import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { verifyEar } from '../../src/attest/ear/index.js';
 import { parseSampleEvidence } from '../../src/attest/sample/evidence.js';
 import { verifySampleEvidence } from '../../src/attest/sample/verify.js';
 import { openBytes, sealBytes } from '../../src/seal/container.js';
 import { fromBase64, fromHex, utf8 } from '../../src/util/bytes.js';
+import { cliTimeouts } from '../cli/run.js';
 import { type FakeKbs, startFakeKbs } from './fake-kbs.js';
 import { cli, ensureBuilt, putKek, tempDir, waitFor, writeSealed } from './helpers.js';
+
+vi.setConfig(cliTimeouts());
 
 let kbs: FakeKbs;
 let work: string;

@@ -8,11 +8,14 @@ import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { exportJWK, generateKeyPair } from 'jose';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { openBytes } from '../../src/seal/container.js';
 import { keyFromJwk } from '../../src/seal/keys.js';
 import { utf8 } from '../../src/util/bytes.js';
+import { cliTimeouts } from '../cli/run.js';
 import { cli, ensureBuilt, entries, shmParent, tempDir, waitFor } from './helpers.js';
+
+vi.setConfig(cliTimeouts());
 
 let dir: string;
 let shm: string;
@@ -70,7 +73,7 @@ beforeAll(async () => {
   await ok(['kbs', 'resource', 'put', 'owner/models/denied', 'denied.kek', ...admin()]);
   writeFileSync(join(dir, 'deny.cel'), 'false\n');
   await ok(['kbs', 'policy', 'set', 'resource:owner/models/denied', 'deny.cel', ...admin()]);
-}, 60_000);
+});
 
 afterAll(async () => {
   broker?.child.kill('SIGTERM');

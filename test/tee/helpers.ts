@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { sealBytes } from '../../src/seal/container.js';
 import { generateKek, type KekKey, kekToJwk } from '../../src/seal/keys.js';
 import { utf8 } from '../../src/util/bytes.js';
+import { cliTimeout } from '../cli/run.js';
 import type { FakeKbs } from './fake-kbs.js';
 
 export const BIN = new URL('../../bin/cloister.js', import.meta.url).pathname;
@@ -61,7 +62,7 @@ export async function waitFor(
   read: () => string,
   test: RegExp,
   child: ChildProcess,
-  ms = 15_000,
+  ms = cliTimeout(15_000),
 ): Promise<void> {
   const start = Date.now();
   while (!test.test(read())) {

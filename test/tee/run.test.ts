@@ -1,13 +1,16 @@
 import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { createDefaultRegistry } from '../../src/attest/index.js';
 import { openBytes } from '../../src/seal/container.js';
 import { generateHpkeKeyPair, hpkePublicToJwk } from '../../src/seal/keys.js';
 import { verifyReceipt } from '../../src/tee/receipt.js';
 import { sha256, toHex, utf8 } from '../../src/util/bytes.js';
+import { cliTimeouts } from '../cli/run.js';
 import { type FakeKbs, startFakeKbs } from './fake-kbs.js';
 import { cli, ensureBuilt, entries, putKek, shmParent, tempDir, waitFor, writeSealed } from './helpers.js';
+
+vi.setConfig(cliTimeouts(120_000));
 
 let kbs: FakeKbs;
 let work: string;
@@ -452,7 +455,7 @@ describe('cloister run', () => {
       expect(next.code).toBe(0);
       expect(next.stderr).toContain(`wiped ${join(shm, left[0]!)}, left by process ${run.child.pid}`);
       expect(entries(shm)).toEqual([]);
-    }, 120_000);
+    });
   }
 
   describe('wipes the private directory on every exit path', () => {

@@ -1,11 +1,13 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { formatBundle } from '../../src/translog/bundle.js';
 import { signerFromJwk } from '../../src/translog/note.js';
 import { MemoryLogStore, TransparencyLog } from '../../src/translog/store.js';
-import { cloister, tempDir } from '../cli/run.js';
+import { cliTimeouts, cloister, tempDir } from '../cli/run.js';
+
+vi.setConfig(cliTimeouts());
 
 // The CLI as users run it: `node bin/cloister.js` over dist/ (`npm test` builds first).
 let dir: string;

@@ -1,36 +1,7 @@
-/** Node edges of the GGUF module: stream a tiny model to disk, read a model file's header. */
+/** Node edge of the GGUF reader: read a model file's header. */
 
-import { once } from 'node:events';
-import { createWriteStream } from 'node:fs';
 import { open } from 'node:fs/promises';
-import {
-  GgufError,
-  type GgufInfo,
-  readGgufInfo,
-  type TinyLlamaGguf,
-  type TinyLlamaOptions,
-  tinyLlamaGguf,
-} from './gguf.js';
-
-/** Write `tinyLlamaGguf(opts)` to `path` chunk by chunk (a 1 GiB model never sits in memory). */
-export async function writeTinyLlamaGguf(path: string, opts: TinyLlamaOptions = {}): Promise<TinyLlamaGguf> {
-  const model = tinyLlamaGguf(opts);
-  const out = createWriteStream(path);
-  const failed = once(out, 'error').then(([err]) => {
-    throw err;
-  });
-  failed.catch(() => {}); // observed through the race below
-  try {
-    for (const chunk of model.chunks()) {
-      if (!out.write(chunk)) await Promise.race([once(out, 'drain'), failed]);
-    }
-    out.end();
-    await Promise.race([once(out, 'finish'), failed]);
-  } finally {
-    out.destroy();
-  }
-  return model;
-}
+import { GgufError, type GgufInfo, readGgufInfo } from './gguf.js';
 
 /** A header bigger than this is refused rather than read: real models' headers are a few MiB. */
 const MAX_HEADER_BYTES = 512 << 20;
