@@ -187,7 +187,7 @@ describe('cloister agent serve', () => {
     // A path that is not valid percent-encoding: the API's own problem, not the framework's JSON.
     const badPath = await call('/resource/owner/cfg/%zz');
     expect(badPath.status).toBe(400);
-    expect(problemOf(badPath).type).toMatch(/bad-resource-path$/);
+    expect(problemOf(badPath).type).toMatch(/bad-request$/);
     expect(problemOf(await call('/seal', 'POST', utf8.encode('x'))).type).toMatch(/no-recipient$/);
   });
 
