@@ -1,9 +1,11 @@
 /**
  * Loads an optional dependency (Node-only): the heavy native engines and database drivers that only
- * some commands need (node-llama-cpp, onnxruntime-node, @huggingface/transformers, pg, @redis/client).
- * package.json lists them as optional peer dependencies, so installing `cloister` for its client SDK
- * does not pull them; the command that needs one loads it on first use, and when it is not installed
- * says so in one line with the install command, instead of Node's "Cannot find package" stack.
+ * some commands need (node-llama-cpp, onnxruntime-node, @huggingface/transformers, pg, @redis/client,
+ * better-sqlite3). package.json lists the first five as optional peer dependencies, so installing
+ * `cloister` for its client SDK does not pull them, and better-sqlite3 (the broker's default store) as
+ * an optional dependency, whose failed native build does not fail the install. The code that needs one
+ * loads it on first use, and when it is not installed says so in one line with the install command,
+ * instead of Node's "Cannot find package" stack.
  *
  * Only the package itself being absent becomes a MissingDependencyError; a package that is there but
  * fails to load (a missing native binary, a missing dependency of its own) keeps its own error.
@@ -26,11 +28,14 @@ export class MissingDependencyError extends Error {
 // in an installed copy that is the user's node_modules (peers are installed beside `cloister`).
 const require = createRequire(import.meta.url);
 
-/** `npm install NAME@RANGE` with the range package.json declares for the peer, so the versions match. */
+/** `npm install NAME@RANGE` with the range package.json declares for it, so the versions match. */
 function installCommand(name: string): string {
   // src/util and dist/util are both two levels below the package root.
-  const pkg = require('../../package.json') as { peerDependencies?: Record<string, string> };
-  const range = pkg.peerDependencies?.[name];
+  const pkg = require('../../package.json') as Record<
+    'peerDependencies' | 'optionalDependencies',
+    Record<string, string> | undefined
+  >;
+  const range = pkg.peerDependencies?.[name] ?? pkg.optionalDependencies?.[name];
   return `npm install ${range ? `${name}@${range}` : name}`;
 }
 
