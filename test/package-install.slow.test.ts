@@ -6,7 +6,7 @@
  * to install it.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -30,6 +30,7 @@ function node(source: string): { status: number | null; out: string } {
   return { status: r.status, out: `${r.stdout}${r.stderr}` };
 }
 
+// Installing compiles better-sqlite3 where no prebuilt binary is reachable: minutes on a small machine.
 beforeAll(() => {
   expect(existsSync('dist/client/index.js'), 'run `npm run build` first (npm run test:slow does)').toBe(true);
   dir = mkdtempSync(join(tmpdir(), 'cloister-pack-'));
@@ -41,7 +42,7 @@ beforeAll(() => {
   ) as { filename: string }[];
   const tarball = resolve(dir, packed[0]!.filename);
   project = join(dir, 'fresh');
-  execFileSync('mkdir', [project]);
+  mkdirSync(project);
   writeFileSync(join(project, 'package.json'), '{ "name": "fresh", "private": true, "type": "module" }\n');
   // --prefer-offline: npm's cache answers; the network only for what it lacks.
   const r = spawnSync('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', tarball], {
@@ -50,7 +51,10 @@ beforeAll(() => {
   });
   installLog = `${r.stdout}${r.stderr}`;
   expect(r.status, installLog).toBe(0);
-});
+  // What a user sees npm warn about (install scripts to approve, engines), for whoever reads CI's log.
+  const warnings = installLog.split('\n').filter((line) => line.startsWith('npm warn'));
+  if (warnings.length > 0) console.info(`npm install warned:\n${warnings.join('\n')}`);
+}, 900_000);
 
 afterAll(() => {
   if (dir) rmSync(dir, { recursive: true, force: true });
@@ -67,7 +71,8 @@ describe('the packed package in a fresh project', () => {
   });
 
   it('runs `npx cloister --help`', () => {
-    const r = spawnSync('npx', ['--no', 'cloister', '--help'], { cwd: project, encoding: 'utf8' });
+    // `--no`: never fetch a package of that name; `--`: npx would otherwise take `--help` after `--no`.
+    const r = spawnSync('npx', ['--no', '--', 'cloister', '--help'], { cwd: project, encoding: 'utf8' });
     expect(r.status, `${r.stdout}${r.stderr}`).toBe(0);
     expect(r.stdout).toMatch(/^Usage: cloister/m);
   });
