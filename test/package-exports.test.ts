@@ -88,11 +88,10 @@ describe('package entry points', () => {
       expect(files, name).toBeGreaterThan(1);
       for (const heavy of HEAVY) expect(packages.get(heavy), `${name} reaches ${heavy}`).toBeUndefined();
     }
-    // And it does see one where it is imported: the broker's store imports its embedded default.
-    expect(staticImports('dist/kbs/store/index.js').packages.get('better-sqlite3')).toEqual([
-      'dist/kbs/store/index.js',
-      'dist/kbs/store/sqlite.js',
-      'better-sqlite3',
+    // And it does see one where it is imported: the ONNX engine's worker thread loads ONNX Runtime.
+    expect(staticImports('dist/infer/engine/onnx-worker.js').packages.get('onnxruntime-node')).toEqual([
+      'dist/infer/engine/onnx-worker.js',
+      'onnxruntime-node',
     ]);
   });
 

@@ -12,7 +12,7 @@ import { OhttpError } from '../ohttp/errors.js';
 import type { KeyConfig } from '../ohttp/keyconfig.js';
 import { DateFloor, type ReplayGuard } from '../ohttp/replay.js';
 import { sha256, toHex } from '../util/bytes.js';
-import { requireOptional } from '../util/optional.js';
+import { requireOptional } from '../util/optional/node.js';
 
 // @redis/client is an optional peer dependency, loaded on the first connect: `cloister serve` imports
 // this module whether or not --replay-redis is given. The cast keeps createClient's generic signature.

@@ -5,7 +5,7 @@ import {
   importOptional,
   MissingDependencyError,
   requireOptional,
-} from '../../src/util/optional.js';
+} from '../../src/util/optional/node.js';
 
 const ABSENT = 'cloister-test-no-such-package';
 const pkg = JSON.parse(readFileSync('package.json', 'utf8')) as {

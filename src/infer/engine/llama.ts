@@ -25,7 +25,7 @@ import type {
   LlamaContextSequence,
   LlamaModel,
 } from 'node-llama-cpp';
-import { importOptional } from '../../util/optional.js';
+import { importOptional } from '../../util/optional/node.js';
 import { GgufError } from '../models/gguf.js';
 import { readGgufInfoFromFile } from '../models/gguf-node.js';
 import { StopScanner } from './stop.js';

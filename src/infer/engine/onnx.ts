@@ -16,7 +16,7 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import type { PreTrainedTokenizer } from '@huggingface/transformers';
-import { assertInstalled, importOptional } from '../../util/optional.js';
+import { assertInstalled, importOptional } from '../../util/optional/node.js';
 import { readTar } from '../models/tar.js';
 import type { OnnxWorkerInit, OnnxWorkerReady, OnnxWorkerReply, OnnxWorkerRequest } from './onnx-worker.js';
 import type { Pooling } from './pooling.js';

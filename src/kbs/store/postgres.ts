@@ -22,7 +22,7 @@
 
 import type pg from 'pg';
 import { equalBytes } from '../../util/bytes.js';
-import { requireOptional } from '../../util/optional.js';
+import { requireOptional } from '../../util/optional/node.js';
 import {
   AppendQueue,
   BACKFILL_BATCH,

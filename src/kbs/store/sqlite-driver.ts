@@ -8,7 +8,7 @@
  * `Database` stands in for the package's default export: `new Database(file)` and its types.
  */
 import type BetterSqlite3 from 'better-sqlite3';
-import { requireOptional } from '../../util/optional.js';
+import { requireOptional } from '../../util/optional/node.js';
 
 // A function, not a class or an arrow, so that `new` returns the real database object it builds.
 const Database = function open(...args: ConstructorParameters<typeof BetterSqlite3>) {

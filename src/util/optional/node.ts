@@ -1,6 +1,7 @@
 /**
- * Loads an optional dependency (Node-only): the heavy native engines and database drivers that only
- * some commands need (node-llama-cpp, onnxruntime-node, @huggingface/transformers, pg, @redis/client,
+ * Loads an optional dependency. Node-only (hence node.ts; the rest of src/util runs in browsers too).
+ * The optional dependencies are the heavy native engines and database drivers that only some commands
+ * need (node-llama-cpp, onnxruntime-node, @huggingface/transformers, pg, @redis/client,
  * better-sqlite3). package.json lists the first five as optional peer dependencies, so installing
  * `cloister` for its client SDK does not pull them, and better-sqlite3 (the broker's default store) as
  * an optional dependency, whose failed native build does not fail the install. The code that needs one
@@ -30,8 +31,8 @@ const require = createRequire(import.meta.url);
 
 /** `npm install NAME@RANGE` with the range package.json declares for it, so the versions match. */
 function installCommand(name: string): string {
-  // src/util and dist/util are both two levels below the package root.
-  const pkg = require('../../package.json') as Record<
+  // src/util/optional and dist/util/optional are both three levels below the package root.
+  const pkg = require('../../../package.json') as Record<
     'peerDependencies' | 'optionalDependencies',
     Record<string, string> | undefined
   >;
