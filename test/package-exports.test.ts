@@ -5,13 +5,55 @@
  * or whose front door lost a public function, fails here rather than in a user's project.
  */
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
+import ts from 'typescript';
 import { describe, expect, it } from 'vitest';
 
 const pkg = JSON.parse(readFileSync('package.json', 'utf8')) as {
   name: string;
   exports: Record<string, string>;
+  bin: Record<string, string>;
 };
+
+/** Native engines and database drivers: optional peers, or (better-sqlite3) only for the broker's store. */
+const HEAVY = [
+  'node-llama-cpp',
+  'onnxruntime-node',
+  '@huggingface/transformers',
+  'pg',
+  '@redis/client',
+  'better-sqlite3',
+];
+
+/**
+ * The packages reached from `entry` through static imports only (`import … from`, `export … from`,
+ * `import 'x'`; not `import()`, which loads on use), each with the chain of files that reaches it.
+ */
+function staticImports(entry: string): { files: number; packages: Map<string, string[]> } {
+  const found = new Map<string, string[]>();
+  const chains = new Map<string, string[]>([[resolve(entry), [entry]]]);
+  const queue = [resolve(entry)];
+  while (queue.length > 0) {
+    const file = queue.shift()!;
+    const chain = chains.get(file)!;
+    const source = ts.createSourceFile(file, readFileSync(file, 'utf8'), ts.ScriptTarget.Latest);
+    for (const st of source.statements) {
+      if (!ts.isImportDeclaration(st) && !ts.isExportDeclaration(st)) continue;
+      if (!st.moduleSpecifier || !ts.isStringLiteral(st.moduleSpecifier)) continue;
+      const spec = st.moduleSpecifier.text;
+      if (spec.startsWith('.')) {
+        const next = resolve(dirname(file), spec);
+        if (chains.has(next)) continue;
+        chains.set(next, [...chain, relative('.', next)]);
+        queue.push(next);
+      } else {
+        const name = spec.startsWith('@') ? spec.split('/').slice(0, 2).join('/') : spec.split('/')[0]!;
+        if (!found.has(name)) found.set(name, [...chain, spec]);
+      }
+    }
+  }
+  return { files: chains.size, packages: found };
+}
 const VECTORS = 'test/vectors';
 const TDX = `${VECTORS}/tdx/dcap-qvl_v4_b0c06f_uptodate`;
 const utf8 = new TextEncoder();
@@ -36,6 +78,21 @@ describe('package entry points', () => {
       const mod: Record<string, unknown> = await import(specifier);
       expect(Object.keys(mod).length, specifier).toBeGreaterThan(0);
     }
+  });
+
+  it('no entry point, nor the cloister binary, reaches a native engine or database driver through static imports', () => {
+    const entries = { ...pkg.exports, ...pkg.bin };
+    for (const [name, file] of Object.entries(entries)) {
+      const { files, packages } = staticImports(file);
+      // The walk itself must work: every entry point imports modules of its own.
+      expect(files, name).toBeGreaterThan(1);
+      for (const heavy of HEAVY) expect(packages.get(heavy), `${name} reaches ${heavy}`).toBeUndefined();
+    }
+    // And it does see one where it is imported: the ONNX engine's worker thread loads ONNX Runtime.
+    expect(staticImports('dist/infer/engine/onnx-worker.js').packages.get('onnxruntime-node')).toEqual([
+      'dist/infer/engine/onnx-worker.js',
+      'onnxruntime-node',
+    ]);
   });
 
   it('cloister/seal seals and opens a buffer with an HPKE key, and refuses a tampered one', async () => {

@@ -7,11 +7,19 @@
  * Date floor (replay.ts), so stepping its own clock back does not bring an old request back into its
  * window once it has accepted a later one.
  */
-import { createClient } from '@redis/client';
+import type * as Redis from '@redis/client';
 import { OhttpError } from '../ohttp/errors.js';
 import type { KeyConfig } from '../ohttp/keyconfig.js';
 import { DateFloor, type ReplayGuard } from '../ohttp/replay.js';
 import { sha256, toHex } from '../util/bytes.js';
+import { requireOptional } from '../util/optional/node.js';
+
+// @redis/client is an optional peer dependency, loaded on the first connect: `cloister serve` imports
+// this module whether or not --replay-redis is given. The cast keeps createClient's generic signature.
+const createClient = ((...args: Parameters<typeof Redis.createClient>) =>
+  requireOptional<typeof Redis>('@redis/client', 'sharing replay protection (--replay-redis)').createClient(
+    ...args,
+  )) as typeof Redis.createClient;
 
 export interface RedisReplayOptions {
   /** redis://[user:password@]host:port[/db] or rediss://… */

@@ -17,20 +17,15 @@
  * An abort stops generation within a token, but not prompt evaluation: a long prompt is evaluated
  * to the end before the abort is seen.
  */
-import {
-  type ChatHistoryItem,
-  type ChatWrapper,
-  GeneralChatWrapper,
-  getLlama,
-  type Llama,
-  LlamaChat,
-  LlamaCompletion,
-  type LlamaContext,
-  type LlamaContextSequence,
-  LlamaLogLevel,
-  type LlamaModel,
-  resolveChatWrapper,
+import type {
+  ChatHistoryItem,
+  ChatWrapper,
+  Llama,
+  LlamaContext,
+  LlamaContextSequence,
+  LlamaModel,
 } from 'node-llama-cpp';
+import { importOptional } from '../../util/optional/node.js';
 import { GgufError } from '../models/gguf.js';
 import { readGgufInfoFromFile } from '../models/gguf-node.js';
 import { StopScanner } from './stop.js';
@@ -42,6 +37,12 @@ import {
   type OnText,
   type TextEngine,
 } from './types.js';
+
+// node-llama-cpp is an optional peer dependency: this module is imported only when a GGUF model is
+// served (engines.ts), and says how to install the package when it is absent.
+const { GeneralChatWrapper, getLlama, LlamaChat, LlamaCompletion, LlamaLogLevel, resolveChatWrapper } =
+  await importOptional<typeof import('node-llama-cpp')>('node-llama-cpp', 'serving GGUF models');
+type LlamaLogLevel = import('node-llama-cpp').LlamaLogLevel;
 
 export type LlamaLog = (level: string, message: string) => void;
 

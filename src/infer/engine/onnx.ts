@@ -16,10 +16,17 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import type { PreTrainedTokenizer } from '@huggingface/transformers';
+import { assertInstalled, importOptional } from '../../util/optional/node.js';
 import { readTar } from '../models/tar.js';
 import type { OnnxWorkerInit, OnnxWorkerReady, OnnxWorkerReply, OnnxWorkerRequest } from './onnx-worker.js';
 import type { Pooling } from './pooling.js';
 import { type EmbeddingEngine, type EmbeddingResult, EngineError } from './types.js';
+
+// Optional peer dependencies: this module is imported only when an ONNX bundle is served (engines.ts,
+// whose warm-up imports it while the model is unsealed), so their absence is reported before that work.
+// onnxruntime-node itself is loaded by the workers (onnx-worker.ts).
+assertInstalled('onnxruntime-node', 'serving ONNX embedding models');
+assertInstalled('@huggingface/transformers', 'serving ONNX embedding models');
 
 export interface OnnxEngineOptions {
   /** The unsealed bundle (tar bytes). Only read during loading; the engine keeps no reference to it. */
@@ -143,7 +150,10 @@ function openBundle(bundle: Uint8Array): ModelFiles {
 // --- tokenizer -----------------------------------------------------------------------------------
 
 async function buildTokenizer(files: ModelFiles): Promise<PreTrainedTokenizer> {
-  const transformers = await import('@huggingface/transformers');
+  const transformers = await importOptional<typeof import('@huggingface/transformers')>(
+    '@huggingface/transformers',
+    'serving ONNX embedding models',
+  );
   // The tokenizer is built from objects in memory; these make any attempt to fetch or read a file
   // fail instead of reaching the network or the disk.
   transformers.env.allowRemoteModels = false;

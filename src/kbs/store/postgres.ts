@@ -20,8 +20,9 @@
  * did commit is not run again, so neither its change nor its log entry is applied twice.
  */
 
-import pg from 'pg';
+import type pg from 'pg';
 import { equalBytes } from '../../util/bytes.js';
+import { requireOptional } from '../../util/optional/node.js';
 import {
   AppendQueue,
   BACKFILL_BATCH,
@@ -90,6 +91,12 @@ export interface PostgresStoreOptions extends StoreOptions {
   retryForMs?: number;
 }
 
+// pg is an optional peer dependency (an SQLite-only broker need not install it), loaded when the first
+// PostgresStore is made: the store index imports this module for every store URL.
+let pgModule: typeof pg | undefined;
+const pgLib = (): typeof pg =>
+  (pgModule ??= requireOptional<typeof pg>('pg', 'the PostgreSQL store (postgres:// URLs)'));
+
 const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
 /** Key of the advisory lock that keeps concurrent `migrate` calls from racing on CREATE … IF NOT EXISTS. */
 const MIGRATE_LOCK = 0x636c6f69; // "cloi"
@@ -129,7 +136,7 @@ const LOST_MESSAGE =
 /** `lost`: the connection broke or could not be made; `retry`: rolled back, run again; `other`: give up. */
 function failure(e: unknown): 'lost' | 'retry' | 'other' {
   if (e instanceof StoreUnavailableError) return 'other';
-  if (e instanceof pg.DatabaseError) {
+  if (e instanceof pgLib().DatabaseError) {
     if (e.code === undefined) return 'other';
     if (LOST_SQLSTATE.test(e.code)) return 'lost';
     return RETRY_SQLSTATE.has(e.code) ? 'retry' : 'other';
@@ -342,7 +349,7 @@ export class PostgresStore implements KbsStore {
     }
     this.schema = schema;
     this.retryForMs = opts.retryForMs ?? 5000;
-    this.pool = new pg.Pool({
+    this.pool = new (pgLib().Pool)({
       connectionString: u.toString(),
       max: opts.poolSize ?? 10,
       // Set at connection start-up, so no statement ever runs against another schema.
@@ -458,7 +465,7 @@ export class PostgresStore implements KbsStore {
         await c.query('COMMIT');
       } catch (e) {
         // The server answered the COMMIT with an error other than ending the session: it rolled back.
-        const refused = e instanceof pg.DatabaseError && failure(e) !== 'lost';
+        const refused = e instanceof pgLib().DatabaseError && failure(e) !== 'lost';
         if (done === undefined || refused) {
           // A connection whose ROLLBACK fails is in an unknown state, and one that a retry must not
           // get again (see `statement`) is closed as well.

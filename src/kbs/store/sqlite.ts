@@ -13,7 +13,6 @@
  * Log appends are group-committed (see `AppendQueue`): concurrent releases share one fsync.
  */
 
-import Database from 'better-sqlite3';
 import { equalBytes } from '../../util/bytes.js';
 import {
   AppendQueue,
@@ -50,6 +49,7 @@ import {
   sessionRecord,
 } from './rows.js';
 import { SQLITE_MIGRATE_1_TO_2, SQLITE_SCHEMA, SQLITE_SCHEMA_VERSION } from './schema/sqlite.js';
+import Database from './sqlite-driver.js';
 import {
   type AdminTokenRevocation,
   ConflictError,
