@@ -31,6 +31,7 @@ const WEB_STANDARD = ['util', 'seal', 'attest', 'ohttp', 'translog', 'policy', '
  * Each is named here on purpose, so that a new one is a decision rather than an accident.
  */
 const NODE_ONLY = new Set([
+  'src/util/optional/node.ts',
   'src/ohttp/node.ts',
   'src/seal/node.ts',
   'src/seal/worker.ts',
@@ -39,6 +40,33 @@ const NODE_ONLY = new Set([
   'src/seal/aead-node.ts',
   'src/attest/collateral/node.ts',
 ]);
+
+/**
+ * The only files another room may import: each room's index.ts (web-standard where the room is), its
+ * Node-only node.ts, its testing/ door, and the few light doors below. Everything else is the room's
+ * own business.
+ */
+const DOORS = new Set([
+  ...Object.keys(FLOORS).map((room) => `src/${room}/index.ts`),
+  'src/seal/node.ts',
+  'src/ohttp/node.ts',
+  'src/infer/node.ts',
+  'src/util/optional/node.ts',
+  'src/attest/collateral/node.ts',
+  'src/attest/testing/index.ts',
+  'src/infer/testing/index.ts',
+  // Light doors, cheap to load, for code that needs a room's names without its machinery (the CLI's
+  // start-up, evidence collectors naming TEE kinds): attestation's vocabulary without the verifiers,
+  // the evidence collectors without the rest of the agent, the agent's default paths for
+  // `--help`, and the admin API's client without the broker.
+  'src/attest/types.ts',
+  'src/tee/evidence/index.ts',
+  'src/tee/defaults.ts',
+  'src/kbs/admin-client.ts',
+]);
+
+/** Doors meant for browsers too: nothing behind them may need Node. */
+const WEB_DOORS = [...WEB_STANDARD, 'infer'].map((room) => `src/${room}/index.ts`);
 
 interface Import {
   from: string;
@@ -124,6 +152,38 @@ describe('the house plan (docs/design.md)', () => {
       for (const b of bare) if (b.startsWith('node:')) offenders.push(`${f} imports ${b}`);
       for (const i of relative) if (NODE_ONLY.has(i.to)) offenders.push(`${f} imports ${i.to}`);
       if (/\bBuffer\.|\bprocess\./.test(text.get(f) ?? '')) offenders.push(`${f} uses Buffer or process`);
+    }
+    expect(offenders).toEqual([]);
+  });
+
+  it('rooms enter each other only through their front doors', () => {
+    const side = files.flatMap((f) =>
+      importsOf(f).relative.filter((i) => roomOf(i.to) !== roomOf(i.from) && !DOORS.has(i.to)),
+    );
+    expect(side.map((i) => `${i.from} → ${i.to}`)).toEqual([]);
+  });
+
+  it('nothing behind a web-standard front door needs Node', () => {
+    const offenders: string[] = [];
+    for (const door of WEB_DOORS) {
+      if (!text.has(door)) continue;
+      const seen = new Set<string>();
+      const visit = (f: string) => {
+        if (seen.has(f)) return;
+        seen.add(f);
+        // Type-only imports vanish at run time.
+        const source = (text.get(f) ?? '').replace(/(?:^|\n)\s*(?:import|export)\s+type\b[^;]*;/g, '');
+        for (const m of source.matchAll(/(?:import|export)[^'";]*?from\s*['"]([^'"]+)['"]/g)) {
+          const spec = m[1] ?? '';
+          if (spec.startsWith('node:')) offenders.push(`${door}: ${f} imports ${spec}`);
+          if (!spec.startsWith('.')) continue;
+          const to = path.join(path.dirname(f), spec).replace(/\.js$/, '.ts');
+          if (NODE_ONLY.has(to) || ['tee', 'http', 'kbs'].includes(roomOf(to)))
+            offenders.push(`${door}: ${f} imports ${to}`);
+          visit(to);
+        }
+      };
+      visit(door);
     }
     expect(offenders).toEqual([]);
   });

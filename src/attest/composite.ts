@@ -12,7 +12,7 @@
  * in another machine spliced into this evidence) answers a different nonce and is refused with
  * `gpu-not-bound`. The index keeps two GPUs from swapping places and one report from being listed twice.
  */
-import { concatBytes, fromBase64, fromHex, sha256, toBase64Url, toHex, utf8 } from '../util/bytes.js';
+import { concatBytes, fromBase64, fromHex, sha256, toBase64Url, toHex, utf8 } from '../util/index.js';
 import {
   type Appraisal,
   AttestationError,

@@ -4,7 +4,7 @@
  * all build their registries from it.
  */
 
-import { fromHex } from '../util/bytes.js';
+import { fromHex } from '../util/index.js';
 import { azSnpVtpmVerifier, createAzTdxVtpmVerifier } from './azure/index.js';
 import type { KindVerifier } from './common/types.js';
 import { verifyQuote } from './intel/index.js';
@@ -54,3 +54,8 @@ export function defaultVerifiers(): KindVerifier[] {
 export function createDefaultRegistry(options: RegistryOptions = {}): VerifierRegistry {
   return new VerifierRegistry(defaultVerifiers(), options);
 }
+export { MEASUREMENT_CLAIMS } from './common/appraise.js';
+export { cocoSampleEvidence } from './sample/index.js';
+export type { CertTableEntry } from './snp/certtable.js';
+export { certTableCollateral, GUID_VCEK, GUID_VLEK, parseCertTable } from './snp/certtable.js';
+export { fromCocoSnpEvidence } from './snp/coco.js';

@@ -5,7 +5,7 @@
  * recomputes (and fails with the precise reason). Where the instances live is the caller's business:
  * anything that depends on time, trust anchors or collateral lives in a VerifierContext (context.ts).
  */
-import { bs, toHex } from '../util/bytes.js';
+import { bs, toHex } from '../util/index.js';
 
 export interface Timed<T> {
   value: T;

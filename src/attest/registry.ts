@@ -9,7 +9,7 @@
  * that wants its own (a key broker with its own trust anchors, a test) passes
  * `{ context: createVerifierContext() }`; otherwise it shares the default context.
  */
-import { utf8 } from '../util/bytes.js';
+import { utf8 } from '../util/index.js';
 import { AttestationError, type KindVerifier, TEE_KINDS, type TeeKind } from './common/types.js';
 import { defaultVerifierContext, type VerifierContext } from './context.js';
 

@@ -9,17 +9,15 @@ import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import path from 'node:path';
 import { type Command, CommanderError, Option } from 'commander';
-import { type Detection, detectTee, kindName } from '../tee/evidence/detect.js';
-import { DEFAULT_GRAMINE_ROOT } from '../tee/evidence/gramine.js';
-import { nodeFs, nodeRunner } from '../tee/evidence/node.js';
-import { DEFAULT_DEV_ROOT } from '../tee/evidence/nvml.js';
-import { InsecureSampleAttester } from '../tee/evidence/sample.js';
-import { DEFAULT_TSM_ROOT } from '../tee/evidence/tsm.js';
-import type { CpuAttester, CpuKind } from '../tee/evidence/types.js';
-import type { KbsClient } from '../tee/kbs-client.js';
-import type { SampleEvidenceForm } from '../tee/keys.js';
-import { DEFAULT_PRIVATE_PARENT } from '../tee/private-parent.js';
-import { fromBase64 } from '../util/bytes.js';
+import {
+  DEFAULT_DEV_ROOT,
+  DEFAULT_GRAMINE_ROOT,
+  DEFAULT_PRIVATE_PARENT,
+  DEFAULT_TSM_ROOT,
+} from '../tee/defaults.js';
+import type { Detection } from '../tee/evidence/index.js';
+import type { CpuAttester, CpuKind, KbsClient, SampleEvidenceForm } from '../tee/index.js';
+import { fromBase64 } from '../util/index.js';
 import { type Output, stdio } from './io.js';
 import { integerOption } from './numbers.js';
 
@@ -47,7 +45,7 @@ function toJson(d: Detection): object {
   };
 }
 
-function toText(d: Detection): string {
+function toText(d: Detection, kindName: (kind: CpuKind) => string): string {
   const lines: string[] = [];
   if (d.kind) {
     lines.push(`TEE: ${kindName(d.kind)} (${d.kind}) via ${d.attester!.source}`);
@@ -63,6 +61,8 @@ function toText(d: Detection): string {
 }
 
 export async function runDetect(opts: DetectCliOptions, io: Output): Promise<number> {
+  // Loaded on use: the collectors name their TEE kinds through attestation's vocabulary.
+  const { detectTee, kindName, nodeFs, nodeRunner } = await import('../tee/evidence/index.js');
   const d = await detectTee({
     fs: nodeFs,
     tsmRoot: opts.tsmRoot ?? DEFAULT_TSM_ROOT,
@@ -72,7 +72,7 @@ export async function runDetect(opts: DetectCliOptions, io: Output): Promise<num
     run: nodeRunner,
     path: process.env.PATH ?? '',
   });
-  io.out(opts.json ? `${JSON.stringify(toJson(d), null, 2)}\n` : toText(d));
+  io.out(opts.json ? `${JSON.stringify(toJson(d), null, 2)}\n` : toText(d, kindName));
   if (d.kind === undefined) {
     io.err(
       'cloister agent detect: no TEE found (no configfs-tsm provider, no Gramine /dev/attestation; see the reasons above)\n',
@@ -179,15 +179,16 @@ async function teeAndBroker(o: TeeCliOptions, log: (line: string) => void) {
 export interface CliTee {
   kind: CpuKind;
   attester: CpuAttester;
-  gpu: Awaited<ReturnType<typeof detectTee>>['gpus']['attester'];
+  gpu: Detection['gpus']['attester'];
 }
 
 /** The TEE named or detected by the options, with its GPUs when asked for. */
 export async function teeFor(o: Omit<TeeCliOptions, 'kbs'>, log: (line: string) => void): Promise<CliTee> {
   let kind: CpuKind;
   let attester: CpuAttester;
-  let gpu: Awaited<ReturnType<typeof detectTee>>['gpus']['attester'];
-  const { AgentError } = await import('../tee/keys.js');
+  let gpu: Detection['gpus']['attester'];
+  const { AgentError } = await import('../tee/index.js');
+  const { detectTee, InsecureSampleAttester, nodeFs, nodeRunner } = await import('../tee/evidence/index.js');
   if (o.tee === 'sample') {
     kind = 'sample';
     attester = new InsecureSampleAttester();
@@ -219,7 +220,7 @@ export async function teeFor(o: Omit<TeeCliOptions, 'kbs'>, log: (line: string) 
 
 /** The `--init-data` file as the broker wants it, read as it is (its digest covers its exact bytes). */
 async function initDataFile(file: string): Promise<{ format: 'toml' | 'json'; body: string }> {
-  const { AgentError } = await import('../tee/keys.js');
+  const { AgentError } = await import('../tee/index.js');
   let body: string;
   try {
     body = new TextDecoder('utf-8', { fatal: true }).decode(readFileSync(file));
@@ -232,8 +233,8 @@ async function initDataFile(file: string): Promise<{ format: 'toml' | 'json'; bo
 /** A key broker client that attests with `t`. */
 export async function brokerFor(o: TeeCliOptions, t: CliTee): Promise<KbsClient> {
   // The broker client and the agent load when a verb needs them, not when the CLI starts.
-  const { kbsAttester } = await import('../tee/keys.js');
-  const { KbsClient } = await import('../tee/kbs-client.js');
+  const { kbsAttester } = await import('../tee/index.js');
+  const { KbsClient } = await import('../tee/index.js');
   return new KbsClient({
     url: o.kbs,
     attester: kbsAttester(t.kind, t.attester, t.gpu, { sampleForm: o.sampleEvidence }),
@@ -279,7 +280,7 @@ export function registerRun(program: Command): void {
     .action(async (command: string[], opts: RunCliOptions) => {
       const log = (line: string) => process.stderr.write(`cloister run: ${line}\n`);
       const { tee, client } = await teeAndBroker(opts, log);
-      const { runWorkload } = await import('../tee/run.js');
+      const { runWorkload } = await import('../tee/index.js');
       const code = await runWorkload({
         kbs: client,
         tee,
@@ -311,8 +312,8 @@ function registerAgentServe(agent: Command): void {
     .action(async (opts: TeeCliOptions & { socket: string }) => {
       const log = (line: string) => process.stderr.write(`cloister agent serve: ${line}\n`);
       const { tee, client } = await teeAndBroker(opts, log);
-      const { serveAgentApi } = await import('../tee/api.js');
-      const { onTerminationSignal } = await import('../tee/private-dir.js');
+      const { serveAgentApi } = await import('../tee/index.js');
+      const { onTerminationSignal } = await import('../tee/index.js');
       if (tee.attester.insecure) log('WARNING: the sample TEE is software only; never trust it with secrets');
       const s = await serveAgentApi(opts.socket, { kbs: client, tee, log });
       log(`listening on ${opts.socket} (TEE ${tee.kind}, key broker ${opts.kbs})`);
@@ -352,11 +353,11 @@ function registerAgentVerifyReceipt(agent: Command): void {
     )
     .exitOverride()
     .action(async (file: string, opts: VerifyReceiptCliOptions) => {
-      const { verifyReceipt } = await import('../tee/receipt.js');
-      const { chainSources, httpSource } = await import('../attest/collateral/index.js');
+      const { verifyReceipt } = await import('../tee/index.js');
+      const { chainSources, httpSource } = await import('../attest/index.js');
       const { cachedSource, directorySource } = await import('../attest/collateral/node.js');
       const { createDefaultRegistry } = await import('../attest/index.js');
-      const { certTableCollateral } = await import('../attest/snp/certtable.js');
+      const { certTableCollateral } = await import('../attest/index.js');
       const receipt = JSON.parse(await readFile(file, 'utf8'));
       const body = JSON.parse(new TextDecoder().decode(fromBase64(receipt.payload ?? '')));
       const at = new Date(opts.at ?? body.endedAt);

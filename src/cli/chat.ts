@@ -8,9 +8,8 @@ import { homedir } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { type Command, CommanderError } from 'commander';
-import type { CollateralSource } from '../attest/common/types.js';
-import type { ClientPolicy } from '../client/policy.js';
-import type { VerifiedServer } from '../client/verify.js';
+import type { CollateralSource } from '../attest/types.js';
+import type { ClientPolicy, VerifiedServer } from '../client/index.js';
 import { integerOption } from './numbers.js';
 
 interface ChatCliOptions {
@@ -28,7 +27,7 @@ interface ChatCliOptions {
 }
 
 async function collateralOf(o: ChatCliOptions): Promise<CollateralSource> {
-  const { chainSources, httpSource } = await import('../attest/collateral/index.js');
+  const { chainSources, httpSource } = await import('../attest/index.js');
   const { cachedSource, directorySource } = await import('../attest/collateral/node.js');
   const sources: CollateralSource[] = [];
   if (o.collateral) sources.push(directorySource(o.collateral));
@@ -113,8 +112,8 @@ export function registerChat(program: Command): void {
     .exitOverride()
     .action(async (o: ChatCliOptions) => {
       // The client (verifiers, HPKE) loads when a chat starts, not when the CLI starts.
-      const { confidentialFetch } = await import('../client/fetch.js');
-      const { DEFAULT_CLIENT_POLICY, parseClientPolicy } = await import('../client/policy.js');
+      const { confidentialFetch } = await import('../client/index.js');
+      const { DEFAULT_CLIENT_POLICY, parseClientPolicy } = await import('../client/index.js');
       const { nodeBackend } = await import('../ohttp/node.js');
       const maxTokens = o.maxTokens === undefined ? undefined : integerOption(o.maxTokens, '--max-tokens', 1);
       let policy = o.policy

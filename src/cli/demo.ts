@@ -94,15 +94,15 @@ export function registerDemo(program: Command): void {
     .action(async (o: { keep?: boolean }) => {
       // The whole stack (broker, client, inference) loads when the demo runs, not when the CLI starts.
       const { exportJWK, generateKeyPair } = await import('jose');
-      const { offlineSource } = await import('../attest/collateral/index.js');
-      const { confidentialFetch } = await import('../client/fetch.js');
-      const { parseClientPolicy } = await import('../client/policy.js');
-      const { writeTinyLlamaGguf } = await import('../infer/testing/gguf-node.js');
+      const { offlineSource } = await import('../attest/index.js');
+      const { confidentialFetch } = await import('../client/index.js');
+      const { parseClientPolicy } = await import('../client/index.js');
+      const { writeTinyLlamaGguf } = await import('../infer/testing/index.js');
       const { AdminClient } = await import('../kbs/admin-client.js');
-      const { startBroker } = await import('../kbs/app.js');
-      const { DEFAULT_CONFIG } = await import('../kbs/config.js');
-      const { signAdminToken } = await import('../kbs/tenancy.js');
-      const { generateKek, kekToJwk } = await import('../seal/keys.js');
+      const { startBroker } = await import('../kbs/index.js');
+      const { DEFAULT_CONFIG } = await import('../kbs/index.js');
+      const { signAdminToken } = await import('../kbs/index.js');
+      const { generateKek, kekToJwk } = await import('../seal/index.js');
       const { readHeader, sealFile, unsealToMemory } = await import('../seal/node.js');
       const { generateNoteSigner, parseBundle, verifyBundle } = await import('../translog/index.js');
       const { describeServer } = await import('./chat.js');

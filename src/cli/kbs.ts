@@ -2,8 +2,7 @@
 import { readFile } from 'node:fs/promises';
 import { type Command, Option } from 'commander';
 import type { JWK } from 'jose';
-import { type AdminBody, AdminClient } from '../kbs/admin-client.js';
-import { ADMIN_ROLES } from '../kbs/tenancy.js';
+import { ADMIN_ROLES, type AdminBody, AdminClient } from '../kbs/admin-client.js';
 import { FileError, writeFileAtomically } from '../seal/node.js';
 import { printJson } from './io.js';
 import { integerOption } from './numbers.js';
@@ -55,8 +54,8 @@ export function registerKbs(program: Command): void {
     )
     .action(async (o: { config?: string; db?: string; port?: number; host?: string; dev?: boolean }) => {
       // The broker (fastify, the stores, the verifiers) loads only when this verb runs.
-      const { loadConfig } = await import('../kbs/config.js');
-      const { startBroker } = await import('../kbs/app.js');
+      const { loadConfig } = await import('../kbs/index.js');
+      const { startBroker } = await import('../kbs/index.js');
       const config = await loadConfig(o.config, {
         ...(o.db ? { db: o.db } : {}),
         ...(o.port !== undefined ? { port: o.port } : {}),
@@ -88,9 +87,9 @@ export function registerKbs(program: Command): void {
         'second), run this, then drop the old key.\n\nExample:\n  cloister kbs rotate-master-key --db sqlite:kbs.db --old master.key --new master-2.key',
     )
     .action(async (o: { db: string; old: string; new: string }) => {
-      const { masterKeyFromText, SecretBox } = await import('../kbs/secrets.js');
-      const { openStore } = await import('../kbs/store/index.js');
-      const { buildLogEntry } = await import('../kbs/log.js');
+      const { masterKeyFromText, SecretBox } = await import('../kbs/index.js');
+      const { openStore } = await import('../kbs/index.js');
+      const { buildLogEntry } = await import('../kbs/index.js');
       const oldKey = await masterKeyFromText(new TextDecoder().decode(await readSecretFile(o.old)), o.old);
       const newKey = await masterKeyFromText(new TextDecoder().decode(await readSecretFile(o.new)), o.new);
       const box = new SecretBox([newKey, oldKey]);
@@ -163,7 +162,7 @@ export function registerKbs(program: Command): void {
       if (!jwk.d) throw new FileError(`${o.key} is not a private key`);
       const alg = jwk.alg ?? (jwk.kty === 'OKP' ? 'EdDSA' : 'ES256');
       const { importJWK } = await import('jose');
-      const { AdminTokenError, signAdminToken } = await import('../kbs/tenancy.js');
+      const { AdminTokenError, signAdminToken } = await import('../kbs/index.js');
       const key = await importJWK(jwk, alg);
       let issued: Awaited<ReturnType<typeof signAdminToken>>;
       try {

@@ -23,7 +23,7 @@ export function registerModel(program: Command): void {
     )
     .exitOverride()
     .action(async (out: string, o: { bytes?: string; seed: string }) => {
-      const { writeTinyLlamaGguf } = await import('../infer/testing/gguf-node.js');
+      const { writeTinyLlamaGguf } = await import('../infer/testing/index.js');
       const started = performance.now();
       const m = await writeTinyLlamaGguf(out, {
         seed: integerOption(o.seed, '--seed', 0),
@@ -47,7 +47,7 @@ export function registerModel(program: Command): void {
     )
     .exitOverride()
     .action(async (out: string, o: { seed: string; dimensions: string }) => {
-      const { tinyOnnxEmbeddingBundle } = await import('../infer/testing/onnx.js');
+      const { tinyOnnxEmbeddingBundle } = await import('../infer/testing/index.js');
       const bundle = tinyOnnxEmbeddingBundle({
         seed: integerOption(o.seed, '--seed', 0),
         dimensions: integerOption(o.dimensions, '--dimensions', 1),

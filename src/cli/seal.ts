@@ -1,8 +1,7 @@
 /** `cloister keygen | seal | unseal | inspect` — thin shells over src/seal. */
 import { readFile, stat } from 'node:fs/promises';
 import type { Command } from 'commander';
-import type { Header } from '../seal/format.js';
-import type { Jwk, Recipient } from '../seal/keys.js';
+import type { Header, Jwk, Recipient } from '../seal/index.js';
 import {
   FileError,
   readHeader,
@@ -26,7 +25,7 @@ async function readKeyFile(path: string) {
       `cannot read key file ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
     );
   }
-  const { keyFromJwk } = await import('../seal/keys.js');
+  const { keyFromJwk } = await import('../seal/index.js');
   return keyFromJwk(text, `key file ${path}`);
 }
 
@@ -56,7 +55,7 @@ async function parseRecipient(spec: string): Promise<Recipient> {
   if (spec.startsWith('kbs:')) {
     const eq = spec.indexOf('=');
     if (eq < 0) throw new FileError(`--to ${spec}: give the KEK file as kbs:///repo/type/tag=FILE`);
-    const { checkKbsUri } = await import('../seal/keys.js');
+    const { checkKbsUri } = await import('../seal/index.js');
     const uri = checkKbsUri(spec.slice(0, eq));
     const key = await readKeyFile(spec.slice(eq + 1));
     if (key.kind !== 'kek')
@@ -128,9 +127,9 @@ export function registerSealCommands(program: Command): void {
       '\nExamples:\n  cloister keygen --kek owner.kek --uri kbs:///owner/models/kek1\n  cloister keygen --hpke broker.key --pub broker.pub\n  cloister keygen --serving serving-keys.json --for llama.gguf.sealed',
     )
     .action(async (o: KeygenCliOptions) => {
-      // Loaded here, not at start: the inference modules behind --serving are heavy (see bench/cli-start.js).
+      // Loaded here, not at start: the inference modules behind --serving are heavy (see bench/cli.js).
       const { checkKbsUri, generateHpkeKeyPair, generateKek, hpkePrivateToJwk, hpkePublicToJwk, kekToJwk } =
-        await import('../seal/keys.js');
+        await import('../seal/index.js');
       if ([o.kek, o.hpke, o.serving].filter(Boolean).length !== 1)
         throw new FileError(
           'keygen: give exactly one of --kek FILE, --hpke FILE --pub FILE, or --serving FILE',
@@ -142,8 +141,8 @@ export function registerSealCommands(program: Command): void {
           throw new FileError(
             'keygen --serving FILE needs --for MODEL.sealed for each model the replicas serve',
           );
-        const { modelIdOf } = await import('../infer/load.js');
-        const { encodeServingKeys, generateServingKeys } = await import('../infer/serving-keys.js');
+        const { modelIdOf } = await import('../infer/node.js');
+        const { encodeServingKeys, generateServingKeys } = await import('../infer/node.js');
         const models = [];
         for (const file of o.for) {
           const { header } = await readHeader(file);

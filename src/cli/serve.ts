@@ -7,7 +7,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { type Command, Option } from 'commander';
-import type { InferenceOptions } from '../infer/app.js';
+import type { InferenceOptions } from '../infer/node.js';
 import { brokerFor, type TeeCliOptions, teeFor, teeOptions } from './agent.js';
 import { integerOption } from './numbers.js';
 
@@ -140,15 +140,15 @@ export function registerServe(program: Command): void {
       if (opts.kbs) keys = { broker: await brokerFor({ ...opts, kbs: opts.kbs }, tee) };
       else {
         log('WARNING: --key: the model key comes from a local file, not from a key broker after attestation');
-        const { keyFromJwk } = await import('../seal/keys.js');
+        const { keyFromJwk } = await import('../seal/index.js');
         const k = keyFromJwk(await readFile(opts.key!, 'utf8'), opts.key!);
         if (k.kind === 'hpke-public')
           throw new Error(`${opts.key} is a public key; unsealing needs the KEK or the HPKE private key`);
         keys = { local: k };
       }
       // The engines (llama.cpp, ONNX Runtime), the server and the agent load when this verb runs.
-      const { startInference } = await import('../infer/app.js');
-      const { onTerminationSignal } = await import('../tee/private-dir.js');
+      const { startInference } = await import('../infer/node.js');
+      const { onTerminationSignal } = await import('../tee/index.js');
       const inference = await startInference({
         ...settings,
         models: opts.model,

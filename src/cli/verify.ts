@@ -15,10 +15,13 @@ import {
   type AppraisalPolicy,
   AttestationError,
   type CollateralSource,
+  detectKind,
   type EarStatus,
-} from '../attest/common/types.js';
-import { detectKind, isTeeKind, TEE_KINDS, type VerifierRegistry } from '../attest/registry.js';
-import { fromHex } from '../util/bytes.js';
+  isTeeKind,
+  TEE_KINDS,
+  type VerifierRegistry,
+} from '../attest/types.js';
+import { fromHex } from '../util/index.js';
 import { type Output, readText, stdio, UsageError } from './io.js';
 
 export interface VerifyCliOptions {
@@ -116,7 +119,7 @@ function defaultCacheDir(): string {
 }
 
 async function collateralFor(evidencePath: string, opts: VerifyCliOptions): Promise<CollateralSource> {
-  const { chainSources, httpSource } = await import('../attest/collateral/index.js');
+  const { chainSources, httpSource } = await import('../attest/index.js');
   const { cachedSource, directorySource } = await import('../attest/collateral/node.js');
   const sources: CollateralSource[] = [];
   if (opts.collateral) sources.push(directorySource(opts.collateral));
@@ -174,9 +177,9 @@ export async function runVerify(
   let kind: string | undefined;
   // The verifiers and their certificate libraries load here, when a verb needs them, not at start.
   const { appraiseComposite, decodeCompositeEvidence, isCompositeEvidence } = await import(
-    '../attest/composite.js'
+    '../attest/index.js'
   );
-  const { issueEar } = await import('../attest/ear/index.js');
+  const { issueEar } = await import('../attest/index.js');
   registry ??= (await import('../attest/index.js')).createDefaultRegistry();
   try {
     if (opts.tee !== undefined && !isTeeKind(opts.tee)) {

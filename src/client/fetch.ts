@@ -26,9 +26,9 @@ import {
   StreamedResponseDecoder,
   type StreamedResponseEvent,
 } from '../ohttp/index.js';
-import { concatBytes, toHex } from '../util/bytes.js';
-import type { AttestationDocument } from '../wire/inference-identity.js';
-import { RECEIPT_HEADER, type ResponseReceipt, verifyResponseReceipt } from '../wire/inference-receipt.js';
+import { concatBytes, toHex } from '../util/index.js';
+import type { AttestationDocument } from '../wire/index.js';
+import { RECEIPT_HEADER, type ResponseReceipt, verifyResponseReceipt } from '../wire/index.js';
 import {
   allowedModel,
   VerificationError,

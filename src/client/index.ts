@@ -2,8 +2,8 @@
  * Cloister's confidential inference client (`cloister/client`), Node and browsers: verify a server's
  * attestation against your own policy, then talk to it through Oblivious HTTP with `confidentialFetch`.
  */
-export type { AttestationDocument, InferenceIdentity } from '../wire/inference-identity.js';
-export { ReceiptError, type ResponseReceipt, verifyResponseReceipt } from '../wire/inference-receipt.js';
+export type { AttestationDocument, InferenceIdentity } from '../wire/index.js';
+export { ReceiptError, type ResponseReceipt, verifyResponseReceipt } from '../wire/index.js';
 export { type ConfidentialFetch, type ConfidentialFetchOptions, confidentialFetch } from './fetch.js';
 export { type ClientPolicy, DEFAULT_CLIENT_POLICY, PolicyFileError, parseClientPolicy } from './policy.js';
 export {

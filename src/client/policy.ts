@@ -2,7 +2,7 @@
  * A client's policy for confidential inference servers: what it must see verified before it sends a
  * single prompt. Written as JSON (`cloister chat --policy FILE`) or built in code. Web-standard.
  */
-import type { EarStatus } from '../attest/common/types.js';
+import type { EarStatus } from '../attest/types.js';
 
 export interface ClientPolicy {
   /** CPU TEE kinds accepted. `sample` (software only, never secure) must be named to be accepted. */

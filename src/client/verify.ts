@@ -4,20 +4,25 @@
  * bind the identity (OHTTP keys, receipt key, models, software), and the client's own policy decides
  * whether what was proven is enough. Nothing is sent to a server that fails any step.
  */
-import type { CollateralSource, EarStatus } from '../attest/common/types.js';
-import { appraiseComposite, type CompositeAppraisal } from '../attest/composite.js';
-import { type EarResult, earDisagreement, verifyEar } from '../attest/ear/index.js';
-import { createDefaultRegistry } from '../attest/index.js';
-import type { VerifierRegistry } from '../attest/registry.js';
-import { certTableCollateral } from '../attest/snp/certtable.js';
-import { decodeKeyConfigList, type KeyConfig } from '../ohttp/keyconfig.js';
-import { fromBase64, toHex } from '../util/bytes.js';
+
+import {
+  appraiseComposite,
+  type CompositeAppraisal,
+  certTableCollateral,
+  createDefaultRegistry,
+  type EarResult,
+  earDisagreement,
+  verifyEar,
+} from '../attest/index.js';
+import type { CollateralSource, EarStatus, VerifierRegistry } from '../attest/types.js';
+import { decodeKeyConfigList, type KeyConfig } from '../ohttp/index.js';
+import { fromBase64, toHex } from '../util/index.js';
 import {
   ATTESTATION_TYPE,
   type AttestationDocument,
   IDENTITY_TYPE,
   identityReportData,
-} from '../wire/inference-identity.js';
+} from '../wire/index.js';
 import { type ClientPolicy, statusAccepted } from './policy.js';
 
 export class VerificationError extends Error {

@@ -10,7 +10,7 @@
  * (@fastify/swagger).
  */
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
-import { problem } from '../wire/problem.js';
+import { problem } from '../wire/index.js';
 
 export interface HttpOptions {
   /** Largest accepted request body in bytes. */
@@ -188,3 +188,4 @@ export function invalidRequest<Code extends string>(
   const code = byField[field] ?? byField['*'];
   return code === undefined ? undefined : { code, detail };
 }
+export { clientGone, limitedBody, rawBodies, readBody, sendResponse, webRequest } from './web.js';

@@ -5,11 +5,10 @@
  * and the HTTP server. Used by `cloister serve`; the CLI only parses flags and prints.
  */
 import { readFile } from 'node:fs/promises';
-import type { UnsealKey } from '../seal/keys.js';
-import type { KbsClient } from '../tee/kbs-client.js';
-import { KekCache, resourcePathOf } from '../tee/keys.js';
-import { PrivateDir } from '../tee/private-dir.js';
-import type { AttestationDocument } from '../wire/inference-identity.js';
+import type { UnsealKey } from '../seal/index.js';
+import type { KbsClient } from '../tee/index.js';
+import { KekCache, PrivateDir, resourcePathOf } from '../tee/index.js';
+import type { AttestationDocument } from '../wire/index.js';
 import type { ServerTee } from './attestation.js';
 import { realEngines } from './engines.js';
 import { type LoadedModel, loadSealedModel } from './load.js';

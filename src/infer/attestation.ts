@@ -2,16 +2,16 @@
  * Collecting the attestation document of an inference server inside its TEE: evidence whose report
  * data binds the server's identity (identity.ts), plus its confidential GPUs bound to that evidence.
  */
-import { collectComposite } from '../tee/evidence/composite.js';
-import type { GpuAttester } from '../tee/evidence/nvml.js';
-import type { CpuAttester } from '../tee/evidence/types.js';
-import { toBase64Url } from '../util/bytes.js';
+
+import type { CpuAttester, GpuAttester } from '../tee/evidence/index.js';
+import { collectComposite } from '../tee/evidence/index.js';
+import { toBase64Url } from '../util/index.js';
 import {
   ATTESTATION_TYPE,
   type AttestationDocument,
   type InferenceIdentity,
   identityReportData,
-} from '../wire/inference-identity.js';
+} from '../wire/index.js';
 
 export interface ServerTee {
   cpu: CpuAttester;

@@ -32,14 +32,14 @@ import {
   type ReplayGuard,
   streamedResponse,
 } from '../ohttp/index.js';
-import { concatBytes } from '../util/bytes.js';
+import { concatBytes } from '../util/index.js';
 import {
   MODEL_DIGEST_HEADER,
   RECEIPT_HEADER,
   type ResponseReceipt,
   sha256Label,
   signResponseReceipt,
-} from '../wire/inference-receipt.js';
+} from '../wire/index.js';
 import { InferError } from './errors.js';
 import type { Handler } from './openai.js';
 

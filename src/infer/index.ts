@@ -5,8 +5,26 @@
  * the Redis replay guard (replay-redis.ts) sit at the edges.
  */
 
-export * from '../wire/inference-identity.js';
-export * from '../wire/inference-receipt.js';
+// The attested identity and the response receipts are wire formats (src/wire); clients of the
+// inference API find them here too.
+export {
+  ATTESTATION_TYPE,
+  type AttestationDocument,
+  IDENTITY_TYPE,
+  type InferenceIdentity,
+  identityReportData,
+  MODEL_DIGEST_HEADER,
+  type ModelIdentity,
+  RECEIPT_HEADER,
+  RESPONSE_RECEIPT_TYP,
+  RESPONSE_RECEIPT_TYPE,
+  ReceiptError,
+  type ResponseReceipt,
+  type SoftwareIdentity,
+  sha256Label,
+  signResponseReceipt,
+  verifyResponseReceipt,
+} from '../wire/index.js';
 export * from './engine/types.js';
 export * from './errors.js';
 export * from './gateway.js';

@@ -7,16 +7,15 @@
  */
 import { open, readFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import type { Header } from '../seal/format.js';
-import type { UnsealKey } from '../seal/keys.js';
+import type { Header, UnsealKey } from '../seal/index.js';
 import {
   openSealedPath,
   type SealedPath,
   sha256FileOffThread,
   type UnwrappedSealedPath,
 } from '../seal/node.js';
-import { zeroAndUnlink } from '../tee/private-dir.js';
-import type { ModelIdentity } from '../wire/inference-identity.js';
+import { zeroAndUnlink } from '../tee/index.js';
+import type { ModelIdentity } from '../wire/index.js';
 import type { EmbeddingEngine, TextEngine } from './engine/types.js';
 
 export interface EngineLoaders {

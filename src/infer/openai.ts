@@ -9,8 +9,8 @@
  * not a 200 followed by an error event. The request's signal (the client going away) stops generation.
  */
 
-import { toBase64 } from '../util/bytes.js';
-import { MODEL_DIGEST_HEADER } from '../wire/inference-receipt.js';
+import { toBase64 } from '../util/index.js';
+import { MODEL_DIGEST_HEADER } from '../wire/index.js';
 import type { ChatMessage, Engine, GenerateParams, GenerationResult, OnText } from './engine/types.js';
 import { errorBody, errorResponse, type InferCode, InferError, toInferError } from './errors.js';
 import type { RequestQueue } from './queue.js';

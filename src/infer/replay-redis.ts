@@ -8,10 +8,9 @@
  * window once it has accepted a later one.
  */
 import type * as Redis from '@redis/client';
-import { OhttpError } from '../ohttp/errors.js';
-import type { KeyConfig } from '../ohttp/keyconfig.js';
-import { DateFloor, type ReplayGuard } from '../ohttp/replay.js';
-import { sha256, toHex } from '../util/bytes.js';
+import type { KeyConfig } from '../ohttp/index.js';
+import { DateFloor, OhttpError, type ReplayGuard } from '../ohttp/index.js';
+import { sha256, toHex } from '../util/index.js';
 import { requireOptional } from '../util/optional/node.js';
 
 // @redis/client is an optional peer dependency, loaded on the first connect: `cloister serve` imports

@@ -17,18 +17,27 @@
 import type { AddressInfo } from 'node:net';
 import fastifyCors from '@fastify/cors';
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { createHttp, type FrameworkCode, frameworkRefusal } from '../http/index.js';
-import { clientGone, limitedBody, rawBodies, readBody, sendResponse, webRequest } from '../http/web.js';
+import {
+  clientGone,
+  createHttp,
+  type FrameworkCode,
+  frameworkRefusal,
+  limitedBody,
+  rawBodies,
+  readBody,
+  sendResponse,
+  webRequest,
+} from '../http/index.js';
 import { encodeKeyConfigList, ReplayCache, type ReplayGuard } from '../ohttp/index.js';
 import { nodeBackend } from '../ohttp/node.js';
-import { fromHex, toBase64Url, toHex } from '../util/bytes.js';
+import { fromHex, toBase64Url, toHex } from '../util/index.js';
 import {
   type AttestationDocument,
   IDENTITY_TYPE,
   type InferenceIdentity,
   identityReportData,
   type SoftwareIdentity,
-} from '../wire/inference-identity.js';
+} from '../wire/index.js';
 import { attestIdentity, type ServerTee } from './attestation.js';
 import { errorBody, errorHeaders, type InferCode, InferError, toInferError } from './errors.js';
 import { createGateway, GatewayError, OHTTP_CHUNKED_REQUEST_TYPE, OHTTP_REQUEST_TYPE } from './gateway.js';

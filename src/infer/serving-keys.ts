@@ -25,9 +25,8 @@ import {
   KEM_X25519_HKDF_SHA256,
   PKCS8_X25519_PREFIX,
 } from '../ohttp/index.js';
-import { generateSigningKey } from '../tee/receipt.js';
-import { bs, concatBytes, fromBase64, toBase64Url, utf8 } from '../util/bytes.js';
-import { isObject } from '../util/object.js';
+import { bs, concatBytes, fromBase64, isObject, toBase64Url, utf8 } from '../util/index.js';
+import { generateSigningKey } from '../wire/index.js';
 
 export const SERVING_KEYS_TYPE = 'cloister-serving-keys/v1';
 

@@ -7,8 +7,8 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { bs, toHex, utf8 } from '../util/bytes.js';
-import type { SoftwareIdentity } from '../wire/inference-identity.js';
+import { bs, toHex, utf8 } from '../util/index.js';
+import type { SoftwareIdentity } from '../wire/index.js';
 
 const here = fileURLToPath(import.meta.url);
 const distRoot = join(dirname(here), '..');

@@ -2,7 +2,7 @@
  * A client for the broker's admin API (`/admin/v1/…`), shared by `cloister kbs …` and `cloister demo`.
  * It loads nothing but fetch, so that the CLI can import it at start without slowing `--help`.
  */
-import type { Problem } from '../wire/problem.js';
+import type { Problem } from '../wire/index.js';
 
 /** unreachable: no answer at all; refused: an error status (its problem's `type` and `detail` kept). */
 export type AdminClientErrorCode = 'unreachable' | 'refused';
@@ -82,3 +82,4 @@ export class AdminClient {
     );
   }
 }
+export { ADMIN_ROLES } from './tenancy.js';

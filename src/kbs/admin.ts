@@ -12,10 +12,10 @@
 import { Readable } from 'node:stream';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { createLocalJWKSet, type JSONWebKeySet, type JWK, jwtVerify } from 'jose';
-import { verifyEar } from '../attest/ear/index.js';
+import { verifyEar } from '../attest/index.js';
 import { compilePolicy, PolicyError } from '../policy/index.js';
 import { type LogStore, TranslogError, TransparencyLog } from '../translog/index.js';
-import { parseResourcePath } from '../wire/kbs.js';
+import { parseResourcePath } from '../wire/index.js';
 import { decideRelease } from './decide.js';
 import { KbsError, type KbsHttpCode, type KbsRouteDoc } from './errors.js';
 import type { PolicyPool } from './policy-pool.js';

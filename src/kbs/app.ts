@@ -5,10 +5,16 @@
 import { readFile } from 'node:fs/promises';
 import type { FastifyInstance } from 'fastify';
 import { importJWK, type JWK } from 'jose';
-import { chainSources, httpSource, memoryCache, offlineSource } from '../attest/collateral/index.js';
 import { cachedSource, directorySource } from '../attest/collateral/node.js';
-import type { CollateralSource, TeeKind } from '../attest/common/types.js';
-import { createDefaultRegistry, createVerifierContext } from '../attest/index.js';
+import {
+  chainSources,
+  createDefaultRegistry,
+  createVerifierContext,
+  httpSource,
+  memoryCache,
+  offlineSource,
+} from '../attest/index.js';
+import type { CollateralSource, TeeKind } from '../attest/types.js';
 import { generateNoteSigner, type NoteSigner, signerFromJwk, vkeyOf } from '../translog/index.js';
 import { AdminApi } from './admin.js';
 import { Broker } from './broker.js';

@@ -3,18 +3,20 @@
  * audit trail. server.ts maps it onto routes; tests drive it directly as well as over HTTP.
  */
 
-import { chainSources } from '../attest/collateral/index.js';
 import {
   type Appraisal,
   AttestationError,
+  appraiseComposite,
   type CollateralSource,
+  certTableCollateral,
+  chainSources,
+  type EarResult,
+  issueEar,
   type TeeKind,
-} from '../attest/common/types.js';
-import { appraiseComposite } from '../attest/composite.js';
-import { type EarResult, issueEar, verifyEar } from '../attest/ear/index.js';
-import type { VerifierRegistry } from '../attest/registry.js';
-import { certTableCollateral } from '../attest/snp/certtable.js';
-import { toBase64Url } from '../util/bytes.js';
+  verifyEar,
+} from '../attest/index.js';
+import type { VerifierRegistry } from '../attest/types.js';
+import { toBase64Url } from '../util/index.js';
 import {
   bindingReportData,
   deviceEvidence,
@@ -27,7 +29,7 @@ import {
   parseTeePubkey,
   primaryEvidenceBytes,
   type TeePubkey,
-} from '../wire/kbs.js';
+} from '../wire/index.js';
 import { decideRelease, type ReleaseDecision } from './decide.js';
 import { KbsError } from './errors.js';
 import { bindInitData, INIT_DATA_CLAIM, type ReceivedInitData, receiveInitData } from './init-data.js';

@@ -3,8 +3,7 @@
  * broker-wide one, else the built-in secure default), the tenant's reference values, and what the CEL
  * policy says about the attestation result. Reasons are for the owner's audit log only.
  */
-import type { TeeKind } from '../attest/common/types.js';
-import type { EarResult } from '../attest/ear/index.js';
+import type { EarResult, TeeKind } from '../attest/index.js';
 import {
   activeReferenceValues,
   DEFAULT_RESOURCE_POLICY,

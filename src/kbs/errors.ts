@@ -4,7 +4,7 @@
  * union); no HTTP status is chosen here: server.ts maps every code to one in a single table.
  */
 import type { FrameworkCode, RouteDoc } from '../http/index.js';
-import type { ProtocolErrorCode } from '../wire/kbs.js';
+import type { ProtocolErrorCode } from '../wire/index.js';
 
 export type KbsErrorCode =
   | ProtocolErrorCode

@@ -10,10 +10,9 @@
  * Absent init-data is not detected here: a policy that relies on it requires `init_data.digest`.
  */
 import { parse as parseToml } from 'smol-toml';
-import type { Appraisal } from '../attest/common/types.js';
-import { AttestationError } from '../attest/common/types.js';
-import type { EarResult } from '../attest/ear/index.js';
-import { bs, toHex, utf8 } from '../util/bytes.js';
+import type { Appraisal, EarResult } from '../attest/index.js';
+import { AttestationError } from '../attest/types.js';
+import { bs, toHex, utf8 } from '../util/index.js';
 import { KbsError } from './errors.js';
 
 export const INIT_DATA_VERSION = '0.1.0';

@@ -5,8 +5,8 @@
  * — can decrypt; TLS terminators and the network see ciphertext.
  */
 import { FlattenedEncrypt, type FlattenedJWE, flattenedDecrypt, importJWK } from 'jose';
-import { bs } from '../util/bytes.js';
-import type { TeePubkey } from '../wire/kbs.js';
+import { bs } from '../util/index.js';
+import type { TeePubkey } from '../wire/index.js';
 import { KbsError } from './errors.js';
 
 export function jweAlgFor(key: TeePubkey): 'ECDH-ES+A256KW' | 'RSA-OAEP-256' {

@@ -19,7 +19,7 @@ import {
   TranslogError,
   ZERO_HASH_HEX,
 } from '../translog/index.js';
-import { canonicalizeBytes } from '../util/jcs.js';
+import { canonicalizeBytes } from '../util/index.js';
 import { rangeNodeIds } from './store/common.js';
 import type { KbsStore, LogAppend, LogEntryBuilder } from './store/types.js';
 

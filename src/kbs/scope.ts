@@ -1,4 +1,4 @@
-import { parseResourcePath } from '../wire/kbs.js';
+import { parseResourcePath } from '../wire/index.js';
 import { KbsError } from './errors.js';
 import type { PolicyScope } from './store/types.js';
 

@@ -4,7 +4,7 @@
  * row does not decrypt. Several master keys can be configured during a rotation: the first encrypts,
  * all decrypt; `rotate` re-encrypts every value under the first.
  */
-import { bs, concatBytes, fromBase64, sha256, toHex, utf8 } from '../util/bytes.js';
+import { bs, concatBytes, fromBase64, sha256, toHex, utf8 } from '../util/index.js';
 import type { SealedSecret } from './store/types.js';
 
 export interface MasterKey {

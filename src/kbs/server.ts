@@ -17,7 +17,7 @@ import {
   type StatusTable,
   sendProblem,
 } from '../http/index.js';
-import { KBS_PROTOCOL_VERSION, ProtocolError, SESSION_COOKIE } from '../wire/kbs.js';
+import { KBS_PROTOCOL_VERSION, ProtocolError, SESSION_COOKIE } from '../wire/index.js';
 import type { AdminApi } from './admin.js';
 import type { Broker } from './broker.js';
 import { KbsError, type KbsHttpCode, type KbsRouteDoc } from './errors.js';

@@ -11,7 +11,7 @@
  * codes, so every backend refuses the same inputs with the same codes.
  */
 import { Aes128Gcm, Aes256Gcm, CipherSuite, DhkemX25519HkdfSha256, HkdfSha256 } from '@hpke/core';
-import { bs } from '../util/bytes.js';
+import { bs } from '../util/index.js';
 import { OhttpError } from './errors.js';
 import { AEAD_AES_128_GCM } from './keyconfig.js';
 

@@ -5,7 +5,7 @@
  * receipt goes) at the end; the client decodes the same bytes incrementally, in whatever pieces the
  * chunked OHTTP layer hands it.
  */
-import { concatBytes, utf8 } from '../util/bytes.js';
+import { concatBytes, utf8 } from '../util/index.js';
 import type { Field } from './bhttp.js';
 import { OhttpError } from './errors.js';
 import { encodeVarint, VarReader } from './varint.js';

@@ -4,7 +4,7 @@
  * zero padding may follow a message (§3.8); any other trailing byte, and every length that runs past
  * the input, is refused with an OhttpError.
  */
-import { concatBytes, utf8 } from '../util/bytes.js';
+import { concatBytes, utf8 } from '../util/index.js';
 import { OhttpError } from './errors.js';
 import { encodeVarint, VarReader } from './varint.js';
 

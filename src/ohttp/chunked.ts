@@ -12,7 +12,7 @@
  * Reordering breaks the nonce, dropping the end leaves no final chunk, and the "final" AAD stops an
  * attacker from passing off a middle chunk as the last.
  */
-import { concatBytes, utf8 } from '../util/bytes.js';
+import { concatBytes, utf8 } from '../util/index.js';
 import type { HpkeRecipient, HpkeSender } from './backend.js';
 import { OhttpError } from './errors.js';
 import type { KeyConfig } from './keyconfig.js';

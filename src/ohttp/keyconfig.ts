@@ -2,7 +2,7 @@
  * Oblivious HTTP key configurations (RFC 9458 §3): one X25519 key with the symmetric suites the gateway
  * accepts, and the `application/ohttp-keys` list (each config prefixed by a 2-byte length).
  */
-import { concatBytes } from '../util/bytes.js';
+import { concatBytes } from '../util/index.js';
 import { OhttpError } from './errors.js';
 import { VarReader } from './varint.js';
 

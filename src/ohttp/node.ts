@@ -16,7 +16,7 @@ import {
   generateKeyPairSync,
   type KeyObject,
 } from 'node:crypto';
-import { bs, concatBytes, equalBytes, isAllZero, utf8 } from '../util/bytes.js';
+import { bs, concatBytes, equalBytes, isAllZero, utf8 } from '../util/index.js';
 import type { AeadKey, HpkeExporter, OhttpBackend } from './backend.js';
 import {
   AEAD_AES_128_GCM,

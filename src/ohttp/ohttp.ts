@@ -3,7 +3,7 @@
  * config with HPKE; the gateway opens it and seals the response under keys derived from an HPKE export
  * secret, a fresh response nonce and the request's `enc`, so only that client can read it.
  */
-import { bs, concatBytes, fromBase64, utf8 } from '../util/bytes.js';
+import { bs, concatBytes, fromBase64, utf8 } from '../util/index.js';
 import {
   type AeadKey,
   type HpkeExporter,

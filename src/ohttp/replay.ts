@@ -16,7 +16,7 @@
  * When full of remembered entries the cache refuses rather than forgets, since forgetting would let a
  * replay in.
  */
-import { toHex } from '../util/bytes.js';
+import { toHex } from '../util/index.js';
 import { OhttpError } from './errors.js';
 
 export interface ReplayCacheOptions {

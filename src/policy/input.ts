@@ -4,8 +4,7 @@
  * activation. The conversion validates every field, so bad data becomes a denial with a reason.
  */
 
-import type { TrustVector } from '../attest/common/types.js';
-import type { EarResult, EarSubmod } from '../attest/ear/index.js';
+import type { EarResult, EarSubmod, TrustVector } from '../attest/index.js';
 import { CelResource, CelSubmod } from './compile.js';
 import { INPUT_LIMITS } from './input-limits.js';
 

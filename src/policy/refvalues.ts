@@ -8,7 +8,7 @@
  * measurement is refused (contraindicated) — expiry never silently turns a judged measurement into an
  * unjudged one.
  */
-import { type AppraisalPolicy, TEE_KINDS, type TeeKind } from '../attest/common/types.js';
+import { type AppraisalPolicy, TEE_KINDS, type TeeKind } from '../attest/types.js';
 
 export { TEE_KINDS };
 

@@ -3,7 +3,7 @@
  * WHATWG streams), so it runs unchanged in a browser; Node adds file handles, pipes and worker threads
  * in node.ts by supplying a faster ChunkCipher.
  */
-import { bs, concatBytes, sha256 } from '../util/bytes.js';
+import { bs, concatBytes, sha256 } from '../util/index.js';
 import { ChunkAuthError, type ChunkCipher, TAG_BYTES, webCryptoCipher } from './aead.js';
 import {
   chunkCount,

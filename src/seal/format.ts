@@ -18,7 +18,7 @@
  *
  * All integers big-endian. The body follows at offset H: chunk i is at H + i·(C+16).
  */
-import { ByteReader, ParseError } from '../util/reader.js';
+import { ByteReader, ParseError } from '../util/index.js';
 
 export const RecipientType = { kbs: 1, hpke: 2 } as const;
 export type RecipientTypeName = keyof typeof RecipientType;

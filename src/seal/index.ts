@@ -27,6 +27,7 @@ export {
 } from './container.js';
 export {
   type Header,
+  headerLengthOf,
   MAX_CHUNK_SIZE,
   MIN_CHUNK_SIZE,
   parseHeader,

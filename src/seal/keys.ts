@@ -8,7 +8,7 @@
  * Keys on disk are JWKs (RFC 7517): `oct` for KEKs, `OKP`/X25519 for HPKE.
  */
 import { Aes256Gcm, CipherSuite, DhkemX25519HkdfSha256, HkdfSha256 } from '@hpke/core';
-import { bs, equalBytes, fromBase64, sha256, toBase64Url, utf8 } from '../util/bytes.js';
+import { bs, equalBytes, fromBase64, sha256, toBase64Url, utf8 } from '../util/index.js';
 import { KEY_ID_SYNTAX, type RecipientStanza, SealFormatError } from './format.js';
 
 export const HPKE_INFO = utf8.encode('cloister-seal-v1 data key');

@@ -661,3 +661,5 @@ async function unsealOpenedToMemory(
   }
   return memory;
 }
+
+export { bestChunkCipher } from './aead-native.js';

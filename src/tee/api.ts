@@ -19,15 +19,19 @@ import { chmod, lstat, unlink } from 'node:fs/promises';
 import type { IncomingMessage } from 'node:http';
 import { connect } from 'node:net';
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteHandlerMethod } from 'fastify';
-import { createHttp, frameworkRefusal, type StatusTable } from '../http/index.js';
-import { rawBodies, sendResponse } from '../http/web.js';
-import { bestChunkCipher } from '../seal/aead-native.js';
-import { beginSeal, openStream, sealStream } from '../seal/container.js';
-import { headerLengthOf, parseHeader, SealFormatError } from '../seal/format.js';
-import type { Recipient } from '../seal/keys.js';
-import { concatBytes, fromBase64, fromHex, toBase64Url } from '../util/bytes.js';
-import { RESOURCE_PATH } from '../wire/kbs.js';
-import { problem } from '../wire/problem.js';
+import { createHttp, frameworkRefusal, rawBodies, type StatusTable, sendResponse } from '../http/index.js';
+import type { Recipient } from '../seal/index.js';
+import {
+  beginSeal,
+  headerLengthOf,
+  openStream,
+  parseHeader,
+  SealFormatError,
+  sealStream,
+} from '../seal/index.js';
+import { bestChunkCipher } from '../seal/node.js';
+import { concatBytes, fromBase64, fromHex, toBase64Url } from '../util/index.js';
+import { problem, RESOURCE_PATH } from '../wire/index.js';
 import type { CollectionError, CpuAttester, CpuKind } from './evidence/types.js';
 import { pullFrom } from './files.js';
 import { KbsClientError } from './kbs-client.js';

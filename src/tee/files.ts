@@ -8,10 +8,9 @@
 import { createHash } from 'node:crypto';
 import { type FileHandle, open, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { bestChunkCipher } from '../seal/aead-native.js';
-import { beginSeal, openBodyStream, sealStream } from '../seal/container.js';
-import type { Recipient } from '../seal/keys.js';
-import { openSealedPath } from '../seal/node.js';
+import type { Recipient } from '../seal/index.js';
+import { beginSeal, openBodyStream, sealStream } from '../seal/index.js';
+import { bestChunkCipher, openSealedPath } from '../seal/node.js';
 import type { ConfinedDir } from './confined.js';
 import type { KekCache } from './keys.js';
 

@@ -9,7 +9,7 @@ import {
   deviceRuntimeDataHash,
   type EcPublicJwk,
   KBS_PROTOCOL_VERSION,
-} from '../wire/kbs.js';
+} from '../wire/index.js';
 
 /** Produces evidence for the broker's challenge. */
 export interface Attester {

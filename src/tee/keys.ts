@@ -10,11 +10,10 @@
  * `{"nvidia": {"gpus": [ … ]}}`, GPU i answering deriveGpuNonce(deviceBase, i).
  */
 
-import { cocoSampleEvidence } from '../attest/sample/index.js';
-import { GUID_VCEK, GUID_VLEK, parseCertTable } from '../attest/snp/certtable.js';
-import type { Header } from '../seal/format.js';
-import { type KekKey, keyFromJwk } from '../seal/keys.js';
-import { toBase64, utf8 } from '../util/bytes.js';
+import { cocoSampleEvidence, GUID_VCEK, GUID_VLEK, parseCertTable } from '../attest/index.js';
+import type { Header } from '../seal/index.js';
+import { type KekKey, keyFromJwk } from '../seal/index.js';
+import { toBase64, utf8 } from '../util/index.js';
 import { collectGpuEvidence } from './evidence/composite.js';
 import type { GpuAttester } from './evidence/nvml.js';
 import type { CpuAttester, CpuEvidence, CpuKind } from './evidence/types.js';

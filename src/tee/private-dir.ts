@@ -28,8 +28,8 @@ import {
 import { chmod, lstat, mkdtemp, readdir, readFile, readlink, realpath } from 'node:fs/promises';
 import { join } from 'node:path';
 import { anchorOf } from './confined.js';
+import { DEFAULT_PRIVATE_PARENT } from './defaults.js';
 import { AgentError } from './keys.js';
-import { DEFAULT_PRIVATE_PARENT } from './private-parent.js';
 
 const { O_RDONLY, O_RDWR, O_DIRECTORY, O_NOFOLLOW, O_NONBLOCK } = constants;
 

@@ -18,11 +18,10 @@ import {
   flattenedVerify,
   type JWK,
 } from 'jose';
-import type { Appraisal, CollateralSource, TeeKind } from '../attest/common/types.js';
-import { type EarResult, earDisagreement, verifyEar } from '../attest/ear/index.js';
-import type { VerifierRegistry } from '../attest/registry.js';
-import { concatBytes, fromBase64, toBase64Url, toHex, utf8 } from '../util/bytes.js';
-import { canonicalizeBytes } from '../util/jcs.js';
+import { type EarResult, earDisagreement, verifyEar } from '../attest/index.js';
+import type { Appraisal, CollateralSource, TeeKind, VerifierRegistry } from '../attest/types.js';
+import { canonicalizeBytes, concatBytes, fromBase64, toBase64Url, toHex, utf8 } from '../util/index.js';
+import { generateSigningKey } from '../wire/index.js';
 import type { CpuAttester } from './evidence/types.js';
 import { AgentError } from './keys.js';
 
@@ -80,18 +79,6 @@ function thumbprintMembers(jwk: JWK): Record<string, unknown> {
 export async function receiptReportData(publicJwk: JWK): Promise<Uint8Array> {
   const msg = concatBytes(BINDING_LABEL, canonicalizeBytes(thumbprintMembers(publicJwk)));
   return new Uint8Array(await crypto.subtle.digest('SHA-512', msg.slice()));
-}
-
-/** A fresh ES256 key whose private half cannot be exported; the public half as RFC 7638 members. */
-export async function generateSigningKey(
-  extractable = false,
-): Promise<{ publicJwk: JWK; privateKey: CryptoKey }> {
-  const pair = (await crypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, extractable, [
-    'sign',
-    'verify',
-  ])) as CryptoKeyPair;
-  const full = await crypto.subtle.exportKey('jwk', pair.publicKey);
-  return { publicJwk: { kty: 'EC', crv: 'P-256', x: full.x!, y: full.y! }, privateKey: pair.privateKey };
 }
 
 /** A fresh receipt key, bound into evidence from `attester`. */

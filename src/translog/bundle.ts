@@ -4,7 +4,7 @@
  * consistency between checkpoints and the inclusion proofs. Every failure is a TranslogError saying
  * which entry or checkpoint and why; verification goes on after a failure so that one run lists them all.
  */
-import { equalBytes, toHex } from '../util/bytes.js';
+import { equalBytes, toHex } from '../util/index.js';
 import { type Checkpoint, parseCheckpoint, verifyCheckpoint } from './checkpoint.js';
 import { entryLeafHash, type LogEntry, parseEntry, ZERO_HASH_HEX } from './entry.js';
 import { TranslogError, type TranslogErrorCode, type TranslogErrorWhere } from './errors.js';

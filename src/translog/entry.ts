@@ -4,8 +4,7 @@
  * those bytes; and each entry carries its predecessor's leaf hash in `prevHash`, so that the order can be
  * checked from the entries alone, without the tree.
  */
-import { toHex } from '../util/bytes.js';
-import { canonicalize, canonicalizeBytes, type JsonValue } from '../util/jcs.js';
+import { canonicalize, canonicalizeBytes, type JsonValue, toHex } from '../util/index.js';
 import { TranslogError } from './errors.js';
 import { leafHash } from './hash.js';
 

@@ -2,7 +2,7 @@
  * RFC 6962 / RFC 9162 §2.1.1 hashing with SHA-256: leaves and interior nodes get different one-byte
  * prefixes so that a leaf can never be passed off as a node (second-preimage resistance of the tree).
  */
-import { bs } from '../util/bytes.js';
+import { bs } from '../util/index.js';
 
 export const HASH_SIZE = 32;
 

@@ -6,7 +6,7 @@
  * Sizes and indices are JavaScript numbers limited to Number.MAX_SAFE_INTEGER; arithmetic is done with
  * division rather than bit operators, which would wrap at 2^31.
  */
-import { equalBytes, fromHex, toHex } from '../util/bytes.js';
+import { equalBytes, fromHex, toHex } from '../util/index.js';
 import { TranslogError } from './errors.js';
 import { emptyRoot, HASH_SIZE, nodeHash } from './hash.js';
 

@@ -6,7 +6,7 @@
  *   <blank line>
  *   — <key name> <base64(key id ‖ signature)>
  */
-import { bs, concatBytes, fromBase64, toBase64, toHex, utf8 } from '../util/bytes.js';
+import { bs, concatBytes, fromBase64, toBase64, toHex, utf8 } from '../util/index.js';
 import { TranslogError } from './errors.js';
 
 const ED25519 = 0x01;

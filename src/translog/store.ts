@@ -4,7 +4,7 @@
  * reader needs, a complete in-memory store, and `TransparencyLog`, which serves roots, proofs and
  * exports from any LogStore.
  */
-import { toHex } from '../util/bytes.js';
+import { toHex } from '../util/index.js';
 import { BUNDLE_FORMAT, STREAMED_LAYOUT } from './bundle.js';
 import { parseCheckpoint, signCheckpoint } from './checkpoint.js';
 import { type LogEntry, type LogEntryFields, nextEntry } from './entry.js';

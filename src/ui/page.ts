@@ -10,8 +10,7 @@
  */
 // @peculiar/x509's dependency injection needs the Reflect metadata API before it loads.
 import 'reflect-metadata';
-import { httpSource } from '../attest/collateral/index.js';
-import { MEASUREMENT_CLAIMS } from '../attest/common/appraise.js';
+import { httpSource, MEASUREMENT_CLAIMS } from '../attest/index.js';
 import {
   type ClientPolicy,
   type ConfidentialFetch,

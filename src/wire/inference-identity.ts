@@ -12,8 +12,7 @@
  * TEE, next to exactly those models, run by that software. Web-standard.
  */
 import type { JWK } from 'jose';
-import { concatBytes, utf8 } from '../util/bytes.js';
-import { canonicalizeBytes } from '../util/jcs.js';
+import { canonicalizeBytes, concatBytes, utf8 } from '../util/index.js';
 
 export const IDENTITY_TYPE = 'cloister-inference/v1';
 export const ATTESTATION_TYPE = 'cloister-inference-attestation/v1';

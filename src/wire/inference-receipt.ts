@@ -6,7 +6,7 @@
  * third party can check later against the attestation document. Web-standard.
  */
 import { CompactSign, compactVerify, type JWK } from 'jose';
-import { toHex, utf8 } from '../util/bytes.js';
+import { toHex, utf8 } from '../util/index.js';
 
 export const RESPONSE_RECEIPT_TYPE = 'cloister-inference-receipt/v1';
 export const RESPONSE_RECEIPT_TYP = 'cloister-inference-receipt+jws';

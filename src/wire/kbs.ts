@@ -13,12 +13,9 @@
  * because the primary report data must cover the device evidence and so cannot exist before it.
  */
 
-import { AttestationError } from '../attest/common/types.js';
-import type { CertTableEntry } from '../attest/snp/certtable.js';
-import { fromCocoSnpEvidence } from '../attest/snp/coco.js';
-import { bs, fromBase64, fromHex, toBase64 } from '../util/bytes.js';
-import { canonicalizeBytes } from '../util/jcs.js';
-import { isObject } from '../util/object.js';
+import type { CertTableEntry } from '../attest/index.js';
+import { AttestationError, fromCocoSnpEvidence } from '../attest/index.js';
+import { bs, canonicalizeBytes, fromBase64, fromHex, isObject, toBase64 } from '../util/index.js';
 
 export const KBS_PROTOCOL_VERSION = '0.4.0';
 export const SESSION_COOKIE = 'kbs-session-id';

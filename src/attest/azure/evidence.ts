@@ -6,7 +6,7 @@
  *     "vcek"?, "td_quote"? }
  * A bare binary HCL report (starting with "HCLA") is accepted as well; it carries no TPM quote.
  */
-import { fromBase64, fromHex, utf8 } from '../../util/bytes.js';
+import { fromBase64, fromHex, utf8 } from '../../util/index.js';
 import { AttestationError } from '../common/types.js';
 
 export interface AzureEvidence {

@@ -8,8 +8,7 @@
  * The hardware report's REPORT_DATA starts with hash(variable data), which is what ties the vTPM AK
  * to the hardware-attested VM.
  */
-import { isAllZero, utf8 } from '../../util/bytes.js';
-import { ByteReader, ParseError } from '../../util/reader.js';
+import { ByteReader, isAllZero, ParseError, utf8 } from '../../util/index.js';
 import { AttestationError, type AttestationErrorCode } from '../common/types.js';
 
 const HCL_MAGIC = 0x414c4348; // "HCLA" little-endian

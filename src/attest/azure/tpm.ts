@@ -3,8 +3,7 @@
  * TPML_PCR_SELECTION; all integers big-endian). The quote is signed by the vTPM attestation key (AK),
  * whose public key the HCL report's runtime data carries.
  */
-import { bs, concatBytes, equalBytes, toHex } from '../../util/bytes.js';
-import { ByteReader, ParseError } from '../../util/reader.js';
+import { ByteReader, bs, concatBytes, equalBytes, ParseError, toHex } from '../../util/index.js';
 import { AttestationError, type AttestationErrorCode } from '../common/types.js';
 
 const TPM_GENERATED_VALUE = 0xff544347;

@@ -3,7 +3,7 @@
  * hardware root → hardware report (SNP report, or TD report proven by a TD quote) → REPORT_DATA starts
  * with hash(runtime JSON) → HCLAkPub in that JSON → vTPM quote over the PCRs and the verifier's nonce.
  */
-import { equalBytes, isAllZero, toHex } from '../../util/bytes.js';
+import { equalBytes, isAllZero, toHex } from '../../util/index.js';
 import {
   type Appraisal,
   type AppraisalPolicy,

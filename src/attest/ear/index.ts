@@ -21,8 +21,7 @@
  * `teePubkey` and `initData` give the same things whichever profile the token has.
  */
 import { importJWK, type JWK, type JWTPayload, errors as joseErrors, jwtVerify, SignJWT } from 'jose';
-import { toBase64Url } from '../../util/bytes.js';
-import { isObject } from '../../util/object.js';
+import { isObject, toBase64Url } from '../../util/index.js';
 import { MEASUREMENT_CLAIMS } from '../common/appraise.js';
 import {
   type Appraisal,

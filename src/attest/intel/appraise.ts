@@ -4,7 +4,7 @@
  * measurements.
  */
 
-import { equalBytes, toHex } from '../../util/bytes.js';
+import { equalBytes, toHex } from '../../util/index.js';
 import { AFFIRM, judgeReferenceValues } from '../common/appraise.js';
 import {
   type Appraisal,

@@ -5,7 +5,7 @@
  * style collateral.json bundle holding all of them; each item is asked for under both names, and what
  * came back is recognised by its content.
  */
-import { fromHex, utf8 } from '../../util/bytes.js';
+import { fromHex, utf8 } from '../../util/index.js';
 import {
   AttestationError,
   type AttestationErrorCode,

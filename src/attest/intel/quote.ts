@@ -5,8 +5,7 @@
  * must fit its declared length exactly, and the only bytes accepted after it are zero padding (quote
  * buffers from the kernel and from cloud metadata services are fixed-size and zero-filled).
  */
-import { isAllZero, toHex, utf8 } from '../../util/bytes.js';
-import { ByteReader, ParseError } from '../../util/reader.js';
+import { ByteReader, isAllZero, ParseError, toHex, utf8 } from '../../util/index.js';
 import { type Certificate, parseCertificates } from '../common/pki.js';
 import { AttestationError, type AttestationErrorCode } from '../common/types.js';
 import { checkSignedDer } from './der.js';

@@ -5,7 +5,7 @@
  * against the TDX components), the TDX module level from its identity, the QE level from its ISVSVN,
  * then one combined status.
  */
-import { toHex } from '../../util/bytes.js';
+import { toHex } from '../../util/index.js';
 import { AttestationError } from '../common/types.js';
 import type { IsvTcbLevel, TcbLevel, TcbLevelStatus } from './collateral.js';
 import type { VerifiedQuote } from './verify.js';

@@ -5,7 +5,7 @@
  * that tie them together (FMSPC, PCE-ID, QE identity, TDX module identity). TCB level matching is
  * appraisal and lives in tcb.ts.
  */
-import { bs, concatBytes, equalBytes, sha256, toHex } from '../../util/bytes.js';
+import { bs, concatBytes, equalBytes, sha256, toHex } from '../../util/index.js';
 import { type Certificate, type Crl, parseCertificates, parseCrl, verifyChain } from '../common/pki.js';
 import { AttestationError, type AttestationErrorCode, type CollateralSource } from '../common/types.js';
 import { type ContextSlot, contextOf, type VerifierContext } from '../context.js';

@@ -4,7 +4,7 @@
  * caller's reference values, folded into an EAR status and AR4SI trust vector.
  */
 
-import { toHex } from '../../util/bytes.js';
+import { toHex } from '../../util/index.js';
 import type { Appraisal, AppraisalPolicy, EarStatus, Finding, TrustVector } from '../common/types.js';
 import { worseStatus } from '../common/types.js';
 import type { ReportedCcMode } from './evidence.js';

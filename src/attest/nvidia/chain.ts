@@ -6,7 +6,7 @@
  * validity window and the report signature.
  */
 
-import { sha256, toHex } from '../../util/bytes.js';
+import { sha256, toHex } from '../../util/index.js';
 import { type Certificate, parseCertificates, verifyChain } from '../common/pki.js';
 import { AttestationError } from '../common/types.js';
 import type { ContextSlot, VerifierContext } from '../context.js';

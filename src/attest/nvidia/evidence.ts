@@ -17,7 +17,7 @@
  * with a clear message: without its certificate chain it cannot be verified.
  */
 
-import { fromBase64, fromHex, toHex, utf8 } from '../../util/bytes.js';
+import { fromBase64, fromHex, toHex, utf8 } from '../../util/index.js';
 import { AttestationError, type AttestationErrorCode } from '../common/types.js';
 
 export type ReportedCcMode = 'on' | 'devtools' | 'off';

@@ -4,7 +4,7 @@
  * signed driver and VBIOS reference integrity manifests. See docs/attestation/nvidia.md.
  */
 
-import { equalBytes, fromBase64, sha256, toHex, utf8 } from '../../util/bytes.js';
+import { equalBytes, fromBase64, sha256, toHex, utf8 } from '../../util/index.js';
 import type { Appraisal, CollateralSource, KindVerifier, VerifyOptions } from '../common/types.js';
 import { AttestationError } from '../common/types.js';
 import { type ContextSlot, contextOf } from '../context.js';

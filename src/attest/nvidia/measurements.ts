@@ -5,7 +5,7 @@
  * (NVDEC0) is skipped when the report says NVDEC0 is disabled. The two RIMs may not both claim an index.
  */
 
-import { toHex } from '../../util/bytes.js';
+import { toHex } from '../../util/index.js';
 import { AttestationError } from '../common/types.js';
 import { NVDEC0_DISABLED } from './opaque.js';
 import type { ParsedGpuReport } from './report.js';

@@ -26,7 +26,7 @@ import {
   id_ce_extKeyUsage,
 } from '@peculiar/asn1-x509';
 import * as x509 from '@peculiar/x509';
-import { bs, equalBytes, fromHex, toHex } from '../../util/bytes.js';
+import { bs, equalBytes, fromHex, toHex } from '../../util/index.js';
 import type { Certificate } from '../common/pki.js';
 import { AttestationError, type AttestationErrorCode } from '../common/types.js';
 

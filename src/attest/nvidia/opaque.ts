@@ -5,8 +5,7 @@
  * because two different driver versions in one signed report have no honest meaning.
  */
 
-import { toHex } from '../../util/bytes.js';
-import { ByteReader } from '../../util/reader.js';
+import { ByteReader, toHex } from '../../util/index.js';
 import { AttestationError } from '../common/types.js';
 
 export const OPAQUE_FIELD = {

@@ -6,7 +6,7 @@
  * DMTF measurement value), and NVIDIA's opaque-data TLV list as read by nvtrust and nvat.
  */
 
-import { ByteReader, ParseError } from '../../util/reader.js';
+import { ByteReader, ParseError } from '../../util/index.js';
 import { AttestationError, type AttestationErrorCode } from '../common/types.js';
 import { type GpuOpaqueData, parseOpaqueData } from './opaque.js';
 

@@ -8,7 +8,7 @@
  * closes the signature-wrapping tricks: the measurements are read from the same tree that is digested.
  */
 
-import { bs, equalBytes, fromBase64, sha384, toHex, utf8 } from '../../util/bytes.js';
+import { bs, equalBytes, fromBase64, sha384, toHex, utf8 } from '../../util/index.js';
 import { AttestationError, type AttestationErrorCode } from '../common/types.js';
 import { contextOf, type VerifierContext } from '../context.js';
 import { canonicalizeDocument, canonicalizeSubtree } from './c14n.js';

@@ -5,7 +5,7 @@
  * requester nonce.
  */
 
-import { bs, equalBytes, toHex } from '../../util/bytes.js';
+import { bs, equalBytes, toHex } from '../../util/index.js';
 import type { Certificate } from '../common/pki.js';
 import { AttestationError } from '../common/types.js';
 import { contextOf, type VerifierContext } from '../context.js';

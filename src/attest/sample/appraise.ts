@@ -4,7 +4,7 @@
  * hardware trust claim of 32 (AR4SI "unsafe hardware"). Every default policy downstream (key broker,
  * client SDK) refuses anything below affirming, hence refuses sample evidence.
  */
-import { toHex } from '../../util/bytes.js';
+import { toHex } from '../../util/index.js';
 import {
   type Appraisal,
   type AppraisalPolicy,

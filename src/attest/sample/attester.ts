@@ -2,8 +2,7 @@
  * Attester side of the `sample` TEE: a software key standing in for hardware. The agent uses it for
  * demos on ordinary machines; every verifier marks what it produces as insecure.
  */
-import { bs, fromHex, toBase64Url, toHex } from '../../util/bytes.js';
-import { canonicalizeBytes } from '../../util/jcs.js';
+import { bs, canonicalizeBytes, fromHex, toBase64Url, toHex } from '../../util/index.js';
 import { REPORT_DATA_SIZE } from '../common/types.js';
 import type { SampleEvidenceBody, SamplePublicJwk } from './evidence.js';
 

@@ -10,7 +10,7 @@
  * hardware TEE has. Both spellings are accepted here (compared after zero-padding to 64 bytes), and
  * `cocoSampleEvidence` writes the 48-byte form Trustee's verifier requires.
  */
-import { fromBase64, toBase64, toHex, utf8 } from '../../util/bytes.js';
+import { fromBase64, toBase64, toHex, utf8 } from '../../util/index.js';
 import {
   type Appraisal,
   type AppraisalPolicy,

@@ -8,8 +8,7 @@
  *
  * The signature covers the RFC 8785 canonical JSON of the object without its `signature` member.
  */
-import { fromBase64, toBase64Url, utf8 } from '../../util/bytes.js';
-import { isObject } from '../../util/object.js';
+import { fromBase64, isObject, toBase64Url, utf8 } from '../../util/index.js';
 import { AttestationError, type AttestationErrorCode, REPORT_DATA_SIZE } from '../common/types.js';
 
 export const SAMPLE_TEE = 'sample';

@@ -1,6 +1,5 @@
 /** Verify stage of the `sample` TEE: the ES256 signature over the JCS body, and the report data. */
-import { bs, equalBytes, sha256, toBase64Url, toHex } from '../../util/bytes.js';
-import { canonicalizeBytes } from '../../util/jcs.js';
+import { bs, canonicalizeBytes, equalBytes, sha256, toBase64Url, toHex } from '../../util/index.js';
 import { AttestationError, REPORT_DATA_SIZE, type VerifyOptions } from '../common/types.js';
 import type { ParsedSampleEvidence, SamplePublicJwk } from './evidence.js';
 

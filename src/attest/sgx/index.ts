@@ -2,7 +2,7 @@
  * Intel SGX verifier: parseQuote → verifyQuote → appraiseSgx (DCAP quote v3, or v4/v5 with an SGX
  * enclave report). See docs/attestation/intel.md for every check and error code.
  */
-import { toHex } from '../../util/bytes.js';
+import { toHex } from '../../util/index.js';
 import {
   type Appraisal,
   AttestationError,

@@ -3,7 +3,7 @@
  * against platform rules, and the measurements against the caller's reference values.
  */
 
-import { equalBytes, isAllZero, toHex } from '../../util/bytes.js';
+import { equalBytes, isAllZero, toHex } from '../../util/index.js';
 import { AFFIRM, judgeReferenceValues } from '../common/appraise.js';
 import {
   type Appraisal,

@@ -3,7 +3,7 @@
  * Certificate and KDS Interface Specification"): the TCB the key was derived for, the chip it belongs
  * to and the product generation. These bind a certificate to one chip at one TCB level.
  */
-import { toHex } from '../../util/bytes.js';
+import { toHex } from '../../util/index.js';
 import type { Certificate } from '../common/pki.js';
 import { AttestationError } from '../common/types.js';
 import { PRODUCTS, type SnpProduct } from './report.js';

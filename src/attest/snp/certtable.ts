@@ -4,8 +4,7 @@
  * {GUID, offset, length} ending with an all-zero entry, offsets relative to the table start. It lets a
  * guest ship its VCEK/VLEK (and ASK, ARK, CRL) with the evidence, so no KDS round trip is needed.
  */
-import { isAllZero, toHex, utf8 } from '../../util/bytes.js';
-import { ByteReader, ParseError } from '../../util/reader.js';
+import { ByteReader, isAllZero, ParseError, toHex, utf8 } from '../../util/index.js';
 import { parseCertificates } from '../common/pki.js';
 import { AttestationError, type CollateralSource } from '../common/types.js';
 

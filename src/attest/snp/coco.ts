@@ -19,7 +19,7 @@
  * only collateral: they count once they chain to an AMD root.
  */
 
-import { isObject } from '../../util/object.js';
+import { isObject } from '../../util/index.js';
 import { AttestationError } from '../common/types.js';
 import { type CertTableEntry, GUID_ARK, GUID_ASK, GUID_CRL, GUID_VCEK, GUID_VLEK } from './certtable.js';
 import { productFromCpuid, REPORT_SIZE, SIGNED_SIZE } from './report.js';

@@ -3,8 +3,7 @@
  * Report" table; report versions 2, 3, 4 and 5). Parse only: structure, reserved fields and the
  * policy / signer-info bitfields. Nothing here is trusted until verifyReport has checked the signature.
  */
-import { isAllZero, toHex } from '../../util/bytes.js';
-import { ByteReader, ParseError } from '../../util/reader.js';
+import { ByteReader, isAllZero, ParseError, toHex } from '../../util/index.js';
 import { AttestationError, type AttestationErrorCode } from '../common/types.js';
 
 /** The report is a fixed 1184-byte structure; the signature covers bytes 0x000..0x29F. */

@@ -3,7 +3,7 @@
  * to an AMD Root Key, the chain and the ARK-issued CRL are valid at `options.at`, the certificate was
  * issued for exactly this chip at exactly the reported TCB, and the report signature verifies with it.
  */
-import { bs, concatBytes, equalBytes, isAllZero, sha256, toHex } from '../../util/bytes.js';
+import { bs, concatBytes, equalBytes, isAllZero, sha256, toHex } from '../../util/index.js';
 import { type Certificate, type Crl, parseCertificates, parseCrl, verifyChain } from '../common/pki.js';
 import {
   AttestationError,

@@ -2,7 +2,7 @@
  * Intel TDX verifier: parseQuote → verifyQuote → appraiseTdx (DCAP quote v4/v5). See
  * docs/attestation/intel.md for every check and error code.
  */
-import { isAllZero, toHex } from '../../util/bytes.js';
+import { isAllZero, toHex } from '../../util/index.js';
 import {
   type Appraisal,
   AttestationError,

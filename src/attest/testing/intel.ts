@@ -8,7 +8,7 @@
  */
 import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
-import { bs, concatBytes, sha256, toHex, utf8 } from '../../util/bytes.js';
+import { bs, concatBytes, sha256, toHex, utf8 } from '../../util/index.js';
 import type { CollateralSource } from '../common/types.js';
 import type { TcbLevelStatus } from '../intel/collateral.js';
 import {

@@ -25,7 +25,7 @@ import {
 import { AsnConvert, OctetString } from '@peculiar/asn1-schema';
 import { AlgorithmIdentifier, Certificate as AsnCertificate } from '@peculiar/asn1-x509';
 import * as x509 from '@peculiar/x509';
-import { bs, concatBytes, fromBase64, fromHex, toHex, utf8 } from '../../util/bytes.js';
+import { bs, concatBytes, fromBase64, fromHex, toHex, utf8 } from '../../util/index.js';
 import { canonicalizeDocument, canonicalizeSubtree } from '../nvidia/c14n.js';
 import { encodeNvidiaEvidence, type ReportedCcMode } from '../nvidia/evidence.js';
 import { OPAQUE_FIELD } from '../nvidia/opaque.js';

@@ -2,7 +2,7 @@
  * Test authority for the `sample` TEE: signs sample evidence with arbitrary (even invalid) members, so
  * tests can prove that the verifier refuses each malformed or dishonest variant for the right reason.
  */
-import { toBase64Url } from '../../util/bytes.js';
+import { toBase64Url } from '../../util/index.js';
 import { signSampleBody } from '../sample/attester.js';
 
 export interface SampleForgery {

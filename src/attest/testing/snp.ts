@@ -7,7 +7,7 @@
  */
 import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
-import { bs, toHex } from '../../util/bytes.js';
+import { bs, toHex } from '../../util/index.js';
 import type { CollateralSource } from '../common/types.js';
 import {
   OID_BL_SPL,

@@ -21,7 +21,7 @@
  */
 
 import type pg from 'pg';
-import { equalBytes } from '../../util/bytes.js';
+import { equalBytes } from '../../util/index.js';
 import { requireOptional } from '../../util/optional/node.js';
 import {
   AppendQueue,

@@ -13,7 +13,7 @@
  * Log appends are group-committed (see `AppendQueue`): concurrent releases share one fsync.
  */
 
-import { equalBytes } from '../../util/bytes.js';
+import { equalBytes } from '../../util/index.js';
 import {
   AppendQueue,
   BACKFILL_BATCH,

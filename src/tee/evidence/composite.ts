@@ -5,7 +5,7 @@
  * {"tee-pubkey", "nonce"} instead, because there the CPU report data must also cover the GPU evidence
  * and so cannot exist before it (collect the GPUs first with `collectGpuEvidence`).
  */
-import { deriveGpuNonce } from '../../attest/composite.js';
+import { deriveGpuNonce } from '../../attest/index.js';
 import type { GpuAttester } from './nvml.js';
 import type { CpuAttester, CpuEvidence } from './types.js';
 

@@ -9,11 +9,13 @@
  * NVIDIA GPUs are detected beside the CPU TEE. Every decision is recorded as a reason naming the file
  * or device looked at and what was found there, so an operator can see why a TEE was (not) found.
  */
+
+import { DEFAULT_DEV_ROOT, DEFAULT_GRAMINE_ROOT, DEFAULT_TSM_ROOT } from '../defaults.js';
 import { type AgentFs, type CommandRunner, errText, joinPath } from './fs.js';
-import { DEFAULT_GRAMINE_ROOT, GramineAttester, readAttestationType } from './gramine.js';
-import { DEFAULT_DEV_ROOT, detectGpus, type GpuDetection } from './nvml.js';
+import { GramineAttester, readAttestationType } from './gramine.js';
+import { detectGpus, type GpuDetection } from './nvml.js';
 import { InsecureSampleAttester } from './sample.js';
-import { DEFAULT_TSM_ROOT, TSM_PROVIDERS, TsmAttester, type TsmAttesterOptions } from './tsm.js';
+import { TSM_PROVIDERS, TsmAttester, type TsmAttesterOptions } from './tsm.js';
 import type { CpuAttester, CpuKind } from './types.js';
 
 export interface DetectOptions {

@@ -9,12 +9,11 @@
  * read each other's quote: collections are serialised, and the quote's report data is checked against
  * what was written.
  */
-import { equalBytes, toHex, utf8 } from '../../util/bytes.js';
+import { equalBytes, toHex, utf8 } from '../../util/index.js';
+import { DEFAULT_GRAMINE_ROOT } from '../defaults.js';
 import { type AgentFs, errnoOf, errText, joinPath } from './fs.js';
 import { evidenceReportData } from './layout.js';
 import { CollectionError, type CpuAttester, type CpuEvidence, padReportData } from './types.js';
-
-export const DEFAULT_GRAMINE_ROOT = '/dev/attestation';
 
 export interface GramineAttesterOptions {
   fs: AgentFs;

@@ -7,10 +7,10 @@ export {
 } from './composite.js';
 export { type Detection, type DetectOptions, detectTee, kindName } from './detect.js';
 export type { AgentFs, CommandRunner } from './fs.js';
-export { DEFAULT_GRAMINE_ROOT, GramineAttester, type GramineAttesterOptions } from './gramine.js';
+export { GramineAttester, type GramineAttesterOptions } from './gramine.js';
 export { evidenceReportData } from './layout.js';
+export { nodeFs, nodeRunner } from './node.js';
 export {
-  DEFAULT_DEV_ROOT,
   detectGpus,
   type GpuAttester,
   type GpuDetection,
@@ -21,7 +21,6 @@ export {
 } from './nvml.js';
 export { InsecureSampleAttester } from './sample.js';
 export {
-  DEFAULT_TSM_ROOT,
   TSM_PROVIDERS,
   TsmAttester,
   type TsmAttesterOptions,

@@ -12,12 +12,12 @@
  * Evidence per GPU is NVIDIA's SDK serialisation, a JSON list holding that GPU's entry
  * `[{arch, nonce, evidence, certificate}]`, which the `nvidia` verifier reads.
  */
-import { fromBase64, toHex, utf8 } from '../../util/bytes.js';
+import { fromBase64, toHex, utf8 } from '../../util/index.js';
+import { DEFAULT_DEV_ROOT } from '../defaults.js';
 import { type AgentFs, type CommandRunner, errText, joinPath } from './fs.js';
 import { CollectionError } from './types.js';
 
 export const GPU_NONCE_SIZE = 32;
-export const DEFAULT_DEV_ROOT = '/dev';
 /** Where distributions install the NVML library. */
 export const NVML_LIBRARY_PATHS = [
   '/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1',

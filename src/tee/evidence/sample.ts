@@ -3,7 +3,7 @@
  * process generated, which proves nothing about the machine. Every verifier marks it insecure and
  * every default policy refuses it; the agent uses it only when told to (`--allow-sample`).
  */
-import { createSampleAttester, type SampleAttester } from '../../attest/sample/index.js';
+import { createSampleAttester, type SampleAttester } from '../../attest/index.js';
 import { type CpuAttester, type CpuEvidence, padReportData } from './types.js';
 
 let processAttester: Promise<SampleAttester> | undefined;

@@ -18,12 +18,12 @@
  * read (the kernel regenerates the report for their inblob): the attempt is discarded and retried in
  * a fresh entry, up to `maxAttempts` times.
  */
-import { equalBytes, toHex, utf8 } from '../../util/bytes.js';
+import { equalBytes, toHex, utf8 } from '../../util/index.js';
+import { DEFAULT_TSM_ROOT } from '../defaults.js';
 import { type AgentFs, errnoOf, errText, joinPath, randomName } from './fs.js';
 import { evidenceReportData } from './layout.js';
 import { CollectionError, type CpuAttester, type CpuEvidence, padReportData } from './types.js';
 
-export const DEFAULT_TSM_ROOT = '/sys/kernel/config/tsm/report';
 export const DEFAULT_MAX_ATTEMPTS = 3;
 const PRIVLEVEL_MAX = 3;
 

@@ -3,7 +3,7 @@
  * bytes, chosen by the caller — for the KBS, a hash over the broker's nonce and the TEE's ephemeral
  * key) into evidence in the TEE's native format, which the matching verifier in src/attest checks.
  */
-import { REPORT_DATA_SIZE } from '../../attest/common/types.js';
+import { REPORT_DATA_SIZE } from '../../attest/types.js';
 
 // One size for attesters and verifiers alike; re-exported so the agent's callers need not reach into src/attest.
 export { REPORT_DATA_SIZE };

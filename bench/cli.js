@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * Start-up time of the `cloister` binary (npm run bench:cli-start): the minimum of BENCH_RUNS (default
+ * Start-up time of the `cloister` binary (npm run bench:cli): the minimum of BENCH_RUNS (default
  * 10) runs each of `cloister --help`, `cloister inspect FILE` (a small sealed file this script makes
  * first) and, as the same-run floor, `node -e 0` (what starting Node itself costs). Each figure is wall
  * time of the whole process, spawn to exit. `*_vs_node` is that figure over the floor (target ≤ 3).
@@ -52,7 +52,7 @@ try {
   const ratio = (x) => Math.round((x / node) * 100) / 100;
   console.log(
     JSON.stringify({
-      bench: 'cli-start',
+      bench: 'cli',
       runs,
       node_ms: ms(node),
       help_ms: ms(help),
