@@ -17,9 +17,12 @@ export interface HttpOptions {
   bodyLimit: number;
   /**
    * Slow clients: the whole request must arrive within `requestMs`, its headers within `headersMs`;
-   * an idle kept-alive connection closes after `keepAliveMs`. Only the upload is timed.
+   * an idle kept-alive connection closes after `keepAliveMs`. `idleMs` (default: off) also closes a
+   * connection on which nothing moved for that long, responses included: for servers whose answers are
+   * short (the key broker), so a client that never reads cannot hold a connection; streaming servers
+   * leave it off, as a long generation may pause.
    */
-  timeouts?: { requestMs?: number; headersMs?: number; keepAliveMs?: number };
+  timeouts?: { requestMs?: number; headersMs?: number; keepAliveMs?: number; idleMs?: number };
   /** Proxies (addresses/CIDRs) whose X-Forwarded-For names the client; empty or absent: none. */
   trustProxy?: readonly string[];
   /**
@@ -35,11 +38,9 @@ export function createHttp(o: HttpOptions): FastifyInstance {
   const requestMs = t.requestMs ?? 60_000;
   const app = Fastify({
     bodyLimit: o.bodyLimit,
-    // Node times only the request (408 and close once it is late), never the response: a slow or
-    // stalled upload is cut while a long generation or a large unseal streams on. A socket idle
-    // timeout (Fastify's connectionTimeout) would also cut a quiet response, so it is off.
+    // Node times the request (408 and close once it is late); the response only where `idleMs` asks.
     requestTimeout: requestMs,
-    connectionTimeout: 0,
+    connectionTimeout: t.idleMs ?? 0,
     keepAliveTimeout: t.keepAliveMs ?? 5_000,
     // Refusals Fastify makes before routing (a URL that is not valid percent-encoding, say) go to the
     // server's own error handler, so they come out in its error shape like every other refusal.

@@ -15,7 +15,7 @@
  * The OHTTP and receipt keys are made here, in the TEE's memory, and never leave it.
  */
 import type { AddressInfo } from 'node:net';
-import fastifyCors from '@fastify/cors';
+import fastifyCors, { type FastifyCorsOptions } from '@fastify/cors';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import {
   clientGone,
@@ -106,15 +106,21 @@ export const COLLATERAL_ORIGINS = [
 ];
 const MAX_COLLATERAL_BYTES = 32 << 20;
 
+const GATEWAY_PATH = '/.well-known/ohttp-gateway';
+
 /**
- * Any page may call the server: what it says is public (attestation, key configurations) or
- * end-to-end encrypted (OHTTP), and no cookie or credential is ever involved.
+ * What any web page may call and read: the attestation and the OHTTP gateway, which are public or
+ * end-to-end encrypted, with no cookie or credential involved. Everything else (the plaintext OpenAI
+ * API, /healthz, /v1/collateral, the page) gets no CORS headers, so another site's page cannot read
+ * it, nor pass a preflight to send a JSON request to it.
  */
+const CORS_PATHS = new Set(['/v1/attestation', GATEWAY_PATH]);
 const CORS = {
   origin: '*',
   allowedHeaders: ['content-type', 'incremental'],
   methods: ['GET', 'POST', 'OPTIONS'],
-  // Any OPTIONS is answered as a preflight, as before the plugin: tools probe without the headers.
+  // Any OPTIONS to those paths is answered as a preflight, as before the plugin: tools probe without
+  // the headers.
   strictPreflight: false,
 };
 
@@ -126,8 +132,6 @@ const HOP_BY_HOP = [
   'set-cookie',
   'keep-alive',
 ];
-
-const GATEWAY_PATH = '/.well-known/ohttp-gateway';
 
 /** Fastify's own refusals (before a handler runs) in the module's codes. */
 const FRAMEWORK_CODES: Readonly<Record<FrameworkCode, InferCode>> = {
@@ -223,8 +227,12 @@ export async function startInferenceServer(o: InferenceServerOptions): Promise<I
     refuse(reply, new InferError('not_found', `no route ${request.method} ${pathOf(request)}`)),
   );
 
-  // Preflights (OPTIONS on any path) and the allow-origin header on every answer, errors included.
-  await app.register(fastifyCors, CORS);
+  // Preflights and the allow-origin header, errors included, on the CORS paths only.
+  await app.register(
+    fastifyCors,
+    () => (request: FastifyRequest, done: (e: Error | null, options: FastifyCorsOptions) => void) =>
+      done(null, CORS_PATHS.has(pathOf(request)) ? CORS : { origin: false }),
+  );
 
   app.get<{ Querystring: { nonce?: string } }>('/v1/attestation', async (request, reply) => {
     const nonce = request.query.nonce;
@@ -331,7 +339,12 @@ export async function startInferenceServer(o: InferenceServerOptions): Promise<I
     }
     let upstream: Response;
     try {
-      upstream = await (o.collateralFetch ?? fetch)(u, { signal: AbortSignal.timeout(10_000) });
+      // A redirect is refused, not followed: the allow-list holds for the first URL only, and an open
+      // redirect on a vendor host would otherwise reach any address this server can.
+      upstream = await (o.collateralFetch ?? fetch)(u, {
+        signal: AbortSignal.timeout(10_000),
+        redirect: 'error',
+      });
     } catch (e) {
       throw new InferError('collateral_unreachable', `${u.origin} did not answer: ${(e as Error).message}`);
     }

@@ -174,7 +174,7 @@ const KBS_JSON_ERRORS: readonly KbsHttpCode[] = [
 export async function createServer(o: ServerOptions): Promise<FastifyInstance> {
   const app = createHttp({
     bodyLimit: o.bodyLimit,
-    timeouts: { requestMs: o.requestTimeoutMs },
+    timeouts: { requestMs: o.requestTimeoutMs, idleMs: o.requestTimeoutMs },
     trustProxy: o.trustProxy,
     strictSchemas: true,
   });

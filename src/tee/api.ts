@@ -58,6 +58,7 @@ export type AgentApiCode =
   | 'resource-not-found'
   | 'not-found'
   | 'method-not-allowed'
+  | 'http-version'
   | 'broker-unreachable'
   | 'broker-error'
   | 'agent-failed'
@@ -78,6 +79,7 @@ export const AGENT_API_STATUS = {
   'resource-not-found': 404,
   'not-found': 404,
   'method-not-allowed': 405,
+  'http-version': 505,
   'broker-unreachable': 502,
   'broker-error': 502,
   'agent-failed': 502,
@@ -124,6 +126,19 @@ function toApiError(e: unknown): AgentApiError {
   const refusal = frameworkRefusal(e, 0);
   if (refusal) return new AgentApiError('bad-request', refusal.detail);
   return new AgentApiError('internal', (e as Error)?.message ?? String(e));
+}
+
+/**
+ * Streamed answers end on a failure by cutting the connection before the final chunk, which only
+ * HTTP/1.1's chunked encoding shows: in HTTP/1.0 the end of the connection is the end of the body, so a
+ * plaintext cut at a tampered chunk would look whole. Those clients are refused before any body is sent.
+ */
+function streamable(request: FastifyRequest): void {
+  if (request.raw.httpVersion !== '1.1')
+    throw new AgentApiError(
+      'http-version',
+      `streamed bodies need HTTP/1.1 (chunked encoding), not HTTP/${request.raw.httpVersion}`,
+    );
 }
 
 /**
@@ -327,6 +342,7 @@ export class AgentApi {
       return send(reply, 'application/octet-stream', e.evidence, { 'x-cloister-tee': e.kind });
     });
     only('POST', '/unseal', async (request, reply) => {
+      streamable(request);
       const { header, body } = await sealedRequest(request.raw);
       const key = await this.keys.forHeader(header, 'the request body');
       return sendStream(reply, body.pipeThrough(openStream(key, bestChunkCipher())), cut(request), {
@@ -335,6 +351,7 @@ export class AgentApi {
       });
     });
     only('POST', '/seal', async (request, reply) => {
+      streamable(request);
       const query = searchOf(request);
       const to = query.getAll('to');
       if (to.length === 0)

@@ -494,8 +494,22 @@ describe('routes outside the API', () => {
     expect(pre.status).toBe(204);
     expect(pre.headers.get('access-control-allow-origin')).toBe('*');
     expect(pre.headers.get('access-control-allow-headers')).toContain('incremental');
-    // A preflight to the plaintext API is answered too, even where plaintext is refused.
-    expect((await fetch(`${h.server.url}/v1/chat/completions`, { method: 'OPTIONS' })).status).toBe(204);
+    // Only the attestation and the gateway are open to other sites' pages: the plaintext API, the
+    // health probe and unknown paths carry no CORS header, and a preflight to them fails.
+    const evil = { origin: 'https://evil.example', 'access-control-request-method': 'POST' };
+    const prePlain = await fetch(`${h.server.url}/v1/chat/completions`, { method: 'OPTIONS', headers: evil });
+    expect(prePlain.status).toBe(404);
+    expect(prePlain.headers.get('access-control-allow-origin')).toBeNull();
+    for (const path of ['/v1/models', '/healthz', '/nope'])
+      expect(
+        (await fetch(`${h.server.url}${path}`, { headers: evil })).headers.get('access-control-allow-origin'),
+        path,
+      ).toBeNull();
+    expect(
+      (await fetch(`${h.server.url}/v1/attestation`, { headers: evil })).headers.get(
+        'access-control-allow-origin',
+      ),
+    ).toBe('*');
 
     const put = await fetch(`${h.server.url}${GATEWAY}`, { method: 'PUT', body: 'x' });
     expect(put.status).toBe(405);
@@ -543,7 +557,9 @@ describe('the collateral relay for the browser page', () => {
         .status,
     ).toBe(403); // without --ui it is just another plaintext /v1 request, refused
     const asked: string[] = [];
-    const vendor = (async (u: URL) => {
+    const vendor = (async (u: URL, init?: RequestInit) => {
+      // Redirects are refused, not followed: the allow-list holds only for the first URL.
+      expect(init?.redirect).toBe('error');
       asked.push(String(u));
       return new Response('crl-bytes', { headers: { 'tcb-info-issuer-chain': 'pem', 'set-cookie': 'x=1' } });
     }) as unknown as typeof fetch;

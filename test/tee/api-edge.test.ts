@@ -1,5 +1,6 @@
 import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { request } from 'node:http';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -96,6 +97,23 @@ describe('the local API in-process: each failure below it gets its row of AGENT_
     expect(AGENT_API_STATUS['agent-failed']).toBe(502);
     expect(lines).toContain('GET /resource/a/b/fine → 200');
     expect(lines.some((l) => l.startsWith('GET /token → 502 broker-unreachable: '))).toBe(true);
+  });
+
+  it('streamed bodies need HTTP/1.1: an HTTP/1.0 client could not tell a cut body from a whole one', async () => {
+    for (const path of ['/unseal', '/seal?to=kbs:///a/b/c']) {
+      const answer = await new Promise<string>((resolve, reject) => {
+        const s = connect(socket);
+        let got = '';
+        s.on('data', (d) => {
+          got += d;
+        });
+        s.on('end', () => resolve(got));
+        s.on('error', reject);
+        s.end(`POST ${path} HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc`);
+      });
+      expect(answer, path).toMatch(/^HTTP\/1\.[01] 505 /);
+      expect(answer, path).toContain('https://cloister.dev/problems/http-version');
+    }
   });
 
   it('a wrong method is 405 (HEAD included), an unknown path 404', async () => {
