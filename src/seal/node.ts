@@ -101,7 +101,7 @@ function counting(onProgress: (n: number) => void, start: number): TransformStre
  * Readable.toWeb on Node 20 reads ahead without backpressure (unbounded memory on a fast pipe), so the
  * web stream pulls from the Node stream's iterator one piece at a time instead.
  */
-function pullFrom(node: AsyncIterable<Uint8Array>): ReadableStream<Uint8Array> {
+export function pullFrom(node: AsyncIterable<Uint8Array>): ReadableStream<Uint8Array> {
   const it = node[Symbol.asyncIterator]();
   return new ReadableStream<Uint8Array>(
     {

@@ -29,11 +29,10 @@ import {
   SealFormatError,
   sealStream,
 } from '../seal/index.js';
-import { bestChunkCipher } from '../seal/node.js';
+import { bestChunkCipher, pullFrom } from '../seal/node.js';
 import { concatBytes, fromBase64, fromHex, toBase64Url } from '../util/index.js';
 import { problem, RESOURCE_PATH } from '../wire/index.js';
 import type { CollectionError, CpuAttester, CpuKind } from './evidence/types.js';
-import { pullFrom } from './files.js';
 import { KbsClientError } from './kbs-client.js';
 import { AgentError, KekCache, type ResourceSource } from './keys.js';
 

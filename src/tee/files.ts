@@ -10,27 +10,9 @@ import { type FileHandle, open, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import type { Recipient } from '../seal/index.js';
 import { beginSeal, openBodyStream, sealStream } from '../seal/index.js';
-import { bestChunkCipher, openSealedPath } from '../seal/node.js';
+import { bestChunkCipher, openSealedPath, pullFrom } from '../seal/node.js';
 import type { ConfinedDir } from './confined.js';
 import type { KekCache } from './keys.js';
-
-export function pullFrom(node: AsyncIterable<Uint8Array>): ReadableStream<Uint8Array> {
-  // Readable.toWeb on Node 20 reads ahead without backpressure; pull one piece at a time instead.
-  const it = node[Symbol.asyncIterator]();
-  return new ReadableStream<Uint8Array>(
-    {
-      async pull(c) {
-        const { done, value } = await it.next();
-        if (done) c.close();
-        else c.enqueue(value);
-      },
-      async cancel() {
-        await it.return?.();
-      },
-    },
-    { highWaterMark: 0 },
-  );
-}
 
 function hashing(hash: ReturnType<typeof createHash>): TransformStream<Uint8Array, Uint8Array> {
   return new TransformStream({
