@@ -8,7 +8,7 @@
  * web-standard OpenAI handler, which also answers inside the OHTTP encryption where no Node server is.
  */
 import type { StatusTable } from '../http/index.js';
-import { EngineError } from './engine/types.js';
+import { type EngineCode, EngineError } from './engine/types.js';
 
 /** Every refusal the inference module can give; stable, for clients and tests. */
 export type InferCode =
@@ -108,7 +108,7 @@ export class InferError extends Error {
   }
 }
 
-const ENGINE_CODES: Readonly<Record<string, InferCode>> = {
+const ENGINE_CODES: Readonly<Record<EngineCode, InferCode>> = {
   aborted: 'aborted',
   'bad-model': 'bad_model',
   'bad-request': 'bad_request',
@@ -121,9 +121,7 @@ const ENGINE_CODES: Readonly<Record<string, InferCode>> = {
 export function toInferError(e: unknown): InferError {
   if (e instanceof InferError) return e;
   if (e instanceof EngineError) {
-    // An engine code this table does not know yet keeps the engine's own verdict on whose fault it is.
-    const code = ENGINE_CODES[e.code] ?? (e.status === 400 ? 'bad_request' : 'engine_failed');
-    return new InferError(code, e.message);
+    return new InferError(ENGINE_CODES[e.code], e.message);
   }
   return new InferError('internal_error', 'the server failed to handle this request');
 }

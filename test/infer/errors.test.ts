@@ -26,24 +26,18 @@ describe('InferError: a code, and one table for its status', () => {
     expect(new GatewayError('ohttp_key', 'stale').status).toBe(422);
   });
 
-  it('maps engine refusals by their code; an unknown engine code keeps whose fault it was', () => {
-    expect(toInferError(new EngineError('prompt-too-long', 400, 'too long'))).toMatchObject({
+  it('maps engine refusals by their code (EngineCode is closed; the compiler refuses a code the map lacks)', () => {
+    expect(toInferError(new EngineError('prompt-too-long', 'too long'))).toMatchObject({
       code: 'prompt_too_long',
       status: 400,
       message: 'too long',
     });
-    expect(toInferError(new EngineError('engine-closed', 500, 'closed'))).toMatchObject({
+    expect(toInferError(new EngineError('engine-closed', 'closed'))).toMatchObject({
       code: 'engine_closed',
       status: 500,
     });
-    expect(toInferError(new EngineError('something-new', 400, 'x'))).toMatchObject({
-      code: 'bad_request',
-      status: 400,
-    });
-    expect(toInferError(new EngineError('something-new', 500, 'x'))).toMatchObject({
-      code: 'engine_failed',
-      status: 500,
-    });
+    expect(toInferError(new EngineError('bad-model', 'x'))).toMatchObject({ code: 'bad_model', status: 500 });
+    expect(toInferError(new EngineError('aborted', 'x'))).toMatchObject({ code: 'aborted', status: 400 });
   });
 
   it('anything else is a 500 that does not pass its message on', async () => {

@@ -33,7 +33,6 @@ export class ScriptedTextEngine implements TextEngine {
     if (promptTokens + maxTokens > this.contextLength || maxTokens < 1) {
       throw new EngineError(
         'prompt-too-long',
-        400,
         `prompt of ${promptTokens} tokens + max_tokens ${p.maxTokens} exceeds the context of ${this.contextLength}`,
       );
     }

@@ -7,7 +7,7 @@
  * (`build: 'never'`, `skipDownload`). The file is checked with our own GGUF reader first, because
  * llama.cpp can abort the whole process on some malformed files.
  *
- * Error codes (EngineError): `bad-model` (500: the model is the operator's input, not a client's;
+ * Error codes (EngineError; the statuses are INFER_STATUS's, src/infer/errors.ts): `bad-model` (500: the model is the operator's input, not a client's;
  * missing, not GGUF, truncated or refused by llama.cpp), `engine-failed` (500: no usable llama.cpp
  * binary, context creation or generation failed), `engine-closed` (500), `bad-request` (400: invalid
  * parameters) and `prompt-too-long` (400: prompt tokens + maxTokens exceed the per-sequence context;
@@ -131,20 +131,16 @@ export async function warmUpLlama(gpu: 'auto' | false = 'auto'): Promise<void> {
 export async function loadLlamaEngine(options: LlamaEngineOptions): Promise<TextEngine> {
   const { path, gpu = 'auto', parallel = 1, log } = options;
   if (!Number.isSafeInteger(parallel) || parallel < 1) {
-    throw new EngineError('bad-request', 400, `parallel must be a positive integer, got ${parallel}`);
+    throw new EngineError('bad-request', `parallel must be a positive integer, got ${parallel}`);
   }
   if (
     options.contextSize !== undefined &&
     (!Number.isSafeInteger(options.contextSize) || options.contextSize < 2)
   ) {
-    throw new EngineError(
-      'bad-request',
-      400,
-      `contextSize must be an integer ≥ 2, got ${options.contextSize}`,
-    );
+    throw new EngineError('bad-request', `contextSize must be an integer ≥ 2, got ${options.contextSize}`);
   }
   if (options.threads !== undefined && (!Number.isSafeInteger(options.threads) || options.threads < 1)) {
-    throw new EngineError('bad-request', 400, `threads must be a positive integer, got ${options.threads}`);
+    throw new EngineError('bad-request', `threads must be a positive integer, got ${options.threads}`);
   }
 
   let info: Awaited<ReturnType<typeof readGgufInfoFromFile>>;
@@ -152,15 +148,14 @@ export async function loadLlamaEngine(options: LlamaEngineOptions): Promise<Text
     info = await readGgufInfoFromFile(path);
   } catch (err) {
     if (err instanceof GgufError)
-      throw new EngineError('bad-model', 500, `${path}: ${err.message}`, { cause: err });
+      throw new EngineError('bad-model', `${path}: ${err.message}`, { cause: err });
     const code = (err as NodeJS.ErrnoException).code;
     const why = code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'is a directory' : String(err);
-    throw new EngineError('bad-model', 500, `cannot read model ${path}: ${why}`, { cause: err });
+    throw new EngineError('bad-model', `cannot read model ${path}: ${why}`, { cause: err });
   }
   if (!info.complete) {
     throw new EngineError(
       'bad-model',
-      500,
       `${path}: truncated GGUF file: its tensors need ${info.requiredSize} bytes, the file has ${info.fileSize}`,
     );
   }
@@ -178,7 +173,7 @@ export async function loadLlamaEngine(options: LlamaEngineOptions): Promise<Text
     llama = await sharedLlama(gpu);
   } catch (err) {
     dropLog();
-    throw new EngineError('engine-failed', 500, `llama.cpp is not usable here: ${errorText(err)}`, {
+    throw new EngineError('engine-failed', `llama.cpp is not usable here: ${errorText(err)}`, {
       cause: err,
     });
   }
@@ -191,7 +186,7 @@ export async function loadLlamaEngine(options: LlamaEngineOptions): Promise<Text
   } catch (err) {
     dropLog();
     const why = loadErrors.find((l) => l.includes('error loading model')) ?? errorText(err);
-    throw new EngineError('bad-model', 500, `llama.cpp refused ${path}: ${why}`, { cause: err });
+    throw new EngineError('bad-model', `llama.cpp refused ${path}: ${why}`, { cause: err });
   } finally {
     loadErrorCaptures.delete(loadErrors);
   }
@@ -207,7 +202,7 @@ export async function loadLlamaEngine(options: LlamaEngineOptions): Promise<Text
   } catch (err) {
     await model.dispose().catch(() => {});
     dropLog();
-    throw new EngineError('engine-failed', 500, `cannot create a llama.cpp context: ${errorText(err)}`, {
+    throw new EngineError('engine-failed', `cannot create a llama.cpp context: ${errorText(err)}`, {
       cause: err,
     });
   }
@@ -244,7 +239,7 @@ function finishReason(reason: StopReason): GenerationResult['finishReason'] {
 }
 
 function checkParams(p: GenerateParams): void {
-  const bad = (m: string) => new EngineError('bad-request', 400, m);
+  const bad = (m: string) => new EngineError('bad-request', m);
   if (!Number.isSafeInteger(p.maxTokens) || p.maxTokens < 1)
     throw bad(`maxTokens must be a positive integer`);
   if (!Number.isFinite(p.temperature) || p.temperature < 0) throw bad('temperature must be a number ≥ 0');
@@ -296,12 +291,12 @@ class LlamaEngine implements TextEngine {
   async complete(prompt: string, params: GenerateParams, onText: OnText): Promise<GenerationResult> {
     this.checkOpen();
     checkParams(params);
-    if (typeof prompt !== 'string') throw new EngineError('bad-request', 400, 'prompt must be a string');
+    if (typeof prompt !== 'string') throw new EngineError('bad-request', 'prompt must be a string');
     const bos = this.model.tokens.shouldPrependBosToken && this.model.tokens.bos !== null;
     // Tokenised as LlamaCompletion does (no special tokens: prompt text cannot forge control tokens).
     const tokens = this.model.tokenize(prompt, false, bos ? 'trimLeadingSpace' : undefined);
     const promptTokens = tokens.length + (bos ? 1 : 0);
-    if (promptTokens === 0) throw new EngineError('bad-request', 400, 'the prompt is empty');
+    if (promptTokens === 0) throw new EngineError('bad-request', 'the prompt is empty');
     this.checkLength(promptTokens, params.maxTokens);
     return this.withSequence(params, onText, promptTokens, async (sequence, options) => {
       const completion = new LlamaCompletion({ contextSequence: sequence });
@@ -319,15 +314,15 @@ class LlamaEngine implements TextEngine {
     this.checkOpen();
     checkParams(params);
     if (!Array.isArray(messages) || messages.length === 0) {
-      throw new EngineError('bad-request', 400, 'messages must be a non-empty list');
+      throw new EngineError('bad-request', 'messages must be a non-empty list');
     }
     const history: ChatHistoryItem[] = messages.map((m, i) => {
       if (typeof m?.content !== 'string')
-        throw new EngineError('bad-request', 400, `message ${i}: content must be a string`);
+        throw new EngineError('bad-request', `message ${i}: content must be a string`);
       if (m.role === 'system') return { type: 'system', text: m.content };
       if (m.role === 'user') return { type: 'user', text: m.content };
       if (m.role === 'assistant') return { type: 'model', response: [m.content] };
-      throw new EngineError('bad-request', 400, `message ${i}: unknown role ${String(m.role)}`);
+      throw new EngineError('bad-request', `message ${i}: unknown role ${String(m.role)}`);
     });
     // Always a new assistant turn, even after an assistant message (no prefill continuation).
     history.push({ type: 'model', response: [] });
@@ -352,7 +347,7 @@ class LlamaEngine implements TextEngine {
   }
 
   private checkOpen(): void {
-    if (this.closed) throw new EngineError('engine-closed', 500, 'the engine is closed');
+    if (this.closed) throw new EngineError('engine-closed', 'the engine is closed');
   }
 
   private checkLength(promptTokens: number, maxTokens: number, minFree = 1): void {
@@ -364,7 +359,7 @@ class LlamaEngine implements TextEngine {
         promptTokens > limit
           ? `the prompt (${promptTokens} tokens) leaves no room to generate in a context of ${this.contextLength}`
           : `prompt (${promptTokens} tokens) + maxTokens (${maxTokens}) exceeds the context length (${this.contextLength})`;
-      throw new EngineError('prompt-too-long', 400, why);
+      throw new EngineError('prompt-too-long', why);
     }
   }
 
@@ -398,7 +393,7 @@ class LlamaEngine implements TextEngine {
     const signal = AbortSignal.any([params.signal, halt.signal]);
     let sequence: LlamaContextSequence | undefined;
     try {
-      if (this.closed) throw new EngineError('engine-closed', 500, 'the engine is closed');
+      if (this.closed) throw new EngineError('engine-closed', 'the engine is closed');
       sequence = this.context.getSequence();
       const { reason } = await fn(sequence, sampling(params, signal, guardedOnText));
       if (!scanner.stopped) scanner.flush();
@@ -413,7 +408,7 @@ class LlamaEngine implements TextEngine {
       if (callbackFailed) throw callbackFailed.error;
       if (err instanceof EngineError) throw err;
       if (params.signal.aborted) return aborted;
-      throw new EngineError('engine-failed', 500, `generation failed: ${errorText(err)}`, { cause: err });
+      throw new EngineError('engine-failed', `generation failed: ${errorText(err)}`, { cause: err });
     } finally {
       await sequence?.dispose().catch(() => {});
       this.release();

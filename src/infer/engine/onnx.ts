@@ -54,15 +54,15 @@ const FALLBACK_CONTEXT = 512;
 const NO_LIMIT = 1e9;
 
 function badModel(message: string, cause?: unknown): EngineError {
-  return new EngineError('bad-model', 500, message, cause === undefined ? undefined : { cause });
+  return new EngineError('bad-model', message, cause === undefined ? undefined : { cause });
 }
 
 function aborted(signal: AbortSignal): EngineError {
-  return new EngineError('aborted', 400, 'the embedding request was aborted', { cause: signal.reason });
+  return new EngineError('aborted', 'the embedding request was aborted', { cause: signal.reason });
 }
 
 function closed(): EngineError {
-  return new EngineError('engine-closed', 500, 'the embedding engine is closed');
+  return new EngineError('engine-closed', 'the embedding engine is closed');
 }
 
 // --- bundle --------------------------------------------------------------------------------------
@@ -226,7 +226,7 @@ class WorkerPool {
       const worker = new Worker(url, { workerData: init, transferList: [copy.buffer] });
       return new Promise<Slot>((resolve, reject) => {
         const onError = (e: Error) =>
-          reject(new EngineError('engine-failed', 500, `ONNX worker failed to start: ${e.message}`));
+          reject(new EngineError('engine-failed', `ONNX worker failed to start: ${e.message}`));
         worker.once('error', onError);
         worker.once('message', (m: OnnxWorkerReady) => {
           worker.off('error', onError);
@@ -255,7 +255,7 @@ class WorkerPool {
       const job = slot.job;
       if (!job || job.id !== r.id) return;
       slot.job = undefined;
-      if ('error' in r) job.reject(new EngineError('engine-failed', 500, `ONNX Runtime failed: ${r.error}`));
+      if ('error' in r) job.reject(new EngineError('engine-failed', `ONNX Runtime failed: ${r.error}`));
       else job.resolve(r);
       this.release(slot);
     });
@@ -264,11 +264,11 @@ class WorkerPool {
       const i = this.idle.indexOf(slot);
       if (i >= 0) this.idle.splice(i, 1);
       if (!this.closing) this.log(`onnx: worker lost (${why}); ${this.live.size} left`);
-      slot.job?.reject(new EngineError('engine-failed', 500, `the ONNX worker stopped: ${why}`));
+      slot.job?.reject(new EngineError('engine-failed', `the ONNX worker stopped: ${why}`));
       slot.job = undefined;
       if (this.live.size === 0) {
         for (const w of this.waiting.splice(0))
-          w.reject(new EngineError('engine-failed', 500, 'no ONNX worker is left'));
+          w.reject(new EngineError('engine-failed', 'no ONNX worker is left'));
       }
       this.checkDrained();
     };
@@ -294,7 +294,7 @@ class WorkerPool {
   private acquire(signal: AbortSignal): Promise<Slot> {
     if (this.closing) return Promise.reject(closed());
     if (this.live.size === 0)
-      return Promise.reject(new EngineError('engine-failed', 500, 'no ONNX worker is left'));
+      return Promise.reject(new EngineError('engine-failed', 'no ONNX worker is left'));
     const slot = this.idle.shift();
     if (slot) return Promise.resolve(slot);
     return new Promise<Slot>((resolve, reject) => {
@@ -357,28 +357,22 @@ class WorkerPool {
 /** Every input's token ids, special tokens included; refuses what the model cannot take. */
 function tokenize(tokenizer: PreTrainedTokenizer, contextLength: number, inputs: string[]): number[][] {
   if (!Array.isArray(inputs) || inputs.length === 0) {
-    throw new EngineError('bad-request', 400, 'input must be a non-empty list of strings');
+    throw new EngineError('bad-request', 'input must be a non-empty list of strings');
   }
   return inputs.map((text, i) => {
-    if (typeof text !== 'string') throw new EngineError('bad-request', 400, `input[${i}] is not a string`);
-    if (text === '') throw new EngineError('bad-request', 400, `input[${i}] is an empty string`);
+    if (typeof text !== 'string') throw new EngineError('bad-request', `input[${i}] is not a string`);
+    if (text === '') throw new EngineError('bad-request', `input[${i}] is an empty string`);
     let ids: number[];
     try {
       ids = tokenizer.encode(text);
     } catch (e) {
-      throw new EngineError(
-        'engine-failed',
-        500,
-        `the tokenizer failed on input[${i}]: ${(e as Error).message}`,
-        {
-          cause: e,
-        },
-      );
+      throw new EngineError('engine-failed', `the tokenizer failed on input[${i}]: ${(e as Error).message}`, {
+        cause: e,
+      });
     }
     if (ids.length > contextLength) {
       throw new EngineError(
         'prompt-too-long',
-        400,
         `input[${i}] is ${ids.length} tokens; this model takes at most ${contextLength}`,
       );
     }
@@ -421,7 +415,6 @@ class OnnxEmbeddingEngine implements EmbeddingEngine {
       if (reply.dimensions !== this.dimensions) {
         throw new EngineError(
           'engine-failed',
-          500,
           `model returned ${reply.dimensions} dimensions, not ${this.dimensions}`,
         );
       }

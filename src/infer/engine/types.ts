@@ -5,13 +5,22 @@
  */
 
 /** Why an engine refused a request; the server maps `status` onto the HTTP response. */
+/**
+ * Every refusal of an engine. Whose fault each is (the caller's: a long or empty prompt; the engine's or
+ * the operator's: a bad model) is said once, in the inference server's status table (INFER_STATUS).
+ */
+export type EngineCode =
+  | 'aborted'
+  | 'bad-model'
+  | 'bad-request'
+  | 'engine-closed'
+  | 'engine-failed'
+  | 'prompt-too-long';
+
 export class EngineError extends Error {
   override name = 'EngineError';
   constructor(
-    /** Stable, for tests and clients: e.g. `prompt-too-long`, `bad-request`, `engine-failed`. */
-    readonly code: string,
-    /** 400 for the caller's fault (too long, empty input), 500 for the engine's. */
-    readonly status: 400 | 500,
+    readonly code: EngineCode,
     message: string,
     options?: { cause?: unknown },
   ) {
