@@ -7,8 +7,8 @@
  * (`build: 'never'`, `skipDownload`). The file is checked with our own GGUF reader first, because
  * llama.cpp can abort the whole process on some malformed files.
  *
- * Error codes (EngineError; the statuses are INFER_STATUS's, src/infer/errors.ts): `bad-model` (500: the model is the operator's input, not a client's;
- * missing, not GGUF, truncated or refused by llama.cpp), `engine-failed` (500: no usable llama.cpp
+ * Error codes (EngineError; the statuses are INFER_STATUS's, src/infer/errors.ts): `bad-model`
+ * (500: the model is the operator's input, not a client's; missing, not GGUF, truncated or refused by llama.cpp), `engine-failed` (500: no usable llama.cpp
  * binary, context creation or generation failed), `engine-closed` (500), `bad-request` (400: invalid
  * parameters) and `prompt-too-long` (400: prompt tokens + maxTokens exceed the per-sequence context;
  * a chat prompt must also leave 2 tokens free, as LlamaChat would otherwise drop messages). Neither
