@@ -8,10 +8,11 @@
  * llama.cpp can abort the whole process on some malformed files.
  *
  * Error codes (EngineError; the statuses are INFER_STATUS's, src/infer/errors.ts): `bad-model`
- * (500: the model is the operator's input, not a client's; missing, not GGUF, truncated or refused by llama.cpp), `engine-failed` (500: no usable llama.cpp
- * binary, context creation or generation failed), `engine-closed` (500), `bad-request` (400: invalid
- * parameters) and `prompt-too-long` (400: prompt tokens + maxTokens exceed the per-sequence context;
- * a chat prompt must also leave 2 tokens free, as LlamaChat would otherwise drop messages). Neither
+ * (500: the model is the operator's input, not a client's; missing, not GGUF, truncated or refused
+ * by llama.cpp), `engine-failed` (500: no usable llama.cpp binary, context creation or generation
+ * failed), `engine-closed` (500), `bad-request` (400: invalid parameters) and `prompt-too-long` (400:
+ * prompt tokens + maxTokens exceed the per-sequence context; a chat prompt must also leave 2 tokens
+ * free, as LlamaChat would otherwise drop messages). Neither
  * the prompt nor the conversation is ever silently shortened.
  *
  * An abort stops generation within a token, but not prompt evaluation: a long prompt is evaluated
