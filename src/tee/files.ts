@@ -10,7 +10,7 @@ import { type FileHandle, open, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import type { Recipient } from '../seal/index.js';
 import { beginSeal, openBodyStream, sealStream } from '../seal/index.js';
-import { bestChunkCipher, openSealedPath, pullFrom } from '../seal/node.js';
+import { bestChunkCipher, pullFrom, type SealedPath } from '../seal/node.js';
 import type { ConfinedDir } from './confined.js';
 import type { KekCache } from './keys.js';
 
@@ -68,48 +68,45 @@ export interface UnsealedFile {
 }
 
 /**
- * Unseals `sealedPath` into `dir/name` (mode 0600, refusing to overwrite). The KEK comes from the
- * broker by the header's `kbs` recipient; nothing is written before the broker has released it.
+ * Unseals the opened `sealed` (named `label` in errors) into `dir/name` (mode 0600, refusing to
+ * overwrite). The KEK comes from the broker by the header's `kbs` recipient; nothing is written before
+ * the broker has released it.
  */
 export async function unsealInto(
-  sealedPath: string,
+  sealed: SealedPath,
+  label: string,
   dir: string,
   name: string,
   keys: KekCache,
 ): Promise<UnsealedFile> {
-  // The header is read and parsed once, and the data key unwrapped once, for the key request and the
-  // unsealing; all reads go through one descriptor.
-  const sealed = await openSealedPath(sealedPath);
+  // The caller opened the file once (its header parsed there, for naming and the key request); the
+  // data key is unwrapped once here, and all reads go through that one descriptor.
+  const kek = await keys.forHeader(sealed.header, label);
+  const file = await sealed.unwrap(kek);
+  const out = join(dir, name);
+  const hash = createHash('sha256').update(sealed.header.raw);
+  const fh = await open(out, 'wx', 0o600);
+  let size = 0;
   try {
-    const kek = await keys.forHeader(sealed.header, sealedPath);
-    const file = await sealed.unwrap(kek);
-    const out = join(dir, name);
-    const hash = createHash('sha256').update(sealed.header.raw);
-    const fh = await open(out, 'wx', 0o600);
-    let size = 0;
-    try {
-      const count = new TransformStream<Uint8Array, Uint8Array>({
-        transform(b, c) {
-          size += b.length;
-          c.enqueue(b);
-        },
-      });
-      await file
-        .body()
-        .pipeThrough(hashing(hash))
-        .pipeThrough(openBodyStream(file.ctx))
-        .pipeThrough(count)
-        .pipeTo(fileSink(fh));
-    } catch (e) {
-      await fh.close();
-      await zeroAndRemove(out);
-      throw e;
-    }
+    const count = new TransformStream<Uint8Array, Uint8Array>({
+      transform(b, c) {
+        size += b.length;
+        c.enqueue(b);
+      },
+    });
+    await file
+      .body()
+      .pipeThrough(hashing(hash))
+      .pipeThrough(openBodyStream(file.ctx))
+      .pipeThrough(count)
+      .pipeTo(fileSink(fh));
+  } catch (e) {
     await fh.close();
-    return { path: out, name, kbsUri: kek.uri!, sealedSha256: hash.digest('hex'), size };
-  } finally {
-    await sealed.close();
+    await zeroAndRemove(out);
+    throw e;
   }
+  await fh.close();
+  return { path: out, name, kbsUri: kek.uri!, sealedSha256: hash.digest('hex'), size };
 }
 
 export interface SealedOutput {

@@ -20,7 +20,7 @@ import { constants } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import type { Header } from '../seal/index.js';
 import { keyFromJwk, type Recipient } from '../seal/index.js';
-import { readHeader } from '../seal/node.js';
+import { openSealedPath, type SealedPath } from '../seal/node.js';
 import { ConfinedDir } from './confined.js';
 import type { CpuAttester, CpuKind } from './evidence/types.js';
 import {
@@ -111,6 +111,8 @@ export async function runWorkload(o: RunOptions): Promise<number> {
     );
   const keys = new KekCache(o.kbs);
   const opened: ConfinedDir[] = [];
+  // Each input is opened once: its header names it and asks for its key, and the same handle unseals.
+  const inputs: SealedPath[] = [];
   let watcher: GroupWatcher | undefined;
   let stopSignal: NodeJS.Signals | undefined;
   let child: ReturnType<typeof spawn> | undefined;
@@ -153,7 +155,8 @@ export async function runWorkload(o: RunOptions): Promise<number> {
         await outputs.checkTarget(receipt.name);
       }
     }
-    const headers = await Promise.all(o.inputs.map(async (p) => (await readHeader(p)).header));
+    for (const p of o.inputs) inputs.push(await openSealedPath(p));
+    const headers = inputs.map((s) => s.header);
     const names = inputNames(o.inputs, headers);
     o.log('attesting to the key broker');
     const token = await o.kbs.token();
@@ -170,7 +173,7 @@ export async function runWorkload(o: RunOptions): Promise<number> {
     await mkdir(outDir, { mode: 0o700 });
     const unsealed: UnsealedFile[] = [];
     for (const [i, p] of o.inputs.entries()) {
-      unsealed.push(await unsealInto(p, inDir, names[i]!, keys));
+      unsealed.push(await unsealInto(inputs[i]!, p, inDir, names[i]!, keys));
       o.log(`unsealed ${p} → $CLOISTER_INPUT_${i} (${unsealed[i]!.size} bytes)`);
     }
 
@@ -271,6 +274,7 @@ export async function runWorkload(o: RunOptions): Promise<number> {
     offSignals();
     watcher?.release();
     for (const d of opened) await d.close();
+    for (const s of inputs) await s.close();
     dir?.wipe();
     await keys.clear();
   }
