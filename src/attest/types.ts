@@ -5,4 +5,4 @@
  * verifying anything (`cloister --help`, argument checks, evidence collectors).
  */
 export * from './common/types.js';
-export { detectKind, isTeeKind, type RegistryOptions, VerifierRegistry } from './registry.js';
+export { detectKind, isTeeKind, VerifierRegistry } from './registry.js';
