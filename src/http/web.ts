@@ -7,9 +7,11 @@
  * Streaming is Fastify's own: the status and headers go out with the first bytes of the body, so a
  * body that fails before it yields anything is still answered by the server's error handler, and one
  * that fails later cuts the connection (no final chunk, or no answer at all when the first bytes were
- * not yet flushed), so that a client cannot take a truncated body for a whole one. A client that leaves cancels the body, which stops the work behind it.
+ * not yet flushed), so that a client cannot take a truncated body for a whole one. A client that
+ * leaves cancels the body, which stops the work behind it.
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { concatBytes } from '../util/index.js';
 
 /**
  * Leaves every request body unread for the handler, whatever its media type: Fastify's own parsers
@@ -48,7 +50,7 @@ export async function readBody(
 ): Promise<Uint8Array> {
   const parts: Uint8Array[] = [];
   for await (const chunk of limitedBody(request, limit, tooLarge)) parts.push(chunk);
-  return new Uint8Array(Buffer.concat(parts));
+  return concatBytes(...parts);
 }
 
 /** Aborts once the client leaves before its response was sent in full. */
