@@ -35,7 +35,8 @@ function expandBraces(pattern: string): string[] {
 
 /** The top-level folders whose paths the docs name. */
 const ROOTS = ['src', 'test', 'docs', 'bench', 'scripts', 'deploy'];
-const PATH = new RegExp(`(?<![\\w./-])(?:${ROOTS.join('|')})\\/[\\w./{},-]*`, 'g');
+// `@` is part of a name (systemd templates: cloister-serve@.service).
+const PATH = new RegExp(`(?<![\\w./-])(?:${ROOTS.join('|')})\\/[\\w./{},@-]*`, 'g');
 
 /** The repository paths named in `text`, with the line each is on. */
 function sourcePaths(text: string): { path: string; line: number }[] {
@@ -59,14 +60,14 @@ describe('repository paths named in the docs', () => {
   it('finds paths the way a reader reads them', () => {
     expect(
       sourcePaths(
-        'see `src/seal`, src/attest/{tdx,sgx}/verify.ts.\nTrustee: kbs/src/error.rs and src/.\ntest/tee/, deploy/systemd and test/.',
+        'see `src/seal`, src/attest/{tdx,sgx}/verify.ts.\nTrustee: kbs/src/error.rs and src/.\ntest/tee/, deploy/systemd/cloister-serve@.service and test/.',
       ),
     ).toEqual([
       { path: 'src/seal', line: 1 },
       { path: 'src/attest/tdx/verify.ts', line: 1 },
       { path: 'src/attest/sgx/verify.ts', line: 1 },
       { path: 'test/tee', line: 3 },
-      { path: 'deploy/systemd', line: 3 },
+      { path: 'deploy/systemd/cloister-serve@.service', line: 3 },
     ]);
     expect(expandBraces('a/{b,c}/{d,e}')).toEqual(['a/b/d', 'a/b/e', 'a/c/d', 'a/c/e']);
   });
