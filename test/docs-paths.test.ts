@@ -1,8 +1,9 @@
 /**
- * Every source path the docs name (`src/…` in README.md and docs/**\/*.md) exists, so a rename or a
- * move that leaves the docs pointing at nothing fails here. Brace lists (`src/attest/{tdx,sgx}`) are
- * expanded. Paths inside other projects' trees (Trustee's `kbs/src/error.rs`) are not ours and are
- * not matched: a name counts only where `src/` starts it.
+ * Every repository path the docs name (`src/…`, `test/…`, `docs/…`, `bench/…`, `scripts/…`, `deploy/…`
+ * in README.md and docs/**\/*.md) exists, so a rename or a move that leaves the docs pointing at nothing
+ * fails here. Brace lists (`src/attest/{tdx,sgx}`) are expanded. Paths inside other projects' trees
+ * (Trustee's `kbs/src/error.rs`) are not ours and are not matched: a name counts only where one of those
+ * folders starts it.
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -32,16 +33,21 @@ function expandBraces(pattern: string): string[] {
   return m[1]!.split(',').flatMap((alt) => expandBraces(`${before}${alt}${after}`));
 }
 
-/** The `src/…` paths named in `text`, with the line each is on. */
+/** The top-level folders whose paths the docs name. */
+const ROOTS = ['src', 'test', 'docs', 'bench', 'scripts', 'deploy'];
+// `@` is part of a name (systemd templates: cloister-serve@.service).
+const PATH = new RegExp(`(?<![\\w./-])(?:${ROOTS.join('|')})\\/[\\w./{},@-]*`, 'g');
+
+/** The repository paths named in `text`, with the line each is on. */
 function sourcePaths(text: string): { path: string; line: number }[] {
   const out: { path: string; line: number }[] = [];
   text.split('\n').forEach((content, i) => {
-    for (const m of content.matchAll(/(?<![\w./-])src\/[\w./{},-]*/g)) {
+    for (const m of content.matchAll(PATH)) {
       // A sentence's full stop or comma after the path is not part of it; nor is a bare `src/`.
       const named = m[0].replace(/[.,]+$/, '');
       for (const path of expandBraces(named)) {
         const clean = path.replace(/\/+$/, '');
-        if (clean !== 'src') out.push({ path: clean, line: i + 1 });
+        if (!ROOTS.includes(clean)) out.push({ path: clean, line: i + 1 });
       }
     }
   });
@@ -50,14 +56,18 @@ function sourcePaths(text: string): { path: string; line: number }[] {
 
 const DOCS = ['README.md', ...markdownFiles('docs')];
 
-describe('source paths named in the docs', () => {
+describe('repository paths named in the docs', () => {
   it('finds paths the way a reader reads them', () => {
     expect(
-      sourcePaths('see `src/seal`, src/attest/{tdx,sgx}/verify.ts.\nTrustee: kbs/src/error.rs and src/.'),
+      sourcePaths(
+        'see `src/seal`, src/attest/{tdx,sgx}/verify.ts.\nTrustee: kbs/src/error.rs and src/.\ntest/tee/, deploy/systemd/cloister-serve@.service and test/.',
+      ),
     ).toEqual([
       { path: 'src/seal', line: 1 },
       { path: 'src/attest/tdx/verify.ts', line: 1 },
       { path: 'src/attest/sgx/verify.ts', line: 1 },
+      { path: 'test/tee', line: 3 },
+      { path: 'deploy/systemd/cloister-serve@.service', line: 3 },
     ]);
     expect(expandBraces('a/{b,c}/{d,e}')).toEqual(['a/b/d', 'a/b/e', 'a/c/d', 'a/c/e']);
   });
