@@ -128,6 +128,8 @@ export function registerChat(program: Command): void {
         collateral: await collateralOf(o),
         ...(o.earKey ? { earKey: JSON.parse(await readFile(o.earKey, 'utf8')) as JsonWebKey } : {}),
         ohttp: nodeBackend,
+        // A refusal after the first verification (a re-verification, a model check) is ours to print.
+        refusals: 'throw',
         ...(o.receipts ? { onReceipt: (_r: unknown, jws: string) => receipts.push(jws) } : {}),
       });
       let server: VerifiedServer;
