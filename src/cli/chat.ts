@@ -11,6 +11,7 @@ import { type Command, CommanderError } from 'commander';
 import type { CollateralSource } from '../attest/types.js';
 import type { ClientPolicy, VerifiedServer } from '../client/index.js';
 import { integerOption } from './numbers.js';
+import { spinner } from './progress.js';
 
 interface ChatCliOptions {
   url: string;
@@ -128,6 +129,8 @@ export function registerChat(program: Command): void {
         collateral: await collateralOf(o),
         ...(o.earKey ? { earKey: JSON.parse(await readFile(o.earKey, 'utf8')) as JsonWebKey } : {}),
         ohttp: nodeBackend,
+        // A refusal after the first verification (a re-verification, a model check) is ours to print.
+        refusals: 'throw',
         ...(o.receipts ? { onReceipt: (_r: unknown, jws: string) => receipts.push(jws) } : {}),
       });
       let server: VerifiedServer;
@@ -145,6 +148,10 @@ export function registerChat(program: Command): void {
           .join('\n')}\n`,
       );
       const models = server.document.identity.models;
+      if (o.model !== undefined && !models.some((m) => m.id === o.model))
+        throw new Error(
+          `--model ${o.model}: the server serves ${models.map((m) => m.id).join(', ') || 'no model'}`,
+        );
       const model = o.model ?? models.find((m) => m.format === 'gguf')?.id;
       if (!model) throw new Error('the server attests no text model; name one with --model');
       const history: { role: string; content: string }[] = o.system
@@ -153,33 +160,40 @@ export function registerChat(program: Command): void {
 
       async function ask(text: string): Promise<void> {
         history.push({ role: 'user', content: text });
-        const res = await f(new URL('v1/chat/completions', o.url.endsWith('/') ? o.url : `${o.url}/`), {
-          method: 'POST',
-          headers: { 'content-type': 'application/json' },
-          body: JSON.stringify({
-            model,
-            messages: history,
-            stream: true,
-            ...(maxTokens !== undefined ? { max_tokens: maxTokens } : {}),
-          }),
-        });
-        if (!res.ok || !res.body) {
-          const detail = await res.text();
-          history.pop();
-          throw new Error(`the server answered ${res.status}: ${detail}`);
-        }
+        // Prompt processing can take a while before the first token: say so on a terminal.
+        const waiting = spinner('waiting for the first token…');
         let reply = '';
-        for await (const data of sseData(res.body)) {
-          // Read on past [DONE]: the receipt comes in the trailers at the very end.
-          if (data === '[DONE]') continue;
-          const event = JSON.parse(data) as {
-            choices?: { delta?: { content?: string } }[];
-            error?: { message: string };
-          };
-          if (event.error) throw new Error(`generation failed: ${event.error.message}`);
-          const piece = event.choices?.[0]?.delta?.content ?? '';
-          reply += piece;
-          process.stdout.write(piece);
+        try {
+          const res = await f(new URL('v1/chat/completions', o.url.endsWith('/') ? o.url : `${o.url}/`), {
+            method: 'POST',
+            headers: { 'content-type': 'application/json' },
+            body: JSON.stringify({
+              model,
+              messages: history,
+              stream: true,
+              ...(maxTokens !== undefined ? { max_tokens: maxTokens } : {}),
+            }),
+          });
+          if (!res.ok || !res.body) {
+            const detail = await res.text();
+            history.pop();
+            throw new Error(`the server answered ${res.status}: ${detail}`);
+          }
+          for await (const data of sseData(res.body)) {
+            // Read on past [DONE]: the receipt comes in the trailers at the very end.
+            if (data === '[DONE]') continue;
+            const event = JSON.parse(data) as {
+              choices?: { delta?: { content?: string } }[];
+              error?: { message: string };
+            };
+            if (event.error) throw new Error(`generation failed: ${event.error.message}`);
+            const piece = event.choices?.[0]?.delta?.content ?? '';
+            if (piece) waiting.stop();
+            reply += piece;
+            process.stdout.write(piece);
+          }
+        } finally {
+          waiting.stop();
         }
         process.stdout.write('\n');
         history.push({ role: 'assistant', content: reply });

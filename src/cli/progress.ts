@@ -42,3 +42,33 @@ export function progressBar(label: string, total: number | undefined, quiet: boo
     },
   };
 }
+
+/** The part of a stream a spinner uses (process.stderr, or a test's stand-in). */
+export interface SpinnerOutput {
+  isTTY?: boolean;
+  write(s: string): unknown;
+}
+
+const FRAMES = '⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏';
+
+/**
+ * A spinner with a label on a terminal, for a wait that has no measure (the first token of a reply).
+ * It appears only after 100 ms, so a quick answer does not flicker, and `stop` erases it; on anything
+ * but a terminal it writes nothing, so piped output and logs stay clean.
+ */
+export function spinner(label: string, out: SpinnerOutput = process.stderr): { stop(): void } {
+  if (!out.isTTY) return { stop() {} };
+  let frame = 0;
+  const timer = setInterval(() => {
+    out.write(`\r${FRAMES[frame++ % FRAMES.length]} ${label}\x1b[K`);
+  }, 100);
+  let stopped = false;
+  return {
+    stop() {
+      if (stopped) return;
+      stopped = true;
+      clearInterval(timer);
+      if (frame > 0) out.write('\r\x1b[K');
+    },
+  };
+}

@@ -51,15 +51,22 @@ function writeKeyFile(path: string, jwk: Jwk, secret: boolean, force: boolean): 
 /** `--workers N`: a whole number; anything else is refused before any work starts. */
 const workersOption = (v: string) => integerOption(v, '--workers', 0);
 
-async function parseRecipient(spec: string): Promise<Recipient> {
+async function parseRecipient(spec: string, ignoreKid: boolean): Promise<Recipient> {
   if (spec.startsWith('kbs:')) {
     const eq = spec.indexOf('=');
     if (eq < 0) throw new FileError(`--to ${spec}: give the KEK file as kbs:///repo/type/tag=FILE`);
     const { checkKbsUri } = await import('../seal/index.js');
     const uri = checkKbsUri(spec.slice(0, eq));
-    const key = await readKeyFile(spec.slice(eq + 1));
+    const file = spec.slice(eq + 1);
+    const key = await readKeyFile(file);
     if (key.kind !== 'kek')
-      throw new FileError(`--to ${spec}: ${spec.slice(eq + 1)} is not a key-encryption key (kty "oct")`);
+      throw new FileError(`--to ${spec}: ${file} is not a key-encryption key (kty "oct")`);
+    // A file sealed to one resource whose key the owner stores under another name (the kid) fails only
+    // later, inside the TEE, when the broker has no key at the URI the header names: refuse it here.
+    if (key.uri?.startsWith('kbs:') && key.uri !== uri && !ignoreKid)
+      throw new FileError(
+        `--to ${spec}: ${file} is the key ${key.uri}, not ${uri} (seal to its own URI, or add --ignore-kid if the broker will hold this key under ${uri})`,
+      );
     return { type: 'kbs', uri, kek: key.secret };
   }
   if (spec.startsWith('hpke:')) {
@@ -187,6 +194,10 @@ export function registerSealCommands(program: Command): void {
     .option('--content-type <type>', 'media type recorded in the header')
     .option('--name <name>', 'original name recorded in the header (default: input file name)')
     .option('--workers <n>', 'worker threads (default: all cores for inputs ≥ 64 MiB)', workersOption)
+    .option(
+      '--ignore-kid',
+      'seal to the kbs URI given in --to even where the KEK file’s kid names another resource',
+    )
     .option('--force', 'overwrite an existing output')
     .option('-q, --quiet', 'no progress bar')
     .addHelpText(
@@ -203,13 +214,14 @@ export function registerSealCommands(program: Command): void {
           contentType?: string;
           name?: string;
           workers?: number;
+          ignoreKid?: boolean;
           force?: boolean;
           quiet?: boolean;
         },
       ) => {
         cleanupOnSignals();
         const recipients = [];
-        for (const spec of o.to) recipients.push(await parseRecipient(spec));
+        for (const spec of o.to) recipients.push(await parseRecipient(spec, !!o.ignoreKid));
         const bar = progressBar('sealing', await sizeOf(input), !!o.quiet);
         await sealFile(input, out, {
           recipients,

@@ -10,6 +10,12 @@
  * a streamed answer (`"stream": true`) goes as a chunked OHTTP request (draft-ietf-ohai-chunked-ohttp),
  * which is how a client asks for a chunked response; any other as a plain RFC 9458 request, answered
  * whole. Web-standard.
+ *
+ * A refusal (a VerificationError: the server fails the policy, the model is not attested, the answer
+ * is not sealed to the request…) is answered, by default, as a synthetic 403 in OpenAI's error shape
+ * (`refusalResponse`), not thrown: a client library that takes a `fetch` treats a thrown error as a
+ * network failure (the openai package says `Connection error.` and retries it), but reads a 4xx as
+ * the refusal it is, with our reason and code. `refusals: 'throw'` rejects with the VerificationError.
  */
 
 import {
@@ -48,6 +54,13 @@ export interface ConfidentialFetchOptions extends Omit<VerifyServerOptions, 'non
   onVerified?: (server: VerifiedServer) => void;
   /** The transport for the outer requests; default globalThis.fetch. */
   fetch?: typeof fetch;
+  /**
+   * How a refusal reaches the caller: `response` (default) answers it as a 403 whose body is
+   * `{"error":{"message","type":"verification_refused","code"}}` and whose `x-should-retry` is false,
+   * which the openai package throws as PermissionDeniedError (`.code` the refusal code) without
+   * retrying; `throw` rejects with the VerificationError, for callers that catch it.
+   */
+  refusals?: 'response' | 'throw';
   /**
    * The OHTTP crypto; default Web Crypto (browsers). Node callers pass nodeBackend from
    * src/ohttp/node.ts, much faster; this module does not import it, so it stays bundleable for browsers.
@@ -157,6 +170,24 @@ function toHeaders(f: Field[]): Headers {
     }
   }
   return h;
+}
+
+/** The OpenAI error `type` of a refusal answered as a response. */
+export const REFUSAL_TYPE = 'verification_refused';
+
+/**
+ * A refusal as an HTTP answer in OpenAI's error shape: 403 (a client error no client retries, and what
+ * the openai package turns into PermissionDeniedError), the reason on one line as the message, the
+ * refusal code as `code`. It is made here, in the client: nothing of it came from the server.
+ */
+function refusalResponse(e: VerificationError): Response {
+  const error = {
+    message: e.message.replace(/\s*\n\s*/g, ' '),
+    type: REFUSAL_TYPE,
+    code: e.code,
+    param: null,
+  };
+  return Response.json({ error }, { status: 403, headers: { 'x-should-retry': 'false' } });
 }
 
 export function confidentialFetch(o: ConfidentialFetchOptions): ConfidentialFetch {
@@ -345,6 +376,15 @@ export function confidentialFetch(o: ConfidentialFetchOptions): ConfidentialFetc
   }
 
   const f = async (input: RequestInfo | URL, init?: RequestInit): Promise<Response> => {
+    try {
+      return await exchange(input, init);
+    } catch (e) {
+      if (e instanceof VerificationError && o.refusals !== 'throw') return refusalResponse(e);
+      throw e;
+    }
+  };
+
+  async function exchange(input: RequestInfo | URL, init?: RequestInit): Promise<Response> {
     const { request, body } = await outgoing(input, init);
     // Compared as origins: a prefix test would let https://llm.example.evil.com pass for https://llm.example.
     const origin = request.url.origin;
@@ -363,7 +403,7 @@ export function confidentialFetch(o: ConfidentialFetchOptions): ConfidentialFetc
     const again = await server();
     inspect(again, body);
     return send(again, request, body, streamed);
-  };
+  }
 
   /** Checks the model the body names against the server and policy; says whether it asks for a stream. */
   function inspect(s: VerifiedServer, body: Uint8Array): boolean {

@@ -4,7 +4,12 @@
  */
 export type { AttestationDocument, InferenceIdentity } from '../wire/index.js';
 export { ReceiptError, type ResponseReceipt, verifyResponseReceipt } from '../wire/index.js';
-export { type ConfidentialFetch, type ConfidentialFetchOptions, confidentialFetch } from './fetch.js';
+export {
+  type ConfidentialFetch,
+  type ConfidentialFetchOptions,
+  confidentialFetch,
+  REFUSAL_TYPE,
+} from './fetch.js';
 export { type ClientPolicy, DEFAULT_CLIENT_POLICY, PolicyFileError, parseClientPolicy } from './policy.js';
 export {
   allowedModel,

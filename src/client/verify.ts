@@ -28,7 +28,7 @@ import { type ClientPolicy, statusAccepted } from './policy.js';
 export class VerificationError extends Error {
   override name = 'VerificationError';
   constructor(
-    /** Stable: `bad-document`, `binding`, `evidence`, `tee-not-allowed`, `status`, `measurement`, `model`, `software`, `gpu`, `nonce`, `ear`. */
+    /** Stable: `bad-document`, `binding`, `evidence`, `tee-not-allowed`, `status`, `measurement`, `model`, `software`, `shared-keys`, `gpu`, `nonce`, `ear`, `receipt`, `bad-response`, `bad-request`. */
     readonly code: string,
     message: string,
     options?: { cause?: unknown },

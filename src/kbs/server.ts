@@ -171,7 +171,28 @@ const KBS_JSON_ERRORS: readonly KbsHttpCode[] = [
   'unsupported-media-type',
 ];
 
+/** Every metric the broker exports, with the label sets known at start (shown as zeros until counted). */
+function declareMetrics(m: Metrics, teeKinds: readonly string[]): void {
+  m.counter('kbs_rate_limited_total', 'Requests refused by the per-client rate limit');
+  m.counter(
+    'kbs_store_unavailable_total',
+    'Requests refused because the database was out of reach',
+    (['unavailable', 'outcome-unknown'] satisfies StoreUnavailableError['code'][]).map((code) => ({ code })),
+  );
+  m.counter('kbs_internal_errors_total', 'Requests that failed inside the broker');
+  m.counter(
+    'kbs_auth_total',
+    'Challenges issued',
+    teeKinds.map((tee) => ({ tee })),
+  );
+  // Refusals are labelled by their problem type, which appear as they happen; success is known.
+  m.counter('kbs_attest_total', 'Attestations', [{ result: 'ok' }]);
+  m.histogram('kbs_attest_seconds', 'Attestation latency');
+  m.counter('kbs_resource_total', 'Resource requests', [{ result: 'released' }]);
+}
+
 export async function createServer(o: ServerOptions): Promise<FastifyInstance> {
+  declareMetrics(o.metrics, o.broker.teeKinds);
   const app = createHttp({
     bodyLimit: o.bodyLimit,
     timeouts: { requestMs: o.requestTimeoutMs, idleMs: o.requestTimeoutMs },
@@ -235,8 +256,7 @@ export async function createServer(o: ServerOptions): Promise<FastifyInstance> {
       timeWindow: Math.ceil((Math.max(1, o.rateLimit.burst) / o.rateLimit.perSecond) * 1000),
       // Clients remembered at once; the least recent are forgotten first (they start afresh).
       cache: 100_000,
-      onExceeded: () =>
-        o.metrics.inc('kbs_rate_limited_total', 'Requests refused by the per-client rate limit'),
+      onExceeded: () => o.metrics.inc('kbs_rate_limited_total'),
       errorResponseBuilder: () =>
         new EdgeRefusal('rate-limited', 'too many requests from this client; retry later'),
     });
@@ -260,9 +280,7 @@ export async function createServer(o: ServerOptions): Promise<FastifyInstance> {
     if (err instanceof ConflictError) return refuse(reply, 'conflict', err.message);
     if (err instanceof StoreUnavailableError) {
       o.log(`store unavailable (${err.code}): ${err.message}`);
-      o.metrics.inc('kbs_store_unavailable_total', 'Requests refused because the database was out of reach', {
-        code: err.code,
-      });
+      o.metrics.inc('kbs_store_unavailable_total', { code: err.code });
       return refuse(
         reply.header('retry-after', RETRY_AFTER_SECONDS),
         err.code === 'outcome-unknown' ? 'store-outcome-unknown' : 'store-unavailable',
@@ -278,7 +296,7 @@ export async function createServer(o: ServerOptions): Promise<FastifyInstance> {
       return refuse(reply, framework.code, detail);
     }
     o.log(`error: ${err.stack ?? err.message}`);
-    o.metrics.inc('kbs_internal_errors_total', 'Requests that failed inside the broker');
+    o.metrics.inc('kbs_internal_errors_total');
     return refuse(reply, 'internal', 'the broker failed to process the request; see its log');
   });
   app.setNotFoundHandler(limited ? { preHandler: app.rateLimit() } : {}, (req, reply) =>
@@ -312,7 +330,7 @@ export async function createServer(o: ServerOptions): Promise<FastifyInstance> {
     },
     async (req, reply) => {
       const { challenge, session } = await o.broker.auth(req.body);
-      o.metrics.inc('kbs_auth_total', 'Challenges issued', { tee: session.tee });
+      o.metrics.inc('kbs_auth_total', { tee: session.tee });
       reply.setCookie(SESSION_COOKIE, session.id, {
         maxAge: o.sessionTtlSeconds,
         path: '/kbs/v0',
@@ -392,13 +410,13 @@ export async function createServer(o: ServerOptions): Promise<FastifyInstance> {
       const started = performance.now();
       try {
         const r = await o.broker.attest(req.cookies[SESSION_COOKIE], req.body);
-        o.metrics.inc('kbs_attest_total', 'Attestations', { result: 'ok' });
+        o.metrics.inc('kbs_attest_total', { result: 'ok' });
         return r;
       } catch (e) {
-        o.metrics.inc('kbs_attest_total', 'Attestations', { result: problemType(e) });
+        o.metrics.inc('kbs_attest_total', { result: problemType(e) });
         throw e;
       } finally {
-        o.metrics.observe('kbs_attest_seconds', 'Attestation latency', (performance.now() - started) / 1000);
+        o.metrics.observe('kbs_attest_seconds', (performance.now() - started) / 1000);
       }
     },
   );
@@ -430,10 +448,10 @@ export async function createServer(o: ServerOptions): Promise<FastifyInstance> {
       const creds = { sessionId: req.cookies[SESSION_COOKIE], bearer: bearer(req) };
       try {
         const { jwe } = await o.broker.resource(creds, path);
-        o.metrics.inc('kbs_resource_total', 'Resource requests', { result: 'released' });
+        o.metrics.inc('kbs_resource_total', { result: 'released' });
         return jwe;
       } catch (e) {
-        o.metrics.inc('kbs_resource_total', 'Resource requests', { result: problemType(e) });
+        o.metrics.inc('kbs_resource_total', { result: problemType(e) });
         throw e;
       }
     },

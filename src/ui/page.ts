@@ -174,7 +174,13 @@ async function verify(): Promise<void> {
   // The page may talk only to its server (CSP), which relays vendor collateral; signatures are checked here.
   const viaServer = ((input: RequestInfo | URL, init?: RequestInit) =>
     fetch(`/v1/collateral?url=${encodeURIComponent(String(input))}`, init)) as typeof fetch;
-  const f = confidentialFetch({ url: location.origin, policy, collateral: httpSource({ fetch: viaServer }) });
+  const f = confidentialFetch({
+    url: location.origin,
+    policy,
+    collateral: httpSource({ fetch: viaServer }),
+    // A refusal is shown as the client's, not as something the server answered.
+    refusals: 'throw',
+  });
   try {
     const server = await f.server();
     if (mine !== round) return;

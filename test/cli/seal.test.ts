@@ -260,6 +260,36 @@ describe('cloister seal / unseal', () => {
     expectOneLineError(cloister(['seal', '--to', `${KBS}`, at('model.bin'), at('x.sealed')]), /=FILE/);
   });
 
+  it('refuses a KEK file whose kid names another resource, naming both, unless --ignore-kid', () => {
+    const other = 'kbs:///acme/models/kek1';
+    const r = cloister(['seal', '--to', `${other}=${at('owner.kek')}`, at('model.bin'), at('x.sealed')]);
+    expectOneLineError(
+      r,
+      /owner\.kek is the key kbs:\/\/\/owner\/models\/kek1, not kbs:\/\/\/acme\/models\/kek1/,
+    );
+    expect(r.stderr).toMatch(/--ignore-kid/);
+    const ok = cloister([
+      'seal',
+      '--ignore-kid',
+      '--to',
+      `${other}=${at('owner.kek')}`,
+      at('model.bin'),
+      at('renamed.sealed'),
+    ]);
+    expect(ok.stderr).toBe('');
+    expect(ok.code).toBe(0);
+    expect(cloister(['inspect', at('renamed.sealed')]).stdout.toString()).toContain(`kbs   ${other}`);
+    // A KEK without a kid (keygen --kek without --uri) names no resource, so any URI is taken.
+    const plain = cloister([
+      'seal',
+      '--to',
+      `${other}=${at('other.kek')}`,
+      at('model.bin'),
+      at('plain.sealed'),
+    ]);
+    expect(plain.code).toBe(0);
+  });
+
   it('exits non-zero on a later failure while unsealing to a pipe, after releasing verified chunks', () => {
     const big = randomBytes(10 * 1024 * 1024);
     const sealed = cloister(['seal', '--to', `hpke:${at('broker.pub')}`, '-', '-'], { input: big }).stdout;

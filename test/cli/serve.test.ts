@@ -86,10 +86,24 @@ describe('cloister serve + cloister chat', () => {
     const digest = /sealed digest (sha256:[0-9a-f]{64})/.exec(log)![1]!;
     expect(r.stderr).toContain(`model       tiny  ${digest}  (gguf)`);
     expect(r.stderr).toContain('WARNING     the sample TEE is software only');
+    // Not a terminal: no spinner while waiting for the first token, no control characters anywhere.
+    expect(r.stderr).not.toContain('waiting for the first token');
+    for (const out of [r.stderr, r.stdout.toString()]) {
+      expect(out).not.toContain('\r');
+      expect(out).not.toContain('\x1b');
+    }
     const lines = readFileSync(join(dir, 'r.jsonl'), 'utf8').trim().split('\n');
     expect(lines).toHaveLength(1);
     const payload = JSON.parse(Buffer.from(JSON.parse(lines[0]!).jws.split('.')[1], 'base64url').toString());
     expect(payload.modelDigest).toBe(digest);
+  });
+
+  it('chat --model with an id the server does not serve names the ids it serves', () => {
+    const r = cloister(['chat', '--url', url, '--allow-sample', '--model', 'llama', '--prompt', 'x'], {
+      cwd: dir,
+    });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/--model llama: the server serves tiny, embed$/m);
   });
 
   it('chat refuses a server its policy does not accept, sends nothing, exits 3', () => {

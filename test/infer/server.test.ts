@@ -1,7 +1,7 @@
 import { connect } from 'node:net';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { confidentialFetch } from '../../src/client/fetch.js';
+import { confidentialFetch, REFUSAL_TYPE } from '../../src/client/fetch.js';
 import { parseClientPolicy } from '../../src/client/policy.js';
 import { VerificationError } from '../../src/client/verify.js';
 import { sseEvent } from '../../src/infer/openai.js';
@@ -207,27 +207,63 @@ describe('the official openai client through confidentialFetch', () => {
 });
 
 describe('the client refuses servers its policy does not accept, before sending anything', () => {
-  it('the default policy refuses the sample TEE', async () => {
+  it('the default policy refuses the sample TEE: openai throws PermissionDeniedError with our reason and code, once', async () => {
     const { seen, transport } = observed();
-    const { openai } = client({ policy: parseClientPolicy({}), fetch: transport });
-    await expect(
-      openai.chat.completions.create({ model: 'tiny-llama', messages: [{ role: 'user', content: 'x' }] }),
-    ).rejects.toMatchObject({
-      cause: expect.objectContaining({ code: 'tee-not-allowed' }),
+    const f = confidentialFetch({
+      url: h.server.url,
+      policy: parseClientPolicy({}),
+      collateral: NO_COLLATERAL,
+      fetch: transport,
     });
-    // Only the attestation document was fetched: one response, no request body.
+    // The openai package's default retries: a refusal must not be one of the errors it retries.
+    const openai = new OpenAI({ baseURL: `${h.server.url}/v1`, apiKey: 'unused', fetch: f });
+    const refused = await openai.chat.completions
+      .create({ model: 'tiny-llama', messages: [{ role: 'user', content: 'x' }] })
+      .catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(OpenAI.PermissionDeniedError);
+    expect(refused).toMatchObject({
+      status: 403,
+      code: 'tee-not-allowed',
+      type: REFUSAL_TYPE,
+      message: expect.stringMatching(/^403 the server runs in a 'sample' TEE[^\n]*$/),
+    });
+    // Only the attestation document was fetched, once: no request body, no retry.
+    expect(seen).toHaveLength(1);
+  });
+
+  it("with refusals: 'throw', a direct caller catches the VerificationError itself", async () => {
+    const { seen, transport } = observed();
+    const f = confidentialFetch({
+      url: h.server.url,
+      policy: parseClientPolicy({}),
+      collateral: NO_COLLATERAL,
+      fetch: transport,
+      refusals: 'throw',
+    });
+    const refused = await f(`${h.server.url}/v1/models`).catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(VerificationError);
+    expect(refused).toMatchObject({ code: 'tee-not-allowed' });
     expect(seen).toHaveLength(1);
   });
 
   it('a model digest the policy does not allow is refused, another is used', async () => {
     const policy = parseClientPolicy({ tees: ['sample'], minStatus: 'warning', models: [EMBED_DIGEST] });
     const f = confidentialFetch({ url: h.server.url, policy, collateral: NO_COLLATERAL });
-    await expect(
-      f(`${h.server.url}/v1/chat/completions`, {
-        method: 'POST',
-        body: JSON.stringify({ model: 'tiny-llama', messages: [] }),
-      }),
-    ).rejects.toMatchObject({ code: 'model' });
+    // Answered in the client as a 403 in OpenAI's error shape: the request was never sent.
+    const refused = await f(`${h.server.url}/v1/chat/completions`, {
+      method: 'POST',
+      body: JSON.stringify({ model: 'tiny-llama', messages: [] }),
+    });
+    expect(refused.status).toBe(403);
+    expect(refused.headers.get('x-should-retry')).toBe('false');
+    expect(await refused.json()).toEqual({
+      error: {
+        message: `the model 'tiny-llama' (${TEXT_DIGEST}) is not one the policy allows`,
+        type: REFUSAL_TYPE,
+        code: 'model',
+        param: null,
+      },
+    });
     const ok = await f(`${h.server.url}/v1/embeddings`, {
       method: 'POST',
       body: JSON.stringify({ model: 'tiny-embed', input: 'a' }),
@@ -270,6 +306,7 @@ describe('the client refuses servers its policy does not accept, before sending 
       url: 'http://127.0.0.1:4520',
       policy: SAMPLE_POLICY,
       collateral: NO_COLLATERAL,
+      refusals: 'throw',
     });
     for (const other of ['http://elsewhere.example/v1/models', 'http://127.0.0.1:45203/v1/models']) {
       await expect(f(other, { method: 'GET' }), other).rejects.toMatchObject({ code: 'bad-request' });
@@ -308,8 +345,10 @@ describe('what a relay can do to the client', () => {
     const { f, openai } = client({ fetch: relay });
     const ask = { model: 'tiny-llama', messages: [{ role: 'user' as const, content: 'hi' }] };
     await expect(
-      f(`${h.server.url}/v1/chat/completions`, { method: 'POST', body: JSON.stringify(ask) }),
-    ).rejects.toMatchObject({ code: 'bad-response', message: expect.stringMatching(/answered 200/) });
+      (await f(`${h.server.url}/v1/chat/completions`, { method: 'POST', body: JSON.stringify(ask) })).json(),
+    ).resolves.toMatchObject({
+      error: { code: 'bad-response', message: expect.stringMatching(/answered 200/) },
+    });
     // A refusal in the clear still reaches the caller, as the error it is.
     await expect(openai.chat.completions.create(ask)).rejects.toMatchObject({ status: 503 });
     expect(relayed).toBe(2);
@@ -380,9 +419,7 @@ describe('bad input gets a clear 4xx and the server keeps serving', () => {
     // The client refuses to name a model the attestation does not list; the server refuses it too.
     await expect(
       openai.chat.completions.create({ model: 'nope', messages: [{ role: 'user', content: 'x' }] }),
-    ).rejects.toMatchObject({
-      cause: expect.objectContaining({ code: 'model' }),
-    });
+    ).rejects.toMatchObject({ status: 403, code: 'model', type: REFUSAL_TYPE });
     const { encapsulated: e, context } = await encapsulated({
       body: { model: 'nope', messages: [{ role: 'user', content: 'x' }] },
     });

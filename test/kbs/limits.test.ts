@@ -130,6 +130,40 @@ describe('operational endpoints', () => {
     expect(await r.json()).toEqual({ status: 'ready' });
   });
 
+  it('/metrics shows every metric with HELP, TYPE and zeros before the first event', async () => {
+    const fresh = await testBroker({ devMode: true });
+    try {
+      const text = await (await fetch(new URL('/metrics', fresh.url))).text();
+      for (const [name, type] of [
+        ['kbs_rate_limited_total', 'counter'],
+        ['kbs_store_unavailable_total', 'counter'],
+        ['kbs_internal_errors_total', 'counter'],
+        ['kbs_auth_total', 'counter'],
+        ['kbs_attest_total', 'counter'],
+        ['kbs_resource_total', 'counter'],
+        ['kbs_attest_seconds', 'histogram'],
+      ]) {
+        expect(text).toMatch(new RegExp(`^# HELP ${name} \\S`, 'm'));
+        expect(text).toContain(`# TYPE ${name} ${type}\n`);
+      }
+      for (const zero of [
+        'kbs_rate_limited_total 0',
+        'kbs_internal_errors_total 0',
+        'kbs_store_unavailable_total{code="unavailable"} 0',
+        'kbs_store_unavailable_total{code="outcome-unknown"} 0',
+        'kbs_auth_total{tee="sample"} 0',
+        'kbs_attest_total{result="ok"} 0',
+        'kbs_resource_total{result="released"} 0',
+        'kbs_attest_seconds_bucket{le="+Inf"} 0',
+        'kbs_attest_seconds_sum 0',
+        'kbs_attest_seconds_count 0',
+      ])
+        expect(text.split('\n')).toContain(zero);
+    } finally {
+      await fresh.close();
+    }
+  });
+
   it('/metrics counts a release', async () => {
     const client = new KbsClient({ url: b.url, attester: await sampleAttester() });
     await client.getResource('owner/keys/k');
