@@ -23,7 +23,7 @@ import { buildLogEntry, KbsLogStore, signCheckpointNow } from './log.js';
 import { Metrics } from './metrics.js';
 import { PolicyPool } from './policy-pool.js';
 import { masterKeyFromText, SecretBox } from './secrets.js';
-import { createServer } from './server.js';
+import { createServer, type PublicKeys } from './server.js';
 import { openStore } from './store/index.js';
 import type { KbsStore } from './store/types.js';
 
@@ -131,6 +131,25 @@ async function logSigner(c: KbsConfig, log: (s: string) => void): Promise<NoteSi
   } catch (e) {
     throw new Error(`${c.logKeyFile}: ${(e as Error).message}`);
   }
+}
+
+/**
+ * What a broker with this configuration publishes at /.well-known/cloister-kbs, read from its key
+ * files without starting it (`cloister kbs keys --config`). A key made per process has nothing to
+ * publish ahead of time, so a configuration without earKeyFile or logKeyFile is refused.
+ */
+export async function offlinePublicKeys(c: KbsConfig): Promise<PublicKeys> {
+  const missing = (['earKeyFile', 'logKeyFile'] as const).filter((k) => !c[k]);
+  if (missing.length > 0)
+    throw new Error(
+      `the configuration has no ${missing.join(' or ')}: such a broker makes its key at start, so only it can publish it (cloister kbs keys --url)`,
+    );
+  const none = () => {};
+  const [ear, signer] = await Promise.all([earKeyPair(c, none), logSigner(c, none)]);
+  return {
+    ear: { keys: [await publishedEarKey(ear.publicKey)] },
+    log: { origin: c.logOrigin, verifierKey: vkeyOf(signer) },
+  };
 }
 
 async function adminKeys(c: KbsConfig, log: (s: string) => void): Promise<JWK[]> {
