@@ -1,18 +1,19 @@
 /** `cloister kbs …`: run the key broker and administer it over its admin API. */
 import { readFile } from 'node:fs/promises';
-import { type Command, Option } from 'commander';
+import { type Command, CommanderError, Option } from 'commander';
 import type { JWK } from 'jose';
 import { ADMIN_ROLES, type AdminBody, AdminClient } from '../kbs/admin-client.js';
 import { FileError, writeFileAtomically } from '../seal/node.js';
 import { printJson } from './io.js';
 import { integerOption } from './numbers.js';
 
-interface Conn {
+export interface Conn {
   url: string;
   token?: string;
 }
 
-const connOptions = (c: Command) =>
+/** `--url` and `--token` of every verb that calls the admin API (`cloister log export` too). */
+export const connOptions = (c: Command) =>
   c
     .addOption(
       new Option('--url <url>', 'key broker URL').env('CLOISTER_KBS_URL').default('http://127.0.0.1:8080'),
@@ -26,6 +27,28 @@ async function call(conn: Conn, method: string, path: string, body?: AdminBody):
   if (!conn.token) throw new FileError('no admin token: pass --token or set CLOISTER_ADMIN_TOKEN');
   return new AdminClient(conn.url, conn.token).call(method, path, body);
 }
+
+/**
+ * A Cloister key-encryption key names the resource it belongs under in its `kid` (`cloister keygen
+ * --kek … --uri kbs:///…`), and sealing records that name in the sealed file. Stored under another
+ * path, the TEE would ask for the kid's path and be refused, long after this mistake: so it is refused
+ * here, where both names are known.
+ */
+function checkKeyName(path: string, file: string, value: Uint8Array): void {
+  let kid: unknown;
+  try {
+    kid = (JSON.parse(new TextDecoder().decode(value)) as { kid?: unknown } | null)?.kid;
+  } catch {
+    return; // not JSON: not a JWK, nothing names it
+  }
+  if (typeof kid !== 'string' || !kid.startsWith('kbs:///') || kid === `kbs:///${path}`) return;
+  throw new FileError(
+    `${file} is the key ${kid} (its kid), not kbs:///${path}: store it as ${kid.slice('kbs:///'.length)}, or make a key for this name with cloister keygen --kek FILE --uri kbs:///${path}`,
+  );
+}
+
+/** What `cloister kbs policy eval` exits with: 0 allowed, 3 denied (the shared exit-status convention). */
+export const POLICY_DENIED_STATUS = 3;
 
 async function readSecretFile(path: string): Promise<Uint8Array> {
   try {
@@ -73,6 +96,93 @@ export function registerKbs(program: Command): void {
         process.once('SIGINT', stop);
         process.once('SIGTERM', stop);
       });
+    });
+
+  kbs
+    .command('keygen')
+    .description("make the broker's own keys: the EAR signing key, or a master key")
+    .option('--ear <file>', 'write a new EAR signing key: private EC P-256 JWK (mode 0600), for earKeyFile')
+    .option('--pub <file>', 'with --ear: write its public JWK too (for --ear-key of verify-receipt and chat)')
+    .option(
+      '--master <file>',
+      'write a new master key: 32 random bytes in base64 (mode 0600), for masterKeyFile',
+    )
+    .option('--force', 'overwrite existing files')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  cloister kbs keygen --ear ear.jwk --pub ear.pub.jwk\n  cloister kbs keygen --master master.key\n\nThe log key is made by `cloister log keygen`, admin keys by `cloister kbs admin-key`.',
+    )
+    .action(async (o: { ear?: string; pub?: string; master?: string; force?: boolean }) => {
+      if ((o.ear === undefined) === (o.master === undefined))
+        throw new FileError('kbs keygen: give exactly one of --ear FILE [--pub FILE] or --master FILE');
+      if (o.master !== undefined) {
+        if (o.pub !== undefined) throw new FileError('kbs keygen: --pub goes with --ear, not --master');
+        const key = crypto.getRandomValues(new Uint8Array(32));
+        await writeFileAtomically(o.master, `${Buffer.from(key).toString('base64')}\n`, {
+          mode: 0o600,
+          force: !!o.force,
+        });
+        key.fill(0);
+        process.stderr.write(`wrote master key ${o.master} (masterKeyFile; keep it secret, back it up)\n`);
+        return;
+      }
+      const { exportJWK, generateKeyPair } = await import('jose');
+      const { publishedEarKey } = await import('../kbs/index.js');
+      const { privateKey, publicKey } = await generateKeyPair('ES256', { extractable: true });
+      const pub = await publishedEarKey(publicKey);
+      const priv = { ...(await exportJWK(privateKey)), alg: 'ES256', kid: pub.kid };
+      await writeFileAtomically(o.ear!, `${JSON.stringify(priv, null, 2)}\n`, {
+        mode: 0o600,
+        force: !!o.force,
+      });
+      if (o.pub !== undefined)
+        await writeFileAtomically(o.pub, `${JSON.stringify(pub, null, 2)}\n`, {
+          mode: 0o644,
+          force: !!o.force,
+        });
+      process.stderr.write(
+        `wrote EAR signing key ${o.ear} (earKeyFile; kid ${pub.kid})${o.pub !== undefined ? ` and its public key ${o.pub}` : ''}\n`,
+      );
+    });
+
+  kbs
+    .command('keys')
+    .description("print the broker's log verifier key and save its EAR verification key (public JWK)")
+    .addOption(
+      new Option('--url <url>', 'ask this running broker (GET /.well-known/cloister-kbs)')
+        .env('CLOISTER_KBS_URL')
+        .default('http://127.0.0.1:8080'),
+    )
+    .option('--config <file>', 'offline: read the keys named by this broker configuration instead')
+    .option('--ear-out <file>', 'write the EAR verification key here (public JWK, as --ear-key takes it)')
+    .option('--force', 'overwrite --ear-out')
+    .addHelpText(
+      'after',
+      '\nThe log verifier key goes to stdout (for `cloister log verify --key-file`), the rest to stderr.\n' +
+        '\nExamples:\n  cloister kbs keys --url https://kbs.example --ear-out broker-ear.pub.jwk > broker.vkey\n' +
+        '  cloister kbs keys --config kbs.json --ear-out broker-ear.pub.jwk',
+    )
+    .action(async (o: { url: string; config?: string; earOut?: string; force?: boolean }) => {
+      let keys: { ear: { keys: JWK[] }; log: { origin: string; verifierKey: string } };
+      if (o.config !== undefined) {
+        const { loadConfig, offlinePublicKeys } = await import('../kbs/index.js');
+        keys = await offlinePublicKeys(await loadConfig(o.config));
+      } else {
+        const { fetchPublicKeys } = await import('../kbs/admin-client.js');
+        keys = await fetchPublicKeys(o.url);
+      }
+      const [ear] = keys.ear.keys;
+      if (o.earOut !== undefined) {
+        if (!ear) throw new FileError('the broker publishes no EAR verification key');
+        await writeFileAtomically(o.earOut, `${JSON.stringify(ear, null, 2)}\n`, {
+          mode: 0o644,
+          force: !!o.force,
+        });
+      }
+      process.stdout.write(`${keys.log.verifierKey}\n`);
+      process.stderr.write(
+        `log origin: ${keys.log.origin}\nEAR key: ${ear?.kid ?? 'none'}${o.earOut !== undefined ? ` (written to ${o.earOut})` : ' (--ear-out FILE saves it)'}\n`,
+      );
     });
 
   kbs
@@ -235,7 +345,9 @@ export function registerKbs(program: Command): void {
       .addHelpText('after', '\nExample:\n  cloister kbs resource put owner/models/kek1 owner.kek'),
   ).action(async (path: string, file: string, o: Conn & { contentType?: string }) => {
     const q = o.contentType ? `?contentType=${encodeURIComponent(o.contentType)}` : '';
-    printJson(await call(o, 'PUT', `/admin/v1/resources/${path}${q}`, { bytes: await readSecretFile(file) }));
+    const value = await readSecretFile(file);
+    checkKeyName(path, file, value);
+    printJson(await call(o, 'PUT', `/admin/v1/resources/${path}${q}`, { bytes: value }));
   });
   connOptions(
     resource
@@ -244,9 +356,11 @@ export function registerKbs(program: Command): void {
       .argument('<path>', '<repository>/<type>/<tag>')
       .argument('<file>', 'the new value')
       .addHelpText('after', '\nExample:\n  cloister kbs resource rotate owner/models/kek1 owner-v2.kek'),
-  ).action(async (path: string, file: string, o: Conn) =>
-    printJson(await call(o, 'POST', `/admin/v1/resources/${path}`, { bytes: await readSecretFile(file) })),
-  );
+  ).action(async (path: string, file: string, o: Conn) => {
+    const value = await readSecretFile(file);
+    checkKeyName(path, file, value);
+    printJson(await call(o, 'POST', `/admin/v1/resources/${path}`, { bytes: value }));
+  });
   connOptions(
     resource
       .command('rm')
@@ -291,12 +405,34 @@ export function registerKbs(program: Command): void {
       .description('explain whether an attestation token would be released a resource, and why')
       .argument('<token-file>', 'file holding an EAR token from /kbs/v0/attest')
       .argument('<resource>', '<repository>/<type>/<tag>')
-      .addHelpText('after', '\nExample:\n  cloister kbs policy eval ear.jwt owner/models/kek1'),
+      .addHelpText(
+        'after',
+        '\nExit status: 0 allowed, 3 denied, 1 error (nothing judged).\n\nExample:\n  cloister kbs policy eval ear.jwt owner/models/kek1',
+      ),
   ).action(async (tokenFile: string, resourcePath: string, o: Conn) => {
     const token = new TextDecoder().decode(await readSecretFile(tokenFile)).trim();
-    printJson(
-      await call(o, 'POST', '/admin/v1/policy/evaluate', { json: { token, resource: resourcePath } }),
-    );
+    const verdict = await call(o, 'POST', '/admin/v1/policy/evaluate', {
+      json: { token, resource: resourcePath },
+    });
+    printJson(verdict);
+    if ((verdict as { allow?: unknown } | undefined)?.allow !== true)
+      throw new CommanderError(POLICY_DENIED_STATUS, 'cloister.kbs.policy.denied', '');
+  });
+  connOptions(
+    policy
+      .command('rm')
+      .description("remove a scope's policy, every version: the next scope's applies again")
+      .argument('<scope>', '"default", "repository:<name>" or "resource:<repository>/<type>/<tag>"')
+      .addHelpText(
+        'after',
+        '\nThe policy of a resource is its own, else its repository\'s, else "default", else the built-in one.\n' +
+          '\nExample:\n  cloister kbs policy rm resource:acme/models/kek1',
+      ),
+  ).action(async (scope: string, o: Conn) => {
+    const r = (await call(o, 'DELETE', `/admin/v1/policies?scope=${encodeURIComponent(scope)}`)) as {
+      deleted: number;
+    };
+    process.stderr.write(`removed the policy of ${scope} (${r.deleted} version(s))\n`);
   });
 
   const ref = kbs.command('refvalue').description('reference values used by appraisal and policies');
@@ -346,5 +482,50 @@ export function registerKbs(program: Command): void {
       .addHelpText('after', '\nExample:\n  cloister kbs refvalue ls --tee tdx'),
   ).action(async (o: Conn & { tee?: string }) =>
     printJson(await call(o, 'GET', `/admin/v1/refvalues${o.tee ? `?tee=${o.tee}` : ''}`)),
+  );
+  connOptions(
+    ref
+      .command('rm')
+      .description('remove a set of reference values (one TEE kind and claim), every version')
+      .requiredOption('--tee <kind>', 'tdx, sgx, snp, nvidia, …')
+      .requiredOption('--name <claim>', 'claim name, e.g. mr_td')
+      .option('--tenant <name>', 'tenant (admins only; without it the operator-wide set)')
+      .addHelpText(
+        'after',
+        '\nThe claim is no longer checked for that owner. To go back to earlier values, add them again (a new\n' +
+          'version); to accept none, add a version that --expires now.\n' +
+          '\nExample:\n  cloister kbs refvalue rm --tee tdx --name mr_td',
+      ),
+  ).action(async (o: Conn & { tee: string; name: string; tenant?: string }) => {
+    const q = new URLSearchParams({ tee: o.tee, name: o.name, ...(o.tenant ? { tenant: o.tenant } : {}) });
+    const r = (await call(o, 'DELETE', `/admin/v1/refvalues?${q}`)) as { deleted: number };
+    process.stderr.write(`removed reference values ${o.tee}/${o.name} (${r.deleted} version(s))\n`);
+  });
+
+  const repository = kbs.command('repository').description('repositories and the tenant that owns each');
+  connOptions(
+    repository
+      .command('assign')
+      .description(
+        'give a repository, with its resources and policies, to a tenant or the operator (admins only)',
+      )
+      .argument('<repository>', 'repository name')
+      .option('--tenant <name>', 'the new owner')
+      .option('--operator', 'the operator is the new owner')
+      .option(
+        '--outside-namespace',
+        "allow an owner the repository's name does not say (acme-… is acme's; see docs/kbs.md)",
+      )
+      .addHelpText('after', '\nExample:\n  cloister kbs repository assign acme-models --tenant acme'),
+  ).action(
+    async (name: string, o: Conn & { tenant?: string; operator?: boolean; outsideNamespace?: boolean }) => {
+      if ((o.tenant === undefined) === !o.operator)
+        throw new FileError('repository assign: give exactly one of --tenant NAME or --operator');
+      printJson(
+        await call(o, 'PUT', `/admin/v1/repositories/${encodeURIComponent(name)}/owner`, {
+          json: { tenant: o.tenant ?? null, ...(o.outsideNamespace ? { outsideNamespace: true } : {}) },
+        }),
+      );
+    },
   );
 }

@@ -5,8 +5,8 @@
  * Exit status: 0 everything verified, 1 it did not (or could not be read); the reason is one line.
  */
 import { open } from 'node:fs/promises';
-import { type Command, CommanderError } from 'commander';
-import { writeFileAtomically } from '../seal/node.js';
+import { type Command, CommanderError, Option } from 'commander';
+import { writeFileAtomically, writeOutput } from '../seal/node.js';
 import {
   type BundleReport,
   generateNoteSigner,
@@ -15,6 +15,7 @@ import {
   verifyBundleLines,
 } from '../translog/index.js';
 import { type Output, readText, stdio, UsageError } from './io.js';
+import { type Conn, connOptions } from './kbs.js';
 
 export interface LogVerifyOptions {
   key?: string;
@@ -103,6 +104,33 @@ export async function runLogKeygen(name: string, out: string): Promise<string> {
   return vkey;
 }
 
+export interface LogExportOptions extends Conn {
+  out?: string;
+  proofs?: 'all';
+  force?: boolean;
+}
+
+/**
+ * `cloister log export`: the bundle as the broker streams it, to a file (through a temporary, so a
+ * refusal or a cut connection leaves no bundle behind) or to stdout.
+ */
+export async function runLogExport(o: LogExportOptions): Promise<void> {
+  if (!o.token) throw new UsageError('no admin token: pass --token or set CLOISTER_ADMIN_TOKEN');
+  const { AdminClient, AdminClientError } = await import('../kbs/admin-client.js');
+  const path = `/admin/v1/log/bundle${o.proofs === 'all' ? '?proofs=all' : ''}`;
+  let body: ReadableStream<Uint8Array>;
+  try {
+    body = await new AdminClient(o.url, o.token).stream(path);
+  } catch (e) {
+    if (e instanceof AdminClientError && e.problem?.status === 403)
+      throw new UsageError(
+        `the broker refused this token (403: ${e.problem.detail ?? 'forbidden'}): the log is exported with an admin or global-auditor token (cloister kbs admin-token --role global-auditor)`,
+      );
+    throw e;
+  }
+  await writeOutput(body, o.out ?? '-', o.force);
+}
+
 const VERIFY_HELP = `
 Example:
   cloister log verify kbs-log.jsonl --key 'broker.example/log+1a2b3c4d+AR…'
@@ -123,7 +151,7 @@ Exit status: 0 everything verified; 1 something did not (the first reason is pri
 export function registerLog(program: Command): void {
   const log = program
     .command('log')
-    .description('the key broker transparency log: verify exports, make keys');
+    .description('the key broker transparency log: export it, verify exports, make keys');
   log
     .command('verify')
     .description('verify an exported transparency-log bundle offline against the log key')
@@ -137,6 +165,27 @@ export function registerLog(program: Command): void {
       const code = await runLogVerify(file, opts, stdio);
       if (code !== 0) throw new CommanderError(code, 'cloister.log.verify', '');
     });
+  connOptions(
+    log
+      .command('export')
+      .description("export the key broker's transparency log as a bundle for `cloister log verify`")
+      .option('--out <file>', 'write the bundle here (default: stdout)')
+      .addOption(new Option('--proofs <which>', 'all: an inclusion proof for every entry').choices(['all']))
+      .option('--force', 'overwrite --out')
+      .addHelpText(
+        'after',
+        "\nNeeds an admin or global-auditor token: the log chains every tenant's entries.\n" +
+          '\nExamples:\n  cloister log export --out log.jsonl --proofs all\n' +
+          '  cloister log export | cloister log verify - --key-file broker.vkey',
+      ),
+  ).action(async (opts: LogExportOptions) => {
+    try {
+      await runLogExport(opts);
+    } catch (e) {
+      process.stderr.write(`cloister log export: ${(e as Error).message}\n`);
+      throw new CommanderError(1, 'cloister.log.export', '');
+    }
+  });
   log
     .command('keygen')
     .description('create an Ed25519 checkpoint signing key (JWK, mode 0600) and print its verifier key')

@@ -42,6 +42,13 @@ export class AdminClient {
     return (await this.send('GET', path)).text();
   }
 
+  /** A GET whose answer is read as it arrives (a log bundle of any length); refusals throw before. */
+  async stream(path: string): Promise<ReadableStream<Uint8Array>> {
+    const res = await this.send('GET', path);
+    if (!res.body) throw new AdminClientError(`GET ${path}: the broker sent no body`, 'refused');
+    return res.body;
+  }
+
   private async send(method: string, path: string, body?: AdminBody): Promise<Response> {
     const headers: Record<string, string> = { authorization: `Bearer ${this.token}` };
     let payload: BodyInit | undefined;
@@ -83,3 +90,36 @@ export class AdminClient {
   }
 }
 export { ADMIN_ROLES } from './tenancy.js';
+
+/** What `GET /.well-known/cloister-kbs` answers (server.ts PublicKeys), as a client reads it. */
+export interface BrokerPublicKeys {
+  ear: { keys: (JsonWebKey & { kid?: string })[] };
+  log: { origin: string; verifierKey: string };
+}
+
+/** The broker's public keys; unauthenticated. A wrong answer is refused here, not used. */
+export async function fetchPublicKeys(url: string): Promise<BrokerPublicKeys> {
+  const at = new URL('/.well-known/cloister-kbs', url);
+  let res: Response;
+  try {
+    res = await fetch(at);
+  } catch (e) {
+    const cause = (e as { cause?: unknown }).cause;
+    throw new AdminClientError(
+      `cannot reach the key broker at ${url}: ${cause instanceof Error ? cause.message : (e as Error).message}`,
+      'unreachable',
+    );
+  }
+  if (!res.ok)
+    throw new AdminClientError(`GET ${at.pathname}: ${res.status} ${res.statusText}`, 'refused', {
+      status: res.status,
+    });
+  const v = (await res.json().catch(() => undefined)) as Partial<BrokerPublicKeys> | undefined;
+  if (
+    !Array.isArray(v?.ear?.keys) ||
+    typeof v.log?.verifierKey !== 'string' ||
+    typeof v.log.origin !== 'string'
+  )
+    throw new AdminClientError(`${at}: not a Cloister key broker's public keys`, 'refused');
+  return v as BrokerPublicKeys;
+}

@@ -21,7 +21,8 @@ import { KbsError, type KbsHttpCode, type KbsRouteDoc } from './errors.js';
 import type { PolicyPool } from './policy-pool.js';
 import { parseScope, scopeName } from './scope.js';
 import type { SecretBox } from './secrets.js';
-import type { KbsStore, LogAppend, Owner, PolicyScope } from './store/types.js';
+import { ownerName } from './store/common.js';
+import { type KbsStore, type LogAppend, NotFoundError, type Owner, type PolicyScope } from './store/types.js';
 import {
   ADMIN_AUDIENCE,
   type AdminPrincipal,
@@ -342,6 +343,39 @@ export class AdminApi {
       },
     );
 
+    app.delete<{ Querystring: { scope: string } }>(
+      '/admin/v1/policies',
+      {
+        schema: {
+          summary: "Remove a scope's policy, every version (the next scope's then applies)",
+          security: ADMIN_SECURITY,
+          querystring: {
+            type: 'object',
+            required: ['scope'],
+            properties: {
+              scope: {
+                type: 'string',
+                description: '"default", "repository:<name>" or "resource:<repository>/<type>/<tag>"',
+              },
+            },
+          },
+        },
+        config: {
+          doc: doc({ 200: '{scope, deleted}' }, ['bad-scope', 'bad-resource-path', 'not-found'], 'bad-scope'),
+        },
+      },
+      async (req) => {
+        const p = auth(req);
+        if (isAuditor(p)) throw forbidden('auditors cannot change anything');
+        const s = parseScope(req.query.scope);
+        const tenant = await this.scopeOwner(p, s, false);
+        const name = scopeName(s);
+        const deleted = await this.o.store.deletePolicy(s, this.log(p, 'policy-delete', name, tenant, {}));
+        if (deleted === 0) throw new NotFoundError(`no policy is set for scope ${name}`);
+        return { scope: name, deleted };
+      },
+    );
+
     app.post<{ Body: { token: string; resource: string } }>(
       '/admin/v1/policy/evaluate',
       {
@@ -429,22 +463,8 @@ export class AdminApi {
       },
       async (req, reply) => {
         const p = auth(req);
-        if (isAuditor(p)) throw forbidden('auditors cannot change anything');
         const b = req.body;
-        // A tenant admin adds its own tenant's; an admin names a tenant, or adds operator-wide values.
-        let tenant: Owner;
-        if (p.scope.kind === 'tenant') {
-          if (b.tenant !== undefined && b.tenant !== p.scope.tenant)
-            throw forbidden('a tenant admin adds reference values of its own tenant only');
-          tenant = p.scope.tenant;
-        } else if (b.tenant === undefined) {
-          tenant = null;
-        } else {
-          const problem = tenantNameProblem(b.tenant);
-          if (problem)
-            throw new KbsError('bad-tenant', `${problem}; leave tenant out for operator-wide values`);
-          tenant = b.tenant as string;
-        }
+        const tenant = this.refvalueOwner(p, b.tenant);
         if (b.expiresAt !== undefined && Number.isNaN(Date.parse(b.expiresAt))) {
           throw new KbsError('bad-refvalue', 'expiresAt must be an RFC 3339 time');
         }
@@ -482,6 +502,113 @@ export class AdminApi {
             ...(req.query.tee ? { tee: req.query.tee } : {}),
           }),
         };
+      },
+    );
+
+    app.delete<{ Querystring: { tee: string; name: string; tenant?: string } }>(
+      '/admin/v1/refvalues',
+      {
+        schema: {
+          summary: "Remove one owner's reference values for a TEE kind and claim, every version",
+          security: ADMIN_SECURITY,
+          querystring: {
+            type: 'object',
+            required: ['tee', 'name'],
+            properties: {
+              tee: { type: 'string', minLength: 1 },
+              name: { type: 'string', minLength: 1, description: 'the claim, e.g. mr_td' },
+              tenant: { type: 'string', description: "a tenant's name; left out: the operator-wide set" },
+            },
+          },
+        },
+        config: {
+          doc: doc(
+            { 200: '{tee, name, tenant, deleted}' },
+            ['bad-refvalue', 'bad-tenant', 'not-found'],
+            'bad-refvalue',
+            'give ?tee=<kind>&name=<claim>[&tenant=<name>]',
+          ),
+        },
+      },
+      async (req) => {
+        const p = auth(req);
+        const { tee, name } = req.query;
+        const tenant = this.refvalueOwner(p, req.query.tenant);
+        const deleted = await this.o.store.deleteReferenceValues(
+          { tenant, tee, name },
+          this.log(p, 'refvalue-delete', `${tee}/${name}`, tenant, {}),
+        );
+        if (deleted === 0)
+          throw new NotFoundError(
+            `no reference values ${tee}/${name} ${tenant === null ? 'operator-wide' : `of tenant ${tenant}`}`,
+          );
+        return { tee, name, tenant, deleted };
+      },
+    );
+
+    app.put<{ Params: { repository: string }; Body: { tenant: string | null; outsideNamespace?: boolean } }>(
+      '/admin/v1/repositories/:repository/owner',
+      {
+        schema: {
+          summary:
+            'Give a repository, its resources and policies to another tenant or the operator (admins only)',
+          security: ADMIN_SECURITY,
+          params: {
+            type: 'object',
+            required: ['repository'],
+            properties: { repository: { type: 'string', pattern: '^[A-Za-z0-9._-]+$' } },
+          },
+          body: {
+            type: 'object',
+            required: ['tenant'],
+            properties: {
+              tenant: {
+                type: ['string', 'null'],
+                description: "the new owner: a tenant's name, or null for the operator",
+              },
+              outsideNamespace: {
+                type: 'boolean',
+                description: "allow an owner other than the one the repository's name says (docs/kbs.md)",
+              },
+            },
+          },
+        },
+        config: {
+          doc: doc(
+            { 200: '{repository, from, to}' },
+            ['bad-tenant', 'not-found', 'conflict'],
+            'bad-tenant',
+            'send {"tenant": "<name>" | null, "outsideNamespace"?: true}',
+          ),
+        },
+      },
+      async (req) => {
+        const p = auth(req);
+        if (p.role !== 'admin') throw forbidden('only admins reassign repositories');
+        const { repository } = req.params;
+        const { tenant: to, outsideNamespace = false } = req.body;
+        if (to !== null) {
+          const problem = tenantNameProblem(to);
+          if (problem) throw new KbsError('bad-tenant', `${problem}; give null for the operator`);
+        }
+        // The name says whose a repository is (tenancy.ts): a sealer reading kbs:///acme-…/ trusts it
+        // is acme's. Giving it to anyone else makes the name lie, so that takes an explicit switch.
+        const ns = repositoryNamespace(repository);
+        const nsOwner: Owner = ns.kind === 'tenant' ? ns.tenant : null;
+        if (to !== nsOwner && !outsideNamespace)
+          throw new KbsError(
+            'bad-tenant',
+            `repository ${repository} is in ${ownerName(nsOwner)}'s namespace; giving it to ${ownerName(to)} makes its name say the wrong owner (set outsideNamespace to do it anyway)`,
+          );
+        const { from } = await this.o.store.assignRepository(
+          repository,
+          to,
+          this.log(p, 'repository-assign', repository, to, {
+            to,
+            ...(to !== nsOwner ? { outsideNamespace: true } : {}),
+          }),
+        );
+        return { repository, from, to };
       },
     );
 
@@ -640,6 +767,23 @@ export class AdminApi {
         `resource values are limited to ${this.o.maxResourceBytes} bytes`,
       );
     return new Uint8Array(body);
+  }
+
+  /**
+   * Whose reference values a writer means: a tenant admin its own tenant's; an admin a named tenant's,
+   * or (no tenant) the operator-wide ones.
+   */
+  private refvalueOwner(p: AdminPrincipal, tenant: unknown): Owner {
+    if (isAuditor(p)) throw forbidden('auditors cannot change anything');
+    if (p.scope.kind === 'tenant') {
+      if (tenant !== undefined && tenant !== p.scope.tenant)
+        throw forbidden('a tenant admin changes reference values of its own tenant only');
+      return p.scope.tenant;
+    }
+    if (tenant === undefined) return null;
+    const problem = tenantNameProblem(tenant);
+    if (problem) throw new KbsError('bad-tenant', `${problem}; leave tenant out for operator-wide values`);
+    return tenant as string;
   }
 
   private async scopeOwner(p: AdminPrincipal, s: PolicyScope, write: boolean): Promise<Owner> {

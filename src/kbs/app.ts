@@ -4,7 +4,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import type { FastifyInstance } from 'fastify';
-import { importJWK, type JWK } from 'jose';
+import { calculateJwkThumbprint, importJWK, type JWK } from 'jose';
 import { cachedSource, directorySource } from '../attest/collateral/node.js';
 import {
   chainSources,
@@ -23,7 +23,7 @@ import { buildLogEntry, KbsLogStore, signCheckpointNow } from './log.js';
 import { Metrics } from './metrics.js';
 import { PolicyPool } from './policy-pool.js';
 import { masterKeyFromText, SecretBox } from './secrets.js';
-import { createServer } from './server.js';
+import { createServer, type PublicKeys } from './server.js';
 import { openStore } from './store/index.js';
 import type { KbsStore } from './store/types.js';
 
@@ -35,6 +35,8 @@ export interface RunningBroker {
   /** Verifier key of the checkpoint signer (for `cloister log verify --key`). */
   logVerifierKey: string;
   earPublicKey: CryptoKey;
+  /** The EAR verification key as published at /.well-known/cloister-kbs (public JWK, kid = thumbprint). */
+  earPublicJwk: JWK;
   /** Where policies too costly for the event loop are evaluated. */
   policyPool: PolicyPool;
   close(): Promise<void>;
@@ -48,6 +50,27 @@ async function readText(path: string, what: string): Promise<string> {
       `cannot read ${what} ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
     );
   }
+}
+
+/**
+ * A key file's JSON, or one line naming the file: a PEM or a typo must not surface as a bare
+ * `JSON.parse` message (`No number after minus sign in JSON`) that names nothing.
+ */
+export function parseKeyJson(text: string, path: string, make: string): unknown {
+  if (text.trimStart().startsWith('-----BEGIN'))
+    throw new Error(`${path}: not a JWK (JSON expected; this is a PEM file: make a JWK with ${make})`);
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new Error(`${path}: not a JWK (JSON expected; ${(e as Error).message})`);
+  }
+}
+
+/** The EAR verification key as the broker publishes it: a public JWK whose kid is its RFC 7638 thumbprint. */
+export async function publishedEarKey(publicKey: CryptoKey): Promise<JWK> {
+  const { kty, crv, x, y } = (await crypto.subtle.exportKey('jwk', publicKey)) as JWK;
+  const jwk: JWK = { kty, crv, x, y };
+  return { ...jwk, alg: 'ES256', use: 'sig', kid: await calculateJwkThumbprint(jwk) };
 }
 
 async function masterKeys(c: KbsConfig, log: (s: string) => void) {
@@ -68,7 +91,8 @@ async function masterKeys(c: KbsConfig, log: (s: string) => void) {
     ];
   }
   const lines = text.split(/\s+/).filter(Boolean);
-  return Promise.all(lines.map((l, i) => masterKeyFromText(l, `master key ${i + 1}`)));
+  const where = c.masterKeyFile ?? 'CLOISTER_KBS_MASTER_KEY';
+  return Promise.all(lines.map((l, i) => masterKeyFromText(l, `${where}: master key ${i + 1}`)));
 }
 
 async function earKeyPair(c: KbsConfig, log: (s: string) => void): Promise<CryptoKeyPair> {
@@ -81,7 +105,11 @@ async function earKeyPair(c: KbsConfig, log: (s: string) => void): Promise<Crypt
       'verify',
     ])) as CryptoKeyPair;
   }
-  const jwk = JSON.parse(await readText(c.earKeyFile, 'EAR key')) as JWK;
+  const jwk = parseKeyJson(
+    await readText(c.earKeyFile, 'EAR key'),
+    c.earKeyFile,
+    'cloister kbs keygen --ear',
+  ) as JWK;
   if (jwk.kty !== 'EC' || jwk.crv !== 'P-256' || !jwk.d)
     throw new Error(`${c.earKeyFile}: the EAR key must be a private EC P-256 JWK`);
   const { d: _d, ...pub } = jwk;
@@ -97,7 +125,31 @@ async function logSigner(c: KbsConfig, log: (s: string) => void): Promise<NoteSi
     log(`no logKeyFile: checkpoints are signed by a key made for this process: ${g.vkey}`);
     return g.signer;
   }
-  return signerFromJwk(JSON.parse(await readText(c.logKeyFile, 'log key')) as JsonWebKey & { kid?: string });
+  const jwk = parseKeyJson(await readText(c.logKeyFile, 'log key'), c.logKeyFile, 'cloister log keygen');
+  try {
+    return await signerFromJwk(jwk as JsonWebKey & { kid?: string });
+  } catch (e) {
+    throw new Error(`${c.logKeyFile}: ${(e as Error).message}`);
+  }
+}
+
+/**
+ * What a broker with this configuration publishes at /.well-known/cloister-kbs, read from its key
+ * files without starting it (`cloister kbs keys --config`). A key made per process has nothing to
+ * publish ahead of time, so a configuration without earKeyFile or logKeyFile is refused.
+ */
+export async function offlinePublicKeys(c: KbsConfig): Promise<PublicKeys> {
+  const missing = (['earKeyFile', 'logKeyFile'] as const).filter((k) => !c[k]);
+  if (missing.length > 0)
+    throw new Error(
+      `the configuration has no ${missing.join(' or ')}: such a broker makes its key at start, so only it can publish it (cloister kbs keys --url)`,
+    );
+  const none = () => {};
+  const [ear, signer] = await Promise.all([earKeyPair(c, none), logSigner(c, none)]);
+  return {
+    ear: { keys: [await publishedEarKey(ear.publicKey)] },
+    log: { origin: c.logOrigin, verifierKey: vkeyOf(signer) },
+  };
 }
 
 async function adminKeys(c: KbsConfig, log: (s: string) => void): Promise<JWK[]> {
@@ -105,7 +157,15 @@ async function adminKeys(c: KbsConfig, log: (s: string) => void): Promise<JWK[]>
     log('no adminKeysFile: the admin API refuses every request');
     return [];
   }
-  const v = JSON.parse(await readText(c.adminKeysFile, 'admin keys')) as JWK | JWK[] | { keys: JWK[] };
+  const v = parseKeyJson(
+    await readText(c.adminKeysFile, 'admin keys'),
+    c.adminKeysFile,
+    'cloister kbs admin-key',
+  ) as JWK | JWK[] | { keys: JWK[] } | null;
+  if (typeof v !== 'object' || v === null)
+    throw new Error(
+      `${c.adminKeysFile}: not a JWK, JWK array or JWKS (found ${v === null ? 'null' : typeof v})`,
+    );
   const keys = Array.isArray(v) ? v : 'keys' in v && Array.isArray(v.keys) ? v.keys : [v as JWK];
   for (const k of keys) {
     if ('d' in k) throw new Error(`${c.adminKeysFile}: admin keys must be public keys (found a private key)`);
@@ -156,6 +216,7 @@ export async function startBroker(c: KbsConfig, opts: StartOptions = {}): Promis
   }
   const secrets = new SecretBox(await masterKeys(c, log));
   const earKey = await earKeyPair(c, log);
+  const earJwk = await publishedEarKey(earKey.publicKey);
   const signer = await logSigner(c, log);
   const trustAnchors: Partial<Record<TeeKind, Uint8Array[]>> = {};
   for (const [kind, files] of Object.entries(c.trustAnchors)) {
@@ -184,6 +245,7 @@ export async function startBroker(c: KbsConfig, opts: StartOptions = {}): Promis
     // than the verification itself.
     collateral: memoryCache(opts.collateral ?? collateral(c)),
     earKey,
+    earKeyId: earJwk.kid!,
     devMode: c.devMode,
     sessionTtlSeconds: c.sessionTtlSeconds,
     tokenTtlSeconds: c.tokenTtlSeconds,
@@ -220,6 +282,7 @@ export async function startBroker(c: KbsConfig, opts: StartOptions = {}): Promis
     sessionTtlSeconds: c.sessionTtlSeconds,
     log,
     ready: () => store.ping(),
+    publicKeys: { ear: { keys: [earJwk] }, log: { origin: c.logOrigin, verifierKey: vkeyOf(signer) } },
   });
   const address = await app.listen({ host: c.host, port: c.port });
 
@@ -247,6 +310,7 @@ export async function startBroker(c: KbsConfig, opts: StartOptions = {}): Promis
     broker,
     logVerifierKey: vkeyOf(signer),
     earPublicKey: earKey.publicKey,
+    earPublicJwk: earJwk,
     policyPool,
     async close() {
       stopping = true;

@@ -45,6 +45,8 @@ export interface BrokerOptions {
   collateral: CollateralSource;
   /** ES256 key pair that signs EAR tokens; replicas must share it to accept each other's tokens. */
   earKey: CryptoKeyPair;
+  /** Key id put in every EAR's header: the published key's (app.ts publishedEarKey), so verifiers holding several keys pick one. */
+  earKeyId?: string;
   /** Allows the insecure `sample` TEE. Announced at start and on every log line. */
   devMode: boolean;
   sessionTtlSeconds: number;
@@ -222,6 +224,7 @@ export class Broker {
     const init = received ? bindInitData(received, result.submods.cpu0!) : undefined;
     return issueEar(result.submods, {
       signingKey: this.o.earKey.privateKey,
+      ...(this.o.earKeyId ? { kid: this.o.earKeyId } : {}),
       build: `cloister-kbs ${KBS_PROTOCOL_VERSION}`,
       // The challenge exactly as the TEE received it, so a relying party compares strings.
       nonce: session.nonce,

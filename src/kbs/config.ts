@@ -94,8 +94,10 @@ export async function loadConfig(
     try {
       file = JSON.parse(text) as Partial<KbsConfig>;
     } catch (e) {
-      throw new Error(`config ${path} is not JSON: ${(e as Error).message}`);
+      throw new Error(`${path}: not JSON (${(e as Error).message})`);
     }
+    if (typeof file !== 'object' || file === null || Array.isArray(file))
+      throw new Error(`${path}: not a configuration (a JSON object of the keys in docs/kbs.md expected)`);
     const unknown = Object.keys(file).filter((k) => !KEYS.has(k));
     if (unknown.length)
       throw new Error(`config ${path}: unknown key(s) ${unknown.join(', ')} (see docs/kbs.md)`);

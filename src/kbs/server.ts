@@ -9,6 +9,7 @@ import fastifyCookie from '@fastify/cookie';
 import fastifyRateLimit from '@fastify/rate-limit';
 import fastifySwagger from '@fastify/swagger';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { JWK } from 'jose';
 import {
   createHttp,
   frameworkRefusal,
@@ -43,6 +44,17 @@ export interface ServerOptions {
   log: (line: string) => void;
   /** Resolves when the store's database answers now (see `KbsStore.ping`). */
   ready: () => Promise<void>;
+  /** What `GET /.well-known/cloister-kbs` publishes: the keys relying parties verify the broker with. */
+  publicKeys: PublicKeys;
+}
+
+/**
+ * The broker's public keys: the EAR verification key(s) as a JWKS (for `verify-receipt --ear-key` and
+ * `chat --ear-key`), and the transparency log's origin and C2SP verifier key (for `cloister log verify`).
+ */
+export interface PublicKeys {
+  ear: { keys: JWK[] };
+  log: { origin: string; verifierKey: string };
 }
 
 /**
@@ -495,6 +507,17 @@ export async function createServer(o: ServerOptions): Promise<FastifyInstance> {
       config: doc({ ok: { 200: 'text exposition format' } }),
     },
     async (_req, reply) => reply.type('text/plain; version=0.0.4').send(o.metrics.render()),
+  );
+  // Public keys, unauthenticated: they are what a relying party checks the broker's word against.
+  // Not under /kbs/v0, the CoCo protocol's namespace (a later protocol version may claim any name
+  // there); a well-known URI (RFC 8615) is where a client finds metadata of a host without a map.
+  app.get(
+    '/.well-known/cloister-kbs',
+    {
+      schema: { summary: 'Public keys: EAR verification key(s) (JWKS) and the log verifier key' },
+      config: doc({ ok: { 200: '{ear: {keys}, log: {origin, verifierKey}}' } }),
+    },
+    async () => o.publicKeys,
   );
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 

@@ -274,8 +274,11 @@ export async function writeFileAtomically(
   });
 }
 
-/** Writes a stream to stdout ('-') or, through a temporary file, to `out`. */
-async function writeOutput(
+/**
+ * Writes a stream to stdout ('-') or, through a temporary file, to `out`: a stream that fails leaves no
+ * file (and an existing one as it was).
+ */
+export async function writeOutput(
   stream: ReadableStream<Uint8Array>,
   out: string,
   force: boolean | undefined,

@@ -247,9 +247,10 @@ describe('cloister kbs administration verbs', () => {
 
     const token = await new KbsClient({ url: b.url, attester: await sampleAttester() }).token();
     const tokenFile = file('ear.jwt', `${token}\n`);
-    const deny = JSON.parse(
-      ok(await cli(['kbs', 'policy', 'eval', tokenFile, 'owner/models/p'], env)).stdout,
-    );
+    // Denied: the verdict on stdout, exit 3 (the shared convention: a verdict that says no).
+    const denied = await cli(['kbs', 'policy', 'eval', tokenFile, 'owner/models/p'], env);
+    expect([denied.code, denied.stderr]).toEqual([3, '']);
+    const deny = JSON.parse(denied.stdout);
     expect(deny).toMatchObject({ allow: false, policyScope: 'resource:owner/models/p' });
     expect(deny.clauses).toEqual([
       { source: 'dev_mode', outcome: 'true' },
@@ -339,5 +340,115 @@ describe('cloister kbs administration verbs', () => {
       await cli(['kbs', 'resource', 'ls'], { ...env, CLOISTER_ADMIN_TOKEN: `${admin}x` }),
       /^cloister: GET \/admin\/v1\/resources: 401 admin token refused: /,
     );
+  });
+  it('keygen --ear / --master write the broker keys; keys --config reads them offline', async () => {
+    const ear = join(dir, 'ear.jwk');
+    const pub = join(dir, 'ear.pub.jwk');
+    const master = join(dir, 'master.key');
+    ok(await cli(['kbs', 'keygen', '--ear', ear, '--pub', pub]));
+    ok(await cli(['kbs', 'keygen', '--master', master]));
+    for (const f of [ear, master]) expect(statSync(f).mode & 0o777).toBe(0o600);
+    const priv = JSON.parse(readFileSync(ear, 'utf8'));
+    const pubJwk = JSON.parse(readFileSync(pub, 'utf8'));
+    expect(priv).toMatchObject({ kty: 'EC', crv: 'P-256', alg: 'ES256', kid: pubJwk.kid });
+    expect(pubJwk.d).toBeUndefined();
+    expect(Buffer.from(readFileSync(master, 'utf8').trim(), 'base64')).toHaveLength(32);
+    // Never overwritten without --force; with it, a new key.
+    fails(await cli(['kbs', 'keygen', '--master', master]), /master\.key/);
+    ok(await cli(['kbs', 'keygen', '--master', master, '--force']));
+    fails(await cli(['kbs', 'keygen']), /give exactly one of --ear FILE \[--pub FILE\] or --master FILE/);
+
+    const vkey = ok(
+      await cli(['log', 'keygen', '--name', 'kbs.example/log', '--out', join(dir, 'log.jwk')]),
+    ).stdout.trim();
+    const config = file(
+      'kbs.json',
+      JSON.stringify({ earKeyFile: 'ear.jwk', logKeyFile: 'log.jwk', logOrigin: 'kbs.example/log' }),
+    );
+    const out = join(dir, 'ear-offline.pub.jwk');
+    const keys = ok(await cli(['kbs', 'keys', '--config', config, '--ear-out', out]));
+    expect(keys.stdout).toBe(`${vkey}\n`);
+    expect(JSON.parse(readFileSync(out, 'utf8'))).toEqual(pubJwk);
+    fails(
+      await cli(['kbs', 'keys', '--config', file('nokeys.json', '{}')]),
+      /no earKeyFile or logKeyFile: such a broker makes its key at start/,
+    );
+  });
+
+  it('keys --url saves the EAR key that verify-receipt and chat take, and prints the log key', async () => {
+    const out = join(dir, 'broker-ear.pub.jwk');
+    const keys = ok(await cli(['kbs', 'keys', '--ear-out', out], env));
+    expect(keys.stdout).toBe(`${b.logVerifierKey}\n`);
+    expect(JSON.parse(readFileSync(out, 'utf8'))).toEqual(b.earPublicJwk);
+    const token = await new KbsClient({ url: b.url, attester: await sampleAttester() }).token();
+    const { verifyEar } = await import('../../src/attest/index.js');
+    await expect(verifyEar(token, JSON.parse(readFileSync(out, 'utf8')))).resolves.toBeTruthy();
+  });
+
+  it('resource put refuses a key whose kid names another resource, naming both', async () => {
+    const kek = join(dir, 'owner.kek');
+    ok(await cli(['keygen', '--kek', kek, '--uri', 'kbs:///owner/models/kek1']));
+    fails(
+      await cli(['kbs', 'resource', 'put', 'acme/models/kek1', kek], env),
+      /^cloister: .*owner\.kek is the key kbs:\/\/\/owner\/models\/kek1 \(its kid\), not kbs:\/\/\/acme\/models\/kek1: store it as owner\/models\/kek1, or make a key for this name with cloister keygen --kek FILE --uri kbs:\/\/\/acme\/models\/kek1$/m,
+    );
+    ok(await cli(['kbs', 'resource', 'put', 'owner/models/kek1', kek], env));
+  });
+
+  it('policy rm, refvalue rm and repository assign', async () => {
+    ok(await cli(['kbs', 'resource', 'put', 'acme-x/models/a', file('a', 'a')], env));
+    ok(await cli(['kbs', 'policy', 'set', 'repository:acme-x', file('t.cel', 'true')], env));
+    const rm = ok(await cli(['kbs', 'policy', 'rm', 'repository:acme-x'], env));
+    expect(rm.stderr).toBe('removed the policy of repository:acme-x (1 version(s))\n');
+    fails(
+      await cli(['kbs', 'policy', 'rm', 'repository:acme-x'], env),
+      /404 no policy is set for scope repository:acme-x$/m,
+    );
+    ok(await cli(['kbs', 'refvalue', 'add', '--tee', 'snp', '--name', 'measurement', '--value', 'ab'], env));
+    ok(await cli(['kbs', 'refvalue', 'rm', '--tee', 'snp', '--name', 'measurement'], env));
+    fails(
+      await cli(['kbs', 'refvalue', 'rm', '--tee', 'snp', '--name', 'measurement'], env),
+      /404 no reference values snp\/measurement operator-wide$/m,
+    );
+    fails(
+      await cli(['kbs', 'repository', 'assign', 'acme-x', '--tenant', 'bigcorp'], env),
+      /400 repository acme-x is in tenant acme's namespace; giving it to tenant bigcorp/,
+    );
+    fails(
+      await cli(['kbs', 'repository', 'assign', 'acme-x'], env),
+      /give exactly one of --tenant NAME or --operator/,
+    );
+    const moved = ok(
+      await cli(['kbs', 'repository', 'assign', 'acme-x', '--operator', '--outside-namespace'], env),
+    );
+    expect(JSON.parse(moved.stdout)).toEqual({ repository: 'acme-x', from: 'acme', to: null });
+  });
+
+  it('log export writes a bundle that verifies; a tenant token gets one line and no file', async () => {
+    const bundle = join(dir, 'log.jsonl');
+    ok(await cli(['log', 'export', '--out', bundle, '--proofs', 'all'], env));
+    const verified = ok(await cli(['log', 'verify', bundle, '--key', b.logVerifierKey]));
+    expect(verified.stdout).toMatch(/result: VERIFIED/);
+    const stdout = ok(await cli(['log', 'export'], env)).stdout;
+    expect(stdout.split('\n')[0]).toMatch(/^\{"type":/);
+    const tenant = ok(
+      await cli([
+        'kbs',
+        'admin-token',
+        '--key',
+        join(dir, 'admin.jwk'),
+        '--role',
+        'tenant-admin',
+        '--tenant',
+        'acme',
+      ]),
+    ).stdout.trim();
+    const refused = join(dir, 'refused.jsonl');
+    const r = await cli(['log', 'export', '--out', refused], { ...env, CLOISTER_ADMIN_TOKEN: tenant });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(
+      /^cloister log export: the broker refused this token \(403: the log holds every tenant: it is read by admins and global auditors\): the log is exported with an admin or global-auditor token \(cloister kbs admin-token --role global-auditor\)\n$/,
+    );
+    expect(existsSync(refused)).toBe(false);
   });
 });

@@ -6,6 +6,8 @@
  *   `memory:`             a store in process memory (tests)
  * The store is migrated (tables created) before it is returned.
  */
+import { stat } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import type { StoreOptions } from './common.js';
 import { MemoryStore } from './memory.js';
 import { PostgresStore, type PostgresStoreOptions } from './postgres.js';
@@ -30,6 +32,15 @@ export async function openStore(url: string, opts: OpenStoreOptions): Promise<Kb
     const file = url.slice('sqlite:'.length);
     if (file === '')
       throw new TypeError('sqlite: URL needs a file path, e.g. sqlite:/var/lib/cloister/kbs.db');
+    // SQLite creates the file, not its folder; its own error ("unable to open database file") names neither.
+    if (file !== ':memory:') {
+      const dir = dirname(file);
+      const isDir = await stat(dir).then(
+        (st) => st.isDirectory(),
+        () => false,
+      );
+      if (!isDir) throw new TypeError(`${url}: directory ${dir} does not exist`);
+    }
     store = new SqliteStore(file, opts);
   } else if (url.startsWith('postgres://') || url.startsWith('postgresql://')) {
     store = new PostgresStore(url, opts);

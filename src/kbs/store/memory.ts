@@ -14,6 +14,7 @@ import {
   isoTime,
   now,
   ownerConflict,
+  ownerName,
   type StoreOptions,
   scopeColumns,
   scopeRepository,
@@ -28,6 +29,7 @@ import {
   type PolicyRecord,
   type PolicyScope,
   type ReferenceValueRecord,
+  type ReferenceValueSet,
   type ResourceMeta,
   type ResourceRecord,
   type SealedSecret,
@@ -115,6 +117,29 @@ export class MemoryStore implements KbsStore {
   async repositoryOwner(repository: string): Promise<{ tenant: Owner } | undefined> {
     this.open();
     return this.repositories.has(repository) ? { tenant: this.repositories.get(repository)! } : undefined;
+  }
+
+  async assignRepository(repository: string, tenant: Owner, log: LogAppend): Promise<{ from: Owner }> {
+    this.open();
+    if (!this.repositories.has(repository))
+      throw new NotFoundError(`repository ${repository} does not exist`);
+    const from = this.repositories.get(repository)!;
+    if (from === tenant)
+      throw new ConflictError(`repository ${repository} already belongs to ${ownerName(tenant)}`);
+    const e = this.entry(log);
+    this.repositories.set(repository, tenant);
+    for (const [path, r] of this.resources)
+      if (r.repository === repository) this.resources.set(path, { ...r, tenant });
+    for (const [key, history] of this.policies) {
+      const first = history[0];
+      if (first && scopeRepository(first.scope) === repository)
+        this.policies.set(
+          key,
+          history.map((p) => ({ ...p, tenant })),
+        );
+    }
+    this.push(e);
+    return { from };
   }
 
   async putResource(
@@ -255,6 +280,17 @@ export class MemoryStore implements KbsStore {
       .map((p) => ({ ...p, scope: { ...p.scope } }));
   }
 
+  async deletePolicy(scope: PolicyScope, log: LogAppend): Promise<number> {
+    this.open();
+    const key = scopeKey(scope);
+    const n = this.policies.get(key)?.length ?? 0;
+    if (n === 0) return 0;
+    const e = this.entry(log);
+    this.policies.delete(key);
+    this.push(e);
+    return n;
+  }
+
   async addReferenceValue(
     rec: Omit<ReferenceValueRecord, 'id' | 'version' | 'createdAt'>,
     log: LogAppend,
@@ -297,6 +333,19 @@ export class MemoryStore implements KbsStore {
         return a.version - b.version;
       })
       .map((r) => ({ ...r, values: [...r.values] }));
+  }
+
+  async deleteReferenceValues(set: ReferenceValueSet, log: LogAppend): Promise<number> {
+    this.open();
+    const hit = (r: ReferenceValueRecord) =>
+      r.tenant === set.tenant && r.tee === set.tee && r.name === set.name;
+    const n = this.references.filter(hit).length;
+    if (n === 0) return 0;
+    const e = this.entry(log);
+    const kept = this.references.filter((r) => !hit(r));
+    this.references.splice(0, this.references.length, ...kept);
+    this.push(e);
+    return n;
   }
 
   async revokeAdminToken(

@@ -36,6 +36,7 @@ import {
   isoTime,
   now,
   ownerConflict,
+  ownerName,
   rangeNodeIds,
   type StoreOptions,
   scopeColumns,
@@ -68,6 +69,7 @@ import {
   type PolicyRecord,
   type PolicyScope,
   type ReferenceValueRecord,
+  type ReferenceValueSet,
   type ResourceMeta,
   type ResourceRecord,
   type SealedSecret,
@@ -612,6 +614,25 @@ export class PostgresStore implements KbsStore {
     return row && { tenant: row.tenant };
   }
 
+  async assignRepository(repository: string, tenant: Owner, log: LogAppend): Promise<{ from: Owner }> {
+    return this.logged(async (t) => {
+      const owner = await t.owner(repository);
+      if (owner === undefined) throw new NotFoundError(`repository ${repository} does not exist`);
+      if (owner.tenant === tenant)
+        throw new ConflictError(`repository ${repository} already belongs to ${ownerName(tenant)}`);
+      await t.c.query('UPDATE repositories SET tenant = $1 WHERE name = $2', [tenant, repository]);
+      await t.c.query('UPDATE resources SET tenant = $1 WHERE repository = $2', [tenant, repository]);
+      // The repository's own scope, and the scopes of the resources in it (`<repository>/…`).
+      await t.c.query(
+        `UPDATE policies SET tenant = $1 WHERE (scope_kind = 'repository' AND scope_target = $2)
+           OR (scope_kind = 'resource' AND left(scope_target, length($2) + 1) = $2 || '/')`,
+        [tenant, repository],
+      );
+      await t.append(log);
+      return { from: owner.tenant };
+    });
+  }
+
   async putResource(
     rec: Omit<ResourceRecord, 'version' | 'createdAt' | 'updatedAt'>,
     log: LogAppend,
@@ -781,6 +802,19 @@ export class PostgresStore implements KbsStore {
     return r.rows.map(policyRecord);
   }
 
+  async deletePolicy(scope: PolicyScope, log: LogAppend): Promise<number> {
+    const { kind, target } = scopeColumns(scope);
+    return this.logged(async (t) => {
+      const r = await t.c.query('DELETE FROM policies WHERE scope_kind = $1 AND scope_target = $2', [
+        kind,
+        target,
+      ]);
+      const n = r.rowCount ?? 0;
+      if (n > 0) await t.append(log);
+      return n;
+    });
+  }
+
   async addReferenceValue(
     rec: Omit<ReferenceValueRecord, 'id' | 'version' | 'createdAt'>,
     log: LogAppend,
@@ -817,6 +851,18 @@ export class PostgresStore implements KbsStore {
       [filter?.tenant === undefined, filter?.tenant ?? null, filter?.tee ?? null],
     );
     return r.rows.map(referenceRecord);
+  }
+
+  async deleteReferenceValues(set: ReferenceValueSet, log: LogAppend): Promise<number> {
+    return this.logged(async (t) => {
+      const r = await t.c.query(
+        'DELETE FROM reference_values WHERE tenant IS NOT DISTINCT FROM $1::text AND tee = $2 AND name = $3',
+        [set.tenant, set.tee, set.name],
+      );
+      const n = r.rowCount ?? 0;
+      if (n > 0) await t.append(log);
+      return n;
+    });
   }
 
   async revokeAdminToken(

@@ -27,6 +27,7 @@ import {
   isoTime,
   now,
   ownerConflict,
+  ownerName,
   rangeNodeIds,
   type StoreOptions,
   scopeColumns,
@@ -60,6 +61,7 @@ import {
   type PolicyRecord,
   type PolicyScope,
   type ReferenceValueRecord,
+  type ReferenceValueSet,
   type ResourceMeta,
   type ResourceRecord,
   type SealedSecret,
@@ -83,6 +85,11 @@ const blob = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.by
 const SQL = {
   repoTenant: 'SELECT tenant FROM repositories WHERE name = ?',
   repoInsert: 'INSERT INTO repositories (name, tenant, created_at) VALUES (?, ?, ?)',
+  repoAssign: 'UPDATE repositories SET tenant = ? WHERE name = ?',
+  resAssign: 'UPDATE resources SET tenant = ? WHERE repository = ?',
+  // A repository's own scope, and the scopes of the resources in it (`<repository>/…`).
+  polAssign: `UPDATE policies SET tenant = @tenant WHERE (scope_kind = 'repository' AND scope_target = @repo)
+    OR (scope_kind = 'resource' AND substr(scope_target, 1, length(@repo) + 1) = @repo || '/')`,
   resGet: 'SELECT * FROM resources WHERE path = ?',
   resAll: 'SELECT * FROM resources ORDER BY path',
   resByTenant: 'SELECT * FROM resources WHERE tenant = ? ORDER BY path',
@@ -98,12 +105,14 @@ const SQL = {
     ORDER BY version DESC LIMIT 1`,
   polInsert: `INSERT INTO policies (scope_kind, scope_target, version, tenant, source, created_at, actor)
     VALUES (?, ?, ?, ?, ?, ?, ?)`,
+  polDelete: 'DELETE FROM policies WHERE scope_kind = ? AND scope_target = ?',
   polAll: 'SELECT * FROM policies ORDER BY scope_kind, scope_target, version',
   polByTenant: 'SELECT * FROM policies WHERE tenant = ? ORDER BY scope_kind, scope_target, version',
   // IS, not =: a NULL tenant (the operator) equals only NULL.
   refLatest: 'SELECT max(version) AS v FROM reference_values WHERE tenant IS ? AND tee = ? AND name = ?',
   refInsert: `INSERT INTO reference_values (id, tenant, tee, name, version, vals, created_at, expires_at, note)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+  refDelete: 'DELETE FROM reference_values WHERE tenant IS ? AND tee = ? AND name = ?',
   refList: `SELECT * FROM reference_values WHERE (@every = 1 OR tenant IS @tenant) AND (@tee IS NULL OR tee = @tee)
     ORDER BY tenant, tee, name, version`,
   revInsert: `INSERT INTO admin_token_revocations (token_id, expires_at, revoked_at, actor, reason)
@@ -321,6 +330,20 @@ export class SqliteStore implements KbsStore {
     return this.owner(repository);
   }
 
+  async assignRepository(repository: string, tenant: Owner, log: LogAppend): Promise<{ from: Owner }> {
+    return this.write(() => {
+      const owner = this.owner(repository);
+      if (owner === undefined) throw new NotFoundError(`repository ${repository} does not exist`);
+      if (owner.tenant === tenant)
+        throw new ConflictError(`repository ${repository} already belongs to ${ownerName(tenant)}`);
+      this.st('repoAssign').run(tenant, repository);
+      this.st('resAssign').run(tenant, repository);
+      this.st('polAssign').run({ tenant, repo: repository });
+      this.append(log);
+      return { from: owner.tenant };
+    });
+  }
+
   async putResource(
     rec: Omit<ResourceRecord, 'version' | 'createdAt' | 'updatedAt'>,
     log: LogAppend,
@@ -475,6 +498,15 @@ export class SqliteStore implements KbsStore {
     return rows.map(policyRecord);
   }
 
+  async deletePolicy(scope: PolicyScope, log: LogAppend): Promise<number> {
+    const { kind, target } = scopeColumns(scope);
+    return this.write(() => {
+      const n = this.st('polDelete').run(kind, target).changes;
+      if (n > 0) this.append(log);
+      return n;
+    });
+  }
+
   async addReferenceValue(
     rec: Omit<ReferenceValueRecord, 'id' | 'version' | 'createdAt'>,
     log: LogAppend,
@@ -516,6 +548,14 @@ export class SqliteStore implements KbsStore {
       tee: filter?.tee ?? null,
     }) as ReferenceRow[];
     return rows.map(referenceRecord);
+  }
+
+  async deleteReferenceValues(set: ReferenceValueSet, log: LogAppend): Promise<number> {
+    return this.write(() => {
+      const n = this.st('refDelete').run(set.tenant, set.tee, set.name).changes;
+      if (n > 0) this.append(log);
+      return n;
+    });
   }
 
   async revokeAdminToken(

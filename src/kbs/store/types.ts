@@ -71,6 +71,13 @@ export interface ReferenceValueRecord {
   note?: string;
 }
 
+/** What a reference value's versions share: its owner, TEE kind and claim name. */
+export interface ReferenceValueSet {
+  tenant: Owner;
+  tee: string;
+  name: string;
+}
+
 /** A revoked admin token, by its `jti`. */
 export interface AdminTokenRevocation {
   tokenId: string;
@@ -136,6 +143,12 @@ export interface KbsStore {
   createRepository(repository: string, tenant: Owner, log: LogAppend): Promise<void>;
   /** undefined: no such repository; otherwise who owns it. */
   repositoryOwner(repository: string): Promise<{ tenant: Owner } | undefined>;
+  /**
+   * Gives a repository to another owner, with its resources and the policies of its scopes, in one
+   * transaction; returns the previous owner. NotFoundError when it does not exist, ConflictError when
+   * `tenant` already owns it (nothing is logged then).
+   */
+  assignRepository(repository: string, tenant: Owner, log: LogAppend): Promise<{ from: Owner }>;
 
   // resources
   putResource(
@@ -154,6 +167,11 @@ export interface KbsStore {
   setPolicy(rec: Omit<PolicyRecord, 'version' | 'createdAt'>, log: LogAppend): Promise<PolicyRecord>;
   getPolicy(scope: PolicyScope): Promise<PolicyRecord | undefined>;
   listPolicies(tenant?: string): Promise<PolicyRecord[]>;
+  /**
+   * Deletes every version of a scope's policy, so the next scope's applies (resource → repository →
+   * default → built-in); returns how many versions went. 0: there was none, and nothing is logged.
+   */
+  deletePolicy(scope: PolicyScope, log: LogAppend): Promise<number>;
 
   // reference values (versioned per tenant+tee+name)
   addReferenceValue(
@@ -162,6 +180,11 @@ export interface KbsStore {
   ): Promise<ReferenceValueRecord>;
   /** `tenant`: undefined lists every owner's, null only the operator's, a name only that tenant's. */
   listReferenceValues(filter?: { tenant?: Owner; tee?: string }): Promise<ReferenceValueRecord[]>;
+  /**
+   * Deletes every version of one owner's (tee, name) set, so that claim is no longer checked for it;
+   * returns how many versions went. 0: there was none, and nothing is logged.
+   */
+  deleteReferenceValues(set: ReferenceValueSet, log: LogAppend): Promise<number>;
 
   // admin-token revocations
   /** Records a revocation; revoking an id twice is a ConflictError. */

@@ -110,6 +110,15 @@ const secret = (id: string, fill: number): SealedSecret => ({
   ciphertext: new Uint8Array(40).fill(fill),
 });
 
+/** listReferenceValues' order: the operator (null) first, then tenant, tee, name, version. */
+function byOwnerTeeName(
+  a: { tenant: string | null; tee: string; name: string; version: number },
+  b: typeof a,
+) {
+  const key = (r: typeof a) => [r.tenant === null ? '' : `\u0001${r.tenant}`, r.tee, r.name].join('\u0000');
+  return key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : a.version - b.version;
+}
+
 const ISO = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
 
 export type MakeStore = (opts: StoreOptions) => Promise<KbsStore>;
@@ -504,6 +513,86 @@ export function storeConformance(name: string, makeStore: MakeStore): void {
           ),
         ).rejects.toThrow(/not a valid time/);
         expect(await store.logSize()).toBe(4);
+      });
+    });
+
+    describe('removing policies and reference values, reassigning repositories', () => {
+      it('deletes every version of one policy scope, logging it once; an absent scope logs nothing', async () => {
+        const { store } = await fresh();
+        await store.createRepository('repo1', 't1', logFields('repository.create'));
+        const scope = { kind: 'repository', repository: 'repo1' } as const;
+        for (const source of ['true', 'false'])
+          await store.setPolicy({ scope, tenant: 't1', source, actor: 'a' }, logFields('policy.set'));
+        const res = await store.setPolicy(
+          { scope: { kind: 'resource', path: 'repo1/key/a' }, tenant: 't1', source: 'r', actor: 'a' },
+          logFields('policy.set'),
+        );
+        expect(await store.deletePolicy(scope, logFields('policy.delete', 'repository:repo1'))).toBe(2);
+        expect(await store.getPolicy(scope)).toBeUndefined();
+        expect(await store.listPolicies()).toEqual([res]);
+        expect(await store.logSize()).toBe(5);
+        expect(await store.deletePolicy(scope, logFields('policy.delete'))).toBe(0);
+        expect(await store.deletePolicy({ kind: 'default' }, logFields('policy.delete'))).toBe(0);
+        expect(await store.logSize()).toBe(5);
+        const [, , , , e] = await allEntries(store);
+        expect(JSON.parse(new TextDecoder().decode(e!.canonical))).toMatchObject({ kind: 'policy.delete' });
+      });
+
+      it("deletes one owner's (tee, name) set, every version, and nobody else's", async () => {
+        const { store } = await fresh();
+        const add = (tenant: string | null, name = 'mr_td', tee = 'tdx') =>
+          store.addReferenceValue({ tenant, tee, name, values: ['aa'] }, logFields('refval.add'));
+        await add('t1');
+        await add('t1');
+        const other = await add('t2');
+        const op = await add(null);
+        const snp = await add('t1', 'mr_td', 'snp');
+        const name = await add('t1', 'rtmr0');
+        const set = { tenant: 't1', tee: 'tdx', name: 'mr_td' };
+        expect(await store.deleteReferenceValues(set, logFields('refval.delete'))).toBe(2);
+        expect(await store.listReferenceValues()).toEqual([op, name, snp, other].sort(byOwnerTeeName));
+        expect(await store.deleteReferenceValues(set, logFields('refval.delete'))).toBe(0);
+        expect(await store.logSize()).toBe(7);
+        expect(await store.deleteReferenceValues({ ...set, tenant: null }, logFields('refval.delete'))).toBe(
+          1,
+        );
+        expect(await store.listReferenceValues({ tenant: null })).toEqual([]);
+      });
+
+      it('reassigns a repository with its resources and policies, in one logged change', async () => {
+        const { store } = await fresh();
+        await withResource(store, 'repo1/key/a', 't1');
+        await withResource(store, 'repo10/key/a', 't1');
+        for (const scope of [
+          { kind: 'repository', repository: 'repo1' },
+          { kind: 'resource', path: 'repo1/key/a' },
+          { kind: 'repository', repository: 'repo10' },
+          { kind: 'resource', path: 'repo10/key/a' },
+        ] as const)
+          await store.setPolicy({ scope, tenant: 't1', source: 'true', actor: 'a' }, logFields('policy.set'));
+        const size = await store.logSize();
+        expect(await store.assignRepository('repo1', 't2', logFields('repo.assign', 'repo1', 't2'))).toEqual({
+          from: 't1',
+        });
+        expect(await store.repositoryOwner('repo1')).toEqual({ tenant: 't2' });
+        expect((await store.listResources('t2')).map((r) => r.path)).toEqual(['repo1/key/a']);
+        expect((await store.listResources('t1')).map((r) => r.path)).toEqual(['repo10/key/a']);
+        expect((await store.listPolicies('t2')).map((p) => p.scope)).toEqual([
+          { kind: 'repository', repository: 'repo1' },
+          { kind: 'resource', path: 'repo1/key/a' },
+        ]);
+        expect(await store.listPolicies('t1')).toHaveLength(2);
+        expect(await store.logSize()).toBe(size + 1);
+        // To the operator and back; the same owner again, or an unknown repository, changes nothing.
+        expect(await store.assignRepository('repo1', null, logFields('repo.assign'))).toEqual({ from: 't2' });
+        expect((await store.getResource('repo1/key/a'))?.tenant).toBeNull();
+        await expect(store.assignRepository('repo1', null, logFields('repo.assign'))).rejects.toBeInstanceOf(
+          ConflictError,
+        );
+        await expect(store.assignRepository('nope', 't1', logFields('repo.assign'))).rejects.toBeInstanceOf(
+          NotFoundError,
+        );
+        expect(await store.logSize()).toBe(size + 2);
       });
     });
 
