@@ -119,4 +119,28 @@ describe('cloister agent serve: the socket path', () => {
     expect(named.length).toBeGreaterThan(1);
     expect(named.filter((n) => !n.endsWith(`: ${DEFAULT_AGENT_SOCKET}`))).toEqual([]);
   });
+
+  it('a missing socket folder: exit 1, one line naming the folder and what to do', () => {
+    const missing = path.join(tempDir(), 'missing');
+    const r = spawnSync(
+      process.execPath,
+      [
+        'bin/cloister.js',
+        'agent',
+        'serve',
+        '--tee',
+        'sample',
+        '--kbs',
+        'http://127.0.0.1:9',
+        '--socket',
+        path.join(missing, 'x.sock'),
+      ],
+      { encoding: 'utf8' },
+    );
+    expect(r.status).toBe(1);
+    expect(r.stderr.split('\n').filter((l) => !l.includes('WARNING') && !l.includes('TEE: sample'))).toEqual([
+      `cloister: ${missing}: the folder for --socket ${path.join(missing, 'x.sock')} does not exist; create it (mkdir -p ${missing}) or choose another --socket`,
+      '',
+    ]);
+  });
 });

@@ -86,7 +86,7 @@ it('a command line that cannot be parsed is a usage error: exit 64 (EX_USAGE), w
     ['no-such-verb'],
     ['verify'],
     ['verify', 'e.json', '--tee', 'nope'],
-    ['agent', 'serve', '--tee', 'sample', '--kbs', 'http://127.0.0.1:9'],
+    ['agent', 'serve', '--tee', 'sample'],
   ]) {
     const r = cloister(args);
     expect(r.code, args.join(' ')).toBe(64);
