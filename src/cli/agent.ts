@@ -5,11 +5,12 @@
  * API on a Unix socket (src/tee/api.ts), `agent verify-receipt` checks a run receipt.
  */
 import { readFileSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import path from 'node:path';
 import { type Command, CommanderError, Option } from 'commander';
+import type { EarStatus } from '../attest/types.js';
 import {
+  DEFAULT_AGENT_SOCKET,
   DEFAULT_DEV_ROOT,
   DEFAULT_GRAMINE_ROOT,
   DEFAULT_PRIVATE_PARENT,
@@ -18,7 +19,7 @@ import {
 import type { Detection } from '../tee/evidence/index.js';
 import type { CpuAttester, CpuKind, KbsClient, SampleEvidenceForm } from '../tee/index.js';
 import { fromBase64 } from '../util/index.js';
-import { type Output, stdio } from './io.js';
+import { EXIT_USAGE, FlagError, type Output, readText, stdio, UsageError } from './io.js';
 import { integerOption } from './numbers.js';
 
 export interface DetectCliOptions {
@@ -302,11 +303,17 @@ function registerAgentServe(agent: Command): void {
       .command('serve')
       .description('serve the local API (keys, tokens, evidence, seal/unseal) on a Unix socket'),
   )
-    .requiredOption('--socket <path>', 'Unix socket to listen on (created mode 0600)')
+    .option(
+      '--socket <path>',
+      'Unix socket to listen on (created mode 0600; its folder must exist)',
+      DEFAULT_AGENT_SOCKET,
+    )
     .addHelpText(
       'after',
-      '\nExample:\n  cloister agent serve --socket /run/cloister/agent.sock --kbs https://kbs.example:8080\n' +
-        '  curl --unix-socket /run/cloister/agent.sock http://agent/resource/owner/models/kek1',
+      `\nExample:\n  cloister agent serve --socket ${DEFAULT_AGENT_SOCKET} --kbs https://kbs.example:8080\n` +
+        `  curl --unix-socket ${DEFAULT_AGENT_SOCKET} http://agent/resource/owner/models/kek1\n` +
+        'In development (the INSECURE software TEE, a private socket):\n' +
+        '  cloister agent serve --tee sample --socket ./agent.sock --kbs http://127.0.0.1:8080',
     )
     .exitOverride()
     .action(async (opts: TeeCliOptions & { socket: string }) => {
@@ -353,19 +360,69 @@ function registerAgentVerifyReceipt(agent: Command): void {
     )
     .exitOverride()
     .action(async (file: string, opts: VerifyReceiptCliOptions) => {
-      const { verifyReceipt } = await import('../tee/index.js');
-      const { chainSources, httpSource } = await import('../attest/index.js');
-      const { cachedSource, directorySource } = await import('../attest/collateral/node.js');
-      const { createDefaultRegistry } = await import('../attest/index.js');
-      const { certTableCollateral } = await import('../attest/index.js');
-      const receipt = JSON.parse(await readFile(file, 'utf8'));
-      const body = JSON.parse(new TextDecoder().decode(fromBase64(receipt.payload ?? '')));
-      const at = new Date(opts.at ?? body.endedAt);
-      const aux = body.attestation?.auxblob;
-      const earKey = opts.earKey
-        ? (JSON.parse(await readFile(opts.earKey, 'utf8')) as JsonWebKey)
-        : undefined;
-      const v = await verifyReceipt(receipt, {
+      const code = await runVerifyReceipt(file, opts, stdio);
+      // main() turns a CommanderError into the process exit code.
+      if (code !== 0) throw new CommanderError(code, 'cloister.agent.verify-receipt', '');
+    });
+}
+
+/** Exit status per verdict, as `cloister verify` (README "Exit status"). */
+const RECEIPT_EXIT: Record<EarStatus, number> = { affirming: 0, warning: 2, none: 2, contraindicated: 3 };
+/** The receipt was read and does not verify: a verdict that says no. */
+const EXIT_INVALID = 3;
+/** Collateral that could not be had: nothing was judged, so it is an error, not a verdict. */
+const NOT_JUDGED = new Set(['collateral-missing', 'collateral-unavailable']);
+
+/** The receipt file's content failed a check; `code` names which. */
+class ReceiptInvalid extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * `cloister agent verify-receipt`; returns the exit status: 0 affirming; 2 it verifies but the
+ * evidence is only a warning (the INSECURE sample TEE, an out-of-date TCB); 3 it does not verify (or
+ * the evidence or EAR is contraindicated); 1 nothing was judged (unreadable file, collateral
+ * missing); 64 a flag is wrong. Every failure is one line on `io.err` naming the file.
+ */
+export async function runVerifyReceipt(
+  file: string,
+  opts: VerifyReceiptCliOptions,
+  io: Output,
+): Promise<number> {
+  const where = `cloister agent verify-receipt: ${file}`;
+  try {
+    const { verifyReceipt } = await import('../tee/index.js');
+    const { AttestationError, chainSources, httpSource } = await import('../attest/index.js');
+    const { cachedSource, directorySource } = await import('../attest/collateral/node.js');
+    const { createDefaultRegistry } = await import('../attest/index.js');
+    const { certTableCollateral } = await import('../attest/index.js');
+    const { AgentError } = await import('../tee/index.js');
+    if (opts.at !== undefined && Number.isNaN(new Date(opts.at).getTime()))
+      throw new FlagError(`--at ${opts.at} is not a time (use ISO 8601, e.g. 2025-09-01T00:00:00Z)`);
+    const text = await readText(file, 'receipt');
+    const earKey = opts.earKey
+      ? (parseJson(await readText(opts.earKey, 'EAR key'), `EAR key ${opts.earKey}`) as JsonWebKey)
+      : undefined;
+    let receipt: { payload?: string };
+    let body: { endedAt?: string; attestation?: { auxblob?: string } };
+    try {
+      receipt = JSON.parse(text);
+      body = JSON.parse(new TextDecoder().decode(fromBase64(receipt.payload ?? '')));
+    } catch (e) {
+      throw new ReceiptInvalid('not-a-receipt', `not a run receipt (a JWS in JSON): ${(e as Error).message}`);
+    }
+    const at = new Date(opts.at ?? body.endedAt ?? '');
+    if (Number.isNaN(at.getTime()))
+      throw new ReceiptInvalid('not-a-receipt', 'the receipt names no endedAt time; give --at');
+    const aux = body.attestation?.auxblob;
+    let v: Awaited<ReturnType<typeof verifyReceipt>>;
+    try {
+      v = await verifyReceipt(receipt as Parameters<typeof verifyReceipt>[0], {
         registry: createDefaultRegistry(),
         at,
         collateral: chainSources(
@@ -386,22 +443,55 @@ function registerAgentVerifyReceipt(agent: Command): void {
         ),
         ...(earKey ? { earKey } : {}),
       });
-      const a = v.appraisal;
-      if (opts.json) {
-        process.stdout.write(
-          `${JSON.stringify({ ok: true, status: a.status, insecure: a.insecure, ear: v.ear ? v.ear.status : null, body: v.body }, null, 2)}\n`,
-        );
-        return;
-      }
-      const lines = [
-        `receipt ${path.basename(file)}: signature and key binding verify`,
-        `TEE evidence: ${a.kind}, ${a.status}${a.insecure ? ' (INSECURE sample TEE)' : ''}`,
-        v.ear ? `EAR token: verifies, ${v.ear.status}` : 'EAR token: not checked (give --ear-key)',
-        `command: ${v.body.command.join(' ')}`,
-        `exit: ${v.body.signal ?? v.body.exitCode}, ${v.body.startedAt} → ${v.body.endedAt}`,
-        ...v.body.inputs.map((i) => `input ${i.file} (${i.kbs}) sha256 ${i.sealedSha256}`),
-        ...v.body.outputs.map((o) => `output ${o.file} sha256 ${o.sealedSha256}`),
-      ];
-      process.stdout.write(`${lines.join('\n')}\n`);
-    });
+    } catch (e) {
+      // What the receipt itself fails is a verdict; collateral that could not be had judges nothing.
+      if (e instanceof AgentError) throw new ReceiptInvalid(e.code, e.message);
+      if (e instanceof AttestationError && !NOT_JUDGED.has(e.code))
+        throw new ReceiptInvalid(e.code, e.message);
+      throw e;
+    }
+    const a = v.appraisal;
+    const statuses: EarStatus[] = [a.status, ...(v.ear ? [v.ear.status] : [])];
+    if (a.insecure) statuses.push('warning');
+    const code = Math.max(...statuses.map((st) => RECEIPT_EXIT[st]));
+    if (opts.json) {
+      io.out(
+        `${JSON.stringify({ ok: true, status: a.status, insecure: a.insecure, ear: v.ear ? v.ear.status : null, body: v.body }, null, 2)}\n`,
+      );
+      return code;
+    }
+    const lines = [
+      `receipt ${path.basename(file)}: signature and key binding verify`,
+      `TEE evidence: ${a.kind}, ${a.status}${a.insecure ? ' (INSECURE sample TEE)' : ''}`,
+      v.ear ? `EAR token: verifies, ${v.ear.status}` : 'EAR token: not checked (give --ear-key)',
+      `command: ${v.body.command.join(' ')}`,
+      `exit: ${v.body.signal ?? v.body.exitCode}, ${v.body.startedAt} → ${v.body.endedAt}`,
+      ...v.body.inputs.map((i) => `input ${i.file} (${i.kbs}) sha256 ${i.sealedSha256}`),
+      ...v.body.outputs.map((o) => `output ${o.file} sha256 ${o.sealedSha256}`),
+      `result: ${code === 0 ? 'AFFIRMING' : code === 2 ? 'WARNING' : 'CONTRAINDICATED'}`,
+    ];
+    io.out(`${lines.join('\n')}\n`);
+    return code;
+  } catch (e) {
+    const invalid = e instanceof ReceiptInvalid;
+    const message = (e as Error).message.replace(/\s*\n\s*/g, ' ');
+    io.err(
+      invalid
+        ? `${where}: does not verify [${e.code}]: ${message}\n`
+        : `cloister agent verify-receipt: ${message}\n`,
+    );
+    if (opts.json)
+      io.out(
+        `${JSON.stringify({ ok: false, error: { ...(invalid ? { code: e.code } : {}), message: (e as Error).message } }, null, 2)}\n`,
+      );
+    return invalid ? EXIT_INVALID : e instanceof FlagError ? EXIT_USAGE : 1;
+  }
+}
+
+function parseJson(text: string, what: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new UsageError(`${what} is not JSON: ${(e as Error).message}`);
+  }
 }

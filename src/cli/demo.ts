@@ -7,7 +7,7 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Command } from 'commander';
@@ -85,13 +85,103 @@ function serve(
 
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex').slice(0, 16);
 
+/** The two release policies, as the owner writes them (the LLM key shares the model key's). */
+const APPROVED_MEASUREMENT = '00'.repeat(48);
+const MODEL_POLICY = `"cpu0" in submods && (cpu.status == "affirming" || (dev_mode && cpu.insecure && cpu.status == "warning")) && cpu.claims.measurement == "${APPROVED_MEASUREMENT}"`;
+const DATASET_POLICY = 'cpu.kind == "tdx" && cpu.status == "affirming"';
+
+/**
+ * What each step of the demo does, as `cloister …` commands a user runs by hand from the kept
+ * directory (step n is REPLAY[n - 1]). They use the files the demo wrote there and write only under
+ * replay/; CLOISTER_KBS_URL and CLOISTER_ADMIN_TOKEN are the broker and token of step 1, $LLM the
+ * server of step 7. `--show-commands` prints them under each step, and replay.sh runs them all.
+ */
+export const REPLAY: readonly (readonly string[])[] = [
+  [
+    'cloister kbs serve --config kbs.json --db sqlite:replay/kbs.db --port 0 > replay/kbs.url 2> replay/kbs.log &',
+    'export CLOISTER_KBS_URL=$(until [ -s replay/kbs.url ]; do sleep 0.2; done; cat replay/kbs.url)',
+    'export CLOISTER_ADMIN_TOKEN=$(cloister kbs admin-token --key admin.jwk --role tenant-admin --tenant owner --subject model-owner --ttl 600)',
+  ],
+  [
+    'cloister kbs resource put owner/models/kek1 model.kek',
+    'cloister kbs resource put owner/datasets/kek1 dataset.kek',
+  ],
+  [
+    "# model.sealed is the demo's (its plaintext was deleted); the dataset is sealed again here:",
+    'printf \'%s\\n\' \'{"text":"private training example"}\' > replay/data.jsonl',
+    'cloister seal --to kbs:///owner/datasets/kek1=dataset.kek replay/data.jsonl replay/data.sealed',
+  ],
+  [
+    'cloister kbs policy set resource:owner/models/kek1 model-policy.cel',
+    'cloister kbs policy set resource:owner/datasets/kek1 dataset-policy.cel',
+  ],
+  [
+    'cloister run --kbs "$CLOISTER_KBS_URL" --tee sample --input model.sealed --output-dir replay/out --seal-to kbs:///owner/models/kek1 -- node workload.cjs',
+    'cloister unseal --key model.kek replay/out/result.json.sealed replay/result.json',
+    '# exit 2: the receipt verifies, but the sample TEE is only ever a warning',
+    'cloister agent verify-receipt replay/out/run-receipt.json --ear-key ear.pub.jwk || [ $? -eq 2 ]',
+  ],
+  [
+    '# refused (exit 1): the dataset policy wants Intel TDX',
+    'if cloister run --kbs "$CLOISTER_KBS_URL" --tee sample --input replay/data.sealed -- node -e \'console.log("unreachable")\'; then exit 1; fi',
+  ],
+  [
+    'cloister kbs resource put owner/models/llm-kek llm.kek',
+    'cloister kbs policy set resource:owner/models/llm-kek model-policy.cel',
+    'cloister model tiny-gguf replay/tiny-llama.gguf',
+    'cloister seal --to kbs:///owner/models/llm-kek=llm.kek replay/tiny-llama.gguf replay/tiny-llama.gguf.sealed',
+    'cloister serve --kbs "$CLOISTER_KBS_URL" --tee sample --model replay/tiny-llama.gguf.sealed --port 0 --threads 1 2> replay/serve.log &',
+    "LLM=$(until grep -q 'listening on' replay/serve.log; do sleep 0.2; done; sed -n 's/.*listening on \\(http[^ ]*\\).*/\\1/p' replay/serve.log)",
+    'cloister chat --url "$LLM" --allow-sample --ear-key ear.pub.jwk --prompt "Hello, who are you?" --max-tokens 12',
+  ],
+  [
+    'cloister log verify log.jsonl --key-file log.vkey',
+    'AUDIT=$(cloister kbs admin-token --key admin.jwk --role global-auditor --subject auditor --ttl 600)',
+    'curl -fsS -H "authorization: Bearer $AUDIT" "$CLOISTER_KBS_URL/admin/v1/log/bundle?proofs=all" -o replay/log.jsonl',
+    'cloister log verify replay/log.jsonl --key-file log.vkey',
+  ],
+];
+
+/** replay.sh: every step's commands, runnable with `sh replay.sh` from anywhere. */
+export function replayScript(): string {
+  return [
+    '#!/bin/sh',
+    '# Replays `cloister demo` by hand, one step at a time, with the files the demo kept beside this',
+    '# script; everything it writes goes to replay/. It needs `cloister` on PATH (npm link in a',
+    '# checkout, or npm install -g cloister), or CLOISTER set to the command, e.g.',
+    '#   CLOISTER="npx cloister" sh replay.sh',
+    'set -eu',
+    'cd "$(dirname "$0")"',
+    'rm -rf replay && mkdir replay',
+    // A program on PATH rather than a shell function, so that `cloister … &` is the process `kill` stops.
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: a shell parameter expansion, not a template.
+    'if [ -n "${CLOISTER:-}" ]; then',
+    '  mkdir replay/bin && printf \'#!/bin/sh\\nexec %s "$@"\\n\' "$CLOISTER" > replay/bin/cloister',
+    '  chmod +x replay/bin/cloister && PATH="$PWD/replay/bin:$PATH"',
+    'fi',
+    '# The broker (step 1) and the server (step 7) run in the background until the script ends.',
+    "pids=''",
+    "trap 'kill $pids 2>/dev/null' EXIT",
+    ...REPLAY.flatMap((commands, i) => [
+      '',
+      `# ${i + 1}.`,
+      ...commands.flatMap((c) => (c.endsWith('&') ? [c, 'pids="$pids $!"'] : [c])),
+    ]),
+    '',
+  ].join('\n');
+}
+
 export function registerDemo(program: Command): void {
   program
     .command('demo')
     .description('run the trust core end to end on embedded defaults, in a temporary directory')
-    .option('--keep', 'keep the temporary directory and print its path')
-    .addHelpText('after', '\nExample:\n  npx cloister demo')
-    .action(async (o: { keep?: boolean }) => {
+    .option(
+      '--keep',
+      'keep the directory: keys, policies, sealed files, the exported log and replay.sh (the same steps by hand)',
+    )
+    .option('--show-commands', 'print under each step the cloister commands that do it by hand')
+    .addHelpText('after', '\nExamples:\n  npx cloister demo\n  npx cloister demo --keep --show-commands')
+    .action(async (o: { keep?: boolean; showCommands?: boolean }) => {
       // The whole stack (broker, client, inference) loads when the demo runs, not when the CLI starts.
       const { exportJWK, generateKeyPair } = await import('jose');
       const { offlineSource } = await import('../attest/index.js');
@@ -99,8 +189,7 @@ export function registerDemo(program: Command): void {
       const { parseClientPolicy } = await import('../client/index.js');
       const { writeTinyLlamaGguf } = await import('../infer/testing/index.js');
       const { AdminClient } = await import('../kbs/admin-client.js');
-      const { startBroker } = await import('../kbs/index.js');
-      const { DEFAULT_CONFIG } = await import('../kbs/index.js');
+      const { loadConfig, startBroker } = await import('../kbs/index.js');
       const { signAdminToken } = await import('../kbs/index.js');
       const { generateKek, kekToJwk } = await import('../seal/index.js');
       const { readHeader, sealFile, unsealToMemory } = await import('../seal/node.js');
@@ -110,37 +199,54 @@ export function registerDemo(program: Command): void {
       const started = Date.now();
       const dir = await mkdtemp(join(tmpdir(), 'cloister-demo-'));
       const at = (f: string) => join(dir, f);
+      /** Under step n, with --show-commands: what a user types to do that step by hand. */
+      const show = (n: number) => {
+        if (o.showCommands) for (const c of REPLAY[n - 1]!) say(c.startsWith('#') ? `   ${c}` : `   $ ${c}`);
+      };
+      /** A file a user needs to replay the demo by hand; secrets are 0600. */
+      const keep = async (f: string, text: string, secret = false) => {
+        await writeFile(at(f), text.endsWith('\n') ? text : `${text}\n`, secret ? { mode: 0o600 } : {});
+        if (secret) await chmod(at(f), 0o600);
+      };
       let broker: Awaited<ReturnType<typeof startBroker>> | undefined;
       try {
-        // 1. The key broker, with an admin key and a checkpoint key made for this demo.
+        // 1. The key broker, with an admin key, an EAR key and a checkpoint key made for this demo,
+        // started from a kbs.json that `cloister kbs serve --config` reads the same way.
         const admin = await generateKeyPair('EdDSA', { crv: 'Ed25519', extractable: true });
-        await writeFile(
-          at('admin.pub.jwk'),
-          JSON.stringify({ ...(await exportJWK(admin.publicKey)), alg: 'EdDSA' }),
+        await keep('admin.pub.jwk', JSON.stringify({ ...(await exportJWK(admin.publicKey)), alg: 'EdDSA' }));
+        await keep(
+          'admin.jwk',
+          JSON.stringify({ ...(await exportJWK(admin.privateKey)), alg: 'EdDSA' }),
+          true,
         );
+        const ear = await generateKeyPair('ES256', { extractable: true });
+        await keep('ear.jwk', JSON.stringify(await exportJWK(ear.privateKey)), true);
+        await keep('ear.pub.jwk', JSON.stringify(await exportJWK(ear.publicKey)));
         const logKey = await generateNoteSigner('cloister-demo/log');
-        await writeFile(at('log.jwk'), JSON.stringify(logKey.jwk), { mode: 0o600 });
-        await writeFile(
-          at('master.key'),
+        await keep('log.jwk', JSON.stringify(logKey.jwk), true);
+        await keep('log.vkey', logKey.vkey);
+        await keep(
+          'master.key',
           btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32)))),
-          { mode: 0o600 },
+          true,
         );
+        const config = {
+          devMode: true,
+          db: 'sqlite:kbs.db',
+          adminKeysFile: 'admin.pub.jwk',
+          masterKeyFile: 'master.key',
+          earKeyFile: 'ear.jwk',
+          logKeyFile: 'log.jwk',
+          logOrigin: 'cloister-demo/log',
+        };
+        await keep('kbs.json', JSON.stringify(config, null, 2));
         const brokerLog: string[] = [];
-        broker = await startBroker(
-          {
-            ...DEFAULT_CONFIG,
-            port: 0,
-            devMode: true,
-            db: `sqlite:${at('kbs.db')}`,
-            adminKeysFile: at('admin.pub.jwk'),
-            masterKeyFile: at('master.key'),
-            logKeyFile: at('log.jwk'),
-            logOrigin: 'cloister-demo/log',
-          },
-          { log: (l) => brokerLog.push(l) },
-        );
+        broker = await startBroker(await loadConfig(at('kbs.json'), { port: 0 }), {
+          log: (l) => brokerLog.push(l),
+        });
         say(`1. key broker started at ${broker.url} (SQLite in ${dir})`);
         say(`   ${brokerLog.find((l) => l.includes('DEV MODE IS ON')) ?? ''}`);
+        show(1);
         const { token } = await signAdminToken(
           admin.privateKey,
           { alg: 'EdDSA' },
@@ -151,6 +257,8 @@ export function registerDemo(program: Command): void {
         // 2. The owner's keys, held by the broker.
         const modelKek = generateKek('kbs:///owner/models/kek1');
         const dataKek = generateKek('kbs:///owner/datasets/kek1');
+        await keep('model.kek', JSON.stringify(kekToJwk(modelKek)), true);
+        await keep('dataset.kek', JSON.stringify(kekToJwk(dataKek)), true);
         await owner.call('PUT', '/admin/v1/resources/owner/models/kek1', {
           bytes: new TextEncoder().encode(JSON.stringify(kekToJwk(modelKek))),
         });
@@ -160,6 +268,7 @@ export function registerDemo(program: Command): void {
         say(
           '2. owner keys kbs:///owner/models/kek1 and kbs:///owner/datasets/kek1 stored in the broker (values never leave it in clear)',
         );
+        show(2);
 
         // 3. A model and a dataset, sealed on the owner's machine.
         const model = tinySafetensors(512, 512);
@@ -178,25 +287,25 @@ export function registerDemo(program: Command): void {
         say(
           `3. model (512x512 safetensors, sha256 ${sha(model)}…) sealed to model.sealed (${fileSize} bytes); the plaintext is deleted`,
         );
+        show(3);
 
         // 4. Policies: the model key goes to the approved workload measurement; the dataset key only to TDX.
-        const approved = '00'.repeat(48);
-        const approvedWorkload = `"cpu0" in submods && (cpu.status == "affirming" || (dev_mode && cpu.insecure && cpu.status == "warning")) && cpu.claims.measurement == "${approved}"`;
+        await keep('model-policy.cel', MODEL_POLICY);
+        await keep('dataset-policy.cel', DATASET_POLICY);
         await owner.call('PUT', '/admin/v1/policies', {
-          json: { scope: 'resource:owner/models/kek1', source: approvedWorkload },
+          json: { scope: 'resource:owner/models/kek1', source: MODEL_POLICY },
         });
         await owner.call('PUT', '/admin/v1/policies', {
-          json: {
-            scope: 'resource:owner/datasets/kek1',
-            source: 'cpu.kind == "tdx" && cpu.status == "affirming"',
-          },
+          json: { scope: 'resource:owner/datasets/kek1', source: DATASET_POLICY },
         });
         say('4. policies set: model key → the approved measurement only; dataset key → Intel TDX only');
+        show(4);
 
         // 5. The workload, run by the agent in the sample TEE.
         say(
           '5. cloister run: attest (sample TEE), fetch the model key, unseal into a private tmpfs dir, run, seal the output',
         );
+        show(5);
         await writeFile(at('workload.cjs'), WORKLOAD);
         const ok = await cloister(
           [
@@ -227,6 +336,7 @@ export function registerDemo(program: Command): void {
 
         // 6. A refused attempt: the dataset's policy wants TDX, the sample TEE is not.
         say('6. the same workload asks for the dataset: its policy requires Intel TDX');
+        show(6);
         const denied = await cloister(
           [
             'run',
@@ -252,11 +362,12 @@ export function registerDemo(program: Command): void {
 
         // 7. Confidential inference: a sealed llama model served in the sample TEE, reached only through OHTTP.
         const llmKek = generateKek('kbs:///owner/models/llm-kek');
+        await keep('llm.kek', JSON.stringify(kekToJwk(llmKek)), true);
         await owner.call('PUT', '/admin/v1/resources/owner/models/llm-kek', {
           bytes: new TextEncoder().encode(JSON.stringify(kekToJwk(llmKek))),
         });
         await owner.call('PUT', '/admin/v1/policies', {
-          json: { scope: 'resource:owner/models/llm-kek', source: approvedWorkload },
+          json: { scope: 'resource:owner/models/llm-kek', source: MODEL_POLICY },
         });
         await writeTinyLlamaGguf(at('tiny-llama.gguf'));
         await sealFile(at('tiny-llama.gguf'), at('tiny-llama.gguf.sealed'), {
@@ -266,6 +377,7 @@ export function registerDemo(program: Command): void {
         say(
           '7. confidential inference: a tiny llama model (random weights) sealed to kbs:///owner/models/llm-kek',
         );
+        show(7);
         say(
           '   cloister serve: attest, get the model key, unseal into memory, bind its keys into the evidence',
         );
@@ -339,6 +451,7 @@ export function registerDemo(program: Command): void {
           { role: 'global-auditor', subject: 'auditor', ttlSeconds: 600 },
         );
         const bundle = await new AdminClient(broker.url, audit).text('/admin/v1/log/bundle?proofs=all');
+        await keep('log.jsonl', bundle);
         const report = await verifyBundle(bundle, broker.logVerifierKey);
         if (!report.ok)
           throw new Error(
@@ -349,10 +462,16 @@ export function registerDemo(program: Command): void {
         say(
           `8. transparency log verified offline: ${[...kinds].map(([k, n]) => `${n} ${k}`).join(', ')}; hash chain, Merkle roots, signed checkpoints and inclusion proofs all check`,
         );
+        show(8);
+        await keep('replay.sh', replayScript());
+        await chmod(at('replay.sh'), 0o755);
         say(`demo complete in ${((Date.now() - started) / 1000).toFixed(1)} s`);
       } finally {
         await broker?.close();
-        if (o.keep) say(`files kept in ${dir}`);
+        if (o.keep)
+          say(
+            `files kept in ${dir}: keys, policies (.cel), sealed files, the exported log; sh ${join(dir, 'replay.sh')} replays the demo step by step`,
+          );
         else await rm(dir, { recursive: true, force: true });
       }
     });

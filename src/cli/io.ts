@@ -4,8 +4,17 @@
  */
 import { readFile } from 'node:fs/promises';
 
-/** A failure of the command itself (bad flag, unreadable file): one line, exit 1. */
+/** A failure of the command itself (unreadable file, bad input): one line, exit 1. */
 export class UsageError extends Error {}
+
+/**
+ * Exit status of a command line that cannot be run as given (unknown option, missing argument, a
+ * flag's value of the wrong form): sysexits' EX_USAGE. README "Exit status" lists every status.
+ */
+export const EXIT_USAGE = 64;
+
+/** A flag's value of the wrong form (`--port abc`): one line naming the flag, exit EXIT_USAGE. */
+export class FlagError extends UsageError {}
 
 /** A text file a verb was pointed at; an unreadable one is a usage error naming `what` it was meant to be. */
 export async function readText(file: string, what: string): Promise<string> {

@@ -2,7 +2,8 @@
  * `cloister log verify FILE`: checks an exported transparency-log bundle offline (hash chain, Merkle
  * roots at every checkpoint, checkpoint signatures, consistency, inclusion proofs) against the log's
  * verifier key. `cloister log keygen`: makes the Ed25519 key a broker signs checkpoints with.
- * Exit status: 0 everything verified, 1 it did not (or could not be read); the reason is one line.
+ * Exit status (README "Exit status"): 0 everything verified, 3 the bundle does not verify, 1 nothing
+ * was judged (unreadable file, malformed key), 64 a flag is wrong; the reason is one line.
  */
 import { open } from 'node:fs/promises';
 import { type Command, CommanderError, Option } from 'commander';
@@ -14,7 +15,7 @@ import {
   TranslogError,
   verifyBundleLines,
 } from '../translog/index.js';
-import { type Output, readText, stdio, UsageError } from './io.js';
+import { EXIT_USAGE, FlagError, type Output, readText, stdio, UsageError } from './io.js';
 import { type Conn, connOptions } from './kbs.js';
 
 export interface LogVerifyOptions {
@@ -52,11 +53,14 @@ function summary(file: string, r: BundleReport): string {
   return `${lines.join('\n')}\n`;
 }
 
+/** The bundle was read and judged, and it does not verify (a verdict that says no). */
+const EXIT_INVALID = 3;
+
 /** Runs the verb; returns the exit code. */
 export async function runLogVerify(file: string, opts: LogVerifyOptions, io: Output): Promise<number> {
   try {
     if ((opts.key === undefined) === (opts.keyFile === undefined)) {
-      throw new UsageError('give the log verifier key with --key VKEY or --key-file FILE (exactly one)');
+      throw new FlagError('give the log verifier key with --key VKEY or --key-file FILE (exactly one)');
     }
     const vkey = opts.key ?? (await readText(opts.keyFile!, 'key file')).trim();
     const report = await verifyBundleLines(
@@ -76,7 +80,7 @@ export async function runLogVerify(file: string, opts: LogVerifyOptions, io: Out
         (more > 0 ? ` (and ${more}${report.truncated ? '+' : ''} more problem(s); --json lists them)` : '') +
         '\n',
     );
-    return 1;
+    return EXIT_INVALID;
   } catch (e) {
     const msg =
       e instanceof TranslogError
@@ -89,7 +93,9 @@ export async function runLogVerify(file: string, opts: LogVerifyOptions, io: Out
       const error = e instanceof TranslogError ? e.toJSON() : { message: (e as Error).message };
       io.out(`${JSON.stringify({ ok: false, errors: [error] }, null, 2)}\n`);
     }
-    return 1;
+    if (e instanceof FlagError) return EXIT_USAGE;
+    // A malformed key judges nothing; any other refusal is about the bundle: it does not verify.
+    return e instanceof TranslogError && e.code !== 'bad-key' ? EXIT_INVALID : 1;
   }
 }
 
@@ -145,7 +151,8 @@ and that every entry is covered by a signed checkpoint. The bundle is read as it
 streamed layout (as the key broker exports it) is verified in bounded memory, whatever its length.
 Format: docs/transparency-log.md.
 
-Exit status: 0 everything verified; 1 something did not (the first reason is printed on one line).
+Exit status: 0 everything verified; 3 the bundle does not verify (the first reason is printed on
+one line); 1 nothing was judged (unreadable bundle, malformed key); 64 a flag is wrong.
 `;
 
 export function registerLog(program: Command): void {

@@ -1,9 +1,10 @@
-import { rmSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { pendingTemporaries } from '../seal/node.js';
 import { registerAgent, registerRun } from './agent.js';
 import { registerChat } from './chat.js';
 import { registerDemo } from './demo.js';
+import { EXIT_USAGE, FlagError } from './io.js';
 import { registerKbs } from './kbs.js';
 import { registerLog } from './log.js';
 import { registerModel } from './model.js';
@@ -11,10 +12,22 @@ import { registerSealCommands } from './seal.js';
 import { registerServe } from './serve.js';
 import { registerVerify } from './verify.js';
 
+/**
+ * The package version, read from package.json when the binary starts (src/cli and dist/cli are both
+ * two levels below the package root), so that it cannot drift from what npm installed.
+ */
+function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
+    version: string;
+  };
+  return pkg.version;
+}
+
 /** Entry point of the `cloister` binary; returns the exit code. Each verb lives in its own module. */
 export async function main(argv: string[]): Promise<number> {
   const program = new Command('cloister')
     .description('Confidential AI: sealed models and data, attested TEEs, attested key release.')
+    .version(packageVersion(), '-V, --version', 'print the version of cloister')
     .exitOverride()
     .showHelpAfterError('(run with --help for usage)')
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
@@ -33,9 +46,14 @@ export async function main(argv: string[]): Promise<number> {
     await program.parseAsync(argv, { from: 'user' });
     return 0;
   } catch (e) {
-    // Commander's own errors are usage errors (exit 2); verbs may end with a chosen status the same way.
+    // Commander's own errors are usage errors (64, sysexits' EX_USAGE); verbs may end with a chosen
+    // status the same way (README, "Exit status").
     if (e instanceof CommanderError)
-      return e.code.startsWith('commander.') && e.exitCode !== 0 ? 2 : e.exitCode;
+      return e.code.startsWith('commander.') && e.exitCode !== 0 ? EXIT_USAGE : e.exitCode;
+    if (e instanceof FlagError) {
+      process.stderr.write(`cloister: ${oneLine(e.message)}\n`);
+      return EXIT_USAGE;
+    }
     process.stderr.write(`cloister: ${oneLine(describeError(e))}\n`);
     return 1;
   }

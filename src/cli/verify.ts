@@ -3,7 +3,7 @@
  * --tee), gathers collateral from --collateral DIR, then the evidence's own folder, then (only with
  * --online) the vendor services through an on-disk cache, runs the registered verifier, and prints the
  * claims, the status and every reason. Exit status: 0 affirming, 2 warning (or nothing judged),
- * 3 contraindicated, 1 when the evidence could not be verified at all.
+ * 3 contraindicated, 1 when the evidence could not be verified at all, 64 for a flag of the wrong form.
  */
 import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
@@ -22,7 +22,7 @@ import {
   type VerifierRegistry,
 } from '../attest/types.js';
 import { fromHex } from '../util/index.js';
-import { type Output, readText, stdio, UsageError } from './io.js';
+import { EXIT_USAGE, FlagError, type Output, readText, stdio, UsageError } from './io.js';
 
 export interface VerifyCliOptions {
   tee?: string;
@@ -91,7 +91,7 @@ function parseAt(s: string | undefined): Date {
   if (s === undefined || s === 'now') return new Date();
   const d = new Date(s);
   if (Number.isNaN(d.getTime()))
-    throw new UsageError(`--at ${s} is not a time (use ISO 8601, e.g. 2025-09-01T00:00:00Z)`);
+    throw new FlagError(`--at ${s} is not a time (use ISO 8601, e.g. 2025-09-01T00:00:00Z)`);
   return d;
 }
 
@@ -183,7 +183,7 @@ export async function runVerify(
   registry ??= (await import('../attest/index.js')).createDefaultRegistry();
   try {
     if (opts.tee !== undefined && !isTeeKind(opts.tee)) {
-      throw new UsageError(`--tee ${opts.tee} is not a TEE kind (one of: ${TEE_KINDS.join(', ')})`);
+      throw new FlagError(`--tee ${opts.tee} is not a TEE kind (one of: ${TEE_KINDS.join(', ')})`);
     }
     let evidence: Uint8Array;
     try {
@@ -196,7 +196,7 @@ export async function runVerify(
       try {
         expectedReportData = fromHex(opts.reportData.replace(/^0x/, ''));
       } catch {
-        throw new UsageError(`--report-data must be hex, got ${JSON.stringify(opts.reportData)}`);
+        throw new FlagError(`--report-data must be hex, got ${JSON.stringify(opts.reportData)}`);
       }
     }
     const policy = opts.policy ? parsePolicy(await readText(opts.policy, 'policy'), opts.policy) : undefined;
@@ -277,7 +277,7 @@ export async function runVerify(
           : { message: (e as Error).message };
       io.out(`${JSON.stringify({ status: 'error', ...(kind ? { kind } : {}), error }, null, 2)}\n`);
     }
-    return EXIT_ERROR;
+    return e instanceof FlagError ? EXIT_USAGE : EXIT_ERROR;
   }
 }
 
@@ -295,7 +295,8 @@ Policy file (JSON): {"referenceValues": {"measurement": ["ab…"]}, "allowDebug"
                      "acceptTcbStatus": ["UpToDate"]}
 
 Exit status: 0 affirming, 2 warning (or nothing judged), 3 contraindicated,
-             1 the evidence could not be verified (the reason is printed on one line).
+             1 the evidence could not be verified (the reason is printed on one line),
+             64 a flag is wrong (usage).
 `;
 
 export function registerVerify(program: Command): void {

@@ -12,3 +12,8 @@ export const DEFAULT_GRAMINE_ROOT = '/dev/attestation';
 export const DEFAULT_DEV_ROOT = '/dev';
 /** Where private directories are made: a memory file system. */
 export const DEFAULT_PRIVATE_PARENT = '/dev/shm';
+/**
+ * Where `cloister agent serve` listens unless --socket says otherwise; README and docs/agent-api.md
+ * name the same path (test/cli/agent.test.ts keeps them equal).
+ */
+export const DEFAULT_AGENT_SOCKET = '/run/cloister/agent.sock';

@@ -1,7 +1,8 @@
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { beforeAll, describe, expect, it, vi } from 'vitest';
+import { DEFAULT_AGENT_SOCKET } from '../../src/tee/defaults.js';
 import { devDir, gramineDir, tempDir } from '../tee/evidence/helpers.js';
 import { cliTimeouts } from './run.js';
 
@@ -96,5 +97,50 @@ describe('cloister agent detect', () => {
     expect(r.status).toBe(0);
     for (const o of ['--json', '--tsm-root', '--allow-sample', '--gramine-root', '--dev-root'])
       expect(r.stdout).toContain(o);
+  });
+});
+
+describe('cloister agent serve: the socket path', () => {
+  it('one default, the same in --help, README.md and docs/', () => {
+    const r = spawnSync(process.execPath, ['bin/cloister.js', 'agent', 'serve', '--help'], {
+      encoding: 'utf8',
+    });
+    // Commander wraps the option column; the default is read with the wrapping undone.
+    expect(r.stdout.replace(/\s+/g, ' ')).toContain(`(default: "${DEFAULT_AGENT_SOCKET}")`);
+    const docs = [
+      'README.md',
+      ...readdirSync('docs', { recursive: true, encoding: 'utf8' }).map((f) => path.join('docs', f)),
+    ];
+    const named = docs
+      .filter((f) => f.endsWith('.md'))
+      .flatMap((f) =>
+        [...readFileSync(f, 'utf8').matchAll(/\/run\/[\w./-]*\.sock\b/g)].map((m) => `${f}: ${m[0]}`),
+      );
+    expect(named.length).toBeGreaterThan(1);
+    expect(named.filter((n) => !n.endsWith(`: ${DEFAULT_AGENT_SOCKET}`))).toEqual([]);
+  });
+
+  it('a missing socket folder: exit 1, one line naming the folder and what to do', () => {
+    const missing = path.join(tempDir(), 'missing');
+    const r = spawnSync(
+      process.execPath,
+      [
+        'bin/cloister.js',
+        'agent',
+        'serve',
+        '--tee',
+        'sample',
+        '--kbs',
+        'http://127.0.0.1:9',
+        '--socket',
+        path.join(missing, 'x.sock'),
+      ],
+      { encoding: 'utf8' },
+    );
+    expect(r.status).toBe(1);
+    expect(r.stderr.split('\n').filter((l) => !l.includes('WARNING') && !l.includes('TEE: sample'))).toEqual([
+      `cloister: ${missing}: the folder for --socket ${path.join(missing, 'x.sock')} does not exist; create it (mkdir -p ${missing}) or choose another --socket`,
+      '',
+    ]);
   });
 });

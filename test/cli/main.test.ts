@@ -1,9 +1,10 @@
 /** The `cloister` binary's own ends (bin/cloister.js → runBinary), apart from any one verb. */
 import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { expect, it, vi } from 'vitest';
-import { cliTimeouts, cloisterAsync } from './run.js';
+import { cliTimeouts, cloister, cloisterAsync } from './run.js';
 
 vi.setConfig(cliTimeouts());
 
@@ -68,4 +69,29 @@ it("a broker's error page is reported in one line, not spread over the operator'
   } finally {
     server.close();
   }
+});
+
+it('--version and -V print the version package.json names, and exit 0', () => {
+  const { version } = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8'));
+  for (const flag of ['--version', '-V']) {
+    const r = cloister([flag]);
+    expect(r.code).toBe(0);
+    expect(r.stdout.toString()).toBe(`${version}\n`);
+  }
+});
+
+it('a command line that cannot be parsed is a usage error: exit 64 (EX_USAGE), with the reason', () => {
+  for (const args of [
+    ['--no-such-flag'],
+    ['no-such-verb'],
+    ['verify'],
+    ['verify', 'e.json', '--tee', 'nope'],
+    ['agent', 'serve', '--tee', 'sample'],
+  ]) {
+    const r = cloister(args);
+    expect(r.code, args.join(' ')).toBe(64);
+    expect(r.stderr, args.join(' ')).toMatch(/^error: /);
+  }
+  // No verb at all: the help goes to stderr, and the status says nothing was done.
+  expect(cloister([]).code).toBe(64);
 });

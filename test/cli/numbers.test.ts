@@ -38,7 +38,7 @@ describe('integerOption', () => {
 });
 
 describe('numeric options of commands that reach the network', () => {
-  it('are refused before anything is sent', () => {
+  it('are refused before anything is sent, as usage errors (exit 64)', () => {
     for (const [args, message] of [
       [
         ['chat', '--url', 'http://127.0.0.1:9', '--max-tokens', 'abc'],
@@ -59,7 +59,7 @@ describe('numeric options of commands that reach the network', () => {
       ],
     ] as const) {
       const r = cloister([...args]);
-      expect(r.code).toBe(1);
+      expect(r.code).toBe(64);
       expect(r.stderr).toBe(`cloister: ${message}\n`);
     }
   });

@@ -110,14 +110,17 @@ describe('cloister verify', () => {
     });
   });
 
-  it('exits 1 for unknown formats, unregistered kinds, missing files and bad flags', () => {
+  it('exits 1 for unknown formats, unregistered kinds and missing files; 64 for bad flags', () => {
     const junk = file('junk.bin', new Uint8Array(100));
     expect(cloister('verify', junk).err).toMatch(/cannot tell the TEE kind .* --tee/);
     expect(cloister('verify', junk).code).toBe(1);
     expect(cloister('verify', path.join(dir, 'missing.json')).code).toBe(1);
-    expect(cloister('verify', evidence, '--at', 'yesterday').err).toMatch(/--at yesterday is not a time/);
-    expect(cloister('verify', evidence, '--report-data', 'xyz').err).toMatch(/--report-data must be hex/);
-    expect(cloister('verify', evidence, '--tee', 'nope').code).not.toBe(0);
+    // A flag of the wrong form is a usage error (64), not a failed verification.
+    const at = cloister('verify', evidence, '--at', 'yesterday');
+    expect([at.code, at.err]).toEqual([64, expect.stringMatching(/--at yesterday is not a time/)]);
+    const rd = cloister('verify', evidence, '--report-data', 'xyz');
+    expect([rd.code, rd.err]).toEqual([64, expect.stringMatching(/--report-data must be hex/)]);
+    expect(cloister('verify', evidence, '--tee', 'nope').code).toBe(64);
     // Sample evidence handed to another kind's verifier (or to none) is never accepted.
     const other = cloister('verify', evidence, '--tee', 'tdx');
     expect(other.code).toBe(1);

@@ -126,7 +126,7 @@ describe('cloister kbs administration verbs', () => {
     expect(claims.exp - claims.iat).toBe(60);
     expect((await b.call('GET', '/admin/v1/resources', t)).status).toBe(200);
     const bad = await cli(['kbs', 'admin-token', '--key', join(dir, 'admin.jwk'), '--role', 'root']);
-    expect(bad.code).toBe(2);
+    expect(bad.code).toBe(64);
     expect(bad.stderr).toMatch(/Allowed choices are admin, tenant-admin, auditor/);
     fails(await cli(['kbs', 'admin-token', '--key', join(dir, 'admin.pub.jwk')]), /is not a private key/);
   });

@@ -16,30 +16,32 @@ const failures = new Map<string, Error>();
 const lines: string[] = [];
 let server: Awaited<ReturnType<typeof serveAgentApi>>;
 
+const options: Parameters<typeof serveAgentApi>[1] = {
+  kbs: {
+    async getResource(path) {
+      const e = failures.get(path);
+      if (e) throw e;
+      return new TextEncoder().encode(`value of ${path}`);
+    },
+    async token() {
+      throw new KbsClientError('the broker is down');
+    },
+  },
+  tee: {
+    kind: 'sample',
+    attester: {
+      source: 'test',
+      insecure: true,
+      async collect() {
+        throw new CollectionError('tsm-unavailable', 'no configfs-tsm here');
+      },
+    },
+  },
+  log: (line) => lines.push(line),
+};
+
 beforeAll(async () => {
-  server = await serveAgentApi(socket, {
-    kbs: {
-      async getResource(path) {
-        const e = failures.get(path);
-        if (e) throw e;
-        return new TextEncoder().encode(`value of ${path}`);
-      },
-      async token() {
-        throw new KbsClientError('the broker is down');
-      },
-    },
-    tee: {
-      kind: 'sample',
-      attester: {
-        source: 'test',
-        insecure: true,
-        async collect() {
-          throw new CollectionError('tsm-unavailable', 'no configfs-tsm here');
-        },
-      },
-    },
-    log: (line) => lines.push(line),
-  });
+  server = await serveAgentApi(socket, options);
 });
 afterAll(async () => {
   await server.close();
@@ -124,5 +126,25 @@ describe('the local API in-process: each failure below it gets its row of AGENT_
       404,
       'no route DELETE /nope (see docs/agent-api.md)',
     ]);
+  });
+});
+
+describe('the socket path', () => {
+  it('a missing folder is named, with what to do (not EACCES)', async () => {
+    const missing = join(dir, 'missing', 'x.sock');
+    const e = await serveAgentApi(missing, options).catch((err: unknown) => err);
+    expect(e).toBeInstanceOf(AgentError);
+    expect(e).toMatchObject({ code: 'socket-path' });
+    expect((e as Error).message).toBe(
+      `${join(dir, 'missing')}: the folder for --socket ${missing} does not exist; create it (mkdir -p ${join(dir, 'missing')}) or choose another --socket`,
+    );
+  });
+
+  it('a file where the folder should be is refused in one line', async () => {
+    const e = await serveAgentApi(join(dir, 'agent.sock', 'x.sock'), options).catch((err: unknown) => err);
+    expect(e).toMatchObject({
+      code: 'socket-path',
+      message: `${socket}: not a folder, so --socket ${join(socket, 'x.sock')} cannot be made there`,
+    });
   });
 });

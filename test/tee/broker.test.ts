@@ -9,6 +9,7 @@ import { request } from 'node:http';
 import { join } from 'node:path';
 import { exportJWK, generateKeyPair } from 'jose';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { runVerifyReceipt } from '../../src/cli/agent.js';
 import { openBytes } from '../../src/seal/container.js';
 import { keyFromJwk } from '../../src/seal/keys.js';
 import { utf8 } from '../../src/util/bytes.js';
@@ -30,6 +31,21 @@ async function ok(args: string[]): Promise<string> {
 }
 
 const admin = () => ['--url', url, '--token', token];
+
+/** `cloister agent verify-receipt` called in this process; what it printed and its exit status. */
+async function verifyReceiptCli(file: string, opts: Parameters<typeof runVerifyReceipt>[1]) {
+  let out = '';
+  let err = '';
+  const code = await runVerifyReceipt(file, opts, {
+    out: (t) => {
+      out += t;
+    },
+    err: (t) => {
+      err += t;
+    },
+  });
+  return { code, out, err };
+}
 
 beforeAll(async () => {
   ensureBuilt();
@@ -122,7 +138,8 @@ describe('agent against a real broker (cloister kbs serve --dev)', () => {
         cwd: dir,
       },
     ).done;
-    expect(v.code).toBe(0);
+    // It verifies, but the sample TEE is insecure: a verdict with a warning, exit 2 (as cloister verify).
+    expect(v.code).toBe(2);
     const j = JSON.parse(v.stdout);
     expect(j).toMatchObject({ ok: true, insecure: true, ear: 'warning' });
     expect(j.body.tee.claims.submods.cpu0['cloister.kind']).toBe('sample');
@@ -134,8 +151,38 @@ describe('agent against a real broker (cloister kbs serve --dev)', () => {
     const bad = await cli(['agent', 'verify-receipt', 'out/run-receipt.json', '--ear-key', 'other.pub.jwk'], {
       cwd: dir,
     }).done;
-    expect(bad.code).toBe(1);
-    expect(bad.stderr).toMatch(/EAR signature does not verify/);
+    expect(bad.code).toBe(3);
+    expect(bad.stderr).toMatch(
+      /^cloister agent verify-receipt: out\/run-receipt.json: does not verify \[ear-bad-signature\]: EAR signature does not verify/,
+    );
+
+    // The same verb as a library call: every end has its status and one line naming the file.
+    const receipt = join(dir, 'out', 'run-receipt.json');
+    const text = await verifyReceiptCli(receipt, {});
+    expect([text.code, text.err]).toEqual([2, '']);
+    expect(text.out).toMatch(
+      /TEE evidence: sample, warning \(INSECURE sample TEE\)\n[\s\S]*result: WARNING\n$/,
+    );
+    const jws = JSON.parse(readFileSync(receipt, 'utf8'));
+    const tampered = join(dir, 'tampered.json');
+    const sig = jws.signature as string;
+    writeFileSync(
+      tampered,
+      JSON.stringify({ ...jws, signature: `${sig[0] === 'A' ? 'B' : 'A'}${sig.slice(1)}` }),
+    );
+    const t = await verifyReceiptCli(tampered, { json: true });
+    expect(t.code).toBe(3);
+    expect(t.err).toMatch(
+      /^cloister agent verify-receipt: .*tampered\.json: does not verify \[receipt-signature\]: .*\n$/,
+    );
+    expect(JSON.parse(t.out)).toMatchObject({ ok: false, error: { code: 'receipt-signature' } });
+    writeFileSync(tampered, 'not json');
+    expect((await verifyReceiptCli(tampered, {})).code).toBe(3);
+    const missing = await verifyReceiptCli(join(dir, 'nope.json'), {});
+    expect(missing.code).toBe(1);
+    expect(missing.err).toMatch(/^cloister agent verify-receipt: cannot read receipt .*nope\.json: /);
+    const at = await verifyReceiptCli(receipt, { at: 'yesterday' });
+    expect([at.code, at.err]).toEqual([64, expect.stringMatching(/--at yesterday is not a time/)]);
   });
 
   it('cloister run: the policy refuses a key → nothing unsealed, the broker’s reason is shown', async () => {

@@ -86,20 +86,20 @@ describe('cloister log', () => {
     expect(r.stdout.toString()).toMatch(/proofs: 12 inclusion, 2 consistency verified/);
     const cut = streamed.slice(0, streamed.lastIndexOf('{"type":"entry"'));
     const bad = cloister(['log', 'verify', '-', '--key', vkey], { input: new TextEncoder().encode(cut) });
-    expect(bad.code).toBe(1);
+    expect(bad.code).toBe(3);
     expect(bad.stderr).toMatch(
       /FAILED \[bad-bundle\] the header announces entries 0…11 \(12\) but the bundle holds 11/,
     );
   });
 
-  it('verify exits 1 with one line naming the first problem, and lists all with --json', () => {
+  it('verify exits 3 (does not verify) with one line naming the first problem, and lists all with --json', () => {
     const lines = readFileSync(good, 'utf8').split('\n');
     const i = lines.findIndex((l) => l.includes('"actor":"tee-1-1"'));
     lines[i] = lines[i]!.replace('tee-1-1', 'tee-1-X');
     const bad = join(dir, 'bad.jsonl');
     writeFileSync(bad, lines.join('\n'));
     const r = cloister(['log', 'verify', bad, '--key', vkey]);
-    expect(r.code).toBe(1);
+    expect(r.code).toBe(3);
     expect(r.stdout.toString()).toBe('');
     expect(r.stderr.trimEnd().split('\n')).toHaveLength(1);
     expect(r.stderr).toMatch(
@@ -110,9 +110,9 @@ describe('cloister log', () => {
     expect(json.errors.map((e: { code: string }) => e.code)).toContain('root-mismatch');
   });
 
-  it('verify refuses a missing key, a malformed key and an unreadable file, in one line each', () => {
+  it('verify refuses a missing key (64), a malformed key and an unreadable file (1), in one line each', () => {
     const none = cloister(['log', 'verify', good]);
-    expect(none.code).toBe(1);
+    expect(none.code).toBe(64);
     expect(none.stderr).toMatch(/--key VKEY or --key-file FILE/);
     const badKey = cloister(['log', 'verify', good, '--key', 'broker.example/log+00000000+AAAA']);
     expect(badKey.code).toBe(1);
