@@ -136,8 +136,7 @@ export const REPLAY: readonly (readonly string[])[] = [
   ],
   [
     'cloister log verify log.jsonl --key-file log.vkey',
-    'AUDIT=$(cloister kbs admin-token --key admin.jwk --role global-auditor --subject auditor --ttl 600)',
-    'curl -fsS -H "authorization: Bearer $AUDIT" "$CLOISTER_KBS_URL/admin/v1/log/bundle?proofs=all" -o replay/log.jsonl',
+    'CLOISTER_ADMIN_TOKEN=$(cloister kbs admin-token --key admin.jwk --role global-auditor --subject auditor --ttl 600) cloister log export --out replay/log.jsonl --proofs all',
     'cloister log verify replay/log.jsonl --key-file log.vkey',
   ],
 ];
