@@ -55,6 +55,7 @@ export function createDefaultRegistry(options: RegistryOptions = {}): VerifierRe
   return new VerifierRegistry(defaultVerifiers(), options);
 }
 export { MEASUREMENT_CLAIMS } from './common/appraise.js';
+export { encodeNvidiaEvidence } from './nvidia/index.js';
 export { cocoSampleEvidence } from './sample/index.js';
 export type { CertTableEntry } from './snp/certtable.js';
 export { certTableCollateral, GUID_VCEK, GUID_VLEK, parseCertTable } from './snp/certtable.js';
