@@ -15,6 +15,18 @@ import { sgxVerifier } from './sgx/index.js';
 import { snpVerifier } from './snp/index.js';
 import { appraiseTdx, parseTdxQuote, tdxVerifier } from './tdx/index.js';
 
+export {
+  type CollateralVendor,
+  collateralFiles,
+  intelRequests,
+  nvidiaRimRequest,
+  type RecordedCollateral,
+  recordingSource,
+  snpProductRequests,
+  type VendorSourceOptions,
+  vendorOf,
+  vendorSource,
+} from './collateral/fetch.js';
 export * from './collateral/index.js';
 export * from './common/types.js';
 export * from './composite.js';
