@@ -37,7 +37,8 @@ export async function sampleLaunch(o: {
     try {
       body = new TextDecoder('utf-8', { fatal: true }).decode(readFileSync(file));
     } catch (e) {
-      throw new Error(`${file}: cannot read --init-data (${(e as Error).message})`);
+      // Worded as brokerFor's reading of the same file, so the error is the same whatever the TEE.
+      throw new Error(`cannot read --init-data ${file}: ${(e as Error).message}`);
     }
     const format = file.toLowerCase().endsWith('.json') ? 'json' : 'toml';
     try {

@@ -55,7 +55,7 @@ describe('the sample TEE launched with a measurement and init-data', () => {
   it('names the --init-data file it cannot read or hash', async () => {
     const missing = join(dir, 'missing.toml');
     await expect(sampleLaunch({ initData: missing })).rejects.toThrow(
-      new RegExp(`^${missing}: cannot read --init-data`),
+      new RegExp(`^cannot read --init-data ${missing}: ENOENT`),
     );
     const bad = file('bad.json', '{"algorithm": "md5"}');
     await expect(sampleLaunch({ initData: bad })).rejects.toThrow(
