@@ -15,6 +15,18 @@ import { sgxVerifier } from './sgx/index.js';
 import { snpVerifier } from './snp/index.js';
 import { appraiseTdx, parseTdxQuote, tdxVerifier } from './tdx/index.js';
 
+export {
+  type CollateralVendor,
+  collateralFiles,
+  intelRequests,
+  nvidiaRimRequest,
+  type RecordedCollateral,
+  recordingSource,
+  snpProductRequests,
+  type VendorSourceOptions,
+  vendorOf,
+  vendorSource,
+} from './collateral/fetch.js';
 export * from './collateral/index.js';
 export * from './common/types.js';
 export * from './composite.js';
@@ -55,6 +67,7 @@ export function createDefaultRegistry(options: RegistryOptions = {}): VerifierRe
   return new VerifierRegistry(defaultVerifiers(), options);
 }
 export { MEASUREMENT_CLAIMS } from './common/appraise.js';
+export { encodeNvidiaEvidence } from './nvidia/index.js';
 export { cocoSampleEvidence } from './sample/index.js';
 export type { CertTableEntry } from './snp/certtable.js';
 export { certTableCollateral, GUID_VCEK, GUID_VLEK, parseCertTable } from './snp/certtable.js';

@@ -21,6 +21,7 @@ import type { CpuAttester, CpuKind, KbsClient, SampleEvidenceForm } from '../tee
 import { fromBase64 } from '../util/index.js';
 import { EXIT_USAGE, FlagError, type Output, readText, stdio, UsageError } from './io.js';
 import { integerOption } from './numbers.js';
+import { sampleLaunch, sampleMeasurementArg } from './sample-tee.js';
 
 export interface DetectCliOptions {
   json?: boolean;
@@ -121,6 +122,7 @@ export interface TeeCliOptions {
   retryDelayMs: string;
   initData?: string;
   sampleEvidence: SampleEvidenceForm;
+  sampleMeasurement?: string;
 }
 
 interface RunCliOptions extends TeeCliOptions {
@@ -159,6 +161,11 @@ export function teeOptions(c: Command, kbsRequired = true): Command {
         .choices(['cloister', 'coco'])
         .default('cloister'),
     )
+    .option(
+      '--sample-measurement <hex>',
+      'with the sample TEE: the 48-byte launch measurement it reports (default zeros), to rehearse measurement pinning',
+      sampleMeasurementArg,
+    )
     .option('--no-gpu', 'do not attest confidential GPUs even when some are found')
     .option('--tsm-root <dir>', `configfs-tsm report directory (default ${DEFAULT_TSM_ROOT})`)
     .option('--gramine-root <dir>', `Gramine attestation directory (default ${DEFAULT_GRAMINE_ROOT})`)
@@ -190,9 +197,11 @@ export async function teeFor(o: Omit<TeeCliOptions, 'kbs'>, log: (line: string) 
   let gpu: Detection['gpus']['attester'];
   const { AgentError } = await import('../tee/index.js');
   const { detectTee, InsecureSampleAttester, nodeFs, nodeRunner } = await import('../tee/evidence/index.js');
+  // With --init-data, the sample "host" puts its digest into host_data, as a real host would.
+  const sample = o.tee === 'sample' || o.allowSample ? await sampleLaunch(o) : undefined;
   if (o.tee === 'sample') {
     kind = 'sample';
-    attester = new InsecureSampleAttester();
+    attester = new InsecureSampleAttester(sample);
   } else {
     const d = await detectTee({
       fs: nodeFs,
@@ -200,6 +209,7 @@ export async function teeFor(o: Omit<TeeCliOptions, 'kbs'>, log: (line: string) 
       gramineRoot: o.gramineRoot ?? DEFAULT_GRAMINE_ROOT,
       devRoot: o.devRoot ?? DEFAULT_DEV_ROOT,
       allowSample: o.allowSample === true,
+      ...(sample ? { sample } : {}),
       run: nodeRunner,
       path: process.env.PATH ?? '',
     });

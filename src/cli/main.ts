@@ -3,6 +3,7 @@ import { Command, CommanderError } from 'commander';
 import { pendingTemporaries } from '../seal/node.js';
 import { registerAgent, registerRun } from './agent.js';
 import { registerChat } from './chat.js';
+import { registerCollateral } from './collateral.js';
 import { registerDemo } from './demo.js';
 import { EXIT_USAGE, FlagError } from './io.js';
 import { registerKbs } from './kbs.js';
@@ -33,6 +34,7 @@ export async function main(argv: string[]): Promise<number> {
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
   registerSealCommands(program);
   registerVerify(program);
+  registerCollateral(program);
   registerKbs(program);
   registerDemo(program);
   registerLog(program);

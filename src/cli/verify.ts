@@ -4,6 +4,9 @@
  * --online) the vendor services through an on-disk cache, runs the registered verifier, and prints the
  * claims, the status and every reason. Exit status: 0 affirming, 2 warning (or nothing judged),
  * 3 contraindicated, 1 when the evidence could not be verified at all, 64 for a flag of the wrong form.
+ *
+ * An NVIDIA GPU report can be given as NVIDIA's tools write it — the SPDM report (binary or hex) as the
+ * evidence and its PEM certificate chain with --nvidia-certs — instead of the SDK's evidence JSON.
  */
 import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
@@ -34,6 +37,7 @@ export interface VerifyCliOptions {
   reportData?: string;
   json?: boolean;
   earKey?: string;
+  nvidiaCerts?: string;
 }
 
 const EXIT: Record<EarStatus, number> = { affirming: 0, warning: 2, none: 2, contraindicated: 3 };
@@ -167,6 +171,36 @@ function policyNote(submods: Appraisal[], hasPolicy: boolean): string[] {
   ];
 }
 
+/** SPDM 1.1/1.2 GET_MEASUREMENTS request code: how a bare NVIDIA report starts. */
+const isSpdm = (b: Uint8Array) => (b[0] === 0x11 || b[0] === 0x12) && b[1] === 0xe0;
+
+/**
+ * NVIDIA evidence JSON from the files NVIDIA's tools write: the report (binary, or hex with any white
+ * space) and the PEM chain, leaf first. Their contents are checked by the verifier; only their shape here.
+ */
+async function nvidiaEvidenceFromFiles(
+  reportPath: string,
+  report: Uint8Array,
+  certsPath: string,
+): Promise<Uint8Array> {
+  let spdm = report;
+  if (!isSpdm(report)) {
+    const text = new TextDecoder().decode(report).replace(/\s+/g, '');
+    if (!/^(?:[0-9a-fA-F]{2})+$/.test(text) || !isSpdm(fromHex(text))) {
+      throw new UsageError(
+        `${reportPath}: not an NVIDIA SPDM report (binary, or hex starting 11e0 / 12e0) as --nvidia-certs needs`,
+      );
+    }
+    spdm = fromHex(text);
+  }
+  const chain = await readText(certsPath, '--nvidia-certs');
+  if (!chain.includes('-----BEGIN CERTIFICATE-----')) {
+    throw new UsageError(`${certsPath}: not a PEM certificate chain (--nvidia-certs)`);
+  }
+  const { encodeNvidiaEvidence } = await import('../attest/index.js');
+  return encodeNvidiaEvidence({ report: spdm, certChain: new TextEncoder().encode(chain) });
+}
+
 /** Runs the verb; returns the exit code. Every failure is reported as one line on `err`. */
 export async function runVerify(
   evidencePath: string,
@@ -191,6 +225,12 @@ export async function runVerify(
     } catch (e) {
       throw new UsageError(`cannot read evidence ${evidencePath}: ${(e as Error).message}`);
     }
+    if (opts.nvidiaCerts !== undefined) {
+      if (opts.tee !== undefined && opts.tee !== 'nvidia')
+        throw new UsageError(`--nvidia-certs is for an NVIDIA GPU report, not --tee ${opts.tee}`);
+      evidence = await nvidiaEvidenceFromFiles(evidencePath, evidence, opts.nvidiaCerts);
+    }
+    const tee = opts.nvidiaCerts !== undefined ? 'nvidia' : opts.tee;
     let expectedReportData: Uint8Array | undefined;
     if (opts.reportData !== undefined) {
       try {
@@ -210,11 +250,11 @@ export async function runVerify(
 
     let submods: Record<string, Appraisal>;
     let status: EarStatus;
-    if (opts.tee === undefined && isCompositeEvidence(evidence)) {
+    if (tee === undefined && isCompositeEvidence(evidence)) {
       kind = 'composite';
       ({ submods, status } = await appraiseComposite(decodeCompositeEvidence(evidence), options, registry));
     } else {
-      kind = opts.tee ?? detectKind(evidence);
+      kind = tee ?? detectKind(evidence);
       if (kind === undefined) {
         throw new UsageError(
           `cannot tell the TEE kind of ${evidencePath}; name it with --tee (one of: ${TEE_KINDS.join(', ')})`,
@@ -262,7 +302,10 @@ export async function runVerify(
     return EXIT[status];
   } catch (e) {
     let line: string;
-    if (e instanceof AttestationError) {
+    if (e instanceof AttestationError && e.code === 'missing-certificate-chain') {
+      // The library speaks of JSON; a CLI user holding NVIDIA's hex + PEM files has a flag for them.
+      line = `cloister verify: ${evidencePath} is a bare NVIDIA report: give its PEM certificate chain with --nvidia-certs FILE (or NVIDIA SDK evidence JSON) [${e.code}]`;
+    } else if (e instanceof AttestationError) {
       line = `cloister verify: ${kind ?? 'evidence'} ${e.stage} failed [${e.code}]: ${e.message}`;
     } else if (e instanceof UsageError) {
       line = `cloister verify: ${e.message}`;
@@ -290,6 +333,11 @@ Examples:
       --at 2025-07-01T00:00:00Z --policy policy.json --json
   # fetch missing collateral from the vendor services (cached on disk)
   cloister verify quote.bin --online
+  # NVIDIA GPU: the SPDM report (hex or binary) and its PEM chain, as NVIDIA's tools write them;
+  # RIMs are looked up in --collateral and beside the report (driver_rim.swidtag, vbios_rim.swidtag)
+  cloister verify test/vectors/nvidia-gpu/nvtrust_hopper_545.00_complete/attestation_report.hex \
+      --nvidia-certs test/vectors/nvidia-gpu/nvtrust_hopper_545.00_complete/cert_chain.pem \
+      --at 2024-06-01T00:00:00Z
 
 Policy file (JSON): {"referenceValues": {"measurement": ["ab…"]}, "allowDebug": false,
                      "acceptTcbStatus": ["UpToDate"]}
@@ -305,7 +353,7 @@ export function registerVerify(program: Command): void {
     .description('verify TEE attestation evidence; print its claims, status and every reason')
     .argument(
       '<evidence>',
-      'evidence file: quote, report, NVIDIA report, JSON evidence or composite evidence',
+      'evidence file: quote, report, NVIDIA evidence JSON (or SPDM report with --nvidia-certs), JSON evidence or composite evidence',
     )
     .addOption(new Option('--tee <kind>', 'TEE kind instead of detecting it').choices([...TEE_KINDS]))
     .option('--collateral <dir>', 'folder with vendor collateral (searched before the evidence folder)')
@@ -316,7 +364,14 @@ export function registerVerify(program: Command): void {
     )
     .option('--at <time>', 'verification time, ISO 8601 (default now)')
     .option('--policy <file>', 'appraisal policy JSON (reference values, allowDebug, acceptTcbStatus)')
-    .option('--report-data <hex>', 'report data the evidence must carry (zero-padded to 64 bytes)')
+    .option(
+      '--report-data <hex>',
+      'report data the evidence must carry (zero-padded to 64 bytes; for an NVIDIA GPU, the requester nonce)',
+    )
+    .option(
+      '--nvidia-certs <file>',
+      "the evidence is an NVIDIA GPU's SPDM report (binary or hex) and this is its PEM certificate chain, leaf first",
+    )
     .option('--json', 'print {status, kind, claims, findings, trustVector, ear?} as JSON')
     .option(
       '--ear-key <file>',

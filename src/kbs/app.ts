@@ -18,6 +18,7 @@ import type { CollateralSource, TeeKind } from '../attest/types.js';
 import { generateNoteSigner, type NoteSigner, signerFromJwk, vkeyOf } from '../translog/index.js';
 import { AdminApi } from './admin.js';
 import { Broker } from './broker.js';
+import { collateralSummary } from './collateral-summary.js';
 import type { KbsConfig } from './config.js';
 import { buildLogEntry, KbsLogStore, signCheckpointNow } from './log.js';
 import { Metrics } from './metrics.js';
@@ -202,6 +203,8 @@ export async function startBroker(c: KbsConfig, opts: StartOptions = {}): Promis
   const log = (line: string) => sink(`${prefix}cloister-kbs: ${line}`);
   if (c.devMode)
     log('DEV MODE IS ON: the insecure `sample` TEE can obtain keys. Never use dev mode with real secrets.');
+  // What the configured collateral holds and lacks, so a broker missing it says so at start.
+  if (!opts.collateral) log(await collateralSummary(c.collateral));
 
   const store = await openStore(c.db, { buildLogEntry });
   // Schema 2 keeps reference values of version 1's in-band tenant `default` inert: an operator may have

@@ -1,7 +1,8 @@
 /**
  * CoCo init-data (Trustee's initdata specification, version 0.1.0): configuration the host hands a TEE
  * at launch, whose digest the host must also put into a field of the TEE's evidence — TDX
- * `mr_config_id` (48 bytes), SEV-SNP `host_data` (32 bytes). An attester that sends its init-data with
+ * `mr_config_id` (48 bytes), SEV-SNP `host_data` (32 bytes), and the insecure `sample` TEE's `host_data`
+ * (32 bytes, for rehearsing init-data policies without hardware). An attester that sends its init-data with
  * its evidence has it checked against that field here; once it matches, policies see its contents as
  * `init_data` and the attestation token carries it (`cloister.init-data`).
  *
@@ -39,6 +40,9 @@ const ALGORITHMS: Record<string, HashName> = {
 const BINDING_FIELDS: Partial<Record<Appraisal['kind'], { claim: string; bytes: number }>> = {
   tdx: { claim: 'mr_config_id', bytes: 48 },
   snp: { claim: 'host_data', bytes: 32 },
+  // Set by `--init-data` with `--tee sample`: the sample "host" is the agent itself, so this binds
+  // nothing real; it lets an operator try init-data policies before hardware (dev mode only).
+  sample: { claim: 'host_data', bytes: 32 },
 };
 
 /** The attestation token's claim that carries checked init-data; policies see it as `init_data`. */
@@ -97,7 +101,7 @@ export function bindInitData(init: ReceivedInitData, cpu: Appraisal): InitData {
     throw new AttestationError(
       'appraise',
       'init-data-unbound',
-      `${cpu.kind} evidence has no init-data field (TDX mr_config_id, SEV-SNP host_data), so the init-data sent cannot be checked`,
+      `${cpu.kind} evidence has no init-data field (TDX mr_config_id, SEV-SNP host_data, sample host_data set by --init-data), so the init-data sent cannot be checked`,
     );
   }
   const fitted = (hex: string) => hex.slice(0, field.bytes * 2).padEnd(field.bytes * 2, '0');

@@ -33,6 +33,7 @@ it('lists the top-level verbs in their order, run among them (main.ts registers 
     'unseal',
     'inspect',
     'verify',
+    'collateral',
     'kbs',
     'demo',
     'log',

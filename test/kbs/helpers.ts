@@ -135,11 +135,17 @@ export async function testBroker(
 
 /** The sample TEE as a KBS-client attester; `tamper` lets a test break the binding. */
 export async function sampleAttester(
-  o: { debug?: boolean; measurement?: string; tamper?: (rd: Uint8Array) => Uint8Array } = {},
+  o: {
+    debug?: boolean;
+    measurement?: string;
+    hostData?: string;
+    tamper?: (rd: Uint8Array) => Uint8Array;
+  } = {},
 ): Promise<Attester> {
   const a = await createSampleAttester({
     ...(o.debug ? { debug: true } : {}),
     ...(o.measurement ? { measurement: o.measurement } : {}),
+    ...(o.hostData ? { hostData: o.hostData } : {}),
   });
   return {
     tee: 'sample',

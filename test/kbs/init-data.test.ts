@@ -104,10 +104,11 @@ describe('bindInitData', () => {
     expect(code(() => bindInitData(r, appraisal('tdx', { mr_config_id: '0'.repeat(96) })))).toBe(
       'init-data-mismatch',
     );
-    // The field of another kind does not count: a sample report cannot claim host_data.
+    // The field of another kind does not count: an SGX report cannot claim host_data.
     expect(
-      code(() => bindInitData(r, appraisal('sample', { host_data: hex('sha384', TOML).slice(0, 64) }))),
+      code(() => bindInitData(r, appraisal('sgx', { host_data: hex('sha384', TOML).slice(0, 64) }))),
     ).toBe('init-data-unbound');
+    expect(code(() => bindInitData(r, appraisal('sample', {})))).toBe('init-data-unbound');
     expect(code(() => bindInitData(r, appraisal('tdx', {})))).toBe('init-data-unbound');
     // The evidence holds the sha384 digest, but the body names sha512.
     const other = TOML.replace('sha384', 'sha512');
@@ -203,7 +204,7 @@ describe('init-data through the broker (test-authority SEV-SNP)', () => {
     });
   });
 
-  it('refuses init-data from a TEE that cannot bind it, and malformed init-data', async () => {
+  it('refuses init-data from a sample TEE launched without it, and malformed init-data', async () => {
     const sample = new KbsClient({
       url: b.url,
       attester: await sampleAttester(),

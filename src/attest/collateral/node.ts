@@ -3,7 +3,7 @@
  * cache in front of another source (usually httpSource) that keeps working when the network is gone.
  */
 import { createHash } from 'node:crypto';
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import {
   AttestationError,
@@ -169,3 +169,117 @@ export function cachedSource(
 }
 
 export { chainSources, httpSource, offlineSource } from './index.js';
+
+/** What an offline collateral folder holds, by the file names the verifiers look for. */
+export interface CollateralInventory {
+  dir: string;
+  /** False when the folder does not exist (or is not a folder). */
+  exists: boolean;
+  intel: {
+    /** FMSPCs with TCB info, per TEE ('any' for files not named by TEE, e.g. tcb_info_<fmspc>.json). */
+    tcbInfo: { tee: 'tdx' | 'sgx' | 'any'; fmspc: string }[];
+    /** tcb_info.json or collateral.json: one platform's set whose FMSPC only its content tells. */
+    unnamedSets: number;
+    qeIdentity: ('tdx' | 'sgx' | 'any')[];
+    pckCrls: number;
+    rootCaCrl: boolean;
+  };
+  amd: { vceks: number; vleks: number; crls: number; certChains: number };
+  nvidia: { rims: number; ocsp: number };
+}
+
+/** Reads the names in `dir` (not the contents: the verifiers judge those) and sorts them by vendor. */
+export async function inventoryCollateral(dir: string): Promise<CollateralInventory> {
+  const inv: CollateralInventory = {
+    dir,
+    exists: true,
+    intel: { tcbInfo: [], unnamedSets: 0, qeIdentity: [], pckCrls: 0, rootCaCrl: false },
+    amd: { vceks: 0, vleks: 0, crls: 0, certChains: 0 },
+    nvidia: { rims: 0, ocsp: 0 },
+  };
+  let names: string[];
+  try {
+    names = (await readdir(dir, { withFileTypes: true })).filter((e) => e.isFile()).map((e) => e.name);
+  } catch (e) {
+    if (isMissing(e) || (e as NodeJS.ErrnoException).code === 'ENOTDIR') return { ...inv, exists: false };
+    throw e;
+  }
+  for (const name of names.sort()) {
+    if (name.endsWith(HEADERS_SUFFIX)) continue;
+    const tcb = name.match(/^(?:(tdx|sgx)_)?tcb_info_([0-9a-f]{12})\.json$/i);
+    const qe = name.match(/^(?:(tdx|sgx)_)?qe_identity\.json$/);
+    if (tcb) {
+      const tee = (tcb[1]?.toLowerCase() as 'tdx' | 'sgx' | undefined) ?? 'any';
+      inv.intel.tcbInfo.push({ tee, fmspc: tcb[2]!.toLowerCase() });
+    } else if (qe) inv.intel.qeIdentity.push((qe[1] as 'tdx' | 'sgx' | undefined) ?? 'any');
+    else if (name === 'tcb_info.json' || name === 'collateral.json') inv.intel.unnamedSets++;
+    else if (/^pck_crl(_(processor|platform))?\.der$/.test(name)) inv.intel.pckCrls++;
+    else if (name === 'root_ca_crl.der') inv.intel.rootCaCrl = true;
+    else if (/^vcek(_[0-9a-f]+_[0-9a-f]+)?\.(der|pem)$/.test(name)) inv.amd.vceks++;
+    else if (/^vlek\.(der|pem)$/.test(name)) inv.amd.vleks++;
+    else if (/^(amd_ark_(milan|genoa|turin)_crl\.der|crl\.(der|pem)|vlek_crl\.(der|pem))$/.test(name))
+      inv.amd.crls++;
+    else if (/^(amd_(milan|genoa|turin)_cert_chain|cert_chain|vlek_cert_chain)\.pem$/.test(name))
+      inv.amd.certChains++;
+    else if (/\.(xml|swidtag)$/.test(name)) inv.nvidia.rims++;
+    else if (/^ocsp_[0-9a-f]+\.der$/.test(name)) inv.nvidia.ocsp++;
+  }
+  return inv;
+}
+
+const plural = (n: number, one: string, many = `${one}s`) => `${n} ${n === 1 ? one : many}`;
+
+function intelPart(i: CollateralInventory['intel']): string {
+  const sets = i.tcbInfo.length + i.unnamedSets;
+  if (sets === 0 && i.qeIdentity.length === 0 && i.pckCrls === 0 && !i.rootCaCrl)
+    return 'Intel PCS: none (TDX/SGX evidence will be refused offline)';
+  const have: string[] = [];
+  const lacks: string[] = [];
+  if (i.tcbInfo.length > 0) {
+    const byTee = (['tdx', 'sgx', 'any'] as const)
+      .map((t) => [t, i.tcbInfo.filter((x) => x.tee === t).length] as const)
+      .filter(([, n]) => n > 0)
+      .map(([t, n]) => (t === 'any' ? `${n} SGX or TDX` : `${n} ${t.toUpperCase()}`));
+    have.push(`TCB info for ${plural(i.tcbInfo.length, 'FMSPC')} (${byTee.join(', ')})`);
+  }
+  if (i.unnamedSets > 0) have.push(plural(i.unnamedSets, 'unnamed set'));
+  if (sets === 0) lacks.push('TCB info');
+  if (i.qeIdentity.length > 0)
+    have.push(
+      `QE identity (${i.qeIdentity.map((t) => (t === 'any' ? 'unnamed' : t.toUpperCase())).join(', ')})`,
+    );
+  else if (i.unnamedSets === 0) lacks.push('QE identity');
+  if (i.pckCrls > 0) have.push(plural(i.pckCrls, 'PCK CRL'));
+  else if (i.unnamedSets === 0) lacks.push('PCK CRL');
+  if (i.rootCaCrl) have.push('root CA CRL');
+  else if (i.unnamedSets === 0) lacks.push('root CA CRL');
+  return `Intel PCS: ${have.join(', ') || 'nothing usable'}${lacks.length ? ` — lacks ${lacks.join(', ')} (TDX/SGX evidence will be refused offline)` : ''}`;
+}
+
+function amdPart(a: CollateralInventory['amd']): string {
+  if (a.vceks + a.vleks + a.crls + a.certChains === 0)
+    return 'AMD KDS: none (SNP evidence will be refused offline unless it carries its VCEK)';
+  const have = [
+    a.vceks > 0 ? plural(a.vceks, 'VCEK') : '',
+    a.vleks > 0 ? plural(a.vleks, 'VLEK') : '',
+    a.crls > 0 ? plural(a.crls, 'CRL') : '',
+    a.certChains > 0 ? plural(a.certChains, 'cert chain') : '',
+  ].filter(Boolean);
+  const note =
+    a.vceks + a.vleks === 0
+      ? ' (no VCEK: SNP evidence will be refused offline unless it carries its VCEK)'
+      : a.crls === 0
+        ? ' (no CRL: ASK revocation not checked)'
+        : '';
+  return `AMD KDS: ${have.join(', ')}${note}`;
+}
+
+function nvidiaPart(n: CollateralInventory['nvidia']): string {
+  if (n.rims === 0) return 'NVIDIA RIMs: none (GPU measurements will not be judged offline)';
+  return `NVIDIA RIMs: ${n.rims}${n.ocsp > 0 ? `, ${plural(n.ocsp, 'OCSP response')}` : ''}`;
+}
+
+/** What the folder holds and lacks per vendor, and what evidence it will therefore refuse offline. */
+export function describeInventory(inv: CollateralInventory): string {
+  return `${intelPart(inv.intel)}; ${amdPart(inv.amd)}; ${nvidiaPart(inv.nvidia)}`;
+}

@@ -3,7 +3,9 @@
  * (TCB info v3, QE identity v2, CRLs). Two offline layouts are understood: the separate PCS files
  * (tcb_info.json, qe_identity.json, pck_crl.der, root_ca_crl.der, *_issuer_chain.pem) and a dcap-qvl
  * style collateral.json bundle holding all of them; each item is asked for under both names, and what
- * came back is recognised by its content.
+ * came back is recognised by its content. The first name of each is the one `cloister collateral fetch`
+ * writes: TCB info and QE identity are named by TEE (`tdx_tcb_info_<fmspc>.json`, `sgx_qe_identity.json`),
+ * so that one folder holds SGX and TDX collateral for many platforms.
  */
 import { fromHex, utf8 } from '../../util/index.js';
 import {
@@ -108,14 +110,14 @@ export interface RawCollateral {
 export function tcbInfoRequest(tee: Tee, fmspc: string): CollateralRequest {
   return {
     url: `${PCS_BASE}/${tee}/certification/v4/tcb?fmspc=${fmspc}`,
-    files: [`tcb_info_${fmspc}.json`, 'tcb_info.json', 'collateral.json'],
+    files: [`${tee}_tcb_info_${fmspc}.json`, `tcb_info_${fmspc}.json`, 'tcb_info.json', 'collateral.json'],
   };
 }
 
 export function qeIdentityRequest(tee: Tee): CollateralRequest {
   return {
     url: `${PCS_BASE}/${tee}/certification/v4/qe/identity`,
-    files: ['qe_identity.json', 'collateral.json'],
+    files: [`${tee}_qe_identity.json`, 'qe_identity.json', 'collateral.json'],
   };
 }
 

@@ -5,6 +5,7 @@
  * client SDK) refuses anything below affirming, hence refuses sample evidence.
  */
 import { toHex } from '../../util/index.js';
+import { judgeReferenceValues } from '../common/appraise.js';
 import {
   type Appraisal,
   type AppraisalPolicy,
@@ -74,6 +75,23 @@ export function appraiseSampleEvidence(
     });
   }
 
+  // Other reference values (host_data, say) are judged as every hardware kind judges them: a name the
+  // evidence does not carry is contraindicated rather than quietly passed over.
+  judgeReferenceValues({
+    refs: Object.fromEntries(
+      Object.entries(policy.referenceValues ?? {}).filter(([name]) => name !== 'measurement'),
+    ),
+    claims: parsed.hostData !== undefined ? { host_data: parsed.hostData } : {},
+    vectors: { host_data: 'configuration' },
+    what: 'sample',
+    judge: (check, status, message, vector) => {
+      findings.push({ check, status, message });
+      trustVector[vector] = CONTRAINDICATED;
+    },
+    findings,
+    tv: trustVector,
+  });
+
   if (!verified.reportDataChecked) {
     findings.push({
       check: 'report_data',
@@ -93,6 +111,7 @@ export function appraiseSampleEvidence(
       insecure: true,
       report_data: toHex(verified.reportData),
       measurement: parsed.measurement,
+      ...(parsed.hostData !== undefined ? { host_data: parsed.hostData } : {}),
       debug: parsed.debug,
       public_key_thumbprint: verified.keyThumbprint,
     },

@@ -4,11 +4,17 @@
  */
 import { bs, canonicalizeBytes, fromHex, toBase64Url, toHex } from '../../util/index.js';
 import { REPORT_DATA_SIZE } from '../common/types.js';
-import type { SampleEvidenceBody, SamplePublicJwk } from './evidence.js';
+import { SAMPLE_HOST_DATA_SIZE, type SampleEvidenceBody, type SamplePublicJwk } from './evidence.js';
 
 export interface SampleAttesterOptions {
   /** What the "TEE" reports as its launch measurement (hex or bytes); default 48 zero bytes. */
   measurement?: Uint8Array | string;
+  /**
+   * What the "host" set at launch (hex or bytes, 32 at most, zero-padded), as a SEV-SNP host sets
+   * host_data: the CoCo init-data digest, so init-data checks can be rehearsed. Omitted, the evidence
+   * carries no host_data.
+   */
+  hostData?: Uint8Array | string;
   debug?: boolean;
   /** Reuse a P-256 ECDSA key pair instead of generating one. */
   keyPair?: CryptoKeyPair;
@@ -32,6 +38,16 @@ export async function signSampleBody(body: object, privateKey: CryptoKey): Promi
   );
 }
 
+function fitHostData(value: Uint8Array | string): string {
+  const bytes = typeof value === 'string' ? fromHex(value) : value;
+  if (bytes.length > SAMPLE_HOST_DATA_SIZE) {
+    throw new RangeError(`sample host data is ${bytes.length} bytes; at most ${SAMPLE_HOST_DATA_SIZE}`);
+  }
+  const out = new Uint8Array(SAMPLE_HOST_DATA_SIZE);
+  out.set(bytes);
+  return toHex(out);
+}
+
 export async function createSampleAttester(options: SampleAttesterOptions = {}): Promise<SampleAttester> {
   const keyPair =
     options.keyPair ??
@@ -44,6 +60,7 @@ export async function createSampleAttester(options: SampleAttesterOptions = {}):
   const m = options.measurement ?? new Uint8Array(48);
   const measurement = typeof m === 'string' ? toHex(fromHex(m)) : toHex(m);
   const debug = options.debug ?? false;
+  const hostData = options.hostData === undefined ? undefined : fitHostData(options.hostData);
 
   return {
     publicKey,
@@ -55,6 +72,7 @@ export async function createSampleAttester(options: SampleAttesterOptions = {}):
         tee: 'sample',
         report_data: toBase64Url(reportData),
         measurement,
+        ...(hostData !== undefined ? { host_data: hostData } : {}),
         debug,
         public_key: publicKey,
       };

@@ -4,9 +4,12 @@
  * demos and tests can run the whole attestation flow on any machine.
  *
  *   { "tee": "sample", "report_data": b64url (≤ 64 bytes), "measurement": lower-case hex,
- *     "debug": false, "public_key": P-256 public JWK, "signature": b64url ES256 (r‖s) }
+ *     "host_data"?: 32 bytes lower-case hex, "debug": false, "public_key": P-256 public JWK,
+ *     "signature": b64url ES256 (r‖s) }
  *
  * The signature covers the RFC 8785 canonical JSON of the object without its `signature` member.
+ * `host_data` plays SEV-SNP's field of that name: what the "host" set at launch, the CoCo init-data
+ * digest when there is one. It is left out when the host set nothing, as evidence before it had none.
  */
 import { fromBase64, isObject, toBase64Url, utf8 } from '../../util/index.js';
 import { AttestationError, type AttestationErrorCode, REPORT_DATA_SIZE } from '../common/types.js';
@@ -14,6 +17,8 @@ import { AttestationError, type AttestationErrorCode, REPORT_DATA_SIZE } from '.
 export const SAMPLE_TEE = 'sample';
 /** A generous bound so that a hostile input cannot make us parse megabytes of JSON. */
 export const MAX_EVIDENCE_SIZE = 16 * 1024;
+/** Bytes in `host_data`: SEV-SNP's size, so an init-data digest is cut to it the same way. */
+export const SAMPLE_HOST_DATA_SIZE = 32;
 
 /** The P-256 public key that signs sample evidence (RFC 7517 JWK, public members only). */
 export interface SamplePublicJwk {
@@ -28,6 +33,7 @@ export interface SampleEvidenceBody {
   tee: 'sample';
   report_data: string;
   measurement: string;
+  host_data?: string;
   debug: boolean;
   public_key: SamplePublicJwk;
 }
@@ -38,6 +44,8 @@ export interface ParsedSampleEvidence {
   /** Report data as carried, at most 64 bytes (not yet zero-padded). */
   reportData: Uint8Array;
   measurement: string;
+  /** Lower-case hex of the 32 bytes the host set, when the evidence carries them. */
+  hostData?: string;
   debug: boolean;
   publicKey: SamplePublicJwk;
   /** ES256 signature, r‖s, 64 bytes. */
@@ -45,6 +53,7 @@ export interface ParsedSampleEvidence {
 }
 
 const MEMBERS = ['tee', 'report_data', 'measurement', 'debug', 'public_key', 'signature'];
+const OPTIONAL_MEMBERS = ['host_data'];
 const JWK_MEMBERS = ['kty', 'crv', 'x', 'y'];
 
 function fail(code: AttestationErrorCode, message: string, cause?: unknown): never {
@@ -62,8 +71,13 @@ function b64url(value: unknown, field: string): Uint8Array {
   return bytes;
 }
 
-function exactMembers(obj: Record<string, unknown>, expected: string[], what: string): void {
-  const extra = Object.keys(obj).filter((k) => !expected.includes(k));
+function exactMembers(
+  obj: Record<string, unknown>,
+  expected: string[],
+  what: string,
+  optional: string[] = [],
+): void {
+  const extra = Object.keys(obj).filter((k) => !expected.includes(k) && !optional.includes(k));
   const missing = expected.filter((k) => !(k in obj));
   if (extra.length > 0 || missing.length > 0) {
     const parts = [];
@@ -90,7 +104,7 @@ export function parseSampleEvidence(bytes: Uint8Array): ParsedSampleEvidence {
   if (json.tee !== SAMPLE_TEE) {
     fail('wrong-tee', `sample evidence must say "tee": "sample", not ${JSON.stringify(json.tee)}`);
   }
-  exactMembers(json, MEMBERS, 'sample evidence');
+  exactMembers(json, MEMBERS, 'sample evidence', OPTIONAL_MEMBERS);
 
   const reportData = b64url(json.report_data, 'report_data');
   if (reportData.length > REPORT_DATA_SIZE) {
@@ -99,6 +113,13 @@ export function parseSampleEvidence(bytes: Uint8Array): ParsedSampleEvidence {
   const measurement = json.measurement;
   if (typeof measurement !== 'string' || !/^(?:[0-9a-f]{2})+$/.test(measurement)) {
     fail('bad-measurement', 'sample measurement must be a non-empty lower-case hex string');
+  }
+  const hostData = json.host_data;
+  if (
+    hostData !== undefined &&
+    (typeof hostData !== 'string' || !new RegExp(`^[0-9a-f]{${SAMPLE_HOST_DATA_SIZE * 2}}$`).test(hostData))
+  ) {
+    fail('bad-structure', `sample host_data must be ${SAMPLE_HOST_DATA_SIZE} bytes of lower-case hex`);
   }
   if (typeof json.debug !== 'boolean') fail('bad-structure', 'sample evidence debug must be true or false');
 
@@ -127,11 +148,13 @@ export function parseSampleEvidence(bytes: Uint8Array): ParsedSampleEvidence {
       tee: SAMPLE_TEE,
       report_data: json.report_data as string,
       measurement,
+      ...(hostData !== undefined ? { host_data: hostData } : {}),
       debug: json.debug,
       public_key: publicKey,
     },
     reportData,
     measurement,
+    ...(hostData !== undefined ? { hostData } : {}),
     debug: json.debug,
     publicKey,
     signature,

@@ -21,6 +21,7 @@ export {
 export {
   type ParsedSampleEvidence,
   parseSampleEvidence,
+  SAMPLE_HOST_DATA_SIZE,
   type SampleEvidenceBody,
   type SamplePublicJwk,
 } from './evidence.js';

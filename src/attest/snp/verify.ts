@@ -64,14 +64,21 @@ function fail(code: AttestationErrorCode, message: string, cause?: unknown): nev
   );
 }
 
-/** The KDS request for a VCEK (online URL with the TCB as query parameters, offline file names). */
+/**
+ * The KDS request for a VCEK (online URL with the TCB as query parameters, offline file names). The
+ * first name, one per chip and reported TCB (`vcek_<hwid>_<reported_tcb>.der`), lets one folder hold the
+ * VCEKs of many machines; `cloister collateral fetch` writes it.
+ */
 export function vcekRequest(report: ParsedReport, product: SnpProduct): CollateralRequest {
   const tcb = decodeTcb(report.reportedTcb, product);
   const hwid = toHex(product === 'Turin' ? report.chipId.subarray(0, 8) : report.chipId);
   const two = (n: number) => n.toString().padStart(2, '0');
   let q = `blSPL=${two(tcb.bootloader)}&teeSPL=${two(tcb.tee)}&snpSPL=${two(tcb.snp)}&ucodeSPL=${two(tcb.microcode)}`;
   if (product === 'Turin') q += `&fmcSPL=${two(tcb.fmc ?? 0)}`;
-  return { url: `${KDS_BASE}/vcek/v1/${product}/${hwid}?${q}`, files: ['vcek.der', 'vcek.pem'] };
+  return {
+    url: `${KDS_BASE}/vcek/v1/${product}/${hwid}?${q}`,
+    files: [`vcek_${hwid}_${tcb.raw}.der`, 'vcek.der', 'vcek.pem'],
+  };
 }
 
 /**
@@ -86,7 +93,8 @@ export function vlekRequest(): CollateralRequest {
 export function crlRequest(kind: 'vcek' | 'vlek', product: SnpProduct): CollateralRequest {
   const files =
     kind === 'vcek'
-      ? ['crl.der', 'crl.pem', `amd_ark_${product.toLowerCase()}_crl.der`]
+      ? // The product's own name first: a folder may hold the CRLs of several products.
+        [`amd_ark_${product.toLowerCase()}_crl.der`, 'crl.der', 'crl.pem']
       : ['vlek_crl.der', 'vlek_crl.pem'];
   return { url: `${KDS_BASE}/${kind}/v1/${product}/crl`, files };
 }
@@ -94,7 +102,10 @@ export function crlRequest(kind: 'vcek' | 'vlek', product: SnpProduct): Collater
 export function certChainRequest(kind: 'vcek' | 'vlek', product: SnpProduct): CollateralRequest {
   return {
     url: `${KDS_BASE}/${kind}/v1/${product}/cert_chain`,
-    files: kind === 'vcek' ? ['cert_chain.pem'] : ['vlek_cert_chain.pem'],
+    files:
+      kind === 'vcek'
+        ? [`amd_${product.toLowerCase()}_cert_chain.pem`, 'cert_chain.pem']
+        : ['vlek_cert_chain.pem'],
   };
 }
 

@@ -14,7 +14,7 @@ import { DEFAULT_DEV_ROOT, DEFAULT_GRAMINE_ROOT, DEFAULT_TSM_ROOT } from '../def
 import { type AgentFs, type CommandRunner, errText, joinPath } from './fs.js';
 import { GramineAttester, readAttestationType } from './gramine.js';
 import { detectGpus, type GpuDetection } from './nvml.js';
-import { InsecureSampleAttester } from './sample.js';
+import { InsecureSampleAttester, type InsecureSampleOptions } from './sample.js';
 import { TSM_PROVIDERS, TsmAttester, type TsmAttesterOptions } from './tsm.js';
 import type { CpuAttester, CpuKind } from './types.js';
 
@@ -25,6 +25,8 @@ export interface DetectOptions {
   devRoot?: string;
   /** Fall back to the insecure software TEE when no hardware TEE is found. */
   allowSample?: boolean;
+  /** What the sample TEE reports when it is used (measurement, host data). */
+  sample?: InsecureSampleOptions;
   /** Runs nvidia-smi / nvattest for GPU detection; omitted, only files are looked at. */
   run?: CommandRunner;
   /** PATH searched for those programs. */
@@ -130,7 +132,7 @@ export async function detectTee(options: DetectOptions): Promise<Detection> {
     if (gramine) return { kind: 'sgx', attester: gramine };
     if (options.allowSample) {
       reasons.push('sample: no hardware TEE found; using the INSECURE sample TEE because it was allowed');
-      return { kind: 'sample', attester: new InsecureSampleAttester() };
+      return { kind: 'sample', attester: new InsecureSampleAttester(options.sample) };
     }
     reasons.push('sample: not used (allow it with --allow-sample; it is insecure and for demos only)');
     return undefined;

@@ -19,7 +19,7 @@ export {
   NvmlUnavailableGpuAttester,
   parseNvattestOutput,
 } from './nvml.js';
-export { InsecureSampleAttester } from './sample.js';
+export { InsecureSampleAttester, type InsecureSampleOptions, sampleHostData } from './sample.js';
 export {
   TSM_PROVIDERS,
   TsmAttester,

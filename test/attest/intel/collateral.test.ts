@@ -32,7 +32,12 @@ describe('collateral requests', () => {
   it('name Intel PCS v4 URLs and the offline file names of test/vectors', () => {
     expect(tcbInfoRequest('tdx', 'b0c06f000000')).toEqual({
       url: 'https://api.trustedservices.intel.com/tdx/certification/v4/tcb?fmspc=b0c06f000000',
-      files: ['tcb_info_b0c06f000000.json', 'tcb_info.json', 'collateral.json'],
+      files: [
+        'tdx_tcb_info_b0c06f000000.json',
+        'tcb_info_b0c06f000000.json',
+        'tcb_info.json',
+        'collateral.json',
+      ],
     });
     expect(qeIdentityRequest('sgx').url).toBe(
       'https://api.trustedservices.intel.com/sgx/certification/v4/qe/identity',

@@ -111,6 +111,9 @@ describe('sample TEE', () => {
       [{ report_data: 'AB' }, 'bad-structure'],
       [{ measurement: 'ABCD' }, 'bad-measurement'],
       [{ measurement: '' }, 'bad-measurement'],
+      [{ host_data: 'AB'.repeat(32) }, 'bad-structure'],
+      [{ host_data: 'ab'.repeat(31) }, 'bad-structure'],
+      [{ host_data: 7 }, 'bad-structure'],
       [{ public_key: { ...forge.publicJwk, d: 'AAAA' } }, 'private-key-in-evidence'],
       [{ public_key: { ...forge.publicJwk, crv: 'P-384' } }, 'bad-public-key'],
       [{ public_key: { kty: 'EC', crv: 'P-256', x: 'AA', y: 'AA' } }, 'bad-public-key'],
@@ -123,6 +126,46 @@ describe('sample TEE', () => {
       'not-json',
     );
     expect(() => parseSampleEvidence(new Uint8Array(20_000))).toThrow(/at most/);
+  });
+
+  it('carries the host data the attester was given, signed, as the host_data claim', async () => {
+    const attester = await createSampleAttester({ hostData: 'cd'.repeat(20) });
+    const evidence = await attester.attest(nonce);
+    const hostData = 'cd'.repeat(20) + '00'.repeat(12);
+    expect(parseSampleEvidence(evidence).hostData).toBe(hostData);
+    const a = await sampleVerifier.appraiseEvidence(evidence, options({ expectedReportData: nonce }));
+    expect(a.claims.host_data).toBe(hostData);
+    // Swapped after signing: the signature no longer holds.
+    const json = JSON.parse(utf8.decode(evidence));
+    json.host_data = '00'.repeat(32);
+    const e = await refusal(sampleVerifier.appraiseEvidence(utf8.encode(JSON.stringify(json)), options()));
+    expect([e.stage, e.code]).toEqual(['verify', 'bad-signature']);
+    // Without host data the member is absent, as in evidence made before it existed.
+    const plain = await (await createSampleAttester()).attest(nonce);
+    expect('host_data' in JSON.parse(utf8.decode(plain))).toBe(false);
+    await expect(createSampleAttester({ hostData: new Uint8Array(33) })).rejects.toThrow(/at most 32/);
+  });
+
+  it('judges host_data and other reference values, and contraindicates names it does not carry', async () => {
+    const evidence = await (await createSampleAttester({ hostData: 'cd'.repeat(32) })).attest(nonce);
+    const judged = (referenceValues: Record<string, string[]>) =>
+      sampleVerifier.appraiseEvidence(evidence, options({ policy: { referenceValues } }));
+    const match = await judged({ host_data: ['CD'.repeat(32)] });
+    expect(match.status).toBe('warning');
+    expect(match.findings).toContainEqual(
+      expect.objectContaining({ check: 'reference.host_data', status: 'affirming' }),
+    );
+    const miss = await judged({ host_data: ['ef'.repeat(32)] });
+    expect(miss.status).toBe('contraindicated');
+    expect(miss.trustVector.configuration).toBe(96);
+    const absent = await sampleVerifier.appraiseEvidence(
+      await (await createSampleAttester()).attest(nonce),
+      options({ policy: { referenceValues: { host_data: ['cd'.repeat(32)] } } }),
+    );
+    expect(absent.status).toBe('contraindicated');
+    expect((await judged({ mr_td: ['00'.repeat(48)] })).findings).toContainEqual(
+      expect.objectContaining({ check: 'reference.mr_td', status: 'contraindicated' }),
+    );
   });
 
   it('refuses a signature by a key other than the embedded one', async () => {
