@@ -11,6 +11,7 @@ import { type Command, CommanderError } from 'commander';
 import type { CollateralSource } from '../attest/types.js';
 import type { ClientPolicy, VerifiedServer } from '../client/index.js';
 import { integerOption } from './numbers.js';
+import { cacertOption } from './tls.js';
 
 interface ChatCliOptions {
   url: string;
@@ -24,6 +25,7 @@ interface ChatCliOptions {
   collateral?: string;
   online?: boolean;
   earKey?: string;
+  cacert?: string;
 }
 
 async function collateralOf(o: ChatCliOptions): Promise<CollateralSource> {
@@ -104,10 +106,11 @@ export function registerChat(program: Command): void {
       '--ear-key <file>',
       "the key broker's EAR verification key (public JWK): its token must verify and describe the same TEE",
     )
+    .addOption(cacertOption())
     .addHelpText(
       'after',
       '\nExamples:\n  cloister chat --url https://llm.example:8443 --policy policy.json\n' +
-        '  cloister chat --url http://127.0.0.1:8080 --allow-sample --prompt "Hello"   # development server',
+        '  cloister chat --url http://127.0.0.1:8443 --allow-sample --prompt "Hello"   # development server',
     )
     .exitOverride()
     .action(async (o: ChatCliOptions) => {
@@ -128,6 +131,8 @@ export function registerChat(program: Command): void {
         collateral: await collateralOf(o),
         ...(o.earKey ? { earKey: JSON.parse(await readFile(o.earKey, 'utf8')) as JsonWebKey } : {}),
         ohttp: nodeBackend,
+        // The Node fetch trusting --cacert; the SDK itself stays web-standard and takes it as given.
+        fetch: await (await import('../http/client.js')).clientFetch(o.cacert),
         ...(o.receipts ? { onReceipt: (_r: unknown, jws: string) => receipts.push(jws) } : {}),
       });
       let server: VerifiedServer;

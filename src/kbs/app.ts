@@ -15,6 +15,7 @@ import {
   offlineSource,
 } from '../attest/index.js';
 import type { CollateralSource, TeeKind } from '../attest/types.js';
+import { checkListen, isLoopback, readTlsFiles } from '../http/index.js';
 import { generateNoteSigner, type NoteSigner, signerFromJwk, vkeyOf } from '../translog/index.js';
 import { AdminApi } from './admin.js';
 import { Broker } from './broker.js';
@@ -142,6 +143,13 @@ export async function startBroker(c: KbsConfig, opts: StartOptions = {}): Promis
   const log = (line: string) => sink(`${prefix}cloister-kbs: ${line}`);
   if (c.devMode)
     log('DEV MODE IS ON: the insecure `sample` TEE can obtain keys. Never use dev mode with real secrets.');
+  // Refused before the store opens: an address served in clear, or TLS files that cannot serve.
+  checkListen({ host: c.host, port: c.port, tls: c.tls !== undefined, insecureHttp: c.insecureHttp });
+  if (c.tls) readTlsFiles(c.tls);
+  else if (c.insecureHttp && !isLoopback(c.host))
+    log(
+      `WARNING: insecureHttp: plain HTTP on ${c.host}; admin tokens and keys cross the network in clear unless a TLS-terminating proxy is in front`,
+    );
 
   const store = await openStore(c.db, { buildLogEntry });
   // Schema 2 keeps reference values of version 1's in-band tenant `default` inert: an operator may have
@@ -220,6 +228,7 @@ export async function startBroker(c: KbsConfig, opts: StartOptions = {}): Promis
     sessionTtlSeconds: c.sessionTtlSeconds,
     log,
     ready: () => store.ping(),
+    ...(c.tls ? { tls: c.tls } : {}),
   });
   const address = await app.listen({ host: c.host, port: c.port });
 

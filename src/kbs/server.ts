@@ -16,6 +16,7 @@ import {
   openApiResponses,
   type StatusTable,
   sendProblem,
+  type TlsFiles,
 } from '../http/index.js';
 import { KBS_PROTOCOL_VERSION, ProtocolError, SESSION_COOKIE } from '../wire/index.js';
 import type { AdminApi } from './admin.js';
@@ -43,6 +44,8 @@ export interface ServerOptions {
   log: (line: string) => void;
   /** Resolves when the store's database answers now (see `KbsStore.ping`). */
   ready: () => Promise<void>;
+  /** Serve HTTPS with these files (reloads are logged through `log`). */
+  tls?: TlsFiles;
 }
 
 /**
@@ -177,6 +180,7 @@ export async function createServer(o: ServerOptions): Promise<FastifyInstance> {
     timeouts: { requestMs: o.requestTimeoutMs, idleMs: o.requestTimeoutMs },
     trustProxy: o.trustProxy,
     strictSchemas: true,
+    ...(o.tls ? { tls: { ...o.tls, log: o.log } } : {}),
   });
   const limited = o.rateLimit.perSecond > 0;
 
