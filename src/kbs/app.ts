@@ -138,15 +138,15 @@ export interface StartOptions {
 }
 
 export async function startBroker(c: KbsConfig, opts: StartOptions = {}): Promise<RunningBroker> {
+  // Refused before anything else: an address served in clear, or TLS files that cannot serve.
+  checkListen({ host: c.host, port: c.port, tls: c.tls !== undefined, insecureHttp: c.insecureHttp });
+  if (c.tls) readTlsFiles(c.tls);
   const sink = opts.log ?? ((l: string) => process.stderr.write(`${l}\n`));
   const prefix = c.devMode ? '[DEV MODE: insecure sample TEE accepted] ' : '';
   const log = (line: string) => sink(`${prefix}cloister-kbs: ${line}`);
   if (c.devMode)
     log('DEV MODE IS ON: the insecure `sample` TEE can obtain keys. Never use dev mode with real secrets.');
-  // Refused before the store opens: an address served in clear, or TLS files that cannot serve.
-  checkListen({ host: c.host, port: c.port, tls: c.tls !== undefined, insecureHttp: c.insecureHttp });
-  if (c.tls) readTlsFiles(c.tls);
-  else if (c.insecureHttp && !isLoopback(c.host))
+  if (!c.tls && c.insecureHttp && !isLoopback(c.host))
     log(
       `WARNING: insecureHttp: plain HTTP on ${c.host}; admin tokens and keys cross the network in clear unless a TLS-terminating proxy is in front`,
     );
