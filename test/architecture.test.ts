@@ -58,11 +58,12 @@ const DOORS = new Set([
   // Light doors, cheap to load, for code that needs a room's names without its machinery (the CLI's
   // start-up, evidence collectors naming TEE kinds): attestation's vocabulary without the verifiers,
   // the evidence collectors without the rest of the agent, the agent's default paths for
-  // `--help`, and the admin API's client without the broker.
+  // `--help`, the admin API's client without the broker, and the TLS client's fetch without Fastify.
   'src/attest/types.ts',
   'src/tee/evidence/index.ts',
   'src/tee/defaults.ts',
   'src/kbs/admin-client.ts',
+  'src/http/client.ts',
 ]);
 
 /** Doors meant for browsers too: nothing behind them may need Node. */

@@ -22,6 +22,7 @@ import { fromBase64 } from '../util/index.js';
 import { EXIT_USAGE, FlagError, type Output, readText, stdio, UsageError } from './io.js';
 import { integerOption } from './numbers.js';
 import { sampleLaunch, sampleMeasurementArg } from './sample-tee.js';
+import { cacertOption } from './tls.js';
 
 export interface DetectCliOptions {
   json?: boolean;
@@ -123,6 +124,7 @@ export interface TeeCliOptions {
   initData?: string;
   sampleEvidence: SampleEvidenceForm;
   sampleMeasurement?: string;
+  cacert?: string;
 }
 
 interface RunCliOptions extends TeeCliOptions {
@@ -174,6 +176,7 @@ export function teeOptions(c: Command, kbsRequired = true): Command {
       '--init-data <file>',
       "CoCo init-data (TOML; JSON if the name ends in .json) whose digest the host put into the TEE's mr_config_id / host_data; sent to the broker with the evidence",
     )
+    .addOption(cacertOption())
     .option('--retries <n>', 'attempts per broker request on network errors, 429 and 5xx', '4')
     .option('--retry-delay-ms <ms>', 'first delay between attempts, doubled each time', '200');
 }
@@ -246,8 +249,10 @@ export async function brokerFor(o: TeeCliOptions, t: CliTee): Promise<KbsClient>
   // The broker client and the agent load when a verb needs them, not when the CLI starts.
   const { kbsAttester } = await import('../tee/index.js');
   const { KbsClient } = await import('../tee/index.js');
+  const { clientFetch } = await import('../http/client.js');
   return new KbsClient({
     url: o.kbs,
+    fetch: await clientFetch(o.cacert),
     attester: kbsAttester(t.kind, t.attester, t.gpu, { sampleForm: o.sampleEvidence }),
     retries: integerOption(o.retries, '--retries', 1),
     backoffMs: integerOption(o.retryDelayMs, '--retry-delay-ms', 0),

@@ -12,6 +12,7 @@ import type { CollateralSource } from '../attest/types.js';
 import type { ClientPolicy, VerifiedServer } from '../client/index.js';
 import { integerOption } from './numbers.js';
 import { spinner } from './progress.js';
+import { cacertOption } from './tls.js';
 
 interface ChatCliOptions {
   url: string;
@@ -25,6 +26,7 @@ interface ChatCliOptions {
   collateral?: string;
   online?: boolean;
   earKey?: string;
+  cacert?: string;
 }
 
 async function collateralOf(o: ChatCliOptions): Promise<CollateralSource> {
@@ -105,10 +107,11 @@ export function registerChat(program: Command): void {
       '--ear-key <file>',
       "the key broker's EAR verification key (public JWK): its token must verify and describe the same TEE",
     )
+    .addOption(cacertOption())
     .addHelpText(
       'after',
       '\nExamples:\n  cloister chat --url https://llm.example:8443 --policy policy.json\n' +
-        '  cloister chat --url http://127.0.0.1:8080 --allow-sample --prompt "Hello"   # development server',
+        '  cloister chat --url http://127.0.0.1:8443 --allow-sample --prompt "Hello"   # development server',
     )
     .exitOverride()
     .action(async (o: ChatCliOptions) => {
@@ -131,6 +134,8 @@ export function registerChat(program: Command): void {
         ohttp: nodeBackend,
         // A refusal after the first verification (a re-verification, a model check) is ours to print.
         refusals: 'throw',
+        // The Node fetch trusting --cacert; the SDK itself stays web-standard and takes it as given.
+        fetch: await (await import('../http/client.js')).clientFetch(o.cacert),
         ...(o.receipts ? { onReceipt: (_r: unknown, jws: string) => receipts.push(jws) } : {}),
       });
       let server: VerifiedServer;

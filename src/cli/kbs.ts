@@ -6,10 +6,19 @@ import { ADMIN_ROLES, type AdminBody, AdminClient } from '../kbs/admin-client.js
 import { FileError, writeFileAtomically } from '../seal/node.js';
 import { printJson } from './io.js';
 import { integerOption } from './numbers.js';
+import {
+  cacertOption,
+  insecureHttpOption,
+  type TlsServeCliOptions,
+  tlsCertOption,
+  tlsFilesOf,
+  tlsKeyOption,
+} from './tls.js';
 
 export interface Conn {
   url: string;
   token?: string;
+  cacert?: string;
 }
 
 /** `--url` and `--token` of every verb that calls the admin API (`cloister log export` too). */
@@ -20,12 +29,14 @@ export const connOptions = (c: Command) =>
     )
     .addOption(
       new Option('--token <jwt>', 'admin token (see `cloister kbs admin-token`)').env('CLOISTER_ADMIN_TOKEN'),
-    );
+    )
+    .addOption(cacertOption());
 
 /** One admin call with the connection's token; a missing token is refused before anything is sent. */
 async function call(conn: Conn, method: string, path: string, body?: AdminBody): Promise<unknown> {
   if (!conn.token) throw new FileError('no admin token: pass --token or set CLOISTER_ADMIN_TOKEN');
-  return new AdminClient(conn.url, conn.token).call(method, path, body);
+  const { clientFetch } = await import('../http/client.js');
+  return new AdminClient(conn.url, conn.token, await clientFetch(conn.cacert)).call(method, path, body);
 }
 
 /**
@@ -58,6 +69,14 @@ async function readSecretFile(path: string): Promise<Uint8Array> {
   }
 }
 
+interface KbsServeCliOptions extends TlsServeCliOptions {
+  config?: string;
+  db?: string;
+  port?: number;
+  host?: string;
+  dev?: boolean;
+}
+
 export function registerKbs(program: Command): void {
   const kbs = program
     .command('kbs')
@@ -71,11 +90,15 @@ export function registerKbs(program: Command): void {
     .option('--port <n>', 'TCP port (overrides the config)', (v) => integerOption(v, '--port', 0, 65535))
     .option('--host <addr>', 'listen address (overrides the config)')
     .option('--dev', 'dev mode: accept the insecure sample TEE (announced on every log line)')
+    .addOption(tlsCertOption())
+    .addOption(tlsKeyOption())
+    .addOption(insecureHttpOption())
     .addHelpText(
       'after',
-      '\nExamples:\n  cloister kbs serve --config kbs.json\n  CLOISTER_KBS_MASTER_KEY=$(head -c32 /dev/urandom | base64) cloister kbs serve --db sqlite:kbs.db --port 8080',
+      '\nExamples:\n  cloister kbs serve --config kbs.json\n  cloister kbs serve --config kbs.json --host 0.0.0.0 --tls-cert kbs.crt --tls-key kbs.key\n  CLOISTER_KBS_MASTER_KEY=$(head -c32 /dev/urandom | base64) cloister kbs serve --db sqlite:kbs.db --port 8080',
     )
-    .action(async (o: { config?: string; db?: string; port?: number; host?: string; dev?: boolean }) => {
+    .action(async (o: KbsServeCliOptions) => {
+      const tls = tlsFilesOf(o);
       // The broker (fastify, the stores, the verifiers) loads only when this verb runs.
       const { loadConfig } = await import('../kbs/index.js');
       const { startBroker } = await import('../kbs/index.js');
@@ -84,6 +107,8 @@ export function registerKbs(program: Command): void {
         ...(o.port !== undefined ? { port: o.port } : {}),
         ...(o.host ? { host: o.host } : {}),
         ...(o.dev ? { devMode: true } : {}),
+        ...(tls ? { tls } : {}),
+        ...(o.insecureHttp ? { insecureHttp: true } : {}),
       });
       const running = await startBroker(config);
       // The URL on stdout lets scripts (and tests) find a broker started on port 0.

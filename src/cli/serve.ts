@@ -10,8 +10,15 @@ import { type Command, Option } from 'commander';
 import type { InferenceOptions } from '../infer/node.js';
 import { brokerFor, type TeeCliOptions, teeFor, teeOptions } from './agent.js';
 import { integerOption } from './numbers.js';
+import {
+  insecureHttpOption,
+  type TlsServeCliOptions,
+  tlsCertOption,
+  tlsFilesOf,
+  tlsKeyOption,
+} from './tls.js';
 
-interface ServeCliOptions extends Omit<TeeCliOptions, 'kbs'> {
+interface ServeCliOptions extends Omit<TeeCliOptions, 'kbs'>, TlsServeCliOptions {
   kbs?: string;
   key?: string;
   model: string[];
@@ -55,6 +62,9 @@ export function registerServe(program: Command): void {
     )
     .option('--host <addr>', 'address to listen on', '127.0.0.1')
     .option('--port <n>', 'port to listen on (0: any free port)', '8443')
+    .addOption(tlsCertOption())
+    .addOption(tlsKeyOption())
+    .addOption(insecureHttpOption())
     .option('--ui', 'also serve the browser page at / (it verifies the server in the browser)')
     .option('--allow-plaintext', 'also accept unencrypted /v1 requests (announced in the attestation)')
     .option('--parallel <n>', 'generations per model at once', '1')
@@ -94,9 +104,11 @@ export function registerServe(program: Command): void {
     .addHelpText(
       'after',
       '\nExamples:\n' +
-        '  cloister serve --kbs https://kbs.example:8080 --model llama.gguf.sealed --port 8443\n' +
-        '  cloister serve --tee sample --key model.kek.jwk --model tiny.gguf.sealed --ui --port 8080   # development\n' +
-        '\nClients: cloister chat --url http://HOST:PORT, or the SDK (cloister/client) with the openai package.',
+        '  cloister serve --kbs https://kbs.example:8080 --model llama.gguf.sealed \\\n' +
+        '    --host 0.0.0.0 --port 8443 --tls-cert llm.crt --tls-key llm.key\n' +
+        '  cloister serve --tee sample --key model.kek.jwk --model tiny.gguf.sealed --ui --port 8443   # development\n' +
+        '\nClients: cloister chat --url https://HOST:PORT (http://127.0.0.1:PORT without TLS), or the SDK\n' +
+        '(cloister/client) with the openai package; --cacert FILE trusts a private CA.',
     )
     .exitOverride()
     .action(async (opts: ServeCliOptions) => {
@@ -113,6 +125,7 @@ export function registerServe(program: Command): void {
         throw new Error(
           '--serving-keys needs --replay-redis URL: shared keys outlive this process, so without a shared replay store a captured request could be answered again by another replica or after a restart',
         );
+      const tls = tlsFilesOf(opts);
       const settings = {
         engines: {
           gpu: opts.engineGpu === 'off' ? (false as const) : ('auto' as const),
@@ -160,6 +173,8 @@ export function registerServe(program: Command): void {
         ui: opts.ui === true,
         allowPlaintext: opts.allowPlaintext === true,
         host: opts.host,
+        ...(tls ? { tls } : {}),
+        ...(opts.insecureHttp ? { insecureHttp: true } : {}),
         log,
       });
       const { url } = inference;

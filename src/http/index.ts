@@ -9,8 +9,10 @@
  * rate limits (@fastify/rate-limit) and an OpenAPI document generated from the route schemas
  * (@fastify/swagger).
  */
+import type { Server as HttpsServer } from 'node:https';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 import { problem } from '../wire/index.js';
+import { readTlsFiles, type TlsOptions, watchTlsFiles } from './tls.js';
 
 export interface HttpOptions {
   /** Largest accepted request body in bytes. */
@@ -31,12 +33,20 @@ export interface HttpOptions {
    * defaults, which coerce.
    */
   strictSchemas?: boolean;
+  /**
+   * Serve HTTPS with this certificate and key (PEM files, reloaded when either changes; see tls.ts).
+   * Absent: plain HTTP, which a server allows only where `checkListen` does.
+   */
+  tls?: TlsOptions;
 }
 
 export function createHttp(o: HttpOptions): FastifyInstance {
   const t = o.timeouts ?? {};
   const requestMs = t.requestMs ?? 60_000;
+  // Read now, so that a missing or mismatched file is refused before anything listens.
+  const pair = o.tls ? readTlsFiles(o.tls) : undefined;
   const app = Fastify({
+    ...(pair ? { https: pair } : {}),
     bodyLimit: o.bodyLimit,
     // Node times the request (408 and close once it is late); the response only where `idleMs` asks.
     requestTimeout: requestMs,
@@ -55,7 +65,12 @@ export function createHttp(o: HttpOptions): FastifyInstance {
     ...(o.strictSchemas
       ? { ajv: { customOptions: { coerceTypes: false, useDefaults: false, removeAdditional: false } } }
       : {}),
-  });
+    // An HTTPS server is typed apart from an HTTP one; every server here uses only what both have.
+  }) as unknown as FastifyInstance;
+  if (o.tls) {
+    const stop = watchTlsFiles(app.server as unknown as HttpsServer, o.tls);
+    app.addHook('onClose', async () => stop());
+  }
   if (t.headersMs !== undefined) app.server.headersTimeout = t.headersMs;
   // How often those deadlines are checked (Node's default, 30 s, would let a slow client overstay);
   // read when the server starts listening (a property Node's types leave out).
@@ -189,4 +204,16 @@ export function invalidRequest<Code extends string>(
   const code = byField[field] ?? byField['*'];
   return code === undefined ? undefined : { code, detail };
 }
+export { CACERT_ENV, clientFetch, fetchTrusting, readCaFile } from './client.js';
+export {
+  checkListen,
+  type HttpSetupCode,
+  HttpSetupError,
+  isLoopback,
+  probeListen,
+  readTlsFiles,
+  type TlsFiles,
+  type TlsOptions,
+  watchTlsFiles,
+} from './tls.js';
 export { clientGone, limitedBody, rawBodies, readBody, sendResponse, webRequest } from './web.js';

@@ -5,6 +5,7 @@
  * and the HTTP server. Used by `cloister serve`; the CLI only parses flags and prints.
  */
 import { readFile } from 'node:fs/promises';
+import { checkListen, probeListen, readTlsFiles } from '../http/index.js';
 import type { UnsealKey } from '../seal/index.js';
 import type { KbsClient } from '../tee/index.js';
 import { KekCache, PrivateDir, resourcePathOf } from '../tee/index.js';
@@ -24,6 +25,8 @@ export interface InferenceOptions
     | 'allowPlaintext'
     | 'host'
     | 'port'
+    | 'tls'
+    | 'insecureHttp'
     | 'replayWindowMs'
     | 'maxBodyBytes'
     | 'timeouts'
@@ -91,6 +94,15 @@ export async function servingKeysFrom(
 
 export async function startInference(o: InferenceOptions): Promise<RunningInference> {
   const { log } = o;
+  // What would refuse to listen is refused now, not after minutes of unsealing and loading models.
+  checkListen({
+    host: o.host,
+    port: o.port,
+    tls: o.tls !== undefined,
+    insecureHttp: o.insecureHttp === true,
+  });
+  if (o.tls) readTlsFiles(o.tls);
+  await probeListen(o.host, o.port);
   const broker = 'broker' in o.keys ? o.keys.broker : undefined;
   let key: (h: Parameters<KekCache['forHeader']>[0], file: string) => Promise<UnsealKey>;
   if ('broker' in o.keys) {
@@ -161,6 +173,8 @@ export async function startInference(o: InferenceOptions): Promise<RunningInfere
       allowPlaintext: o.allowPlaintext,
       host: o.host,
       port: o.port,
+      ...(o.tls ? { tls: o.tls } : {}),
+      ...(o.insecureHttp ? { insecureHttp: true } : {}),
       replayWindowMs,
       ...(o.maxBodyBytes !== undefined ? { maxBodyBytes: o.maxBodyBytes } : {}),
       ...(o.timeouts ? { timeouts: o.timeouts } : {}),

@@ -18,6 +18,7 @@ import type { AddressInfo } from 'node:net';
 import fastifyCors, { type FastifyCorsOptions } from '@fastify/cors';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import {
+  checkListen,
   clientGone,
   createHttp,
   type FrameworkCode,
@@ -26,6 +27,7 @@ import {
   rawBodies,
   readBody,
   sendResponse,
+  type TlsFiles,
   webRequest,
 } from '../http/index.js';
 import { encodeKeyConfigList, ReplayCache, type ReplayGuard } from '../ohttp/index.js';
@@ -60,6 +62,10 @@ export interface InferenceServerOptions {
   allowPlaintext: boolean;
   host: string;
   port: number;
+  /** Serve HTTPS with these PEM files (reloaded when either changes; reloads are logged). */
+  tls?: TlsFiles;
+  /** Allow plain HTTP on a non-loopback host (a TLS-terminating proxy in front). */
+  insecureHttp?: boolean;
   /** How long the gateway remembers requests for replay protection; Dates may be half of it off. */
   replayWindowMs?: number;
   maxBodyBytes?: number;
@@ -147,6 +153,12 @@ export async function startInferenceServer(o: InferenceServerOptions): Promise<I
   const requestTimeoutMs = o.timeouts?.requestMs ?? 60_000;
   const headersTimeoutMs = Math.min(o.timeouts?.headersMs ?? 30_000, requestTimeoutMs);
   const keepAliveTimeoutMs = o.timeouts?.keepAliveMs ?? 5_000;
+  checkListen({
+    host: o.host,
+    port: o.port,
+    tls: o.tls !== undefined,
+    insecureHttp: o.insecureHttp === true,
+  });
   const { gateway: gatewayKey, receipt } = o.keys ?? (await generateServingKeys());
   if (o.keys) checkServedModels(o.keys, o.models, o.allowPlaintext);
   if (o.keys && !o.replay) {
@@ -199,6 +211,7 @@ export async function startInferenceServer(o: InferenceServerOptions): Promise<I
   const app = createHttp({
     bodyLimit: maxBodyBytes,
     timeouts: { requestMs: requestTimeoutMs, headersMs: headersTimeoutMs, keepAliveMs: keepAliveTimeoutMs },
+    ...(o.tls ? { tls: { ...o.tls, log: o.log } } : {}),
   });
   rawBodies(app);
   const tooLarge = () => new InferError('body_too_large', `the request body is over ${maxBodyBytes} bytes`);
@@ -363,7 +376,7 @@ export async function startInferenceServer(o: InferenceServerOptions): Promise<I
   const addr = app.server.address() as AddressInfo;
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   return {
-    url: `http://${host}:${addr.port}`,
+    url: `${o.tls ? 'https' : 'http'}://${host}:${addr.port}`,
     attestation,
     async close() {
       const closing = app.close();

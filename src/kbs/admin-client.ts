@@ -23,10 +23,14 @@ export class AdminClientError extends Error {
 export type AdminBody = { json: unknown } | { bytes: Uint8Array };
 
 export class AdminClient {
-  /** `url`: the broker's base URL; `token`: an admin token, sent as a bearer token on every call. */
+  /**
+   * `url`: the broker's base URL; `token`: an admin token, sent as a bearer token on every call;
+   * `fetchFn`: how to reach it (the CLI's trusts `--cacert`); default the global fetch.
+   */
   constructor(
     readonly url: string,
     private readonly token: string,
+    private readonly fetchFn: typeof fetch = globalThis.fetch.bind(globalThis),
   ) {}
 
   /** One admin call; resolves with the answer's JSON (undefined for 204 No Content). */
@@ -62,13 +66,14 @@ export class AdminClient {
     }
     let res: Response;
     try {
-      res = await fetch(new URL(path, this.url), {
+      res = await this.fetchFn(new URL(path, this.url), {
         method,
         headers,
         ...(payload !== undefined ? { body: payload } : {}),
       });
     } catch (e) {
-      // fetch says only "fetch failed"; the reason (ECONNREFUSED, a DNS failure) is its cause.
+      // fetch says only "fetch failed"; the reason (ECONNREFUSED, a DNS failure) is its cause (an
+      // untrusted certificate comes from clientFetch already in words, without one).
       const cause = (e as { cause?: unknown }).cause;
       throw new AdminClientError(
         `cannot reach the key broker at ${this.url}: ${cause instanceof Error ? cause.message : (e as Error).message}`,

@@ -15,6 +15,7 @@ import {
   offlineSource,
 } from '../attest/index.js';
 import type { CollateralSource, TeeKind } from '../attest/types.js';
+import { checkListen, isLoopback, readTlsFiles } from '../http/index.js';
 import { generateNoteSigner, type NoteSigner, signerFromJwk, vkeyOf } from '../translog/index.js';
 import { AdminApi } from './admin.js';
 import { Broker } from './broker.js';
@@ -198,6 +199,9 @@ export interface StartOptions {
 }
 
 export async function startBroker(c: KbsConfig, opts: StartOptions = {}): Promise<RunningBroker> {
+  // Refused before anything else: an address served in clear, or TLS files that cannot serve.
+  checkListen({ host: c.host, port: c.port, tls: c.tls !== undefined, insecureHttp: c.insecureHttp });
+  if (c.tls) readTlsFiles(c.tls);
   const sink = opts.log ?? ((l: string) => process.stderr.write(`${l}\n`));
   const prefix = c.devMode ? '[DEV MODE: insecure sample TEE accepted] ' : '';
   const log = (line: string) => sink(`${prefix}cloister-kbs: ${line}`);
@@ -205,6 +209,10 @@ export async function startBroker(c: KbsConfig, opts: StartOptions = {}): Promis
     log('DEV MODE IS ON: the insecure `sample` TEE can obtain keys. Never use dev mode with real secrets.');
   // What the configured collateral holds and lacks, so a broker missing it says so at start.
   if (!opts.collateral) log(await collateralSummary(c.collateral));
+  if (!c.tls && c.insecureHttp && !isLoopback(c.host))
+    log(
+      `WARNING: insecureHttp: plain HTTP on ${c.host}; admin tokens and keys cross the network in clear unless a TLS-terminating proxy is in front`,
+    );
 
   const store = await openStore(c.db, { buildLogEntry });
   // Schema 2 keeps reference values of version 1's in-band tenant `default` inert: an operator may have
@@ -286,6 +294,7 @@ export async function startBroker(c: KbsConfig, opts: StartOptions = {}): Promis
     log,
     ready: () => store.ping(),
     publicKeys: { ear: { keys: [earJwk] }, log: { origin: c.logOrigin, verifierKey: vkeyOf(signer) } },
+    ...(c.tls ? { tls: c.tls } : {}),
   });
   const address = await app.listen({ host: c.host, port: c.port });
 

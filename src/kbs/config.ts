@@ -49,6 +49,13 @@ export interface KbsConfig {
   collateral: { dir?: string; cacheDir?: string; online: boolean };
   /** Per TEE kind, PEM/DER files replacing the vendor roots (test authorities only). */
   trustAnchors: Record<string, string[]>;
+  /** Serve HTTPS with these PEM files (reloaded when either changes). */
+  tls?: { certFile: string; keyFile: string };
+  /**
+   * Allow plain HTTP on a non-loopback address (a TLS-terminating proxy in front); without it such a
+   * host is refused at start unless `tls` is set.
+   */
+  insecureHttp: boolean;
 }
 
 export const DEFAULT_CONFIG: KbsConfig = {
@@ -70,10 +77,11 @@ export const DEFAULT_CONFIG: KbsConfig = {
   checkpointIntervalSeconds: 10,
   collateral: { online: false },
   trustAnchors: {},
+  insecureHttp: false,
 };
 
 const KEYS = new Set(
-  Object.keys(DEFAULT_CONFIG).concat(['masterKeyFile', 'earKeyFile', 'logKeyFile', 'adminKeysFile']),
+  Object.keys(DEFAULT_CONFIG).concat(['masterKeyFile', 'earKeyFile', 'logKeyFile', 'adminKeysFile', 'tls']),
 );
 
 /** Reads a config file; relative paths in it are resolved against the file's folder. Unknown keys are refused. */
@@ -108,6 +116,9 @@ export async function loadConfig(
     if (typeof file.db === 'string' && file.db.startsWith('sqlite:') && !file.db.startsWith('sqlite::')) {
       file.db = `sqlite:${resolve(base, file.db.slice(7))}`;
     }
+    if (isTlsFiles(file.tls)) {
+      file.tls = { certFile: resolve(base, file.tls.certFile), keyFile: resolve(base, file.tls.keyFile) };
+    }
     if (file.trustAnchors) {
       file.trustAnchors = Object.fromEntries(
         Object.entries(file.trustAnchors).map(([k, v]) => [k, v.map((f) => resolve(base, f))]),
@@ -116,6 +127,9 @@ export async function loadConfig(
   }
   const c: KbsConfig = { ...DEFAULT_CONFIG, ...file, ...overrides };
   if (typeof c.bearerTokens !== 'boolean') throw new Error('config bearerTokens must be true or false');
+  if (typeof c.insecureHttp !== 'boolean') throw new Error('config insecureHttp must be true or false');
+  if (c.tls !== undefined && !isTlsFiles(c.tls))
+    throw new Error('config tls must be {"certFile": PEM certificate file, "keyFile": PEM private key file}');
   if (!Number.isInteger(c.port) || c.port < 0 || c.port > 65535)
     throw new Error(`port ${c.port} is not a TCP port`);
   for (const k of [
@@ -146,6 +160,18 @@ export async function loadConfig(
     );
   }
   return c;
+}
+
+function isTlsFiles(v: unknown): v is { certFile: string; keyFile: string } {
+  const t = v as { certFile?: unknown; keyFile?: unknown } | null | undefined;
+  return (
+    typeof t === 'object' &&
+    t !== null &&
+    typeof t.certFile === 'string' &&
+    t.certFile !== '' &&
+    typeof t.keyFile === 'string' &&
+    t.keyFile !== ''
+  );
 }
 
 /** An IPv4/IPv6 address, or one with a prefix length that fits it. */

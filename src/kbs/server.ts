@@ -17,6 +17,7 @@ import {
   openApiResponses,
   type StatusTable,
   sendProblem,
+  type TlsFiles,
 } from '../http/index.js';
 import { KBS_PROTOCOL_VERSION, ProtocolError, SESSION_COOKIE } from '../wire/index.js';
 import type { AdminApi } from './admin.js';
@@ -46,6 +47,8 @@ export interface ServerOptions {
   ready: () => Promise<void>;
   /** What `GET /.well-known/cloister-kbs` publishes: the keys relying parties verify the broker with. */
   publicKeys: PublicKeys;
+  /** Serve HTTPS with these files (reloads are logged through `log`). */
+  tls?: TlsFiles;
 }
 
 /**
@@ -210,6 +213,7 @@ export async function createServer(o: ServerOptions): Promise<FastifyInstance> {
     timeouts: { requestMs: o.requestTimeoutMs, idleMs: o.requestTimeoutMs },
     trustProxy: o.trustProxy,
     strictSchemas: true,
+    ...(o.tls ? { tls: { ...o.tls, log: o.log } } : {}),
   });
   const limited = o.rateLimit.perSecond > 0;
 

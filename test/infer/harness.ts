@@ -63,6 +63,9 @@ export async function startHarness(
     ...(o.keys ? { keys: o.keys } : {}),
     ...(o.replay ? { replay: o.replay } : {}),
     ...(o.timeouts ? { timeouts: o.timeouts } : {}),
+    ...(o.tls ? { tls: o.tls } : {}),
+    ...(o.host ? { host: o.host } : {}),
+    ...(o.insecureHttp ? { insecureHttp: true } : {}),
   });
   return { server, text, embed };
 }
