@@ -4,7 +4,7 @@
  * broker or an inference server. The machinery is src/http (tls.ts, client.ts).
  */
 import { Option } from 'commander';
-import { FileError } from '../seal/node.js';
+import { FlagError } from './io.js';
 
 /** `--cacert FILE`: CAs to trust, besides Node's roots, for a server whose certificate they signed. */
 export const cacertOption = (): Option =>
@@ -32,6 +32,6 @@ export const insecureHttpOption = (): Option =>
 
 /** The certificate and key files the flags name, if any; one without the other is refused. */
 export function tlsFilesOf(o: TlsServeCliOptions): { certFile: string; keyFile: string } | undefined {
-  if (!o.tlsCert !== !o.tlsKey) throw new FileError('give --tls-cert FILE and --tls-key FILE together');
+  if (!o.tlsCert !== !o.tlsKey) throw new FlagError('give --tls-cert FILE and --tls-key FILE together');
   return o.tlsCert && o.tlsKey ? { certFile: o.tlsCert, keyFile: o.tlsKey } : undefined;
 }

@@ -78,8 +78,13 @@ export async function clientFetch(
       const cause = (e as { cause?: NodeJS.ErrnoException }).cause;
       if (!cause?.code || !UNTRUSTED.has(cause.code)) throw e;
       const url = input instanceof Request ? input.url : String(input);
-      throw new TypeError(
-        `${new URL(url).origin}: TLS certificate not trusted (${cause.message}); ${caFile ? `the CA in ${caFile} did not sign it` : `give --cacert FILE (or set ${CACERT_ENV}) with the CA that signed it`}`,
+      // The code tells callers that retry on network errors (the TEE's broker client) not to: asking
+      // again does not make a certificate trusted.
+      throw Object.assign(
+        new TypeError(
+          `${new URL(url).origin}: TLS certificate not trusted (${cause.message}); ${caFile ? `the CA in ${caFile} did not sign it` : `give --cacert FILE (or set ${CACERT_ENV}) with the CA that signed it`}`,
+        ),
+        { code: 'untrusted-certificate' as const },
       );
     }
   };

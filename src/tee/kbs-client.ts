@@ -138,6 +138,9 @@ export class KbsClient {
         last = new KbsClientError(`broker answered ${res.status}`, res.status);
         if (i === attempts - 1) return res;
       } catch (e) {
+        // An untrusted certificate (src/http/client.ts marks it) stays untrusted: say so at once.
+        if ((e as { code?: unknown }).code === 'untrusted-certificate')
+          throw new KbsClientError(`key broker at ${this.o.url}: ${(e as Error).message}`);
         last = e;
       }
       await new Promise((r) => setTimeout(r, delay));

@@ -41,8 +41,8 @@ function cli(args: string[], env: Record<string, string> = {}): Promise<Run> {
 }
 
 /** Exit 1 and one line on stderr: `message`, or a line it matches. */
-function fails(r: Run, message: RegExp | string): void {
-  expect(r.code, r.stderr).toBe(1);
+function fails(r: Run, message: RegExp | string, status = 1): void {
+  expect(r.code, r.stderr).toBe(status);
   expect(r.stderr.split('\n').filter(Boolean)).toEqual([
     typeof message === 'string' ? message : expect.stringMatching(message),
   ]);
@@ -139,6 +139,7 @@ describe('the one-line refusals', () => {
     fails(
       await cli(['kbs', 'serve', '--dev', '--db', 'memory:', '--tls-cert', files.certFile]),
       'cloister: give --tls-cert FILE and --tls-key FILE together',
+      64, // a usage error (README, Exit status)
     );
   });
 

@@ -51,6 +51,20 @@ describe('the broker over HTTPS', () => {
     expect(err.message).toContain('--cacert');
   });
 
+  it("the TEE's broker client does not retry a certificate it does not trust", async () => {
+    const f = await tlsFiles();
+    const b = await broker({ devMode: true, tls: { certFile: f.certFile, keyFile: f.keyFile } });
+    const base = await clientFetch(undefined);
+    let attempts = 0;
+    const counting: typeof fetch = (input, init) => {
+      attempts++;
+      return base(input, init);
+    };
+    const tee = new KbsClient({ url: b.url, attester: await sampleAttester(), fetch: counting, retries: 4 });
+    await expect(tee.getResource('owner/keys/k1')).rejects.toThrow(/TLS certificate not trusted/);
+    expect(attempts).toBe(1);
+  });
+
   it('TLS files that cannot serve are refused at start, naming them', async () => {
     const f = await tlsFiles();
     await expect(
