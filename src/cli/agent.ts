@@ -140,9 +140,15 @@ const collect = (v: string, prev: string[]) => [...prev, v];
 
 /** The TEE options of every in-TEE command; `cloister serve` may take a local key instead of a broker. */
 export function teeOptions(c: Command, kbsRequired = true): Command {
-  const kbs = '--kbs <url>';
-  const kbsHelp = 'key broker URL, e.g. https://kbs.example:8080';
-  return (kbsRequired ? c.requiredOption(kbs, kbsHelp) : c.option(kbs, kbsHelp))
+  // The variable the admin verbs read too, so one `export CLOISTER_KBS_URL=…` serves a whole session.
+  // `serve` may take a local --key instead of a broker: it falls back to the variable itself.
+  const help = 'key broker URL, e.g. https://kbs.example:8080';
+  const kbs = new Option(
+    '--kbs <url>',
+    kbsRequired ? help : `${help} (default: env CLOISTER_KBS_URL, without --key)`,
+  );
+  return c
+    .addOption(kbsRequired ? kbs.env('CLOISTER_KBS_URL').makeOptionMandatory() : kbs)
     .addOption(
       new Option(
         '--tee <kind>',

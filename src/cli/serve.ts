@@ -115,6 +115,8 @@ export function registerServe(program: Command): void {
       const log = (line: string) => process.stderr.write(`cloister serve: ${line}\n`);
       // Every flag is checked before anything heavy loads, so that a typo is refused at once.
       if (opts.model.length === 0) throw new Error('give at least one --model FILE.sealed');
+      // CLOISTER_KBS_URL names the broker when neither --kbs nor a development --key does.
+      if (!opts.kbs && !opts.key && process.env.CLOISTER_KBS_URL) opts.kbs = process.env.CLOISTER_KBS_URL;
       if (!opts.kbs === !opts.key)
         throw new Error('give exactly one of --kbs URL (production) or --key FILE (development)');
       if (opts.initData && !opts.kbs)

@@ -144,3 +144,26 @@ describe('cloister agent serve: the socket path', () => {
     ]);
   });
 });
+
+describe('the key broker from the environment', () => {
+  it('run takes CLOISTER_KBS_URL when --kbs is not given, as the admin verbs do', () => {
+    const r = spawnSync(
+      process.execPath,
+      ['bin/cloister.js', 'run', '--tee', 'sample', '--retries', '1', '--', 'true'],
+      { encoding: 'utf8', env: { ...process.env, CLOISTER_KBS_URL: 'http://127.0.0.1:1' } },
+    );
+    expect(r.status).toBe(1);
+    expect(r.stderr).toContain('key broker at http://127.0.0.1:1 unreachable');
+  });
+
+  it('without either, --kbs is a missing option (usage, 64)', () => {
+    const env = { ...process.env };
+    delete env.CLOISTER_KBS_URL;
+    const r = spawnSync(process.execPath, ['bin/cloister.js', 'run', '--tee', 'sample', '--', 'true'], {
+      encoding: 'utf8',
+      env,
+    });
+    expect(r.status).toBe(64);
+    expect(r.stderr).toContain("required option '--kbs <url>' not specified");
+  });
+});
