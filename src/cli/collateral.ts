@@ -5,11 +5,15 @@
  * evidence files: each is verified online and whatever its verifier asked for is written, so a
  * quote, an SNP report or GPU evidence brings exactly the collateral it needs offline.
  */
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { type Command, CommanderError, Option } from 'commander';
 import type { CollateralRequest, VendorSourceOptions } from '../attest/index.js';
 import { type Output, stdio, UsageError } from './io.js';
+
+/** One file name inside --out (an NVIDIA RIM id is one too): nothing that could leave the folder. */
+const SAFE_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 
 export interface CollateralFetchOptions {
   out: string;
@@ -50,16 +54,25 @@ async function flagRequests(o: CollateralFetchOptions): Promise<CollateralReques
   }
   for (const id of o.nvidiaRim) {
     // The id becomes a file name: nothing that could leave the folder.
-    if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(id)) throw new UsageError(`--nvidia-rim ${id} is not a RIM id`);
+    if (!SAFE_NAME.test(id)) throw new UsageError(`--nvidia-rim ${id} is not a RIM id`);
     out.push(nvidiaRimRequest(id));
   }
   return out;
 }
 
-async function writeAtomically(file: string, bytes: Uint8Array): Promise<void> {
-  const tmp = `${file}.${process.pid}.tmp`;
-  await writeFile(tmp, bytes);
-  await rename(tmp, file);
+async function writeAtomically(dir: string, name: string, bytes: Uint8Array): Promise<void> {
+  if (!SAFE_NAME.test(name))
+    throw new Error(`refusing to write collateral under the name ${JSON.stringify(name)}`);
+  const file = path.join(dir, name);
+  const tmp = `${file}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`;
+  // `wx`: a new file, never one planted at that name (a link elsewhere, in a shared folder).
+  await writeFile(tmp, bytes, { flag: 'wx', mode: 0o644 });
+  try {
+    await rename(tmp, file);
+  } catch (e) {
+    await rm(tmp, { force: true });
+    throw e;
+  }
 }
 
 /**
@@ -134,7 +147,7 @@ export async function runCollateralFetch(
     const written: string[] = [];
     for (const [, rec] of [...recorder.found].sort(([a], [b]) => a.localeCompare(b))) {
       for (const f of collateralFiles(rec)) {
-        await writeAtomically(path.join(o.out, f.name), f.bytes);
+        await writeAtomically(o.out, f.name, f.bytes);
         written.push(f.name);
       }
       io.out(

@@ -54,8 +54,15 @@ export function rimIds(arch: GpuArch, opaque: GpuOpaqueData): { driver?: string;
   if (opaque.project && opaque.projectSku && opaque.chipSku && opaque.vbiosVersion) {
     out.vbios = `NV_GPU_VBIOS_${opaque.project}_${opaque.projectSku}_${opaque.chipSku}_${opaque.vbiosVersion.replace(/\./g, '')}`;
   }
+  // The strings come from the GPU's report (printable ASCII, nothing more): an id that is not plain
+  // letters, digits, `_`, `.` and `-` is no RIM NVIDIA publishes, and would otherwise carry `/`, `?`
+  // or `#` into the service's URL and into file names. Such an id is not asked for (fails closed).
+  for (const k of ['driver', 'vbios'] as const) if (out[k] && !RIM_ID.test(out[k])) delete out[k];
   return out;
 }
+
+/** What a RIM id may be made of. */
+const RIM_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 
 /**
  * A RIM from collateral: online the RIM service answers JSON { id, rim: base64(XML) }; offline a folder
