@@ -19,7 +19,15 @@ export interface Conn {
   url: string;
   token?: string;
   cacert?: string;
+  insecureHttp?: boolean;
 }
+
+/** A client's `--insecure-http`: plain http:// to a broker that is not on this machine. */
+export const clientInsecureHttpOption = (): Option =>
+  new Option(
+    '--insecure-http',
+    'allow a plain http:// --url that is not loopback (tokens and keys then cross the network in clear)',
+  );
 
 /** `--url` and `--token` of every verb that calls the admin API (`cloister log export` too). */
 export const connOptions = (c: Command) =>
@@ -30,12 +38,14 @@ export const connOptions = (c: Command) =>
     .addOption(
       new Option('--token <jwt>', 'admin token (see `cloister kbs admin-token`)').env('CLOISTER_ADMIN_TOKEN'),
     )
-    .addOption(cacertOption());
+    .addOption(cacertOption())
+    .addOption(clientInsecureHttpOption());
 
 /** One admin call with the connection's token; a missing token is refused before anything is sent. */
 async function call(conn: Conn, method: string, path: string, body?: AdminBody): Promise<unknown> {
   if (!conn.token) throw new FileError('no admin token: pass --token or set CLOISTER_ADMIN_TOKEN');
-  const { clientFetch } = await import('../http/client.js');
+  const { checkClientUrl, clientFetch } = await import('../http/client.js');
+  checkClientUrl(conn.url, conn.insecureHttp);
   return new AdminClient(conn.url, conn.token, await clientFetch(conn.cacert)).call(method, path, body);
 }
 
@@ -187,14 +197,19 @@ export function registerKbs(program: Command): void {
         '\nExamples:\n  cloister kbs keys --url https://kbs.example --ear-out broker-ear.pub.jwk > broker.vkey\n' +
         '  cloister kbs keys --config kbs.json --ear-out broker-ear.pub.jwk',
     )
-    .action(async (o: { url: string; config?: string; earOut?: string; force?: boolean }) => {
+    .addOption(cacertOption())
+    .addOption(clientInsecureHttpOption())
+    .action(async (o: Conn & { config?: string; earOut?: string; force?: boolean }) => {
       let keys: { ear: { keys: JWK[] }; log: { origin: string; verifierKey: string } };
       if (o.config !== undefined) {
         const { loadConfig, offlinePublicKeys } = await import('../kbs/index.js');
         keys = await offlinePublicKeys(await loadConfig(o.config));
       } else {
+        // What comes back becomes a trust anchor (--ear-key, --key-file): fetched like an admin call.
+        const { checkClientUrl, clientFetch } = await import('../http/client.js');
+        checkClientUrl(o.url, o.insecureHttp);
         const { fetchPublicKeys } = await import('../kbs/admin-client.js');
-        keys = await fetchPublicKeys(o.url);
+        keys = await fetchPublicKeys(o.url, await clientFetch(o.cacert));
       }
       const [ear] = keys.ear.keys;
       if (o.earOut !== undefined) {

@@ -7,7 +7,7 @@
 import { readFile } from 'node:fs/promises';
 import { rootCertificates } from 'node:tls';
 import { Agent, fetch as undiciFetch } from 'undici';
-import { HttpSetupError } from './tls.js';
+import { HttpSetupError, isLoopback } from './tls.js';
 
 /** The environment variable that gives the CA file when `--cacert` does not. */
 export const CACERT_ENV = 'CLOISTER_CACERT';
@@ -35,6 +35,20 @@ export async function readCaFile(file: string): Promise<string> {
     );
   }
   return pem;
+}
+
+/**
+ * Admin tokens, key values and the public keys a broker publishes (trust anchors for receipts and the
+ * log) must not cross a network in clear: a plain-HTTP URL is accepted for a loopback host only, unless
+ * the caller says otherwise (`--insecure-http`: a trusted network, or a TLS-terminating proxy beside it).
+ */
+export function checkClientUrl(url: string, insecureHttp = false): void {
+  const u = new URL(url);
+  if (u.protocol !== 'http:' || insecureHttp || isLoopback(u.hostname)) return;
+  throw new HttpSetupError(
+    'insecure-url',
+    `refusing plain HTTP to ${u.host} (not loopback): admin tokens and keys would cross the network in clear; use https://, or --insecure-http`,
+  );
 }
 
 /** A fetch that trusts the certificates in `caPem` as well as Node's default roots. */

@@ -204,7 +204,7 @@ export function invalidRequest<Code extends string>(
   const code = byField[field] ?? byField['*'];
   return code === undefined ? undefined : { code, detail };
 }
-export { CACERT_ENV, clientFetch, fetchTrusting, readCaFile } from './client.js';
+export { CACERT_ENV, checkClientUrl, clientFetch, fetchTrusting, readCaFile } from './client.js';
 export {
   checkListen,
   type HttpSetupCode,

@@ -14,7 +14,7 @@ import { createSecureContext, type SecureContext } from 'node:tls';
  * be bound (in use, not ours); tls-files: the certificate or key cannot be read or do not make a pair;
  * ca-file: a client's CA file cannot be read or holds no certificate.
  */
-export type HttpSetupCode = 'insecure-listen' | 'cannot-listen' | 'tls-files' | 'ca-file';
+export type HttpSetupCode = 'insecure-listen' | 'cannot-listen' | 'tls-files' | 'ca-file' | 'insecure-url';
 
 export class HttpSetupError extends Error {
   override name = 'HttpSetupError';

@@ -226,3 +226,26 @@ describe('the listen guard', () => {
     await probeListen('127.0.0.1', 0);
   });
 });
+
+describe('clients and plain HTTP', () => {
+  it('send admin credentials over plain HTTP to loopback only, unless told otherwise', async () => {
+    const { checkClientUrl } = await import('../../src/http/index.js');
+    for (const ok of [
+      'https://kbs.example:8080',
+      'http://127.0.0.1:8080',
+      'http://localhost:8080',
+      'http://[::1]:8080',
+    ])
+      expect(() => checkClientUrl(ok)).not.toThrow();
+    for (const bad of [
+      'http://kbs.example:8080',
+      'http://localhost.evil.example',
+      'http://0.0.0.0:8080',
+      'http://10.0.0.1',
+    ])
+      expect(() => checkClientUrl(bad)).toThrow(
+        /refusing plain HTTP to .* \(not loopback\).*--insecure-http/,
+      );
+    expect(() => checkClientUrl('http://kbs.example:8080', true)).not.toThrow();
+  });
+});
