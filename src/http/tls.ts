@@ -5,6 +5,7 @@
  * it stands behind a TLS-terminating proxy (`--insecure-http`, `insecureHttp`). Without that, admin
  * tokens and key values would cross the network in clear.
  */
+import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { readFileSync, unwatchFile, watchFile } from 'node:fs';
 import { createServer } from 'node:net';
 import { createSecureContext, type SecureContext } from 'node:tls';
@@ -65,6 +66,11 @@ export function readTlsFiles(f: TlsFiles): { cert: string; key: string } {
 
 function secureContext(f: TlsFiles, cert: string, key: string): SecureContext {
   try {
+    // Node takes an empty string for "no certificate" (or key) and builds a context that fails every
+    // handshake: a file caught half-written by a renewal must be refused, not served.
+    const certificate = new X509Certificate(cert);
+    if (!certificate.checkPrivateKey(createPrivateKey(key)))
+      throw new Error('the key does not belong to the certificate');
     // OpenSSL refuses a key that does not belong to the certificate here, not at the first handshake.
     return createSecureContext({ cert, key });
   } catch (e) {

@@ -63,8 +63,12 @@ export function parseKeyJson(text: string, path: string, make: string): unknown 
     throw new Error(`${path}: not a JWK (JSON expected; this is a PEM file: make a JWK with ${make})`);
   try {
     return JSON.parse(text);
-  } catch (e) {
-    throw new Error(`${path}: not a JWK (JSON expected; ${(e as Error).message})`);
+  } catch {
+    // Not the parser's message: it quotes the file's first characters, and a key file named by
+    // mistake (the master key, say) would leak a piece of a secret into the log.
+    throw new Error(
+      `${path}: not a JWK (JSON expected, and this does not parse as JSON; make one with ${make})`,
+    );
   }
 }
 

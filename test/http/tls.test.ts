@@ -148,6 +148,14 @@ describe('HTTPS servers and clients', () => {
     );
     const e3 = refusal(() => readTlsFiles({ certFile: f.keyFile, keyFile: f.keyFile }));
     expect(e3.code).toBe('tls-files');
+    // Empty files (a renewal caught half-written): Node would take '' for "none" and fail every handshake.
+    const empty = join(f.dir, 'empty.pem');
+    writeFileSync(empty, '');
+    for (const pair of [
+      { certFile: empty, keyFile: f.keyFile },
+      { certFile: f.certFile, keyFile: empty },
+    ])
+      expect(refusal(() => readTlsFiles(pair)).code).toBe('tls-files');
   });
 });
 

@@ -54,9 +54,16 @@ describe('configuration errors name their file', () => {
     expect(await refusal('adminKeysFile', PEM)).toMatch(/not a JWK .*cloister kbs admin-key\)$/);
   });
 
-  it('JSON that does not parse keeps the parser reason, after the file', async () => {
-    expect(await refusal('earKeyFile', '-x')).toMatch(/: not a JWK \(JSON expected; .+\)$/);
-    expect(await refusal('logKeyFile', '{"kty": ')).toMatch(/: not a JWK \(JSON expected; .+\)$/);
+  it('JSON that does not parse is named, without quoting the file (it may be a secret)', async () => {
+    const secret = 'piuzK3/0a/Qm9vIGJv';
+    const line = await refusal('earKeyFile', secret);
+    expect(line).toMatch(
+      /bad-earKeyFile: not a JWK \(JSON expected, and this does not parse as JSON; make one with cloister kbs keygen --ear\)$/,
+    );
+    expect(line).not.toContain(secret.slice(0, 4));
+    expect(await refusal('logKeyFile', '{"kty": ')).toMatch(
+      /: not a JWK \(JSON expected, and this does not parse/,
+    );
     expect(await refusal('adminKeysFile', 'null')).toMatch(/: not a JWK, JWK array or JWKS \(found null\)$/);
   });
 
