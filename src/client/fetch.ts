@@ -172,8 +172,20 @@ function toHeaders(f: Field[]): Headers {
   return h;
 }
 
-/** The OpenAI error `type` of a refusal answered as a response. */
+/**
+ * The OpenAI error `type` of a refusal answered as a response. A relay or anything else on the path can
+ * send a 403 with the same body in the clear, so a program that acts on a refusal (alerts, falls back)
+ * asks `isRefusal(response)`, which no answer from the network can satisfy.
+ */
 export const REFUSAL_TYPE = 'verification_refused';
+
+/** The responses this client made for its own refusals: only these are refusals. */
+const refusals = new WeakSet<Response>();
+
+/** True only for a response `confidentialFetch` made for its own refusal, never for one it received. */
+export function isRefusal(res: Response): boolean {
+  return refusals.has(res);
+}
 
 /**
  * A refusal as an HTTP answer in OpenAI's error shape: 403 (a client error no client retries, and what
@@ -187,7 +199,9 @@ function refusalResponse(e: VerificationError): Response {
     code: e.code,
     param: null,
   };
-  return Response.json({ error }, { status: 403, headers: { 'x-should-retry': 'false' } });
+  const res = Response.json({ error }, { status: 403, headers: { 'x-should-retry': 'false' } });
+  refusals.add(res);
+  return res;
 }
 
 export function confidentialFetch(o: ConfidentialFetchOptions): ConfidentialFetch {

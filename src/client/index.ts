@@ -8,6 +8,7 @@ export {
   type ConfidentialFetch,
   type ConfidentialFetchOptions,
   confidentialFetch,
+  isRefusal,
   REFUSAL_TYPE,
 } from './fetch.js';
 export { type ClientPolicy, DEFAULT_CLIENT_POLICY, PolicyFileError, parseClientPolicy } from './policy.js';

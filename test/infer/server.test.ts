@@ -1,7 +1,7 @@
 import { connect } from 'node:net';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { confidentialFetch, REFUSAL_TYPE } from '../../src/client/fetch.js';
+import { confidentialFetch, isRefusal, REFUSAL_TYPE } from '../../src/client/fetch.js';
 import { parseClientPolicy } from '../../src/client/policy.js';
 import { VerificationError } from '../../src/client/verify.js';
 import { sseEvent } from '../../src/infer/openai.js';
@@ -256,6 +256,9 @@ describe('the client refuses servers its policy does not accept, before sending 
     });
     expect(refused.status).toBe(403);
     expect(refused.headers.get('x-should-retry')).toBe('false');
+    // Only the client's own refusals are refusals: the same answer from the network is not one.
+    expect(isRefusal(refused)).toBe(true);
+    expect(isRefusal(Response.json({ error: { type: REFUSAL_TYPE } }, { status: 403 }))).toBe(false);
     expect(await refused.json()).toEqual({
       error: {
         message: `the model 'tiny-llama' (${TEXT_DIGEST}) is not one the policy allows`,
