@@ -99,8 +99,11 @@ describe('admin operations', () => {
     expect(await (await put(admin, 'Shared', { tenant: null })).json()).toMatchObject({ from: 'acme' });
     expect(await status(b.call('POST', '/admin/v1/resources/Shared/key/k1', acme, enc('v3')))).toBe(403);
     expect((await kinds()).filter((e) => e.kind === 'repository-assign')).toEqual([
-      expect.objectContaining({ tenant: 'acme', details: { to: 'acme', outsideNamespace: true } }),
-      expect.objectContaining({ tenant: '', details: { to: null } }),
+      expect.objectContaining({
+        tenant: 'acme',
+        details: { to: 'acme', from: null, outsideNamespace: true },
+      }),
+      expect.objectContaining({ tenant: '', details: { to: null, from: 'acme' } }),
     ]);
   });
 

@@ -35,6 +35,7 @@ import {
   type SealedSecret,
   type SessionRecord,
   type StoredLogEntry,
+  withFrom,
 } from './types.js';
 
 const copySecret = (s: SealedSecret): SealedSecret => ({
@@ -126,7 +127,7 @@ export class MemoryStore implements KbsStore {
     const from = this.repositories.get(repository)!;
     if (from === tenant)
       throw new ConflictError(`repository ${repository} already belongs to ${ownerName(tenant)}`);
-    const e = this.entry(log);
+    const e = this.entry(withFrom(log, from));
     this.repositories.set(repository, tenant);
     for (const [path, r] of this.resources)
       if (r.repository === repository) this.resources.set(path, { ...r, tenant });

@@ -76,6 +76,7 @@ import {
   type SessionRecord,
   type StoredLogEntry,
   StoreUnavailableError,
+  withFrom,
 } from './types.js';
 
 export interface PostgresStoreOptions extends StoreOptions {
@@ -628,7 +629,7 @@ export class PostgresStore implements KbsStore {
            OR (scope_kind = 'resource' AND left(scope_target, length($2) + 1) = $2 || '/')`,
         [tenant, repository],
       );
-      await t.append(log);
+      await t.append(withFrom(log, owner.tenant));
       return { from: owner.tenant };
     });
   }

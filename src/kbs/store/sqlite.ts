@@ -67,6 +67,7 @@ import {
   type SealedSecret,
   type SessionRecord,
   type StoredLogEntry,
+  withFrom,
 } from './types.js';
 
 export interface SqliteStoreOptions extends StoreOptions {
@@ -339,7 +340,7 @@ export class SqliteStore implements KbsStore {
       this.st('repoAssign').run(tenant, repository);
       this.st('resAssign').run(tenant, repository);
       this.st('polAssign').run({ tenant, repo: repository });
-      this.append(log);
+      this.append(withFrom(log, owner.tenant));
       return { from: owner.tenant };
     });
   }

@@ -105,6 +105,14 @@ export interface SessionRecord {
 }
 
 /** The fields of a transparency-log entry that the store appends in the same transaction. */
+/**
+ * A repository-assign entry with the owner it had (known only inside the store's transaction), so the
+ * log alone says who lost the repository as well as who got it.
+ */
+export function withFrom(log: LogAppend, from: Owner): LogAppend {
+  return { ...log, details: { ...log.details, from } };
+}
+
 export interface LogAppend {
   kind: string;
   /** null for the operator (the entry records it as '', the log format's "no tenant"). */

@@ -583,6 +583,9 @@ export function storeConformance(name: string, makeStore: MakeStore): void {
         ]);
         expect(await store.listPolicies('t1')).toHaveLength(2);
         expect(await store.logSize()).toBe(size + 1);
+        // The entry says who had it too: only the store knows, inside the transaction.
+        const [entry] = await store.logEntries(size, size + 1);
+        expect(JSON.parse(new TextDecoder().decode(entry!.canonical)).details).toMatchObject({ from: 't1' });
         // To the operator and back; the same owner again, or an unknown repository, changes nothing.
         expect(await store.assignRepository('repo1', null, logFields('repo.assign'))).toEqual({ from: 't2' });
         expect((await store.getResource('repo1/key/a'))?.tenant).toBeNull();
