@@ -204,7 +204,12 @@ export function registerCollateral(program: Command): void {
       [],
     )
     .option('--pccs <url>', 'a PCCS to ask instead of Intel PCS (same v4 API)')
-    .option('--pcs-api-key <key>', 'Intel PCS subscription key, when your deployment needs one')
+    // From the environment too, so the key need not sit in the process list.
+    .addOption(
+      new Option('--pcs-api-key <key>', 'Intel PCS subscription key, when your deployment needs one').env(
+        'CLOISTER_PCS_API_KEY',
+      ),
+    )
     .addHelpText(
       'after',
       `
