@@ -178,6 +178,7 @@ export function registerKbs(program: Command): void {
         .env('CLOISTER_KBS_URL')
         .default('http://127.0.0.1:8080'),
     )
+    .addOption(cacertOption())
     .option('--config <file>', 'offline: read the keys named by this broker configuration instead')
     .option('--ear-out <file>', 'write the EAR verification key here (public JWK, as --ear-key takes it)')
     .option('--force', 'overwrite --ear-out')
@@ -187,28 +188,31 @@ export function registerKbs(program: Command): void {
         '\nExamples:\n  cloister kbs keys --url https://kbs.example --ear-out broker-ear.pub.jwk > broker.vkey\n' +
         '  cloister kbs keys --config kbs.json --ear-out broker-ear.pub.jwk',
     )
-    .action(async (o: { url: string; config?: string; earOut?: string; force?: boolean }) => {
-      let keys: { ear: { keys: JWK[] }; log: { origin: string; verifierKey: string } };
-      if (o.config !== undefined) {
-        const { loadConfig, offlinePublicKeys } = await import('../kbs/index.js');
-        keys = await offlinePublicKeys(await loadConfig(o.config));
-      } else {
-        const { fetchPublicKeys } = await import('../kbs/admin-client.js');
-        keys = await fetchPublicKeys(o.url);
-      }
-      const [ear] = keys.ear.keys;
-      if (o.earOut !== undefined) {
-        if (!ear) throw new FileError('the broker publishes no EAR verification key');
-        await writeFileAtomically(o.earOut, `${JSON.stringify(ear, null, 2)}\n`, {
-          mode: 0o644,
-          force: !!o.force,
-        });
-      }
-      process.stdout.write(`${keys.log.verifierKey}\n`);
-      process.stderr.write(
-        `log origin: ${keys.log.origin}\nEAR key: ${ear?.kid ?? 'none'}${o.earOut !== undefined ? ` (written to ${o.earOut})` : ' (--ear-out FILE saves it)'}\n`,
-      );
-    });
+    .action(
+      async (o: { url: string; cacert?: string; config?: string; earOut?: string; force?: boolean }) => {
+        let keys: { ear: { keys: JWK[] }; log: { origin: string; verifierKey: string } };
+        if (o.config !== undefined) {
+          const { loadConfig, offlinePublicKeys } = await import('../kbs/index.js');
+          keys = await offlinePublicKeys(await loadConfig(o.config));
+        } else {
+          const { fetchPublicKeys } = await import('../kbs/admin-client.js');
+          const { clientFetch } = await import('../http/client.js');
+          keys = await fetchPublicKeys(o.url, await clientFetch(o.cacert));
+        }
+        const [ear] = keys.ear.keys;
+        if (o.earOut !== undefined) {
+          if (!ear) throw new FileError('the broker publishes no EAR verification key');
+          await writeFileAtomically(o.earOut, `${JSON.stringify(ear, null, 2)}\n`, {
+            mode: 0o644,
+            force: !!o.force,
+          });
+        }
+        process.stdout.write(`${keys.log.verifierKey}\n`);
+        process.stderr.write(
+          `log origin: ${keys.log.origin}\nEAR key: ${ear?.kid ?? 'none'}${o.earOut !== undefined ? ` (written to ${o.earOut})` : ' (--ear-out FILE saves it)'}\n`,
+        );
+      },
+    );
 
   kbs
     .command('rotate-master-key')

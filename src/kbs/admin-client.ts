@@ -103,11 +103,14 @@ export interface BrokerPublicKeys {
 }
 
 /** The broker's public keys; unauthenticated. A wrong answer is refused here, not used. */
-export async function fetchPublicKeys(url: string): Promise<BrokerPublicKeys> {
+export async function fetchPublicKeys(
+  url: string,
+  fetcher: typeof fetch = globalThis.fetch,
+): Promise<BrokerPublicKeys> {
   const at = new URL('/.well-known/cloister-kbs', url);
   let res: Response;
   try {
-    res = await fetch(at);
+    res = await fetcher(at);
   } catch (e) {
     const cause = (e as { cause?: unknown }).cause;
     throw new AdminClientError(

@@ -114,6 +114,19 @@ describe('kbs serve over HTTPS and the admin verbs', () => {
     expect(withEnv.code, withEnv.stderr).toBe(0);
   });
 
+  it('kbs keys fetches the public keys with --cacert or CLOISTER_CACERT, and without the CA says how', async () => {
+    const withFlag = await cli(['kbs', 'keys', '--url', url, '--cacert', files.caFile]);
+    expect(withFlag.code, withFlag.stderr).toBe(0);
+    expect(withFlag.stdout).toMatch(/^\S+\+[0-9a-f]{8}\+\S+\n$/);
+    const withEnv = await cli(['kbs', 'keys', '--url', url], { CLOISTER_CACERT: files.caFile });
+    expect(withEnv.code, withEnv.stderr).toBe(0);
+    expect(withEnv.stdout).toBe(withFlag.stdout);
+    fails(
+      await cli(['kbs', 'keys', '--url', url]),
+      /^cloister: cannot reach the key broker at https:.*TLS certificate not trusted.*--cacert FILE/,
+    );
+  });
+
   it('without the CA an admin verb fails in one line saying how to trust it', async () => {
     fails(
       await cli(['kbs', 'resource', 'ls', '--url', url, '--token', token]),
