@@ -123,10 +123,11 @@ export interface LogExportOptions extends Conn {
 export async function runLogExport(o: LogExportOptions): Promise<void> {
   if (!o.token) throw new UsageError('no admin token: pass --token or set CLOISTER_ADMIN_TOKEN');
   const { AdminClient, AdminClientError } = await import('../kbs/admin-client.js');
+  const { clientFetch } = await import('../http/client.js');
   const path = `/admin/v1/log/bundle${o.proofs === 'all' ? '?proofs=all' : ''}`;
   let body: ReadableStream<Uint8Array>;
   try {
-    body = await new AdminClient(o.url, o.token).stream(path);
+    body = await new AdminClient(o.url, o.token, await clientFetch(o.cacert)).stream(path);
   } catch (e) {
     if (e instanceof AdminClientError && e.problem?.status === 403)
       throw new UsageError(
