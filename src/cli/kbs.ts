@@ -188,6 +188,7 @@ export function registerKbs(program: Command): void {
         .env('CLOISTER_KBS_URL')
         .default('http://127.0.0.1:8080'),
     )
+    .addOption(cacertOption())
     .option('--config <file>', 'offline: read the keys named by this broker configuration instead')
     .option('--ear-out <file>', 'write the EAR verification key here (public JWK, as --ear-key takes it)')
     .option('--force', 'overwrite --ear-out')
@@ -197,7 +198,6 @@ export function registerKbs(program: Command): void {
         '\nExamples:\n  cloister kbs keys --url https://kbs.example --ear-out broker-ear.pub.jwk > broker.vkey\n' +
         '  cloister kbs keys --config kbs.json --ear-out broker-ear.pub.jwk',
     )
-    .addOption(cacertOption())
     .addOption(clientInsecureHttpOption())
     .action(async (o: Conn & { config?: string; earOut?: string; force?: boolean }) => {
       let keys: { ear: { keys: JWK[] }; log: { origin: string; verifierKey: string } };

@@ -4,7 +4,7 @@
  * (plain HTTP off loopback, a port in use, a CA file that is not there) of every verb given the flags.
  */
 import { type ChildProcessWithoutNullStreams, execFileSync, spawn } from 'node:child_process';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -112,6 +112,37 @@ describe('kbs serve over HTTPS and the admin verbs', () => {
       CLOISTER_CACERT: files.caFile,
     });
     expect(withEnv.code, withEnv.stderr).toBe(0);
+  });
+
+  it('kbs keys fetches the public keys with --cacert or CLOISTER_CACERT, and without the CA says how', async () => {
+    const withFlag = await cli(['kbs', 'keys', '--url', url, '--cacert', files.caFile]);
+    expect(withFlag.code, withFlag.stderr).toBe(0);
+    expect(withFlag.stdout).toMatch(/^\S+\+[0-9a-f]{8}\+\S+\n$/);
+    const withEnv = await cli(['kbs', 'keys', '--url', url], { CLOISTER_CACERT: files.caFile });
+    expect(withEnv.code, withEnv.stderr).toBe(0);
+    expect(withEnv.stdout).toBe(withFlag.stdout);
+    fails(
+      await cli(['kbs', 'keys', '--url', url]),
+      /^cloister: cannot reach the key broker at https:.*TLS certificate not trusted.*--cacert FILE/,
+    );
+  });
+
+  it('log export reaches it with --cacert', async () => {
+    const out = join(files.dir, 'log.jsonl');
+    const r = await cli([
+      'log',
+      'export',
+      '--url',
+      url,
+      '--token',
+      token,
+      '--cacert',
+      files.caFile,
+      '--out',
+      out,
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(readFileSync(out, 'utf8')).toMatch(/^\{/);
   });
 
   it('without the CA an admin verb fails in one line saying how to trust it', async () => {
