@@ -22,6 +22,21 @@ export class AdminClientError extends Error {
 /** A request body: JSON, or bytes sent as application/octet-stream (a resource's value). */
 export type AdminBody = { json: unknown } | { bytes: Uint8Array };
 
+/**
+ * A fetch that got no answer, in one line. fetch says only "fetch failed"; the reason (ECONNREFUSED, a
+ * DNS failure) is its cause. An untrusted certificate comes from clientFetch already in words, without
+ * a cause, and starting with the server's origin, which is not said twice.
+ */
+function unreachable(url: string, e: unknown): AdminClientError {
+  const cause = (e as { cause?: unknown }).cause;
+  const reason = cause instanceof Error ? cause.message : (e as Error).message;
+  const origin = `${new URL(url).origin}: `;
+  return new AdminClientError(
+    `cannot reach the key broker at ${url}: ${reason.startsWith(origin) ? reason.slice(origin.length) : reason}`,
+    'unreachable',
+  );
+}
+
 export class AdminClient {
   /**
    * `url`: the broker's base URL; `token`: an admin token, sent as a bearer token on every call;
@@ -72,13 +87,7 @@ export class AdminClient {
         ...(payload !== undefined ? { body: payload } : {}),
       });
     } catch (e) {
-      // fetch says only "fetch failed"; the reason (ECONNREFUSED, a DNS failure) is its cause (an
-      // untrusted certificate comes from clientFetch already in words, without one).
-      const cause = (e as { cause?: unknown }).cause;
-      throw new AdminClientError(
-        `cannot reach the key broker at ${this.url}: ${cause instanceof Error ? cause.message : (e as Error).message}`,
-        'unreachable',
-      );
+      throw unreachable(this.url, e);
     }
     if (res.ok) return res;
     const text = await res.text();
@@ -112,11 +121,7 @@ export async function fetchPublicKeys(
   try {
     res = await fetchFn(at);
   } catch (e) {
-    const cause = (e as { cause?: unknown }).cause;
-    throw new AdminClientError(
-      `cannot reach the key broker at ${url}: ${cause instanceof Error ? cause.message : (e as Error).message}`,
-      'unreachable',
-    );
+    throw unreachable(url, e);
   }
   if (!res.ok)
     throw new AdminClientError(`GET ${at.pathname}: ${res.status} ${res.statusText}`, 'refused', {

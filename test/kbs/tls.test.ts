@@ -49,6 +49,7 @@ describe('the broker over HTTPS', () => {
     expect(err.message).toContain(`cannot reach the key broker at ${b.url}`);
     expect(err.message).toContain('TLS certificate not trusted');
     expect(err.message).toContain('--cacert');
+    expect(err.message.split(new URL(b.url).origin)).toHaveLength(2); // the broker named once
   });
 
   it("the TEE's broker client does not retry a certificate it does not trust", async () => {
