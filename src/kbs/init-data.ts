@@ -14,6 +14,7 @@ import { parse as parseToml } from 'smol-toml';
 import type { Appraisal, EarResult } from '../attest/index.js';
 import { AttestationError } from '../attest/types.js';
 import { bs, toHex, utf8 } from '../util/index.js';
+import { INIT_DATA_HASHES, type InitDataHash, initDataHash } from '../wire/index.js';
 import { KbsError } from './errors.js';
 
 export const INIT_DATA_VERSION = '0.1.0';
@@ -23,18 +24,6 @@ export const INIT_DATA_VERSION = '0.1.0';
  */
 export const MAX_INIT_DATA_BYTES = 64 * 1024;
 
-const HASHES = ['SHA-256', 'SHA-384', 'SHA-512'] as const;
-type HashName = (typeof HASHES)[number];
-
-/** The spec's names and IANA's textual names for the same hashes. */
-const ALGORITHMS: Record<string, HashName> = {
-  sha256: 'SHA-256',
-  'sha-256': 'SHA-256',
-  sha384: 'SHA-384',
-  'sha-384': 'SHA-384',
-  sha512: 'SHA-512',
-  'sha-512': 'SHA-512',
-};
 
 /** Where each TEE kind carries the init-data digest, and how long that field is. */
 const BINDING_FIELDS: Partial<Record<Appraisal['kind'], { claim: string; bytes: number }>> = {
@@ -62,7 +51,7 @@ export interface InitData {
 export interface ReceivedInitData {
   format: 'toml' | 'json';
   body: string;
-  digests: Record<HashName, string>;
+  digests: Record<InitDataHash, string>;
 }
 
 const bad = (message: string) => new KbsError('bad-init-data', message);
@@ -83,8 +72,8 @@ export async function receiveInitData(init: { format: string; body: string }): P
   const bytes = bs(utf8.encode(init.body));
   if (bytes.length > MAX_INIT_DATA_BYTES)
     throw bad(`init-data body is ${bytes.length} bytes; at most ${MAX_INIT_DATA_BYTES} are accepted`);
-  const digests = {} as Record<HashName, string>;
-  for (const h of HASHES) digests[h] = toHex(new Uint8Array(await crypto.subtle.digest(h, bytes)));
+  const digests = {} as Record<InitDataHash, string>;
+  for (const h of INIT_DATA_HASHES) digests[h] = toHex(new Uint8Array(await crypto.subtle.digest(h, bytes)));
   return { format, body: init.body, digests };
 }
 
@@ -105,7 +94,7 @@ export function bindInitData(init: ReceivedInitData, cpu: Appraisal): InitData {
     );
   }
   const fitted = (hex: string) => hex.slice(0, field.bytes * 2).padEnd(field.bytes * 2, '0');
-  const matched = HASHES.find((h) => fitted(init.digests[h]) === got.toLowerCase());
+  const matched = INIT_DATA_HASHES.find((h) => fitted(init.digests[h]) === got.toLowerCase());
   if (!matched) {
     throw new AttestationError(
       'appraise',
@@ -114,7 +103,7 @@ export function bindInitData(init: ReceivedInitData, cpu: Appraisal): InitData {
     );
   }
   const doc = parseDocument(init);
-  if (ALGORITHMS[doc.algorithm.toLowerCase()] !== matched) {
+  if (initDataHash(doc.algorithm) !== matched) {
     throw new AttestationError(
       'appraise',
       'init-data-mismatch',
@@ -137,7 +126,7 @@ function parseDocument(init: ReceivedInitData): Omit<InitData, 'format' | 'diges
   const { version, algorithm, data } = doc;
   if (version !== INIT_DATA_VERSION)
     throw bad(`init-data version must be "${INIT_DATA_VERSION}", got ${JSON.stringify(version)}`);
-  if (typeof algorithm !== 'string' || !ALGORITHMS[algorithm.toLowerCase()])
+  if (typeof algorithm !== 'string' || !initDataHash(algorithm))
     throw bad(`init-data algorithm must be sha256, sha384 or sha512, got ${JSON.stringify(algorithm)}`);
   // No prototype: a file named "__proto__" is kept as data, not taken as one.
   const entries = Object.create(null) as Record<string, string>;

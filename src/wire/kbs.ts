@@ -438,3 +438,22 @@ export function deviceEvidence(additional: string): DeviceEvidence[] {
   }
   return out;
 }
+
+/** The hashes CoCo init-data may name (Trustee's initdata specification 0.1.0), as Web Crypto names them. */
+export const INIT_DATA_HASHES = ['SHA-256', 'SHA-384', 'SHA-512'] as const;
+export type InitDataHash = (typeof INIT_DATA_HASHES)[number];
+
+const INIT_DATA_ALGORITHMS: Readonly<Record<string, InitDataHash>> = {
+  // The spec's names and IANA's textual names for the same hashes.
+  sha256: 'SHA-256',
+  'sha-256': 'SHA-256',
+  sha384: 'SHA-384',
+  'sha-384': 'SHA-384',
+  sha512: 'SHA-512',
+  'sha-512': 'SHA-512',
+};
+
+/** The hash an init-data document's `algorithm` names, or undefined for anything else. */
+export function initDataHash(algorithm: unknown): InitDataHash | undefined {
+  return typeof algorithm === 'string' ? INIT_DATA_ALGORITHMS[algorithm.toLowerCase()] : undefined;
+}

@@ -9,6 +9,7 @@
  */
 import { createSampleAttester, type SampleAttester } from '../../attest/index.js';
 import { bs, toHex, utf8 } from '../../util/index.js';
+import { initDataHash } from '../../wire/index.js';
 import { CollectionError, type CpuAttester, type CpuEvidence, padReportData } from './types.js';
 
 export interface InsecureSampleOptions {
@@ -46,15 +47,6 @@ export class InsecureSampleAttester implements CpuAttester {
   }
 }
 
-const HASHES: Record<string, string> = {
-  sha256: 'SHA-256',
-  'sha-256': 'SHA-256',
-  sha384: 'SHA-384',
-  'sha-384': 'SHA-384',
-  sha512: 'SHA-512',
-  'sha-512': 'SHA-512',
-};
-
 /**
  * The host data a host sets for CoCo init-data: the hash its `algorithm` names over the body exactly
  * as given, cut to the 32 bytes of the field (as a SEV-SNP host does). Only `algorithm` is read here;
@@ -73,7 +65,7 @@ export async function sampleHostData(init: { format: 'toml' | 'json'; body: stri
       `init-data is not valid ${init.format.toUpperCase()}: ${(e as Error).message.split('\n')[0]}`,
     );
   }
-  const hash = typeof algorithm === 'string' ? HASHES[algorithm.toLowerCase()] : undefined;
+  const hash = initDataHash(algorithm);
   if (!hash) {
     throw new CollectionError(
       'bad-init-data',
