@@ -24,7 +24,6 @@ export const INIT_DATA_VERSION = '0.1.0';
  */
 export const MAX_INIT_DATA_BYTES = 64 * 1024;
 
-
 /** Where each TEE kind carries the init-data digest, and how long that field is. */
 const BINDING_FIELDS: Partial<Record<Appraisal['kind'], { claim: string; bytes: number }>> = {
   tdx: { claim: 'mr_config_id', bytes: 48 },
