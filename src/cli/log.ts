@@ -11,6 +11,7 @@ import { writeFileAtomically, writeOutput } from '../seal/node.js';
 import {
   type BundleReport,
   generateNoteSigner,
+  parseVerifierKey,
   readBundleLines,
   TranslogError,
   verifyBundleLines,
@@ -19,7 +20,8 @@ import { EXIT_USAGE, FlagError, type Output, readText, stdio, UsageError } from 
 import { type Conn, connOptions } from './kbs.js';
 
 export interface LogVerifyOptions {
-  key?: string;
+  /** Verifier keys; more than one for a bundle whose checkpoints span a log-key rotation. */
+  key?: string[];
   keyFile?: string;
   origin?: string;
   json?: boolean;
@@ -59,13 +61,21 @@ const EXIT_INVALID = 3;
 /** Runs the verb; returns the exit code. */
 export async function runLogVerify(file: string, opts: LogVerifyOptions, io: Output): Promise<number> {
   try {
-    if ((opts.key === undefined) === (opts.keyFile === undefined)) {
-      throw new FlagError('give the log verifier key with --key VKEY or --key-file FILE (exactly one)');
-    }
-    const vkey = opts.key ?? (await readText(opts.keyFile!, 'key file')).trim();
+    // After a log-key rotation, a bundle's older checkpoints carry the old key's signature: each key
+    // given (one per --key, one per line of --key-file) is trusted.
+    const keys = [...(opts.key ?? [])];
+    if (opts.keyFile !== undefined)
+      keys.push(
+        ...(await readText(opts.keyFile, 'key file'))
+          .split('\n')
+          .map((l) => l.trim())
+          .filter((l) => l !== ''),
+      );
+    if (keys.length === 0)
+      throw new FlagError('give the log verifier key with --key VKEY or --key-file FILE');
     const report = await verifyBundleLines(
       readBundleLines(await openBundle(file)),
-      vkey,
+      await Promise.all(keys.map(parseVerifierKey)),
       opts.origin ? { origin: opts.origin } : {},
     );
     if (opts.json) io.out(`${JSON.stringify(report, null, 2)}\n`);
@@ -165,8 +175,12 @@ export function registerLog(program: Command): void {
     .command('verify')
     .description('verify an exported transparency-log bundle offline against the log key')
     .argument('<bundle>', 'bundle file (JSON lines, as exported by the key broker); - reads stdin')
-    .option('--key <vkey>', 'log verifier key: <name>+<key id hex>+<base64 key>')
-    .option('--key-file <file>', 'file holding the log verifier key')
+    .option(
+      '--key <vkey>',
+      'log verifier key: <name>+<key id hex>+<base64 key> (repeatable: old and new keys across a rotation)',
+      (v: string, prev: string[] = []) => [...prev, v],
+    )
+    .option('--key-file <file>', 'file holding the log verifier key(s), one per line')
     .option('--origin <origin>', 'log origin the checkpoints must name (default: the key name)')
     .option('--json', 'print the full report, every problem included, as JSON')
     .addHelpText('after', VERIFY_HELP)

@@ -3,7 +3,7 @@ import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { formatBundle } from '../../src/translog/bundle.js';
-import { signerFromJwk } from '../../src/translog/note.js';
+import { generateNoteSigner, signerFromJwk } from '../../src/translog/note.js';
 import { MemoryLogStore, TransparencyLog } from '../../src/translog/store.js';
 import { cliTimeouts, cloister, tempDir } from '../cli/run.js';
 
@@ -120,6 +120,30 @@ describe('cloister log', () => {
     const missing = cloister(['log', 'verify', join(dir, 'nope.jsonl'), '--key', vkey]);
     expect(missing.code).toBe(1);
     expect(missing.stderr).toMatch(/cannot read bundle .*nope\.jsonl/);
+  });
+
+  it('verify trusts every key given: a bundle across a log-key rotation needs the old and the new', async () => {
+    // The broker's log key replaced (same name, new key) after the first checkpoint.
+    const [a, b] = [
+      await generateNoteSigner('broker.example/log'),
+      await generateNoteSigner('broker.example/log'),
+    ];
+    const store = new MemoryLogStore();
+    for (const jwk of [a.jwk, b.jwk, b.jwk])
+      await store.append([{ kind: 'release', tenant: 'acme', actor: 'tee', subject: 's', details: {} }], {
+        signer: await signerFromJwk(jwk),
+      });
+    const rotated = join(dir, 'rotated.jsonl');
+    writeFileSync(
+      rotated,
+      formatBundle(await new TransparencyLog(store, 'broker.example/log').export({ consistency: true })),
+    );
+    const oldOnly = cloister(['log', 'verify', rotated, '--key', a.vkey]);
+    expect(oldOnly.code).toBe(3);
+    expect(oldOnly.stderr).toMatch(/FAILED \[unknown-key\] checkpoint 2/);
+    expect(cloister(['log', 'verify', rotated, '--key', a.vkey, '--key', b.vkey]).code).toBe(0);
+    writeFileSync(join(dir, 'both.vkey'), `${a.vkey}\n${b.vkey}\n`);
+    expect(cloister(['log', 'verify', rotated, '--key-file', join(dir, 'both.vkey')]).code).toBe(0);
   });
 
   it('--help shows an example', () => {
