@@ -19,6 +19,7 @@ const FLOORS: Record<string, number> = {
   kbs: 4,
   infer: 4,
   client: 4,
+  train: 4,
   cli: 5,
   ui: 5,
 };
