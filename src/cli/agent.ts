@@ -200,14 +200,18 @@ export interface CliTee {
 }
 
 /** The TEE named or detected by the options, with its GPUs when asked for. */
-export async function teeFor(o: Omit<TeeCliOptions, 'kbs'>, log: (line: string) => void): Promise<CliTee> {
+export async function teeFor(
+  o: Omit<TeeCliOptions, 'kbs'>,
+  log: (line: string) => void,
+  initData?: { format: 'toml' | 'json'; body: string },
+): Promise<CliTee> {
   let kind: CpuKind;
   let attester: CpuAttester;
   let gpu: Detection['gpus']['attester'];
   const { AgentError } = await import('../tee/index.js');
   const { detectTee, InsecureSampleAttester, nodeFs, nodeRunner } = await import('../tee/evidence/index.js');
   // With --init-data, the sample "host" puts its digest into host_data, as a real host would.
-  const sample = o.tee === 'sample' || o.allowSample ? await sampleLaunch(o) : undefined;
+  const sample = o.tee === 'sample' || o.allowSample ? await sampleLaunch(o, initData) : undefined;
   if (o.tee === 'sample') {
     kind = 'sample';
     attester = new InsecureSampleAttester(sample);
@@ -251,7 +255,11 @@ async function initDataFile(file: string): Promise<{ format: 'toml' | 'json'; bo
 }
 
 /** A key broker client that attests with `t`. */
-export async function brokerFor(o: TeeCliOptions, t: CliTee): Promise<KbsClient> {
+export async function brokerFor(
+  o: TeeCliOptions,
+  t: CliTee,
+  initData?: { format: 'toml' | 'json'; body: string },
+): Promise<KbsClient> {
   // The broker client and the agent load when a verb needs them, not when the CLI starts.
   const { kbsAttester } = await import('../tee/index.js');
   const { KbsClient } = await import('../tee/index.js');
@@ -262,7 +270,11 @@ export async function brokerFor(o: TeeCliOptions, t: CliTee): Promise<KbsClient>
     attester: kbsAttester(t.kind, t.attester, t.gpu, { sampleForm: o.sampleEvidence }),
     retries: integerOption(o.retries, '--retries', 1),
     backoffMs: integerOption(o.retryDelayMs, '--retry-delay-ms', 0),
-    ...(o.initData !== undefined ? { initData: await initDataFile(o.initData) } : {}),
+    ...(initData
+      ? { initData }
+      : o.initData !== undefined
+        ? { initData: await initDataFile(o.initData) }
+        : {}),
   });
 }
 

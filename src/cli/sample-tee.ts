@@ -24,14 +24,20 @@ export function sampleMeasurementArg(v: string): string {
  * What the sample "host" sets at launch: the measurement given, and the digest of the `--init-data`
  * file (its own algorithm over its exact bytes), as a SEV-SNP host puts it into host_data.
  */
-export async function sampleLaunch(o: {
-  sampleMeasurement?: string;
-  initData?: string;
-}): Promise<InsecureSampleOptions> {
+export async function sampleLaunch(
+  o: {
+    sampleMeasurement?: string;
+    initData?: string;
+  },
+  /** Init-data made by the command itself (`cloister train`), used instead of a file. */
+  made?: { format: 'toml' | 'json'; body: string },
+): Promise<InsecureSampleOptions> {
   const { sampleHostData } = await import('../tee/evidence/index.js');
   const out: InsecureSampleOptions = {};
   if (o.sampleMeasurement !== undefined) out.measurement = o.sampleMeasurement;
-  if (o.initData !== undefined) {
+  if (made) {
+    out.hostData = await sampleHostData(made);
+  } else if (o.initData !== undefined) {
     const file = o.initData;
     let body: string;
     try {

@@ -8,7 +8,7 @@ import { readFile } from 'node:fs/promises';
 import { checkListen, probeListen, readTlsFiles } from '../http/index.js';
 import type { UnsealKey } from '../seal/index.js';
 import type { KbsClient } from '../tee/index.js';
-import { KekCache, PrivateDir, resourcePathOf } from '../tee/index.js';
+import { KekCache, PrivateDir, resourcePathOf, softwareIdentity } from '../tee/index.js';
 import type { AttestationDocument } from '../wire/index.js';
 import type { ServerTee } from './attestation.js';
 import { realEngines } from './engines.js';
@@ -16,7 +16,6 @@ import { type LoadedModel, loadSealedModel } from './load.js';
 import { RequestQueue } from './queue.js';
 import { type InferenceServerOptions, startInferenceServer } from './server.js';
 import { decodeServingKeys, type SharedServingKeys } from './serving-keys.js';
-import { softwareIdentity } from './software.js';
 import { loadUiAssets } from './ui.js';
 
 export interface InferenceOptions

@@ -3,10 +3,15 @@
  * private directory, `cloister run`, the agent's local API and run receipts. The evidence collectors
  * (evidence/index.ts) and the default paths (defaults.ts) have light doors of their own.
  */ export { serveAgentApi } from './api.js';
+export { ConfinedDir } from './confined.js';
 export type { CpuAttester, CpuKind } from './evidence/types.js';
+export { type SealedOutput, sealInto, type UnsealedFile, unsealInto } from './files.js';
 export { KbsClient } from './kbs-client.js';
 export type { SampleEvidenceForm } from './keys.js';
-export { AgentError, KekCache, kbsAttester, resourcePathOf } from './keys.js';
+export { AgentError, KekCache, kbsAttester, type ResourceSource, resourcePathOf } from './keys.js';
+export { findProgram, parentDeathWrapper, startGroupWatcher } from './lifetime.js';
+export type { PrivateDirOptions } from './private-dir.js';
 export { onTerminationSignal, PrivateDir, zeroAndUnlink } from './private-dir.js';
 export { verifyReceipt } from './receipt.js';
 export { runWorkload } from './run.js';
+export { softwareIdentity } from './software.js';

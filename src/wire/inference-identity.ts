@@ -28,7 +28,7 @@ export interface ModelIdentity {
 export interface SoftwareIdentity {
   name: 'cloister';
   version: string;
-  /** `sha256:<hex>` over the server's code (see softwareDigest in src/infer/software.ts). */
+  /** `sha256:<hex>` over the server's code (see softwareIdentity in src/tee/software.ts). */
   digest: string;
 }
 

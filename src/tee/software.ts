@@ -1,5 +1,5 @@
 /**
- * The server's software identity (Node-only): the package version and a digest over its compiled
+ * The software identity (Node-only) of an attested server or trainer: the package version and a digest over its compiled
  * code, so that an attested server also says which Cloister build answers. In a TEE the launch
  * measurement covers the image this code came in; the digest lets a client pin the build without
  * knowing how the image was assembled.

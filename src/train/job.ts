@@ -1,0 +1,685 @@
+/**
+ * `cloister train JOB` (Node-only): a training job run inside the TEE, from a manifest to sealed
+ * outputs and a signed training receipt. docs/training.md.
+ *
+ * Order, and why (as `cloister run`, src/tee/run.ts):
+ *   1. prepareJob reads the manifest and the trainer (the BYO trainer's files are read into memory
+ *      and hashed here, and run from those bytes: the host cannot swap them after they were hashed);
+ *      the job id and the trainer digest go into the TEE's init-data, so the evidence names both;
+ *   2. the receipt key is made and bound (with the job id) into evidence before anything else;
+ *   3. every sealed input is hashed and checked against the manifest before the broker is asked for
+ *      a key, so a substituted input releases nothing;
+ *   4. every KEK (inputs, starting model, recipients) is fetched before the first byte is unsealed;
+ *   5. checkpoints are sealed before they leave memory and chained; the broker's counter refuses a
+ *      rollback (checkpoint.ts);
+ *   6. outputs are sealed only when training ended normally; the receipt is written and its digest
+ *      appended to the broker's transparency log; the private directory is wiped on every path.
+ */
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdir, readFile, realpath, writeFile } from 'node:fs/promises';
+import { constants } from 'node:os';
+import { basename, dirname, isAbsolute, join, normalize, resolve } from 'node:path';
+import type { Recipient } from '../seal/index.js';
+import { openSealedPath, type SealedPath } from '../seal/node.js';
+import {
+  ConfinedDir,
+  type CpuAttester,
+  type CpuKind,
+  findProgram,
+  KekCache,
+  onTerminationSignal,
+  PrivateDir,
+  type PrivateDirOptions,
+  parentDeathWrapper,
+  type ResourceSource,
+  type SealedOutput,
+  sealInto,
+  softwareIdentity,
+  startGroupWatcher,
+  type UnsealedFile,
+  unsealInto,
+} from '../tee/index.js';
+import { canonicalizeBytes } from '../util/index.js';
+import { type CheckpointCounter, type CheckpointRecord, CheckpointStore } from './checkpoint.js';
+import { TrainError } from './errors.js';
+import { type Manifest, type ParsedManifest, parseManifest, trainInitData } from './manifest.js';
+import type { BuiltinTrainer, StepReport, TrainerInput } from './trainer.js';
+
+/** What the job needs from the key broker: keys, the checkpoint counter and the receipt log. */
+export interface TrainBroker extends ResourceSource, CheckpointCounter {
+  appendReceipt(job: string, envelope: Uint8Array): Promise<{ logIndex: number; sha256: string }>;
+}
+
+export interface TrainerFile {
+  /** As the manifest names it, relative to the manifest's folder. */
+  path: string;
+  sha256: string;
+  bytes: Uint8Array;
+}
+
+/** The trainer as the receipt names it; its digest is what key policies approve. */
+export type TrainerIdentity =
+  | { kind: 'builtin'; name: 'mlp' | 'llama'; software: { name: string; version: string; digest: string } }
+  | {
+      kind: 'command';
+      argv: string[];
+      program: { path: string; sha256: string };
+      files: { path: string; sha256: string }[];
+    };
+
+export interface PreparedJob {
+  manifestPath: string;
+  /** The manifest's folder: relative paths in it are relative to this. */
+  base: string;
+  parsed: ParsedManifest;
+  trainer: TrainerIdentity;
+  /** `sha256:<hex>` of JCS(trainer): what the init-data and the receipt carry. */
+  trainerDigest: string;
+  /** The BYO trainer's files, read once. */
+  files: TrainerFile[];
+  /** The CoCo init-data the TEE launches with (sample TEE: set by the runner). */
+  initData: { format: 'json'; body: string };
+}
+
+const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+
+/** A path in the manifest, resolved against its folder. */
+const under = (base: string, p: string) => (isAbsolute(p) ? p : join(base, p));
+
+async function trainerOf(
+  m: Manifest,
+  base: string,
+  command: string[] | undefined,
+): Promise<{ trainer: TrainerIdentity; files: TrainerFile[] }> {
+  if ('builtin' in m.trainer) {
+    if (command && command.length > 0)
+      throw new TrainError(
+        'bad-manifest',
+        `job manifest: trainer.builtin is ${m.trainer.builtin}, but a command was given after --; name it in trainer.command instead`,
+      );
+    return {
+      trainer: { kind: 'builtin', name: m.trainer.builtin, software: await softwareIdentity() },
+      files: [],
+    };
+  }
+  const argv = command && command.length > 0 ? command : m.trainer.command;
+  if (command && command.length > 0 && JSON.stringify(command) !== JSON.stringify(m.trainer.command))
+    throw new TrainError(
+      'bad-manifest',
+      `the command after -- (${command.join(' ')}) is not the manifest's trainer.command (${m.trainer.command.join(' ')})`,
+    );
+  const files: TrainerFile[] = [];
+  for (const [i, f] of m.trainer.files.entries()) {
+    const rel = normalize(f.path);
+    if (isAbsolute(rel) || rel.startsWith('..'))
+      throw new TrainError(
+        'bad-manifest',
+        `job manifest: trainer.files[${i}].path must be inside the manifest's folder, got ${f.path}`,
+      );
+    let bytes: Uint8Array;
+    try {
+      bytes = new Uint8Array(await readFile(join(base, rel)));
+    } catch (e) {
+      throw new TrainError(
+        'bad-manifest',
+        `job manifest: trainer.files[${i}]: cannot read ${f.path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+      );
+    }
+    const digest = sha256(bytes);
+    if (f.sha256 && f.sha256 !== digest)
+      throw new TrainError(
+        'trainer-digest',
+        `trainer file ${f.path} has sha256 ${digest}, not the ${f.sha256} the manifest pins`,
+      );
+    files.push({ path: rel, sha256: digest, bytes });
+  }
+  const program = await realpath(await findProgram(argv[0]!, process.env.PATH));
+  return {
+    trainer: {
+      kind: 'command',
+      argv,
+      program: { path: program, sha256: sha256(new Uint8Array(await readFile(program))) },
+      files: files.map(({ path, sha256 }) => ({ path, sha256 })),
+    },
+    files,
+  };
+}
+
+/** Reads and checks the manifest and the trainer; nothing is asked of a broker or a TEE yet. */
+export async function prepareJob(manifestPath: string, command?: string[]): Promise<PreparedJob> {
+  let bytes: Uint8Array;
+  try {
+    bytes = new Uint8Array(await readFile(manifestPath));
+  } catch (e) {
+    throw new TrainError(
+      'bad-manifest',
+      `cannot read the job manifest ${manifestPath}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+    );
+  }
+  const parsed = await parseManifest(bytes);
+  const base = dirname(resolve(manifestPath));
+  const { trainer, files } = await trainerOf(parsed.manifest, base, command);
+  const trainerDigest = `sha256:${sha256(canonicalizeBytes(trainer))}`;
+  return {
+    manifestPath,
+    base,
+    parsed,
+    trainer,
+    trainerDigest,
+    files,
+    initData: { format: 'json', body: trainInitData(parsed.job, trainerDigest) },
+  };
+}
+
+/** One step as the progress line and the metrics log see it. */
+export interface StepEvent extends StepReport {
+  totalSteps: number;
+  elapsedMs: number;
+}
+
+export interface RunJobOptions {
+  broker: TrainBroker;
+  tee: { kind: CpuKind; attester: CpuAttester };
+  /** Where sealed outputs and training-receipt.json go. */
+  outputDir: string;
+  privateDir: PrivateDirOptions;
+  log: (line: string) => void;
+  /** Every step of a built-in trainer. */
+  onStep?: (e: StepEvent) => void;
+  /** Every metrics record (built-in: each step and each evaluation; BYO: what the trainer reports). */
+  onMetrics?: (m: Record<string, number>) => void;
+  /** Built-in trainers: end as if killed after this many steps of this run (rehearsing a crash). */
+  stopAfterSteps?: number;
+  /** The built-in trainers; the CLI passes the registry (builtins.ts), tests may pass their own. */
+  builtins: Record<string, (input: TrainerInput) => Promise<BuiltinTrainer>>;
+  /** BYO trainers: serves the training API (api.ts) for the session on a Unix socket. */
+  serveApi?: (socketPath: string, session: TrainingSessionLike) => Promise<{ close(): Promise<void> }>;
+  /** Builds and signs the receipt (receipt.ts); returns the DSSE envelope's JSON bytes. */
+  signReceipt: (facts: TrainingFacts) => Promise<Uint8Array>;
+  /** Grace period after forwarding a signal before the BYO trainer is killed; default 10 s. */
+  killAfterMs?: number;
+}
+
+/** What the BYO training API needs from the job (the api module's TrainingSession). */
+export interface TrainingSessionLike {
+  info: {
+    job: string;
+    name: string;
+    hyperparameters: Record<string, unknown>;
+    seed: number;
+    inputs: Record<string, string>;
+    outputDir: string;
+    startModel?: string;
+  };
+  latest(): Promise<{ number: number; step: number; state: Uint8Array } | null>;
+  save(state: Uint8Array, step: number): Promise<{ number: number; sha256: string }>;
+  metrics(m: Record<string, number>): void;
+  finish(m?: Record<string, number>): void;
+}
+
+/** Everything the training receipt states (receipt.ts turns it into the in-toto predicate). */
+export interface TrainingFacts {
+  job: string;
+  name: string;
+  inputs: { name: string; sealedSha256: string; kbs: string }[];
+  startModel?: { sealedSha256: string; kbs: string };
+  trainer: TrainerIdentity;
+  trainerDigest: string;
+  hyperparameters: Record<string, unknown>;
+  seed: number;
+  checkpoints: CheckpointRecord[];
+  metrics: Record<string, number>;
+  outputs: SealedOutput[];
+  startedAt: string;
+  endedAt: string;
+  /** The broker's EAR token for this run. */
+  ear: string;
+}
+
+export interface JobResult {
+  /** 0: trained and sealed; otherwise the exit status (a signal's 128+n, a trainer's status). */
+  status: number;
+  outputs: SealedOutput[];
+  receiptPath?: string;
+  logIndex?: number;
+  checkpoints: CheckpointRecord[];
+  metrics: Record<string, number>;
+}
+
+async function recipientsOf(
+  p: PreparedJob,
+  model: SealedPath | undefined,
+  keys: KekCache,
+): Promise<Recipient[]> {
+  let uris = p.parsed.manifest.recipients;
+  if (uris.length === 0) {
+    // The default the mission asks for: the result belongs to whoever owns the starting model.
+    uris = model!.header.recipients.filter((r) => r.type === 'kbs').map((r) => r.keyId);
+    if (uris.length === 0)
+      throw new TrainError(
+        'bad-manifest',
+        'job manifest: outputs.recipients is empty and the starting model has no key-broker recipient to default to',
+      );
+  }
+  const out: Recipient[] = [];
+  for (const uri of uris) out.push({ type: 'kbs', uri, kek: (await keys.get(uri)).secret });
+  return out;
+}
+
+/** Opens a sealed input and checks its digest against the manifest before any key is asked for. */
+async function openChecked(path: string, expected: string, field: string): Promise<SealedPath> {
+  let digest: string;
+  try {
+    const h = createHash('sha256');
+    for await (const chunk of createReadStream(path, { highWaterMark: 4 << 20 })) h.update(chunk as Buffer);
+    digest = h.digest('hex');
+  } catch (e) {
+    throw new TrainError(
+      'bad-input',
+      `${field}: cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+    );
+  }
+  if (digest !== expected)
+    throw new TrainError(
+      'input-digest',
+      `${field}: ${path} has sha256 ${digest}, not the ${expected} the manifest names: refusing it`,
+    );
+  return openSealedPath(path);
+}
+
+function noSpace(e: unknown, where: string): unknown {
+  return (e as NodeJS.ErrnoException)?.code === 'ENOSPC'
+    ? new TrainError('no-space', `no space left in ${where}; nothing was sealed`)
+    : e;
+}
+
+/** Runs a prepared job in the TEE. */
+export async function runJob(p: PreparedJob, o: RunJobOptions): Promise<JobResult> {
+  const { manifest, job } = p.parsed;
+  const keys = new KekCache(o.broker);
+  const opened: ConfinedDir[] = [];
+  const sealedInputs: SealedPath[] = [];
+  let dir: PrivateDir | undefined;
+  let stopSignal: NodeJS.Signals | undefined;
+  let child: ReturnType<typeof spawn> | undefined;
+  const offSignals = onTerminationSignal((sig) => {
+    stopSignal ??= sig;
+    if (child) {
+      o.log(`${sig}: passing it to the trainer`);
+      const group = -child.pid!;
+      signalGroup(group, sig);
+      setTimeout(() => signalGroup(group, 'SIGKILL'), o.killAfterMs ?? 10_000).unref();
+    } else o.log(`${sig}: stopping after this step`);
+  });
+  try {
+    o.log(`job ${manifest.name} (${job.slice(0, 12)}…), trainer ${describeTrainer(p.trainer)}`);
+    o.log(`TEE: ${o.tee.kind} (${o.tee.attester.source})`);
+    if (o.tee.attester.insecure)
+      o.log('WARNING: the sample TEE is software only; never trust it with secrets');
+
+    dir = await PrivateDir.create({ ...o.privateDir, warn: o.privateDir.warn ?? o.log });
+    const outputs = await ConfinedDir.open(o.outputDir, true);
+    opened.push(outputs);
+    await outputs.checkTarget(RECEIPT_FILE);
+    const ckptDir = await ConfinedDir.open(under(p.base, manifest.checkpoints.dir), true);
+    opened.push(ckptDir);
+
+    for (const [i, input] of manifest.inputs.entries())
+      sealedInputs.push(await openChecked(under(p.base, input.path), input.sha256, `inputs[${i}]`));
+    const model = manifest.model
+      ? await openChecked(under(p.base, manifest.model.path), manifest.model.sha256, 'model')
+      : undefined;
+
+    o.log('attesting to the key broker');
+    const ear = await o.broker.token();
+    for (const [i, s] of sealedInputs.entries()) await keys.forHeader(s.header, `inputs[${i}]`);
+    if (model) await keys.forHeader(model.header, 'model');
+    const recipients = await recipientsOf(p, model, keys);
+    o.log(
+      `keys released; outputs and checkpoints sealed to ${recipients.map((r) => (r as { uri: string }).uri).join(', ')}`,
+    );
+
+    const inDir = join(dir.path, 'inputs');
+    const outDir = join(dir.path, 'outputs');
+    await mkdir(inDir, { mode: 0o700 });
+    await mkdir(outDir, { mode: 0o700 });
+    const unsealed: UnsealedFile[] = [];
+    for (const [i, s] of sealedInputs.entries()) {
+      const input = manifest.inputs[i]!;
+      const name = safeName(s.header.name || basename(input.path).replace(/\.sealed$/, ''), input.name);
+      const u = await unsealInto(s, `inputs[${i}]`, inDir, `${i}-${name}`, keys).catch((e) => {
+        throw noSpace(e, dir!.path);
+      });
+      // Read twice (hash, then unseal): the second read must be the file the first one checked.
+      if (u.sealedSha256 !== input.sha256)
+        throw new TrainError('input-digest', `inputs[${i}]: ${input.path} changed while it was being read`);
+      unsealed.push(u);
+      o.log(`unsealed inputs[${i}] ${input.name} (${u.size} bytes)`);
+    }
+    let startModel: UnsealedFile | undefined;
+    if (model) {
+      const name = safeName(model.header.name || 'model', 'model');
+      startModel = await unsealInto(model, 'model', dir.path, `model-${name}`, keys).catch((e) => {
+        throw noSpace(e, dir!.path);
+      });
+      if (startModel.sealedSha256 !== manifest.model!.sha256)
+        throw new TrainError(
+          'input-digest',
+          `model: ${manifest.model!.path} changed while it was being read`,
+        );
+      o.log(`unsealed the starting model (${startModel.size} bytes)`);
+    }
+
+    const store = new CheckpointStore({
+      dir: ckptDir,
+      job,
+      trainer: p.trainerDigest,
+      recipients,
+      keys,
+      counter: o.broker,
+    });
+    const startedAt = new Date();
+    const run = 'builtin' in manifest.trainer ? runBuiltin : runCommand;
+    const ended = await run(p, o, {
+      store,
+      dir,
+      inputs: manifest.inputs.map((x, i) => ({ name: x.name, path: unsealed[i]!.path })),
+      ...(startModel ? { startModel: { name: startModel.name, path: startModel.path } } : {}),
+      outDir,
+      stopped: () => stopSignal,
+      setChild: (c) => {
+        child = c;
+      },
+    });
+    const endedAt = new Date();
+    const result: JobResult = {
+      status: ended.status,
+      outputs: [],
+      checkpoints: store.chain,
+      metrics: ended.metrics,
+    };
+    if (stopSignal) {
+      o.log(
+        `stopped by ${stopSignal}; not sealing outputs (resume from checkpoint ${store.latest?.number ?? 'none'})`,
+      );
+      result.status = 128 + (constants.signals[stopSignal] ?? 15);
+      return result;
+    }
+    if (ended.status !== 0) return result;
+
+    const produced = await ConfinedDir.open(outDir);
+    opened.push(produced);
+    const files = await produced.listFiles((rel, why) => o.log(`not sealed: outputs/${rel} is ${why}`));
+    if (files.length === 0)
+      throw new TrainError('trainer-failed', 'the trainer ended without writing any output');
+    for (const rel of files) await outputs.checkTarget(`${rel}.sealed`);
+    for (const rel of files) {
+      const s = await sealInto(produced, rel, outputs, recipients).catch((e) => {
+        throw noSpace(e, o.outputDir);
+      });
+      result.outputs.push(s);
+      o.log(`sealed ${rel} → ${join(outputs.shown, s.file)}`);
+    }
+    const envelope = await o.signReceipt({
+      job,
+      name: manifest.name,
+      inputs: unsealed.map((u, i) => ({
+        name: manifest.inputs[i]!.name,
+        sealedSha256: u.sealedSha256,
+        kbs: u.kbsUri,
+      })),
+      ...(startModel
+        ? { startModel: { sealedSha256: startModel.sealedSha256, kbs: startModel.kbsUri } }
+        : {}),
+      trainer: p.trainer,
+      trainerDigest: p.trainerDigest,
+      hyperparameters: manifest.hyperparameters,
+      seed: manifest.seed,
+      checkpoints: store.chain,
+      metrics: ended.metrics,
+      outputs: result.outputs,
+      startedAt: startedAt.toISOString(),
+      endedAt: endedAt.toISOString(),
+      ear,
+    });
+    await outputs.writeFile(RECEIPT_FILE, 0o644, (fh) => fh.writeFile(envelope));
+    result.receiptPath = join(outputs.shown, RECEIPT_FILE);
+    o.log(`receipt: ${result.receiptPath}`);
+    const appended = await o.broker.appendReceipt(job, envelope);
+    result.logIndex = appended.logIndex;
+    o.log(
+      `receipt sha256 ${appended.sha256} appended to the broker's transparency log (entry ${appended.logIndex})`,
+    );
+    return result;
+  } finally {
+    offSignals();
+    for (const d of opened) await d.close();
+    for (const s of sealedInputs) await s.close();
+    dir?.wipe();
+    await keys.clear();
+  }
+}
+
+export const RECEIPT_FILE = 'training-receipt.json';
+
+function describeTrainer(t: TrainerIdentity): string {
+  return t.kind === 'builtin' ? `built-in ${t.name}` : t.argv.join(' ');
+}
+
+function safeName(name: string, fallback: string): string {
+  const n = basename(name).replace(/[^A-Za-z0-9._-]/g, '_');
+  return n && n !== '.' && n !== '..' ? n : fallback;
+}
+
+function signalGroup(group: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(group, sig);
+  } catch {
+    // The group is gone already.
+  }
+}
+
+interface Stage {
+  store: CheckpointStore;
+  dir: PrivateDir;
+  inputs: { name: string; path: string }[];
+  startModel?: { name: string; path: string };
+  outDir: string;
+  stopped: () => NodeJS.Signals | undefined;
+  setChild: (c: ReturnType<typeof spawn> | undefined) => void;
+}
+
+interface Ended {
+  status: number;
+  metrics: Record<string, number>;
+}
+
+async function runBuiltin(p: PreparedJob, o: RunJobOptions, s: Stage): Promise<Ended> {
+  const { manifest } = p.parsed;
+  const name = (manifest.trainer as { builtin: string }).builtin;
+  const factory = o.builtins[name];
+  if (!factory)
+    throw new TrainError('bad-manifest', `job manifest: trainer.builtin ${name} is not available here`);
+  const trainer = await factory({
+    inputs: s.inputs,
+    ...(s.startModel ? { startModel: s.startModel } : {}),
+    hyperparameters: manifest.hyperparameters,
+    seed: manifest.seed,
+  });
+  try {
+    const resumed = await s.store.resume();
+    if (resumed) {
+      try {
+        trainer.loadState(resumed.state);
+      } catch (e) {
+        throw new TrainError(
+          'checkpoint-state',
+          `checkpoint ${resumed.record.number} does not fit this trainer: ${(e as Error).message}`,
+        );
+      } finally {
+        resumed.state.fill(0);
+      }
+      o.log(`resumed from checkpoint ${resumed.record.number} (step ${resumed.record.step})`);
+    } else {
+      const before = await trainer.evaluate();
+      o.onMetrics?.({ step: 0, ...before });
+      o.log(`untrained: ${formatMetrics(before)}`);
+    }
+    const every = manifest.checkpoints;
+    const started = Date.now();
+    let lastCheckpoint = started;
+    let steps = 0;
+    let last: StepReport | undefined;
+    while (trainer.completedSteps < trainer.totalSteps) {
+      if (s.stopped()) {
+        // A clean stop keeps the work done: one more checkpoint, then out.
+        if (last && s.store.latest?.step !== last.step) await s.store.save(trainer.saveState(), last.step);
+        return { status: 1, metrics: {} };
+      }
+      last = await trainer.step();
+      steps++;
+      o.onStep?.({ ...last, totalSteps: trainer.totalSteps, elapsedMs: Date.now() - started });
+      o.onMetrics?.({ step: last.step, loss: last.loss });
+      const due =
+        (every.everySteps > 0 && last.step % every.everySteps === 0) ||
+        (every.everyMinutes > 0 && Date.now() - lastCheckpoint >= every.everyMinutes * 60_000);
+      if (due && last.step < trainer.totalSteps) {
+        const r = await s.store.save(trainer.saveState(), last.step);
+        lastCheckpoint = Date.now();
+        o.log(`checkpoint ${r.number} at step ${r.step} sealed`);
+      }
+      if (o.stopAfterSteps !== undefined && steps >= o.stopAfterSteps) {
+        o.log(`stopping after ${steps} steps as asked (--stop-after)`);
+        return { status: 75, metrics: {} };
+      }
+    }
+    const final = await trainer.evaluate();
+    const metrics = { step: trainer.completedSteps, ...(last ? { loss: last.loss } : {}), ...final };
+    o.onMetrics?.(metrics);
+    o.log(`trained: ${formatMetrics(final)}`);
+    for (const f of await trainer.exportModel()) {
+      await writeFile(join(s.outDir, safeName(f.name, 'model')), f.bytes, { mode: 0o600, flag: 'wx' }).catch(
+        (e) => {
+          throw noSpace(e, s.dir.path);
+        },
+      );
+    }
+    return { status: 0, metrics };
+  } finally {
+    trainer.dispose();
+  }
+}
+
+function formatMetrics(m: Record<string, number>): string {
+  return Object.entries(m)
+    .map(([k, v]) => `${k} ${Number.isInteger(v) ? v : v.toPrecision(4)}`)
+    .join(', ');
+}
+
+async function runCommand(p: PreparedJob, o: RunJobOptions, s: Stage): Promise<Ended> {
+  const { manifest, job } = p.parsed;
+  if (!o.serveApi) throw new TrainError('trainer-failed', 'no training API available for a command trainer');
+  const trainer = p.trainer as Extract<TrainerIdentity, { kind: 'command' }>;
+  // The trainer's files run from the bytes that were hashed, copied into the private directory.
+  const work = join(s.dir.path, 'trainer');
+  await mkdir(work, { mode: 0o700 });
+  for (const f of p.files) {
+    await mkdir(dirname(join(work, f.path)), { recursive: true, mode: 0o700 });
+    await writeFile(join(work, f.path), f.bytes, { mode: 0o700 });
+  }
+  let resumed = await s.store.resume();
+  let metrics: Record<string, number> = {};
+  let finished: Record<string, number> | undefined;
+  const session: TrainingSessionLike = {
+    info: {
+      job,
+      name: manifest.name,
+      hyperparameters: manifest.hyperparameters,
+      seed: manifest.seed,
+      inputs: Object.fromEntries(s.inputs.map((i) => [i.name, i.path])),
+      outputDir: s.outDir,
+      ...(s.startModel ? { startModel: s.startModel.path } : {}),
+    },
+    async latest() {
+      if (resumed) {
+        const r = resumed;
+        return { number: r.record.number, step: r.record.step, state: r.state };
+      }
+      return null;
+    },
+    async save(state, step) {
+      const r = await s.store.save(state, step);
+      // What a resume would load from now on is what was just saved.
+      resumed = { record: r, state: state.slice() };
+      o.log(`checkpoint ${r.number} at step ${step} sealed`);
+      return { number: r.number, sha256: r.sealedSha256 };
+    },
+    metrics(m) {
+      metrics = { ...metrics, ...m };
+      o.onMetrics?.(m);
+    },
+    finish(m) {
+      finished = { ...metrics, ...(m ?? {}) };
+    },
+  };
+  if (resumed)
+    o.log(
+      `checkpoint ${resumed.record.number} (step ${resumed.record.step}) is ready for the trainer to load`,
+    );
+  const socketPath = join(s.dir.path, 'train.sock');
+  const api = await o.serveApi(socketPath, session);
+  const watcher = startGroupWatcher(o.log);
+  try {
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      CLOISTER_TRAIN_SOCKET: socketPath,
+      CLOISTER_PRIVATE_DIR: s.dir.path,
+      CLOISTER_OUTPUT_DIR: s.outDir,
+      CLOISTER_JOB: job,
+    };
+    for (const i of s.inputs)
+      env[`CLOISTER_INPUT_${i.name.toUpperCase().replace(/[^A-Z0-9]/g, '_')}`] = i.path;
+    const pdeath = await parentDeathWrapper(env.PATH);
+    if ('unavailable' in pdeath)
+      o.log(`WARNING: no parent-death signal for the trainer: ${pdeath.unavailable}`);
+    const argv = [
+      ...('wrapper' in pdeath ? pdeath.wrapper : []),
+      trainer.program.path,
+      ...trainer.argv.slice(1),
+    ];
+    o.log(`running ${trainer.argv.join(' ')}`);
+    const oldMask = process.umask(0o077);
+    const exit = await new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res, rej) => {
+      const c = spawn(argv[0]!, argv.slice(1), { env, cwd: work, stdio: 'inherit', detached: true });
+      s.setChild(c);
+      if (c.pid) watcher.arm(c.pid);
+      c.once('error', (e) =>
+        rej(
+          new TrainError(
+            'trainer-failed',
+            `cannot run ${trainer.argv[0]}: ${(e as NodeJS.ErrnoException).code ?? e.message}`,
+          ),
+        ),
+      );
+      c.once('exit', (code, signal) => {
+        signalGroup(-c.pid!, 'SIGKILL');
+        res({ code, signal });
+      });
+    }).finally(() => process.umask(oldMask));
+    s.setChild(undefined);
+    const status = exit.code ?? 128 + (constants.signals[exit.signal!] ?? 0);
+    if (s.stopped()) return { status, metrics };
+    if (status !== 0)
+      throw new TrainError(
+        'trainer-failed',
+        `the trainer ${exit.signal ? `was ended by ${exit.signal}` : `exited with status ${status}`}; nothing was sealed (resume from checkpoint ${s.store.latest?.number ?? 'none'})`,
+      );
+    return { status: 0, metrics: finished ?? metrics };
+  } finally {
+    watcher.release();
+    await api.close();
+    resumed?.state.fill(0);
+  }
+}

@@ -1,0 +1,195 @@
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { InsecureSampleAttester } from '../../src/tee/evidence/index.js';
+import { TrainError } from '../../src/train/errors.js';
+import {
+  type PreparedJob,
+  prepareJob,
+  type RunJobOptions,
+  runJob,
+  type TrainingFacts,
+} from '../../src/train/job.js';
+import { utf8 } from '../../src/util/bytes.js';
+import { MemoryBroker, sealText, toyTrainer } from './fake.js';
+
+const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+
+let work: string;
+let shm: string;
+let broker: MemoryBroker;
+let facts: TrainingFacts[];
+
+beforeEach(async () => {
+  work = mkdtempSync(join(tmpdir(), 'cloister-train-'));
+  shm = mkdtempSync('/dev/shm/cloister-train-');
+  broker = new MemoryBroker();
+  facts = [];
+  await broker.addKek('data/corpus/key');
+  await broker.addKek('owner/model/key');
+});
+afterEach(() => {
+  rmSync(work, { recursive: true, force: true });
+  rmSync(shm, { recursive: true, force: true });
+});
+
+async function job(extra: Record<string, unknown> = {}): Promise<string> {
+  const sealed = await sealText(broker, 'data/corpus/key', 'the quick brown fox', 'corpus.txt');
+  writeFileSync(join(work, 'corpus.txt.sealed'), sealed);
+  const manifest = {
+    version: 1,
+    name: 'toy',
+    inputs: [{ name: 'corpus', path: 'corpus.txt.sealed', sha256: sha(sealed) }],
+    trainer: { builtin: 'mlp' },
+    hyperparameters: { steps: 12 },
+    seed: 3,
+    outputs: { recipients: ['kbs:///owner/model/key'] },
+    checkpoints: { everySteps: 4 },
+    ...extra,
+  };
+  const path = join(work, 'job.json');
+  writeFileSync(path, JSON.stringify(manifest));
+  return path;
+}
+
+function options(over: Partial<RunJobOptions> = {}): RunJobOptions {
+  return {
+    broker,
+    tee: { kind: 'sample', attester: new InsecureSampleAttester() },
+    outputDir: join(work, 'out'),
+    privateDir: { parent: shm },
+    log: () => {},
+    builtins: { mlp: toyTrainer },
+    signReceipt: async (f) => {
+      facts.push(f);
+      return utf8.encode(JSON.stringify({ payload: f.job }));
+    },
+    ...over,
+  };
+}
+
+const model = () => readFileSync(join(work, 'out', 'model.txt.sealed'));
+
+describe('runJob (built-in trainer)', () => {
+  it('trains, seals checkpoints in a chain and the model to the owner, and appends the receipt', async () => {
+    const p = await prepareJob(await job());
+    const r = await runJob(p, options());
+    expect(r.status).toBe(0);
+    expect(r.outputs.map((o) => o.file)).toEqual(['model.txt.sealed']);
+    expect(r.outputs[0]!.recipients).toEqual(['kbs:///owner/model/key']);
+    expect(r.checkpoints.map((c) => [c.number, c.step])).toEqual([
+      [1, 4],
+      [2, 8],
+    ]);
+    expect(r.checkpoints[1]!.prev).toBe(r.checkpoints[0]!.sealedSha256);
+    expect(broker.heads.get(p.parsed.job)).toEqual({ number: 2, sha256: r.checkpoints[1]!.sealedSha256 });
+    expect(facts[0]!.inputs[0]).toMatchObject({ name: 'corpus', kbs: 'kbs:///data/corpus/key' });
+    expect(facts[0]!.trainer).toMatchObject({ kind: 'builtin', name: 'mlp' });
+    expect(broker.receipts).toHaveLength(1);
+    expect(readdirSync(shm)).toEqual([]);
+    expect(readdirSync(join(work, 'checkpoints')).sort()).toEqual([
+      'ckpt-000001.sealed',
+      'ckpt-000002.sealed',
+    ]);
+  });
+
+  it('resumes after a stop from the newest checkpoint and ends with the same model as an uninterrupted run', async () => {
+    const path = await job();
+    await runJob(await prepareJob(path), options());
+    const straight = model();
+    rmSync(join(work, 'out'), { recursive: true });
+    rmSync(join(work, 'checkpoints'), { recursive: true });
+    broker.heads.clear();
+
+    const p = await prepareJob(path);
+    const first = await runJob(p, options({ stopAfterSteps: 6 }));
+    expect(first.status).toBe(75);
+    expect(readdirSync(join(work, 'out'))).toEqual([]);
+    const logs: string[] = [];
+    const second = await runJob(p, options({ log: (l) => logs.push(l) }));
+    expect(second.status).toBe(0);
+    expect(logs.join('\n')).toMatch(/resumed from checkpoint 1 \(step 4\)/);
+    expect(second.checkpoints.map((c) => c.number)).toEqual([1, 2]);
+    // Sealed output bytes differ (fresh data keys); compare the plaintext through the facts' metrics.
+    expect(facts[1]!.metrics).toEqual(facts[0]!.metrics);
+    expect(straight.length).toBe(model().length);
+  });
+
+  it('refuses a rollback: an older checkpoint put back by the host', async () => {
+    const path = await job();
+    const p = await prepareJob(path);
+    await runJob(p, options({ stopAfterSteps: 9 }));
+    unlinkSync(join(work, 'checkpoints', 'ckpt-000002.sealed'));
+    const e = await runJob(p, options()).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(TrainError);
+    expect((e as TrainError).code).toBe('checkpoint-rollback');
+    expect((e as Error).message).toMatch(/holds checkpoint 2 .* older or another: refusing to roll back/);
+  });
+
+  it('catches up when the run ended between writing a checkpoint and telling the broker', async () => {
+    const p = await prepareJob(await job());
+    await runJob(p, options({ stopAfterSteps: 9 }));
+    broker.heads.set(p.parsed.job, { number: 1, sha256: readHead(1) });
+    const r = await runJob(p, options());
+    expect(r.status).toBe(0);
+  });
+
+  it('refuses a checkpoint that does not decrypt, and one of another job', async () => {
+    const path = await job();
+    const p = await prepareJob(path);
+    await runJob(p, options({ stopAfterSteps: 5 }));
+    const f = join(work, 'checkpoints', 'ckpt-000001.sealed');
+    const good = readFileSync(f);
+    const bad = Buffer.from(good);
+    bad[bad.length - 5]! ^= 1;
+    writeFileSync(f, bad);
+    broker.heads.set(p.parsed.job, { number: 1, sha256: sha(bad) });
+    const e = await runJob(p, options()).catch((x: unknown) => x);
+    expect((e as TrainError).code).toBe('checkpoint-decrypt');
+
+    writeFileSync(f, good);
+    const other = await prepareJob(await job({ name: 'another job' }));
+    const e2 = await runJob(other, options()).catch((x: unknown) => x);
+    expect((e2 as TrainError).code).toBe('checkpoint-chain');
+    expect((e2 as Error).message).toMatch(/belongs to another job/);
+    expect(readdirSync(shm)).toEqual([]);
+  });
+
+  it('refuses an input whose sealed digest is not the manifest’s before any key is released', async () => {
+    const path = await job();
+    const p = await prepareJob(path);
+    writeFileSync(
+      join(work, 'corpus.txt.sealed'),
+      await sealText(broker, 'data/corpus/key', 'other', 'corpus.txt'),
+    );
+    const e = await runJob(p, options()).catch((x: unknown) => x);
+    expect((e as TrainError).code).toBe('input-digest');
+    expect((e as Error).message).toMatch(
+      /^inputs\[0\]: .* has sha256 [0-9a-f]{64}, not the [0-9a-f]{64} the manifest names/,
+    );
+    expect(broker.asked).toEqual([]);
+    expect(readdirSync(shm)).toEqual([]);
+  });
+
+  it('stops with nothing unsealed when a key is refused', async () => {
+    broker.deny.add('data/corpus/key');
+    const p = await prepareJob(await job());
+    await expect(runJob(p, options())).rejects.toThrow(/policy denied data\/corpus\/key/);
+    expect(readdirSync(shm)).toEqual([]);
+    expect(readdirSync(join(work, 'out'))).toEqual([]);
+  });
+
+  it('binds the job and the trainer into init-data', async () => {
+    const p: PreparedJob = await prepareJob(await job());
+    const init = JSON.parse(p.initData.body);
+    expect(init.data['cloister.train.manifest']).toBe(p.parsed.job);
+    expect(init.data['cloister.train.trainer']).toBe(p.trainerDigest);
+    expect(p.parsed.job).toBe(sha(readFileSync(join(work, 'job.json'))));
+  });
+});
+
+function readHead(n: number): string {
+  return sha(readFileSync(join(work, 'checkpoints', `ckpt-${String(n).padStart(6, '0')}.sealed`)));
+}
