@@ -1,0 +1,103 @@
+import { describe, expect, it } from 'vitest';
+import { TrainError } from '../../src/train/errors.js';
+import { parseManifest, trainInitData } from '../../src/train/manifest.js';
+import { utf8 } from '../../src/util/bytes.js';
+
+const SHA = 'a'.repeat(64);
+const good = {
+  version: 1,
+  name: 'tiny',
+  inputs: [{ name: 'corpus', path: 'c.sealed', sha256: SHA }],
+  model: { path: 'm.sealed', sha256: SHA },
+  trainer: { builtin: 'llama' },
+  hyperparameters: { steps: 10 },
+  seed: 1,
+};
+const parse = (v: unknown) => parseManifest(utf8.encode(typeof v === 'string' ? v : JSON.stringify(v)));
+
+async function refusal(v: unknown): Promise<string> {
+  const e = await parse(v).catch((x: unknown) => x);
+  expect(e).toBeInstanceOf(TrainError);
+  expect((e as TrainError).code).toBe('bad-manifest');
+  return (e as Error).message;
+}
+
+describe('job manifests', () => {
+  it('parses a manifest, with defaults, and names the job by the digest of its bytes', async () => {
+    const p = await parse(good);
+    expect(p.job).toMatch(/^[0-9a-f]{64}$/);
+    expect(p.manifest.recipients).toEqual([]);
+    expect(p.manifest.checkpoints).toEqual({ everySteps: 0, everyMinutes: 10, dir: 'checkpoints' });
+    // Another serialisation of the same content is another job.
+    const spaced = await parse(JSON.stringify(good, null, 2));
+    expect(spaced.job).not.toBe(p.job);
+  });
+
+  it('takes a command trainer with pinned files', async () => {
+    const p = await parse({
+      ...good,
+      trainer: { command: ['python3', 'train.py'], files: ['train.py', { path: 'lib.py', sha256: SHA }] },
+    });
+    expect(p.manifest.trainer).toEqual({
+      command: ['python3', 'train.py'],
+      files: [{ path: 'train.py' }, { path: 'lib.py', sha256: SHA }],
+    });
+  });
+
+  it.each([
+    ['not JSON', '{', /^job manifest is not JSON/],
+    ['an array', '[]', /must be a JSON object/],
+    ['an unknown field', { ...good, epochs: 3 }, /^job manifest: epochs is not a known field/],
+    ['a wrong version', { ...good, version: 2 }, /^job manifest: version must be 1/],
+    ['no name', { ...good, name: '' }, /^job manifest: name must be a non-empty string/],
+    [
+      'a bad digest',
+      { ...good, inputs: [{ name: 'c', path: 'c', sha256: 'ABC' }] },
+      /inputs\[0\]\.sha256 must be 64 lower-case hex/,
+    ],
+    [
+      'a repeated input name',
+      { ...good, inputs: [good.inputs[0], good.inputs[0]] },
+      /inputs\[1\]\.name repeats/,
+    ],
+    [
+      'an unknown input field',
+      { ...good, inputs: [{ ...good.inputs[0], url: 'x' }] },
+      /inputs\[0\]\.url is not a known field/,
+    ],
+    [
+      'an unknown builtin',
+      { ...good, trainer: { builtin: 'gpt' } },
+      /trainer\.builtin must be one of mlp, llama/,
+    ],
+    ['an empty command', { ...good, trainer: { command: [] } }, /trainer\.command must be a non-empty array/],
+    ['a bad seed', { ...good, seed: -1 }, /^job manifest: seed must be a whole number/],
+    [
+      'a fractional cadence',
+      { ...good, checkpoints: { everySteps: 1.5 } },
+      /checkpoints\.everySteps must be a whole number/,
+    ],
+    [
+      'a bad recipient',
+      { ...good, outputs: { recipients: ['hpke:x'] } },
+      /outputs\.recipients\[0\] must be kbs:\/\/\//,
+    ],
+    [
+      'no recipient and no model',
+      { ...good, model: undefined },
+      /outputs\.recipients is needed when there is no starting model/,
+    ],
+    ['no inputs for a built-in', { ...good, inputs: [] }, /^job manifest: inputs must name at least one/],
+  ])('refuses %s in one line naming the field', async (_what, doc, re) => {
+    const m = await refusal(doc);
+    expect(m).toMatch(re);
+    expect(m).not.toContain('\n');
+  });
+
+  it('makes init-data that names the job and the trainer, in one fixed serialisation', () => {
+    const body = trainInitData('b'.repeat(64), 'sha256:c');
+    expect(body).toBe(
+      `{"version":"0.1.0","algorithm":"sha256","data":{"cloister.train.manifest":"${'b'.repeat(64)}","cloister.train.trainer":"sha256:c"}}`,
+    );
+  });
+});
