@@ -194,6 +194,6 @@ describe('the house plan (docs/design.md)', () => {
     const users = new Set(
       files.filter((f) => importsOf(f).relative.some((i) => roomOf(i.to) === 'http')).map(roomOf),
     );
-    for (const room of users) expect(['kbs', 'infer', 'tee', 'cli', 'http']).toContain(room);
+    for (const room of users) expect(['kbs', 'infer', 'tee', 'train', 'cli', 'http']).toContain(room);
   });
 });
