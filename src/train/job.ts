@@ -45,6 +45,7 @@ import { canonicalizeBytes } from '../util/index.js';
 import { type CheckpointCounter, type CheckpointRecord, CheckpointStore } from './checkpoint.js';
 import { TrainError } from './errors.js';
 import { type Manifest, type ParsedManifest, parseManifest, trainInitData } from './manifest.js';
+import type { TrainingSession } from './session.js';
 import type { BuiltinTrainer, StepReport, TrainerInput } from './trainer.js';
 
 /** What the job needs from the key broker: keys, the checkpoint counter and the receipt log. */
@@ -195,28 +196,11 @@ export interface RunJobOptions {
   /** The built-in trainers; the CLI passes the registry (builtins.ts), tests may pass their own. */
   builtins: Record<string, (input: TrainerInput) => Promise<BuiltinTrainer>>;
   /** BYO trainers: serves the training API (api.ts) for the session on a Unix socket. */
-  serveApi?: (socketPath: string, session: TrainingSessionLike) => Promise<{ close(): Promise<void> }>;
+  serveApi?: (socketPath: string, session: TrainingSession) => Promise<{ close(): Promise<void> }>;
   /** Builds and signs the receipt (receipt.ts); returns the DSSE envelope's JSON bytes. */
   signReceipt: (facts: TrainingFacts) => Promise<Uint8Array>;
   /** Grace period after forwarding a signal before the BYO trainer is killed; default 10 s. */
   killAfterMs?: number;
-}
-
-/** What the BYO training API needs from the job (the api module's TrainingSession). */
-export interface TrainingSessionLike {
-  info: {
-    job: string;
-    name: string;
-    hyperparameters: Record<string, unknown>;
-    seed: number;
-    inputs: Record<string, string>;
-    outputDir: string;
-    startModel?: string;
-  };
-  latest(): Promise<{ number: number; step: number; state: Uint8Array } | null>;
-  save(state: Uint8Array, step: number): Promise<{ number: number; sha256: string }>;
-  metrics(m: Record<string, number>): void;
-  finish(m?: Record<string, number>): void;
 }
 
 /** Everything the training receipt states (receipt.ts turns it into the in-toto predicate). */
@@ -592,7 +576,7 @@ async function runCommand(p: PreparedJob, o: RunJobOptions, s: Stage): Promise<E
   let resumed = await s.store.resume();
   let metrics: Record<string, number> = {};
   let finished: Record<string, number> | undefined;
-  const session: TrainingSessionLike = {
+  const session: TrainingSession = {
     info: {
       job,
       name: manifest.name,
