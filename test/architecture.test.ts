@@ -65,6 +65,9 @@ const DOORS = new Set([
   'src/tee/defaults.ts',
   'src/kbs/admin-client.ts',
   'src/http/client.ts',
+  // Training receipts and their report, for `cloister receipt` without the trainers' engines.
+  'src/train/receipt.ts',
+  'src/train/report.ts',
 ]);
 
 /** Doors meant for browsers too: nothing behind them may need Node. */

@@ -9,6 +9,7 @@ import { EXIT_USAGE, FlagError } from './io.js';
 import { registerKbs } from './kbs.js';
 import { registerLog } from './log.js';
 import { registerModel } from './model.js';
+import { registerReceipt } from './receipt.js';
 import { registerSealCommands } from './seal.js';
 import { registerServe } from './serve.js';
 import { registerVerify } from './verify.js';
@@ -43,6 +44,7 @@ export async function main(argv: string[]): Promise<number> {
   registerServe(program);
   registerChat(program);
   registerModel(program);
+  registerReceipt(program);
   for (const c of program.commands) c.exitOverride();
   try {
     await program.parseAsync(argv, { from: 'user' });

@@ -143,13 +143,7 @@ let environment: Environment | undefined;
 export function policyEnvironment(): Environment {
   environment ??= new Environment({
     enableOptionalTypes: true,
-    limits: {
-      maxAstNodes: POLICY_LIMITS.maxAstNodes,
-      maxDepth: POLICY_LIMITS.maxDepth,
-      maxListElements: POLICY_LIMITS.maxListElements,
-      maxMapEntries: POLICY_LIMITS.maxMapEntries,
-      maxCallArguments: POLICY_LIMITS.maxCallArguments,
-    },
+    limits: environmentLimits(),
   })
     .registerType('cloister.Submod', {
       ctor: CelSubmod,
@@ -309,19 +303,8 @@ function parseChecked(env: Environment, text: string, source: string, base: numb
  * forbidden function. Compile once and reuse the result: compiling costs far more than evaluating.
  */
 export function compilePolicy(source: string): CompiledPolicy {
-  if (typeof source !== 'string' || source.trim() === '') {
-    throw policyError('policy-empty', 'the policy is empty', typeof source === 'string' ? source : '', 0);
-  }
-  if (source.length > POLICY_LIMITS.maxSourceLength) {
-    throw policyError(
-      'policy-too-large',
-      `the policy is ${source.length} characters; at most ${POLICY_LIMITS.maxSourceLength} are allowed`,
-      source,
-      POLICY_LIMITS.maxSourceLength,
-    );
-  }
   const env = policyEnvironment();
-  const run = parseChecked(env, source, source, 0);
+  const run = parseSource(env, source);
   const cost = estimateCost(run.ast);
   if (cost > POLICY_LIMITS.maxCost) {
     throw policyError(
@@ -334,8 +317,34 @@ export function compilePolicy(source: string): CompiledPolicy {
       0,
     );
   }
+  const conjuncts = splitConjuncts(env, source, run);
+  const costWithErrors = estimateCost(run.ast, { errors: true });
+  return Object.freeze({ source, run, conjuncts: Object.freeze(conjuncts), cost, costWithErrors });
+}
+
+/**
+ * @internal The checks every CEL expression here passes, in `env`: not empty, not too large, valid
+ * CEL, well-typed, boolean, no forbidden function (compilePolicy; document.ts with its own variables).
+ */
+export function parseSource(env: Environment, source: string): ParseResult {
+  if (typeof source !== 'string' || source.trim() === '') {
+    throw policyError('policy-empty', 'the policy is empty', typeof source === 'string' ? source : '', 0);
+  }
+  if (source.length > POLICY_LIMITS.maxSourceLength) {
+    throw policyError(
+      'policy-too-large',
+      `the policy is ${source.length} characters; at most ${POLICY_LIMITS.maxSourceLength} are allowed`,
+      source,
+      POLICY_LIMITS.maxSourceLength,
+    );
+  }
+  return parseChecked(env, source, source, 0);
+}
+
+/** @internal The top-level conjuncts of a checked expression, each with its own evaluator. */
+export function splitConjuncts(env: Environment, source: string, run: ParseResult): Conjunct[] {
   const parts = conjunctsOf(run.ast);
-  const conjuncts = parts.map((node): Conjunct => {
+  return parts.map((node): Conjunct => {
     const text = clauseText(env, source, node);
     const p = position(source, node.start);
     return {
@@ -347,8 +356,17 @@ export function compilePolicy(source: string): CompiledPolicy {
       run: parts.length === 1 ? run : parseClause(env, text, source, node.start),
     };
   });
-  const costWithErrors = estimateCost(run.ast, { errors: true });
-  return Object.freeze({ source, run, conjuncts: Object.freeze(conjuncts), cost, costWithErrors });
+}
+
+/** The limits every environment here is created with (policyEnvironment, document.ts). */
+export function environmentLimits() {
+  return {
+    maxAstNodes: POLICY_LIMITS.maxAstNodes,
+    maxDepth: POLICY_LIMITS.maxDepth,
+    maxListElements: POLICY_LIMITS.maxListElements,
+    maxMapEntries: POLICY_LIMITS.maxMapEntries,
+    maxCallArguments: POLICY_LIMITS.maxCallArguments,
+  };
 }
 
 /**

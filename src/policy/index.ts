@@ -16,6 +16,12 @@ export {
 } from './compile.js';
 export { DEFAULT_RESOURCE_POLICY } from './default.js';
 export {
+  celValue,
+  compileDocumentPolicy,
+  type DocumentPolicy,
+  evaluateDocumentPolicy,
+} from './document.js';
+export {
   type ConjunctOutcome,
   type ExplainedConjunct,
   type Explanation,

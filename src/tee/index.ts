@@ -1,8 +1,21 @@
 /**
  * The front door of what runs inside the TEE (Node-only): the KBS client and the bridge to it, the
- * private directory, `cloister run`, the agent's local API and run receipts. The evidence collectors
- * (evidence/index.ts) and the default paths (defaults.ts) have light doors of their own.
+ * private directory, `cloister run`, the agent's local API, run receipts and attested (DSSE) receipts.
+ * The evidence collectors (evidence/index.ts) and the default paths (defaults.ts) have light doors of
+ * their own.
  */ export { serveAgentApi } from './api.js';
+export {
+  AttestedReceiptError,
+  type AttestedReceiptErrorCode,
+  type AttestedSigner,
+  attestedReportData,
+  createAttestedSigner,
+  type ReceiptAttestation,
+  signStatement,
+  type VerifiedAttestedEnvelope,
+  type VerifyAttestedOptions,
+  verifyAttestedEnvelope,
+} from './attested-receipt.js';
 export { ConfinedDir } from './confined.js';
 export type { CpuAttester, CpuKind } from './evidence/types.js';
 export { type SealedOutput, sealInto, type UnsealedFile, unsealInto } from './files.js';

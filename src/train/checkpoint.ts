@@ -19,18 +19,11 @@ import { bestChunkCipher } from '../seal/node.js';
 import type { ConfinedDir, KekCache } from '../tee/index.js';
 import { canonicalizeBytes, utf8 } from '../util/index.js';
 import { TrainError } from './errors.js';
+import type { CheckpointRecord } from './receipt.js';
+
+export type { CheckpointRecord };
 
 export const CHECKPOINT_TYPE = 'cloister-checkpoint/v1';
-
-/** A checkpoint as the chain (and the receipt) records it. */
-export interface CheckpointRecord {
-  number: number;
-  step: number;
-  /** SHA-256 (hex) of the sealed file's bytes. */
-  sealedSha256: string;
-  /** The predecessor's sealedSha256; null for the first. */
-  prev: string | null;
-}
 
 interface CheckpointMeta {
   type: typeof CHECKPOINT_TYPE;

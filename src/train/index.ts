@@ -1,5 +1,10 @@
 /** The front door of confidential training (Node-only): job manifests, built-in trainers, the job runner. */
 
+export { serveTrainingApi, TRAIN_API_STATUS, TrainApiError } from './api.js';
+export { BUILTIN_TRAINERS, runTrainingJob, type TrainingJobOptions } from './app.js';
+export { TrainError, type TrainErrorCode } from './errors.js';
+export { type JobResult, type PreparedJob, prepareJob, RECEIPT_FILE, type TrainBroker } from './job.js';
+export { type Manifest, parseManifest, trainInitData } from './manifest.js';
 export { type MetricRecord, MetricsError, MetricsLog, parseMetrics } from './metrics.js';
 export {
   createMlpTrainer,
@@ -10,7 +15,6 @@ export {
   type MlpTrainer,
 } from './mlp/index.js';
 export { formatDuration, formatProgress, type ProgressFigures, ThroughputTracker } from './progress.js';
+export type { JobInfo, TrainingSession } from './session.js';
 export { readTable, type Table, type TabularCode, TabularError, type TabularFormat } from './tabular.js';
 export type { BuiltinTrainer, ModelFile, StepReport, TrainerInput } from './trainer.js';
-export { serveTrainingApi, TRAIN_API_STATUS, TrainApiError } from './api.js';
-export type { JobInfo, TrainingSession } from './session.js';

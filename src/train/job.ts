@@ -41,10 +41,10 @@ import {
   type UnsealedFile,
   unsealInto,
 } from '../tee/index.js';
-import { canonicalizeBytes } from '../util/index.js';
 import { type CheckpointCounter, type CheckpointRecord, CheckpointStore } from './checkpoint.js';
 import { TrainError } from './errors.js';
 import { type Manifest, type ParsedManifest, parseManifest, trainInitData } from './manifest.js';
+import { type TrainingFacts, trainerDigest } from './receipt.js';
 import type { TrainingSession } from './session.js';
 import type { BuiltinTrainer, StepReport, TrainerInput } from './trainer.js';
 
@@ -162,15 +162,15 @@ export async function prepareJob(manifestPath: string, command?: string[]): Prom
   const parsed = await parseManifest(bytes);
   const base = dirname(resolve(manifestPath));
   const { trainer, files } = await trainerOf(parsed.manifest, base, command);
-  const trainerDigest = `sha256:${sha256(canonicalizeBytes(trainer))}`;
+  const digest = await trainerDigest(trainer);
   return {
     manifestPath,
     base,
     parsed,
     trainer,
-    trainerDigest,
+    trainerDigest: digest,
     files,
-    initData: { format: 'json', body: trainInitData(parsed.job, trainerDigest) },
+    initData: { format: 'json', body: trainInitData(parsed.job, digest) },
   };
 }
 
@@ -197,29 +197,10 @@ export interface RunJobOptions {
   builtins: Record<string, (input: TrainerInput) => Promise<BuiltinTrainer>>;
   /** BYO trainers: serves the training API (api.ts) for the session on a Unix socket. */
   serveApi?: (socketPath: string, session: TrainingSession) => Promise<{ close(): Promise<void> }>;
-  /** Builds and signs the receipt (receipt.ts); returns the DSSE envelope's JSON bytes. */
-  signReceipt: (facts: TrainingFacts) => Promise<Uint8Array>;
+  /** Signs the receipt (receipt.ts) with the job's attested key; returns the DSSE envelope's JSON bytes. */
+  signReceipt: (facts: TrainingFacts, ear: string) => Promise<Uint8Array>;
   /** Grace period after forwarding a signal before the BYO trainer is killed; default 10 s. */
   killAfterMs?: number;
-}
-
-/** Everything the training receipt states (receipt.ts turns it into the in-toto predicate). */
-export interface TrainingFacts {
-  job: string;
-  name: string;
-  inputs: { name: string; sealedSha256: string; kbs: string }[];
-  startModel?: { sealedSha256: string; kbs: string };
-  trainer: TrainerIdentity;
-  trainerDigest: string;
-  hyperparameters: Record<string, unknown>;
-  seed: number;
-  checkpoints: CheckpointRecord[];
-  metrics: Record<string, number>;
-  outputs: SealedOutput[];
-  startedAt: string;
-  endedAt: string;
-  /** The broker's EAR token for this run. */
-  ear: string;
 }
 
 export interface JobResult {
@@ -406,28 +387,30 @@ export async function runJob(p: PreparedJob, o: RunJobOptions): Promise<JobResul
       result.outputs.push(s);
       o.log(`sealed ${rel} → ${join(outputs.shown, s.file)}`);
     }
-    const envelope = await o.signReceipt({
-      job,
-      name: manifest.name,
-      inputs: unsealed.map((u, i) => ({
-        name: manifest.inputs[i]!.name,
-        sealedSha256: u.sealedSha256,
-        kbs: u.kbsUri,
-      })),
-      ...(startModel
-        ? { startModel: { sealedSha256: startModel.sealedSha256, kbs: startModel.kbsUri } }
-        : {}),
-      trainer: p.trainer,
-      trainerDigest: p.trainerDigest,
-      hyperparameters: manifest.hyperparameters,
-      seed: manifest.seed,
-      checkpoints: store.chain,
-      metrics: ended.metrics,
-      outputs: result.outputs,
-      startedAt: startedAt.toISOString(),
-      endedAt: endedAt.toISOString(),
+    const envelope = await o.signReceipt(
+      {
+        manifest: { sha256: job, name: manifest.name },
+        inputs: unsealed.map((u, i) => ({
+          name: manifest.inputs[i]!.name,
+          sealedSha256: u.sealedSha256,
+          kbs: u.kbsUri,
+        })),
+        ...(startModel
+          ? { startModel: { name: 'model', sealedSha256: startModel.sealedSha256, kbs: startModel.kbsUri } }
+          : {}),
+        trainer: p.trainer,
+        trainerDigest: p.trainerDigest,
+        hyperparameters: manifest.hyperparameters,
+        seed: manifest.seed,
+        checkpoints: store.chain,
+        metrics: ended.metrics,
+        outputs: result.outputs,
+        tee: { kind: o.tee.kind, insecure: o.tee.attester.insecure },
+        startedAt: startedAt.toISOString(),
+        endedAt: endedAt.toISOString(),
+      },
       ear,
-    });
+    );
     await outputs.writeFile(RECEIPT_FILE, 0o644, (fh) => fh.writeFile(envelope));
     result.receiptPath = join(outputs.shown, RECEIPT_FILE);
     o.log(`receipt: ${result.receiptPath}`);

@@ -42,6 +42,7 @@ it('lists the top-level verbs in their order, run among them (main.ts registers 
     'serve',
     'chat',
     'model',
+    'receipt',
     'help',
   ]);
 });

@@ -5,13 +5,8 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { InsecureSampleAttester } from '../../src/tee/evidence/index.js';
 import { TrainError } from '../../src/train/errors.js';
-import {
-  type PreparedJob,
-  prepareJob,
-  type RunJobOptions,
-  runJob,
-  type TrainingFacts,
-} from '../../src/train/job.js';
+import { type PreparedJob, prepareJob, type RunJobOptions, runJob } from '../../src/train/job.js';
+import type { TrainingFacts } from '../../src/train/receipt.js';
 import { utf8 } from '../../src/util/bytes.js';
 import { MemoryBroker, sealText, toyTrainer } from './fake.js';
 
@@ -64,7 +59,7 @@ function options(over: Partial<RunJobOptions> = {}): RunJobOptions {
     builtins: { mlp: toyTrainer },
     signReceipt: async (f) => {
       facts.push(f);
-      return utf8.encode(JSON.stringify({ payload: f.job }));
+      return utf8.encode(JSON.stringify({ payload: f.manifest.sha256 }));
     },
     ...over,
   };
