@@ -231,7 +231,9 @@ export function writeLlamaGguf(model: LlamaModel, options: WriteOptions = {}): U
     kvU32('tokenizer.ggml.bos_token_id', BOS_ID),
     kvU32('tokenizer.ggml.eos_token_id', EOS_ID),
     kvU32('tokenizer.ggml.unknown_token_id', UNK_ID),
-    kvBool('tokenizer.ggml.add_bos_token', true),
+    // Training windows start anywhere in the corpus, never with <s>: a BOS the model never saw would
+    // sit at position 0 of every prompt, where every later token attends to it.
+    kvBool('tokenizer.ggml.add_bos_token', false),
     kvBool('tokenizer.ggml.add_eos_token', false),
     // The model was trained on the text as it is; a '▁' before the first character would be new to it.
     kvBool('tokenizer.ggml.add_space_prefix', false),
