@@ -12,6 +12,7 @@ import type { BuiltinTrainer, TrainerInput } from './trainer.js';
 /** The built-in trainers by manifest name, each loaded when a job names it. */
 export const BUILTIN_TRAINERS: Record<string, (input: TrainerInput) => Promise<BuiltinTrainer>> = {
   mlp: async (input) => (await import('./mlp/index.js')).createMlpTrainer(input),
+  llama: async (input) => (await import('./llama/index.js')).createLlamaTrainer(input),
 };
 
 export type TrainingJobOptions = Omit<RunJobOptions, 'builtins' | 'serveApi' | 'signReceipt'>;

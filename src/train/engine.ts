@@ -1,16 +1,26 @@
 /**
- * The training engine (jax-js on WebAssembly), started once per process. A bare `init()` crashes in
- * Node (it probes WebGPU/WebGL), so only the wasm backend is started and made the default device.
+ * The array engine of the built-in trainers: @jax-js/jax (pinned, 0.1.25) on its WebAssembly device.
+ * Node has no global `Worker`, so the wasm backend runs single-threaded here, which is what makes a
+ * training run bit-deterministic (no thread-count-dependent reduction order).
  */
 import { defaultDevice, init } from '@jax-js/jax';
 
 let ready: Promise<void> | undefined;
 
-/** Starts the jax-js wasm backend once; later calls share the first start. */
-export async function initEngine(): Promise<void> {
-  ready ??= (async () => {
-    await init('wasm');
-    defaultDevice('wasm');
-  })();
+/**
+ * Starts the wasm device once per process and makes it the default. A bare `init()` also tries WebGPU
+ * and WebGL, which crashes under Node; concurrent callers share the one start.
+ */
+export function initEngine(): Promise<void> {
+  if (ready === undefined) {
+    ready = (async () => {
+      await init('wasm');
+      defaultDevice('wasm');
+    })();
+    // A failed start may be retried by a later call instead of failing forever.
+    ready.catch(() => {
+      ready = undefined;
+    });
+  }
   return ready;
 }

@@ -4,6 +4,7 @@ export { serveTrainingApi, TRAIN_API_STATUS, TrainApiError } from './api.js';
 export { BUILTIN_TRAINERS, runTrainingJob, type TrainingJobOptions } from './app.js';
 export { TrainError, type TrainErrorCode } from './errors.js';
 export { type JobResult, type PreparedJob, prepareJob, RECEIPT_FILE, type TrainBroker } from './job.js';
+export { createLlamaTrainer, LlamaError, readLlamaGguf } from './llama/index.js';
 export { type Manifest, parseManifest, trainInitData } from './manifest.js';
 export { type MetricRecord, MetricsError, MetricsLog, parseMetrics } from './metrics.js';
 export {
