@@ -31,6 +31,7 @@ export {
   type PolicyContext,
   type PolicyInput,
   PolicyInputError,
+  type PolicyReceipt,
   type PolicyResource,
   type PolicySubmod,
   policyInputFromEar,
