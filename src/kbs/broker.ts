@@ -16,7 +16,7 @@ import {
   verifyEar,
 } from '../attest/index.js';
 import type { VerifierRegistry } from '../attest/types.js';
-import { toBase64Url } from '../util/index.js';
+import { fromHex, toBase64Url } from '../util/index.js';
 import {
   bindingReportData,
   deviceEvidence,
@@ -29,6 +29,7 @@ import {
   parseTeePubkey,
   primaryEvidenceBytes,
   type TeePubkey,
+  TRAINING_PREDICATE_TYPE,
 } from '../wire/index.js';
 import { decideRelease, type ReleaseDecision } from './decide.js';
 import { KbsError } from './errors.js';
@@ -37,6 +38,7 @@ import { checkUsableKey, encryptResource } from './jwe.js';
 import type { PolicyPool } from './policy-pool.js';
 import type { SecretBox } from './secrets.js';
 import type { KbsStore, SessionRecord } from './store/types.js';
+import { TrainLedger } from './train.js';
 
 export interface BrokerOptions {
   store: KbsStore;
@@ -70,7 +72,8 @@ export interface BrokerOptions {
 export type BrokerEvent =
   | { type: 'auth'; tee: string }
   | { type: 'attest'; tee: string; ok: boolean; status?: string; reason?: string; ms: number }
-  | { type: 'release'; path: string; allowed: boolean; reasons: string[] };
+  | { type: 'release'; path: string; allowed: boolean; reasons: string[] }
+  | { type: 'checkpoint-refused'; job: string; reason: string };
 
 export interface Credentials {
   sessionId?: string;
@@ -80,10 +83,35 @@ export interface Credentials {
 export class Broker {
   private readonly now: () => Date;
   readonly teeKinds: readonly string[];
+  /** Confidential training: checkpoint compare-and-set and receipts (train.ts). */
+  readonly train: TrainLedger;
 
   constructor(private readonly o: BrokerOptions) {
     this.now = o.now ?? (() => new Date());
     this.teeKinds = o.registry.kinds().filter((k) => k !== 'nvidia' && (k !== 'sample' || o.devMode));
+    this.train = new TrainLedger({
+      store: o.store,
+      // The session cookie only, never a bearer token: a token published at /v1/attestation would
+      // otherwise let anyone who read it move a job's checkpoint or record receipts in its name.
+      attested: async (id) => (await this.attestedSession(id)).ear,
+      onRefused: (job, reason) => o.onEvent?.({ type: 'checkpoint-refused', job, reason }),
+      verifyReceipt: async (envelope, job, kind) => {
+        const { verifyAttestedEnvelope } = await import('../tee/attested-receipt.js');
+        try {
+          const v = await verifyAttestedEnvelope(envelope, {
+            registry: o.registry,
+            at: this.now(),
+            collateral: o.collateral,
+            ...(o.trustAnchors?.[kind as TeeKind] ? { trustAnchors: o.trustAnchors[kind as TeeKind] } : {}),
+            predicateType: TRAINING_PREDICATE_TYPE,
+            context: fromHex(job),
+          });
+          return v.appraisal;
+        } catch (e) {
+          throw new KbsError('bad-receipt', `the receipt does not verify: ${(e as Error).message}`);
+        }
+      },
+    });
   }
 
   /** Request → Challenge, with a new session. */
@@ -263,7 +291,13 @@ export class Broker {
       }
       return { ear, teePubkey: key, via: 'bearer' };
     }
-    const s = await this.liveSession(c.sessionId);
+    const { ear, teePubkey } = await this.attestedSession(c.sessionId);
+    return { ear, teePubkey, via: 'session' };
+  }
+
+  /** A live session that has attested, with its (still valid) attestation result and TEE key. */
+  private async attestedSession(id: string | undefined): Promise<{ ear: EarResult; teePubkey: TeePubkey }> {
+    const s = await this.liveSession(id);
     if (s.status !== 'attested' || !s.token || !s.teePubkey) {
       throw new KbsError('not-attested', 'this session has not attested: POST /kbs/v0/attest first');
     }
@@ -277,7 +311,7 @@ export class Broker {
         `the session's attestation token is no longer valid: ${(e as Error).message}`,
       );
     }
-    return { ear, teePubkey: parseTeePubkey(JSON.parse(s.teePubkey)), via: 'session' };
+    return { ear, teePubkey: parseTeePubkey(JSON.parse(s.teePubkey)) };
   }
 
   /**

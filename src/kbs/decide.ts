@@ -8,6 +8,7 @@ import {
   activeReferenceValues,
   DEFAULT_RESOURCE_POLICY,
   evaluatesOnMainThread,
+  INPUT_LIMITS,
   PolicyCache,
   policyInputFromEar,
   type ReferenceValue,
@@ -19,6 +20,7 @@ import { runPolicy } from './policy-run.js';
 import { scopeName } from './scope.js';
 import type { KbsStore, Owner, PolicyRecord, ReferenceValueRecord } from './store/types.js';
 import { repositoryNamespace } from './tenancy.js';
+import { policyReceipts } from './train.js';
 
 export interface ReleaseDecision {
   allow: boolean;
@@ -117,14 +119,20 @@ export async function decideRelease(ctx: ReleaseContext): Promise<ReleaseDecisio
   const policyScope = record ? scopeName(record.scope) : 'built-in';
   const policy = cache.get(record?.source ?? DEFAULT_RESOURCE_POLICY);
   const r = ctx.resource;
+  const uri = `kbs:///${r.path}`;
   const initData = initDataOfEar(ctx.ear);
+  // Receipts are looked up only for a policy that reads them (most do not): one query less per release.
+  const receipts = policy.names.has('receipts')
+    ? policyReceipts(await ctx.store.trainReceiptsFor(uri, INPUT_LIMITS.maxReceipts), uri)
+    : [];
   const input = policyInputFromEar(ctx.ear, {
-    resource: { uri: `kbs:///${r.path}`, repository: r.repository, type: r.type, tag: r.tag },
+    resource: { uri, repository: r.repository, type: r.type, tag: r.tag },
     // Policies see '' for the operator's repositories: no tenant is named so.
     tenant: r.tenant ?? '',
     ...(initData ? { init_data: initData } : {}),
     now: ctx.now,
     devMode: ctx.devMode,
+    receipts,
   });
   const explainClauses = ctx.explainClauses === true;
   // A policy whose worst case (CEL errors included) fits a few ms runs here; a costlier one on a

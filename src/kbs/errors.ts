@@ -22,6 +22,12 @@ export type KbsErrorCode =
   | 'bearer-disabled'
   | 'bad-token'
   | 'denied'
+  // Confidential training (train.ts): the job id, the session's job, the checkpoint held, the receipt.
+  | 'bad-job'
+  | 'job-not-bound'
+  | 'no-checkpoint'
+  | 'checkpoint-conflict'
+  | 'bad-receipt'
   // The admin API's.
   | 'no-admin-token'
   | 'bad-admin-token'

@@ -25,6 +25,7 @@ import type { Broker } from './broker.js';
 import { KbsError, type KbsHttpCode, type KbsRouteDoc } from './errors.js';
 import type { Metrics } from './metrics.js';
 import { ConflictError, NotFoundError, StoreUnavailableError } from './store/types.js';
+import { RECEIPT_MAX_BYTES } from './train.js';
 
 export interface ServerOptions {
   broker: Broker;
@@ -89,6 +90,13 @@ export const STATUS: StatusTable<KbsHttpCode> = {
   // Evidence judged and refused, or a release denied: trying again changes nothing.
   'attestation-refused': 403,
   denied: 403,
+  // Confidential training: a malformed job id or receipt, a session launched for another job, and a
+  // checkpoint advance from anything but the checkpoint held (rollback, fork).
+  'bad-job': 400,
+  'bad-receipt': 400,
+  'job-not-bound': 403,
+  'no-checkpoint': 404,
+  'checkpoint-conflict': 409,
   // The admin API.
   'no-admin-token': 401,
   'bad-admin-token': 401,
@@ -303,7 +311,8 @@ export async function createServer(o: ServerOptions): Promise<FastifyInstance> {
         err.message,
       );
     }
-    const framework = frameworkRefusal(err, o.bodyLimit);
+    // A route may have its own limit (receipts: RECEIPT_MAX_BYTES); the message names the one applied.
+    const framework = frameworkRefusal(err, req.routeOptions.bodyLimit ?? o.bodyLimit);
     if (framework) {
       const detail =
         framework.code === 'unsupported-media-type'
@@ -472,6 +481,112 @@ export async function createServer(o: ServerOptions): Promise<FastifyInstance> {
       }
     },
   );
+
+  // Confidential training (train.ts, docs/kbs-protocol.md §8): the same attested session as a resource
+  // request (its cookie; never a bearer token), whose checked init-data names the job. Under a
+  // Cloister namespace: the CoCo protocol may claim any name under /kbs/v0.
+  const SESSION_ERRORS: KbsHttpCode[] = [
+    'bad-job',
+    'no-session',
+    'unknown-session',
+    'session-expired',
+    'not-attested',
+    'token-expired',
+    'job-not-bound',
+  ];
+  const jobParams = {
+    type: 'object',
+    required: ['job'],
+    properties: {
+      job: { type: 'string', description: "the job id: lower-case hex SHA-256 of the job's manifest" },
+    },
+  };
+  const checkpointSchema = {
+    type: 'object',
+    required: ['number', 'sha256'],
+    properties: {
+      number: { type: 'integer', minimum: 1 },
+      sha256: { type: 'string', description: 'lower-case hex SHA-256 of the sealed checkpoint' },
+    },
+  };
+  const session = (req: FastifyRequest) => req.cookies[SESSION_COOKIE];
+
+  app.get<{ Params: { job: string } }>(
+    '/cloister/v1/train/:job/checkpoint',
+    {
+      schema: {
+        summary: "A training job's latest checkpoint (attested session for the job)",
+        params: jobParams,
+      },
+      config: doc({ ok: { 200: '{number, sha256}' }, errors: [...SESSION_ERRORS, 'no-checkpoint'] }),
+    },
+    async (req) => {
+      const held = await o.broker.train.latest(session(req), req.params.job);
+      if (!held) throw new KbsError('no-checkpoint', 'the broker holds no checkpoint for this job yet');
+      return held;
+    },
+  );
+
+  app.post<{ Params: { job: string } }>(
+    '/cloister/v1/train/:job/checkpoint',
+    {
+      preValidation: requireJson,
+      // The schema documents the body; train.ts checks it after the session (so a request without an
+      // attested session is a 401 whatever it sends).
+      attachValidation: true,
+      schema: {
+        summary: "Compare-and-set of a training job's latest checkpoint: prev → next",
+        params: jobParams,
+        body: {
+          type: 'object',
+          required: ['prev', 'next'],
+          properties: {
+            prev: {
+              ...checkpointSchema,
+              type: ['object', 'null'],
+              description: 'the checkpoint held; null before the first',
+            },
+            next: { ...checkpointSchema, description: 'number: prev.number + 1 (1 for the first)' },
+          },
+        },
+      },
+      config: doc({
+        ok: { 200: '{number, sha256}: the checkpoint now held' },
+        errors: [...KBS_JSON_ERRORS, 'malformed-request', ...SESSION_ERRORS, 'checkpoint-conflict'],
+      }),
+    },
+    async (req) => o.broker.train.advance(session(req), req.params.job, req.body),
+  );
+
+  // The receipt's digest is of its bytes exactly as sent, so this route reads the body unparsed.
+  await app.register(async (raw) => {
+    raw.removeContentTypeParser('application/json');
+    raw.addContentTypeParser('application/json', { parseAs: 'buffer' }, (_req, body, done) =>
+      done(null, body),
+    );
+    raw.post<{ Params: { job: string }; Body: Buffer }>(
+      '/cloister/v1/train/:job/receipt',
+      {
+        preValidation: requireJson,
+        bodyLimit: RECEIPT_MAX_BYTES,
+        schema: {
+          summary:
+            'Append a training receipt (DSSE envelope of an in-toto Statement) to the transparency log',
+          params: jobParams,
+        },
+        config: doc({
+          ok: { 200: '{logIndex, sha256}' },
+          errors: [...KBS_JSON_ERRORS, ...SESSION_ERRORS, 'bad-receipt'],
+        }),
+      },
+      async (req) =>
+        o.broker.train.appendReceipt(
+          session(req),
+          req.params.job,
+          new Uint8Array(req.body.buffer, req.body.byteOffset, req.body.byteLength),
+        ),
+    );
+  });
 
   // Probes must stay cheap and answer while a client is being throttled.
   app.get(

@@ -113,6 +113,11 @@ export interface CompiledPolicy {
    * bounded, but what decides where the policy is evaluated (evaluatesOnMainThread).
    */
   readonly costWithErrors: number;
+  /**
+   * Every name the policy refers to (input variables, and the variables of its walks): lets the key
+   * broker skip looking up input a policy never reads (`receipts`).
+   */
+  readonly names: ReadonlySet<string>;
 }
 
 /** Submodule as policies see it; fields are documented in docs/policy.md. */
@@ -134,6 +139,44 @@ export class CelResource {
     readonly repository: string,
     readonly type: string,
     readonly tag: string,
+  ) {}
+}
+
+/** What trained a receipt's outputs, as policies see it (docs/policy.md, `receipts`). */
+export class CelTrainer {
+  constructor(
+    readonly kind: string,
+    readonly name: string,
+    readonly digest: string,
+  ) {}
+}
+
+/** One output of a training receipt sealed to the requested resource. */
+export class CelReceiptOutput {
+  constructor(
+    readonly file: string,
+    readonly sha256: string,
+  ) {}
+}
+
+/** The TEE whose attested session appended a receipt, from that session's attestation result. */
+export class CelReceiptTee {
+  constructor(
+    readonly kind: string,
+    readonly insecure: boolean,
+    readonly status: string,
+  ) {}
+}
+
+/** A training receipt the key broker recorded; fields are documented in docs/policy.md. */
+export class CelReceipt {
+  constructor(
+    readonly job: string,
+    readonly sha256: string,
+    readonly trainer: CelTrainer,
+    readonly outputs: CelReceiptOutput[],
+    readonly tee: CelReceiptTee,
+    readonly recorded_at: Date,
   ) {}
 }
 
@@ -161,6 +204,29 @@ export function policyEnvironment(): Environment {
       ctor: CelResource,
       fields: { uri: 'string', repository: 'string', type: 'string', tag: 'string' },
     })
+    .registerType('cloister.Trainer', {
+      ctor: CelTrainer,
+      fields: { kind: 'string', name: 'string', digest: 'string' },
+    })
+    .registerType('cloister.ReceiptOutput', {
+      ctor: CelReceiptOutput,
+      fields: { file: 'string', sha256: 'string' },
+    })
+    .registerType('cloister.ReceiptTee', {
+      ctor: CelReceiptTee,
+      fields: { kind: 'string', insecure: 'bool', status: 'string' },
+    })
+    .registerType('cloister.Receipt', {
+      ctor: CelReceipt,
+      fields: {
+        job: 'string',
+        sha256: 'string',
+        trainer: 'cloister.Trainer',
+        outputs: 'list<cloister.ReceiptOutput>',
+        tee: 'cloister.ReceiptTee',
+        recorded_at: 'google.protobuf.Timestamp',
+      },
+    })
     .registerVariable('submods', 'map<string, cloister.Submod>')
     .registerVariable('cpu', 'cloister.Submod')
     .registerVariable('gpus', 'list<cloister.Submod>')
@@ -169,7 +235,8 @@ export function policyEnvironment(): Environment {
     .registerVariable('tee', 'string')
     .registerVariable('init_data', 'map<string, dyn>')
     .registerVariable('now', 'google.protobuf.Timestamp')
-    .registerVariable('dev_mode', 'bool');
+    .registerVariable('dev_mode', 'bool')
+    .registerVariable('receipts', 'list<cloister.Receipt>');
   return environment;
 }
 
@@ -319,7 +386,20 @@ export function compilePolicy(source: string): CompiledPolicy {
   }
   const conjuncts = splitConjuncts(env, source, run);
   const costWithErrors = estimateCost(run.ast, { errors: true });
-  return Object.freeze({ source, run, conjuncts: Object.freeze(conjuncts), cost, costWithErrors });
+  const names = new Set<string>();
+  const collect = (node: ASTNode): void => {
+    if (node.op === 'id') names.add(node.args);
+    for (const c of children(node)) collect(c);
+  };
+  collect(run.ast);
+  return Object.freeze({
+    source,
+    run,
+    conjuncts: Object.freeze(conjuncts),
+    cost,
+    costWithErrors,
+    names,
+  });
 }
 
 /**

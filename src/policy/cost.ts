@@ -226,6 +226,38 @@ const GPUS: Bound = Object.freeze({ ...ALL_SUBMODS, key: undefined });
 const RESOURCE: Bound = Object.freeze(
   sized(0, 0, 4 * S, 4, { fields: { uri: str(S), repository: str(S), type: str(S), tag: str(S) } }),
 );
+/**
+ * `receipts`: at most maxReceipts receipts, each of a fixed shape whose strings are at most
+ * maxReceiptString long (their own bounds, not a share of the input's: see INPUT_LIMITS).
+ */
+const RS = INPUT_LIMITS.maxReceiptString;
+const RECEIPT_OUTPUTS_MAX = INPUT_LIMITS.maxReceiptOutputs;
+const RECEIPT_OUTPUT: Bound = Object.freeze(
+  sized(0, 0, 2 * RS, 2, { fields: { file: str(RS), sha256: str(RS) } }),
+);
+const RECEIPT: Bound = Object.freeze(
+  sized(0, 0, (7 + 2 * RECEIPT_OUTPUTS_MAX) * RS, 9 + 3 * RECEIPT_OUTPUTS_MAX, {
+    fields: {
+      job: str(RS),
+      sha256: str(RS),
+      trainer: sized(0, 0, 3 * RS, 3, { fields: { kind: str(RS), name: str(RS), digest: str(RS) } }),
+      outputs: sized(0, RECEIPT_OUTPUTS_MAX, 2 * RS * RECEIPT_OUTPUTS_MAX, 3 * RECEIPT_OUTPUTS_MAX, {
+        item: RECEIPT_OUTPUT,
+      }),
+      tee: sized(0, 0, 2 * RS, 3, { fields: { kind: str(RS), insecure: SCALAR, status: str(RS) } }),
+      recorded_at: SCALAR,
+    },
+  }),
+);
+const RECEIPTS: Bound = Object.freeze(
+  sized(
+    0,
+    INPUT_LIMITS.maxReceipts,
+    INPUT_LIMITS.maxReceipts * hi(RECEIPT.allChars),
+    INPUT_LIMITS.maxReceipts * (1 + hi(RECEIPT.allEntries)),
+    { item: RECEIPT },
+  ),
+);
 const VARIABLES: Record<string, Bound> = {
   submods: ALL_SUBMODS,
   cpu: SUBMOD,
@@ -236,6 +268,7 @@ const VARIABLES: Record<string, Bound> = {
   init_data: JSON_MAP,
   now: SCALAR,
   dev_mode: SCALAR,
+  receipts: RECEIPTS,
 };
 /** Namespaces that prefix a call (`optional.of(x)`), not values. */
 const NAMESPACES = new Set(['optional', 'cel']);

@@ -37,6 +37,7 @@ export {
   type PolicyContext,
   type PolicyInput,
   PolicyInputError,
+  type PolicyReceipt,
   type PolicyResource,
   type PolicySubmod,
   policyInputFromEar,

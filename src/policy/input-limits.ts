@@ -14,4 +14,12 @@ export const INPUT_LIMITS = Object.freeze({
    * input together can cost (cost.ts), each copy of a string counted.
    */
   maxStringChars: 262_144,
+  /**
+   * Training receipts in `receipts` (the newest the key broker recorded for the resource), outputs of
+   * one receipt, and characters of one string of a receipt (job, digests, names, kinds): receipts have
+   * bounds of their own rather than a share of the budgets above, so a receipt cannot crowd out claims.
+   */
+  maxReceipts: 16,
+  maxReceiptOutputs: 16,
+  maxReceiptString: 256,
 });

@@ -5,7 +5,14 @@
  */
 
 import type { EarResult, EarSubmod, TrustVector } from '../attest/index.js';
-import { CelResource, CelSubmod } from './compile.js';
+import {
+  CelReceipt,
+  CelReceiptOutput,
+  CelReceiptTee,
+  CelResource,
+  CelSubmod,
+  CelTrainer,
+} from './compile.js';
 import { INPUT_LIMITS } from './input-limits.js';
 
 export { INPUT_LIMITS };
@@ -40,6 +47,23 @@ export interface PolicyResource {
   tag: string;
 }
 
+/**
+ * A training receipt the key broker recorded whose outputs are sealed to the requested resource
+ * (docs/policy.md, `receipts`). `trainer.name` and `trainer.digest` are '' when the receipt names none.
+ */
+export interface PolicyReceipt {
+  /** The training job: lower-case hex SHA-256 of its manifest. */
+  job: string;
+  /** Lower-case hex SHA-256 of the receipt (the DSSE envelope's bytes as appended). */
+  sha256: string;
+  trainer: { kind: string; name: string; digest: string };
+  /** The receipt's outputs sealed to the requested resource. */
+  outputs: { file: string; sha256: string }[];
+  /** The TEE of the attested session that appended it, from its attestation result. */
+  tee: { kind: string; insecure: boolean; status: string };
+  recorded_at: Date;
+}
+
 /** The input document of a resource policy (docs/policy.md describes every field). */
 export interface PolicyInput {
   submods: Record<string, PolicySubmod>;
@@ -49,12 +73,15 @@ export interface PolicyInput {
   init_data?: Record<string, unknown>;
   now: Date;
   dev_mode: boolean;
+  /** Training receipts naming the resource as a recipient, newest first; none when absent. */
+  receipts?: PolicyReceipt[];
 }
 
 export interface PolicyContext {
   resource: PolicyResource;
   tenant: string;
   init_data?: Record<string, unknown>;
+  receipts?: PolicyReceipt[];
   /** Default: now. */
   now?: Date;
   /** Operator's development mode: lets the default policy accept the insecure `sample` TEE. */
@@ -83,6 +110,7 @@ export function policyInputFromEar(ear: EarResult, ctx: PolicyContext): PolicyIn
     ...(ctx.init_data !== undefined ? { init_data: ctx.init_data } : {}),
     now: ctx.now ?? new Date(),
     dev_mode: ctx.devMode === true,
+    ...(ctx.receipts !== undefined ? { receipts: ctx.receipts } : {}),
   };
 }
 
@@ -218,6 +246,59 @@ function toSubmod(name: string, v: unknown, budget: Budget): CelSubmod {
   );
 }
 
+/** A string of a receipt, within INPUT_LIMITS.maxReceiptString (receipts have bounds of their own). */
+function receiptString(v: unknown, where: string): string {
+  if (typeof v !== 'string') bad(`${where} must be a string, got ${describe(v)}`);
+  if (v.length > INPUT_LIMITS.maxReceiptString)
+    bad(`${where} is longer than ${INPUT_LIMITS.maxReceiptString}`);
+  return v;
+}
+
+function toReceipt(v: unknown, i: number): CelReceipt {
+  const where = `receipts[${i}]`;
+  if (!isRecord(v)) bad(`${where} must be a map, got ${describe(v)}`);
+  const { trainer, tee, outputs } = v;
+  if (!isRecord(trainer)) bad(`${where}.trainer must be a map`);
+  if (!isRecord(tee)) bad(`${where}.tee must be a map`);
+  if (!Array.isArray(outputs)) bad(`${where}.outputs must be a list`);
+  if (outputs.length > INPUT_LIMITS.maxReceiptOutputs)
+    bad(`${where} has more than ${INPUT_LIMITS.maxReceiptOutputs} outputs`);
+  if (typeof tee.insecure !== 'boolean') bad(`${where}.tee.insecure must be a boolean`);
+  const at = v.recorded_at;
+  if (!(at instanceof Date) || Number.isNaN(at.getTime())) bad(`${where}.recorded_at must be a valid Date`);
+  const kind = receiptString(tee.kind, `${where}.tee.kind`);
+  return new CelReceipt(
+    receiptString(v.job, `${where}.job`),
+    receiptString(v.sha256, `${where}.sha256`),
+    new CelTrainer(
+      receiptString(trainer.kind, `${where}.trainer.kind`),
+      receiptString(trainer.name ?? '', `${where}.trainer.name`),
+      receiptString(trainer.digest ?? '', `${where}.trainer.digest`),
+    ),
+    outputs.map((o: unknown, j) => {
+      if (!isRecord(o)) bad(`${where}.outputs[${j}] must be a map`);
+      return new CelReceiptOutput(
+        receiptString(o.file, `${where}.outputs[${j}].file`),
+        receiptString(o.sha256, `${where}.outputs[${j}].sha256`),
+      );
+    }),
+    // The sample TEE is insecure whatever the record says, as for submodules.
+    new CelReceiptTee(
+      kind,
+      tee.insecure || kind === 'sample',
+      receiptString(tee.status, `${where}.tee.status`),
+    ),
+    at,
+  );
+}
+
+function toReceipts(v: unknown): CelReceipt[] {
+  if (v === undefined) return [];
+  if (!Array.isArray(v)) bad(`receipts must be a list, got ${describe(v)}`);
+  if (v.length > INPUT_LIMITS.maxReceipts) bad(`more than ${INPUT_LIMITS.maxReceipts} receipts`);
+  return v.map(toReceipt);
+}
+
 /** `gpu0`, `gpu1`, … in numeric order. */
 function gpuIndex(name: string): number | undefined {
   const m = /^gpu(0|[1-9][0-9]{0,5})$/.exec(name);
@@ -264,5 +345,6 @@ export function toActivation(input: unknown): Record<string, unknown> {
     init_data: jsonMap(input.init_data, 'init_data', budget),
     now,
     dev_mode: input.dev_mode,
+    receipts: toReceipts(input.receipts),
   };
 }

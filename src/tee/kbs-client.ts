@@ -4,6 +4,7 @@
  * expects, composite CPU + GPU evidence, token reuse, retries with backoff and clear errors.
  */
 import { type FlattenedJWE, flattenedDecrypt } from 'jose';
+import { bs } from '../util/index.js';
 import {
   bindingReportData,
   deviceRuntimeDataHash,
@@ -36,15 +37,38 @@ export interface KbsClientOptions {
   initData?: { format: 'toml' | 'json'; body: string };
 }
 
+/**
+ * Why a broker request failed: `unreachable` (no answer after the retries), `refused` (the broker
+ * answered with an error), `checkpoint-conflict` (a checkpoint advance from anything but the checkpoint
+ * the broker holds: rollback or fork; the message says what it holds), `protocol` (an answer that does
+ * not follow the protocol).
+ */
+export type KbsClientErrorCode = 'unreachable' | 'refused' | 'checkpoint-conflict' | 'protocol';
+
 export class KbsClientError extends Error {
   override name = 'KbsClientError';
+  readonly code: KbsClientErrorCode;
   constructor(
     message: string,
     readonly status?: number,
     readonly type?: string,
+    code?: KbsClientErrorCode,
   ) {
     super(message);
+    this.code =
+      code ??
+      (type === 'checkpoint-conflict'
+        ? 'checkpoint-conflict'
+        : status === undefined
+          ? 'unreachable'
+          : 'refused');
   }
+}
+
+/** A training job's checkpoint as the broker holds it (number from 1; SHA-256 of the sealed checkpoint, hex). */
+export interface CheckpointRef {
+  number: number;
+  sha256: string;
 }
 
 interface Session {
@@ -84,6 +108,77 @@ export class KbsClient {
     return plaintext;
   }
 
+  /**
+   * The latest checkpoint the broker holds for a training job (`job`: hex SHA-256 of its manifest), or
+   * null before the first. The session's init-data (`initData`) must name the job.
+   */
+  async checkpointLatest(job: string): Promise<CheckpointRef | null> {
+    const res = await this.sessionRequest(`/cloister/v1/train/${job}/checkpoint`, { method: 'GET' });
+    if (res.status === 404) {
+      const problem = await problemOf(res);
+      // Only the broker's own answer means "none yet"; a broker without this route is not one.
+      if (problem.type === 'no-checkpoint') return null;
+      throw refusal(res, problem, `checkpoint of job ${job}`);
+    }
+    await this.check(res, `checkpoint of job ${job}`);
+    return checkpointRef(await res.json(), 'the broker answered a checkpoint');
+  }
+
+  /**
+   * Moves the job's checkpoint from `prev` (null: none yet) to `next` (number prev.number + 1) by
+   * compare-and-set. Throws a KbsClientError with code `checkpoint-conflict`, and the broker's account
+   * of what it holds, when the broker holds another checkpoint than `prev` (a rollback or a fork).
+   */
+  async checkpointAdvance(job: string, prev: CheckpointRef | null, next: CheckpointRef): Promise<void> {
+    const res = await this.sessionRequest(`/cloister/v1/train/${job}/checkpoint`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        prev: prev && { number: prev.number, sha256: prev.sha256 },
+        next: { number: next.number, sha256: next.sha256 },
+      }),
+    });
+    await this.check(res, `checkpoint ${next.number} of job ${job}`);
+  }
+
+  /**
+   * Appends a training receipt (the DSSE envelope's JSON bytes, sent exactly as given) to the broker's
+   * transparency log; answers its log index and the SHA-256 (hex) of the bytes the broker recorded.
+   */
+  async appendReceipt(job: string, envelopeJson: Uint8Array): Promise<{ logIndex: number; sha256: string }> {
+    const res = await this.sessionRequest(`/cloister/v1/train/${job}/receipt`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      // A copy: the caller's buffer may change while the request (and its retries) are under way.
+      body: bs(envelopeJson.slice()),
+    });
+    await this.check(res, `receipt of job ${job}`);
+    const r = (await res.json()) as { logIndex?: unknown; sha256?: unknown };
+    if (typeof r.logIndex !== 'number' || typeof r.sha256 !== 'string')
+      throw new KbsClientError(
+        'the broker answered a receipt without logIndex and sha256',
+        res.status,
+        undefined,
+        'protocol',
+      );
+    return { logIndex: r.logIndex, sha256: r.sha256 };
+  }
+
+  /** A request on the attested session; a 401 (expired or evicted session) attests once more. */
+  private async sessionRequest(path: string, init: RequestInit): Promise<Response> {
+    const send = async () => {
+      const s = await this.ensureSession();
+      return this.request(path, {
+        ...init,
+        headers: { ...(init.headers as Record<string, string>), cookie: s.cookie },
+      });
+    };
+    const res = await send();
+    if (res.status !== 401) return res;
+    this.session = undefined;
+    return send();
+  }
+
   private async ensureSession(): Promise<Session> {
     if (this.session) return this.session;
     const keyPair = (await crypto.subtle.generateKey({ name: 'ECDH', namedCurve: 'P-256' }, true, [
@@ -100,7 +195,7 @@ export class KbsClient {
     await this.check(auth, 'auth');
     const cookie = (auth.headers.get('set-cookie') ?? '').split(';')[0] ?? '';
     if (!cookie.startsWith('kbs-session-id='))
-      throw new KbsClientError('the broker set no kbs-session-id cookie');
+      throw new KbsClientError('the broker set no kbs-session-id cookie', undefined, undefined, 'protocol');
     const { nonce } = (await auth.json()) as { nonce: string };
 
     const additional = this.o.attester.additionalEvidence
@@ -153,19 +248,32 @@ export class KbsClient {
 
   private async check(res: Response, what: string): Promise<void> {
     if (res.ok) return;
-    let detail = '';
-    let type: string | undefined;
-    try {
-      const p = (await res.json()) as { detail?: string; type?: string };
-      detail = p.detail ?? '';
-      type = p.type?.split('/').pop();
-    } catch {
-      detail = res.statusText;
-    }
-    throw new KbsClientError(
-      `${what} refused by the key broker (${res.status}${type ? ` ${type}` : ''}): ${detail}`,
-      res.status,
-      type,
-    );
+    throw refusal(res, await problemOf(res), what);
   }
+}
+
+/** The problem document of an error answer: its detail and the last segment of its type. */
+async function problemOf(res: Response): Promise<{ detail: string; type?: string }> {
+  try {
+    const p = (await res.json()) as { detail?: string; type?: string };
+    const type = p.type?.split('/').pop();
+    return { detail: p.detail ?? '', ...(type !== undefined ? { type } : {}) };
+  } catch {
+    return { detail: res.statusText };
+  }
+}
+
+function refusal(res: Response, p: { detail: string; type?: string }, what: string): KbsClientError {
+  return new KbsClientError(
+    `${what} refused by the key broker (${res.status}${p.type ? ` ${p.type}` : ''}): ${p.detail}`,
+    res.status,
+    p.type,
+  );
+}
+
+function checkpointRef(v: unknown, what: string): CheckpointRef {
+  const c = v as { number?: unknown; sha256?: unknown } | null;
+  if (typeof c?.number !== 'number' || typeof c.sha256 !== 'string')
+    throw new KbsClientError(`${what} without number and sha256`, undefined, undefined, 'protocol');
+  return { number: c.number, sha256: c.sha256 };
 }

@@ -8,6 +8,7 @@
  * resume from the old job's checkpoints.
  */
 import { toHex } from '../util/index.js';
+import { INIT_DATA_JOB, INIT_DATA_TRAINER } from '../wire/index.js';
 import { TrainError } from './errors.js';
 
 export const MANIFEST_VERSION = 1;
@@ -212,11 +213,6 @@ export async function parseManifest(bytes: Uint8Array): Promise<ParsedManifest> 
     },
   };
 }
-
-/** The init-data key under which the TEE's launch configuration names the job. */
-export const INIT_DATA_JOB = 'cloister.train.manifest';
-/** The init-data key naming the trainer's digest, so key policies can approve a trainer. */
-export const INIT_DATA_TRAINER = 'cloister.train.trainer';
 
 /**
  * The CoCo init-data (JSON) a training TEE launches with: its digest goes into TDX mr_config_id /

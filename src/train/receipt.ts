@@ -21,10 +21,15 @@ import {
   verifyAttestedEnvelope,
 } from '../tee/index.js';
 import { canonicalizeBytes, fromHex, toHex } from '../util/index.js';
-import { type DsseEnvelope, IN_TOTO_STATEMENT_TYPE, type InTotoStatement } from '../wire/index.js';
-import { INIT_DATA_JOB } from './manifest.js';
+import {
+  type DsseEnvelope,
+  IN_TOTO_STATEMENT_TYPE,
+  INIT_DATA_JOB,
+  type InTotoStatement,
+  TRAINING_PREDICATE_TYPE,
+} from '../wire/index.js';
 
-export const TRAINING_PREDICATE_TYPE = 'https://cloister.dev/attestation/training/v1';
+export { TRAINING_PREDICATE_TYPE };
 
 /** A built-in trainer: the code that ran is Cloister's own, named by its package version and digest. */
 export interface BuiltinTrainerRecord {

@@ -358,3 +358,10 @@ export function parseStatement(payload: Uint8Array): InTotoStatement<Record<stri
   if (!isRecord(v.predicate)) throw bad('predicate must be an object');
   return v as unknown as InTotoStatement<Record<string, unknown>>;
 }
+
+/**
+ * The predicate type of Cloister's training receipts (src/train/receipt.ts). Here, below both the
+ * trainer that signs them and the key broker that records them. A new version (a field changing
+ * meaning) gets a new URI; added optional fields keep v1.
+ */
+export const TRAINING_PREDICATE_TYPE = 'https://cloister.dev/attestation/training/v1';

@@ -457,3 +457,8 @@ const INIT_DATA_ALGORITHMS: Readonly<Record<string, InitDataHash>> = {
 export function initDataHash(algorithm: unknown): InitDataHash | undefined {
   return typeof algorithm === 'string' ? INIT_DATA_ALGORITHMS[algorithm.toLowerCase()] : undefined;
 }
+
+/** The init-data `data` key that names the training job (the manifest's SHA-256) a TEE was launched for. */
+export const INIT_DATA_JOB = 'cloister.train.manifest';
+/** The init-data `data` key naming the trainer's digest, so key policies can approve a trainer. */
+export const INIT_DATA_TRAINER = 'cloister.train.trainer';

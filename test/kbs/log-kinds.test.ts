@@ -7,7 +7,7 @@ const read = (p: string) => readFileSync(new URL(`../../${p}`, import.meta.url),
 function kindsInCode(): string[] {
   const kinds = new Set<string>();
   for (const m of read('src/kbs/admin.ts').matchAll(/this\.log\(\s*p,\s*'([a-z0-9-]+)'/g)) kinds.add(m[1]!);
-  for (const file of ['src/kbs/broker.ts', 'src/cli/kbs.ts']) {
+  for (const file of ['src/kbs/broker.ts', 'src/kbs/train.ts', 'src/cli/kbs.ts']) {
     for (const m of read(file).matchAll(/\bkind: '([a-z0-9-]+)'/g)) kinds.add(m[1]!);
   }
   return [...kinds].sort();
@@ -25,6 +25,7 @@ describe('log entry kinds', () => {
     const code = kindsInCode();
     expect(code).toContain('release');
     expect(code).toContain('resource-put');
+    expect(code).toContain('train-receipt');
     expect(kindsInDocs()).toEqual(code);
   });
 });

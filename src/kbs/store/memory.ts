@@ -21,6 +21,7 @@ import {
 } from './common.js';
 import {
   type AdminTokenRevocation,
+  type CheckpointAdvance,
   ConflictError,
   type KbsStore,
   type LogAppend,
@@ -35,6 +36,9 @@ import {
   type SealedSecret,
   type SessionRecord,
   type StoredLogEntry,
+  type TrainCheckpoint,
+  type TrainReceiptFacts,
+  type TrainReceiptRecord,
   withFrom,
 } from './types.js';
 
@@ -70,6 +74,9 @@ export class MemoryStore implements KbsStore {
   private readonly nodes = new Map<string, Uint8Array>();
   private range: Uint8Array[] = [];
   private readonly saved: { size: number; note: string }[] = [];
+  private readonly trainCheckpoints = new Map<string, TrainCheckpoint>();
+  /** By the envelope's SHA-256, in the order recorded. */
+  private readonly receipts = new Map<string, { record: TrainReceiptRecord; envelope: Uint8Array }>();
   private closed = false;
 
   constructor(private readonly opts: StoreOptions) {}
@@ -423,6 +430,62 @@ export class MemoryStore implements KbsStore {
       }
     }
     return n;
+  }
+
+  async trainCheckpoint(job: string): Promise<TrainCheckpoint | undefined> {
+    this.open();
+    const c = this.trainCheckpoints.get(job);
+    return c && { ...c };
+  }
+
+  async advanceTrainCheckpoint(
+    job: string,
+    prev: TrainCheckpoint | null,
+    next: TrainCheckpoint,
+    log: LogAppend,
+  ): Promise<CheckpointAdvance> {
+    this.open();
+    const held = this.trainCheckpoints.get(job);
+    const matches =
+      prev === null ? held === undefined : held?.number === prev.number && held.sha256 === prev.sha256;
+    if (!matches) return { advanced: false, held: held && { ...held } };
+    const e = this.entry(log);
+    this.trainCheckpoints.set(job, { number: next.number, sha256: next.sha256 });
+    this.push(e);
+    return { advanced: true };
+  }
+
+  async addTrainReceipt(
+    facts: TrainReceiptFacts,
+    envelope: Uint8Array,
+    log: LogAppend,
+  ): Promise<{ record: TrainReceiptRecord; created: boolean }> {
+    this.open();
+    const known = this.receipts.get(facts.sha256);
+    if (known) return { record: structuredClone(known.record), created: false };
+    const e = this.entry(log);
+    const record: TrainReceiptRecord = { ...structuredClone(facts), logIndex: e.index, recordedAt: now() };
+    this.receipts.set(facts.sha256, { record, envelope: new Uint8Array(envelope) });
+    this.push(e);
+    return { record: structuredClone(record), created: true };
+  }
+
+  async trainReceiptsFor(recipient: string, limit: number): Promise<TrainReceiptRecord[]> {
+    this.open();
+    return [...this.receipts.values()]
+      .map((r) => r.record)
+      .filter((r) => r.outputs.some((o) => o.recipients.includes(recipient)))
+      .sort((a, b) => b.logIndex - a.logIndex)
+      .slice(0, limit)
+      .map((r) => structuredClone(r));
+  }
+
+  async trainReceipt(
+    sha256: string,
+  ): Promise<{ record: TrainReceiptRecord; envelope: Uint8Array } | undefined> {
+    this.open();
+    const r = this.receipts.get(sha256);
+    return r && { record: structuredClone(r.record), envelope: new Uint8Array(r.envelope) };
   }
 
   async appendLog(log: LogAppend): Promise<StoredLogEntry> {

@@ -51,16 +51,23 @@ import {
   type ReferenceRow,
   type ResourceRow,
   type RevocationRow,
+  receiptFactsJson,
+  receiptRecipients,
   referenceRecord,
   resourceMeta,
   resourceRecord,
   revocationRecord,
   type SessionRow,
   sessionRecord,
+  type TrainCheckpointRow,
+  type TrainReceiptRow,
+  trainCheckpoint,
+  trainReceiptRecord,
 } from './rows.js';
 import { POSTGRES_MIGRATE_1_TO_2, POSTGRES_SCHEMA, POSTGRES_SCHEMA_VERSION } from './schema/postgres.js';
 import {
   type AdminTokenRevocation,
+  type CheckpointAdvance,
   ConflictError,
   type KbsStore,
   type LogAppend,
@@ -76,6 +83,9 @@ import {
   type SessionRecord,
   type StoredLogEntry,
   StoreUnavailableError,
+  type TrainCheckpoint,
+  type TrainReceiptFacts,
+  type TrainReceiptRecord,
   withFrom,
 } from './types.js';
 
@@ -937,6 +947,116 @@ export class PostgresStore implements KbsStore {
     // Idempotent, so retried like a read.
     const r = await this.read('DELETE FROM sessions WHERE expires_at < $1', [isoTime(at, 'now')]);
     return r.rowCount ?? 0;
+  }
+
+  async trainCheckpoint(job: string): Promise<TrainCheckpoint | undefined> {
+    const r = await this.read<TrainCheckpointRow>(
+      q('tc_get', 'SELECT number, sha256 FROM train_checkpoints WHERE job = $1', [job]),
+    );
+    const row = r.rows[0];
+    return row && trainCheckpoint(row);
+  }
+
+  async advanceTrainCheckpoint(
+    job: string,
+    prev: TrainCheckpoint | null,
+    next: TrainCheckpoint,
+    log: LogAppend,
+  ): Promise<CheckpointAdvance> {
+    return this.logged(async (t): Promise<CheckpointAdvance> => {
+      // One statement decides: the first insert, or an update guarded by the checkpoint held. The
+      // log head lock taken first serialises this with every other replica's advance as well.
+      const r =
+        prev === null
+          ? await t.c.query(
+              q(
+                'tc_first',
+                `INSERT INTO train_checkpoints (job, number, sha256, updated_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (job) DO NOTHING`,
+                [job, next.number, next.sha256, now()],
+              ),
+            )
+          : await t.c.query(
+              q(
+                'tc_advance',
+                `UPDATE train_checkpoints SET number = $1, sha256 = $2, updated_at = $3
+                 WHERE job = $4 AND number = $5 AND sha256 = $6`,
+                [next.number, next.sha256, now(), job, prev.number, prev.sha256],
+              ),
+            );
+      if (r.rowCount !== 1) {
+        const held = await t.c.query<TrainCheckpointRow>(
+          'SELECT number, sha256 FROM train_checkpoints WHERE job = $1',
+          [job],
+        );
+        const row = held.rows[0];
+        return { advanced: false, held: row && trainCheckpoint(row) };
+      }
+      await t.append(log);
+      return { advanced: true };
+    });
+  }
+
+  async addTrainReceipt(
+    facts: TrainReceiptFacts,
+    envelope: Uint8Array,
+    log: LogAppend,
+  ): Promise<{ record: TrainReceiptRecord; created: boolean }> {
+    return this.logged(async (t) => {
+      const known = await t.c.query<TrainReceiptRow>(
+        'SELECT sha256, job, log_index, recorded_at, facts FROM train_receipts WHERE sha256 = $1',
+        [facts.sha256],
+      );
+      if (known.rows[0]) return { record: trainReceiptRecord(known.rows[0]), created: false };
+      const e = await t.append(log);
+      const row: TrainReceiptRow = {
+        sha256: facts.sha256,
+        job: facts.job,
+        log_index: e.index,
+        recorded_at: now(),
+        facts: receiptFactsJson(facts),
+      };
+      await t.c.query(
+        `WITH r AS (
+           INSERT INTO train_receipts (sha256, job, log_index, recorded_at, facts, envelope)
+           VALUES ($1, $2, $3, $4, $5, $6))
+         INSERT INTO train_receipt_recipients (recipient, receipt) SELECT unnest($7::text[]), $1`,
+        [
+          row.sha256,
+          row.job,
+          row.log_index,
+          row.recorded_at,
+          row.facts,
+          bytea(envelope),
+          receiptRecipients(facts),
+        ],
+      );
+      return { record: trainReceiptRecord(row), created: true };
+    });
+  }
+
+  async trainReceiptsFor(recipient: string, limit: number): Promise<TrainReceiptRecord[]> {
+    const r = await this.read<TrainReceiptRow>(
+      q(
+        'tr_for',
+        `SELECT r.sha256, r.job, r.log_index, r.recorded_at, r.facts FROM train_receipt_recipients x
+         JOIN train_receipts r ON r.sha256 = x.receipt WHERE x.recipient = $1
+         ORDER BY r.log_index DESC LIMIT $2`,
+        [recipient, limit],
+      ),
+    );
+    return r.rows.map(trainReceiptRecord);
+  }
+
+  async trainReceipt(
+    sha256: string,
+  ): Promise<{ record: TrainReceiptRecord; envelope: Uint8Array } | undefined> {
+    const r = await this.read<TrainReceiptRow & { envelope: Uint8Array }>(
+      'SELECT sha256, job, log_index, recorded_at, facts, envelope FROM train_receipts WHERE sha256 = $1',
+      [sha256],
+    );
+    const row = r.rows[0];
+    return row && { record: trainReceiptRecord(row), envelope: bytes(row.envelope) };
   }
 
   appendLog(log: LogAppend): Promise<StoredLogEntry> {

@@ -9,6 +9,9 @@ import type {
   ResourceRecord,
   SessionRecord,
   StoredLogEntry,
+  TrainCheckpoint,
+  TrainReceiptFacts,
+  TrainReceiptRecord,
 } from './types.js';
 
 export interface ResourceRow {
@@ -134,3 +137,45 @@ export function revocationRecord(r: RevocationRow): AdminTokenRevocation {
 export function entry(r: EntryRow): StoredLogEntry {
   return { index: Number(r.idx), canonical: bytes(r.canonical), leafHash: bytes(r.leaf_hash) };
 }
+
+export interface TrainCheckpointRow {
+  /** PostgreSQL returns BIGINT as a string. */
+  number: number | string;
+  sha256: string;
+}
+export interface TrainReceiptRow {
+  sha256: string;
+  job: string;
+  log_index: number | string;
+  recorded_at: string;
+  /** JSON of `receiptFactsJson`. */
+  facts: string;
+}
+
+export function trainCheckpoint(r: TrainCheckpointRow): TrainCheckpoint {
+  return { number: Number(r.number), sha256: r.sha256 };
+}
+
+/** The facts stored as JSON in a receipt's row (the job and sha256 have columns of their own). */
+export function receiptFactsJson(f: TrainReceiptFacts): string {
+  return JSON.stringify({ subjects: f.subjects, trainer: f.trainer, outputs: f.outputs, tee: f.tee });
+}
+
+export function trainReceiptRecord(r: TrainReceiptRow): TrainReceiptRecord {
+  const facts = JSON.parse(r.facts) as Pick<TrainReceiptFacts, 'subjects' | 'trainer' | 'outputs' | 'tee'>;
+  return {
+    job: r.job,
+    sha256: r.sha256,
+    subjects: facts.subjects,
+    trainer: facts.trainer,
+    outputs: facts.outputs,
+    tee: facts.tee,
+    logIndex: Number(r.log_index),
+    recordedAt: r.recorded_at,
+  };
+}
+
+/** Every distinct recipient of a receipt's outputs. */
+export const receiptRecipients = (f: TrainReceiptFacts): string[] => [
+  ...new Set(f.outputs.flatMap((o) => o.recipients)),
+];

@@ -42,17 +42,24 @@ import {
   type ReferenceRow,
   type ResourceRow,
   type RevocationRow,
+  receiptFactsJson,
+  receiptRecipients,
   referenceRecord,
   resourceMeta,
   resourceRecord,
   revocationRecord,
   type SessionRow,
   sessionRecord,
+  type TrainCheckpointRow,
+  type TrainReceiptRow,
+  trainCheckpoint,
+  trainReceiptRecord,
 } from './rows.js';
 import { SQLITE_MIGRATE_1_TO_2, SQLITE_SCHEMA, SQLITE_SCHEMA_VERSION } from './schema/sqlite.js';
 import Database from './sqlite-driver.js';
 import {
   type AdminTokenRevocation,
+  type CheckpointAdvance,
   ConflictError,
   type KbsStore,
   type LogAppend,
@@ -67,6 +74,9 @@ import {
   type SealedSecret,
   type SessionRecord,
   type StoredLogEntry,
+  type TrainCheckpoint,
+  type TrainReceiptFacts,
+  type TrainReceiptRecord,
   withFrom,
 } from './types.js';
 
@@ -137,6 +147,18 @@ const SQL = {
   cpInsert: 'INSERT INTO checkpoints (size, note, created_at) VALUES (?, ?, ?)',
   cpAll: 'SELECT size, note FROM checkpoints ORDER BY size, id',
   cpLatest: 'SELECT size, note FROM checkpoints ORDER BY size DESC, id DESC LIMIT 1',
+  tcGet: 'SELECT number, sha256 FROM train_checkpoints WHERE job = ?',
+  tcFirst: `INSERT INTO train_checkpoints (job, number, sha256, updated_at) VALUES (?, ?, ?, ?)
+    ON CONFLICT (job) DO NOTHING`,
+  tcAdvance: `UPDATE train_checkpoints SET number = ?, sha256 = ?, updated_at = ?
+    WHERE job = ? AND number = ? AND sha256 = ?`,
+  trGet: 'SELECT sha256, job, log_index, recorded_at, facts FROM train_receipts WHERE sha256 = ?',
+  trEnvelope: 'SELECT envelope FROM train_receipts WHERE sha256 = ?',
+  trInsert: `INSERT INTO train_receipts (sha256, job, log_index, recorded_at, facts, envelope)
+    VALUES (?, ?, ?, ?, ?, ?)`,
+  trRecipient: 'INSERT INTO train_receipt_recipients (recipient, receipt) VALUES (?, ?)',
+  trFor: `SELECT r.sha256, r.job, r.log_index, r.recorded_at, r.facts FROM train_receipt_recipients x
+    JOIN train_receipts r ON r.sha256 = x.receipt WHERE x.recipient = ? ORDER BY r.log_index DESC LIMIT ?`,
 } as const;
 type StatementName = keyof typeof SQL;
 
@@ -621,6 +643,67 @@ export class SqliteStore implements KbsStore {
   async deleteExpiredSessions(at: string): Promise<number> {
     const t = isoTime(at, 'now');
     return this.ephemeral(() => this.st('sesExpire').run(t).changes);
+  }
+
+  async trainCheckpoint(job: string): Promise<TrainCheckpoint | undefined> {
+    const row = this.st('tcGet').get(job) as TrainCheckpointRow | undefined;
+    return row && trainCheckpoint(row);
+  }
+
+  async advanceTrainCheckpoint(
+    job: string,
+    prev: TrainCheckpoint | null,
+    next: TrainCheckpoint,
+    log: LogAppend,
+  ): Promise<CheckpointAdvance> {
+    return this.write((): CheckpointAdvance => {
+      // One statement decides: the first insert, or an update guarded by the checkpoint held.
+      const changed =
+        prev === null
+          ? this.st('tcFirst').run(job, next.number, next.sha256, now()).changes
+          : this.st('tcAdvance').run(next.number, next.sha256, now(), job, prev.number, prev.sha256).changes;
+      if (changed !== 1) {
+        const row = this.st('tcGet').get(job) as TrainCheckpointRow | undefined;
+        return { advanced: false, held: row && trainCheckpoint(row) };
+      }
+      this.append(log);
+      return { advanced: true };
+    });
+  }
+
+  async addTrainReceipt(
+    facts: TrainReceiptFacts,
+    envelope: Uint8Array,
+    log: LogAppend,
+  ): Promise<{ record: TrainReceiptRecord; created: boolean }> {
+    return this.write(() => {
+      const known = this.st('trGet').get(facts.sha256) as TrainReceiptRow | undefined;
+      if (known) return { record: trainReceiptRecord(known), created: false };
+      const e = this.append(log);
+      const row: TrainReceiptRow = {
+        sha256: facts.sha256,
+        job: facts.job,
+        log_index: e.index,
+        recorded_at: now(),
+        facts: receiptFactsJson(facts),
+      };
+      this.st('trInsert').run(row.sha256, row.job, row.log_index, row.recorded_at, row.facts, blob(envelope));
+      for (const r of receiptRecipients(facts)) this.st('trRecipient').run(r, facts.sha256);
+      return { record: trainReceiptRecord(row), created: true };
+    });
+  }
+
+  async trainReceiptsFor(recipient: string, limit: number): Promise<TrainReceiptRecord[]> {
+    return (this.st('trFor').all(recipient, limit) as TrainReceiptRow[]).map(trainReceiptRecord);
+  }
+
+  async trainReceipt(
+    sha256: string,
+  ): Promise<{ record: TrainReceiptRecord; envelope: Uint8Array } | undefined> {
+    const row = this.st('trGet').get(sha256) as TrainReceiptRow | undefined;
+    if (!row) return undefined;
+    const { envelope } = this.st('trEnvelope').get(sha256) as { envelope: Uint8Array };
+    return { record: trainReceiptRecord(row), envelope: bytes(envelope) };
   }
 
   appendLog(log: LogAppend): Promise<StoredLogEntry> {

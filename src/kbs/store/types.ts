@@ -104,6 +104,39 @@ export interface SessionRecord {
   teePubkey?: string;
 }
 
+/** A training job's latest checkpoint as the broker holds it (compare-and-set, see advanceTrainCheckpoint). */
+export interface TrainCheckpoint {
+  /** 1 for the first checkpoint, then one more per advance. */
+  number: number;
+  /** Lower-case hex SHA-256 of the sealed checkpoint. */
+  sha256: string;
+}
+
+/** What `advanceTrainCheckpoint` did: moved the job on, or found another checkpoint held (none: undefined). */
+export type CheckpointAdvance = { advanced: true } | { advanced: false; held: TrainCheckpoint | undefined };
+
+/** A training receipt's facts as the broker recorded them (src/kbs/train.ts reads them from the envelope). */
+export interface TrainReceiptFacts {
+  /** The training job: lower-case hex SHA-256 of its manifest. */
+  job: string;
+  /** Lower-case hex SHA-256 of the envelope's bytes exactly as appended. */
+  sha256: string;
+  /** The in-toto Statement's subjects (the sealed outputs): name and SHA-256 (hex). */
+  subjects: { name: string; sha256: string }[];
+  trainer: { kind: string; name: string; digest: string };
+  /** Every output with the kbs:/// URIs of the keys it is sealed to. */
+  outputs: { file: string; sha256: string; recipients: string[] }[];
+  /** The TEE of the attested session that appended it (its EAR's cpu0). */
+  tee: { kind: string; insecure: boolean; status: string };
+}
+
+/** A recorded training receipt. */
+export interface TrainReceiptRecord extends TrainReceiptFacts {
+  /** Index of its `train-receipt` entry in the transparency log. */
+  logIndex: number;
+  recordedAt: string;
+}
+
 /** The fields of a transparency-log entry that the store appends in the same transaction. */
 /**
  * A repository-assign entry with the owner it had (known only inside the store's transaction), so the
@@ -209,6 +242,34 @@ export interface KbsStore {
   /** Moves a challenged session to attested exactly once (compare-and-set); false if it was not challenged. */
   markAttested(id: string, token: string, teePubkey: string): Promise<boolean>;
   deleteExpiredSessions(now: string): Promise<number>;
+
+  // confidential training (src/kbs/train.ts)
+  /** The job's latest checkpoint; undefined before the first. */
+  trainCheckpoint(job: string): Promise<TrainCheckpoint | undefined>;
+  /**
+   * Compare-and-set: moves the job from `prev` (null: no checkpoint yet) to `next` and logs it, in one
+   * transaction, only if the job's latest checkpoint is exactly `prev`; otherwise changes nothing and
+   * says what is held. The caller checks that `next` follows `prev`.
+   */
+  advanceTrainCheckpoint(
+    job: string,
+    prev: TrainCheckpoint | null,
+    next: TrainCheckpoint,
+    log: LogAppend,
+  ): Promise<CheckpointAdvance>;
+  /**
+   * Records a receipt and appends its log entry in one transaction. A receipt already recorded (same
+   * sha256) is not recorded or logged again: its record comes back with `created: false`.
+   */
+  addTrainReceipt(
+    facts: TrainReceiptFacts,
+    envelope: Uint8Array,
+    log: LogAppend,
+  ): Promise<{ record: TrainReceiptRecord; created: boolean }>;
+  /** Receipts with an output sealed to `recipient` (a kbs:/// URI), newest first, at most `limit`. */
+  trainReceiptsFor(recipient: string, limit: number): Promise<TrainReceiptRecord[]>;
+  /** One receipt and its envelope's bytes, by the envelope's SHA-256 (hex). */
+  trainReceipt(sha256: string): Promise<{ record: TrainReceiptRecord; envelope: Uint8Array } | undefined>;
 
   // transparency log
   /** Appends an entry that records no other change (a release, a denial). */

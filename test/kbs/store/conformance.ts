@@ -13,6 +13,7 @@ import {
   NotFoundError,
   type SealedSecret,
   type StoredLogEntry,
+  type TrainReceiptFacts,
 } from '../../../src/kbs/store/types.js';
 
 const hex = (u: Uint8Array | undefined): string | null => (u ? Buffer.from(u).toString('hex') : null);
@@ -703,6 +704,112 @@ export function storeConformance(name: string, makeStore: MakeStore): void {
         ).rejects.toThrow();
         expect(await store.isAdminTokenRevoked('j1')).toBe(false);
         expect(await store.logSize()).toBe(0);
+      });
+    });
+
+    describe('confidential training', () => {
+      const job = 'a'.repeat(64);
+      const cp = (number: number, fill = String(number % 10)) => ({ number, sha256: fill.repeat(64) });
+      const facts = (sha: string, recipients: string[][]): TrainReceiptFacts => ({
+        job,
+        sha256: sha.repeat(64),
+        subjects: [{ name: 'model.gguf.sealed', sha256: 'e'.repeat(64) }],
+        trainer: { kind: 'builtin', name: 'llama', digest: 'sha256:1234' },
+        outputs: recipients.map((r, i) => ({ file: `out${i}`, sha256: 'f'.repeat(64), recipients: r })),
+        tee: { kind: 'sample', insecure: true, status: 'warning' },
+      });
+
+      it('advances a checkpoint by compare-and-set, logging each advance and nothing else', async () => {
+        const { store } = await fresh();
+        expect(await store.trainCheckpoint(job)).toBeUndefined();
+        expect(await store.advanceTrainCheckpoint(job, null, cp(1), logFields('train-checkpoint'))).toEqual({
+          advanced: true,
+        });
+        expect(await store.advanceTrainCheckpoint(job, cp(1), cp(2), logFields('train-checkpoint'))).toEqual({
+          advanced: true,
+        });
+        expect(await store.trainCheckpoint(job)).toEqual(cp(2));
+        // An older prev, the same number with another digest, and "none" are refused with what is held.
+        for (const prev of [cp(1), cp(2, 'b'), null]) {
+          expect(await store.advanceTrainCheckpoint(job, prev, cp(9), logFields('x'))).toEqual({
+            advanced: false,
+            held: cp(2),
+          });
+        }
+        expect(await store.advanceTrainCheckpoint('b'.repeat(64), cp(1), cp(2), logFields('x'))).toEqual({
+          advanced: false,
+          held: undefined,
+        });
+        expect(await store.trainCheckpoint(job)).toEqual(cp(2));
+        expect(
+          (await allEntries(store)).map((e) => JSON.parse(new TextDecoder().decode(e.canonical)).kind),
+        ).toEqual(['train-checkpoint', 'train-checkpoint']);
+      });
+
+      it('of two concurrent advances from the same checkpoint exactly one wins', async () => {
+        const { store } = await fresh();
+        await store.advanceTrainCheckpoint(job, null, cp(1), logFields('train-checkpoint'));
+        const results = await Promise.all([
+          store.advanceTrainCheckpoint(job, cp(1), cp(2, 'a'), logFields('train-checkpoint')),
+          store.advanceTrainCheckpoint(job, cp(1), cp(2, 'b'), logFields('train-checkpoint')),
+        ]);
+        expect(results.filter((r) => r.advanced)).toHaveLength(1);
+        const winner = results[0]!.advanced ? cp(2, 'a') : cp(2, 'b');
+        expect(results.find((r) => !r.advanced)).toEqual({ advanced: false, held: winner });
+        expect(await store.trainCheckpoint(job)).toEqual(winner);
+        expect(await store.logSize()).toBe(2);
+      });
+
+      it('rolls an advance back when its log entry cannot be built', async () => {
+        const { store, log } = await fresh();
+        log.failNext();
+        await expect(store.advanceTrainCheckpoint(job, null, cp(1), logFields('x'))).rejects.toThrow(
+          /refuses/,
+        );
+        expect(await store.trainCheckpoint(job)).toBeUndefined();
+        expect(await store.logSize()).toBe(0);
+      });
+
+      it('records a receipt once with its log entry, found by each recipient, newest first', async () => {
+        const { store, log } = await fresh();
+        const envelope = new TextEncoder().encode('{"payloadType":"x"}');
+        const a = await store.addTrainReceipt(
+          facts('1', [['kbs:///o/m/key', 'kbs:///d/k/key'], ['kbs:///o/m/key']]),
+          envelope,
+          logFields('train-receipt'),
+        );
+        expect(a.created).toBe(true);
+        expect(a.record).toMatchObject({
+          ...facts('1', [['kbs:///o/m/key', 'kbs:///d/k/key'], ['kbs:///o/m/key']]),
+          logIndex: 0,
+        });
+        expect(a.record.recordedAt).toMatch(ISO);
+        // The same receipt again: its first record, nothing logged.
+        const again = await store.addTrainReceipt(facts('1', [['kbs:///o/m/key']]), envelope, logFields('x'));
+        expect(again).toEqual({ record: a.record, created: false });
+        const b = await store.addTrainReceipt(
+          facts('2', [['kbs:///o/m/key']]),
+          envelope,
+          logFields('train-receipt'),
+        );
+        expect(b.record.logIndex).toBe(1);
+        expect((await store.trainReceiptsFor('kbs:///o/m/key', 10)).map((r) => r.sha256)).toEqual([
+          '2'.repeat(64),
+          '1'.repeat(64),
+        ]);
+        expect(await store.trainReceiptsFor('kbs:///o/m/key', 1)).toEqual([b.record]);
+        expect(await store.trainReceiptsFor('kbs:///d/k/key', 10)).toEqual([a.record]);
+        expect(await store.trainReceiptsFor('kbs:///none', 10)).toEqual([]);
+        expect(await store.trainReceipt('1'.repeat(64))).toEqual({ record: a.record, envelope });
+        expect(await store.trainReceipt('3'.repeat(64))).toBeUndefined();
+        // A receipt whose entry cannot be built leaves nothing behind.
+        log.failNext();
+        await expect(
+          store.addTrainReceipt(facts('4', [['kbs:///o/m/key']]), envelope, logFields('x')),
+        ).rejects.toThrow(/refuses/);
+        expect(await store.trainReceipt('4'.repeat(64))).toBeUndefined();
+        expect(await store.trainReceiptsFor('kbs:///o/m/key', 10)).toHaveLength(2);
+        expect(await store.logSize()).toBe(2);
       });
     });
 

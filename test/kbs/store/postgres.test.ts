@@ -221,6 +221,33 @@ describe.skipIf(!enabled)('postgres', () => {
     }
   });
 
+  it('migrates a version 2 schema by adding the training tables', async () => {
+    const schema = newSchema();
+    const s = await open(schema);
+    await s.close();
+    const c = new pg.Client({ connectionString: URL, options: `-c search_path=${schema}` });
+    await c.connect();
+    try {
+      await c.query('DROP TABLE train_receipt_recipients, train_receipts, train_checkpoints');
+      await c.query('UPDATE schema_meta SET version = 2');
+      const again = await open(schema);
+      try {
+        expect((await c.query('SELECT version FROM schema_meta')).rows[0].version).toBe(3);
+        const cp = { number: 1, sha256: '1'.repeat(64) };
+        expect(
+          await again.advanceTrainCheckpoint('a'.repeat(64), null, cp, logFields('train-checkpoint')),
+        ).toEqual({
+          advanced: true,
+        });
+        expect(await again.trainCheckpoint('a'.repeat(64))).toEqual(cp);
+      } finally {
+        await again.close();
+      }
+    } finally {
+      await c.end();
+    }
+  });
+
   describe('PostgresStore across replicas', () => {
     it('two pools appending 200 entries at once produce one contiguous, unbroken chain', async () => {
       const schema = newSchema();
@@ -305,7 +332,7 @@ describe.skipIf(!enabled)('postgres', () => {
         await c.query('UPDATE schema_meta SET version = 1');
         const again = await open(schema);
         await expectAllNodes(again);
-        expect((await c.query('SELECT version FROM schema_meta')).rows[0].version).toBe(2);
+        expect((await c.query('SELECT version FROM schema_meta')).rows[0].version).toBe(3);
         // An older replica appended entries 32… without subtree hashes: the next append rebuilds them.
         await c.query('DELETE FROM log_nodes WHERE (idx + 1) * (1::bigint << level) > 32');
         await again.appendLog(logFields('release', 'after'));

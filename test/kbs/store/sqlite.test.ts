@@ -43,7 +43,7 @@ describe('SqliteStore schema migration', () => {
     try {
       await expectMigratedFromV1(s);
       const db = (s as unknown as { db: Database.Database }).db;
-      expect(db.pragma('user_version', { simple: true })).toBe(2);
+      expect(db.pragma('user_version', { simple: true })).toBe(3);
       expect(db.pragma('foreign_keys', { simple: true })).toBe(1);
       expect(() =>
         db
@@ -143,7 +143,7 @@ describe('SqliteStore durability', () => {
     const again = await open(path);
     try {
       const db = (again as unknown as { db: Database.Database }).db;
-      expect(db.pragma('user_version', { simple: true })).toBe(2);
+      expect(db.pragma('user_version', { simple: true })).toBe(3);
       expect(db.pragma('foreign_keys', { simple: true })).toBe(1);
       await expectMigratedLog(again, 47);
       expect(await again.repositoryOwner('Shared')).toEqual({ tenant: null });
@@ -166,7 +166,7 @@ describe('SqliteStore durability', () => {
       (again as unknown as { db: import('better-sqlite3').Database }).db.pragma('user_version', {
         simple: true,
       }),
-    ).toBe(2);
+    ).toBe(3);
     await expectAllNodes(again);
     // An older program appended entries 32… without subtree hashes: the next append rebuilds them.
     (again as unknown as { db: import('better-sqlite3').Database }).db.exec(
@@ -284,6 +284,32 @@ describe('SqliteStore across processes', () => {
       }
     } finally {
       await s.close();
+    }
+  });
+});
+
+describe('SqliteStore schema version 3', () => {
+  it('opens a version 2 database by adding the training tables', async () => {
+    const path = file();
+    const s = await open(path);
+    const db = (s as unknown as { db: Database.Database }).db;
+    db.exec('DROP TABLE train_receipt_recipients; DROP TABLE train_receipts; DROP TABLE train_checkpoints;');
+    db.pragma('user_version = 2');
+    await s.close();
+    const again = await open(path);
+    try {
+      expect(
+        (again as unknown as { db: Database.Database }).db.pragma('user_version', { simple: true }),
+      ).toBe(3);
+      const cp = { number: 1, sha256: '1'.repeat(64) };
+      expect(
+        await again.advanceTrainCheckpoint('a'.repeat(64), null, cp, logFields('train-checkpoint')),
+      ).toEqual({
+        advanced: true,
+      });
+      expect(await again.trainCheckpoint('a'.repeat(64))).toEqual(cp);
+    } finally {
+      await again.close();
     }
   });
 });

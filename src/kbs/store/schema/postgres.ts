@@ -13,8 +13,11 @@
  * A NULL `tenant` is the operator's (see `Owner` in ../types.ts): never a reserved name, so a query for
  * a tenant (`tenant = $1`) can never match the operator's rows. Version 2 made those columns nullable.
  */
-/** 2: nullable tenants (the operator is NULL) and log_nodes (stored subtree hashes; a database of version 1 is migrated and backfilled by migrate). */
-export const POSTGRES_SCHEMA_VERSION = 2;
+/**
+ * 2: nullable tenants (the operator is NULL) and log_nodes (stored subtree hashes; a database of version 1 is migrated and backfilled by migrate).
+ * 3: confidential training: train_checkpoints, train_receipts, train_receipt_recipients (new tables only).
+ */
+export const POSTGRES_SCHEMA_VERSION = 3;
 
 export const POSTGRES_SCHEMA = `
 CREATE TABLE IF NOT EXISTS schema_meta (
@@ -117,6 +120,33 @@ CREATE TABLE IF NOT EXISTS checkpoints (
   size BIGINT NOT NULL CHECK (size >= 0),
   note TEXT NOT NULL,
   created_at TEXT NOT NULL
+);
+
+-- Confidential training (src/kbs/train.ts). Each job's latest checkpoint, moved only by
+-- compare-and-set (UPDATE … WHERE number = prev AND sha256 = prev), so a host cannot roll a job back.
+CREATE TABLE IF NOT EXISTS train_checkpoints (
+  job TEXT PRIMARY KEY CHECK (length(job) = 64),
+  number BIGINT NOT NULL CHECK (number >= 1),
+  sha256 TEXT NOT NULL CHECK (length(sha256) = 64),
+  updated_at TEXT NOT NULL
+);
+
+-- Training receipts by the SHA-256 of their envelope; facts: JSON {subjects, trainer, outputs, tee}.
+CREATE TABLE IF NOT EXISTS train_receipts (
+  sha256 TEXT PRIMARY KEY CHECK (length(sha256) = 64),
+  job TEXT NOT NULL,
+  log_index BIGINT NOT NULL CHECK (log_index >= 0),
+  recorded_at TEXT NOT NULL,
+  facts TEXT NOT NULL,
+  envelope BYTEA NOT NULL
+);
+CREATE INDEX IF NOT EXISTS train_receipts_by_job ON train_receipts(job);
+
+-- The kbs:/// URIs a receipt's outputs are sealed to: what a release decision looks receipts up by.
+CREATE TABLE IF NOT EXISTS train_receipt_recipients (
+  recipient TEXT NOT NULL,
+  receipt TEXT NOT NULL REFERENCES train_receipts(sha256),
+  PRIMARY KEY (recipient, receipt)
 );
 `;
 

@@ -6,8 +6,12 @@
  * A NULL `tenant` is the operator's (see `Owner` in ../types.ts): never a reserved name, so a query for
  * a tenant (`tenant = ?`) can never match the operator's rows. Version 2 made those columns nullable.
  */
-/** 2: nullable tenants (the operator is NULL) and log_nodes (stored subtree hashes; a database of version 1 is migrated and backfilled when opened). */
-export const SQLITE_SCHEMA_VERSION = 2;
+/**
+ * 2: nullable tenants (the operator is NULL) and log_nodes (stored subtree hashes; a database of version 1 is migrated and backfilled when opened).
+ * 3: confidential training: train_checkpoints, train_receipts, train_receipt_recipients (new tables only: a
+ *    database of version 2 gets them when opened).
+ */
+export const SQLITE_SCHEMA_VERSION = 3;
 
 export const SQLITE_SCHEMA = `
 CREATE TABLE IF NOT EXISTS repositories (
@@ -99,6 +103,33 @@ CREATE TABLE IF NOT EXISTS checkpoints (
   note TEXT NOT NULL,
   created_at TEXT NOT NULL
 ) STRICT;
+
+-- Confidential training (src/kbs/train.ts). Each job's latest checkpoint, moved only by
+-- compare-and-set (UPDATE … WHERE number = prev AND sha256 = prev), so a host cannot roll a job back.
+CREATE TABLE IF NOT EXISTS train_checkpoints (
+  job TEXT PRIMARY KEY CHECK (length(job) = 64),
+  number INTEGER NOT NULL CHECK (number >= 1),
+  sha256 TEXT NOT NULL CHECK (length(sha256) = 64),
+  updated_at TEXT NOT NULL
+) STRICT;
+
+-- Training receipts by the SHA-256 of their envelope; facts: JSON {subjects, trainer, outputs, tee}.
+CREATE TABLE IF NOT EXISTS train_receipts (
+  sha256 TEXT PRIMARY KEY CHECK (length(sha256) = 64),
+  job TEXT NOT NULL,
+  log_index INTEGER NOT NULL CHECK (log_index >= 0),
+  recorded_at TEXT NOT NULL,
+  facts TEXT NOT NULL,
+  envelope BLOB NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS train_receipts_by_job ON train_receipts(job);
+
+-- The kbs:/// URIs a receipt's outputs are sealed to: what a release decision looks receipts up by.
+CREATE TABLE IF NOT EXISTS train_receipt_recipients (
+  recipient TEXT NOT NULL,
+  receipt TEXT NOT NULL REFERENCES train_receipts(sha256),
+  PRIMARY KEY (recipient, receipt)
+) STRICT, WITHOUT ROWID;
 `;
 
 /**
