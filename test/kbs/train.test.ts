@@ -8,15 +8,27 @@
 import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { checkReceiptEnvelope } from '../../src/kbs/train.js';
+import { createAttestedSigner } from '../../src/tee/attested-receipt.js';
+import { InsecureSampleAttester } from '../../src/tee/evidence/index.js';
 import { type CheckpointRef, KbsClient, KbsClientError } from '../../src/tee/kbs-client.js';
-import { bs } from '../../src/util/bytes.js';
+import { signTrainingReceipt, type TrainerRecord } from '../../src/train/receipt.js';
+import { bs, fromHex } from '../../src/util/bytes.js';
+import { canonicalizeBytes } from '../../src/util/jcs.js';
+import { sampleFacts } from '../train/receipt-fixture.js';
 import { PG_ENABLED, pgSchema, sampleAttester, type TestBroker, testBroker } from './helpers.js';
 
 const sha = (s: string | Uint8Array) => createHash('sha256').update(s).digest('hex');
 const MANIFEST = '{"version":1,"name":"tiny-lm","trainer":{"builtin":"llama"}}';
 const JOB = sha(MANIFEST);
 const OTHER_JOB = sha('another manifest');
-const APPROVED = `sha256:${sha('cloister trainer llama 1')}`;
+const APPROVED_TRAINER = {
+  kind: 'builtin',
+  name: 'llama',
+  software: { name: 'cloister', version: '0.1.0', digest: `sha256:${sha('cloister build')}` },
+} as const;
+/** A trainer's digest as init-data, receipts and policies name it: sha256 of JCS(trainer record). */
+const digestOf = (t: unknown) => `sha256:${sha(canonicalizeBytes(t))}`;
+const APPROVED = digestOf(APPROVED_TRAINER);
 const MODEL_KEY = 'owner/model/key';
 const cp = (number: number, salt = ''): CheckpointRef => ({
   number,
@@ -37,7 +49,7 @@ async function trainer(b: TestBroker, job = JOB): Promise<KbsClient> {
   });
 }
 
-/** A DSSE envelope of a training receipt (src/train/receipt.ts's shape; the signature is not checked here). */
+/** An unsigned DSSE envelope of a training receipt, for the structural refusals (checked before signatures). */
 function receipt(
   o: {
     job?: string;
@@ -54,11 +66,8 @@ function receipt(
     predicateType: o.predicateType ?? 'https://cloister.dev/attestation/training/v1',
     predicate: {
       manifest: { sha256: o.job ?? JOB, name: 'tiny-lm' },
-      trainer: o.trainer ?? {
-        kind: 'builtin',
-        name: 'llama',
-        software: { name: 'cloister', version: '0.1.0', digest: APPROVED },
-      },
+      trainer: o.trainer ?? APPROVED_TRAINER,
+      trainerDigest: digestOf(o.trainer ?? APPROVED_TRAINER),
       outputs: [
         {
           file: 'model.gguf.sealed',
@@ -75,6 +84,26 @@ function receipt(
       signatures: [{ keyid: 'test', sig: Buffer.from('not checked here').toString('base64') }],
     }),
   );
+}
+
+/** A training receipt signed in the sample TEE by a key bound to `job`, as `cloister train` makes it. */
+async function signedReceipt(
+  o: { trainer?: TrainerRecord; recipients?: string[] } = {},
+): Promise<Uint8Array> {
+  const output = sha('sealed model');
+  const facts = sampleFacts({
+    manifest: { sha256: JOB, name: 'tiny-lm' },
+    trainer: o.trainer ?? APPROVED_TRAINER,
+    outputs: [
+      {
+        file: 'model.gguf.sealed',
+        sealedSha256: output,
+        recipients: o.recipients ?? [`kbs:///${MODEL_KEY}`, 'hpke:owner-key'],
+      },
+    ],
+  });
+  const signer = await createAttestedSigner(new InsecureSampleAttester(), fromHex(JOB));
+  return new TextEncoder().encode(JSON.stringify(await signTrainingReceipt(facts, signer)));
 }
 
 async function logEntries(
@@ -193,7 +222,7 @@ for (const backend of BACKENDS) {
       // A receipt from another trainer, and one sealed to another key, release nothing.
       await t.appendReceipt(
         JOB,
-        receipt({
+        await signedReceipt({
           trainer: {
             kind: 'builtin',
             name: 'llama',
@@ -201,12 +230,12 @@ for (const backend of BACKENDS) {
           },
         }),
       );
-      await t.appendReceipt(JOB, receipt({ recipients: ['kbs:///owner/other/key'] }));
+      await t.appendReceipt(JOB, await signedReceipt({ recipients: ['kbs:///owner/other/key'] }));
       await expect(edge.getResource(MODEL_KEY)).rejects.toMatchObject({ status: 403 });
       denial = (await logEntries(b)).at(-1)!;
       expect(denial.kind).toBe('denial');
 
-      const envelope = receipt();
+      const envelope = await signedReceipt();
       const appended = await t.appendReceipt(JOB, envelope);
       expect(appended.sha256).toBe(sha(envelope));
       const entries = await logEntries(b);
@@ -329,6 +358,14 @@ describe('training endpoints refuse', () => {
     await refused(receipt({ job: OTHER_JOB }), new RegExp(`for training job ${OTHER_JOB}, not ${JOB}`));
     await refused(receipt({ predicateType: 'https://slsa.dev/provenance/v1' }), /predicateType must be/);
     await refused(receipt({ trainer: { kind: 'magic' } }), /trainer.kind must be "builtin" or "command"/);
+    // Well formed but not signed by a key bound into TEE evidence.
+    await refused(receipt(), /the receipt does not verify/);
+    // Signed in a TEE, then one byte of the payload changed.
+    const env = JSON.parse(new TextDecoder().decode(await signedReceipt()));
+    const payload = Buffer.from(env.payload, 'base64');
+    payload[payload.indexOf('tiny-lm')] ^= 1;
+    env.payload = payload.toString('base64');
+    await refused(new TextEncoder().encode(JSON.stringify(env)), /does not verify/);
     const big = new TextEncoder().encode(
       JSON.stringify({ payloadType: 'x', payload: 'A'.repeat(1024 * 1024) }),
     );
@@ -337,24 +374,20 @@ describe('training endpoints refuse', () => {
   });
 });
 
-describe('checkReceiptEnvelope (structural; the DSSE verifier replaces it at merge)', () => {
-  it("reads a command trainer's program and labels a bare SHA-256", async () => {
+describe('checkReceiptEnvelope (the facts the broker records; signatures are checked apart)', () => {
+  it("reads a command trainer's program and its digest", async () => {
     const program = sha('python3');
-    const facts = await checkReceiptEnvelope(
-      receipt({
-        trainer: {
-          kind: 'command',
-          argv: ['python3', 'train.py'],
-          program: { path: '/usr/bin/python3', sha256: program },
-          files: [],
-        },
-      }),
-      JOB,
-    );
+    const command = {
+      kind: 'command',
+      argv: ['python3', 'train.py'],
+      program: { path: '/usr/bin/python3', sha256: program },
+      files: [],
+    };
+    const facts = await checkReceiptEnvelope(receipt({ trainer: command }), JOB);
     expect(facts).toEqual({
       job: JOB,
       subjects: [{ name: 'model.gguf.sealed', sha256: sha('sealed model') }],
-      trainer: { kind: 'command', name: '/usr/bin/python3', digest: `sha256:${program}` },
+      trainer: { kind: 'command', name: '/usr/bin/python3', digest: digestOf(command) },
       outputs: [
         {
           file: 'model.gguf.sealed',
