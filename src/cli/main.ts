@@ -12,6 +12,7 @@ import { registerModel } from './model.js';
 import { registerReceipt } from './receipt.js';
 import { registerSealCommands } from './seal.js';
 import { registerServe } from './serve.js';
+import { registerTrain } from './train.js';
 import { registerVerify } from './verify.js';
 
 /**
@@ -45,6 +46,7 @@ export async function main(argv: string[]): Promise<number> {
   registerChat(program);
   registerModel(program);
   registerReceipt(program);
+  registerTrain(program);
   for (const c of program.commands) c.exitOverride();
   try {
     await program.parseAsync(argv, { from: 'user' });

@@ -9,6 +9,7 @@ import {
   createLlamaTrainer,
   decode,
   encode,
+  encodeCorpus,
   LlamaError,
   type LlamaTrainer,
   readLlamaGguf,
@@ -224,6 +225,13 @@ describe('the exported GGUF in llama.cpp (node-llama-cpp)', () => {
         expect(Array.from(model.tokenize(text)), text).toEqual(Array.from(ids));
         expect(model.detokenize(Array.from(ids) as Token[]), text).toBe(decode(ids));
         expect(decode(ids)).toBe(text.replaceAll('▁', ' '));
+      }
+      // A training corpus reads the ChatML markers as llama.cpp does with special tokens parsed.
+      for (const text of [
+        '<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>',
+        'plain',
+      ]) {
+        expect(Array.from(model.tokenize(text, true)), text).toEqual(Array.from(encodeCorpus(text)));
       }
     } finally {
       await model.dispose();

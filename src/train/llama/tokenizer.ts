@@ -80,6 +80,41 @@ export function encode(text: string, addSpacePrefix = false): Int32Array {
   return Int32Array.from(out);
 }
 
+/** The ChatML markers, read as their control tokens in a training corpus. */
+const MARKERS = ['<|im_start|>', '<|im_end|>'];
+
+/**
+ * Token ids of a training corpus, as llama.cpp tokenizes with special tokens parsed: the ChatML
+ * markers become their control tokens (what `cloister serve`'s chat template feeds the model), so a
+ * corpus of ChatML conversations teaches the model to answer chats; everything else as {@link encode}.
+ */
+export function encodeCorpus(text: string): Int32Array {
+  const parts: Int32Array[] = [];
+  let rest = text;
+  for (;;) {
+    let at = -1;
+    let marker = '';
+    for (const m of MARKERS) {
+      const i = rest.indexOf(m);
+      if (i >= 0 && (at < 0 || i < at)) {
+        at = i;
+        marker = m;
+      }
+    }
+    if (at < 0) break;
+    parts.push(encode(rest.slice(0, at)), Int32Array.of(VOCAB.tokens.indexOf(marker)));
+    rest = rest.slice(at + marker.length);
+  }
+  parts.push(encode(rest));
+  const out = new Int32Array(parts.reduce((n, p) => n + p.length, 0));
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
 /** Text of token ids; control and unknown tokens are left out. Invalid UTF-8 byte runs become U+FFFD. */
 export function decode(ids: ArrayLike<number>): string {
   const bytes: number[] = [];

@@ -34,7 +34,7 @@ import {
   ropeTables,
 } from './model.js';
 import { Rng } from './prng.js';
-import { encode } from './tokenizer.js';
+import { encodeCorpus } from './tokenizer.js';
 
 /** The llama trainer, with a look inside for tests and tools. */
 export interface LlamaTrainer extends BuiltinTrainer {
@@ -82,7 +82,7 @@ async function readCorpus(input: TrainerInput): Promise<Int32Array> {
     throw new LlamaError('bad-input', `inputs[0] (${first.name}) is not UTF-8 text`);
   }
   if (text.length === 0) throw new LlamaError('bad-input', `inputs[0] (${first.name}) is empty`);
-  return encode(text);
+  return encodeCorpus(text);
 }
 
 async function readStartModel(input: TrainerInput): Promise<LlamaModel | undefined> {
