@@ -11,6 +11,7 @@ import { chmod, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Command } from 'commander';
+import { FlagError } from './io.js';
 
 /** A small but real safetensors file (8-byte header length, JSON header, little-endian f32 data). */
 export function tinySafetensors(rows: number, cols: number): Uint8Array {
@@ -46,7 +47,7 @@ console.log('[workload] model ' + rows + 'x' + cols + ' loaded from ' + process.
 const CLI = new URL('../../bin/cloister.js', import.meta.url).pathname;
 
 /** Runs `cloister …` as a child process, echoing its output indented; resolves with its exit code. */
-function cloister(args: string[], say: (s: string) => void): Promise<number> {
+export function cloister(args: string[], say: (s: string) => void): Promise<number> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     const echo = (b: Buffer) => {
@@ -60,7 +61,7 @@ function cloister(args: string[], say: (s: string) => void): Promise<number> {
 }
 
 /** Starts `cloister serve …` and resolves with its URL once it listens; its lines are echoed. */
-function serve(
+export function serve(
   args: string[],
   say: (s: string) => void,
 ): Promise<{ url: string; stop: () => Promise<void> }> {
@@ -170,6 +171,45 @@ export function replayScript(): string {
   ].join('\n');
 }
 
+/** Writes a file a user needs to replay a demo by hand; secrets are 0600. */
+export type Keep = (f: string, text: string, secret?: boolean) => Promise<void>;
+
+/**
+ * A demo's key broker (dev mode, SQLite in `dir`), with an admin key, an EAR key, a log key and a
+ * master key made for the demo, started from a kbs.json that `cloister kbs serve --config` reads the
+ * same way.
+ */
+export async function startDemoBroker(dir: string, keep: Keep) {
+  const { exportJWK, generateKeyPair } = await import('jose');
+  const { loadConfig, startBroker } = await import('../kbs/index.js');
+  const { generateNoteSigner } = await import('../translog/index.js');
+  const admin = await generateKeyPair('EdDSA', { crv: 'Ed25519', extractable: true });
+  await keep('admin.pub.jwk', JSON.stringify({ ...(await exportJWK(admin.publicKey)), alg: 'EdDSA' }));
+  await keep('admin.jwk', JSON.stringify({ ...(await exportJWK(admin.privateKey)), alg: 'EdDSA' }), true);
+  const ear = await generateKeyPair('ES256', { extractable: true });
+  await keep('ear.jwk', JSON.stringify(await exportJWK(ear.privateKey)), true);
+  await keep('ear.pub.jwk', JSON.stringify(await exportJWK(ear.publicKey)));
+  const logKey = await generateNoteSigner('cloister-demo/log');
+  await keep('log.jwk', JSON.stringify(logKey.jwk), true);
+  await keep('log.vkey', logKey.vkey);
+  await keep('master.key', btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32)))), true);
+  const config = {
+    devMode: true,
+    db: 'sqlite:kbs.db',
+    adminKeysFile: 'admin.pub.jwk',
+    masterKeyFile: 'master.key',
+    earKeyFile: 'ear.jwk',
+    logKeyFile: 'log.jwk',
+    logOrigin: 'cloister-demo/log',
+  };
+  await keep('kbs.json', JSON.stringify(config, null, 2));
+  const brokerLog: string[] = [];
+  const broker = await startBroker(await loadConfig(join(dir, 'kbs.json'), { port: 0 }), {
+    log: (l) => brokerLog.push(l),
+  });
+  return { broker, admin, brokerLog };
+}
+
 export function registerDemo(program: Command): void {
   program
     .command('demo')
@@ -179,20 +219,32 @@ export function registerDemo(program: Command): void {
       'keep the directory: keys, policies, sealed files, the exported log and replay.sh (the same steps by hand)',
     )
     .option('--show-commands', 'print under each step the cloister commands that do it by hand')
-    .addHelpText('after', '\nExamples:\n  npx cloister demo\n  npx cloister demo --keep --show-commands')
-    .action(async (o: { keep?: boolean; showCommands?: boolean }) => {
+    .argument(
+      '[scenario]',
+      'train: the training scenario instead (train in the sample TEE → sealed to the owner → served at the edge)',
+    )
+    .addHelpText(
+      'after',
+      '\nExamples:\n  npx cloister demo\n  npx cloister demo --keep --show-commands\n  npx cloister demo train',
+    )
+    .action(async (scenario: string | undefined, o: { keep?: boolean; showCommands?: boolean }) => {
+      if (scenario !== undefined) {
+        if (scenario !== 'train')
+          throw new FlagError(`unknown demo scenario ${JSON.stringify(scenario)}; try: train`);
+        await (await import('./demo-train.js')).demoTrain({ keep: o.keep === true });
+        return;
+      }
       // The whole stack (broker, client, inference) loads when the demo runs, not when the CLI starts.
-      const { exportJWK, generateKeyPair } = await import('jose');
       const { offlineSource } = await import('../attest/index.js');
       const { confidentialFetch } = await import('../client/index.js');
       const { parseClientPolicy } = await import('../client/index.js');
       const { writeTinyLlamaGguf } = await import('../infer/testing/index.js');
       const { AdminClient } = await import('../kbs/admin-client.js');
-      const { loadConfig, startBroker } = await import('../kbs/index.js');
+      const { startBroker } = await import('../kbs/index.js');
       const { signAdminToken } = await import('../kbs/index.js');
       const { generateKek, kekToJwk } = await import('../seal/index.js');
       const { readHeader, sealFile, unsealToMemory } = await import('../seal/node.js');
-      const { generateNoteSigner, parseBundle, verifyBundle } = await import('../translog/index.js');
+      const { parseBundle, verifyBundle } = await import('../translog/index.js');
       const { describeServer } = await import('./chat.js');
       const say = (s: string) => process.stdout.write(`${s}\n`);
       const started = Date.now();
@@ -209,40 +261,10 @@ export function registerDemo(program: Command): void {
       };
       let broker: Awaited<ReturnType<typeof startBroker>> | undefined;
       try {
-        // 1. The key broker, with an admin key, an EAR key and a checkpoint key made for this demo,
-        // started from a kbs.json that `cloister kbs serve --config` reads the same way.
-        const admin = await generateKeyPair('EdDSA', { crv: 'Ed25519', extractable: true });
-        await keep('admin.pub.jwk', JSON.stringify({ ...(await exportJWK(admin.publicKey)), alg: 'EdDSA' }));
-        await keep(
-          'admin.jwk',
-          JSON.stringify({ ...(await exportJWK(admin.privateKey)), alg: 'EdDSA' }),
-          true,
-        );
-        const ear = await generateKeyPair('ES256', { extractable: true });
-        await keep('ear.jwk', JSON.stringify(await exportJWK(ear.privateKey)), true);
-        await keep('ear.pub.jwk', JSON.stringify(await exportJWK(ear.publicKey)));
-        const logKey = await generateNoteSigner('cloister-demo/log');
-        await keep('log.jwk', JSON.stringify(logKey.jwk), true);
-        await keep('log.vkey', logKey.vkey);
-        await keep(
-          'master.key',
-          btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32)))),
-          true,
-        );
-        const config = {
-          devMode: true,
-          db: 'sqlite:kbs.db',
-          adminKeysFile: 'admin.pub.jwk',
-          masterKeyFile: 'master.key',
-          earKeyFile: 'ear.jwk',
-          logKeyFile: 'log.jwk',
-          logOrigin: 'cloister-demo/log',
-        };
-        await keep('kbs.json', JSON.stringify(config, null, 2));
-        const brokerLog: string[] = [];
-        broker = await startBroker(await loadConfig(at('kbs.json'), { port: 0 }), {
-          log: (l) => brokerLog.push(l),
-        });
+        // 1. The key broker, with keys made for this demo.
+        const started1 = await startDemoBroker(dir, keep);
+        broker = started1.broker;
+        const { admin, brokerLog } = started1;
         say(`1. key broker started at ${broker.url} (SQLite in ${dir})`);
         say(`   ${brokerLog.find((l) => l.includes('DEV MODE IS ON')) ?? ''}`);
         show(1);

@@ -16,6 +16,8 @@ export {
   type MlpTrainer,
 } from './mlp/index.js';
 export { formatDuration, formatProgress, type ProgressFigures, ThroughputTracker } from './progress.js';
+export { type TrainingFacts, verifyTrainingReceipt } from './receipt.js';
+export { renderReport } from './report.js';
 export type { JobInfo, TrainingSession } from './session.js';
 export { readTable, type Table, type TabularCode, TabularError, type TabularFormat } from './tabular.js';
 export type { BuiltinTrainer, ModelFile, StepReport, TrainerInput } from './trainer.js';
