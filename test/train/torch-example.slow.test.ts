@@ -32,6 +32,8 @@ function csv(): string {
 }
 
 const cannot = pythonCannot('import torch');
+// CI installs python3-torch and sets this, so a broken install fails rather than skips.
+if (cannot && process.env.CLOISTER_REQUIRE_TORCH === '1') throw new Error(cannot);
 
 describe.skipIf(cannot !== undefined)(
   `python/examples/train_csv.py with PyTorch (${cannot ?? PYTHON})`,
