@@ -1,8 +1,17 @@
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import {
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  unlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { InsecureSampleAttester } from '../../src/tee/evidence/index.js';
 import { TrainError } from '../../src/train/errors.js';
 import { type PreparedJob, prepareJob, type RunJobOptions, runJob } from '../../src/train/job.js';
@@ -188,3 +197,46 @@ describe('runJob (built-in trainer)', () => {
 function readHead(n: number): string {
   return sha(readFileSync(join(work, 'checkpoints', `ckpt-${String(n).padStart(6, '0')}.sealed`)));
 }
+
+describe('runJob on a full memory file system', () => {
+  const tiny = join(tmpdir(), `cloister-tinyfs-${process.pid}`);
+  let mounted: string | undefined;
+  try {
+    mkdirSync(tiny, { recursive: true });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', tiny], { stdio: 'ignore' });
+    mounted = tiny;
+  } catch {
+    // Not root here: the case is covered where CI runs as root.
+  }
+  afterAll(() => {
+    if (mounted) execFileSync('umount', [mounted]);
+    rmSync(tiny, { recursive: true, force: true });
+  });
+
+  it.skipIf(!mounted)(
+    'stops with one clear line when the input does not fit, and leaves nothing behind',
+    async () => {
+      const sealed = await sealText(broker, 'data/corpus/key', 'x'.repeat(256 * 1024), 'corpus.txt');
+      writeFileSync(join(work, 'corpus.txt.sealed'), sealed);
+      const path = join(work, 'job.json');
+      writeFileSync(
+        path,
+        JSON.stringify({
+          version: 1,
+          name: 'big',
+          inputs: [{ name: 'corpus', path: 'corpus.txt.sealed', sha256: sha(sealed) }],
+          trainer: { builtin: 'mlp' },
+          seed: 1,
+          outputs: { recipients: ['kbs:///owner/model/key'] },
+        }),
+      );
+      const e = await runJob(await prepareJob(path), options({ privateDir: { parent: mounted! } })).catch(
+        (x: unknown) => x,
+      );
+      expect((e as TrainError).code).toBe('no-space');
+      expect((e as Error).message).toMatch(/^no space left in .*; nothing was sealed$/);
+      expect(readdirSync(mounted!)).toEqual([]);
+      expect(readdirSync(join(work, 'out'))).toEqual([]);
+    },
+  );
+});
