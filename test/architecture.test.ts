@@ -65,8 +65,10 @@ const DOORS = new Set([
   'src/tee/defaults.ts',
   'src/kbs/admin-client.ts',
   'src/http/client.ts',
-  // Training receipts and their report, for `cloister receipt` without the trainers' engines.
-  'src/train/receipt.ts',
+  // Receipts (attested DSSE envelopes, training receipts) and the training report, for `cloister
+  // receipt` and the broker without the agent or the trainers' engines.
+  'src/tee/training-receipt.ts',
+  'src/tee/attested-receipt.ts',
   'src/train/report.ts',
 ]);
 

@@ -224,7 +224,7 @@ async function verifyFile(file: string, opts: ReceiptVerifyCliOptions): Promise<
   const { cachedSource, directorySource } = await import('../attest/collateral/node.js');
   const { AttestedReceiptError, verifyAttestedEnvelope } = await import('../tee/index.js');
   const { TRAINING_PREDICATE_TYPE, TrainingReceiptError, verifyTrainingReceipt } = await import(
-    '../train/receipt.js'
+    '../tee/training-receipt.js'
   );
   const parsedEnd = endedAt !== undefined ? new Date(endedAt) : undefined;
   const at = new Date(
@@ -347,7 +347,7 @@ function describeLines(file: string, v: Verified): string[] {
         : 'EAR token: not checked (give --ear-key or --kbs)',
   ];
   if (v.training) {
-    const t = p as unknown as import('../train/receipt.js').TrainingPredicate;
+    const t = p as unknown as import('../tee/training-receipt.js').TrainingPredicate;
     lines.push(
       `job: ${t.manifest.name}, manifest sha256 ${t.manifest.sha256}`,
       `trainer: ${t.trainer.kind === 'builtin' ? `built-in ${t.trainer.name} (${t.trainer.software.name} ${t.trainer.software.version})` : t.trainer.argv.join(' ')}`,
@@ -481,7 +481,7 @@ export async function runReceiptReport(
           : 'EAR token not checked') +
       ` (at ${v.at.toISOString()}).`;
     const html = renderReport(
-      v.statement.predicate as unknown as import('../train/receipt.js').TrainingPredicate,
+      v.statement.predicate as unknown as import('../tee/training-receipt.js').TrainingPredicate,
       metrics,
       { status: verdictWord(v.code).toLowerCase(), insecure: !!a.insecure, summary },
     );

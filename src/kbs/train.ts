@@ -138,7 +138,7 @@ export type CheckedReceipt = Omit<TrainReceiptFacts, 'sha256' | 'tee'>;
  * `verifyReceipt` (src/tee/attested-receipt.ts). Checks here: a DSSE envelope `{payloadType: "application/vnd.in-toto+json", payload: base64,
  * signatures: [{sig, keyid?}, …] (at least one)}` whose payload is an in-toto Statement v1 with
  * subjects and the training predicate (TRAINING_PREDICATE_TYPE) whose `manifest.sha256` is the job.
- * The facts read from the predicate (src/train/receipt.ts TrainingFacts): `trainer` (`{kind: "builtin",
+ * The facts read from the predicate (src/tee/training-receipt.ts TrainingFacts): `trainer` (`{kind: "builtin",
  * name, software: {digest}}` or `{kind: "command", program: {path, sha256}}`) and `outputs[]`
  * (`{file, sealedSha256, recipients}`).
  */
@@ -177,9 +177,6 @@ export async function checkReceiptEnvelope(envelope: Uint8Array, job: string): P
     throw bad(`the receipt is for training job ${manifest}, not ${job} (predicate.manifest.sha256)`);
   return { job, subjects, trainer: trainerOf(p.trainer, p.trainerDigest), outputs: outputsOf(p.outputs) };
 }
-
-/** A digest as policies compare it: `sha256:<hex>` for a bare SHA-256, anything else as written. */
-const labelled = (d: string): string => (HEX64.test(d) ? `sha256:${d}` : d);
 
 /**
  * The trainer as policies see it: its kind, its name (built-in) or program, and `trainerDigest`, the

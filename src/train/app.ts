@@ -4,9 +4,9 @@
  * the TEE's evidence with the job id, made before anything else happens.
  */
 import { createAttestedSigner } from '../tee/index.js';
+import { signTrainingReceipt } from '../tee/training-receipt.js';
 import { fromHex, utf8 } from '../util/index.js';
 import { type JobResult, type PreparedJob, type RunJobOptions, runJob } from './job.js';
-import { signTrainingReceipt } from './receipt.js';
 import type { BuiltinTrainer, TrainerInput } from './trainer.js';
 
 /** The built-in trainers by manifest name, each loaded when a job names it. */

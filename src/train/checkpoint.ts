@@ -17,9 +17,9 @@ import type { Recipient } from '../seal/index.js';
 import { openBytes, parseHeader, sealBytes } from '../seal/index.js';
 import { bestChunkCipher } from '../seal/node.js';
 import type { ConfinedDir, KekCache } from '../tee/index.js';
+import type { CheckpointRecord } from '../tee/training-receipt.js';
 import { canonicalizeBytes, utf8 } from '../util/index.js';
 import { TrainError } from './errors.js';
-import type { CheckpointRecord } from './receipt.js';
 
 export type { CheckpointRecord };
 

@@ -1,5 +1,6 @@
 /** The front door of confidential training (Node-only): job manifests, built-in trainers, the job runner. */
 
+export { type TrainingFacts, verifyTrainingReceipt } from '../tee/training-receipt.js';
 export { serveTrainingApi, TRAIN_API_STATUS, TrainApiError } from './api.js';
 export { BUILTIN_TRAINERS, runTrainingJob, type TrainingJobOptions } from './app.js';
 export { TrainError, type TrainErrorCode } from './errors.js';
@@ -16,7 +17,6 @@ export {
   type MlpTrainer,
 } from './mlp/index.js';
 export { formatDuration, formatProgress, type ProgressFigures, ThroughputTracker } from './progress.js';
-export { type TrainingFacts, verifyTrainingReceipt } from './receipt.js';
 export { renderReport } from './report.js';
 export type { JobInfo, TrainingSession } from './session.js';
 export { readTable, type Table, type TabularCode, TabularError, type TabularFormat } from './tabular.js';

@@ -41,10 +41,10 @@ import {
   type UnsealedFile,
   unsealInto,
 } from '../tee/index.js';
+import { type TrainingFacts, trainerDigest } from '../tee/training-receipt.js';
 import { type CheckpointCounter, type CheckpointRecord, CheckpointStore } from './checkpoint.js';
 import { TrainError } from './errors.js';
 import { type Manifest, type ParsedManifest, parseManifest, trainInitData } from './manifest.js';
-import { type TrainingFacts, trainerDigest } from './receipt.js';
 import type { TrainingSession } from './session.js';
 import type { BuiltinTrainer, StepReport, TrainerInput } from './trainer.js';
 

@@ -4,7 +4,7 @@
  * facts. Every string from the receipt or the metrics is escaped: a job name is data, never markup.
  * The page is well-formed XML as well as HTML, so XML tools can read it too. Web-standard.
  */
-import type { TrainingFacts } from './receipt.js';
+import type { TrainingFacts } from '../tee/training-receipt.js';
 
 /** One line of metrics.jsonl: the step and whatever was measured at it. */
 export interface MetricPoint {

@@ -360,7 +360,7 @@ export function parseStatement(payload: Uint8Array): InTotoStatement<Record<stri
 }
 
 /**
- * The predicate type of Cloister's training receipts (src/train/receipt.ts). Here, below both the
+ * The predicate type of Cloister's training receipts (src/tee/training-receipt.ts). Here, below both the
  * trainer that signs them and the key broker that records them. A new version (a field changing
  * meaning) gets a new URI; added optional fields keep v1.
  */

@@ -43,6 +43,7 @@ it('lists the top-level verbs in their order, run among them (main.ts registers 
     'chat',
     'model',
     'receipt',
+    'train',
     'help',
   ]);
 });

@@ -11,7 +11,7 @@ import { issueEar, offlineSource, sampleVerifier } from '../../src/attest/index.
 import { runReceiptReport, runReceiptVerify } from '../../src/cli/receipt.js';
 import { createAttestedSigner, signStatement } from '../../src/tee/attested-receipt.js';
 import { InsecureSampleAttester } from '../../src/tee/evidence/sample.js';
-import { signTrainingReceipt } from '../../src/train/receipt.js';
+import { signTrainingReceipt } from '../../src/tee/training-receipt.js';
 import { fromBase64, fromHex } from '../../src/util/bytes.js';
 import { IN_TOTO_STATEMENT_TYPE } from '../../src/wire/dsse.js';
 import { JOB, sampleFacts, sampleReceipt } from '../train/receipt-fixture.js';
@@ -201,7 +201,7 @@ describe('cloister receipt verify', () => {
   });
 
   it('every single-byte change anywhere in the envelope is refused by the verifier', async () => {
-    const { verifyTrainingReceipt } = await import('../../src/train/receipt.js');
+    const { verifyTrainingReceipt } = await import('../../src/tee/training-receipt.js');
     const { createDefaultRegistry } = await import('../../src/attest/index.js');
     const options = {
       registry: createDefaultRegistry(),

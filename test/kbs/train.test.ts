@@ -11,7 +11,7 @@ import { checkReceiptEnvelope } from '../../src/kbs/train.js';
 import { createAttestedSigner } from '../../src/tee/attested-receipt.js';
 import { InsecureSampleAttester } from '../../src/tee/evidence/index.js';
 import { type CheckpointRef, KbsClient, KbsClientError } from '../../src/tee/kbs-client.js';
-import { signTrainingReceipt, type TrainerRecord } from '../../src/train/receipt.js';
+import { signTrainingReceipt, type TrainerRecord } from '../../src/tee/training-receipt.js';
 import { bs, fromHex } from '../../src/util/bytes.js';
 import { canonicalizeBytes } from '../../src/util/jcs.js';
 import { sampleFacts } from '../train/receipt-fixture.js';

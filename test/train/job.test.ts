@@ -13,9 +13,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { InsecureSampleAttester } from '../../src/tee/evidence/index.js';
+import type { TrainingFacts } from '../../src/tee/training-receipt.js';
 import { TrainError } from '../../src/train/errors.js';
 import { type PreparedJob, prepareJob, type RunJobOptions, runJob } from '../../src/train/job.js';
-import type { TrainingFacts } from '../../src/train/receipt.js';
 import { utf8 } from '../../src/util/bytes.js';
 import { MemoryBroker, sealText, toyTrainer } from './fake.js';
 

@@ -2,7 +2,7 @@
 import { createHash } from 'node:crypto';
 import { createAttestedSigner } from '../../src/tee/attested-receipt.js';
 import { InsecureSampleAttester } from '../../src/tee/evidence/sample.js';
-import { signTrainingReceipt, type TrainingFacts } from '../../src/train/receipt.js';
+import { signTrainingReceipt, type TrainingFacts } from '../../src/tee/training-receipt.js';
 import { fromHex } from '../../src/util/bytes.js';
 import { canonicalizeBytes } from '../../src/util/jcs.js';
 import type { DsseEnvelope } from '../../src/wire/dsse.js';

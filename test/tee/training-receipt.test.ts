@@ -8,11 +8,11 @@ import {
   signTrainingReceipt,
   TRAINING_PREDICATE_TYPE,
   verifyTrainingReceipt,
-} from '../../src/train/receipt.js';
+} from '../../src/tee/training-receipt.js';
 import { fromBase64, fromHex, utf8 } from '../../src/util/bytes.js';
 import { canonicalizeBytes } from '../../src/util/jcs.js';
 import { type DsseEnvelope, es256Signer, IN_TOTO_PAYLOAD_TYPE, signEnvelope } from '../../src/wire/dsse.js';
-import { JOB, sampleFacts, sampleReceipt } from './receipt-fixture.js';
+import { JOB, sampleFacts, sampleReceipt } from '../train/receipt-fixture.js';
 
 const options = () => ({
   registry: createDefaultRegistry(),

@@ -12,14 +12,6 @@
  * the verifier checks equals `predicate.manifest.sha256`.
  */
 import type { EarResult } from '../attest/index.js';
-import {
-  type AttestedSigner,
-  type ReceiptAttestation,
-  signStatement,
-  type VerifiedAttestedEnvelope,
-  type VerifyAttestedOptions,
-  verifyAttestedEnvelope,
-} from '../tee/index.js';
 import { canonicalizeBytes, fromHex, toHex } from '../util/index.js';
 import {
   type DsseEnvelope,
@@ -28,6 +20,14 @@ import {
   type InTotoStatement,
   TRAINING_PREDICATE_TYPE,
 } from '../wire/index.js';
+import {
+  type AttestedSigner,
+  type ReceiptAttestation,
+  signStatement,
+  type VerifiedAttestedEnvelope,
+  type VerifyAttestedOptions,
+  verifyAttestedEnvelope,
+} from './attested-receipt.js';
 
 export { TRAINING_PREDICATE_TYPE };
 
