@@ -24,8 +24,9 @@ export async function runTrainingJob(p: PreparedJob, o: TrainingJobOptions): Pro
   return runJob(p, {
     ...o,
     builtins: BUILTIN_TRAINERS,
+    // Not every request: a trainer reporting metrics each step would bury the log.
     serveApi: async (socketPath, session) =>
-      (await import('./api.js')).serveTrainingApi({ socketPath, session, log: o.log }),
+      (await import('./api.js')).serveTrainingApi({ socketPath, session }),
     signReceipt: async (facts, ear) =>
       utf8.encode(`${JSON.stringify(await signTrainingReceipt(facts, signer, { ear }), null, 2)}\n`),
   });

@@ -116,7 +116,8 @@ export class CheckpointStore {
     const { dir, job, counter } = this.o;
     const numbers = (await dir.listFiles(() => {}))
       .map((f) => FILE.exec(f))
-      .filter((m): m is RegExpExecArray => m !== null)
+      // Exactly the names this store writes: "ckpt-0000005.sealed" is not checkpoint 5.
+      .filter((m): m is RegExpExecArray => m !== null && m[0] === fileName(Number(m[1])))
       .map((m) => Number(m[1]))
       .sort((a, b) => b - a);
     const held = await counter.checkpointLatest(job);
@@ -167,6 +168,11 @@ export class CheckpointStore {
     const last = meta.history.at(-1);
     if ((last?.sealedSha256 ?? null) !== meta.prev || (last?.number ?? 0) !== newest - 1)
       throw new TrainError('checkpoint-chain', `${what}: its history does not end at its predecessor`);
+    if ((held?.number ?? 0) < newest - 1)
+      throw new TrainError(
+        'checkpoint-chain',
+        `${what} is more than one ahead of the checkpoint the key broker holds (${held ? held.number : 'none'}): it was not made by a run the broker saw`,
+      );
     if (!held || held.number === newest - 1) {
       // One ahead of the broker: written, then the run ended before the broker was told.
       if ((held?.sha256 ?? null) !== meta.prev)

@@ -6,7 +6,7 @@ export { BUILTIN_TRAINERS, runTrainingJob, type TrainingJobOptions } from './app
 export { TrainError, type TrainErrorCode } from './errors.js';
 export { type JobResult, type PreparedJob, prepareJob, RECEIPT_FILE, type TrainBroker } from './job.js';
 export { createLlamaTrainer, LlamaError, readLlamaGguf } from './llama/index.js';
-export { type Manifest, parseManifest, trainInitData } from './manifest.js';
+export { type Manifest, parseManifest } from './manifest.js';
 export { type MetricRecord, MetricsError, MetricsLog, parseMetrics } from './metrics.js';
 export {
   createMlpTrainer,

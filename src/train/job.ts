@@ -22,7 +22,7 @@ import { mkdir, readFile, realpath, writeFile } from 'node:fs/promises';
 import { constants } from 'node:os';
 import { basename, dirname, isAbsolute, join, normalize, resolve } from 'node:path';
 import type { Recipient } from '../seal/index.js';
-import { openSealedPath, type SealedPath } from '../seal/node.js';
+import { openSealedPath, readHeader, type SealedPath } from '../seal/node.js';
 import {
   ConfinedDir,
   type CpuAttester,
@@ -42,9 +42,10 @@ import {
   unsealInto,
 } from '../tee/index.js';
 import { type TrainingFacts, trainerDigest } from '../tee/training-receipt.js';
+import { trainInitData } from '../wire/index.js';
 import { type CheckpointCounter, type CheckpointRecord, CheckpointStore } from './checkpoint.js';
 import { TrainError } from './errors.js';
-import { type Manifest, type ParsedManifest, parseManifest, trainInitData } from './manifest.js';
+import { type Manifest, type ParsedManifest, parseManifest } from './manifest.js';
 import type { TrainingSession } from './session.js';
 import type { BuiltinTrainer, StepReport, TrainerInput } from './trainer.js';
 
@@ -78,6 +79,8 @@ export interface PreparedJob {
   trainer: TrainerIdentity;
   /** `sha256:<hex>` of JCS(trainer): what the init-data and the receipt carry. */
   trainerDigest: string;
+  /** Whom outputs and checkpoints are sealed to (kbs:/// URIs), as the init-data names them. */
+  recipients: string[];
   /** The BYO trainer's files, read once. */
   files: TrainerFile[];
   /** The CoCo init-data the TEE launches with (sample TEE: set by the runner). */
@@ -136,16 +139,75 @@ async function trainerOf(
       );
     files.push({ path: rel, sha256: digest, bytes });
   }
-  const program = await realpath(await findProgram(argv[0]!, process.env.PATH));
+  // The program: one of the job's own files (run from its hashed copy), or a program of the TEE's
+  // image found along a PATH of absolute folders only — never the manifest's folder, which the host
+  // can change between the hash and the run.
+  const own = files.find((f) => f.path === normalize(argv[0]!));
+  let program: { path: string; sha256: string };
+  if (own) program = { path: own.path, sha256: own.sha256 };
+  else {
+    if (argv[0]!.includes('/') && !isAbsolute(argv[0]!))
+      throw new TrainError(
+        'bad-manifest',
+        `job manifest: trainer.command[0] ${argv[0]} is a relative path: list it in trainer.files, or name a program of the TEE's image`,
+      );
+    const path = (process.env.PATH ?? '')
+      .split(':')
+      .filter((d) => isAbsolute(d))
+      .join(':');
+    const found = await realpath(await findProgram(argv[0]!, path || '/usr/local/bin:/usr/bin:/bin'));
+    if (found.startsWith(`${base}/`))
+      throw new TrainError(
+        'bad-manifest',
+        `job manifest: trainer.command[0] resolves to ${found}, in the job's folder: list it in trainer.files instead`,
+      );
+    program = { path: found, sha256: sha256(new Uint8Array(await readFile(found))) };
+  }
+  for (const [i, a] of argv.entries()) {
+    if (i > 0 && (isAbsolute(a) || normalize(a).startsWith('..')))
+      throw new TrainError(
+        'bad-manifest',
+        `job manifest: trainer.command[${i}] ${a} names a file outside the job: list the file in trainer.files and name it by its relative path`,
+      );
+  }
   return {
-    trainer: {
-      kind: 'command',
-      argv,
-      program: { path: program, sha256: sha256(new Uint8Array(await readFile(program))) },
-      files: files.map(({ path, sha256 }) => ({ path, sha256 })),
-    },
+    trainer: { kind: 'command', argv, program, files: files.map(({ path, sha256 }) => ({ path, sha256 })) },
     files,
   };
+}
+
+/**
+ * Whom the outputs and checkpoints are sealed to: the manifest's recipients, else the starting
+ * model's key-broker recipients. A starting model's owner must be among them: a job may not seal
+ * another owner's model to someone else.
+ */
+async function recipientsOf(m: Manifest, base: string): Promise<string[]> {
+  if (!m.model) return m.recipients;
+  let header: Awaited<ReturnType<typeof readHeader>>['header'];
+  try {
+    header = (await readHeader(under(base, m.model.path))).header;
+  } catch (e) {
+    throw new TrainError('bad-input', `model: cannot read ${m.model.path}: ${(e as Error).message}`);
+  }
+  const owners = header.recipients.filter((r) => r.type === 'kbs').map((r) => r.keyId);
+  if (owners.length === 0)
+    throw new TrainError('bad-input', `model: ${m.model.path} has no key-broker recipient (kbs:///…)`);
+  if (m.recipients.length === 0) return owners;
+  if (!owners.some((o) => m.recipients.includes(o)))
+    throw new TrainError(
+      'bad-manifest',
+      `job manifest: outputs.recipients must include the starting model's owner key (${owners.join(' or ')}): a job may not seal another owner's model to someone else`,
+    );
+  return m.recipients;
+}
+
+/** A built-in trainer's hyperparameters, checked before anything is attested or unsealed. */
+async function checkBuiltinHyperparameters(m: Manifest): Promise<void> {
+  if (!('builtin' in m.trainer)) return;
+  if (m.trainer.builtin === 'mlp')
+    (await import('./mlp/hyperparameters.js')).checkHyperparameters(m.hyperparameters);
+  // A starting model fixes the shape, so its fields are checked once the model is open.
+  else if (!m.model) (await import('./llama/hyperparameters.js')).parseHyperparameters(m.hyperparameters);
 }
 
 /** Reads and checks the manifest and the trainer; nothing is asked of a broker or a TEE yet. */
@@ -162,6 +224,8 @@ export async function prepareJob(manifestPath: string, command?: string[]): Prom
   const parsed = await parseManifest(bytes);
   const base = dirname(resolve(manifestPath));
   const { trainer, files } = await trainerOf(parsed.manifest, base, command);
+  await checkBuiltinHyperparameters(parsed.manifest);
+  const recipients = await recipientsOf(parsed.manifest, base);
   const digest = await trainerDigest(trainer);
   return {
     manifestPath,
@@ -169,8 +233,9 @@ export async function prepareJob(manifestPath: string, command?: string[]): Prom
     parsed,
     trainer,
     trainerDigest: digest,
+    recipients,
     files,
-    initData: { format: 'json', body: trainInitData(parsed.job, digest) },
+    initData: { format: 'json', body: trainInitData(parsed.job, digest, recipients) },
   };
 }
 
@@ -213,23 +278,9 @@ export interface JobResult {
   metrics: Record<string, number>;
 }
 
-async function recipientsOf(
-  p: PreparedJob,
-  model: SealedPath | undefined,
-  keys: KekCache,
-): Promise<Recipient[]> {
-  let uris = p.parsed.manifest.recipients;
-  if (uris.length === 0) {
-    // The default the mission asks for: the result belongs to whoever owns the starting model.
-    uris = model!.header.recipients.filter((r) => r.type === 'kbs').map((r) => r.keyId);
-    if (uris.length === 0)
-      throw new TrainError(
-        'bad-manifest',
-        'job manifest: outputs.recipients is empty and the starting model has no key-broker recipient to default to',
-      );
-  }
+async function keysFor(p: PreparedJob, keys: KekCache): Promise<Recipient[]> {
   const out: Recipient[] = [];
-  for (const uri of uris) out.push({ type: 'kbs', uri, kek: (await keys.get(uri)).secret });
+  for (const uri of p.recipients) out.push({ type: 'kbs', uri, kek: (await keys.get(uri)).secret });
   return out;
 }
 
@@ -301,7 +352,7 @@ export async function runJob(p: PreparedJob, o: RunJobOptions): Promise<JobResul
     const ear = await o.broker.token();
     for (const [i, s] of sealedInputs.entries()) await keys.forHeader(s.header, `inputs[${i}]`);
     if (model) await keys.forHeader(model.header, 'model');
-    const recipients = await recipientsOf(p, model, keys);
+    const recipients = await keysFor(p, keys);
     o.log(
       `keys released; outputs and checkpoints sealed to ${recipients.map((r) => (r as { uri: string }).uri).join(', ')}`,
     );
@@ -559,6 +610,7 @@ async function runCommand(p: PreparedJob, o: RunJobOptions, s: Stage): Promise<E
   let resumed = await s.store.resume();
   let metrics: Record<string, number> = {};
   let finished: Record<string, number> | undefined;
+  let refused: Error | undefined;
   const session: TrainingSession = {
     info: {
       job,
@@ -577,7 +629,14 @@ async function runCommand(p: PreparedJob, o: RunJobOptions, s: Stage): Promise<E
       return null;
     },
     async save(state, step) {
-      const r = await s.store.save(state, step);
+      let r: CheckpointRecord;
+      try {
+        r = await s.store.save(state, step);
+      } catch (e) {
+        // Another run of the job moved the broker's counter (a fork): this run's result is not the job's.
+        if ((e as TrainError).code === 'checkpoint-rollback') refused = e as Error;
+        throw e;
+      }
       // What a resume would load from now on is what was just saved.
       resumed = { record: r, state: state.slice() };
       o.log(`checkpoint ${r.number} at step ${step} sealed`);
@@ -599,8 +658,12 @@ async function runCommand(p: PreparedJob, o: RunJobOptions, s: Stage): Promise<E
   const api = await o.serveApi(socketPath, session);
   const watcher = startGroupWatcher(o.log);
   try {
+    // A fixed environment, not the runner's: what the host sets (LD_PRELOAD, PYTHONPATH, …) would
+    // otherwise change what the approved trainer runs without changing its digest.
     const env: NodeJS.ProcessEnv = {
-      ...process.env,
+      PATH: '/usr/local/bin:/usr/bin:/bin',
+      HOME: work,
+      LANG: 'C.UTF-8',
       CLOISTER_TRAIN_SOCKET: socketPath,
       CLOISTER_PRIVATE_DIR: s.dir.path,
       CLOISTER_OUTPUT_DIR: s.outDir,
@@ -643,7 +706,17 @@ async function runCommand(p: PreparedJob, o: RunJobOptions, s: Stage): Promise<E
         'trainer-failed',
         `the trainer ${exit.signal ? `was ended by ${exit.signal}` : `exited with status ${status}`}; nothing was sealed (resume from checkpoint ${s.store.latest?.number ?? 'none'})`,
       );
-    return { status: 0, metrics: finished ?? metrics };
+    if (refused)
+      throw new TrainError(
+        'checkpoint-rollback',
+        `the trainer exited 0, but the key broker refused one of its checkpoints (${refused.message}); nothing was sealed`,
+      );
+    if (!finished)
+      throw new TrainError(
+        'trainer-failed',
+        'the trainer exited 0 without calling finish on the training API; nothing was sealed',
+      );
+    return { status: 0, metrics: finished };
   } finally {
     watcher.release();
     await api.close();

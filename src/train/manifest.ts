@@ -8,7 +8,6 @@
  * resume from the old job's checkpoints.
  */
 import { toHex } from '../util/index.js';
-import { INIT_DATA_JOB, INIT_DATA_TRAINER } from '../wire/index.js';
 import { TrainError } from './errors.js';
 
 export const MANIFEST_VERSION = 1;
@@ -212,17 +211,4 @@ export async function parseManifest(bytes: Uint8Array): Promise<ParsedManifest> 
       checkpoints,
     },
   };
-}
-
-/**
- * The CoCo init-data (JSON) a training TEE launches with: its digest goes into TDX mr_config_id /
- * SNP host_data, so the evidence names the job and the trainer. One fixed serialisation, because the
- * digest covers the exact bytes: `cloister train init-data JOB` prints the same text for the host.
- */
-export function trainInitData(job: string, trainerDigest: string): string {
-  return JSON.stringify({
-    version: '0.1.0',
-    algorithm: 'sha256',
-    data: { [INIT_DATA_JOB]: job, [INIT_DATA_TRAINER]: trainerDigest },
-  });
 }

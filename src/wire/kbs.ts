@@ -462,3 +462,26 @@ export function initDataHash(algorithm: unknown): InitDataHash | undefined {
 export const INIT_DATA_JOB = 'cloister.train.manifest';
 /** The init-data `data` key naming the trainer's digest, so key policies can approve a trainer. */
 export const INIT_DATA_TRAINER = 'cloister.train.trainer';
+/**
+ * The init-data `data` key naming, as a JSON array of kbs:/// URIs, whom the job's outputs and
+ * checkpoints are sealed to, so a key policy can refuse a job that would seal its result to others.
+ */
+export const INIT_DATA_RECIPIENTS = 'cloister.train.recipients';
+
+/**
+ * The CoCo init-data (JSON) a training TEE launches with: its digest goes into TDX mr_config_id /
+ * SNP host_data, so the evidence names the job, the trainer and the recipients. One fixed
+ * serialisation without a trailing newline, because the digest covers the exact bytes:
+ * `cloister train --print-init-data` prints the same text for the host.
+ */
+export function trainInitData(job: string, trainerDigest: string, recipients: readonly string[]): string {
+  return JSON.stringify({
+    version: '0.1.0',
+    algorithm: 'sha256',
+    data: {
+      [INIT_DATA_JOB]: job,
+      [INIT_DATA_TRAINER]: trainerDigest,
+      [INIT_DATA_RECIPIENTS]: JSON.stringify(recipients),
+    },
+  });
+}

@@ -18,7 +18,7 @@ const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 const CLIENT = new URL('../../python/cloister_train.py', import.meta.url).pathname;
 
 // A trainer in plain Python (standard library only): a running sum over the input's bytes, with a
-// checkpoint every 3 steps; with DIE_AT it kills itself (SIGKILL) right after that checkpoint.
+// checkpoint every 3 steps; with hyperparameters.dieAt it kills itself (SIGKILL) right after that checkpoint.
 const TRAINER = `import json, os, signal, struct
 from cloister_train import TrainingClient
 c = TrainingClient()
@@ -33,7 +33,7 @@ while step < steps:
     c.metrics(step, loss=acc / 1000003)
     if step % 3 == 0:
         c.save_checkpoint(struct.pack(">qq", step, acc), step)
-        if latest is None and os.environ.get("DIE_AT") == str(step):
+        if latest is None and job["hyperparameters"].get("dieAt") == step:
             os.kill(os.getpid(), signal.SIGKILL)
 open(os.path.join(job["outputDir"], "sum.json"), "w").write(json.dumps({"acc": acc, "steps": step}))
 c.finish(acc=acc)
@@ -67,7 +67,6 @@ beforeEach(async () => {
   );
 });
 afterEach(() => {
-  delete process.env.DIE_AT;
   rmSync(work, { recursive: true, force: true });
   rmSync(shm, { recursive: true, force: true });
 });
@@ -117,15 +116,18 @@ describe('runJob (a command trainer through the training API)', () => {
     rmSync(join(work, 'checkpoints'), { recursive: true });
     broker.heads.clear();
 
-    process.env.DIE_AT = '6';
-    const e = await runJob(p, options()).catch((x: unknown) => x);
+    const m = JSON.parse(readFileSync(join(work, 'job.json'), 'utf8'));
+    m.hyperparameters.dieAt = 6;
+    writeFileSync(join(work, 'die.json'), JSON.stringify(m));
+    const dying = await prepareJob(join(work, 'die.json'));
+    const e = await runJob(dying, options()).catch((x: unknown) => x);
     expect((e as TrainError).code).toBe('trainer-failed');
     expect((e as Error).message).toMatch(
       /was ended by SIGKILL; nothing was sealed \(resume from checkpoint 2\)/,
     );
     expect(readdirSync(join(work, 'out'))).toEqual([]);
     expect(readdirSync(shm)).toEqual([]);
-    const r = await runJob(p, options());
+    const r = await runJob(dying, options());
     expect(r.status).toBe(0);
     expect(await result()).toEqual(straight);
     expect(r.checkpoints.map((c) => c.number)).toEqual([1, 2, 3]);
@@ -138,6 +140,37 @@ describe('runJob (a command trainer through the training API)', () => {
     const e = await prepareJob(join(work, 'job.json')).catch((x: unknown) => x);
     expect(e).toBeInstanceOf(TrainError);
     expect((e as TrainError).code).toBe('trainer-digest');
+  });
+
+  it('refuses to seal when the trainer exits 0 without finishing, and runs it without the host’s environment', async () => {
+    writeFileSync(
+      join(work, 'train.py'),
+      'import json, os\nopen(os.path.join(os.environ["CLOISTER_OUTPUT_DIR"], "env.json"), "w").write(json.dumps(sorted(os.environ)))\n',
+    );
+    process.env.PYTHONSTARTUP = '/nonexistent';
+    try {
+      const e = await runJob(await prepareJob(join(work, 'job.json')), options()).catch((x: unknown) => x);
+      expect((e as TrainError).code).toBe('trainer-failed');
+      expect((e as Error).message).toMatch(/without calling finish/);
+      expect(readdirSync(join(work, 'out'))).toEqual([]);
+    } finally {
+      delete process.env.PYTHONSTARTUP;
+    }
+  });
+
+  it('refuses a trainer command that names files outside the job', async () => {
+    for (const command of [
+      ['./train.sh'],
+      ['/usr/bin/python3', '/tmp/x.py'],
+      ['/usr/bin/python3', '../x.py'],
+    ]) {
+      const m = JSON.parse(readFileSync(join(work, 'job.json'), 'utf8'));
+      m.trainer.command = command;
+      writeFileSync(join(work, 'job.json'), JSON.stringify(m));
+      await expect(prepareJob(join(work, 'job.json'))).rejects.toThrow(
+        /job manifest: trainer\.command\[[01]\]/,
+      );
+    }
   });
 
   it('refuses a command after -- that is not the manifest’s', async () => {

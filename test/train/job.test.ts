@@ -47,7 +47,8 @@ async function job(extra: Record<string, unknown> = {}): Promise<string> {
     name: 'toy',
     inputs: [{ name: 'corpus', path: 'corpus.txt.sealed', sha256: sha(sealed) }],
     trainer: { builtin: 'mlp' },
-    hyperparameters: { steps: 12 },
+    // Checked as the mlp trainer's before the run (the toy trainer stands in for it and reads steps).
+    hyperparameters: { steps: 12, task: 'classify', label: 'y' },
     seed: 3,
     outputs: { recipients: ['kbs:///owner/model/key'] },
     checkpoints: { everySteps: 4 },
@@ -226,6 +227,7 @@ describe('runJob on a full memory file system', () => {
           name: 'big',
           inputs: [{ name: 'corpus', path: 'corpus.txt.sealed', sha256: sha(sealed) }],
           trainer: { builtin: 'mlp' },
+          hyperparameters: { steps: 1, task: 'classify', label: 'y' },
           seed: 1,
           outputs: { recipients: ['kbs:///owner/model/key'] },
         }),

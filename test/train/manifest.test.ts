@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { TrainError } from '../../src/train/errors.js';
-import { parseManifest, trainInitData } from '../../src/train/manifest.js';
+import { parseManifest } from '../../src/train/manifest.js';
 import { utf8 } from '../../src/util/bytes.js';
+import { trainInitData } from '../../src/wire/kbs.js';
 
 const SHA = 'a'.repeat(64);
 const good = {
@@ -95,9 +96,9 @@ describe('job manifests', () => {
   });
 
   it('makes init-data that names the job and the trainer, in one fixed serialisation', () => {
-    const body = trainInitData('b'.repeat(64), 'sha256:c');
+    const body = trainInitData('b'.repeat(64), 'sha256:c', ['kbs:///o/m/k']);
     expect(body).toBe(
-      `{"version":"0.1.0","algorithm":"sha256","data":{"cloister.train.manifest":"${'b'.repeat(64)}","cloister.train.trainer":"sha256:c"}}`,
+      `{"version":"0.1.0","algorithm":"sha256","data":{"cloister.train.manifest":"${'b'.repeat(64)}","cloister.train.trainer":"sha256:c","cloister.train.recipients":"[\\"kbs:///o/m/k\\"]"}}`,
     );
   });
 });
