@@ -14,7 +14,12 @@ import { parse as parseToml } from 'smol-toml';
 import type { Appraisal, EarResult } from '../attest/index.js';
 import { AttestationError } from '../attest/types.js';
 import { bs, toHex, utf8 } from '../util/index.js';
-import { INIT_DATA_HASHES, type InitDataHash, initDataHash } from '../wire/index.js';
+import {
+  INIT_DATA_FIELDS as BINDING_FIELDS,
+  INIT_DATA_HASHES,
+  type InitDataHash,
+  initDataHash,
+} from '../wire/index.js';
 import { KbsError } from './errors.js';
 
 export const INIT_DATA_VERSION = '0.1.0';
@@ -23,15 +28,6 @@ export const INIT_DATA_VERSION = '0.1.0';
  * token, and a policy sees strings up to this length (INPUT_LIMITS.maxStringLength).
  */
 export const MAX_INIT_DATA_BYTES = 64 * 1024;
-
-/** Where each TEE kind carries the init-data digest, and how long that field is. */
-const BINDING_FIELDS: Partial<Record<Appraisal['kind'], { claim: string; bytes: number }>> = {
-  tdx: { claim: 'mr_config_id', bytes: 48 },
-  snp: { claim: 'host_data', bytes: 32 },
-  // Set by `--init-data` with `--tee sample`: the sample "host" is the agent itself, so this binds
-  // nothing real; it lets an operator try init-data policies before hardware (dev mode only).
-  sample: { claim: 'host_data', bytes: 32 },
-};
 
 /** The attestation token's claim that carries checked init-data; policies see it as `init_data`. */
 export const INIT_DATA_CLAIM = 'cloister.init-data';

@@ -11,14 +11,16 @@
  * The receipt key is bound to the job: its context is the 32-byte manifest digest (the job id), which
  * the verifier checks equals `predicate.manifest.sha256`.
  */
-import type { EarResult } from '../attest/index.js';
-import { canonicalizeBytes, fromHex, toHex } from '../util/index.js';
+import type { Appraisal, EarResult } from '../attest/index.js';
+import { canonicalizeBytes, fromHex, toHex, utf8 } from '../util/index.js';
 import {
   type DsseEnvelope,
   IN_TOTO_STATEMENT_TYPE,
+  INIT_DATA_FIELDS,
   INIT_DATA_JOB,
   type InTotoStatement,
   TRAINING_PREDICATE_TYPE,
+  trainInitData,
 } from '../wire/index.js';
 import {
   type AttestedSigner,
@@ -87,6 +89,8 @@ export interface TrainingFacts {
    * approve (`init_data.data["cloister.train.trainer"]`); the verifier recomputes it.
    */
   trainerDigest: string;
+  /** Whom outputs and checkpoints were sealed to (kbs:/// URIs), as the TEE's init-data names them. */
+  recipients: string[];
   hyperparameters: Record<string, unknown>;
   seed: number;
   checkpoints: CheckpointRecord[];
@@ -117,8 +121,10 @@ export type TrainingReceiptErrorCode =
   | 'receipt-manifest'
   /** The predicate's TEE is not the TEE whose evidence binds the key. */
   | 'receipt-tee'
-  /** The verified EAR token's init-data names another training job. */
-  | 'receipt-ear-job';
+  /** The verified EAR token's init-data names another training job, or none. */
+  | 'receipt-ear-job'
+  /** The evidence's init-data field does not hold the digest of this job's init-data. */
+  | 'receipt-init-data';
 
 export class TrainingReceiptError extends Error {
   override name = 'TrainingReceiptError';
@@ -213,18 +219,47 @@ export async function verifyTrainingReceipt(
       'receipt-shape',
       `predicate.trainerDigest is ${predicate.trainerDigest}, but the trainer it records digests to ${digest}`,
     );
+  for (const o of predicate.outputs)
+    for (const r of o.recipients)
+      if (!predicate.recipients.includes(r))
+        throw new TrainingReceiptError(
+          'receipt-shape',
+          `output ${o.file} is sealed to ${r}, which is not among the job's recipients`,
+        );
+  await checkInitData(v.appraisal, predicate);
   if (v.ear) checkEarJob(v.ear, predicate.manifest.sha256);
   return { ...v, predicate };
+}
+
+/**
+ * Where the TEE kind's evidence has an init-data field (TDX mr_config_id, SEV-SNP and sample
+ * host_data), it must hold the digest of the init-data this job launches with: the evidence then
+ * itself names the job, the trainer and the recipients, whoever ran the TEE.
+ */
+async function checkInitData(appraisal: Appraisal, p: TrainingFacts): Promise<void> {
+  const field = INIT_DATA_FIELDS[appraisal.kind];
+  if (!field) return;
+  const body = utf8.encode(trainInitData(p.manifest.sha256, p.trainerDigest, p.recipients));
+  const digest = toHex(new Uint8Array(await crypto.subtle.digest('SHA-256', body.slice())));
+  const expected = digest.slice(0, field.bytes * 2).padEnd(field.bytes * 2, '0');
+  const got = appraisal.claims[field.claim];
+  if (typeof got !== 'string' || got.toLowerCase() !== expected)
+    throw new TrainingReceiptError(
+      'receipt-init-data',
+      `the evidence's ${field.claim} (${typeof got === 'string' ? got : 'absent'}) is not the digest of this job's init-data (${expected}): the TEE was not launched for this job, trainer and recipients`,
+    );
 }
 
 function checkEarJob(ear: EarResult, job: string): void {
   const init = ear.initData as { data?: Record<string, unknown> } | undefined;
   const named = init?.data?.[INIT_DATA_JOB];
-  // A token without init-data vouches for the TEE, not the job; one that names a job must name this one.
-  if (named !== undefined && named !== job)
+  // The broker released the job's keys to a session whose init-data named the job: its token must say so.
+  if (named !== job)
     throw new TrainingReceiptError(
       'receipt-ear-job',
-      `the EAR token's init-data names training job ${String(named)}, not ${job}`,
+      named === undefined
+        ? `the EAR token's init-data names no training job (expected ${job})`
+        : `the EAR token's init-data names training job ${String(named)}, not ${job}`,
     );
 }
 
@@ -278,6 +313,9 @@ export function checkFacts(p: unknown): asserts p is TrainingFacts {
   const f = rec(p, '(predicate)');
   const m = rec(f.manifest, 'manifest');
   sha(m.sha256, 'manifest.sha256');
+  list(f.recipients, 'recipients').forEach((r, i) => {
+    str(r, `recipients[${i}]`);
+  });
   str(m.name, 'manifest.name');
   for (const [i, x] of list(f.inputs, 'inputs').entries()) input(x, `inputs[${i}]`);
   if (f.startModel !== undefined) input(f.startModel, 'startModel');

@@ -451,6 +451,7 @@ export async function runJob(p: PreparedJob, o: RunJobOptions): Promise<JobResul
           : {}),
         trainer: p.trainer,
         trainerDigest: p.trainerDigest,
+        recipients: p.recipients,
         hyperparameters: manifest.hyperparameters,
         seed: manifest.seed,
         checkpoints: store.chain,

@@ -441,6 +441,19 @@ export function deviceEvidence(additional: string): DeviceEvidence[] {
 
 /** The hashes CoCo init-data may name (Trustee's initdata specification 0.1.0), as Web Crypto names them. */
 export const INIT_DATA_HASHES = ['SHA-256', 'SHA-384', 'SHA-512'] as const;
+
+/**
+ * Where each TEE kind's evidence carries the init-data digest (a claim of its appraisal), and how long
+ * that field is: the digest is cut or zero-padded to it. The broker checks init-data against it; a
+ * receipt verifier checks the job's init-data against it.
+ */
+export const INIT_DATA_FIELDS: Readonly<Partial<Record<string, { claim: string; bytes: number }>>> = {
+  tdx: { claim: 'mr_config_id', bytes: 48 },
+  snp: { claim: 'host_data', bytes: 32 },
+  // Set by `--init-data` with `--tee sample`: the sample "host" is the agent itself, so this binds
+  // nothing real; it lets an operator try init-data policies before hardware (dev mode only).
+  sample: { claim: 'host_data', bytes: 32 },
+};
 export type InitDataHash = (typeof INIT_DATA_HASHES)[number];
 
 const INIT_DATA_ALGORITHMS: Readonly<Record<string, InitDataHash>> = {

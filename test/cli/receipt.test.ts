@@ -14,7 +14,7 @@ import { InsecureSampleAttester } from '../../src/tee/evidence/sample.js';
 import { signTrainingReceipt } from '../../src/tee/training-receipt.js';
 import { fromBase64, fromHex } from '../../src/util/bytes.js';
 import { IN_TOTO_STATEMENT_TYPE } from '../../src/wire/dsse.js';
-import { JOB, sampleFacts, sampleReceipt } from '../train/receipt-fixture.js';
+import { JOB, launchedFor, sampleFacts, sampleReceipt } from '../train/receipt-fixture.js';
 
 let dir: string;
 let receipt: string;
@@ -101,7 +101,7 @@ describe('cloister receipt verify', () => {
   });
 
   it('checks the EAR token with --ear-key; a key and no token is a warning; both --ear-key and --kbs is usage', async () => {
-    const signer = await createAttestedSigner(new InsecureSampleAttester(), fromHex(JOB));
+    const signer = await createAttestedSigner(await launchedFor(sampleFacts()), fromHex(JOB));
     const appraisal = await sampleVerifier.appraiseEvidence(fromBase64(signer.attestation.evidence), {
       at: new Date(),
       collateral: offlineSource,
@@ -113,7 +113,11 @@ describe('cloister receipt verify', () => {
     const facts = sampleFacts();
     const ear = await issueEar(
       { cpu0: appraisal },
-      { signingKey: broker.privateKey, issuedAt: new Date(facts.startedAt) },
+      {
+        signingKey: broker.privateKey,
+        issuedAt: new Date(facts.startedAt),
+        extraClaims: { 'cloister.init-data': { data: { 'cloister.train.manifest': JOB } } },
+      },
     );
     const withEar = join(dir, 'with-ear.json');
     writeFileSync(withEar, JSON.stringify(await signTrainingReceipt(facts, signer, { ear })));
@@ -158,7 +162,12 @@ describe('cloister receipt verify', () => {
     try {
       const kidEar = await issueEar(
         { cpu0: appraisal },
-        { signingKey: broker.privateKey, issuedAt: new Date(facts.startedAt), kid: 'k2' },
+        {
+          signingKey: broker.privateKey,
+          issuedAt: new Date(facts.startedAt),
+          kid: 'k2',
+          extraClaims: { 'cloister.init-data': { data: { 'cloister.train.manifest': JOB } } },
+        },
       );
       const f = join(dir, 'kid-ear.json');
       writeFileSync(f, JSON.stringify(await signTrainingReceipt(facts, signer, { ear: kidEar })));

@@ -12,7 +12,7 @@ import {
 import { fromBase64, fromHex, utf8 } from '../../src/util/bytes.js';
 import { canonicalizeBytes } from '../../src/util/jcs.js';
 import { type DsseEnvelope, es256Signer, IN_TOTO_PAYLOAD_TYPE, signEnvelope } from '../../src/wire/dsse.js';
-import { JOB, sampleFacts, sampleReceipt } from '../train/receipt-fixture.js';
+import { JOB, launchedFor, sampleFacts, sampleReceipt } from '../train/receipt-fixture.js';
 
 const options = () => ({
   registry: createDefaultRegistry(),
@@ -22,7 +22,7 @@ const options = () => ({
 
 /** A receipt whose statement was edited and re-signed by the holder of the receipt key (worst case). */
 async function forge(edit: (s: { subject: unknown[]; predicate: Record<string, unknown> }) => void) {
-  const signer = await createAttestedSigner(new InsecureSampleAttester(), fromHex(JOB));
+  const signer = await createAttestedSigner(await launchedFor(sampleFacts()), fromHex(JOB));
   const env = await signTrainingReceipt(sampleFacts(), signer);
   const s = JSON.parse(utf8.decode(fromBase64(env.payload)));
   edit(s);
@@ -130,7 +130,7 @@ describe('training receipts', () => {
   });
 
   it("checks the broker's EAR token while the job ran, and that its init-data names this job", async () => {
-    const signer = await createAttestedSigner(new InsecureSampleAttester(), fromHex(JOB));
+    const signer = await createAttestedSigner(await launchedFor(sampleFacts()), fromHex(JOB));
     const appraisal = await sampleVerifier.appraiseEvidence(fromBase64(signer.attestation.evidence), {
       at: new Date(),
       collateral: offlineSource,
@@ -170,6 +170,20 @@ describe('training receipts', () => {
     ).rejects.toMatchObject({
       code: 'ear-expired',
     });
+  });
+
+  it('refuses a receipt whose evidence was not launched with this job’s init-data (job, trainer, recipients)', async () => {
+    const facts = sampleFacts();
+    const elsewhere = await createAttestedSigner(new InsecureSampleAttester(), fromHex(JOB));
+    await expect(
+      verifyTrainingReceipt(await signTrainingReceipt(facts, elsewhere), options()),
+    ).rejects.toMatchObject({ code: 'receipt-init-data' });
+    // Launched for the job sealing to someone else: the evidence names other recipients.
+    const other = await launchedFor({ ...facts, recipients: ['kbs:///thief/key/k'] });
+    const signer = await createAttestedSigner(other, fromHex(JOB));
+    await expect(
+      verifyTrainingReceipt(await signTrainingReceipt(facts, signer), options()),
+    ).rejects.toMatchObject({ code: 'receipt-init-data' });
   });
 
   it('refuses another predicate type', async () => {

@@ -1,17 +1,18 @@
 /** A training receipt's facts and a signed receipt from the INSECURE sample TEE, for tests. */
 import { createHash } from 'node:crypto';
 import { createAttestedSigner } from '../../src/tee/attested-receipt.js';
-import { InsecureSampleAttester } from '../../src/tee/evidence/sample.js';
+import { InsecureSampleAttester, sampleHostData } from '../../src/tee/evidence/sample.js';
 import { signTrainingReceipt, type TrainingFacts } from '../../src/tee/training-receipt.js';
 import { fromHex } from '../../src/util/bytes.js';
 import { canonicalizeBytes } from '../../src/util/jcs.js';
 import type { DsseEnvelope } from '../../src/wire/dsse.js';
+import { trainInitData } from '../../src/wire/kbs.js';
 
 export const JOB = '5e'.repeat(32);
 const h = (b: string) => b.repeat(32);
 
 export function sampleFacts(over: Partial<TrainingFacts> = {}): TrainingFacts {
-  const facts: Omit<TrainingFacts, 'trainerDigest'> = {
+  const facts: Omit<TrainingFacts, 'trainerDigest' | 'recipients'> = {
     manifest: { sha256: JOB, name: 'tiny-lm' },
     inputs: [{ name: 'corpus', sealedSha256: h('01'), kbs: 'kbs:///owner/data/corpus' }],
     trainer: {
@@ -33,11 +34,21 @@ export function sampleFacts(over: Partial<TrainingFacts> = {}): TrainingFacts {
     ...over,
   };
   const digest = createHash('sha256').update(canonicalizeBytes(facts.trainer)).digest('hex');
-  return { ...facts, trainerDigest: over.trainerDigest ?? `sha256:${digest}` };
+  return {
+    ...facts,
+    trainerDigest: over.trainerDigest ?? `sha256:${digest}`,
+    recipients: over.recipients ?? [...new Set(facts.outputs.flatMap((o) => o.recipients))],
+  };
 }
 
 /** A receipt signed by a fresh sample-TEE key bound to the facts' manifest. */
 export async function sampleReceipt(facts = sampleFacts(), ear: string | null = null): Promise<DsseEnvelope> {
-  const signer = await createAttestedSigner(new InsecureSampleAttester(), fromHex(facts.manifest.sha256));
+  const signer = await createAttestedSigner(await launchedFor(facts), fromHex(facts.manifest.sha256));
   return signTrainingReceipt(facts, signer, { ear });
+}
+
+/** A sample TEE launched for the facts' job: its host_data holds the digest of the job's init-data. */
+export async function launchedFor(facts: TrainingFacts): Promise<InsecureSampleAttester> {
+  const body = trainInitData(facts.manifest.sha256, facts.trainerDigest, facts.recipients);
+  return new InsecureSampleAttester({ hostData: await sampleHostData({ format: 'json', body }) });
 }
