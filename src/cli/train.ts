@@ -19,9 +19,6 @@ interface TrainCliOptions extends TeeCliOptions {
   quiet?: boolean;
 }
 
-/** The exit status of a job stopped on purpose (--stop-after): EX_TEMPFAIL, "try again", i.e. resume. */
-export const EXIT_STOPPED = 75;
-
 export function registerTrain(program: Command): void {
   teeOptions(
     program
@@ -78,10 +75,17 @@ async function trainAction(jobPath: string, command: string[], opts: TrainCliOpt
   const { prepareJob, runTrainingJob, formatProgress, MetricsLog, ThroughputTracker } = await import(
     '../train/index.js'
   );
+  if (opts.initData !== undefined)
+    throw new FlagError(
+      '--init-data: cloister train makes its own init-data from the job (launch the TEE with what --print-init-data prints)',
+    );
   const prepared = await prepareJob(jobPath, command);
   if (opts.printInitData) {
-    process.stdout.write(`${prepared.initData.body}\n`);
-    process.stderr.write(`job ${prepared.parsed.job}\ntrainer ${prepared.trainerDigest}\n`);
+    // No newline: the host hashes the file as it is, and the digest must be that of these bytes.
+    process.stdout.write(prepared.initData.body);
+    process.stderr.write(
+      `job ${prepared.parsed.job}\ntrainer ${prepared.trainerDigest}\nrecipients ${prepared.recipients.join(' ')}\n`,
+    );
     return 0;
   }
   const outputDir = opts.outputDir ?? join(dirname(resolve(jobPath)), 'out');

@@ -482,6 +482,8 @@ export async function runJob(p: PreparedJob, o: RunJobOptions): Promise<JobResul
 }
 
 export const RECEIPT_FILE = 'training-receipt.json';
+/** The exit status of a job stopped on purpose (--stop-after): EX_TEMPFAIL, "try again", i.e. resume. */
+export const EXIT_STOPPED = 75;
 
 function describeTrainer(t: TrainerIdentity): string {
   return t.kind === 'builtin' ? `built-in ${t.name}` : t.argv.join(' ');
@@ -571,7 +573,7 @@ async function runBuiltin(p: PreparedJob, o: RunJobOptions, s: Stage): Promise<E
       }
       if (o.stopAfterSteps !== undefined && steps >= o.stopAfterSteps) {
         o.log(`stopping after ${steps} steps as asked (--stop-after)`);
-        return { status: 75, metrics: {} };
+        return { status: EXIT_STOPPED, metrics: {} };
       }
     }
     const final = await trainer.evaluate();
