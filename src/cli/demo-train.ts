@@ -114,9 +114,13 @@ export async function demoTrain(o: { keep: boolean }): Promise<void> {
     await keep('job.json', JSON.stringify(job, null, 2));
     const prepared = await prepareJob(at('job.json'));
     const trainer = prepared.trainerDigest;
-    const dataPolicy = `dev_mode && cpu.insecure && init_data.?data["cloister.train.trainer"].orValue("") == "${trainer}"`;
+    // Each owner approves the trainer and whom the result is sealed to (the init-data names both);
+    // the model owner's key also goes to a TEE that serves a model this trainer made for it.
+    const sealedTo = JSON.stringify(JSON.stringify(prepared.recipients));
+    const approved = `init_data.?data["cloister.train.trainer"].orValue("") == "${trainer}" && init_data.?data["cloister.train.recipients"].orValue("") == ${sealedTo}`;
+    const dataPolicy = `dev_mode && cpu.insecure && ${approved}`;
     const modelPolicy =
-      `dev_mode && cpu.insecure && (init_data.?data["cloister.train.trainer"].orValue("") == "${trainer}"` +
+      `dev_mode && cpu.insecure && ((${approved})` +
       ` || receipts.exists(r, r.trainer.digest == "${trainer}" && size(r.outputs) > 0))`;
     await keep('data-policy.cel', dataPolicy);
     await keep('model-policy.cel', modelPolicy);
@@ -129,7 +133,9 @@ export async function demoTrain(o: { keep: boolean }): Promise<void> {
     say(
       `3. job.json (job ${prepared.parsed.job.slice(0, 12)}…); both owners approve the built-in llama trainer`,
     );
-    say(`   ${trainer} (the TEE's init-data names it)`);
+    say(
+      `   ${trainer}, and that the result is sealed to ${prepared.recipients.join(', ')} (the TEE's init-data names both)`,
+    );
     say('   the model key also goes to any TEE once a receipt from that trainer names it: chain of custody');
 
     // 4. Before training, the edge asks for the model key: no receipt names it yet.
