@@ -12,7 +12,7 @@
  * broker is told, so a crash between the two leaves the folder one ahead of the broker, which the
  * next run detects by the chain and catches up; the other way round would lock the job forever.
  */
-import { createHash } from 'node:crypto';
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import type { Recipient } from '../seal/index.js';
 import { openBytes, parseHeader, sealBytes } from '../seal/index.js';
 import { bestChunkCipher } from '../seal/node.js';
@@ -34,6 +34,17 @@ interface CheckpointMeta {
   trainer: string;
   /** Every earlier checkpoint, oldest first. */
   history: CheckpointRecord[];
+  /** HMAC-SHA-256 (hex) under the job's checkpoint key of the rest of the metadata and the state. */
+  mac: string;
+}
+
+/** The MAC of a checkpoint: its metadata (without the MAC) and the SHA-256 of its state. */
+function macOf(key: Uint8Array, meta: Omit<CheckpointMeta, 'mac'>, state: Uint8Array): string {
+  const { mac: _, ...rest } = meta as CheckpointMeta;
+  return createHmac('sha256', key)
+    .update(canonicalizeBytes(rest))
+    .update(createHash('sha256').update(state).digest())
+    .digest('hex');
 }
 
 /** The broker's counter of a job's newest checkpoint (KbsClient implements it). */
@@ -54,6 +65,11 @@ export interface CheckpointStoreOptions {
   trainer: string;
   /** Whom checkpoints are sealed to (KEKs already released). */
   recipients: Recipient[];
+  /**
+   * The job's checkpoint key, which the broker gives only to attested sessions of this job: a holder
+   * of a recipient's KEK can open a checkpoint, but cannot make one a later run would accept.
+   */
+  macKey: Uint8Array;
   keys: KekCache;
   counter: CheckpointCounter;
 }
@@ -191,7 +207,7 @@ export class CheckpointStore {
   async save(state: Uint8Array, step: number): Promise<CheckpointRecord> {
     const prev = this.head;
     const number = (prev?.number ?? 0) + 1;
-    const meta: CheckpointMeta = {
+    const unsigned = {
       type: CHECKPOINT_TYPE,
       job: this.o.job,
       number,
@@ -199,7 +215,8 @@ export class CheckpointStore {
       prev: prev?.sealedSha256 ?? null,
       trainer: this.o.trainer,
       history: this.chain,
-    };
+    } as const;
+    const meta: CheckpointMeta = { ...unsigned, mac: macOf(this.o.macKey, unsigned, state) };
     const plain = encode(meta, state);
     let sealed: Uint8Array;
     try {

@@ -52,6 +52,8 @@ import type { BuiltinTrainer, StepReport, TrainerInput } from './trainer.js';
 /** What the job needs from the key broker: keys, the checkpoint counter and the receipt log. */
 export interface TrainBroker extends ResourceSource, CheckpointCounter {
   appendReceipt(job: string, envelope: Uint8Array): Promise<{ logIndex: number; sha256: string }>;
+  /** The job's checkpoint MAC key (32 bytes), given only to attested sessions of the job. */
+  trainKey(job: string): Promise<Uint8Array>;
 }
 
 export interface TrainerFile {
@@ -318,6 +320,7 @@ export async function runJob(p: PreparedJob, o: RunJobOptions): Promise<JobResul
   const opened: ConfinedDir[] = [];
   const sealedInputs: SealedPath[] = [];
   let dir: PrivateDir | undefined;
+  let macKey: Uint8Array = new Uint8Array(0);
   let stopSignal: NodeJS.Signals | undefined;
   let child: ReturnType<typeof spawn> | undefined;
   const offSignals = onTerminationSignal((sig) => {
@@ -350,6 +353,7 @@ export async function runJob(p: PreparedJob, o: RunJobOptions): Promise<JobResul
 
     o.log('attesting to the key broker');
     const ear = await o.broker.token();
+    macKey = await o.broker.trainKey(job);
     for (const [i, s] of sealedInputs.entries()) await keys.forHeader(s.header, `inputs[${i}]`);
     if (model) await keys.forHeader(model.header, 'model');
     const recipients = await keysFor(p, keys);
@@ -393,6 +397,7 @@ export async function runJob(p: PreparedJob, o: RunJobOptions): Promise<JobResul
       job,
       trainer: p.trainerDigest,
       recipients,
+      macKey,
       keys,
       counter: o.broker,
     });
@@ -477,6 +482,7 @@ export async function runJob(p: PreparedJob, o: RunJobOptions): Promise<JobResul
     for (const d of opened) await d.close();
     for (const s of sealedInputs) await s.close();
     dir?.wipe();
+    macKey.fill(0);
     await keys.clear();
   }
 }

@@ -1,4 +1,5 @@
 /** Test doubles for the job runner: a broker in memory and a deterministic toy trainer. */
+import { createHash } from 'node:crypto';
 import { sealBytes } from '../../src/seal/container.js';
 import { generateKek, kekToJwk } from '../../src/seal/keys.js';
 import type { TrainBroker } from '../../src/train/job.js';
@@ -44,6 +45,10 @@ export class MemoryBroker implements TrainBroker {
         type: 'checkpoint-conflict',
       });
     this.heads.set(job, next);
+  }
+  /** One key per job, as the broker derives it. */
+  async trainKey(job: string) {
+    return new Uint8Array(createHash('sha256').update(`mac ${job}`).digest());
   }
   async appendReceipt(_job: string, envelope: Uint8Array) {
     this.receipts.push(envelope);

@@ -12,11 +12,13 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { openBytes, sealBytes } from '../../src/seal/container.js';
 import { InsecureSampleAttester } from '../../src/tee/evidence/index.js';
 import type { TrainingFacts } from '../../src/tee/training-receipt.js';
 import { TrainError } from '../../src/train/errors.js';
 import { type PreparedJob, prepareJob, type RunJobOptions, runJob } from '../../src/train/job.js';
 import { utf8 } from '../../src/util/bytes.js';
+import { canonicalizeBytes } from '../../src/util/jcs.js';
 import { MemoryBroker, sealText, toyTrainer } from './fake.js';
 
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
@@ -241,4 +243,37 @@ describe('runJob on a full memory file system', () => {
       expect(readdirSync(join(work, 'out'))).toEqual([]);
     },
   );
+});
+
+describe('checkpoints a key holder makes', () => {
+  it('refuses a checkpoint forged by whoever holds the recipient key (no MAC under the job’s key)', async () => {
+    const p = await prepareJob(await job());
+    await runJob(p, options({ stopAfterSteps: 5 }));
+    // The model owner opens checkpoint 1 with its KEK and makes a "checkpoint 2" of its own.
+    const kek = broker.keks.get('owner/model/key')!;
+    const first = readFileSync(join(work, 'checkpoints', 'ckpt-000001.sealed'));
+    const plain = await openBytes(first, { kind: 'kek', secret: kek });
+    const n = new DataView(plain.buffer, plain.byteOffset).getUint32(0);
+    const meta = JSON.parse(utf8.decode(plain.subarray(4, 4 + n)));
+    const forged = {
+      ...meta,
+      number: 2,
+      step: 8,
+      prev: sha(first),
+      history: [{ number: 1, step: 4, sealedSha256: sha(first), prev: null }],
+    };
+    const m = canonicalizeBytes(forged);
+    const state = new Uint8Array(new Float64Array([8, 0.5]).buffer);
+    const body = new Uint8Array(4 + m.length + state.length);
+    new DataView(body.buffer).setUint32(0, m.length);
+    body.set(m, 4);
+    body.set(state, 4 + m.length);
+    const sealed = await sealBytes(body, {
+      recipients: [{ type: 'kbs', uri: 'kbs:///owner/model/key', kek }],
+    });
+    writeFileSync(join(work, 'checkpoints', 'ckpt-000002.sealed'), sealed);
+    const e = await runJob(p, options()).catch((x: unknown) => x);
+    expect((e as TrainError).code).toBe('checkpoint-chain');
+    expect((e as Error).message).toMatch(/was not made by a run of this job/);
+  });
 });
