@@ -175,6 +175,13 @@ export class CheckpointStore {
       throw new TrainError('checkpoint-chain', `${what} was made by another trainer (${meta.trainer})`);
     if (meta.number !== newest)
       throw new TrainError('checkpoint-chain', `${what} says it is checkpoint ${meta.number}`);
+    const mac = Buffer.from(macOf(this.o.macKey, meta, state), 'hex');
+    const given = Buffer.from(typeof meta.mac === 'string' ? meta.mac : '', 'hex');
+    if (given.length !== mac.length || !timingSafeEqual(given, mac))
+      throw new TrainError(
+        'checkpoint-chain',
+        `${what} was not made by a run of this job (its MAC under the job's checkpoint key does not verify)`,
+      );
     const record: CheckpointRecord = {
       number: newest,
       step: meta.step,
