@@ -4,7 +4,7 @@
  * in node.ts by supplying a faster ChunkCipher.
  */
 import { bs, concatBytes, sha256 } from '../util/index.js';
-import { ChunkAuthError, type ChunkCipher, TAG_BYTES, webCryptoCipher } from './aead.js';
+import { batchShape, ChunkAuthError, type ChunkCipher, TAG_BYTES, webCryptoCipher } from './aead.js';
 import {
   chunkCount,
   encodeHeader,
@@ -363,6 +363,79 @@ async function collect(readable: ReadableStream<Uint8Array>): Promise<Uint8Array
 export async function sealBytes(plaintext: Uint8Array, opts: SealOptions): Promise<Uint8Array> {
   const ctx = await beginSeal({ ...opts, plaintextLength: opts.plaintextLength ?? plaintext.length });
   return collect(new Blob([bs(plaintext)]).stream().pipeThrough(sealStream(ctx)));
+}
+
+/**
+ * Seals a plaintext held in memory as consecutive `parts` (a small header and a large state, say)
+ * without joining them: yields the sealed file's header, then each sealed batch, in order, for the
+ * caller to write (and hash) as it goes. The same bytes as sealStream for the same context. Made for
+ * large buffers: sealBytes copies its input several times over (a Blob, the stream's pieces, the
+ * batches, the joined result), which costs far more than the cipher itself; here each batch is sealed
+ * from a view of its part, and only a batch that straddles two parts is copied (then zeroed).
+ * `ctx.cipher` must not take its input's buffer (views of the caller's memory are passed, not
+ * `disposable`): an in-thread cipher such as bestChunkCipher() is meant. `into`, when given, supplies
+ * the destination of each sealed batch (exactly `length` bytes; shared memory, a reused buffer), and
+ * may wait until one is free; the batch is yielded as that buffer.
+ */
+export async function* sealParts(
+  ctx: BodyContext,
+  parts: readonly Uint8Array[],
+  into?: (length: number) => Uint8Array | Promise<Uint8Array>,
+): AsyncGenerator<Uint8Array> {
+  const { chunkSize, plaintextLength } = ctx.header;
+  const total = parts.reduce((n, p) => n + p.length, 0);
+  if (plaintextLength !== undefined && total !== plaintextLength)
+    throw new SealFormatError('range', `input is ${total} bytes, not the declared ${plaintextLength} bytes`);
+  const size = chunksPerBatch(chunkSize) * chunkSize;
+  let part = 0;
+  let offset = 0;
+  /** The next `n` plaintext bytes: a view when one part holds them all, else a copy. */
+  const take = (n: number): { input: Uint8Array; copied: boolean } => {
+    while (part < parts.length && offset === parts[part]!.length) [part, offset] = [part + 1, 0];
+    const here = parts[part];
+    if (n === 0 || (here && here.length - offset >= n)) {
+      const input = here ? here.subarray(offset, offset + n) : new Uint8Array(0);
+      offset += n;
+      return { input, copied: false };
+    }
+    const input = new Uint8Array(n);
+    for (let filled = 0; filled < n; ) {
+      const p = parts[part]!;
+      const m = Math.min(n - filled, p.length - offset);
+      input.set(p.subarray(offset, offset + m), filled);
+      filled += m;
+      offset += m;
+      if (offset === p.length) [part, offset] = [part + 1, 0];
+    }
+    return { input, copied: true };
+  };
+  yield ctx.header.raw;
+  let index = 0;
+  // An empty plaintext is one empty final chunk, as sealStream makes it.
+  for (let start = 0; ; start += size) {
+    const n = Math.min(size, total - start);
+    const final = start + n >= total;
+    const output = into ? await into(batchShape(n, chunkSize, true).outLen) : undefined;
+    const { input, copied } = take(n);
+    let sealed: Uint8Array;
+    try {
+      sealed = await ctx.cipher.seal({
+        key: ctx.payloadKey,
+        noncePrefix: ctx.header.noncePrefix,
+        aad: ctx.aad,
+        first: index,
+        chunkSize,
+        final,
+        input,
+        ...(output ? { output } : {}),
+      });
+    } finally {
+      if (copied) input.fill(0);
+    }
+    index += Math.max(1, Math.ceil(n / chunkSize));
+    yield sealed;
+    if (final) return;
+  }
 }
 
 export async function openBytes(

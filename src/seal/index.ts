@@ -22,6 +22,7 @@ export {
   type SealOptions,
   type StreamTuning,
   sealBytes,
+  sealParts,
   sealStream,
   type UnwrappedSealedFile,
 } from './container.js';
