@@ -41,6 +41,7 @@ async function store(hashWorkerBytes: number) {
     job: JOB,
     trainer: 'test',
     recipients,
+    macKey: await broker.trainKey(JOB),
     keys: new KekCache(broker),
     counter: broker,
     hashWorkerBytes,
