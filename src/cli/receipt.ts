@@ -355,7 +355,7 @@ function describeLines(file: string, v: Verified): string[] {
       ...(t.startModel
         ? [`start model ${t.startModel.name} sealed sha256 ${t.startModel.sealedSha256}`]
         : []),
-      `checkpoints: ${t.checkpoints.length}, chained`,
+      t.checkpoints.length === 0 ? 'checkpoints: none' : `checkpoints: ${t.checkpoints.length}, chained`,
       `metrics: ${
         Object.entries(t.metrics)
           .map(([k, x]) => `${k} ${x}`)
