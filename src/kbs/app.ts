@@ -270,6 +270,7 @@ export async function startBroker(c: KbsConfig, opts: StartOptions = {}): Promis
       if (e.type === 'attest' && !e.ok) log(`attestation refused (${e.tee}): ${e.reason}`);
       if (e.type === 'release' && !e.allowed) log(`release of ${e.path} denied: ${e.reasons.join('; ')}`);
       if (e.type === 'checkpoint-refused') log(`training checkpoint refused (job ${e.job}): ${e.reason}`);
+      if (e.type === 'receipt-refused') log(`training receipt refused (job ${e.job}): ${e.reason}`);
     },
   });
   const logStore = new KbsLogStore(store);

@@ -16,7 +16,7 @@ import {
   verifyEar,
 } from '../attest/index.js';
 import type { VerifierRegistry } from '../attest/types.js';
-import { fromHex, toBase64Url } from '../util/index.js';
+import { toBase64Url, utf8 } from '../util/index.js';
 import {
   bindingReportData,
   deviceEvidence,
@@ -29,7 +29,6 @@ import {
   parseTeePubkey,
   primaryEvidenceBytes,
   type TeePubkey,
-  TRAINING_PREDICATE_TYPE,
 } from '../wire/index.js';
 import { decideRelease, type ReleaseDecision } from './decide.js';
 import { KbsError } from './errors.js';
@@ -38,7 +37,7 @@ import { checkUsableKey, encryptResource } from './jwe.js';
 import type { PolicyPool } from './policy-pool.js';
 import type { SecretBox } from './secrets.js';
 import type { KbsStore, SessionRecord } from './store/types.js';
-import { TrainLedger } from './train.js';
+import { TRAIN_KEY_LABEL, TrainLedger } from './train.js';
 
 export interface BrokerOptions {
   store: KbsStore;
@@ -73,7 +72,8 @@ export type BrokerEvent =
   | { type: 'auth'; tee: string }
   | { type: 'attest'; tee: string; ok: boolean; status?: string; reason?: string; ms: number }
   | { type: 'release'; path: string; allowed: boolean; reasons: string[] }
-  | { type: 'checkpoint-refused'; job: string; reason: string };
+  | { type: 'checkpoint-refused'; job: string; reason: string }
+  | { type: 'receipt-refused'; job: string; reason: string };
 
 export interface Credentials {
   sessionId?: string;
@@ -93,25 +93,89 @@ export class Broker {
       store: o.store,
       // The session cookie only, never a bearer token: a token published at /v1/attestation would
       // otherwise let anyone who read it move a job's checkpoint or record receipts in its name.
-      attested: async (id) => (await this.attestedSession(id)).ear,
+      attested: (id) => this.attestedSession(id),
       onRefused: (job, reason) => o.onEvent?.({ type: 'checkpoint-refused', job, reason }),
       verifyReceipt: async (envelope, job, kind) => {
-        const { verifyAttestedEnvelope } = await import('../tee/attested-receipt.js');
+        const { verifyTrainingReceipt } = await import('../tee/training-receipt.js');
         try {
-          const v = await verifyAttestedEnvelope(envelope, {
+          const v = await verifyTrainingReceipt(envelope, {
             registry: o.registry,
             at: this.now(),
             collateral: o.collateral,
             ...(o.trustAnchors?.[kind as TeeKind] ? { trustAnchors: o.trustAnchors[kind as TeeKind] } : {}),
-            predicateType: TRAINING_PREDICATE_TYPE,
-            context: fromHex(job),
+            manifestSha256: job,
           });
           return v.appraisal;
         } catch (e) {
           throw new KbsError('bad-receipt', `the receipt does not verify: ${(e as Error).message}`);
         }
       },
+      releasable: (ear, uri, job) => this.releasableForReceipt(ear, uri, job),
+      checkpointKey: (job) => o.secrets.derive(TRAIN_KEY_LABEL, utf8.encode(job)),
     });
+  }
+
+  /**
+   * Whether the resource a receipt names as a recipient would be released to the appending session:
+   * the decision of GET /kbs/v0/resource, with no receipts in the policy input (a receipt must not
+   * vouch for the TEE recording the next one). A refusal is logged in the owner's log as a denial,
+   * like a refused release, and answered in one form whether the resource exists or not.
+   */
+  private async releasableForReceipt(ear: EarResult, uri: string, job: string): Promise<string | undefined> {
+    const refusal = `the receipt names ${uri} as a recipient, but that key would not be released to this TEE (denied by policy): only a TEE its owner's policy gives the key to may record a receipt naming it`;
+    const path = uri.startsWith('kbs:///') ? uri.slice('kbs:///'.length) : uri;
+    let parsed: { repository: string; type: string; tag: string } | undefined;
+    try {
+      parsed = path !== uri ? parseResourcePath(path) : undefined;
+    } catch {
+      parsed = undefined; // not a resource path: no resource of this broker
+    }
+    const rec = parsed ? await this.o.store.getResource(path) : undefined;
+    const receipt = { job };
+    if (!parsed || !rec) {
+      // As resource() logs a request for an unknown resource.
+      await this.o.store.appendLog({
+        kind: 'denial',
+        tenant: '',
+        actor: 'tee',
+        subject: path,
+        details: { reasons: ['unknown resource'], via: 'session', receipt },
+      });
+      this.o.onEvent?.({ type: 'receipt-refused', job, reason: `${uri}: unknown resource` });
+      return refusal;
+    }
+    const decision = await decideRelease({
+      store: this.o.store,
+      ear,
+      resource: { path, ...parsed, tenant: rec.tenant },
+      devMode: this.o.devMode,
+      now: this.now(),
+      withoutReceipts: true,
+      ...(this.o.policyPool ? { policyPool: this.o.policyPool } : {}),
+    });
+    if (decision.allow) return undefined;
+    await this.o.store.appendLog({
+      kind: 'denial',
+      tenant: rec.tenant,
+      actor: 'tee',
+      subject: path,
+      details: {
+        allowed: false,
+        reasons: decision.reasons,
+        policy: decision.policyScope,
+        submods: summary(ear),
+        version: rec.version,
+        via: 'session',
+        // What was asked: not the key itself but to record a receipt naming it.
+        receipt,
+      },
+    });
+    this.o.onEvent?.({
+      type: 'receipt-refused',
+      job,
+      reason: `${uri} would not be released to this TEE: ${decision.reasons.join('; ')}`,
+    });
+    return refusal;
   }
 
   /** Request → Challenge, with a new session. */

@@ -41,6 +41,12 @@ export interface ReleaseContext {
   now: Date;
   explainClauses?: boolean;
   /**
+   * Policies see no receipts: whether a training TEE may record a receipt naming this resource is
+   * judged by what it could get without one (TrainLedger.appendReceipt), so that no receipt can
+   * vouch for the TEE that records the next.
+   */
+  withoutReceipts?: boolean;
+  /**
    * Where policies too costly for the event loop are evaluated (the broker's, with its configured
    * time limit); without one, a pool shared by the process with the default limit.
    */
@@ -122,9 +128,10 @@ export async function decideRelease(ctx: ReleaseContext): Promise<ReleaseDecisio
   const uri = `kbs:///${r.path}`;
   const initData = initDataOfEar(ctx.ear);
   // Receipts are looked up only for a policy that reads them (most do not): one query less per release.
-  const receipts = policy.names.has('receipts')
-    ? policyReceipts(await ctx.store.trainReceiptsFor(uri, INPUT_LIMITS.maxReceipts), uri)
-    : [];
+  const receipts =
+    policy.names.has('receipts') && ctx.withoutReceipts !== true
+      ? policyReceipts(await ctx.store.trainReceiptsFor(uri, INPUT_LIMITS.maxReceipts), uri)
+      : [];
   const input = policyInputFromEar(ctx.ear, {
     resource: { uri, repository: r.repository, type: r.type, tag: r.tag },
     // Policies see '' for the operator's repositories: no tenant is named so.

@@ -22,12 +22,15 @@ export type KbsErrorCode =
   | 'bearer-disabled'
   | 'bad-token'
   | 'denied'
-  // Confidential training (train.ts): the job id, the session's job, the checkpoint held, the receipt.
+  // Confidential training (train.ts): the job id, the session's job, the checkpoint held, the receipt,
+  // a recipient's key the session could not get, the job's one receipt.
   | 'bad-job'
   | 'job-not-bound'
   | 'no-checkpoint'
   | 'checkpoint-conflict'
   | 'bad-receipt'
+  | 'recipient-denied'
+  | 'receipt-exists'
   // The admin API's.
   | 'no-admin-token'
   | 'bad-admin-token'

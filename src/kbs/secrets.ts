@@ -10,6 +10,11 @@ import type { SealedSecret } from './store/types.js';
 export interface MasterKey {
   id: string;
   key: CryptoKey;
+  /**
+   * The same 32 bytes as an HKDF key, from which keys for other purposes are derived (`derive`), so
+   * the AES key itself never serves two purposes.
+   */
+  hkdf: CryptoKey;
 }
 
 const AAD_PREFIX = 'cloister-kbs-secret-v1\0';
@@ -18,7 +23,8 @@ export async function importMasterKey(raw: Uint8Array): Promise<MasterKey> {
   if (raw.length !== 32) throw new Error(`a master key must be 32 bytes (got ${raw.length})`);
   const id = toHex((await sha256(raw)).subarray(0, 8));
   const key = await crypto.subtle.importKey('raw', bs(raw), 'AES-GCM', false, ['encrypt', 'decrypt']);
-  return { id, key };
+  const hkdf = await crypto.subtle.importKey('raw', bs(raw), 'HKDF', false, ['deriveKey']);
+  return { id, key, hkdf };
 }
 
 /** Master keys are given as base64 (32 bytes), in a file or an environment variable. */
@@ -35,8 +41,31 @@ export async function masterKeyFromText(text: string, where: string): Promise<Ma
 }
 
 export class SecretBox {
+  private readonly derived = new Map<string, Promise<CryptoKey>>();
+
   constructor(private readonly keys: MasterKey[]) {
     if (keys.length === 0) throw new Error('at least one master key is required');
+  }
+
+  /**
+   * HMAC-SHA-256 of `message` under a key derived from the current master key for one purpose:
+   * HKDF-SHA-256 (RFC 5869, no salt) with `label` as its info. The same label and message give the
+   * same 32 bytes on every replica and after every restart that has the same current master key
+   * (a rotation, which puts another key first, changes them); another label gives unrelated bytes.
+   */
+  async derive(label: string, message: Uint8Array): Promise<Uint8Array> {
+    let k = this.derived.get(label);
+    if (!k) {
+      k = crypto.subtle.deriveKey(
+        { name: 'HKDF', hash: 'SHA-256', salt: new Uint8Array(0), info: bs(utf8.encode(label)) },
+        this.keys[0]!.hkdf,
+        { name: 'HMAC', hash: 'SHA-256', length: 256 },
+        false,
+        ['sign'],
+      );
+      this.derived.set(label, k);
+    }
+    return new Uint8Array(await crypto.subtle.sign('HMAC', await k, bs(message)));
   }
 
   get currentKeyId(): string {

@@ -25,7 +25,7 @@ import type { Broker } from './broker.js';
 import { KbsError, type KbsHttpCode, type KbsRouteDoc } from './errors.js';
 import type { Metrics } from './metrics.js';
 import { ConflictError, NotFoundError, StoreUnavailableError } from './store/types.js';
-import { RECEIPT_MAX_BYTES } from './train.js';
+import { CHECKPOINT_BODY_MAX_BYTES, RECEIPT_MAX_BYTES } from './train.js';
 
 export interface ServerOptions {
   broker: Broker;
@@ -90,13 +90,16 @@ export const STATUS: StatusTable<KbsHttpCode> = {
   // Evidence judged and refused, or a release denied: trying again changes nothing.
   'attestation-refused': 403,
   denied: 403,
-  // Confidential training: a malformed job id or receipt, a session launched for another job, and a
-  // checkpoint advance from anything but the checkpoint held (rollback, fork).
+  // Confidential training: a malformed job id or receipt, a session launched for another job (or
+  // a receipt it was not launched for), a receipt naming a key the session could not get, a
+  // checkpoint advance from anything but the checkpoint held (rollback, fork), a second receipt.
   'bad-job': 400,
   'bad-receipt': 400,
   'job-not-bound': 403,
+  'recipient-denied': 403,
   'no-checkpoint': 404,
   'checkpoint-conflict': 409,
+  'receipt-exists': 409,
   // The admin API.
   'no-admin-token': 401,
   'bad-admin-token': 401,
@@ -531,6 +534,7 @@ export async function createServer(o: ServerOptions): Promise<FastifyInstance> {
     '/cloister/v1/train/:job/checkpoint',
     {
       preValidation: requireJson,
+      bodyLimit: CHECKPOINT_BODY_MAX_BYTES,
       // The schema documents the body; train.ts checks it after the session (so a request without an
       // attested session is a 401 whatever it sends).
       attachValidation: true,
@@ -558,6 +562,19 @@ export async function createServer(o: ServerOptions): Promise<FastifyInstance> {
     async (req) => o.broker.train.advance(session(req), req.params.job, req.body),
   );
 
+  app.get<{ Params: { job: string } }>(
+    '/cloister/v1/train/:job/key',
+    {
+      schema: {
+        summary:
+          "A training job's checkpoint MAC key, encrypted to the session's TEE key (attested session for the job)",
+        params: jobParams,
+      },
+      config: doc({ ok: { 200: 'flattened JWE of the 32-byte key' }, errors: SESSION_ERRORS }),
+    },
+    async (req) => o.broker.train.checkpointKey(session(req), req.params.job),
+  );
+
   // The receipt's digest is of its bytes exactly as sent, so this route reads the body unparsed.
   await app.register(async (raw) => {
     raw.removeContentTypeParser('application/json');
@@ -576,7 +593,13 @@ export async function createServer(o: ServerOptions): Promise<FastifyInstance> {
         },
         config: doc({
           ok: { 200: '{logIndex, sha256}' },
-          errors: [...KBS_JSON_ERRORS, ...SESSION_ERRORS, 'bad-receipt'],
+          errors: [
+            ...KBS_JSON_ERRORS,
+            ...SESSION_ERRORS,
+            'bad-receipt',
+            'recipient-denied',
+            'receipt-exists',
+          ],
         }),
       },
       async (req) =>

@@ -2,10 +2,19 @@
  * The broker's side of confidential training (docs/kbs-protocol.md §8): each job's latest checkpoint,
  * moved only by compare-and-set so that a host cannot feed a job an older checkpoint (rollback) or a
  * different one (fork) without the TEE noticing, and training receipts, recorded by the outputs' key
- * URIs so that a release policy can require one (`receipts`, docs/policy.md). Both are open only to an
- * attested KBS session whose checked init-data names the job: `init_data.data["cloister.train.manifest"]`
- * is the job id, the lower-case hex SHA-256 of the job's manifest.
+ * URIs so that a release policy can require one (`receipts`, docs/policy.md), and each job's
+ * checkpoint MAC key. All are open only to an attested KBS session whose checked init-data names the
+ * job (`init_data.data["cloister.train.manifest"]`: the job id, the lower-case hex SHA-256 of the
+ * job's manifest), its trainer (`cloister.train.trainer`) and its recipients
+ * (`cloister.train.recipients`).
+ *
+ * A receipt is what a later release of a recipient's key may stand on, so recording one is judged
+ * like releasing those keys: the receipt must come from the attested TEE that appends it (its own
+ * evidence, of the same identity), say what that TEE was launched for (trainer, recipients), and the
+ * appending TEE must be one that every kbs:/// recipient's own policy would give its key to without
+ * any receipt. Otherwise any attested TEE could plant a receipt naming someone else's key.
  */
+import type { FlattenedJWE } from 'jose';
 import type { Appraisal, EarResult } from '../attest/index.js';
 import type { PolicyReceipt } from '../policy/index.js';
 import { toHex, utf8 } from '../util/index.js';
@@ -13,11 +22,14 @@ import {
   IN_TOTO_PAYLOAD_TYPE,
   IN_TOTO_STATEMENT_TYPE,
   INIT_DATA_JOB,
+  INIT_DATA_RECIPIENTS,
   INIT_DATA_TRAINER,
+  type TeePubkey,
   TRAINING_PREDICATE_TYPE,
 } from '../wire/index.js';
 import { KbsError } from './errors.js';
 import { initDataOfEar } from './init-data.js';
+import { encryptResource } from './jwe.js';
 import type { KbsStore, TrainCheckpoint, TrainReceiptFacts, TrainReceiptRecord } from './store/types.js';
 
 /** Largest receipt (DSSE envelope JSON) accepted. */
@@ -32,6 +44,19 @@ export const RECEIPT_LIMITS = Object.freeze({
   maxSubjects: 64,
   maxString: 256,
 });
+
+/**
+ * The highest checkpoint number a job may reach: a checkpoint every second for eleven days, far more
+ * than a job takes, and a bound on the log entries one job can add.
+ */
+export const MAX_CHECKPOINT_NUMBER = 1_000_000;
+/** Largest checkpoint advance body accepted (two `{number, sha256}` need about 200 bytes). */
+export const CHECKPOINT_BODY_MAX_BYTES = 4096;
+/**
+ * The HKDF info of the key, derived from the broker's current master key, under which each job's
+ * checkpoint MAC key is the HMAC-SHA-256 of its job id (SecretBox.derive).
+ */
+export const TRAIN_KEY_LABEL = 'cloister-kbs train-checkpoint-mac v1';
 
 const HEX64 = /^[0-9a-f]{64}$/;
 
@@ -54,6 +79,11 @@ function checkpointOf(v: unknown, where: string): TrainCheckpoint {
   const { number, sha256 } = v;
   if (typeof number !== 'number' || !Number.isSafeInteger(number) || number < 1)
     throw new KbsError('malformed-request', `${where}.number must be an integer ≥ 1`);
+  if (number > MAX_CHECKPOINT_NUMBER)
+    throw new KbsError(
+      'malformed-request',
+      `${where}.number is over ${MAX_CHECKPOINT_NUMBER}, the most checkpoints a job may take`,
+    );
   if (typeof sha256 !== 'string' || !HEX64.test(sha256))
     throw new KbsError('malformed-request', `${where}.sha256 must be 64 lower-case hex digits`);
   return { number, sha256 };
@@ -129,18 +159,19 @@ function parseJson(bytes: Uint8Array, what: string): unknown {
   }
 }
 
-/** What a receipt says, as the broker records it (the TEE and digest of the envelope come from elsewhere). */
-export type CheckedReceipt = Omit<TrainReceiptFacts, 'sha256' | 'tee'>;
+/** What a receipt says, as the broker records it (the TEE comes from the session). */
+export type CheckedReceipt = Omit<TrainReceiptFacts, 'tee'>;
 
 /**
  * The structural check of a training receipt and the facts the broker records from it; the
  * signature, the key's binding into evidence and that evidence are checked by the ledger's
- * `verifyReceipt` (src/tee/attested-receipt.ts). Checks here: a DSSE envelope `{payloadType: "application/vnd.in-toto+json", payload: base64,
+ * `verifyReceipt` (src/tee/training-receipt.ts). Checks here: a DSSE envelope `{payloadType: "application/vnd.in-toto+json", payload: base64,
  * signatures: [{sig, keyid?}, …] (at least one)}` whose payload is an in-toto Statement v1 with
  * subjects and the training predicate (TRAINING_PREDICATE_TYPE) whose `manifest.sha256` is the job.
  * The facts read from the predicate (src/tee/training-receipt.ts TrainingFacts): `trainer` (`{kind: "builtin",
  * name, software: {digest}}` or `{kind: "command", program: {path, sha256}}`) and `outputs[]`
- * (`{file, sealedSha256, recipients}`).
+ * (`{file, sealedSha256, recipients}`). `sha256` is the SHA-256 of the Statement (the decoded payload):
+ * what the receipt is known by, whatever envelope carries it.
  */
 export async function checkReceiptEnvelope(envelope: Uint8Array, job: string): Promise<CheckedReceipt> {
   const env = parseJson(envelope, 'the receipt');
@@ -154,7 +185,8 @@ export async function checkReceiptEnvelope(envelope: Uint8Array, job: string): P
     if (!isRecord(s) || typeof s.sig !== 'string' || s.sig === '')
       throw bad(`signatures[${i}].sig must be a non-empty string`);
   });
-  const statement = parseJson(base64Decode(env.payload, 'payload'), 'the payload');
+  const payload = base64Decode(env.payload, 'payload');
+  const statement = parseJson(payload, 'the payload');
   if (!isRecord(statement) || statement._type !== IN_TOTO_STATEMENT_TYPE)
     throw bad(`the payload must be an in-toto Statement (_type ${IN_TOTO_STATEMENT_TYPE})`);
   if (statement.predicateType !== TRAINING_PREDICATE_TYPE)
@@ -175,7 +207,10 @@ export async function checkReceiptEnvelope(envelope: Uint8Array, job: string): P
   const manifest = sha256Of(p.manifest.sha256, 'predicate.manifest.sha256');
   if (manifest !== job)
     throw bad(`the receipt is for training job ${manifest}, not ${job} (predicate.manifest.sha256)`);
-  return { job, subjects, trainer: trainerOf(p.trainer, p.trainerDigest), outputs: outputsOf(p.outputs) };
+  const trainer = trainerOf(p.trainer, p.trainerDigest);
+  const outputs = outputsOf(p.outputs);
+  const sha256 = toHex(new Uint8Array(await crypto.subtle.digest('SHA-256', payload.slice())));
+  return { job, sha256, subjects, trainer, outputs };
 }
 
 /**
@@ -228,46 +263,182 @@ export function policyReceipts(records: TrainReceiptRecord[], uri: string): Poli
 }
 
 // ---------------------------------------------------------------------------------------------------
+// The TEE a receipt comes from
+
+/**
+ * Claims that fix what a TEE is: launch and runtime measurements, launch configuration (the init-data
+ * digest fields, owner fields), enclave identity and the debug/policy attributes, for every kind
+ * Cloister verifies (src/attest/*: tdx, snp, sgx, sample; Azure's nest the hardware's under `snp` or
+ * `tdx`). Two evidence documents of one TEE agree on all of them; nonces, report data, TCB levels and
+ * certificates may differ and are not compared.
+ */
+const IDENTITY_CLAIMS: readonly string[] = [
+  // SEV-SNP, sample
+  'measurement',
+  'host_data',
+  'policy',
+  'family_id',
+  'image_id',
+  'id_key_digest',
+  'author_key_digest',
+  'debug',
+  // TDX
+  'mr_td',
+  'mr_config_id',
+  'mr_owner',
+  'mr_owner_config',
+  'mr_servicetd',
+  'rtmr0',
+  'rtmr1',
+  'rtmr2',
+  'rtmr3',
+  'td_attributes',
+  'xfam',
+  // SGX
+  'mr_enclave',
+  'mr_signer',
+  'isv_prod_id',
+  'isv_svn',
+  'attributes',
+  'misc_select',
+  'config_id',
+  'config_svn',
+];
+/**
+ * Azure vTPM PCRs compared: 0–7, the firmware and boot chain, fixed once the VM has booted (later
+ * PCRs may be extended while it runs).
+ */
+const AZURE_BOOT_PCRS = 8;
+
+/** Where each kind's launch measurement is among its identity claims (`identityOf`). */
+const LAUNCH_MEASUREMENT: Readonly<Record<string, string>> = {
+  sample: 'measurement',
+  snp: 'measurement',
+  tdx: 'mr_td',
+  sgx: 'mr_enclave',
+  'az-snp-vtpm': 'snp.measurement',
+  'az-tdx-vtpm': 'tdx.mr_td',
+};
+
+/** A TEE's identity claims, flattened (`snp.measurement`, `tpm.pcrs.0`), hex compared in lower case. */
+export function identityOf(claims: Record<string, unknown> | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  const canon = (v: unknown) => (typeof v === 'string' ? v.toLowerCase() : JSON.stringify(v));
+  const pick = (c: Record<string, unknown>, prefix: string) => {
+    for (const k of IDENTITY_CLAIMS) if (c[k] !== undefined) out[prefix + k] = canon(c[k]);
+  };
+  if (!claims) return out;
+  pick(claims, '');
+  for (const hw of ['snp', 'tdx']) {
+    const nested = claims[hw];
+    if (isRecord(nested)) pick(nested, `${hw}.`);
+  }
+  const pcrs = isRecord(claims.tpm) && isRecord(claims.tpm.pcrs) ? claims.tpm.pcrs : undefined;
+  for (let i = 0; pcrs && i < AZURE_BOOT_PCRS; i++)
+    if (pcrs[String(i)] !== undefined) out[`tpm.pcrs.${i}`] = canon(pcrs[String(i)]);
+  return out;
+}
+
+/** The identity claims on which two TEEs differ, a claim one has and the other lacks included. */
+export function identityMismatch(
+  a: Record<string, unknown> | undefined,
+  b: Record<string, unknown> | undefined,
+): string[] {
+  const x = identityOf(a);
+  const y = identityOf(b);
+  return [...new Set([...Object.keys(x), ...Object.keys(y)])].filter((k) => x[k] !== y[k]).sort();
+}
+
+/** A kind's launch measurement as lower-case hex, '' when it has none (or it is not hex). */
+export function launchMeasurement(kind: string, claims: Record<string, unknown> | undefined): string {
+  const name = LAUNCH_MEASUREMENT[kind];
+  const v = name ? identityOf(claims)[name] : undefined;
+  return v !== undefined && /^(?:[0-9a-f]{2})+$/.test(v) ? v : '';
+}
+
+/** The TEE of a session, from its attestation result's CPU submodule. */
+function teeOf(ear: EarResult): TrainReceiptFacts['tee'] {
+  const cpu = ear.submods.cpu0;
+  const kind = cpu?.kind ?? '';
+  return {
+    kind,
+    insecure: cpu?.insecure === true || kind === 'sample',
+    status: cpu?.status ?? 'none',
+    measurement: launchMeasurement(kind, cpu?.claims),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------
 // The endpoints' logic
+
+/** An attested session of a job: its attestation, TEE key and what its init-data binds it to. */
+export interface JobSession {
+  ear: EarResult;
+  teePubkey: TeePubkey;
+  /** The trainer digest its init-data names (`sha256:<hex>`). */
+  trainer: string;
+  /** The recipients its init-data names (kbs:/// URIs). */
+  recipients: string[];
+}
 
 export interface TrainOptions {
   store: KbsStore;
-  /** The attestation result of an attested, live session (a KbsError otherwise). */
-  attested: (sessionId: string | undefined) => Promise<EarResult>;
+  /** The attestation result and TEE key of an attested, live session (a KbsError otherwise). */
+  attested: (sessionId: string | undefined) => Promise<{ ear: EarResult; teePubkey: TeePubkey }>;
   /** Told of each refused advance (a rollback or fork attempt), for the broker's process log. */
   onRefused?: (job: string, reason: string) => void;
   /**
-   * Verifies a receipt's DSSE signature, the binding of its key (with the job id as context) into TEE
-   * evidence, and that evidence; answers the evidence's appraisal. A KbsError 'bad-receipt' otherwise.
+   * Verifies a training receipt in full (src/tee/training-receipt.ts verifyTrainingReceipt: the DSSE
+   * signature, the key's binding to the job into TEE evidence, that evidence, the recomputed trainer
+   * digest, subjects = outputs, the checkpoint chain); answers the evidence's appraisal. `kind`: the
+   * session's TEE kind (for its trust anchors). A KbsError 'bad-receipt' otherwise.
    */
   verifyReceipt: (envelope: Uint8Array, job: string, kind: string) => Promise<Appraisal>;
+  /**
+   * Whether the key at `uri` (a kbs:/// URI) would be released to this attestation by the same
+   * decision as GET /kbs/v0/resource, with no receipts in the policy input: undefined if so, else the
+   * refusal, which it has logged as a denial in the resource owner's log.
+   */
+  releasable: (ear: EarResult, uri: string, job: string) => Promise<string | undefined>;
+  /** The job's 32-byte checkpoint MAC key (the same on every replica and after a restart). */
+  checkpointKey: (job: string) => Promise<Uint8Array>;
 }
+
+const notBound = (message: string) => new KbsError('job-not-bound', message);
 
 export class TrainLedger {
   constructor(private readonly o: TrainOptions) {}
 
   /**
-   * The session's attestation, once it is known to be for this job: its checked init-data must name
-   * the job. The job id is checked before anything else.
+   * The session, once it is known to be for this job: its checked init-data must name the job, a
+   * trainer and the recipients. The job id is checked before anything else.
    */
-  private async forJob(sessionId: string | undefined, job: string): Promise<EarResult> {
+  private async forJob(sessionId: string | undefined, job: string): Promise<JobSession> {
     parseJob(job);
-    const ear = await this.o.attested(sessionId);
+    const { ear, teePubkey } = await this.o.attested(sessionId);
     const data = initDataOfEar(ear)?.data;
-    const named = isRecord(data) ? data[INIT_DATA_JOB] : undefined;
-    if (named === undefined) {
-      throw new KbsError(
-        'job-not-bound',
+    const named = isRecord(data) ? data : {};
+    const jobNamed = named[INIT_DATA_JOB];
+    if (jobNamed === undefined) {
+      throw notBound(
         `this session's attestation carries no init-data naming a training job: launch the TEE with init-data whose data["${INIT_DATA_JOB}"] is the job id, and send it when attesting`,
       );
     }
-    if (named !== job) {
-      throw new KbsError(
-        'job-not-bound',
-        `this session's init-data names training job ${String(named).slice(0, 80)}, not ${job}`,
+    if (jobNamed !== job)
+      throw notBound(
+        `this session's init-data names training job ${String(jobNamed).slice(0, 80)}, not ${job}`,
       );
-    }
-    return ear;
+    const trainer = named[INIT_DATA_TRAINER];
+    if (typeof trainer !== 'string' || !/^sha256:[0-9a-f]{64}$/.test(trainer))
+      throw notBound(
+        `this session's init-data names no trainer: data["${INIT_DATA_TRAINER}"] must be the trainer digest (sha256:<hex>), as \`cloister train JOB --print-init-data\` prints it`,
+      );
+    const recipients = recipientsOf(named[INIT_DATA_RECIPIENTS]);
+    if (!recipients)
+      throw notBound(
+        `this session's init-data names no recipients: data["${INIT_DATA_RECIPIENTS}"] must be a JSON array of the kbs:/// URIs the outputs are sealed to`,
+      );
+    return { ear, teePubkey, trainer, recipients };
   }
 
   /** GET …/checkpoint: the job's latest checkpoint, or undefined before the first. */
@@ -277,12 +448,27 @@ export class TrainLedger {
   }
 
   /**
+   * GET …/key: the job's checkpoint MAC key (32 bytes), encrypted to the session's TEE key as a
+   * resource is (a flattened JWE). Only the job's attested sessions get it, so whoever holds a
+   * recipient's key can decrypt a checkpoint but cannot make one the job would resume from.
+   */
+  async checkpointKey(sessionId: string | undefined, job: string): Promise<FlattenedJWE> {
+    const { teePubkey } = await this.forJob(sessionId, job);
+    const key = await this.o.checkpointKey(job);
+    try {
+      return await encryptResource(key, teePubkey);
+    } finally {
+      key.fill(0);
+    }
+  }
+
+  /**
    * POST …/checkpoint: moves the job from `prev` to `next` if the broker holds exactly `prev` and
    * `next` is the one after it; answers the checkpoint now held. Asked again for an advance it already
    * made (a retry after a lost answer), it answers the same without logging it twice.
    */
   async advance(sessionId: string | undefined, job: string, body: unknown): Promise<TrainCheckpoint> {
-    const ear = await this.forJob(sessionId, job);
+    const { ear } = await this.forJob(sessionId, job);
     const { prev, next } = parseAdvance(body);
     const expected = (prev?.number ?? 0) + 1;
     const refuse = (reason: string): never => {
@@ -305,59 +491,101 @@ export class TrainLedger {
   }
 
   /**
-   * POST …/receipt: records a training receipt (the envelope's bytes as sent) and logs it; answers its
-   * log index and SHA-256. The same receipt appended again answers the first record.
+   * POST …/receipt: records the job's training receipt and logs it; answers its log index and the
+   * SHA-256 of its Statement. A job has one receipt: the same Statement again answers the first
+   * record; another is `409 receipt-exists`. Refused unless the receipt verifies in full, comes from
+   * a TEE of the session's identity, names the trainer and only recipients the session's init-data
+   * names, and every kbs:/// recipient's key would be released to this session without receipts.
    */
   async appendReceipt(
     sessionId: string | undefined,
     job: string,
     envelope: Uint8Array,
   ): Promise<{ logIndex: number; sha256: string }> {
-    const ear = await this.forJob(sessionId, job);
+    const session = await this.forJob(sessionId, job);
+    const { ear } = session;
     if (envelope.length > RECEIPT_MAX_BYTES) throw bad(`the receipt is over ${RECEIPT_MAX_BYTES} bytes`);
     const checked = await checkReceiptEnvelope(envelope, job);
+    const first = await this.o.store.trainReceiptOfJob(job);
+    if (first) return this.same(first, checked.sha256);
+
+    if (checked.trainer.digest !== session.trainer)
+      throw notBound(
+        `the receipt's trainer ${checked.trainer.digest} is not the one this TEE was launched for (its init-data names ${session.trainer})`,
+      );
+    const recipients = [...new Set(checked.outputs.flatMap((o) => o.recipients))];
+    const kbs = recipients.filter((r) => r.toLowerCase().startsWith('kbs:'));
+    const unnamed = kbs.filter((r) => !session.recipients.includes(r));
+    if (unnamed.length > 0)
+      throw notBound(
+        `the receipt's outputs are sealed to ${unnamed.join(', ')}, which this TEE's init-data does not name as a recipient (it names ${session.recipients.join(', ') || 'none'})`,
+      );
+
     const tee = teeOf(ear);
     const appraisal = await this.o.verifyReceipt(envelope, job, tee.kind);
-    // The receipt must come from the TEE this session attested: same kind, same launch measurement,
-    // and the trainer its init-data named (what key policies approved when they released the keys).
-    const measurement = (c: Record<string, unknown> | undefined) => c?.measurement ?? c?.mr_td;
-    if (
-      appraisal.kind !== tee.kind ||
-      JSON.stringify(measurement(appraisal.claims)) !== JSON.stringify(measurement(ear.submods.cpu0?.claims))
-    )
+    if (appraisal.status === 'contraindicated')
       throw bad(
-        `the receipt was signed in another TEE (${appraisal.kind}) than the one this session attested`,
+        `the receipt's evidence is contraindicated: ${appraisal.findings
+          .filter((f) => f.status === 'contraindicated')
+          .map((f) => f.message)
+          .join('; ')}`,
       );
-    const named = initDataOfEar(ear)?.data;
-    const trainer = isRecord(named) ? named[INIT_DATA_TRAINER] : undefined;
-    if (trainer !== undefined && trainer !== checked.trainer.digest)
+    // The receipt must come from the TEE this session attested: same kind, same identity.
+    if (appraisal.kind !== tee.kind)
+      throw bad(`the receipt was signed in a ${appraisal.kind} TEE, this session attested a ${tee.kind} TEE`);
+    const differ = identityMismatch(appraisal.claims, ear.submods.cpu0?.claims);
+    if (differ.length > 0)
       throw bad(
-        `the receipt's trainer ${checked.trainer.digest} is not the one the TEE was launched for (${String(trainer)})`,
+        `the receipt was signed in another TEE than the one this session attested (${differ.join(', ')} differ)`,
       );
-    const sha256 = toHex(new Uint8Array(await crypto.subtle.digest('SHA-256', envelope.slice())));
-    const facts: TrainReceiptFacts = { ...checked, sha256, tee };
-    const recipients = [...new Set(facts.outputs.flatMap((o) => o.recipients))];
-    const { record } = await this.o.store.addTrainReceipt(facts, envelope, {
+
+    // Whoever may record a receipt naming a key is whoever that key's owner would give the key to.
+    const refusals: string[] = [];
+    for (const uri of kbs) {
+      const refused = await this.o.releasable(ear, uri, job);
+      if (refused !== undefined) refusals.push(refused);
+    }
+    if (refusals.length > 0) throw new KbsError('recipient-denied', refusals.join('; '));
+
+    const facts: TrainReceiptFacts = { ...checked, tee };
+    const { record, created } = await this.o.store.addTrainReceipt(facts, envelope, {
       kind: 'train-receipt',
       tenant: null,
       actor: 'tee',
       subject: `train:${job}`,
       details: {
         job,
-        sha256,
+        sha256: facts.sha256,
         subjects: facts.subjects,
         trainer: facts.trainer,
         recipients,
         tee: facts.tee,
       },
     });
-    return { logIndex: record.logIndex, sha256 };
+    // Another session of the job recorded one in the meantime.
+    if (!created) return this.same(record, facts.sha256);
+    return { logIndex: record.logIndex, sha256: record.sha256 };
+  }
+
+  /** The job's receipt is `record`: this one again answers it, another is refused. */
+  private same(record: TrainReceiptRecord, sha256: string): { logIndex: number; sha256: string } {
+    if (record.sha256 !== sha256)
+      throw new KbsError(
+        'receipt-exists',
+        `this job already has a receipt (sha256 ${record.sha256}, log entry ${record.logIndex}); a job has one receipt`,
+      );
+    return { logIndex: record.logIndex, sha256: record.sha256 };
   }
 }
 
-/** The TEE of a session, from its attestation result's CPU submodule. */
-function teeOf(ear: EarResult): TrainReceiptFacts['tee'] {
-  const cpu = ear.submods.cpu0;
-  const kind = cpu?.kind ?? '';
-  return { kind, insecure: cpu?.insecure === true || kind === 'sample', status: cpu?.status ?? 'none' };
+/** The recipients init-data names: a JSON array of strings (as trainInitData writes it), else undefined. */
+function recipientsOf(v: unknown): string[] | undefined {
+  if (typeof v !== 'string') return undefined;
+  let list: unknown;
+  try {
+    list = JSON.parse(v);
+  } catch {
+    return undefined;
+  }
+  return Array.isArray(list) && list.every((r) => typeof r === 'string') ? list : undefined;
 }

@@ -159,12 +159,16 @@ export class CelReceiptOutput {
   ) {}
 }
 
-/** The TEE whose attested session appended a receipt, from that session's attestation result. */
+/**
+ * The TEE whose attested session appended a receipt, from that session's attestation result;
+ * `measurement`: its launch measurement as lower-case hex ('' when its kind has none).
+ */
 export class CelReceiptTee {
   constructor(
     readonly kind: string,
     readonly insecure: boolean,
     readonly status: string,
+    readonly measurement: string,
   ) {}
 }
 
@@ -214,7 +218,7 @@ export function policyEnvironment(): Environment {
     })
     .registerType('cloister.ReceiptTee', {
       ctor: CelReceiptTee,
-      fields: { kind: 'string', insecure: 'bool', status: 'string' },
+      fields: { kind: 'string', insecure: 'bool', status: 'string', measurement: 'string' },
     })
     .registerType('cloister.Receipt', {
       ctor: CelReceipt,

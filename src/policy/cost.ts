@@ -236,7 +236,7 @@ const RECEIPT_OUTPUT: Bound = Object.freeze(
   sized(0, 0, 2 * RS, 2, { fields: { file: str(RS), sha256: str(RS) } }),
 );
 const RECEIPT: Bound = Object.freeze(
-  sized(0, 0, (7 + 2 * RECEIPT_OUTPUTS_MAX) * RS, 9 + 3 * RECEIPT_OUTPUTS_MAX, {
+  sized(0, 0, (8 + 2 * RECEIPT_OUTPUTS_MAX) * RS, 10 + 3 * RECEIPT_OUTPUTS_MAX, {
     fields: {
       job: str(RS),
       sha256: str(RS),
@@ -244,7 +244,9 @@ const RECEIPT: Bound = Object.freeze(
       outputs: sized(0, RECEIPT_OUTPUTS_MAX, 2 * RS * RECEIPT_OUTPUTS_MAX, 3 * RECEIPT_OUTPUTS_MAX, {
         item: RECEIPT_OUTPUT,
       }),
-      tee: sized(0, 0, 2 * RS, 3, { fields: { kind: str(RS), insecure: SCALAR, status: str(RS) } }),
+      tee: sized(0, 0, 3 * RS, 4, {
+        fields: { kind: str(RS), insecure: SCALAR, status: str(RS), measurement: str(RS) },
+      }),
       recorded_at: SCALAR,
     },
   }),

@@ -54,13 +54,16 @@ export interface PolicyResource {
 export interface PolicyReceipt {
   /** The training job: lower-case hex SHA-256 of its manifest. */
   job: string;
-  /** Lower-case hex SHA-256 of the receipt (the DSSE envelope's bytes as appended). */
+  /** Lower-case hex SHA-256 of the receipt's Statement (its DSSE payload). */
   sha256: string;
   trainer: { kind: string; name: string; digest: string };
   /** The receipt's outputs sealed to the requested resource. */
   outputs: { file: string; sha256: string }[];
-  /** The TEE of the attested session that appended it, from its attestation result. */
-  tee: { kind: string; insecure: boolean; status: string };
+  /**
+   * The TEE of the attested session that appended it, from its attestation result; `measurement`:
+   * its launch measurement, lower-case hex ('' when the kind has none).
+   */
+  tee: { kind: string; insecure: boolean; status: string; measurement: string };
   recorded_at: Date;
 }
 
@@ -287,6 +290,7 @@ function toReceipt(v: unknown, i: number): CelReceipt {
       kind,
       tee.insecure || kind === 'sample',
       receiptString(tee.status, `${where}.tee.status`),
+      receiptString(tee.measurement ?? '', `${where}.tee.measurement`),
     ),
     at,
   );

@@ -142,8 +142,9 @@ export class KbsClient {
   }
 
   /**
-   * Appends a training receipt (the DSSE envelope's JSON bytes, sent exactly as given) to the broker's
-   * transparency log; answers its log index and the SHA-256 (hex) of the bytes the broker recorded.
+   * Appends the job's training receipt (the DSSE envelope's JSON bytes, sent exactly as given) to the
+   * broker's transparency log; answers its log index and the SHA-256 (hex) of its Statement (the
+   * DSSE payload). A job has one receipt: the same Statement again answers the first record.
    */
   async appendReceipt(job: string, envelopeJson: Uint8Array): Promise<{ logIndex: number; sha256: string }> {
     const res = await this.sessionRequest(`/cloister/v1/train/${job}/receipt`, {
@@ -164,17 +165,59 @@ export class KbsClient {
     return { logIndex: r.logIndex, sha256: r.sha256 };
   }
 
+  /**
+   * A training job's checkpoint MAC key (32 bytes): the broker derives it from its master key and the
+   * job id and gives it only to attested sessions of the job (init-data naming the job and its
+   * trainer), encrypted to the session's ephemeral key like a resource. The same job gets the same
+   * key from every replica, after restarts and in later sessions.
+   */
+  async trainKey(job: string): Promise<Uint8Array> {
+    const { res, session } = await this.sessionExchange(`/cloister/v1/train/${job}/key`, { method: 'GET' });
+    await this.check(res, `checkpoint key of job ${job}`);
+    let key: Uint8Array;
+    try {
+      ({ plaintext: key } = await flattenedDecrypt(
+        (await res.json()) as FlattenedJWE,
+        session.keyPair.privateKey,
+      ));
+    } catch (e) {
+      throw new KbsClientError(
+        `the broker answered a checkpoint key that does not decrypt: ${(e as Error).message}`,
+        res.status,
+        undefined,
+        'protocol',
+      );
+    }
+    if (key.length !== 32)
+      throw new KbsClientError(
+        `the broker answered a checkpoint key of ${key.length} bytes, not 32`,
+        res.status,
+        undefined,
+        'protocol',
+      );
+    return key;
+  }
+
   /** A request on the attested session; a 401 (expired or evicted session) attests once more. */
   private async sessionRequest(path: string, init: RequestInit): Promise<Response> {
+    return (await this.sessionExchange(path, init)).res;
+  }
+
+  /** sessionRequest, with the session that answered (whose key decrypts what it sent). */
+  private async sessionExchange(
+    path: string,
+    init: RequestInit,
+  ): Promise<{ res: Response; session: Session }> {
     const send = async () => {
-      const s = await this.ensureSession();
-      return this.request(path, {
+      const session = await this.ensureSession();
+      const res = await this.request(path, {
         ...init,
-        headers: { ...(init.headers as Record<string, string>), cookie: s.cookie },
+        headers: { ...(init.headers as Record<string, string>), cookie: session.cookie },
       });
+      return { res, session };
     };
-    const res = await send();
-    if (res.status !== 401) return res;
+    const first = await send();
+    if (first.res.status !== 401) return first;
     this.session = undefined;
     return send();
   }

@@ -196,6 +196,7 @@ describe('operational endpoints', () => {
         'GET /cloister/v1/train/{job}/checkpoint',
         'POST /cloister/v1/train/{job}/checkpoint',
         'POST /cloister/v1/train/{job}/receipt',
+        'GET /cloister/v1/train/{job}/key',
         'GET /admin/v1/resources',
         'PUT /admin/v1/resources/{path}',
         'POST /admin/v1/resources/{path}',

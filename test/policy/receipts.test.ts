@@ -17,7 +17,7 @@ const receipt = (o: Partial<PolicyReceipt> = {}): PolicyReceipt => ({
   sha256: 'b'.repeat(64),
   trainer: { kind: 'builtin', name: 'llama', digest: 'sha256:1234' },
   outputs: [{ file: 'model.gguf.sealed', sha256: 'c'.repeat(64) }],
-  tee: { kind: 'tdx', insecure: false, status: 'affirming' },
+  tee: { kind: 'tdx', insecure: false, status: 'affirming', measurement: 'ab'.repeat(48) },
   recorded_at: new Date('2026-01-01T00:00:00Z'),
   ...o,
 });
@@ -46,15 +46,36 @@ describe('receipts in the policy input', () => {
     ).toBe(false);
     // The sample TEE is insecure whatever the record says.
     expect(
-      evaluatePolicy(p, input([receipt({ tee: { kind: 'sample', insecure: false, status: 'affirming' } })]))
-        .allow,
+      evaluatePolicy(
+        p,
+        input([receipt({ tee: { kind: 'sample', insecure: false, status: 'affirming', measurement: '' } })]),
+      ).allow,
     ).toBe(false);
     expect(evaluatePolicy(compilePolicy('size(receipts) == 0'), input()).allow).toBe(true);
+  });
+
+  it("pins the trainer's image by the appending TEE's launch measurement ('' when unknown)", () => {
+    const p = compilePolicy(`receipts.exists(r, r.tee.measurement == "${'ab'.repeat(48)}")`);
+    expect(evaluatePolicy(p, input([receipt()])).allow).toBe(true);
+    const other = (measurement: string) =>
+      receipt({ tee: { kind: 'tdx', insecure: false, status: 'affirming', measurement } });
+    expect(evaluatePolicy(p, input([other('cd'.repeat(48))])).allow).toBe(false);
+    expect(evaluatePolicy(p, input([other('')])).allow).toBe(false);
+    // A record without one (from before it was kept) reads as ''.
+    const { measurement: _, ...old } = receipt().tee;
+    expect(evaluatePolicy(p, input([{ ...receipt(), tee: old }])).allow).toBe(false);
+    expect(
+      evaluatePolicy(
+        compilePolicy('receipts.all(r, r.tee.measurement == "")'),
+        input([{ ...receipt(), tee: old }]),
+      ).allow,
+    ).toBe(true);
   });
 
   it('is typed: a misspelt field is refused when the policy is stored', () => {
     expect(() => compilePolicy('receipts.exists(r, r.trainer.digst == "x")')).toThrow(PolicyError);
     expect(() => compilePolicy('receipts.exists(r, r.tee.insecure == "no")')).toThrow(PolicyError);
+    expect(() => compilePolicy('receipts.exists(r, r.tee.measurment == "")')).toThrow(PolicyError);
   });
 
   it('is cheap to walk', () => {

@@ -461,8 +461,8 @@ export class MemoryStore implements KbsStore {
     log: LogAppend,
   ): Promise<{ record: TrainReceiptRecord; created: boolean }> {
     this.open();
-    const known = this.receipts.get(facts.sha256);
-    if (known) return { record: structuredClone(known.record), created: false };
+    const known = this.receiptOfJob(facts.job);
+    if (known) return { record: structuredClone(known), created: false };
     const e = this.entry(log);
     const record: TrainReceiptRecord = { ...structuredClone(facts), logIndex: e.index, recordedAt: now() };
     this.receipts.set(facts.sha256, { record, envelope: new Uint8Array(envelope) });
@@ -478,6 +478,19 @@ export class MemoryStore implements KbsStore {
       .sort((a, b) => b.logIndex - a.logIndex)
       .slice(0, limit)
       .map((r) => structuredClone(r));
+  }
+
+  private receiptOfJob(job: string): TrainReceiptRecord | undefined {
+    let first: TrainReceiptRecord | undefined;
+    for (const { record } of this.receipts.values())
+      if (record.job === job && (!first || record.logIndex < first.logIndex)) first = record;
+    return first;
+  }
+
+  async trainReceiptOfJob(job: string): Promise<TrainReceiptRecord | undefined> {
+    this.open();
+    const r = this.receiptOfJob(job);
+    return r && structuredClone(r);
   }
 
   async trainReceipt(

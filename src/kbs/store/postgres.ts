@@ -1003,9 +1003,12 @@ export class PostgresStore implements KbsStore {
     log: LogAppend,
   ): Promise<{ record: TrainReceiptRecord; created: boolean }> {
     return this.logged(async (t) => {
+      // One receipt per job: the log head lock taken first serialises this check and the insert
+      // with every other replica's.
       const known = await t.c.query<TrainReceiptRow>(
-        'SELECT sha256, job, log_index, recorded_at, facts FROM train_receipts WHERE sha256 = $1',
-        [facts.sha256],
+        `SELECT sha256, job, log_index, recorded_at, facts FROM train_receipts WHERE job = $1
+         ORDER BY log_index LIMIT 1`,
+        [facts.job],
       );
       if (known.rows[0]) return { record: trainReceiptRecord(known.rows[0]), created: false };
       const e = await t.append(log);
@@ -1046,6 +1049,19 @@ export class PostgresStore implements KbsStore {
       ),
     );
     return r.rows.map(trainReceiptRecord);
+  }
+
+  async trainReceiptOfJob(job: string): Promise<TrainReceiptRecord | undefined> {
+    const r = await this.read<TrainReceiptRow>(
+      q(
+        'tr_of_job',
+        `SELECT sha256, job, log_index, recorded_at, facts FROM train_receipts WHERE job = $1
+         ORDER BY log_index LIMIT 1`,
+        [job],
+      ),
+    );
+    const row = r.rows[0];
+    return row && trainReceiptRecord(row);
   }
 
   async trainReceipt(

@@ -162,14 +162,17 @@ export function receiptFactsJson(f: TrainReceiptFacts): string {
 }
 
 export function trainReceiptRecord(r: TrainReceiptRow): TrainReceiptRecord {
-  const facts = JSON.parse(r.facts) as Pick<TrainReceiptFacts, 'subjects' | 'trainer' | 'outputs' | 'tee'>;
+  const facts = JSON.parse(r.facts) as Pick<TrainReceiptFacts, 'subjects' | 'trainer' | 'outputs'> & {
+    tee: Omit<TrainReceiptFacts['tee'], 'measurement'> & { measurement?: string };
+  };
   return {
     job: r.job,
     sha256: r.sha256,
     subjects: facts.subjects,
     trainer: facts.trainer,
     outputs: facts.outputs,
-    tee: facts.tee,
+    // Records from before the measurement was kept show none.
+    tee: { ...facts.tee, measurement: facts.tee.measurement ?? '' },
     logIndex: Number(r.log_index),
     recordedAt: r.recorded_at,
   };

@@ -153,6 +153,8 @@ const SQL = {
   tcAdvance: `UPDATE train_checkpoints SET number = ?, sha256 = ?, updated_at = ?
     WHERE job = ? AND number = ? AND sha256 = ?`,
   trGet: 'SELECT sha256, job, log_index, recorded_at, facts FROM train_receipts WHERE sha256 = ?',
+  trOfJob: `SELECT sha256, job, log_index, recorded_at, facts FROM train_receipts WHERE job = ?
+    ORDER BY log_index LIMIT 1`,
   trEnvelope: 'SELECT envelope FROM train_receipts WHERE sha256 = ?',
   trInsert: `INSERT INTO train_receipts (sha256, job, log_index, recorded_at, facts, envelope)
     VALUES (?, ?, ?, ?, ?, ?)`,
@@ -677,7 +679,8 @@ export class SqliteStore implements KbsStore {
     log: LogAppend,
   ): Promise<{ record: TrainReceiptRecord; created: boolean }> {
     return this.write(() => {
-      const known = this.st('trGet').get(facts.sha256) as TrainReceiptRow | undefined;
+      // One receipt per job; SQLite's one writer makes this check and the insert one step.
+      const known = this.st('trOfJob').get(facts.job) as TrainReceiptRow | undefined;
       if (known) return { record: trainReceiptRecord(known), created: false };
       const e = this.append(log);
       const row: TrainReceiptRow = {
@@ -695,6 +698,11 @@ export class SqliteStore implements KbsStore {
 
   async trainReceiptsFor(recipient: string, limit: number): Promise<TrainReceiptRecord[]> {
     return (this.st('trFor').all(recipient, limit) as TrainReceiptRow[]).map(trainReceiptRecord);
+  }
+
+  async trainReceiptOfJob(job: string): Promise<TrainReceiptRecord | undefined> {
+    const row = this.st('trOfJob').get(job) as TrainReceiptRow | undefined;
+    return row && trainReceiptRecord(row);
   }
 
   async trainReceipt(

@@ -119,15 +119,21 @@ export type CheckpointAdvance = { advanced: true } | { advanced: false; held: Tr
 export interface TrainReceiptFacts {
   /** The training job: lower-case hex SHA-256 of its manifest. */
   job: string;
-  /** Lower-case hex SHA-256 of the envelope's bytes exactly as appended. */
+  /**
+   * Lower-case hex SHA-256 of the receipt's Statement (the DSSE payload, decoded): the same facts
+   * signed again, or sent in another envelope encoding, are the same receipt.
+   */
   sha256: string;
   /** The in-toto Statement's subjects (the sealed outputs): name and SHA-256 (hex). */
   subjects: { name: string; sha256: string }[];
   trainer: { kind: string; name: string; digest: string };
   /** Every output with the kbs:/// URIs of the keys it is sealed to. */
   outputs: { file: string; sha256: string; recipients: string[] }[];
-  /** The TEE of the attested session that appended it (its EAR's cpu0). */
-  tee: { kind: string; insecure: boolean; status: string };
+  /**
+   * The TEE of the attested session that appended it (its EAR's cpu0); `measurement`: its launch
+   * measurement as lower-case hex ('' when the kind has none; records made before it was kept: '').
+   */
+  tee: { kind: string; insecure: boolean; status: string; measurement: string };
 }
 
 /** A recorded training receipt. */
@@ -258,8 +264,9 @@ export interface KbsStore {
     log: LogAppend,
   ): Promise<CheckpointAdvance>;
   /**
-   * Records a receipt and appends its log entry in one transaction. A receipt already recorded (same
-   * sha256) is not recorded or logged again: its record comes back with `created: false`.
+   * Records a receipt and appends its log entry in one transaction; a job has one receipt. When the
+   * job already has one (the same receipt or another), nothing is recorded or logged: the job's
+   * receipt comes back with `created: false` and the caller compares its sha256.
    */
   addTrainReceipt(
     facts: TrainReceiptFacts,
@@ -268,7 +275,9 @@ export interface KbsStore {
   ): Promise<{ record: TrainReceiptRecord; created: boolean }>;
   /** Receipts with an output sealed to `recipient` (a kbs:/// URI), newest first, at most `limit`. */
   trainReceiptsFor(recipient: string, limit: number): Promise<TrainReceiptRecord[]>;
-  /** One receipt and its envelope's bytes, by the envelope's SHA-256 (hex). */
+  /** A job's receipt (the first recorded, should a database hold several from before one per job). */
+  trainReceiptOfJob(job: string): Promise<TrainReceiptRecord | undefined>;
+  /** One receipt and its envelope's bytes, by its Statement's SHA-256 (hex). */
   trainReceipt(sha256: string): Promise<{ record: TrainReceiptRecord; envelope: Uint8Array } | undefined>;
 
   // transparency log

@@ -710,13 +710,13 @@ export function storeConformance(name: string, makeStore: MakeStore): void {
     describe('confidential training', () => {
       const job = 'a'.repeat(64);
       const cp = (number: number, fill = String(number % 10)) => ({ number, sha256: fill.repeat(64) });
-      const facts = (sha: string, recipients: string[][]): TrainReceiptFacts => ({
-        job,
+      const facts = (sha: string, recipients: string[][], of = job): TrainReceiptFacts => ({
+        job: of,
         sha256: sha.repeat(64),
         subjects: [{ name: 'model.gguf.sealed', sha256: 'e'.repeat(64) }],
         trainer: { kind: 'builtin', name: 'llama', digest: 'sha256:1234' },
         outputs: recipients.map((r, i) => ({ file: `out${i}`, sha256: 'f'.repeat(64), recipients: r })),
-        tee: { kind: 'sample', insecure: true, status: 'warning' },
+        tee: { kind: 'sample', insecure: true, status: 'warning', measurement: '00'.repeat(48) },
       });
 
       it('advances a checkpoint by compare-and-set, logging each advance and nothing else', async () => {
@@ -784,14 +784,19 @@ export function storeConformance(name: string, makeStore: MakeStore): void {
           logIndex: 0,
         });
         expect(a.record.recordedAt).toMatch(ISO);
-        // The same receipt again: its first record, nothing logged.
+        // The same receipt again, or another for the same job: the job's receipt, nothing logged.
         const again = await store.addTrainReceipt(facts('1', [['kbs:///o/m/key']]), envelope, logFields('x'));
         expect(again).toEqual({ record: a.record, created: false });
+        const other = await store.addTrainReceipt(facts('9', [['kbs:///o/m/key']]), envelope, logFields('x'));
+        expect(other).toEqual({ record: a.record, created: false });
+        expect(await store.trainReceiptOfJob(job)).toEqual(a.record);
+        expect(await store.trainReceiptOfJob('c'.repeat(64))).toBeUndefined();
         const b = await store.addTrainReceipt(
-          facts('2', [['kbs:///o/m/key']]),
+          facts('2', [['kbs:///o/m/key']], 'b'.repeat(64)),
           envelope,
           logFields('train-receipt'),
         );
+        expect(await store.trainReceiptOfJob('b'.repeat(64))).toEqual(b.record);
         expect(b.record.logIndex).toBe(1);
         expect((await store.trainReceiptsFor('kbs:///o/m/key', 10)).map((r) => r.sha256)).toEqual([
           '2'.repeat(64),
@@ -805,8 +810,9 @@ export function storeConformance(name: string, makeStore: MakeStore): void {
         // A receipt whose entry cannot be built leaves nothing behind.
         log.failNext();
         await expect(
-          store.addTrainReceipt(facts('4', [['kbs:///o/m/key']]), envelope, logFields('x')),
+          store.addTrainReceipt(facts('4', [['kbs:///o/m/key']], 'c'.repeat(64)), envelope, logFields('x')),
         ).rejects.toThrow(/refuses/);
+        expect(await store.trainReceiptOfJob('c'.repeat(64))).toBeUndefined();
         expect(await store.trainReceipt('4'.repeat(64))).toBeUndefined();
         expect(await store.trainReceiptsFor('kbs:///o/m/key', 10)).toHaveLength(2);
         expect(await store.logSize()).toBe(2);

@@ -113,7 +113,8 @@ CREATE TABLE IF NOT EXISTS train_checkpoints (
   updated_at TEXT NOT NULL
 ) STRICT;
 
--- Training receipts by the SHA-256 of their envelope; facts: JSON {subjects, trainer, outputs, tee}.
+-- Training receipts by the SHA-256 of their Statement (the DSSE payload), one per job (the store
+-- checks under its write lock); facts: JSON {subjects, trainer, outputs, tee}.
 CREATE TABLE IF NOT EXISTS train_receipts (
   sha256 TEXT PRIMARY KEY CHECK (length(sha256) = 64),
   job TEXT NOT NULL,
