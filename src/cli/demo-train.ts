@@ -19,6 +19,11 @@ const FACTS: readonly [string, string][] = [
 ];
 
 const EDGE_MEASUREMENT = 'ed'.repeat(48);
+/**
+ * The training TEE's launch measurement (the sample TEE's default). A receipt's trainer digest is
+ * only as trustworthy as the image that computed it, so the model owner pins that image too.
+ */
+const TRAINER_MEASUREMENT = '00'.repeat(48);
 
 export async function demoTrain(o: { keep: boolean }): Promise<void> {
   const { offlineSource } = await import('../attest/index.js');
@@ -121,7 +126,7 @@ export async function demoTrain(o: { keep: boolean }): Promise<void> {
     const dataPolicy = `dev_mode && cpu.insecure && ${approved}`;
     const modelPolicy =
       `dev_mode && cpu.insecure && ((${approved})` +
-      ` || receipts.exists(r, r.trainer.digest == "${trainer}" && size(r.outputs) > 0))`;
+      ` || receipts.exists(r, r.trainer.digest == "${trainer}" && r.tee.measurement == "${TRAINER_MEASUREMENT}" && size(r.outputs) > 0))`;
     await keep('data-policy.cel', dataPolicy);
     await keep('model-policy.cel', modelPolicy);
     await dataOwner.call('PUT', '/admin/v1/policies', {
@@ -136,7 +141,9 @@ export async function demoTrain(o: { keep: boolean }): Promise<void> {
     say(
       `   ${trainer}, and that the result is sealed to ${prepared.recipients.join(', ')} (the TEE's init-data names both)`,
     );
-    say('   the model key also goes to any TEE once a receipt from that trainer names it: chain of custody');
+    say(
+      '   the model key also goes to any TEE once a receipt from that trainer, made in the approved image, names it: chain of custody',
+    );
 
     // 4. Before training, the edge asks for the model key: no receipt names it yet.
     const early = await cloister(
