@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { TrainError } from '../../src/train/errors.js';
 import { parseManifest } from '../../src/train/manifest.js';
@@ -93,6 +94,30 @@ describe('job manifests', () => {
     const m = await refusal(doc);
     expect(m).toMatch(re);
     expect(m).not.toContain('\n');
+  });
+
+  it('agrees with the published JSON Schema (docs/schema/train-job.v1.json) on what is well formed', async () => {
+    const { Ajv2020 } = await import('ajv/dist/2020.js');
+    const schema = JSON.parse(
+      readFileSync(new URL('../../docs/schema/train-job.v1.json', import.meta.url), 'utf8'),
+    );
+    const validate = new Ajv2020({ strict: false }).compile(schema);
+    const command = { ...good, trainer: { command: ['python3', 'train.py'], files: ['train.py'] } };
+    for (const doc of [good, command, { ...good, outputs: { recipients: ['kbs:///a/b/c'] } }]) {
+      expect(validate(doc), JSON.stringify(validate.errors)).toBe(true);
+      await parse(doc);
+    }
+    for (const doc of [
+      { ...good, epochs: 3 },
+      { ...good, seed: -1 },
+      { ...good, trainer: { builtin: 'gpt' } },
+      { ...good, inputs: [{ name: 'c', path: 'c', sha256: 'ABC' }] },
+      { ...good, outputs: { recipients: ['hpke:x'] } },
+      { ...good, checkpoints: { everySteps: 1.5 } },
+    ]) {
+      expect(validate(doc)).toBe(false);
+      await expect(parse(doc)).rejects.toThrow(TrainError);
+    }
   });
 
   it('makes init-data that names the job and the trainer, in one fixed serialisation', () => {
