@@ -54,8 +54,8 @@ const { DEFAULT_CONFIG } = await load('kbs/config.js');
 const { ADMIN_AUDIENCE } = await load('kbs/admin.js');
 const { ConfinedDir, KekCache, KbsClient, kbsAttester } = await load('tee/index.js');
 const { InsecureSampleAttester, sampleHostData } = await load('tee/evidence/index.js');
-const { prepareJob, runTrainingJob, createLlamaTrainer, serveTrainingApi, trainInitData } =
-  await load('train/index.js');
+const { prepareJob, runTrainingJob, createLlamaTrainer, serveTrainingApi } = await load('train/index.js');
+const { trainInitData } = await load('wire/index.js');
 const { CheckpointStore } = await load('train/checkpoint.js');
 const { sealFile } = await load('seal/node.js');
 const { sealBytes, openBytes } = await load('seal/container.js');
@@ -491,7 +491,10 @@ try {
     rmSync(plainFile);
 
     const job = sha(`bench-checkpoint-${Date.now()}`);
-    const initData = { format: 'json', body: trainInitData(job, `sha256:${'0'.repeat(64)}`) };
+    const initData = {
+      format: 'json',
+      body: trainInitData(job, `sha256:${'0'.repeat(64)}`, recipients.map((r) => r.uri)),
+    };
     const { client } = await teeFor(initData);
     const dir = await ConfinedDir.open(join(shm, 'checkpoints'), true);
     const store = new CheckpointStore({
@@ -499,6 +502,7 @@ try {
       job,
       trainer: 'bench',
       recipients,
+      macKey: await client.trainKey(job),
       keys: new KekCache(client),
       counter: client,
     });

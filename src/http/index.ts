@@ -216,4 +216,5 @@ export {
   type TlsOptions,
   watchTlsFiles,
 } from './tls.js';
+export { listenOnUnixSocket, type SocketSetupCode, type UnixSocketOptions } from './unix-socket.js';
 export { clientGone, limitedBody, rawBodies, readBody, sendResponse, webRequest } from './web.js';

@@ -15,12 +15,16 @@
  * (a tampered chunk in /unseal) cannot change its status any more: the connection is then cut before
  * the final chunk, so clients see an incomplete response rather than a clean end.
  */
-import { chmod, lstat, stat, unlink } from 'node:fs/promises';
 import type { IncomingMessage } from 'node:http';
-import { connect } from 'node:net';
-import { dirname } from 'node:path';
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteHandlerMethod } from 'fastify';
-import { createHttp, frameworkRefusal, rawBodies, type StatusTable, sendResponse } from '../http/index.js';
+import {
+  createHttp,
+  frameworkRefusal,
+  listenOnUnixSocket,
+  rawBodies,
+  type StatusTable,
+  sendResponse,
+} from '../http/index.js';
 import type { Recipient } from '../seal/index.js';
 import {
   beginSeal,
@@ -402,59 +406,11 @@ function searchOf(request: FastifyRequest): URLSearchParams {
   return new URL(request.url, 'http://agent').searchParams;
 }
 
-/** Refuses to take over a socket another process is listening on; removes a stale one. */
-/**
- * The socket's folder must exist and be a folder: otherwise listen() reports EACCES (libuv's bind on a
- * path under a missing folder), which sends the operator looking for a permission problem.
- */
-async function checkSocketFolder(path: string): Promise<void> {
-  const dir = dirname(path);
-  const st = await stat(dir).catch((e: NodeJS.ErrnoException) => e);
-  if (st instanceof Error) {
-    const what = st.code === 'ENOENT' ? 'does not exist' : `cannot be read (${st.code ?? st.message})`;
-    throw new AgentError(
-      'socket-path',
-      `${dir}: the folder for --socket ${path} ${what}; create it (mkdir -p ${dir}) or choose another --socket`,
-    );
-  }
-  if (!st.isDirectory())
-    throw new AgentError('socket-path', `${dir}: not a folder, so --socket ${path} cannot be made there`);
-}
-
-/** listen()'s own failures, as one line naming the socket and what to do. */
-function listenFailure(path: string, e: NodeJS.ErrnoException): Error {
-  if (e.code === 'EACCES' || e.code === 'EPERM')
-    return new AgentError(
-      'socket-path',
-      `${dirname(path)}: no permission to create --socket ${path}; run as a user who may write there or choose another --socket`,
-    );
-  return e;
-}
-
-async function clearStaleSocket(path: string): Promise<void> {
-  const st = await lstat(path).catch(() => undefined);
-  if (!st) return;
-  if (!st.isSocket())
-    throw new AgentError('socket-path', `${path} exists and is not a socket; choose another --socket`);
-  const live = await new Promise<boolean>((resolve) => {
-    const s = connect(path);
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
-  if (live) throw new AgentError('socket-in-use', `another process is listening on ${path}`);
-  await unlink(path);
-}
-
 /** Serves the API on a Unix socket, mode 0600. `close()` stops it and removes the socket. */
 export async function serveAgentApi(
   socketPath: string,
   o: AgentApiOptions,
 ): Promise<{ app: FastifyInstance; api: AgentApi; close(): Promise<void> }> {
-  await checkSocketFolder(socketPath);
-  await clearStaleSocket(socketPath);
   const api = new AgentApi(o);
   // Bodies are streamed (rawBodies), so the body limit is never reached; the timeouts are Node's
   // defaults, which the API had before it stood on Fastify: a sealed upload of gigabytes may take minutes.
@@ -463,24 +419,16 @@ export async function serveAgentApi(
     timeouts: { requestMs: 300_000, headersMs: 60_000, keepAliveMs: 5_000 },
   });
   api.register(app);
-  // Created 0600 from the start (umask), so there is no window in which others could connect.
-  const oldMask = process.umask(0o177);
-  try {
-    await app.listen({ path: socketPath });
-  } catch (e) {
-    throw listenFailure(socketPath, e as NodeJS.ErrnoException);
-  } finally {
-    process.umask(oldMask);
-  }
-  await chmod(socketPath, 0o600);
+  const socket = await listenOnUnixSocket(app, socketPath, {
+    label: `--socket ${socketPath}`,
+    other: 'another --socket',
+    refuse: (code, message) => new AgentError(code, message),
+  });
   return {
     app,
     api,
     async close() {
-      const closing = app.close();
-      app.server.closeAllConnections();
-      await closing;
-      await unlink(socketPath).catch(() => {});
+      await socket.close();
       await api.keys.clear();
     },
   };

@@ -16,12 +16,16 @@
  * compare-and-set never see two saves race. Same stack as the agent's API (src/tee/api.ts): Fastify
  * from src/http, one code → status table (TRAIN_API_STATUS), RFC 7807 problem documents.
  */
-import { chmod, lstat, stat, unlink } from 'node:fs/promises';
 import type { IncomingMessage } from 'node:http';
-import { connect } from 'node:net';
-import { dirname } from 'node:path';
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteHandlerMethod } from 'fastify';
-import { createHttp, frameworkRefusal, rawBodies, readBody, type StatusTable } from '../http/index.js';
+import {
+  createHttp,
+  frameworkRefusal,
+  listenOnUnixSocket,
+  rawBodies,
+  readBody,
+  type StatusTable,
+} from '../http/index.js';
 import { problem } from '../wire/index.js';
 import type { TrainingSession } from './session.js';
 
@@ -369,46 +373,8 @@ function register(app: FastifyInstance, o: TrainingApiOptions): void {
   });
 }
 
-/**
- * The socket's folder must exist and be a folder: otherwise listen() reports EACCES, which sends
- * one looking for a permission problem.
- */
-async function checkSocketFolder(path: string): Promise<void> {
-  const dir = dirname(path);
-  const st = await stat(dir).catch((e: NodeJS.ErrnoException) => e);
-  if (st instanceof Error)
-    throw new TrainApiSetupError(
-      'socket-path',
-      `${dir}: the folder for the training socket ${path} is missing or unreadable (${(st as NodeJS.ErrnoException).code ?? st.message})`,
-    );
-  if (!st.isDirectory())
-    throw new TrainApiSetupError(
-      'socket-path',
-      `${dir}: not a folder, so the training socket ${path} cannot be made there`,
-    );
-}
-
-/** Refuses to take over a socket another process is listening on; removes a stale one. */
-async function clearStaleSocket(path: string): Promise<void> {
-  const st = await lstat(path).catch(() => undefined);
-  if (!st) return;
-  if (!st.isSocket()) throw new TrainApiSetupError('socket-path', `${path} exists and is not a socket`);
-  const live = await new Promise<boolean>((resolve) => {
-    const s = connect(path);
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
-  if (live) throw new TrainApiSetupError('socket-in-use', `another process is listening on ${path}`);
-  await unlink(path);
-}
-
 /** Serves the training API for one session on a Unix socket, mode 0600. `close()` stops it and removes the socket. */
 export async function serveTrainingApi(o: TrainingApiOptions): Promise<{ close(): Promise<void> }> {
-  await checkSocketFolder(o.socketPath);
-  await clearStaleSocket(o.socketPath);
   // Bodies are read by the handlers under their own limits (rawBodies). A state of gigabytes takes a
   // while to arrive, so the whole request gets five minutes; the session's sealing is not counted.
   const app = createHttp({
@@ -416,20 +382,8 @@ export async function serveTrainingApi(o: TrainingApiOptions): Promise<{ close()
     timeouts: { requestMs: 300_000, headersMs: 60_000, keepAliveMs: 5_000 },
   });
   register(app, o);
-  // Created 0600 from the start (umask), so there is no window in which others could connect.
-  const oldMask = process.umask(0o177);
-  try {
-    await app.listen({ path: o.socketPath });
-  } finally {
-    process.umask(oldMask);
-  }
-  await chmod(o.socketPath, 0o600);
-  return {
-    async close() {
-      const closing = app.close();
-      app.server.closeAllConnections();
-      await closing;
-      await unlink(o.socketPath).catch(() => {});
-    },
-  };
+  return listenOnUnixSocket(app, o.socketPath, {
+    label: `the training socket ${o.socketPath}`,
+    refuse: (code, message) => new TrainApiSetupError(code, message),
+  });
 }
