@@ -84,7 +84,7 @@ export class TrainApiError extends Error {
 }
 
 /** Setting up the socket failed: its folder is missing or not one, or another server holds it. */
-export type TrainApiSetupCode = 'socket-path' | 'socket-in-use';
+export type TrainApiSetupCode = SocketSetupCode;
 
 export class TrainApiSetupError extends Error {
   override name = 'TrainApiSetupError';
