@@ -52,7 +52,7 @@ const root = new URL('..', import.meta.url).pathname;
 const { startBroker } = await load('kbs/app.js');
 const { DEFAULT_CONFIG } = await load('kbs/config.js');
 const { ADMIN_AUDIENCE } = await load('kbs/admin.js');
-const { ConfinedDir, KekCache, KbsClient, kbsAttester } = await load('tee/index.js');
+const { ConfinedDir, KbsClient, kbsAttester } = await load('tee/index.js');
 const { InsecureSampleAttester, sampleHostData } = await load('tee/evidence/index.js');
 const { prepareJob, runTrainingJob, createLlamaTrainer, serveTrainingApi } = await load('train/index.js');
 const { trainInitData } = await load('wire/index.js');
@@ -493,7 +493,11 @@ try {
     const job = sha(`bench-checkpoint-${Date.now()}`);
     const initData = {
       format: 'json',
-      body: trainInitData(job, `sha256:${'0'.repeat(64)}`, recipients.map((r) => r.uri)),
+      body: trainInitData(
+        job,
+        `sha256:${'0'.repeat(64)}`,
+        recipients.map((r) => r.uri),
+      ),
     };
     const { client } = await teeFor(initData);
     const dir = await ConfinedDir.open(join(shm, 'checkpoints'), true);
@@ -503,7 +507,6 @@ try {
       trainer: 'bench',
       recipients,
       macKey: await client.trainKey(job),
-      keys: new KekCache(client),
       counter: client,
     });
     // As a job starts: the broker is asked for the newest checkpoint (and the session attested) first.

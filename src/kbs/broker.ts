@@ -16,7 +16,7 @@ import {
   verifyEar,
 } from '../attest/index.js';
 import type { VerifierRegistry } from '../attest/types.js';
-import { toBase64Url, utf8 } from '../util/index.js';
+import { toBase64Url } from '../util/index.js';
 import {
   bindingReportData,
   deviceEvidence,
@@ -111,18 +111,18 @@ export class Broker {
         }
       },
       releasable: (ear, uri, job) => this.releasableForReceipt(ear, uri, job),
-      checkpointKey: (job) => o.secrets.derive(TRAIN_KEY_LABEL, utf8.encode(job)),
+      checkpointKey: (launch) => o.secrets.derive(TRAIN_KEY_LABEL, launch),
     });
   }
 
   /**
-   * Whether the resource a receipt names as a recipient would be released to the appending session:
+   * Whether a recipient of a training job would be released to the session acting for the job:
    * the decision of GET /kbs/v0/resource, with no receipts in the policy input (a receipt must not
    * vouch for the TEE recording the next one). A refusal is logged in the owner's log as a denial,
    * like a refused release, and answered in one form whether the resource exists or not.
    */
   private async releasableForReceipt(ear: EarResult, uri: string, job: string): Promise<string | undefined> {
-    const refusal = `the receipt names ${uri} as a recipient, but that key would not be released to this TEE (denied by policy): only a TEE its owner's policy gives the key to may record a receipt naming it`;
+    const refusal = `the job seals to ${uri}, but that key would not be released to this TEE (denied by policy): only a TEE its owner's policy gives the key to may act for a job sealing to it (its checkpoint key, counter and receipt)`;
     const path = uri.startsWith('kbs:///') ? uri.slice('kbs:///'.length) : uri;
     let parsed: { repository: string; type: string; tag: string } | undefined;
     try {

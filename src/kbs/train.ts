@@ -17,7 +17,7 @@
 import type { FlattenedJWE } from 'jose';
 import type { Appraisal, EarResult } from '../attest/index.js';
 import type { PolicyReceipt } from '../policy/index.js';
-import { toHex, utf8 } from '../util/index.js';
+import { canonicalizeBytes, toHex, utf8 } from '../util/index.js';
 import {
   IN_TOTO_PAYLOAD_TYPE,
   IN_TOTO_STATEMENT_TYPE,
@@ -291,7 +291,6 @@ const IDENTITY_CLAIMS: readonly string[] = [
   'rtmr0',
   'rtmr1',
   'rtmr2',
-  'rtmr3',
   'td_attributes',
   'xfam',
   // SGX
@@ -401,7 +400,8 @@ export interface TrainOptions {
    */
   releasable: (ear: EarResult, uri: string, job: string) => Promise<string | undefined>;
   /** The job's 32-byte checkpoint MAC key (the same on every replica and after a restart). */
-  checkpointKey: (job: string) => Promise<Uint8Array>;
+  /** The job's checkpoint MAC key for one launch configuration (job, trainer, recipients). */
+  checkpointKey: (launch: Uint8Array) => Promise<Uint8Array>;
 }
 
 const notBound = (message: string) => new KbsError('job-not-bound', message);
@@ -434,11 +434,26 @@ export class TrainLedger {
         `this session's init-data names no trainer: data["${INIT_DATA_TRAINER}"] must be the trainer digest (sha256:<hex>), as \`cloister train JOB --print-init-data\` prints it`,
       );
     const recipients = recipientsOf(named[INIT_DATA_RECIPIENTS]);
-    if (!recipients)
+    if (!recipients || recipients.length === 0 || !recipients.every((r) => r.startsWith('kbs:///')))
       throw notBound(
-        `this session's init-data names no recipients: data["${INIT_DATA_RECIPIENTS}"] must be a JSON array of the kbs:/// URIs the outputs are sealed to`,
+        `this session's init-data names no recipients: data["${INIT_DATA_RECIPIENTS}"] must be a non-empty JSON array of the kbs:/// URIs the outputs are sealed to`,
       );
     return { ear, teePubkey, trainer, recipients };
+  }
+
+  /**
+   * The session may act for the job only if every recipient's key would be released to it: whoever
+   * a key's owner trusts with the key may seal checkpoints and outputs to it, move the job's counter
+   * and record its receipt; a TEE no owner trusts gets nothing, even with the job's init-data.
+   * Refusals go into each owner's log, as a refused release does.
+   */
+  private async trusted(session: JobSession, job: string): Promise<void> {
+    const refusals: string[] = [];
+    for (const uri of session.recipients) {
+      const refused = await this.o.releasable(session.ear, uri, job);
+      if (refused !== undefined) refusals.push(refused);
+    }
+    if (refusals.length > 0) throw new KbsError('recipient-denied', refusals.join('; '));
   }
 
   /** GET …/checkpoint: the job's latest checkpoint, or undefined before the first. */
@@ -453,8 +468,11 @@ export class TrainLedger {
    * recipient's key can decrypt a checkpoint but cannot make one the job would resume from.
    */
   async checkpointKey(sessionId: string | undefined, job: string): Promise<FlattenedJWE> {
-    const { teePubkey } = await this.forJob(sessionId, job);
-    const key = await this.o.checkpointKey(job);
+    const session = await this.forJob(sessionId, job);
+    await this.trusted(session, job);
+    const { teePubkey, trainer, recipients } = session;
+    // Another trainer or other recipients get another key, so their checkpoints never verify here.
+    const key = await this.o.checkpointKey(canonicalizeBytes({ job, trainer, recipients }));
     try {
       return await encryptResource(key, teePubkey);
     } finally {
@@ -468,7 +486,9 @@ export class TrainLedger {
    * made (a retry after a lost answer), it answers the same without logging it twice.
    */
   async advance(sessionId: string | undefined, job: string, body: unknown): Promise<TrainCheckpoint> {
-    const { ear } = await this.forJob(sessionId, job);
+    const session = await this.forJob(sessionId, job);
+    await this.trusted(session, job);
+    const { ear } = session;
     const { prev, next } = parseAdvance(body);
     const expected = (prev?.number ?? 0) + 1;
     const refuse = (reason: string): never => {
@@ -514,8 +534,7 @@ export class TrainLedger {
         `the receipt's trainer ${checked.trainer.digest} is not the one this TEE was launched for (its init-data names ${session.trainer})`,
       );
     const recipients = [...new Set(checked.outputs.flatMap((o) => o.recipients))];
-    const kbs = recipients.filter((r) => r.toLowerCase().startsWith('kbs:'));
-    const unnamed = kbs.filter((r) => !session.recipients.includes(r));
+    const unnamed = recipients.filter((r) => !session.recipients.includes(r));
     if (unnamed.length > 0)
       throw notBound(
         `the receipt's outputs are sealed to ${unnamed.join(', ')}, which this TEE's init-data does not name as a recipient (it names ${session.recipients.join(', ') || 'none'})`,
@@ -540,12 +559,7 @@ export class TrainLedger {
       );
 
     // Whoever may record a receipt naming a key is whoever that key's owner would give the key to.
-    const refusals: string[] = [];
-    for (const uri of kbs) {
-      const refused = await this.o.releasable(ear, uri, job);
-      if (refused !== undefined) refusals.push(refused);
-    }
-    if (refusals.length > 0) throw new KbsError('recipient-denied', refusals.join('; '));
+    await this.trusted(session, job);
 
     const facts: TrainReceiptFacts = { ...checked, tee };
     const { record, created } = await this.o.store.addTrainReceipt(facts, envelope, {

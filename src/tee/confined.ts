@@ -182,6 +182,19 @@ export class ConfinedDir {
     }
   }
 
+  /** Removes the file `rel` if it is there; a link there is removed itself, never followed. */
+  async remove(rel: string): Promise<void> {
+    const parts = componentsOf(rel, this.show(rel));
+    const name = parts.pop()!;
+    const dir = await this.subdir(parts.join('/'), false);
+    if (!dir) return;
+    try {
+      await rm(dir.at(name), { force: true });
+    } finally {
+      if (dir !== this) await dir.close();
+    }
+  }
+
   /** Opens the regular file `rel` for reading, never through a link (O_NOFOLLOW on every component). */
   async openFile(rel: string): Promise<FileHandle> {
     const parts = componentsOf(rel, this.show(rel));

@@ -24,6 +24,7 @@ import {
   listenOnUnixSocket,
   rawBodies,
   readBody,
+  type SocketSetupCode,
   type StatusTable,
 } from '../http/index.js';
 import { problem } from '../wire/index.js';

@@ -20,7 +20,7 @@ import { Worker } from 'node:worker_threads';
 import type { BodyContext, Recipient } from '../seal/index.js';
 import { beginSeal, openBytes, parseHeader, sealParts } from '../seal/index.js';
 import { bestChunkCipher } from '../seal/node.js';
-import type { ConfinedDir, KekCache } from '../tee/index.js';
+import type { ConfinedDir } from '../tee/index.js';
 import type { CheckpointRecord } from '../tee/training-receipt.js';
 import { canonicalizeBytes, utf8 } from '../util/index.js';
 import { TrainError } from './errors.js';
@@ -62,10 +62,13 @@ function macOf(
   const g = createCipheriv('aes-256-gcm', key, iv);
   g.setAAD(length);
   g.setAAD(m);
-  g.setAAD(state);
+  // setAAD takes at most 2^31 - 1 bytes at once; a state may be larger (the training API takes 4 GiB).
+  for (let at = 0; at < state.length; at += AAD_PIECE) g.setAAD(state.subarray(at, at + AAD_PIECE));
   g.final();
   return Buffer.concat([iv, g.getAuthTag()]).toString('hex');
 }
+
+const AAD_PIECE = 1 << 30;
 
 /** Whether `mac` (hex of IV ‖ tag) is the MAC of the metadata and state under `key`. */
 function macVerifies(key: Uint8Array, meta: CheckpointMeta, state: Uint8Array): boolean {
@@ -98,7 +101,6 @@ export interface CheckpointStoreOptions {
    * of a recipient's KEK can open a checkpoint, but cannot make one a later run would accept.
    */
   macKey: Uint8Array;
-  keys: KekCache;
   counter: CheckpointCounter;
   /**
    * States at least this large are hashed on a worker thread while they are sealed and written;
@@ -362,9 +364,21 @@ export class CheckpointStore {
         'checkpoint-rollback',
         `the key broker holds checkpoint ${held.number} (sha256 ${short(held.sha256)}) of this job; ${what} (sha256 ${short(digest)}) is older or another: refusing to roll back`,
       );
+    // Opened only with the job's own recipient keys: a file sealed to another key (one its maker
+    // holds) is refused before any key is asked for.
+    const sealedTo = parseHeaderOf(sealed, what)
+      .recipients.filter((r) => r.type === 'kbs')
+      .map((r) => r.keyId);
+    const mine = this.o.recipients.flatMap((r) => (r.type === 'kbs' ? [r] : []));
+    const key = mine.find((r) => sealedTo.includes(r.uri));
+    if (!key || sealedTo.some((u) => !mine.some((r) => r.uri === u)))
+      throw new TrainError(
+        'checkpoint-chain',
+        `${what} is sealed to ${sealedTo.join(', ') || 'no key-broker key'}, not to the job's recipients (${mine.map((r) => r.uri).join(', ')})`,
+      );
     let plain: Uint8Array;
     try {
-      plain = await openBytes(sealed, await this.o.keys.forHeader(parseHeaderOf(sealed, what), what));
+      plain = await openBytes(sealed, { kind: 'kek', uri: key.uri, secret: key.kek });
     } catch (e) {
       if (e instanceof TrainError) throw e;
       throw new TrainError('checkpoint-decrypt', `${what} does not decrypt: ${(e as Error).message}`);

@@ -153,15 +153,13 @@ async function trainerOf(
         'bad-manifest',
         `job manifest: trainer.command[0] ${argv[0]} is a relative path: list it in trainer.files, or name a program of the TEE's image`,
       );
-    const path = (process.env.PATH ?? '')
-      .split(':')
-      .filter((d) => isAbsolute(d))
-      .join(':');
-    const found = await realpath(await findProgram(argv[0]!, path || '/usr/local/bin:/usr/bin:/bin'));
-    if (found.startsWith(`${base}/`))
+    // Found along the PATH the trainer itself gets (not the runner's, which the host sets), and only
+    // among the image's own programs: a file elsewhere could change between its hash and its run.
+    const found = await realpath(await findProgram(argv[0]!, TRAINER_PATH));
+    if (!SYSTEM_DIRS.some((d) => found.startsWith(d)))
       throw new TrainError(
         'bad-manifest',
-        `job manifest: trainer.command[0] resolves to ${found}, in the job's folder: list it in trainer.files instead`,
+        `job manifest: trainer.command[0] resolves to ${found}, not a program of the TEE's image (${SYSTEM_DIRS.join(', ')}): list it in trainer.files instead`,
       );
     program = { path: found, sha256: sha256(new Uint8Array(await readFile(found))) };
   }
@@ -195,10 +193,11 @@ async function recipientsOf(m: Manifest, base: string): Promise<string[]> {
   if (owners.length === 0)
     throw new TrainError('bad-input', `model: ${m.model.path} has no key-broker recipient (kbs:///…)`);
   if (m.recipients.length === 0) return owners;
-  if (!owners.some((o) => m.recipients.includes(o)))
+  const others = m.recipients.filter((r) => !owners.includes(r));
+  if (others.length > 0)
     throw new TrainError(
       'bad-manifest',
-      `job manifest: outputs.recipients must include the starting model's owner key (${owners.join(' or ')}): a job may not seal another owner's model to someone else`,
+      `job manifest: outputs.recipients names ${others.join(', ')}, not a key of the starting model's owner (${owners.join(', ')}): a job may not seal another owner's model to anyone else`,
     );
   return m.recipients;
 }
@@ -212,6 +211,11 @@ async function checkBuiltinHyperparameters(m: Manifest): Promise<void> {
   else if (!m.model) (await import('./llama/hyperparameters.js')).parseHyperparameters(m.hyperparameters);
 }
 
+/** The trainer's PATH, and where its program is looked up. */
+const TRAINER_PATH = '/usr/local/bin:/usr/bin:/bin';
+/** Where the TEE image's programs live (read-only, measured with the image). */
+const SYSTEM_DIRS = ['/usr/', '/bin/', '/sbin/', '/lib/', '/lib64/', '/opt/'];
+
 /** Reads and checks the manifest and the trainer; nothing is asked of a broker or a TEE yet. */
 export async function prepareJob(manifestPath: string, command?: string[]): Promise<PreparedJob> {
   let bytes: Uint8Array;
@@ -224,7 +228,7 @@ export async function prepareJob(manifestPath: string, command?: string[]): Prom
     );
   }
   const parsed = await parseManifest(bytes);
-  const base = dirname(resolve(manifestPath));
+  const base = dirname(await realpath(resolve(manifestPath)));
   const { trainer, files } = await trainerOf(parsed.manifest, base, command);
   await checkBuiltinHyperparameters(parsed.manifest);
   const recipients = await recipientsOf(parsed.manifest, base);
@@ -350,6 +354,16 @@ export async function runJob(p: PreparedJob, o: RunJobOptions): Promise<JobResul
     const model = manifest.model
       ? await openChecked(under(p.base, manifest.model.path), manifest.model.sha256, 'model')
       : undefined;
+    if (model) {
+      // The recipients came from the model's header when the job was prepared; the file checked
+      // against the manifest's digest must say the same, or the host showed another file then.
+      const owners = model.header.recipients.filter((r) => r.type === 'kbs').map((r) => r.keyId);
+      if (!p.recipients.every((r) => owners.includes(r)))
+        throw new TrainError(
+          'input-digest',
+          `model: ${manifest.model!.path} is sealed to ${owners.join(', ') || 'no key-broker key'}, not to ${p.recipients.join(', ')} as when the job was prepared`,
+        );
+    }
 
     o.log('attesting to the key broker');
     const ear = await o.broker.token();
@@ -398,7 +412,6 @@ export async function runJob(p: PreparedJob, o: RunJobOptions): Promise<JobResul
       trainer: p.trainerDigest,
       recipients,
       macKey,
-      keys,
       counter: o.broker,
     });
     const startedAt = new Date();
@@ -471,7 +484,16 @@ export async function runJob(p: PreparedJob, o: RunJobOptions): Promise<JobResul
     await outputs.writeFile(RECEIPT_FILE, 0o644, (fh) => fh.writeFile(envelope));
     result.receiptPath = join(outputs.shown, RECEIPT_FILE);
     o.log(`receipt: ${result.receiptPath}`);
-    const appended = await o.broker.appendReceipt(job, envelope);
+    let appended: { logIndex: number; sha256: string };
+    try {
+      appended = await o.broker.appendReceipt(job, envelope);
+    } catch (e) {
+      // A result the broker would not record (another run's receipt came first, a refusal) is not
+      // the job's result: nothing is left that looks complete.
+      for (const s of result.outputs) await outputs.remove(s.file);
+      await outputs.remove(RECEIPT_FILE);
+      throw e;
+    }
     result.logIndex = appended.logIndex;
     o.log(
       `receipt sha256 ${appended.sha256} appended to the broker's transparency log (entry ${appended.logIndex})`,
@@ -670,7 +692,7 @@ async function runCommand(p: PreparedJob, o: RunJobOptions, s: Stage): Promise<E
     // A fixed environment, not the runner's: what the host sets (LD_PRELOAD, PYTHONPATH, …) would
     // otherwise change what the approved trainer runs without changing its digest.
     const env: NodeJS.ProcessEnv = {
-      PATH: '/usr/local/bin:/usr/bin:/bin',
+      PATH: TRAINER_PATH,
       HOME: work,
       LANG: 'C.UTF-8',
       CLOISTER_TRAIN_SOCKET: socketPath,

@@ -120,6 +120,18 @@ function debugAttester(measurement: string, hostData: string): CpuAttester {
   };
 }
 
+/** The model key and the policy that lets the job's TEE (and, with a receipt, the edge) have it. */
+async function putModelKey(b: TestBroker): Promise<void> {
+  const admin = await b.admin();
+  const secret = new TextEncoder().encode('the model key');
+  expect((await b.call('PUT', `/admin/v1/resources/${MODEL_KEY}`, admin, secret)).status).toBe(201);
+  const set = await b.call('PUT', '/admin/v1/policies', admin, {
+    scope: `resource:${MODEL_KEY}`,
+    source: MODEL_POLICY,
+  });
+  expect(set.status).toBe(200);
+}
+
 /** The TEE's client, for the checkpoint tests. */
 async function trainer(b: TestBroker, job = JOB): Promise<KbsClient> {
   return (await launch(b, { job })).client;
@@ -148,7 +160,7 @@ function receipt(
         {
           file: 'model.gguf.sealed',
           sealedSha256: output,
-          recipients: o.recipients ?? [MODEL_URI, 'hpke:owner-key'],
+          recipients: o.recipients ?? [MODEL_URI],
         },
       ],
     },
@@ -223,14 +235,7 @@ for (const backend of BACKENDS) {
     beforeAll(async () => {
       db = backend.db();
       b = await testBroker({ devMode: true, ...(db.url ? { db: db.url } : {}) });
-      const admin = await b.admin();
-      const secret = new TextEncoder().encode('the model key');
-      expect((await b.call('PUT', `/admin/v1/resources/${MODEL_KEY}`, admin, secret)).status).toBe(201);
-      const set = await b.call('PUT', '/admin/v1/policies', admin, {
-        scope: `resource:${MODEL_KEY}`,
-        source: MODEL_POLICY,
-      });
-      expect(set.status).toBe(200);
+      await putModelKey(b);
     });
     afterAll(async () => {
       await b?.close();
@@ -306,7 +311,7 @@ for (const backend of BACKENDS) {
       );
       expect(planted).toMatchObject({ status: 403, type: 'recipient-denied' });
       expect(planted!.message).toContain(
-        `the receipt names ${MODEL_URI} as a recipient, but that key would not be released to this TEE`,
+        `the job seals to ${MODEL_URI}, but that key would not be released to this TEE`,
       );
       // The owner sees it in its log like a refused release, with what was asked for.
       const denial = (await logEntries(b)).at(-1)!;
@@ -330,9 +335,7 @@ for (const backend of BACKENDS) {
         ),
       );
       expect(unknown).toMatchObject({ status: 403, type: 'recipient-denied' });
-      expect(unknown!.message).toContain(
-        `the receipt names ${nowhere} as a recipient, but that key would not`,
-      );
+      expect(unknown!.message).toContain(`the job seals to ${nowhere}, but that key would not`);
       expect((await logEntries(b)).at(-1)).toMatchObject({
         kind: 'denial',
         subject: 'owner/nothing/key',
@@ -456,6 +459,7 @@ describe('training endpoints refuse', () => {
   let b: TestBroker;
   beforeAll(async () => {
     b = await testBroker({ devMode: true, db: 'memory:' });
+    await putModelKey(b);
   });
   afterAll(() => b.close());
 
@@ -536,7 +540,7 @@ describe('training endpoints refuse', () => {
       status: 403,
       type: 'job-not-bound',
       message: expect.stringMatching(
-        /names no recipients: data\["cloister\.train\.recipients"\] must be a JSON array/,
+        /names no recipients: data\["cloister\.train\.recipients"\] must be a non-empty JSON array/,
       ),
     });
     expect(await (await trainer(b)).checkpointLatest(JOB)).toBeNull();
@@ -634,20 +638,24 @@ describe('the checkpoint MAC key', () => {
   beforeAll(async () => {
     keys = await testKeys();
     b = await testBroker({ devMode: true, db: 'memory:' }, { keys });
+    await putModelKey(b);
   });
   afterAll(() => b.close());
 
-  it('is 32 bytes per job, HMAC-SHA-256(HKDF(master key, label), job), the same from every session and replica', async () => {
+  it('is 32 bytes per launch, HMAC-SHA-256(HKDF(master key, label), JCS{job, trainer, recipients}), the same from every session and replica', async () => {
     const key = await (await trainer(b)).trainKey(JOB);
     expect(key).toHaveLength(32);
     const master = Buffer.from(readFileSync(keys.masterKeyFile, 'utf8').trim(), 'base64');
     const sub = Buffer.from(
       hkdfSync('sha256', master, new Uint8Array(0), 'cloister-kbs train-checkpoint-mac v1', 32),
     );
-    expect(Buffer.from(key).toString('hex')).toBe(createHmac('sha256', sub).update(JOB).digest('hex'));
+    // Per launch configuration: the job, its trainer and its recipients (JCS).
+    const launch = canonicalizeBytes({ job: JOB, trainer: APPROVED, recipients: [MODEL_URI] });
+    expect(Buffer.from(key).toString('hex')).toBe(createHmac('sha256', sub).update(launch).digest('hex'));
     // Another session of the job, and another broker with the same master key (a replica, a restart).
     expect(await (await trainer(b)).trainKey(JOB)).toEqual(key);
     const replica = await testBroker({ devMode: true, db: 'memory:' }, { keys });
+    await putModelKey(replica);
     try {
       expect(await (await trainer(replica)).trainKey(JOB)).toEqual(key);
     } finally {
@@ -680,7 +688,7 @@ describe('checkReceiptEnvelope (the facts the broker records; signatures are che
         {
           file: 'model.gguf.sealed',
           sha256: sha('sealed model'),
-          recipients: [MODEL_URI, 'hpke:owner-key'],
+          recipients: [MODEL_URI],
         },
       ],
     });
@@ -700,7 +708,9 @@ describe('the identity of the TEE a receipt comes from', () => {
     expect(
       identityMismatch(tdx, { ...tdx, mr_td: 'aa', report_data: '22', tcb_status: 'OutOfDate' }),
     ).toEqual([]);
-    expect(identityMismatch(tdx, { ...tdx, rtmr3: '04' })).toEqual(['rtmr3']);
+    expect(identityMismatch(tdx, { ...tdx, rtmr2: '04' })).toEqual(['rtmr2']);
+    // RTMR3 is the runtime's to extend: a re-attested session may differ from the receipt key's evidence.
+    expect(identityMismatch(tdx, { ...tdx, rtmr3: '04' })).toEqual([]);
     const { mr_config_id: _, ...without } = tdx;
     expect(identityMismatch(tdx, without)).toEqual(['mr_config_id']);
     expect(identityMismatch(without, tdx)).toEqual(['mr_config_id']);

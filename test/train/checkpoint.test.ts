@@ -15,7 +15,7 @@ import { MemoryBroker } from './fake.js';
 
 const dist = new URL('../../dist/', import.meta.url);
 const { CheckpointStore } = (await import(new URL('train/checkpoint.js', dist).href)) as typeof Checkpoint;
-const { ConfinedDir, KekCache } = (await import(new URL('tee/index.js', dist).href)) as typeof Tee;
+const { ConfinedDir } = (await import(new URL('tee/index.js', dist).href)) as typeof Tee;
 
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 const JOB = 'c'.repeat(64);
@@ -42,7 +42,6 @@ async function store(hashWorkerBytes: number) {
     trainer: 'test',
     recipients,
     macKey: await broker.trainKey(JOB),
-    keys: new KekCache(broker),
     counter: broker,
     hashWorkerBytes,
   });

@@ -50,7 +50,11 @@ export class MemoryBroker implements TrainBroker {
   async trainKey(job: string) {
     return new Uint8Array(createHash('sha256').update(`mac ${job}`).digest());
   }
+  /** As a broker that already holds another run's receipt for the job. */
+  refuseReceipts = false;
   async appendReceipt(_job: string, envelope: Uint8Array) {
+    if (this.refuseReceipts)
+      throw Object.assign(new Error('receipt-exists: this job already has a receipt'), { status: 409 });
     this.receipts.push(envelope);
     return { logIndex: this.receipts.length - 1, sha256: 'ab'.repeat(32) };
   }

@@ -277,3 +277,67 @@ describe('checkpoints a key holder makes', () => {
     expect((e as Error).message).toMatch(/was not made by a run of this job/);
   });
 });
+
+describe('what the job seals, and to whom', () => {
+  async function withModel(extra: Record<string, unknown> = {}) {
+    const model = await sealText(broker, 'owner/model/key', 'a model', 'start.bin');
+    writeFileSync(join(work, 'start.sealed'), model);
+    const path = await job({
+      model: { path: 'start.sealed', sha256: sha(model) },
+      outputs: undefined,
+      ...extra,
+    });
+    return { path, model };
+  }
+
+  it('seals a starting model’s result to its owner only: another recipient beside it is refused', async () => {
+    const { path } = await withModel({
+      outputs: { recipients: ['kbs:///owner/model/key', 'kbs:///data/corpus/key'] },
+    });
+    await expect(prepareJob(path)).rejects.toThrow(
+      /names kbs:\/\/\/data\/corpus\/key, not a key of the starting model's owner/,
+    );
+  });
+
+  it('refuses a run whose model is not sealed to the recipients the job was prepared with', async () => {
+    const { path, model } = await withModel();
+    // The host shows a file sealed to another key while the job is prepared, then puts the model back.
+    writeFileSync(join(work, 'start.sealed'), await sealText(broker, 'data/corpus/key', 'x', 'start.bin'));
+    const p = await prepareJob(path);
+    expect(p.recipients).toEqual(['kbs:///data/corpus/key']);
+    writeFileSync(join(work, 'start.sealed'), model);
+    const e = await runJob(p, options()).catch((x: unknown) => x);
+    expect((e as TrainError).code).toBe('input-digest');
+    expect((e as Error).message).toMatch(
+      /is sealed to kbs:\/\/\/owner\/model\/key, not to kbs:\/\/\/data\/corpus\/key/,
+    );
+    expect(readdirSync(shm)).toEqual([]);
+  });
+
+  it('refuses a checkpoint sealed to another key than the job’s recipients', async () => {
+    const p = await prepareJob(await job());
+    await runJob(p, options({ stopAfterSteps: 5 }));
+    const f = join(work, 'checkpoints', 'ckpt-000001.sealed');
+    const plain = await openBytes(readFileSync(f), {
+      kind: 'kek',
+      secret: broker.keks.get('owner/model/key')!,
+    });
+    const other = await sealBytes(plain, {
+      recipients: [{ type: 'kbs', uri: 'kbs:///data/corpus/key', kek: broker.keks.get('data/corpus/key')! }],
+    });
+    writeFileSync(f, other);
+    broker.heads.set(p.parsed.job, { number: 1, sha256: sha(other) });
+    const e = await runJob(p, options()).catch((x: unknown) => x);
+    expect((e as TrainError).code).toBe('checkpoint-chain');
+    expect((e as Error).message).toMatch(
+      /is sealed to kbs:\/\/\/data\/corpus\/key, not to the job's recipients/,
+    );
+  });
+
+  it('leaves no sealed output or receipt when the broker refuses the receipt', async () => {
+    broker.refuseReceipts = true;
+    const e = await runJob(await prepareJob(await job()), options()).catch((x: unknown) => x);
+    expect((e as Error).message).toMatch(/receipt-exists/);
+    expect(readdirSync(join(work, 'out'))).toEqual([]);
+  });
+});
