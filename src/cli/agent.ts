@@ -5,7 +5,6 @@
  * API on a Unix socket (src/tee/api.ts), `agent verify-receipt` checks a run receipt.
  */
 import { readFileSync } from 'node:fs';
-import { homedir } from 'node:os';
 import path from 'node:path';
 import { type Command, CommanderError, Option } from 'commander';
 import type { EarStatus } from '../attest/types.js';
@@ -19,6 +18,7 @@ import {
 import type { Detection } from '../tee/evidence/index.js';
 import type { CpuAttester, CpuKind, KbsClient, SampleEvidenceForm } from '../tee/index.js';
 import { fromBase64 } from '../util/index.js';
+import { collateralSources } from './collateral-sources.js';
 import { EXIT_USAGE, FlagError, type Output, readText, stdio, UsageError } from './io.js';
 import { integerOption } from './numbers.js';
 import { sampleLaunch, sampleMeasurementArg } from './sample-tee.js';
@@ -430,8 +430,7 @@ export async function runVerifyReceipt(
   const where = `cloister agent verify-receipt: ${file}`;
   try {
     const { verifyReceipt } = await import('../tee/index.js');
-    const { AttestationError, chainSources, httpSource } = await import('../attest/index.js');
-    const { cachedSource, directorySource } = await import('../attest/collateral/node.js');
+    const { AttestationError } = await import('../attest/index.js');
     const { createDefaultRegistry } = await import('../attest/index.js');
     const { certTableCollateral } = await import('../attest/index.js');
     const { AgentError } = await import('../tee/index.js');
@@ -458,22 +457,7 @@ export async function runVerifyReceipt(
       v = await verifyReceipt(receipt as Parameters<typeof verifyReceipt>[0], {
         registry: createDefaultRegistry(),
         at,
-        collateral: chainSources(
-          ...(aux ? [certTableCollateral(fromBase64(aux))] : []),
-          ...(opts.collateral ? [directorySource(opts.collateral)] : []),
-          ...(opts.online
-            ? [
-                cachedSource(
-                  httpSource(),
-                  path.join(
-                    process.env.XDG_CACHE_HOME || path.join(homedir(), '.cache'),
-                    'cloister',
-                    'collateral',
-                  ),
-                ),
-              ]
-            : []),
-        ),
+        collateral: await collateralSources(opts, aux ? [certTableCollateral(fromBase64(aux))] : []),
         ...(earKey ? { earKey } : {}),
       });
     } catch (e) {

@@ -4,12 +4,11 @@
  * server that fails. Every message then goes end-to-end encrypted through Oblivious HTTP.
  */
 import { appendFile, readFile } from 'node:fs/promises';
-import { homedir } from 'node:os';
-import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { type Command, CommanderError } from 'commander';
 import type { CollateralSource } from '../attest/types.js';
 import type { ClientPolicy, VerifiedServer } from '../client/index.js';
+import { collateralCacheDir } from './collateral-sources.js';
 import { integerOption } from './numbers.js';
 import { spinner } from './progress.js';
 import { cacertOption } from './tls.js';
@@ -34,12 +33,7 @@ async function collateralOf(o: ChatCliOptions): Promise<CollateralSource> {
   const { cachedSource, directorySource } = await import('../attest/collateral/node.js');
   const sources: CollateralSource[] = [];
   if (o.collateral) sources.push(directorySource(o.collateral));
-  const cache = path.join(
-    process.env.XDG_CACHE_HOME || path.join(homedir(), '.cache'),
-    'cloister',
-    'collateral',
-  );
-  sources.push(cachedSource(httpSource(), cache, o.online ? {} : { offline: true }));
+  sources.push(cachedSource(httpSource(), collateralCacheDir(), o.online ? {} : { offline: true }));
   return chainSources(...sources);
 }
 

@@ -5,12 +5,12 @@
  * the verified receipt. `receipt report` turns a training receipt and its metrics into an HTML page.
  * The machinery loads inside the actions, so that `cloister --help` stays light.
  */
-import { homedir } from 'node:os';
 import path from 'node:path';
 import { type Command, CommanderError, Option } from 'commander';
 import type { EarResult } from '../attest/index.js';
 import type { Appraisal, EarStatus } from '../attest/types.js';
 import type { InTotoStatement } from '../wire/index.js';
+import { collateralSources } from './collateral-sources.js';
 import { EXIT_USAGE, FlagError, type Output, readText, stdio, UsageError } from './io.js';
 import { cacertOption } from './tls.js';
 
@@ -218,10 +218,7 @@ async function verifyFile(file: string, opts: ReceiptVerifyCliOptions): Promise<
     throw new FlagError(`--at ${opts.at} is not a time (use ISO 8601, e.g. 2025-09-01T00:00:00Z)`);
   const { text, ear: token, endedAt, predicateType } = await readReceipt(file);
   const earKey = await earKeyOf(opts, token);
-  const { AttestationError, chainSources, createDefaultRegistry, httpSource } = await import(
-    '../attest/index.js'
-  );
-  const { cachedSource, directorySource } = await import('../attest/collateral/node.js');
+  const { AttestationError, createDefaultRegistry } = await import('../attest/index.js');
   const { AttestedReceiptError, verifyAttestedEnvelope } = await import('../tee/index.js');
   const { TRAINING_PREDICATE_TYPE, TrainingReceiptError, verifyTrainingReceipt } = await import(
     '../tee/training-receipt.js'
@@ -233,21 +230,7 @@ async function verifyFile(file: string, opts: ReceiptVerifyCliOptions): Promise<
   const options = {
     registry: createDefaultRegistry(),
     at,
-    collateral: chainSources(
-      ...(opts.collateral ? [directorySource(opts.collateral)] : []),
-      ...(opts.online
-        ? [
-            cachedSource(
-              httpSource(),
-              path.join(
-                process.env.XDG_CACHE_HOME || path.join(homedir(), '.cache'),
-                'cloister',
-                'collateral',
-              ),
-            ),
-          ]
-        : []),
-    ),
+    collateral: await collateralSources(opts),
     ...(earKey ? { earKey } : {}),
   };
   // The predicate type read before verifying only picks the verifier; both check the signature over it.

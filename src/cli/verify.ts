@@ -9,7 +9,6 @@
  * evidence and its PEM certificate chain with --nvidia-certs — instead of the SDK's evidence JSON.
  */
 import { readFile } from 'node:fs/promises';
-import { homedir } from 'node:os';
 import path from 'node:path';
 import { type Command, CommanderError, Option } from 'commander';
 import type { JWK } from 'jose';
@@ -25,6 +24,7 @@ import {
   type VerifierRegistry,
 } from '../attest/types.js';
 import { fromHex } from '../util/index.js';
+import { collateralCacheDir } from './collateral-sources.js';
 import { EXIT_USAGE, FlagError, type Output, readText, stdio, UsageError } from './io.js';
 
 export interface VerifyCliOptions {
@@ -117,18 +117,13 @@ async function loadEarKey(file: string): Promise<CryptoKey> {
   }
 }
 
-function defaultCacheDir(): string {
-  const base = process.env.XDG_CACHE_HOME || path.join(homedir(), '.cache');
-  return path.join(base, 'cloister', 'collateral');
-}
-
 async function collateralFor(evidencePath: string, opts: VerifyCliOptions): Promise<CollateralSource> {
   const { chainSources, httpSource } = await import('../attest/index.js');
   const { cachedSource, directorySource } = await import('../attest/collateral/node.js');
   const sources: CollateralSource[] = [];
   if (opts.collateral) sources.push(directorySource(opts.collateral));
   sources.push(directorySource(path.dirname(path.resolve(evidencePath))));
-  if (opts.online) sources.push(cachedSource(httpSource(), opts.cacheDir ?? defaultCacheDir()));
+  if (opts.online) sources.push(cachedSource(httpSource(), opts.cacheDir ?? collateralCacheDir()));
   else if (opts.cacheDir) sources.push(cachedSource(httpSource(), opts.cacheDir, { offline: true }));
   return chainSources(...sources);
 }
