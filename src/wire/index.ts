@@ -10,3 +10,4 @@ export * from './inference-receipt.js';
 export * from './kbs.js';
 export * from './problem.js';
 export * from './signing-key.js';
+export * from './gguf.js';

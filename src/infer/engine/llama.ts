@@ -27,7 +27,7 @@ import type {
   LlamaModel,
 } from 'node-llama-cpp';
 import { importOptional } from '../../util/optional/node.js';
-import { GgufError } from '../models/gguf.js';
+import { GgufError } from '../../wire/index.js';
 import { readGgufInfoFromFile } from '../models/gguf-node.js';
 import { StopScanner } from './stop.js';
 import {

@@ -1,7 +1,7 @@
 /** Node edge of the GGUF reader: read a model file's header. */
 
 import { open } from 'node:fs/promises';
-import { GgufError, type GgufInfo, readGgufInfo } from './gguf.js';
+import { GgufError, type GgufInfo, readGgufInfo } from '../../wire/index.js';
 
 /** A header bigger than this is refused rather than read: real models' headers are a few MiB. */
 const MAX_HEADER_BYTES = 512 << 20;

@@ -4,7 +4,7 @@
  * side of GGUF is the header reader in infer/models/gguf.ts. Web-standard only: bytes out;
  * `gguf-node.ts` beside it streams a model to disk.
  */
-import { GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufValueType } from '../models/gguf.js';
+import { GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufValueType } from '../../wire/index.js';
 
 /** The two tensor types the writer produces, and their ggml type ids. */
 export type GgufTensorType = 'F32' | 'F16';

@@ -7,33 +7,23 @@
  * `in` inputs and `out` outputs is `ne = [in, out]`, stored as `out` rows of `in` floats. This
  * trainer keeps matrices as [in, out] arrays (for `x @ W`), so they are transposed on the way in and out.
  */
-import { ByteReader, ParseError } from '../../util/index.js';
+import {
+  GGUF_DEFAULT_ALIGNMENT,
+  GGUF_MAGIC,
+  GgufError,
+  type GgufInfo,
+  GgufValueType,
+  readGgufInfo,
+} from '../../wire/index.js';
 import { LlamaError } from './errors.js';
 import { elementCount, headDim, type LlamaShape, paramSpecs, RMS_EPS, ROPE_BASE } from './model.js';
 import { BOS_ID, CHAT_TEMPLATE, EOS_ID, UNK_ID, VOCAB } from './tokenizer.js';
 
-const GGUF_MAGIC = 0x46554747; // "GGUF", little-endian
 const GGUF_VERSION = 3;
-const ALIGNMENT = 32;
+const ALIGNMENT = GGUF_DEFAULT_ALIGNMENT;
 const GGML_F32 = 0;
 const GGML_F16 = 1;
-
-/** GGUF metadata value types. */
-const T = {
-  UINT8: 0,
-  INT8: 1,
-  UINT16: 2,
-  INT16: 3,
-  UINT32: 4,
-  INT32: 5,
-  FLOAT32: 6,
-  BOOL: 7,
-  STRING: 8,
-  ARRAY: 9,
-  UINT64: 10,
-  INT64: 11,
-  FLOAT64: 12,
-} as const;
+const T = GgufValueType;
 
 /** A model of this trainer: its shape, trained context length and weights in the trainer's layout. */
 export interface LlamaModel {
@@ -273,62 +263,6 @@ export function writeLlamaGguf(model: LlamaModel, options: WriteOptions = {}): U
 // ---------------------------------------------------------------------------------------------------
 // Reader
 
-type MetaValue = number | bigint | boolean | string | MetaValue[];
-
-const dec = new TextDecoder('utf-8', { fatal: true });
-
-function readString(r: ByteReader, field: string): string {
-  const n = r.u64le(`${field} length`);
-  if (n > BigInt(r.remaining))
-    throw new ParseError(`${field}: string of ${n} bytes overruns the file`, field);
-  return dec.decode(r.bytesOf(Number(n), field));
-}
-
-function readScalar(r: ByteReader, type: number, field: string): MetaValue {
-  const view = (n: number): DataView => {
-    const b = r.bytesOf(n, field);
-    return new DataView(b.buffer, b.byteOffset, n);
-  };
-  switch (type) {
-    case T.UINT8:
-      return r.u8(field);
-    case T.INT8:
-      return view(1).getInt8(0);
-    case T.UINT16:
-      return view(2).getUint16(0, true);
-    case T.INT16:
-      return view(2).getInt16(0, true);
-    case T.UINT32:
-      return view(4).getUint32(0, true);
-    case T.INT32:
-      return view(4).getInt32(0, true);
-    case T.FLOAT32:
-      return view(4).getFloat32(0, true);
-    case T.BOOL:
-      return r.u8(field) !== 0;
-    case T.STRING:
-      return readString(r, field);
-    case T.UINT64:
-      return view(8).getBigUint64(0, true);
-    case T.INT64:
-      return view(8).getBigInt64(0, true);
-    case T.FLOAT64:
-      return view(8).getFloat64(0, true);
-    default:
-      throw new ParseError(`${field}: unknown value type ${type}`, field);
-  }
-}
-
-function readValue(r: ByteReader, type: number, field: string): MetaValue {
-  if (type !== T.ARRAY) return readScalar(r, type, field);
-  const itemType = r.u32le(`${field} item type`);
-  const n = r.u64le(`${field} length`);
-  if (n > BigInt(r.remaining)) throw new ParseError(`${field}: array of ${n} items overruns the file`, field);
-  const items: MetaValue[] = [];
-  for (let i = 0; i < Number(n); i++) items.push(readValue(r, itemType, field));
-  return items;
-}
-
 function halfToFloat(h: number): number {
   const sign = h & 0x8000 ? -1 : 1;
   const exp = (h >>> 10) & 0x1f;
@@ -336,12 +270,6 @@ function halfToFloat(h: number): number {
   if (exp === 0) return sign * frac * 2 ** -24;
   if (exp === 31) return frac === 0 ? sign * Infinity : Number.NaN;
   return sign * (1 + frac / 1024) * 2 ** (exp - 15);
-}
-
-interface TensorInfo {
-  dims: number[];
-  type: number;
-  offset: number;
 }
 
 function bad(message: string): LlamaError {
@@ -354,39 +282,17 @@ function bad(message: string): LlamaError {
  * refused with `bad-model`, since training it here would not continue the same model.
  */
 export function readLlamaGguf(bytes: Uint8Array): LlamaModel {
-  const r = new ByteReader(bytes, 'GGUF file');
-  const meta = new Map<string, MetaValue>();
-  const tensors = new Map<string, TensorInfo>();
-  let dataStart: number;
+  // The header is read by the same reader that guards llama.cpp (src/wire/gguf.ts).
+  let info: GgufInfo;
   try {
-    if (r.u32le('magic') !== GGUF_MAGIC) throw bad('is not a GGUF file');
-    const version = r.u32le('version');
-    if (version !== 2 && version !== 3) throw bad(`is GGUF version ${version}; version 3 is read`);
-    const nTensors = Number(r.u64le('tensor count'));
-    const nKv = Number(r.u64le('metadata count'));
-    if (nTensors > 100_000 || nKv > 100_000) throw bad('has an implausible header');
-    for (let i = 0; i < nKv; i++) {
-      const key = readString(r, `metadata key ${i}`);
-      meta.set(key, readValue(r, r.u32le(`${key} type`), key));
-    }
-    for (let i = 0; i < nTensors; i++) {
-      const name = readString(r, `tensor ${i} name`);
-      const nDims = r.u32le(`${name} dims`);
-      if (nDims > 4) throw bad(`tensor ${name} has ${nDims} dimensions`);
-      const dims: number[] = [];
-      for (let d = 0; d < nDims; d++) dims.push(Number(r.u64le(`${name} dim ${d}`)));
-      const type = r.u32le(`${name} type`);
-      const offset = Number(r.u64le(`${name} offset`));
-      tensors.set(name, { dims, type, offset });
-    }
-    const alignment = meta.get('general.alignment') ?? ALIGNMENT;
-    if (typeof alignment !== 'number' || alignment < 1) throw bad('has a bad general.alignment');
-    dataStart = Math.ceil(r.offset / alignment) * alignment;
+    info = readGgufInfo(bytes);
   } catch (err) {
-    if (err instanceof ParseError) throw bad(`is not a readable GGUF file: ${err.message}`);
+    if (err instanceof GgufError) throw bad(`is not a readable GGUF file: ${err.message}`);
     throw err;
   }
-
+  const meta = info.metadata;
+  const tensors = new Map(info.tensors.map((t) => [t.name, t]));
+  const dataStart = info.dataOffset;
   const num = (key: string): number => {
     const v = meta.get(key);
     if (typeof v === 'number') return v;
@@ -442,16 +348,16 @@ export function readLlamaGguf(bytes: Uint8Array): LlamaModel {
   if (tensors.size !== specs.length)
     throw bad(`has ${tensors.size} tensors; its shape needs ${specs.length}`);
   const params = specs.map((spec) => {
-    const info = tensors.get(spec.name);
-    if (info === undefined) throw bad(`has no tensor ${spec.name}`);
+    const t = tensors.get(spec.name);
+    if (t === undefined) throw bad(`has no tensor ${spec.name}`);
     const ne = spec.transposed ? spec.shape : [...spec.shape].reverse();
-    if (info.dims.length !== ne.length || info.dims.some((d, i) => d !== ne[i])) {
-      throw bad(`tensor ${spec.name} is [${info.dims}], expected [${ne}]`);
+    if (t.dims.length !== ne.length || t.dims.some((d, i) => d !== ne[i])) {
+      throw bad(`tensor ${spec.name} is [${t.dims}], expected [${ne}]`);
     }
     const n = elementCount(spec.shape);
-    const width = info.type === GGML_F32 ? 4 : info.type === GGML_F16 ? 2 : 0;
-    if (width === 0) throw bad(`tensor ${spec.name} has ggml type ${info.type}; only F32 and F16 are read`);
-    const start = dataStart + info.offset;
+    const width = t.ggmlType === GGML_F32 ? 4 : t.ggmlType === GGML_F16 ? 2 : 0;
+    if (width === 0) throw bad(`tensor ${spec.name} has ggml type ${t.ggmlType}; only F32 and F16 are read`);
+    const start = dataStart + t.offset;
     if (start + n * width > bytes.length) throw bad(`is truncated in tensor ${spec.name}`);
     const view = new DataView(bytes.buffer, bytes.byteOffset + start, n * width);
     const flat = new Float32Array(n);

@@ -1,9 +1,10 @@
 /**
  * GGUF v3 (the llama.cpp model format): a header reader that lets the engine refuse a malformed or
  * truncated file before llama.cpp (which can abort the whole process on some malformed inputs) ever
- * opens it. Tests and benchmarks write tiny models with infer/testing/gguf.ts.
+ * opens it, and the built-in trainer's reader of the models it wrote (src/train/llama/gguf.ts). Tests
+ * and benchmarks write tiny models with src/infer/testing/gguf.ts.
  *
- * Web-standard only: bytes in, values out. `gguf-node.ts` reads a file's head.
+ * Web-standard only: bytes in, values out. src/infer/models/gguf-node.ts reads a file's head.
  *
  * Layout (little-endian): magic "GGUF", u32 version, u64 tensor count, u64 metadata count, the
  * metadata key/values, the tensor infos (name, dims, ggml type, offset relative to the data section),
