@@ -2,7 +2,7 @@
  * `cloister train JOB [-- COMMAND…]`: a training job inside the TEE (src/train). A thin shell: the
  * options, the progress line and the metrics file; the job itself is src/train/app.ts.
  */
-import { createWriteStream, type WriteStream } from 'node:fs';
+import { constants, createWriteStream, openSync, type WriteStream } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { type Command, CommanderError } from 'commander';
 import { DEFAULT_PRIVATE_PARENT } from '../tee/defaults.js';
@@ -59,6 +59,22 @@ export function registerTrain(program: Command): void {
       const code = await trainAction(job, command, opts);
       if (code !== 0) throw new CommanderError(code, 'cloister.train', '');
     });
+}
+
+/** The metrics file, appended to; never through a link (the runner is root in the TEE). */
+function openMetrics(path: string): number {
+  try {
+    return openSync(
+      path,
+      constants.O_WRONLY | constants.O_CREAT | constants.O_APPEND | constants.O_NOFOLLOW,
+      0o644,
+    );
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new Error(
+      `metrics file ${path}: ${code === 'ELOOP' ? 'is a symbolic link; refusing to write through it' : (code ?? (e as Error).message)}`,
+    );
+  }
 }
 
 async function trainAction(jobPath: string, command: string[], opts: TrainCliOptions): Promise<number> {
@@ -130,7 +146,7 @@ async function trainAction(jobPath: string, command: string[], opts: TrainCliOpt
       },
       onMetrics: (m) => {
         if (!metricsPath) return;
-        metrics ??= createWriteStream(metricsPath, { flags: 'a', mode: 0o644 });
+        metrics ??= createWriteStream('', { fd: openMetrics(metricsPath) });
         metricsLog.record(m as { step: number });
       },
     });

@@ -4,7 +4,15 @@
  * byte for byte, as a run never stopped. A host that then puts an older checkpoint back is refused.
  */
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import {
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  unlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -107,6 +115,19 @@ describe('cloister train killed with SIGKILL', () => {
     expect(sha(await model('crashed'))).toBe(sha(await model('straight')));
     // The private directory the killed runner left is swept by the next run.
     expect(readdirSync(shm)).toEqual([]);
+  });
+
+  it('never writes its metrics through a link the host planted', async () => {
+    const victim = join(work, 'victim.txt');
+    writeFileSync(victim, 'victim\n');
+    rmSync(join(work, 'straight-out', 'metrics.jsonl'), { force: true });
+    symlinkSync(victim, join(work, 'straight-out', 'metrics.jsonl'));
+    const r = await train('straight').done;
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(
+      /metrics file .*metrics\.jsonl: is a symbolic link; refusing to write through it/,
+    );
+    expect(readFileSync(victim, 'utf8')).toBe('victim\n');
   });
 
   it('refuses to resume from an older checkpoint put back by the host', async () => {

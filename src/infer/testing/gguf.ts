@@ -1,7 +1,7 @@
 /**
  * A writer for tiny llama-architecture GGUF v3 models with deterministic random weights, for tests,
  * the demo and benchmarks that must not download a real model. Never used to serve: the production
- * side of GGUF is the header reader in infer/models/gguf.ts. Web-standard only: bytes out;
+ * side of GGUF is the header reader in wire/gguf.ts. Web-standard only: bytes out;
  * `gguf-node.ts` beside it streams a model to disk.
  */
 import { GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufValueType } from '../../wire/index.js';
