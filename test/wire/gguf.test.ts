@@ -5,10 +5,10 @@ import { join } from 'node:path';
 import fc from 'fast-check';
 import { readGgufFileInfo } from 'node-llama-cpp';
 import { afterAll, describe, expect, it } from 'vitest';
-import { GgufError, type GgufInfo, readGgufInfo } from '../../src/wire/gguf.js';
 import { readGgufInfoFromFile } from '../../src/infer/models/gguf-node.js';
 import { tinyLlamaGguf } from '../../src/infer/testing/gguf.js';
 import { writeTinyLlamaGguf } from '../../src/infer/testing/gguf-node.js';
+import { GgufError, type GgufInfo, readGgufInfo } from '../../src/wire/gguf.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'cloister-gguf-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
