@@ -4,7 +4,6 @@ import { join } from 'node:path';
 import { getLlama, type Llama, LlamaLogLevel, type LlamaModel, type Token } from 'node-llama-cpp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadLlamaEngine } from '../../src/infer/engine/llama.js';
-import { floatToHalf } from '../../src/train/llama/gguf.js';
 import {
   createLlamaTrainer,
   decode,
@@ -17,6 +16,7 @@ import {
 } from '../../src/train/llama/index.js';
 import { paramSpecs } from '../../src/train/llama/model.js';
 import { Rng } from '../../src/train/llama/prng.js';
+import { floatToHalf } from '../../src/wire/gguf-tensors.js';
 
 // The exported GGUF must be the trained model as llama.cpp sees it: same tokens for the same text,
 // same next-token distribution at every position. node-llama-cpp exposes probabilities (a softmax of

@@ -9,21 +9,17 @@
  */
 import {
   GGUF_DEFAULT_ALIGNMENT,
-  GGUF_MAGIC,
+  GgmlType,
   GgufError,
   type GgufInfo,
-  GgufValueType,
+  type GgufMetaValue,
   readGgufInfo,
+  readTensorF32,
+  writeGguf,
 } from '../../wire/index.js';
 import { LlamaError } from './errors.js';
 import { elementCount, headDim, type LlamaShape, paramSpecs, RMS_EPS, ROPE_BASE } from './model.js';
 import { BOS_ID, CHAT_TEMPLATE, EOS_ID, UNK_ID, VOCAB } from './tokenizer.js';
-
-const GGUF_VERSION = 3;
-const ALIGNMENT = GGUF_DEFAULT_ALIGNMENT;
-const GGML_F32 = 0;
-const GGML_F16 = 1;
-const T = GgufValueType;
 
 /** A model of this trainer: its shape, trained context length and weights in the trainer's layout. */
 export interface LlamaModel {
@@ -36,153 +32,22 @@ export interface LlamaModel {
   name: string;
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Writer
-
-class Out {
-  private parts: Uint8Array[] = [];
-  length = 0;
-  private readonly enc = new TextEncoder();
-
-  bytes(b: Uint8Array): void {
-    this.parts.push(b);
-    this.length += b.length;
-  }
-  private num(n: number, set: (d: DataView) => void): void {
-    const b = new Uint8Array(n);
-    set(new DataView(b.buffer));
-    this.bytes(b);
-  }
-  u32(v: number): void {
-    this.num(4, (d) => d.setUint32(0, v, true));
-  }
-  i32(v: number): void {
-    this.num(4, (d) => d.setInt32(0, v, true));
-  }
-  u64(v: number): void {
-    this.num(8, (d) => d.setBigUint64(0, BigInt(v), true));
-  }
-  f32(v: number): void {
-    this.num(4, (d) => d.setFloat32(0, v, true));
-  }
-  str(s: string): void {
-    const b = this.enc.encode(s);
-    this.u64(b.length);
-    this.bytes(b);
-  }
-  pad(alignment: number): void {
-    const n = (alignment - (this.length % alignment)) % alignment;
-    if (n > 0) this.bytes(new Uint8Array(n));
-  }
-  finish(): Uint8Array {
-    const out = new Uint8Array(this.length);
-    let o = 0;
-    for (const p of this.parts) {
-      out.set(p, o);
-      o += p.length;
-    }
-    return out;
-  }
-}
-
-type Kv = (o: Out) => void;
-const kvU32 =
-  (key: string, v: number): Kv =>
-  (o) => {
-    o.str(key);
-    o.u32(T.UINT32);
-    o.u32(v);
-  };
-const kvF32 =
-  (key: string, v: number): Kv =>
-  (o) => {
-    o.str(key);
-    o.u32(T.FLOAT32);
-    o.f32(v);
-  };
-const kvStr =
-  (key: string, v: string): Kv =>
-  (o) => {
-    o.str(key);
-    o.u32(T.STRING);
-    o.str(v);
-  };
-const kvBool =
-  (key: string, v: boolean): Kv =>
-  (o) => {
-    o.str(key);
-    o.u32(T.BOOL);
-    o.bytes(Uint8Array.of(v ? 1 : 0));
-  };
-const kvArray =
-  (
-    key: string,
-    type: typeof T.STRING | typeof T.FLOAT32 | typeof T.INT32,
-    items: readonly (string | number)[],
-  ): Kv =>
-  (o) => {
-    o.str(key);
-    o.u32(T.ARRAY);
-    o.u32(type);
-    o.u64(items.length);
-    for (const it of items) {
-      if (type === T.STRING) o.str(it as string);
-      else if (type === T.FLOAT32) o.f32(it as number);
-      else o.i32(it as number);
-    }
-  };
-
-/** The tensor's bytes in GGUF order (transposed back to [out][in] rows for matrices). */
-function tensorData(
-  values: Float32Array,
-  shape: readonly number[],
-  transposed: boolean,
-  f16: boolean,
-): Uint8Array {
+/** A matrix of the trainer ([in, out], used as `x @ W`) in ggml's order: `out` rows of `in` values. */
+export function toGgmlOrder(values: Float32Array, rows: number, cols: number): Float32Array {
   const out = new Float32Array(values.length);
-  if (transposed) {
-    const [rows, cols] = shape as [number, number]; // [in, out] here
-    for (let r = 0; r < rows; r++) {
-      for (let c = 0; c < cols; c++) out[c * rows + r] = values[r * cols + c]!;
-    }
-  } else out.set(values);
-  const b = new Uint8Array(out.length * (f16 ? 2 : 4));
-  const d = new DataView(b.buffer);
-  for (let i = 0; i < out.length; i++) {
-    if (f16) d.setUint16(i * 2, floatToHalf(out[i]!), true);
-    else d.setFloat32(i * 4, out[i]!, true);
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) out[c * rows + r] = values[r * cols + c]!;
   }
-  return b;
+  return out;
 }
 
-const f32Scratch = new Float32Array(1);
-const u32Scratch = new Uint32Array(f32Scratch.buffer);
-
-/** IEEE binary16 bits of a float, rounded to nearest even (overflow to infinity, subnormals kept). */
-export function floatToHalf(f: number): number {
-  f32Scratch[0] = f;
-  const x = u32Scratch[0]!;
-  const sign = (x >>> 16) & 0x8000;
-  const exp = (x >>> 23) & 0xff;
-  let mant = x & 0x7fffff;
-  if (exp === 0xff) return sign | 0x7c00 | (mant !== 0 ? 0x200 : 0);
-  const e = exp - 127 + 15;
-  if (e >= 0x1f) return sign | 0x7c00;
-  if (e <= 0) {
-    if (e < -10) return sign;
-    mant |= 0x800000;
-    const shift = 14 - e;
-    let h = mant >>> shift;
-    const rem = mant & ((1 << shift) - 1);
-    const half = 1 << (shift - 1);
-    if (rem > half || (rem === half && (h & 1) === 1)) h++;
-    return sign | h;
+/** The inverse of {@link toGgmlOrder}: ggml's `out` rows of `in` values → the trainer's [in, out]. */
+export function fromGgmlOrder(flat: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(flat.length);
+  for (let c = 0; c < cols; c++) {
+    for (let r = 0; r < rows; r++) out[r * cols + c] = flat[c * rows + r]!;
   }
-  let h = (e << 10) | (mant >>> 13);
-  const rem = mant & 0x1fff;
-  // A carry out of the mantissa correctly bumps the exponent (up to infinity).
-  if (rem > 0x1000 || (rem === 0x1000 && (h & 1) === 1)) h++;
-  return sign | h;
+  return out;
 }
 
 export interface WriteOptions {
@@ -199,78 +64,55 @@ export function writeLlamaGguf(model: LlamaModel, options: WriteOptions = {}): U
   const s = model.shape;
   const specs = paramSpecs(s);
   if (model.params.length !== specs.length) throw new RangeError('writeLlamaGguf: wrong number of tensors');
-  const kvs: Kv[] = [
-    kvStr('general.architecture', 'llama'),
-    kvStr('general.name', model.name),
-    kvU32('general.alignment', ALIGNMENT),
-    kvU32('general.file_type', f16 ? 1 : 0), // LLAMA_FTYPE_ALL_F32 or MOSTLY_F16
-    kvU32('llama.context_length', model.context),
-    kvU32('llama.embedding_length', s.dim),
-    kvU32('llama.block_count', s.layers),
-    kvU32('llama.feed_forward_length', s.ffn),
-    kvU32('llama.attention.head_count', s.heads),
-    kvU32('llama.attention.head_count_kv', s.kvHeads),
-    kvU32('llama.rope.dimension_count', headDim(s)),
-    kvF32('llama.rope.freq_base', ROPE_BASE),
-    kvF32('llama.attention.layer_norm_rms_epsilon', RMS_EPS),
-    kvU32('llama.vocab_size', s.vocab),
-    kvStr('tokenizer.ggml.model', 'llama'),
-    kvArray('tokenizer.ggml.tokens', T.STRING, VOCAB.tokens),
-    kvArray('tokenizer.ggml.scores', T.FLOAT32, VOCAB.scores),
-    kvArray('tokenizer.ggml.token_type', T.INT32, VOCAB.types),
-    kvU32('tokenizer.ggml.bos_token_id', BOS_ID),
-    kvU32('tokenizer.ggml.eos_token_id', EOS_ID),
-    kvU32('tokenizer.ggml.unknown_token_id', UNK_ID),
+  const meta: [string, GgufMetaValue][] = [
+    ['general.architecture', { type: 'string', value: 'llama' }],
+    ['general.name', { type: 'string', value: model.name }],
+    ['general.alignment', { type: 'u32', value: GGUF_DEFAULT_ALIGNMENT }],
+    ['general.file_type', { type: 'u32', value: f16 ? 1 : 0 }], // LLAMA_FTYPE_ALL_F32 or MOSTLY_F16
+    ['llama.context_length', { type: 'u32', value: model.context }],
+    ['llama.embedding_length', { type: 'u32', value: s.dim }],
+    ['llama.block_count', { type: 'u32', value: s.layers }],
+    ['llama.feed_forward_length', { type: 'u32', value: s.ffn }],
+    ['llama.attention.head_count', { type: 'u32', value: s.heads }],
+    ['llama.attention.head_count_kv', { type: 'u32', value: s.kvHeads }],
+    ['llama.rope.dimension_count', { type: 'u32', value: headDim(s) }],
+    ['llama.rope.freq_base', { type: 'f32', value: ROPE_BASE }],
+    ['llama.attention.layer_norm_rms_epsilon', { type: 'f32', value: RMS_EPS }],
+    ['llama.vocab_size', { type: 'u32', value: s.vocab }],
+    ['tokenizer.ggml.model', { type: 'string', value: 'llama' }],
+    ['tokenizer.ggml.tokens', { type: 'string[]', value: VOCAB.tokens }],
+    ['tokenizer.ggml.scores', { type: 'f32[]', value: VOCAB.scores }],
+    ['tokenizer.ggml.token_type', { type: 'i32[]', value: VOCAB.types }],
+    ['tokenizer.ggml.bos_token_id', { type: 'u32', value: BOS_ID }],
+    ['tokenizer.ggml.eos_token_id', { type: 'u32', value: EOS_ID }],
+    ['tokenizer.ggml.unknown_token_id', { type: 'u32', value: UNK_ID }],
     // Training windows start anywhere in the corpus, never with <s>: a BOS the model never saw would
     // sit at position 0 of every prompt, where every later token attends to it.
-    kvBool('tokenizer.ggml.add_bos_token', false),
-    kvBool('tokenizer.ggml.add_eos_token', false),
+    ['tokenizer.ggml.add_bos_token', { type: 'bool', value: false }],
+    ['tokenizer.ggml.add_eos_token', { type: 'bool', value: false }],
     // The model was trained on the text as it is; a '▁' before the first character would be new to it.
-    kvBool('tokenizer.ggml.add_space_prefix', false),
-    kvStr('tokenizer.chat_template', CHAT_TEMPLATE),
+    ['tokenizer.ggml.add_space_prefix', { type: 'bool', value: false }],
+    ['tokenizer.chat_template', { type: 'string', value: CHAT_TEMPLATE }],
   ];
-  const o = new Out();
-  o.u32(GGUF_MAGIC);
-  o.u32(GGUF_VERSION);
-  o.u64(specs.length);
-  o.u64(kvs.length);
-  for (const kv of kvs) kv(o);
-  let offset = 0;
-  const data: Uint8Array[] = [];
-  specs.forEach((spec, i) => {
+  const tensors = specs.map((spec, i) => {
     const values = model.params[i]!;
     if (values.length !== elementCount(spec.shape)) {
       throw new RangeError(`writeLlamaGguf: ${spec.name} has ${values.length} values`);
     }
-    o.str(spec.name);
-    const ne = spec.transposed ? spec.shape : [...spec.shape].reverse();
-    o.u32(ne.length);
-    for (const d of ne) o.u64(d);
-    const half = f16 && spec.shape.length === 2;
-    o.u32(half ? GGML_F16 : GGML_F32);
-    o.u64(offset);
-    const bytes = tensorData(values, spec.shape, spec.transposed, half);
-    data.push(bytes);
-    const padded = Math.ceil(bytes.length / ALIGNMENT) * ALIGNMENT;
-    if (padded > bytes.length) data.push(new Uint8Array(padded - bytes.length));
-    offset += padded;
+    const [rows, cols] = spec.shape as [number, number];
+    return {
+      name: spec.name,
+      dims: spec.transposed ? spec.shape : [...spec.shape].reverse(),
+      // Norm weights stay F32, as in llama.cpp's own F16 files.
+      type: f16 && spec.shape.length === 2 ? ('F16' as const) : ('F32' as const),
+      data: spec.transposed ? toGgmlOrder(values, rows, cols) : values,
+    };
   });
-  o.pad(ALIGNMENT);
-  for (const d of data) o.bytes(d);
-  return o.finish();
+  return writeGguf(meta, tensors);
 }
 
 // ---------------------------------------------------------------------------------------------------
 // Reader
-
-function halfToFloat(h: number): number {
-  const sign = h & 0x8000 ? -1 : 1;
-  const exp = (h >>> 10) & 0x1f;
-  const frac = h & 0x3ff;
-  if (exp === 0) return sign * frac * 2 ** -24;
-  if (exp === 31) return frac === 0 ? sign * Infinity : Number.NaN;
-  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
-}
 
 function bad(message: string): LlamaError {
   return new LlamaError('bad-model', `the starting model ${message}`);
@@ -292,7 +134,6 @@ export function readLlamaGguf(bytes: Uint8Array): LlamaModel {
   }
   const meta = info.metadata;
   const tensors = new Map(info.tensors.map((t) => [t.name, t]));
-  const dataStart = info.dataOffset;
   const num = (key: string): number => {
     const v = meta.get(key);
     if (typeof v === 'number') return v;
@@ -354,23 +195,18 @@ export function readLlamaGguf(bytes: Uint8Array): LlamaModel {
     if (t.dims.length !== ne.length || t.dims.some((d, i) => d !== ne[i])) {
       throw bad(`tensor ${spec.name} is [${t.dims}], expected [${ne}]`);
     }
-    const n = elementCount(spec.shape);
-    const width = t.ggmlType === GGML_F32 ? 4 : t.ggmlType === GGML_F16 ? 2 : 0;
-    if (width === 0) throw bad(`tensor ${spec.name} has ggml type ${t.ggmlType}; only F32 and F16 are read`);
-    const start = dataStart + t.offset;
-    if (start + n * width > bytes.length) throw bad(`is truncated in tensor ${spec.name}`);
-    const view = new DataView(bytes.buffer, bytes.byteOffset + start, n * width);
-    const flat = new Float32Array(n);
-    for (let i = 0; i < n; i++) {
-      flat[i] = width === 4 ? view.getFloat32(i * 4, true) : halfToFloat(view.getUint16(i * 2, true));
+    if (t.ggmlType !== GgmlType.F32 && t.ggmlType !== GgmlType.F16)
+      throw bad(`tensor ${spec.name} has ggml type ${t.ggmlType}; only F32 and F16 are read`);
+    let flat: Float32Array;
+    try {
+      flat = readTensorF32(bytes, info, spec.name);
+    } catch (err) {
+      if (err instanceof GgufError) throw bad(`is truncated in tensor ${spec.name}`);
+      throw err;
     }
     if (!spec.transposed) return flat;
     const [rows, cols] = spec.shape as [number, number];
-    const out = new Float32Array(n);
-    for (let c = 0; c < cols; c++) {
-      for (let rr = 0; rr < rows; rr++) out[rr * cols + c] = flat[c * rows + rr]!;
-    }
-    return out;
+    return fromGgmlOrder(flat, rows, cols);
   });
   const name = meta.get('general.name');
   return {
