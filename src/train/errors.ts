@@ -12,6 +12,7 @@ export type TrainErrorCode =
   | 'trainer-digest'
   | 'no-space'
   | 'bad-model'
+  | 'bad-adapter'
   | 'bad-receipt'
   | 'bad-init-data';
 

@@ -22,6 +22,11 @@ export interface ModelFile {
   /** File name, no folders (e.g. "model.gguf"). */
   name: string;
   bytes: Uint8Array;
+  /**
+   * The file holds the base model's weights (a LoRA merged into its base, `outputs.merged`): the
+   * runner seals it to the base's owners as well as to the job's recipients.
+   */
+  withBase?: boolean;
 }
 
 export interface BuiltinTrainer {
@@ -51,6 +56,10 @@ export interface TrainerInput {
   inputs: { name: string; path: string }[];
   /** The unsealed starting model, when the manifest names one. */
   startModel?: { name: string; path: string };
+  /** The unsealed frozen base model (GGUF) of a fine-tuning job: read, never exported as it is. */
+  base?: { name: string; path: string };
+  /** `outputs.merged`: also export the base with the adapter merged into it (a ModelFile `withBase`). */
+  merged?: boolean;
   /** The manifest's hyperparameters, not yet checked: the factory checks and names bad fields. */
   hyperparameters: Record<string, unknown>;
   seed: number;
