@@ -210,7 +210,8 @@ async function checkBuiltinHyperparameters(m: Manifest): Promise<void> {
   if (m.trainer.builtin === 'mlp')
     (await import('./mlp/hyperparameters.js')).checkHyperparameters(m.hyperparameters);
   // A starting model fixes the shape, so its fields are checked once the model is open.
-  else if (!m.model) (await import('./llama/hyperparameters.js')).parseHyperparameters(m.hyperparameters);
+  else if (m.trainer.builtin === 'llama' && !m.model)
+    (await import('./llama/hyperparameters.js')).parseHyperparameters(m.hyperparameters);
 }
 
 /** The trainer's PATH, and where its program is looked up. */
