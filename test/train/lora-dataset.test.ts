@@ -285,6 +285,36 @@ describe('loadChatDataset with a base without a chat template (General format)',
   });
 });
 
+describe('loadChatDataset with a template node-llama-cpp runs as Jinja', () => {
+  it("ends each answer with the token the template closes a turn with, after serving's prompt", async () => {
+    const template =
+      "{{ bos_token }}{% for m in messages %}{{ '[' + m['role'] + '] ' + m['content'] + '</s>' }}{% endfor %}" +
+      "{% if add_generation_prompt %}{{ '[assistant] ' }}{% endif %}";
+    const jinja = join(dir, 'jinja.gguf');
+    writeFileSync(jinja, tinyLlamaGguf({ seed: 3, context: 256, chatTemplate: template }).bytes());
+    const conv: Msg[] = [
+      ...QA,
+      { role: 'user', content: 'and then?' },
+      { role: 'assistant', content: 'then no.' },
+    ];
+    const d = await loadChatDataset(file(jsonl({ messages: conv })), jinja, { maxTokens: 256 });
+    expect(d.template).toBe('JinjaTemplate');
+    expect(d.examples).toHaveLength(1);
+    expect(answers(d).map((a) => a.at(-1))).toEqual([EOS, EOS]);
+    const model = await llama.loadModel({ modelPath: jinja, gpuLayers: 0 });
+    try {
+      const served = await servedPrompt(model, resolveChatWrapper(model), conv.slice(0, 4));
+      const { tokens, completion } = d.examples[0]!;
+      const start = completion.lastIndexOf(0) + 1;
+      expect([...tokens.slice(0, start)]).toEqual(served.slice(0, start));
+      expect(model.detokenize(answers(d)[1]!.slice(0, -1) as never, false)).toBe('then no.');
+    } finally {
+      await model.dispose();
+    }
+    // node-llama-cpp matches a Jinja template against its own wrappers first: seconds on a busy machine.
+  }, 60_000);
+});
+
 describe('loadChatDataset refuses bad input in one line naming the line', () => {
   const ok = JSON.stringify({ prompt: 'one', completion: 'two' });
   const cases: [string, string | Uint8Array, string][] = [
