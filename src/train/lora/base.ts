@@ -332,7 +332,9 @@ export function writeGgufWithMetadata(
     out.set(b, o);
     o += b.length;
   }
-  tensors.forEach((t, i) => out.set(t.data, dataOffset + offsets[i]!));
+  tensors.forEach((t, i) => {
+    out.set(t.data, dataOffset + offsets[i]!);
+  });
   return out;
 }
 

@@ -33,7 +33,6 @@ import {
   makeEvalNll,
   makeLogits,
   makeTrainStep,
-  paddedVocab,
 } from './model.js';
 
 /** The LoRA trainer, with a look inside for tests and tools. */
@@ -303,7 +302,8 @@ class Trainer implements LoraTrainer {
   /** Mean completion NLL of the held-out examples, with the adapter or of the base alone. */
   private async heldOutLoss(adapter: boolean): Promise<number> {
     const key = adapter ? 'adapter' : 'base';
-    const fn = (this.evalFns[key] ??= makeEvalNll(this.cfg, adapter));
+    this.evalFns[key] ??= makeEvalNll(this.cfg, adapter);
+    const fn = this.evalFns[key];
     const { batch } = this.hyperparameters;
     const examples = this.held.slice(0, MAX_EVAL_EXAMPLES);
     let nll = 0;
@@ -340,7 +340,8 @@ class Trainer implements LoraTrainer {
     this.live();
     const adapter = options.adapter !== false;
     const key = adapter ? 'adapter' : 'base';
-    const fn = (this.logitsFns[key] ??= makeLogits(this.cfg, adapter));
+    this.logitsFns[key] ??= makeLogits(this.cfg, adapter);
+    const fn = this.logitsFns[key];
     const [cos, sin] = this.rope(tokens.length);
     const out = fn(
       adapter ? this.lora.map((p) => p.ref) : [],
@@ -349,13 +350,7 @@ class Trainer implements LoraTrainer {
       cos,
       sin,
     );
-    const padded = out.dataSync() as Float32Array;
-    const { vocab } = this.shape;
-    const width = paddedVocab(this.shape);
-    const logits = new Float32Array(tokens.length * vocab);
-    for (let i = 0; i < tokens.length; i++)
-      logits.set(padded.subarray(i * width, i * width + vocab), i * vocab);
-    return logits;
+    return Float32Array.from(out.dataSync() as Float32Array);
   }
 
   adapter(): LoraAdapter {
