@@ -180,7 +180,10 @@ export function shapeOf(hp: LlamaHyperparameters): LlamaShape {
 }
 
 /** Learning rate of step `t` (counted from 1): linear warmup, then cosine to lr/10 or constant. */
-export function learningRate(hp: LlamaHyperparameters, t: number): number {
+export function learningRate(
+  hp: Pick<LlamaHyperparameters, 'lr' | 'warmup' | 'schedule' | 'steps'>,
+  t: number,
+): number {
   if (hp.warmup > 0 && t <= hp.warmup) return (hp.lr * t) / hp.warmup;
   if (hp.schedule === 'constant') return hp.lr;
   const progress = Math.min(1, (t - hp.warmup) / Math.max(1, hp.steps - hp.warmup));

@@ -105,14 +105,19 @@ export function initParams(s: LlamaShape, seed: number): Float32Array[] {
 /**
  * RoPE tables for positions 0..seq-1, shaped [seq, 1, headDim] to broadcast over [batch, seq, heads,
  * headDim]: cos(pos·θ_i) at both 2i and 2i+1, and the sine signed for the pair rotation
- * (−sin at 2i, +sin at 2i+1), with θ_i = base^(−2i/headDim) as in ggml's rope (mode NORM).
+ * (−sin at 2i, +sin at 2i+1), with θ_i = base^(−2i/headDim) as in ggml's rope (mode NORM). `base` is
+ * `llama.rope.freq_base` (the LoRA trainer passes its base model's).
  */
-export function ropeTables(seq: number, hd: number): { cos: Float32Array; sin: Float32Array } {
+export function ropeTables(
+  seq: number,
+  hd: number,
+  base: number = ROPE_BASE,
+): { cos: Float32Array; sin: Float32Array } {
   const cos = new Float32Array(seq * hd);
   const sin = new Float32Array(seq * hd);
   for (let p = 0; p < seq; p++) {
     for (let i = 0; i < hd / 2; i++) {
-      const theta = p * ROPE_BASE ** (-(2 * i) / hd);
+      const theta = p * base ** (-(2 * i) / hd);
       const c = Math.cos(theta);
       const sn = Math.sin(theta);
       cos[p * hd + 2 * i] = c;
@@ -124,13 +129,14 @@ export function ropeTables(seq: number, hd: number): { cos: Float32Array; sin: F
   return { cos, sin };
 }
 
-function rmsNorm(x: JaxArray, weight: JaxArray): JaxArray {
-  const scale = np.sqrt(np.mean(np.square(x.ref), -1, { keepdims: true }).add(RMS_EPS));
+/** RMSNorm over the last axis with `eps` (`llama.attention.layer_norm_rms_epsilon`). */
+export function rmsNorm(x: JaxArray, weight: JaxArray, eps: number = RMS_EPS): JaxArray {
+  const scale = np.sqrt(np.mean(np.square(x.ref), -1, { keepdims: true }).add(eps));
   return x.div(scale).mul(weight);
 }
 
 /** Rotates adjacent pairs: x·cos + swap(x)·sin, where swap exchanges x[2i] and x[2i+1]. */
-function rope(x: JaxArray, cos: JaxArray, sin: JaxArray): JaxArray {
+export function rope(x: JaxArray, cos: JaxArray, sin: JaxArray): JaxArray {
   const [b, t, h, d] = x.shape as [number, number, number, number];
   const swapped = np.flip(x.ref.reshape([b, t, h, d / 2, 2]), -1).reshape([b, t, h, d]);
   return x.mul(cos).add(swapped.mul(sin));
@@ -141,7 +147,12 @@ function rope(x: JaxArray, cos: JaxArray, sin: JaxArray): JaxArray {
  * Written with matmul rather than nn.dotProductAttention, whose einsum needs iterator helpers that
  * Node 20 lacks. `np.repeat` gives query head h the key/value head floor(h / group), as ggml does.
  */
-function attention(s: LlamaShape, q: JaxArray, k: JaxArray, v: JaxArray): JaxArray {
+export function attention(
+  s: Pick<LlamaShape, 'heads' | 'kvHeads'>,
+  q: JaxArray,
+  k: JaxArray,
+  v: JaxArray,
+): JaxArray {
   const [b, t, h, hd] = q.shape as [number, number, number, number];
   const group = s.heads / s.kvHeads;
   if (group > 1) {
