@@ -130,10 +130,12 @@ class TrainingClient:
         self._call("POST", path, body, "application/json")
 
     def job(self) -> Dict[str, Any]:
-        """The job: ``{"job", "name", "hyperparameters", "seed", "inputs", "outputDir", "startModel"?}``.
+        """The job: ``{"job", "name", "hyperparameters", "seed", "inputs", "outputDir", "startModel"?, "base"?}``.
 
         ``inputs`` maps each manifest input name to the path of its unsealed plaintext; write the
-        trained model's files into ``outputDir``, which the runner seals after ``finish``.
+        trained model's files into ``outputDir``, which the runner seals after ``finish``. ``base`` is
+        the unsealed frozen base model of a fine-tuning job (also in ``CLOISTER_BASE``): read it, never
+        copy it into ``outputDir`` (the base's owner approved this trainer for that promise).
         """
         _, _, data = self._call("GET", "/train/v1/job")
         return json.loads(data)

@@ -14,6 +14,7 @@
 import type { Appraisal, EarResult } from '../attest/index.js';
 import { canonicalizeBytes, fromHex, toHex, utf8 } from '../util/index.js';
 import {
+  type BaseOutputs,
   type DsseEnvelope,
   IN_TOTO_STATEMENT_TYPE,
   INIT_DATA_FIELDS,
@@ -83,6 +84,12 @@ export interface TrainingFacts {
   manifest: { sha256: string; name: string };
   inputs: TrainingInputRecord[];
   startModel?: TrainingInputRecord;
+  /**
+   * Fine-tuning: the frozen base model, and what the job let out of the TEE (`adapter`, or
+   * `adapter,merged` when the base with the adapter merged in was output, sealed to the base's
+   * `kbs` key too; `files` for a command trainer), as the TEE's init-data names them.
+   */
+  base?: TrainingInputRecord & { outputs: BaseOutputs };
   trainer: TrainerRecord;
   /**
    * `sha256:` + SHA-256 of JCS(trainer): the digest the TEE's init-data names and key policies
@@ -219,9 +226,14 @@ export async function verifyTrainingReceipt(
       'receipt-shape',
       `predicate.trainerDigest is ${predicate.trainerDigest}, but the trainer it records digests to ${digest}`,
     );
+  // A merged model (base + adapter) is the one output also sealed to the base's owner.
+  const allowed = [
+    ...predicate.recipients,
+    ...(predicate.base?.outputs === 'adapter,merged' ? [predicate.base.kbs] : []),
+  ];
   for (const o of predicate.outputs)
     for (const r of o.recipients)
-      if (!predicate.recipients.includes(r))
+      if (!allowed.includes(r))
         throw new TrainingReceiptError(
           'receipt-shape',
           `output ${o.file} is sealed to ${r}, which is not among the job's recipients`,
@@ -239,7 +251,14 @@ export async function verifyTrainingReceipt(
 async function checkInitData(appraisal: Appraisal, p: TrainingFacts): Promise<void> {
   const field = INIT_DATA_FIELDS[appraisal.kind];
   if (!field) return;
-  const body = utf8.encode(trainInitData(p.manifest.sha256, p.trainerDigest, p.recipients));
+  const body = utf8.encode(
+    trainInitData(
+      p.manifest.sha256,
+      p.trainerDigest,
+      p.recipients,
+      p.base ? { sha256: p.base.sealedSha256, outputs: p.base.outputs } : undefined,
+    ),
+  );
   const digest = toHex(new Uint8Array(await crypto.subtle.digest('SHA-256', body.slice())));
   const expected = digest.slice(0, field.bytes * 2).padEnd(field.bytes * 2, '0');
   const got = appraisal.claims[field.claim];
@@ -319,6 +338,12 @@ export function checkFacts(p: unknown): asserts p is TrainingFacts {
   str(m.name, 'manifest.name');
   for (const [i, x] of list(f.inputs, 'inputs').entries()) input(x, `inputs[${i}]`);
   if (f.startModel !== undefined) input(f.startModel, 'startModel');
+  if (f.base !== undefined) {
+    input(f.base, 'base');
+    const outputs = (f.base as Record<string, unknown>).outputs;
+    if (outputs !== 'adapter' && outputs !== 'adapter,merged' && outputs !== 'files')
+      bad('base.outputs', '"adapter", "adapter,merged" or "files"');
+  }
   const t = rec(f.trainer, 'trainer');
   if (t.kind === 'builtin') {
     str(t.name, 'trainer.name');

@@ -42,10 +42,10 @@ import {
   unsealInto,
 } from '../tee/index.js';
 import { type TrainingFacts, trainerDigest } from '../tee/training-receipt.js';
-import { trainInitData } from '../wire/index.js';
+import { type BaseOutputs, trainInitData } from '../wire/index.js';
 import { type CheckpointCounter, type CheckpointRecord, CheckpointStore } from './checkpoint.js';
 import { TrainError } from './errors.js';
-import { type Manifest, type ParsedManifest, parseManifest } from './manifest.js';
+import { type BuiltinName, type Manifest, type ParsedManifest, parseManifest } from './manifest.js';
 import type { TrainingSession } from './session.js';
 import type { BuiltinTrainer, StepReport, TrainerInput } from './trainer.js';
 
@@ -65,7 +65,7 @@ export interface TrainerFile {
 
 /** The trainer as the receipt names it; its digest is what key policies approve. */
 export type TrainerIdentity =
-  | { kind: 'builtin'; name: 'mlp' | 'llama'; software: { name: string; version: string; digest: string } }
+  | { kind: 'builtin'; name: BuiltinName; software: { name: string; version: string; digest: string } }
   | {
       kind: 'command';
       argv: string[];
@@ -85,6 +85,8 @@ export interface PreparedJob {
   recipients: string[];
   /** The BYO trainer's files, read once. */
   files: TrainerFile[];
+  /** Fine-tuning: what leaves the TEE besides checkpoints (the init-data names it for the base's owner). */
+  baseOutputs?: BaseOutputs;
   /** The CoCo init-data the TEE launches with (sample TEE: set by the runner). */
   initData: { format: 'json'; body: string };
 }
@@ -208,7 +210,8 @@ async function checkBuiltinHyperparameters(m: Manifest): Promise<void> {
   if (m.trainer.builtin === 'mlp')
     (await import('./mlp/hyperparameters.js')).checkHyperparameters(m.hyperparameters);
   // A starting model fixes the shape, so its fields are checked once the model is open.
-  else if (!m.model) (await import('./llama/hyperparameters.js')).parseHyperparameters(m.hyperparameters);
+  else if (m.trainer.builtin === 'llama' && !m.model)
+    (await import('./llama/hyperparameters.js')).parseHyperparameters(m.hyperparameters);
 }
 
 /** The trainer's PATH, and where its program is looked up. */
@@ -233,6 +236,14 @@ export async function prepareJob(manifestPath: string, command?: string[]): Prom
   await checkBuiltinHyperparameters(parsed.manifest);
   const recipients = await recipientsOf(parsed.manifest, base);
   const digest = await trainerDigest(trainer);
+  const m = parsed.manifest;
+  const baseOutputs: BaseOutputs | undefined = !m.base
+    ? undefined
+    : !('builtin' in m.trainer)
+      ? 'files'
+      : m.merged
+        ? 'adapter,merged'
+        : 'adapter';
   return {
     manifestPath,
     base,
@@ -241,7 +252,16 @@ export async function prepareJob(manifestPath: string, command?: string[]): Prom
     trainerDigest: digest,
     recipients,
     files,
-    initData: { format: 'json', body: trainInitData(parsed.job, digest, recipients) },
+    ...(baseOutputs ? { baseOutputs } : {}),
+    initData: {
+      format: 'json',
+      body: trainInitData(
+        parsed.job,
+        digest,
+        recipients,
+        m.base && baseOutputs ? { sha256: m.base.sha256, outputs: baseOutputs } : undefined,
+      ),
+    },
   };
 }
 
@@ -354,6 +374,10 @@ export async function runJob(p: PreparedJob, o: RunJobOptions): Promise<JobResul
     const model = manifest.model
       ? await openChecked(under(p.base, manifest.model.path), manifest.model.sha256, 'model')
       : undefined;
+    const baseModel = manifest.base
+      ? await openChecked(under(p.base, manifest.base.path), manifest.base.sha256, 'base')
+      : undefined;
+    if (baseModel) sealedInputs.push(baseModel);
     if (model) {
       // The recipients came from the model's header when the job was prepared; the file checked
       // against the manifest's digest must say the same, or the host showed another file then.
@@ -370,6 +394,7 @@ export async function runJob(p: PreparedJob, o: RunJobOptions): Promise<JobResul
     macKey = await o.broker.trainKey(job);
     for (const [i, s] of sealedInputs.entries()) await keys.forHeader(s.header, `inputs[${i}]`);
     if (model) await keys.forHeader(model.header, 'model');
+    const baseKey = baseModel ? await keys.forHeader(baseModel.header, 'base') : undefined;
     const recipients = await keysFor(p, keys);
     o.log(
       `keys released; outputs and checkpoints sealed to ${recipients.map((r) => (r as { uri: string }).uri).join(', ')}`,
@@ -380,7 +405,7 @@ export async function runJob(p: PreparedJob, o: RunJobOptions): Promise<JobResul
     await mkdir(inDir, { mode: 0o700 });
     await mkdir(outDir, { mode: 0o700 });
     const unsealed: UnsealedFile[] = [];
-    for (const [i, s] of sealedInputs.entries()) {
+    for (const [i, s] of sealedInputs.slice(0, manifest.inputs.length).entries()) {
       const input = manifest.inputs[i]!;
       const name = safeName(s.header.name || basename(input.path).replace(/\.sealed$/, ''), input.name);
       const u = await unsealInto(s, `inputs[${i}]`, inDir, `${i}-${name}`, keys).catch((e) => {
@@ -405,6 +430,16 @@ export async function runJob(p: PreparedJob, o: RunJobOptions): Promise<JobResul
         );
       o.log(`unsealed the starting model (${startModel.size} bytes)`);
     }
+    let base: UnsealedFile | undefined;
+    if (baseModel) {
+      const name = safeName(baseModel.header.name || 'base', 'base');
+      base = await unsealInto(baseModel, 'base', dir.path, `base-${name}`, keys).catch((e) => {
+        throw noSpace(e, dir!.path);
+      });
+      if (base.sealedSha256 !== manifest.base!.sha256)
+        throw new TrainError('input-digest', `base: ${manifest.base!.path} changed while it was being read`);
+      o.log(`unsealed the base model (${base.size} bytes); it stays in the TEE`);
+    }
 
     const store = new CheckpointStore({
       dir: ckptDir,
@@ -421,6 +456,7 @@ export async function runJob(p: PreparedJob, o: RunJobOptions): Promise<JobResul
       dir,
       inputs: manifest.inputs.map((x, i) => ({ name: x.name, path: unsealed[i]!.path })),
       ...(startModel ? { startModel: { name: startModel.name, path: startModel.path } } : {}),
+      ...(base ? { base: { name: base.name, path: base.path } } : {}),
       outDir,
       stopped: () => stopSignal,
       setChild: (c) => {
@@ -450,7 +486,13 @@ export async function runJob(p: PreparedJob, o: RunJobOptions): Promise<JobResul
       throw new TrainError('trainer-failed', 'the trainer ended without writing any output');
     for (const rel of files) await outputs.checkTarget(`${rel}.sealed`);
     for (const rel of files) {
-      const s = await sealInto(produced, rel, outputs, recipients).catch((e) => {
+      // A merged model holds the base's weights: its owner gets it too (only a built-in fine-tuner
+      // with outputs.merged, which the init-data announced to that owner, writes one).
+      const to =
+        ended.withBase.includes(rel) && baseKey && base
+          ? [...recipients, { type: 'kbs' as const, uri: base.kbsUri, kek: baseKey.secret }]
+          : recipients;
+      const s = await sealInto(produced, rel, outputs, to).catch((e) => {
         throw noSpace(e, o.outputDir);
       });
       result.outputs.push(s);
@@ -466,6 +508,16 @@ export async function runJob(p: PreparedJob, o: RunJobOptions): Promise<JobResul
         })),
         ...(startModel
           ? { startModel: { name: 'model', sealedSha256: startModel.sealedSha256, kbs: startModel.kbsUri } }
+          : {}),
+        ...(base && p.baseOutputs
+          ? {
+              base: {
+                name: 'base',
+                sealedSha256: base.sealedSha256,
+                kbs: base.kbsUri,
+                outputs: p.baseOutputs,
+              },
+            }
           : {}),
         trainer: p.trainer,
         trainerDigest: p.trainerDigest,
@@ -535,6 +587,7 @@ interface Stage {
   dir: PrivateDir;
   inputs: { name: string; path: string }[];
   startModel?: { name: string; path: string };
+  base?: { name: string; path: string };
   outDir: string;
   stopped: () => NodeJS.Signals | undefined;
   setChild: (c: ReturnType<typeof spawn> | undefined) => void;
@@ -543,6 +596,8 @@ interface Stage {
 interface Ended {
   status: number;
   metrics: Record<string, number>;
+  /** Output files (relative to outputs/) that hold the base's weights (ModelFile.withBase). */
+  withBase: string[];
 }
 
 async function runBuiltin(p: PreparedJob, o: RunJobOptions, s: Stage): Promise<Ended> {
@@ -554,6 +609,7 @@ async function runBuiltin(p: PreparedJob, o: RunJobOptions, s: Stage): Promise<E
   const trainer = await factory({
     inputs: s.inputs,
     ...(s.startModel ? { startModel: s.startModel } : {}),
+    ...(s.base ? { base: s.base, merged: manifest.merged } : {}),
     hyperparameters: manifest.hyperparameters,
     seed: manifest.seed,
   });
@@ -585,7 +641,7 @@ async function runBuiltin(p: PreparedJob, o: RunJobOptions, s: Stage): Promise<E
       if (s.stopped()) {
         // A clean stop keeps the work done: one more checkpoint, then out.
         if (last && s.store.latest?.step !== last.step) await s.store.save(trainer.saveState(), last.step);
-        return { status: 1, metrics: {} };
+        return { status: 1, metrics: {}, withBase: [] };
       }
       last = await trainer.step();
       steps++;
@@ -601,21 +657,27 @@ async function runBuiltin(p: PreparedJob, o: RunJobOptions, s: Stage): Promise<E
       }
       if (o.stopAfterSteps !== undefined && steps >= o.stopAfterSteps) {
         o.log(`stopping after ${steps} steps as asked (--stop-after)`);
-        return { status: EXIT_STOPPED, metrics: {} };
+        return { status: EXIT_STOPPED, metrics: {}, withBase: [] };
       }
     }
     const final = await trainer.evaluate();
     const metrics = { step: trainer.completedSteps, ...(last ? { loss: last.loss } : {}), ...final };
     o.onMetrics?.(metrics);
     o.log(`trained: ${formatMetrics(final)}`);
+    const withBase: string[] = [];
     for (const f of await trainer.exportModel()) {
-      await writeFile(join(s.outDir, safeName(f.name, 'model')), f.bytes, { mode: 0o600, flag: 'wx' }).catch(
-        (e) => {
-          throw noSpace(e, s.dir.path);
-        },
-      );
+      if (f.withBase && !manifest.merged)
+        throw new TrainError(
+          'trainer-failed',
+          `the trainer exported ${f.name}, which holds the base, without outputs.merged`,
+        );
+      const name = safeName(f.name, 'model');
+      if (f.withBase) withBase.push(name);
+      await writeFile(join(s.outDir, name), f.bytes, { mode: 0o600, flag: 'wx' }).catch((e) => {
+        throw noSpace(e, s.dir.path);
+      });
     }
-    return { status: 0, metrics };
+    return { status: 0, metrics, withBase };
   } finally {
     trainer.dispose();
   }
@@ -651,6 +713,7 @@ async function runCommand(p: PreparedJob, o: RunJobOptions, s: Stage): Promise<E
       inputs: Object.fromEntries(s.inputs.map((i) => [i.name, i.path])),
       outputDir: s.outDir,
       ...(s.startModel ? { startModel: s.startModel.path } : {}),
+      ...(s.base ? { base: s.base.path } : {}),
     },
     async latest() {
       if (resumed) {
@@ -700,6 +763,7 @@ async function runCommand(p: PreparedJob, o: RunJobOptions, s: Stage): Promise<E
       CLOISTER_OUTPUT_DIR: s.outDir,
       CLOISTER_JOB: job,
     };
+    if (s.base) env.CLOISTER_BASE = s.base.path;
     for (const i of s.inputs)
       env[`CLOISTER_INPUT_${i.name.toUpperCase().replace(/[^A-Z0-9]/g, '_')}`] = i.path;
     const pdeath = await parentDeathWrapper(env.PATH);
@@ -731,7 +795,7 @@ async function runCommand(p: PreparedJob, o: RunJobOptions, s: Stage): Promise<E
     }).finally(() => process.umask(oldMask));
     s.setChild(undefined);
     const status = exit.code ?? 128 + (constants.signals[exit.signal!] ?? 0);
-    if (s.stopped()) return { status, metrics };
+    if (s.stopped()) return { status, metrics, withBase: [] };
     if (status !== 0)
       throw new TrainError(
         'trainer-failed',
@@ -747,7 +811,7 @@ async function runCommand(p: PreparedJob, o: RunJobOptions, s: Stage): Promise<E
         'trainer-failed',
         'the trainer exited 0 without calling finish on the training API; nothing was sealed',
       );
-    return { status: 0, metrics: finished };
+    return { status: 0, metrics: finished, withBase: [] };
   } finally {
     watcher.release();
     await api.close();

@@ -30,7 +30,9 @@ export interface PinnedFile {
   sha256?: string;
 }
 
-export type ManifestTrainer = { builtin: 'mlp' | 'llama' } | { command: string[]; files: PinnedFile[] };
+export type BuiltinName = (typeof BUILTIN_TRAINERS)[number];
+
+export type ManifestTrainer = { builtin: BuiltinName } | { command: string[]; files: PinnedFile[] };
 
 export interface Checkpointing {
   /** A checkpoint every this many steps (built-in trainers); 0 = none by steps. */
@@ -46,11 +48,18 @@ export interface Manifest {
   name: string;
   inputs: ManifestInput[];
   model?: SealedRef;
+  /**
+   * A frozen base model (fine-tuning): the trainer reads it, nothing it writes contains it unless
+   * `merged` says so; its owner is not a recipient of the job's outputs.
+   */
+  base?: SealedRef;
   trainer: ManifestTrainer;
   hyperparameters: Record<string, unknown>;
   seed: number;
   /** kbs:///repo/type/tag URIs; empty = the starting model's key (resolved by the runner). */
   recipients: string[];
+  /** Fine-tuning: also output the base with the adapter merged in, sealed to the recipients and the base's owner. */
+  merged: boolean;
   checkpoints: Checkpointing;
 }
 
@@ -60,7 +69,9 @@ export interface ParsedManifest {
   job: string;
 }
 
-export const BUILTIN_TRAINERS = ['mlp', 'llama'] as const;
+export const BUILTIN_TRAINERS = ['mlp', 'llama', 'lora', 'lora-convert'] as const;
+/** The built-in trainers that read a frozen base (and need one). */
+export const BASE_TRAINERS: readonly BuiltinName[] = ['lora', 'lora-convert'];
 
 const bad = (field: string, why: string) => new TrainError('bad-manifest', `job manifest: ${field} ${why}`);
 
@@ -99,12 +110,16 @@ function nonNegative(v: unknown, field: string, integer: boolean): number {
 }
 
 function trainer(v: unknown): ManifestTrainer {
-  if (!isRecord(v)) throw bad('trainer', 'must be {"builtin": "mlp" | "llama"} or {"command": [...]}');
+  if (!isRecord(v))
+    throw bad(
+      'trainer',
+      `must be {"builtin": ${BUILTIN_TRAINERS.map((b) => `"${b}"`).join(' | ')}} or {"command": [...]}`,
+    );
   if ('builtin' in v) {
     only(v, 'trainer', ['builtin']);
-    if (!BUILTIN_TRAINERS.includes(v.builtin as 'mlp'))
+    if (!BUILTIN_TRAINERS.includes(v.builtin as BuiltinName))
       throw bad('trainer.builtin', `must be one of ${BUILTIN_TRAINERS.join(', ')}`);
-    return { builtin: v.builtin as 'mlp' | 'llama' };
+    return { builtin: v.builtin as BuiltinName };
   }
   if ('command' in v) {
     only(v, 'trainer', ['command', 'files']);
@@ -146,6 +161,7 @@ export async function parseManifest(bytes: Uint8Array): Promise<ParsedManifest> 
     'name',
     'inputs',
     'model',
+    'base',
     'trainer',
     'hyperparameters',
     'seed',
@@ -166,8 +182,24 @@ export async function parseManifest(bytes: Uint8Array): Promise<ParsedManifest> 
     return { name: n, ...ref };
   });
   const model = doc.model === undefined ? undefined : sealedRef(doc.model, 'model');
+  const base = doc.base === undefined ? undefined : sealedRef(doc.base, 'base');
   const t = trainer(doc.trainer);
   if ('builtin' in t && inputs.length === 0) throw bad('inputs', 'must name at least one sealed input');
+  if ('builtin' in t) {
+    const needsBase = BASE_TRAINERS.includes(t.builtin);
+    if (needsBase && !base)
+      throw bad(
+        'base',
+        `is needed by trainer.builtin ${t.builtin}: the sealed base model {"path", "sha256"}`,
+      );
+    if (!needsBase && base)
+      throw bad(
+        'base',
+        `is for fine-tuning (trainer.builtin ${BASE_TRAINERS.join(' or ')}, or a command); trainer.builtin ${t.builtin} trains the whole model: name it as "model"`,
+      );
+    if (needsBase && model)
+      throw bad('model', `is not read by trainer.builtin ${t.builtin}, which trains an adapter over "base"`);
+  }
   const hp = doc.hyperparameters ?? {};
   if (!isRecord(hp)) throw bad('hyperparameters', 'must be an object');
   if (typeof doc.seed !== 'number' || !Number.isSafeInteger(doc.seed) || doc.seed < 0)
@@ -175,7 +207,7 @@ export async function parseManifest(bytes: Uint8Array): Promise<ParsedManifest> 
   let recipients: string[] = [];
   if (doc.outputs !== undefined) {
     if (!isRecord(doc.outputs)) throw bad('outputs', 'must be an object {"recipients": [...]}');
-    only(doc.outputs, 'outputs', ['recipients']);
+    only(doc.outputs, 'outputs', ['recipients', 'merged']);
     const r = doc.outputs.recipients;
     if (!Array.isArray(r)) throw bad('outputs.recipients', 'must be an array of kbs:/// URIs');
     recipients = r.map((u, i) => {
@@ -186,7 +218,17 @@ export async function parseManifest(bytes: Uint8Array): Promise<ParsedManifest> 
     });
   }
   if (recipients.length === 0 && !model)
-    throw bad('outputs.recipients', 'is needed when there is no starting model (whose key is the default)');
+    throw bad(
+      'outputs.recipients',
+      base
+        ? "is needed for fine-tuning: the adapter belongs to whoever tunes, not to the base's owner"
+        : 'is needed when there is no starting model (whose key is the default)',
+    );
+  const merged = isRecord(doc.outputs) ? doc.outputs.merged : undefined;
+  if (merged !== undefined && typeof merged !== 'boolean')
+    throw bad('outputs.merged', 'must be true or false');
+  if (merged === true && !('builtin' in t && t.builtin === 'lora'))
+    throw bad('outputs.merged', 'is for trainer.builtin lora (a LoRA merged into its base)');
   const c = doc.checkpoints ?? {};
   if (!isRecord(c)) throw bad('checkpoints', 'must be an object');
   only(c, 'checkpoints', ['everySteps', 'everyMinutes', 'dir']);
@@ -204,10 +246,12 @@ export async function parseManifest(bytes: Uint8Array): Promise<ParsedManifest> 
       name,
       inputs,
       ...(model ? { model } : {}),
+      ...(base ? { base } : {}),
       trainer: t,
       hyperparameters: hp,
       seed: doc.seed,
       recipients,
+      merged: merged === true,
       checkpoints,
     },
   };

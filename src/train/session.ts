@@ -20,6 +20,8 @@ export interface JobInfo {
   outputDir: string;
   /** Path of the unsealed starting model, when the manifest names one. */
   startModel?: string;
+  /** Path of the unsealed frozen base model (fine-tuning), when the manifest names one. */
+  base?: string;
 }
 
 /** A checkpoint as the trainer saved it: its number in the job's chain, the step, the opaque state. */

@@ -482,12 +482,33 @@ export const INIT_DATA_TRAINER = 'cloister.train.trainer';
 export const INIT_DATA_RECIPIENTS = 'cloister.train.recipients';
 
 /**
- * The CoCo init-data (JSON) a training TEE launches with: its digest goes into TDX mr_config_id /
- * SNP host_data, so the evidence names the job, the trainer and the recipients. One fixed
- * serialisation without a trailing newline, because the digest covers the exact bytes:
- * `cloister train --print-init-data` prints the same text for the host.
+ * The init-data `data` key naming, for a fine-tuning job, the SHA-256 of the sealed frozen base model,
+ * so the base's owner can approve the job for this base.
  */
-export function trainInitData(job: string, trainerDigest: string, recipients: readonly string[]): string {
+export const INIT_DATA_BASE = 'cloister.train.base';
+/**
+ * The init-data `data` key saying, for a job with a frozen base, what leaves the TEE: `adapter` (the
+ * built-in fine-tuners: an adapter, never the base), `adapter,merged` (also the base with the adapter
+ * merged in, sealed to the base's owner too) or `files` (a command trainer: whatever it writes). The
+ * base's owner's policy approves one of these, e.g. `== "adapter"`.
+ */
+export const INIT_DATA_OUTPUTS = 'cloister.train.outputs';
+
+/** What a job with a frozen base lets out of the TEE (see INIT_DATA_OUTPUTS). */
+export type BaseOutputs = 'adapter' | 'adapter,merged' | 'files';
+
+/**
+ * The CoCo init-data (JSON) a training TEE launches with: its digest goes into TDX mr_config_id /
+ * SNP host_data, so the evidence names the job, the trainer and the recipients (and, fine-tuning,
+ * the base and what leaves). One fixed serialisation without a trailing newline, because the digest
+ * covers the exact bytes: `cloister train --print-init-data` prints the same text for the host.
+ */
+export function trainInitData(
+  job: string,
+  trainerDigest: string,
+  recipients: readonly string[],
+  base?: { sha256: string; outputs: BaseOutputs },
+): string {
   return JSON.stringify({
     version: '0.1.0',
     algorithm: 'sha256',
@@ -495,6 +516,7 @@ export function trainInitData(job: string, trainerDigest: string, recipients: re
       [INIT_DATA_JOB]: job,
       [INIT_DATA_TRAINER]: trainerDigest,
       [INIT_DATA_RECIPIENTS]: JSON.stringify(recipients),
+      ...(base ? { [INIT_DATA_BASE]: base.sha256, [INIT_DATA_OUTPUTS]: base.outputs } : {}),
     },
   });
 }

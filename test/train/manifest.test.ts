@@ -120,10 +120,58 @@ describe('job manifests', () => {
     }
   });
 
+  it('fine-tuning: a base for the LoRA trainers, recipients required, merged only for lora; the schema agrees', async () => {
+    const { Ajv2020 } = await import('ajv/dist/2020.js');
+    const schema = JSON.parse(
+      readFileSync(new URL('../../docs/schema/train-job.v1.json', import.meta.url), 'utf8'),
+    );
+    const validate = new Ajv2020({ strict: false }).compile(schema);
+    const base = { path: 'base.gguf.sealed', sha256: 'a'.repeat(64) };
+    const { model: _model, ...noModel } = good;
+    const lora = {
+      ...noModel,
+      base,
+      trainer: { builtin: 'lora' },
+      outputs: { recipients: ['kbs:///co/adapter/kek'] },
+    };
+    for (const doc of [lora, { ...lora, outputs: { recipients: ['kbs:///co/adapter/kek'], merged: true } }]) {
+      expect(validate(doc), JSON.stringify(validate.errors)).toBe(true);
+      const m = (await parse(doc)).manifest;
+      expect(m.base).toEqual(base);
+    }
+    expect((await parse(lora)).manifest.merged).toBe(false);
+    await expect(parse({ ...lora, base: undefined })).rejects.toThrow(
+      'job manifest: base is needed by trainer.builtin lora',
+    );
+    await expect(parse({ ...noModel, base, outputs: { recipients: ['kbs:///a/b/c'] } })).rejects.toThrow(
+      /job manifest: base is for fine-tuning/,
+    );
+    await expect(parse({ ...lora, outputs: undefined })).rejects.toThrow(
+      /outputs\.recipients is needed for fine-tuning/,
+    );
+    await expect(parse({ ...good, outputs: { recipients: ['kbs:///a/b/c'], merged: true } })).rejects.toThrow(
+      'job manifest: outputs.merged is for trainer.builtin lora',
+    );
+    await expect(
+      parse({ ...lora, outputs: { recipients: ['kbs:///a/b/c'], merged: 'yes' } }),
+    ).rejects.toThrow('job manifest: outputs.merged must be true or false');
+    await expect(parse({ ...lora, model: base })).rejects.toThrow(/job manifest: model is not read by/);
+    expect(validate({ ...lora, base: { path: 'x' } })).toBe(false);
+  });
+
   it('makes init-data that names the job and the trainer, in one fixed serialisation', () => {
     const body = trainInitData('b'.repeat(64), 'sha256:c', ['kbs:///o/m/k']);
     expect(body).toBe(
       `{"version":"0.1.0","algorithm":"sha256","data":{"cloister.train.manifest":"${'b'.repeat(64)}","cloister.train.trainer":"sha256:c","cloister.train.recipients":"[\\"kbs:///o/m/k\\"]"}}`,
     );
+    // Fine-tuning adds the base and what leaves the TEE, for the base's owner to approve.
+    const tuned = JSON.parse(
+      trainInitData('b'.repeat(64), 'sha256:c', ['kbs:///o/m/k'], {
+        sha256: 'd'.repeat(64),
+        outputs: 'adapter',
+      }),
+    );
+    expect(tuned.data['cloister.train.base']).toBe('d'.repeat(64));
+    expect(tuned.data['cloister.train.outputs']).toBe('adapter');
   });
 });
