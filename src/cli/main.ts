@@ -8,6 +8,7 @@ import { registerDemo } from './demo.js';
 import { EXIT_USAGE, FlagError } from './io.js';
 import { registerKbs } from './kbs.js';
 import { registerLog } from './log.js';
+import { registerLora } from './lora.js';
 import { registerModel } from './model.js';
 import { registerReceipt } from './receipt.js';
 import { registerSealCommands } from './seal.js';
@@ -47,6 +48,7 @@ export async function main(argv: string[]): Promise<number> {
   registerModel(program);
   registerReceipt(program);
   registerTrain(program);
+  registerLora(program);
   for (const c of program.commands) c.exitOverride();
   try {
     await program.parseAsync(argv, { from: 'user' });

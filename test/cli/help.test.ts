@@ -44,6 +44,7 @@ it('lists the top-level verbs in their order, run among them (main.ts registers 
     'model',
     'receipt',
     'train',
+    'lora',
     'help',
   ]);
 });
