@@ -14,6 +14,7 @@ export {
   type InferenceIdentity,
   identityReportData,
   MODEL_DIGEST_HEADER,
+  type AdapterIdentity,
   type ModelIdentity,
   RECEIPT_HEADER,
   RESPONSE_RECEIPT_TYP,
