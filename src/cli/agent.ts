@@ -212,7 +212,7 @@ export function teeOptions(c: Command, kbsRequired = true): Command {
     .option('--dev-root <dir>', `device directory searched for GPUs (default ${DEFAULT_DEV_ROOT})`)
     .option(
       '--kbs-route <repo=url>',
-      'resources in repository REPO (kbs:///REPO/…) come from the broker at URL, attested separately (same TEE, same init-data); others from --kbs (repeatable; e.g. a model vendor\'s and a company\'s broker)',
+      "resources in repository REPO (kbs:///REPO/…) come from the broker at URL, attested separately (same TEE, same init-data); others from --kbs (repeatable; e.g. a model vendor's and a company's broker)",
       kbsRouteArg,
     )
     .option(

@@ -153,7 +153,9 @@ export async function verifyServer(
     );
   }
   const candidates =
-    policy.models.length > 0 ? identity.models.filter((m) => policy.models.includes(m.digest)) : identity.models;
+    policy.models.length > 0
+      ? identity.models.filter((m) => policy.models.includes(m.digest))
+      : identity.models;
   const refusals = candidates.map((m) => adapterRefusal(m, policy));
   if (candidates.length > 0 && refusals.every((r) => r !== undefined)) fail('adapter', refusals[0]!);
   if (identity.sharedKeys !== undefined && !policy.sharedKeys.includes(identity.sharedKeys)) {

@@ -8,13 +8,13 @@
 // The attested identity and the response receipts are wire formats (src/wire); clients of the
 // inference API find them here too.
 export {
+  type AdapterIdentity,
   ATTESTATION_TYPE,
   type AttestationDocument,
   IDENTITY_TYPE,
   type InferenceIdentity,
   identityReportData,
   MODEL_DIGEST_HEADER,
-  type AdapterIdentity,
   type ModelIdentity,
   RECEIPT_HEADER,
   RESPONSE_RECEIPT_TYP,

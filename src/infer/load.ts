@@ -328,7 +328,10 @@ async function checkedAdapter(
   o: SealedModelOptions,
 ): Promise<CheckedAdapter> {
   if (!Number.isFinite(scale) || scale <= 0)
-    throw new ModelLoadError('bad-adapter', `${a.file}: the adapter's scale must be a number > 0, got ${scale}`);
+    throw new ModelLoadError(
+      'bad-adapter',
+      `${a.file}: the adapter's scale must be a number > 0, got ${scale}`,
+    );
   const sealed = await openSealedPath(a.path);
   let bytes: Uint8Array;
   try {

@@ -178,7 +178,9 @@ export async function startInferenceServer(o: InferenceServerOptions): Promise<I
       id: m.id,
       digest: m.digest,
       format: m.format,
-      ...(m.adapters?.length ? { adapters: m.adapters.map((a) => ({ digest: a.digest, scale: a.scale })) } : {}),
+      ...(m.adapters?.length
+        ? { adapters: m.adapters.map((a) => ({ digest: a.digest, scale: a.scale })) }
+        : {}),
     })),
     software: o.software,
     plaintextAllowed: o.allowPlaintext,

@@ -122,7 +122,9 @@ export async function decodeServingKeys(bytes: Uint8Array, source: string): Prom
         !(x.scale > 0) ||
         !Number.isFinite(x.scale)
       )
-        return bad(`models[${i}].adapters[${j}] must be {"digest": "sha256:<64 hex>", "scale": a number > 0}`);
+        return bad(
+          `models[${i}].adapters[${j}] must be {"digest": "sha256:<64 hex>", "scale": a number > 0}`,
+        );
       return { digest: x.digest, scale: x.scale };
     });
     return { id: r.id, digest: r.digest, ...(adapters.length > 0 ? { adapters } : {}) };

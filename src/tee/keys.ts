@@ -210,10 +210,16 @@ const REPO = /^[A-Za-z0-9._-]+$/;
  * under its own policy. Everything but `getResource` (the attestation token the server attests with,
  * a training broker's checkpoint counter and receipt log) is `primary`'s, called on `primary` itself.
  */
-export function routeResources<T extends ResourceSource>(primary: T, routes: ReadonlyMap<string, ResourceSource>): T {
+export function routeResources<T extends ResourceSource>(
+  primary: T,
+  routes: ReadonlyMap<string, ResourceSource>,
+): T {
   for (const repo of routes.keys()) {
     if (!REPO.test(repo))
-      throw new AgentError('bad-route', `"${repo}" is not a key broker repository name (letters, digits, . _ -)`);
+      throw new AgentError(
+        'bad-route',
+        `"${repo}" is not a key broker repository name (letters, digits, . _ -)`,
+      );
   }
   if (routes.size === 0) return primary;
   const getResource = async (path: string): Promise<Uint8Array> => {

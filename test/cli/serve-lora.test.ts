@@ -64,7 +64,10 @@ describe('cloister serve --lora and cloister chat --adapter', () => {
     const base = tinyLlamaGguf({ seed: 4, context: 256 }).bytes();
     writeFileSync(join(dir, 'base.gguf'), base);
     const info = readGgufInfo(base);
-    const [inputs, outputs] = info.tensors.find((t) => t.name === 'blk.0.attn_q.weight')!.dims as [number, number];
+    const [inputs, outputs] = info.tensors.find((t) => t.name === 'blk.0.attn_q.weight')!.dims as [
+      number,
+      number,
+    ];
     const pair = { target: 'blk.0.attn_q.weight', inputs, outputs, rank: 2 };
     writeFileSync(
       join(dir, 'adapter.gguf'),
@@ -72,7 +75,9 @@ describe('cloister serve --lora and cloister chat --adapter', () => {
         architecture: 'llama',
         alpha: 2,
         name: 'a',
-        pairs: [{ ...pair, a: new Float32Array(2 * inputs).fill(0.3), b: new Float32Array(outputs * 2).fill(0.3) }],
+        pairs: [
+          { ...pair, a: new Float32Array(2 * inputs).fill(0.3), b: new Float32Array(outputs * 2).fill(0.3) },
+        ],
       }),
     );
     ok(['keygen', '--kek', 'k.jwk', '--uri', 'kbs:///acme/models/kek']);
@@ -80,7 +85,16 @@ describe('cloister serve --lora and cloister chat --adapter', () => {
       ok(['seal', f, `${f}.sealed`, '--to', 'kbs:///acme/models/kek=k.jwk']);
     const cases: [string[], RegExp][] = [
       [
-        ['--key', 'k.jwk', '--model', 'base.gguf.sealed', '--model', 'base.gguf.sealed', '--lora', 'adapter.gguf.sealed'],
+        [
+          '--key',
+          'k.jwk',
+          '--model',
+          'base.gguf.sealed',
+          '--model',
+          'base.gguf.sealed',
+          '--lora',
+          'adapter.gguf.sealed',
+        ],
         /--lora applies to one base model: give exactly one --model \(a GGUF base\), not 2$/m,
       ],
       [
@@ -97,7 +111,9 @@ describe('cloister serve --lora and cloister chat --adapter', () => {
       ],
     ];
     for (const [args, why] of cases) {
-      const r = cloister(['serve', '--tee', 'sample', '--port', '0', '--threads', '1', ...args], { cwd: dir });
+      const r = cloister(['serve', '--tee', 'sample', '--port', '0', '--threads', '1', ...args], {
+        cwd: dir,
+      });
       expect(r.code, r.stderr).not.toBe(0);
       expect(r.stderr).toMatch(why);
       // The refusal is the last line, and only one line.
@@ -107,7 +123,21 @@ describe('cloister serve --lora and cloister chat --adapter', () => {
 
   it('serves base + adapter; chat shows the adapter, and --adapter pins it', async () => {
     server = cloisterAsync(
-      ['serve', '--tee', 'sample', '--key', 'k.jwk', '--model', 'base.gguf.sealed', '--lora', 'adapter.gguf.sealed:0.5', '--port', '0', '--threads', '1'],
+      [
+        'serve',
+        '--tee',
+        'sample',
+        '--key',
+        'k.jwk',
+        '--model',
+        'base.gguf.sealed',
+        '--lora',
+        'adapter.gguf.sealed:0.5',
+        '--port',
+        '0',
+        '--threads',
+        '1',
+      ],
       { cwd: dir },
     ) as ChildProcessWithoutNullStreams;
     let log = '';
@@ -119,9 +149,13 @@ describe('cloister serve --lora and cloister chat --adapter', () => {
       });
       server!.on('exit', (code) => reject(new Error(`serve exited ${code}: ${log}`)));
     });
-    const digest = /adapter adapter\.gguf\.sealed: sealed digest (sha256:[0-9a-f]{64}), scale 0\.5/.exec(log)![1]!;
+    const digest = /adapter adapter\.gguf\.sealed: sealed digest (sha256:[0-9a-f]{64}), scale 0\.5/.exec(
+      log,
+    )![1]!;
     const chat = (extra: string[]) =>
-      cloister(['chat', '--url', url, '--allow-sample', '--prompt', 'hi', '--max-tokens', '4', ...extra], { cwd: dir });
+      cloister(['chat', '--url', url, '--allow-sample', '--prompt', 'hi', '--max-tokens', '4', ...extra], {
+        cwd: dir,
+      });
     const pinned = chat(['--adapter', digest]);
     expect(pinned.code, pinned.stderr).toBe(0);
     expect(pinned.stderr).toContain(`  adapter   ${digest}  scale 0.5  (LoRA, on base)`);

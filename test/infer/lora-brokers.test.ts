@@ -38,7 +38,9 @@ beforeAll(async () => {
     [vendor, 'vendor/models/kek', vendorKek],
     [acme, 'acme/adapters/kek', acmeKek],
   ] as const) {
-    expect((await b.call('PUT', `/admin/v1/resources/${path}`, await b.admin(), kek.secret)).status).toBe(201);
+    expect((await b.call('PUT', `/admin/v1/resources/${path}`, await b.admin(), kek.secret)).status).toBe(
+      201,
+    );
   }
   const base = tinyBase();
   baseFile = (await sealBytes(dir, 'base.gguf', base.bytes, vendorKek)).file;
@@ -92,7 +94,9 @@ describe('base key from the vendor’s broker, adapter key from the company’s'
 
   it('the vendor refuses the base key: nothing served, nothing left', async () => {
     await policies(REFUSE, ACCEPT);
-    await expect(serve()).rejects.toThrow(/resource vendor\/models\/kek refused by the key broker \(403 denied\): denied by policy/);
+    await expect(serve()).rejects.toThrow(
+      /resource vendor\/models\/kek refused by the key broker \(403 denied\): denied by policy/,
+    );
     expect(readdirSync(parent)).toEqual([]);
   });
 

@@ -38,7 +38,12 @@ export interface BaseFixture {
 }
 
 export function tinyBase(o: { seed?: number; embedding?: number; layers?: number } = {}): BaseFixture {
-  const m = tinyLlamaGguf({ seed: o.seed ?? 5, context: 256, embedding: o.embedding ?? 64, layers: o.layers ?? 2 });
+  const m = tinyLlamaGguf({
+    seed: o.seed ?? 5,
+    context: 256,
+    embedding: o.embedding ?? 64,
+    layers: o.layers ?? 2,
+  });
   const bytes = m.bytes();
   return { bytes, info: wire.readGgufInfo(bytes), layers: m.shape.layers };
 }

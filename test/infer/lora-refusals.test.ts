@@ -81,11 +81,7 @@ describe('a LoRA adapter is checked against the base before the engine sees eith
       () => wire.writeLoraAdapter({ ...adapterFor(base), architecture: 'qwen2' }),
       /for architecture "qwen2", the base model is "llama"/,
     ],
-    [
-      'another base (shapes)',
-      () => wire.writeLoraAdapter(adapterFor(other)),
-      /made for another base/,
-    ],
+    ['another base (shapes)', () => wire.writeLoraAdapter(adapterFor(other)), /made for another base/],
     [
       'a tensor the base lacks',
       () => {

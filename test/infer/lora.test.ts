@@ -95,7 +95,11 @@ describe('serving a base with a LoRA adapter', { timeout: 120_000 }, () => {
       // The adapter's plaintext went once llama.cpp held it; only the mapped base remains.
       expect(readdirSync(join(parent, readdirSync(parent)[0]!))).toHaveLength(1);
       const receipts: ResponseReceipt[] = [];
-      const tuned = await ask(s.url, { models: [baseSealed.digest], adapters: [adapterSealed.digest] }, receipts);
+      const tuned = await ask(
+        s.url,
+        { models: [baseSealed.digest], adapters: [adapterSealed.digest] },
+        receipts,
+      );
       expect(tuned).not.toBe(plain);
       expect(receipts[0]).toMatchObject({
         modelDigest: baseSealed.digest,

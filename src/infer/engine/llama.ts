@@ -157,7 +157,10 @@ export async function loadLlamaEngine(options: LlamaEngineOptions): Promise<Text
   const adapters = options.adapters ?? [];
   for (const a of adapters) {
     if (!Number.isFinite(a.scale) || a.scale <= 0)
-      throw new EngineError('bad-request', `${a.path}: an adapter's scale must be a number > 0, got ${a.scale}`);
+      throw new EngineError(
+        'bad-request',
+        `${a.path}: an adapter's scale must be a number > 0, got ${a.scale}`,
+      );
   }
 
   let info: Awaited<ReturnType<typeof readGgufInfoFromFile>>;
