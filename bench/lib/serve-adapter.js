@@ -83,7 +83,12 @@ export async function measureServeAdapter(o = {}) {
       return join(dir, `${name}.sealed`);
     };
     const base = await seal('base.gguf', baseBytes);
-    const adapterBytes = writeLoraAdapter({ architecture: info.architecture, alpha: rank, name: 'bench', pairs });
+    const adapterBytes = writeLoraAdapter({
+      architecture: info.architecture,
+      alpha: rank,
+      name: 'bench',
+      pairs,
+    });
     const adapter = await seal('adapter.gguf', adapterBytes);
     const adapterDigest = `sha256:${createHash('sha256').update(readFileSync(adapter)).digest('hex')}`;
     log(
@@ -129,7 +134,8 @@ export async function measureServeAdapter(o = {}) {
           temperature: 0,
         }),
       });
-      if (res.status !== 200) throw new Error(`serve-adapter: the server answered ${res.status}: ${await res.text()}`);
+      if (res.status !== 200)
+        throw new Error(`serve-adapter: the server answered ${res.status}: ${await res.text()}`);
       const body = await res.json();
       return { tokens: body.usage.completion_tokens, ms: performance.now() - t };
     };
