@@ -6,7 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { type Command, CommanderError, Option } from 'commander';
+import { type Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import type { EarStatus } from '../attest/types.js';
 import {
   DEFAULT_AGENT_SOCKET,
@@ -125,6 +125,38 @@ export interface TeeCliOptions {
   sampleEvidence: SampleEvidenceForm;
   sampleMeasurement?: string;
   cacert?: string;
+  /** `--kbs-route REPO=URL`, parsed: resources of repository REPO come from the broker at URL. */
+  kbsRoute?: KbsRoute[];
+}
+
+export interface KbsRoute {
+  repo: string;
+  url: string;
+}
+
+/**
+ * `--kbs-route REPO=URL`: the repository (first segment of kbs:///<repo>/<type>/<tag>) whose resources
+ * come from the broker at URL instead of --kbs. Each REPO once.
+ */
+export function kbsRouteArg(v: string, prev: KbsRoute[] = []): KbsRoute[] {
+  const i = v.indexOf('=');
+  const repo = i < 0 ? '' : v.slice(0, i);
+  const url = i < 0 ? '' : v.slice(i + 1);
+  if (!/^[A-Za-z0-9._-]+$/.test(repo))
+    throw new InvalidArgumentError(
+      `must be REPO=URL with REPO a broker repository (letters, digits, . _ -), got "${v}"`,
+    );
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new InvalidArgumentError(`${repo}: "${url}" is not a URL (https://kbs.example:8080)`);
+  }
+  if (parsed.protocol !== 'https:' && parsed.protocol !== 'http:')
+    throw new InvalidArgumentError(`${repo}: the broker URL must be http(s), got ${parsed.protocol}`);
+  if (prev.some((r) => r.repo === repo))
+    throw new InvalidArgumentError(`repository ${repo} is routed twice; give one broker per repository`);
+  return [...prev, { repo, url }];
 }
 
 interface RunCliOptions extends TeeCliOptions {
@@ -178,6 +210,11 @@ export function teeOptions(c: Command, kbsRequired = true): Command {
     .option('--tsm-root <dir>', `configfs-tsm report directory (default ${DEFAULT_TSM_ROOT})`)
     .option('--gramine-root <dir>', `Gramine attestation directory (default ${DEFAULT_GRAMINE_ROOT})`)
     .option('--dev-root <dir>', `device directory searched for GPUs (default ${DEFAULT_DEV_ROOT})`)
+    .option(
+      '--kbs-route <repo=url>',
+      "resources in repository REPO (kbs:///REPO/…) come from the broker at URL, attested separately (same TEE, same init-data); others from --kbs (repeatable; e.g. a model vendor's and a company's broker)",
+      kbsRouteArg,
+    )
     .option(
       '--init-data <file>',
       "CoCo init-data (TOML; JSON if the name ends in .json) whose digest the host put into the TEE's mr_config_id / host_data; sent to the broker with the evidence",
@@ -254,28 +291,35 @@ async function initDataFile(file: string): Promise<{ format: 'toml' | 'json'; bo
   return { format: file.toLowerCase().endsWith('.json') ? 'json' : 'toml', body };
 }
 
-/** A key broker client that attests with `t`. */
+/**
+ * A key broker client that attests with `t`. With `--kbs-route`, the resources of each routed
+ * repository come from that repository's broker (a client of its own, attesting the same TEE with
+ * the same init-data); everything else (tokens, a training job's checkpoints and receipts) is --kbs's.
+ */
 export async function brokerFor(
   o: TeeCliOptions,
   t: CliTee,
   initData?: { format: 'toml' | 'json'; body: string },
 ): Promise<KbsClient> {
   // The broker client and the agent load when a verb needs them, not when the CLI starts.
-  const { kbsAttester } = await import('../tee/index.js');
+  const { kbsAttester, routeResources } = await import('../tee/index.js');
   const { KbsClient } = await import('../tee/index.js');
   const { clientFetch } = await import('../http/client.js');
-  return new KbsClient({
-    url: o.kbs,
-    fetch: await clientFetch(o.cacert),
-    attester: kbsAttester(t.kind, t.attester, t.gpu, { sampleForm: o.sampleEvidence }),
-    retries: integerOption(o.retries, '--retries', 1),
-    backoffMs: integerOption(o.retryDelayMs, '--retry-delay-ms', 0),
-    ...(initData
-      ? { initData }
-      : o.initData !== undefined
-        ? { initData: await initDataFile(o.initData) }
-        : {}),
-  });
+  const fetch = await clientFetch(o.cacert);
+  const retries = integerOption(o.retries, '--retries', 1);
+  const backoffMs = integerOption(o.retryDelayMs, '--retry-delay-ms', 0);
+  const init = initData ?? (o.initData !== undefined ? await initDataFile(o.initData) : undefined);
+  const client = (url: string) =>
+    new KbsClient({
+      url,
+      fetch,
+      attester: kbsAttester(t.kind, t.attester, t.gpu, { sampleForm: o.sampleEvidence }),
+      retries,
+      backoffMs,
+      ...(init ? { initData: init } : {}),
+    });
+  const routes = new Map((o.kbsRoute ?? []).map((r) => [r.repo, client(r.url)]));
+  return routeResources(client(o.kbs), routes);
 }
 
 /** `cloister run`: a top-level verb (main.ts registers it) kept here for the TEE options it shares with `agent`. */

@@ -26,6 +26,7 @@ interface ChatCliOptions {
   online?: boolean;
   earKey?: string;
   cacert?: string;
+  adapter: string[];
 }
 
 async function collateralOf(o: ChatCliOptions): Promise<CollateralSource> {
@@ -44,9 +45,12 @@ export function describeServer(s: VerifiedServer, policy: ClientPolicy): string[
   const lines = [
     `TEE         ${s.document.evidence.kind} (appraisal: ${s.appraisal.status})${s.document.evidence.gpus.length ? ` + ${s.document.evidence.gpus.length} GPU(s)` : ''}`,
     `binding     the evidence's report data covers the OHTTP key(s) ${s.keyConfigs.map((k) => `#${k.keyId}`).join(', ')}, the receipt key, the models and the software below${id.nonce ? ', and our fresh nonce' : ''}`,
-    ...id.models.map((m) => `model       ${m.id}  ${m.digest}  (${m.format})`),
+    ...id.models.flatMap((m) => [
+      `model       ${m.id}  ${m.digest}  (${m.format})`,
+      ...(m.adapters ?? []).map((a) => `  adapter   ${a.digest}  scale ${a.scale}  (LoRA, on ${m.id})`),
+    ]),
     `software    cloister ${id.software.version}  ${id.software.digest}`,
-    `policy      TEEs ${policy.tees.join('/')}, at least ${policy.minStatus}${Object.keys(policy.measurements).length ? `, measurements ${Object.keys(policy.measurements).join(', ')}` : ''}${policy.models.length ? `, ${policy.models.length} allowed model digest(s)` : ''}`,
+    `policy      TEEs ${policy.tees.join('/')}, at least ${policy.minStatus}${Object.keys(policy.measurements).length ? `, measurements ${Object.keys(policy.measurements).join(', ')}` : ''}${policy.models.length ? `, ${policy.models.length} allowed model digest(s)` : ''}${policy.adapters === undefined ? '' : policy.adapters.length ? `, exactly ${policy.adapters.length} pinned adapter(s)` : ', no adapter'}`,
   ];
   for (const k of ['mr_td', 'measurement', 'mr_enclave'])
     if (typeof cpu.claims[k] === 'string') lines.push(`${k.padEnd(12)}${cpu.claims[k] as string}`);
@@ -81,13 +85,19 @@ export function registerChat(program: Command): void {
     .requiredOption('--url <url>', 'the server, e.g. https://llm.example:8443')
     .option(
       '--policy <file>',
-      'client policy (JSON: tees, minStatus, measurements, models, software, fresh, requireGpu)',
+      'client policy (JSON: tees, minStatus, measurements, models, adapters, software, fresh, requireGpu, sharedKeys)',
     )
     .option(
       '--allow-sample',
       'accept the INSECURE sample TEE (development; same as tees ["sample"], minStatus warning)',
     )
     .option('--model <id>', 'the model to chat with (default: the first text model the server attests)')
+    .option(
+      '--adapter <digest>',
+      'pin a LoRA adapter (sha256:<hex> of the sealed adapter, repeatable): the model must carry exactly the pinned adapters (added to the policy’s adapters)',
+      (v: string, prev: string[]) => [...prev, v],
+      [],
+    )
     .option('--prompt <text>', 'send one message, print the reply and exit (default: interactive)')
     .option('--system <text>', 'a system message at the start of the conversation')
     .option('--max-tokens <n>', 'longest reply in tokens')
@@ -119,6 +129,8 @@ export function registerChat(program: Command): void {
         : structuredClone(DEFAULT_CLIENT_POLICY);
       if (o.allowSample)
         policy = { ...policy, tees: [...new Set([...policy.tees, 'sample'])], minStatus: 'warning' };
+      if (o.adapter.length > 0)
+        policy = parseClientPolicy({ ...policy, adapters: [...(policy.adapters ?? []), ...o.adapter] });
       const receipts: string[] = [];
       const f = confidentialFetch({
         url: o.url,

@@ -22,6 +22,7 @@ interface ServeCliOptions extends Omit<TeeCliOptions, 'kbs'>, TlsServeCliOptions
   kbs?: string;
   key?: string;
   model: string[];
+  lora: string[];
   host: string;
   port: string;
   ui?: boolean;
@@ -46,6 +47,28 @@ interface ServeCliOptions extends Omit<TeeCliOptions, 'kbs'>, TlsServeCliOptions
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
+/**
+ * `--lora FILE[:scale]`: the text after the last ':' is the scale when it reads as a number (a path
+ * may hold ':' itself); that number must be finite and > 0.
+ */
+export function parseLoraSpec(spec: string): { file: string; scale: number } {
+  const i = spec.lastIndexOf(':');
+  const tail = i < 0 ? '' : spec.slice(i + 1);
+  // A tail written as a number (infinities and NaN included) is the scale, and checked as one, so
+  // that "a.sealed:-1" or "a.sealed:1e999" is refused rather than read as part of a file name.
+  const numeric = /^[-+]?((\d+\.?\d*|\.\d+)(e[-+]?\d+)?|inf|infinity|nan)$/i.test(tail);
+  if (!numeric) {
+    if (spec === '' || spec.endsWith(':'))
+      throw new Error(`--lora ${spec}: give FILE or FILE:SCALE (a number > 0)`);
+    return { file: spec, scale: 1 };
+  }
+  const scale = Number(tail);
+  if (!Number.isFinite(scale) || scale <= 0)
+    throw new Error(`--lora ${spec}: the scale after ':' must be a finite number > 0, got "${tail}"`);
+  if (i === 0) throw new Error(`--lora ${spec}: no adapter file before ':'`);
+  return { file: spec.slice(0, i), scale };
+}
+
 export function registerServe(program: Command): void {
   teeOptions(
     program
@@ -57,6 +80,12 @@ export function registerServe(program: Command): void {
     .option(
       '--model <file>',
       'a sealed model (repeatable): GGUF, or a tar of an ONNX model directory',
+      collect,
+      [],
+    )
+    .option(
+      '--lora <file[:scale]>',
+      'a sealed GGUF LoRA adapter for the one --model (repeatable, applied in order); scale > 0, default 1',
       collect,
       [],
     )
@@ -107,6 +136,8 @@ export function registerServe(program: Command): void {
         '  cloister serve --kbs https://kbs.example:8080 --model llama.gguf.sealed \\\n' +
         '    --host 0.0.0.0 --port 8443 --tls-cert llm.crt --tls-key llm.key\n' +
         '  cloister serve --tee sample --key model.kek.jwk --model tiny.gguf.sealed --ui --port 8443   # development\n' +
+        '  cloister serve --kbs https://kbs.vendor.example --kbs-route acme=https://kbs.acme.example \\\n' +
+        '    --model base.gguf.sealed --lora acme-adapter.gguf.sealed:0.8   # base from the vendor, adapter from acme\n' +
         '\nClients: cloister chat --url https://HOST:PORT (http://127.0.0.1:PORT without TLS), or the SDK\n' +
         '(cloister/client) with the openai package; --cacert FILE trusts a private CA.',
     )
@@ -115,12 +146,19 @@ export function registerServe(program: Command): void {
       const log = (line: string) => process.stderr.write(`cloister serve: ${line}\n`);
       // Every flag is checked before anything heavy loads, so that a typo is refused at once.
       if (opts.model.length === 0) throw new Error('give at least one --model FILE.sealed');
+      const adapters = opts.lora.map(parseLoraSpec);
+      if (adapters.length > 0 && opts.model.length !== 1)
+        throw new Error(
+          `--lora applies to one base model: give exactly one --model (a GGUF base), not ${opts.model.length}`,
+        );
       // CLOISTER_KBS_URL names the broker when neither --kbs nor a development --key does.
       if (!opts.kbs && !opts.key && process.env.CLOISTER_KBS_URL) opts.kbs = process.env.CLOISTER_KBS_URL;
       if (!opts.kbs === !opts.key)
         throw new Error('give exactly one of --kbs URL (production) or --key FILE (development)');
       if (opts.initData && !opts.kbs)
         throw new Error('--init-data is for the key broker: it needs --kbs URL');
+      if (opts.kbsRoute?.length && !opts.kbs)
+        throw new Error('--kbs-route sends some keys to another key broker: it needs --kbs URL');
       if (opts.replayRedis && !opts.servingKeys)
         throw new Error('--replay-redis is for replicas that share keys: it needs --serving-keys');
       if (opts.servingKeys && !opts.replayRedis)
@@ -167,6 +205,7 @@ export function registerServe(program: Command): void {
       const inference = await startInference({
         ...settings,
         models: opts.model,
+        ...(adapters.length > 0 ? { adapters } : {}),
         tee: { cpu: tee.attester, ...(tee.gpu ? { gpu: tee.gpu } : {}) },
         keys,
         ...(opts.servingKeys ? { servingKeys: opts.servingKeys } : {}),

@@ -13,6 +13,7 @@ export {
 } from './fetch.js';
 export { type ClientPolicy, DEFAULT_CLIENT_POLICY, PolicyFileError, parseClientPolicy } from './policy.js';
 export {
+  adapterRefusal,
   allowedModel,
   VerificationError,
   type VerifiedServer,

@@ -13,6 +13,13 @@ export interface ClientPolicy {
   measurements: Record<string, string[]>;
   /** Allowed `sha256:<hex>` digests of sealed models; a request may name only a model with one of these. Empty: any. */
   models: string[];
+  /**
+   * The LoRA adapters (`sha256:<hex>` of each sealed adapter) the model must carry: exactly these,
+   * each once, in any order; `[]`: the bare model, no adapter. Absent: not pinned — then a model that
+   * carries adapters is refused when `models` pins digests (an adapter changes the weights the pin
+   * was meant to fix), and accepted with a warning when `models` is empty (any model).
+   */
+  adapters?: string[];
   /** Allowed Cloister versions and code digests; empty: any. */
   software: { versions: string[]; digests: string[] };
   /** Ask for fresh evidence over a random nonce instead of the server's startup evidence. */
@@ -47,6 +54,7 @@ const KNOWN = new Set([
   'minStatus',
   'measurements',
   'models',
+  'adapters',
   'software',
   'fresh',
   'requireGpu',
@@ -87,6 +95,11 @@ export function parseClientPolicy(input: string | unknown): ClientPolicy {
       p.measurements[k] = stringList(list, `measurements.${k}`);
   }
   if (o.models !== undefined) p.models = stringList(o.models, 'models');
+  if (o.adapters !== undefined) {
+    p.adapters = stringList(o.adapters, 'adapters');
+    const bad = p.adapters.find((d) => !/^sha256:[0-9a-f]{64}$/.test(d));
+    if (bad !== undefined) throw new PolicyFileError(`adapters: "${bad}" is not sha256:<64 lowercase hex>`);
+  }
   if (o.sharedKeys !== undefined) p.sharedKeys = stringList(o.sharedKeys, 'sharedKeys');
   if (o.software !== undefined) {
     const s = o.software as Record<string, unknown>;

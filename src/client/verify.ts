@@ -22,13 +22,14 @@ import {
   type AttestationDocument,
   IDENTITY_TYPE,
   identityReportData,
+  type ModelIdentity,
 } from '../wire/index.js';
 import { type ClientPolicy, statusAccepted } from './policy.js';
 
 export class VerificationError extends Error {
   override name = 'VerificationError';
   constructor(
-    /** Stable: `bad-document`, `binding`, `evidence`, `tee-not-allowed`, `status`, `measurement`, `model`, `software`, `shared-keys`, `gpu`, `nonce`, `ear`, `receipt`, `bad-response`, `bad-request`. */
+    /** Stable: `bad-document`, `binding`, `evidence`, `tee-not-allowed`, `status`, `measurement`, `model`, `adapter`, `software`, `shared-keys`, `gpu`, `nonce`, `ear`, `receipt`, `bad-response`, `bad-request`. */
     readonly code: string,
     message: string,
     options?: { cause?: unknown },
@@ -151,6 +152,12 @@ export async function verifyServer(
       `none of the server's models (${identity.models.map((m) => `${m.id} ${m.digest}`).join(', ')}) is one the policy allows`,
     );
   }
+  const candidates =
+    policy.models.length > 0
+      ? identity.models.filter((m) => policy.models.includes(m.digest))
+      : identity.models;
+  const refusals = candidates.map((m) => adapterRefusal(m, policy));
+  if (candidates.length > 0 && refusals.every((r) => r !== undefined)) fail('adapter', refusals[0]!);
   if (identity.sharedKeys !== undefined && !policy.sharedKeys.includes(identity.sharedKeys)) {
     fail(
       'shared-keys',
@@ -195,6 +202,12 @@ export async function verifyServer(
   }
   if (appraisal.submods.cpu0?.insecure)
     out.warnings.push('the sample TEE is software only: nothing here is confidential');
+  for (const m of identity.models) {
+    if (m.adapters?.length && policy.adapters === undefined)
+      out.warnings.push(
+        `the model '${m.id}' carries ${m.adapters.length} LoRA adapter(s) the policy does not pin (name them in adapters)`,
+      );
+  }
   if (identity.plaintextAllowed)
     out.warnings.push('the server also accepts plaintext requests (ours still go end-to-end encrypted)');
   if (appraisal.status === ('warning' satisfies EarStatus))
@@ -209,5 +222,23 @@ export function allowedModel(server: VerifiedServer, modelId: string, policy: Cl
   if (policy.models.length > 0 && !policy.models.includes(m.digest)) {
     fail('model', `the model '${modelId}' (${m.digest}) is not one the policy allows`);
   }
+  const refusal = adapterRefusal(m, policy);
+  if (refusal !== undefined) fail('adapter', refusal);
   return m.digest;
+}
+
+/** Why the policy refuses a model's LoRA adapters (see ClientPolicy.adapters), or undefined. */
+export function adapterRefusal(m: ModelIdentity, policy: ClientPolicy): string | undefined {
+  const carried = (m.adapters ?? []).map((a) => a.digest);
+  const named = carried.length
+    ? `LoRA adapter(s) ${(m.adapters ?? []).map((a) => `${a.digest} (scale ${a.scale})`).join(', ')}`
+    : 'no LoRA adapter';
+  if (policy.adapters === undefined) {
+    if (carried.length === 0 || policy.models.length === 0) return undefined;
+    return `the model '${m.id}' (${m.digest}) carries ${named}, which the policy does not name: pin them in adapters (or adapters [] for the bare model)`;
+  }
+  const want = [...policy.adapters].sort();
+  const have = [...carried].sort();
+  if (want.length === have.length && want.every((d, i) => d === have[i])) return undefined;
+  return `the model '${m.id}' carries ${named}; the policy wants ${want.length ? `exactly ${want.join(', ')}` : 'none'}`;
 }

@@ -12,7 +12,7 @@ import { KekCache, PrivateDir, resourcePathOf, softwareIdentity } from '../tee/i
 import type { AttestationDocument } from '../wire/index.js';
 import type { ServerTee } from './attestation.js';
 import { realEngines } from './engines.js';
-import { type LoadedModel, loadSealedModel } from './load.js';
+import { type LoadedModel, loadSealedModel, type SealedAdapter } from './load.js';
 import { RequestQueue } from './queue.js';
 import { type InferenceServerOptions, startInferenceServer } from './server.js';
 import { decodeServingKeys, type SharedServingKeys } from './serving-keys.js';
@@ -35,6 +35,11 @@ export interface InferenceOptions
   > {
   /** Sealed model files: GGUF, or a tar of an ONNX model directory. */
   models: string[];
+  /**
+   * Sealed GGUF LoRA adapters applied, in order, to the one model of `models` (which must be a GGUF
+   * base): checked against it before llama.cpp sees either, and attested with it.
+   */
+  adapters?: SealedAdapter[];
   tee: ServerTee;
   /**
    * Where the model keys come from: the key broker, which releases them after attesting this TEE (its
@@ -93,6 +98,11 @@ export async function servingKeysFrom(
 
 export async function startInference(o: InferenceOptions): Promise<RunningInference> {
   const { log } = o;
+  const adapters = o.adapters ?? [];
+  if (adapters.length > 0 && o.models.length !== 1)
+    throw new Error(
+      `LoRA adapters apply to one base model: give exactly one GGUF model with them, not ${o.models.length}`,
+    );
   // What would refuse to listen is refused now, not after minutes of unsealing and loading models.
   checkListen({
     host: o.host,
@@ -148,12 +158,21 @@ export async function startInference(o: InferenceOptions): Promise<RunningInfere
       ...(o.engines.threads ? { threads: o.engines.threads } : {}),
     });
     for (const file of o.models) {
-      const m = await loadSealedModel({ file, key: (h) => key(h, file), dir: dir.path, loaders, log });
+      const m = await loadSealedModel({
+        file,
+        key,
+        dir: dir.path,
+        loaders,
+        log,
+        ...(adapters.length > 0 ? { adapters } : {}),
+      });
       if (loaded.some((x) => x.id === m.id)) {
         await m.engine.close();
         throw new Error(`two models are named '${m.id}'; rename one when sealing`);
       }
-      log(`model '${m.id}' (${m.format}) loaded`);
+      log(
+        `model '${m.id}' (${m.format}) loaded${m.adapters ? ` with ${m.adapters.length} LoRA adapter(s)` : ''}`,
+      );
       loaded.push(m);
     }
     const created = Math.floor(Date.now() / 1000);

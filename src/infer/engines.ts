@@ -17,10 +17,11 @@ export interface EngineSettings {
 
 export function realEngines(s: EngineSettings): EngineLoaders {
   return {
-    async gguf(path) {
+    async gguf(path, adapters) {
       const { loadLlamaEngine } = await import('./engine/llama.js');
       return loadLlamaEngine({
         path,
+        ...(adapters && adapters.length > 0 ? { adapters } : {}),
         gpu: s.gpu,
         parallel: s.parallel,
         ...(s.contextSize ? { contextSize: s.contextSize } : {}),

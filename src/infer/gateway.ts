@@ -34,7 +34,9 @@ import {
 } from '../ohttp/index.js';
 import { concatBytes } from '../util/index.js';
 import {
+  MODEL_ADAPTERS_HEADER,
   MODEL_DIGEST_HEADER,
+  parseAdaptersHeader,
   RECEIPT_HEADER,
   type ResponseReceipt,
   sha256Label,
@@ -176,6 +178,7 @@ export function createGateway(
     content: Uint8Array,
   ): Promise<Field[]> {
     if (!wanted) return [];
+    const adapters = parseAdaptersHeader(res.headers.get(MODEL_ADAPTERS_HEADER));
     const body: ResponseReceipt = {
       type: 'cloister-inference-receipt/v1',
       iat: Math.floor(now() / 1000),
@@ -183,6 +186,7 @@ export function createGateway(
       response: await sha256Label(content),
       status: res.status,
       modelDigest: res.headers.get(MODEL_DIGEST_HEADER),
+      ...(adapters ? { adapters } : {}),
       identity: o.receipts.identity,
     };
     return [[RECEIPT_HEADER, await signResponseReceipt(body, o.receipts.key)]];

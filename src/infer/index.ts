@@ -8,6 +8,7 @@
 // The attested identity and the response receipts are wire formats (src/wire); clients of the
 // inference API find them here too.
 export {
+  type AdapterIdentity,
   ATTESTATION_TYPE,
   type AttestationDocument,
   IDENTITY_TYPE,

@@ -10,7 +10,12 @@
  */
 
 import { toBase64 } from '../util/index.js';
-import { MODEL_DIGEST_HEADER } from '../wire/index.js';
+import {
+  type AdapterIdentity,
+  formatAdaptersHeader,
+  MODEL_ADAPTERS_HEADER,
+  MODEL_DIGEST_HEADER,
+} from '../wire/index.js';
 import type { ChatMessage, Engine, GenerateParams, GenerationResult, OnText } from './engine/types.js';
 import { errorBody, errorResponse, type InferCode, InferError, toInferError } from './errors.js';
 import type { RequestQueue } from './queue.js';
@@ -20,6 +25,8 @@ export interface ServedModel {
   engine: Engine;
   /** `sha256:<hex>` of the sealed model file: what the model owner sealed, and what clients pin. */
   digest: string;
+  /** LoRA adapters applied to it (sealed digests and scales), as attested; absent when none. */
+  adapters?: AdapterIdentity[];
   /** Unix seconds when the server loaded it. */
   created: number;
   queue: RequestQueue;
@@ -55,9 +62,12 @@ function json(body: unknown, extra: Record<string, string> = {}): Response {
   return new Response(JSON.stringify(body), { headers: { 'content-type': 'application/json', ...extra } });
 }
 
-/** Names the answering model in every model response, so receipts can bind its digest. */
+/** Names the answering model (and its adapters) in every model response, so receipts can bind them. */
 function modelHeader(m: ServedModel): Record<string, string> {
-  return { [MODEL_DIGEST_HEADER]: m.digest };
+  return {
+    [MODEL_DIGEST_HEADER]: m.digest,
+    ...(m.adapters?.length ? { [MODEL_ADAPTERS_HEADER]: formatAdaptersHeader(m.adapters) } : {}),
+  };
 }
 
 function bad(message: string, param: string | null = null, code: InferCode = 'invalid_request'): InferError {
@@ -356,7 +366,14 @@ export function createOpenAiHandler(options: OpenAiOptions): Handler {
   }
 
   function modelJson(m: ServedModel): Json {
-    return { id: m.id, object: 'model', created: m.created, owned_by: 'cloister', digest: m.digest };
+    return {
+      id: m.id,
+      object: 'model',
+      created: m.created,
+      owned_by: 'cloister',
+      digest: m.digest,
+      ...(m.adapters?.length ? { adapters: m.adapters } : {}),
+    };
   }
 
   async function route(request: Request): Promise<Response> {

@@ -174,7 +174,14 @@ export async function startInferenceServer(o: InferenceServerOptions): Promise<I
     type: IDENTITY_TYPE,
     ohttpKeys: toBase64Url(keyList),
     receiptKey: receipt.publicJwk,
-    models: o.models.map((m) => ({ id: m.id, digest: m.digest, format: m.format })),
+    models: o.models.map((m) => ({
+      id: m.id,
+      digest: m.digest,
+      format: m.format,
+      ...(m.adapters?.length
+        ? { adapters: m.adapters.map((a) => ({ digest: a.digest, scale: a.scale })) }
+        : {}),
+    })),
     software: o.software,
     plaintextAllowed: o.allowPlaintext,
     ...(o.keys ? { sharedKeys: o.keys.source } : {}),

@@ -9,11 +9,12 @@
  *   { "type": "cloister-serving-keys/v1",
  *     "ohttp": { "key_id": 0–255, "private_key": b64url (32-byte X25519 scalar) },
  *     "receipt": { "kty": "EC", "crv": "P-256", "x", "y", "d" },
- *     "models": [{ "id", "digest": "sha256:<sealed file>" }, …],
+ *     "models": [{ "id", "digest": "sha256:<sealed file>",
+ *                  "adapters"?: [{ "digest": "sha256:<sealed adapter>", "scale" }] }, …],
  *     "plaintext_allowed": false }
  *
  * `models` and `plaintext_allowed` say what the keys may serve: a server refuses to start with keys
- * made for other models or another plaintext setting, so a replica cannot answer a client that
+ * made for other models (LoRA adapters and their scales included) or another plaintext setting, so a replica cannot answer a client that
  * verified another replica with a different model. The attested identity names the keys' source, and
  * clients accept shared keys only from sources their policy lists.
  */
@@ -26,7 +27,7 @@ import {
   PKCS8_X25519_PREFIX,
 } from '../ohttp/index.js';
 import { bs, concatBytes, fromBase64, isObject, toBase64Url, utf8 } from '../util/index.js';
-import { generateSigningKey } from '../wire/index.js';
+import { type AdapterIdentity, generateSigningKey } from '../wire/index.js';
 
 export const SERVING_KEYS_TYPE = 'cloister-serving-keys/v1';
 
@@ -35,10 +36,17 @@ export interface ServingKeys {
   receipt: { publicJwk: JWK; privateKey: CryptoKey };
 }
 
-/** What shared keys are for: the models (in order) and the plaintext setting of every replica. */
+/** What shared keys are for: the models (in order, with their adapters) and the plaintext setting of every replica. */
 export interface ServingScope {
-  models: { id: string; digest: string }[];
+  models: ScopedModel[];
   plaintextAllowed: boolean;
+}
+
+export interface ScopedModel {
+  id: string;
+  digest: string;
+  /** The LoRA adapters every replica applies to it; absent or empty: none. */
+  adapters?: AdapterIdentity[];
 }
 
 /** Keys read from a shared document: where they came from and what they may serve. */
@@ -71,7 +79,11 @@ export async function encodeServingKeys(keys: ServingKeys, scope: ServingScope):
     type: SERVING_KEYS_TYPE,
     ohttp: { key_id: keys.gateway.config.keyId, private_key: toBase64Url(keys.gateway.privateKey) },
     receipt: { kty: 'EC', crv: 'P-256', x: receipt.x, y: receipt.y, d: receipt.d },
-    models: scope.models.map(({ id, digest }) => ({ id, digest })),
+    models: scope.models.map(({ id, digest, adapters }) => ({
+      id,
+      digest,
+      ...(adapters?.length ? { adapters: adapters.map((a) => ({ digest: a.digest, scale: a.scale })) } : {}),
+    })),
     plaintext_allowed: scope.plaintextAllowed,
   };
   return utf8.encode(`${JSON.stringify(doc, null, 2)}\n`);
@@ -99,7 +111,23 @@ export async function decodeServingKeys(bytes: Uint8Array, source: string): Prom
     const r = isObject(m) ? m : {};
     if (typeof r.id !== 'string' || typeof r.digest !== 'string' || !/^sha256:[0-9a-f]{64}$/.test(r.digest))
       return bad(`models[${i}] must be {"id", "digest": "sha256:<64 hex>"}`);
-    return { id: r.id, digest: r.digest };
+    if (r.adapters === undefined) return { id: r.id, digest: r.digest };
+    if (!Array.isArray(r.adapters)) return bad(`models[${i}].adapters must be a list`);
+    const adapters = (r.adapters as unknown[]).map((a, j) => {
+      const x = isObject(a) ? a : {};
+      if (
+        typeof x.digest !== 'string' ||
+        !/^sha256:[0-9a-f]{64}$/.test(x.digest) ||
+        typeof x.scale !== 'number' ||
+        !(x.scale > 0) ||
+        !Number.isFinite(x.scale)
+      )
+        return bad(
+          `models[${i}].adapters[${j}] must be {"digest": "sha256:<64 hex>", "scale": a number > 0}`,
+        );
+      return { digest: x.digest, scale: x.scale };
+    });
+    return { id: r.id, digest: r.digest, ...(adapters.length > 0 ? { adapters } : {}) };
   });
   if (typeof plaintext_allowed !== 'boolean') bad('"plaintext_allowed" must be true or false');
   if (!isObject(ohttp)) bad('"ohttp" must be an object');
@@ -165,11 +193,16 @@ export async function decodeServingKeys(bytes: Uint8Array, source: string): Prom
 /** Refuses to serve with shared keys made for other models (ids, digests, order) or plaintext setting. */
 export function checkServedModels(
   keys: SharedServingKeys,
-  served: readonly { id: string; digest: string }[],
+  served: readonly ScopedModel[],
   plaintextAllowed: boolean,
 ): void {
-  const list = (ms: readonly { id: string; digest: string }[]) =>
-    ms.map((m) => `${m.id} ${m.digest}`).join(', ');
+  const list = (ms: readonly ScopedModel[]) =>
+    ms
+      .map(
+        (m) =>
+          `${m.id} ${m.digest}${(m.adapters ?? []).map((a) => ` + adapter ${a.digest} scale ${a.scale}`).join('')}`,
+      )
+      .join(', ');
   if (list(served) !== list(keys.models))
     bad(`the keys from ${keys.source} are for ${list(keys.models)}; this server loaded ${list(served)}`);
   if (plaintextAllowed !== keys.plaintextAllowed)

@@ -21,7 +21,14 @@ export type { CpuAttester, CpuKind } from './evidence/types.js';
 export { type SealedOutput, sealInto, type UnsealedFile, unsealInto } from './files.js';
 export { KbsClient } from './kbs-client.js';
 export type { SampleEvidenceForm } from './keys.js';
-export { AgentError, KekCache, kbsAttester, type ResourceSource, resourcePathOf } from './keys.js';
+export {
+  AgentError,
+  KekCache,
+  kbsAttester,
+  type ResourceSource,
+  resourcePathOf,
+  routeResources,
+} from './keys.js';
 export { findProgram, parentDeathWrapper, startGroupWatcher } from './lifetime.js';
 export type { PrivateDirOptions } from './private-dir.js';
 export { onTerminationSignal, PrivateDir, zeroAndUnlink } from './private-dir.js';

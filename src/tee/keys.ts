@@ -199,3 +199,47 @@ export class KekCache {
     for (const p of all) (await p.catch(() => undefined))?.secret.fill(0);
   }
 }
+
+const REPO = /^[A-Za-z0-9._-]+$/;
+
+/**
+ * A resource source that fetches each resource from the broker of its repository: `routes` maps a
+ * repository (the first segment of `kbs:///<repo>/<type>/<tag>`) to the broker that holds it, every
+ * other repository goes to `primary`. Two owners, two brokers: the model vendor's broker releases the
+ * base model's key, the company's broker the adapter's, each after its own attestation of this TEE
+ * under its own policy. Everything but `getResource` (the attestation token the server attests with,
+ * a training broker's checkpoint counter and receipt log) is `primary`'s, called on `primary` itself.
+ */
+export function routeResources<T extends ResourceSource>(
+  primary: T,
+  routes: ReadonlyMap<string, ResourceSource>,
+): T {
+  for (const repo of routes.keys()) {
+    if (!REPO.test(repo))
+      throw new AgentError(
+        'bad-route',
+        `"${repo}" is not a key broker repository name (letters, digits, . _ -)`,
+      );
+  }
+  if (routes.size === 0) return primary;
+  const getResource = async (path: string): Promise<Uint8Array> => {
+    const repo = path.split('/', 1)[0]!;
+    const routed = routes.get(repo);
+    if (!routed) return primary.getResource(path);
+    try {
+      return await routed.getResource(path);
+    } catch (e) {
+      // Two brokers: say which one refused.
+      if (e instanceof Error) e.message = `${e.message} (the broker routed for repository ${repo})`;
+      throw e;
+    }
+  };
+  // A proxy rather than a copy: T may be a class (KbsClient) whose other methods keep their `this`.
+  return new Proxy(primary, {
+    get(target, prop) {
+      if (prop === 'getResource') return getResource;
+      const v: unknown = Reflect.get(target, prop, target);
+      return typeof v === 'function' ? v.bind(target) : v;
+    },
+  });
+}

@@ -7,7 +7,7 @@
  *   SHA-512( "cloister-inference/v1\n" ‖ JCS(identity) )
  *
  * where `identity` names the OHTTP key configurations, the receipt key, every served model by the
- * SHA-256 of its sealed file, and the server software. A client that verifies the evidence and
+ * SHA-256 of its sealed file (and of each LoRA adapter applied to it), and the server software. A client that verifies the evidence and
  * recomputes this hash knows that the keys it encrypts to and checks receipts against live in that
  * TEE, next to exactly those models, run by that software. Web-standard.
  */
@@ -23,6 +23,18 @@ export interface ModelIdentity {
   /** `sha256:<hex>` of the sealed model file. */
   digest: string;
   format: 'gguf' | 'onnx-bundle';
+  /**
+   * LoRA adapters llama.cpp applies on top of the model, in load order; absent when none. They change
+   * the weights as much as another model would, so they are bound here beside the base's digest.
+   */
+  adapters?: AdapterIdentity[];
+}
+
+export interface AdapterIdentity {
+  /** `sha256:<hex>` of the sealed adapter file (a GGUF LoRA adapter). */
+  digest: string;
+  /** The scale it is loaded with (llama.cpp multiplies it by the adapter's alpha / rank). */
+  scale: number;
 }
 
 export interface SoftwareIdentity {

@@ -1,7 +1,7 @@
 /**
  * Per-response receipts (docs/confidential-inference.md, "Receipts"): on request, the server signs a
  * statement binding the exact request it decrypted, the exact response body it sent, the model that
- * answered and the attested identity (whose report data names the signing key, the OHTTP keys, the
+ * answered (with its LoRA adapters) and the attested identity (whose report data names the signing key, the OHTTP keys, the
  * models and the software). A client keeps receipts as proof of what an attested model said, which a
  * third party can check later against the attestation document. Web-standard.
  */
@@ -14,6 +14,26 @@ export const RESPONSE_RECEIPT_TYP = 'cloister-inference-receipt+jws';
 export const RECEIPT_HEADER = 'cloister-receipt';
 /** Response header naming the digest of the model that answered. */
 export const MODEL_DIGEST_HEADER = 'cloister-model-digest';
+/** Response header naming the LoRA adapters applied to that model: `<digest>;scale=<n>`, comma-separated. */
+export const MODEL_ADAPTERS_HEADER = 'cloister-model-adapters';
+
+/** The `cloister-model-adapters` value for a model's adapters. */
+export function formatAdaptersHeader(adapters: readonly { digest: string; scale: number }[]): string {
+  return adapters.map((a) => `${a.digest};scale=${a.scale}`).join(', ');
+}
+
+/** Reads a `cloister-model-adapters` value back; null for anything else (the header is the server's own). */
+export function parseAdaptersHeader(value: string | null): { digest: string; scale: number }[] | null {
+  if (value === null) return null;
+  const out: { digest: string; scale: number }[] = [];
+  for (const item of value.split(',')) {
+    const m = /^\s*(sha256:[0-9a-f]{64});scale=([^\s,]+)\s*$/.exec(item);
+    const scale = m ? Number(m[2]) : Number.NaN;
+    if (!m || !Number.isFinite(scale)) return null;
+    out.push({ digest: m[1]!, scale });
+  }
+  return out;
+}
 
 export interface ResponseReceipt {
   type: typeof RESPONSE_RECEIPT_TYPE;
@@ -26,6 +46,8 @@ export interface ResponseReceipt {
   status: number;
   /** `sha256:<hex>` of the sealed model that answered; null for requests no model answered. */
   modelDigest: string | null;
+  /** The LoRA adapters applied to that model (sealed digests, scales); absent when none. */
+  adapters?: { digest: string; scale: number }[];
   /** Report data (hex) of the attestation whose identity holds the signing key. */
   identity: string;
 }

@@ -64,6 +64,17 @@ export interface LlamaEngineOptions {
   threads?: number;
   /** Receives llama.cpp's log lines; without it they are silenced. */
   log?: LlamaLog;
+  /**
+   * LoRA adapters (GGUF) applied to every generation, each with its scale (llama.cpp adds
+   * scale · alpha / rank · B A x). They are set on the one context, when it is created; llama.cpp
+   * reads each file whole then, so the caller may wipe the files once this resolves.
+   */
+  adapters?: readonly LlamaAdapter[];
+}
+
+export interface LlamaAdapter {
+  path: string;
+  scale: number;
 }
 
 const DEFAULT_CONTEXT_CAP = 8192;
@@ -143,6 +154,14 @@ export async function loadLlamaEngine(options: LlamaEngineOptions): Promise<Text
   if (options.threads !== undefined && (!Number.isSafeInteger(options.threads) || options.threads < 1)) {
     throw new EngineError('bad-request', `threads must be a positive integer, got ${options.threads}`);
   }
+  const adapters = options.adapters ?? [];
+  for (const a of adapters) {
+    if (!Number.isFinite(a.scale) || a.scale <= 0)
+      throw new EngineError(
+        'bad-request',
+        `${a.path}: an adapter's scale must be a number > 0, got ${a.scale}`,
+      );
+  }
 
   let info: Awaited<ReturnType<typeof readGgufInfoFromFile>>;
   try {
@@ -193,19 +212,32 @@ export async function loadLlamaEngine(options: LlamaEngineOptions): Promise<Text
   }
 
   let context: LlamaContext;
+  const contextErrors: string[] = [];
+  loadErrorCaptures.add(contextErrors);
   try {
     context = await model.createContext({
       sequences: parallel,
       contextSize: options.contextSize ?? Math.min(model.trainContextSize, DEFAULT_CONTEXT_CAP),
       threads: options.threads ?? llama.cpuMathCores,
       failedCreationRemedy: false,
+      ...(adapters.length > 0
+        ? { lora: { adapters: adapters.map((a) => ({ filePath: a.path, scale: a.scale })) } }
+        : {}),
     });
   } catch (err) {
     await model.dispose().catch(() => {});
     dropLog();
+    // The adapters were checked against the model before (src/infer/load.ts); a refusal here is
+    // llama.cpp's own, quoted.
+    if (adapters.length > 0 && /lora|adapter/i.test(errorText(err))) {
+      const why = contextErrors.at(-1) ?? errorText(err);
+      throw new EngineError('bad-model', `llama.cpp refused a LoRA adapter: ${why}`, { cause: err });
+    }
     throw new EngineError('engine-failed', `cannot create a llama.cpp context: ${errorText(err)}`, {
       cause: err,
     });
+  } finally {
+    loadErrorCaptures.delete(contextErrors);
   }
 
   // The model's own template (node-llama-cpp maps well-known ones onto its tuned wrappers and runs
