@@ -13,6 +13,8 @@ import type { BuiltinTrainer, TrainerInput } from './trainer.js';
 export const BUILTIN_TRAINERS: Record<string, (input: TrainerInput) => Promise<BuiltinTrainer>> = {
   mlp: async (input) => (await import('./mlp/index.js')).createMlpTrainer(input),
   llama: async (input) => (await import('./llama/index.js')).createLlamaTrainer(input),
+  lora: async (input) => (await import('./lora/trainer.js')).createLoraTrainer(input),
+  'lora-convert': async (input) => (await import('./lora/convert.js')).createLoraConverter(input),
 };
 
 export type TrainingJobOptions = Omit<RunJobOptions, 'builtins' | 'serveApi' | 'signReceipt'>;

@@ -212,6 +212,8 @@ async function checkBuiltinHyperparameters(m: Manifest): Promise<void> {
   // A starting model fixes the shape, so its fields are checked once the model is open.
   else if (m.trainer.builtin === 'llama' && !m.model)
     (await import('./llama/hyperparameters.js')).parseHyperparameters(m.hyperparameters);
+  else if (m.trainer.builtin === 'lora')
+    (await import('./lora/hyperparameters.js')).parseLoraHyperparameters(m.hyperparameters);
 }
 
 /** The trainer's PATH, and where its program is looked up. */
