@@ -237,7 +237,7 @@ describe('loadChatDataset with a ChatML base', () => {
     const none = await refusal(loadChatDataset(data, chatml, { maxTokens: start }));
     expect(none.code).toBe('bad-input');
     expect(none.message).toBe(
-      `line 1: the prompt alone takes ${start} tokens, maxTokens is ${start}: none of the answer would be trained`,
+      `line 1: the prompt alone takes ${start} tokens, a row holds ${start} (hyperparameters.seq + 1): none of the answer would be trained; raise seq or shorten the prompt`,
     );
   });
 

@@ -99,7 +99,7 @@ export async function loadChatDataset(
       if (kept.length === 0) {
         throw new LoraError(
           'bad-input',
-          `line ${conv.line}: the prompt alone takes ${encoded[0]!.completion.indexOf(1)} tokens, maxTokens is ${maxTokens}: none of the answer would be trained`,
+          `line ${conv.line}: the prompt alone takes ${encoded[0]!.completion.indexOf(1)} tokens, a row holds ${maxTokens} (hyperparameters.seq + 1): none of the answer would be trained; raise seq or shorten the prompt`,
         );
       }
       if (kept.length < encoded.length || kept.some((e, i) => e.tokens.length < encoded[i]!.tokens.length)) {
