@@ -221,16 +221,20 @@ export function registerDemo(program: Command): void {
     .option('--show-commands', 'print under each step the cloister commands that do it by hand')
     .argument(
       '[scenario]',
-      'train: the training scenario instead (train in the sample TEE → sealed to the owner → served at the edge)',
+      'train: the training scenario instead (train in the sample TEE → sealed to the owner → served at the edge); finetune: a vendor’s base tuned with LoRA on a company’s sealed data, served with the adapter',
     )
     .addHelpText(
       'after',
-      '\nExamples:\n  npx cloister demo\n  npx cloister demo --keep --show-commands\n  npx cloister demo train',
+      '\nExamples:\n  npx cloister demo\n  npx cloister demo --keep --show-commands\n  npx cloister demo train\n  npx cloister demo finetune',
     )
     .action(async (scenario: string | undefined, o: { keep?: boolean; showCommands?: boolean }) => {
       if (scenario !== undefined) {
+        if (scenario === 'finetune') {
+          await (await import('./demo-finetune.js')).demoFinetune({ keep: o.keep === true });
+          return;
+        }
         if (scenario !== 'train')
-          throw new FlagError(`unknown demo scenario ${JSON.stringify(scenario)}; try: train`);
+          throw new FlagError(`unknown demo scenario ${JSON.stringify(scenario)}; try: train, finetune`);
         await (await import('./demo-train.js')).demoTrain({ keep: o.keep === true });
         return;
       }

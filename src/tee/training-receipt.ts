@@ -34,6 +34,9 @@ import {
 
 export { TRAINING_PREDICATE_TYPE };
 
+/** The sealed file of a LoRA merged into its base (`outputs.merged`): the one output its owner gets. */
+export const MERGED_OUTPUT = 'model-merged.gguf.sealed';
+
 /** A built-in trainer: the code that ran is Cloister's own, named by its package version and digest. */
 export interface BuiltinTrainerRecord {
   kind: 'builtin';
@@ -227,13 +230,10 @@ export async function verifyTrainingReceipt(
       `predicate.trainerDigest is ${predicate.trainerDigest}, but the trainer it records digests to ${digest}`,
     );
   // A merged model (base + adapter) is the one output also sealed to the base's owner.
-  const allowed = [
-    ...predicate.recipients,
-    ...(predicate.base?.outputs === 'adapter,merged' ? [predicate.base.kbs] : []),
-  ];
+  const merged = predicate.base?.outputs === 'adapter,merged' ? predicate.base.kbs : undefined;
   for (const o of predicate.outputs)
     for (const r of o.recipients)
-      if (!allowed.includes(r))
+      if (!predicate.recipients.includes(r) && !(r === merged && o.file === MERGED_OUTPUT))
         throw new TrainingReceiptError(
           'receipt-shape',
           `output ${o.file} is sealed to ${r}, which is not among the job's recipients`,

@@ -41,7 +41,7 @@ import {
   type UnsealedFile,
   unsealInto,
 } from '../tee/index.js';
-import { type TrainingFacts, trainerDigest } from '../tee/training-receipt.js';
+import { MERGED_OUTPUT, type TrainingFacts, trainerDigest } from '../tee/training-receipt.js';
 import { type BaseOutputs, trainInitData } from '../wire/index.js';
 import { type CheckpointCounter, type CheckpointRecord, CheckpointStore } from './checkpoint.js';
 import { TrainError } from './errors.js';
@@ -184,6 +184,15 @@ async function trainerOf(
  * another owner's model to someone else.
  */
 async function recipientsOf(m: Manifest, base: string): Promise<string[]> {
+  if (m.base) {
+    let header: Awaited<ReturnType<typeof readHeader>>['header'];
+    try {
+      header = (await readHeader(under(base, m.base.path))).header;
+    } catch (e) {
+      throw new TrainError('bad-input', `base: cannot read ${m.base.path}: ${(e as Error).message}`);
+    }
+    checkNotBaseOwner(m.recipients, header.recipients);
+  }
   if (!m.model) return m.recipients;
   let header: Awaited<ReturnType<typeof readHeader>>['header'];
   try {
@@ -202,6 +211,24 @@ async function recipientsOf(m: Manifest, base: string): Promise<string[]> {
       `job manifest: outputs.recipients names ${others.join(', ')}, not a key of the starting model's owner (${owners.join(', ')}): a job may not seal another owner's model to anyone else`,
     );
   return m.recipients;
+}
+
+/**
+ * What a fine-tuning job makes (an adapter, checkpoints) comes from the company's data: the base's
+ * owner holds none of its keys. A merged model, the one output that holds the base, goes to that
+ * owner beside the recipients, by the runner, not by the manifest.
+ */
+function checkNotBaseOwner(
+  recipients: readonly string[],
+  baseRecipients: readonly { type: string; keyId: string }[],
+): void {
+  const owners = baseRecipients.filter((r) => r.type === 'kbs').map((r) => r.keyId);
+  const shared = recipients.filter((r) => owners.includes(r));
+  if (shared.length > 0)
+    throw new TrainError(
+      'bad-manifest',
+      `job manifest: outputs.recipients names ${shared.join(', ')}, a key of the base model's owner: the adapter and checkpoints are made from the data and go to its owner, not to the base's`,
+    );
 }
 
 /** A built-in trainer's hyperparameters, checked before anything is attested or unsealed. */
@@ -345,6 +372,7 @@ export async function runJob(p: PreparedJob, o: RunJobOptions): Promise<JobResul
   const keys = new KekCache(o.broker);
   const opened: ConfinedDir[] = [];
   const sealedInputs: SealedPath[] = [];
+  let baseModel: SealedPath | undefined;
   let dir: PrivateDir | undefined;
   let macKey: Uint8Array = new Uint8Array(0);
   let stopSignal: NodeJS.Signals | undefined;
@@ -376,10 +404,13 @@ export async function runJob(p: PreparedJob, o: RunJobOptions): Promise<JobResul
     const model = manifest.model
       ? await openChecked(under(p.base, manifest.model.path), manifest.model.sha256, 'model')
       : undefined;
-    const baseModel = manifest.base
+    baseModel = manifest.base
       ? await openChecked(under(p.base, manifest.base.path), manifest.base.sha256, 'base')
       : undefined;
-    if (baseModel) sealedInputs.push(baseModel);
+    if (baseModel) {
+      // The host may show another file than when the job was prepared: checked again on the one read.
+      checkNotBaseOwner(p.recipients, baseModel.header.recipients);
+    }
     if (model) {
       // The recipients came from the model's header when the job was prepared; the file checked
       // against the manifest's digest must say the same, or the host showed another file then.
@@ -407,7 +438,7 @@ export async function runJob(p: PreparedJob, o: RunJobOptions): Promise<JobResul
     await mkdir(inDir, { mode: 0o700 });
     await mkdir(outDir, { mode: 0o700 });
     const unsealed: UnsealedFile[] = [];
-    for (const [i, s] of sealedInputs.slice(0, manifest.inputs.length).entries()) {
+    for (const [i, s] of sealedInputs.entries()) {
       const input = manifest.inputs[i]!;
       const name = safeName(s.header.name || basename(input.path).replace(/\.sealed$/, ''), input.name);
       const u = await unsealInto(s, `inputs[${i}]`, inDir, `${i}-${name}`, keys).catch((e) => {
@@ -557,6 +588,7 @@ export async function runJob(p: PreparedJob, o: RunJobOptions): Promise<JobResul
     offSignals();
     for (const d of opened) await d.close();
     for (const s of sealedInputs) await s.close();
+    await baseModel?.close();
     dir?.wipe();
     macKey.fill(0);
     await keys.clear();
@@ -674,6 +706,12 @@ async function runBuiltin(p: PreparedJob, o: RunJobOptions, s: Stage): Promise<E
           `the trainer exported ${f.name}, which holds the base, without outputs.merged`,
         );
       const name = safeName(f.name, 'model');
+      // The receipt's verifier lets the base's owner hold exactly this one output.
+      if (f.withBase && `${name}.sealed` !== MERGED_OUTPUT)
+        throw new TrainError(
+          'trainer-failed',
+          `the trainer exported the base as ${f.name}, not as the merged model`,
+        );
       if (f.withBase) withBase.push(name);
       await writeFile(join(s.outDir, name), f.bytes, { mode: 0o600, flag: 'wx' }).catch((e) => {
         throw noSpace(e, s.dir.path);

@@ -90,7 +90,7 @@ async function job(extra: Record<string, unknown> = {}) {
       inputs: [{ name: 'data', path: 'data.jsonl.sealed', sha256: sha(data) }],
       base: { path: 'base.gguf.sealed', sha256: sha(base) },
       trainer: { builtin: 'lora' },
-      hyperparameters: {},
+      hyperparameters: { steps: 1 },
       seed: 1,
       outputs: { recipients: [`kbs:///${ADAPTER}`] },
       ...extra,
@@ -186,6 +186,13 @@ describe('fine-tuning jobs', () => {
     writeFileSync(join(work, 'base.gguf.sealed'), await sealText(broker, BASE, 'another base', 'base.gguf'));
     await expect(runJob(await prepareJob(path), options())).rejects.toThrow(/^base: .* has sha256 /);
     expect(broker.asked).toEqual([]);
+  });
+
+  it('refuse to seal the adapter or checkpoints to a key of the base’s owner', async () => {
+    const { path } = await job({ outputs: { recipients: [`kbs:///${ADAPTER}`, `kbs:///${BASE}`] } });
+    await expect(prepareJob(path)).rejects.toThrow(
+      `job manifest: outputs.recipients names kbs:///${BASE}, a key of the base model's owner`,
+    );
   });
 
   it('give a command trainer the base path and announce its outputs as "files"', async () => {

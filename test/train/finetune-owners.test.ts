@@ -79,6 +79,9 @@ async function policy(b: TestBroker, tenant: string, path: string, source: strin
 
 const trainer = (digest: string) =>
   `dev_mode && cpu.insecure && init_data.?data["cloister.train.trainer"].orValue("") == "${digest}"`;
+/** The company's: the approved trainer, its own adapter key as the only recipient, the base it chose. */
+const companyPolicy = (digest: string, base: string) =>
+  `${trainer(digest)} && init_data.?data["cloister.train.recipients"].orValue("") == ${JSON.stringify(JSON.stringify([`kbs:///${ADAPTER}`]))} && init_data.?data["cloister.train.base"].orValue("") == "${base}"`;
 /** The vendor's promise: the approved trainer, and nothing but an adapter leaves the TEE. */
 const vendorPolicy = (digest: string) =>
   `${trainer(digest)} && init_data.?data["cloister.train.outputs"].orValue("") == "adapter"`;
@@ -136,28 +139,29 @@ const nothingLeft = () => {
 
 describe('fine-tuning, two owners and their brokers', () => {
   it('the vendor refuses another trainer: the reason names its key; nothing is unsealed', async () => {
-    const { prepared } = await job();
+    const { prepared, base } = await job();
     await policy(vendor, 'vendor', BASE, vendorPolicy(`sha256:${'0'.repeat(64)}`));
-    await policy(company, 'helpdesk', DATA, trainer(prepared.trainerDigest));
-    await policy(company, 'helpdesk', ADAPTER, trainer(prepared.trainerDigest));
+    await policy(company, 'helpdesk', DATA, companyPolicy(prepared.trainerDigest, sha(base)));
+    await policy(company, 'helpdesk', ADAPTER, companyPolicy(prepared.trainerDigest, sha(base)));
     await expect(run(prepared)).rejects.toThrow(/vendor\/models\/base/);
     nothingLeft();
   });
 
-  it('the company refuses its data to another trainer; nothing is unsealed', async () => {
-    const { prepared } = await job();
+  it('the company refuses its data over another base than the one it chose; nothing is unsealed', async () => {
+    const { prepared, base } = await job();
     await policy(vendor, 'vendor', BASE, vendorPolicy(prepared.trainerDigest));
-    await policy(company, 'helpdesk', DATA, trainer(`sha256:${'0'.repeat(64)}`));
+    await policy(company, 'helpdesk', DATA, companyPolicy(prepared.trainerDigest, '0'.repeat(64)));
+    await policy(company, 'helpdesk', ADAPTER, companyPolicy(prepared.trainerDigest, sha(base)));
     await expect(run(prepared)).rejects.toThrow(/helpdesk\/data\/kek/);
     nothingLeft();
   });
 
   it('the vendor refuses a job that would output the base merged with the adapter', async () => {
-    const { prepared } = await job({ merged: true });
+    const { prepared, base } = await job({ merged: true });
     expect(JSON.parse(prepared.initData.body).data['cloister.train.outputs']).toBe('adapter,merged');
     await policy(vendor, 'vendor', BASE, vendorPolicy(prepared.trainerDigest));
-    await policy(company, 'helpdesk', DATA, trainer(prepared.trainerDigest));
-    await policy(company, 'helpdesk', ADAPTER, trainer(prepared.trainerDigest));
+    await policy(company, 'helpdesk', DATA, companyPolicy(prepared.trainerDigest, sha(base)));
+    await policy(company, 'helpdesk', ADAPTER, companyPolicy(prepared.trainerDigest, sha(base)));
     await expect(run(prepared)).rejects.toThrow(/vendor\/models\/base/);
     nothingLeft();
   });
@@ -165,8 +169,8 @@ describe('fine-tuning, two owners and their brokers', () => {
   it('with both approving: the adapter is sealed to the company alone; the receipt names base, data and adapter', async () => {
     const { prepared, base, data } = await job();
     await policy(vendor, 'vendor', BASE, vendorPolicy(prepared.trainerDigest));
-    await policy(company, 'helpdesk', DATA, trainer(prepared.trainerDigest));
-    await policy(company, 'helpdesk', ADAPTER, trainer(prepared.trainerDigest));
+    await policy(company, 'helpdesk', DATA, companyPolicy(prepared.trainerDigest, sha(base)));
+    await policy(company, 'helpdesk', ADAPTER, companyPolicy(prepared.trainerDigest, sha(base)));
     const r = await run(prepared);
     expect(r.status).toBe(0);
     expect(readdirSync(join(work, 'out')).sort()).toEqual(['adapter.gguf.sealed', 'training-receipt.json']);

@@ -318,17 +318,17 @@ describe('loadChatDataset with a template node-llama-cpp runs as Jinja', () => {
 describe('loadChatDataset refuses bad input in one line naming the line', () => {
   const ok = JSON.stringify({ prompt: 'one', completion: 'two' });
   const cases: [string, string | Uint8Array, string][] = [
-    ['invalid JSON', `${ok}\n\n{"prompt": "one",\n`, 'line 3 is not valid JSON: '],
+    ['invalid JSON', `${ok}\n\n{"prompt": "one",\n`, 'line 3 is not valid JSON (a syntax error)'],
     ['not an object', `${ok}\n[1, 2]\n`, 'line 2: an example is a JSON object'],
     [
       'an unknown field',
       `${ok}\n{"prompt": "a", "completion": "b", "weight": 1}\n`,
-      'line 2: unknown field "weight"',
+      'line 2: has an unknown field',
     ],
     [
       'messages beside prompt',
       '{"messages": [], "prompt": "a"}',
-      'line 1: unknown field "prompt" beside "messages"',
+      'line 1: has a field other than "messages"',
     ],
     ['a prompt without completion', '{"prompt": "a"}', 'line 1: no "completion"'],
     ['an empty completion', '{"prompt": "a", "completion": " "}', 'line 1: "completion" is empty'],
@@ -336,12 +336,12 @@ describe('loadChatDataset refuses bad input in one line naming the line', () => 
     [
       'a wrong role',
       jsonl({ messages: [{ role: 'bot', content: 'a' }] }),
-      'line 1: message 1 has role "bot": the roles are system, user and assistant',
+      'line 1: message 1 has a role other than system, user and assistant',
     ],
     [
       'an unknown message field',
       jsonl({ messages: [{ role: 'user', content: 'a', name: 'x' }] }),
-      'line 1: message 1 has an unknown field "name"',
+      'line 1: message 1 has a field other than "role" and "content"',
     ],
     [
       'empty content',

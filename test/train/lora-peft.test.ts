@@ -175,17 +175,18 @@ describe('peftToLoraAdapter', () => {
     const ok = peftTensors();
     it.each([
       [{ use_dora: true }, /use_dora is true: DoRA/],
-      [{ modules_to_save: ['lm_head'] }, /modules_to_save is \["lm_head"\]/],
+      [{ modules_to_save: ['lm_head'] }, /modules_to_save is a list/],
       [{ fan_in_fan_out: true }, /fan_in_fan_out is true/],
-      [{ bias: 'lora_only' }, /bias is "lora_only": bias must be "none"/],
+      [{ bias: 'lora_only' }, /bias is a string other than the accepted ones: bias must be "none"/],
       [{ lora_bias: true }, /lora_bias is true/],
       [{ layer_replication: [[0, 2]] }, /layer_replication/],
       [{ r: 0 }, /r is 0; a LoRA rank is a whole number ≥ 1/],
       [{ lora_alpha: Number.NaN }, /lora_alpha is null/],
       [{ lora_alpha: 0 }, /lora_alpha is 0; it must be a number > 0/],
-      [{ peft_type: 'IA3' }, /peft_type is "IA3"; only "LORA"/],
+      [{ peft_type: 'IA3' }, /peft_type is a string other than the accepted ones; only "LORA"/],
       [{ target_modules: ['q_proj', 'foo_proj'] }, /unknown target module foo_proj/],
-      [{ rank_pattern: { 'q_proj(': 2 } }, /rank_pattern key "q_proj\(" is not a regular expression/],
+      [{ rank_pattern: { 'q_proj(': 2 } }, /a rank_pattern key is not a module name/],
+      [{ rank_pattern: { '(.*.*)*x': 2 } }, /a rank_pattern key is not a module name/],
       [{ rank_pattern: { q_proj: 0 } }, /rank_pattern.q_proj is 0/],
       [{ r: 8 }, /lora_A has rank 4 but adapter_config.json says 8/],
     ])('config %j', (config, message) => {
@@ -291,6 +292,12 @@ describe('peftToLoraAdapter', () => {
       expect(
         refusal(() => convert(extra('base_model.model.model.layers.0.self_attn.q_proj.lora_B.bias'))),
       ).toMatch(/neither a lora_A nor a lora_B/);
+    });
+
+    it('a layer number written two ways (layers.1 and layers.01) does not adapt one tensor twice', () => {
+      const t = peftTensors({ modules: ['self_attn.v_proj'] });
+      const again = t.map((x) => ({ ...x, name: x.name.replace('layers.0.', 'layers.00.') }));
+      expect(refusal(() => convert([...t, ...again]))).toMatch(/unknown target module/);
     });
 
     it('two adapters in one file', () => {

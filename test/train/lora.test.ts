@@ -6,7 +6,7 @@ import { readLoraBase } from '../../src/train/lora/base.js';
 import { LoraError } from '../../src/train/lora/errors.js';
 import { parseLoraHyperparameters } from '../../src/train/lora/hyperparameters.js';
 import { createLoraTrainer, createLoraTrainerFrom, type LoraTrainer } from '../../src/train/lora/trainer.js';
-import { GgmlType, readGgufInfo } from '../../src/wire/index.js';
+import { GgmlType, readGgufInfo, writeGguf } from '../../src/wire/index.js';
 import { bigBase, rewrite, syntheticExamples } from './lora-fixtures.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'cloister-lora-'));
@@ -186,6 +186,26 @@ describe('refusals', () => {
 
     expect(refusal(() => readLoraBase(new Uint8Array(12))).message).toMatch(
       /^the base model is not a readable GGUF file/,
+    );
+  });
+
+  it('refuses a base whose block count its tensors cannot back, at once (no allocation for 4 billion layers)', () => {
+    const forged = writeGguf(
+      [
+        ['general.architecture', { type: 'string', value: 'llama' }],
+        ['llama.embedding_length', { type: 'u32', value: 8 }],
+        ['llama.block_count', { type: 'u32', value: 0xffffffff }],
+        ['llama.feed_forward_length', { type: 'u32', value: 16 }],
+        ['llama.attention.head_count', { type: 'u32', value: 2 }],
+        ['llama.attention.layer_norm_rms_epsilon', { type: 'f32', value: 1e-5 }],
+      ],
+      [
+        { name: 'token_embd.weight', dims: [8, 4], type: 'F32', data: new Float32Array(32) },
+        { name: 'output_norm.weight', dims: [8], type: 'F32', data: new Float32Array(8) },
+      ],
+    );
+    expect(refusal(() => readLoraBase(forged)).message).toMatch(
+      /llama\.block_count 4294967295, not a count from 1 to 1/,
     );
   });
 

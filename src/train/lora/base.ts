@@ -126,6 +126,13 @@ export function readLoraBase(bytes: Uint8Array): LoraBase {
     if (typeof v === 'number') return v;
     throw bad(v === undefined ? `has no ${key}` : `has a ${key} that is not a number`);
   };
+  /** A count: a whole number, at most `max` (what the file's tensors can back). */
+  const count = (key: string, max: number, fallback?: number): number => {
+    const v = num(key, fallback);
+    if (!Number.isSafeInteger(v) || v < 1 || v > max)
+      throw bad(`has ${key} ${v}, not a count from 1 to ${max}`);
+    return v;
+  };
   for (const key of meta.keys()) {
     if (key.startsWith('llama.expert')) {
       if (num(key) !== 0) throw bad(`uses ${key} (mixture of experts), which the LoRA trainer does not run`);
@@ -140,8 +147,8 @@ export function readLoraBase(bytes: Uint8Array): LoraBase {
   const embd = byName.get('token_embd.weight');
   if (embd === undefined || embd.dims.length !== 2) throw bad('has no token_embd.weight matrix');
   const [dim, vocab] = embd.dims as [number, number];
-  const heads = num('llama.attention.head_count');
-  const kvHeads = num('llama.attention.head_count_kv', heads);
+  const heads = count('llama.attention.head_count', dim);
+  const kvHeads = count('llama.attention.head_count_kv', heads, heads);
   if (num('llama.embedding_length') !== dim)
     throw bad(`has llama.embedding_length ${num('llama.embedding_length')}, token_embd.weight has ${dim}`);
   if (heads < 1 || kvHeads < 1 || dim % heads !== 0 || heads % kvHeads !== 0 || (dim / heads) % 2 !== 0)
@@ -158,10 +165,12 @@ export function readLoraBase(bytes: Uint8Array): LoraBase {
   const shape: LoraBaseShape = {
     vocab,
     dim,
-    layers: num('llama.block_count'),
+    // Nine tensors a block: a larger count than the file's tensors can back is a lie (and would make
+    // the loop below allocate without bound).
+    layers: count('llama.block_count', Math.max(1, Math.floor((info.tensors.length - 2) / 9))),
     heads,
     kvHeads,
-    ffn: num('llama.feed_forward_length'),
+    ffn: count('llama.feed_forward_length', 1 << 20),
     rmsEps: Math.fround(num('llama.attention.layer_norm_rms_epsilon')),
     ropeBase: Math.fround(num('llama.rope.freq_base', 10000)),
     tied: !byName.has('output.weight'),

@@ -171,7 +171,11 @@ function parseExample(text: string, line: number): Message[] {
   try {
     value = JSON.parse(text);
   } catch (err) {
-    throw new LoraError('bad-input', `line ${line} is not valid JSON: ${(err as Error).message}`);
+    // The parser's message quotes the line's start: sealed content, which refusals never show the host.
+    throw new LoraError(
+      'bad-input',
+      `line ${line} is not valid JSON (${err instanceof SyntaxError ? 'a syntax error' : 'unreadable'})`,
+    );
   }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     throw bad('an example is a JSON object: {"messages": [...]} or {"prompt": "...", "completion": "..."}');
@@ -180,12 +184,12 @@ function parseExample(text: string, line: number): Message[] {
   const keys = Object.keys(obj);
   if ('messages' in obj) {
     const extra = keys.find((k) => k !== 'messages');
-    if (extra !== undefined) throw bad(`unknown field "${extra}" beside "messages"`);
+    if (extra !== undefined) throw bad('has a field other than "messages"');
     return parseMessages(obj.messages, bad);
   }
   const extra = keys.find((k) => k !== 'prompt' && k !== 'completion');
   if (extra !== undefined) {
-    throw bad(`unknown field "${extra}" (an example has "messages", or "prompt" and "completion")`);
+    throw bad('has an unknown field (an example has "messages", or "prompt" and "completion")');
   }
   for (const field of ['prompt', 'completion'] as const) {
     const v = obj[field];
@@ -208,11 +212,9 @@ function parseMessages(value: unknown, bad: (why: string) => LoraError): Message
     }
     const msg = m as Record<string, unknown>;
     const extra = Object.keys(msg).find((k) => k !== 'role' && k !== 'content');
-    if (extra !== undefined) throw bad(`message ${n} has an unknown field "${extra}"`);
+    if (extra !== undefined) throw bad(`message ${n} has a field other than "role" and "content"`);
     if (typeof msg.role !== 'string' || !ROLES.includes(msg.role)) {
-      throw bad(
-        `message ${n} has role ${JSON.stringify(msg.role)}: the roles are system, user and assistant`,
-      );
+      throw bad(`message ${n} has a role other than system, user and assistant`);
     }
     if (typeof msg.content !== 'string') throw bad(`message ${n} (${msg.role}): content must be a string`);
     if (msg.content.trim() === '') throw bad(`message ${n} (${msg.role}) has empty content`);

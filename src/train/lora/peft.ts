@@ -71,7 +71,7 @@ export function readSafetensors(bytes: Uint8Array): SafeTensor[] {
   try {
     header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(8, dataStart)));
   } catch (e) {
-    throw bad(`${where} is not a safetensors file (its header is not JSON: ${(e as Error).message})`);
+    throw bad(`${where} is not a safetensors file (its header is not JSON)`);
   }
   if (!isRecord(header)) throw bad(`${where}: the header is not a JSON object`);
   const dataLength = bytes.length - dataStart;
@@ -163,23 +163,23 @@ function parseConfig(bytes: Uint8Array): PeftConfig {
   try {
     doc = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
   } catch (e) {
-    throw bad(`${where} is not JSON: ${(e as Error).message}`);
+    throw bad(`${where} is not JSON`);
   }
   if (!isRecord(doc)) throw bad(`${where} must be a JSON object`);
   if (doc.peft_type !== 'LORA')
-    throw bad(`${where}: peft_type is ${JSON.stringify(doc.peft_type)}; only "LORA" adapters convert`);
+    throw bad(`${where}: peft_type is ${shown(doc.peft_type)}; only "LORA" adapters convert`);
   for (const [field, neutral, why] of REFUSED) {
     if (doc[field] !== undefined && !neutral(doc[field]))
-      throw bad(`${where}: ${field} is ${JSON.stringify(doc[field])}: ${why}`);
+      throw bad(`${where}: ${field} is ${shown(doc[field])}: ${why}`);
   }
   const rank = (v: unknown, field: string): number => {
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1)
-      throw bad(`${where}: ${field} is ${JSON.stringify(v)}; a LoRA rank is a whole number ≥ 1`);
+      throw bad(`${where}: ${field} is ${shown(v)}; a LoRA rank is a whole number ≥ 1`);
     return v;
   };
   const alpha = (v: unknown, field: string): number => {
     if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0)
-      throw bad(`${where}: ${field} is ${JSON.stringify(v)}; it must be a number > 0`);
+      throw bad(`${where}: ${field} is ${shown(v)}; it must be a number > 0`);
     return v;
   };
   const r = rank(doc.r, 'r');
@@ -190,13 +190,11 @@ function parseConfig(bytes: Uint8Array): PeftConfig {
     const v = doc[field] ?? {};
     if (!isRecord(v)) throw bad(`${where}: ${field} must be an object of module pattern → number`);
     return Object.entries(v).map(([key, n]) => {
-      let re: RegExp;
-      try {
-        // PEFT's get_pattern_key: re.match(rf"(^|.*\.){key}$", module_name), the first key that matches.
-        re = new RegExp(`^(?:^|.*\\.)${key}$`);
-      } catch {
-        throw bad(`${where}: ${field} key ${JSON.stringify(key)} is not a regular expression`);
-      }
+      // PEFT's get_pattern_key matches rf"(^|.*\.){key}$" as a regular expression; module names need
+      // no more than letters, digits, _ and '.', and anything more could be a pattern that never ends.
+      if (!/^[A-Za-z0-9_.]{1,200}$/.test(key))
+        throw bad(`${where}: a ${field} key is not a module name (letters, digits, _ and . only)`);
+      const re = new RegExp(`^(?:^|.*\\.)${key}$`);
       return [re, field === 'rank_pattern' ? rank(n, `${field}.${key}`) : alpha(n, `${field}.${key}`)];
     });
   };
@@ -221,6 +219,13 @@ function parseConfig(bytes: Uint8Array): PeftConfig {
   };
 }
 
+/** A config value as a refusal may show it: numbers and flags as they are, never a string's text. */
+function shown(v: unknown): string {
+  if (typeof v === 'number' || typeof v === 'boolean' || v === null) return String(v);
+  if (typeof v === 'string') return 'a string other than the accepted ones';
+  return Array.isArray(v) ? 'a list' : v === undefined ? 'missing' : 'an object';
+}
+
 function lookup(pattern: [RegExp, number][], module: string): number | undefined {
   return pattern.find(([re]) => re.test(module))?.[1];
 }
@@ -231,7 +236,7 @@ function lookup(pattern: [RegExp, number][], module: string): number | undefined
 const PREFIX = 'base_model.model.';
 /** `<module>.lora_A.weight` or, from PEFT versions that keep the adapter name, `<module>.lora_A.<name>.weight`. */
 const LORA_NAME = /^(.+)\.lora_(A|B)(?:\.([A-Za-z0-9_-]+))?\.weight$/;
-const LAYER_MODULE = /^model\.layers\.(\d+)\.(.+)$/;
+const LAYER_MODULE = /^model\.layers\.(0|[1-9]\d{0,5})\.(.+)$/;
 
 interface Half {
   name: string;
@@ -300,6 +305,7 @@ export function peftToLoraAdapter(
         `unknown target module ${layer ? layer[2] : module} (${a.name}); llama adapters adapt ${Object.keys(MODULES).join(', ')}`,
       );
     const target = `blk.${Number(layer[1])}.${suffix}.weight`;
+    if (pairs.some((p) => p.target === target)) throw bad(`${module}: adapted twice (${target})`);
     if (a.shape.length !== 2 || b.shape.length !== 2)
       throw bad(`${module}: lora_A and lora_B must be matrices, got [${a.shape}] and [${b.shape}]`);
     const [rank, inputs] = a.shape as [number, number];
