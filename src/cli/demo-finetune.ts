@@ -173,18 +173,19 @@ export async function demoFinetune(o: { keep: boolean }): Promise<void> {
       base: { path: 'base.gguf.sealed', sha256: '' },
       trainer: { builtin: 'lora' },
       hyperparameters: {
-        steps: 160,
-        batch: 4,
-        seq: 96,
-        rank: 8,
+        steps: 150,
+        batch: 8,
+        seq: 80,
+        rank: 16,
         alpha: 16,
         targets: ['q', 'k', 'v', 'o', 'gate', 'up', 'down'],
-        lr: 1e-2,
+        lr: 6e-3,
+        schedule: 'constant',
         heldOut: 0.15,
       },
       seed: 3,
       outputs: { recipients: ['kbs:///helpdesk/adapters/kek1'], ...(merged ? { merged: true } : {}) },
-      checkpoints: { everySteps: 80 },
+      checkpoints: { everySteps: 75 },
     });
     const write = async (f: string, j: ReturnType<typeof job>) => {
       j.inputs[0]!.sha256 = await sha(at('tickets.jsonl.sealed'));
