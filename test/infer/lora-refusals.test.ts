@@ -60,6 +60,14 @@ function withNaN(bytes: Uint8Array): Uint8Array {
   return out;
 }
 
+/** The tensors of a good adapter for the base, to write under other metadata. */
+function adapterTensors() {
+  return adapterFor(base).pairs.flatMap((p) => [
+    { name: `${p.target}.lora_a`, dims: [p.inputs, p.rank], type: 'F32' as const, data: p.a },
+    { name: `${p.target}.lora_b`, dims: [p.rank, p.outputs], type: 'F32' as const, data: p.b },
+  ]);
+}
+
 describe('a LoRA adapter is checked against the base before the engine sees either', () => {
   it('a good adapter: the engine gets it, the identity binds its sealed digest, its plaintext is wiped', async () => {
     const bytes = wire.writeLoraAdapter(adapterFor(base));
@@ -108,6 +116,20 @@ describe('a LoRA adapter is checked against the base before the engine sees eith
           ],
         ),
       /rank/,
+    ],
+    [
+      'a u32 alpha (llama.cpp would abort on it)',
+      () =>
+        wire.writeGguf(
+          [
+            ['general.architecture', { type: 'string', value: 'llama' }],
+            ['general.type', { type: 'string', value: 'adapter' }],
+            ['adapter.type', { type: 'string', value: 'lora' }],
+            ['adapter.lora.alpha', { type: 'u32', value: 8 }],
+          ],
+          adapterTensors(),
+        ),
+      /adapter\.lora\.alpha has GGUF type uint32; llama\.cpp reads it only as float32/,
     ],
     ['a model, not an adapter', () => base.bytes, /not a LoRA adapter/],
     ['not GGUF at all', () => new TextEncoder().encode('just text, no adapter'), /not a readable GGUF file/],
