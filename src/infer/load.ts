@@ -27,6 +27,8 @@ import {
   checkLoraAgainstBase,
   GgufError,
   type GgufInfo,
+  isLoraScale,
+  LORA_SCALE_RANGE,
   LoraAdapterError,
   type ModelIdentity,
   readGgufInfo,
@@ -65,7 +67,7 @@ export interface SealedModelOptions {
 export interface SealedAdapter {
   /** The sealed adapter file. */
   file: string;
-  /** The scale it is loaded with (> 0; 1 applies it as trained). */
+  /** The scale it is loaded with (LORA_SCALE_MIN to LORA_SCALE_MAX; 1 applies it as trained). */
   scale: number;
 }
 
@@ -327,10 +329,10 @@ async function checkedAdapter(
   base: GgufInfo,
   o: SealedModelOptions,
 ): Promise<CheckedAdapter> {
-  if (!Number.isFinite(scale) || scale <= 0)
+  if (!isLoraScale(scale))
     throw new ModelLoadError(
       'bad-adapter',
-      `${a.file}: the adapter's scale must be a number > 0, got ${scale}`,
+      `${a.file}: the adapter's scale must be ${LORA_SCALE_RANGE}, got ${scale}`,
     );
   const sealed = await openSealedPath(a.path);
   let bytes: Uint8Array;

@@ -239,3 +239,25 @@ export function checkLoraAgainstBase(adapter: LoraAdapterShape, base: GgufInfo):
 export function loraScale(alpha: number, rank: number, s = 1): number {
   return alpha === 0 ? s : (s * alpha) / rank;
 }
+
+/**
+ * The scales an adapter may be loaded with. node-llama-cpp hands llama.cpp a float32, so a double
+ * outside it would silently become 0 (1e-300) or infinity (1e300); the range keeps every accepted
+ * scale finite and non-zero as a float32, and far from both.
+ */
+export const LORA_SCALE_MIN = 1e-3;
+export const LORA_SCALE_MAX = 1e3;
+/** How refusals name the range. */
+export const LORA_SCALE_RANGE = `a number from ${LORA_SCALE_MIN} to ${LORA_SCALE_MAX}`;
+
+/** Whether `scale` is one an adapter may be loaded with (and attested under). */
+export function isLoraScale(scale: number): boolean {
+  const f = Math.fround(scale);
+  return (
+    Number.isFinite(scale) &&
+    Number.isFinite(f) &&
+    f !== 0 &&
+    scale >= LORA_SCALE_MIN &&
+    scale <= LORA_SCALE_MAX
+  );
+}

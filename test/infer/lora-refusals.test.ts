@@ -151,6 +151,19 @@ describe('a LoRA adapter is checked against the base before the engine sees eith
     });
   }
 
+  it('refuses a scale outside [0.001, 1000] before unsealing anything', async () => {
+    const good = await sealBytes(dir, 'good-scale.gguf', wire.writeLoraAdapter(adapterFor(base)));
+    for (const scale of [0, 1e-300, 1e300, Number.POSITIVE_INFINITY, -1]) {
+      const { result, seen, privateDir } = load([{ file: good.file, scale }]);
+      await expect(result).rejects.toMatchObject({
+        code: 'bad-adapter',
+        message: `${good.file}: the adapter's scale must be a number from 0.001 to 1000, got ${scale}`,
+      });
+      expect(seen).toEqual([]);
+      expect(readdirSync(privateDir)).toEqual([]);
+    }
+  });
+
   it('a second, bad adapter after a good one refuses both; nothing is left', async () => {
     const good = await sealBytes(dir, 'good2.gguf', wire.writeLoraAdapter(adapterFor(base)));
     const nan = await sealBytes(dir, 'nan2.gguf', withNaN(wire.writeLoraAdapter(adapterFor(base))));
