@@ -4,7 +4,7 @@
  * left empty. A good adapter reaches the engine, is bound by its sealed digest, and its plaintext file
  * is gone once the engine holds it.
  */
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -173,6 +173,39 @@ describe('a LoRA adapter is checked against the base before the engine sees eith
     ]);
     await expect(result).rejects.toMatchObject({ code: 'bad-adapter' });
     expect(seen).toEqual([]);
+    expect(readdirSync(privateDir)).toEqual([]);
+  });
+
+  it('an adapter written to while loading refuses the model, and no plaintext is left', async () => {
+    const good = await sealBytes(dir, 'touched.gguf', wire.writeLoraAdapter(adapterFor(base)));
+    const privateDir = mkdtempSync(join(dir, 'private-'));
+    let engines = 0;
+    await expect(
+      loadSealedModel({
+        file: baseFile,
+        key: async (_header, file) => {
+          if (file === good.file) utimesSync(good.file, new Date(), new Date());
+          return KEK;
+        },
+        dir: privateDir,
+        adapters: [{ file: good.file, scale: 1 }],
+        loaders: {
+          gguf: async () => {
+            engines++;
+            return new ScriptedTextEngine();
+          },
+          onnxBundle: async () => {
+            throw new Error('not used');
+          },
+        },
+        log: () => {},
+      }),
+    ).rejects.toMatchObject({
+      code: 'changed',
+      message: `${good.file} changed while it was being loaded; not served`,
+    });
+    // Found only once the engine held the model: the base's plaintext goes too.
+    expect(engines).toBe(1);
     expect(readdirSync(privateDir)).toEqual([]);
   });
 
