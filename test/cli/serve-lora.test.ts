@@ -57,6 +57,10 @@ describe('--kbs-route REPO=URL', () => {
     expect(() => kbsRouteArg('acme=https://other', one)).toThrow(/routed twice/);
     expect(() => kbsRouteArg('https://kbs.acme.example')).toThrow(InvalidArgumentError);
     expect(() => kbsRouteArg('a/b=https://x')).toThrow(/REPO=URL/);
+    // '.' and '..' (any leading '.'): the broker's URL would resolve them, routing goes by the name.
+    for (const bad of ['.', '..', '.acme'])
+      expect(() => kbsRouteArg(`${bad}=https://x`), bad).toThrow(/not starting with '\.'/);
+    expect(kbsRouteArg('acme.corp=https://x')).toEqual([{ repo: 'acme.corp', url: 'https://x' }]);
     expect(() => kbsRouteArg('acme=kbs.acme.example')).toThrow(/not a URL/);
     expect(() => kbsRouteArg('acme=ftp://kbs.acme.example')).toThrow(/must be http\(s\)/);
   });
