@@ -142,9 +142,11 @@ export function kbsRouteArg(v: string, prev: KbsRoute[] = []): KbsRoute[] {
   const i = v.indexOf('=');
   const repo = i < 0 ? '' : v.slice(0, i);
   const url = i < 0 ? '' : v.slice(i + 1);
-  if (!/^[A-Za-z0-9._-]+$/.test(repo))
+  // As src/tee/keys.ts's resource segments: no '.' or '..' (or any leading '.'), which a broker's URL
+  // would resolve away while routing goes by the raw name.
+  if (!/^[A-Za-z0-9_-][A-Za-z0-9._-]*$/.test(repo))
     throw new InvalidArgumentError(
-      `must be REPO=URL with REPO a broker repository (letters, digits, . _ -), got "${v}"`,
+      `must be REPO=URL with REPO a broker repository (letters, digits, . _ -, not starting with '.'), got "${v}"`,
     );
   let parsed: URL;
   try {

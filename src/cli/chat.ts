@@ -93,8 +93,8 @@ export function registerChat(program: Command): void {
     )
     .option('--model <id>', 'the model to chat with (default: the first text model the server attests)')
     .option(
-      '--adapter <digest>',
-      'pin a LoRA adapter (sha256:<hex> of the sealed adapter, repeatable): the model must carry exactly the pinned adapters (added to the policy’s adapters)',
+      '--adapter <digest[@scale]>',
+      'pin a LoRA adapter (sha256:<hex> of the sealed adapter, then @scale unless it is 1; repeatable): the model must carry exactly the pinned adapters at those scales (added to the policy’s adapters)',
       (v: string, prev: string[]) => [...prev, v],
       [],
     )

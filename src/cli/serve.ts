@@ -8,6 +8,7 @@
 import { readFile } from 'node:fs/promises';
 import { type Command, Option } from 'commander';
 import type { InferenceOptions } from '../infer/node.js';
+import { isLoraScale, LORA_SCALE_RANGE } from '../wire/index.js';
 import { brokerFor, type TeeCliOptions, teeFor, teeOptions } from './agent.js';
 import { integerOption } from './numbers.js';
 import {
@@ -49,7 +50,7 @@ const collect = (v: string, prev: string[]) => [...prev, v];
 
 /**
  * `--lora FILE[:scale]`: the text after the last ':' is the scale when it reads as a number (a path
- * may hold ':' itself); that number must be finite and > 0.
+ * may hold ':' itself); that number must lie in [LORA_SCALE_MIN, LORA_SCALE_MAX].
  */
 export function parseLoraSpec(spec: string): { file: string; scale: number } {
   const i = spec.lastIndexOf(':');
@@ -59,12 +60,12 @@ export function parseLoraSpec(spec: string): { file: string; scale: number } {
   const numeric = /^[-+]?((\d+\.?\d*|\.\d+)(e[-+]?\d+)?|inf|infinity|nan)$/i.test(tail);
   if (!numeric) {
     if (spec === '' || spec.endsWith(':'))
-      throw new Error(`--lora ${spec}: give FILE or FILE:SCALE (a number > 0)`);
+      throw new Error(`--lora ${spec}: give FILE or FILE:SCALE (${LORA_SCALE_RANGE})`);
     return { file: spec, scale: 1 };
   }
   const scale = Number(tail);
-  if (!Number.isFinite(scale) || scale <= 0)
-    throw new Error(`--lora ${spec}: the scale after ':' must be a finite number > 0, got "${tail}"`);
+  if (!isLoraScale(scale))
+    throw new Error(`--lora ${spec}: the scale after ':' must be ${LORA_SCALE_RANGE}, got "${tail}"`);
   if (i === 0) throw new Error(`--lora ${spec}: no adapter file before ':'`);
   return { file: spec.slice(0, i), scale };
 }
@@ -85,7 +86,7 @@ export function registerServe(program: Command): void {
     )
     .option(
       '--lora <file[:scale]>',
-      'a sealed GGUF LoRA adapter for the one --model (repeatable, applied in order); scale > 0, default 1',
+      `a sealed GGUF LoRA adapter for the one --model (repeatable, applied in order); scale ${LORA_SCALE_RANGE}, default 1`,
       collect,
       [],
     )

@@ -11,7 +11,14 @@ export {
   isRefusal,
   REFUSAL_TYPE,
 } from './fetch.js';
-export { type ClientPolicy, DEFAULT_CLIENT_POLICY, PolicyFileError, parseClientPolicy } from './policy.js';
+export {
+  type AdapterPin,
+  type ClientPolicy,
+  DEFAULT_CLIENT_POLICY,
+  PolicyFileError,
+  parseAdapterPin,
+  parseClientPolicy,
+} from './policy.js';
 export {
   adapterRefusal,
   allowedModel,

@@ -3,6 +3,7 @@
  * single prompt. Written as JSON (`cloister chat --policy FILE`) or built in code. Web-standard.
  */
 import type { EarStatus } from '../attest/types.js';
+import { isLoraScale, LORA_SCALE_RANGE } from '../wire/index.js';
 
 export interface ClientPolicy {
   /** CPU TEE kinds accepted. `sample` (software only, never secure) must be named to be accepted. */
@@ -14,10 +15,11 @@ export interface ClientPolicy {
   /** Allowed `sha256:<hex>` digests of sealed models; a request may name only a model with one of these. Empty: any. */
   models: string[];
   /**
-   * The LoRA adapters (`sha256:<hex>` of each sealed adapter) the model must carry: exactly these,
-   * each once, in any order; `[]`: the bare model, no adapter. Absent: not pinned — then a model that
-   * carries adapters is refused when `models` pins digests (an adapter changes the weights the pin
-   * was meant to fix), and accepted with a warning when `models` is empty (any model).
+   * The LoRA adapters the model must carry, each `sha256:<hex>` of the sealed adapter (loaded at
+   * scale 1) or `sha256:<hex>@<scale>` (at that scale; compared as the float32 llama.cpp is given):
+   * exactly these, each once, in any order; `[]`: the bare model, no adapter. Absent: not pinned —
+   * then a model that carries adapters is refused when `models` pins digests (an adapter changes the
+   * weights the pin was meant to fix), and accepted with a warning when `models` is empty (any model).
    */
   adapters?: string[];
   /** Allowed Cloister versions and code digests; empty: any. */
@@ -97,8 +99,7 @@ export function parseClientPolicy(input: string | unknown): ClientPolicy {
   if (o.models !== undefined) p.models = stringList(o.models, 'models');
   if (o.adapters !== undefined) {
     p.adapters = stringList(o.adapters, 'adapters');
-    const bad = p.adapters.find((d) => !/^sha256:[0-9a-f]{64}$/.test(d));
-    if (bad !== undefined) throw new PolicyFileError(`adapters: "${bad}" is not sha256:<64 lowercase hex>`);
+    for (const pin of p.adapters) parseAdapterPin(pin);
   }
   if (o.sharedKeys !== undefined) p.sharedKeys = stringList(o.sharedKeys, 'sharedKeys');
   if (o.software !== undefined) {
@@ -114,6 +115,28 @@ export function parseClientPolicy(input: string | unknown): ClientPolicy {
     }
   }
   return p;
+}
+
+/** A pinned adapter: its sealed digest and the scale it must be loaded with. */
+export interface AdapterPin {
+  digest: string;
+  scale: number;
+}
+
+/**
+ * `sha256:<64 hex>` (scale 1) or `sha256:<64 hex>@<scale>`, the scale a plain decimal number in the
+ * range `cloister serve --lora` accepts. Throws PolicyFileError naming the entry.
+ */
+export function parseAdapterPin(pin: string): AdapterPin {
+  const m = /^(sha256:[0-9a-f]{64})(?:@((?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?))?$/.exec(pin);
+  if (!m)
+    throw new PolicyFileError(
+      `adapters: "${pin}" is not sha256:<64 lowercase hex> or sha256:<64 lowercase hex>@<scale>`,
+    );
+  const scale = m[2] === undefined ? 1 : Number(m[2]);
+  if (!isLoraScale(scale))
+    throw new PolicyFileError(`adapters: "${pin}" has scale ${m[2]}; a scale is ${LORA_SCALE_RANGE}`);
+  return { digest: m[1]!, scale };
 }
 
 export function statusAccepted(status: EarStatus, policy: ClientPolicy): boolean {

@@ -24,7 +24,7 @@ import {
   identityReportData,
   type ModelIdentity,
 } from '../wire/index.js';
-import { type ClientPolicy, statusAccepted } from './policy.js';
+import { type AdapterPin, type ClientPolicy, parseAdapterPin, statusAccepted } from './policy.js';
 
 export class VerificationError extends Error {
   override name = 'VerificationError';
@@ -227,18 +227,24 @@ export function allowedModel(server: VerifiedServer, modelId: string, policy: Cl
   return m.digest;
 }
 
-/** Why the policy refuses a model's LoRA adapters (see ClientPolicy.adapters), or undefined. */
+/**
+ * Why the policy refuses a model's LoRA adapters (see ClientPolicy.adapters), or undefined. Scales are
+ * compared as float32, the value llama.cpp is handed.
+ */
 export function adapterRefusal(m: ModelIdentity, policy: ClientPolicy): string | undefined {
-  const carried = (m.adapters ?? []).map((a) => a.digest);
+  const carried = m.adapters ?? [];
   const named = carried.length
-    ? `LoRA adapter(s) ${(m.adapters ?? []).map((a) => `${a.digest} (scale ${a.scale})`).join(', ')}`
+    ? `LoRA adapter(s) ${carried.map((a) => `${a.digest} (scale ${a.scale})`).join(', ')}`
     : 'no LoRA adapter';
   if (policy.adapters === undefined) {
     if (carried.length === 0 || policy.models.length === 0) return undefined;
     return `the model '${m.id}' (${m.digest}) carries ${named}, which the policy does not name: pin them in adapters (or adapters [] for the bare model)`;
   }
-  const want = [...policy.adapters].sort();
-  const have = [...carried].sort();
+  const pins = policy.adapters.map(parseAdapterPin);
+  const key = (a: AdapterPin) => `${a.digest}@${Math.fround(a.scale)}`;
+  const want = pins.map(key).sort();
+  const have = carried.map(key).sort();
   if (want.length === have.length && want.every((d, i) => d === have[i])) return undefined;
-  return `the model '${m.id}' carries ${named}; the policy wants ${want.length ? `exactly ${want.join(', ')}` : 'none'}`;
+  const wanted = pins.map((p) => `${p.digest} (scale ${p.scale})`).join(', ');
+  return `the model '${m.id}' carries ${named}; the policy wants ${pins.length ? `exactly ${wanted}` : 'none'}`;
 }

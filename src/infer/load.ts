@@ -5,17 +5,20 @@
  * to its engine. GGUF stays in the private directory (llama.cpp maps it from there); an ONNX model
  * bundle (a tar of the model directory) is read into memory and its plaintext file wiped at once.
  *
- * LoRA adapters (`cloister serve --lora`) go with one GGUF base: each is unsealed into memory and
- * checked whole (a GGUF LoRA adapter, every value finite, every adapted tensor one of the base's with
- * its shape) against the base's header, read from the sealed base before anything is unsealed to
+ * LoRA adapters (`cloister serve --lora`) go with one GGUF base: each sealed file is read once, whole,
+ * then hashed and unsealed from that one buffer, and checked whole (a GGUF LoRA adapter, every value
+ * finite, every adapted tensor one of the base's with its shape) against the base's header, read from the sealed base before anything is unsealed to
  * the private directory; only then do the base and the adapters reach it and llama.cpp. llama.cpp
  * copies an adapter's values when the context is made, so its plaintext file is wiped right after.
- * On every failure the plaintext written so far is zeroed and removed.
+ * On every failure (a sealed file changed while loading included) the plaintext written so far is
+ * zeroed and removed.
  */
+import { createHash } from 'node:crypto';
 import { type FileHandle, open, readFile, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import type { Header, UnsealKey } from '../seal/index.js';
+import { ChunkAuthError, type Header, openSealed, SealFormatError, type UnsealKey } from '../seal/index.js';
 import {
+  bestChunkCipher,
   openSealedPath,
   type SealedPath,
   sha256FileOffThread,
@@ -27,6 +30,8 @@ import {
   checkLoraAgainstBase,
   GgufError,
   type GgufInfo,
+  isLoraScale,
+  LORA_SCALE_RANGE,
   LoraAdapterError,
   type ModelIdentity,
   readGgufInfo,
@@ -65,7 +70,7 @@ export interface SealedModelOptions {
 export interface SealedAdapter {
   /** The sealed adapter file. */
   file: string;
-  /** The scale it is loaded with (> 0; 1 applies it as trained). */
+  /** The scale it is loaded with (LORA_SCALE_MIN to LORA_SCALE_MAX; 1 applies it as trained). */
   scale: number;
 }
 
@@ -157,14 +162,15 @@ export async function loadSealedModel(o: SealedModelOptions): Promise<LoadedMode
     pinned.push(await pin(o.file));
     for (const a of o.adapters ?? []) pinned.push(await pin(a.file));
     const [model, ...adapters] = pinned as [Pinned, ...Pinned[]];
-    const loaded = await loadFrom(model, adapters, o);
-    for (const p of pinned) {
-      if (!(await unchanged(p))) {
-        await loaded.engine.close();
-        throw new ModelLoadError('changed', `${p.file} changed while it was being loaded; not served`);
+    // Checked once the engine holds the model, inside the load, so that a change found here wipes
+    // the plaintext it wrote like any other failure.
+    const checkUnchanged = async () => {
+      for (const p of pinned) {
+        if (!(await unchanged(p)))
+          throw new ModelLoadError('changed', `${p.file} changed while it was being loaded; not served`);
       }
-    }
-    return loaded;
+    };
+    return await loadFrom(model, adapters, o, checkUnchanged);
   } catch (e) {
     if (e instanceof Error) {
       for (const p of pinned) {
@@ -181,12 +187,17 @@ export async function loadSealedModel(o: SealedModelOptions): Promise<LoadedMode
 }
 
 /** Loads from the pinned descriptors. */
-async function loadFrom(model: Pinned, adapters: Pinned[], o: SealedModelOptions): Promise<LoadedModel> {
+async function loadFrom(
+  model: Pinned,
+  adapters: Pinned[],
+  o: SealedModelOptions,
+  checkUnchanged: () => Promise<void>,
+): Promise<LoadedModel> {
   // One parse of the header and one unwrap of the data key serve the peek, the unsealing and the id.
   const sealed = await openSealedPath(model.path);
   try {
     const file = await sealed.unwrap(await o.key(sealed.header, o.file));
-    return await loadUnwrapped(model.path, sealed, file, adapters, o);
+    return await loadUnwrapped(model.path, sealed, file, adapters, o, checkUnchanged);
   } finally {
     await sealed.close();
   }
@@ -209,6 +220,7 @@ async function loadUnwrapped(
   file: UnwrappedSealedPath,
   adapterFiles: Pinned[],
   o: SealedModelOptions,
+  checkUnchanged: () => Promise<void>,
 ): Promise<LoadedModel> {
   const reader = await file.reader();
   const head = await reader.read(0, Math.min(512, reader.plaintextLength));
@@ -275,8 +287,9 @@ async function loadUnwrapped(
     }
     try {
       const d = await digest;
+      await checkUnchanged();
       const adapters: AdapterIdentity[] = [];
-      for (const a of checked) adapters.push({ digest: await a.digest, scale: a.scale });
+      for (const a of checked) adapters.push({ digest: a.digest, scale: a.scale });
       o.log(`sealed digest ${d}`);
       for (const [i, a] of adapters.entries())
         o.log(`adapter ${adapterFiles[i]!.file}: sealed digest ${a.digest}, scale ${a.scale}`);
@@ -297,7 +310,22 @@ interface CheckedAdapter {
   /** The adapter's plaintext (zeroed once written to the private directory). */
   bytes: Uint8Array;
   scale: number;
-  digest: Promise<string>;
+  /** `sha256:<hex>` of the sealed bytes `bytes` was unsealed from. */
+  digest: string;
+}
+
+/** The whole sealed file, read once through its pinned descriptor. */
+async function readPinned(p: Pinned): Promise<Uint8Array> {
+  const out = new Uint8Array(p.size);
+  let at = 0;
+  while (at < p.size) {
+    const { bytesRead } = await p.fh.read(out, at, p.size - at, at);
+    if (bytesRead === 0) break;
+    at += bytesRead;
+  }
+  if (at !== p.size)
+    throw new ModelLoadError('changed', `${p.file} changed while it was being loaded; not served`);
+  return out;
 }
 
 /** The base model's GGUF header, read from its sealed file (a few chunks decrypted, nothing written). */
@@ -327,18 +355,25 @@ async function checkedAdapter(
   base: GgufInfo,
   o: SealedModelOptions,
 ): Promise<CheckedAdapter> {
-  if (!Number.isFinite(scale) || scale <= 0)
+  if (!isLoraScale(scale))
     throw new ModelLoadError(
       'bad-adapter',
-      `${a.file}: the adapter's scale must be a number > 0, got ${scale}`,
+      `${a.file}: the adapter's scale must be ${LORA_SCALE_RANGE}, got ${scale}`,
     );
-  const sealed = await openSealedPath(a.path);
+  // One read of the sealed bytes: the digest attested and the plaintext checked and served both come
+  // from this buffer, so the host cannot show the hash one file and the unsealing another.
+  const sealedBytes = await readPinned(a);
+  const digest = `sha256:${createHash('sha256').update(sealedBytes).digest('hex')}`;
   let bytes: Uint8Array;
   try {
-    const file = await sealed.unwrap(await o.key(sealed.header, a.file));
-    bytes = await file.toMemory();
-  } finally {
-    await sealed.close();
+    const sealed = await openSealed(sealedBytes);
+    const reader = await (
+      await sealed.unwrap(await o.key(sealed.header, a.file), bestChunkCipher())
+    ).reader();
+    bytes = await reader.read(0, reader.plaintextLength);
+  } catch (e) {
+    if (e instanceof SealFormatError || e instanceof ChunkAuthError) e.message = `${a.file}: ${e.message}`;
+    throw e;
   }
   try {
     const adapter = readLoraAdapter(bytes);
@@ -356,8 +391,6 @@ async function checkedAdapter(
       throw new ModelLoadError('bad-adapter', `${a.file}: ${e.message}; not served`, { cause: e });
     throw e;
   }
-  const digest = sha256FileOffThread(a.path);
-  digest.catch(() => {});
   o.log(`adapter ${a.file}: a LoRA adapter for this base (${base.architecture}), scale ${scale}`);
   return { bytes, scale, digest };
 }

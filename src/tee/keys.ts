@@ -113,13 +113,22 @@ export function kbsAttester(
   };
 }
 
-const KBS_URI = /^kbs:\/\/\/([A-Za-z0-9._-]+\/[A-Za-z0-9._-]+\/[A-Za-z0-9._-]+)$/;
+/**
+ * One segment of a resource path: letters, digits, `.`, `_`, `-`, but not starting with `.`. A `.` or
+ * `..` segment would be routed by its raw text (routeResources) while the broker's URL resolves it
+ * away (`kbs:///./acme/kek` reaching acme's resource through the primary broker), so none is accepted.
+ */
+const SEGMENT = '[A-Za-z0-9_-][A-Za-z0-9._-]*';
+const KBS_URI = new RegExp(`^kbs:///(${SEGMENT}/${SEGMENT}/${SEGMENT})$`);
 
 /** `kbs:///repo/type/tag` → `repo/type/tag`. */
 export function resourcePathOf(uri: string): string {
   const m = KBS_URI.exec(uri);
   if (!m)
-    throw new AgentError('bad-uri', `"${uri}" is not a key broker resource URI (kbs:///<repo>/<type>/<tag>)`);
+    throw new AgentError(
+      'bad-uri',
+      `"${uri}" is not a key broker resource URI (kbs:///<repo>/<type>/<tag>, no segment starting with '.')`,
+    );
   return m[1]!;
 }
 
@@ -200,7 +209,8 @@ export class KekCache {
   }
 }
 
-const REPO = /^[A-Za-z0-9._-]+$/;
+const REPO = new RegExp(`^${SEGMENT}$`);
+const RESOURCE_PATH = new RegExp(`^${SEGMENT}/${SEGMENT}/${SEGMENT}$`);
 
 /**
  * A resource source that fetches each resource from the broker of its repository: `routes` maps a
@@ -218,11 +228,18 @@ export function routeResources<T extends ResourceSource>(
     if (!REPO.test(repo))
       throw new AgentError(
         'bad-route',
-        `"${repo}" is not a key broker repository name (letters, digits, . _ -)`,
+        `"${repo}" is not a key broker repository name (letters, digits, . _ -, not starting with '.')`,
       );
   }
   if (routes.size === 0) return primary;
   const getResource = async (path: string): Promise<Uint8Array> => {
+    // The route is chosen by the first segment as written: a path the broker's URL would resolve
+    // differently (`./acme/x/y`, `a/../acme/x`) must not reach any broker.
+    if (!RESOURCE_PATH.test(path))
+      throw new AgentError(
+        'bad-uri',
+        `"${path}" is not a key broker resource path (<repo>/<type>/<tag>, no segment starting with '.')`,
+      );
     const repo = path.split('/', 1)[0]!;
     const routed = routes.get(repo);
     if (!routed) return primary.getResource(path);

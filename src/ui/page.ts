@@ -76,6 +76,22 @@ function code(text: string) {
   return node('code', text);
 }
 
+type AttestedModel = VerifiedServer['document']['identity']['models'][number];
+
+/**
+ * A model as attested: id, format, digest, then each LoRA adapter it carries (short digest, the whole
+ * one on hover, and its scale): an adapter changes the weights as much as another model would.
+ */
+function modelLine(m: AttestedModel): (string | Node)[] {
+  const parts: (string | Node)[] = [`${m.id} (${m.format}): `, code(m.digest)];
+  for (const a of m.adapters ?? []) {
+    const digest = code(`${String(a.digest).slice(0, 'sha256:'.length + 12)}…`);
+    digest.title = String(a.digest);
+    parts.push(' + LoRA adapter ', digest, ` at scale ${String(a.scale)}`);
+  }
+  return parts;
+}
+
 function lines(items: (string | Node)[][]) {
   const ul = node('ul');
   for (const parts of items) {
@@ -110,7 +126,7 @@ function showServer(server: VerifiedServer, policy: ClientPolicy) {
     'Measurements',
     measured.length === 0 ? 'none' : lines(measured.map((c) => [`${c}: `, code(String(cpu.claims[c]))])),
   );
-  row('Models', lines(identity.models.map((m) => [`${m.id} (${m.format}): `, code(m.digest)])));
+  row('Models', lines(identity.models.map(modelLine)));
   row('Software', `${identity.software.name} ${identity.software.version} `, code(identity.software.digest));
   const key = server.keyConfigs[0]!;
   row('OHTTP key', `key id ${key.keyId}, HPKE KEM 0x${key.kemId.toString(16).padStart(4, '0')}`);

@@ -92,6 +92,11 @@ export interface GgufInfo {
   version: number;
   tensorCount: number;
   metadata: Map<string, GgufValue>;
+  /**
+   * Each metadata key's GGUF value type (`GgufValueType`): llama.cpp reads some keys with typed
+   * getters that abort the process on any other type, so a value's JS type alone is not enough.
+   */
+  metadataTypes: Map<string, number>;
   /** `general.architecture`. */
   architecture: string;
   /** `<architecture>.context_length`, when present. */
@@ -281,11 +286,13 @@ export function readGgufInfo(bytes: Uint8Array, fileSize: number = bytes.length)
   }
 
   const metadata = new Map<string, GgufValue>();
+  const metadataTypes = new Map<string, number>();
   for (let i = 0; i < kvCount; i++) {
     const key = c.string(`metadata key #${i}`);
     if (metadata.has(key)) throw new GgufError('malformed', `GGUF metadata key "${key}" appears twice`);
     const type = c.u32(`metadata "${key}" type`);
     metadata.set(key, c.value(type, `metadata "${key}"`, 0));
+    metadataTypes.set(key, type);
   }
 
   const alignmentValue = metadata.get('general.alignment') ?? GGUF_DEFAULT_ALIGNMENT;
@@ -361,6 +368,7 @@ export function readGgufInfo(bytes: Uint8Array, fileSize: number = bytes.length)
     version,
     tensorCount,
     metadata,
+    metadataTypes,
     architecture,
     contextLength,
     alignment,

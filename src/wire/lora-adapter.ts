@@ -1,6 +1,6 @@
 /**
  * GGUF LoRA adapters as llama.cpp loads them (`llama_adapter_lora_init`, checked against node-llama-cpp
- * 3.21.1): `general.type = "adapter"`, `adapter.type = "lora"`, `adapter.lora.alpha` (f32),
+ * 3.21.1): `general.type = "adapter"`, `adapter.type = "lora"`, `adapter.lora.alpha` (f32: llama.cpp aborts on any other type),
  * `general.architecture` equal to the base model's; for each adapted base tensor `<name>` (e.g.
  * `blk.0.attn_q.weight`, ne = [in, out]) two tensors `<name>.lora_a` with ne = [in, r] and
  * `<name>.lora_b` with ne = [r, out]. llama.cpp adds scale · B(A x) to the base's W x, with
@@ -12,7 +12,7 @@
  * Web-standard: written by the fine-tuner and `cloister lora convert`, read (header, then values) by
  * `cloister serve --lora` before llama.cpp ever sees the file.
  */
-import { GgufError, type GgufInfo, readGgufInfo } from './gguf.js';
+import { GgufError, type GgufInfo, GgufValueType, readGgufInfo } from './gguf.js';
 import { GgmlType, type GgufMetaValue, readTensorF32, writeGguf } from './gguf-tensors.js';
 
 export type LoraAdapterCode =
@@ -122,6 +122,17 @@ export function loraAdapterShape(info: GgufInfo): LoraAdapterShape {
       'not-adapter',
       'not a LoRA adapter (a GGUF LoRA adapter says general.type "adapter" and adapter.type "lora")',
     );
+  // llama.cpp reads these with gguf_get_val_str / gguf_get_val_f32, which GGML_ASSERT the stored
+  // type: any other type (a u32 alpha, say) aborts the whole process, plaintext left behind.
+  for (const [key, want] of LLAMA_TYPED_KEYS) {
+    const got = info.metadataTypes.get(key);
+    // A missing key is refused below by its value (alpha) or was already (the strings).
+    if (got !== undefined && got !== want)
+      throw new LoraAdapterError(
+        'not-adapter',
+        `the adapter's ${key} has GGUF type ${typeName(got)}; llama.cpp reads it only as ${typeName(want)}`,
+      );
+  }
   const alpha = m.get('adapter.lora.alpha');
   if (typeof alpha !== 'number' || !Number.isFinite(alpha) || alpha < 0)
     throw new LoraAdapterError('not-adapter', 'the adapter has no finite adapter.lora.alpha ≥ 0');
@@ -159,6 +170,22 @@ export function loraAdapterShape(info: GgufInfo): LoraAdapterShape {
   if (pairs.length === 0) throw new LoraAdapterError('malformed', 'the adapter has no LoRA tensors');
   const name = m.get('general.name');
   return { architecture: info.architecture, alpha, name: typeof name === 'string' ? name : '', pairs };
+}
+
+/** The adapter keys llama.cpp reads with a typed getter, and the one GGUF type each must have. */
+const LLAMA_TYPED_KEYS: readonly (readonly [string, number])[] = [
+  ['general.type', GgufValueType.STRING],
+  ['general.architecture', GgufValueType.STRING],
+  ['adapter.type', GgufValueType.STRING],
+  ['adapter.lora.alpha', GgufValueType.FLOAT32],
+];
+
+function typeName(t: number): string {
+  return (
+    Object.entries(GgufValueType)
+      .find(([, v]) => v === t)?.[0]
+      .toLowerCase() ?? String(t)
+  );
 }
 
 /** Reads and checks a whole adapter file: header, pairs, and every value finite. */
@@ -211,4 +238,26 @@ export function checkLoraAgainstBase(adapter: LoraAdapterShape, base: GgufInfo):
 /** llama.cpp's scale for an adapter loaded with scale `s`: s · alpha / rank, or s when alpha is 0. */
 export function loraScale(alpha: number, rank: number, s = 1): number {
   return alpha === 0 ? s : (s * alpha) / rank;
+}
+
+/**
+ * The scales an adapter may be loaded with. node-llama-cpp hands llama.cpp a float32, so a double
+ * outside it would silently become 0 (1e-300) or infinity (1e300); the range keeps every accepted
+ * scale finite and non-zero as a float32, and far from both.
+ */
+export const LORA_SCALE_MIN = 1e-3;
+export const LORA_SCALE_MAX = 1e3;
+/** How refusals name the range. */
+export const LORA_SCALE_RANGE = `a number from ${LORA_SCALE_MIN} to ${LORA_SCALE_MAX}`;
+
+/** Whether `scale` is one an adapter may be loaded with (and attested under). */
+export function isLoraScale(scale: number): boolean {
+  const f = Math.fround(scale);
+  return (
+    Number.isFinite(scale) &&
+    Number.isFinite(f) &&
+    f !== 0 &&
+    scale >= LORA_SCALE_MIN &&
+    scale <= LORA_SCALE_MAX
+  );
 }

@@ -25,9 +25,23 @@ describe('--lora FILE[:scale]', () => {
     expect(parseLoraSpec('dir:x/a.sealed:.25')).toEqual({ file: 'dir:x/a.sealed', scale: 0.25 });
   });
 
-  it('refuses a scale that is not a finite number > 0, and a missing file', () => {
-    for (const bad of ['a.sealed:0', 'a.sealed:-1', 'a.sealed:1e999', 'a.sealed:NaN', 'a.sealed:inf'])
-      expect(() => parseLoraSpec(bad)).toThrow(/the scale after ':' must be a finite number > 0/);
+  it('refuses a scale outside [0.001, 1000] (float32 would make 1e-300 zero, 1e300 infinite), and a missing file', () => {
+    for (const bad of [
+      'a.sealed:0',
+      'a.sealed:-1',
+      'a.sealed:1e999',
+      'a.sealed:NaN',
+      'a.sealed:inf',
+      'a.sealed:1e-300',
+      'a.sealed:1e300',
+      'a.sealed:0.0009',
+      'a.sealed:1001',
+    ])
+      expect(() => parseLoraSpec(bad)).toThrow(
+        /the scale after ':' must be a number from 0\.001 to 1000, got "[^"]+"$/,
+      );
+    expect(parseLoraSpec('a.sealed:0.001')).toEqual({ file: 'a.sealed', scale: 0.001 });
+    expect(parseLoraSpec('a.sealed:1000')).toEqual({ file: 'a.sealed', scale: 1000 });
     expect(() => parseLoraSpec('a.sealed:')).toThrow(/give FILE or FILE:SCALE/);
     expect(() => parseLoraSpec(':1')).toThrow(/no adapter file before ':'/);
   });
@@ -43,6 +57,10 @@ describe('--kbs-route REPO=URL', () => {
     expect(() => kbsRouteArg('acme=https://other', one)).toThrow(/routed twice/);
     expect(() => kbsRouteArg('https://kbs.acme.example')).toThrow(InvalidArgumentError);
     expect(() => kbsRouteArg('a/b=https://x')).toThrow(/REPO=URL/);
+    // '.' and '..' (any leading '.'): the broker's URL would resolve them, routing goes by the name.
+    for (const bad of ['.', '..', '.acme'])
+      expect(() => kbsRouteArg(`${bad}=https://x`), bad).toThrow(/not starting with '\.'/);
+    expect(kbsRouteArg('acme.corp=https://x')).toEqual([{ repo: 'acme.corp', url: 'https://x' }]);
     expect(() => kbsRouteArg('acme=kbs.acme.example')).toThrow(/not a URL/);
     expect(() => kbsRouteArg('acme=ftp://kbs.acme.example')).toThrow(/must be http\(s\)/);
   });
@@ -99,7 +117,7 @@ describe('cloister serve --lora and cloister chat --adapter', () => {
       ],
       [
         ['--key', 'k.jwk', '--model', 'base.gguf.sealed', '--lora', 'adapter.gguf.sealed:-2'],
-        /the scale after ':' must be a finite number > 0, got "-2"$/m,
+        /the scale after ':' must be a number from 0\.001 to 1000, got "-2"$/m,
       ],
       [
         ['--key', 'k.jwk', '--model', 'base.gguf.sealed', '--kbs-route', 'acme=http://127.0.0.1:1'],
@@ -156,13 +174,19 @@ describe('cloister serve --lora and cloister chat --adapter', () => {
       cloister(['chat', '--url', url, '--allow-sample', '--prompt', 'hi', '--max-tokens', '4', ...extra], {
         cwd: dir,
       });
-    const pinned = chat(['--adapter', digest]);
+    const pinned = chat(['--adapter', `${digest}@0.5`]);
     expect(pinned.code, pinned.stderr).toBe(0);
     expect(pinned.stderr).toContain(`  adapter   ${digest}  scale 0.5  (LoRA, on base)`);
     expect(pinned.stderr).toContain('exactly 1 pinned adapter(s)');
     const unpinned = chat([]);
     expect(unpinned.code, unpinned.stderr).toBe(0);
     expect(unpinned.stderr).toContain('carries 1 LoRA adapter(s) the policy does not pin');
+    // The scale is pinned too: a digest alone means scale 1.
+    const scale1 = chat(['--adapter', digest]);
+    expect(scale1.code).toBe(3);
+    expect(scale1.stderr).toContain(
+      `REFUSED: the model 'base' carries LoRA adapter(s) ${digest} (scale 0.5); the policy wants exactly ${digest} (scale 1)`,
+    );
     const wrong = chat(['--adapter', `sha256:${'0'.repeat(64)}`]);
     expect(wrong.code).toBe(3);
     expect(wrong.stderr).toMatch(/REFUSED: the model 'base' carries LoRA adapter\(s\) sha256:/);

@@ -1,6 +1,6 @@
 /** ClientPolicy.adapters: what a pin on LoRA adapters accepts and refuses. */
 import { describe, expect, it } from 'vitest';
-import { PolicyFileError, parseClientPolicy } from '../../src/client/policy.js';
+import { PolicyFileError, parseAdapterPin, parseClientPolicy } from '../../src/client/policy.js';
 import { adapterRefusal } from '../../src/client/verify.js';
 import type { ModelIdentity } from '../../src/wire/index.js';
 
@@ -34,9 +34,45 @@ describe('adapters in a client policy', () => {
     expect(adapterRefusal(model([A, A]), policy({ adapters: [A] }))).toMatch(/wants exactly/);
   });
 
-  it('refuses adapters that are not sha256 digests', () => {
+  it('pins the scale: none means 1, @scale that scale, compared as float32', () => {
+    const at = (scale: number): ModelIdentity => ({ ...model(), adapters: [{ digest: A, scale }] });
+    expect(adapterRefusal(at(1), policy({ adapters: [A] }))).toBeUndefined();
+    expect(adapterRefusal(at(1), policy({ adapters: [`${A}@1.0`] }))).toBeUndefined();
+    expect(adapterRefusal(at(0.8), policy({ adapters: [`${A}@0.8`] }))).toBeUndefined();
+    expect(adapterRefusal(at(0.5), policy({ adapters: [`${A}@5e-1`] }))).toBeUndefined();
+    // The same float32 (what llama.cpp is handed) is the same scale.
+    expect(adapterRefusal(at(Math.fround(0.8)), policy({ adapters: [`${A}@0.8`] }))).toBeUndefined();
+    expect(adapterRefusal(at(0.8), policy({ adapters: [A] }))).toBe(
+      `the model 'tuned' carries LoRA adapter(s) ${A} (scale 0.8); the policy wants exactly ${A} (scale 1)`,
+    );
+    expect(adapterRefusal(at(1), policy({ adapters: [`${A}@0.8`] }))).toMatch(
+      /wants exactly .* \(scale 0\.8\)/,
+    );
+    expect(adapterRefusal(at(2), policy({ adapters: [`${A}@0.8`] }))).toMatch(/wants exactly/);
+    const two: ModelIdentity = {
+      ...model(),
+      adapters: [
+        { digest: A, scale: 0.5 },
+        { digest: C, scale: 2 },
+      ],
+    };
+    expect(adapterRefusal(two, policy({ adapters: [`${C}@2`, `${A}@0.5`] }))).toBeUndefined();
+    expect(adapterRefusal(two, policy({ adapters: [`${C}@0.5`, `${A}@2`] }))).toMatch(/wants exactly/);
+  });
+
+  it('refuses adapters that are not sha256 digests, or a scale out of range', () => {
     expect(() => policy({ adapters: ['abc'] })).toThrow(PolicyFileError);
     expect(() => policy({ adapters: [A.toUpperCase()] })).toThrow(/not sha256:<64 lowercase hex>/);
     expect(() => policy({ adapters: 'sha256:x' })).toThrow(/adapters must be a list of strings/);
+    for (const bad of ['@', '@-1', '@abc', '@0x10', '@1,5', '@ 1', '@Infinity', '@NaN', '@1@2'])
+      expect(() => policy({ adapters: [`${A}${bad}`] }), bad).toThrow(
+        /is not sha256:<64 lowercase hex> or sha256:<64 lowercase hex>@<scale>/,
+      );
+    for (const bad of ['0', '1e-300', '1e300', '0.0009', '1000.5'])
+      expect(() => policy({ adapters: [`${A}@${bad}`] }), bad).toThrow(
+        `adapters: "${A}@${bad}" has scale ${bad}; a scale is a number from 0.001 to 1000`,
+      );
+    expect(parseAdapterPin(`${A}@1000`)).toEqual({ digest: A, scale: 1000 });
+    expect(parseAdapterPin(`${A}@.001`)).toEqual({ digest: A, scale: 0.001 });
   });
 });

@@ -15,6 +15,7 @@ import {
   type SharedServingKeys,
 } from '../../src/infer/serving-keys.js';
 import { InsecureSampleAttester } from '../../src/tee/evidence/sample.js';
+import type { AdapterIdentity } from '../../src/wire/index.js';
 import { HashEmbeddingEngine, ScriptedTextEngine } from './fake-engines.js';
 
 export const TEXT_DIGEST = `sha256:${'a1'.repeat(32)}`;
@@ -29,6 +30,8 @@ export interface Harness {
 export async function startHarness(
   o: Partial<InferenceServerOptions> & {
     text?: ScriptedTextEngine;
+    /** LoRA adapters the text model is attested with (nothing is applied: the engine is scripted). */
+    textAdapters?: AdapterIdentity[];
     maxQueued?: number;
     tee?: ServerTee;
   } = {},
@@ -45,7 +48,10 @@ export async function startHarness(
   });
   const server = await startInferenceServer({
     models: [
-      served('tiny-llama', text, TEXT_DIGEST, 'gguf'),
+      {
+        ...served('tiny-llama', text, TEXT_DIGEST, 'gguf'),
+        ...(o.textAdapters ? { adapters: o.textAdapters } : {}),
+      },
       served('tiny-embed', embed, EMBED_DIGEST, 'onnx-bundle'),
     ],
     tee: o.tee ?? { cpu: new InsecureSampleAttester() },

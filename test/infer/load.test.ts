@@ -1,11 +1,12 @@
 /**
  * loadSealedModel against a host that changes the sealed file while the TEE loads it: every read goes
  * through one descriptor, so a file renamed into place is not what gets unsealed or hashed, and a
- * change to the opened file during the load (a write, its replacement) refuses the model. Run through dist/ because hashing and unsealing run on
- * worker threads, which load compiled files.
+ * change to the opened file during the load (a write, its replacement) refuses the model and leaves
+ * no plaintext behind. Run through dist/ because hashing and unsealing run on worker threads, which
+ * load compiled files.
  */
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, renameSync, utimesSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, renameSync, utimesSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -41,13 +42,14 @@ describe('loadSealedModel and a changing file', () => {
   /** Loads `file`, calling `meanwhile` once its header has been read (when the key is asked for). */
   function load(file: string, meanwhile: () => void) {
     const loaded: Uint8Array[] = [];
+    const privateDir = mkdtempSync(join(dir, 'private-'));
     const result = loadSealedModel({
       file,
       key: async () => {
         meanwhile();
         return kek;
       },
-      dir: mkdtempSync(join(dir, 'private-')),
+      dir: privateDir,
       loaders: {
         gguf: async (path) => {
           loaded.push(readFileSync(path));
@@ -59,7 +61,7 @@ describe('loadSealedModel and a changing file', () => {
       },
       log: () => {},
     });
-    return { result, loaded };
+    return { result, loaded, privateDir };
   }
 
   it('an unchanged file: the digest is of the sealed bytes, the engine gets their plaintext', async () => {
@@ -78,11 +80,14 @@ describe('loadSealedModel and a changing file', () => {
     expect(loaded[0]).toEqual(readFileSync(join(dir, 'served.gguf')));
   });
 
-  it('a write to the file during the load refuses the model', async () => {
-    const { result } = load(a, () => utimesSync(a, new Date(), new Date()));
+  it('a write to the file during the load refuses the model, and wipes the plaintext it wrote', async () => {
+    const { result, loaded, privateDir } = load(a, () => utimesSync(a, new Date(), new Date()));
     await expect(result).rejects.toMatchObject({
       code: 'changed',
       message: `${a} changed while it was being loaded; not served`,
     });
+    // The engine had the model, yet nothing unsealed stays behind.
+    expect(loaded).toHaveLength(1);
+    expect(readdirSync(privateDir)).toEqual([]);
   });
 });

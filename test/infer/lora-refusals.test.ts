@@ -4,7 +4,7 @@
  * left empty. A good adapter reaches the engine, is bound by its sealed digest, and its plaintext file
  * is gone once the engine holds it.
  */
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -60,6 +60,14 @@ function withNaN(bytes: Uint8Array): Uint8Array {
   return out;
 }
 
+/** The tensors of a good adapter for the base, to write under other metadata. */
+function adapterTensors() {
+  return adapterFor(base).pairs.flatMap((p) => [
+    { name: `${p.target}.lora_a`, dims: [p.inputs, p.rank], type: 'F32' as const, data: p.a },
+    { name: `${p.target}.lora_b`, dims: [p.rank, p.outputs], type: 'F32' as const, data: p.b },
+  ]);
+}
+
 describe('a LoRA adapter is checked against the base before the engine sees either', () => {
   it('a good adapter: the engine gets it, the identity binds its sealed digest, its plaintext is wiped', async () => {
     const bytes = wire.writeLoraAdapter(adapterFor(base));
@@ -109,6 +117,20 @@ describe('a LoRA adapter is checked against the base before the engine sees eith
         ),
       /rank/,
     ],
+    [
+      'a u32 alpha (llama.cpp would abort on it)',
+      () =>
+        wire.writeGguf(
+          [
+            ['general.architecture', { type: 'string', value: 'llama' }],
+            ['general.type', { type: 'string', value: 'adapter' }],
+            ['adapter.type', { type: 'string', value: 'lora' }],
+            ['adapter.lora.alpha', { type: 'u32', value: 8 }],
+          ],
+          adapterTensors(),
+        ),
+      /adapter\.lora\.alpha has GGUF type uint32; llama\.cpp reads it only as float32/,
+    ],
     ['a model, not an adapter', () => base.bytes, /not a LoRA adapter/],
     ['not GGUF at all', () => new TextEncoder().encode('just text, no adapter'), /not a readable GGUF file/],
   ];
@@ -129,6 +151,19 @@ describe('a LoRA adapter is checked against the base before the engine sees eith
     });
   }
 
+  it('refuses a scale outside [0.001, 1000] before unsealing anything', async () => {
+    const good = await sealBytes(dir, 'good-scale.gguf', wire.writeLoraAdapter(adapterFor(base)));
+    for (const scale of [0, 1e-300, 1e300, Number.POSITIVE_INFINITY, -1]) {
+      const { result, seen, privateDir } = load([{ file: good.file, scale }]);
+      await expect(result).rejects.toMatchObject({
+        code: 'bad-adapter',
+        message: `${good.file}: the adapter's scale must be a number from 0.001 to 1000, got ${scale}`,
+      });
+      expect(seen).toEqual([]);
+      expect(readdirSync(privateDir)).toEqual([]);
+    }
+  });
+
   it('a second, bad adapter after a good one refuses both; nothing is left', async () => {
     const good = await sealBytes(dir, 'good2.gguf', wire.writeLoraAdapter(adapterFor(base)));
     const nan = await sealBytes(dir, 'nan2.gguf', withNaN(wire.writeLoraAdapter(adapterFor(base))));
@@ -138,6 +173,39 @@ describe('a LoRA adapter is checked against the base before the engine sees eith
     ]);
     await expect(result).rejects.toMatchObject({ code: 'bad-adapter' });
     expect(seen).toEqual([]);
+    expect(readdirSync(privateDir)).toEqual([]);
+  });
+
+  it('an adapter written to while loading refuses the model, and no plaintext is left', async () => {
+    const good = await sealBytes(dir, 'touched.gguf', wire.writeLoraAdapter(adapterFor(base)));
+    const privateDir = mkdtempSync(join(dir, 'private-'));
+    let engines = 0;
+    await expect(
+      loadSealedModel({
+        file: baseFile,
+        key: async (_header, file) => {
+          if (file === good.file) utimesSync(good.file, new Date(), new Date());
+          return KEK;
+        },
+        dir: privateDir,
+        adapters: [{ file: good.file, scale: 1 }],
+        loaders: {
+          gguf: async () => {
+            engines++;
+            return new ScriptedTextEngine();
+          },
+          onnxBundle: async () => {
+            throw new Error('not used');
+          },
+        },
+        log: () => {},
+      }),
+    ).rejects.toMatchObject({
+      code: 'changed',
+      message: `${good.file} changed while it was being loaded; not served`,
+    });
+    // Found only once the engine held the model: the base's plaintext goes too.
+    expect(engines).toBe(1);
     expect(readdirSync(privateDir)).toEqual([]);
   });
 

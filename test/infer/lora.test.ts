@@ -119,7 +119,12 @@ describe('serving a base with a LoRA adapter', { timeout: 120_000 }, () => {
   it('a zero-B adapter leaves greedy output exactly as the base alone; two adapters stack', async () => {
     const zero = await serve([{ file: zeroSealed.file, scale: 2 }]);
     try {
-      expect(await ask(zero.url, { adapters: [zeroSealed.digest] })).toBe(plain);
+      expect(await ask(zero.url, { adapters: [`${zeroSealed.digest}@2`] })).toBe(plain);
+      // The scale is pinned: the digest alone means scale 1.
+      await expect(ask(zero.url, { adapters: [zeroSealed.digest] })).rejects.toMatchObject({
+        code: 'adapter',
+        message: expect.stringContaining('(scale 2); the policy wants exactly'),
+      });
     } finally {
       await zero.close();
     }

@@ -1,6 +1,6 @@
 /** routeResources: each repository's resources from its own broker, everything else from the primary. */
 import { describe, expect, it } from 'vitest';
-import { AgentError, type ResourceSource, routeResources } from '../../src/tee/keys.js';
+import { AgentError, type ResourceSource, resourcePathOf, routeResources } from '../../src/tee/keys.js';
 
 class Fake implements ResourceSource {
   asked: string[] = [];
@@ -49,5 +49,35 @@ describe('routeResources', () => {
     const p = new Fake('vendor');
     expect(routeResources(p, new Map())).toBe(p);
     expect(() => routeResources(p, new Map([['a/b', new Fake('x')]]))).toThrow(AgentError);
+    for (const bad of ['.', '..', '.acme'])
+      expect(() => routeResources(p, new Map([[bad, new Fake('x')]])), bad).toThrow(
+        /not a key broker repository name/,
+      );
+  });
+
+  it("refuses '.' and '..' segments: routing reads the raw first segment, the broker's URL resolves them", async () => {
+    for (const uri of [
+      'kbs:///./acme/kek',
+      'kbs:///../acme/kek',
+      'kbs:///vendor/../kek',
+      'kbs:///acme/adapters/..',
+      'kbs:///acme/./kek',
+      'kbs:///.hidden/a/b',
+    ])
+      expect(() => resourcePathOf(uri), uri).toThrow(
+        expect.objectContaining({
+          code: 'bad-uri',
+          message: expect.stringMatching(/no segment starting with '\.'/),
+        }),
+      );
+    expect(resourcePathOf('kbs:///acme.corp/adapters/kek.v2')).toBe('acme.corp/adapters/kek.v2');
+    // A path that did not come through resourcePathOf is refused by the router too, broker untouched.
+    const vendor = new Fake('vendor');
+    const acme = new Fake('acme');
+    const r = routeResources(vendor, new Map([['acme', acme]]));
+    for (const path of ['./acme/kek', 'x/../acme/kek', '../acme/x/y'])
+      await expect(r.getResource(path), path).rejects.toMatchObject({ code: 'bad-uri' });
+    expect(vendor.asked).toEqual([]);
+    expect(acme.asked).toEqual([]);
   });
 });

@@ -17,6 +17,8 @@ import { loadUiAssets } from '../../src/infer/ui.js';
 import { ScriptedTextEngine } from '../infer/fake-engines.js';
 import { type Harness, startHarness, TEXT_DIGEST } from '../infer/harness.js';
 
+const ADAPTER_DIGEST = `sha256:${'e5'.repeat(32)}`;
+
 /** Debian's Chromium; CLOISTER_CHROMIUM names another build (playwright-core downloads none). */
 const CHROMIUM = process.env.CLOISTER_CHROMIUM ?? '/usr/bin/chromium';
 const ARGS = [
@@ -57,7 +59,11 @@ describe.skipIf(skip)('the browser page', () => {
     out = await mkdtemp(join(tmpdir(), 'cloister-ui-build-'));
     await promisify(execFile)(process.execPath, [join(root, 'scripts/build-ui.mjs'), out]);
     // Tokens 30 ms apart, so the page can be seen showing a reply while it streams.
-    h = await startHarness({ ui: await loadUiAssets(out), text: new ScriptedTextEngine(2, 30) });
+    h = await startHarness({
+      ui: await loadUiAssets(out),
+      text: new ScriptedTextEngine(2, 30),
+      textAdapters: [{ digest: ADAPTER_DIGEST, scale: 0.8 }],
+    });
     browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS });
   });
 
@@ -99,6 +105,9 @@ describe.skipIf(skip)('the browser page', () => {
     expect(verification).toContain('sample');
     expect(verification).toContain('software only');
     expect(verification).toContain(TEXT_DIGEST);
+    // The model's LoRA adapter beside it: short digest, the whole one on hover, its scale.
+    expect(verification).toContain(`+ LoRA adapter sha256:${'e5'.repeat(6)}… at scale 0.8`);
+    expect(await page.getAttribute('#verification code[title]', 'title')).toBe(ADAPTER_DIGEST);
     expect(verification).toContain(`sha256:${'cd'.repeat(32)}`);
     expect(verification).toMatch(/key id \d+/);
     expect(verification).toContain('end-to-end encrypted');

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { tinyLlamaGguf } from '../../src/infer/testing/gguf.js';
-import { readGgufInfo } from '../../src/wire/gguf.js';
-import { readTensorF32, writeGguf } from '../../src/wire/gguf-tensors.js';
+import { GgufValueType, readGgufInfo } from '../../src/wire/gguf.js';
+import { type GgufMetaValue, readTensorF32, writeGguf } from '../../src/wire/gguf-tensors.js';
 import {
   checkLoraAgainstBase,
   type LoraAdapter,
@@ -117,6 +117,37 @@ describe('GGUF LoRA adapters', () => {
     expect(() => readLoraAdapter(new Uint8Array(10))).toThrow(
       expect.objectContaining({ code: 'not-adapter' }),
     );
+  });
+
+  it('refuses adapter.lora.alpha stored as anything but float32 (llama.cpp would abort on it)', () => {
+    const withAlpha = (alpha: GgufMetaValue, type: GgufMetaValue = { type: 'string', value: 'adapter' }) =>
+      writeGguf(
+        [
+          ['general.architecture', { type: 'string', value: 'llama' }],
+          ['general.type', type],
+          ['adapter.type', { type: 'string', value: 'lora' }],
+          ['adapter.lora.alpha', alpha],
+        ],
+        [
+          { name: 'w.lora_a', dims: [4, 2], type: 'F32', data: new Float32Array(8) },
+          { name: 'w.lora_b', dims: [2, 4], type: 'F32', data: new Float32Array(8) },
+        ],
+      );
+    const info = readGgufInfo(withAlpha({ type: 'u32', value: 8 }));
+    expect(info.metadataTypes.get('adapter.lora.alpha')).toBe(GgufValueType.UINT32);
+    expect(info.metadataTypes.get('general.type')).toBe(GgufValueType.STRING);
+    expect(() => readLoraAdapter(withAlpha({ type: 'u32', value: 8 }))).toThrow(
+      expect.objectContaining({
+        code: 'not-adapter',
+        message: "the adapter's adapter.lora.alpha has GGUF type uint32; llama.cpp reads it only as float32",
+      }),
+    );
+    expect(() => readLoraAdapter(withAlpha({ type: 'i32', value: 8 }))).toThrow(/GGUF type int32/);
+    // A one-string array is not the string llama.cpp's gguf_get_val_str asserts either.
+    expect(() =>
+      readLoraAdapter(withAlpha({ type: 'f32', value: 8 }, { type: 'string[]', value: ['adapter'] })),
+    ).toThrow(expect.objectContaining({ code: 'not-adapter' }));
+    expect(readLoraAdapter(withAlpha({ type: 'f32', value: 8 })).alpha).toBe(8);
   });
 
   it('scale is s·alpha/rank, or s when alpha is 0 (as llama.cpp)', () => {

@@ -27,7 +27,7 @@ import type {
   LlamaModel,
 } from 'node-llama-cpp';
 import { importOptional } from '../../util/optional/node.js';
-import { GgufError } from '../../wire/index.js';
+import { GgufError, isLoraScale, LORA_SCALE_RANGE } from '../../wire/index.js';
 import { readGgufInfoFromFile } from '../models/gguf-node.js';
 import { StopScanner } from './stop.js';
 import {
@@ -156,10 +156,10 @@ export async function loadLlamaEngine(options: LlamaEngineOptions): Promise<Text
   }
   const adapters = options.adapters ?? [];
   for (const a of adapters) {
-    if (!Number.isFinite(a.scale) || a.scale <= 0)
+    if (!isLoraScale(a.scale))
       throw new EngineError(
         'bad-request',
-        `${a.path}: an adapter's scale must be a number > 0, got ${a.scale}`,
+        `${a.path}: an adapter's scale must be ${LORA_SCALE_RANGE}, got ${a.scale}`,
       );
   }
 
