@@ -19,7 +19,8 @@ import { bs, canonicalizeBytes, fromBase64, fromHex, isObject, toBase64 } from '
 
 export const KBS_PROTOCOL_VERSION = '0.4.0';
 export const SESSION_COOKIE = 'kbs-session-id';
-export const RESOURCE_PATH = /^([A-Za-z0-9._-]+)\/([A-Za-z0-9._-]+)\/([A-Za-z0-9._-]+)$/;
+export const RESOURCE_PATH =
+  /^([A-Za-z0-9_-][A-Za-z0-9._-]*)\/([A-Za-z0-9_-][A-Za-z0-9._-]*)\/([A-Za-z0-9_-][A-Za-z0-9._-]*)$/;
 
 /** The curves kbs_types' TeePubKey and Trustee's JWE code take, with their coordinate sizes in bytes. */
 export const EC_CURVES = { 'P-256': 32, 'P-384': 48, 'P-521': 66 } as const;

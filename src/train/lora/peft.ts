@@ -70,7 +70,7 @@ export function readSafetensors(bytes: Uint8Array): SafeTensor[] {
   let header: unknown;
   try {
     header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(8, dataStart)));
-  } catch (e) {
+  } catch {
     throw bad(`${where} is not a safetensors file (its header is not JSON)`);
   }
   if (!isRecord(header)) throw bad(`${where}: the header is not a JSON object`);
@@ -162,7 +162,7 @@ function parseConfig(bytes: Uint8Array): PeftConfig {
   let doc: unknown;
   try {
     doc = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
-  } catch (e) {
+  } catch {
     throw bad(`${where} is not JSON`);
   }
   if (!isRecord(doc)) throw bad(`${where} must be a JSON object`);
