@@ -33,7 +33,7 @@ import { measureServeAdapter } from './lib/serve-adapter.js';
 const dist = new URL('../dist/', import.meta.url);
 const load = (p) => import(new URL(p, dist).href);
 const { createLoraTrainer } = await load('train/lora/trainer.js');
-const { tinyLlamaGguf } = await load('infer/testing/index.js');
+const { tinyLlamaGguf } = await load('infer/testing/gguf.js');
 const { sealBytes, openBytes } = await load('seal/container.js');
 
 const env = (name, fallback) => Number(process.env[name] ?? fallback);
