@@ -3,6 +3,7 @@
  * `hyperparameters.<field>`, defaults filled in, and unknown fields refused (a typo such as
  * "learningRate" must not silently train with the default).
  */
+import { fieldReaders } from '../fields.js';
 import { LlamaError } from './errors.js';
 import type { LlamaShape } from './model.js';
 import { VOCAB_SIZE } from './tokenizer.js';
@@ -66,41 +67,7 @@ function fail(field: string, message: string): LlamaError {
   return new LlamaError('bad-hyperparameter', `hyperparameters.${field} ${message}`);
 }
 
-function int(
-  raw: Record<string, unknown>,
-  field: string,
-  min: number,
-  max: number,
-  fallback?: number,
-): number {
-  const v = raw[field];
-  if (v === undefined) {
-    if (fallback === undefined) throw fail(field, 'is required');
-    return fallback;
-  }
-  if (typeof v !== 'number' || !Number.isSafeInteger(v))
-    throw fail(field, `must be an integer, got ${JSON.stringify(v)}`);
-  if (v < min || v > max) throw fail(field, `must be between ${min} and ${max}, got ${v}`);
-  return v;
-}
-
-function real(
-  raw: Record<string, unknown>,
-  field: string,
-  min: number,
-  max: number,
-  fallback: number,
-  openMin = false,
-): number {
-  const v = raw[field];
-  if (v === undefined) return fallback;
-  if (typeof v !== 'number' || !Number.isFinite(v))
-    throw fail(field, `must be a number, got ${JSON.stringify(v)}`);
-  if (v < min || v > max || (openMin && v === min)) {
-    throw fail(field, `must be ${openMin ? 'above' : 'at least'} ${min} and at most ${max}, got ${v}`);
-  }
-  return v;
-}
+const { int, real, schedule: scheduleOf } = fieldReaders(fail);
 
 /**
  * Checks and completes the hyperparameters. With a starting model, the shape comes from the model; a
@@ -134,17 +101,7 @@ export function parseHyperparameters(raw: Record<string, unknown>, start?: Llama
     throw fail('kvHeads', `(${kvHeads}) must divide hyperparameters.heads (${heads})`);
   const ffn = shapeField('ffn', 1, 65536, 2 * dim);
   const lr = real(raw, 'lr', 0, 1, 3e-3, true);
-  const schedule = raw.schedule ?? 'cosine';
-  if (schedule !== 'cosine' && schedule !== 'constant') {
-    throw fail('schedule', `must be "cosine" or "constant", got ${JSON.stringify(schedule)}`);
-  }
-  const warmup = int(
-    raw,
-    'warmup',
-    0,
-    steps,
-    schedule === 'cosine' ? Math.min(100, Math.floor(steps / 10)) : 0,
-  );
+  const { schedule, warmup } = scheduleOf(raw, steps);
   const weightDecay = real(raw, 'weightDecay', 0, 1, 0.01);
   const clip = real(raw, 'clip', 0, 1e6, 1);
   const heldOut = real(raw, 'heldOut', 0, 0.5, 0.1);

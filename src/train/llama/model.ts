@@ -12,6 +12,7 @@
  * function here consumes exactly the arrays it is given.
  */
 import { type Array as JaxArray, jit, nn, numpy as np, type OwnedFunction, valueAndGrad } from '@jax-js/jax';
+import { adamwUpdate, type OptimizerConfig } from '../adamw.js';
 import { Rng } from './prng.js';
 
 /** llama.cpp reads these from the GGUF; the trainer always writes these values. */
@@ -221,15 +222,6 @@ function meanLoss(
   return tokenNll(s, forward(s, params, tokens, cos, sin), targets).mean();
 }
 
-export interface OptimizerConfig {
-  beta1: number;
-  beta2: number;
-  eps: number;
-  weightDecay: number;
-  /** Global gradient-norm clip; 0 turns clipping off. */
-  clip: number;
-}
-
 // A type alias, not an interface: jax-js's JsTree only accepts object types with an index signature.
 export type StepOutput = {
   loss: JaxArray;
@@ -288,31 +280,8 @@ export function makeTrainStep(
         cos,
         sin,
       );
-      let grads = grads0;
-      if (opt.clip > 0) {
-        let sq = np.zeros([]);
-        for (const g of grads) sq = sq.add(np.square(g.ref).sum());
-        const scale = np.minimum(1, np.divide(opt.clip, np.sqrt(sq).add(1e-6)));
-        grads = grads.map((g) => g.mul(scale.ref));
-        scale.dispose();
-      }
-      const newM: JaxArray[] = [];
-      const newV: JaxArray[] = [];
-      const newP: JaxArray[] = [];
-      grads.forEach((g, i) => {
-        const mi = m[i]!.mul(opt.beta1).add(g.ref.mul(1 - opt.beta1));
-        const vi = v[i]!.mul(opt.beta2).add(np.square(g).mul(1 - opt.beta2));
-        let update = mi.ref.div(bc1.ref).div(np.sqrt(vi.ref.div(bc2.ref)).add(opt.eps));
-        const p = params[i]!;
-        if (decay[i] && opt.weightDecay > 0) update = update.add(p.ref.mul(opt.weightDecay));
-        newP.push(p.sub(update.mul(lr.ref)));
-        newM.push(mi);
-        newV.push(vi);
-      });
-      lr.dispose();
-      bc1.dispose();
-      bc2.dispose();
-      return { loss, params: newP, m: newM, v: newV };
+      const next = adamwUpdate(opt, params, m, v, grads0, lr, bc1, bc2, decay);
+      return { loss, params: next.params, m: next.m, v: next.v };
     },
   );
 }

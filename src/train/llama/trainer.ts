@@ -12,6 +12,7 @@ import { readFile } from 'node:fs/promises';
 import { type Array as JaxArray, numpy as np } from '@jax-js/jax';
 import { canonicalizeBytes, sha256, toHex } from '../../util/index.js';
 import { initEngine } from '../engine.js';
+import { checkStepAndCursor, decodeState, encodeState } from '../state.js';
 import type { BuiltinTrainer, ModelFile, StepReport, TrainerInput } from '../trainer.js';
 import { LlamaError } from './errors.js';
 import { type LlamaModel, readLlamaGguf, writeLlamaGguf } from './gguf.js';
@@ -293,22 +294,10 @@ class Trainer implements LlamaTrainer {
       step: this.step_,
       cursor: this.cursor,
     };
-    const json = canonicalizeBytes(header);
-    const headerEnd = alignUp(STATE_MAGIC.length + 4 + json.length, 4);
-    const floats = this.floatCount();
-    const out = new Uint8Array(headerEnd + floats * 4);
-    out.set(STATE_MAGIC, 0);
-    const view = new DataView(out.buffer);
-    view.setUint32(STATE_MAGIC.length, json.length, true);
-    out.set(json, STATE_MAGIC.length + 4);
-    let o = headerEnd;
-    for (const group of [this.params, this.m, this.v]) {
-      for (const a of group) {
-        const data = a.ref.dataSync() as Float32Array;
-        for (let i = 0; i < data.length; i++, o += 4) view.setFloat32(o, data[i]!, true);
-      }
-    }
-    return out;
+    const arrays = function* (groups: JaxArray[][]) {
+      for (const group of groups) for (const a of group) yield a.ref.dataSync() as Float32Array;
+    };
+    return encodeState(STATE_MAGIC, header, this.floatCount(), arrays([this.params, this.m, this.v]));
   }
 
   private floatCount(): number {
@@ -319,20 +308,8 @@ class Trainer implements LlamaTrainer {
     this.live();
     const refuse = (why: string): LlamaError =>
       new LlamaError('checkpoint-state', `the saved state cannot resume this llama job: ${why}`);
-    if (state.length < STATE_MAGIC.length + 4 || STATE_MAGIC.some((b, i) => state[i] !== b)) {
-      throw refuse('it is not a llama trainer state');
-    }
-    const view = new DataView(state.buffer, state.byteOffset, state.byteLength);
-    const jsonLength = view.getUint32(STATE_MAGIC.length, true);
-    if (STATE_MAGIC.length + 4 + jsonLength > state.length) throw refuse('its header is truncated');
-    let header: StateHeader;
-    try {
-      header = JSON.parse(
-        utf8Fatal.decode(state.subarray(STATE_MAGIC.length + 4, STATE_MAGIC.length + 4 + jsonLength)),
-      ) as StateHeader;
-    } catch {
-      throw refuse('its header is not JSON');
-    }
+    const decoded = decodeState<StateHeader>(state, STATE_MAGIC, refuse, 'it is not a llama trainer state');
+    const header = decoded.header;
     if (header.trainer !== 'llama')
       throw refuse(`it belongs to the ${JSON.stringify(header.trainer)} trainer`);
     if (header.format !== STATE_FORMAT) throw refuse(`it has format ${header.format}, not ${STATE_FORMAT}`);
@@ -348,25 +325,14 @@ class Trainer implements LlamaTrainer {
     if (header.digest !== this.digest) {
       throw refuse('it was saved under other hyperparameters or another seed');
     }
-    if (
-      !Number.isSafeInteger(header.step) ||
-      header.step < 0 ||
-      !Number.isSafeInteger(header.cursor) ||
-      header.cursor < 0
-    ) {
-      throw refuse('its step or data cursor is not a count');
-    }
-    const headerEnd = alignUp(STATE_MAGIC.length + 4 + jsonLength, 4);
-    if (state.length !== headerEnd + this.floatCount() * 4) {
-      throw refuse(`it has ${state.length} bytes; this shape needs ${headerEnd + this.floatCount() * 4}`);
-    }
-    let o = headerEnd;
-    const groups = [0, 1, 2].map(() =>
-      this.specs.map((s) => {
-        const a = new Float32Array(elementCount(s.shape));
-        for (let i = 0; i < a.length; i++, o += 4) a[i] = view.getFloat32(o, true);
-        return np.array(a).reshape(s.shape);
-      }),
+    checkStepAndCursor(header.step, header.cursor, refuse);
+    const sizes = this.specs.map((s) => elementCount(s.shape));
+    const floats = decoded.floats(
+      [...sizes, ...sizes, ...sizes],
+      (bytes, needed) => `it has ${bytes} bytes; this shape needs ${needed}`,
+    );
+    const groups = [0, 1, 2].map((g) =>
+      this.specs.map((s, i) => np.array(floats[g * this.specs.length + i]!).reshape(s.shape)),
     );
     for (const a of [...this.params, ...this.m, ...this.v]) a.dispose();
     [this.params, this.m, this.v] = groups as [JaxArray[], JaxArray[], JaxArray[]];
@@ -393,8 +359,4 @@ class Trainer implements LlamaTrainer {
     this.evalNll.dispose();
     this.logitsFn?.dispose();
   }
-}
-
-function alignUp(n: number, a: number): number {
-  return Math.ceil(n / a) * a;
 }

@@ -3,6 +3,7 @@
  * `hyperparameters.<field>`, defaults filled in, unknown fields refused (a typo such as "targetModules"
  * must not silently train the default projections).
  */
+import { fieldReaders } from '../fields.js';
 import type { LrSchedule } from '../llama/hyperparameters.js';
 import { LoraError } from './errors.js';
 
@@ -58,41 +59,7 @@ function fail(field: string, message: string): LoraError {
   return new LoraError('bad-hyperparameter', `hyperparameters.${field} ${message}`);
 }
 
-function int(
-  raw: Record<string, unknown>,
-  field: string,
-  min: number,
-  max: number,
-  fallback?: number,
-): number {
-  const v = raw[field];
-  if (v === undefined) {
-    if (fallback === undefined) throw fail(field, 'is required');
-    return fallback;
-  }
-  if (typeof v !== 'number' || !Number.isSafeInteger(v))
-    throw fail(field, `must be an integer, got ${JSON.stringify(v)}`);
-  if (v < min || v > max) throw fail(field, `must be between ${min} and ${max}, got ${v}`);
-  return v;
-}
-
-function real(
-  raw: Record<string, unknown>,
-  field: string,
-  min: number,
-  max: number,
-  fallback: number,
-  openMin = false,
-): number {
-  const v = raw[field];
-  if (v === undefined) return fallback;
-  if (typeof v !== 'number' || !Number.isFinite(v))
-    throw fail(field, `must be a number, got ${JSON.stringify(v)}`);
-  if (v < min || v > max || (openMin && v === min)) {
-    throw fail(field, `must be ${openMin ? 'above' : 'at least'} ${min} and at most ${max}, got ${v}`);
-  }
-  return v;
-}
+const { int, real, schedule: scheduleOf } = fieldReaders(fail);
 
 function targetsOf(raw: Record<string, unknown>): LoraTarget[] {
   const v = raw.targets;
@@ -124,17 +91,7 @@ export function parseLoraHyperparameters(raw: Record<string, unknown>): LoraHype
   const alpha = real(raw, 'alpha', 0, 1e6, 16, true);
   const targets = targetsOf(raw);
   const lr = real(raw, 'lr', 0, 1, 1e-3, true);
-  const schedule = raw.schedule ?? 'cosine';
-  if (schedule !== 'cosine' && schedule !== 'constant') {
-    throw fail('schedule', `must be "cosine" or "constant", got ${JSON.stringify(schedule)}`);
-  }
-  const warmup = int(
-    raw,
-    'warmup',
-    0,
-    steps,
-    schedule === 'cosine' ? Math.min(100, Math.floor(steps / 10)) : 0,
-  );
+  const { schedule, warmup } = scheduleOf(raw, steps);
   const weightDecay = real(raw, 'weightDecay', 0, 1, 0);
   const clip = real(raw, 'clip', 0, 1e6, 1);
   const heldOut = real(raw, 'heldOut', 0, 0.5, 0.1);

@@ -19,6 +19,7 @@ import { toGgmlOrder } from '../llama/gguf.js';
 import { learningRate } from '../llama/hyperparameters.js';
 import { ropeTables } from '../llama/model.js';
 import { Rng } from '../llama/prng.js';
+import { checkStepAndCursor, decodeState, encodeState } from '../state.js';
 import type { BuiltinTrainer, ModelFile, StepReport, TrainerInput } from '../trainer.js';
 import { baseHeadDim, type LoraBase, type LoraBaseShape, readLoraBase, writeMergedGguf } from './base.js';
 import { type ChatExample, loadChatDataset } from './dataset.js';
@@ -67,8 +68,6 @@ interface StateHeader {
   step: number;
   cursor: number;
 }
-
-const utf8Fatal = new TextDecoder('utf-8', { fatal: true });
 
 /** Checks the input, reads the base and the chat dataset, and builds the trainer. */
 export async function createLoraTrainer(input: TrainerInput): Promise<LoraTrainer> {
@@ -385,21 +384,10 @@ class Trainer implements LoraTrainer {
       step: this.step_,
       cursor: this.cursor,
     };
-    const json = canonicalizeBytes(header);
-    const headerEnd = alignUp(STATE_MAGIC.length + 4 + json.length, 4);
-    const out = new Uint8Array(headerEnd + this.floatCount() * 4);
-    out.set(STATE_MAGIC, 0);
-    const view = new DataView(out.buffer);
-    view.setUint32(STATE_MAGIC.length, json.length, true);
-    out.set(json, STATE_MAGIC.length + 4);
-    let o = headerEnd;
-    for (const group of [this.lora, this.m, this.v]) {
-      for (const a of group) {
-        const data = a.ref.dataSync() as Float32Array;
-        for (let i = 0; i < data.length; i++, o += 4) view.setFloat32(o, data[i]!, true);
-      }
-    }
-    return out;
+    const arrays = function* (groups: JaxArray[][]) {
+      for (const group of groups) for (const a of group) yield a.ref.dataSync() as Float32Array;
+    };
+    return encodeState(STATE_MAGIC, header, this.floatCount(), arrays([this.lora, this.m, this.v]));
   }
 
   private floatCount(): number {
@@ -410,43 +398,20 @@ class Trainer implements LoraTrainer {
     this.live();
     const refuse = (why: string): LoraError =>
       new LoraError('checkpoint-state', `the saved state cannot resume this LoRA job: ${why}`);
-    if (state.length < STATE_MAGIC.length + 4 || STATE_MAGIC.some((b, i) => state[i] !== b)) {
-      throw refuse('it is not a LoRA trainer state');
-    }
-    const view = new DataView(state.buffer, state.byteOffset, state.byteLength);
-    const jsonLength = view.getUint32(STATE_MAGIC.length, true);
-    if (STATE_MAGIC.length + 4 + jsonLength > state.length) throw refuse('its header is truncated');
-    let header: StateHeader;
-    try {
-      header = JSON.parse(
-        utf8Fatal.decode(state.subarray(STATE_MAGIC.length + 4, STATE_MAGIC.length + 4 + jsonLength)),
-      ) as StateHeader;
-    } catch {
-      throw refuse('its header is not JSON');
-    }
+    const decoded = decodeState<StateHeader>(state, STATE_MAGIC, refuse, 'it is not a LoRA trainer state');
+    const header = decoded.header;
     if (header.format !== STATE_FORMAT) throw refuse(`it has format ${header.format}, not ${STATE_FORMAT}`);
     if (header.digest !== this.digest) {
       throw refuse('it was saved under other hyperparameters, another seed or another base model');
     }
-    if (
-      !Number.isSafeInteger(header.step) ||
-      header.step < 0 ||
-      !Number.isSafeInteger(header.cursor) ||
-      header.cursor < 0
-    ) {
-      throw refuse('its step or data cursor is not a count');
-    }
-    const headerEnd = alignUp(STATE_MAGIC.length + 4 + jsonLength, 4);
-    if (state.length !== headerEnd + this.floatCount() * 4) {
-      throw refuse(`it has ${state.length} bytes; this job's state has ${headerEnd + this.floatCount() * 4}`);
-    }
-    let o = headerEnd;
-    const groups = [0, 1, 2].map(() =>
-      this.shapes.map((s) => {
-        const a = new Float32Array(s[0]! * s[1]!);
-        for (let i = 0; i < a.length; i++, o += 4) a[i] = view.getFloat32(o, true);
-        return np.array(a).reshape(s);
-      }),
+    checkStepAndCursor(header.step, header.cursor, refuse);
+    const sizes = this.shapes.map((s) => s[0]! * s[1]!);
+    const floats = decoded.floats(
+      [...sizes, ...sizes, ...sizes],
+      (bytes, needed) => `it has ${bytes} bytes; this job's state has ${needed}`,
+    );
+    const groups = [0, 1, 2].map((g) =>
+      this.shapes.map((s, i) => np.array(floats[g * this.shapes.length + i]!).reshape(s)),
     );
     for (const a of [...this.lora, ...this.m, ...this.v]) a.dispose();
     [this.lora, this.m, this.v] = groups as [JaxArray[], JaxArray[], JaxArray[]];
@@ -496,8 +461,4 @@ class Trainer implements LoraTrainer {
     for (const f of [this.evalFns.adapter, this.evalFns.base, this.logitsFns.adapter, this.logitsFns.base])
       f?.dispose();
   }
-}
-
-function alignUp(n: number, a: number): number {
-  return Math.ceil(n / a) * a;
 }
