@@ -22,19 +22,19 @@
  * BENCH_SKIP=lora or serve leaves a part out (its figures null).
  */
 import { createHash } from 'node:crypto';
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { startJobBroker } from './lib/job-broker.js';
+import { confidentialRun, plainRun, plainVsConfidential } from './lib/runs.js';
 import { measureServeAdapter } from './lib/serve-adapter.js';
 
 const dist = new URL('../dist/', import.meta.url);
 const load = (p) => import(new URL(p, dist).href);
 const { createLoraTrainer } = await load('train/lora/trainer.js');
 const { tinyLlamaGguf } = await load('infer/testing/gguf.js');
-const { sealBytes, openBytes } = await load('seal/container.js');
+const { sealBytes } = await load('seal/container.js');
 
 const env = (name, fallback) => Number(process.env[name] ?? fallback);
 const STEPS = env('BENCH_LORA_STEPS', 300);
@@ -99,54 +99,32 @@ try {
     log(`lora: base ${base.length} bytes, ${data.length} bytes of examples; broker at ${j.broker.url}`);
 
     const plain = async (tag) => {
-      const dir = join(work, `plain-${tag}`);
-      mkdirSync(dir);
-      const t0 = performance.now();
-      const trainer = await createLoraTrainer({
-        inputs: [{ name: 'data', path: join(work, 'data.jsonl') }],
-        base: { name: 'base', path: join(work, 'base.gguf') },
-        hyperparameters: HP,
-        seed: SEED,
-      });
-      await trainer.evaluate();
-      let tokens = 0;
-      let steadyTokens = 0;
-      let steadyFrom;
-      while (trainer.completedSteps < trainer.totalSteps) {
-        const r = await trainer.step();
-        tokens += r.tokens;
-        if (r.step === WARMUP_STEPS) steadyFrom = performance.now();
-        else if (r.step > WARMUP_STEPS) steadyTokens += r.tokens;
-      }
-      const steadyS = seconds(steadyFrom);
-      const metrics = await trainer.evaluate();
-      for (const f of await trainer.exportModel()) await writeFile(join(dir, f.name), f.bytes);
-      trainer.dispose();
-      const wall = seconds(t0);
-      log(
-        `  plain ${tag}: ${tokens} tokens in ${wall.toFixed(2)} s (${(tokens / wall).toFixed(0)} tok/s overall, ` +
-          `${(steadyTokens / steadyS).toFixed(0)} after step ${WARMUP_STEPS}); held-out ppl ` +
-          `${metrics.base_heldout_ppl.toFixed(1)} → ${metrics.heldout_ppl.toFixed(1)}`,
+      const r = await plainRun(
+        join(work, `plain-${tag}`),
+        () =>
+          createLoraTrainer({
+            inputs: [{ name: 'data', path: join(work, 'data.jsonl') }],
+            base: { name: 'base', path: join(work, 'base.gguf') },
+            hyperparameters: HP,
+            seed: SEED,
+          }),
+        WARMUP_STEPS,
+        'adapter.gguf',
       );
-      return {
-        wall,
-        tokens,
-        steadyTokens,
-        steadyS,
-        adapter: readFileSync(join(dir, 'adapter.gguf')),
-        metrics,
-      };
+      log(
+        `  plain ${tag}: ${r.tokens} tokens in ${r.wall.toFixed(2)} s (${(r.tokens / r.wall).toFixed(0)} tok/s overall, ` +
+          `${(r.steadyTokens / r.steadyS).toFixed(0)} after step ${WARMUP_STEPS}); held-out ppl ` +
+          `${r.metrics.base_heldout_ppl.toFixed(1)} → ${r.metrics.heldout_ppl.toFixed(1)}`,
+      );
+      return r;
     };
 
     let runs = 0;
-    const confidential = async (tag) => {
-      const dir = join(work, `job-${tag}`);
-      mkdirSync(dir);
-      for (const f of ['base.gguf.sealed', 'data.jsonl.sealed']) copyFileSync(join(work, f), join(dir, f));
-      let tokens = 0;
-      const { result, wall, phases } = await j.confidentialJob(
-        dir,
-        {
+    const confidential = (tag) =>
+      confidentialRun(j.confidentialJob, {
+        dir: join(work, `job-${tag}`),
+        inputs: ['base.gguf.sealed', 'data.jsonl.sealed'].map((f) => join(work, f)),
+        manifest: {
           version: 1,
           name: `bench-lora-${tag}-${++runs}`,
           inputs: [{ name: 'data', path: 'data.jsonl.sealed', sha256: sha(sealedData) }],
@@ -157,32 +135,21 @@ try {
           outputs: { recipients: ['kbs:///company/adapters/key'] },
           checkpoints: { everySteps: CHECKPOINT_EVERY },
         },
-        (e) => {
-          tokens += e.tokens ?? 0;
-        },
-      );
-      const adapter = await openBytes(readFileSync(join(dir, 'out', 'adapter.gguf.sealed')), {
-        kind: 'kek',
-        secret: adapterKek.secret,
+        output: 'adapter.gguf.sealed',
+        kek: adapterKek,
+        tag,
+        log,
       });
-      log(
-        `  confidential ${tag}: ${tokens} tokens in ${wall.toFixed(2)} s (${(tokens / wall).toFixed(0)} tok/s), ` +
-          `${result.checkpoints.length} sealed checkpoints, receipt at log entry ${result.logIndex}`,
-      );
-      return { wall, tokens, checkpoints: result.checkpoints.length, adapter, phases };
-    };
 
     log(
       `lora: ${STEPS} steps each, plain / confidential / confidential / plain; checkpoint every ${CHECKPOINT_EVERY}`,
     );
-    const p1 = await plain('a');
-    const c1 = await confidential('a');
-    const c2 = await confidential('b');
-    const p2 = await plain('b');
-    const plainRate = (p1.tokens + p2.tokens) / (p1.wall + p2.wall);
-    const confRate = (c1.tokens + c2.tokens) / (c1.wall + c2.wall);
+    const { p1, c1, c2, p2, plainRate, confRate, steadyRate } = await plainVsConfidential(
+      plain,
+      confidential,
+    );
     Object.assign(out, {
-      lora_tokens_per_s: round((p1.steadyTokens + p2.steadyTokens) / (p1.steadyS + p2.steadyS), 0),
+      lora_tokens_per_s: round(steadyRate, 0),
       confidential_vs_plain: round(confRate / plainRate),
       lora_plain_s: [round(p1.wall), round(p2.wall)],
       lora_confidential_s: [round(c1.wall), round(c2.wall)],
@@ -190,9 +157,7 @@ try {
       lora_steps: STEPS,
       lora_tokens: p1.tokens,
       lora_checkpoints: c1.checkpoints,
-      lora_same_adapter: [p2.adapter, c1.adapter, c2.adapter].every(
-        (a) => Buffer.compare(a, p1.adapter) === 0,
-      ),
+      lora_same_adapter: [p2, c1, c2].every((r) => Buffer.compare(r.output, p1.output) === 0),
       lora_heldout_ppl: {
         base: round(p1.metrics.base_heldout_ppl, 2),
         adapter: round(p1.metrics.heldout_ppl, 2),

@@ -39,11 +39,11 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomFillSync } from 'node:crypto';
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
 import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { startJobBroker } from './lib/job-broker.js';
+import { confidentialRun, plainRun, plainVsConfidential } from './lib/runs.js';
 
 const dist = new URL('../dist/', import.meta.url);
 const load = (p) => import(new URL(p, dist).href);
@@ -162,46 +162,31 @@ try {
 
     // What `python train.py` is to the BYO case: the trainer alone, on the plaintext file.
     const plain = async (tag) => {
-      const dir = join(work, `plain-${tag}`);
-      mkdirSync(dir);
-      const t0 = performance.now();
-      const trainer = await createLlamaTrainer({
-        inputs: [{ name: 'corpus', path: plainCorpus }],
-        hyperparameters: LLAMA_HP,
-        seed: SEED,
-      });
-      await trainer.evaluate();
-      let tokens = 0;
-      let steadyTokens = 0;
-      let steadyFrom;
-      while (trainer.completedSteps < trainer.totalSteps) {
-        const r = await trainer.step();
-        tokens += r.tokens;
-        if (r.step === WARMUP_STEPS) steadyFrom = performance.now();
-        else if (r.step > WARMUP_STEPS) steadyTokens += r.tokens;
-      }
-      const steadyS = seconds(steadyFrom);
-      await trainer.evaluate();
-      for (const f of await trainer.exportModel()) await writeFile(join(dir, f.name), f.bytes);
-      trainer.dispose();
-      const wall = seconds(t0);
-      log(
-        `  plain ${tag}: ${tokens} tokens in ${wall.toFixed(2)} s (${(tokens / wall).toFixed(0)} tok/s overall, ` +
-          `${(steadyTokens / steadyS).toFixed(0)} tok/s after step ${WARMUP_STEPS})`,
+      const r = await plainRun(
+        join(work, `plain-${tag}`),
+        () =>
+          createLlamaTrainer({
+            inputs: [{ name: 'corpus', path: plainCorpus }],
+            hyperparameters: LLAMA_HP,
+            seed: SEED,
+          }),
+        WARMUP_STEPS,
+        'model.gguf',
       );
-      return { wall, tokens, steadyTokens, steadyS, model: readFileSync(join(dir, 'model.gguf')) };
+      log(
+        `  plain ${tag}: ${r.tokens} tokens in ${r.wall.toFixed(2)} s (${(r.tokens / r.wall).toFixed(0)} tok/s overall, ` +
+          `${(r.steadyTokens / r.steadyS).toFixed(0)} tok/s after step ${WARMUP_STEPS})`,
+      );
+      return r;
     };
 
     let runs = 0;
-    const confidential = async (tag) => {
-      const dir = join(work, `job-${tag}`);
-      mkdirSync(dir);
-      copyFileSync(join(work, 'corpus.txt.sealed'), join(dir, 'corpus.txt.sealed'));
-      let tokens = 0;
-      // Each run its own job (another name, another id): the broker's counter starts at none.
-      const { result, wall, phases } = await confidentialJob(
-        dir,
-        {
+    // Each run its own job (another name, another id): the broker's counter starts at none.
+    const confidential = (tag) =>
+      confidentialRun(confidentialJob, {
+        dir: join(work, `job-${tag}`),
+        inputs: [join(work, 'corpus.txt.sealed')],
+        manifest: {
           version: 1,
           name: `bench-llama-${tag}-${++runs}`,
           inputs: [{ name: 'corpus', path: 'corpus.txt.sealed', sha256: sha(sealedCorpus) }],
@@ -211,20 +196,11 @@ try {
           outputs: { recipients: [MODEL_URI] },
           checkpoints: { everySteps: CHECKPOINT_EVERY },
         },
-        (e) => {
-          tokens += e.tokens ?? 0;
-        },
-      );
-      const model = await openBytes(readFileSync(join(dir, 'out', 'model.gguf.sealed')), {
-        kind: 'kek',
-        secret: modelKek.secret,
+        output: 'model.gguf.sealed',
+        kek: modelKek,
+        tag,
+        log,
       });
-      log(
-        `  confidential ${tag}: ${tokens} tokens in ${wall.toFixed(2)} s (${(tokens / wall).toFixed(0)} tok/s), ` +
-          `${result.checkpoints.length} sealed checkpoints, receipt at log entry ${result.logIndex}`,
-      );
-      return { wall, tokens, checkpoints: result.checkpoints.length, model, phases };
-    };
 
     log(`llama: warm-up (engine init, ${WARMUP_STEPS} steps; not timed)`);
     {
@@ -239,14 +215,12 @@ try {
     log(
       `llama: ${LLAMA_STEPS} steps each, plain / confidential / confidential / plain; checkpoint every ${CHECKPOINT_EVERY} steps`,
     );
-    const p1 = await plain('a');
-    const c1 = await confidential('a');
-    const c2 = await confidential('b');
-    const p2 = await plain('b');
-    const plainRate = (p1.tokens + p2.tokens) / (p1.wall + p2.wall);
-    const confRate = (c1.tokens + c2.tokens) / (c1.wall + c2.wall);
+    const { p1, c1, c2, p2, plainRate, confRate, steadyRate } = await plainVsConfidential(
+      plain,
+      confidential,
+    );
     Object.assign(out, {
-      llama_tokens_per_s: round((p1.steadyTokens + p2.steadyTokens) / (p1.steadyS + p2.steadyS), 0),
+      llama_tokens_per_s: round(steadyRate, 0),
       builtin_confidential_vs_plain: round(confRate / plainRate),
       builtin_plain_s: [round(p1.wall), round(p2.wall)],
       builtin_confidential_s: [round(c1.wall), round(c2.wall)],
@@ -257,7 +231,7 @@ try {
       builtin_tokens: p1.tokens,
       builtin_checkpoints: c1.checkpoints,
       builtin_checkpoint_every_steps: CHECKPOINT_EVERY,
-      builtin_same_model: [p2.model, c1.model, c2.model].every((m) => Buffer.compare(m, p1.model) === 0),
+      builtin_same_model: [p2, c1, c2].every((r) => Buffer.compare(r.output, p1.output) === 0),
       llama_shape: 'd128 2 layers 4 heads seq 64 batch 4',
     });
     log(

@@ -12,7 +12,8 @@
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { cloister, type Keep, serve, startDemoBroker } from './demo.js';
+import type { AdminClient } from '../kbs/admin-client.js';
+import { cloister, type Keep, serveAndAsk, startDemoBroker, tenantAdmin } from './demo.js';
 
 /** The vendor's general model knows how to chat, and says so when it does not know. */
 const GENERAL: readonly [string, string][] = [
@@ -67,9 +68,6 @@ const EDGE_MEASUREMENT = 'ed'.repeat(48);
 
 export async function demoFinetune(o: { keep: boolean }): Promise<void> {
   const { offlineSource } = await import('../attest/index.js');
-  const { confidentialFetch, parseClientPolicy } = await import('../client/index.js');
-  const { AdminClient } = await import('../kbs/admin-client.js');
-  const { signAdminToken } = await import('../kbs/index.js');
   const { generateKek, kekToJwk } = await import('../seal/index.js');
   const { sealFile } = await import('../seal/node.js');
   const { createLlamaTrainer, prepareJob, verifyTrainingReceipt } = await import('../train/index.js');
@@ -101,20 +99,9 @@ export async function demoFinetune(o: { keep: boolean }): Promise<void> {
     brokers.push(c.broker);
     say(`1. the vendor's key broker at ${v.broker.url}, the help desk's at ${c.broker.url}`);
     say('   (dev mode: they release keys to the INSECURE sample TEE)');
-    const tenantAdmin = async (b: typeof v, tenant: string) =>
-      new AdminClient(
-        b.broker.url,
-        (
-          await signAdminToken(
-            b.admin.privateKey,
-            { alg: 'EdDSA' },
-            { role: 'tenant-admin', tenant, subject: tenant, ttlSeconds: 600 },
-          )
-        ).token,
-      );
     const vendor = await tenantAdmin(v, 'vendor');
     const helpdesk = await tenantAdmin(c, 'helpdesk');
-    const put = async (admin: typeof vendor, uri: string, f: string) => {
+    const put = async (admin: AdminClient, uri: string, f: string) => {
       const k = generateKek(uri);
       await keep(f, JSON.stringify(kekToJwk(k)), true);
       await admin.call('PUT', `/admin/v1/resources/${uri.slice('kbs:///'.length)}`, {
@@ -266,8 +253,8 @@ export async function demoFinetune(o: { keep: boolean }): Promise<void> {
 
     // 8. The edge: the base alone, then base + adapter, through the verifying client.
     const questions = ['How do I reset my password?', 'The VPN does not connect.'];
-    const ask = async (lora: boolean) => {
-      const server = await serve(
+    const ask = (lora: boolean) =>
+      serveAndAsk(
         [
           '--kbs',
           v.broker.url,
@@ -285,40 +272,14 @@ export async function demoFinetune(o: { keep: boolean }): Promise<void> {
           '--threads',
           '1',
         ],
-        () => {},
-      );
-      try {
-        const client = confidentialFetch({
-          url: server.url,
+        {
           // The help desk pins its adapter (or, for the base alone, no adapter at all).
-          policy: parseClientPolicy({
-            tees: ['sample'],
-            minStatus: 'warning',
-            adapters: lora ? [adapterDigest] : [],
-          }),
-          collateral: offlineSource,
+          policy: { tees: ['sample'], minStatus: 'warning', adapters: lora ? [adapterDigest] : [] },
           earKey: v.broker.earPublicKey,
-        });
-        const answers: string[] = [];
-        for (const q of questions) {
-          const res = await client(new URL('/v1/chat/completions', server.url), {
-            method: 'POST',
-            headers: { 'content-type': 'application/json' },
-            body: JSON.stringify({
-              model: 'base',
-              messages: [{ role: 'user', content: q }],
-              max_tokens: 48,
-              temperature: 0,
-            }),
-          });
-          const body = (await res.json()) as { choices: { message: { content: string } }[] };
-          answers.push(body.choices[0]!.message.content.trim());
-        }
-        return answers;
-      } finally {
-        await server.stop();
-      }
-    };
+          model: 'base',
+        },
+        questions,
+      );
     say(
       '8. an edge TEE serves the base (key from the vendor’s broker), then base + adapter (key from the help desk’s)',
     );

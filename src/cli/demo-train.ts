@@ -8,7 +8,7 @@
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { cloister, type Keep, serve, startDemoBroker } from './demo.js';
+import { cloister, type Keep, serveAndAsk, startDemoBroker, tenantAdmin } from './demo.js';
 
 /** What the data owner knows: a few questions and answers, as ChatML conversations. */
 const FACTS: readonly [string, string][] = [
@@ -27,7 +27,6 @@ const TRAINER_MEASUREMENT = '00'.repeat(48);
 
 export async function demoTrain(o: { keep: boolean }): Promise<void> {
   const { offlineSource } = await import('../attest/index.js');
-  const { confidentialFetch, parseClientPolicy } = await import('../client/index.js');
   const { AdminClient } = await import('../kbs/admin-client.js');
   const { signAdminToken } = await import('../kbs/index.js');
   const { generateKek, kekToJwk } = await import('../seal/index.js');
@@ -53,19 +52,8 @@ export async function demoTrain(o: { keep: boolean }): Promise<void> {
     broker = b.broker;
     const url = broker.url;
     say(`1. key broker started at ${url} (dev mode: it releases keys to the INSECURE sample TEE)`);
-    const tenantAdmin = async (tenant: string) =>
-      new AdminClient(
-        url,
-        (
-          await signAdminToken(
-            b.admin.privateKey,
-            { alg: 'EdDSA' },
-            { role: 'tenant-admin', tenant, subject: tenant, ttlSeconds: 600 },
-          )
-        ).token,
-      );
-    const dataOwner = await tenantAdmin('data_owner');
-    const modelOwner = await tenantAdmin('model_owner');
+    const dataOwner = await tenantAdmin(b, 'data_owner');
+    const modelOwner = await tenantAdmin(b, 'model_owner');
 
     // 2. Each owner's key, held by the broker; the corpus and the starting model sealed on their machines.
     const dataKek = generateKek('kbs:///data_owner/corpus/kek1');
@@ -202,7 +190,8 @@ export async function demoTrain(o: { keep: boolean }): Promise<void> {
 
     // 7. The edge again: the receipt is in the log now, so the model owner's policy releases the key.
     say('7. the edge server (its own TEE, another measurement) gets the trained model key after attestation');
-    const server = await serve(
+    const questions = FACTS.slice(0, 2).map(([q]) => q);
+    const answers = await serveAndAsk(
       [
         '--kbs',
         url,
@@ -217,34 +206,12 @@ export async function demoTrain(o: { keep: boolean }): Promise<void> {
         '--threads',
         '1',
       ],
-      () => {},
+      { policy: { tees: ['sample'], minStatus: 'warning' }, earKey: broker.earPublicKey, model: 'model' },
+      questions,
     );
-    try {
-      const client = confidentialFetch({
-        url: server.url,
-        policy: parseClientPolicy({ tees: ['sample'], minStatus: 'warning' }),
-        collateral: offlineSource,
-        earKey: broker.earPublicKey,
-      });
-      for (const [q] of FACTS.slice(0, 2)) {
-        const res = await client(new URL('/v1/chat/completions', server.url), {
-          method: 'POST',
-          headers: { 'content-type': 'application/json' },
-          body: JSON.stringify({
-            model: 'model',
-            messages: [{ role: 'user', content: q }],
-            max_tokens: 48,
-            temperature: 0,
-          }),
-        });
-        const answer = (await res.json()) as { choices: { message: { content: string } }[] };
-        say(
-          `   chat through Oblivious HTTP: ${JSON.stringify(q)} → ${JSON.stringify(answer.choices[0]!.message.content.trim())}`,
-        );
-      }
-    } finally {
-      await server.stop();
-    }
+    questions.forEach((q, i) => {
+      say(`   chat through Oblivious HTTP: ${JSON.stringify(q)} → ${JSON.stringify(answers[i])}`);
+    });
 
     // 8. The log shows it all.
     const { token: audit } = await signAdminToken(

@@ -11,6 +11,7 @@ import { chmod, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Command } from 'commander';
+import type { AdminClient } from '../kbs/admin-client.js';
 import { FlagError } from './io.js';
 
 /** A small but real safetensors file (8-byte header length, JSON header, little-endian f32 data). */
@@ -208,6 +209,62 @@ export async function startDemoBroker(dir: string, keep: Keep) {
     log: (l) => brokerLog.push(l),
   });
   return { broker, admin, brokerLog };
+}
+
+/** A demo's broker as startDemoBroker gives it: the running broker, its admin key pair, its log. */
+export type DemoBroker = Awaited<ReturnType<typeof startDemoBroker>>;
+
+/** An admin client of a demo broker as `tenant`'s tenant admin (a token of 10 minutes). */
+export async function tenantAdmin(b: DemoBroker, tenant: string): Promise<AdminClient> {
+  const { AdminClient } = await import('../kbs/admin-client.js');
+  const { signAdminToken } = await import('../kbs/index.js');
+  const { token } = await signAdminToken(
+    b.admin.privateKey,
+    { alg: 'EdDSA' },
+    { role: 'tenant-admin', tenant, subject: tenant, ttlSeconds: 600 },
+  );
+  return new AdminClient(b.broker.url, token);
+}
+
+/**
+ * Starts `cloister serve …serveArgs`, asks each question in turn (greedy, 48 tokens at most) through
+ * the client that verifies the server before sending anything (Oblivious HTTP, with `policy` and the
+ * broker's EAR key `earKey`), and stops the server; resolves with the answers, trimmed.
+ */
+export async function serveAndAsk(
+  serveArgs: string[],
+  ask: { policy: unknown; earKey: CryptoKey; model: string },
+  questions: readonly string[],
+): Promise<string[]> {
+  const { offlineSource } = await import('../attest/index.js');
+  const { confidentialFetch, parseClientPolicy } = await import('../client/index.js');
+  const server = await serve(serveArgs, () => {});
+  try {
+    const client = confidentialFetch({
+      url: server.url,
+      policy: parseClientPolicy(ask.policy),
+      collateral: offlineSource,
+      earKey: ask.earKey,
+    });
+    const answers: string[] = [];
+    for (const q of questions) {
+      const res = await client(new URL('/v1/chat/completions', server.url), {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({
+          model: ask.model,
+          messages: [{ role: 'user', content: q }],
+          max_tokens: 48,
+          temperature: 0,
+        }),
+      });
+      const body = (await res.json()) as { choices: { message: { content: string } }[] };
+      answers.push(body.choices[0]!.message.content.trim());
+    }
+    return answers;
+  } finally {
+    await server.stop();
+  }
 }
 
 export function registerDemo(program: Command): void {

@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { sealBytes } from '../../src/seal/container.js';
-import { generateKek, type KekKey, kekToJwk } from '../../src/seal/keys.js';
+import type { KekKey } from '../../src/seal/keys.js';
 import { readHeader } from '../../src/seal/node.js';
 import { InsecureSampleAttester, sampleHostData } from '../../src/tee/evidence/index.js';
 import { KbsClient } from '../../src/tee/kbs-client.js';
@@ -25,6 +25,7 @@ import { writeLlamaGguf } from '../../src/train/llama/index.js';
 import { initParams } from '../../src/train/llama/model.js';
 import { utf8 } from '../../src/util/bytes.js';
 import { type TestBroker, testBroker } from '../kbs/helpers.js';
+import { approvesTrainer, setPolicy, storeKek } from './owners-fixtures.js';
 
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 const BASE = 'vendor/models/base';
@@ -45,16 +46,8 @@ beforeAll(async () => {
     [vendor, 'vendor', BASE],
     [company, 'helpdesk', DATA],
     [company, 'helpdesk', ADAPTER],
-  ] as const) {
-    keks[path] = generateKek(`kbs:///${path}`);
-    const put = await b.call(
-      'PUT',
-      `/admin/v1/resources/${path}`,
-      await b.admin('tenant-admin', tenant),
-      utf8.encode(JSON.stringify(kekToJwk(keks[path]!))),
-    );
-    expect(put.status).toBe(201);
-  }
+  ] as const)
+    keks[path] = await storeKek(b, tenant, path);
 });
 afterAll(async () => {
   await vendor.close();
@@ -69,22 +62,12 @@ beforeEach(() => {
   };
 });
 
-async function policy(b: TestBroker, tenant: string, path: string, source: string) {
-  const r = await b.call('PUT', '/admin/v1/policies', await b.admin('tenant-admin', tenant), {
-    scope: `resource:${path}`,
-    source,
-  });
-  expect(r.status).toBe(200);
-}
-
-const trainer = (digest: string) =>
-  `dev_mode && cpu.insecure && init_data.?data["cloister.train.trainer"].orValue("") == "${digest}"`;
 /** The company's: the approved trainer, its own adapter key as the only recipient, the base it chose. */
 const companyPolicy = (digest: string, base: string) =>
-  `${trainer(digest)} && init_data.?data["cloister.train.recipients"].orValue("") == ${JSON.stringify(JSON.stringify([`kbs:///${ADAPTER}`]))} && init_data.?data["cloister.train.base"].orValue("") == "${base}"`;
+  `${approvesTrainer(digest)} && init_data.?data["cloister.train.recipients"].orValue("") == ${JSON.stringify(JSON.stringify([`kbs:///${ADAPTER}`]))} && init_data.?data["cloister.train.base"].orValue("") == "${base}"`;
 /** The vendor's promise: the approved trainer, and nothing but an adapter leaves the TEE. */
 const vendorPolicy = (digest: string) =>
-  `${trainer(digest)} && init_data.?data["cloister.train.outputs"].orValue("") == "adapter"`;
+  `${approvesTrainer(digest)} && init_data.?data["cloister.train.outputs"].orValue("") == "adapter"`;
 
 const seal = (bytes: Uint8Array, path: string, name: string) =>
   sealBytes(bytes, { recipients: [{ type: 'kbs', uri: `kbs:///${path}`, kek: keks[path]!.secret }], name });
@@ -140,18 +123,18 @@ const nothingLeft = () => {
 describe('fine-tuning, two owners and their brokers', () => {
   it('the vendor refuses another trainer: the reason names its key; nothing is unsealed', async () => {
     const { prepared, base } = await job();
-    await policy(vendor, 'vendor', BASE, vendorPolicy(`sha256:${'0'.repeat(64)}`));
-    await policy(company, 'helpdesk', DATA, companyPolicy(prepared.trainerDigest, sha(base)));
-    await policy(company, 'helpdesk', ADAPTER, companyPolicy(prepared.trainerDigest, sha(base)));
+    await setPolicy(vendor, 'vendor', BASE, vendorPolicy(`sha256:${'0'.repeat(64)}`));
+    await setPolicy(company, 'helpdesk', DATA, companyPolicy(prepared.trainerDigest, sha(base)));
+    await setPolicy(company, 'helpdesk', ADAPTER, companyPolicy(prepared.trainerDigest, sha(base)));
     await expect(run(prepared)).rejects.toThrow(/vendor\/models\/base/);
     nothingLeft();
   });
 
   it('the company refuses its data over another base than the one it chose; nothing is unsealed', async () => {
     const { prepared, base } = await job();
-    await policy(vendor, 'vendor', BASE, vendorPolicy(prepared.trainerDigest));
-    await policy(company, 'helpdesk', DATA, companyPolicy(prepared.trainerDigest, '0'.repeat(64)));
-    await policy(company, 'helpdesk', ADAPTER, companyPolicy(prepared.trainerDigest, sha(base)));
+    await setPolicy(vendor, 'vendor', BASE, vendorPolicy(prepared.trainerDigest));
+    await setPolicy(company, 'helpdesk', DATA, companyPolicy(prepared.trainerDigest, '0'.repeat(64)));
+    await setPolicy(company, 'helpdesk', ADAPTER, companyPolicy(prepared.trainerDigest, sha(base)));
     await expect(run(prepared)).rejects.toThrow(/helpdesk\/data\/kek/);
     nothingLeft();
   });
@@ -159,18 +142,18 @@ describe('fine-tuning, two owners and their brokers', () => {
   it('the vendor refuses a job that would output the base merged with the adapter', async () => {
     const { prepared, base } = await job({ merged: true });
     expect(JSON.parse(prepared.initData.body).data['cloister.train.outputs']).toBe('adapter,merged');
-    await policy(vendor, 'vendor', BASE, vendorPolicy(prepared.trainerDigest));
-    await policy(company, 'helpdesk', DATA, companyPolicy(prepared.trainerDigest, sha(base)));
-    await policy(company, 'helpdesk', ADAPTER, companyPolicy(prepared.trainerDigest, sha(base)));
+    await setPolicy(vendor, 'vendor', BASE, vendorPolicy(prepared.trainerDigest));
+    await setPolicy(company, 'helpdesk', DATA, companyPolicy(prepared.trainerDigest, sha(base)));
+    await setPolicy(company, 'helpdesk', ADAPTER, companyPolicy(prepared.trainerDigest, sha(base)));
     await expect(run(prepared)).rejects.toThrow(/vendor\/models\/base/);
     nothingLeft();
   });
 
   it('with both approving: the adapter is sealed to the company alone; the receipt names base, data and adapter', async () => {
     const { prepared, base, data } = await job();
-    await policy(vendor, 'vendor', BASE, vendorPolicy(prepared.trainerDigest));
-    await policy(company, 'helpdesk', DATA, companyPolicy(prepared.trainerDigest, sha(base)));
-    await policy(company, 'helpdesk', ADAPTER, companyPolicy(prepared.trainerDigest, sha(base)));
+    await setPolicy(vendor, 'vendor', BASE, vendorPolicy(prepared.trainerDigest));
+    await setPolicy(company, 'helpdesk', DATA, companyPolicy(prepared.trainerDigest, sha(base)));
+    await setPolicy(company, 'helpdesk', ADAPTER, companyPolicy(prepared.trainerDigest, sha(base)));
     const r = await run(prepared);
     expect(r.status).toBe(0);
     expect(readdirSync(join(work, 'out')).sort()).toEqual(['adapter.gguf.sealed', 'training-receipt.json']);

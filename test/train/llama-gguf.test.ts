@@ -1,7 +1,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { getLlama, type Llama, LlamaLogLevel, type LlamaModel, type Token } from 'node-llama-cpp';
+import type { Llama, Token } from 'node-llama-cpp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadLlamaEngine } from '../../src/infer/engine/llama.js';
 import {
@@ -17,6 +17,7 @@ import {
 import { paramSpecs } from '../../src/train/llama/model.js';
 import { Rng } from '../../src/train/llama/prng.js';
 import { floatToHalf } from '../../src/wire/gguf-tensors.js';
+import { compareLogProbs, llamaCppLogProbs, logSoftmaxRows, testLlama } from './llamacpp.js';
 
 // The exported GGUF must be the trained model as llama.cpp sees it: same tokens for the same text,
 // same next-token distribution at every position. node-llama-cpp exposes probabilities (a softmax of
@@ -34,15 +35,7 @@ let llama: Llama;
 
 beforeAll(async () => {
   writeFileSync(corpusPath, CORPUS);
-  llama = await getLlama({
-    gpu: false,
-    build: 'never',
-    skipDownload: true,
-    usePrebuiltBinaries: true,
-    progressLogs: false,
-    logLevel: LlamaLogLevel.error,
-    maxThreads: 1,
-  });
+  llama = await testLlama();
 });
 afterAll(async () => {
   await llama?.dispose();
@@ -73,47 +66,6 @@ async function exportTo(t: LlamaTrainer, name: string): Promise<string> {
   return path;
 }
 
-/** llama.cpp's log-probabilities of the next token after each token of `tokens` (F32 KV cache). */
-async function llamaCppLogProbs(model: LlamaModel, tokens: Token[]): Promise<Float64Array[]> {
-  const context = await model.createContext({
-    contextSize: 256,
-    threads: 1,
-    flashAttention: false,
-    // The default F16 cache would round keys and values; F32 keeps llama.cpp's arithmetic in F32.
-    experimentalKvCacheKeyType: 'F32',
-    experimentalKvCacheValueType: 'F32',
-  });
-  try {
-    const seq = context.getSequence();
-    const out = await seq.controlledEvaluate(
-      tokens.map((t) => [t, { generateNext: { probabilities: true } }] as const),
-    );
-    return out.map((o) => {
-      const probs = o!.next.probabilities!;
-      expect(probs.size).toBe(356); // every token: greedy sampling leaves the distribution whole
-      const row = new Float64Array(356);
-      for (const [tok, p] of probs) row[tok] = Math.log(p);
-      return row;
-    });
-  } finally {
-    await context.dispose();
-  }
-}
-
-function logSoftmaxRows(logits: Float32Array, vocab: number): Float64Array[] {
-  const rows: Float64Array[] = [];
-  for (let i = 0; i < logits.length / vocab; i++) {
-    const row = logits.subarray(i * vocab, (i + 1) * vocab);
-    let max = -Infinity;
-    for (const x of row) max = Math.max(max, x);
-    let sum = 0;
-    for (const x of row) sum += Math.exp(x - max);
-    const lse = max + Math.log(sum);
-    rows.push(Float64Array.from(row, (x) => x - lse));
-  }
-  return rows;
-}
-
 /** Our log-probabilities of PROBE against llama.cpp's on `modelPath` (default: the trainer's export). */
 async function compare(
   t: LlamaTrainer,
@@ -125,20 +77,7 @@ async function compare(
   try {
     const tokens = Array.from(encode(PROBE)) as Token[];
     const ours = logSoftmaxRows(t.logits(Int32Array.from(tokens)), t.shape.vocab);
-    const theirs = await llamaCppLogProbs(model, tokens);
-    let maxDiff = 0;
-    let spread = 0;
-    ours.forEach((row, i) => {
-      let lo = Infinity;
-      let hi = -Infinity;
-      row.forEach((lp, v) => {
-        maxDiff = Math.max(maxDiff, Math.abs(lp - theirs[i]![v]!));
-        lo = Math.min(lo, lp);
-        hi = Math.max(hi, lp);
-      });
-      spread = Math.max(spread, hi - lo);
-    });
-    return { maxDiff, spread };
+    return compareLogProbs(ours, await llamaCppLogProbs(model, tokens, t.shape.vocab));
   } finally {
     await model.dispose();
   }

@@ -5,10 +5,8 @@ import {
   type ChatHistoryItem,
   type ChatWrapper,
   GeneralChatWrapper,
-  getLlama,
   type Llama,
   LlamaChat,
-  LlamaLogLevel,
   type LlamaModel,
   resolveChatWrapper,
 } from 'node-llama-cpp';
@@ -19,6 +17,7 @@ import { initParams, type LlamaShape } from '../../src/train/llama/model.js';
 import { VOCAB_SIZE } from '../../src/train/llama/tokenizer.js';
 import { type ChatDataset, loadChatDataset } from '../../src/train/lora/dataset.js';
 import { LoraError } from '../../src/train/lora/errors.js';
+import { testLlama } from './llamacpp.js';
 
 // The dataset must give the trainer the very token ids serving feeds the model: each prompt is
 // compared with what node-llama-cpp's LlamaChat actually evaluates for the same history (the tokens
@@ -109,14 +108,7 @@ beforeAll(async () => {
     charVocab,
     writeLlamaGguf({ shape, context: 64, params: initParams(shape, 1), name: 'char-test' }),
   );
-  llama = await getLlama({
-    gpu: false,
-    build: 'never',
-    skipDownload: true,
-    usePrebuiltBinaries: true,
-    progressLogs: false,
-    logLevel: LlamaLogLevel.error,
-  });
+  llama = await testLlama();
   chatmlModel = await llama.loadModel({ modelPath: chatml, gpuLayers: 0 });
   generalModel = await llama.loadModel({ modelPath: general, gpuLayers: 0 });
 });

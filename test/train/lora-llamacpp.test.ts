@@ -1,18 +1,19 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { getLlama, type Llama, LlamaLogLevel, type Token } from 'node-llama-cpp';
+import type { Llama, Token } from 'node-llama-cpp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Rng } from '../../src/train/llama/prng.js';
 import { readLoraBase } from '../../src/train/lora/base.js';
 import { createLoraTrainerFrom, type LoraTrainer } from '../../src/train/lora/trainer.js';
 import { readLoraAdapter } from '../../src/wire/index.js';
+import { compareLogProbs, llamaCppLogProbs, logSoftmaxRows, testLlama } from './llamacpp.js';
 import { bigBase, rewrite, SHAPE, syntheticExamples } from './lora-fixtures.js';
 
 // The correctness bar of fine-tuning: the trainer's forward pass with an adapter and llama.cpp
 // (node-llama-cpp 3.21.1) loading the base with the exported adapter give the same next-token
 // log-probabilities. node-llama-cpp exposes probabilities, not logits, so log-probabilities are
-// compared (logits up to one constant per position), as in llama-gguf.test.ts.
+// compared (logits up to one constant per position; see llamacpp.ts).
 
 const dir = mkdtempSync(join(tmpdir(), 'cloister-lora-cpp-'));
 let llama: Llama;
@@ -22,15 +23,7 @@ const PROBE = (() => {
 })();
 
 beforeAll(async () => {
-  llama = await getLlama({
-    gpu: false,
-    build: 'never',
-    skipDownload: true,
-    usePrebuiltBinaries: true,
-    progressLogs: false,
-    logLevel: LlamaLogLevel.error,
-    maxThreads: 1,
-  });
+  llama = await testLlama();
 });
 afterAll(async () => {
   await llama?.dispose();
@@ -68,63 +61,18 @@ function randomizeAdapter(t: LoraTrainer, seed: number): void {
   t.loadState(state);
 }
 
-/** llama.cpp's log-probabilities after each token of PROBE (F32 KV cache), optionally with an adapter. */
+/** llama.cpp's log-probabilities after each token of PROBE, optionally with an adapter. */
 async function llamaCpp(modelPath: string, adapterPath?: string): Promise<Float64Array[]> {
   const model = await llama.loadModel({ modelPath });
   try {
-    const context = await model.createContext({
-      contextSize: 256,
-      threads: 1,
-      flashAttention: false,
-      experimentalKvCacheKeyType: 'F32',
-      experimentalKvCacheValueType: 'F32',
-      ...(adapterPath ? { lora: { adapters: [{ filePath: adapterPath, scale: 1 }] } } : {}),
-    });
-    const seq = context.getSequence();
-    const out = await seq.controlledEvaluate(
-      Array.from(PROBE, (t) => [t as Token, { generateNext: { probabilities: true } }] as const),
-    );
-    await context.dispose();
-    return out.map((o) => {
-      const probs = o!.next.probabilities!;
-      expect(probs.size).toBe(SHAPE.vocab);
-      const row = new Float64Array(SHAPE.vocab);
-      for (const [tok, p] of probs) row[tok] = Math.log(p);
-      return row;
-    });
+    return await llamaCppLogProbs(model, Array.from(PROBE) as Token[], SHAPE.vocab, adapterPath);
   } finally {
     await model.dispose();
   }
 }
 
 function ours(t: LoraTrainer, adapter = true): Float64Array[] {
-  const logits = t.logits(PROBE, { adapter });
-  const v = SHAPE.vocab;
-  return Array.from({ length: PROBE.length }, (_, i) => {
-    const row = logits.subarray(i * v, (i + 1) * v);
-    let max = -Infinity;
-    for (const x of row) max = Math.max(max, x);
-    let sum = 0;
-    for (const x of row) sum += Math.exp(x - max);
-    const lse = max + Math.log(sum);
-    return Float64Array.from(row, (x) => x - lse);
-  });
-}
-
-function compare(a: Float64Array[], b: Float64Array[]): { maxDiff: number; spread: number } {
-  let maxDiff = 0;
-  let spread = 0;
-  a.forEach((row, i) => {
-    let lo = Infinity;
-    let hi = -Infinity;
-    row.forEach((lp, v) => {
-      maxDiff = Math.max(maxDiff, Math.abs(lp - b[i]![v]!));
-      lo = Math.min(lo, lp);
-      hi = Math.max(hi, lp);
-    });
-    spread = Math.max(spread, hi - lo);
-  });
-  return { maxDiff, spread };
+  return logSoftmaxRows(t.logits(PROBE, { adapter }), SHAPE.vocab);
 }
 
 async function adapterFile(t: LoraTrainer, name: string): Promise<string> {
@@ -145,13 +93,13 @@ describe('the LoRA forward pass against llama.cpp with the exported adapter', ()
         randomizeAdapter(t, 5);
         const adapterPath = await adapterFile(t, `adapter-${tied}.gguf`);
         const withAdapter = ours(t);
-        const { maxDiff, spread } = compare(withAdapter, await llamaCpp(basePath, adapterPath));
+        const { maxDiff, spread } = compareLogProbs(withAdapter, await llamaCpp(basePath, adapterPath));
         expect(spread).toBeGreaterThan(5); // peaked distributions, not near-uniform ones
         expect(maxDiff).toBeLessThanOrEqual(1e-3);
         // The adapter changes the model a lot, and the base alone is llama.cpp's base alone.
         const base = ours(t, false);
-        expect(compare(withAdapter, base).maxDiff).toBeGreaterThan(0.5);
-        expect(compare(base, await llamaCpp(basePath)).maxDiff).toBeLessThanOrEqual(1e-3);
+        expect(compareLogProbs(withAdapter, base).maxDiff).toBeGreaterThan(0.5);
+        expect(compareLogProbs(base, await llamaCpp(basePath)).maxDiff).toBeLessThanOrEqual(1e-3);
       } finally {
         t.dispose();
       }
@@ -168,11 +116,13 @@ describe('the LoRA forward pass against llama.cpp with the exported adapter', ()
       expect(adapter.pairs.some((p) => p.a.some((x) => x !== 0))).toBe(true);
       const adapterPath = await adapterFile(t, 'adapter-zero.gguf');
       const cppBase = await llamaCpp(basePath);
-      expect(compare(await llamaCpp(basePath, adapterPath), cppBase).maxDiff).toBeLessThanOrEqual(1e-6);
+      expect(compareLogProbs(await llamaCpp(basePath, adapterPath), cppBase).maxDiff).toBeLessThanOrEqual(
+        1e-6,
+      );
       expect(
         Buffer.from(t.logits(PROBE).buffer).equals(Buffer.from(t.logits(PROBE, { adapter: false }).buffer)),
       ).toBe(true);
-      expect(compare(ours(t), cppBase).maxDiff).toBeLessThanOrEqual(1e-3);
+      expect(compareLogProbs(ours(t), cppBase).maxDiff).toBeLessThanOrEqual(1e-3);
     } finally {
       t.dispose();
     }
@@ -219,7 +169,7 @@ describe('the LoRA forward pass against llama.cpp with the exported adapter', ()
       const base = readLoraBase(bytes);
       expect(merged.shape).toEqual(base.shape);
       expect(merged.info.metadata).toEqual(base.info.metadata);
-      const { maxDiff, spread } = compare(ours(t), await llamaCpp(mergedPath));
+      const { maxDiff, spread } = compareLogProbs(ours(t), await llamaCpp(mergedPath));
       expect(spread).toBeGreaterThan(5);
       expect(maxDiff).toBeLessThanOrEqual(1e-3);
     } finally {
@@ -252,7 +202,7 @@ describe('the LoRA forward pass against llama.cpp with the exported adapter', ()
         const adapterPath = await adapterFile(t, `adapter-${type}.gguf`);
         const mine = ours(t);
         const theirs = await llamaCpp(basePath, adapterPath);
-        const { maxDiff, spread } = compare(mine, theirs);
+        const { maxDiff, spread } = compareLogProbs(mine, theirs);
         let probDiff = 0;
         mine.forEach((row, i) => {
           row.forEach((lp, v) => {

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { sealBytes } from '../../src/seal/container.js';
-import { generateKek, type KekKey, kekToJwk } from '../../src/seal/keys.js';
+import type { KekKey } from '../../src/seal/keys.js';
 import { InsecureSampleAttester, sampleHostData } from '../../src/tee/evidence/index.js';
 import { KbsClient } from '../../src/tee/kbs-client.js';
 import { kbsAttester } from '../../src/tee/keys.js';
@@ -19,6 +19,7 @@ import { runTrainingJob } from '../../src/train/app.js';
 import { prepareJob } from '../../src/train/job.js';
 import { utf8 } from '../../src/util/bytes.js';
 import { type TestBroker, testBroker } from '../kbs/helpers.js';
+import { approvesTrainer, setPolicy, storeKek } from './owners-fixtures.js';
 
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 const CORPUS = 'data/corpus/kek';
@@ -35,16 +36,8 @@ beforeAll(async () => {
   for (const [tenant, path] of [
     ['data', CORPUS],
     ['vendor', MODEL],
-  ] as const) {
-    keks[path] = generateKek(`kbs:///${path}`);
-    const put = await b.call(
-      'PUT',
-      `/admin/v1/resources/${path}`,
-      await b.admin('tenant-admin', tenant),
-      utf8.encode(JSON.stringify(kekToJwk(keks[path]!))),
-    );
-    expect(put.status).toBe(201);
-  }
+  ] as const)
+    keks[path] = await storeKek(b, tenant, path);
 });
 afterAll(() => b.close());
 beforeEach(() => {
@@ -55,17 +48,6 @@ beforeEach(() => {
     rmSync(shm, { recursive: true, force: true });
   };
 });
-
-async function policy(path: string, tenant: string, source: string) {
-  const r = await b.call('PUT', '/admin/v1/policies', await b.admin('tenant-admin', tenant), {
-    scope: `resource:${path}`,
-    source,
-  });
-  expect(r.status).toBe(200);
-}
-
-const approves = (digest: string) =>
-  `dev_mode && cpu.insecure && init_data.?data["cloister.train.trainer"].orValue("") == "${digest}"`;
 
 async function job() {
   const corpus = 'the quick brown fox jumps over the lazy dog. '.repeat(40);
@@ -116,8 +98,8 @@ async function denials(path: string): Promise<unknown[]> {
 describe('two owners, two policies', () => {
   it('the data owner alone stops the job; the reason is in its log; nothing is unsealed', async () => {
     const p = await job();
-    await policy(CORPUS, 'data', approves(`sha256:${'0'.repeat(64)}`));
-    await policy(MODEL, 'vendor', approves(p.trainerDigest));
+    await setPolicy(b, 'data', CORPUS, approvesTrainer(`sha256:${'0'.repeat(64)}`));
+    await setPolicy(b, 'vendor', MODEL, approvesTrainer(p.trainerDigest));
     const before = (await denials(CORPUS)).length;
     await expect(run(p)).rejects.toThrow(/data\/corpus\/kek/);
     expect((await denials(CORPUS)).length).toBe(before + 1);
@@ -127,8 +109,8 @@ describe('two owners, two policies', () => {
 
   it('the model owner alone stops the job; the reason is in its log; nothing is unsealed', async () => {
     const p = await job();
-    await policy(CORPUS, 'data', approves(p.trainerDigest));
-    await policy(MODEL, 'vendor', approves(`sha256:${'0'.repeat(64)}`));
+    await setPolicy(b, 'data', CORPUS, approvesTrainer(p.trainerDigest));
+    await setPolicy(b, 'vendor', MODEL, approvesTrainer(`sha256:${'0'.repeat(64)}`));
     const before = (await denials(MODEL)).length;
     await expect(run(p)).rejects.toThrow(/vendor\/model\/kek/);
     expect((await denials(MODEL)).length).toBe(before + 1);
@@ -138,8 +120,8 @@ describe('two owners, two policies', () => {
 
   it('with both approving, it trains, advances the broker’s counter and the broker logs its verified receipt', async () => {
     const p = await job();
-    await policy(CORPUS, 'data', approves(p.trainerDigest));
-    await policy(MODEL, 'vendor', approves(p.trainerDigest));
+    await setPolicy(b, 'data', CORPUS, approvesTrainer(p.trainerDigest));
+    await setPolicy(b, 'vendor', MODEL, approvesTrainer(p.trainerDigest));
     const r = await run(p);
     expect(r.status).toBe(0);
     expect(r.checkpoints.map((c) => c.number)).toEqual([1]);

@@ -10,7 +10,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { getLlama, type Llama, LlamaLogLevel, type LlamaModel, type Token } from 'node-llama-cpp';
+import type { Llama, LlamaModel, Token } from 'node-llama-cpp';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { toGgmlOrder } from '../../src/train/llama/gguf.js';
 import { encode, writeLlamaGguf } from '../../src/train/llama/index.js';
@@ -18,6 +18,7 @@ import { paramSpecs, RMS_EPS, ROPE_BASE } from '../../src/train/llama/model.js';
 import { Rng } from '../../src/train/llama/prng.js';
 import { createLoraConverter } from '../../src/train/lora/convert.js';
 import { permuteRows } from '../../src/train/lora/peft.js';
+import { compareLogProbs, llamaCppLogProbs, testLlama } from './llamacpp.js';
 import { type SafeTensorIn, SHAPE, writeSafetensors } from './peft-fixtures.js';
 import { PYTHON, pythonCannot } from './python.js';
 
@@ -122,15 +123,7 @@ describe.skipIf(cannot !== undefined)(
           tie_word_embeddings: false,
         }),
       );
-      llama = await getLlama({
-        gpu: false,
-        build: 'never',
-        skipDownload: true,
-        usePrebuiltBinaries: true,
-        progressLogs: false,
-        logLevel: LlamaLogLevel.error,
-        maxThreads: 1,
-      });
+      llama = await testLlama();
       model = await llama.loadModel({ modelPath: basePath });
     });
     afterAll(async () => {
@@ -139,32 +132,6 @@ describe.skipIf(cannot !== undefined)(
       if (dir) rmSync(dir, { recursive: true, force: true });
     });
 
-    /** llama.cpp's next-token log-probabilities after each token (F32 KV cache), with an adapter or none. */
-    async function llamaCpp(adapter?: string): Promise<Float64Array[]> {
-      const context = await model.createContext({
-        contextSize: 256,
-        threads: 1,
-        flashAttention: false,
-        experimentalKvCacheKeyType: 'F32',
-        experimentalKvCacheValueType: 'F32',
-        ...(adapter ? { lora: { adapters: [{ filePath: adapter, scale: 1 }] } } : {}),
-      });
-      try {
-        const out = await context
-          .getSequence()
-          .controlledEvaluate(tokens.map((t) => [t, { generateNext: { probabilities: true } }] as const));
-        return out.map((o) => {
-          const probs = o!.next.probabilities!;
-          expect(probs.size).toBe(VOCAB);
-          const row = new Float64Array(VOCAB);
-          for (const [tok, p] of probs) row[tok] = Math.log(p);
-          return row;
-        });
-      } finally {
-        await context.dispose();
-      }
-    }
-
     function torchRows(path: string): Float64Array[] {
       const b = readFileSync(path);
       const all = new Float64Array(b.buffer, b.byteOffset, b.byteLength / 8);
@@ -172,8 +139,8 @@ describe.skipIf(cannot !== undefined)(
       return tokens.map((_, i) => all.slice(i * VOCAB, (i + 1) * VOCAB));
     }
 
-    const maxDiff = (a: Float64Array[], b: Float64Array[]) =>
-      a.reduce((m, row, i) => row.reduce((n, x, v) => Math.max(n, Math.abs(x - b[i]![v]!)), m), 0);
+    const llamaCpp = (adapterPath?: string) => llamaCppLogProbs(model, tokens, VOCAB, adapterPath);
+    const maxDiff = (a: Float64Array[], b: Float64Array[]) => compareLogProbs(a, b).maxDiff;
 
     it('gives the base’s log-probabilities without an adapter (the HF layout of the base is right)', async () => {
       const out = join(dir, 'plain');
