@@ -76,25 +76,33 @@ function neighbourGraph(config: SecAggConfig): Map<number, number[]> {
   const ids = new Set(clientIds);
   if (ids.size !== clientIds.length) fail('secagg-config', 'clientIds: duplicate id');
   for (const id of clientIds) {
-    if (!Number.isInteger(id) || id < 1 || id > MAX_ID) fail('secagg-id', `clientIds: ${id} is not an integer in 1..255`);
+    if (!Number.isInteger(id) || id < 1 || id > MAX_ID)
+      fail('secagg-id', `clientIds: ${id} is not an integer in 1..255`);
   }
-  if (!Number.isInteger(vectorLength) || vectorLength < 1) fail('secagg-config', 'vectorLength: must be a positive integer');
+  if (!Number.isInteger(vectorLength) || vectorLength < 1)
+    fail('secagg-config', 'vectorLength: must be a positive integer');
   // t ≥ 2: with t = 1 any single holder (the coordinator colluding with one client) learns a secret.
-  if (!Number.isInteger(threshold) || threshold < 2) fail('secagg-config', 'threshold: must be an integer ≥ 2');
+  if (!Number.isInteger(threshold) || threshold < 2)
+    fail('secagg-config', 'threshold: must be an integer ≥ 2');
   const graph = new Map<number, number[]>();
   for (const id of clientIds) {
     const given = config.neighbours ? config.neighbours.get(id) : clientIds.filter((v) => v !== id);
     if (!given) fail('secagg-config', `neighbours: no entry for client ${id}`);
     for (const v of given) {
-      if (v === id || !ids.has(v)) fail('secagg-config', `neighbours: client ${id} lists ${v}, not another participant`);
+      if (v === id || !ids.has(v))
+        fail('secagg-config', `neighbours: client ${id} lists ${v}, not another participant`);
       // Asymmetry would leave a mask in one vector with no opposite mask to cancel it.
       if (config.neighbours && !config.neighbours.get(v)?.includes(id)) {
         fail('secagg-config', `neighbours: ${id} lists ${v} but ${v} does not list ${id}`);
       }
     }
     // The holders of u's shares are its neighbours and itself; fewer than t could never reconstruct.
-    if (given.length + 1 < threshold) fail('secagg-config', `threshold: client ${id} has only ${given.length + 1} share holders`);
-    graph.set(id, [...given].sort((a, b) => a - b));
+    if (given.length + 1 < threshold)
+      fail('secagg-config', `threshold: client ${id} has only ${given.length + 1} share holders`);
+    graph.set(
+      id,
+      [...given].sort((a, b) => a - b),
+    );
   }
   return graph;
 }
@@ -168,7 +176,24 @@ export function shamirCombine(shares: ReadonlyMap<number, Uint8Array>): Uint8Arr
 
 const X25519 = { name: 'X25519' } as const;
 /** PKCS#8 header of an X25519 private key (RFC 8410); the last 32 bytes are the raw secret. */
-const PKCS8_X25519 = Uint8Array.of(0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x04, 0x22, 0x04, 0x20);
+const PKCS8_X25519 = Uint8Array.of(
+  0x30,
+  0x2e,
+  0x02,
+  0x01,
+  0x00,
+  0x30,
+  0x05,
+  0x06,
+  0x03,
+  0x2b,
+  0x65,
+  0x6e,
+  0x04,
+  0x22,
+  0x04,
+  0x20,
+);
 const encoder = new TextEncoder();
 
 async function importPrivate(raw: Uint8Array): Promise<CryptoKey> {
@@ -182,7 +207,8 @@ async function importPrivate(raw: Uint8Array): Promise<CryptoKey> {
 async function importPublic(raw: Uint8Array, owner: number): Promise<CryptoKey> {
   if (raw.length !== 32) fail('secagg-key', `publicKey of client ${owner}: ${raw.length} bytes, expected 32`);
   try {
-    return await crypto.subtle.importKey('raw', raw, X25519, true, []);
+    // Copied: Web Crypto's types want an ArrayBuffer-backed view, not a possibly shared one.
+    return await crypto.subtle.importKey('raw', new Uint8Array(raw), X25519, true, []);
   } catch (cause) {
     throw new FederatedError('secagg-key', `publicKey of client ${owner}: not an X25519 key`, { cause });
   }
@@ -192,7 +218,13 @@ async function importPublic(raw: Uint8Array, owner: number): Promise<CryptoKey> 
  * s_uv = HKDF-SHA256(X25519(u, v), info = label ‖ roundId ‖ min ‖ max): both ends derive the same seed,
  * and a fresh round id gives fresh masks even with the same keys.
  */
-async function pairSeed(priv: CryptoKey, peerPublic: CryptoKey, roundId: string, u: number, v: number): Promise<Uint8Array> {
+async function pairSeed(
+  priv: CryptoKey,
+  peerPublic: CryptoKey,
+  roundId: string,
+  u: number,
+  v: number,
+): Promise<Uint8Array> {
   const shared = await crypto.subtle.deriveBits({ name: 'X25519', public: peerPublic }, priv, 256);
   const ikm = await crypto.subtle.importKey('raw', shared, 'HKDF', false, ['deriveBits']);
   const round = encoder.encode(roundId);
@@ -203,14 +235,22 @@ async function pairSeed(priv: CryptoKey, peerPublic: CryptoKey, roundId: string,
   info.set(round, 21);
   view.setUint16(21 + round.length, Math.min(u, v));
   view.setUint16(23 + round.length, Math.max(u, v));
-  const bits = await crypto.subtle.deriveBits({ name: 'HKDF', hash: 'SHA-256', salt: new Uint8Array(0), info }, ikm, 256);
+  const bits = await crypto.subtle.deriveBits(
+    { name: 'HKDF', hash: 'SHA-256', salt: new Uint8Array(0), info },
+    ikm,
+    256,
+  );
   return new Uint8Array(bits);
 }
 
 /** The PRG: the AES-256-CTR keystream under `seed` from counter 0, read as little-endian uint32. */
 async function prg(seed: Uint8Array, n: number): Promise<Uint32Array> {
-  const key = await crypto.subtle.importKey('raw', seed, 'AES-CTR', false, ['encrypt']);
-  const stream = await crypto.subtle.encrypt({ name: 'AES-CTR', counter: new Uint8Array(16), length: 64 }, key, new Uint8Array(4 * n));
+  const key = await crypto.subtle.importKey('raw', new Uint8Array(seed), 'AES-CTR', false, ['encrypt']);
+  const stream = await crypto.subtle.encrypt(
+    { name: 'AES-CTR', counter: new Uint8Array(16), length: 64 },
+    key,
+    new Uint8Array(4 * n),
+  );
   const view = new DataView(stream);
   const out = new Uint32Array(n);
   // DataView, not a Uint32Array over the buffer, so the masks agree across machines of any endianness.
@@ -219,7 +259,8 @@ async function prg(seed: Uint8Array, n: number): Promise<Uint32Array> {
 }
 
 function addInto(acc: Uint32Array, v: Uint32Array, sign: 1 | -1): void {
-  for (let i = 0; i < acc.length; i++) acc[i] = sign === 1 ? (acc[i] as number) + (v[i] as number) : (acc[i] as number) - (v[i] as number);
+  for (let i = 0; i < acc.length; i++)
+    acc[i] = sign === 1 ? (acc[i] as number) + (v[i] as number) : (acc[i] as number) - (v[i] as number);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -241,7 +282,9 @@ export async function createSecAggClient(config: SecAggConfig, id: number): Prom
   const neighbours = graph.get(id) ?? fail('secagg-id', `id: ${id} is not in clientIds`);
   const pair = (await crypto.subtle.generateKey(X25519, true, ['deriveBits'])) as CryptoKeyPair;
   const publicKey = new Uint8Array(await crypto.subtle.exportKey('raw', pair.publicKey));
-  const maskSecret = new Uint8Array(await crypto.subtle.exportKey('pkcs8', pair.privateKey)).slice(PKCS8_X25519.length);
+  const maskSecret = new Uint8Array(await crypto.subtle.exportKey('pkcs8', pair.privateKey)).slice(
+    PKCS8_X25519.length,
+  );
   const selfMaskSeed = crypto.getRandomValues(new Uint8Array(32));
   const holders = [...neighbours, id].sort((a, b) => a - b);
   let peerKeys: Map<number, CryptoKey> | undefined;
@@ -266,21 +309,30 @@ export async function createSecAggClient(config: SecAggConfig, id: number): Prom
       peerKeys = await loadPeerKeys(publicKeys);
       const b = shamirSplit(selfMaskSeed, holders, config.threshold);
       const k = shamirSplit(maskSecret, holders, config.threshold);
-      return holders.map((to) => ({ from: id, to, selfMaskShare: b.get(to) as Uint8Array, maskKeyShare: k.get(to) as Uint8Array }));
+      return holders.map((to) => ({
+        from: id,
+        to,
+        selfMaskShare: b.get(to) as Uint8Array,
+        maskKeyShare: k.get(to) as Uint8Array,
+      }));
     },
     receiveShares(shares) {
       for (const s of shares) {
         if (s.to !== id) fail('secagg-id', `share from ${s.from}: addressed to ${s.to}, not ${id}`);
-        if (s.from !== id && !neighbours.includes(s.from)) fail('secagg-id', `share from ${s.from}: not a neighbour of ${id}`);
-        if (s.selfMaskShare.length !== 32 || s.maskKeyShare.length !== 32) fail('secagg-length', `share from ${s.from}: expected 32-byte shares`);
+        if (s.from !== id && !neighbours.includes(s.from))
+          fail('secagg-id', `share from ${s.from}: not a neighbour of ${id}`);
+        if (s.selfMaskShare.length !== 32 || s.maskKeyShare.length !== 32)
+          fail('secagg-length', `share from ${s.from}: expected 32-byte shares`);
         held.set(s.from, s);
       }
     },
     async maskInput(x) {
-      if (x.length !== config.vectorLength) fail('secagg-length', `input: ${x.length} values, expected ${config.vectorLength}`);
+      if (x.length !== config.vectorLength)
+        fail('secagg-length', `input: ${x.length} values, expected ${config.vectorLength}`);
       if (!peerKeys) fail('secagg-missing-share', 'maskInput: shareKeys has not run');
       // A neighbour whose shares never arrived could not be recovered if it dropped, so the round must not start.
-      for (const v of holders) if (!held.has(v)) fail('secagg-missing-share', `maskInput: no share from client ${v}`);
+      for (const v of holders)
+        if (!held.has(v)) fail('secagg-missing-share', `maskInput: no share from client ${v}`);
       const y = Uint32Array.from(x);
       addInto(y, await prg(selfMaskSeed, x.length), 1);
       for (const [v, pub] of peerKeys) {
@@ -292,10 +344,12 @@ export async function createSecAggClient(config: SecAggConfig, id: number): Prom
     revealShares({ survivors, dropped }) {
       const alive = new Set(survivors);
       for (const u of dropped) {
-        if (alive.has(u)) fail('secagg-both-shares', `request: client ${u} is listed both as survivor and as dropped`);
+        if (alive.has(u))
+          fail('secagg-both-shares', `request: client ${u} is listed both as survivor and as dropped`);
       }
       if (!alive.has(id)) fail('secagg-id', `request: ${id} answers but is not among the survivors`);
-      if (alive.size < config.threshold) fail('secagg-below-threshold', `request: ${alive.size} survivors, threshold ${config.threshold}`);
+      if (alive.size < config.threshold)
+        fail('secagg-below-threshold', `request: ${alive.size} survivors, threshold ${config.threshold}`);
       // Check the whole request before revealing anything, so a refused request leaks nothing.
       for (const [list, kind] of [
         [survivors, 'self'],
@@ -303,7 +357,11 @@ export async function createSecAggClient(config: SecAggConfig, id: number): Prom
       ] as const) {
         for (const u of list) {
           const before = revealed.get(u);
-          if (before && before !== kind) fail('secagg-both-shares', `request: client ${u}'s ${before === 'self' ? 'self-mask' : 'mask-key'} share was already revealed`);
+          if (before && before !== kind)
+            fail(
+              'secagg-both-shares',
+              `request: client ${u}'s ${before === 'self' ? 'self-mask' : 'mask-key'} share was already revealed`,
+            );
         }
       }
       const selfMaskShares = new Map<number, Uint8Array>();
@@ -329,14 +387,22 @@ export async function createSecAggClient(config: SecAggConfig, id: number): Prom
 // The coordinator's unmasking.
 // ---------------------------------------------------------------------------------------------------
 
-function gather(owner: number, kind: 'selfMaskShares' | 'maskKeyShares', responses: readonly UnmaskResponse[], t: number): Map<number, Uint8Array> {
+function gather(
+  owner: number,
+  kind: 'selfMaskShares' | 'maskKeyShares',
+  responses: readonly UnmaskResponse[],
+  t: number,
+): Map<number, Uint8Array> {
   const shares = new Map<number, Uint8Array>();
   for (const r of responses) {
     const s = r[kind].get(owner);
     if (s) shares.set(r.from, s);
   }
   if (shares.size < t) {
-    fail('secagg-below-threshold', `${kind === 'selfMaskShares' ? 'self-mask' : 'mask-key'} of client ${owner}: ${shares.size} shares, threshold ${t}`);
+    fail(
+      'secagg-below-threshold',
+      `${kind === 'selfMaskShares' ? 'self-mask' : 'mask-key'} of client ${owner}: ${shares.size} shares, threshold ${t}`,
+    );
   }
   return shares;
 }
@@ -354,14 +420,17 @@ export async function unmaskSum(
 ): Promise<Uint32Array> {
   const graph = neighbourGraph(config);
   const n = config.vectorLength;
-  if (masked.size < config.threshold) fail('secagg-below-threshold', `masked: ${masked.size} survivors, threshold ${config.threshold}`);
+  if (masked.size < config.threshold)
+    fail('secagg-below-threshold', `masked: ${masked.size} survivors, threshold ${config.threshold}`);
   const sum = new Uint32Array(n);
   for (const [u, y] of masked) {
     if (!graph.has(u)) fail('secagg-id', `masked: ${u} is not in clientIds`);
-    if (y.length !== n) fail('secagg-length', `masked vector of client ${u}: ${y.length} values, expected ${n}`);
+    if (y.length !== n)
+      fail('secagg-length', `masked vector of client ${u}: ${y.length} values, expected ${n}`);
     addInto(sum, y, 1);
   }
-  for (const r of responses) if (!masked.has(r.from)) fail('secagg-id', `responses: ${r.from} is not a survivor`);
+  for (const r of responses)
+    if (!masked.has(r.from)) fail('secagg-id', `responses: ${r.from} is not a survivor`);
 
   for (const u of masked.keys()) {
     const seed = shamirCombine(gather(u, 'selfMaskShares', responses, config.threshold));
@@ -376,11 +445,21 @@ export async function unmaskSum(
     // Wrong or forged shares give a different key; its public half then differs from the one u published.
     const claimed = publicKeys.get(u) ?? fail('secagg-key', `publicKeys: none for dropped client ${u}`);
     const jwk = await crypto.subtle.exportKey('jwk', priv);
-    const derived = await crypto.subtle.importKey('jwk', { kty: 'OKP', crv: 'X25519', x: jwk.x ?? '' }, X25519, true, []);
+    const derived = await crypto.subtle.importKey(
+      'jwk',
+      { kty: 'OKP', crv: 'X25519', x: jwk.x ?? '' },
+      X25519,
+      true,
+      [],
+    );
     const derivedRaw = new Uint8Array(await crypto.subtle.exportKey('raw', derived));
-    if (!equalBytes(derivedRaw, claimed)) fail('secagg-bad-share', `mask-key of client ${u}: the shares do not rebuild the published key`);
+    if (!equalBytes(derivedRaw, claimed))
+      fail('secagg-bad-share', `mask-key of client ${u}: the shares do not rebuild the published key`);
     for (const v of alive) {
-      const pub = await importPublic(publicKeys.get(v) ?? fail('secagg-key', `publicKeys: none for client ${v}`), v);
+      const pub = await importPublic(
+        publicKeys.get(v) ?? fail('secagg-key', `publicKeys: none for client ${v}`),
+        v,
+      );
       const mask = await prg(await pairSeed(priv, pub, config.roundId, u, v), n);
       // v added +mask when u > v and −mask when u < v; undo exactly that.
       addInto(sum, mask, u > v ? -1 : 1);
@@ -409,7 +488,8 @@ export interface Quantisation {
 
 function checkQuantisation({ clip, scale }: Quantisation): void {
   if (!(clip > 0) || !Number.isFinite(clip)) fail('secagg-range', 'clip: must be a positive finite number');
-  if (!(scale > 0) || !Number.isFinite(scale)) fail('secagg-range', 'scale: must be a positive finite number');
+  if (!(scale > 0) || !Number.isFinite(scale))
+    fail('secagg-range', 'scale: must be a positive finite number');
 }
 
 /** Float → uint32: clip, scale, round to nearest, two's complement (so negatives wrap and sums still add). */
@@ -432,7 +512,8 @@ export function quantise(values: ArrayLike<number>, q: Quantisation): Uint32Arra
 export function dequantiseSum(sum: Uint32Array, q: Quantisation, count: number): Float64Array {
   checkQuantisation(q);
   if (!Number.isInteger(count) || count < 1) fail('secagg-range', 'count: must be a positive integer');
-  if (count * Math.round(q.clip * q.scale) >= 2 ** 31) fail('secagg-range', `count × clip × scale: ${count} clients could overflow 2^31`);
+  if (count * Math.round(q.clip * q.scale) >= 2 ** 31)
+    fail('secagg-range', `count × clip × scale: ${count} clients could overflow 2^31`);
   const out = new Float64Array(sum.length);
   for (let i = 0; i < sum.length; i++) out[i] = ((sum[i] as number) | 0) / q.scale;
   return out;

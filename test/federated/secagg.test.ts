@@ -55,7 +55,11 @@ async function setUp(config: SecAggConfig) {
 }
 
 /** The coordinator's round 4 after `dropped` vanished once their masked vectors were sent (or not). */
-async function finish(config: SecAggConfig, run: Awaited<ReturnType<typeof setUp>>, dropped: readonly number[]) {
+async function finish(
+  config: SecAggConfig,
+  run: Awaited<ReturnType<typeof setUp>>,
+  dropped: readonly number[],
+) {
   const survivors = config.clientIds.filter((id) => !dropped.includes(id));
   const masked = new Map([...run.masked].filter(([id]) => survivors.includes(id)));
   const responses: UnmaskResponse[] = run.clients
@@ -85,8 +89,16 @@ describe('secure aggregation (double masking)', () => {
 
   it('SecAgg+ over a ring of neighbours (each client pairs with 2 others), with a dropout', async () => {
     const ids = [1, 2, 3, 4, 5, 6];
-    const neighbours = new Map(ids.map((id, i) => [id, [ids[(i + 1) % 6] as number, ids[(i + 5) % 6] as number]]));
-    const config: SecAggConfig = { roundId: 'ring', clientIds: ids, threshold: 2, vectorLength: N, neighbours };
+    const neighbours = new Map(
+      ids.map((id, i) => [id, [ids[(i + 1) % 6] as number, ids[(i + 5) % 6] as number]]),
+    );
+    const config: SecAggConfig = {
+      roundId: 'ring',
+      clientIds: ids,
+      threshold: 2,
+      vectorLength: N,
+      neighbours,
+    };
     const run = await setUp(config);
     const { sum, expected } = await finish(config, run, [4]);
     expect(sum).toEqual(expected);
@@ -111,30 +123,43 @@ describe('secure aggregation (double masking)', () => {
     const run = await setUp(five);
     // Only 2 survivors: the clients refuse to answer…
     const c1 = run.clients[0] as SecAggClient;
-    expect(codeOf(() => c1.revealShares({ survivors: [1, 2], dropped: [3, 4, 5] }))).toBe('secagg-below-threshold');
+    expect(codeOf(() => c1.revealShares({ survivors: [1, 2], dropped: [3, 4, 5] }))).toBe(
+      'secagg-below-threshold',
+    );
     // …and the coordinator refuses to unmask with too few shares of a secret.
     const survivors = [1, 2, 3];
     const responses = run.clients.slice(0, 2).map((c) => c.revealShares({ survivors, dropped: [4, 5] }));
     const masked = new Map([...run.masked].filter(([id]) => survivors.includes(id)));
-    expect(await codeOfAsync(unmaskSum(five, run.publicKeys, masked, responses))).toBe('secagg-below-threshold');
-    expect(await codeOfAsync(unmaskSum(five, run.publicKeys, new Map([...masked].slice(0, 2)), responses))).toBe('secagg-below-threshold');
+    expect(await codeOfAsync(unmaskSum(five, run.publicKeys, masked, responses))).toBe(
+      'secagg-below-threshold',
+    );
+    expect(
+      await codeOfAsync(unmaskSum(five, run.publicKeys, new Map([...masked].slice(0, 2)), responses)),
+    ).toBe('secagg-below-threshold');
   });
 
   it('never reveals both the self-mask share and the mask-key share of the same client', async () => {
     const run = await setUp(five);
     const c1 = run.clients[0] as SecAggClient;
     // In one request: client 3 claimed both alive and dropped.
-    expect(codeOf(() => c1.revealShares({ survivors: [1, 2, 3, 4], dropped: [3, 5] }))).toBe('secagg-both-shares');
+    expect(codeOf(() => c1.revealShares({ survivors: [1, 2, 3, 4], dropped: [3, 5] }))).toBe(
+      'secagg-both-shares',
+    );
     // Across requests: 5 was reported dropped (key share out), later claimed alive to get b_5 too.
     c1.revealShares({ survivors: [1, 2, 3, 4], dropped: [5] });
-    expect(codeOf(() => c1.revealShares({ survivors: [1, 2, 3, 4, 5], dropped: [] }))).toBe('secagg-both-shares');
+    expect(codeOf(() => c1.revealShares({ survivors: [1, 2, 3, 4, 5], dropped: [] }))).toBe(
+      'secagg-both-shares',
+    );
   });
 
   it('detects mask-key shares that do not rebuild the published key', async () => {
     const run = await setUp(five);
     const { survivors } = { survivors: [1, 2, 3, 4] };
     const responses = run.clients.slice(0, 4).map((c) => c.revealShares({ survivors, dropped: [5] }));
-    const forged = responses.map((r) => ({ ...r, maskKeyShares: new Map([...r.maskKeyShares].map(([k, v]) => [k, v.map((b) => b ^ 1)])) }));
+    const forged = responses.map((r) => ({
+      ...r,
+      maskKeyShares: new Map([...r.maskKeyShares].map(([k, v]) => [k, v.map((b) => b ^ 1)])),
+    }));
     const masked = new Map([...run.masked].filter(([id]) => id !== 5));
     expect(await codeOfAsync(unmaskSum(five, run.publicKeys, masked, forged))).toBe('secagg-bad-share');
   });
@@ -151,15 +176,24 @@ describe('secure aggregation (double masking)', () => {
     expect(await codeOfAsync(createSecAggClient({ ...five, threshold: 1 }, 1))).toBe('secagg-config');
     expect(await codeOfAsync(createSecAggClient({ ...five, threshold: 6 }, 1))).toBe('secagg-config');
     expect(await codeOfAsync(createSecAggClient({ ...five, clientIds: [1, 1, 2] }, 1))).toBe('secagg-config');
-    const oneWay = new Map([[1, [2]], [2, [] as number[]]]);
-    expect(await codeOfAsync(createSecAggClient({ ...five, clientIds: [1, 2], threshold: 2, neighbours: oneWay }, 1))).toBe('secagg-config');
+    const oneWay = new Map([
+      [1, [2]],
+      [2, [] as number[]],
+    ]);
+    expect(
+      await codeOfAsync(
+        createSecAggClient({ ...five, clientIds: [1, 2], threshold: 2, neighbours: oneWay }, 1),
+      ),
+    ).toBe('secagg-config');
     const fresh = await createSecAggClient(five, 1);
     expect(await codeOfAsync(fresh.maskInput(new Uint32Array(N)))).toBe('secagg-missing-share');
     await fresh.shareKeys(run.publicKeys);
     expect(await codeOfAsync(fresh.maskInput(new Uint32Array(N)))).toBe('secagg-missing-share');
     expect(await codeOfAsync(fresh.shareKeys(new Map([[2, new Uint8Array(31)]])))).toBe('secagg-key');
     const s = (await fresh.shareKeys(run.publicKeys))[0];
-    expect(s && codeOf(() => c1.receiveShares([{ ...s, to: 1, selfMaskShare: new Uint8Array(5) }]))).toBe('secagg-length');
+    expect(s && codeOf(() => c1.receiveShares([{ ...s, to: 1, selfMaskShare: new Uint8Array(5) }]))).toBe(
+      'secagg-length',
+    );
   });
 });
 
@@ -179,10 +213,12 @@ describe('quantisation', () => {
     const a = [0.5, -0.25, 3, -7, 1e-7];
     const b = [-0.125, -0.5, 0.75, 0.5, -0.3];
     const sum = new Uint32Array(5);
-    for (const v of [quantise(a, q), quantise(b, q)]) for (let i = 0; i < 5; i++) sum[i] = (sum[i] as number) + (v[i] as number);
+    for (const v of [quantise(a, q), quantise(b, q)])
+      for (let i = 0; i < 5; i++) sum[i] = (sum[i] as number) + (v[i] as number);
     const back = dequantiseSum(sum, q, 2);
     const want = [0.375, -0.75, 1.75, -0.5, -0.3];
-    for (let i = 0; i < 5; i++) expect(Math.abs((back[i] as number) - (want[i] as number))).toBeLessThanOrEqual(2 / q.scale);
+    for (let i = 0; i < 5; i++)
+      expect(Math.abs((back[i] as number) - (want[i] as number))).toBeLessThanOrEqual(2 / q.scale);
   });
 
   it('survives secure aggregation end to end', async () => {
@@ -200,7 +236,7 @@ describe('quantisation', () => {
     for (const c of clients) masked.set(c.id, await c.maskInput(quantise(floats.get(c.id) as number[], q)));
     const responses = clients.map((c) => c.revealShares({ survivors: [1, 2, 3], dropped: [] }));
     const back = dequantiseSum(await unmaskSum(config, publicKeys, masked, responses), q, 3);
-    [0.4, -0.5, 0].forEach((w, i) => expect(back[i]).toBeCloseTo(w, 5));
+    for (const [i, w] of [0.4, -0.5, 0].entries()) expect(back[i]).toBeCloseTo(w, 5);
   });
 
   it('refuses ranges that could wrap, and NaN', () => {
