@@ -20,6 +20,7 @@ const FLOORS: Record<string, number> = {
   infer: 4,
   client: 4,
   train: 4,
+  federated: 4,
   cli: 5,
   ui: 5,
 };

@@ -11,7 +11,6 @@ import { describe, expect, it } from 'vitest';
 
 /** Directories the design names for work not yet started; each must not exist yet, or leave this list. */
 const PLANNED: Record<string, string> = {
-  'src/federated': 'attested federated learning (docs/design.md, workloads)',
   'src/data': 'curation pipelines over sealed datasets (docs/design.md, workloads)',
 };
 
