@@ -4,8 +4,9 @@
  * noise of standard deviation σ = z·C is added once to the sum; and an RDP accountant turns z, the
  * client sampling rate q and the number of rounds T into the (ε, δ) that the receipt reports.
  */
+
+import { Rng } from '../util/index.js';
 import { FederatedError } from './errors.js';
-import { NoiseRng } from './prng.js';
 import { checkFinite, checkRange, checkVectors, type Vector } from './vector.js';
 
 /** Scales v down to L2 norm `clipNorm` when it is longer; a shorter vector is copied unchanged. */
@@ -61,7 +62,7 @@ export function dpSum(
   }
   const sigma = options.noiseMultiplier * options.clipNorm;
   if (sigma > 0) {
-    const rng = new NoiseRng(options.seed, round);
+    const rng = new Rng(options.seed, round);
     for (let j = 0; j < length; j++) sum[j] = (sum[j] as number) + sigma * rng.normal();
   }
   return { sum, clipped, sigma };

@@ -16,4 +16,5 @@ export {
 export type { JsonValue } from './jcs.js';
 export { canonicalize, canonicalizeBytes } from './jcs.js';
 export { isObject } from './object.js';
+export { Rng } from './prng.js';
 export { ByteReader, ParseError } from './reader.js';

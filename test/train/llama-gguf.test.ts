@@ -15,7 +15,7 @@ import {
   writeLlamaGguf,
 } from '../../src/train/llama/index.js';
 import { paramSpecs } from '../../src/train/llama/model.js';
-import { Rng } from '../../src/train/llama/prng.js';
+import { Rng } from '../../src/util/prng.js';
 import { floatToHalf } from '../../src/wire/gguf-tensors.js';
 import { compareLogProbs, llamaCppLogProbs, logSoftmaxRows, testLlama } from './llamacpp.js';
 

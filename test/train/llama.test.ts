@@ -10,7 +10,7 @@ import {
   type LlamaErrorCode,
   type LlamaTrainer,
 } from '../../src/train/llama/index.js';
-import { Rng } from '../../src/train/llama/prng.js';
+import { Rng } from '../../src/util/prng.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'cloister-train-llama-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));

@@ -5,9 +5,9 @@
  */
 import { writeLlamaGguf } from '../../src/train/llama/index.js';
 import { paramSpecs } from '../../src/train/llama/model.js';
-import { Rng } from '../../src/train/llama/prng.js';
 import { metadataSection, type RawTensor, writeGgufWithMetadata } from '../../src/train/lora/base.js';
 import type { ChatExample } from '../../src/train/lora/dataset.js';
+import { Rng } from '../../src/util/prng.js';
 import { floatToHalf, GgmlType, readGgufInfo, readTensorF32 } from '../../src/wire/index.js';
 
 export const SHAPE = { vocab: 356, dim: 32, layers: 2, heads: 4, kvHeads: 2, ffn: 64 };

@@ -1,7 +1,7 @@
 /** PEFT-layout adapters written from TypeScript, and a tiny llama base, for the converter's tests. */
 import { writeLlamaGguf } from '../../src/train/llama/index.js';
 import { initParams, type LlamaShape } from '../../src/train/llama/model.js';
-import { Rng } from '../../src/train/llama/prng.js';
+import { Rng } from '../../src/util/prng.js';
 import { floatToHalf, type GgufInfo, readGgufInfo } from '../../src/wire/index.js';
 
 export const SHAPE: LlamaShape = { vocab: 356, dim: 32, layers: 2, heads: 4, kvHeads: 2, ffn: 48 };

@@ -12,8 +12,8 @@
  * function here consumes exactly the arrays it is given.
  */
 import { type Array as JaxArray, jit, nn, numpy as np, type OwnedFunction, valueAndGrad } from '@jax-js/jax';
+import { Rng } from '../../util/index.js';
 import { adamwUpdate, type OptimizerConfig } from '../adamw.js';
-import { Rng } from './prng.js';
 
 /** llama.cpp reads these from the GGUF; the trainer always writes these values. */
 export const RMS_EPS = 1e-5;

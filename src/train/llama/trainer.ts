@@ -10,7 +10,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { type Array as JaxArray, numpy as np } from '@jax-js/jax';
-import { canonicalizeBytes, sha256, toHex } from '../../util/index.js';
+import { canonicalizeBytes, Rng, sha256, toHex } from '../../util/index.js';
 import { initEngine } from '../engine.js';
 import { checkStepAndCursor, decodeState, encodeState } from '../state.js';
 import type { BuiltinTrainer, ModelFile, StepReport, TrainerInput } from '../trainer.js';
@@ -34,7 +34,6 @@ import {
   paramSpecs,
   ropeTables,
 } from './model.js';
-import { Rng } from './prng.js';
 import { encodeCorpus } from './tokenizer.js';
 
 /** The llama trainer, with a look inside for tests and tools. */

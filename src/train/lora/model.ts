@@ -25,9 +25,9 @@ import {
   type OwnedFunction,
   valueAndGrad,
 } from '@jax-js/jax';
+import { Rng } from '../../util/index.js';
 import { adamwUpdate, type OptimizerConfig } from '../adamw.js';
 import { attention, rmsNorm, rope } from '../llama/model.js';
-import { Rng } from '../llama/prng.js';
 import { type BaseBlock, baseHeadDim, type LoraBase, type LoraBaseShape } from './base.js';
 import type { LoraTarget } from './hyperparameters.js';
 

@@ -12,13 +12,12 @@
  */
 import { readFile } from 'node:fs/promises';
 import { type Array as JaxArray, numpy as np } from '@jax-js/jax';
-import { canonicalizeBytes, sha256, toHex } from '../../util/index.js';
+import { canonicalizeBytes, Rng, sha256, toHex } from '../../util/index.js';
 import { type LoraAdapter, readTensorF32, writeLoraAdapter } from '../../wire/index.js';
 import { initEngine } from '../engine.js';
 import { toGgmlOrder } from '../llama/gguf.js';
 import { learningRate } from '../llama/hyperparameters.js';
 import { ropeTables } from '../llama/model.js';
-import { Rng } from '../llama/prng.js';
 import { checkStepAndCursor, decodeState, encodeState } from '../state.js';
 import type { BuiltinTrainer, ModelFile, StepReport, TrainerInput } from '../trainer.js';
 import { baseHeadDim, type LoraBase, type LoraBaseShape, readLoraBase, writeMergedGguf } from './base.js';

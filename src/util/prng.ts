@@ -1,6 +1,8 @@
 /**
- * The trainer's own random numbers, so that initial weights and batch order are a pure function of the
- * job's seed, independent of the array engine's internals (whose PRNG may change between versions):
+ * Seeded random numbers for the trainers (initial weights, batch order) and federated learning (DP
+ * noise), so that each is a pure function of its seed, independent of any engine's PRNG (which may
+ * change between versions). Not a cryptographic generator: where the output must be unpredictable
+ * (DP noise), the seed itself must be secret (drawn inside the TEE):
  * SplitMix32-style mixing to derive streams, xoshiro128** for sequences, Box–Muller for normals.
  * Everything is integer arithmetic plus Math.log/sqrt/cos, which V8 computes identically everywhere.
  */
